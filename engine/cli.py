@@ -1,0 +1,169 @@
+"""Command line: ``python -m engine <command>``. Bad input exits 2 with one clear message."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any, Callable
+
+EXIT_BAD_INPUT = 2
+COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argparse.ArgumentParser], None], str]] = {}
+
+
+def command(name: str, help: str):
+    def deco(fn):
+        def add_args(p: argparse.ArgumentParser) -> None:
+            for args, kwargs in getattr(fn, "_args", []):
+                p.add_argument(*args, **kwargs)
+        COMMANDS[name] = (fn, add_args, help)
+        return fn
+    return deco
+
+
+def arg(*args: Any, **kwargs: Any):
+    def deco(fn):
+        fn._args = [(args, kwargs)] + getattr(fn, "_args", [])
+        return fn
+    return deco
+
+
+class _Echo:
+    """Progress on stderr: a redrawn bar on a terminal, one line per event otherwise (throttled)."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.last = 0.0
+
+    def __call__(self, **ev: Any) -> None:
+        phase = ev.get("phase", "")
+        if "steps" in ev and "step" in ev:
+            frac = ev["step"] / max(1, ev["steps"])
+            bar = "#" * int(frac * 20)
+            msg = (f"{phase} epoch {ev.get('epoch')}/{ev.get('epochs')} [{bar:<20}] loss {ev.get('loss', 0):.3f} "
+                   f"acc {ev.get('acc', 0):.3f} {ev.get('images_per_s', 0):.0f} img/s eta {ev.get('eta_s', 0):.0f}s")
+        else:
+            msg = phase + "".join(f" {k}={v:.4f}" if isinstance(v, float) else f" {k}={v}"
+                                  for k, v in ev.items() if k != "phase")
+        now = time.monotonic()
+        if self.tty:
+            sys.stderr.write("\r\033[K" + msg + ("\n" if phase.endswith(":val") or "steps" not in ev else ""))
+            sys.stderr.flush()
+        elif phase.endswith(":val") or "steps" not in ev or now - self.last > 5:
+            self.last = now
+            print(msg, file=sys.stderr, flush=True)
+
+
+@command("run", "run a job spec in the foreground; the last stdout line is the result record (JSON)")
+@arg("spec", help="path to a JSON job spec ('-' for stdin)")
+def cmd_run(a: argparse.Namespace) -> int:
+    from .runner import JobFailed, execute
+    from .spec import JobSpec
+    from .training import Cancelled
+    spec = JobSpec.from_json(sys.stdin.read()) if a.spec == "-" else JobSpec.from_file(a.spec)
+    try:
+        record = execute(spec, echo=_Echo())
+    except JobFailed as e:
+        print(f"error: job failed: {e}", file=sys.stderr)
+        return 1
+    except Cancelled:
+        print("cancelled", file=sys.stderr)
+        return 130
+    print(json.dumps(record))
+    return 0
+
+
+@command("profile", "params / MACs / FLOPs of an architecture, without any data")
+@arg("arch")
+@arg("--input-size", type=int, default=224)
+@arg("--num-classes", type=int, default=1000)
+@arg("--small-input", action="store_true", help="CIFAR-style stem (3x3 stride-1 conv, no max-pool)")
+def cmd_profile(a: argparse.Namespace) -> int:
+    from . import measure, models
+    from .spec import SpecError
+    if not 4 <= a.input_size <= 1024:
+        raise SpecError("--input-size", f"must be between 4 and 1024, got {a.input_size}")
+    model = models.build(a.arch, a.num_classes, a.small_input)
+    shape = (3, a.input_size, a.input_size)
+    c = measure.count_macs(model, shape)
+    print(json.dumps({"arch": a.arch, "input_size": a.input_size, "num_classes": a.num_classes,
+                      "small_input": a.small_input, "params": measure.count_params(model),
+                      "macs": c["macs"], "flops": c["flops"],
+                      "params_m": round(measure.count_params(model) / 1e6, 3), "gmacs": round(c["macs"] / 1e9, 4),
+                      "gflops": round(c["flops"] / 1e9, 4)}))
+    return 0
+
+
+@command("runs", "list runs in the workspace")
+@arg("--json", action="store_true", help="one JSON array with full records")
+@arg("--state", default=None, help="only runs in this state (done, failed, ...)")
+def cmd_runs(a: argparse.Namespace) -> int:
+    from .store import STATES, Store
+    from .spec import SpecError
+    if a.state and a.state not in STATES:
+        raise SpecError("--state", f"unknown state {a.state!r}; valid: {', '.join(STATES)}")
+    rows = Store().list(state=a.state or "done")
+    if a.json:
+        print(json.dumps([{k: r[k] for k in ("id", "state", "method", "arch", "dataset", "parent", "created",
+                                              "error", "record")} for r in rows]))
+        return 0
+    print(f"{'id':<24} {'state':<10} {'method':<20} {'arch':<18} {'dataset':<14} {'acc':>7} {'size MB':>8} "
+          f"{'MMACs':>9} {'lat ms':>7}")
+    for r in rows:
+        rec = r["record"] or {}
+        def f(k: str, scale: float = 1.0, fmt: str = ".4f") -> str:
+            v = rec.get(k)
+            return format(v / scale, fmt) if isinstance(v, (int, float)) else "-"
+        print(f"{r['id']:<24} {r['state']:<10} {r['method'] or '-':<20} {rec.get('arch') or r['arch'] or '-':<18} "
+              f"{r['dataset'] or '-':<14} {f('accuracy'):>7} {f('size_bytes', 1e6, '.2f'):>8} "
+              f"{f('macs', 1e6, '.1f'):>9} {f('latency_ms', 1, '.2f'):>7}")
+    return 0
+
+
+@command("methods", "list the registered methods and their parameters")
+@arg("--json", action="store_true")
+def cmd_methods(a: argparse.Namespace) -> int:
+    from . import methods
+    reg = methods.load_all()
+    if a.json:
+        print(json.dumps({n: {"help": m.help, "family": m.family, "needs_base": m.needs_base,
+                              "params": [p.__dict__ for p in m.params]} for n, m in sorted(reg.items())},
+                         default=list))
+        return 0
+    for n, m in sorted(reg.items()):
+        print(f"{n}  ({m.family})  {m.help}")
+        for p in m.params:
+            rng = f" {p.range_text()}" if p.kind in ("int", "float") else (f" {{{', '.join(p.choices)}}}" if p.choices else "")
+            print(f"    {p.name}: {p.kind}{rng} = {p.default!r}  {p.help}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m engine", description="Slimbench engine")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (_, add_args, help) in COMMANDS.items():
+        add_args(sub.add_parser(name, help=help, description=help))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    _load_extra_commands()
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    from .spec import SpecError
+    try:
+        return COMMANDS[a.command][0](a)
+    except SpecError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+def _load_extra_commands() -> None:
+    """Modules that add commands (jobs/worker) register them on import, if present."""
+    import importlib
+    for mod in ("engine.jobs_cli",):
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name != mod:
+                raise

@@ -1,0 +1,256 @@
+"""Checkpoint bundles: one ``.pt`` that rebuilds the model without the run that made it.
+
+The bundle is a plain dict of str/int/float/list/tensor, so ``torch.load(weights_only=True)``
+reads it. It carries the arch and its constructor args, a *manifest* of every conv / linear /
+batch-norm layer (so pruned, factorised or low-rank models rebuild in their new shape), the
+preprocessing metadata (input size, normalisation, class names), the metrics, and the weights.
+Mostly-zero weights are stored packed (bitmask + non-zero values) so size on disk honestly
+shrinks with sparsity.
+"""
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from . import models
+
+FORMAT = "slimbench-bundle"
+VERSION = 1
+PACK_MIN_SPARSITY = 0.3   # below this, a bitmask + values is no smaller than the dense tensor
+
+
+class BundleError(ValueError):
+    """A checkpoint that cannot be used, with the reason."""
+
+
+# --------------------------------------------------------------------------------------------
+# Manifest: the shape of every layer that compression may change
+# --------------------------------------------------------------------------------------------
+def describe(m: nn.Module) -> dict[str, Any] | None:
+    if isinstance(m, nn.Conv2d):
+        return {"type": "Conv2d", "in_channels": m.in_channels, "out_channels": m.out_channels,
+                "kernel_size": list(m.kernel_size), "stride": list(m.stride), "padding": list(m.padding),
+                "dilation": list(m.dilation), "groups": m.groups, "bias": m.bias is not None}
+    if isinstance(m, nn.Linear):
+        return {"type": "Linear", "in_features": m.in_features, "out_features": m.out_features,
+                "bias": m.bias is not None}
+    if isinstance(m, nn.BatchNorm2d):
+        return {"type": "BatchNorm2d", "num_features": m.num_features, "eps": m.eps, "momentum": m.momentum,
+                "affine": m.affine}
+    if isinstance(m, nn.Sequential):
+        return {"type": "Sequential", "length": len(m)}
+    if isinstance(m, nn.Identity):
+        return {"type": "Identity"}
+    return None
+
+
+def manifest(model: nn.Module) -> dict[str, dict[str, Any]]:
+    out = {}
+    for name, m in model.named_modules():
+        if name and (d := describe(m)) is not None:
+            out[name] = d
+    return out
+
+
+def _make(d: dict[str, Any]) -> nn.Module:
+    t = d["type"]
+    if t == "Conv2d":
+        return nn.Conv2d(d["in_channels"], d["out_channels"], tuple(d["kernel_size"]), tuple(d["stride"]),
+                         tuple(d["padding"]), tuple(d["dilation"]), d["groups"], d["bias"])
+    if t == "Linear":
+        return nn.Linear(d["in_features"], d["out_features"], d["bias"])
+    if t == "BatchNorm2d":
+        return nn.BatchNorm2d(d["num_features"], d["eps"], d["momentum"], d["affine"])
+    if t == "Sequential":
+        return nn.Sequential(*[nn.Identity() for _ in range(d["length"])])
+    if t == "Identity":
+        return nn.Identity()
+    raise BundleError(f"unknown layer type {t!r} in manifest")
+
+
+def apply_manifest(model: nn.Module, man: dict[str, dict[str, Any]]) -> nn.Module:
+    """Reshape/replace layers so ``model`` matches a manifest (parents before children)."""
+    for name in sorted(man, key=lambda n: n.count(".")):
+        d = man[name]
+        parent_name, _, leaf = name.rpartition(".")
+        try:
+            parent = model.get_submodule(parent_name) if parent_name else model
+        except AttributeError:
+            raise BundleError(f"manifest names layer {name!r} whose parent does not exist") from None
+        current = getattr(parent, leaf, None) if not leaf.isdigit() or not isinstance(parent, nn.Sequential) \
+            else (parent[int(leaf)] if int(leaf) < len(parent) else None)
+        if current is not None and describe(current) == d:
+            continue
+        new = _make(d)
+        if isinstance(current, nn.Sequential) and d["type"] == "Sequential":
+            # Same container kind, different length: keep existing children where they fit.
+            kids = list(current.children())
+            new = nn.Sequential(*(kids[i] if i < len(kids) else nn.Identity() for i in range(d["length"])))
+        if isinstance(parent, nn.Sequential) and leaf.isdigit():
+            idx = int(leaf)
+            if idx >= len(parent):
+                raise BundleError(f"manifest layer {name!r} is outside its container")
+            parent[idx] = new
+        else:
+            setattr(parent, leaf, new)
+    return model
+
+
+# --------------------------------------------------------------------------------------------
+# Packed sparse tensors
+# --------------------------------------------------------------------------------------------
+def pack(t: torch.Tensor) -> dict[str, Any]:
+    flat = t.detach().cpu().reshape(-1)
+    mask = flat != 0
+    bits = np.packbits(mask.numpy())
+    return {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch."),
+            "mask": torch.from_numpy(bits), "values": flat[mask].clone()}
+
+
+def unpack(p: dict[str, Any]) -> torch.Tensor:
+    n = int(np.prod(p["shape"])) if p["shape"] else 1
+    mask = torch.from_numpy(np.unpackbits(p["mask"].numpy())[:n].astype(bool))
+    if int(mask.sum()) != p["values"].numel():
+        raise BundleError("packed tensor is corrupt: mask and values disagree")
+    out = torch.zeros(n, dtype=getattr(torch, p["dtype"]))
+    out[mask] = p["values"]
+    return out.reshape(p["shape"])
+
+
+# --------------------------------------------------------------------------------------------
+# Save / load
+# --------------------------------------------------------------------------------------------
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write via a temp file in the same folder + rename: a crash never leaves a half file visible."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def make_bundle(model: nn.Module, *, arch: str, num_classes: int, small_input: bool, meta: dict[str, Any],
+                metrics: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    dense, packed = {}, {}
+    for k, v in model.state_dict().items():
+        v = v.detach().cpu()
+        if v.is_floating_point() and v.numel() >= 64 and (v == 0).float().mean().item() >= PACK_MIN_SPARSITY:
+            packed[k] = pack(v)
+        else:
+            dense[k] = v.clone()
+    return {"format": FORMAT, "version": VERSION, "arch": arch,
+            "arch_kwargs": {"num_classes": int(num_classes), "small_input": bool(small_input)},
+            "meta": meta, "metrics": metrics or {}, "manifest": manifest(model),
+            "state_dict": dense, "packed": packed, "extra": extra or {}}
+
+
+def save_bundle(bundle: dict[str, Any], path: Path) -> int:
+    buf = io.BytesIO()
+    torch.save(bundle, buf)
+    atomic_write_bytes(Path(path), buf.getvalue())
+    return Path(path).stat().st_size
+
+
+def read_bundle(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise BundleError(f"checkpoint not found: {path}")
+    try:
+        b = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        msg = str(e).splitlines()[0][:300]
+        if "Weights only load failed" in str(e) or "Unsupported global" in str(e):
+            raise BundleError(f"{path.name} was refused: it contains pickled code or objects other than "
+                              f"tensors and plain data, which Slimbench never executes ({msg})") from None
+        raise BundleError(f"{path.name} is not a readable checkpoint (truncated or not a torch file): {msg}") from None
+    if not isinstance(b, dict):
+        raise BundleError(f"{path.name} holds a {type(b).__name__}, not a Slimbench bundle or state dict")
+    if b.get("format") != FORMAT:
+        raise BundleError(f"{path.name} is not a Slimbench bundle (no format tag); to start from a plain "
+                          "state dict use model.arch with model.pretrained")
+    if b.get("version") != VERSION:
+        raise BundleError(f"{path.name} is bundle version {b.get('version')!r}; this Slimbench reads version {VERSION}")
+    return b
+
+
+def model_from_bundle(b: dict[str, Any]) -> nn.Module:
+    arch = b.get("arch")
+    if arch not in models.ARCHS:
+        raise BundleError(f"bundle architecture {arch!r} is unknown; valid: {', '.join(models.ARCHS)}")
+    kw = b["arch_kwargs"]
+    model = models.build(arch, int(kw["num_classes"]), bool(kw.get("small_input", False)))
+    apply_manifest(model, b.get("manifest", {}))
+    state = dict(b["state_dict"])
+    for k, p in b.get("packed", {}).items():
+        state[k] = unpack(p)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+             for k in own if k in state and own[k].shape != state[k].shape]
+    if missing or unexpected or wrong:
+        parts = []
+        if wrong:
+            parts.append("shape mismatch " + "; ".join(wrong[:3]))
+        if missing:
+            parts.append("missing " + ", ".join(missing[:3]))
+        if unexpected:
+            parts.append("unexpected " + ", ".join(unexpected[:3]))
+        raise BundleError(f"weights do not fit {arch} with {kw['num_classes']} classes: " + " | ".join(parts))
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    b = read_bundle(path)
+    return model_from_bundle(b), b
+
+
+# --------------------------------------------------------------------------------------------
+# ONNX
+# --------------------------------------------------------------------------------------------
+def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: Path) -> None:
+    """Export with a dynamic batch axis to one self-contained file, written atomically."""
+    model = model.to("cpu").eval()
+    x = torch.randn((1, *input_shape))
+    tmp = Path(path).with_name(f".{Path(path).name}.{os.getpid()}.tmp.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:  # the TorchScript exporter: fast and single-file
+            torch.onnx.export(model, (x,), str(tmp), dynamo=False, input_names=["input"], output_names=["logits"],
+                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17)
+        except Exception:
+            prog = torch.onnx.export(model, (x,), dynamo=True, input_names=["input"], output_names=["logits"],
+                                     dynamic_shapes=({0: torch.export.Dim("batch", max=4096)},), verbose=False)
+            prog.save(str(tmp), external_data=False)
+    os.replace(tmp, path)
+
+
+def onnx_session(path: str | Path, device: str = "cpu"):
+    import onnxruntime as ort
+    providers = ["CPUExecutionProvider"]
+    if device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=providers)
+
+
+@torch.no_grad()
+def verify_onnx(model: nn.Module, path: Path, inputs: torch.Tensor) -> dict[str, Any]:
+    """Top-1 agreement and max |logit difference| between torch and ONNX Runtime on ``inputs``."""
+    sess = onnx_session(path)
+    name = sess.get_inputs()[0].name
+    ref = model.to("cpu").eval()(inputs).float()
+    got = torch.from_numpy(sess.run(None, {name: inputs.numpy()})[0]).float()
+    return {"onnx_top1_agreement": (ref.argmax(1) == got.argmax(1)).float().mean().item(),
+            "onnx_max_abs_diff": (ref - got).abs().max().item()}

@@ -1,0 +1,179 @@
+"""Honest measurements of a model: size, compute, sparsity, speed and memory.
+
+MACs and FLOPs come from ``torch.utils.flop_counter`` (FLOPs = 2 x MACs for conv/matmul; note that
+torchvision's published "GFLOPS" are MACs). Latency is the median of repeated synchronised runs
+after warm-up, with the CPU thread count fixed and recorded.
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import threading
+import time
+from typing import Any, Callable
+
+import psutil
+import torch
+import torch.nn as nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def prunable_weights(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """The weight tensors of conv and linear layers: what pruning acts on and sparsity is about."""
+    return [(f"{name}.weight" if name else "weight", m.weight) for name, m in model.named_modules()
+            if isinstance(m, (nn.Conv2d, nn.Linear)) and getattr(m, "weight", None) is not None]
+
+
+def sparsity(model: nn.Module) -> float:
+    """Share of exactly-zero weights among all conv/linear weights."""
+    ws = prunable_weights(model)
+    total = sum(w.numel() for _, w in ws)
+    zeros = sum((w == 0).sum().item() for _, w in ws)
+    return zeros / total if total else 0.0
+
+
+@torch.no_grad()
+def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, Any]:
+    """Dense MACs/FLOPs for one image, and 'sparse' MACs that skip exactly-zero weights."""
+    model = model.eval()
+    device = _device_of(model)
+    x = torch.zeros((1, *input_shape), device=device)
+    with FlopCounterMode(display=False) as fc:
+        model(x)
+    flops = int(fc.get_total_flops())
+    # Per-layer FLOPs (keys are "<RootClass>.<module path>") weighted by each layer's density.
+    per_module = fc.get_flop_counts()
+    root = type(model).__name__
+    saved = 0.0
+    for name, m in model.named_modules():
+        if not isinstance(m, (nn.Conv2d, nn.Linear)) or not name:
+            continue
+        counts = per_module.get(f"{root}.{name}")
+        if not counts:
+            continue
+        layer_flops = sum(int(v) for v in counts.values())
+        w = m.weight
+        saved += layer_flops * (w == 0).sum().item() / w.numel()
+    return {"flops": flops, "macs": flops // 2, "sparse_macs": int(round((flops - saved) / 2))}
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def time_runs(fn: Callable[[], Any], runs: int, warmup: int, device: torch.device,
+              min_seconds: float = 0.0) -> list[float]:
+    """Wall-clock seconds of each timed call after ``warmup`` untimed ones (synchronised on CUDA)."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < runs or (time.perf_counter() - start < min_seconds and len(times) < runs * 10):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+class _RssPeak:
+    """Samples this process's resident memory in a thread; reports the peak above the start."""
+
+    def __init__(self, interval: float = 0.005):
+        self.proc, self.interval = psutil.Process(), interval
+        self.base = self.peak = self.proc.memory_info().rss
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "_RssPeak":
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._t.join()
+        self.peak = max(self.peak, self.proc.memory_info().rss)
+
+    @property
+    def delta(self) -> int:
+        return self.peak - self.base
+
+
+@torch.no_grad()
+def measure_speed(model: Callable[[torch.Tensor], Any], input_shape: tuple[int, ...], device: torch.device,
+                  batch_size: int, runs: int = 30, warmup: int = 5, threads: int | None = None,
+                  prefix: str = "") -> dict[str, Any]:
+    """Latency at batch 1 and throughput at ``batch_size``; peak memory during the batch run."""
+    if isinstance(model, nn.Module):
+        model.eval()
+    old_threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(threads or psutil.cpu_count(logical=False) or os.cpu_count() or 1)
+    try:
+        x1 = torch.randn((1, *input_shape), device=device)
+        lat = time_runs(lambda: model(x1), runs, warmup, device, min_seconds=0.5)
+        xb = torch.randn((batch_size, *input_shape), device=device)
+        batch_runs = max(3, runs // 5)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device)
+            tb = time_runs(lambda: model(xb), batch_runs, 2, device)
+            peak = torch.cuda.max_memory_allocated(device) - base
+        else:
+            with _RssPeak() as rss:
+                tb = time_runs(lambda: model(xb), batch_runs, 1, device)
+            peak = rss.delta
+        med = statistics.median(lat)
+        out = {
+            "latency_ms": med * 1e3,
+            "latency_p90_ms": sorted(lat)[int(0.9 * (len(lat) - 1))] * 1e3,
+            "latency_cv": statistics.pstdev(lat) / statistics.mean(lat) if len(lat) > 1 else 0.0,
+            "latency_runs": len(lat),
+            "throughput": batch_size / statistics.median(tb),
+            "throughput_batch": batch_size,
+            "peak_mem_bytes": int(max(0, peak)),
+            "threads": torch.get_num_threads() if device.type == "cpu" else None,
+        }
+    finally:
+        torch.set_num_threads(old_threads)
+    return {f"{prefix}{k}": v for k, v in out.items()}
+
+
+def measure_model(model: nn.Module, input_shape: tuple[int, ...], cfg, cuda: bool | None = None) -> dict[str, Any]:
+    """Static and speed metrics of a PyTorch model: CPU always, CUDA too when present.
+
+    CPU keys are unprefixed (``latency_ms``, ``throughput``); CUDA ones are ``gpu_*``.
+    """
+    cpu_model = model.to("cpu").eval()
+    out: dict[str, Any] = {"params": count_params(cpu_model),
+                           "nonzero_params": sum(int((p != 0).sum()) for p in cpu_model.parameters()),
+                           "sparsity": sparsity(cpu_model), **count_macs(cpu_model, input_shape)}
+    out.update(measure_speed(cpu_model, input_shape, torch.device("cpu"), cfg.batch_size,
+                             cfg.latency_runs, cfg.warmup_runs, cfg.threads))
+    if cuda is None:
+        cuda = torch.cuda.is_available()
+    if cuda:
+        dev = torch.device("cuda")
+        gpu_model = model.to(dev).eval()
+        out.update(measure_speed(gpu_model, input_shape, dev, cfg.gpu_batch_size, cfg.latency_runs,
+                                 cfg.warmup_runs, prefix="gpu_"))
+        out["gpu_name"] = torch.cuda.get_device_name(dev)
+        model.to("cpu")
+    return out

@@ -1,0 +1,138 @@
+"""The method registry: one place that knows every compression method, its parameters and help.
+
+A method is ``fn(model, ctx, params) -> model``. ``ctx`` (engine.context.Context) gives the data,
+the base model, the device, ``ctx.fit`` / ``ctx.evaluate``, progress and cancellation.
+Each method module registers itself with ``@register``; the dashboard builds its widgets from
+the same ``Param`` list that validates specs here.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ..spec import SpecError
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    kind: str                      # float | int | str | bool | list
+    default: Any
+    help: str = ""
+    low: float | None = None       # numeric range
+    high: float | None = None
+    low_open: bool = False         # True: value must be > low (else >= low)
+    high_open: bool = False        # True: value must be < high
+    choices: tuple[str, ...] = ()  # for kind == "str"
+    optional: bool = False         # None allowed
+
+    def check(self, where: str, value: Any) -> Any:
+        if value is None:
+            if self.optional:
+                return None
+            raise SpecError(where, "must not be null")
+        if self.kind == "bool":
+            if not isinstance(value, bool):
+                raise SpecError(where, f"must be true or false, got {value!r}")
+            return value
+        if self.kind in ("int", "float"):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise SpecError(where, f"must be a number, got {type(value).__name__} {value!r}")
+            if self.kind == "int":
+                if float(value) != int(value):
+                    raise SpecError(where, f"must be a whole number, got {value}")
+                value = int(value)
+            else:
+                value = float(value)
+            lo_ok = self.low is None or (value > self.low if self.low_open else value >= self.low)
+            hi_ok = self.high is None or (value < self.high if self.high_open else value <= self.high)
+            if not (lo_ok and hi_ok):
+                raise SpecError(where, f"must be in {self.range_text()}, got {value}")
+            return value
+        if self.kind == "str":
+            if not isinstance(value, str):
+                raise SpecError(where, f"must be a string, got {type(value).__name__}")
+            if self.choices and value not in self.choices:
+                raise SpecError(where, f"unknown value {value!r}; valid: {', '.join(self.choices)}")
+            return value
+        if self.kind == "list":
+            if not isinstance(value, list):
+                raise SpecError(where, f"must be a list, got {type(value).__name__}")
+            return value
+        raise AssertionError(f"unknown param kind {self.kind}")
+
+    def range_text(self) -> str:
+        lo = "-inf" if self.low is None else f"{self.low:g}"
+        hi = "inf" if self.high is None else f"{self.high:g}"
+        return f"{'(' if self.low_open else '['}{lo}, {hi}{')' if self.high_open else ']'}"
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    fn: Callable[..., Any]
+    params: tuple[Param, ...] = ()
+    help: str = ""
+    family: str = "other"
+    needs_base: bool = True        # needs a trained model to start from (from_run/checkpoint, or trains one)
+    check: Callable[[dict, Any], None] | None = None  # cross-field validation (params, spec)
+
+
+METHODS: dict[str, Method] = {}
+
+# Modules that register methods; imported lazily so that `import engine` stays light.
+_MODULES = ("baseline", "pruning", "lowrank", "distill", "factorize", "quantize", "runtime", "pipeline")
+
+
+def register(name: str, *, params: tuple[Param, ...] | list[Param] = (), help: str = "",
+             family: str = "other", needs_base: bool = True,
+             check: Callable[[dict, Any], None] | None = None):
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        if name in METHODS and METHODS[name].fn is not fn:
+            raise RuntimeError(f"method {name!r} registered twice")
+        METHODS[name] = Method(name, fn, tuple(params), help, family, needs_base, check)
+        return fn
+    return deco
+
+
+def load_all() -> dict[str, Method]:
+    for mod in _MODULES:
+        try:
+            importlib.import_module(f"{__name__}.{mod}")
+        except ModuleNotFoundError as e:
+            if e.name != f"{__name__}.{mod}":
+                raise
+    return METHODS
+
+
+def get(name: str) -> Method:
+    load_all()
+    if name not in METHODS:
+        raise SpecError("method.name", f"unknown method {name!r}; valid: {', '.join(sorted(METHODS))}")
+    return METHODS[name]
+
+
+def validate(name: str, params: Any, spec: Any = None, where: str = "method") -> dict[str, Any]:
+    """Check params against the method's schema; return them with defaults filled in."""
+    if not isinstance(name, str):
+        raise SpecError(f"{where}.name", f"must be a string, got {type(name).__name__}")
+    m = get(name) if where == "method" else _get_at(name, where)
+    if not isinstance(params, dict):
+        raise SpecError(f"{where}.params", f"must be an object, got {type(params).__name__}")
+    known = {p.name: p for p in m.params}
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        valid = ", ".join(known) or "(none)"
+        raise SpecError(f"{where}.params.{unknown[0]}", f"unknown parameter for {name}; valid: {valid}")
+    out = {p.name: p.check(f"{where}.params.{p.name}", params.get(p.name, p.default)) for p in m.params}
+    if m.check is not None:
+        m.check(out, spec)
+    return out
+
+
+def _get_at(name: str, where: str) -> Method:
+    load_all()
+    if name not in METHODS:
+        raise SpecError(f"{where}.name", f"unknown method {name!r}; valid: {', '.join(sorted(METHODS))}")
+    return METHODS[name]

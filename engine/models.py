@@ -1,0 +1,133 @@
+"""Architecture registry over torchvision's builders, with a small-input stem for 32x32 data.
+
+``build(arch, num_classes, small_input)`` makes a fresh model; ``ARCHS`` lists every name with
+the stem surgery that adapts it to small images (3x3 stride-1 first conv, no early max-pool,
+as in the CIFAR literature).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torchvision.models as tvm
+
+from .spec import SpecError
+
+
+def _conv_like(old: nn.Conv2d, kernel: int, stride: int) -> nn.Conv2d:
+    return nn.Conv2d(old.in_channels, old.out_channels, kernel, stride, kernel // 2, bias=old.bias is not None)
+
+
+def _resnet_stem(m: nn.Module) -> None:
+    m.conv1 = _conv_like(m.conv1, 3, 1)
+    m.maxpool = nn.Identity()
+
+
+def _first_conv_stride1(path: str) -> Callable[[nn.Module], None]:
+    def adapt(m: nn.Module) -> None:
+        conv = m.get_submodule(path)
+        conv.stride = (1, 1)
+    return adapt
+
+
+def _densenet_stem(m: nn.Module) -> None:
+    m.features.conv0 = _conv_like(m.features.conv0, 3, 1)
+    m.features.pool0 = nn.Identity()
+
+
+def _shufflenet_stem(m: nn.Module) -> None:
+    m.conv1[0] = _conv_like(m.conv1[0], 3, 1)
+    m.maxpool = nn.Identity()
+
+
+def _vgg_small(m: nn.Module) -> None:
+    # 32x32 leaves a 1x1 map: drop the 7x7 pooling and the 100M-parameter 4096-wide head.
+    num_classes = m.classifier[-1].out_features
+    m.avgpool = nn.AdaptiveAvgPool2d(1)
+    m.classifier = nn.Sequential(nn.Linear(512, 512), nn.ReLU(True), nn.Dropout(0.5), nn.Linear(512, num_classes))
+
+
+@dataclass(frozen=True)
+class Arch:
+    name: str
+    small_stem: Callable[[nn.Module], None]
+    family: str
+
+
+ARCHS: dict[str, Arch] = {a.name: a for a in [
+    Arch("resnet18", _resnet_stem, "resnet"),
+    Arch("resnet34", _resnet_stem, "resnet"),
+    Arch("resnet50", _resnet_stem, "resnet"),
+    Arch("mobilenet_v2", _first_conv_stride1("features.0.0"), "mobilenet"),
+    Arch("mobilenet_v3_small", _first_conv_stride1("features.0.0"), "mobilenet"),
+    Arch("mobilenet_v3_large", _first_conv_stride1("features.0.0"), "mobilenet"),
+    Arch("squeezenet1_1", _first_conv_stride1("features.0"), "squeezenet"),
+    Arch("densenet121", _densenet_stem, "densenet"),
+    Arch("efficientnet_b0", _first_conv_stride1("features.0.0"), "efficientnet"),
+    Arch("shufflenet_v2_x1_0", _shufflenet_stem, "shufflenet"),
+    Arch("vgg11_bn", _vgg_small, "vgg"),
+]}
+
+SMALL_INPUT_MAX = 64
+
+
+def auto_small_input(image_size: int) -> bool:
+    return image_size <= SMALL_INPUT_MAX
+
+
+def build(arch: str, num_classes: int, small_input: bool = False) -> nn.Module:
+    if arch not in ARCHS:
+        raise SpecError("model.arch", f"unknown architecture {arch!r}; valid: {', '.join(ARCHS)}")
+    if num_classes < 2:
+        raise SpecError("num_classes", f"need at least 2 classes, got {num_classes}")
+    kwargs = {"aux_logits": False, "init_weights": True} if arch.startswith(("googlenet", "inception")) else {}
+    model = tvm.get_model(arch, weights=None, num_classes=num_classes, **kwargs)
+    if small_input:
+        ARCHS[arch].small_stem(model)
+    return model
+
+
+def classifier_layer(model: nn.Module) -> tuple[str, nn.Module]:
+    """The last layer that maps to the classes (Linear, or SqueezeNet's 1x1 conv)."""
+    last = None
+    for name, mod in model.named_modules():
+        if isinstance(mod, (nn.Linear, nn.Conv2d)):
+            last = (name, mod)
+    assert last is not None
+    return last
+
+
+def load_imagenet_weights(model: nn.Module, path: str | Path, freeze_backbone: bool = False) -> list[str]:
+    """Load a torchvision ImageNet state dict from a local file, keeping our classifier head.
+
+    Tensors whose shapes differ (the 1000-class head, a small-input stem) are left freshly
+    initialised; their names are returned so the run log can say what was not transferred.
+    """
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise SpecError("model.pretrained", f"cannot read {path} as a weights file: {e}") from None
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise SpecError("model.pretrained", f"{path} does not hold a state dict of tensors")
+    own = model.state_dict()
+    usable = {k: v for k, v in sd.items() if k in own and own[k].shape == v.shape}
+    if len(usable) < len(own) // 2:
+        raise SpecError("model.pretrained", f"{path} does not match this architecture: only {len(usable)} of "
+                        f"{len(own)} tensors fit (e.g. missing {next(iter(set(own) - set(usable)))})")
+    model.load_state_dict(usable, strict=False)
+    skipped = sorted(set(own) - set(usable))
+    if freeze_backbone:
+        head_name, _ = classifier_layer(model)
+        for name, p in model.named_parameters():
+            # The head and anything not transferred (e.g. a small-input stem) still learn.
+            p.requires_grad = name.startswith(head_name + ".") or name in skipped
+    return skipped
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,224 @@
+"""Run one job end to end: data -> model -> method -> evaluate -> export -> measure -> record."""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import platform
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+
+from . import data as data_mod
+from . import export, measure, methods, models, training
+from .context import Context
+from .spec import JobSpec, SpecError
+from .store import Store
+
+log = logging.getLogger("slimbench.run")
+ARTIFACTS = ("model.pt", "model.onnx", "result.json", "card.json")
+
+
+class JobFailed(RuntimeError):
+    """A job stopped with an error; ``str()`` is the one-line reason."""
+
+
+def load_run_model(store: Store, run_id: str) -> tuple[nn.Module, dict[str, Any]]:
+    row = store.get(run_id)
+    if row is None:
+        raise SpecError("model.from_run", f"no run {run_id!r} in {store.root}")
+    if row["state"] != "done":
+        raise SpecError("model.from_run", f"run {run_id} is {row['state']}, not done")
+    path = store.run_dir(run_id) / "model.pt"
+    model, bundle = export.load_model(path)
+    return model, bundle
+
+
+def _progress_sink(store: Store, run_id: str, echo: Callable[..., None] | None) -> Callable[..., None]:
+    """Record progress events (throttled to ~2/s, epoch ends always) and echo them."""
+    last = [0.0]
+
+    def progress(**ev: Any) -> None:
+        now = time.monotonic()
+        final = ev.get("phase", "").endswith(":val") or ev.get("step") == ev.get("steps")
+        if final or now - last[0] >= 0.5:
+            last[0] = now
+            store.add_event(run_id, ev)
+        if echo is not None:
+            echo(**ev)
+    return progress
+
+
+def execute(spec: JobSpec, store: Store | None = None, *, run_id: str | None = None,
+            echo: Callable[..., None] | None = None, cancelled: Callable[[], bool] = lambda: False,
+            parent: str | None = None) -> dict[str, Any]:
+    """Run ``spec``; returns the result record. The run row is created unless ``run_id`` exists."""
+    store = store or Store()
+    if run_id is None or store.get(run_id) is None:
+        run_id = store.create(spec.to_dict(), state="running", run_id=run_id, parent=parent)
+    row = store.get(run_id)
+    store.update(run_id, state="running", started=time.time(), attempts=(row["attempts"] or 0) + 1, error=None)
+    run_dir = store.run_dir(run_id)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    export.atomic_write_bytes(run_dir / "spec.json", json.dumps(spec.to_dict(), indent=2).encode())
+    handler = logging.FileHandler(run_dir / "log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    root_logger = logging.getLogger("slimbench")
+    root_logger.addHandler(handler)
+    root_logger.setLevel(logging.INFO)
+    try:
+        record = _execute(spec, store, run_id, run_dir, _progress_sink(store, run_id, echo), cancelled)
+        store.update(run_id, state="done", record=record, finished=time.time())
+        log.info("done: accuracy %.4f, size %d bytes", record["accuracy"], record["size_bytes"])
+        return record
+    except training.Cancelled:
+        log.info("cancelled")
+        _remove_artifacts(run_dir)
+        store.update(run_id, state="cancelled", finished=time.time(), error="cancelled by request")
+        raise
+    except BaseException as e:
+        reason = _one_line(e)
+        log.error("failed: %s\n%s", reason, traceback.format_exc())
+        _remove_artifacts(run_dir)
+        store.update(run_id, state="failed", finished=time.time(), error=reason)
+        raise JobFailed(reason) from e
+    finally:
+        root_logger.removeHandler(handler)
+        handler.close()
+
+
+def _one_line(e: BaseException) -> str:
+    if isinstance(e, torch.cuda.OutOfMemoryError):
+        return "CUDA out of memory: lower data.batch_size or use a smaller model"
+    if isinstance(e, OSError) and e.errno == 28:
+        return "disk full: free space in the workspace and retry"
+    if isinstance(e, KeyboardInterrupt):
+        return "interrupted"
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {msg}"[:500] if not isinstance(e, SpecError) else msg[:500]
+
+
+def _remove_artifacts(run_dir: Path) -> None:
+    for name in ARTIFACTS:
+        (run_dir / name).unlink(missing_ok=True)
+    for tmp in run_dir.glob(".*.tmp*"):
+        tmp.unlink(missing_ok=True)
+
+
+def _starting_model(spec: JobSpec, store: Store, data: data_mod.DataBundle):
+    """(model, arch, small_input, base record or None, parent run id or None)."""
+    m = spec.model
+    if m.arch:
+        small = m.small_input if m.small_input is not None else models.auto_small_input(data.image_size)
+        model = models.build(m.arch, data.num_classes, small)
+        if m.pretrained:
+            skipped = models.load_imagenet_weights(model, m.pretrained, m.freeze_backbone)
+            log.info("loaded ImageNet weights from %s; not transferred: %s", m.pretrained, ", ".join(skipped) or "none")
+        return model, m.arch, small, None, None
+    if m.from_run:
+        model, bundle = load_run_model(store, m.from_run)
+        parent = m.from_run
+    else:
+        try:
+            model, bundle = export.load_model(m.checkpoint)
+        except export.BundleError as e:
+            raise SpecError("model.checkpoint", str(e)) from None
+        parent = None
+    kw, meta = bundle["arch_kwargs"], bundle.get("meta", {})
+    if int(kw["num_classes"]) != data.num_classes:
+        raise SpecError("model", f"the starting model has {kw['num_classes']} classes but dataset "
+                        f"{data.name} has {data.num_classes}")
+    if meta.get("input_size") and list(meta["input_size"]) != list(data.input_shape):
+        raise SpecError("model", f"the starting model expects input {meta['input_size']} but the data gives "
+                        f"{list(data.input_shape)}; set data.image_size to {meta['input_size'][-1]}")
+    return model, bundle["arch"], bool(kw.get("small_input")), {**bundle.get("metrics", {})}, parent
+
+
+def _execute(spec: JobSpec, store: Store, run_id: str, run_dir: Path, progress, cancelled) -> dict[str, Any]:
+    t_start = time.time()
+    method = methods.get(spec.method.name)
+    device = training.resolve_device(spec.train.device)
+    progress(phase="data")
+    data = data_mod.load(spec.data)
+    for note in data.notes:
+        log.warning(note)
+    log.info("data %s: %d train / %d val / %d test images, %d classes, input %s", data.name, len(data.train),
+             len(data.val), len(data.test), data.num_classes, data.input_shape)
+    model, arch, small, base_record, parent = _starting_model(spec, store, data)
+    base = None if spec.model.arch else copy.deepcopy(model).eval()
+    ctx = Context(spec=spec, data=data, device=device, store=store, run_id=run_id, run_dir=run_dir, arch=arch,
+                  small_input=small, base=base, base_record=base_record, progress=progress, cancelled=cancelled,
+                  log=log)
+    log.info("method %s %s on %s (%s)", method.name, json.dumps(spec.method.params), arch, device)
+    progress(phase="method", method=method.name)
+    out = method.fn(model, ctx, spec.method.params)
+    if cancelled():
+        raise training.Cancelled()
+
+    progress(phase="evaluate")
+    record: dict[str, Any] = {"run_id": run_id, "status": "done", "name": spec.name, "method": method.name,
+                              "method_params": spec.method.params, "arch": ctx.arch, "small_input": ctx.small_input,
+                              "dataset": data.name, "num_classes": data.num_classes,
+                              "input_size": list(data.input_shape), "parent": parent,
+                              "device": str(device), "train_seconds": ctx.train_seconds,
+                              "best_val_acc": ctx.best_val_acc, "history": ctx.history, "notes": data.notes}
+    if hasattr(out, "export_artifacts"):
+        # Non-PyTorch results (e.g. INT8 ONNX Runtime) evaluate, save and measure themselves.
+        record.update(out.export_artifacts(ctx, run_dir))
+        progress(phase="measure")
+        record.update(out.measure(ctx))
+    else:
+        out = out.to(device).eval()
+        metrics = training.evaluate(out, data, "test", device, full=True, cancelled=cancelled)
+        record.update({k: metrics[k] for k in ("accuracy", "top5", "roc_auc", "per_class_accuracy", "confusion")})
+        record["test_images"] = metrics["n"]
+        progress(phase="export")
+        out = out.to("cpu")
+        bundle = export.make_bundle(out, arch=ctx.arch, num_classes=data.num_classes, small_input=ctx.small_input,
+                                    meta=data.meta(), metrics={k: record[k] for k in ("accuracy", "top5", "roc_auc")},
+                                    extra={"run_id": run_id, "method": method.name, "params": spec.method.params,
+                                           "parent": parent})
+        record["checkpoint"] = str(run_dir / "model.pt")
+        record["size_bytes"] = export.save_bundle(bundle, run_dir / "model.pt")
+        record["onnx"] = None
+        record["onnx_bytes"] = None
+        if spec.measure.onnx:
+            try:
+                export.export_onnx(out, data.input_shape, run_dir / "model.onnx")
+                sample = next(iter(data.loader("test", "cpu", batch_size=32)))[0]
+                check = export.verify_onnx(out, run_dir / "model.onnx", sample)
+                record.update(check)
+                record["onnx"] = str(run_dir / "model.onnx")
+                record["onnx_bytes"] = (run_dir / "model.onnx").stat().st_size
+                if check["onnx_top1_agreement"] < 1.0:
+                    log.warning("ONNX top-1 agrees with torch on %.1f%% of samples", 100 * check["onnx_top1_agreement"])
+            except Exception as e:  # some rewritten graphs do not export; the run still counts
+                log.warning("ONNX export skipped: %s", _one_line(e))
+                record["onnx_error"] = _one_line(e)
+        progress(phase="measure")
+        record.update(measure.measure_model(out, data.input_shape, spec.measure))
+    record.update(ctx.extra)
+    record.update({"spec": spec.to_dict(), "started": t_start, "finished": time.time(),
+                   "torch": torch.__version__, "host": platform.node(), "cpu": platform.processor() or platform.machine(),
+                   "python": sys.version.split()[0]})
+    export.atomic_write_bytes(run_dir / "result.json", json.dumps(record, indent=2, default=_json_default).encode())
+    card = {k: record.get(k) for k in ("run_id", "name", "method", "method_params", "arch", "dataset", "num_classes",
+                                       "input_size", "parent", "accuracy", "top5", "roc_auc", "params", "size_bytes",
+                                       "macs", "flops", "sparsity", "latency_ms", "throughput", "device")}
+    card["class_names"] = data.class_names
+    card["normalisation"] = {"mean": data.mean, "std": data.std}
+    export.atomic_write_bytes(run_dir / "card.json", json.dumps(card, indent=2, default=_json_default).encode())
+    return json.loads(json.dumps(record, default=_json_default))
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, torch.Tensor):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    return str(o)

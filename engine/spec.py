@@ -1,0 +1,247 @@
+"""Job specs: plain dataclasses, validated up front with messages that name the field.
+
+A spec is JSON. ``JobSpec.from_dict`` rejects unknown keys, wrong types and impossible values
+before any work starts; ``to_dict`` round-trips it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class SpecError(ValueError):
+    """A spec (or CLI argument) is invalid. The message names the field and the valid choices."""
+
+    def __init__(self, field_path: str, message: str):
+        self.field = field_path
+        super().__init__(f"{field_path}: {message}" if field_path else message)
+
+
+@dataclass
+class DataSpec:
+    name: str = "fashion-mnist"
+    path: str | None = None          # dataset location (dir, zip, or torchvision root)
+    image_size: int | None = None    # None: the dataset's native size
+    val_fraction: float = 0.1        # carved from train, seeded
+    limit: int | None = None         # cap on train images (quick runs)
+    test_limit: int | None = None    # cap on test images (quick runs)
+    batch_size: int = 64
+    augment: bool = True
+    seed: int = 0
+
+
+@dataclass
+class ModelSpec:
+    arch: str | None = None
+    from_run: str | None = None
+    checkpoint: str | None = None
+    small_input: bool | None = None  # None: automatic for inputs <= 64 px
+    pretrained: str | None = None    # local file of ImageNet weights (state dict)
+    freeze_backbone: bool = False
+
+
+@dataclass
+class MethodSpec:
+    name: str = "baseline"
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainSpec:
+    epochs: int = 3
+    optimizer: str = "sgd"           # sgd | adamw
+    lr: float | None = None          # None: sgd 0.1 x batch/256, adamw 1e-3; fine-tunes use a tenth
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.0
+    warmup_epochs: float = 0.5
+    amp: str = "auto"                # auto | bf16 | fp16 | off (CUDA only)
+    channels_last: bool | None = None  # None: on for CUDA
+    device: str = "auto"             # auto | cpu | cuda | cuda:N
+    devices: int = 1                 # >1: DistributedDataParallel
+    seed: int = 0
+
+
+@dataclass
+class MeasureSpec:
+    threads: int | None = None       # CPU threads for timing; None: all cores
+    latency_runs: int = 30
+    warmup_runs: int = 5
+    batch_size: int = 64             # throughput batch on CPU
+    gpu_batch_size: int = 256        # throughput batch on CUDA
+    onnx: bool = True
+
+
+@dataclass
+class JobSpec:
+    data: DataSpec = field(default_factory=DataSpec)
+    model: ModelSpec = field(default_factory=ModelSpec)
+    method: MethodSpec = field(default_factory=MethodSpec)
+    train: TrainSpec = field(default_factory=TrainSpec)
+    measure: MeasureSpec = field(default_factory=MeasureSpec)
+    name: str | None = None
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, raw: Any) -> "JobSpec":
+        if not isinstance(raw, dict):
+            raise SpecError("spec", f"must be a JSON object, got {type(raw).__name__}")
+        sections = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - set(sections))
+        if unknown:
+            raise SpecError(unknown[0], f"unknown section; valid: {', '.join(sections)}")
+        kwargs: dict[str, Any] = {}
+        for name, f in sections.items():
+            if name not in raw:
+                continue
+            if name == "name":
+                kwargs[name] = _check_type("name", raw[name], "str | None")
+                continue
+            kwargs[name] = _build(f.default_factory, raw[name], name)  # type: ignore[misc]
+        spec = cls(**kwargs)
+        spec.validate()
+        return spec
+
+    @classmethod
+    def from_json(cls, text: str) -> "JobSpec":
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise SpecError("spec", f"malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+        return cls.from_dict(raw)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "JobSpec":
+        p = Path(path)
+        if not p.is_file():
+            raise SpecError("spec", f"file not found: {p}")
+        return cls.from_json(p.read_text())
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def replace(self, **sections: Any) -> "JobSpec":
+        """A copy with whole sections or nested fields replaced, e.g. replace(method=MethodSpec(...))."""
+        d = self.to_dict()
+        for k, v in sections.items():
+            d[k] = dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
+        return JobSpec.from_dict(d)
+
+    # -- validation ---------------------------------------------------------------------------
+    def validate(self) -> None:
+        from . import data as data_mod
+        from . import methods as methods_mod
+        from . import models as models_mod
+
+        d, m, t, ms = self.data, self.model, self.train, self.measure
+        if d.name not in data_mod.DATASETS:
+            raise SpecError("data.name", f"unknown dataset {d.name!r}; valid: {', '.join(data_mod.DATASETS)}")
+        if d.image_size is not None and not 4 <= d.image_size <= 1024:
+            raise SpecError("data.image_size", f"must be between 4 and 1024 pixels, got {d.image_size}")
+        if not 0.0 <= d.val_fraction < 1.0:
+            raise SpecError("data.val_fraction", f"must be in [0, 1), got {d.val_fraction}")
+        for name in ("limit", "test_limit"):
+            v = getattr(d, name)
+            if v is not None and v < 1:
+                raise SpecError(f"data.{name}", f"must be a positive number of images, got {v}")
+        if not 1 <= d.batch_size <= 65536:
+            raise SpecError("data.batch_size", f"must be between 1 and 65536, got {d.batch_size}")
+        if d.path is not None and not Path(d.path).expanduser().exists():
+            raise SpecError("data.path", f"not found: {d.path}")
+
+        sources = [k for k in ("arch", "from_run", "checkpoint") if getattr(m, k)]
+        if len(sources) != 1:
+            raise SpecError("model", "give exactly one of arch, from_run, checkpoint"
+                            + (f" (got {', '.join(sources)})" if sources else ""))
+        if m.arch and m.arch not in models_mod.ARCHS:
+            raise SpecError("model.arch", f"unknown architecture {m.arch!r}; valid: {', '.join(models_mod.ARCHS)}")
+        for name in ("checkpoint", "pretrained"):
+            v = getattr(m, name)
+            if v and not Path(v).expanduser().is_file():
+                raise SpecError(f"model.{name}", f"file not found: {v}")
+        if m.pretrained and not m.arch:
+            raise SpecError("model.pretrained", "ImageNet weights apply to a fresh arch; give model.arch")
+        if m.from_run is not None and not _is_run_id(m.from_run):
+            raise SpecError("model.from_run", f"not a run id: {m.from_run!r}")
+
+        if t.epochs < 0 or t.epochs > 10000:
+            raise SpecError("train.epochs", f"must be between 0 and 10000, got {t.epochs}")
+        if t.optimizer not in ("sgd", "adamw"):
+            raise SpecError("train.optimizer", f"unknown optimizer {t.optimizer!r}; valid: sgd, adamw")
+        if t.lr is not None and not 0 < t.lr <= 10:
+            raise SpecError("train.lr", f"must be in (0, 10], got {t.lr}")
+        if not 0 <= t.momentum < 1:
+            raise SpecError("train.momentum", f"must be in [0, 1), got {t.momentum}")
+        if not 0 <= t.weight_decay < 1:
+            raise SpecError("train.weight_decay", f"must be in [0, 1), got {t.weight_decay}")
+        if not 0 <= t.label_smoothing < 1:
+            raise SpecError("train.label_smoothing", f"must be in [0, 1), got {t.label_smoothing}")
+        if t.warmup_epochs < 0:
+            raise SpecError("train.warmup_epochs", f"must be >= 0, got {t.warmup_epochs}")
+        if t.amp not in ("auto", "bf16", "fp16", "off"):
+            raise SpecError("train.amp", f"unknown value {t.amp!r}; valid: auto, bf16, fp16, off")
+        if not (t.device in ("auto", "cpu", "cuda") or (t.device.startswith("cuda:") and t.device[5:].isdigit())):
+            raise SpecError("train.device", f"unknown device {t.device!r}; valid: auto, cpu, cuda, cuda:N")
+        if not 1 <= t.devices <= 64:
+            raise SpecError("train.devices", f"must be between 1 and 64, got {t.devices}")
+
+        if ms.threads is not None and not 1 <= ms.threads <= 512:
+            raise SpecError("measure.threads", f"must be between 1 and 512, got {ms.threads}")
+        if not 1 <= ms.latency_runs <= 10000:
+            raise SpecError("measure.latency_runs", f"must be between 1 and 10000, got {ms.latency_runs}")
+        if not 0 <= ms.warmup_runs <= 1000:
+            raise SpecError("measure.warmup_runs", f"must be between 0 and 1000, got {ms.warmup_runs}")
+        for name in ("batch_size", "gpu_batch_size"):
+            v = getattr(ms, name)
+            if not 1 <= v <= 65536:
+                raise SpecError(f"measure.{name}", f"must be between 1 and 65536, got {v}")
+
+        # Method name and parameters: the registry owns their schema.
+        self.method.params = methods_mod.validate(self.method.name, self.method.params, spec=self)
+        if methods_mod.get(self.method.name).needs_base and m.arch:
+            raise SpecError("model", f"method {self.method.name} compresses a trained model: set model.from_run or "
+                            "model.checkpoint (train one first with method baseline)")
+
+
+def _is_run_id(s: str) -> bool:
+    return isinstance(s, str) and 0 < len(s) <= 64 and all(c.isalnum() or c in "-_" for c in s)
+
+
+def _build(factory: Any, raw: Any, where: str) -> Any:
+    if not isinstance(raw, dict):
+        raise SpecError(where, f"must be an object, got {type(raw).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(factory)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise SpecError(f"{where}.{unknown[0]}", f"unknown field; valid: {', '.join(fields)}")
+    kwargs = {k: _check_type(f"{where}.{k}", v, fields[k].type) for k, v in raw.items()}
+    return factory(**kwargs)
+
+
+def _check_type(where: str, value: Any, annotation: Any) -> Any:
+    """Check a JSON value against a field's annotation string ('int | None', 'float', ...)."""
+    ann = str(annotation).replace("typing.", "")
+    allowed = [a.strip() for a in ann.split("|")]
+    if value is None:
+        if "None" in allowed:
+            return None
+        raise SpecError(where, "must not be null")
+    for a in allowed:
+        if a == "bool" and isinstance(value, bool):
+            return value
+        if a == "int" and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if a == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if a == "str" and isinstance(value, str):
+            return value
+        if a.startswith("dict") and isinstance(value, dict):
+            return value
+    want = " or ".join(a for a in allowed if a != "None")
+    raise SpecError(where, f"must be {want}, got {type(value).__name__} {value!r}")

@@ -1,0 +1,228 @@
+"""Fit and evaluate loops. Methods plug in through hooks instead of copying the loop:
+
+- ``loss_fn(logits, y, x) -> loss``       replaces the criterion (e.g. distillation)
+- ``regularizer(model) -> loss``         added to the loss each step (e.g. BN-scale L1, orthogonality)
+- ``after_step(model)``                  runs after each optimiser step (e.g. re-apply masks)
+- ``on_epoch_end(model, epoch)``         runs after each epoch, before validation (e.g. soft pruning)
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .spec import TrainSpec
+
+Progress = Callable[..., None]
+
+
+class Cancelled(Exception):
+    """The job was asked to stop."""
+
+
+@dataclass
+class FitResult:
+    best_val_acc: float
+    best_epoch: int
+    seconds: float
+    history: list[dict]
+
+
+def _noop(**_: Any) -> None:
+    pass
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"train.device is {name!r} but no CUDA device is available here")
+    return torch.device(name)
+
+
+def default_lr(cfg: TrainSpec, batch_size: int) -> float:
+    """The spec's lr, else the linear scaling rule: SGD 0.1 per 256 images, AdamW 1e-3."""
+    if cfg.lr is not None:
+        return cfg.lr
+    return 0.1 * batch_size / 256 if cfg.optimizer == "sgd" else 1e-3
+
+
+def autocast_for(device: torch.device, amp: str):
+    if device.type != "cuda" or amp == "off":
+        return nullcontext(), None
+    dtype = torch.float16 if amp == "fp16" else torch.bfloat16
+    if amp == "auto" and not torch.cuda.is_bf16_supported():
+        dtype = torch.float16
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    return torch.autocast("cuda", dtype=dtype), scaler
+
+
+def fit(model: nn.Module, data, cfg: TrainSpec, *, epochs: int | None = None, lr: float | None = None,
+        device: torch.device | None = None, progress: Progress = _noop,
+        cancelled: Callable[[], bool] = lambda: False, phase: str = "train",
+        loss_fn: Callable[..., torch.Tensor] | None = None,
+        regularizer: Callable[[nn.Module], torch.Tensor] | None = None,
+        after_step: Callable[[nn.Module], None] | None = None,
+        on_epoch_end: Callable[[nn.Module, int], None] | None = None,
+        keep_best: bool = True) -> FitResult:
+    """Train ``model`` in place; afterwards it holds the weights of the best validation epoch."""
+    device = device or resolve_device(cfg.device)
+    epochs = cfg.epochs if epochs is None else epochs
+    torch.manual_seed(cfg.seed)
+    model.to(device)
+    channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    if epochs <= 0:
+        return FitResult(float("nan"), -1, 0.0, [])
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]  # no weight decay on BN and biases
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    base_lr = lr if lr is not None else default_lr(cfg, data.batch_size)
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(groups, lr=base_lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    else:
+        opt = torch.optim.AdamW(groups, lr=base_lr)
+    train_loader = data.loader("train", device, train=True)
+    steps_per_epoch = max(1, len(train_loader))
+    total = epochs * steps_per_epoch
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+
+    def lr_at(step: int) -> float:  # linear warm-up, then cosine to zero
+        if step < warmup:
+            return (step + 1) / warmup
+        t = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * t))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    amp_ctx, scaler = autocast_for(device, cfg.amp)
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    best_acc, best_epoch, best_state = -1.0, -1, None
+    history: list[dict] = []
+    start = time.perf_counter()
+    step = 0
+    for epoch in range(epochs):
+        model.train()
+        seen, correct, loss_sum, t0 = 0, 0, 0.0, time.perf_counter()
+        for i, (x, y) in enumerate(train_loader):
+            if cancelled():
+                raise Cancelled()
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with amp_ctx:
+                logits = model(x)
+                loss = loss_fn(logits, y, x) if loss_fn else criterion(logits, y)
+                if regularizer is not None:
+                    loss = loss + regularizer(model)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1} step {i + 1}; "
+                                         "lower the learning rate")
+            opt.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+            else:
+                loss.backward()
+                opt.step()
+            sched.step()
+            step += 1
+            if after_step is not None:
+                after_step(model)
+            n = len(y)
+            seen += n
+            loss_sum += loss.item() * n
+            correct += (logits.argmax(1) == y).sum().item()
+            if i % 10 == 0 or i == steps_per_epoch - 1:
+                ips = seen / max(1e-9, time.perf_counter() - t0)
+                elapsed = time.perf_counter() - start
+                progress(phase=phase, epoch=epoch + 1, epochs=epochs, step=i + 1, steps=steps_per_epoch,
+                         loss=loss_sum / seen, acc=correct / seen, images_per_s=ips,
+                         eta_s=elapsed / step * (total - step))
+        if on_epoch_end is not None:
+            on_epoch_end(model, epoch)
+        val = evaluate(model, data, "val", device, cancelled=cancelled)
+        rec = {"epoch": epoch + 1, "train_loss": loss_sum / max(1, seen), "train_acc": correct / max(1, seen),
+               "val_acc": val["accuracy"], "val_loss": val["loss"], "seconds": time.perf_counter() - start}
+        history.append(rec)
+        progress(phase=f"{phase}:val", epoch=epoch + 1, epochs=epochs, loss=val["loss"], acc=val["accuracy"],
+                 val_acc=val["accuracy"], train_acc=rec["train_acc"])
+        if val["accuracy"] > best_acc:
+            best_acc, best_epoch = val["accuracy"], epoch + 1
+            if keep_best and epoch < epochs - 1:
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                best_state = None  # the current weights are the best
+    if keep_best and best_state is not None:
+        model.load_state_dict(best_state)
+    if channels_last:
+        model.to(memory_format=torch.contiguous_format)
+    return FitResult(best_acc, best_epoch, time.perf_counter() - start, history)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader, device: torch.device | None = None,
+            cancelled: Callable[[], bool] = lambda: False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and labels for a whole loader (model in eval mode, float32 logits on CPU)."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    outs, ys = [], []
+    for x, y in loader:
+        if cancelled():
+            raise Cancelled()
+        outs.append(model(x.to(device)).float().cpu())
+        ys.append(y.cpu())
+    model.train(was_training)
+    return torch.cat(outs), torch.cat(ys)
+
+
+def evaluate(model: nn.Module, data, split: str = "test", device: torch.device | None = None,
+             full: bool = False, cancelled: Callable[[], bool] = lambda: False) -> dict[str, Any]:
+    if device is None:
+        p = next(model.parameters(), None)
+        device = p.device if p is not None else torch.device("cpu")
+    logits, y = predict(model, data.loader(split, device), device, cancelled)
+    return classification_metrics(logits, y, data.num_classes, full=full)
+
+
+def classification_metrics(logits: torch.Tensor, y: torch.Tensor, num_classes: int,
+                           full: bool = True) -> dict[str, Any]:
+    """top-1, top-5, loss; with ``full``: macro one-vs-rest ROC AUC, per-class accuracy, confusion."""
+    pred = logits.argmax(1)
+    k = min(5, num_classes)
+    out: dict[str, Any] = {
+        "accuracy": (pred == y).float().mean().item(),
+        "top5": (logits.topk(k, 1).indices == y[:, None]).any(1).float().mean().item(),
+        "loss": F.cross_entropy(logits, y).item(),
+        "n": int(len(y)),
+    }
+    if full:
+        from sklearn.metrics import confusion_matrix, roc_auc_score
+        probs = torch.softmax(logits, 1).numpy().astype(np.float64)
+        labels = list(range(num_classes))
+        present = sorted(set(y.tolist()))
+        try:
+            if len(present) == num_classes:
+                out["roc_auc"] = float(roc_auc_score(y.numpy(), probs, multi_class="ovr", average="macro",
+                                                     labels=labels))
+            else:  # some classes absent from this test set: AUC over the present ones
+                out["roc_auc"] = float(np.mean([roc_auc_score(y.numpy() == c, probs[:, c]) for c in present]))
+        except ValueError:
+            out["roc_auc"] = None
+        cm = confusion_matrix(y.numpy(), pred.numpy(), labels=labels)
+        out["confusion"] = cm.tolist()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            per = np.diag(cm) / cm.sum(1)
+        out["per_class_accuracy"] = [None if np.isnan(v) else float(v) for v in per]
+    return out

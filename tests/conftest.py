@@ -1,0 +1,70 @@
+"""Shared fixtures: an isolated workspace per session, and one trained digits base run to reuse."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATASETS = ROOT.parent / "shared" / "datasets"
+CIFAR_SMALL = Path(os.environ.get("SLIMBENCH_CIFAR10_SMALL", SHARED_DATASETS / "cifar10-small.zip"))
+ARTIFACTS = ROOT / "test-artifacts"
+
+# Every test process (and the subprocesses it starts) uses a throwaway workspace.
+_SESSION_HOME = Path(os.environ.get("SLIMBENCH_TEST_HOME", "")) if os.environ.get("SLIMBENCH_TEST_HOME") else None
+
+
+@pytest.fixture(scope="session")
+def session_home(tmp_path_factory) -> Path:
+    home = _SESSION_HOME or tmp_path_factory.mktemp("workspace")
+    os.environ["SLIMBENCH_HOME"] = str(home)
+    return home
+
+
+@pytest.fixture()
+def home(tmp_path, monkeypatch) -> Path:
+    """A fresh, empty workspace for one test."""
+    h = tmp_path / "ws"
+    monkeypatch.setenv("SLIMBENCH_HOME", str(h))
+    return h
+
+
+def cli(*args: str, home: Path, input: str | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``python -m engine ...`` in a fresh process against workspace ``home``."""
+    env = {**os.environ, "SLIMBENCH_HOME": str(home), "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "engine", *args], cwd=ROOT, env=env, input=input,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def run_spec(spec: dict, home: Path, tmp: Path | None = None, timeout: float = 600) -> dict:
+    """Run a spec through the CLI; return the result record (last stdout line)."""
+    path = (tmp or home) / f"spec-{abs(hash(json.dumps(spec, sort_keys=True)))}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(spec))
+    p = cli("run", str(path), home=home, timeout=timeout)
+    assert p.returncode == 0, f"run failed ({p.returncode}):\n{p.stderr[-3000:]}"
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
+def digits_base(session_home) -> dict:
+    """ResNet-18 trained on digits for 3 epochs through the CLI: the engine's reference run."""
+    spec = {"data": {"name": "digits"}, "model": {"arch": "resnet18"}, "method": {"name": "baseline"},
+            "train": {"epochs": 3}}
+    import time
+    t0 = time.perf_counter()
+    record = run_spec(spec, session_home)
+    record["_wall_seconds"] = time.perf_counter() - t0
+    return record
+
+
+@pytest.fixture(scope="session")
+def tiny_base(session_home) -> dict:
+    """A small, fast base for method tests: ResNet-18 on 8x8 digits, 2 epochs, ONNX skipped."""
+    spec = {"data": {"name": "digits"}, "model": {"arch": "resnet18"}, "method": {"name": "baseline"},
+            "train": {"epochs": 2}, "measure": {"onnx": False, "latency_runs": 5, "warmup_runs": 1}}
+    return run_spec(spec, session_home)

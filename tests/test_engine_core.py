@@ -1,0 +1,331 @@
+"""Engine core: CLI end to end, honest records, reloadable bundles, clear errors."""
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from conftest import CIFAR_SMALL, ROOT, cli, run_spec
+from engine import data as D
+from engine import export, measure, models
+from engine.spec import JobSpec, SpecError
+
+REQUIRED = ("run_id", "status", "accuracy", "top5", "roc_auc", "params", "size_bytes", "macs", "flops",
+            "sparsity", "latency_ms", "throughput", "device", "train_seconds", "checkpoint", "onnx", "spec")
+
+
+# -- the reference run -------------------------------------------------------------------------
+def test_digits_resnet18_three_epochs_meets_the_bar(digits_base):
+    r = digits_base
+    assert all(k in r for k in REQUIRED), sorted(set(REQUIRED) - set(r))
+    assert r["status"] == "done" and r["device"] == "cpu"
+    assert r["accuracy"] >= 0.9, r["accuracy"]
+    assert r["_wall_seconds"] < 120, f"took {r['_wall_seconds']:.0f}s"
+    assert r["top5"] >= r["accuracy"] and 0.5 < r["roc_auc"] <= 1.0
+    assert r["params"] == 11_173_962  # ResNet-18 with a 10-class head
+    assert r["macs"] * 2 == r["flops"] and r["macs"] > 0
+    assert r["size_bytes"] == Path(r["checkpoint"]).stat().st_size
+    assert r["latency_ms"] > 0 and r["throughput"] > 0 and r["threads"] >= 1
+    assert len(r["confusion"]) == 10 and sum(map(sum, r["confusion"])) == r["test_images"]
+    assert r["onnx"] and r["onnx_top1_agreement"] == 1.0
+
+
+def test_bundle_reevaluated_in_a_fresh_process_gives_the_same_accuracy(digits_base, session_home):
+    code = f"""
+import json, torch
+from engine import export, data, training
+from engine.spec import DataSpec
+model, bundle = export.load_model({digits_base['checkpoint']!r})
+spec = json.load(open({str(Path(digits_base['checkpoint']).parent / 'spec.json')!r}))
+d = data.load(DataSpec(**spec['data']))
+print(json.dumps(training.evaluate(model, d, 'test')))
+"""
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                       env={"SLIMBENCH_HOME": str(session_home), "PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert p.returncode == 0, p.stderr
+    got = json.loads(p.stdout.strip().splitlines()[-1])
+    assert got["accuracy"] == pytest.approx(digits_base["accuracy"], abs=1e-6)
+
+
+def test_onnx_export_agrees_with_torch_on_test_inputs(digits_base):
+    model, bundle = export.load_model(digits_base["checkpoint"])
+    spec = JobSpec.from_dict(digits_base["spec"])
+    d = D.load(spec.data)
+    x, _ = next(iter(d.loader("test", batch_size=200)))
+    check = export.verify_onnx(model, Path(digits_base["onnx"]), x)
+    assert check["onnx_top1_agreement"] == 1.0
+    assert check["onnx_max_abs_diff"] < 1e-3
+
+
+def test_bundle_carries_its_metadata(digits_base):
+    b = export.read_bundle(digits_base["checkpoint"])
+    assert b["arch"] == "resnet18" and b["arch_kwargs"] == {"num_classes": 10, "small_input": True}
+    assert b["meta"]["input_size"] == [3, 8, 8] and len(b["meta"]["class_names"]) == 10
+    assert len(b["meta"]["mean"]) == 1 and b["metrics"]["accuracy"] == pytest.approx(digits_base["accuracy"])
+
+
+def test_runs_lists_the_run(digits_base, session_home):
+    p = cli("runs", "--json", home=session_home)
+    assert p.returncode == 0
+    ids = [r["id"] for r in json.loads(p.stdout)]
+    assert digits_base["run_id"] in ids
+    p = cli("runs", home=session_home)
+    assert digits_base["run_id"] in p.stdout
+
+
+# -- profile -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("arch,params_m,gmacs", [("resnet18", 11.69, 1.81), ("mobilenet_v2", 3.50, 0.30)])
+def test_profile_matches_torchvision_published_figures(arch, params_m, gmacs, home):
+    p = cli("profile", arch, "--input-size", "224", "--num-classes", "1000", home=home)
+    assert p.returncode == 0, p.stderr
+    r = json.loads(p.stdout)
+    assert r["params"] / 1e6 == pytest.approx(params_m, rel=0.01)
+    assert r["macs"] / 1e9 == pytest.approx(gmacs, rel=0.01)
+    assert r["flops"] == 2 * r["macs"]
+
+
+def test_small_input_stem_is_automatic_for_small_images():
+    assert models.auto_small_input(32) and not models.auto_small_input(224)
+    m = models.build("resnet18", 10, small_input=True)
+    assert m.conv1.kernel_size == (3, 3) and m.conv1.stride == (1, 1) and isinstance(m.maxpool, nn.Identity)
+
+
+@pytest.mark.parametrize("arch", list(models.ARCHS))
+def test_every_arch_builds_and_runs_on_32px(arch):
+    m = models.build(arch, 10, small_input=True).eval()
+    with torch.no_grad():
+        assert m(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+# -- bad input ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("spec,field,hint", [
+    ({"data": {"name": "mnist-ish"}, "model": {"arch": "resnet18"}}, "data.name", "digits"),
+    ({"data": {"name": "digits"}, "model": {"arch": "resnet19"}}, "model.arch", "resnet18"),
+    ({"data": {"name": "digits"}, "model": {"arch": "resnet18"}, "method": {"name": "zip"}}, "method.name", "baseline"),
+    ({"data": {"name": "digits"}, "model": {"arch": "resnet18"}, "train": {"epochs": -1}}, "train.epochs", ""),
+    ({"data": {"name": "digits", "image_size": 0}, "model": {"arch": "resnet18"}}, "data.image_size", ""),
+    ({"data": {"name": "digits", "path": "/nope/x.zip"}, "model": {"arch": "resnet18"}}, "data.path", "not found"),
+    ({"data": {"name": "digits"}, "model": {"arch": "resnet18"}, "train": {"epochs": "3"}}, "train.epochs", "int"),
+    ({"data": {"name": "digits"}, "model": {"arch": "resnet18"}, "train": {"epoch": 3}}, "train.epoch", "epochs"),
+    ({"data": {"name": "digits"}, "model": {}}, "model", "exactly one"),
+    ({"data": {"name": "digits"}, "model": {"checkpoint": "/nope.pt"}}, "model.checkpoint", "not found"),
+])
+def test_bad_specs_exit_2_naming_the_field(spec, field, hint, home, tmp_path):
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(spec))
+    p = cli("run", str(path), home=home)
+    assert p.returncode == 2, p.stderr
+    assert field in p.stderr and hint in p.stderr
+    assert not (home / "runs").exists() or not any((home / "runs").iterdir()), "no work may start"
+
+
+def test_malformed_json_exits_2(home, tmp_path):
+    path = tmp_path / "spec.json"
+    path.write_text('{"data": {"name": "digits",}')
+    p = cli("run", str(path), home=home)
+    assert p.returncode == 2 and "malformed JSON" in p.stderr
+
+
+def test_profile_rejects_unknown_arch(home):
+    p = cli("profile", "resnet9000", home=home)
+    assert p.returncode == 2 and "resnet18" in p.stderr
+
+
+def test_spec_round_trips_through_json():
+    s = JobSpec.from_dict({"data": {"name": "digits", "limit": 100}, "model": {"arch": "resnet18"},
+                           "train": {"epochs": 1, "lr": 0.01}})
+    assert JobSpec.from_json(s.to_json()) == s
+
+
+# -- data ----------------------------------------------------------------------------------------
+def test_digits_splits_are_fixed_and_disjoint():
+    spec = JobSpec.from_dict({"data": {"name": "digits"}, "model": {"arch": "resnet18"}}).data
+    a = D.load(spec)
+    D._MEMO.clear()
+    b = D.load(spec)
+    assert torch.equal(a.val.y, b.val.y) and torch.equal(a.test.x, b.test.x)
+    assert len(a.train) + len(a.val) + len(a.test) == 1797
+    assert a.channels == 1 and a.input_shape == (3, 8, 8)
+
+
+def test_batches_are_normalised_rgb_and_augmented():
+    spec = JobSpec.from_dict({"data": {"name": "digits", "batch_size": 32}, "model": {"arch": "resnet18"}}).data
+    d = D.load(spec)
+    x, y = next(iter(d.loader("train", train=True)))
+    assert x.shape == (32, 3, 8, 8) and torch.equal(x[:, 0], x[:, 1])
+    xt, _ = next(iter(d.loader("test", batch_size=len(d.test))))
+    assert abs(xt.mean().item()) < 0.2  # normalised with train statistics
+    loader = d.loader("train", train=True)
+    a, b = next(iter(loader))[0], next(iter(loader))[0]
+    assert not torch.equal(a, b)  # reshuffled / re-augmented every pass
+    assert torch.equal(next(iter(d.loader("train", train=True)))[0], x)  # ...and reproducible from the seed
+
+
+def test_random_crop_keeps_content_shifted():
+    x = torch.arange(16.0).view(1, 1, 4, 4).repeat(8, 1, 1, 1)
+    out = D.random_crop(x, 1, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    for o in out:  # each output is the input shifted by at most one pixel
+        assert any(torch.equal(o[0, 1:3, 1:3], x[0, 0, 1 + dy:3 + dy, 1 + dx:3 + dx])
+                   for dy in (-1, 0, 1) for dx in (-1, 0, 1))
+
+
+def _png(color, size=(12, 12), mode="RGB") -> bytes:
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.new(mode, size, color).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _make_zip(path: Path, members: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return path
+
+
+def test_imagefolder_zip_with_train_and_test(home, tmp_path):
+    members = {}
+    for split, n in (("train", 12), ("test", 4)):
+        for cls, col in (("red", (255, 0, 0)), ("blue", (0, 0, 255))):
+            for i in range(n):
+                members[f"pets/{split}/{cls}/{i}.png"] = _png(col)
+    members["pets/train/red/broken.png"] = b"not an image at all"
+    z = _make_zip(tmp_path / "pets.zip", members)
+    d = D.load(JobSpec.from_dict({"data": {"name": "imagefolder", "path": str(z), "val_fraction": 0.25},
+                                  "model": {"arch": "resnet18"}}).data)
+    assert d.class_names == ["blue", "red"] and len(d.test) == 8 and len(d.train) + len(d.val) == 24
+    assert d.image_size == 12 and d.channels == 3
+    assert any("skipped 1 unreadable" in n for n in d.notes)
+
+
+def test_imagefolder_single_folder_is_split_with_a_fixed_seed(home, tmp_path):
+    root = tmp_path / "flat"
+    for cls, col in (("a", 10), ("b", 200)):
+        (root / cls).mkdir(parents=True)
+        for i in range(10):
+            (root / cls / f"{i}.png").write_bytes(_png((col, col, col), mode="RGB"))
+    spec = JobSpec.from_dict({"data": {"name": "imagefolder", "path": str(root), "image_size": 8},
+                              "model": {"arch": "resnet18"}}).data
+    d = D.load(spec)
+    assert len(d.test) == 4 and d.image_size == 8
+
+
+def test_imagefolder_without_class_folders_is_refused(home, tmp_path):
+    z = _make_zip(tmp_path / "flat.zip", {"a.png": _png((1, 2, 3)), "b.png": _png((1, 2, 3))})
+    with pytest.raises(SpecError, match="ImageFolder layout"):
+        D.load(JobSpec.from_dict({"data": {"name": "imagefolder", "path": str(z)}, "model": {"arch": "resnet18"}}).data)
+
+
+def test_zip_slip_archive_is_refused(home, tmp_path):
+    z = _make_zip(tmp_path / "evil.zip", {"train/a/../../../etc/x.png": _png((1, 1, 1)), "test/a/1.png": _png((1, 1, 1))})
+    with pytest.raises(SpecError, match="unsafe path"):
+        D.load(JobSpec.from_dict({"data": {"name": "imagefolder", "path": str(z)}, "model": {"arch": "resnet18"}}).data)
+
+
+def test_fashion_mnist_baseline_runs_through_the_same_code(home, tmp_path):
+    if not Path(D.FASHION_MNIST_DEFAULT, "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip("dataset-fashion-mnist is not installed (make test installs it as root)")
+    r = run_spec({"data": {"name": "fashion-mnist", "limit": 600, "test_limit": 500},
+                  "model": {"arch": "resnet18"}, "train": {"epochs": 1},
+                  "measure": {"latency_runs": 5}}, home, tmp_path)
+    assert r["dataset"] == "fashion-mnist" and r["input_size"] == [3, 28, 28] and r["test_images"] == 500
+    assert r["accuracy"] > 0.2  # well above chance (0.1) after one short epoch
+
+
+def test_cifar10_zip_baseline_runs_through_the_same_code(home, tmp_path):
+    if not CIFAR_SMALL.is_file():
+        pytest.skip(f"{CIFAR_SMALL} not present")
+    r = run_spec({"data": {"name": "cifar10", "path": str(CIFAR_SMALL), "limit": 500, "test_limit": 300},
+                  "model": {"arch": "resnet18"}, "train": {"epochs": 1},
+                  "measure": {"latency_runs": 5}}, home, tmp_path)
+    assert r["input_size"] == [3, 32, 32] and r["num_classes"] == 10 and r["small_input"] is True
+    assert 0.0 < r["accuracy"] <= 1.0 and r["size_bytes"] > 0
+
+
+# -- export / measure ----------------------------------------------------------------------------
+def test_manifest_rebuilds_a_rewritten_model(tmp_path):
+    m = models.build("resnet18", 10, small_input=True)
+    # A low-rank style rewrite and a pruned width: the bundle must rebuild both shapes.
+    old = m.layer1[0].conv1
+    m.layer1[0].conv1 = nn.Sequential(nn.Conv2d(64, 16, 3, 1, 1, bias=False), nn.Conv2d(16, 64, 1, bias=False))
+    m.fc = nn.Linear(512, 10)
+    del old
+    b = export.make_bundle(m, arch="resnet18", num_classes=10, small_input=True,
+                           meta={"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.25] * 3, "class_names": []})
+    export.save_bundle(b, tmp_path / "m.pt")
+    m2, _ = export.load_model(tmp_path / "m.pt")
+    x = torch.randn(2, 3, 32, 32)
+    m.eval()
+    assert torch.allclose(m(x), m2(x), atol=1e-5)
+    assert isinstance(m2.layer1[0].conv1, nn.Sequential)
+
+
+def test_sparse_weights_are_stored_packed_and_shrink_the_file(tmp_path):
+    m = models.build("resnet18", 10, small_input=True)
+    meta = {"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.25] * 3, "class_names": []}
+    dense = export.save_bundle(export.make_bundle(m, arch="resnet18", num_classes=10, small_input=True, meta=meta),
+                               tmp_path / "dense.pt")
+    with torch.no_grad():
+        for _, w in measure.prunable_weights(m):
+            w.mul_((torch.rand_like(w) > 0.9).float())
+    assert measure.sparsity(m) == pytest.approx(0.9, abs=0.01)
+    sparse = export.save_bundle(export.make_bundle(m, arch="resnet18", num_classes=10, small_input=True, meta=meta),
+                                tmp_path / "sparse.pt")
+    assert sparse < 0.2 * dense
+    m2, _ = export.load_model(tmp_path / "sparse.pt")
+    for (n, a), (_, b) in zip(m.state_dict().items(), m2.state_dict().items()):
+        assert torch.equal(a, b), n
+    c = measure.count_macs(m, (3, 32, 32))
+    assert c["sparse_macs"] == pytest.approx(0.1 * c["macs"], rel=0.1)
+
+
+def test_pickle_with_code_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+    torch.save({"format": "slimbench-bundle", "version": 1, "x": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(export.BundleError, match="refused"):
+        export.read_bundle(tmp_path / "evil.pt")
+    assert not marker.exists()
+
+
+def test_state_dict_for_another_class_count_names_the_mismatch(tmp_path, digits_base):
+    b = export.read_bundle(digits_base["checkpoint"])
+    b["arch_kwargs"]["num_classes"] = 7
+    export.save_bundle(b, tmp_path / "wrong.pt")
+    with pytest.raises(export.BundleError, match="fc.weight"):
+        export.load_model(tmp_path / "wrong.pt")
+
+
+def test_truncated_checkpoint_is_refused(tmp_path, digits_base):
+    raw = Path(digits_base["checkpoint"]).read_bytes()
+    (tmp_path / "cut.pt").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(export.BundleError, match="not a readable checkpoint"):
+        export.read_bundle(tmp_path / "cut.pt")
+
+
+def test_latency_measurement_records_its_conditions():
+    m = models.build("squeezenet1_1", 10, small_input=True)
+    r = measure.measure_speed(m, (3, 32, 32), torch.device("cpu"), batch_size=8, runs=5, warmup=1, threads=1)
+    assert r["threads"] == 1 and r["latency_runs"] >= 5 and r["throughput_batch"] == 8
+    assert r["latency_p90_ms"] >= r["latency_ms"] > 0
+
+
+def test_gpu_measurement_runs_where_cuda_exists():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device on this machine")
+    m = models.build("resnet18", 10, small_input=True)
+    r = measure.measure_speed(m.cuda(), (3, 32, 32), torch.device("cuda"), batch_size=64, runs=10, warmup=3,
+                              prefix="gpu_")
+    assert r["gpu_latency_ms"] > 0 and r["gpu_peak_mem_bytes"] > 0
