@@ -316,8 +316,7 @@ def _zip_listing(path: Path) -> list[str]:
             if info.compress_size and info.file_size / info.compress_size > MAX_MEMBER_RATIO and info.file_size > 1 << 20:
                 raise DataError(f"archive member {name!r} expands {info.file_size / info.compress_size:.0f}x "
                                 "(zip bomb guard)")
-            if not info.is_dir():
-                names.append(name)
+            names.append(name)  # folders too (trailing '/'), so an empty class folder is seen
         if total > MAX_ARCHIVE_BYTES:
             raise DataError(f"archive {path.name} expands to {total / 2**30:.1f} GiB "
                             f"(limit {MAX_ARCHIVE_BYTES / 2**30:.0f} GiB)")
@@ -331,6 +330,8 @@ def _dir_listing(path: Path) -> list[str]:
             continue  # never follow links out of the dataset folder
         if p.is_file():
             out.append(p.relative_to(path).as_posix())
+        elif p.is_dir():
+            out.append(p.relative_to(path).as_posix() + "/")
     return out
 
 
@@ -338,6 +339,7 @@ def _layout(files: list[str], path: Path) -> dict:
     """Find train/ and test/ (or a single folder of class folders) in a listing of relative paths."""
     images = [f for f in files if f.lower().endswith(IMAGE_SUFFIXES) and not Path(f).name.startswith(".")
               and "__MACOSX" not in f]
+    folders = [f.rstrip("/").split("/") for f in files if f.endswith("/")]
     if not images:
         raise DataError(f"no images found in {path}")
     parts = [f.split("/") for f in images]
@@ -351,6 +353,11 @@ def _layout(files: list[str], path: Path) -> dict:
                 sel = [p for p in parts if len(p) == depth + 3 and p[:depth] == prefix and p[depth] == split_name]
                 sets[split_name] = sel
             classes = sorted({p[depth + 1] for p in sets["train"]})
+            empty = sorted({f[depth + 1] for f in folders if len(f) == depth + 2 and f[:depth] == prefix
+                            and f[depth] == "train"} - set(classes))
+            if empty:
+                raise DataError(f"class folder(s) with no images in train/: {', '.join(empty[:5])}; "
+                                "remove them or add images")
             if not sets["test"]:
                 raise DataError(f"{path} has train/ but no test/ folder of class folders")
             extra = sorted({p[depth + 1] for p in sets["test"]} - set(classes))
