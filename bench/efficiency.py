@@ -1,0 +1,103 @@
+"""Engine efficiency and measurement trust: the engine's own paths against bare PyTorch loops."""
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from engine import measure, models, training
+from engine.data import DataBundle
+from engine.spec import TrainSpec
+
+
+@torch.no_grad()
+def eval_throughput_ratio(data: DataBundle, device: torch.device, arch: str = "resnet18", repeats: int = 3) -> dict:
+    """Images/s of training.predict over the engine's loader ÷ a bare no_grad loop over ready tensors."""
+    model = models.build(arch, data.num_classes, True).to(device).eval()
+    loader = data.loader("test", device, batch_size=256)
+    ready = [(x.clone(), y) for x, y in loader]
+    n = sum(len(y) for _, y in ready)
+
+    def bare() -> None:
+        for x, _ in ready:
+            model(x)
+
+    def engine_path() -> None:
+        training.predict(model, loader, device)
+    engine_path(), bare()  # warm-up
+    e = [_timed(engine_path, device) for _ in range(repeats)]
+    b = [_timed(bare, device) for _ in range(repeats)]
+    return {"engine_ips": n / statistics.median(e), "bare_ips": n / statistics.median(b),
+            "ratio": statistics.median(b) / statistics.median(e)}
+
+
+def _timed(fn, device) -> float:
+    measure._sync(device)
+    t0 = time.perf_counter()
+    fn()
+    measure._sync(device)
+    return time.perf_counter() - t0
+
+
+def train_throughput_ratio(data: DataBundle, device: torch.device, arch: str = "resnet18", steps: int = 30) -> dict:
+    """Training images/s with the engine's defaults (AMP + channels_last on CUDA) ÷ a plain FP32 eager loop."""
+    def run(engine_defaults: bool) -> float:
+        torch.manual_seed(0)
+        model = models.build(arch, data.num_classes, True).to(device)
+        cfg = TrainSpec(amp="auto" if engine_defaults else "off", channels_last=None if engine_defaults else False)
+        amp, _ = training.autocast_for(device, cfg.amp)
+        cl = engine_defaults and device.type == "cuda"
+        if cl:
+            model.to(memory_format=torch.channels_last)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        loader = data.loader("train", device, train=True)
+        it = iter(loader)
+        seen, t0 = 0, None
+        for i in range(steps + 5):
+            try:
+                x, y = next(it)
+            except StopIteration:
+                it = iter(loader)
+                x, y = next(it)
+            if i == 5:
+                measure._sync(device)
+                t0, seen = time.perf_counter(), 0
+            if cl:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with amp:
+                loss = torch.nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            seen += len(y)
+        measure._sync(device)
+        return seen / (time.perf_counter() - t0)
+    eng, plain = run(True), run(False)
+    return {"engine_train_ips": eng, "plain_fp32_ips": plain, "ratio": eng / plain}
+
+
+def matmul_peak_gflops(device: torch.device, n: int = 2048, dtype=torch.float32) -> float:
+    """An empirical peak: a large dense matrix product's GFLOP/s on this device and thread count."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    times = measure.time_runs(lambda: a @ b, 5, 2, device)
+    return 2 * n ** 3 / statistics.median(times) / 1e9
+
+
+def inference_share_of_peak(device: torch.device, arch: str = "resnet18", batch: int = 64) -> dict:
+    model = models.build(arch, 10, True).to(device).eval()
+    flops = measure.count_macs(model, (3, 32, 32))["flops"]
+    speed = measure.measure_speed(model, (3, 32, 32), device, batch, runs=10, warmup=3)
+    peak = matmul_peak_gflops(device)
+    achieved = flops * speed["throughput"] / 1e9
+    return {"images_per_s": speed["throughput"], "gflops_achieved": achieved, "peak_gflops": peak,
+            "share": achieved / peak}
+
+
+def latency_repeatability(device: torch.device, arch: str = "resnet18", repeats: int = 5) -> dict:
+    """CV of the batch-1 latency median over independent measurement repeats."""
+    model = models.build(arch, 10, True).to(device).eval()
+    meds = [measure.measure_speed(model, (3, 32, 32), device, 8, runs=30, warmup=5)["latency_ms"]
+            for _ in range(repeats)]
+    return {"medians_ms": meds, "cv": statistics.pstdev(meds) / statistics.mean(meds)}
