@@ -183,6 +183,9 @@ def read_bundle(path: str | Path) -> dict[str, Any]:
 
 
 def model_from_bundle(b: dict[str, Any]) -> nn.Module:
+    if b.get("kind") == ONNX_INT8:
+        raise BundleError("this bundle holds an INT8 ONNX Runtime model, not PyTorch weights; "
+                          "load it with export.load_predictor")
     arch = b.get("arch")
     if arch not in models.ARCHS:
         raise BundleError(f"bundle architecture {arch!r} is unknown; valid: {', '.join(models.ARCHS)}")
@@ -207,11 +210,81 @@ def model_from_bundle(b: dict[str, Any]) -> nn.Module:
             parts.append("unexpected " + ", ".join(unexpected[:3]))
         raise BundleError(f"weights do not fit {arch} with {kw['num_classes']} classes: " + " | ".join(parts))
     model.load_state_dict(state)
+    low = {v.dtype for v in state.values() if v.is_floating_point()} & {torch.float16, torch.bfloat16}
+    if low:  # a half-precision bundle (method half) runs in the precision it was stored in
+        model = to_low_precision(model, low.pop())
     return model.eval()
+
+
+def _cast_input(dtype: torch.dtype):
+    def hook(_mod, args):
+        return tuple(a.to(dtype) if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
+    return hook
+
+
+def _float_output(_mod, _args, out):
+    return out.float()
+
+
+def to_low_precision(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """Weights in ``dtype``; float32 inputs are cast on the way in, logits come back as float32."""
+    model = model.to(dtype)
+    model.register_forward_pre_hook(_cast_input(dtype))
+    model.register_forward_hook(_float_output)
+    return model
 
 
 def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     b = read_bundle(path)
+    return model_from_bundle(b), b
+
+
+# --------------------------------------------------------------------------------------------
+# INT8 ONNX Runtime bundles (method quantize_int8): the same dict format, kind "onnx-int8",
+# with the quantised ONNX file as a uint8 tensor under "onnx" instead of a state dict.
+# --------------------------------------------------------------------------------------------
+ONNX_INT8 = "onnx-int8"
+
+
+class OnnxRunner:
+    """An ONNX model as a callable: float batch tensor -> float32 logits tensor (CPU)."""
+
+    def __init__(self, onnx_bytes: bytes, device: str = "cpu", threads: int | None = None):
+        import onnxruntime as ort
+        providers = ["CPUExecutionProvider"]
+        if device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        if threads:
+            opts.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(onnx_bytes, opts, providers=providers)
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.detach().to("cpu", torch.float32).contiguous().numpy()
+        return torch.from_numpy(self.session.run(None, {self.input_name: x})[0]).float()
+
+
+def make_onnx_bundle(onnx_bytes: bytes, *, arch: str, num_classes: int, small_input: bool, meta: dict[str, Any],
+                     metrics: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"format": FORMAT, "version": VERSION, "kind": ONNX_INT8, "arch": arch,
+            "arch_kwargs": {"num_classes": int(num_classes), "small_input": bool(small_input)},
+            "meta": meta, "metrics": metrics or {},
+            "onnx": torch.frombuffer(bytearray(onnx_bytes), dtype=torch.uint8), "extra": extra or {}}
+
+
+def load_predictor(path: str | Path) -> tuple[Any, dict[str, Any]]:
+    """(callable batch tensor -> logits tensor, bundle) for every bundle kind."""
+    b = read_bundle(path)
+    if b.get("kind") == ONNX_INT8:
+        if not isinstance(b.get("onnx"), torch.Tensor) or b["onnx"].dtype != torch.uint8:
+            raise BundleError(f"{Path(path).name} is an INT8 bundle without its ONNX model")
+        try:
+            return OnnxRunner(b["onnx"].numpy().tobytes()), b
+        except Exception as e:
+            raise BundleError(f"{Path(path).name}: ONNX Runtime cannot load the INT8 model: "
+                              f"{str(e).splitlines()[0][:300]}") from None
     return model_from_bundle(b), b
 
 

@@ -49,6 +49,15 @@ CREATE TABLE IF NOT EXISTS events (
     data TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_run ON events(run_id, seq);
+CREATE TABLE IF NOT EXISTS workers (
+    id TEXT PRIMARY KEY,
+    pid INTEGER,
+    host TEXT,
+    started REAL NOT NULL,
+    heartbeat REAL NOT NULL,
+    concurrency INTEGER,
+    backend TEXT
+);
 """
 
 
@@ -116,6 +125,15 @@ class Store:
                  spec.get("data", {}).get("name"), parent or model.get("from_run"), json.dumps(spec), time.time()))
         self.run_dir(run_id).mkdir(parents=True, exist_ok=True)
         return run_id
+
+    def remove_artifacts(self, run_id: str) -> None:
+        """Drop a run's result files and temp files, so a run that did not finish shows none.
+        (The same names as runner.ARTIFACTS; here so the light worker process need not import torch.)"""
+        d = self.run_dir(run_id)
+        for name in ("model.pt", "model.onnx", "result.json", "card.json"):
+            (d / name).unlink(missing_ok=True)
+        for tmp in d.glob(".*.tmp*"):
+            tmp.unlink(missing_ok=True)
 
     def update(self, run_id: str, **fields: Any) -> None:
         allowed = {"state", "record", "error", "started", "finished", "attempts", "worker", "pid", "heartbeat",

@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import distributed
 from .spec import TrainSpec
 
 Progress = Callable[..., None]
@@ -76,6 +77,10 @@ def fit(model: nn.Module, data, cfg: TrainSpec, *, epochs: int | None = None, lr
     """Train ``model`` in place; afterwards it holds the weights of the best validation epoch."""
     device = device or resolve_device(cfg.device)
     epochs = cfg.epochs if epochs is None else epochs
+    if cfg.devices > 1 and epochs > 0 and not distributed.is_active():  # DDP: this process becomes rank 0
+        return distributed.fit(model, data, cfg, epochs=epochs, lr=lr, device=device, progress=progress,
+                               cancelled=cancelled, phase=phase, loss_fn=loss_fn, regularizer=regularizer,
+                               after_step=after_step, on_epoch_end=on_epoch_end, keep_best=keep_best)
     torch.manual_seed(cfg.seed)
     model.to(device)
     channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
@@ -93,7 +98,8 @@ def fit(model: nn.Module, data, cfg: TrainSpec, *, epochs: int | None = None, lr
         opt = torch.optim.SGD(groups, lr=base_lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
     else:
         opt = torch.optim.AdamW(groups, lr=base_lr)
-    train_loader = data.loader("train", device, train=True)
+    train_loader = distributed.shard(data.loader("train", device, train=True))
+    net = distributed.wrap(model, device)  # forward/backward through DDP when distributed
     steps_per_epoch = max(1, len(train_loader))
     total = epochs * steps_per_epoch
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
@@ -112,7 +118,7 @@ def fit(model: nn.Module, data, cfg: TrainSpec, *, epochs: int | None = None, lr
     start = time.perf_counter()
     step = 0
     for epoch in range(epochs):
-        model.train()
+        net.train()
         seen, correct, loss_sum, t0 = 0, 0, 0.0, time.perf_counter()
         for i, (x, y) in enumerate(train_loader):
             if cancelled():
@@ -120,7 +126,7 @@ def fit(model: nn.Module, data, cfg: TrainSpec, *, epochs: int | None = None, lr
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with amp_ctx:
-                logits = model(x)
+                logits = net(x)
                 loss = loss_fn(logits, y, x) if loss_fn else criterion(logits, y)
                 if regularizer is not None:
                     loss = loss + regularizer(model)

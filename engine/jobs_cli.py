@@ -1,0 +1,86 @@
+"""CLI commands for background jobs: submit, jobs, cancel, retry, worker (registered on import)."""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import sys
+
+from .cli import arg, command
+
+
+@command("submit", "queue a job spec for the background worker; prints the job id")
+@arg("spec", help="path to a JSON job spec ('-' for stdin)")
+@arg("--no-worker", action="store_true", help="only queue it; do not start a worker if none is alive")
+def cmd_submit(a: argparse.Namespace) -> int:
+    from . import jobs
+    from .spec import JobSpec
+    spec = JobSpec.from_json(sys.stdin.read()) if a.spec == "-" else JobSpec.from_file(a.spec)
+    job_id = jobs.submit(spec, autostart=False if a.no_worker else None)
+    print(job_id)
+    return 0
+
+
+@command("jobs", "list background jobs with their state and latest progress")
+@arg("--json", action="store_true", help="one JSON array of job rows")
+@arg("--state", action="append", default=None, help="only jobs in this state (repeatable)")
+@arg("--limit", type=int, default=50)
+def cmd_jobs(a: argparse.Namespace) -> int:
+    from . import jobs
+    from .spec import SpecError
+    from .store import STATES
+    for s in a.state or []:
+        if s not in STATES:
+            raise SpecError("--state", f"unknown state {s!r}; valid: {', '.join(STATES)}")
+    rows = jobs.list_jobs(states=a.state, limit=a.limit)
+    if a.json:
+        keys = ("id", "state", "name", "method", "arch", "dataset", "parent", "created", "started", "finished",
+                "attempts", "worker", "pid", "error", "waiting_for", "last_event")
+        print(json.dumps([{k: r.get(k) for k in keys} for r in rows]))
+        return 0
+    print(f"{'id':<24} {'state':<11} {'method':<18} {'arch':<16} {'created':<19} progress / error")
+    for r in rows:
+        ev = r["last_event"] or {}
+        if r["error"]:
+            info = r["error"]
+        elif r["waiting_for"]:
+            info = f"waiting for {r['waiting_for']}"
+        elif "epoch" in ev:
+            info = f"{ev.get('phase')} epoch {ev['epoch']}/{ev.get('epochs')}" + (
+                f" step {ev['step']}/{ev['steps']}" if "step" in ev else "")
+        else:
+            info = ev.get("phase", "")
+        created = dt.datetime.fromtimestamp(r["created"]).strftime("%Y-%m-%d %H:%M:%S")
+        print(f"{r['id']:<24} {r['state']:<11} {r['method'] or '-':<18} {r['arch'] or '-':<16} {created:<19} {info}")
+    return 0
+
+
+@command("cancel", "cancel a queued or running job (a running one stops within seconds)")
+@arg("job_id")
+def cmd_cancel(a: argparse.Namespace) -> int:
+    from . import jobs
+    jobs.cancel(a.job_id)
+    print(f"cancel requested: {a.job_id}")
+    return 0
+
+
+@command("retry", "queue an interrupted, failed or cancelled job again (same id)")
+@arg("job_id")
+def cmd_retry(a: argparse.Namespace) -> int:
+    from . import jobs
+    print(jobs.retry(a.job_id))
+    return 0
+
+
+@command("worker", "run queued jobs, each in a process of its own (foreground; Ctrl-C stops)")
+@arg("--concurrency", type=int, default=None, help="jobs at once (default: one per GPU, CPU cores / 4)")
+@arg("--backend", default=None, help="local (default) or ray; default from SLIMBENCH_BACKEND")
+@arg("--exit-when-idle", type=float, default=None, metavar="SECONDS", help="exit after this long with nothing to do")
+def cmd_worker(a: argparse.Namespace) -> int:
+    from .spec import SpecError
+    from .worker import Worker
+    if a.concurrency is not None and a.concurrency < 1:
+        raise SpecError("--concurrency", f"must be >= 1, got {a.concurrency}")
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    return Worker(concurrency=a.concurrency, backend=a.backend, exit_when_idle=a.exit_when_idle).run()

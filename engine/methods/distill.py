@@ -1,0 +1,123 @@
+"""Knowledge distillation into a student architecture, and the same student trained plainly.
+
+``distill`` trains a fresh ``student`` to match a teacher (the base run by default, or any run
+id), ``compact`` trains the same student on labels only with the same epoch budget, so the
+dashboard can show whether the teacher helped (the research found either can win).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .. import models
+from ..spec import SpecError
+from ..store import check_run_id
+from . import Param, register
+
+LOSSES = ("kd", "mse_softmax", "mse_ce")
+
+
+# --------------------------------------------------------------------------------------------
+# Losses (student logits s, teacher logits t, labels y)
+# --------------------------------------------------------------------------------------------
+def kd_loss(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, T: float = 2.0, alpha: float = 0.7) -> torch.Tensor:
+    """Hinton et al. 2015: alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, y).
+
+    The T^2 factor keeps the soft-target gradients on the same scale as the hard-label ones.
+    """
+    soft = F.kl_div(F.log_softmax(s / T, 1), F.log_softmax(t / T, 1), reduction="batchmean", log_target=True)
+    return alpha * T * T * soft + (1 - alpha) * F.cross_entropy(s, y)
+
+
+def mse_softmax_loss(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, T: float = 2.0,
+                     alpha: float = 0.7) -> torch.Tensor:
+    """Mean squared difference of the softened class probabilities (labels unused)."""
+    return F.mse_loss(F.softmax(s / T, 1), F.softmax(t / T, 1))
+
+
+def mse_ce_loss(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, T: float = 2.0, alpha: float = 0.7) -> torch.Tensor:
+    """alpha * softmax MSE + (1 - alpha) * cross-entropy on the labels."""
+    return alpha * mse_softmax_loss(s, t, y, T) + (1 - alpha) * F.cross_entropy(s, y)
+
+
+LOSS_FNS: dict[str, Callable[..., torch.Tensor]] = {"kd": kd_loss, "mse_softmax": mse_softmax_loss,
+                                                    "mse_ce": mse_ce_loss}
+
+
+# --------------------------------------------------------------------------------------------
+# Methods
+# --------------------------------------------------------------------------------------------
+def _student_params() -> list[Param]:
+    return [
+        Param("student", "str", "mobilenet_v2", "student architecture", choices=tuple(models.ARCHS)),
+        Param("epochs", "int", None, "training epochs for the student (default: train.epochs)", low=1, high=10000,
+              optional=True),
+    ]
+
+
+def build_student(ctx, params: dict[str, Any]) -> nn.Module:
+    """A fresh student for the run's data, with the same input stem choice as the starting model."""
+    student = models.build(params["student"], ctx.data.num_classes, ctx.small_input)
+    ctx.set_arch(params["student"], ctx.small_input)
+    return student
+
+
+def load_teacher(ctx, run_id: str | None) -> nn.Module:
+    if run_id is None:
+        teacher = ctx.base_copy()
+    else:
+        teacher, bundle = ctx.load_run(run_id)
+        n = int(bundle["arch_kwargs"]["num_classes"])
+        if n != ctx.data.num_classes:
+            raise SpecError("method.params.teacher", f"run {run_id} predicts {n} classes but the data has "
+                            f"{ctx.data.num_classes}")
+    teacher = teacher.to(ctx.device).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
+def _check_teacher(params: dict, spec: Any) -> None:
+    if params["teacher"] is not None:
+        try:
+            check_run_id(params["teacher"])
+        except ValueError:
+            raise SpecError("method.params.teacher", f"not a run id: {params['teacher']!r}") from None
+
+
+@register("distill", family="distillation", check=_check_teacher, params=[
+    *_student_params(),
+    Param("teacher", "str", None, "run id of the teacher (default: the starting model, model.from_run)",
+          optional=True),
+    Param("loss", "str", "kd", "kd: Hinton soft targets + CE; mse_softmax: MSE of softmax outputs; "
+          "mse_ce: softmax MSE + CE", choices=LOSSES),
+    Param("T", "float", 2.0, "softmax temperature for kd and the MSE losses", low=0.0, high=100.0, low_open=True),
+    Param("alpha", "float", 0.7, "weight of the teacher term; the label cross-entropy gets 1 - alpha",
+          low=0.0, high=1.0),
+], help="Train a fresh student architecture to match a teacher (the starting model or any run).")
+def distill(model, ctx, params):
+    teacher = load_teacher(ctx, params["teacher"])
+    student = build_student(ctx, params)
+    loss = LOSS_FNS[params["loss"]]
+    T, alpha = params["T"], params["alpha"]
+
+    def loss_fn(logits: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            t = teacher(x).float()
+        return loss(logits.float(), t, y, T, alpha)
+
+    ctx.extra["teacher_run"] = params["teacher"] or (ctx.spec.model.from_run or None)
+    ctx.fit(student, epochs=params["epochs"], phase="distill", loss_fn=loss_fn)
+    return student
+
+
+@register("compact", family="distillation", needs_base=False, params=_student_params(),
+          help="Train the student architecture from scratch on labels only, with the same epoch budget as "
+               "distill: the plain comparison for a distilled student.")
+def compact(model, ctx, params):
+    student = build_student(ctx, params)
+    ctx.fit(student, epochs=params["epochs"], phase="train")
+    return student

@@ -1,0 +1,108 @@
+"""Rewrite k x k convolutions into cheaper shapes, initialised from the original weights.
+
+- ``depthwise_separable``: k x k (C_in -> C_out) -> depthwise k x k on each input channel, then a
+  pointwise 1 x 1 (C_in -> C_out). The product of the two is W[o, i] ~= P[o, i] * D[i]: one
+  spatial kernel per input channel, scaled per output. That constraint decouples over input
+  channels, so the least-squares best init is, for every i, the rank-1 SVD of the C_out x (k*k)
+  slice W[:, i]: D[i] = the top right singular vector, P[:, i] = sigma * the top left one.
+- ``asymmetric``: N x N -> N x 1 (C_in -> C_mid) then 1 x N (C_mid -> C_out). Regrouping W as a
+  (C_in*N_h) x (C_out*N_w) matrix makes that pair exactly a rank-C_mid factorisation of it, so
+  its truncated SVD is the least-squares best init (exact when C_mid reaches the full rank).
+
+A conv is only rewritten when the new pair has fewer MACs; then the model is fine-tuned.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from . import Param, register
+from .lowrank import output_sizes, replace, thin_svd
+
+MODES = ("depthwise_separable", "asymmetric")
+
+
+def candidate(m: nn.Module) -> bool:
+    return isinstance(m, nn.Conv2d) and m.groups == 1 and max(m.kernel_size) > 1 and m.padding_mode == "zeros"
+
+
+@torch.no_grad()
+def depthwise_separable(m: nn.Conv2d) -> nn.Sequential:
+    c_out, c_in, kh, kw = m.weight.shape
+    w = m.weight.detach().double().permute(1, 0, 2, 3).reshape(c_in, c_out, kh * kw)  # per input channel
+    u, s, vh = torch.linalg.svd(w, full_matrices=False)        # batched over input channels
+    depth = vh[:, 0, :].reshape(c_in, 1, kh, kw)
+    point = (u[:, :, 0] * s[:, :1]).T.reshape(c_out, c_in, 1, 1)
+    dw = nn.Conv2d(c_in, c_in, m.kernel_size, m.stride, m.padding, m.dilation, groups=c_in, bias=False)
+    pw = nn.Conv2d(c_in, c_out, 1, bias=m.bias is not None)
+    dw.weight.copy_(depth.to(m.weight.dtype))
+    pw.weight.copy_(point.to(m.weight.dtype))
+    if m.bias is not None:
+        pw.bias.copy_(m.bias)
+    return nn.Sequential(dw, pw).to(m.weight.device)
+
+
+@torch.no_grad()
+def asymmetric(m: nn.Conv2d, mid: int) -> nn.Sequential:
+    c_out, c_in, kh, kw = m.weight.shape
+    mat = m.weight.detach().double().permute(1, 2, 0, 3).reshape(c_in * kh, c_out * kw)  # (i,h) x (o,w)
+    u, s, vh = thin_svd(mat)
+    mid = min(mid, len(s))
+    root = s[:mid].sqrt()
+    vert = (u[:, :mid] * root).T.reshape(mid, c_in, kh, 1)
+    horiz = (root[:, None] * vh[:mid]).reshape(mid, c_out, kw).permute(1, 0, 2).reshape(c_out, mid, 1, kw)
+    a = nn.Conv2d(c_in, mid, (kh, 1), (m.stride[0], 1), (m.padding[0], 0), (m.dilation[0], 1), bias=False)
+    b = nn.Conv2d(mid, c_out, (1, kw), (1, m.stride[1]), (0, m.padding[1]), (1, m.dilation[1]),
+                  bias=m.bias is not None)
+    a.weight.copy_(vert.to(m.weight.dtype))
+    b.weight.copy_(horiz.to(m.weight.dtype))
+    if m.bias is not None:
+        b.bias.copy_(m.bias)
+    return nn.Sequential(a, b).to(m.weight.device)
+
+
+def rewrite(model: nn.Module, input_shape: tuple[int, ...], mode: str, mid_ratio: float) -> dict[str, Any]:
+    """Replace every candidate conv whose rewrite saves MACs; returns per-layer MACs before/after."""
+    before = output_sizes(model, input_shape)
+    plans = {}
+    for name, m in list(model.named_modules()):
+        if not candidate(m) or name not in before:
+            continue
+        new = depthwise_separable(m) if mode == "depthwise_separable" else \
+            asymmetric(m, max(1, round(mid_ratio * m.out_channels)))
+        plans[name] = (m, new)
+    # Measure the candidates in place (exact output sizes incl. strides), then keep the cheaper ones.
+    for name, (_, new) in plans.items():
+        replace(model, name, new)
+    after = output_sizes(model, input_shape)
+    report = {}
+    for name, (old, new) in plans.items():
+        macs_old = old.weight.numel() * before[name]
+        macs_new = sum(c.weight.numel() * after[f"{name}.{i}"] for i, c in enumerate(new))
+        if macs_new < macs_old:
+            report[name] = {"macs_before": macs_old, "macs_after": macs_new,
+                            "layers": [f"{tuple(c.kernel_size)} groups={c.groups}" for c in new]}
+        else:
+            replace(model, name, old)
+    return report
+
+
+@register("factorize", family="factorization", params=[
+    Param("mode", "str", "depthwise_separable", "depthwise_separable: k x k -> depthwise k x k + pointwise 1 x 1; "
+          "asymmetric: N x N -> N x 1 then 1 x N", choices=MODES),
+    Param("mid_ratio", "float", 1.0, "asymmetric only: channels between the N x 1 and 1 x N convs, as a share "
+          "of the output channels", low=0.0, high=4.0, low_open=True),
+    Param("finetune_epochs", "int", 2, "fine-tuning epochs after the rewrite", low=0, high=1000),
+], help="Rewrite k x k convolutions as depthwise-separable or asymmetric (N x 1 + 1 x N) pairs, initialised by "
+        "SVD from the original weights, then fine-tune.")
+def factorize(model, ctx, params):
+    model.to("cpu")
+    report = rewrite(model, ctx.input_shape, params["mode"], params["mid_ratio"])
+    ctx.log.info("factorize (%s): %d convolutions rewritten", params["mode"], len(report))
+    ctx.extra["factorized_layers"] = report
+    ctx.extra["factorize_macs_saved"] = sum(r["macs_before"] - r["macs_after"] for r in report.values())
+    if params["finetune_epochs"] > 0 and report:
+        ctx.finetune(model, epochs=params["finetune_epochs"])
+    return model

@@ -1,0 +1,67 @@
+"""Schedules: how much to prune at each step, and searches for the amount that meets a budget."""
+from __future__ import annotations
+
+from typing import Callable
+
+
+def cumulative_amounts(amount: float, steps: int) -> list[float]:
+    """Sparsity after each of ``steps`` prune->fine-tune rounds ending at ``amount``. Each round
+    removes the same share of the weights still alive (geometric), so early rounds, when the
+    network has most redundancy, are not smaller than late ones, and the last is not a cliff."""
+    keep = 1.0 - amount
+    return [1.0 - keep ** ((k + 1) / steps) for k in range(steps)]
+
+
+GOOD_ENOUGH = 0.01  # searches stop once within 1 % of the target: each probe prunes and counts MACs
+
+
+def _close(value: float, target: float) -> bool:
+    return abs(value - target) <= GOOD_ENOUGH * abs(target)
+
+
+def bisect_decreasing(f: Callable[[float], float], lo: float, hi: float, target: float,
+                      iters: int = 12) -> tuple[float, float]:
+    """Find x in [lo, hi] with f(x) closest to ``target`` for f non-increasing in x.
+
+    Returns (x, f(x)). Each evaluation may be costly (it prunes and counts MACs), so values are cached.
+    """
+    seen: dict[float, float] = {}
+
+    def F(x: float) -> float:
+        if x not in seen:
+            seen[x] = f(x)
+        return seen[x]
+
+    a, b = lo, hi
+    for _ in range(iters):
+        mid = (a + b) / 2
+        if _close(F(mid), target):
+            return mid, F(mid)
+        if F(mid) > target:
+            a = mid
+        else:
+            b = mid
+    best = min((a, b), key=lambda x: abs(F(x) - target))
+    return best, F(best)
+
+
+def nearest_index(f: Callable[[int], float], n: int, target: float) -> tuple[int, float]:
+    """k in [0, n] with f(k) closest to ``target``, for f non-increasing in k (binary search)."""
+    seen: dict[int, float] = {}
+
+    def F(k: int) -> float:
+        if k not in seen:
+            seen[k] = f(k)
+        return seen[k]
+
+    a, b = 0, n
+    while b - a > 1:
+        mid = (a + b) // 2
+        if _close(F(mid), target):
+            return mid, F(mid)
+        if F(mid) > target:
+            a = mid
+        else:
+            b = mid
+    best = min((a, b), key=lambda k: abs(F(k) - target))
+    return best, F(best)

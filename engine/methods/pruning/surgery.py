@@ -1,0 +1,240 @@
+"""Surgery: physically removing (or zeroing, or widening) channels with torch-pruning's dependency
+graph, so residual adds, batch norms, depthwise groups and concatenations stay consistent.
+
+The classifier's output is never touched. Criteria live in ``criterion``; schedules in ``schedule``.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+
+from ... import export, models
+from ...spec import SpecError
+from .criterion import is_depthwise, producing_filters
+
+# Families whose graphs torch-pruning 1.6 cannot keep consistent, with the reason shown to the user.
+UNSUPPORTED = {
+    "shufflenet": "its channel split and shuffle (chunk + reshape) are not tracked by torch-pruning's "
+                  "dependency graph, so channels cannot be removed consistently",
+}
+ROOT_TYPES = (nn.Conv2d, nn.Linear)
+
+
+def check_supported(arch: str, method: str) -> None:
+    family = models.ARCHS[arch].family if arch in models.ARCHS else None
+    if family in UNSUPPORTED:
+        supported = [a for a, spec in models.ARCHS.items() if spec.family not in UNSUPPORTED]
+        raise SpecError("model", f"{method} cannot prune {arch}: {UNSUPPORTED[family]}; "
+                        f"supported: {', '.join(supported)}")
+
+
+def example_input(model: nn.Module, input_shape: tuple[int, ...]) -> torch.Tensor:
+    p = next(model.parameters())
+    return torch.randn((1, *input_shape), device=p.device)
+
+
+def protected(model: nn.Module) -> list[nn.Module]:
+    """Layers whose outputs must keep their size: the classifier."""
+    return [models.classifier_layer(model)[1]]
+
+
+def graph(model: nn.Module, input_shape: tuple[int, ...]) -> tp.DependencyGraph:
+    return tp.DependencyGraph().build_dependency(model, example_inputs=example_input(model, input_shape))
+
+
+def channel_groups(DG: tp.DependencyGraph, model: nn.Module) -> list[tp.Group]:
+    """Every prunable group with all its channels, the classifier's excluded."""
+    return list(DG.get_all_groups(ignored_layers=protected(model), root_module_types=list(ROOT_TYPES)))
+
+
+def root_of(group: tp.Group) -> tuple[nn.Module, object]:
+    return group[0].dep.target.module, group[0].dep.handler
+
+
+def group_layers(group: tp.Group, model: nn.Module) -> list[str]:
+    """Names of the conv/linear layers a group touches, root first."""
+    names = {m: n for n, m in model.named_modules()}
+    out: list[str] = []
+    for dep, _ in group:
+        n = names.get(dep.target.module)
+        if n is not None and isinstance(dep.target.module, ROOT_TYPES) and n not in out:
+            out.append(n)
+    return out
+
+
+def make_pruner(model: nn.Module, input_shape: tuple[int, ...], importance: tp.importance.Importance,
+                ratio: float, steps: int = 1) -> tp.pruner.BasePruner:
+    """Local (per group) pruning of ``ratio`` of each group's channels, reached in ``steps`` equal steps."""
+    return tp.pruner.BasePruner(model, example_input(model, input_shape), importance, pruning_ratio=ratio,
+                                iterative_steps=steps, ignored_layers=protected(model),
+                                root_module_types=list(ROOT_TYPES))
+
+
+def selected_groups(pruner: tp.pruner.BasePruner) -> Iterator[tp.Group]:
+    """The groups (with the channels to drop) of the pruner's next step; never empties a layer."""
+    for group in pruner.step(interactive=True):
+        module, handler = root_of(group)
+        n = pruner.DG.get_out_channels(module) if pruner.DG.is_out_channel_pruning_fn(handler) \
+            else pruner.DG.get_in_channels(module)
+        idxs = list(group[0].idxs)
+        if n is not None and len(idxs) >= n:  # keep the group's most important channel
+            full = pruner.DG.get_pruning_group(module, handler, list(range(n)))
+            keep = int(torch.argmax(pruner.estimate_importance(full)))
+            group = pruner.DG.get_pruning_group(module, handler, [i for i in idxs if i != keep])
+        yield group
+
+
+def prune_step(pruner: tp.pruner.BasePruner) -> None:
+    """One step of physical channel removal."""
+    for group in selected_groups(pruner):
+        group.prune()
+
+
+@torch.no_grad()
+def zero_group(group: tp.Group) -> int:
+    """Zero the producing filters of the group's selected channels (soft pruning); returns how many."""
+    for layer, idxs, _ in producing_filters(group):
+        layer.weight[idxs] = 0
+        if layer.bias is not None:
+            layer.bias[idxs] = 0
+    return len(group[0].idxs)
+
+
+@torch.no_grad()
+def zero_channels(group: tp.Group) -> torch.Tensor:
+    """Per selected channel: True where all its producing filters are exactly zero."""
+    zero = torch.ones(len(group[0].idxs), dtype=torch.bool)
+    for layer, idxs, root_idxs in producing_filters(group):
+        nonzero = layer.weight[idxs].flatten(1).ne(0).any(1).cpu()
+        if layer.bias is not None:
+            nonzero |= layer.bias[idxs].ne(0).cpu()
+        pos = {r: i for i, r in enumerate(group[0].root_idxs)}
+        for r, nz in zip(root_idxs, nonzero.tolist()):
+            if nz:
+                zero[pos[r]] = False
+    return zero
+
+
+@dataclass
+class GroupScores:
+    """One channel group of a model, by its root layer's name, with a score per channel."""
+    root: str
+    handler: Callable
+    scores: torch.Tensor
+    layers: list[str]
+
+
+def score_groups(model: nn.Module, input_shape: tuple[int, ...], importance: tp.importance.Importance
+                 ) -> list[GroupScores]:
+    """Score every prunable group before any surgery (groups without a score, e.g. no batch norm
+    for ``bn_scale``, are left out: they are not prunable by that criterion)."""
+    DG = graph(model, input_shape)
+    names = {m: n for n, m in model.named_modules()}
+    out = []
+    for group in channel_groups(DG, model):
+        s = importance(group)
+        if s is not None:
+            module, handler = root_of(group)
+            out.append(GroupScores(names[module], handler, s.detach().float().cpu(), group_layers(group, model)))
+    return out
+
+
+def apply_plan(model: nn.Module, input_shape: tuple[int, ...], plan: dict[str, tuple[Callable, list[int]]]) -> None:
+    """Remove channels given per group as {root layer name: (handler, root channel indices)}.
+    Root indices do not shift when other groups are pruned, so groups are pruned one by one."""
+    DG = graph(model, input_shape)
+    for name, (handler, idxs) in plan.items():
+        if idxs:
+            DG.get_pruning_group(model.get_submodule(name), handler, sorted(idxs)).prune()
+
+
+def lowest(scores: torch.Tensor, count: int) -> list[int]:
+    """Indices of the ``count`` lowest scores, always leaving the best channel in place."""
+    count = min(count, len(scores) - 1)
+    return torch.argsort(scores)[:max(0, count)].tolist()
+
+
+def widths(model: nn.Module) -> dict[str, int]:
+    """Output channels of every conv layer (and hidden linear), the classifier excluded."""
+    head = protected(model)[0]
+    return {n: (m.out_channels if isinstance(m, nn.Conv2d) else m.out_features)
+            for n, m in model.named_modules() if isinstance(m, ROOT_TYPES) and m is not head}
+
+
+def layer_macs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[nn.Module, int]:
+    """MACs per image of every conv and linear layer (from their output sizes)."""
+    out: dict[nn.Module, int] = {}
+
+    def hook(m, _inp, y):
+        per_out = m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1] if isinstance(m, nn.Conv2d) \
+            else m.in_features
+        out[m] = y[0].numel() * per_out
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, ROOT_TYPES)]
+    try:
+        with torch.no_grad():
+            model.eval()(example_input(model, input_shape))
+    finally:
+        for h in handles:
+            h.remove()
+    return out
+
+
+def pruned_copy(model: nn.Module, prune) -> nn.Module:
+    """A deep copy of ``model`` with ``prune(copy)`` applied; the original is untouched."""
+    clone = copy.deepcopy(model)
+    prune(clone)
+    return clone
+
+
+# --------------------------------------------------------------------------------------------
+# Widening (MorphNet's expand step): scale every group's width and rebuild from the manifest
+# --------------------------------------------------------------------------------------------
+def widened(model: nn.Module, input_shape: tuple[int, ...], arch: str, num_classes: int, small_input: bool,
+            factor: float) -> nn.Module:
+    """A freshly initialised copy of ``model``'s architecture with every prunable group's channel
+    count multiplied by ``factor`` (rounded, at least 1). Sizes change by the group's delta, so
+    concatenations (DenseNet, SqueezeNet) and depthwise convs (in = out = groups) stay consistent.
+    The classifier's outputs and the image channels are unchanged."""
+    DG = graph(model, input_shape)
+    names = {m: n for n, m in model.named_modules()}
+    man = export.manifest(model)
+    for group in channel_groups(DG, model):
+        n = len(group[0].idxs)
+        delta = max(1, round(n * factor)) - n
+        touched: set[tuple[str, str]] = set()
+        for dep, _ in group:
+            name = names.get(dep.target.module)
+            if name is None or name not in man:
+                continue
+            d, layer = man[name], dep.target.module
+            side = "out" if DG.is_out_channel_pruning_fn(dep.handler) else "in"
+            if is_depthwise(layer) or isinstance(layer, nn.BatchNorm2d):
+                side = "both"  # one channel count for input and output
+            if (name, side) in touched:
+                continue
+            touched.add((name, side))
+            _resize(d, side, delta)
+    fresh = models.build(arch, num_classes, small_input)
+    return export.apply_manifest(fresh, man)
+
+
+def _resize(d: dict, side: str, delta: int) -> None:
+    t = d["type"]
+    if t == "Conv2d":
+        if side == "both":
+            for k in ("in_channels", "out_channels", "groups"):
+                d[k] += delta
+        elif d["groups"] != 1:
+            raise ValueError("grouped (non-depthwise) convolutions cannot be widened uniformly")
+        else:
+            d["out_channels" if side == "out" else "in_channels"] += delta
+    elif t == "Linear":
+        d["out_features" if side == "out" else "in_features"] += delta
+    elif t == "BatchNorm2d":
+        d["num_features"] += delta

@@ -1,0 +1,165 @@
+"""Lower-precision weights: INT8 through ONNX Runtime's static quantiser, and fp16/bf16 for GPUs.
+
+``quantize_int8`` exports the FP32 model to ONNX, calibrates activation ranges on training
+batches, and writes an INT8 model (per-channel weight scales) that ONNX Runtime runs with real
+integer kernels. Its accuracy, file size and speed are measured on that INT8 model itself: the
+returned ``Int8Model`` evaluates, saves and measures itself (the runner's non-PyTorch hooks).
+"""
+from __future__ import annotations
+
+import io
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .. import export, measure, training
+from . import Param, register
+
+
+class _Calibration:
+    """onnxruntime CalibrationDataReader over the first ``batches`` training batches (no augmentation)."""
+
+    def __init__(self, data, input_name: str, batches: int):
+        self.input_name, self.batches, self.data = input_name, batches, data
+        self.rewind()
+
+    def rewind(self) -> None:
+        loader = self.data.loader("train", "cpu", train=False)
+        self._it = (x for i, (x, _) in enumerate(loader) if i < self.batches)
+
+    def get_next(self) -> dict[str, Any] | None:
+        x = next(self._it, None)
+        return None if x is None else {self.input_name: x.numpy()}
+
+
+def quantize_onnx(fp32_path: Path, out_path: Path, data, batches: int, fmt: str, per_channel: bool) -> None:
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+    prepped = fp32_path.with_name("prepped.onnx")
+    try:  # folds BN into convs and infers shapes: better quantisation; optional
+        quant_pre_process(str(fp32_path), str(prepped), skip_symbolic_shape=True)
+        source = prepped
+    except Exception:
+        source = fp32_path
+    import onnx
+    name = onnx.load(str(source), load_external_data=False).graph.input[0].name
+    quantize_static(str(source), str(out_path), _Calibration(data, name, batches),
+                    quant_format=QuantFormat.QDQ if fmt == "qdq" else QuantFormat.QOperator,
+                    per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+
+
+def bundle_bytes(model: nn.Module, ctx) -> int:
+    """Size of the FP32 bundle the same model would have: what INT8 is compared with."""
+    b = export.make_bundle(model.to("cpu"), arch=ctx.arch, num_classes=ctx.data.num_classes,
+                           small_input=ctx.small_input, meta=ctx.data.meta())
+    buf = io.BytesIO()
+    torch.save(b, buf)
+    return buf.getbuffer().nbytes
+
+
+class Int8Model:
+    """The INT8 ONNX model of a run; callable like a model (batch tensor -> logits)."""
+
+    def __init__(self, onnx_bytes: bytes, fp32: nn.Module, fp32_onnx: bytes, fp32_size_bytes: int):
+        self.onnx_bytes, self.fp32 = onnx_bytes, fp32
+        self.fp32_onnx, self.fp32_size_bytes = fp32_onnx, fp32_size_bytes
+        self.runner = export.OnnxRunner(onnx_bytes)
+
+    training = False  # inference only; eval()/train() exist so training.predict can drive it
+
+    def eval(self) -> "Int8Model":
+        return self
+
+    def train(self, mode: bool = True) -> "Int8Model":
+        return self
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.runner(x)
+
+    @classmethod
+    def from_bundle(cls, bundle: dict[str, Any], fp32: nn.Module, ctx) -> "Int8Model":
+        """Rebuild from a finished quantize_int8 run's bundle and the FP32 model it was made from."""
+        with tempfile.TemporaryDirectory(dir=ctx.run_dir) as tmp:
+            path = Path(tmp) / "fp32.onnx"
+            export.export_onnx(fp32, ctx.input_shape, path)
+            fp32_onnx = path.read_bytes()
+        return cls(bundle["onnx"].numpy().tobytes(), fp32, fp32_onnx, bundle_bytes(fp32, ctx))
+
+    def export_artifacts(self, ctx, run_dir: Path) -> dict[str, Any]:
+        logits, ys = training.predict(self, ctx.data.loader("test", "cpu"), torch.device("cpu"), ctx.cancelled)
+        m = training.classification_metrics(logits, ys, ctx.data.num_classes, full=True)
+        out = {k: m[k] for k in ("accuracy", "top5", "roc_auc", "per_class_accuracy", "confusion")}
+        out["test_images"] = m["n"]
+        bundle = export.make_onnx_bundle(self.onnx_bytes, arch=ctx.arch, num_classes=ctx.data.num_classes,
+                                         small_input=ctx.small_input, meta=ctx.data.meta(),
+                                         metrics={k: out[k] for k in ("accuracy", "top5", "roc_auc")},
+                                         extra={"run_id": ctx.run_id, "method": "quantize_int8",
+                                                "params": ctx.spec.method.params,
+                                                "parent": ctx.spec.model.from_run})
+        out["checkpoint"] = str(run_dir / "model.pt")
+        out["size_bytes"] = export.save_bundle(bundle, run_dir / "model.pt")
+        export.atomic_write_bytes(run_dir / "model.onnx", self.onnx_bytes)
+        out["onnx"] = str(run_dir / "model.onnx")
+        out["onnx_bytes"] = len(self.onnx_bytes)
+        out["fp32_size_bytes"] = self.fp32_size_bytes
+        out["fp32_onnx_bytes"] = len(self.fp32_onnx)
+        out["size_ratio_vs_fp32"] = out["size_bytes"] / self.fp32_size_bytes
+        return out
+
+    def measure(self, ctx) -> dict[str, Any]:
+        cfg = ctx.spec.measure
+        shape = ctx.data.input_shape
+        fp32 = self.fp32.to("cpu").eval()
+        out: dict[str, Any] = {"params": measure.count_params(fp32), "sparsity": measure.sparsity(fp32),
+                               "nonzero_params": sum(int((p != 0).sum()) for p in fp32.parameters()),
+                               **measure.count_macs(fp32, shape), "precision": "int8",
+                               "runtime": "onnxruntime CPU (INT8 kernels)"}
+        out.update(measure.measure_speed(self, shape, torch.device("cpu"), cfg.batch_size, cfg.latency_runs,
+                                         cfg.warmup_runs, cfg.threads))
+        # The FP32 model under the same runtime: the fair reference for the INT8 speed-up.
+        ref = export.OnnxRunner(self.fp32_onnx)
+        fp = measure.measure_speed(ref, shape, torch.device("cpu"), cfg.batch_size, cfg.latency_runs,
+                                   cfg.warmup_runs, cfg.threads)
+        out["fp32_onnx_latency_ms"] = fp["latency_ms"]
+        out["fp32_onnx_throughput"] = fp["throughput"]
+        out["int8_speedup"] = fp["latency_ms"] / out["latency_ms"]
+        return out
+
+
+@register("quantize_int8", family="quantization", params=[
+    Param("calibration_batches", "int", 8, "training batches used to calibrate activation ranges", low=1, high=10000),
+    Param("format", "str", "qdq", "qdq: QuantizeLinear/DequantizeLinear pairs (fused by the runtime); "
+          "qoperator: integer operators (QLinearConv, ...)", choices=("qdq", "qoperator")),
+    Param("per_channel", "bool", True, "one weight scale per output channel (more accurate) instead of per tensor"),
+], help="Post-training static INT8 with ONNX Runtime: calibrate on training batches, quantise weights per "
+        "channel; accuracy and speed are measured on the INT8 model itself.")
+def quantize_int8(model, ctx, params):
+    model = model.to("cpu").eval()
+    with tempfile.TemporaryDirectory(dir=ctx.run_dir) as tmp:
+        fp32_path, int8_path = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        export.export_onnx(model, ctx.input_shape, fp32_path)
+        ctx.progress(phase="calibrate")
+        quantize_onnx(fp32_path, int8_path, ctx.data, params["calibration_batches"], params["format"],
+                      params["per_channel"])
+        fp32_bytes, int8_bytes = fp32_path.read_bytes(), int8_path.read_bytes()
+    ctx.extra["quantization"] = {"format": params["format"], "per_channel": params["per_channel"],
+                                 "weights": "int8", "activations": "uint8",
+                                 "calibration_batches": params["calibration_batches"]}
+    return Int8Model(int8_bytes, model, fp32_bytes, bundle_bytes(model, ctx))
+
+
+@register("half", family="quantization", params=[
+    Param("dtype", "str", "float16", "float16 or bfloat16 weights and activations", choices=("float16", "bfloat16")),
+], help="Cast weights to fp16/bf16 (half the file size). Meant for GPUs; on a CPU the record says what ran "
+        "and its speed honestly (usually slower than fp32).")
+def half(model, ctx, params):
+    dtype = getattr(torch, params["dtype"])
+    model = export.to_low_precision(model.to("cpu"), dtype)
+    ctx.extra["precision"] = params["dtype"]
+    ctx.extra["half_note"] = ("CUDA half-precision kernels are measured under gpu_*" if torch.cuda.is_available()
+                              else f"no GPU here: CPU latency is PyTorch's CPU {params['dtype']} kernels, which "
+                              "are usually slower than float32; the gain is the halved file size")
+    return model

@@ -1,0 +1,133 @@
+"""The same weights under several runtimes: eager PyTorch, torch.compile, ONNX Runtime.
+
+No weight changes. Each back-end's latency/throughput goes to ``ctx.extra["runtimes"]``; one that
+cannot run here is recorded as ``{"skipped": reason}``. ``torch.compile`` runs in a child process
+with a time limit, so a slow or crashing compiler costs at most ``compile_timeout_s`` and cannot
+take the run down with it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import export, measure
+from . import Param, register
+
+ROOT = Path(__file__).resolve().parents[2]
+
+_COMPILE_CHILD = """
+import json, sys, time, torch
+from engine import export, measure
+model, _ = export.load_model(sys.argv[1])
+cfg = json.loads(sys.argv[2])
+dev = torch.device(cfg["device"])
+model = model.to(dev).eval()
+compiled = torch.compile(model, mode=cfg["mode"])
+x = torch.randn((1, *cfg["shape"]), device=dev)
+t0 = time.perf_counter()
+with torch.no_grad():
+    compiled(x)
+    xb = torch.randn((cfg["batch"], *cfg["shape"]), device=dev)
+    compiled(xb)
+compile_s = time.perf_counter() - t0
+out = measure.measure_speed(compiled, tuple(cfg["shape"]), dev, cfg["batch"], cfg["runs"], cfg["warmup"],
+                            cfg["threads"])
+out["compile_seconds"] = compile_s
+print("RESULT " + json.dumps(out))
+"""
+
+
+def _speed_keys(m: dict[str, Any]) -> dict[str, Any]:
+    keep = ("latency_ms", "latency_p90_ms", "throughput", "throughput_batch", "threads", "peak_mem_bytes")
+    return {k: m[k] for k in keep if k in m}
+
+
+def compiled_speed(bundle_path: Path, device: str, shape, cfg, params) -> dict[str, Any]:
+    args = {"device": device, "mode": params["compile_mode"], "shape": list(shape),
+            "batch": cfg.batch_size if device == "cpu" else cfg.gpu_batch_size, "runs": cfg.latency_runs,
+            "warmup": cfg.warmup_runs, "threads": cfg.threads}
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    try:
+        p = subprocess.run([sys.executable, "-c", _COMPILE_CHILD, str(bundle_path), json.dumps(args)], cwd=ROOT,
+                           env=env, capture_output=True, text=True, timeout=params["compile_timeout_s"])
+    except subprocess.TimeoutExpired:
+        return {"skipped": f"torch.compile did not finish within compile_timeout_s={params['compile_timeout_s']}s"}
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
+    if p.returncode != 0 or not lines:
+        err = [ln for ln in p.stderr.strip().splitlines() if ln.strip()]
+        return {"skipped": f"torch.compile failed: {(err[-1] if err else f'exit code {p.returncode}')[:300]}"}
+    out = json.loads(lines[-1][len("RESULT "):])
+    return {**_speed_keys(out), "compile_seconds": out["compile_seconds"]}
+
+
+def onnx_speed(onnx_bytes: bytes, device: str, shape, cfg) -> dict[str, Any]:
+    import onnxruntime as ort
+    if device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+        return {"skipped": "this onnxruntime build has no CUDAExecutionProvider (install onnxruntime-gpu)"}
+    runner = export.OnnxRunner(onnx_bytes, device=device, threads=cfg.threads)
+    if device == "cuda" and runner.session.get_providers()[0] != "CUDAExecutionProvider":
+        return {"skipped": "ONNX Runtime could not start its CUDA provider here"}
+    # The runner takes and returns CPU tensors, so CUDA timings include the host<->device copies.
+    batch = cfg.batch_size if device == "cpu" else cfg.gpu_batch_size
+    return _speed_keys(measure.measure_speed(runner, shape, torch.device("cpu"), batch, cfg.latency_runs,
+                                             cfg.warmup_runs, cfg.threads))
+
+
+@register("runtime", family="runtime", params=[
+    Param("compile", "bool", True, "also measure torch.compile (in a child process)"),
+    Param("compile_mode", "str", "default", "torch.compile mode",
+          choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")),
+    Param("compile_timeout_s", "int", 300, "give up on torch.compile after this many seconds", low=10, high=3600),
+    Param("onnx", "bool", True, "also measure ONNX Runtime"),
+], help="No weight change: measure the model under eager PyTorch, torch.compile and ONNX Runtime (CPU, and "
+        "CUDA when present), to show when a compiler or runtime helps.")
+def runtime(model, ctx, params):
+    model = model.to("cpu").eval()
+    cfg, shape = ctx.spec.measure, ctx.input_shape
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(dir=ctx.run_dir) as tmp:
+        bundle_path, onnx_path = Path(tmp) / "model.pt", Path(tmp) / "model.onnx"
+        export.save_bundle(export.make_bundle(model, arch=ctx.arch, num_classes=ctx.data.num_classes,
+                                              small_input=ctx.small_input, meta=ctx.data.meta()), bundle_path)
+        onnx_bytes, onnx_error = None, None
+        if params["onnx"]:
+            try:
+                export.export_onnx(model, shape, onnx_path)
+                onnx_bytes = onnx_path.read_bytes()
+            except Exception as e:
+                onnx_error = f"ONNX export failed: {str(e).splitlines()[0][:300]}"
+        for dev in devices:
+            if ctx.cancelled():
+                break
+            ctx.progress(phase=f"runtime:eager_{dev}")
+            m = model.to(dev)
+            batch = cfg.batch_size if dev == "cpu" else cfg.gpu_batch_size
+            results[f"eager_{dev}"] = _speed_keys(measure.measure_speed(
+                m, shape, torch.device(dev), batch, cfg.latency_runs, cfg.warmup_runs, cfg.threads))
+            ctx.progress(phase=f"runtime:compile_{dev}")
+            results[f"compile_{dev}"] = compiled_speed(bundle_path, dev, shape, cfg, params) if params["compile"] \
+                else {"skipped": "compile=false"}
+            ctx.progress(phase=f"runtime:onnxruntime_{dev}")
+            if not params["onnx"]:
+                results[f"onnxruntime_{dev}"] = {"skipped": "onnx=false"}
+            elif onnx_bytes is None:
+                results[f"onnxruntime_{dev}"] = {"skipped": onnx_error}
+            else:
+                results[f"onnxruntime_{dev}"] = onnx_speed(onnx_bytes, dev, shape, cfg)
+        if "cuda" not in devices:
+            for name in ("eager_cuda", "compile_cuda", "onnxruntime_cuda"):
+                results[name] = {"skipped": "no CUDA device on this machine"}
+    model.to("cpu")
+    ran = {k: v for k, v in results.items() if "latency_ms" in v}
+    ctx.extra["runtimes"] = results
+    if ran:
+        ctx.extra["fastest_runtime"] = min(ran, key=lambda k: ran[k]["latency_ms"])
+    return model

@@ -1,0 +1,116 @@
+"""Predictions of a finished run's model on new images: top-5 with probabilities and latency.
+
+``Predictor`` loads a run's checkpoint bundle once (the dashboard caches it) and preprocesses
+images exactly as the bundle's metadata says (input size, channels, mean/std).
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from . import export
+from .data import preprocess_image
+from .store import Store, check_run_id
+
+
+class PredictError(ValueError):
+    """A run that cannot be used for predictions, with what to do about it."""
+
+
+@dataclass
+class Prediction:
+    top: list[tuple[str, float]]  # (class name, probability), best first
+    index: int                    # predicted class index
+    latency_ms: float             # median forward time for this one image (batch 1)
+
+
+class Predictor:
+    def __init__(self, model: Any, bundle: dict[str, Any], run_id: str | None = None):
+        self.model, self.bundle, self.run_id = model, bundle, run_id
+        self.meta = bundle.get("meta", {})
+        n = int(bundle.get("arch_kwargs", {}).get("num_classes", 0)) or len(self.meta.get("class_names", []))
+        names = list(self.meta.get("class_names") or [])
+        self.class_names = names if len(names) == n else [str(i) for i in range(n)]
+
+    @property
+    def is_torch(self) -> bool:
+        """Only plain PyTorch models have gradients for saliency maps."""
+        return isinstance(self.model, nn.Module)
+
+    def preprocess(self, raw: bytes) -> torch.Tensor:
+        return preprocess_image(raw, self.meta)
+
+    @torch.no_grad()
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        return torch.as_tensor(out).float()
+
+    def predict(self, raw: bytes, k: int = 5, timing_runs: int = 5) -> Prediction:
+        x = self.preprocess(raw)
+        self.logits(x)  # warm-up: first call pays allocation and lazy-init costs
+        times = []
+        for _ in range(timing_runs):
+            t0 = time.perf_counter()
+            logits = self.logits(x)
+            times.append((time.perf_counter() - t0) * 1000.0)
+        probs = torch.softmax(logits[0], 0)
+        p, idx = probs.topk(min(k, len(probs)))
+        top = [(self.class_names[i], float(v)) for v, i in zip(p.tolist(), idx.tolist())]
+        return Prediction(top, int(idx[0]), statistics.median(times))
+
+
+def load_path(path: str, run_id: str | None = None) -> Predictor:
+    """A bundle file -> Predictor. INT8 ONNX bundles go through export.load_predictor where available."""
+    loader = getattr(export, "load_predictor", None)
+    try:
+        if loader is not None:
+            loaded = loader(path)
+            model, bundle = loaded if isinstance(loaded, tuple) else (loaded, getattr(loaded, "bundle", {}))
+        else:
+            model, bundle = export.load_model(path)
+    except export.BundleError as e:
+        raise PredictError(str(e)) from None
+    if isinstance(model, nn.Module):
+        model = model.to("cpu").eval()
+    return Predictor(model, bundle, run_id)
+
+
+def load_run(run_id: str, store: Store | None = None) -> Predictor:
+    store = store or Store()
+    try:
+        check_run_id(run_id)
+    except ValueError:
+        raise PredictError(f"not a run id: {run_id!r}") from None
+    row = store.get(run_id)
+    if row is None:
+        raise PredictError(f"no run {run_id} in this workspace")
+    if row["state"] != "done":
+        raise PredictError(f"run {run_id} is {row['state']}; only finished runs can predict")
+    path = store.run_dir(run_id) / "model.pt"
+    if not path.is_file():
+        raise PredictError(f"run {run_id} has no checkpoint file (was it deleted?)")
+    return load_path(str(path), run_id)
+
+
+def test_samples(spec_data: dict[str, Any], n: int = 8) -> list[tuple[str, bytes]]:
+    """The first ``n`` test images of a run's dataset as (true class name, PNG bytes)."""
+    import io
+
+    from PIL import Image
+
+    from .data import load
+    from .spec import DataSpec
+    data = load(DataSpec(**spec_data))
+    out = []
+    for i in range(min(n, len(data.test))):
+        arr = data.test.x[i].permute(1, 2, 0).numpy()
+        im = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
+        buf = io.BytesIO()
+        im.save(buf, format="PNG")
+        out.append((data.class_names[int(data.test.y[i])], buf.getvalue()))
+    return out

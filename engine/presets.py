@@ -1,0 +1,184 @@
+"""Ready-made experiment plans: a baseline plus every registered compression method.
+
+A plan is a list of spec dicts. A spec may start from an earlier spec of the same plan through
+``model.from_run = ref(i)`` (a placeholder replaced by that job's id at launch; the worker lets a
+queued job name a queued parent). Presets are built from the method registry, so a method
+appears in them as soon as it is registered.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from . import methods
+from .spec import JobSpec, SpecError
+
+REF_PREFIX = "PLAN-"
+
+
+def ref(i: int) -> str:
+    """Placeholder run id meaning "the job launched from spec i of this plan"."""
+    return f"{REF_PREFIX}{i}"
+
+
+BASE = ref(0)
+SHARED_CIFAR10 = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets" / "cifar10.zip"
+
+
+# A pipeline in the tours: prune then quantize, the classic combination (steps that are registered).
+PIPELINE_STEPS = ("prune_structured", "quantize_int8")
+
+
+def _quick_params(method: methods.Method) -> dict[str, Any]:
+    """Defaults, with every epoch-count parameter at its smallest useful value (1, or its lower bound)."""
+    params: dict[str, Any] = {}
+    for p in method.params:
+        if p.kind == "int" and "epoch" in p.name and p.default is not None:
+            floor = int(p.low) + (1 if p.low_open else 0) if p.low is not None else 0
+            params[p.name] = max(floor, min(int(p.default), 1))
+    if method.name == "pipeline":
+        params["steps"] = _pipeline_steps(_quick_params)
+    return params
+
+
+def _pipeline_steps(param_fn: Callable[[methods.Method], dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"name": n, "params": param_fn(methods.METHODS[n])} for n in PIPELINE_STEPS if n in methods.METHODS]
+
+
+def _default_params(method: methods.Method) -> dict[str, Any]:
+    return {"steps": _pipeline_steps(_default_params)} if method.name == "pipeline" else {}
+
+
+def _plan(name: str, data: dict, arch: str, base_train: dict, child_train: dict, measure: dict,
+          param_fn: Callable[[methods.Method], dict[str, Any]]) -> list[dict[str, Any]]:
+    registry = methods.load_all()
+    base = {"name": f"{name}: baseline", "data": data, "model": {"arch": arch},
+            "method": {"name": "baseline", "params": {}}, "train": base_train, "measure": measure}
+    specs = [base]
+    for m in sorted(registry.values(), key=lambda m: (m.family, m.name)):
+        if m.name == "baseline":
+            continue
+        specs.append({"name": f"{name}: {m.name}", "data": copy.deepcopy(data), "model": {"from_run": BASE},
+                      "method": {"name": m.name, "params": param_fn(m)}, "train": dict(child_train),
+                      "measure": dict(measure)})
+    return specs
+
+
+def quick_tour() -> list[dict[str, Any]]:
+    """Fashion-MNIST (small slice), ResNet-18: baseline 2 epochs, every method with 1-epoch fine-tunes.
+
+    Sized to finish in well under 10 minutes on 2 CPU cores.
+    """
+    data = {"name": "fashion-mnist", "limit": 1000, "test_limit": 500, "val_fraction": 0.05, "image_size": 16}
+    measure = {"onnx": True, "latency_runs": 10, "warmup_runs": 2}
+    return _plan("Quick tour", data, "resnet18", {"epochs": 2, "device": "cpu"}, {"epochs": 1, "device": "cpu"},
+                 measure, _quick_params)
+
+
+def cifar10_resnet18_gpu(path: str | None = None) -> list[dict[str, Any]]:
+    """Full CIFAR-10, ResNet-18 (small-input stem) on CUDA: 30-epoch base, method defaults."""
+    path = path or os.environ.get("SLIMBENCH_CIFAR10") or str(SHARED_CIFAR10)
+    data = {"name": "cifar10", "path": path, "batch_size": 256}
+    measure = {"onnx": True, "latency_runs": 30, "warmup_runs": 5}
+    return _plan("CIFAR-10 ResNet-18", data, "resnet18", {"epochs": 30, "device": "cuda"},
+                 {"epochs": 5, "device": "cuda"}, measure, _default_params)
+
+
+PRESETS: dict[str, Callable[[], list[dict[str, Any]]]] = {
+    "Quick tour (CPU)": quick_tour,
+    "CIFAR-10 ResNet-18 (GPU)": cifar10_resnet18_gpu,
+}
+
+
+def sweep(params: dict[str, Any], name: str | None, values: list[Any]) -> list[dict[str, Any]]:
+    """One params dict per sweep value (``name`` None or no values: just ``params``)."""
+    if not name or not values:
+        return [dict(params)]
+    return [{**params, name: v} for v in values]
+
+
+def parse_values(param: methods.Param, text: str, where: str) -> list[Any]:
+    """Comma-separated sweep values, each checked against the parameter's schema."""
+    out = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        try:
+            value: Any = float(part) if param.kind == "float" else int(part) if param.kind == "int" else part
+        except ValueError:
+            raise SpecError(where, f"{part!r} is not a {param.kind}") from None
+        out.append(param.check(where, value))
+    return out
+
+
+def custom_plan(*, data: dict, model: dict, steps: list[tuple[str, list[dict[str, Any]]]], base_train: dict,
+                train: dict, measure: dict, chain: bool = False, name: str = "") -> list[dict[str, Any]]:
+    """Specs for a hand-made experiment.
+
+    ``model`` is {"arch": ...} (a baseline is trained first and every method starts from it),
+    {"from_run": id} or {"checkpoint": path}. ``steps`` lists (method, params variants); with
+    ``chain`` each step starts from the previous step's result (a pipeline of jobs).
+    """
+    specs: list[dict[str, Any]] = []
+    start: dict[str, Any] = dict(model)
+    prefix = f"{name}: " if name else ""
+    if model.get("arch"):
+        specs.append({"name": f"{prefix}baseline {model['arch']}", "data": data, "model": dict(model),
+                      "method": {"name": "baseline", "params": {}}, "train": dict(base_train),
+                      "measure": dict(measure)})
+        start = {"from_run": ref(0)}
+    for method, variants in steps:
+        for params in variants:
+            label = ", ".join(f"{k}={v}" for k, v in params.items()) if len(variants) > 1 else ""
+            specs.append({"name": f"{prefix}{method}" + (f" ({label})" if label else ""), "data": copy.deepcopy(data),
+                          "model": dict(start), "method": {"name": method, "params": dict(params)},
+                          "train": dict(train), "measure": dict(measure)})
+            if chain:
+                start = {"from_run": ref(len(specs) - 1)}
+    return specs
+
+
+def resolve(specs: list[dict[str, Any]], ids: list[str] | str) -> list[dict[str, Any]]:
+    """Copies of ``specs`` with ref(i) placeholders replaced by ``ids[i]`` (a str: the id of every ref)."""
+    out = copy.deepcopy(specs)
+    for s in out:
+        src = s.get("model", {}).get("from_run")
+        if isinstance(src, str) and src.startswith(REF_PREFIX):
+            k = int(src[len(REF_PREFIX):])
+            s["model"]["from_run"] = ids if isinstance(ids, str) else ids[k]
+    return out
+
+
+def check(specs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Split a plan into specs that validate and one message per spec that does not.
+
+    A spec whose parent in the plan is dropped is dropped too (its placeholder could not resolve).
+    """
+    ok_index: dict[int, int] = {}
+    ok, problems = [], []
+    for i, s in enumerate(specs):
+        src = s.get("model", {}).get("from_run")
+        if isinstance(src, str) and src.startswith(REF_PREFIX) and int(src[len(REF_PREFIX):]) not in ok_index:
+            problems.append(f"{s.get('name') or s['method']['name']}: skipped because the job it starts from is invalid")
+            continue
+        try:
+            JobSpec.from_dict(resolve([s], "plan-check")[0])
+        except SpecError as e:
+            problems.append(f"{s.get('name') or s['method']['name']}: {e}")
+            continue
+        s = copy.deepcopy(s)
+        if isinstance(src, str) and src.startswith(REF_PREFIX):
+            s["model"]["from_run"] = ref(ok_index[int(src[len(REF_PREFIX):])])
+        ok_index[i] = len(ok)
+        ok.append(s)
+    return ok, problems
+
+
+def launch(specs: list[dict[str, Any]], submit: Callable[[dict], str]) -> list[str]:
+    """Submit the specs in order, each ref(i) replaced by the id of job i. Returns the job ids."""
+    ids: list[str] = []
+    for s in specs:
+        ids.append(submit(resolve([s], ids)[0]))
+    return ids

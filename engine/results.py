@@ -1,0 +1,201 @@
+"""The results table: one row per finished run, with columns relative to the run's base.
+
+Every number comes from a run's result record. "Base" is the root of the run's ``parent``
+chain (the baseline it was ultimately compressed from); a run without a parent is its own base.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from typing import Any, Iterable
+
+import pandas as pd
+
+from .store import Store
+
+COLUMNS = ["run_id", "name", "method", "arch", "dataset", "parent", "base_id", "accuracy", "delta_accuracy",
+           "top5", "roc_auc", "size_bytes", "x_smaller", "params", "macs", "x_fewer_macs", "flops", "sparsity",
+           "latency_ms", "x_faster", "throughput", "gpu_latency_ms", "gpu_throughput", "device", "method_params",
+           "finished"]
+# Axis choices for the accuracy-vs-cost plot: label -> column (lower is better on every one).
+COST_AXES = {"size (bytes)": "size_bytes", "MACs": "macs", "latency (ms, CPU batch 1)": "latency_ms",
+             "parameters": "params"}
+LABELS = {"accuracy": "accuracy", "delta_accuracy": "Δ accuracy", "x_smaller": "x smaller",
+          "x_fewer_macs": "x fewer MACs", "x_faster": "x faster", "size_bytes": "size (bytes)",
+          "latency_ms": "latency (ms)", "macs": "MACs"}
+
+
+def records(store: Store) -> list[dict[str, Any]]:
+    """Result records of every finished run (newest first)."""
+    return [r["record"] for r in store.list("done") if r.get("record")]
+
+
+def _ratio(base: Any, value: Any) -> float:
+    if not _num(base) or not _num(value) or value <= 0:
+        return math.nan
+    return float(base) / float(value)
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _root(run_id: str, by_id: dict[str, dict[str, Any]]) -> str:
+    seen = {run_id}
+    while True:
+        parent = by_id[run_id].get("parent")
+        if not parent or parent not in by_id or parent in seen:
+            return run_id
+        seen.add(parent)
+        run_id = parent
+
+
+def table(recs: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """One row per record with base-relative columns: x smaller, x fewer MACs, x faster, Δ accuracy."""
+    recs = [r for r in recs if r and r.get("run_id")]
+    by_id = {r["run_id"]: r for r in recs}
+    rows = []
+    for r in recs:
+        base = by_id[_root(r["run_id"], by_id)]
+        row = {c: r.get(c) for c in COLUMNS if c not in ("base_id", "delta_accuracy", "x_smaller", "x_fewer_macs",
+                                                          "x_faster", "method_params")}
+        row["method_params"] = json.dumps(r.get("method_params") or {}, sort_keys=True)
+        row["base_id"] = base["run_id"]
+        row["delta_accuracy"] = (r["accuracy"] - base["accuracy"]
+                                 if _num(r.get("accuracy")) and _num(base.get("accuracy")) else math.nan)
+        row["x_smaller"] = _ratio(base.get("size_bytes"), r.get("size_bytes"))
+        row["x_fewer_macs"] = _ratio(base.get("macs"), r.get("macs"))
+        row["x_faster"] = _ratio(base.get("latency_ms"), r.get("latency_ms"))
+        rows.append(row)
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    for c in ("accuracy", "delta_accuracy", "top5", "roc_auc", "size_bytes", "x_smaller", "params", "macs",
+              "x_fewer_macs", "flops", "sparsity", "latency_ms", "x_faster", "throughput", "gpu_latency_ms",
+              "gpu_throughput", "finished"):
+        df[c] = pd.to_numeric(df[c], errors="coerce")
+    return df
+
+
+def pareto_mask(df: pd.DataFrame, cost: str, quality: str = "accuracy") -> pd.Series:
+    """True for rows no other row beats: lower-or-equal ``cost`` with strictly higher ``quality`` (or vice versa)."""
+    mask = pd.Series(False, index=df.index)
+    valid = df[[cost, quality]].dropna()
+    best = -math.inf
+    # Cheapest first; among equal cost, best quality first so ties do not both enter.
+    for idx, row in valid.sort_values([cost, quality], ascending=[True, False]).iterrows():
+        if row[quality] > best:
+            mask[idx] = True
+            best = row[quality]
+    return mask
+
+
+def pareto_front(df: pd.DataFrame, cost: str, quality: str = "accuracy") -> pd.DataFrame:
+    """The Pareto-optimal rows, sorted by cost (the line the plot draws)."""
+    return df[pareto_mask(df, cost, quality)].sort_values(cost)
+
+
+def insert_synthetic_runs(store: Store, n: int, seed: int = 0) -> list[str]:
+    """SYNTHETIC rows for render-time tests and benchmarks only: ``n`` done runs with made-up metrics.
+
+    Each is named "synthetic #i" and carries ``"synthetic": true`` so nobody mistakes it for a result.
+    """
+    import random
+    rnd = random.Random(seed)
+    ids = []
+    base_id = None
+    now = time.time()
+    with store.transaction() as db:
+        for i in range(n):
+            run_id = f"synthetic-{seed}-{i:05d}"
+            size = rnd.uniform(0.5e6, 45e6)
+            rec = {"run_id": run_id, "name": f"synthetic #{i}", "synthetic": True,
+                   "method": "baseline" if i == 0 else rnd.choice(["prune_structured", "lowrank_svd", "quantize_int8"]),
+                   "method_params": {}, "arch": "resnet18", "dataset": "digits", "parent": base_id,
+                   "accuracy": rnd.uniform(0.5, 0.99), "top5": 1.0, "roc_auc": 0.99, "params": int(size / 4),
+                   "size_bytes": int(size), "macs": int(size * 12), "flops": int(size * 24),
+                   "sparsity": rnd.random(), "latency_ms": rnd.uniform(0.5, 20), "throughput": rnd.uniform(100, 5000),
+                   "per_class_accuracy": [rnd.random() for _ in range(10)],
+                   "confusion": [[rnd.randint(0, 50) for _ in range(10)] for _ in range(10)],
+                   "history": [{"epoch": e, "loss": 1 / (e + 1), "val_acc": 0.5 + e / 10} for e in range(3)],
+                   "finished": now - i}
+            spec = {"name": rec["name"], "method": {"name": rec["method"], "params": {}}}
+            db.execute("INSERT INTO runs (id, state, name, method, arch, dataset, parent, spec, record, created, "
+                       "finished) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                       (run_id, "done", rec["name"], rec["method"], "resnet18", "digits", base_id, json.dumps(spec),
+                        json.dumps(rec), now - i, now - i))
+            ids.append(run_id)
+            base_id = base_id or run_id
+    return ids
+
+
+# -- live jobs -------------------------------------------------------------------------------------
+def job_progress(row: dict[str, Any]) -> dict[str, Any]:
+    """Progress of a job from its state and latest event: fraction (0-1 or None), phase, epoch text, ETA."""
+    ev = row.get("last_event") or {}
+    state = row.get("state")
+    if state == "done":
+        fraction = 1.0
+    elif state == "running" and ev.get("epochs") and ev.get("epoch"):
+        within = (ev["step"] / ev["steps"]) if ev.get("steps") and ev.get("step") is not None else 1.0
+        fraction = min(1.0, ((ev["epoch"] - 1) + within) / ev["epochs"])
+    else:
+        fraction = 0.0 if state == "queued" else None
+    return {"progress": fraction, "phase": ev.get("phase") or ("waiting for " + row["waiting_for"]
+                                                            if row.get("waiting_for") else ""),
+            "epoch": f"{ev['epoch']}/{ev['epochs']}" if ev.get("epoch") and ev.get("epochs") else "",
+            "eta_s": ev.get("eta_s") if state == "running" else None,
+            "images_per_s": ev.get("images_per_s") if state == "running" else None}
+
+
+def curves(events: list[dict[str, Any]]) -> pd.DataFrame:
+    """Training curves from progress events: one row per event with a loss or accuracy, x = fractional epoch."""
+    rows = []
+    for ev in events:
+        if ev.get("epoch") is None or ev.get("loss") is None:
+            continue
+        phase = str(ev.get("phase", ""))
+        val = phase.endswith(":val")
+        x = ev["epoch"] if val or not ev.get("steps") else ev["epoch"] - 1 + ev.get("step", 0) / ev["steps"]
+        rows.append({"epoch": x, "stage": phase.removesuffix(":val"), "split": "val" if val else "train",
+                     "loss": ev["loss"], "accuracy": ev.get("val_acc") if val else ev.get("acc")})
+    return pd.DataFrame(rows, columns=["epoch", "stage", "split", "loss", "accuracy"])
+
+
+def sensitivity_curves(rec: dict[str, Any]) -> pd.DataFrame:
+    """record["sensitivity"] as long rows (layer, amount, accuracy); accepts {layer: [{amount, accuracy}|[x, y]]}
+    or a list of {layer, amount|ratio, accuracy} or {"curves": ...}."""
+    sens = rec.get("sensitivity")
+    if isinstance(sens, dict) and "curves" in sens:
+        sens = sens["curves"]
+    rows: list[dict[str, Any]] = []
+
+    def point(layer: str, p: Any) -> None:
+        if isinstance(p, dict):
+            x = next((p[k] for k in ("amount", "ratio", "sparsity", "x") if k in p), None)
+            y = next((p[k] for k in ("accuracy", "acc", "val_acc", "y") if k in p), None)
+        elif isinstance(p, (list, tuple)) and len(p) == 2:
+            x, y = p
+        else:
+            return
+        if _num(x) and _num(y):
+            rows.append({"layer": str(layer), "amount": float(x), "accuracy": float(y)})
+
+    if isinstance(sens, dict):
+        for layer, pts in sens.items():
+            if isinstance(pts, dict):
+                pts = [{"amount": float(k), "accuracy": v} for k, v in pts.items() if _is_float(k)]
+            for p in pts if isinstance(pts, list) else []:
+                point(layer, p)
+    elif isinstance(sens, list):
+        for p in sens:
+            if isinstance(p, dict):
+                point(p.get("layer", p.get("name", "model")), p)
+    return pd.DataFrame(rows, columns=["layer", "amount", "accuracy"])
+
+
+def _is_float(s: Any) -> bool:
+    try:
+        float(s)
+        return True
+    except (TypeError, ValueError):
+        return False

@@ -1,0 +1,143 @@
+"""Hardware sampling: NVIDIA GPUs through NVML (``nvidia-ml-py``), CPU and RAM through psutil.
+
+Machines without an NVIDIA driver get ``{"available": False, "reason": ...}`` instead of an error.
+``Sampler`` keeps a rolling history (a few minutes) for the dashboard's charts.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from typing import Any, Iterable
+
+import psutil
+
+_nvml_lock = threading.Lock()
+_nvml_state: dict[str, Any] = {"init": False, "error": None}
+
+
+def _nvml():
+    """The initialised pynvml module, or raise RuntimeError with a reason a person can read."""
+    with _nvml_lock:
+        if _nvml_state["init"]:
+            import pynvml
+            return pynvml
+        if _nvml_state["error"]:
+            raise RuntimeError(_nvml_state["error"])
+        try:
+            import pynvml
+        except ImportError:
+            _nvml_state["error"] = "nvidia-ml-py is not installed (pip install nvidia-ml-py)"
+            raise RuntimeError(_nvml_state["error"]) from None
+        try:
+            pynvml.nvmlInit()
+        except pynvml.NVMLError as e:
+            _nvml_state["error"] = f"NVML could not start ({e})"
+            raise RuntimeError(_nvml_state["error"]) from None
+        _nvml_state["init"] = True
+        return pynvml
+
+
+def _text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _process_name(pid: int) -> str:
+    try:
+        return psutil.Process(pid).name()
+    except (psutil.Error, OSError):
+        return "?"
+
+
+def gpu_snapshot() -> dict[str, Any]:
+    """Per-GPU memory, utilisation, temperature, power and per-process memory, or why there are none."""
+    try:
+        nv = _nvml()
+    except RuntimeError as e:
+        return {"available": False, "reason": str(e), "gpus": []}
+    gpus = []
+    try:
+        driver = _text(nv.nvmlSystemGetDriverVersion())
+        for i in range(nv.nvmlDeviceGetCount()):
+            h = nv.nvmlDeviceGetHandleByIndex(i)
+            mem = nv.nvmlDeviceGetMemoryInfo(h)
+            g: dict[str, Any] = {"index": i, "name": _text(nv.nvmlDeviceGetName(h)),
+                                 "memory_used_bytes": int(mem.used), "memory_total_bytes": int(mem.total)}
+            for key, fn in (("utilization_pct", lambda: nv.nvmlDeviceGetUtilizationRates(h).gpu),
+                            ("memory_utilization_pct", lambda: nv.nvmlDeviceGetUtilizationRates(h).memory),
+                            ("temperature_c", lambda: nv.nvmlDeviceGetTemperature(h, nv.NVML_TEMPERATURE_GPU)),
+                            ("power_w", lambda: nv.nvmlDeviceGetPowerUsage(h) / 1000.0)):
+                try:
+                    g[key] = fn()
+                except nv.NVMLError:   # not every board reports every sensor
+                    g[key] = None
+            procs = []
+            for getter in (nv.nvmlDeviceGetComputeRunningProcesses, nv.nvmlDeviceGetGraphicsRunningProcesses):
+                try:
+                    for p in getter(h):
+                        used = p.usedGpuMemory if isinstance(p.usedGpuMemory, int) and p.usedGpuMemory >= 0 else None
+                        procs.append({"pid": int(p.pid), "name": _process_name(int(p.pid)), "memory_used_bytes": used})
+                except nv.NVMLError:
+                    pass
+            g["processes"] = list({p["pid"]: p for p in procs}.values())
+            gpus.append(g)
+    except nv.NVMLError as e:
+        return {"available": False, "reason": f"NVML query failed: {e}", "gpus": []}
+    return {"available": bool(gpus), "reason": "" if gpus else "NVML found no GPUs", "driver": driver, "gpus": gpus}
+
+
+def system_snapshot() -> dict[str, Any]:
+    vm = psutil.virtual_memory()
+    return {"cpu_pct": psutil.cpu_percent(interval=None), "cpu_count": psutil.cpu_count(),
+            "per_cpu_pct": psutil.cpu_percent(interval=None, percpu=True),
+            "ram_used_bytes": int(vm.total - vm.available), "ram_total_bytes": int(vm.total), "ram_pct": vm.percent,
+            "load_avg": list(psutil.getloadavg())}
+
+
+def job_pids(rows: Iterable[dict[str, Any]]) -> dict[int, str]:
+    """pid -> run id for running jobs and the processes they started (e.g. data loaders)."""
+    out: dict[int, str] = {}
+    for r in rows:
+        pid = r.get("pid")
+        if r.get("state") != "running" or not pid:
+            continue
+        out[int(pid)] = r["id"]
+        try:
+            for child in psutil.Process(int(pid)).children(recursive=True):
+                out[child.pid] = r["id"]
+        except (psutil.Error, OSError):
+            pass
+    return out
+
+
+def label_processes(snapshot: dict[str, Any], pids: dict[int, str]) -> list[dict[str, Any]]:
+    """Flatten GPU processes across devices, each with ``job`` set to the run id where it matches."""
+    return [{"gpu": g["index"], **p, "job": pids.get(p["pid"])} for g in snapshot.get("gpus", [])
+            for p in g.get("processes", [])]
+
+
+class Sampler:
+    """Rolling history of samples; ``sample()`` is cheap enough to call every second or two."""
+
+    def __init__(self, seconds: float = 300.0):
+        self.seconds = seconds
+        self.history: deque[dict[str, Any]] = deque()
+        self._lock = threading.Lock()
+        psutil.cpu_percent(interval=None)  # prime: the first reading is otherwise meaningless
+
+    def sample(self) -> dict[str, Any]:
+        now = time.time()
+        sysm, gpu = system_snapshot(), gpu_snapshot()
+        point = {"ts": now, "cpu_pct": sysm["cpu_pct"], "ram_pct": sysm["ram_pct"]}
+        for g in gpu["gpus"]:
+            point[f"gpu{g['index']}_mem_pct"] = 100.0 * g["memory_used_bytes"] / max(1, g["memory_total_bytes"])
+            point[f"gpu{g['index']}_util_pct"] = g.get("utilization_pct")
+        with self._lock:
+            self.history.append(point)
+            while self.history and now - self.history[0]["ts"] > self.seconds:
+                self.history.popleft()
+        return {"system": sysm, "gpu": gpu, "point": point}
+
+    def points(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self.history)

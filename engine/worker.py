@@ -1,0 +1,283 @@
+"""The worker: claims queued jobs from the store and runs each in a process of its own.
+
+``python -m engine worker`` runs :class:`Worker`. A job process (:func:`job_process`,
+forked by the backend) calls :func:`run_job`, which calls ``runner.execute`` with a
+cancellation check that polls the store at most every 0.5 s, and dies with its worker.
+"""
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from . import jobs
+from .store import Store
+
+log = logging.getLogger("slimbench.worker")
+POLL_S = 0.2
+CANCEL_GRACE_S = 3.0  # a job asked to stop that has not stopped by itself is killed after this
+
+
+@dataclass
+class Running:
+    handle: Any
+    started: float
+    cancel_seen: float | None = None
+    meta: dict = field(default_factory=dict)
+
+
+class Worker:
+    def __init__(self, store: Store | None = None, concurrency: int | None = None, backend: str | None = None,
+                 worker_id: str | None = None, exit_when_idle: float | None = None):
+        from . import backends
+        self.store = store or Store()
+        self.backend_name = backend or jobs.backend_name()
+        self.backend = backends.get(self.backend_name, self.store, concurrency or jobs.default_concurrency())
+        # explicit > SLIMBENCH_WORKER_CONCURRENCY > what a cluster backend can hold > this machine's hardware
+        cluster = getattr(self.backend, "cluster_concurrency", None)
+        self.concurrency = (concurrency or (os.environ.get("SLIMBENCH_WORKER_CONCURRENCY") and jobs.default_concurrency())
+                            or (cluster() if cluster else None) or jobs.default_concurrency())
+        self.backend.concurrency = self.concurrency
+        if concurrency is None and not os.environ.get("SLIMBENCH_WORKER_CONCURRENCY") and \
+                hasattr(self.backend, "cluster_concurrency"):  # a cluster holds more than this machine
+            self.concurrency = self.backend.concurrency = self.backend.cluster_concurrency()
+        self.id = worker_id or os.environ.pop("SLIMBENCH_WORKER_ID", None) or \
+            f"{socket.gethostname()}-{os.getpid()}-{int(time.time() * 1000) % 10**8}"
+        self.exit_when_idle = exit_when_idle
+        self.running: dict[str, Running] = {}
+        self.stopping = False
+        self.claimed: set[str] = set()  # jobs this worker heartbeats: claimed, starting or running
+        self._stop_beat = threading.Event()
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    def register(self) -> None:
+        now = time.time()
+        with self.store.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO workers (id, pid, host, started, heartbeat, concurrency, backend) "
+                       "VALUES (?,?,?,?,?,?,?)", (self.id, os.getpid(), socket.gethostname(), now, now,
+                                                  self.concurrency, self.backend_name))
+        log.info("worker %s (pid %d) on %s: %d concurrent job(s), backend %s", self.id, os.getpid(),
+                 self.store.root, self.concurrency, self.backend_name)
+
+    def run(self) -> int:
+        self.register()
+        beat = threading.Thread(target=self._beat_loop, daemon=True, name="heartbeat")
+        beat.start()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        idle_since = time.monotonic()
+        try:
+            while not self.stopping:
+                self.tick()
+                if self.running:
+                    idle_since = time.monotonic()
+                elif self.exit_when_idle is not None and time.monotonic() - idle_since > self.exit_when_idle:
+                    log.info("idle for %.0f s: exiting", self.exit_when_idle)
+                    break
+                time.sleep(POLL_S)
+        finally:
+            self._stop_beat.set()
+            beat.join()
+            self.shutdown()
+        return 0
+
+    def _beat_loop(self) -> None:
+        """Heartbeats on their own thread, so a slow job start or a busy store never makes us look dead."""
+        while not self._stop_beat.wait(jobs.heartbeat_s()):
+            try:
+                self.heartbeat(time.time())
+                jobs.recover_stale(self.store)
+            except Exception as e:  # e.g. the store is locked for longer than its timeout: try again next beat
+                log.warning("heartbeat failed: %s", e)
+
+    def tick(self) -> None:
+        """One round: reap finished jobs, enforce cancels, fill free slots."""
+        self.reap()
+        self.enforce_cancels()
+        while len(self.running) < self.concurrency and not self.stopping:
+            job_id = jobs.claim(self.store, self.id)
+            if job_id is None:
+                break
+            self.claimed.add(job_id)
+            self.start(job_id)
+
+    def heartbeat(self, now: float) -> None:
+        with self.store.transaction() as db:
+            db.execute("UPDATE workers SET heartbeat=? WHERE id=?", (now, self.id))
+            if db.total_changes == 0:  # our row was dropped as stale (e.g. after a long suspend): re-register
+                db.execute("INSERT OR REPLACE INTO workers (id, pid, host, started, heartbeat, concurrency, backend) "
+                           "VALUES (?,?,?,?,?,?,?)", (self.id, os.getpid(), socket.gethostname(), now, now,
+                                                      self.concurrency, self.backend_name))
+            ids = list(self.claimed)
+            if ids:
+                db.execute(f"UPDATE runs SET heartbeat=? WHERE state='running' AND worker=? AND id IN "
+                           f"({','.join('?' * len(ids))})", (now, self.id, *ids))
+
+    def start(self, job_id: str) -> None:
+        slot = next(i for i in range(self.concurrency) if i not in {r.meta.get("slot") for r in self.running.values()})
+        log.info("job %s: starting (slot %d)", job_id, slot)
+        try:
+            handle = self.backend.start(job_id, slot)
+        except Exception as e:  # the backend could not launch it: the job failed, the worker goes on
+            self._finish(job_id, "failed", f"could not start the job: {type(e).__name__}: {e}")
+            return
+        self.running[job_id] = Running(handle, time.monotonic(), meta={"slot": slot})
+
+    def reap(self) -> None:
+        for job_id, r in list(self.running.items()):
+            code = r.handle.poll()
+            if code is None:
+                continue
+            del self.running[job_id]
+            self.claimed.discard(job_id)
+            row = self.store.get(job_id)
+            if row is None or row["state"] != "running":
+                log.info("job %s: %s", job_id, row["state"] if row else "gone")
+                continue
+            # The process ended without recording an outcome: it was killed or crashed hard.
+            if r.cancel_seen is not None or row["cancel_requested"]:
+                self._finish(job_id, "cancelled", "cancelled by request")
+            else:
+                how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+                self._finish(job_id, "interrupted", f"the job process died ({how}); retry it")
+
+    def enforce_cancels(self) -> None:
+        if not self.running:
+            return
+        ids = list(self.running)
+        with self.store.connect() as db:
+            asked = {r[0] for r in db.execute(f"SELECT id FROM runs WHERE cancel_requested=1 AND id IN "
+                                              f"({','.join('?' * len(ids))})", ids).fetchall()}
+        now = time.monotonic()
+        for job_id in asked:
+            r = self.running[job_id]
+            if r.cancel_seen is None:
+                r.cancel_seen = now
+            elif now - r.cancel_seen > CANCEL_GRACE_S:  # stuck outside the step loop: stop it the hard way
+                log.info("job %s: did not stop within %.0f s of the cancel; killing it", job_id, CANCEL_GRACE_S)
+                r.handle.kill()
+
+    def _finish(self, job_id: str, state: str, reason: str) -> None:
+        self.store.remove_artifacts(job_id)  # nothing half-done stays visible
+        with self.store.transaction() as db:
+            db.execute("UPDATE runs SET state=?, error=?, finished=? WHERE id=? AND state='running'",
+                       (state, reason, time.time(), job_id))
+        self.claimed.discard(job_id)
+        jobs._append_log(self.store, job_id, f"{state}: {reason}")
+        log.info("job %s: %s (%s)", job_id, state, reason)
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        self.stopping = True
+
+    def shutdown(self) -> None:
+        """Stopping the worker stops its jobs: they become interrupted and can be retried."""
+        for job_id, r in list(self.running.items()):
+            r.handle.kill()
+            self._finish(job_id, "interrupted", "the worker was stopped; retry it")
+        self.running.clear()
+        self.backend.close()
+        with self.store.transaction() as db:
+            db.execute("DELETE FROM workers WHERE id=?", (self.id,))
+
+
+# -- the job process ------------------------------------------------------------------------------------
+class StoreCancelFlag:
+    """``cancelled()`` for the training loop: reads ``cancel_requested`` at most every ``interval`` s."""
+
+    def __init__(self, store: Store, job_id: str, interval: float = 0.5):
+        self.store, self.job_id, self.interval = store, job_id, interval
+        self._next, self._value = 0.0, False
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if not self._value and now >= self._next:
+            self._next = now + self.interval
+            with self.store.connect() as db:
+                row = db.execute("SELECT cancel_requested FROM runs WHERE id=?", (self.job_id,)).fetchone()
+            self._value = bool(row and row[0])
+        return self._value
+
+
+def set_parent_death_signal() -> None:
+    """Linux: SIGKILL this process when its parent dies."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+
+
+def die_with_parent(parent_pid: int, worker_pid: int | None = None) -> None:
+    """A job must not outlive its worker (it would finish a job already marked interrupted)."""
+    set_parent_death_signal()
+
+    def gone() -> bool:
+        if os.getppid() != parent_pid:
+            return True
+        try:
+            if worker_pid:
+                os.kill(worker_pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    def watch() -> None:
+        while not gone():
+            time.sleep(0.5)
+        os._exit(137)
+    if gone():
+        os._exit(137)
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+
+
+def run_job(job_id: str, store: Store | None = None, cancelled: Callable[[], bool] | None = None) -> int:
+    """Run one claimed job in this process; the outcome is recorded in the store. Exit code 0/1."""
+    from .runner import JobFailed, execute
+    from .spec import JobSpec, SpecError
+    from .training import Cancelled
+
+    store = store or Store()
+    threads = os.environ.get("SLIMBENCH_JOB_THREADS")
+    if threads:
+        import torch
+        torch.set_num_threads(int(threads))
+    store.update(job_id, pid=os.getpid())
+    row = store.get(job_id)
+    try:
+        spec = JobSpec.from_dict(row["spec"])
+    except SpecError as e:  # valid when queued, but e.g. its checkpoint file is gone now
+        print(f"failed: {e}", flush=True)
+        store.update(job_id, state="failed", error=str(e)[:500], finished=time.time())
+        return 1
+    try:
+        execute(spec, store, run_id=job_id, cancelled=cancelled or StoreCancelFlag(store, job_id))
+    except Cancelled:
+        return 0
+    except JobFailed as e:
+        print(f"failed: {e}", flush=True)
+        return 1
+    return 0
+
+
+def job_process(root: str, job_id: str, env: dict[str, str]) -> None:
+    """Entry of a local job process: own process group, output into the job's log, dies with the worker."""
+    os.setsid()
+    os.environ.update(env)
+    worker = os.environ.get("SLIMBENCH_WORKER_PID")
+    die_with_parent(os.getppid(), int(worker) if worker else None)
+    log_fd = os.open(Path(root) / "runs" / job_id / "log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+    code = run_job(job_id, Store(root))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

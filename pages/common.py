@@ -1,0 +1,136 @@
+"""Shared dashboard plumbing: cached handles, the sidebar, formatting and safe downloads.
+
+Not a page (dashboard.py lists the pages explicitly). No ML code here either: everything heavy
+lives in ``engine`` and is cached with ``st.cache_resource``.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from engine import jobs, store as store_mod
+from engine.store import Store, check_run_id
+
+ARTIFACT_FILES = {"checkpoint": ("model.pt", "application/octet-stream"),
+                  "onnx": ("model.onnx", "application/octet-stream"),
+                  "card": ("card.json", "application/json")}
+
+
+@st.cache_resource(show_spinner=False)
+def _store(root: str) -> Store:
+    return Store(root)
+
+
+def get_store() -> Store:
+    """One Store per workspace (SLIMBENCH_HOME may differ between tests)."""
+    return _store(str(store_mod.workspace_root()))
+
+
+@st.cache_resource(show_spinner=False)
+def device_text() -> str:
+    import torch
+    if torch.cuda.is_available():
+        return f"CUDA: {torch.cuda.get_device_name(0)}" + (f" (+{torch.cuda.device_count() - 1})"
+                                                            if torch.cuda.device_count() > 1 else "")
+    import os
+    return f"CPU only ({os.cpu_count()} cores)"
+
+
+def sidebar() -> None:
+    s = get_store()
+    with st.container():
+        try:
+            ws = jobs.worker_status(s)
+        except Exception as e:  # a locked or damaged database must not take the page down
+            st.error(f"Job queue unreadable: {e}. Check the workspace at {s.root}.")
+            return
+        if ws["alive"]:
+            st.success(f"Worker alive · pid {ws['pid']} · {ws['backend']}", icon=":material/check_circle:")
+        else:
+            st.warning("No worker running; it starts when a job is launched.", icon=":material/pause_circle:")
+        c1, c2 = st.columns(2)
+        c1.metric("Queued", ws["queued"])
+        c2.metric("Running", ws["running"])
+        st.caption(f"Device: **{device_text()}**  \nWorkspace: `{s.root}`")
+
+
+def fmt_bytes(n: Any) -> str:
+    if not isinstance(n, (int, float)) or (isinstance(n, float) and math.isnan(n)):
+        return "—"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def fmt_seconds(s: Any) -> str:
+    if not isinstance(s, (int, float)) or math.isnan(s):
+        return ""
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+def artifact_path(run_id: str, kind: str) -> Path | None:
+    """The file for a run's artifact if it exists inside the workspace's runs folder, else None."""
+    try:
+        check_run_id(run_id)
+    except ValueError:
+        return None
+    s = get_store()
+    name = ARTIFACT_FILES[kind][0]
+    path = (s.run_dir(run_id) / name).resolve()
+    runs = s.runs_dir.resolve()
+    if runs not in path.parents or not path.is_file():
+        return None
+    return path
+
+
+def download(run_id: str, kind: str, label: str, key: str) -> None:
+    """A download button for one artifact, or a note that it does not exist; bytes read only on click."""
+    path = artifact_path(run_id, kind)
+    if path is None:
+        st.button(label, key=key, disabled=True, help=f"this run has no {ARTIFACT_FILES[kind][0]}")
+        return
+    st.download_button(label, data=lambda p=path: p.read_bytes(), file_name=f"{run_id}-{path.name}",
+                       mime=ARTIFACT_FILES[kind][1], key=key, on_click="ignore",
+                       help=f"{path.name}, {fmt_bytes(path.stat().st_size)}")
+
+
+def run_label(row: dict[str, Any]) -> str:
+    rec = row.get("record") or {}
+    name = row.get("name") or rec.get("name") or row.get("method") or ""
+    return f"{name} · {row['id']}"
+
+
+def save_upload(uploaded, folder: str = "uploads") -> Path:
+    """Store an uploaded file in the workspace under a content-addressed name; returns its path."""
+    import hashlib
+    import re
+    data = uploaded.getvalue()
+    digest = hashlib.sha256(data).hexdigest()[:16]
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", Path(uploaded.name).name)[-80:] or "upload"
+    d = get_store().root / folder
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / f"{digest}-{safe}"
+    if not path.is_file():
+        from engine.export import atomic_write_bytes
+        atomic_write_bytes(path, data)
+    return path
+
+
+def done_runs() -> list[dict[str, Any]]:
+    return get_store().list("done")
+
+
+def card(run_id: str) -> dict[str, Any]:
+    """A run's model card (class names, normalisation, metrics); {} if absent or unreadable."""
+    import json
+    path = artifact_path(run_id, "card")
+    try:
+        return json.loads(path.read_text()) if path else {}
+    except (OSError, ValueError):
+        return {}

@@ -1,0 +1,157 @@
+"""Compare: results table relative to each run's base, accuracy-vs-cost plot with the Pareto front,
+sensitivity curves, per-class accuracy and confusion, and downloads."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
+import streamlit as st
+
+from engine import results
+from pages.common import card, download, fmt_bytes, get_store
+
+st.title("Compare")
+store = get_store()
+
+
+def store_version() -> tuple:
+    """Cheap fingerprint of the finished runs: the cached table is rebuilt only when it changes."""
+    with store.connect() as db:
+        return tuple(db.execute("SELECT COUNT(*), MAX(finished) FROM runs WHERE state='done'").fetchone())
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def load(root: str, version: tuple) -> tuple[pd.DataFrame, dict]:
+    recs = results.records(store)
+    return results.table(recs), {r["run_id"]: r for r in recs}
+
+
+df, by_id = load(str(store.root), store_version())
+if df.empty:
+    st.info("No finished runs yet. Launch jobs on **Experiments**; they appear here when done.")
+    st.stop()
+
+# -- filters ----------------------------------------------------------------------------------
+with st.container(border=True):
+    c1, c2, c3, c4 = st.columns([1, 1, 2, 2])
+    datasets = c1.multiselect("Dataset", sorted(df["dataset"].dropna().unique()), key="f_dataset")
+    archs = c2.multiselect("Architecture", sorted(df["arch"].dropna().unique()), key="f_arch")
+    meths = c3.multiselect("Method", sorted(df["method"].dropna().unique()), key="f_method")
+    text = c4.text_input("Name or run id contains", key="f_text")
+view = df
+if datasets:
+    view = view[view["dataset"].isin(datasets)]
+if archs:
+    view = view[view["arch"].isin(archs)]
+if meths:
+    view = view[view["method"].isin(meths)]
+if text:
+    view = view[view["name"].fillna("").str.contains(text, case=False, regex=False)
+                | view["run_id"].str.contains(text, case=False, regex=False)]
+if view.empty:
+    st.warning("No run matches these filters; clear some of them.")
+    st.stop()
+
+# -- plot -------------------------------------------------------------------------------------
+c1, c2, c3 = st.columns([2, 1, 1])
+axis_label = c1.radio("Accuracy against", list(results.COST_AXES), horizontal=True, key="axis")
+log_x = c2.toggle("Log x axis", value=True, key="log_x")
+show_front = c3.toggle("Pareto front", value=True, key="front")
+cost = results.COST_AXES[axis_label]
+plot_df = view.dropna(subset=[cost, "accuracy"])
+if plot_df.empty:
+    st.warning(f"No run in view has both accuracy and {axis_label}.")
+else:
+    fig = px.scatter(plot_df, x=cost, y="accuracy", color="method", symbol="arch", log_x=log_x,
+                     hover_name="name", height=460,
+                     hover_data={"run_id": True, "method_params": True, "x_smaller": ":.2f", "x_faster": ":.2f",
+                                 "delta_accuracy": ":+.4f", "latency_ms": ":.3f", "size_bytes": ":,",
+                                 "macs": ":,", "arch": False},
+                     labels={cost: axis_label, "accuracy": "test accuracy"})
+    fig.update_traces(marker=dict(size=11, line=dict(width=1, color="white")))
+    if show_front:
+        front = results.pareto_front(plot_df, cost)
+        fig.add_trace(go.Scatter(x=front[cost], y=front["accuracy"], mode="lines", name="Pareto front",
+                                 line=dict(color="rgba(17,24,39,0.55)", dash="dash", shape="hv"), hoverinfo="skip"))
+    lo, hi = plot_df["accuracy"].min(), plot_df["accuracy"].max()
+    fig.update_yaxes(range=[max(0.0, lo - 0.05), min(1.0, hi + 0.05) + 0.01])
+    fig.update_layout(margin=dict(l=10, r=10, t=10, b=10), legend=dict(orientation="v"))
+    st.plotly_chart(fig, key="scatter", config={"displaylogo": False})
+
+# -- table ------------------------------------------------------------------------------------
+shown = ["name", "method", "arch", "dataset", "accuracy", "delta_accuracy", "size_bytes", "x_smaller", "macs",
+         "x_fewer_macs", "latency_ms", "x_faster", "sparsity", "params", "run_id", "base_id"]
+if view["gpu_latency_ms"].notna().any():
+    shown.insert(12, "gpu_latency_ms")
+fmt = st.column_config.NumberColumn
+st.dataframe(view[shown], hide_index=True, width="stretch", height=min(420, 38 + 35 * len(view)),
+             column_config={"accuracy": fmt("accuracy", format="%.4f"),
+                            "delta_accuracy": fmt("Δ accuracy", format="%+.4f", help="accuracy minus the base's"),
+                            "size_bytes": fmt("size (bytes)", format="%d"),
+                            "x_smaller": fmt("x smaller", format="%.2fx", help="base size ÷ this size"),
+                            "macs": fmt("MACs", format="%d"),
+                            "x_fewer_macs": fmt("x fewer MACs", format="%.2fx"),
+                            "latency_ms": fmt("latency (ms)", format="%.3f", help="CPU, batch 1, median"),
+                            "x_faster": fmt("x faster", format="%.2fx", help="base latency ÷ this latency"),
+                            "gpu_latency_ms": fmt("GPU latency (ms)", format="%.3f"),
+                            "sparsity": fmt("sparsity", format="%.3f"), "params": fmt("params", format="%d"),
+                            "base_id": "base run"})
+st.download_button("Download table (CSV)", data=view.to_csv(index=False).encode(), file_name="slimbench-results.csv",
+                   mime="text/csv", key="dl_csv", on_click="ignore", icon=":material/table:")
+
+# -- sensitivity --------------------------------------------------------------------------------
+sens = [(rid, results.sensitivity_curves(by_id[rid])) for rid in view["run_id"] if by_id[rid].get("sensitivity")]
+sens = [(rid, s) for rid, s in sens if not s.empty]
+if sens:
+    st.subheader("Sensitivity")
+    labels = {rid: f"{by_id[rid].get('name') or rid} · {rid}" for rid, _ in sens}
+    pick = st.selectbox("Sensitivity analysis run", list(labels), format_func=labels.get, key="sens_run")
+    curves = dict(sens)[pick]
+    fig = px.line(curves, x="amount", y="accuracy", color="layer", markers=True, height=380,
+                  labels={"amount": "pruned fraction", "accuracy": "accuracy"})
+    fig.update_layout(margin=dict(l=10, r=10, t=10, b=10))
+    st.plotly_chart(fig, key="sensitivity", config={"displayModeBar": False})
+
+# -- one run ------------------------------------------------------------------------------------
+st.subheader("Run details")
+labels = {rid: f"{n or rid} · {rid}" for rid, n in zip(view["run_id"], view["name"])}
+run_id = st.selectbox("Run", list(labels), format_func=labels.get, key="detail_run")
+rec = by_id[run_id]
+row = view[view["run_id"] == run_id].iloc[0]
+c = st.columns(5)
+c[0].metric("Accuracy", f"{rec['accuracy']:.4f}" if rec.get("accuracy") is not None else "—",
+            None if np.isnan(row["delta_accuracy"]) or row["base_id"] == run_id else f"{row['delta_accuracy']:+.4f}")
+c[1].metric("Size", fmt_bytes(rec.get("size_bytes")),
+            None if np.isnan(row["x_smaller"]) or row["base_id"] == run_id else f"{row['x_smaller']:.2f}x smaller",
+            delta_color="off")
+c[2].metric("Latency", f"{rec['latency_ms']:.3f} ms" if rec.get("latency_ms") is not None else "—",
+            None if np.isnan(row["x_faster"]) or row["base_id"] == run_id else f"{row['x_faster']:.2f}x faster",
+            delta_color="off")
+c[3].metric("MACs", f"{rec['macs']:,}" if rec.get("macs") is not None else "—")
+c[4].metric("Parameters", f"{rec['params']:,}" if rec.get("params") is not None else "—")
+
+d = st.columns(3)
+with d[0]:
+    download(run_id, "checkpoint", "Checkpoint bundle (.pt)", key="dl_pt")
+with d[1]:
+    download(run_id, "onnx", "ONNX model (.onnx)", key="dl_onnx")
+with d[2]:
+    download(run_id, "card", "Model card (JSON)", key="dl_card")
+
+names = card(run_id).get("class_names") or []
+pc, cm = rec.get("per_class_accuracy"), rec.get("confusion")
+if pc or cm:
+    a, b = st.columns(2)
+    n = len(pc or cm)
+    classes = names if len(names) == n else [str(i) for i in range(n)]
+    if pc:
+        fig = px.bar(x=classes, y=[v if v is not None else np.nan for v in pc], height=360,
+                     labels={"x": "class", "y": "accuracy"}, title="Per-class accuracy")
+        fig.update_layout(margin=dict(l=10, r=10, t=40, b=10), yaxis_range=[0, 1])
+        a.plotly_chart(fig, key="per_class", config={"displayModeBar": False})
+    if cm:
+        fig = px.imshow(np.array(cm), x=classes, y=classes, text_auto=True, color_continuous_scale="Blues",
+                        labels={"x": "predicted", "y": "true", "color": "images"}, height=360, title="Confusion matrix")
+        fig.update_layout(margin=dict(l=10, r=10, t=40, b=10))
+        b.plotly_chart(fig, key="confusion", config={"displayModeBar": False})

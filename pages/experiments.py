@@ -1,0 +1,235 @@
+"""Experiments: dataset + base model + methods (with sweeps and pipelines), or a preset -> queued jobs."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from engine import data as data_mod, jobs, methods, models, presets
+from engine.spec import SpecError
+from pages.common import device_text, done_runs, get_store, run_label, save_upload
+
+st.title("Experiments")
+st.caption("Train a base model, compress it with any registered method, and queue the jobs. "
+           "Results appear on **Jobs** while they run and on **Compare** when they finish.")
+
+try:
+    registry = methods.load_all()
+except Exception as e:  # one broken method module must not hide the others
+    registry = methods.METHODS
+    st.error(f"Some compression methods could not be loaded ({type(e).__name__}: {e}); "
+             "the registered ones are still available. Check the engine/methods modules.")
+store = get_store()
+
+
+def launch(plan: list[dict[str, Any]]) -> None:
+    """Validate the whole plan, then queue it; report problems as errors naming the field."""
+    ok, problems = presets.check(plan)
+    if problems:
+        st.error("Nothing was queued. Fix these first:\n\n" + "\n".join(f"- {p}" for p in problems))
+        return
+    try:
+        ids = presets.launch(ok, lambda s: jobs.submit(s, store))
+    except (SpecError, ValueError) as e:
+        st.error(f"Could not queue the jobs: {e}")
+        return
+    st.session_state["launched"] = ids
+
+
+def plan_table(plan: list[dict[str, Any]]) -> pd.DataFrame:
+    return pd.DataFrame([{"job": s.get("name"), "method": s["method"]["name"],
+                          "params": json.dumps(s["method"]["params"]) if s["method"]["params"] else "defaults",
+                          "starts from": starts_from(s["model"])} for s in plan])
+
+
+def starts_from(model: dict[str, Any]) -> str:
+    src = model.get("from_run")
+    if isinstance(src, str) and src.startswith(presets.REF_PREFIX):
+        return f"job {int(src[len(presets.REF_PREFIX):]) + 1} of this plan"
+    return f"new {model['arch']}" if model.get("arch") else src or model.get("checkpoint") or ""
+
+
+tab_preset, tab_custom = st.tabs(["Presets", "Custom experiment"])
+
+# -- presets ------------------------------------------------------------------------------------
+with tab_preset:
+    name = st.selectbox("Preset", list(presets.PRESETS), key="preset")
+    try:
+        plan = presets.PRESETS[name]()
+    except Exception as e:  # e.g. a method module mid-edit; the page stays usable
+        st.error(f"This preset cannot be built here ({type(e).__name__}: {e}); try the custom experiment.")
+        plan = []
+    if plan:
+        ok, problems = presets.check(plan)
+        st.markdown(f"**{len(ok)} jobs**: a baseline, then every registered compression method "
+                    f"({len(ok) - 1}) starting from it.")
+        if name.endswith("(GPU)") and not device_text().startswith("CUDA"):
+            st.warning("This preset trains on CUDA; on this machine its jobs would fail. Use the Quick tour here.")
+        st.dataframe(plan_table(ok), hide_index=True, width="stretch")
+        for p in problems:
+            st.warning(f"Left out: {p}")
+        if st.button(f"Launch {name}", type="primary", key="launch_preset", disabled=not ok):
+            launch(ok)
+
+# -- custom -------------------------------------------------------------------------------------
+def param_widget(method: str, p: methods.Param) -> Any:
+    key = f"p.{method}.{p.name}"
+    label = p.name.replace("_", " ")
+    help_ = p.help + (f" Range {p.range_text()}." if p.kind in ("int", "float") else "")
+    if p.optional:
+        if not st.checkbox(f"set {label}", value=p.default is not None, key=key + ".set", help=help_):
+            return None
+    if p.kind == "bool":
+        return st.checkbox(label, value=bool(p.default), key=key, help=help_)
+    if p.kind in ("int", "float"):
+        is_int = p.kind == "int"
+        lo = None if p.low is None else (p.low + (1 if p.low_open else 0) if is_int else p.low)
+        hi = None if p.high is None else (p.high - (1 if p.high_open else 0) if is_int else p.high)
+        cast = int if is_int else float
+        default = p.default if p.default is not None else (lo if lo is not None else 0)
+        return st.number_input(label, value=cast(default), min_value=None if lo is None else cast(lo),
+                               max_value=None if hi is None else cast(hi), step=1 if is_int else None,
+                               format=None if is_int else "%g", key=key, help=help_)
+    if p.kind == "str" and p.choices:
+        return st.selectbox(label, p.choices, index=p.choices.index(p.default) if p.default in p.choices else 0,
+                            key=key, help=help_)
+    if p.kind == "list":
+        text = st.text_area(label + " (JSON list)", value=json.dumps(p.default if p.default is not None else []),
+                            key=key, help=help_)
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as e:
+            raise SpecError(f"{method}.{p.name}", f"not valid JSON: {e.msg} at column {e.colno}") from None
+    return st.text_input(label, value="" if p.default is None else str(p.default), key=key, help=help_)
+
+
+def method_panel(name: str) -> list[dict[str, Any]]:
+    """Widgets for one method; returns its parameter variants (one per sweep value)."""
+    m = registry[name]
+    with st.expander(f"**{name}** · {m.family}", expanded=True):
+        st.caption(m.help)
+        params: dict[str, Any] = {}
+        cols = st.columns(3)
+        for i, p in enumerate(m.params):
+            with cols[i % 3]:
+                params[p.name] = param_widget(name, p)
+        numeric = [p for p in m.params if p.kind in ("int", "float", "str")]
+        if not numeric:
+            return [params]
+        c1, c2 = st.columns([1, 2])
+        which = c1.selectbox("Sweep over", ["(no sweep)"] + [p.name for p in numeric], key=f"sweep.{name}",
+                             help="Queue one job per value, e.g. ratios 0.3, 0.5, 0.7 -> three jobs.")
+        if which == "(no sweep)":
+            return [params]
+        p = next(p for p in numeric if p.name == which)
+        text = c2.text_input("Values (comma separated)", key=f"sweep_values.{name}",
+                             placeholder="0.3, 0.5, 0.7" if p.kind == "float" else "")
+        values = presets.parse_values(p, text, f"{name}.{which}")
+        return presets.sweep(params, which, values)
+
+
+with tab_custom:
+    st.subheader("1 · Data")
+    source = st.radio("Dataset source", ["Built-in", "Upload a zip (ImageFolder layout)", "Path on this server"],
+                      horizontal=True, key="data_source")
+    data: dict[str, Any] = {}
+    data_problem = None
+    if source == "Built-in":
+        builtin = [n for n in data_mod.DATASETS if n != "imagefolder"]
+        ds = st.selectbox("Dataset", builtin, index=builtin.index("fashion-mnist") if "fashion-mnist" in builtin else 0,
+                          key="dataset", help="digits: 8x8 scikit-learn digits (seconds). fashion-mnist: 28x28 "
+                          "clothing. cifar10: needs a local zip/folder path.")
+        data["name"] = ds
+        if ds == "cifar10":
+            data["path"] = st.text_input("CIFAR-10 location (zip or folder in ImageFolder layout)",
+                                         value=str(presets.SHARED_CIFAR10), key="cifar_path")
+    elif source.startswith("Upload"):
+        up = st.file_uploader("Zip with train/<class>/*.jpg and test/<class>/... (or just <class>/...)",
+                              type=["zip"], key="data_zip")
+        data["name"] = "imagefolder"
+        if up is None:
+            data_problem = "upload a zip of images first"
+        else:
+            data["path"] = str(save_upload(up, "datasets"))
+    else:
+        data["name"] = "imagefolder"
+        data["path"] = st.text_input("Folder or zip on this server", key="data_path",
+                                     placeholder="/data/my-images or /data/my-images.zip").strip()
+        if not data["path"]:
+            data_problem = "enter a dataset path"
+    c1, c2, c3, c4 = st.columns(4)
+    limit = c1.number_input("Train images (0 = all)", 0, 10_000_000, 2000, step=500, key="limit")
+    test_limit = c2.number_input("Test images (0 = all)", 0, 10_000_000, 1000, step=500, key="test_limit")
+    image_size = c3.number_input("Image size (0 = native)", 0, 1024, 0, step=8, key="image_size")
+    batch = c4.number_input("Batch size", 1, 65536, 64, step=32, key="batch_size")
+    data.update({k: int(v) for k, v in (("limit", limit), ("test_limit", test_limit), ("image_size", image_size))
+                 if v}, batch_size=int(batch))
+
+    st.subheader("2 · Base model")
+    base_kind = st.radio("Start from", ["Train an architecture", "A finished run", "Upload a checkpoint"],
+                         horizontal=True, key="base_kind")
+    model: dict[str, Any] = {}
+    base_train: dict[str, Any] = {}
+    if base_kind == "Train an architecture":
+        c1, c2 = st.columns(2)
+        model["arch"] = c1.selectbox("Architecture", list(models.ARCHS), key="arch")
+        base_train["epochs"] = int(c2.number_input("Baseline epochs", 1, 10000, 3, key="base_epochs"))
+    elif base_kind == "A finished run":
+        runs = done_runs()
+        if not runs:
+            data_problem = data_problem or "no finished run yet: train an architecture first"
+            st.info("No finished runs yet.")
+        else:
+            labels = {r["id"]: run_label(r) for r in runs}
+            model["from_run"] = st.selectbox("Run", list(labels), format_func=labels.get, key="base_run")
+    else:
+        ck = st.file_uploader("Slimbench checkpoint bundle (.pt)", type=["pt"], key="ckpt")
+        if ck is None:
+            data_problem = data_problem or "upload a checkpoint first"
+        else:
+            model["checkpoint"] = str(save_upload(ck, "checkpoints"))
+
+    st.subheader("3 · Methods")
+    choices = sorted((n for n in registry if n != "baseline"), key=lambda n: (registry[n].family, n))
+    chosen = st.multiselect("Compression methods", choices, key="methods",
+                            format_func=lambda n: f"{n} ({registry[n].family})",
+                            help="Each method's parameters appear below with their valid ranges.")
+    steps, problem = [], None
+    for name in chosen:
+        try:
+            steps.append((name, method_panel(name)))
+        except SpecError as e:
+            problem = str(e)
+            st.error(f"{e}")
+    chain = st.checkbox("Pipeline: run the methods in this order, each starting from the previous result",
+                        key="chain", disabled=len(chosen) < 2)
+
+    st.subheader("4 · Training and measurement")
+    c1, c2, c3, c4 = st.columns(4)
+    epochs = c1.number_input("Fine-tune / train epochs for methods", 0, 10000, 1, key="epochs")
+    device = c2.selectbox("Device", ["auto", "cpu", "cuda"], key="device")
+    onnx = c3.checkbox("Export + verify ONNX", value=True, key="onnx")
+    latency_runs = c4.number_input("Latency runs", 1, 10000, 30, key="latency_runs")
+    measure = {"onnx": onnx, "latency_runs": int(latency_runs)}
+    base_train["device"] = device
+
+    if st.button("Launch", type="primary", key="launch_custom"):
+        if data_problem:
+            st.error(f"Cannot launch: {data_problem}.")
+        elif problem:
+            st.error(f"Cannot launch: {problem}")
+        elif not model.get("arch") and not steps:
+            st.error("Cannot launch: choose at least one compression method.")
+        elif chain and any(len(v) > 1 for _, v in steps):
+            st.error("Cannot launch: a pipeline takes one setting per step; remove the sweep or untick Pipeline.")
+        else:
+            launch(presets.custom_plan(data=data, model=model, steps=steps, base_train=base_train, chain=chain,
+                                       train={"epochs": int(epochs), "device": device}, measure=measure))
+
+if st.session_state.get("launched"):
+    ids = st.session_state["launched"]
+    st.success(f"Queued {len(ids)} job(s): {', '.join(ids[:6])}{' ...' if len(ids) > 6 else ''}",
+               icon=":material/rocket_launch:")
+    st.page_link("pages/jobs.py", label="Watch them on Jobs", icon=":material/arrow_forward:")

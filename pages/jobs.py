@@ -1,0 +1,95 @@
+"""Jobs: the live queue (state, progress, phase, epoch, ETA), curves and log of a job, cancel / retry."""
+from __future__ import annotations
+
+import pandas as pd
+import plotly.express as px
+import streamlit as st
+
+from engine import jobs, results
+from engine.store import FINAL_STATES
+from pages.common import fmt_seconds, get_store
+
+
+st.title("Jobs")
+store = get_store()
+
+status = jobs.worker_status(store)
+active = status["queued"] + status["running"] > 0
+if active and not status["alive"]:
+    c1, c2 = st.columns([3, 1])
+    c1.warning(f"{status['queued']} job(s) are queued but no worker is running.")
+    if c2.button("Start worker", key="start_worker", type="primary"):
+        jobs.ensure_worker(store)
+        st.rerun()
+
+# Refresh fast while something runs; at idle a slow poll keeps CPU cost negligible.
+REFRESH_S = 1.5 if active else 5.0
+
+
+def job_rows(limit: int = 300) -> list[dict]:
+    return jobs.list_jobs(store, limit=limit)
+
+
+@st.fragment(run_every=REFRESH_S)
+def queue_table() -> None:
+    rows = job_rows()
+    if not rows:
+        st.info("No jobs yet. Launch some on **Experiments**.")
+        return
+    table = []
+    for r in rows:
+        p = results.job_progress(r)
+        table.append({"job": r["id"], "name": r.get("name") or "", "method": r.get("method") or "",
+                      "state": r["state"], "progress": p["progress"],
+                      "phase": p["phase"] if r["state"] in ("running", "queued") else "", "epoch": p["epoch"], "ETA": fmt_seconds(p["eta_s"]),
+                      "img/s": p["images_per_s"] if p["images_per_s"] is not None else float("nan"), "error": r.get("error") or ""})
+    counts = pd.Series([r["state"] for r in rows]).value_counts()
+    st.caption(" · ".join(f"{k}: **{v}**" for k, v in counts.items()))
+    st.dataframe(pd.DataFrame(table), hide_index=True, width="stretch", key="jobs_table",
+                 column_config={"progress": st.column_config.ProgressColumn("progress", min_value=0, max_value=1,
+                                                                            format="percent"),
+                                "img/s": st.column_config.NumberColumn(format="%.0f")})
+
+
+queue_table()
+
+st.divider()
+st.subheader("Job details")
+all_rows = job_rows()
+if all_rows:
+    labels = {r["id"]: f"{r.get('name') or r.get('method')} · {r['id']}" for r in all_rows}
+    default = next((i for i, r in enumerate(all_rows) if r["state"] == "running"), 0)
+    job_id = st.selectbox("Job", list(labels), index=default, format_func=labels.get, key="job_select")
+
+    @st.fragment(run_every=REFRESH_S)
+    def job_detail() -> None:
+        row = store.get(job_id)
+        if row is None:
+            st.error("This job no longer exists; pick another one.")
+            return
+        c1, c2, c3 = st.columns([1, 1, 4])
+        if c1.button("Cancel", key="cancel", disabled=row["state"] in FINAL_STATES, icon=":material/stop:"):
+            jobs.cancel(job_id, store)
+            st.toast(f"Cancel requested for {job_id}")
+        if c2.button("Retry", key="retry", disabled=row["state"] not in jobs.RETRYABLE, icon=":material/replay:"):
+            try:
+                jobs.retry(job_id, store)
+                st.toast(f"{job_id} queued again")
+            except (ValueError, RuntimeError) as e:
+                st.error(f"Cannot retry: {e}")
+        c3.markdown(f"**{row['state']}**" + (f" — {row['error']}" if row.get("error") else ""))
+        curves = results.curves(store.events(job_id))
+        if curves.empty:
+            st.caption("No training curves yet (they appear once the job trains).")
+        else:
+            curves["series"] = curves["stage"] + curves["split"].map({"train": " · training batches",
+                                                                      "val": " · validation"})
+            a, b = st.columns(2)
+            for col, metric in ((a, "loss"), (b, "accuracy")):
+                fig = px.line(curves.dropna(subset=[metric]), x="epoch", y=metric, color="series", markers=True,
+                              height=300, title=metric)
+                fig.update_layout(margin=dict(l=10, r=10, t=40, b=10), legend_title_text="")
+                col.plotly_chart(fig, key=f"curve_{metric}", config={"displayModeBar": False})
+        st.code(jobs.job_log(job_id, store, tail=60) or "(no log yet)", language="log", height=260)
+
+    job_detail()

@@ -1,0 +1,103 @@
+"""Try an image: each chosen model's top-5, latency on this image, agreement with the base, and Grad-CAM."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from engine import predict, saliency
+from engine.data import ImageError, load_pil
+from pages.common import done_runs, get_store, run_label
+
+IMAGE_TYPES = ["png", "jpg", "jpeg", "bmp", "gif", "webp", "tif", "tiff", "ppm", "pgm"]
+
+st.title("Try an image")
+store = get_store()
+
+
+@st.cache_resource(show_spinner="Loading model ...", max_entries=16)
+def predictor(root: str, run_id: str) -> predict.Predictor:
+    return predict.load_run(run_id, store)
+
+
+@st.cache_resource(show_spinner="Loading test images ...", max_entries=2)
+def samples(data_key: str, spec_data: dict, n: int) -> list[tuple[str, bytes]]:
+    return predict.test_samples(spec_data, n)
+
+
+runs = done_runs()
+if not runs:
+    st.info("No finished runs yet: train one on **Experiments** first.")
+    st.stop()
+by_id = {r["id"]: r for r in runs}
+labels = {r["id"]: run_label(r) for r in runs}
+base = next((r for r in runs if not r.get("parent")), runs[0])
+family = [base["id"]] + [r["id"] for r in runs if r.get("parent") == base["id"]][:3]
+chosen = st.multiselect("Models", list(labels), default=family, format_func=labels.get, key="runs",
+                        help="The first is the reference: the others are marked as agreeing with it or not.")
+if not chosen:
+    st.warning("Choose at least one model.")
+    st.stop()
+ref_id = chosen[0]
+
+source = st.radio("Images", ["Upload", "Test-set samples"], horizontal=True, key="img_source")
+images: list[tuple[str, bytes]] = []
+if source == "Upload":
+    files = st.file_uploader("One or more images (any common format)", type=IMAGE_TYPES, accept_multiple_files=True,
+                             key="images")
+    images = [(f.name, f.getvalue()) for f in files or []]
+else:
+    spec_data = (by_id[ref_id].get("spec") or {}).get("data") or {}
+    n = st.slider("How many", 1, 16, 4, key="n_samples")
+    try:
+        images = [(f"test #{i} (true: {label})", raw)
+                  for i, (label, raw) in enumerate(samples(repr(sorted(spec_data.items())), spec_data, n))]
+    except Exception as e:  # the dataset may have moved since the run
+        st.error(f"Could not load the test set of {ref_id}: {e}. Upload images instead.")
+show_cam = st.toggle("Saliency maps (Grad-CAM)", value=True, key="cam")
+if not images:
+    st.info("Upload an image (or pick test-set samples) to see predictions.")
+    st.stop()
+
+models: dict[str, predict.Predictor] = {}
+for rid in chosen:
+    try:
+        models[rid] = predictor(str(store.root), rid)
+    except predict.PredictError as e:
+        st.error(f"{labels[rid]}: {e}. Choose another run.")
+if not models:
+    st.stop()
+
+for name, raw in images:
+    st.divider()
+    try:
+        shown = np.asarray(load_pil(raw))
+    except ImageError as e:
+        st.error(f"{name}: {e}. Upload a PNG, JPEG, WebP, BMP, GIF or TIFF image.")
+        continue
+    st.markdown(f"#### {name}")
+    cols = st.columns([1] + [2] * len(models))
+    cols[0].image(shown, caption=f"{shown.shape[1]}x{shown.shape[0]} px", width=180)
+    preds = {}
+    for col, (rid, pred) in zip(cols[1:], models.items()):
+        with col:
+            try:
+                out = pred.predict(raw)
+            except (ImageError, ValueError, RuntimeError) as e:
+                st.error(f"{labels[rid]}: cannot predict this image ({e}).")
+                continue
+            preds[rid] = out
+            agree = "" if rid == ref_id or ref_id not in preds else (
+                " · :green[:material/check_circle: agrees with reference]" if out.index == preds[ref_id].index
+                else " · :red[:material/cancel: differs from reference]")
+            st.markdown(f"**{by_id[rid].get('name') or by_id[rid].get('method')}**  \n"
+                        f"`{rid}` · {out.latency_ms:.2f} ms{agree}")
+            st.dataframe(pd.DataFrame(out.top, columns=["class", "probability"]), hide_index=True, width="stretch",
+                         key=f"top_{name}_{rid}",
+                         column_config={"probability": st.column_config.ProgressColumn(min_value=0, max_value=1,
+                                                                                       format="percent")})
+            if show_cam and pred.is_torch:
+                cam = saliency.grad_cam(pred.model, pred.preprocess(raw), out.index)
+                st.image(saliency.overlay(shown, cam), caption=f"Grad-CAM for “{out.top[0][0]}”", width=224)
+            elif show_cam:
+                st.caption("No saliency map: this model is not a PyTorch model (e.g. INT8 ONNX Runtime).")

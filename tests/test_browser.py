@@ -1,0 +1,134 @@
+"""The real dashboard in headless Chromium: launch a quick job, watch it finish, see it on Compare,
+download its checkpoint, upload an image and see predictions; a screenshot of every page."""
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench.pages import CHROMIUM, CHROMIUM_ARGS, streamlit_server
+from engine.export import read_bundle
+from engine.store import Store
+
+pytestmark = [pytest.mark.browser, pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs /usr/bin/chromium")]
+ROOT = Path(__file__).resolve().parent.parent
+SHOTS = ROOT / "test-artifacts"
+JOB_TIMEOUT_MS = 420_000
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args):
+    return {**browser_type_launch_args, "executable_path": CHROMIUM, "args": CHROMIUM_ARGS}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    home = tmp_path_factory.mktemp("browser-ws")
+    SHOTS.mkdir(exist_ok=True)
+    with streamlit_server(home, env={"SLIMBENCH_WORKER_IDLE_EXIT": "60"},
+                          log=SHOTS / "streamlit-server.log") as (url, _):
+        yield url, home
+    store = Store(home)
+    with store.connect() as db:
+        pids = [r[0] for r in db.execute("SELECT pid FROM workers WHERE pid IS NOT NULL").fetchall()]
+    import os
+    import signal
+    for pid in pids:  # the worker this server started
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def shot(page, name: str) -> None:
+    page.wait_for_timeout(800)  # let charts finish drawing
+    page.screenshot(path=str(SHOTS / f"page-{name}.png"), full_page=True)
+
+
+def goto(page, label: str) -> None:
+    page.locator('[data-testid="stSidebarNav"]').get_by_text(label, exact=True).click()
+
+
+def pick(page, label: str, option: str) -> None:
+    box = page.locator('[data-testid="stSelectbox"]').filter(has_text=label).first
+    box.click()
+    box.locator("input").fill(option)  # the list filters to the option
+    page.get_by_role("option", name=option, exact=True).first.click(timeout=90_000)
+
+
+def fill_number(page, label: str, value: int) -> None:
+    field = page.get_by_label(label, exact=True)
+    field.fill(str(value))
+    field.press("Enter")
+
+
+def digit_png() -> bytes:
+    from PIL import Image
+    from sklearn.datasets import load_digits
+    buf = io.BytesIO()
+    Image.fromarray((load_digits().images[3] * 255 / 16).astype(np.uint8)).resize((96, 96)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_main_flow(server, page):
+    url, home = server
+    page.set_viewport_size({"width": 1400, "height": 1000})
+    page.goto(url)
+    page.get_by_role("heading", name="Experiments").wait_for()
+    for word in ("Queued", "Running", "Device:"):
+        page.locator('[data-testid="stSidebar"]').get_by_text(word).first.wait_for()
+    page.get_by_role("button", name=re.compile("Launch Quick tour")).wait_for()
+    page.locator('[data-testid="stDataFrame"]').first.wait_for()
+    shot(page, "experiments-presets")
+
+    page.get_by_role("tab", name="Custom experiment").click()
+    pick(page, "Dataset", "digits")
+    fill_number(page, "Train images (0 = all)", 300)
+    fill_number(page, "Test images (0 = all)", 120)
+    fill_number(page, "Baseline epochs", 1)
+    fill_number(page, "Latency runs", 5)
+    page.get_by_text("Export + verify ONNX").click()  # not the point here; keeps the job short
+    page.wait_for_timeout(500)
+    shot(page, "experiments-custom")
+    page.get_by_role("button", name="Launch", exact=True).click()
+    page.get_by_text(re.compile(r"Queued 1 job")).wait_for(timeout=60_000)
+    page.get_by_text("Watch them on Jobs").click()
+
+    page.get_by_role("heading", name="Jobs").wait_for()
+    page.locator('[data-testid="stSidebar"]').get_by_text("Running").first.wait_for()
+    page.locator("strong", has_text=re.compile(r"^done$")).wait_for(timeout=JOB_TIMEOUT_MS)
+    page.locator(".js-plotly-plot").first.wait_for()  # live loss/accuracy curves
+    shot(page, "jobs")
+    run_id = Store(home).list("done")[0]["id"]
+
+    goto(page, "Compare")
+    page.get_by_role("heading", name="Run details").wait_for(timeout=60_000)
+    page.locator(".js-plotly-plot").first.wait_for()
+    shot(page, "compare")
+    record = Store(home).get(run_id)["record"]
+    page.get_by_text(f"{record['accuracy']:.4f}", exact=True).first.wait_for()  # the record's number, shown
+    with page.expect_download() as dl:
+        page.get_by_role("button", name="Checkpoint bundle (.pt)").click()
+    saved = Path(dl.value.path())
+    original = Store(home).run_dir(run_id) / "model.pt"
+    assert saved.read_bytes() == original.read_bytes()
+    assert read_bundle(saved)["arch"] == "resnet18"
+
+    goto(page, "Try an image")
+    page.get_by_role("heading", name="Try an image").wait_for()
+    page.locator('input[type="file"]').set_input_files(files=[{"name": "digit.png", "mimeType": "image/png",
+                                                               "buffer": digit_png()}])
+    page.get_by_text(re.compile(r"Grad-CAM for")).first.wait_for(timeout=120_000)
+    page.get_by_text(re.compile(r"\d+\.\d+ ms")).first.wait_for()
+    shot(page, "try-image")
+
+    goto(page, "Hardware")
+    page.get_by_role("heading", name="CPU and memory").wait_for(timeout=60_000)
+    page.wait_for_timeout(4500)  # two more samples: the rolling chart draws
+    page.locator(".js-plotly-plot").first.wait_for()
+    shot(page, "hardware")
+    for name in ("experiments-presets", "jobs", "compare", "try-image", "hardware"):
+        assert (SHOTS / f"page-{name}.png").stat().st_size > 10_000

@@ -1,0 +1,51 @@
+"""distill and compact train the requested student; a distilled run teaches the next one; bad params named."""
+from __future__ import annotations
+
+import pytest
+
+from engine import models
+from engine.runner import execute
+from engine.spec import JobSpec, SpecError
+from engine.store import Store
+
+DATA = {"name": "digits", "limit": 200, "test_limit": 100, "batch_size": 32}
+MEASURE = {"onnx": False, "latency_runs": 3, "warmup_runs": 1, "batch_size": 8}
+
+
+def spec(model: dict, method: str, params: dict) -> JobSpec:
+    return JobSpec.from_dict({"data": DATA, "model": model, "method": {"name": method, "params": params},
+                              "train": {"epochs": 1}, "measure": MEASURE})
+
+
+def test_distill_and_compact_train_the_requested_student_and_chain(tmp_path):
+    store = Store(tmp_path / "ws")
+    base = execute(spec({"arch": "resnet18"}, "baseline", {}), store)
+    student = "mobilenet_v3_small"
+    n_params = models.count_params(models.build(student, 10, True))
+    kd = execute(spec({"from_run": base["run_id"]}, "distill", {"student": student, "epochs": 1}), store)
+    plain = execute(spec({"from_run": base["run_id"]}, "compact", {"student": student, "epochs": 1}), store)
+    for r, phase in ((kd, "distill"), (plain, "train")):
+        assert r["arch"] == student and r["params"] == n_params < base["params"]
+        assert [h["phase"] for h in r["history"]] == [phase]
+    assert kd["teacher_run"] == base["run_id"]
+    # Chain: the distilled run teaches the next student (its bundle rebuilds as the student arch).
+    nxt = execute(spec({"from_run": kd["run_id"]}, "distill", {"student": "shufflenet_v2_x1_0", "epochs": 1,
+                                                               "teacher": kd["run_id"], "loss": "mse_ce"}), store)
+    assert nxt["arch"] == "shufflenet_v2_x1_0" and nxt["teacher_run"] == kd["run_id"]
+    # compact needs no trained model: the same student from scratch, launchable from a bare arch.
+    fresh = execute(spec({"arch": "resnet18"}, "compact", {"student": student, "epochs": 1}), store)
+    assert fresh["arch"] == student and fresh["params"] == n_params
+
+
+@pytest.mark.parametrize("params, field", [
+    ({"student": "resnet9000"}, "method.params.student"),
+    ({"loss": "l1"}, "method.params.loss"),
+    ({"T": 0}, "method.params.T"),
+    ({"alpha": 1.5}, "method.params.alpha"),
+    ({"teacher": "../etc"}, "method.params.teacher"),
+    ({"epochs": 0}, "method.params.epochs"),
+])
+def test_bad_distill_params_name_the_field(params, field):
+    with pytest.raises(SpecError) as e:
+        spec({"from_run": "20260101-000000-abcdef"}, "distill", params)
+    assert e.value.field == field

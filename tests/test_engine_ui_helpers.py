@@ -1,0 +1,247 @@
+"""Streamlit-free helpers behind the dashboard: results table, presets, telemetry, saliency, predictions."""
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from engine import methods, presets, results, saliency, telemetry
+from engine.store import Store
+
+
+def rec(run_id, parent=None, **kw):
+    base = {"run_id": run_id, "parent": parent, "name": run_id, "method": "m", "arch": "resnet18",
+            "dataset": "digits"}
+    return {**base, **kw}
+
+
+# -- results --------------------------------------------------------------------------------------
+def test_table_is_relative_to_the_root_of_the_parent_chain():
+    recs = [rec("base", accuracy=0.90, size_bytes=1000, macs=800, latency_ms=4.0),
+            rec("pruned", "base", accuracy=0.88, size_bytes=250, macs=200, latency_ms=2.0),
+            rec("quant", "pruned", accuracy=0.85, size_bytes=100, macs=200, latency_ms=1.0),
+            rec("orphan", "gone", accuracy=0.5, size_bytes=10, macs=None, latency_ms=None)]
+    df = results.table(recs).set_index("run_id")
+    assert df.loc["base", "x_smaller"] == 1.0 and df.loc["base", "delta_accuracy"] == 0.0
+    assert df.loc["pruned", "x_smaller"] == 4.0 and df.loc["pruned", "x_fewer_macs"] == 4.0
+    assert df.loc["pruned", "x_faster"] == 2.0
+    assert df.loc["quant", "base_id"] == "base" and df.loc["quant", "x_smaller"] == 10.0
+    assert df.loc["quant", "delta_accuracy"] == pytest.approx(-0.05)
+    assert df.loc["orphan", "base_id"] == "orphan" and math.isnan(df.loc["orphan", "x_fewer_macs"])
+
+
+def test_pareto_front_keeps_only_undominated_runs():
+    recs = [rec("a", accuracy=0.9, size_bytes=100), rec("b", accuracy=0.8, size_bytes=50),
+            rec("c", accuracy=0.7, size_bytes=80),   # dominated by b (bigger and worse)
+            rec("d", accuracy=0.95, size_bytes=400), rec("e", accuracy=0.9, size_bytes=200)]  # e dominated by a
+    df = results.table(recs)
+    front = results.pareto_front(df, "size_bytes")
+    assert list(front["run_id"]) == ["b", "a", "d"]
+
+
+def test_job_progress_and_curves_from_events():
+    row = {"state": "running", "last_event": {"phase": "train", "epoch": 2, "epochs": 4, "step": 5, "steps": 10,
+                                               "eta_s": 30.0, "images_per_s": 100.0}}
+    p = results.job_progress(row)
+    assert p["progress"] == pytest.approx((1 + 0.5) / 4) and p["epoch"] == "2/4" and p["eta_s"] == 30.0
+    assert results.job_progress({"state": "done", "last_event": None})["progress"] == 1.0
+    assert results.job_progress({"state": "queued", "waiting_for": "x"})["phase"] == "waiting for x"
+    ev = [{"phase": "train", "epoch": 1, "epochs": 1, "step": 2, "steps": 4, "loss": 2.0, "acc": 0.3},
+          {"phase": "train:val", "epoch": 1, "epochs": 1, "loss": 1.5, "acc": 0.5, "val_acc": 0.5},
+          {"phase": "data"}]
+    c = results.curves(ev)
+    assert list(c["split"]) == ["train", "val"] and list(c["epoch"]) == [0.5, 1]
+
+
+@pytest.mark.parametrize("sens", [
+    {"layer1": [{"amount": 0.1, "accuracy": 0.9}, {"amount": 0.5, "accuracy": 0.7}]},
+    {"layer1": [[0.1, 0.9], [0.5, 0.7]]},
+    [{"layer": "layer1", "ratio": 0.1, "accuracy": 0.9}, {"layer": "layer1", "ratio": 0.5, "accuracy": 0.7}],
+    {"curves": {"layer1": {"0.1": 0.9, "0.5": 0.7}}},
+])
+def test_sensitivity_curves_accept_the_common_shapes(sens):
+    c = results.sensitivity_curves({"sensitivity": sens})
+    assert c.to_dict("records") == [{"layer": "layer1", "amount": 0.1, "accuracy": 0.9},
+                                    {"layer": "layer1", "amount": 0.5, "accuracy": 0.7}]
+
+
+def test_synthetic_rows_are_labelled(tmp_path):
+    store = Store(tmp_path)
+    ids = results.insert_synthetic_runs(store, 20)
+    recs = results.records(store)
+    assert len(recs) == 20 and all(r["synthetic"] and r["name"].startswith("synthetic") for r in recs)
+    df = results.table(recs)
+    assert (df["base_id"] == ids[0]).all()
+
+
+# -- presets ----------------------------------------------------------------------------------------
+def _registry():
+    try:
+        return methods.load_all()
+    except Exception:
+        return methods.METHODS
+
+
+def test_quick_tour_has_a_baseline_and_every_registered_method():
+    reg = _registry()
+    plan = presets.quick_tour()
+    assert plan[0]["method"]["name"] == "baseline" and plan[0]["model"] == {"arch": "resnet18"}
+    assert {s["method"]["name"] for s in plan[1:]} == set(reg) - {"baseline"}
+    for s in plan[1:]:
+        assert s["model"] == {"from_run": presets.BASE} and s["train"]["epochs"] == 1
+        for p in reg[s["method"]["name"]].params:  # every epoch knob at its smallest useful value
+            if p.kind == "int" and "epoch" in p.name and p.name in s["method"]["params"]:
+                assert s["method"]["params"][p.name] <= 1 or s["method"]["params"][p.name] == p.low
+
+
+def test_plan_launch_resolves_references_and_check_drops_invalid_children():
+    plan = presets.custom_plan(data={"name": "digits"}, model={"arch": "resnet18"}, base_train={"epochs": 1},
+                               steps=[], train={"epochs": 1}, measure={"onnx": False})
+    bad_child = {"name": "bad", "data": {"name": "digits"}, "model": {"from_run": presets.ref(0)},
+                 "method": {"name": "no-such-method", "params": {}}}
+    grandchild = {"name": "gc", "data": {"name": "digits"}, "model": {"from_run": presets.ref(1)},
+                  "method": {"name": "baseline", "params": {}}}
+    ok, problems = presets.check(plan + [bad_child, grandchild])
+    assert len(ok) == 1 and len(problems) == 2 and "no-such-method" in problems[0]
+    submitted = []
+    ids = presets.launch(plan + [dict(grandchild, model={"from_run": presets.ref(0)})],
+                         lambda s: submitted.append(s) or f"job{len(submitted)}")
+    assert ids == ["job1", "job2"] and submitted[1]["model"]["from_run"] == "job1"
+
+
+def test_chained_plan_and_sweeps():
+    plan = presets.custom_plan(data={"name": "digits"}, model={"from_run": "r1"}, base_train={},
+                               steps=[("a", [{"x": 1}]), ("b", [{"y": 2}])], train={}, measure={}, chain=True)
+    assert [s["model"]["from_run"] for s in plan] == ["r1", presets.ref(0)]
+    assert presets.sweep({"x": 1, "y": 0}, "x", [0.3, 0.5]) == [{"x": 0.3, "y": 0}, {"x": 0.5, "y": 0}]
+    p = methods.Param("ratio", "float", 0.5, low=0, high=1, high_open=True)
+    assert presets.parse_values(p, "0.3, 0.5,0.7", "m.ratio") == [0.3, 0.5, 0.7]
+    from engine.spec import SpecError
+    with pytest.raises(SpecError, match="m.ratio"):
+        presets.parse_values(p, "0.3, 1.0", "m.ratio")
+    with pytest.raises(SpecError, match="not a float"):
+        presets.parse_values(p, "abc", "m.ratio")
+
+
+# -- telemetry --------------------------------------------------------------------------------------
+def test_no_gpu_state_is_reported_not_raised(monkeypatch):
+    import pynvml
+
+    def fail():
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)
+    monkeypatch.setattr(pynvml, "nvmlInit", fail)
+    monkeypatch.setattr(telemetry, "_nvml_state", {"init": False, "error": None})
+    snap = telemetry.gpu_snapshot()
+    assert snap["available"] is False and snap["gpus"] == [] and "NVML" in snap["reason"]
+
+
+def test_system_snapshot_and_history():
+    import psutil
+    s = telemetry.system_snapshot()
+    assert s["ram_total_bytes"] == psutil.virtual_memory().total and 0 <= s["ram_pct"] <= 100
+    smp = telemetry.Sampler(seconds=0.05)
+    smp.sample()
+    import time
+    time.sleep(0.1)
+    smp.sample()
+    assert len(smp.points()) == 1  # the older sample fell out of the window
+
+
+def test_job_processes_are_labelled():
+    import subprocess
+    import time
+
+    import psutil
+    job = subprocess.Popen(["sh", "-c", "sleep 30 & wait"])  # a "job" with a child process
+    try:
+        deadline = time.time() + 10
+        while not psutil.Process(job.pid).children() and time.time() < deadline:
+            time.sleep(0.05)
+        child = psutil.Process(job.pid).children()[0].pid
+        pids = telemetry.job_pids([{"id": "job1", "state": "running", "pid": job.pid},
+                                   {"id": "job2", "state": "done", "pid": 1}])
+        assert pids == {job.pid: "job1", child: "job1"}
+        snap = {"gpus": [{"index": 0, "processes": [{"pid": child, "name": "sleep", "memory_used_bytes": 5},
+                                                    {"pid": 999999, "name": "other", "memory_used_bytes": 7}]}]}
+        assert [p["job"] for p in telemetry.label_processes(snap, pids)] == ["job1", None]
+    finally:
+        for p in psutil.Process(job.pid).children():
+            p.kill()
+        job.kill()
+        job.wait()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_snapshot_sees_this_process_memory():
+    x = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
+    snap = telemetry.gpu_snapshot()
+    assert snap["available"] and snap["gpus"][0]["memory_used_bytes"] >= x.numel()
+    assert snap["gpus"][0]["memory_total_bytes"] > snap["gpus"][0]["memory_used_bytes"]
+
+
+# -- saliency ----------------------------------------------------------------------------------------
+class PatchDetector(nn.Module):
+    """conv -> ReLU -> global average pool -> linear: class 1 means "bright patch somewhere"."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 2)
+        with torch.no_grad():
+            self.conv.weight.fill_(0.1)
+            self.conv.bias.fill_(-0.2)   # dark pixels stay at zero after the ReLU
+            self.fc.weight.copy_(torch.tensor([[-1.0] * 4, [1.0] * 4]))
+            self.fc.bias.zero_()
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("corner", ["top_left", "bottom_right"])
+def test_grad_cam_points_at_the_evidence(corner):
+    x = torch.zeros(1, 3, 16, 16)
+    patch = (slice(1, 6), slice(1, 6)) if corner == "top_left" else (slice(10, 15), slice(10, 15))
+    x[0, :, patch[0], patch[1]] = 1.0
+    cam = saliency.grad_cam(PatchDetector(), x, target=1)
+    assert cam.shape == (16, 16) and cam.min() >= 0 and cam.max() == pytest.approx(1.0)
+    inside = cam[patch[0], patch[1]].mean()
+    mask = np.ones((16, 16), bool)
+    mask[patch[0], patch[1]] = False
+    assert inside > 0.5 and cam[mask].mean() < 0.2 * inside
+    over = saliency.overlay((np.random.rand(16, 16) * 255).astype(np.uint8), cam, size=32)
+    assert over.shape == (32, 32, 3) and over.dtype == np.uint8
+
+
+# -- predictions -------------------------------------------------------------------------------------
+def test_predictor_top5_latency_and_agreement_with_the_model(tiny_base, session_home):
+    from PIL import Image
+
+    from engine import export, predict
+    from engine.data import load
+    from engine.spec import DataSpec
+    pred = predict.load_run(tiny_base["run_id"], Store(session_home))
+    assert pred.class_names == [str(i) for i in range(10)] and pred.is_torch
+    data = load(DataSpec(name="digits"))
+    model, bundle = export.load_model(tiny_base["checkpoint"])
+    agree = 0
+    for i in range(10):
+        buf = io.BytesIO()
+        Image.fromarray(data.test.x[i, 0].numpy()).save(buf, format="PNG")
+        out = pred.predict(buf.getvalue())
+        probs = [p for _, p in out.top]
+        assert len(out.top) == 5 and probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-6
+        assert out.latency_ms > 0
+        ref = model(pred.preprocess(buf.getvalue())).argmax(1).item()
+        agree += out.index == ref
+    assert agree == 10
+    samples = predict.test_samples({"name": "digits"}, 3)
+    assert [lbl for lbl, _ in samples] == [str(int(y)) for y in data.test.y[:3]]
+    with pytest.raises(predict.PredictError, match="not a run id"):
+        predict.load_run("../etc", Store(session_home))
+    with pytest.raises(predict.PredictError, match="no run"):
+        predict.load_run("missing-run", Store(session_home))

@@ -1,0 +1,265 @@
+"""Background jobs for real: worker processes, job processes, cancel, kill -9, retry, dependencies."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from engine import jobs
+from engine.store import Store
+
+from conftest import ROOT, cli
+
+MEASURE = {"onnx": False, "latency_runs": 1, "warmup_runs": 0, "batch_size": 2}
+TRIVIAL = {"data": {"name": "digits", "limit": 100, "test_limit": 50}, "model": {"arch": "resnet18"},
+           "method": {"name": "baseline"}, "train": {"epochs": 0}, "measure": MEASURE}
+SHORT = {**TRIVIAL, "data": {"name": "digits", "limit": 200, "test_limit": 50}, "train": {"epochs": 1}}
+LONG = {**TRIVIAL, "data": {"name": "digits", "limit": 300, "test_limit": 50, "batch_size": 16},
+        "train": {"epochs": 200}}
+WORKERS: list[subprocess.Popen] = []
+
+
+@pytest.fixture()
+def ws(tmp_path, monkeypatch):
+    """A fresh workspace with fast heartbeats; every worker started here is stopped afterwards."""
+    home = tmp_path / "ws"
+    env = {"SLIMBENCH_HOME": str(home), "SLIMBENCH_NO_AUTOSTART": "1", "SLIMBENCH_HEARTBEAT_S": "0.3",
+           "SLIMBENCH_STALE_S": "3"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    store = Store(home)
+    yield store
+    for p in WORKERS:  # SIGKILL: their forkservers and job processes die with them
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+    WORKERS.clear()
+    for row in store.list(state="running"):  # job processes of a killed worker die with it; make sure
+        if row["pid"]:
+            try:
+                os.kill(row["pid"], signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def start_worker(store: Store, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "SLIMBENCH_HOME": str(store.root), "PYTHONPATH": str(ROOT)}
+    p = subprocess.Popen([sys.executable, "-m", "engine", "worker", "--exit-when-idle", "60", *args], cwd=ROOT,
+                         env=env, stdout=subprocess.DEVNULL, stderr=open(store.root / f"worker-{len(WORKERS)}.err", "w"))
+    WORKERS.append(p)
+    return p
+
+
+def wait_for(pred, timeout: float, what: str):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def state_of(store: Store, job_id: str) -> str:
+    return store.get(job_id)["state"]
+
+
+def wait_state(store: Store, job_id: str, states: tuple[str, ...], timeout: float = 300) -> dict:
+    """Generous timeout: the CI box is a shared 2-core machine; the jobs themselves take seconds."""
+    row = wait_for(lambda: (r := store.get(job_id)) and r["state"] in states and r, timeout,
+                   f"job {job_id} to be {states}")
+    return row
+
+
+def test_submit_runs_to_done_with_progress_and_cli(ws):
+    spec_path = ws.root / "spec.json"
+    spec_path.write_text(json.dumps(SHORT))
+    p = cli("submit", "--no-worker", str(spec_path), home=ws.root)
+    assert p.returncode == 0, p.stderr
+    job_id = p.stdout.strip()
+    assert state_of(ws, job_id) == "queued"
+    listed = json.loads(cli("jobs", "--json", home=ws.root).stdout)
+    assert [j["id"] for j in listed] == [job_id] and listed[0]["state"] == "queued"
+
+    start_worker(ws)
+    row = wait_state(ws, job_id, ("done", "failed"))
+    assert row["state"] == "done", row["error"]
+    assert row["attempts"] == 1 and row["record"]["accuracy"] is not None
+    phases = [e["phase"] for e in ws.events(job_id)]
+    assert phases[0] == "queued" and "data" in phases and "train:val" in phases and "measure" in phases
+    train = [e for e in ws.events(job_id) if e["phase"] == "train"]
+    assert train and all(k in train[-1] for k in ("epoch", "step", "loss", "acc", "images_per_s", "eta_s"))
+    assert (ws.run_dir(job_id) / "model.pt").is_file()
+    log = jobs.job_log(job_id, ws)
+    assert "method baseline" in log and "done: accuracy" in log
+    last = jobs.list_jobs(ws)[0]["last_event"]
+    assert last["phase"] == "measure"
+    text = cli("jobs", home=ws.root).stdout
+    assert job_id in text and "done" in text
+
+
+def test_cancel_queued_and_running_within_5s(ws):
+    queued = jobs.submit(TRIVIAL, ws)
+    jobs.cancel(queued, ws)
+    assert state_of(ws, queued) == "cancelled"
+
+    job_id = jobs.submit(LONG, ws)
+    start_worker(ws)
+    wait_for(lambda: any(e["phase"] == "train" for e in ws.events(job_id)), 90, "training to start")
+    t0 = time.monotonic()
+    p = cli("cancel", job_id, home=ws.root)
+    assert p.returncode == 0, p.stderr
+    row = wait_state(ws, job_id, ("cancelled", "failed", "done"), timeout=10)
+    elapsed = time.monotonic() - t0
+    assert row["state"] == "cancelled" and elapsed < 5, (row["state"], elapsed)
+    leftovers = {p.name for p in ws.run_dir(job_id).iterdir()}
+    assert not leftovers & {"model.pt", "model.onnx", "result.json", "card.json"}
+    assert "log" in leftovers
+    with pytest.raises(ValueError, match="already cancelled"):
+        jobs.cancel(job_id, ws)
+
+
+def test_kill_job_process_then_retry(ws):
+    job_id = jobs.submit(SHORT, ws)
+    start_worker(ws)
+    pid = wait_for(lambda: ws.get(job_id)["pid"], 60, "the job process")
+    wait_for(lambda: ws.events(job_id)[-1]["phase"] != "queued", 60, "the job to report progress")
+    os.kill(pid, signal.SIGKILL)
+    row = wait_state(ws, job_id, ("interrupted", "done", "failed"), timeout=30)
+    assert row["state"] == "interrupted" and "signal 9" in row["error"]
+    assert jobs.job_log(job_id, ws)  # the log survives
+    assert not (ws.run_dir(job_id) / "model.pt").exists()
+
+    assert cli("retry", job_id, home=ws.root).stdout.strip() == job_id
+    row = wait_state(ws, job_id, ("done", "failed", "interrupted"))
+    assert row["state"] == "done" and row["attempts"] == 2
+    assert "retry requested" in jobs.job_log(job_id, ws, tail=1000)
+
+
+def test_kill_worker_marks_interrupted_then_retry(ws):
+    job_id = jobs.submit(SHORT, ws)
+    worker = start_worker(ws)
+    job_pid = wait_for(lambda: ws.get(job_id)["pid"], 60, "the job process")
+    wait_for(lambda: ws.events(job_id)[-1]["phase"] != "queued", 60, "the job to report progress")
+    assert jobs.worker_status(ws)["alive"]
+    worker.kill()  # SIGKILL: no clean-up at all
+    worker.wait()
+    t0 = time.monotonic()
+    row = wait_for(lambda: (r := jobs.list_jobs(ws)[0])["state"] != "running" and r, 30, "recovery")
+    assert row["state"] == "interrupted" and "heartbeat" in row["error"]
+    assert time.monotonic() - t0 < 30
+    # the orphaned job process died with its worker instead of finishing a job marked interrupted
+    wait_for(lambda: not _alive(job_pid), 10, "the job process to exit")
+    assert not jobs.worker_status(ws)["alive"]
+
+    jobs.retry(job_id, ws)
+    start_worker(ws)
+    row = wait_state(ws, job_id, ("done", "failed", "interrupted"))
+    assert row["state"] == "done" and row["attempts"] == 2
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie is dead too
+        return f.read().split(")")[-1].split()[0] != "Z"
+
+
+def test_exception_fails_with_reason_and_worker_goes_on(ws, tmp_path):
+    bad = tmp_path / "broken.pt"
+    bad.write_bytes(b"this is not a checkpoint")
+    broken = jobs.submit({**TRIVIAL, "model": {"checkpoint": str(bad)}}, ws)
+    fine = jobs.submit(TRIVIAL, ws)
+    start_worker(ws)
+    row = wait_state(ws, broken, ("failed", "done"))
+    assert row["state"] == "failed"
+    assert row["error"].startswith("model.checkpoint") and "\n" not in row["error"]
+    assert "Traceback" in jobs.job_log(broken, ws)
+    assert wait_state(ws, fine, ("done", "failed"))["state"] == "done"
+
+
+def test_concurrent_claims_never_take_a_job_twice(ws):
+    ids = [ws.create(TRIVIAL, state="queued") for _ in range(30)]
+    claimed: list[tuple[str, str]] = []
+    lock = threading.Lock()
+
+    def claimer(name: str) -> None:
+        s = Store(ws.root)
+        while (job := jobs.claim(s, name)) is not None:
+            with lock:
+                claimed.append((name, job))
+
+    threads = [threading.Thread(target=claimer, args=(f"w{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(j for _, j in claimed) == sorted(ids)  # every job exactly once
+    assert {r["worker"] for r in ws.list()} == {w for w, _ in claimed}
+
+
+def test_two_workers_run_each_job_once(ws):
+    ids = jobs.submit_many([TRIVIAL] * 4, ws)
+    start_worker(ws)
+    start_worker(ws)
+    wait_for(lambda: len(jobs.live_workers(ws)) == 2, 30, "two live workers")
+    rows = [wait_state(ws, i, ("done", "failed")) for i in ids]
+    assert all(r["state"] == "done" and r["attempts"] == 1 for r in rows)
+    for i in ids:
+        assert jobs.job_log(i, ws, tail=1000).count("done: accuracy") == 1
+    assert len({r["worker"] for r in rows}) == 2  # both workers took part
+
+
+def test_dependency_waits_for_parent_and_restart_keeps_history(ws):
+    parent = jobs.submit(TRIVIAL, ws)
+    child = jobs.submit({**TRIVIAL, "model": {"from_run": parent}}, ws)
+    doomed_parent = jobs.submit(TRIVIAL, ws)
+    doomed = jobs.submit({**TRIVIAL, "model": {"from_run": doomed_parent}}, ws)
+    jobs.cancel(doomed_parent, ws)
+    assert jobs.list_jobs(ws, states=["queued"])[-1]["id"] == parent
+    assert {j["id"]: j["waiting_for"] for j in jobs.list_jobs(ws)}[child] == parent
+
+    worker = start_worker(ws, "--concurrency", "2")  # a free slot must still not start the child early
+    p_row = wait_state(ws, parent, ("done", "failed"))
+    c_row = wait_state(ws, child, ("done", "failed"))
+    assert p_row["state"] == c_row["state"] == "done"
+    assert c_row["started"] >= p_row["finished"] and c_row["record"]["parent"] == parent
+    d_row = ws.get(doomed)
+    assert d_row["state"] == "failed" and doomed_parent in d_row["error"] and "cancelled" in d_row["error"]
+
+    # Restart: stop the worker, open the workspace afresh: everything recorded is still there.
+    before = {r["id"]: (r["state"], r["record"]) for r in ws.list()}
+    events = len(ws.events(parent))
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=20) == 0
+    again = Store(ws.root)
+    assert {r["id"]: (r["state"], r["record"]) for r in again.list()} == before
+    assert len(again.events(parent)) == events
+    assert not jobs.worker_status(again)["alive"]
+    late = jobs.submit(TRIVIAL, again)
+    start_worker(again)
+    assert wait_state(again, late, ("done", "failed"))["state"] == "done"
+
+
+def test_ensure_worker_starts_exactly_one(ws, monkeypatch):
+    monkeypatch.setenv("SLIMBENCH_WORKER_IDLE_EXIT", "2")
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(jobs.ensure_worker(Store(ws.root)))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results.count(True) == 1
+    status = wait_for(lambda: (s := jobs.worker_status(ws))["pid"] and s, 10, "the worker to register")
+    assert status["alive"] and status["backend"] == "local" and status["concurrency"] >= 1
+    pid = status["pid"]
+    wait_for(lambda: not _alive(pid), 30, "the idle worker to exit")

@@ -1,0 +1,69 @@
+"""lowrank_svd, quantize_int8 and runtime end to end through the CLI on tiny digits runs, and bad
+params named (pipeline, distill/compact and bundle reloading: tests/test_pipeline.py,
+tests/test_distill_students.py)."""
+from __future__ import annotations
+
+import pytest
+
+from conftest import run_spec
+
+FAST = {"onnx": False, "latency_runs": 3, "warmup_runs": 1}
+DATA = {"name": "digits", "limit": 200}
+
+
+def spec(base_id: str, method: str, params: dict | None = None, **extra) -> dict:
+    return {"data": DATA, "model": {"from_run": base_id}, "method": {"name": method, "params": params or {}},
+            "train": {"epochs": 1}, "measure": FAST, **extra}
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_base, session_home):
+    b = tiny_base["run_id"]
+    out = {"base": tiny_base}
+    out["lowrank"] = run_spec(spec(b, "lowrank_svd", {"rank_ratio": 0.25, "orthogonal_reg": 0.01, "sv_sparsity": 1e-4,
+                                                      "reg_epochs": 1, "finetune_epochs": 1}), session_home)
+    out["int8"] = run_spec(spec(b, "quantize_int8", {"calibration_batches": 2}), session_home)
+    return out
+
+
+def test_lowrank_lowers_params_and_macs_by_the_predicted_amount(runs):
+    r, base = runs["lowrank"], runs["base"]
+    assert r["lowrank_layers"] and r["params"] == base["params"] - r["lowrank_params_saved"]
+    assert r["macs"] == base["macs"] - r["lowrank_macs_saved"] > 0
+    assert any(h["phase"] == "lowrank-regularised" for h in r["history"])
+
+
+def test_int8_file_is_small_and_measured_on_int8(runs):
+    r, base = runs["int8"], runs["base"]
+    assert r["size_bytes"] <= 0.3 * base["size_bytes"] and r["onnx_bytes"] <= 0.3 * r["fp32_onnx_bytes"]
+    assert r["precision"] == "int8" and r["latency_ms"] > 0 and r["fp32_onnx_latency_ms"] > 0
+    assert 0.0 < r["accuracy"] <= 1.0 and sum(map(sum, r["confusion"])) == r["test_images"]
+
+
+def test_runtime_reports_each_backend_or_why_not(tiny_base, session_home):
+    r = run_spec(spec(tiny_base["run_id"], "runtime", {"compile_timeout_s": 240}), session_home)
+    rt = r["runtimes"]
+    assert rt["eager_cpu"]["latency_ms"] > 0 and rt["onnxruntime_cpu"]["latency_ms"] > 0
+    assert "latency_ms" in rt["compile_cpu"] or rt["compile_cpu"]["skipped"]
+    for name, v in rt.items():
+        assert ("latency_ms" in v) != bool(v.get("skipped")), name
+    assert r["params"] == tiny_base["params"]  # weights unchanged
+
+
+@pytest.mark.parametrize("method,params,field", [
+    ("lowrank_svd", {"energy": 1.5}, "method.params.energy"),
+    ("lowrank_svd", {"energy": 0.9, "rank_ratio": 0.5}, "method.params.rank_ratio"),
+    ("distill", {"loss": "l2"}, "method.params.loss"),
+    ("distill", {"student": "resnet999"}, "method.params.student"),
+    ("factorize", {"mode": "diagonal"}, "method.params.mode"),
+    ("quantize_int8", {"calibration_batches": 0}, "method.params.calibration_batches"),
+    ("half", {"dtype": "float8"}, "method.params.dtype"),
+    ("runtime", {"compile_timeout_s": 1}, "method.params.compile_timeout_s"),
+    ("pipeline", {"steps": [{"name": "lowrank_svd", "params": {"energy": 2}}]}, "method.params.steps[0].params.energy"),
+    ("pipeline", {"steps": [{"name": "quantize_int8"}, {"name": "lowrank_svd"}]}, "method.params.steps[0].name"),
+])
+def test_bad_params_are_rejected_naming_the_field(method, params, field):
+    from engine.spec import JobSpec, SpecError
+    with pytest.raises(SpecError) as e:
+        JobSpec.from_dict(spec("20260101-000000-abcdef", method, params))
+    assert e.value.field == field, str(e.value)

@@ -1,0 +1,116 @@
+"""pipeline: a 3-step pipeline makes 3 linked runs; every bundle kind it makes reloads in a fresh process."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from engine import export
+from engine.runner import execute
+from engine.spec import JobSpec, SpecError
+from engine.store import Store
+
+from conftest import ROOT
+
+DATA = {"name": "digits", "limit": 200, "test_limit": 120, "batch_size": 32}
+MEASURE = {"onnx": False, "latency_runs": 3, "warmup_runs": 1, "batch_size": 8}
+STEPS = [{"name": "lowrank_svd", "params": {"energy": 0.6, "finetune_epochs": 0}},
+         {"name": "distill", "params": {"student": "mobilenet_v3_small", "epochs": 1}},
+         {"name": "quantize_int8", "params": {"calibration_batches": 2}}]
+
+
+def spec(model: dict, method: str, params: dict | None = None) -> JobSpec:
+    return JobSpec.from_dict({"data": DATA, "model": model, "method": {"name": method, "params": params or {}},
+                              "train": {"epochs": 1}, "measure": MEASURE})
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    store = Store(tmp_path_factory.mktemp("pipeline-ws"))
+    base = execute(spec({"arch": "resnet18"}, "baseline"), store)
+    pipe = execute(spec({"from_run": base["run_id"]}, "pipeline", {"steps": STEPS}), store)
+    return store, base, pipe
+
+
+def test_three_steps_make_three_linked_runs(runs):
+    store, base, pipe = runs
+    ids = pipe["pipeline_runs"]
+    assert len(ids) == 3 and len(set(ids)) == 3
+    records = [store.get(i)["record"] for i in ids]
+    records = [json.loads(r) if isinstance(r, str) else r for r in records]
+    assert [r["method"] for r in records] == [s["name"] for s in STEPS]
+    # Each step starts from the one before; the pipeline run is every child's parent in the store.
+    assert [r["spec"]["model"]["from_run"] for r in records] == [base["run_id"], ids[0], ids[1]]
+    assert all(store.get(i)["parent"] == pipe["run_id"] for i in ids)
+    # The effects carry through: low-rank layers, then the student arch, then an INT8 file.
+    assert records[0]["lowrank_layers"] and records[0]["params"] < base["params"]
+    assert records[1]["arch"] == records[2]["arch"] == pipe["arch"] == "mobilenet_v3_small"
+    assert records[2]["size_bytes"] <= 0.3 * records[2]["fp32_size_bytes"]
+    # The pipeline's own result is the last step's INT8 model, measured again on the same test set.
+    assert pipe["precision"] == "int8" and pipe["accuracy"] == pytest.approx(records[2]["accuracy"], abs=1e-9)
+    assert export.read_bundle(pipe["checkpoint"])["kind"] == export.ONNX_INT8
+
+
+_RELOAD = """
+import json, sys, torch
+from engine import data, export
+from engine.spec import DataSpec
+out = {}
+for path, data_spec in json.loads(sys.argv[1]):
+    model, bundle = export.load_predictor(path)
+    d = data.load(DataSpec(**data_spec))
+    right = total = 0
+    with torch.no_grad():
+        for x, y in d.loader("test", "cpu"):
+            right += int((model(x).argmax(1) == y).sum()); total += len(y)
+    out[path] = [bundle.get("kind", "torch"), bundle["arch"], right / total]
+print(json.dumps(out))
+"""
+
+
+def test_every_bundle_reloads_in_a_fresh_process_with_its_accuracy(runs):
+    store, base, pipe = runs
+    half = execute(spec({"from_run": base["run_id"]}, "half", {"dtype": "bfloat16"}), store)
+    asym = execute(spec({"from_run": base["run_id"]}, "factorize", {"mode": "asymmetric", "finetune_epochs": 0}),
+                   store)
+    children = [store.get(i)["record"] for i in pipe["pipeline_runs"]]
+    records = [json.loads(r) if isinstance(r, str) else r for r in children] + [pipe, half, asym]
+    job = [[r["checkpoint"], r["spec"]["data"]] for r in records]
+    p = subprocess.run([sys.executable, "-c", _RELOAD, json.dumps(job)], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert p.returncode == 0, p.stderr[-3000:]
+    got = json.loads(p.stdout.strip().splitlines()[-1])
+    kinds = {got[r["checkpoint"]][0] for r in records}
+    assert kinds == {"torch", export.ONNX_INT8}
+    for r in records:
+        kind, arch, acc = got[r["checkpoint"]]
+        assert arch == r["arch"]
+        assert acc == pytest.approx(r["accuracy"], abs=1e-9), (r["method"], acc, r["accuracy"])
+    assert asym["factorized_layers"] and asym["macs"] < base["macs"]
+    assert half["size_bytes"] < 0.6 * base["size_bytes"]
+
+
+@pytest.mark.parametrize("steps, field", [
+    ([], "method.params.steps"),
+    ([{"name": "nope"}], "method.params.steps[0].name"),
+    ([{"name": "lowrank_svd", "params": {"energy": 2.0}}], "method.params.steps[0].params.energy"),
+    ([{"name": "lowrank_svd", "params": {"energy": 0.5, "rank_ratio": 0.5}}],
+     "method.params.steps[0].params.rank_ratio"),
+    ([{"name": "quantize_int8"}, {"name": "lowrank_svd"}], "method.params.steps[0].name"),
+    ([{"name": "distill", "oops": 1}], "method.params.steps[0].oops"),
+    ([{"name": "pipeline", "params": {"steps": []}}], "method.params.steps[0].name"),
+])
+def test_bad_steps_are_rejected_naming_the_field(steps, field):
+    with pytest.raises(SpecError) as e:
+        spec({"from_run": "20260101-000000-abcdef"}, "pipeline", {"steps": steps})
+    assert e.value.field == field
+
+
+def test_fresh_arch_pipeline_must_start_with_a_training_step():
+    with pytest.raises(SpecError) as e:
+        spec({"arch": "resnet18"}, "pipeline", {"steps": [{"name": "lowrank_svd"}]})
+    assert e.value.field == "method.params.steps[0].name"
+    spec({"arch": "resnet18"}, "pipeline", {"steps": [{"name": "baseline"}, {"name": "lowrank_svd"}]})
