@@ -195,6 +195,11 @@ def model_from_bundle(b: dict[str, Any]) -> nn.Module:
     state = dict(b["state_dict"])
     for k, p in b.get("packed", {}).items():
         state[k] = unpack(p)
+    head_name, head = models.classifier_layer(model)
+    outputs = head.out_features if isinstance(head, nn.Linear) else head.out_channels
+    if outputs != int(kw["num_classes"]):
+        raise BundleError(f"bundle says {kw['num_classes']} classes but its classifier {head_name}.weight has "
+                          f"{outputs} outputs")
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))

@@ -234,11 +234,11 @@ def test_zip_slip_archive_is_refused(home, tmp_path):
 def test_fashion_mnist_baseline_runs_through_the_same_code(home, tmp_path):
     if not Path(D.FASHION_MNIST_DEFAULT, "train-images-idx3-ubyte.gz").is_file():
         pytest.skip("dataset-fashion-mnist is not installed (make test installs it as root)")
-    r = run_spec({"data": {"name": "fashion-mnist", "limit": 600, "test_limit": 500},
-                  "model": {"arch": "resnet18"}, "train": {"epochs": 1},
+    r = run_spec({"data": {"name": "fashion-mnist", "limit": 1000, "test_limit": 500, "image_size": 16},
+                  "model": {"arch": "resnet18"}, "train": {"epochs": 2},
                   "measure": {"latency_runs": 5}}, home, tmp_path)
-    assert r["dataset"] == "fashion-mnist" and r["input_size"] == [3, 28, 28] and r["test_images"] == 500
-    assert r["accuracy"] > 0.2  # well above chance (0.1) after one short epoch
+    assert r["dataset"] == "fashion-mnist" and r["input_size"] == [3, 16, 16] and r["test_images"] == 500
+    assert r["accuracy"] > 0.4  # far above chance (0.1) after two short epochs
 
 
 def test_cifar10_zip_baseline_runs_through_the_same_code(home, tmp_path):
