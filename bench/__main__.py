@@ -50,7 +50,8 @@ def methods_section(data_spec: dict, base_epochs: int, ft: int, student_epochs: 
     res = methods_table.run(data_spec, base_epochs, ft, student_epochs, Store(store_root), device, log=log)
     cols = methods_table.GPU_COLUMNS if gpu else methods_table.COLUMNS
     lines = [f"### Methods on CIFAR-10 ({data_spec.get('path', '').split('/')[-1]}"
-             f"{', train limit %d' % data_spec['limit'] if data_spec.get('limit') else ''}), ResNet-18 small-input base",
+             f"{', train limit %d' % data_spec['limit'] if data_spec.get('limit') else ''}"
+             f"{', test limit %d' % data_spec['test_limit'] if data_spec.get('test_limit') else ''}), ResNet-18 small-input base",
              "", f"Base trained {base_epochs} epochs; compression methods fine-tune {ft} epoch(s); students train "
              f"{student_epochs} epochs. Size = bytes of the saved bundle (INT8: ONNX bytes inside it). Latency: "
              "median of ≥30 timed batch-1 runs after warm-up.", "", report.table(res["rows"], cols), ""]
@@ -77,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cifar", default=None, help="CIFAR-10 zip (default: ../shared/datasets/cifar10-small.zip "
                                                  "for cpu, cifar10.zip for gpu)")
     p.add_argument("--limit", type=int, default=None, help="cap on training images")
+    p.add_argument("--test-limit", type=int, default=None, help="cap on test images")
     p.add_argument("--base-epochs", type=int, default=None)
     p.add_argument("--finetune-epochs", type=int, default=None)
     p.add_argument("--student-epochs", type=int, default=None)
@@ -95,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     ft = a.finetune_epochs or (5 if gpu else 1)
     student_epochs = a.student_epochs or (30 if gpu else 4)
     skip = set(filter(None, a.skip.split(",")))
-    data_spec = {"name": "cifar10", "path": cifar, **({"limit": limit} if limit else {})}
+    data_spec = {"name": "cifar10", "path": cifar, **({"limit": limit} if limit else {}),
+                 **({"test_limit": a.test_limit} if a.test_limit else {})}
     device = torch.device("cuda" if gpu else "cpu")
     t0 = time.perf_counter()
     parts = []

@@ -112,7 +112,7 @@ def claims(result: dict) -> list[tuple[str, str, str]]:
     if distilled and plain:
         d = 100 * (distilled["accuracy"] - plain["accuracy"])
         out.append(("distillation vs training the student plainly (either can win)", f"{d:+.2f} pt for KD",
-                    "KD wins" if d > 0 else "plain wins"))
+                    "KD wins" if d > 0 else ("tie" if d == 0 else "plain wins")))
     best = [r for r in result["rows"] if r.get("size_bytes") and r["size_bytes"] <= 0.2 * base["size_bytes"]
             and r.get("accuracy") is not None and r["accuracy"] >= base["accuracy"] - 0.01]
     out.append(("80% smaller at <= 1 pt accuracy loss",
@@ -124,10 +124,11 @@ def claims(result: dict) -> list[tuple[str, str, str]]:
                     f"= {r['x_faster'] / r['x_fewer_macs']:.2f}", "(1.0 = latency follows MACs)"))
     rt = next((r for r in rows.values() if r.get("method") == "runtime"), None)
     if rt and isinstance(rt.get("runtimes"), dict):
-        eager = (rt["runtimes"].get("eager") or {}).get("latency_ms")
-        for name, v in rt["runtimes"].items():
-            if name != "eager" and isinstance(v, dict) and v.get("latency_ms") and eager:
+        for name, v in rt["runtimes"].items():  # keys are "<backend>_<device>", e.g. compile_cpu
+            backend, _, dev = name.rpartition("_")
+            eager = (rt["runtimes"].get(f"eager_{dev}") or {}).get("latency_ms")
+            if backend != "eager" and isinstance(v, dict) and v.get("latency_ms") and eager:
                 x = eager / v["latency_ms"]
-                out.append((f"{name} vs eager (CPU, batch 1): not always faster", f"{x:.2f}x",
+                out.append((f"{backend} vs eager ({dev}, batch 1): not always faster", f"{x:.2f}x",
                             "faster" if x > 1 else "slower"))
     return out
