@@ -1,6 +1,8 @@
 """Schedules: how much to prune at each step, and searches for the amount that meets a budget."""
 from __future__ import annotations
 
+import functools
+
 from typing import Callable
 
 
@@ -25,12 +27,7 @@ def bisect_decreasing(f: Callable[[float], float], lo: float, hi: float, target:
 
     Returns (x, f(x)). Each evaluation may be costly (it prunes and counts MACs), so values are cached.
     """
-    seen: dict[float, float] = {}
-
-    def F(x: float) -> float:
-        if x not in seen:
-            seen[x] = f(x)
-        return seen[x]
+    F = functools.cache(f)  # each probe (e.g. a MAC count of a pruned copy) is costly: evaluate once
 
     a, b = lo, hi
     for _ in range(iters):
@@ -47,12 +44,7 @@ def bisect_decreasing(f: Callable[[float], float], lo: float, hi: float, target:
 
 def nearest_index(f: Callable[[int], float], n: int, target: float) -> tuple[int, float]:
     """k in [0, n] with f(k) closest to ``target``, for f non-increasing in k (binary search)."""
-    seen: dict[int, float] = {}
-
-    def F(k: int) -> float:
-        if k not in seen:
-            seen[k] = f(k)
-        return seen[k]
+    F = functools.cache(f)
 
     a, b = 0, n
     while b - a > 1:
