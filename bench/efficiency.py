@@ -40,41 +40,55 @@ def _timed(fn, device) -> float:
     return time.perf_counter() - t0
 
 
-def train_throughput_ratio(data: DataBundle, device: torch.device, arch: str = "resnet18", steps: int = 30) -> dict:
-    """Training images/s with the engine's defaults (AMP + channels_last on CUDA) ÷ a plain FP32 eager loop."""
-    def run(engine_defaults: bool) -> float:
-        torch.manual_seed(0)
-        model = models.build(arch, data.num_classes, True).to(device)
-        cfg = TrainSpec(amp="auto" if engine_defaults else "off", channels_last=None if engine_defaults else False)
-        amp, _ = training.autocast_for(device, cfg.amp)
-        cl = engine_defaults and device.type == "cuda"
+def train_ips(data: DataBundle, device: torch.device, engine_defaults: bool, arch: str = "resnet18",
+              steps: int = 30, warmup: int = 5) -> float:
+    """Training images/s over the engine's loader: with the engine's defaults (AMP + channels_last on
+    CUDA) or as a plain FP32 eager loop."""
+    torch.manual_seed(0)
+    model = models.build(arch, data.num_classes, True).to(device)
+    cfg = TrainSpec(amp="auto" if engine_defaults else "off", channels_last=None if engine_defaults else False)
+    amp, _ = training.autocast_for(device, cfg.amp)
+    cl = engine_defaults and device.type == "cuda"
+    if cl:
+        model.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    loader = data.loader("train", device, train=True)
+    it = iter(loader)
+    seen, t0 = 0, None
+    for i in range(steps + warmup):
+        try:
+            x, y = next(it)
+        except StopIteration:
+            it = iter(loader)
+            x, y = next(it)
+        if i == warmup:
+            measure._sync(device)
+            t0, seen = time.perf_counter(), 0
         if cl:
-            model.to(memory_format=torch.channels_last)
-        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-        loader = data.loader("train", device, train=True)
-        it = iter(loader)
-        seen, t0 = 0, None
-        for i in range(steps + 5):
-            try:
-                x, y = next(it)
-            except StopIteration:
-                it = iter(loader)
-                x, y = next(it)
-            if i == 5:
-                measure._sync(device)
-                t0, seen = time.perf_counter(), 0
-            if cl:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with amp:
-                loss = torch.nn.functional.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            seen += len(y)
-        measure._sync(device)
-        return seen / (time.perf_counter() - t0)
-    eng, plain = run(True), run(False)
+            x = x.contiguous(memory_format=torch.channels_last)
+        with amp:
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        seen += len(y)
+    measure._sync(device)
+    return seen / (time.perf_counter() - t0)
+
+
+def train_throughput_ratio(data: DataBundle, device: torch.device, arch: str = "resnet18") -> dict:
+    """Training images/s with the engine's defaults ÷ a plain FP32 eager loop, same device and batch."""
+    eng, plain = train_ips(data, device, True, arch), train_ips(data, device, False, arch)
     return {"engine_train_ips": eng, "plain_fp32_ips": plain, "ratio": eng / plain}
+
+
+def train_share_of_peak(train_images_per_s: float, device: torch.device, arch: str = "resnet18") -> dict:
+    """Training FLOP/s (forward + backward ≈ 3x forward FLOPs per image) against the measured bf16
+    dense-matmul peak: AMP trains in bf16, so that is the ceiling it can approach."""
+    flops = measure.count_macs(models.build(arch, 10, True).eval(), (3, 32, 32))["flops"]
+    achieved = 3 * flops * train_images_per_s / 1e9
+    peak = matmul_peak_gflops(device, n=8192, dtype=torch.bfloat16)
+    return {"gflops_achieved": achieved, "peak_gflops": peak, "share": achieved / peak}
 
 
 def matmul_peak_gflops(device: torch.device, n: int = 2048, dtype=torch.float32) -> float:

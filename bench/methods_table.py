@@ -26,7 +26,7 @@ def settings(ft: int, epochs: int) -> list[Setting]:
         Setting("structured L1 30%", "prune_structured", {"ratio": 0.3, "criterion": "l1", "finetune_epochs": ft}),
         Setting("structured L1 50%", "prune_structured", {"ratio": 0.5, "criterion": "l1", "finetune_epochs": ft},
                 "DepGraph ResNet-56: 2.13x fewer MACs, 93.53 -> 93.77"),
-        Setting("soft filter pruning 30%", "soft_filter_pruning", {"ratio": 0.3, "epochs": ft},
+        Setting("soft filter pruning 30%", "soft_filter_pruning", {"ratio": 0.3, "epochs": ft, "finetune_epochs": ft},
                 "SFP: -52.6% FLOPs for -0.23 pt"),
         Setting("slimming 50% MACs", "slimming", {"target_macs": 0.5, "epochs": ft}),
         Setting("low-rank SVD energy 0.9", "lowrank_svd", {"energy": 0.9, "finetune_epochs": ft},
@@ -34,12 +34,17 @@ def settings(ft: int, epochs: int) -> list[Setting]:
         Setting("low-rank SVD rank 25%", "lowrank_svd", {"rank_ratio": 0.25, "finetune_epochs": ft}),
         Setting("depthwise-separable rewrite", "factorize", {"mode": "depthwise_separable", "finetune_epochs": ft}),
         Setting("asymmetric N×1+1×N rewrite", "factorize", {"mode": "asymmetric", "finetune_epochs": ft}),
+        Setting("INT8 static (ONNX Runtime)", "quantize_int8", {},
+                "PyTorch INT8: 2-4x lower CPU latency, ~4x smaller"),
+        Setting("pipeline: structured L1 30% -> INT8", "pipeline",
+                {"steps": [{"name": "prune_structured", "params": {"ratio": 0.3, "criterion": "l1",
+                                                                   "finetune_epochs": ft}},
+                           {"name": "quantize_int8", "params": {}}]},
+                "DepGraph + INT8: the classic pairing"),
         Setting("distill -> MobileNetV2 (KD T=2)", "distill", {"student": "mobilenet_v2", "loss": "kd", "epochs": epochs},
                 "Hinton KD: student >= plain student"),
         Setting("MobileNetV2 trained plainly", "compact", {"student": "mobilenet_v2", "epochs": epochs}),
-        Setting("INT8 static (ONNX Runtime)", "quantize_int8", {},
-                "PyTorch INT8: 2-4x lower CPU latency, ~4x smaller"),
-        Setting("runtime: eager vs compile vs ORT", "runtime", {}),
+        Setting("runtime: eager vs compile vs ORT", "runtime", {"compile_timeout_s": 180}),
     ]
 
 
@@ -50,7 +55,9 @@ def _keep_known(params: dict, method: str) -> dict:
 
 
 def run(data: dict, base_epochs: int, ft: int, student_epochs: int, store: Store, device: str = "auto",
-        log=print) -> dict:
+        log=print, on_row=None) -> dict:
+    """Base then every setting; ``on_row(result_so_far)`` after each row, so a run stopped by a time
+    limit still leaves every finished row in the report."""
     measure = {"latency_runs": 30, "warmup_runs": 5}
     base_spec = JobSpec.from_dict({"name": "base resnet18", "data": data, "model": {"arch": "resnet18"},
                                    "method": {"name": "baseline"}, "train": {"epochs": base_epochs, "device": device},
@@ -60,8 +67,14 @@ def run(data: dict, base_epochs: int, ft: int, student_epochs: int, store: Store
     log(f"base: acc {base['accuracy']:.4f} in {time.perf_counter() - t0:.0f}s")
     rows = [{**base, "label": "base ResNet-18", "wall_s": time.perf_counter() - t0}]
     registered = methods.load_all()
-    skipped = []
-    for s in settings(ft, student_epochs):
+    skipped: list[str] = []
+    pending = settings(ft, student_epochs)
+    result = {"base": base, "rows": rows, "skipped": skipped, "pending": [s.label for s in pending]}
+    _derive(rows, base)
+    if on_row:
+        on_row(result)
+    for s in pending:
+        result["pending"].remove(s.label)
         if s.method not in registered:
             skipped.append(f"{s.label}: method {s.method} not registered")
             continue
@@ -74,11 +87,21 @@ def run(data: dict, base_epochs: int, ft: int, student_epochs: int, store: Store
         except Exception as e:  # a failing method is a finding, not a reason to lose the table
             skipped.append(f"{s.label}: {e}")
             log(f"{s.label}: FAILED {e}")
+            if on_row:
+                on_row(result)
             continue
         rec.update(label=s.label, anchor=s.anchor, wall_s=time.perf_counter() - t)
         log(f"{s.label}: acc {rec.get('accuracy', 0):.4f} size {rec.get('size_bytes', 0) / 1e6:.2f} MB "
             f"in {rec['wall_s']:.0f}s")
         rows.append(rec)
+        _derive(rows, base)
+        if on_row:
+            on_row(result)
+    return result
+
+
+def _derive(rows: list[dict], base: dict) -> None:
+    """Base-relative and display columns."""
     for r in rows:
         r["x_smaller"] = base["size_bytes"] / r["size_bytes"] if r.get("size_bytes") else None
         r["x_fewer_macs"] = base["macs"] / r["macs"] if r.get("macs") else None
@@ -87,7 +110,6 @@ def run(data: dict, base_epochs: int, ft: int, student_epochs: int, store: Store
         r["mparams"] = r["params"] / 1e6 if r.get("params") else None
         r["size_mb"] = r["size_bytes"] / 1e6 if r.get("size_bytes") else None
         r["mmacs"] = r["macs"] / 1e6 if r.get("macs") else None
-    return {"base": base, "rows": rows, "skipped": skipped}
 
 
 COLUMNS = [("label", "method / setting"), ("accuracy", "top-1"), ("d_acc_pt", "Δ acc (pt)"), ("mparams", "params (M)"),

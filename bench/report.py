@@ -38,11 +38,14 @@ def machine() -> str:
 def versions() -> str:
     import onnxruntime
     import torchvision
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=DOC.parent.parent).stdout.strip()
-    except OSError:
-        rev = "?"
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], capture_output=True, text=True, cwd=DOC.parent.parent).stdout.strip()
+        except OSError:
+            return ""
+    rev = git("rev-parse", "--short", "HEAD")
+    if rev and git("status", "--porcelain", "--untracked-files=no", "--", "engine", "bench"):
+        rev += " + uncommitted changes to engine/ or bench/"
     return (f"Python {platform.python_version()}, torch {torch.__version__}, torchvision {torchvision.__version__}, "
             f"onnxruntime {onnxruntime.__version__}, commit {rev or '?'}")
 

@@ -187,10 +187,10 @@ def predict(model: nn.Module, loader, device: torch.device | None = None,
     for x, y in loader:
         if cancelled():
             raise Cancelled()
-        outs.append(model(x.to(device)).float().cpu())
-        ys.append(y.cpu())
+        outs.append(model(x.to(device)).float())  # stays on the device: no sync per batch
+        ys.append(y)
     model.train(was_training)
-    return torch.cat(outs), torch.cat(ys)
+    return torch.cat(outs).cpu(), torch.cat(ys).cpu()
 
 
 def evaluate(model: nn.Module, data, split: str = "test", device: torch.device | None = None,

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from conftest import CIFAR_SMALL, ROOT, cli, run_spec
+from conftest import CIFAR_SMALL, ROOT, cli, pythonpath, run_spec
 from engine import data as D
 from engine import export, measure, models
 from engine.spec import JobSpec, SpecError
@@ -49,7 +49,7 @@ d = data.load(DataSpec(**spec['data']))
 print(json.dumps(training.evaluate(model, d, 'test')))
 """
     p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                       env={"SLIMBENCH_HOME": str(session_home), "PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+                       env={"SLIMBENCH_HOME": str(session_home), "PYTHONPATH": pythonpath(), "PATH": "/usr/bin:/bin"})
     assert p.returncode == 0, p.stderr
     got = json.loads(p.stdout.strip().splitlines()[-1])
     assert got["accuracy"] == pytest.approx(digits_base["accuracy"], abs=1e-6)

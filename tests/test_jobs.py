@@ -15,7 +15,7 @@ import pytest
 from engine import jobs
 from engine.store import Store
 
-from conftest import ROOT, cli
+from conftest import ROOT, cli, pythonpath
 
 MEASURE = {"onnx": False, "latency_runs": 1, "warmup_runs": 0, "batch_size": 2}
 TRIVIAL = {"data": {"name": "digits", "limit": 100, "test_limit": 50}, "model": {"arch": "resnet18"},
@@ -50,7 +50,7 @@ def ws(tmp_path, monkeypatch):
 
 
 def start_worker(store: Store, *args: str) -> subprocess.Popen:
-    env = {**os.environ, "SLIMBENCH_HOME": str(store.root), "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "SLIMBENCH_HOME": str(store.root), "PYTHONPATH": pythonpath()}
     p = subprocess.Popen([sys.executable, "-m", "engine", "worker", "--exit-when-idle", "60", *args], cwd=ROOT,
                          env=env, stdout=subprocess.DEVNULL, stderr=open(store.root / f"worker-{len(WORKERS)}.err", "w"))
     WORKERS.append(p)

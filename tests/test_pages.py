@@ -353,3 +353,21 @@ def test_hardware_page_live_panels(ws):
         assert "No NVIDIA GPU / driver" in texts(at, "info")
     at.run()  # a second sample: the rolling chart appears
     assert at.get("plotly_chart")
+
+
+@pytest.mark.gpu
+def test_hardware_page_reads_a_real_gpu(ws):
+    """On an NVIDIA machine: the GPU panel shows the card with memory this process holds, and this
+    process in the per-process table (NVML, not a mock)."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs an NVIDIA GPU")
+    held = torch.empty(512 << 20, dtype=torch.uint8, device="cuda")
+    at = page("hardware")
+    assert not at.exception
+    gpu = [m for m in at.metric if m.label.startswith("GPU 0: ")]
+    assert gpu and torch.cuda.get_device_name(0) in gpu[0].label
+    assert "No NVIDIA GPU" not in texts(at, "info")
+    if at.dataframe:  # NVML lists processes where the driver lets it (not inside every container)
+        assert os.getpid() in set(at.dataframe[0].value["pid"])
+    del held

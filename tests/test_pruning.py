@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from conftest import ROOT
+from conftest import ROOT, pythonpath
 from engine import export, measure, models
 from engine.runner import JobFailed, execute
 from engine.spec import JobSpec, SpecError
@@ -108,7 +108,7 @@ acc = training.evaluate(model, d, "test")["accuracy"]
 print(json.dumps({{"acc": acc, "widths": [m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)]}}))
 """
     p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                       env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+                       env={"PYTHONPATH": pythonpath(), "PATH": "/usr/bin:/bin"})
     assert p.returncode == 0, p.stderr[-2000:]
     out = json.loads(p.stdout.strip().splitlines()[-1])
     assert out["acc"] == pytest.approx(resnet_half["accuracy"], abs=1e-6)
@@ -163,6 +163,32 @@ def test_soft_filter_pruning_removes_exactly_the_zeroed_filters(base):
     assert r["pruned_channels"] > 0 and r["macs"] < 0.75 * base["macs"] and r["params"] < base["params"]
     before, after = convs(base["checkpoint"]), convs(r["checkpoint"])
     assert after["layer2.0.conv1"].out_channels < before["layer2.0.conv1"].out_channels
+
+
+def test_soft_zeroing_makes_the_hard_removal_exact():
+    """After SFP's zeroing, physically removing the zeroed channels must not change the outputs,
+    even with batch norms whose running statistics and shifts are far from zero."""
+    from engine.methods.pruning import surgery
+    from engine.methods.pruning.criterion import FilterNorm
+    torch.manual_seed(0)
+    net = models.build("resnet18", 10, small_input=True)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2), m.bias.uniform_(-1, 1)
+    net.eval()
+    pruner = surgery.make_pruner(net, (3, 8, 8), FilterNorm(), 0.3)
+    assert sum(surgery.zero_group(g) for g in surgery.selected_groups(pruner)) > 0
+    x = torch.randn(4, 3, 8, 8)
+    with torch.no_grad():
+        zeroed = net(x)
+    pruner.reset()
+    for g in surgery.selected_groups(pruner):
+        assert bool(surgery.zero_channels(g).all())
+        g.prune()
+    assert measure.count_params(net) < measure.count_params(models.build("resnet18", 10, small_input=True))
+    with torch.no_grad():
+        assert torch.allclose(net(x), zeroed, atol=1e-4)
 
 
 def test_slimming_meets_mac_target(base):

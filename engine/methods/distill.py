@@ -75,6 +75,9 @@ def load_teacher(ctx, run_id: str | None) -> nn.Module:
             raise SpecError("method.params.teacher", f"run {run_id} predicts {n} classes but the data has "
                             f"{ctx.data.num_classes}")
     teacher = teacher.to(ctx.device).eval()
+    cl = ctx.spec.train.channels_last
+    if cl or (cl is None and ctx.device.type == "cuda"):  # the batches arrive channels_last: match them
+        teacher.to(memory_format=torch.channels_last)
     for p in teacher.parameters():
         p.requires_grad_(False)
     return teacher

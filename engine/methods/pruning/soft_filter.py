@@ -12,12 +12,15 @@ PARAMS = (
           low=0, high=MAX_RATIO, low_open=True),
     Param("epochs", "int", 3, "training epochs with soft pruning (at the fine-tuning learning rate)", low=1,
           high=10000),
+    Param("finetune_epochs", "int", 1, "fine-tuning epochs after the zeroed filters are removed (the last "
+          "zeroing has had no epoch to recover from; SFP's long schedules need none, short ones do)",
+          low=0, high=10000),
 )
 
 
 @register("soft_filter_pruning", family="pruning", params=PARAMS,
           help="Soft filter pruning: at each epoch end the lowest-L2 filters of every layer are zeroed but keep "
-               "learning; after the last epoch the zeroed filters are removed physically.")
+               "learning; after the last epoch the zeroed filters are removed physically, then fine-tuned.")
 def soft_filter_pruning(model, ctx, params):
     surgery.check_supported(ctx.arch, "soft_filter_pruning")
     pruner = surgery.make_pruner(model, ctx.input_shape, FilterNorm(), params["ratio"])
@@ -36,6 +39,8 @@ def soft_filter_pruning(model, ctx, params):
         removed += len(group[0].idxs)
         were_zero += int(surgery.zero_channels(group).sum())
         group.prune()
+    if params["finetune_epochs"]:
+        ctx.finetune(model, params["finetune_epochs"])
     ctx.extra.update(report.against_base(ctx, model))
     ctx.extra.update({"channel_ratio": params["ratio"], "zeroed_per_epoch": zeroed,
                       "removed_were_zero": were_zero / max(1, removed)})

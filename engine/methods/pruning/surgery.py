@@ -97,11 +97,23 @@ def prune_step(pruner: tp.pruner.BasePruner) -> None:
 
 @torch.no_grad()
 def zero_group(group: tp.Group) -> int:
-    """Zero the producing filters of the group's selected channels (soft pruning); returns how many."""
+    """Zero the producing filters of the group's selected channels (soft pruning); returns how many.
+
+    The batch norms after them get a zero shift and running mean too: otherwise a zeroed channel
+    still emits the constant ``beta - gamma * mean / std`` and removing it later changes the network.
+    Their scale stays, so gradients still reach the zeroed filters and they can recover.
+    """
     for layer, idxs, _ in producing_filters(group):
         layer.weight[idxs] = 0
         if layer.bias is not None:
             layer.bias[idxs] = 0
+    for dep, idxs in group:
+        bn = dep.target.module
+        if isinstance(bn, nn.modules.batchnorm._BatchNorm) and dep.handler == tp.prune_batchnorm_out_channels:
+            if bn.bias is not None:
+                bn.bias[idxs] = 0
+            if bn.running_mean is not None:
+                bn.running_mean[idxs] = 0
     return len(group[0].idxs)
 
 
