@@ -102,15 +102,17 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(cifar).is_file():
         print(f"error: CIFAR-10 zip not found: {cifar} (pass --cifar)", file=sys.stderr)
         return 2
-    limit = a.limit if a.limit is not None else (None if gpu else 2000)
-    base_epochs = a.base_epochs or (30 if gpu else 4)
+    # CPU defaults keep `make bench` (with queue, page and tour sections) under 30 minutes on 2 cores.
+    limit = a.limit if a.limit is not None else (None if gpu else 1000)
+    test_limit = a.test_limit if a.test_limit is not None else (None if gpu else 500)
+    base_epochs = a.base_epochs or (30 if gpu else 3)
     ft = a.finetune_epochs or (5 if gpu else 1)
-    student_epochs = a.student_epochs or (30 if gpu else 4)
+    student_epochs = a.student_epochs or (30 if gpu else 2)
     skip = set(filter(None, a.skip.split(",")))
     # Batch 256 on CUDA: at 64 a CIFAR ResNet-18 step is kernel-launch bound (the lr follows the batch).
     data_spec = {"name": "cifar10", "path": cifar, **({"limit": limit} if limit else {}),
                  **({"batch_size": 256} if gpu else {}),
-                 **({"test_limit": a.test_limit} if a.test_limit else {})}
+                 **({"test_limit": test_limit} if test_limit else {})}
     device = torch.device("cuda" if gpu else "cpu")
     t0 = time.perf_counter()
     cmd = f"make bench{'-gpu' if gpu else ''}" + (f" (python -m bench {' '.join(argv or sys.argv[1:])})")
