@@ -140,6 +140,7 @@ def claims(result: dict) -> list[tuple[str, str, str]]:
     out.append(("80% smaller at <= 1 pt accuracy loss",
                 ", ".join(f"{r['label']} ({r['x_smaller']:.1f}x, {r['d_acc_pt']:+.2f} pt)" for r in best) or "none",
                 "met" if best else "not met"))
+    out += target_checks(result["rows"])
     struct = [r for r in result["rows"] if r.get("method") == "prune_structured"]
     for r in struct:
         out.append((f"{r['label']}: realised speed-up ÷ MAC reduction", f"{r['x_faster']:.2f}x / {r['x_fewer_macs']:.2f}x "
@@ -154,3 +155,33 @@ def claims(result: dict) -> list[tuple[str, str, str]]:
                 out.append((f"{backend} vs eager ({dev}, batch 1): not always faster", f"{x:.2f}x",
                             "faster" if x > 1 else "slower"))
     return out
+
+
+def _best(rows: list[dict], ok, key) -> dict | None:
+    cands = [r for r in rows if ok(r) and r.get("d_acc_pt") is not None]
+    return max(cands, key=key) if cands else None
+
+
+def target_checks(rows: list[dict]) -> list[tuple[str, str, str]]:
+    """The methods issues' own targets, judged on the best qualifying row of this run."""
+    out = []
+    channel = _best(rows, lambda r: r.get("method") in ("prune_structured", "soft_filter_pruning", "slimming")
+                    and (r.get("x_fewer_macs") or 0) >= 2, key=lambda r: r["d_acc_pt"])
+    out.append(("channel pruning: >= 2x fewer MACs at <= 0.5 pt loss",
+                f"{channel['label']}: {channel['x_fewer_macs']:.2f}x, {channel['d_acc_pt']:+.2f} pt" if channel
+                else "no row reached 2x", _verdict(channel, 0.5)))
+    sparse = _best(rows, lambda r: r.get("method") == "prune_unstructured" and (r.get("sparsity") or 0) >= 0.89,
+                   key=lambda r: r["d_acc_pt"])
+    out.append(("unstructured: 90% sparsity at <= 0.5 pt loss",
+                f"{sparse['label']}: {sparse['d_acc_pt']:+.2f} pt" if sparse else "no row at 90%", _verdict(sparse, 0.5)))
+    int8 = next((r for r in rows if r.get("method") == "quantize_int8" and r.get("x_faster")), None)
+    out.append(("INT8 >= 1.5x faster than the FP32 model (CPU, batch 1)", f"{int8['x_faster']:.2f}x" if int8 else "no row",
+                ("met" if int8["x_faster"] >= 1.5 else f"missed by {1.5 - int8['x_faster']:.2f}x") if int8 else "not run"))
+    return out
+
+
+def _verdict(row: dict | None, max_loss_pt: float) -> str:
+    if row is None:
+        return "not reached"
+    loss = -row["d_acc_pt"]
+    return "met" if loss <= max_loss_pt else f"missed by {loss - max_loss_pt:.2f} pt"

@@ -135,23 +135,35 @@ class BatchLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.split)
-        order = torch.randperm(n, generator=self.gen) if self.shuffle else torch.arange(n)
+        order = (torch.randperm(n, generator=self.gen) if self.shuffle else torch.arange(n)).to(self.split.x.device)
+        # The epoch's random draws are made up front and moved once: no host-device sync per batch.
+        draws = self.draws(n)
         # Drop a ragged last batch of one when training: BatchNorm cannot train on one sample.
         for start in range(0, n, self.batch_size):
-            idx = order[start:start + self.batch_size].to(self.split.x.device)
+            sl = slice(start, start + self.batch_size)
+            idx = order[sl]
             if self.shuffle and len(idx) < 2:
                 continue
             x = self.split.x[idx].to(self.device, non_blocking=True)
             y = self.split.y[idx].to(self.device, non_blocking=True)
-            yield self.transform(x), y
+            yield self.transform(x, None if draws is None else tuple(d[sl] for d in draws)), y
 
-    def transform(self, x: torch.Tensor) -> torch.Tensor:
+    def draws(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """Crop offsets (rows, columns) and flip flags for ``n`` images, on the loader's device."""
+        if not self.augment:
+            return None
+        k = 2 * self.pad + 1
+        oy = torch.randint(0, k, (n,), generator=self.gen)
+        ox = torch.randint(0, k, (n,), generator=self.gen)
+        flip = torch.rand(n, generator=self.gen) < 0.5 if self.flip else torch.zeros(n, dtype=torch.bool)
+        return oy.to(self.device), ox.to(self.device), flip.to(self.device)
+
+    def transform(self, x: torch.Tensor, draws: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
         x = x.float().div_(255.0)
         if self.augment:
-            x = random_crop(x, self.pad, self.gen)
-            if self.flip:
-                flip = torch.rand(len(x), generator=self.gen) < 0.5
-                x[flip.to(x.device)] = x[flip.to(x.device)].flip(-1)
+            oy, ox, flip = draws if draws is not None else self.draws(len(x))
+            x = random_crop(x, self.pad, oy, ox)
+            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
         x = (x - self.mean) / self.std
         return to_rgb(x)
 
@@ -161,12 +173,11 @@ def to_rgb(x: torch.Tensor) -> torch.Tensor:
     return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
 
 
-def random_crop(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
-    """Per-sample random crop after zero padding, as two gathers (no Python loop over the batch)."""
+def random_crop(x: torch.Tensor, pad: int, oy: torch.Tensor, ox: torch.Tensor) -> torch.Tensor:
+    """Per-sample crop after zero padding at offsets ``oy``/``ox`` (0..2*pad), as two gathers (no
+    Python loop over the batch)."""
     b, c, h, w = x.shape
     xp = F.pad(x, (pad, pad, pad, pad))
-    oy = torch.randint(0, 2 * pad + 1, (b,), generator=gen).to(x.device)
-    ox = torch.randint(0, 2 * pad + 1, (b,), generator=gen).to(x.device)
     rows = (oy[:, None] + torch.arange(h, device=x.device))[:, None, :, None].expand(b, c, h, w + 2 * pad)
     xp = xp.gather(2, rows)
     cols = (ox[:, None] + torch.arange(w, device=x.device))[:, None, None, :].expand(b, c, h, w)

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from . import models
+from .spec import SpecError
 
 FORMAT = "slimbench-bundle"
 VERSION = 1
@@ -148,7 +149,8 @@ def make_bundle(model: nn.Module, *, arch: str, num_classes: int, small_input: b
         else:
             dense[k] = v.clone()
     return {"format": FORMAT, "version": VERSION, "arch": arch,
-            "arch_kwargs": {"num_classes": int(num_classes), "small_input": bool(small_input)},
+            "arch_kwargs": {"num_classes": int(num_classes), "small_input": bool(small_input),
+                            "width": float(getattr(model, "slimbench_width", 1.0))},
             "meta": meta, "metrics": metrics or {}, "manifest": manifest(model),
             "state_dict": dense, "packed": packed, "extra": extra or {}}
 
@@ -190,7 +192,11 @@ def model_from_bundle(b: dict[str, Any]) -> nn.Module:
     if arch not in models.ARCHS:
         raise BundleError(f"bundle architecture {arch!r} is unknown; valid: {', '.join(models.ARCHS)}")
     kw = b["arch_kwargs"]
-    model = models.build(arch, int(kw["num_classes"]), bool(kw.get("small_input", False)))
+    try:
+        model = models.build(arch, int(kw["num_classes"]), bool(kw.get("small_input", False)),
+                             float(kw.get("width", 1.0)))
+    except SpecError as e:
+        raise BundleError(f"bundle cannot be rebuilt: {e}") from None
     apply_manifest(model, b.get("manifest", {}))
     state = dict(b["state_dict"])
     for k, p in b.get("packed", {}).items():

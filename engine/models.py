@@ -78,16 +78,48 @@ def auto_small_input(image_size: int) -> bool:
     return image_size <= SMALL_INPUT_MAX
 
 
-def build(arch: str, num_classes: int, small_input: bool = False) -> nn.Module:
+# Families whose torchvision builders take a channel-width multiplier (``width_mult``).
+WIDTH_FAMILIES = ("mobilenet",)
+
+
+def has_width(arch: str) -> bool:
+    return arch in ARCHS and ARCHS[arch].family in WIDTH_FAMILIES
+
+
+def build(arch: str, num_classes: int, small_input: bool = False, width: float = 1.0) -> nn.Module:
+    """A fresh torchvision ``arch``; ``width`` scales every layer's channels where the arch has a multiplier.
+
+    The width is kept on the model (``slimbench_width``) so that its checkpoint bundle records it."""
     if arch not in ARCHS:
         raise SpecError("model.arch", f"unknown architecture {arch!r}; valid: {', '.join(ARCHS)}")
     if num_classes < 2:
         raise SpecError("num_classes", f"need at least 2 classes, got {num_classes}")
-    kwargs = {"aux_logits": False, "init_weights": True} if arch.startswith(("googlenet", "inception")) else {}
+    if width != 1.0 and not has_width(arch):
+        raise SpecError("width", f"{arch} has no width multiplier; width applies to "
+                                 f"{', '.join(a for a in ARCHS if has_width(a))}")
+    kwargs = {"width_mult": float(width)} if width != 1.0 else {}
     model = tvm.get_model(arch, weights=None, num_classes=num_classes, **kwargs)
     if small_input:
         ARCHS[arch].small_stem(model)
+    model.slimbench_width = float(width)
     return model
+
+
+@torch.no_grad()
+def check_input_fits(model: nn.Module, arch: str, input_shape: tuple[int, ...], field: str) -> None:
+    """Refuse, before any training, an architecture whose downsampling leaves nothing of this input
+    size (e.g. SqueezeNet on 8x8 digits), naming the field and the way out."""
+    was_training = model.training
+    try:
+        model.eval()(torch.zeros(1, *input_shape))
+    except RuntimeError as e:
+        if "too small" not in str(e) and "greater than actual input size" not in str(e):
+            raise
+        h, w = input_shape[-2:]
+        raise SpecError(field, f"{arch} cannot take {h}x{w} inputs (its downsampling leaves nothing of the "
+                               "image); choose another architecture or set data.image_size larger, e.g. 32") from None
+    finally:
+        model.train(was_training)
 
 
 def classifier_layer(model: nn.Module) -> tuple[str, nn.Module]:

@@ -29,6 +29,8 @@ SHARED_CIFAR10 = Path(__file__).resolve().parent.parent.parent / "shared" / "dat
 
 # A pipeline in the tours: prune then quantize, the classic combination (steps that are registered).
 PIPELINE_STEPS = ("prune_structured", "quantize_int8")
+# Small settings beyond epoch counts: sensitivity at its defaults prunes 32 layers x 3 ratios.
+QUICK_OVERRIDES: dict[str, dict[str, Any]] = {"sensitivity": {"max_layers": 8, "ratios": [0.3, 0.6]}}
 
 
 def _quick_params(method: methods.Method) -> dict[str, Any]:
@@ -40,7 +42,7 @@ def _quick_params(method: methods.Method) -> dict[str, Any]:
             params[p.name] = max(floor, min(int(p.default), 1))
     if method.name == "pipeline":
         params["steps"] = _pipeline_steps(_quick_params)
-    return params
+    return {**params, **QUICK_OVERRIDES.get(method.name, {})}
 
 
 def _pipeline_steps(param_fn: Callable[[methods.Method], dict[str, Any]]) -> list[dict[str, Any]]:

@@ -116,6 +116,7 @@ def _starting_model(spec: JobSpec, store: Store, data: data_mod.DataBundle):
     if m.arch:
         small = m.small_input if m.small_input is not None else models.auto_small_input(data.image_size)
         model = models.build(m.arch, data.num_classes, small)
+        models.check_input_fits(model, m.arch, data.input_shape, "model.arch")
         if m.pretrained:
             skipped = models.load_imagenet_weights(model, m.pretrained, m.freeze_backbone)
             log.info("loaded ImageNet weights from %s; not transferred: %s", m.pretrained, ", ".join(skipped) or "none")

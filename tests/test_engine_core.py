@@ -67,7 +67,7 @@ def test_onnx_export_agrees_with_torch_on_test_inputs(digits_base):
 
 def test_bundle_carries_its_metadata(digits_base):
     b = export.read_bundle(digits_base["checkpoint"])
-    assert b["arch"] == "resnet18" and b["arch_kwargs"] == {"num_classes": 10, "small_input": True}
+    assert b["arch"] == "resnet18" and b["arch_kwargs"] == {"num_classes": 10, "small_input": True, "width": 1.0}
     assert b["meta"]["input_size"] == [3, 8, 8] and len(b["meta"]["class_names"]) == 10
     assert len(b["meta"]["mean"]) == 1 and b["metrics"]["accuracy"] == pytest.approx(digits_base["accuracy"])
 
@@ -171,7 +171,8 @@ def test_batches_are_normalised_rgb_and_augmented():
 
 def test_random_crop_keeps_content_shifted():
     x = torch.arange(16.0).view(1, 1, 4, 4).repeat(8, 1, 1, 1)
-    out = D.random_crop(x, 1, torch.Generator().manual_seed(0))
+    oy, ox = torch.randint(0, 3, (2, 8), generator=torch.Generator().manual_seed(0))
+    out = D.random_crop(x, 1, oy, ox)
     assert out.shape == x.shape
     for o in out:  # each output is the input shifted by at most one pixel
         assert any(torch.equal(o[0, 1:3, 1:3], x[0, 0, 1 + dy:3 + dy, 1 + dx:3 + dx])

@@ -250,6 +250,18 @@ def test_checkpoint_of_another_dataset_is_refused_before_training(home, tmp_path
         runner.execute(spec, Store())
 
 
+def test_an_architecture_too_deep_for_the_images_is_refused_before_training(home):
+    """SqueezeNet pools 8x8 digits away: a clear message naming the field, not PyTorch's shape error."""
+    spec = JobSpec.from_dict({"data": {"name": "digits"}, "model": {"arch": "squeezenet1_1"},
+                              "method": {"name": "baseline"}, "train": {"epochs": 1}})
+    with pytest.raises(runner.JobFailed, match=r"model\.arch: squeezenet1_1 cannot take 8x8 inputs.*image_size"):
+        runner.execute(spec, Store())
+    student = JobSpec.from_dict({"data": {"name": "digits"}, "model": {"arch": "resnet18"},
+                                 "method": {"name": "compact", "params": {"student": "squeezenet1_1", "epochs": 1}}})
+    with pytest.raises(runner.JobFailed, match=r"method\.params\.student: squeezenet1_1 cannot take 8x8"):
+        runner.execute(student, Store())
+
+
 # -- specs -----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("section,value,field", [
     ("data", {"name": "digits", "val_fraction": 1.5}, "data.val_fraction"),

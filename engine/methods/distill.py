@@ -53,14 +53,23 @@ LOSS_FNS: dict[str, Callable[..., torch.Tensor]] = {"kd": kd_loss, "mse_softmax"
 def _student_params() -> list[Param]:
     return [
         Param("student", "str", "mobilenet_v2", "student architecture", choices=tuple(models.ARCHS)),
+        Param("width", "float", 1.0, "channel-width multiplier of the student (MobileNet students; e.g. 0.5 "
+              "halves every layer)", low=0.1, high=2.0),
         Param("epochs", "int", None, "training epochs for the student (default: train.epochs)", low=1, high=10000,
               optional=True),
     ]
 
 
+def _check_student(params: dict, spec: Any) -> None:
+    if params["width"] != 1.0 and not models.has_width(params["student"]):
+        raise SpecError("method.params.width", f"{params['student']} has no width multiplier; width applies to "
+                        f"{', '.join(a for a in models.ARCHS if models.has_width(a))}")
+
+
 def build_student(ctx, params: dict[str, Any]) -> nn.Module:
     """A fresh student for the run's data, with the same input stem choice as the starting model."""
-    student = models.build(params["student"], ctx.data.num_classes, ctx.small_input)
+    student = models.build(params["student"], ctx.data.num_classes, ctx.small_input, params["width"])
+    models.check_input_fits(student, params["student"], ctx.input_shape, "method.params.student")
     ctx.set_arch(params["student"], ctx.small_input)
     return student
 
@@ -84,6 +93,7 @@ def load_teacher(ctx, run_id: str | None) -> nn.Module:
 
 
 def _check_teacher(params: dict, spec: Any) -> None:
+    _check_student(params, spec)
     if params["teacher"] is not None:
         try:
             check_run_id(params["teacher"])
@@ -117,7 +127,7 @@ def distill(model, ctx, params):
     return student
 
 
-@register("compact", family="distillation", needs_base=False, params=_student_params(),
+@register("compact", family="distillation", needs_base=False, params=_student_params(), check=_check_student,
           help="Train the student architecture from scratch on labels only, with the same epoch budget as "
                "distill: the plain comparison for a distilled student.")
 def compact(model, ctx, params):

@@ -232,7 +232,7 @@ def widened(model: nn.Module, input_shape: tuple[int, ...], arch: str, num_class
                 continue
             touched.add((name, side))
             _resize(d, side, delta)
-    fresh = models.build(arch, num_classes, small_input)
+    fresh = models.build(arch, num_classes, small_input, getattr(model, "slimbench_width", 1.0))
     return export.apply_manifest(fresh, man)
 
 

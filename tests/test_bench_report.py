@@ -1,0 +1,46 @@
+"""The benchmark report logic: verdicts follow the figures, sections are replaced in place."""
+from __future__ import annotations
+
+from bench import methods_table, report
+
+BASE = {"label": "base", "method": "baseline", "accuracy": 0.90, "size_bytes": 40e6, "macs": 500e6, "latency_ms": 5.0}
+
+
+def rows(*extra: dict) -> dict:
+    rs = [dict(BASE), *[dict(r) for r in extra]]
+    methods_table._derive(rs, BASE)
+    return {"base": BASE, "rows": rs, "skipped": []}
+
+
+def test_targets_are_judged_on_the_best_qualifying_row():
+    res = rows({"label": "s30", "method": "prune_structured", "accuracy": 0.888, "size_bytes": 20e6, "macs": 240e6,
+                "latency_ms": 3.0},
+               {"label": "s50", "method": "prune_structured", "accuracy": 0.897, "size_bytes": 10e6, "macs": 125e6,
+                "latency_ms": 2.5},
+               {"label": "int8", "method": "quantize_int8", "accuracy": 0.899, "size_bytes": 10e6, "macs": 500e6,
+                "latency_ms": 4.0})
+    checks = {c: (f, v) for c, f, v in methods_table.claims(res)}
+    assert checks["channel pruning: >= 2x fewer MACs at <= 0.5 pt loss"] == ("s50: 4.00x, -0.30 pt", "met")
+    assert checks["unstructured: 90% sparsity at <= 0.5 pt loss"][1] == "not reached"
+    assert checks["INT8 >= 1.5x faster than the FP32 model (CPU, batch 1)"] == ("1.25x", "missed by 0.25x")
+    assert checks["80% smaller at <= 1 pt accuracy loss"][1] == "not met"  # 4x smaller is 75 %, not 80 %
+
+
+def test_runtime_backends_are_compared_with_eager_on_the_same_device():
+    rt = {"label": "rt", "method": "runtime", "accuracy": 0.9, "size_bytes": 40e6, "macs": 500e6, "latency_ms": 5.0,
+          "runtimes": {"eager_cpu": {"latency_ms": 10.0}, "compile_cpu": {"latency_ms": 20.0},
+                       "onnxruntime_cpu": {"latency_ms": 5.0}, "compile_cuda": {"skipped": "no CUDA"}}}
+    checks = {c: (f, v) for c, f, v in methods_table.claims(rows(rt))}
+    assert checks["compile vs eager (cpu, batch 1): not always faster"] == ("0.50x", "slower")
+    assert checks["onnxruntime vs eager (cpu, batch 1): not always faster"] == ("2.00x", "faster")
+    assert not any("cuda" in c for c in checks)
+
+
+def test_sections_are_rewritten_in_place(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "DOC", tmp_path / "BENCHMARKS.md")
+    report.write_section("cpu", "first cpu", "make bench")
+    report.write_section("gpu", "gpu body", "make bench-gpu")
+    report.write_section("cpu", "second cpu", "make bench")
+    text = report.DOC.read_text()
+    assert "second cpu" in text and "first cpu" not in text and "gpu body" in text
+    assert text.index("begin:cpu") < text.index("begin:gpu")
