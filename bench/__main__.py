@@ -29,7 +29,7 @@ def efficiency_section(device: torch.device, data) -> str:
                  f" — {'met' if ev['ratio'] >= 0.9 else 'missed by %.3f' % (0.9 - ev['ratio'])})")
     tr = efficiency.train_throughput_ratio(data, device)
     note = (f" (target ≥ 2x on GPU — {'met' if tr['ratio'] >= 2 else 'missed by %.2fx' % (2 - tr['ratio'])})"
-            if device.type == "cuda" else " (on CPU the engine's defaults are FP32 eager too: AMP and channels_last are CUDA-only, so ~1.0 is expected; the ≥ 2x target applies to GPU)"
+            if device.type == "cuda" else " (on CPU the engine's defaults are FP32 eager too: AMP and channels_last are CUDA-only, so ~1.0 is expected; the ≥ 2x target applies to GPU)")
     lines.append(f"- Training images/s, engine defaults ÷ plain FP32 eager loop: **{tr['ratio']:.2f}** "
                  f"({tr['engine_train_ips']:.0f} vs {tr['plain_fp32_ips']:.0f} img/s){note}")
     if device.type == "cuda":

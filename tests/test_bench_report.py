@@ -1,6 +1,7 @@
 """The benchmark report logic: verdicts follow the figures, sections are replaced in place."""
 from __future__ import annotations
 
+from bench import __main__ as bench_cli  # noqa: F401  (the command itself must at least import)
 from bench import methods_table, report
 
 BASE = {"label": "base", "method": "baseline", "accuracy": 0.90, "size_bytes": 40e6, "macs": 500e6, "latency_ms": 5.0}
@@ -44,3 +45,8 @@ def test_sections_are_rewritten_in_place(tmp_path, monkeypatch):
     text = report.DOC.read_text()
     assert "second cpu" in text and "first cpu" not in text and "gpu body" in text
     assert text.index("begin:cpu") < text.index("begin:gpu")
+
+
+def test_bench_command_refuses_a_missing_dataset(tmp_path, capsys):
+    assert bench_cli.main(["cpu", "--cifar", str(tmp_path / "absent.zip")]) == 2
+    assert "CIFAR-10 zip not found" in capsys.readouterr().err
