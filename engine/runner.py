@@ -73,9 +73,9 @@ def execute(spec: JobSpec, store: Store | None = None, *, run_id: str | None = N
     try:
         export.atomic_write_bytes(run_dir / "spec.json", json.dumps(spec.to_dict(), indent=2).encode())
         record = _execute(spec, store, run_id, run_dir, _progress_sink(store, run_id, echo), cancelled)
+        # Last statement of the try: once the store says "done", an interrupt (e.g. a backend stopping
+        # the task) can no longer reach the clean-up below and delete the finished artifacts.
         store.update(run_id, state="done", record=record, finished=time.time())
-        log.info("done: accuracy %.4f, size %d bytes", record["accuracy"], record["size_bytes"])
-        return record
     except training.Cancelled:
         log.info("cancelled")
         _remove_artifacts(run_dir)
@@ -87,6 +87,9 @@ def execute(spec: JobSpec, store: Store | None = None, *, run_id: str | None = N
         _remove_artifacts(run_dir)
         store.update(run_id, state="failed", finished=time.time(), error=reason)
         raise JobFailed(reason) from e
+    else:
+        log.info("done: accuracy %.4f, size %d bytes", record["accuracy"], record["size_bytes"])
+        return record
     finally:
         root_logger.removeHandler(handler)
         handler.close()

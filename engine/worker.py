@@ -166,11 +166,13 @@ class Worker:
                 r.handle.kill()
 
     def _finish(self, job_id: str, state: str, reason: str) -> None:
-        self.store.remove_artifacts(job_id)  # nothing half-done stays visible
         with self.store.transaction() as db:
-            db.execute("UPDATE runs SET state=?, error=?, finished=? WHERE id=? AND state='running'",
-                       (state, reason, time.time(), job_id))
+            changed = db.execute("UPDATE runs SET state=?, error=?, finished=? WHERE id=? AND state='running'",
+                                 (state, reason, time.time(), job_id)).rowcount
         self.claimed.discard(job_id)
+        if not changed:  # the job recorded its own end first (e.g. done just before a shutdown): keep it
+            return
+        self.store.remove_artifacts(job_id)  # nothing half-done stays visible
         jobs._append_log(self.store, job_id, f"{state}: {reason}")
         log.info("job %s: %s (%s)", job_id, state, reason)
 
