@@ -73,6 +73,7 @@ def execute(spec: JobSpec, store: Store | None = None, *, run_id: str | None = N
     try:
         export.atomic_write_bytes(run_dir / "spec.json", json.dumps(spec.to_dict(), indent=2).encode())
         record = _execute(spec, store, run_id, run_dir, _progress_sink(store, run_id, echo), cancelled)
+        log.info("done: accuracy %.4f, size %d bytes", record["accuracy"], record["size_bytes"])
         # Last statement of the try: once the store says "done", an interrupt (e.g. a backend stopping
         # the task) can no longer reach the clean-up below and delete the finished artifacts.
         store.update(run_id, state="done", record=record, finished=time.time())
@@ -88,7 +89,6 @@ def execute(spec: JobSpec, store: Store | None = None, *, run_id: str | None = N
         store.update(run_id, state="failed", finished=time.time(), error=reason)
         raise JobFailed(reason) from e
     else:
-        log.info("done: accuracy %.4f, size %d bytes", record["accuracy"], record["size_bytes"])
         return record
     finally:
         root_logger.removeHandler(handler)
