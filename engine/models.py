@@ -86,6 +86,12 @@ def has_width(arch: str) -> bool:
     return arch in ARCHS and ARCHS[arch].family in WIDTH_FAMILIES
 
 
+def check_width(arch: str, width: float, field: str = "width") -> None:
+    if width != 1.0 and not has_width(arch):
+        raise SpecError(field, f"{arch} has no width multiplier; width applies to "
+                               f"{', '.join(a for a in ARCHS if has_width(a))}")
+
+
 def build(arch: str, num_classes: int, small_input: bool = False, width: float = 1.0) -> nn.Module:
     """A fresh torchvision ``arch``; ``width`` scales every layer's channels where the arch has a multiplier.
 
@@ -94,9 +100,7 @@ def build(arch: str, num_classes: int, small_input: bool = False, width: float =
         raise SpecError("model.arch", f"unknown architecture {arch!r}; valid: {', '.join(ARCHS)}")
     if num_classes < 2:
         raise SpecError("num_classes", f"need at least 2 classes, got {num_classes}")
-    if width != 1.0 and not has_width(arch):
-        raise SpecError("width", f"{arch} has no width multiplier; width applies to "
-                                 f"{', '.join(a for a in ARCHS if has_width(a))}")
+    check_width(arch, width)
     kwargs = {"width_mult": float(width)} if width != 1.0 else {}
     model = tvm.get_model(arch, weights=None, num_classes=num_classes, **kwargs)
     if small_input:

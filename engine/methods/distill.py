@@ -61,9 +61,7 @@ def _student_params() -> list[Param]:
 
 
 def _check_student(params: dict, spec: Any) -> None:
-    if params["width"] != 1.0 and not models.has_width(params["student"]):
-        raise SpecError("method.params.width", f"{params['student']} has no width multiplier; width applies to "
-                        f"{', '.join(a for a in models.ARCHS if models.has_width(a))}")
+    models.check_width(params["student"], params["width"], "method.params.width")
 
 
 def build_student(ctx, params: dict[str, Any]) -> nn.Module:
