@@ -62,7 +62,9 @@ def methods_section(res: dict, data_spec: dict, base_epochs: int, ft: int, stude
              f"{', test limit %d' % data_spec['test_limit'] if data_spec.get('test_limit') else ''}), ResNet-18 small-input base",
              "", f"Base trained {base_epochs} epochs (batch {data_spec.get('batch_size', 64)}); compression methods "
              f"fine-tune {ft} epoch(s); students train {student_epochs} epochs. Size = bytes of the saved bundle "
-             "(INT8: ONNX bytes inside it). Latency: median of ≥30 timed batch-1 runs after warm-up.", "",
+             "(INT8: ONNX bytes inside it). Latency: median of ≥30 timed batch-1 runs after warm-up. \"x faster\": "
+             "each row's job times its model and the base in alternating blocks (5 rounds, ABBA) and reports the "
+             "median of the per-round ratios with their min-max, so machine drift between rows cancels.", "",
              report.table(res["rows"], cols), ""]
     if res["skipped"]:
         lines += ["Not in the table:", *[f"- {s}" for s in res["skipped"]], ""]

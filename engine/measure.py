@@ -10,7 +10,8 @@ import os
 import statistics
 import threading
 import time
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import psutil
 import torch
@@ -116,6 +117,18 @@ class _RssPeak:
         return self.peak - self.base
 
 
+@contextmanager
+def cpu_threads(device: torch.device, threads: int | None) -> Iterator[None]:
+    """Fix the CPU thread count while timing (all physical cores unless given); restore it after."""
+    old = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(threads or psutil.cpu_count(logical=False) or os.cpu_count() or 1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
 @torch.no_grad()
 def measure_speed(model: Callable[[torch.Tensor], Any], input_shape: tuple[int, ...], device: torch.device,
                   batch_size: int, runs: int = 30, warmup: int = 5, threads: int | None = None,
@@ -123,10 +136,7 @@ def measure_speed(model: Callable[[torch.Tensor], Any], input_shape: tuple[int, 
     """Latency at batch 1 and throughput at ``batch_size``; peak memory during the batch run."""
     if isinstance(model, nn.Module):
         model.eval()
-    old_threads = torch.get_num_threads()
-    if device.type == "cpu":
-        torch.set_num_threads(threads or psutil.cpu_count(logical=False) or os.cpu_count() or 1)
-    try:
+    with cpu_threads(device, threads):
         x1 = torch.randn((1, *input_shape), device=device)
         lat = time_runs(lambda: model(x1), runs, warmup, device, min_seconds=0.5)
         xb = torch.randn((batch_size, *input_shape), device=device)
@@ -151,9 +161,42 @@ def measure_speed(model: Callable[[torch.Tensor], Any], input_shape: tuple[int, 
             "peak_mem_bytes": int(max(0, peak)),
             "threads": torch.get_num_threads() if device.type == "cpu" else None,
         }
-    finally:
-        torch.set_num_threads(old_threads)
     return {f"{prefix}{k}": v for k, v in out.items()}
+
+
+@torch.no_grad()
+def paired_speedup(ref: Callable[[torch.Tensor], Any], cand: Callable[[torch.Tensor], Any],
+                   input_shape: tuple[int, ...], device: torch.device, runs: int = 30, warmup: int = 5,
+                   threads: int | None = None, rounds: int = 5) -> dict[str, Any]:
+    """How many times faster ``cand`` is than ``ref`` at batch 1, timed interleaved.
+
+    Latencies measured minutes apart differ by tens of percent on shared machines (other tenants,
+    clock changes). Here each of ``rounds`` rounds times ref, cand, cand, ref in blocks (ABBA), so a
+    drift hits both alike; the speed-up is the median of the per-round ratios of median latencies,
+    with their min-max as the spread. ``runs`` timed calls per model in all.
+    """
+    for m in (ref, cand):
+        if isinstance(m, nn.Module):
+            m.eval()
+    fns = (ref, cand)
+    rounds = max(1, rounds)
+    half = max(2, runs // rounds // 2)
+    with cpu_threads(device, threads):
+        x = torch.randn((1, *input_shape), device=device)
+        for f in fns:
+            time_runs(lambda: f(x), 0, warmup, device)
+        samples: tuple[list[float], list[float]] = ([], [])
+        ratios = []
+        for _ in range(rounds):
+            block: tuple[list[float], list[float]] = ([], [])
+            for j in (0, 1, 1, 0):
+                block[j].extend(time_runs(lambda: fns[j](x), half, 0, device))
+            ratios.append(statistics.median(block[0]) / statistics.median(block[1]))
+            for j in (0, 1):
+                samples[j].extend(block[j])
+    return {"speedup": statistics.median(ratios), "speedup_min": min(ratios), "speedup_max": max(ratios),
+            "rounds": rounds, "runs": len(samples[1]), "ref_latency_ms": statistics.median(samples[0]) * 1e3,
+            "latency_ms": statistics.median(samples[1]) * 1e3}
 
 
 def measure_model(model: nn.Module, input_shape: tuple[int, ...], cfg, cuda: bool | None = None) -> dict[str, Any]:

@@ -176,6 +176,7 @@ def _execute(spec: JobSpec, store: Store, run_id: str, run_dir: Path, progress, 
         record.update(out.export_artifacts(ctx, run_dir))
         progress(phase="measure")
         record.update(out.measure(ctx))
+        record.update(_paired_vs_start(ctx, out, parent))
     else:
         out = out.to(device).eval()
         metrics = training.evaluate(out, data, "test", device, full=True, cancelled=cancelled)
@@ -206,6 +207,7 @@ def _execute(spec: JobSpec, store: Store, run_id: str, run_dir: Path, progress, 
                 record["onnx_error"] = _one_line(e)
         progress(phase="measure")
         record.update(measure.measure_model(out, data.input_shape, spec.measure))
+        record.update(_paired_vs_start(ctx, out, parent))
     record.update(ctx.extra)
     record.update({"spec": spec.to_dict(), "started": t_start, "finished": time.time(),
                    "torch": torch.__version__, "host": platform.node(), "cpu": platform.processor() or platform.machine(),
@@ -218,6 +220,29 @@ def _execute(spec: JobSpec, store: Store, run_id: str, run_dir: Path, progress, 
     card["normalisation"] = {"mean": data.mean, "std": data.std}
     export.atomic_write_bytes(run_dir / "card.json", json.dumps(card, indent=2, default=_json_default).encode())
     return json.loads(json.dumps(record, default=_json_default))
+
+
+def _paired_vs_start(ctx: Context, out, parent: str | None) -> dict[str, Any]:
+    """Speed-up over the starting model, both timed interleaved in this process (see
+    ``measure.paired_speedup``): the honest "x faster", where comparing latencies recorded by two
+    jobs minutes apart is not. CPU always; CUDA too for PyTorch results when a GPU is present."""
+    cfg = ctx.spec.measure
+    if ctx.base is None or cfg.paired_rounds == 0:
+        return {}
+    ctx.progress(phase="measure:paired")
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() and isinstance(out, nn.Module) else [])
+    rec: dict[str, Any] = {"paired_ref": parent or "checkpoint"}
+    for dev in devices:
+        ref, cand = ctx.base.to(dev), out.to(dev) if isinstance(out, nn.Module) else out
+        p = measure.paired_speedup(ref, cand, ctx.input_shape, torch.device(dev), cfg.latency_runs,
+                                   cfg.warmup_runs, cfg.threads, rounds=cfg.paired_rounds)
+        pre = "" if dev == "cpu" else "gpu_"
+        rec[f"{pre}paired_speedup"] = p["speedup"]
+        rec[f"{pre}paired_speedup_range"] = [p["speedup_min"], p["speedup_max"]]
+    ctx.base.to("cpu")
+    if isinstance(out, nn.Module):
+        out.to("cpu")
+    return rec
 
 
 def _json_default(o: Any) -> Any:

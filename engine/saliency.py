@@ -72,7 +72,7 @@ def colormap(cam: np.ndarray) -> np.ndarray:
 
 def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.45, size: int = 224) -> np.ndarray:
     """Blend the heat map over the image (both resized to ``size`` pixels square) -> uint8 RGB."""
-    img = torch.from_numpy(np.ascontiguousarray(image)).float()
+    img = torch.from_numpy(np.array(image, dtype=np.float32))  # a copy: PIL-backed arrays are read-only
     img = img[..., None].expand(-1, -1, 3) if img.ndim == 2 else img[..., :3]
     img = F.interpolate(img.permute(2, 0, 1)[None], size=(size, size), mode="bilinear", align_corners=False)[0]
     heat = torch.from_numpy(cam)[None, None]

@@ -72,6 +72,7 @@ class MeasureSpec:
     warmup_runs: int = 5
     batch_size: int = 64             # throughput batch on CPU
     gpu_batch_size: int = 256        # throughput batch on CUDA
+    paired_rounds: int = 5           # speed-up vs the starting model timed interleaved; 0: off
     onnx: bool = True
 
 
@@ -197,6 +198,8 @@ class JobSpec:
             raise SpecError("measure.latency_runs", f"must be between 1 and 10000, got {ms.latency_runs}")
         if not 0 <= ms.warmup_runs <= 1000:
             raise SpecError("measure.warmup_runs", f"must be between 0 and 1000, got {ms.warmup_runs}")
+        if not 0 <= ms.paired_rounds <= 1000:
+            raise SpecError("measure.paired_rounds", f"must be between 0 and 1000, got {ms.paired_rounds}")
         for name in ("batch_size", "gpu_batch_size"):
             v = getattr(ms, name)
             if not 1 <= v <= 65536:

@@ -81,9 +81,9 @@ else:
 
 # -- table ------------------------------------------------------------------------------------
 shown = ["name", "method", "arch", "dataset", "accuracy", "delta_accuracy", "size_bytes", "x_smaller", "macs",
-         "x_fewer_macs", "latency_ms", "x_faster", "sparsity", "params", "run_id", "base_id"]
+         "x_fewer_macs", "latency_ms", "x_faster", "x_faster_paired", "sparsity", "params", "run_id", "base_id"]
 if view["gpu_latency_ms"].notna().any():
-    shown.insert(12, "gpu_latency_ms")
+    shown.insert(shown.index("latency_ms") + 1, "gpu_latency_ms")
 fmt = st.column_config.NumberColumn
 st.dataframe(view[shown], hide_index=True, width="stretch", height=min(420, 38 + 35 * len(view)),
              column_config={"accuracy": fmt("accuracy", format="%.4f"),
@@ -93,7 +93,12 @@ st.dataframe(view[shown], hide_index=True, width="stretch", height=min(420, 38 +
                             "macs": fmt("MACs", format="%d"),
                             "x_fewer_macs": fmt("x fewer MACs", format="%.2fx"),
                             "latency_ms": fmt("latency (ms)", format="%.3f", help="CPU, batch 1, median"),
-                            "x_faster": fmt("x faster", format="%.2fx", help="base latency ÷ this latency"),
+                            "x_faster": fmt("x faster", format="%.2fx",
+                                            help="CPU batch-1 speed-up over the base; from timings interleaved "
+                                                 "with the base in the same job where 'paired' is ticked, else "
+                                                 "base latency ÷ this latency from separate jobs"),
+                            "x_faster_paired": st.column_config.CheckboxColumn(
+                                "paired", help="speed-up timed interleaved with the base (immune to machine drift)"),
                             "gpu_latency_ms": fmt("GPU latency (ms)", format="%.3f"),
                             "sparsity": fmt("sparsity", format="%.3f"), "params": fmt("params", format="%d"),
                             "base_id": "base run"})

@@ -323,6 +323,49 @@ def test_latency_measurement_records_its_conditions():
     assert r["latency_p90_ms"] >= r["latency_ms"] > 0
 
 
+class DriftingClock:
+    """A fake perf_counter under which every call runs 1 % slower than the one before: a machine
+    slowing down during the measurement, as shared CPUs do."""
+
+    def __init__(self):
+        self.now, self.slowdown = 0.0, 1.0
+
+    def model(self, cost):
+        def run(x):
+            self.now += cost * self.slowdown
+            self.slowdown *= 1.01
+            return x
+        return run
+
+
+def test_paired_speedup_cancels_drift_that_fools_separate_measurements(monkeypatch):
+    clock = DriftingClock()
+    monkeypatch.setattr(measure.time, "perf_counter", lambda: clock.now)
+    slow, fast = clock.model(2.0), clock.model(1.0)   # truly 2x apart
+    cpu = torch.device("cpu")
+    separate = (measure.measure_speed(slow, (3, 4, 4), cpu, 2, runs=30, warmup=5)["latency_ms"]
+                / measure.measure_speed(fast, (3, 4, 4), cpu, 2, runs=30, warmup=5)["latency_ms"])
+    assert abs(separate - 2.0) > 0.3                  # the drift shows up as a wrong ratio...
+    p = measure.paired_speedup(slow, fast, (3, 4, 4), cpu, runs=30, warmup=5, rounds=5)
+    assert p["speedup"] == pytest.approx(2.0, rel=0.03)   # ...and cancels when interleaved
+    assert p["speedup_min"] <= p["speedup"] <= p["speedup_max"] and p["runs"] >= 30
+    assert p["ref_latency_ms"] > p["latency_ms"] > 0
+
+
+def test_a_job_from_a_run_records_its_paired_speedup_over_it(digits_base, session_home):
+    from engine import runner
+    from engine.store import Store
+    spec = JobSpec.from_dict({"data": {"name": "digits"}, "model": {"from_run": digits_base["run_id"]},
+                              "method": {"name": "prune_structured", "params": {"ratio": 0.5, "finetune_epochs": 0}},
+                              "measure": {"onnx": False, "latency_runs": 10, "warmup_runs": 1, "paired_rounds": 2}})
+    r = runner.execute(spec, Store())
+    assert r["paired_ref"] == digits_base["run_id"] and r["paired_speedup"] > 0
+    lo, hi = r["paired_speedup_range"]
+    assert lo <= r["paired_speedup"] <= hi
+    off = runner.execute(spec.replace(measure={"onnx": False, "latency_runs": 3, "paired_rounds": 0}), Store())
+    assert "paired_speedup" not in off
+
+
 def test_gpu_measurement_runs_where_cuda_exists():
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device on this machine")

@@ -34,6 +34,22 @@ def test_table_is_relative_to_the_root_of_the_parent_chain():
     assert df.loc["orphan", "base_id"] == "orphan" and math.isnan(df.loc["orphan", "x_fewer_macs"])
 
 
+def test_x_faster_prefers_paired_timings_chained_along_the_parents():
+    recs = [rec("base", latency_ms=4.0),
+            rec("pruned", "base", latency_ms=1.0, paired_speedup=2.5, paired_ref="base"),
+            rec("quant", "pruned", latency_ms=0.5, paired_speedup=3.0, paired_ref="pruned"),
+            rec("old", "base", latency_ms=2.0),                         # recorded before paired timing
+            rec("after_old", "old", latency_ms=1.0, paired_speedup=1.5, paired_ref="old"),
+            rec("ckpt", None, latency_ms=1.0, paired_speedup=9.0, paired_ref="checkpoint")]
+    df = results.table(recs).set_index("run_id")
+    assert df.loc["pruned", "x_faster"] == 2.5 and df.loc["pruned", "x_faster_paired"]
+    assert df.loc["quant", "x_faster"] == pytest.approx(7.5) and df.loc["quant", "x_faster_paired"]
+    assert df.loc["old", "x_faster"] == 2.0 and not df.loc["old", "x_faster_paired"]
+    assert df.loc["after_old", "x_faster"] == 4.0 and not df.loc["after_old", "x_faster_paired"]
+    assert df.loc["ckpt", "x_faster"] == 1.0 and not df.loc["ckpt", "x_faster_paired"]
+    assert not df.loc["base", "x_faster_paired"]
+
+
 def test_pareto_front_keeps_only_undominated_runs():
     recs = [rec("a", accuracy=0.9, size_bytes=100), rec("b", accuracy=0.8, size_bytes=50),
             rec("c", accuracy=0.7, size_bytes=80),   # dominated by b (bigger and worse)
