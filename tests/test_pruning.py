@@ -215,3 +215,20 @@ def test_sensitivity_records_curves_and_keeps_base(base):
     assert min(a for c in curves.values() for a in c.values()) < r["sensitivity_base_val_acc"]
     assert set(r["suggested_ratios"]) == set(curves)
     assert r["params"] == base["params"] and r["macs"] == base["macs"]
+
+
+def test_budget_searches_find_the_closest_point_with_few_probes():
+    from engine.methods.pruning.schedule import bisect_decreasing, nearest_index
+    probes = []
+
+    def macs_left(ratio):                    # falls like a pruned net's MACs: (1 - r)^2
+        probes.append(ratio)
+        return (1 - ratio) ** 2
+
+    x, fx = bisect_decreasing(macs_left, 0.0, 0.95, 0.5)
+    assert x == pytest.approx(1 - 0.5 ** 0.5, abs=0.01) and fx == pytest.approx(0.5, rel=0.02)
+    assert len(set(probes)) == len(probes) <= 13          # cached: each point costs one probe
+    steps = [100, 90, 70, 40, 20, 5, 0]
+    k, v = nearest_index(lambda i: steps[i], len(steps) - 1, 33)
+    assert (k, v) == (3, 40)
+    assert nearest_index(lambda i: steps[i], len(steps) - 1, 1000) == (0, 100)

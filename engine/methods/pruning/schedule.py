@@ -21,17 +21,13 @@ def _close(value: float, target: float) -> bool:
     return abs(value - target) <= GOOD_ENOUGH * abs(target)
 
 
-def bisect_decreasing(f: Callable[[float], float], lo: float, hi: float, target: float,
-                      iters: int = 12) -> tuple[float, float]:
-    """Find x in [lo, hi] with f(x) closest to ``target`` for f non-increasing in x.
-
-    Returns (x, f(x)). Each evaluation may be costly (it prunes and counts MACs), so values are cached.
-    """
+def _bisect(f: Callable, a, b, target: float, integer: bool, iters: int):
+    """The x in [a, b] (integers if ``integer``) with f(x) closest to ``target``, f non-increasing."""
     F = functools.cache(f)  # each probe (e.g. a MAC count of a pruned copy) is costly: evaluate once
-
-    a, b = lo, hi
     for _ in range(iters):
-        mid = (a + b) / 2
+        if integer and b - a <= 1:
+            break
+        mid = (a + b) // 2 if integer else (a + b) / 2
         if _close(F(mid), target):
             return mid, F(mid)
         if F(mid) > target:
@@ -42,18 +38,12 @@ def bisect_decreasing(f: Callable[[float], float], lo: float, hi: float, target:
     return best, F(best)
 
 
+def bisect_decreasing(f: Callable[[float], float], lo: float, hi: float, target: float,
+                      iters: int = 12) -> tuple[float, float]:
+    """Find x in [lo, hi] with f(x) closest to ``target`` for f non-increasing in x; returns (x, f(x))."""
+    return _bisect(f, lo, hi, target, integer=False, iters=iters)
+
+
 def nearest_index(f: Callable[[int], float], n: int, target: float) -> tuple[int, float]:
     """k in [0, n] with f(k) closest to ``target``, for f non-increasing in k (binary search)."""
-    F = functools.cache(f)
-
-    a, b = 0, n
-    while b - a > 1:
-        mid = (a + b) // 2
-        if _close(F(mid), target):
-            return mid, F(mid)
-        if F(mid) > target:
-            a = mid
-        else:
-            b = mid
-    best = min((a, b), key=lambda k: abs(F(k) - target))
-    return best, F(best)
+    return _bisect(f, 0, n, target, integer=True, iters=max(1, n).bit_length() + 1)
