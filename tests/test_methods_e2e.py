@@ -37,6 +37,7 @@ def test_int8_file_is_small_and_measured_on_int8(runs):
     r, base = runs["int8"], runs["base"]
     assert r["size_bytes"] <= 0.3 * base["size_bytes"] and r["onnx_bytes"] <= 0.3 * r["fp32_onnx_bytes"]
     assert r["precision"] == "int8" and r["latency_ms"] > 0 and r["fp32_onnx_latency_ms"] > 0
+    assert r["int8_speedup_range"][0] <= r["int8_speedup"] <= r["int8_speedup_range"][1]
     assert 0.0 < r["accuracy"] <= 1.0 and sum(map(sum, r["confusion"])) == r["test_images"]
 
 
@@ -47,6 +48,10 @@ def test_runtime_reports_each_backend_or_why_not(tiny_base, session_home):
     assert "latency_ms" in rt["compile_cpu"] or rt["compile_cpu"]["skipped"]
     for name, v in rt.items():
         assert ("latency_ms" in v) != bool(v.get("skipped")), name
+    for name in ("onnxruntime_cpu", "compile_cpu"):   # timed interleaved with eager in one process
+        if "latency_ms" in rt[name]:
+            lo, hi = rt[name]["x_vs_eager_range"]
+            assert 0 < lo <= rt[name]["x_vs_eager"] <= hi, name
     assert r["params"] == tiny_base["params"]  # weights unchanged
 
 

@@ -1,7 +1,8 @@
 """The same weights under several runtimes: eager PyTorch, torch.compile, ONNX Runtime.
 
-No weight changes. Each back-end's latency/throughput goes to ``ctx.extra["runtimes"]``; one that
-cannot run here is recorded as ``{"skipped": reason}``. ``torch.compile`` runs in a child process
+No weight changes. Each back-end's latency/throughput goes to ``ctx.extra["runtimes"]``, with its
+speed-up over eager timed interleaved with it (``x_vs_eager``); one that cannot run here is
+recorded as ``{"skipped": reason}``. ``torch.compile`` runs in a child process
 with a time limit, so a slow or crashing compiler costs at most ``compile_timeout_s`` and cannot
 take the run down with it.
 """
@@ -40,19 +41,25 @@ compile_s = time.perf_counter() - t0
 out = measure.measure_speed(compiled, tuple(cfg["shape"]), dev, cfg["batch"], cfg["runs"], cfg["warmup"],
                             cfg["threads"])
 out["compile_seconds"] = compile_s
+out["paired"] = measure.paired_speedup(model, compiled, tuple(cfg["shape"]), dev, cfg["runs"], cfg["warmup"],
+                                       cfg["threads"], rounds=cfg["rounds"])
 print("RESULT " + json.dumps(out))
 """
 
 
-def _speed_keys(m: dict[str, Any]) -> dict[str, Any]:
+def _speed_keys(m: dict[str, Any], paired: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The speed figures kept per back-end; ``paired`` (vs eager, timed interleaved) as x_vs_eager."""
     keep = ("latency_ms", "latency_p90_ms", "throughput", "throughput_batch", "threads", "peak_mem_bytes")
-    return {k: m[k] for k in keep if k in m}
+    out = {k: m[k] for k in keep if k in m}
+    if paired:
+        out.update(x_vs_eager=paired["speedup"], x_vs_eager_range=[paired["speedup_min"], paired["speedup_max"]])
+    return out
 
 
 def compiled_speed(bundle_path: Path, device: str, shape, cfg, params) -> dict[str, Any]:
     args = {"device": device, "mode": params["compile_mode"], "shape": list(shape),
             "batch": cfg.batch_size if device == "cpu" else cfg.gpu_batch_size, "runs": cfg.latency_runs,
-            "warmup": cfg.warmup_runs, "threads": cfg.threads}
+            "warmup": cfg.warmup_runs, "threads": cfg.threads, "rounds": cfg.paired_rounds or 5}
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     try:
         p = subprocess.run([sys.executable, "-c", _COMPILE_CHILD, str(bundle_path), json.dumps(args)], cwd=ROOT,
@@ -64,10 +71,10 @@ def compiled_speed(bundle_path: Path, device: str, shape, cfg, params) -> dict[s
         err = [ln for ln in p.stderr.strip().splitlines() if ln.strip()]
         return {"skipped": f"torch.compile failed: {(err[-1] if err else f'exit code {p.returncode}')[:300]}"}
     out = json.loads(lines[-1][len("RESULT "):])
-    return {**_speed_keys(out), "compile_seconds": out["compile_seconds"]}
+    return {**_speed_keys(out, out["paired"]), "compile_seconds": out["compile_seconds"]}
 
 
-def onnx_speed(onnx_bytes: bytes, device: str, shape, cfg) -> dict[str, Any]:
+def onnx_speed(onnx_bytes: bytes, device: str, shape, cfg, eager) -> dict[str, Any]:
     import onnxruntime as ort
     if device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
         return {"skipped": "this onnxruntime build has no CUDAExecutionProvider (install onnxruntime-gpu)"}
@@ -76,8 +83,11 @@ def onnx_speed(onnx_bytes: bytes, device: str, shape, cfg) -> dict[str, Any]:
         return {"skipped": "ONNX Runtime could not start its CUDA provider here"}
     # The runner takes and returns CPU tensors, so CUDA timings include the host<->device copies.
     batch = cfg.batch_size if device == "cpu" else cfg.gpu_batch_size
-    return _speed_keys(measure.measure_speed(runner, shape, torch.device("cpu"), batch, cfg.latency_runs,
-                                             cfg.warmup_runs, cfg.threads))
+    speed = measure.measure_speed(runner, shape, torch.device("cpu"), batch, cfg.latency_runs, cfg.warmup_runs,
+                                  cfg.threads)
+    paired = measure.paired_speedup(eager.to("cpu"), runner, shape, torch.device("cpu"), cfg.latency_runs, cfg.warmup_runs,
+                                    cfg.threads, rounds=cfg.paired_rounds or 5) if device == "cpu" else None
+    return _speed_keys(speed, paired)
 
 
 @register("runtime", family="runtime", params=[
@@ -121,7 +131,7 @@ def runtime(model, ctx, params):
             elif onnx_bytes is None:
                 results[f"onnxruntime_{dev}"] = {"skipped": onnx_error}
             else:
-                results[f"onnxruntime_{dev}"] = onnx_speed(onnx_bytes, dev, shape, cfg)
+                results[f"onnxruntime_{dev}"] = onnx_speed(onnx_bytes, dev, shape, cfg, model)
         if "cuda" not in devices:
             for name in ("eager_cuda", "compile_cuda", "onnxruntime_cuda"):
                 results[name] = {"skipped": "no CUDA device on this machine"}
