@@ -119,7 +119,10 @@ def fit(model: nn.Module, data, cfg: TrainSpec, *, epochs: int | None = None, lr
     step = 0
     for epoch in range(epochs):
         net.train()
-        seen, correct, loss_sum, t0 = 0, 0, 0.0, time.perf_counter()
+        # Loss and hits accumulate on the device and are read only when reported: a .item() per step
+        # would make the host wait for the GPU every step instead of queueing the next one.
+        seen, t0 = 0, time.perf_counter()
+        loss_sum = correct = torch.zeros((), device=device)
         for i, (x, y) in enumerate(train_loader):
             if cancelled():
                 raise Cancelled()
@@ -130,9 +133,6 @@ def fit(model: nn.Module, data, cfg: TrainSpec, *, epochs: int | None = None, lr
                 loss = loss_fn(logits, y, x) if loss_fn else criterion(logits, y)
                 if regularizer is not None:
                     loss = loss + regularizer(model)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1} step {i + 1}; "
-                                         "lower the learning rate")
             opt.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()
@@ -147,18 +147,23 @@ def fit(model: nn.Module, data, cfg: TrainSpec, *, epochs: int | None = None, lr
                 after_step(model)
             n = len(y)
             seen += n
-            loss_sum += loss.item() * n
-            correct += (logits.argmax(1) == y).sum().item()
+            loss_sum = loss_sum + loss.detach().float() * n
+            correct = correct + (logits.argmax(1) == y).sum()
             if i % 10 == 0 or i == steps_per_epoch - 1:
+                mean_loss = loss_sum.item() / seen
+                if not math.isfinite(mean_loss):
+                    raise FloatingPointError(f"loss became {mean_loss} by epoch {epoch + 1} step {i + 1}; "
+                                             "lower the learning rate")
                 ips = seen / max(1e-9, time.perf_counter() - t0)
                 elapsed = time.perf_counter() - start
                 progress(phase=phase, epoch=epoch + 1, epochs=epochs, step=i + 1, steps=steps_per_epoch,
-                         loss=loss_sum / seen, acc=correct / seen, images_per_s=ips,
+                         images=seen, loss=mean_loss, acc=correct.item() / seen, images_per_s=ips,
                          eta_s=elapsed / step * (total - step))
         if on_epoch_end is not None:
             on_epoch_end(model, epoch)
         val = evaluate(model, data, "val", device, cancelled=cancelled)
-        rec = {"epoch": epoch + 1, "train_loss": loss_sum / max(1, seen), "train_acc": correct / max(1, seen),
+        rec = {"epoch": epoch + 1, "train_loss": loss_sum.item() / max(1, seen),
+               "train_acc": correct.item() / max(1, seen),
                "val_acc": val["accuracy"], "val_loss": val["loss"], "seconds": time.perf_counter() - start}
         history.append(rec)
         progress(phase=f"{phase}:val", epoch=epoch + 1, epochs=epochs, loss=val["loss"], acc=val["accuracy"],

@@ -262,6 +262,23 @@ def test_an_architecture_too_deep_for_the_images_is_refused_before_training(home
         runner.execute(student, Store())
 
 
+def test_a_diverging_loss_stops_training_with_what_to_do(home):
+    from engine import training
+    from engine.spec import DataSpec, TrainSpec
+
+    class Diverging(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(3 * 8 * 8, 10)
+
+        def forward(self, x):
+            return self.fc(x.flatten(1)) * float("inf")
+
+    data = D.load(DataSpec(name="digits", limit=200))
+    with pytest.raises(FloatingPointError, match=r"loss became nan by epoch 1 step 1; lower the learning rate"):
+        training.fit(Diverging(), data, TrainSpec(epochs=1), device=torch.device("cpu"))
+
+
 # -- specs -----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("section,value,field", [
     ("data", {"name": "digits", "val_fraction": 1.5}, "data.val_fraction"),
