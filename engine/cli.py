@@ -94,6 +94,55 @@ def cmd_profile(a: argparse.Namespace) -> int:
     return 0
 
 
+@command("measure", "size, params, MACs/FLOPs, sparsity and speed of a checkpoint bundle; with --against, its "
+         "speed-up over another bundle, both timed interleaved")
+@arg("checkpoint", help="a Slimbench bundle (model.pt of a run, or a downloaded one)")
+@arg("--against", default=None, help="a second bundle (e.g. the base): report the paired speed-up over it")
+@arg("--threads", type=int, default=None, help="CPU threads for timing (default: all physical cores)")
+@arg("--runs", type=int, default=30, help="timed batch-1 runs")
+@arg("--batch-size", type=int, default=64, help="batch for the throughput figure")
+@arg("--rounds", type=int, default=5, help="interleaved rounds for --against")
+def cmd_measure(a: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from . import export, measure
+    from .spec import SpecError
+    for name, v, lo, hi in (("--runs", a.runs, 1, 10000), ("--batch-size", a.batch_size, 1, 65536),
+                            ("--rounds", a.rounds, 1, 1000), ("--threads", a.threads or 1, 1, 512)):
+        if not lo <= v <= hi:
+            raise SpecError(name, f"must be between {lo} and {hi}, got {v}")
+
+    def load(path: str, where: str):
+        try:
+            return export.load_predictor(path)
+        except export.BundleError as e:
+            raise SpecError(where, str(e)) from None
+
+    model, bundle = load(a.checkpoint, "checkpoint")
+    shape = tuple(bundle.get("meta", {}).get("input_size") or ())
+    if len(shape) != 3:
+        raise SpecError("checkpoint", "the bundle does not record its input size")
+    cpu = torch.device("cpu")
+    out: dict[str, Any] = {"checkpoint": a.checkpoint, "arch": bundle.get("arch"), "kind": bundle.get("kind", "torch"),
+                           "input_size": list(shape), "size_bytes": Path(a.checkpoint).stat().st_size}
+    if isinstance(model, torch.nn.Module):
+        out.update(params=measure.count_params(model), sparsity=measure.sparsity(model),
+                   **measure.count_macs(model, shape))
+    out.update(measure.measure_speed(model, shape, cpu, a.batch_size, a.runs, threads=a.threads))
+    if a.against:
+        ref, ref_bundle = load(a.against, "--against")
+        if list(ref_bundle.get("meta", {}).get("input_size") or []) != list(shape):
+            raise SpecError("--against", f"expects input {ref_bundle.get('meta', {}).get('input_size')}, "
+                            f"{a.checkpoint} expects {list(shape)}")
+        p = measure.paired_speedup(ref, model, shape, cpu, a.runs, threads=a.threads, rounds=a.rounds)
+        out.update(against=a.against, paired_speedup=p["speedup"],
+                   paired_speedup_range=[p["speedup_min"], p["speedup_max"]], against_latency_ms=p["ref_latency_ms"])
+    print(json.dumps(out))
+    return 0
+
+
 @command("runs", "list runs in the workspace")
 @arg("--json", action="store_true", help="one JSON array with full records")
 @arg("--state", default=None, help="only runs in this state (done, failed, ...)")

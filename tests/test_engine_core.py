@@ -134,6 +134,29 @@ def test_malformed_json_exits_2(home, tmp_path):
     assert p.returncode == 2 and "malformed JSON" in p.stderr
 
 
+def test_measure_reports_a_bundle_and_its_paired_speedup_over_another(digits_base, home, tmp_path):
+    meta = D.load(D.DataSpec(name="digits", limit=50)).meta()
+    small = models.build("mobilenet_v3_small", 10, small_input=True)
+    path = tmp_path / "small.pt"
+    export.save_bundle(export.make_bundle(small, arch="mobilenet_v3_small", num_classes=10, small_input=True,
+                                          meta=meta), path)
+    p = cli("measure", str(path), "--against", digits_base["checkpoint"], "--runs", "10", "--rounds", "2",
+            "--batch-size", "4", "--threads", "1", home=home)
+    assert p.returncode == 0, p.stderr
+    r = json.loads(p.stdout.strip().splitlines()[-1])
+    assert r["params"] == measure.count_params(small) and r["macs"] == measure.count_macs(small, (3, 8, 8))["macs"]
+    assert r["size_bytes"] == path.stat().st_size and r["threads"] == 1 and r["latency_ms"] > 0
+    lo, hi = r["paired_speedup_range"]
+    assert 0 < lo <= r["paired_speedup"] <= hi and r["against_latency_ms"] > 0
+    missing = cli("measure", str(tmp_path / "nope.pt"), home=home)
+    assert missing.returncode == 2 and "checkpoint not found" in missing.stderr
+    other = tmp_path / "other.pt"
+    export.save_bundle(export.make_bundle(small, arch="mobilenet_v3_small", num_classes=10, small_input=True,
+                                          meta={**meta, "input_size": [3, 16, 16]}), other)
+    mismatch = cli("measure", str(path), "--against", str(other), home=home)
+    assert mismatch.returncode == 2 and "--against" in mismatch.stderr
+
+
 def test_profile_rejects_unknown_arch(home):
     p = cli("profile", "resnet9000", home=home)
     assert p.returncode == 2 and "resnet18" in p.stderr
