@@ -55,6 +55,12 @@ print(json.dumps(training.evaluate(model, d, 'test')))
     assert got["accuracy"] == pytest.approx(digits_base["accuracy"], abs=1e-6)
 
 
+def test_onnx_runner_threads_do_not_spin_between_runs(digits_base):
+    """Spinning ORT threads slow whatever PyTorch runs next, biasing interleaved timings."""
+    runner = export.OnnxRunner(Path(digits_base["onnx"]).read_bytes())
+    assert runner.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
 def test_onnx_export_agrees_with_torch_on_test_inputs(digits_base):
     model, bundle = export.load_model(digits_base["checkpoint"])
     spec = JobSpec.from_dict(digits_base["spec"])
