@@ -26,6 +26,8 @@ def settings(ft: int, epochs: int) -> list[Setting]:
         Setting("structured L1 30%", "prune_structured", {"ratio": 0.3, "criterion": "l1", "finetune_epochs": ft}),
         Setting("structured L1 50%", "prune_structured", {"ratio": 0.5, "criterion": "l1", "finetune_epochs": ft},
                 "DepGraph ResNet-56: 2.13x fewer MACs, 93.53 -> 93.77"),
+        Setting("structured L1 50%, global ranking", "prune_structured",
+                {"ratio": 0.5, "criterion": "l1", "allocation": "global", "finetune_epochs": ft}),
         Setting("soft filter pruning 30%", "soft_filter_pruning", {"ratio": 0.3, "epochs": ft, "finetune_epochs": ft},
                 "SFP: -52.6% FLOPs for -0.23 pt"),
         Setting("slimming 50% MACs", "slimming", {"target_macs": 0.5, "epochs": ft}),

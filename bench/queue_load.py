@@ -14,7 +14,6 @@ import signal
 import statistics
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 TRIVIAL_JOB = {"data": {"name": "digits", "limit": 50, "test_limit": 20}, "model": {"arch": "mobilenet_v3_small"},

@@ -184,3 +184,16 @@ def launch(specs: list[dict[str, Any]], submit: Callable[[dict], str]) -> list[s
     for s in specs:
         ids.append(submit(resolve([s], ids)[0]))
     return ids
+
+
+def prune_by_sensitivity(run: dict[str, Any], steps: int = 1, finetune_epochs: int = 1) -> dict[str, Any]:
+    """The spec that prunes a finished sensitivity run's model (the unchanged base it analysed) by the
+    per-layer ratios the run suggested, with the criterion it ranked channels by."""
+    spec = run["spec"]
+    criterion = spec["method"].get("params", {}).get("criterion", "l1")
+    return {"name": f"prune_structured by sensitivity {run['id']}", "data": copy.deepcopy(spec["data"]),
+            "model": {"from_run": run["id"]},
+            "method": {"name": "prune_structured", "params": {
+                "allocation": "sensitivity", "sensitivity_run": run["id"], "criterion": criterion,
+                "steps": steps, "finetune_epochs": finetune_epochs}},
+            "train": copy.deepcopy(spec.get("train", {})), "measure": copy.deepcopy(spec.get("measure", {}))}

@@ -217,3 +217,22 @@ def _is_float(s: Any) -> bool:
         return True
     except (TypeError, ValueError):
         return False
+
+
+def suggestions(rec: dict[str, Any]) -> pd.DataFrame:
+    """A sensitivity record's suggested per-layer ratios with what they would remove, network order."""
+    layers = rec.get("sensitivity_layers") or {}
+    rows = []
+    for name, ratio in (rec.get("suggested_ratios") or {}).items():
+        n = (layers.get(name) or {}).get("channels")
+        rows.append({"layer": name, "channels": n, "macs": (layers.get(name) or {}).get("macs"),
+                     "suggested ratio": ratio, "channels removed": int(ratio * n) if _num(n) and _num(ratio) else None})
+    return pd.DataFrame(rows, columns=["layer", "channels", "macs", "suggested ratio", "channels removed"])
+
+
+def layer_widths(rec: dict[str, Any]) -> pd.DataFrame:
+    """A pruning record's output channels per layer before and after, with the share kept."""
+    rows = [{"layer": n, "before": w[0], "after": w[1], "kept": w[1] / w[0] if w[0] else None}
+            for n, w in (rec.get("layer_widths") or {}).items()
+            if isinstance(w, (list, tuple)) and len(w) == 2 and _num(w[0]) and _num(w[1])]
+    return pd.DataFrame(rows, columns=["layer", "before", "after", "kept"])

@@ -8,7 +8,8 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from engine import results
+from engine import jobs, presets, results
+from engine.spec import SpecError
 from pages.common import card, download, fmt_bytes, get_store
 
 st.title("Compare")
@@ -117,6 +118,30 @@ if sens:
                   labels={"amount": "pruned fraction", "accuracy": "accuracy"})
     fig.update_layout(margin=dict(l=10, r=10, t=10, b=10))
     st.plotly_chart(fig, key="sensitivity", config={"displayModeBar": False})
+    suggested = results.suggestions(by_id[pick])
+    if not suggested.empty:
+        sens_row = store.get(pick) or {}
+        tolerated = ((sens_row.get("spec") or {}).get("method") or {}).get("params", {}).get("max_loss")
+        st.caption("Suggested per-layer ratios: the largest tried share each layer loses alone while validation "
+                   "accuracy stays within " + (f"{tolerated:g} of the base's." if tolerated is not None
+                                               else "the tolerated loss."))
+        st.dataframe(suggested, hide_index=True, width="stretch",
+                     column_config={"macs": st.column_config.NumberColumn("MACs", format="%d"),
+                                    "suggested ratio": st.column_config.NumberColumn(format="%.2f")})
+        if sens_row.get("spec") and suggested["suggested ratio"].fillna(0).gt(0).any():
+            with st.form("prune_by_sensitivity", border=True):
+                st.markdown("**Prune with these ratios** (`prune_structured`, allocation = sensitivity)")
+                a, b = st.columns(2)
+                p_steps = a.number_input("prune -> fine-tune rounds", 1, 50, 1, key="sens_steps")
+                p_epochs = b.number_input("fine-tune epochs per round", 0, 1000, 1, key="sens_epochs")
+                if st.form_submit_button("Queue the pruning job", type="primary", key="sens_queue"):
+                    try:
+                        job = jobs.submit(presets.prune_by_sensitivity(sens_row, int(p_steps), int(p_epochs)), store)
+                    except (SpecError, ValueError) as e:
+                        st.error(f"Could not queue the job: {e}")
+                    else:
+                        st.success(f"Queued {job}; it appears here when it finishes.", icon=":material/rocket_launch:")
+                        st.page_link("pages/jobs.py", label="Watch it on Jobs", icon=":material/arrow_forward:")
 
 # -- one run ------------------------------------------------------------------------------------
 st.subheader("Run details")
@@ -143,6 +168,15 @@ with d[1]:
     download(run_id, "onnx", "ONNX model (.onnx)", key="dl_onnx")
 with d[2]:
     download(run_id, "card", "Model card (JSON)", key="dl_card")
+
+widths = results.layer_widths(rec)
+if not widths.empty:
+    fig = go.Figure([go.Bar(name="before", x=widths["layer"], y=widths["before"], marker_color="#cbd5e1"),
+                     go.Bar(name="after", x=widths["layer"], y=widths["after"], marker_color="#2563eb",
+                            customdata=widths["kept"], hovertemplate="%{x}: %{y} channels (%{customdata:.0%} kept)")])
+    fig.update_layout(barmode="overlay", height=320, title="Output channels per layer",
+                      margin=dict(l=10, r=10, t=40, b=10), xaxis_tickangle=-45)
+    st.plotly_chart(fig, key="layer_widths", config={"displayModeBar": False})
 
 names = card(run_id).get("class_names") or []
 pc, cm = rec.get("per_class_accuracy"), rec.get("confusion")

@@ -95,6 +95,13 @@ def param_widget(method: str, p: methods.Param) -> Any:
     if p.kind == "str" and p.choices:
         return st.selectbox(label, p.choices, index=p.choices.index(p.default) if p.default in p.choices else 0,
                             key=key, help=help_)
+    if p.kind == "run":
+        runs = [r for r in done_runs() if not p.run_method or r.get("method") == p.run_method]
+        if not runs:
+            what = f"a finished {p.run_method} run" if p.run_method else "a finished run"
+            raise SpecError(f"{method}.{p.name}", f"needs {what}; there is none yet")
+        labels = {r["id"]: run_label(r) for r in runs}
+        return st.selectbox(label, list(labels), format_func=labels.get, key=key, help=help_)
     if p.kind == "list":
         text = st.text_area(label + " (JSON list)", value=json.dumps(p.default if p.default is not None else []),
                             key=key, help=help_)
@@ -115,7 +122,7 @@ def method_panel(name: str) -> list[dict[str, Any]]:
         for i, p in enumerate(m.params):
             with cols[i % 3]:
                 params[p.name] = param_widget(name, p)
-        numeric = [p for p in m.params if p.kind in ("int", "float", "str")]
+        numeric = [p for p in m.params if p.kind in ("int", "float", "str", "run")]
         if not numeric:
             return [params]
         c1, c2 = st.columns([1, 2])

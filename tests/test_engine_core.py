@@ -8,7 +8,6 @@ import sys
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn as nn

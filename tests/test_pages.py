@@ -284,6 +284,47 @@ def test_compare_table_plot_filters_and_downloads(launched, ws):
     assert {m.label for m in at.metric} >= {"Accuracy", "Size", "Latency", "MACs", "Parameters"}
 
 
+def test_sensitivity_suggestions_become_a_pruning_job(launched, ws):
+    """Sensitivity run -> its suggested ratios on Compare -> one click queues prune_structured with them;
+    the Experiments page offers only sensitivity runs for that parameter."""
+    store = Store(ws)
+    sens_id = jobs.submit({"name": "sens", "data": {"name": "digits", **{k: v for k, v in TINY_DATA.items()
+                                                                         if k != "dataset"}},
+                           "model": {"from_run": launched["ids"][0]},
+                           "method": {"name": "sensitivity", "params": {"ratios": [0.5], "max_layers": 2,
+                                                                        "max_loss": 1.0}},
+                           "train": {"device": "cpu"}, "measure": {"onnx": False, "latency_runs": 5}}, store)
+    assert wait_done(store, [sens_id])[0]["state"] == "done"
+    at = page("compare")
+    at.selectbox(key="sens_run").set_value(sens_id)
+    at.run()
+    suggested = next(d.value for d in at.dataframe if "suggested ratio" in d.value.columns)
+    assert len(suggested) == 2 and (suggested["suggested ratio"] == 0.5).all()
+    at.number_input(key="sens_epochs").set_value(0)
+    at.button(key="sens_queue").click()
+    at.run()
+    assert not at.exception and not at.error, texts(at, "error")
+    job = next(r for r in store.list() if r["spec"]["method"].get("params", {}).get("sensitivity_run") == sens_id)
+    row = wait_done(store, [job["id"]])[0]
+    assert row["state"] == "done", row["error"]
+    widths = row["record"]["layer_widths"]
+    for layer, n in zip(suggested["layer"], suggested["channels"]):
+        assert widths[layer] == [n, n - n // 2]
+
+    at = page("compare")
+    at.selectbox(key="detail_run").set_value(job["id"])
+    at.run()
+    assert any("Output channels per layer" in c.proto.spec for c in at.get("plotly_chart"))
+
+    at = page("experiments")
+    at.multiselect(key="methods").set_value(["prune_structured"])
+    at.run()
+    at.checkbox(key="p.prune_structured.sensitivity_run.set").check()
+    at.run()
+    offered = at.selectbox(key="p.prune_structured.sensitivity_run").options
+    assert offered and all(sens_id in o for o in offered)
+
+
 def test_download_paths_stay_inside_the_workspace(launched, ws):
     from pages.common import artifact_path
     rid = launched["ids"][0]

@@ -62,6 +62,14 @@ def resnet_half(base) -> dict:
     ("slimming", {"target_macs": 1.2}, "method.params.target_macs"),
     ("sensitivity", {"ratios": [0.5, 1.5]}, "method.params.ratios[1]"),
     ("sensitivity", {"ratios": []}, "method.params.ratios"),
+    ("prune_structured", {"allocation": "sensitivity"}, "method.params.sensitivity_run"),
+    ("prune_structured", {"sensitivity_run": "20261123-000000-abcdef"}, "method.params.sensitivity_run"),
+    ("prune_structured", {"allocation": "sensitivity", "sensitivity_run": "../../etc"},
+     "method.params.sensitivity_run"),
+    ("prune_structured", {"allocation": "sensitivity", "sensitivity_run": "r1", "target_macs": 0.5},
+     "method.params.target_macs"),
+    ("prune_structured", {"allocation": "everywhere"}, "method.params.allocation"),
+    ("distill", {"teacher": "a/b"}, "method.params.teacher"),
 ])
 def test_bad_params_are_refused_with_the_field_named(name, params, field):
     with pytest.raises(SpecError) as e:
@@ -215,6 +223,60 @@ def test_sensitivity_records_curves_and_keeps_base(base):
     assert min(a for c in curves.values() for a in c.values()) < r["sensitivity_base_val_acc"]
     assert set(r["suggested_ratios"]) == set(curves)
     assert r["params"] == base["params"] and r["macs"] == base["macs"]
+
+
+def kept_share(r: dict) -> dict[str, float]:
+    return {n: after / before for n, (before, after) in r["layer_widths"].items()}
+
+
+def test_global_allocation_cuts_where_the_weak_channels_are(tmp_path):
+    """Three quarters of one layer's channels are made near-zero: one global ranking removes them all
+    (a uniform cut would take 30 % of every layer)."""
+    start, net = untrained_checkpoint("resnet18", tmp_path)
+    weak, block = torch.arange(48), net.layer1[0]           # 48 of layer1.0.conv1's 64 channels
+    with torch.no_grad():
+        block.conv1.weight[weak] *= 1e-3
+        block.bn1.weight[weak] *= 1e-3
+        block.conv2.weight[:, weak] *= 1e-3
+    export.save_bundle(export.make_bundle(net, arch="resnet18", num_classes=10, small_input=True, meta={}),
+                       start["checkpoint"])
+    r = run_method(start, "prune_structured", {"ratio": 0.3, "allocation": "global", "finetune_epochs": 0})
+    shares = kept_share(r)
+    assert r["allocation"] == "global" and r["channels_kept"] == pytest.approx(0.7, abs=0.05)
+    assert shares["layer1.0.conv1"] <= 16 / 64                # every weak channel went (uniform: 30 % of each)
+    assert min(shares.values()) >= 0.1 - 1 / 16               # and no layer beyond the 90 % cap
+
+
+def test_global_allocation_meets_a_mac_target(base):
+    r = run_method(base["model"], "prune_structured", {"target_macs": 0.5, "allocation": "global",
+                                                       "finetune_epochs": 0})
+    assert abs(r["macs"] / base["macs"] - 0.5) <= 0.05 * 0.5
+
+
+def test_sensitivity_allocation_removes_each_layers_suggested_share(base):
+    sens = run_method(base["model"], "sensitivity", {"ratios": [0.25, 0.5, 0.75], "max_layers": 4, "max_loss": 1.0})
+    assert set(sens["suggested_ratios"].values()) == {0.75}      # any loss tolerated: the largest ratio
+    # give the analysed layers different ratios (one untouched) to prove each gets its own
+    layers = sorted(sens["suggested_ratios"])
+    mixed = dict(zip(layers, [0.25, 0.5, 0.75, 0.0]))
+    store = Store()
+    store.update(sens["run_id"], record={**store.get(sens["run_id"])["record"], "suggested_ratios": mixed})
+    r = run_method({"from_run": sens["run_id"]}, "prune_structured",
+                   {"allocation": "sensitivity", "sensitivity_run": sens["run_id"], "steps": 2, "finetune_epochs": 0})
+    widths = r["layer_widths"]
+    for name, ratio in mixed.items():
+        before, after = widths[name]
+        assert after == before - int(ratio * before), name
+    # the first conv of each residual block has a channel group of its own, not among the listed ones
+    untouched = [n for n in widths if n.endswith(".conv1") and n.startswith("layer") and n not in mixed]
+    assert len(untouched) == 8 and all(widths[n][0] == widths[n][1] for n in untouched)
+    assert r["sensitivity_run"] == sens["run_id"] and r["macs"] < base["macs"]
+
+
+def test_sensitivity_allocation_refuses_a_run_that_is_not_an_analysis(base):
+    with pytest.raises(JobFailed, match="not a sensitivity analysis"):
+        run_method(base["model"], "prune_structured",
+                   {"allocation": "sensitivity", "sensitivity_run": base["run_id"], "finetune_epochs": 0})
 
 
 def test_budget_searches_find_the_closest_point_with_few_probes():

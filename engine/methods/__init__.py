@@ -12,12 +12,13 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..spec import SpecError
+from ..store import check_run_id
 
 
 @dataclass(frozen=True)
 class Param:
     name: str
-    kind: str                      # float | int | str | bool | list
+    kind: str                      # float | int | str | bool | list | run (the id of a finished run)
     default: Any
     help: str = ""
     low: float | None = None       # numeric range
@@ -26,6 +27,7 @@ class Param:
     high_open: bool = False        # True: value must be < high
     choices: tuple[str, ...] = ()  # for kind == "str"
     optional: bool = False         # None allowed
+    run_method: str = ""           # for kind == "run": the method whose runs qualify ("" = any)
 
     def check(self, where: str, value: Any) -> Any:
         if value is None:
@@ -56,6 +58,11 @@ class Param:
             if self.choices and value not in self.choices:
                 raise SpecError(where, f"unknown value {value!r}; valid: {', '.join(self.choices)}")
             return value
+        if self.kind == "run":
+            try:
+                return check_run_id(value)
+            except ValueError:
+                raise SpecError(where, f"not a run id: {value!r}") from None
         if self.kind == "list":
             if not isinstance(value, list):
                 raise SpecError(where, f"must be a list, got {type(value).__name__}")

@@ -14,7 +14,6 @@ import torch.nn.functional as F
 
 from .. import models
 from ..spec import SpecError
-from ..store import check_run_id
 from . import Param, register
 
 LOSSES = ("kd", "mse_softmax", "mse_ce")
@@ -90,18 +89,9 @@ def load_teacher(ctx, run_id: str | None) -> nn.Module:
     return teacher
 
 
-def _check_teacher(params: dict, spec: Any) -> None:
-    _check_student(params, spec)
-    if params["teacher"] is not None:
-        try:
-            check_run_id(params["teacher"])
-        except ValueError:
-            raise SpecError("method.params.teacher", f"not a run id: {params['teacher']!r}") from None
-
-
-@register("distill", family="distillation", check=_check_teacher, params=[
+@register("distill", family="distillation", check=_check_student, params=[
     *_student_params(),
-    Param("teacher", "str", None, "run id of the teacher (default: the starting model, model.from_run)",
+    Param("teacher", "run", None, "run id of the teacher (default: the starting model, model.from_run)",
           optional=True),
     Param("loss", "str", "kd", "kd: Hinton soft targets + CE; mse_softmax: MSE of softmax outputs; "
           "mse_ce: softmax MSE + CE", choices=LOSSES),

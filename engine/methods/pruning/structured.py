@@ -1,6 +1,8 @@
 """prune_structured: remove whole channels (DepGraph, Fang et al. 2023), prune -> fine-tune in steps."""
 from __future__ import annotations
 
+from typing import Any
+
 import torch.nn as nn
 
 from ... import measure, training
@@ -13,12 +15,20 @@ from .schedule import bisect_decreasing
 MAX_RATIO = 0.9           # every layer keeps at least a tenth of its channels
 MAC_TOLERANCE = 0.05      # a MAC target counts as met within +-5 % of it
 
+ALLOCATIONS = ("uniform", "global", "sensitivity")
+
 PARAMS = (
-    Param("ratio", "float", 0.5, "share of each layer's channels removed (ignored when target_macs is set)",
-          low=0, high=MAX_RATIO, low_open=True),
+    Param("ratio", "float", 0.5, "share of the channels removed: of each layer's (uniform) or of all (global); "
+          "ignored when target_macs is set", low=0, high=MAX_RATIO, low_open=True),
     Param("target_macs", "float", None, "instead of ratio: share of the base MACs to keep, e.g. 0.5; the "
-          "uniform channel ratio that meets it (+-5 %) is searched", low=0, high=1, low_open=True, high_open=True,
+          "ratio that meets it (+-5 %) is searched", low=0, high=1, low_open=True, high_open=True,
           optional=True),
+    Param("allocation", "str", "uniform", "how the cut is spread over layers. uniform: every layer loses ratio; "
+          "global: one ranking of all channels (scores normalised per layer), no layer loses more than 90 %; "
+          "sensitivity: each layer loses the share a sensitivity run suggested for it (layers it did not "
+          "analyse keep every channel)", choices=ALLOCATIONS),
+    Param("sensitivity_run", "run", None, "allocation=sensitivity: the finished sensitivity run whose suggested "
+          "per-layer ratios are applied", optional=True, run_method="sensitivity"),
     Param("criterion", "str", "l1", "channel importance: l1/l2 norm of the coupled weights, bn_scale (|gamma|), "
           "taylor (|w * dL/dw| on a few training batches)", choices=CHANNEL_CRITERIA),
     Param("steps", "int", 1, "prune -> fine-tune rounds reaching the ratio linearly", low=1, high=50),
@@ -27,24 +37,77 @@ PARAMS = (
 )
 
 
-def uniform_prune(model: nn.Module, input_shape, ratio: float) -> None:
-    """Remove ``ratio`` of every group's channels by L1 norm (widths are all a MAC search needs)."""
-    surgery.prune_step(surgery.make_pruner(model, input_shape, channel_importance("l1"), ratio))
+def check_params(params: dict, spec: Any) -> None:
+    by_sensitivity = params["allocation"] == "sensitivity"
+    if by_sensitivity and params["sensitivity_run"] is None:
+        raise SpecError("method.params.sensitivity_run", "allocation=sensitivity needs the id of a finished "
+                        "sensitivity run")
+    if not by_sensitivity and params["sensitivity_run"] is not None:
+        raise SpecError("method.params.sensitivity_run", "is only used with allocation=sensitivity")
+    if by_sensitivity and params["target_macs"] is not None:
+        raise SpecError("method.params.target_macs", "a MAC target needs allocation uniform or global; "
+                        "sensitivity applies the suggested ratios as they are")
 
 
-def ratio_for_macs(model: nn.Module, input_shape, target: float, where: str = "method.params.target_macs") -> float:
-    """The uniform channel ratio whose pruned model keeps ``target`` of the MACs (bisection on measured MACs)."""
+def prune_once(model: nn.Module, input_shape, ratio: float, global_ranking: bool = False) -> None:
+    """Remove ``ratio`` of the channels by L1 norm (widths are all a MAC search needs)."""
+    surgery.prune_step(surgery.make_pruner(model, input_shape, channel_importance("l1"), ratio,
+                                           global_ranking=global_ranking, max_ratio=MAX_RATIO))
+
+
+def ratio_for_macs(model: nn.Module, input_shape, target: float, global_ranking: bool = False,
+                   where: str = "method.params.target_macs") -> float:
+    """The channel ratio whose pruned model keeps ``target`` of the MACs (bisection on measured MACs)."""
     base = measure.count_macs(model, input_shape)["macs"]
 
     def share(ratio: float) -> float:
-        clone = surgery.pruned_copy(model, lambda m: uniform_prune(m, input_shape, ratio))
+        clone = surgery.pruned_copy(model, lambda m: prune_once(m, input_shape, ratio, global_ranking))
         return measure.count_macs(clone, input_shape)["macs"] / base
 
     ratio, got = bisect_decreasing(share, 0.0, MAX_RATIO, target)
     if abs(got / target - 1) > MAC_TOLERANCE:
-        raise SpecError(where, f"{target:g} of the MACs cannot be met by uniform channel pruning; "
-                        f"the nearest reachable share is {got:.3f}")
+        raise SpecError(where, f"{target:g} of the MACs cannot be met by {'global' if global_ranking else 'uniform'} "
+                        f"channel pruning; the nearest reachable share is {got:.3f}")
     return ratio
+
+
+def suggested_ratios(ctx, run_id: str, widths: dict[str, int]) -> dict[str, float]:
+    """A finished sensitivity run's per-layer ratios, checked against this model's channel groups
+    (``widths``: root layer name -> channels)."""
+    where = "method.params.sensitivity_run"
+    row = ctx.store.get(run_id)
+    if row is None or row["state"] != "done" or not row.get("record"):
+        raise SpecError(where, f"run {run_id} is not a finished run in this workspace")
+    rec = row["record"]
+    if rec.get("method") != "sensitivity":
+        raise SpecError(where, f"run {run_id} is a {rec.get('method')} run, not a sensitivity analysis")
+    if rec.get("arch") != ctx.arch:
+        raise SpecError(where, f"run {run_id} analysed a {rec.get('arch')}, this model is a {ctx.arch}")
+    analysed = rec.get("sensitivity_layers") or {}
+    out = {}
+    for name, r in (rec.get("suggested_ratios") or {}).items():
+        n = (analysed.get(name) or {}).get("channels")
+        if name not in widths or n != widths[name]:
+            have = f"{widths[name]} channels" if name in widths else "no such prunable layer"
+            raise SpecError(where, f"run {run_id} analysed {name} with {n} channels but this model has {have}; "
+                            "run sensitivity on this model first")
+        out[name] = min(float(r), MAX_RATIO)
+    if not any(out.values()):
+        raise SpecError(where, f"run {run_id} found no layer that can lose channels within its max_loss; "
+                        "analyse again with a larger max_loss or smaller ratios")
+    return out
+
+
+def prune_to_ratios(model: nn.Module, input_shape, importance, ratios: dict[str, float],
+                    initial: dict[str, int], done: float) -> None:
+    """Bring every listed group to ``done`` (0..1) of its own ratio: at ``done`` = 1 exactly
+    int(ratio * initial channels) are gone, as in the sensitivity analysis that suggested it."""
+    groups = {g.root: g for g in surgery.score_groups(model, input_shape, importance)}
+    plan = {}
+    for name, r in ratios.items():
+        keep = initial[name] - int(r * done * initial[name] + 1e-9)
+        plan[name] = (groups[name].handler, surgery.lowest(groups[name].scores, len(groups[name].scores) - keep))
+    surgery.apply_plan(model, input_shape, plan)
 
 
 def require_bn(model: nn.Module, criterion: str, arch: str) -> None:
@@ -53,25 +116,43 @@ def require_bn(model: nn.Module, criterion: str, arch: str) -> None:
                         "no batch norm; use l1, l2 or taylor")
 
 
-@register("prune_structured", family="pruning", params=PARAMS,
+@register("prune_structured", family="pruning", params=PARAMS, check=check_params,
           help="Channel pruning that physically removes filters, keeping residual adds, batch norms, depthwise "
-               "groups and concatenations consistent with torch-pruning's dependency graph. Fewer MACs, "
-               "parameters and real latency; the classifier's outputs are unchanged.")
+               "groups and concatenations consistent with torch-pruning's dependency graph. The cut is uniform "
+               "per layer, global, or per layer as a sensitivity run suggested. Fewer MACs, parameters and "
+               "real latency; the classifier's outputs are unchanged.")
 def prune_structured(model, ctx, params):
     surgery.check_supported(ctx.arch, "prune_structured")
     require_bn(model, params["criterion"], ctx.arch)
-    shape = ctx.input_shape
-    ratio = params["ratio"] if params["target_macs"] is None else ratio_for_macs(model, shape, params["target_macs"])
-    pruner = surgery.make_pruner(model, shape, channel_importance(params["criterion"]), ratio, params["steps"])
-    for k in range(params["steps"]):
+    shape, steps, allocation = ctx.input_shape, params["steps"], params["allocation"]
+    importance = channel_importance(params["criterion"])
+    if allocation == "sensitivity":
+        initial = {g.root: len(g.scores) for g in surgery.score_groups(model, shape, channel_importance("l1"))}
+        ratios = suggested_ratios(ctx, params["sensitivity_run"], initial)
+        ctx.log.info("per-layer ratios from sensitivity run %s: %s", params["sensitivity_run"], ratios)
+        ratio = None
+
+        def prune(k: int) -> None:
+            prune_to_ratios(model, shape, importance, ratios, initial, (k + 1) / steps)
+    else:
+        global_ranking = allocation == "global"
+        ratio = params["ratio"] if params["target_macs"] is None else \
+            ratio_for_macs(model, shape, params["target_macs"], global_ranking)
+        pruner = surgery.make_pruner(model, shape, importance, ratio, steps, global_ranking, MAX_RATIO)
+
+        def prune(k: int) -> None:
+            surgery.prune_step(pruner)
+    for k in range(steps):
         if ctx.cancelled():
             raise training.Cancelled()
         if params["criterion"] == "taylor":
             accumulate_gradients(model, ctx.data, ctx.device, params["grad_batches"])
-        surgery.prune_step(pruner)
+        prune(k)
         model.zero_grad(set_to_none=True)
-        ctx.log.info("step %d/%d: %d MACs", k + 1, params["steps"], measure.count_macs(model, shape)["macs"])
-        ctx.finetune(model, params["finetune_epochs"], phase=f"finetune {k + 1}/{params['steps']}")
+        ctx.log.info("step %d/%d: %d MACs", k + 1, steps, measure.count_macs(model, shape)["macs"])
+        ctx.finetune(model, params["finetune_epochs"], phase=f"finetune {k + 1}/{steps}")
     ctx.extra.update(report.against_base(ctx, model))
-    ctx.extra.update({"channel_ratio": ratio, "criterion": params["criterion"]})
+    ctx.extra.update({"channel_ratio": ratio, "criterion": params["criterion"], "allocation": allocation})
+    if allocation == "sensitivity":
+        ctx.extra["sensitivity_run"] = params["sensitivity_run"]
     return model

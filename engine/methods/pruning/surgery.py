@@ -68,10 +68,13 @@ def group_layers(group: tp.Group, model: nn.Module) -> list[str]:
 
 
 def make_pruner(model: nn.Module, input_shape: tuple[int, ...], importance: tp.importance.Importance,
-                ratio: float, steps: int = 1) -> tp.pruner.BasePruner:
-    """Local (per group) pruning of ``ratio`` of each group's channels, reached in ``steps`` equal steps."""
+                ratio: float, steps: int = 1, global_ranking: bool = False, max_ratio: float = 1.0
+                ) -> tp.pruner.BasePruner:
+    """Pruning of ``ratio`` of the channels, reached in ``steps`` equal steps: of each group's (local),
+    or of all channels ranked together (``global_ranking``; no group loses more than ``max_ratio``)."""
     return tp.pruner.BasePruner(model, example_input(model, input_shape), importance, pruning_ratio=ratio,
                                 iterative_steps=steps, ignored_layers=protected(model),
+                                global_pruning=global_ranking, max_pruning_ratio=max_ratio,
                                 root_module_types=list(ROOT_TYPES))
 
 
