@@ -183,7 +183,8 @@ def cmd_methods(a: argparse.Namespace) -> int:
         print(f"{n}  ({m.family})  {m.help}")
         for p in m.params:
             rng = f" {p.range_text()}" if p.kind in ("int", "float") else (f" {{{', '.join(p.choices)}}}" if p.choices else "")
-            print(f"    {p.name}: {p.kind}{rng} = {p.default!r}  {p.help}")
+            kind = ("run id" + (f" ({p.run_method})" if p.run_method else "")) if p.kind == "run" else p.kind
+            print(f"    {p.name}: {kind}{rng} = {p.default!r}  {p.help}")
     return 0
 
 

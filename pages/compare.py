@@ -60,6 +60,7 @@ axis_label = c1.radio("Accuracy against", list(results.COST_AXES), horizontal=Tr
 log_x = c2.toggle("Log x axis", value=True, key="log_x")
 show_front = c3.toggle("Pareto front", value=True, key="front")
 cost = results.COST_AXES[axis_label]
+view = view.assign(pareto=results.pareto_mask(view, cost))
 plot_df = view.dropna(subset=[cost, "accuracy"])
 if plot_df.empty:
     st.warning(f"No run in view has both accuracy and {axis_label}.")
@@ -72,7 +73,7 @@ else:
                      labels={cost: axis_label, "accuracy": "test accuracy"})
     fig.update_traces(marker=dict(size=11, line=dict(width=1, color="white")))
     if show_front:
-        front = results.pareto_front(plot_df, cost)
+        front = view[view["pareto"]].sort_values(cost)
         fig.add_trace(go.Scatter(x=front[cost], y=front["accuracy"], mode="lines", name="Pareto front",
                                  line=dict(color="rgba(17,24,39,0.55)", dash="dash", shape="hv"), hoverinfo="skip"))
     lo, hi = plot_df["accuracy"].min(), plot_df["accuracy"].max()
@@ -81,7 +82,7 @@ else:
     st.plotly_chart(fig, key="scatter", config={"displaylogo": False})
 
 # -- table ------------------------------------------------------------------------------------
-shown = ["name", "method", "arch", "dataset", "accuracy", "delta_accuracy", "size_bytes", "x_smaller", "macs",
+shown = ["name", "pareto", "method", "arch", "dataset", "accuracy", "delta_accuracy", "size_bytes", "x_smaller", "macs",
          "x_fewer_macs", "latency_ms", "x_faster", "x_faster_paired", "sparsity", "params", "run_id", "base_id"]
 if view["gpu_latency_ms"].notna().any():
     shown.insert(shown.index("latency_ms") + 1, "gpu_latency_ms")
@@ -102,7 +103,10 @@ st.dataframe(view[shown], hide_index=True, width="stretch", height=min(420, 38 +
                                 "paired", help="speed-up timed interleaved with the base (immune to machine drift)"),
                             "gpu_latency_ms": fmt("GPU latency (ms)", format="%.3f"),
                             "sparsity": fmt("sparsity", format="%.3f"), "params": fmt("params", format="%d"),
-                            "base_id": "base run"})
+                            "base_id": "base run",
+                            "pareto": st.column_config.CheckboxColumn(
+                                "Pareto", help=f"on the Pareto front of accuracy against {axis_label}: no run in "
+                                               "view is both cheaper and more accurate")})
 st.download_button("Download table (CSV)", data=view.to_csv(index=False).encode(), file_name="slimbench-results.csv",
                    mime="text/csv", key="dl_csv", on_click="ignore", icon=":material/table:")
 

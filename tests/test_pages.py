@@ -266,11 +266,17 @@ def test_compare_table_plot_filters_and_downloads(launched, ws):
         child = view[view["run_id"] == ids[1]].iloc[0]
         assert child["x_smaller"] == pytest.approx(expected.loc[ids[1], "x_smaller"])
         assert child["base_id"] == ids[0]
-    for axis in results.COST_AXES:
+    for axis, cost in results.COST_AXES.items():
         at.radio(key="axis").set_value(axis)
         at.toggle(key="log_x").set_value(False)
         at.run()
         assert not at.exception and at.get("plotly_chart")
+        # the table ticks one run per point that no other run beats on this axis (as cheap and as accurate)
+        shown = at.dataframe[0].value
+        t = shown[["run_id", "pareto", "accuracy"]].join(expected[[cost]], on="run_id").dropna(subset=[cost, "accuracy"])
+        for (c, a), same in t.groupby([cost, "accuracy"]):
+            beaten = ((t[cost] <= c) & (t["accuracy"] >= a) & ((t[cost] < c) | (t["accuracy"] > a))).any()
+            assert same["pareto"].sum() == (0 if beaten else 1), (axis, same["run_id"].tolist())
     at.text_input(key="f_text").set_value("no-run-has-this-name")
     at.run()
     assert "No run matches" in texts(at, "warning")
