@@ -10,7 +10,9 @@ import streamlit as st
 
 from engine import jobs, presets, results
 from engine.spec import SpecError
-from pages.common import card, download, fmt_bytes, get_store
+from pages.common import card, download, fmt_bytes, get_store, inside_app
+
+inside_app()
 
 st.title("Compare")
 store = get_store()

@@ -9,7 +9,9 @@ import streamlit as st
 
 from engine import data as data_mod, jobs, methods, models, presets
 from engine.spec import SpecError
-from pages.common import device_text, done_runs, get_store, run_label, save_upload
+from pages.common import device_text, done_runs, get_store, inside_app, run_label, save_upload
+
+inside_app()
 
 st.title("Experiments")
 st.caption("Train a base model, compress it with any registered method, and queue the jobs. "

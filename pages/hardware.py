@@ -6,7 +6,9 @@ import plotly.express as px
 import streamlit as st
 
 from engine import jobs, telemetry
-from pages.common import fmt_bytes, get_store
+from pages.common import fmt_bytes, get_store, inside_app
+
+inside_app()
 
 st.title("Hardware")
 

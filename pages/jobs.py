@@ -7,8 +7,9 @@ import streamlit as st
 
 from engine import jobs, results
 from engine.store import FINAL_STATES
-from pages.common import fmt_seconds, get_store
+from pages.common import fmt_seconds, get_store, inside_app
 
+inside_app()
 
 st.title("Jobs")
 store = get_store()

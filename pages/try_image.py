@@ -7,7 +7,9 @@ import streamlit as st
 
 from engine import predict, saliency
 from engine.data import ImageError, load_pil
-from pages.common import done_runs, get_store, run_label
+from pages.common import done_runs, get_store, inside_app, run_label
+
+inside_app()
 
 IMAGE_TYPES = ["png", "jpg", "jpeg", "bmp", "gif", "webp", "tif", "tiff", "ppm", "pgm"]
 

@@ -132,3 +132,18 @@ def test_main_flow(server, page):
     shot(page, "hardware")
     for name in ("experiments-presets", "jobs", "compare", "try-image", "hardware"):
         assert (SHOTS / f"page-{name}.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("path, heading", [("/compare", "Compare"), ("/try", "Try an image")])
+def test_a_deep_link_as_a_fresh_servers_first_visit_opens_inside_the_app(tmp_path, page, path, heading):
+    """Streamlit serves a fresh server's first deep link in its pages-directory mode (the page file
+    alone); the page must still come up inside the app: its navigation, sidebar and title."""
+    with streamlit_server(tmp_path / "ws") as (url, _):
+        page.goto(url + path)
+        page.get_by_role("heading", name=heading).wait_for(timeout=60_000)
+        nav = page.locator('[data-testid="stSidebarNav"]')
+        for title in ("Experiments", "Jobs", "Compare", "Try an image", "Hardware"):
+            nav.get_by_text(title, exact=True).wait_for()
+        assert nav.get_by_text("common", exact=True).count() == 0
+        page.locator('[data-testid="stSidebar"]').get_by_text("Queued").first.wait_for()
+        assert page.url.rstrip("/").endswith(path)

@@ -67,7 +67,8 @@ def sensitivity(model, ctx, params):
     model.zero_grad(set_to_none=True)
     cost = group_macs(model.cpu(), shape, groups)
     heavy = set(sorted(cost, key=cost.get, reverse=True)[:params["max_layers"]])
-    groups = [g for g in groups if g.root in heavy]  # the most MAC-heavy layers, in network order
+    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    groups = sorted((g for g in groups if g.root in heavy), key=lambda g: order[g.root])  # heaviest, network order
     base_acc = ctx.evaluate(model)["accuracy"]
     curves: dict[str, dict[str, float]] = {}
     total = len(groups) * len(ratios)
