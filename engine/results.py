@@ -16,8 +16,13 @@ from .store import Store
 
 COLUMNS = ["run_id", "name", "method", "arch", "dataset", "parent", "base_id", "accuracy", "delta_accuracy",
            "top5", "roc_auc", "size_bytes", "x_smaller", "params", "macs", "x_fewer_macs", "flops", "sparsity",
-           "latency_ms", "x_faster", "x_faster_paired", "throughput", "gpu_latency_ms", "gpu_throughput", "device",
+           "latency_ms", "x_faster", "x_faster_paired", "latency_p90_ms", "throughput", "peak_mem_bytes",
+           "gpu_latency_ms", "gpu_x_faster", "gpu_throughput", "gpu_peak_mem_bytes", "train_seconds", "device",
            "method_params", "finished"]
+DERIVED = ("base_id", "delta_accuracy", "x_smaller", "x_fewer_macs", "x_faster", "x_faster_paired", "gpu_x_faster",
+           "method_params")
+NON_NUMERIC = ("run_id", "name", "method", "arch", "dataset", "parent", "base_id", "x_faster_paired", "device",
+               "method_params")
 # Axis choices for the accuracy-vs-cost plot: label -> column (lower is better on every one).
 COST_AXES = {"size (bytes)": "size_bytes", "MACs": "macs", "latency (ms, CPU batch 1)": "latency_ms",
              "parameters": "params"}
@@ -51,17 +56,18 @@ def _root(run_id: str, by_id: dict[str, dict[str, Any]]) -> str:
         run_id = parent
 
 
-def _paired_x_faster(run_id: str, base_id: str, by_id: dict[str, dict[str, Any]]) -> float:
-    """Speed-up over the base from the runs' interleaved timings: the product of each step's paired
-    ratio along the parent chain (one step for a run compressed straight from its base); NaN
-    where a step has none (older runs, or a chain through a checkpoint)."""
+def _paired_x_faster(run_id: str, base_id: str, by_id: dict[str, dict[str, Any]],
+                     key: str = "paired_speedup") -> float:
+    """Speed-up over the base from the runs' interleaved timings (``key``: CPU or GPU): the product
+    of each step's paired ratio along the parent chain (one step for a run compressed straight
+    from its base); NaN where a step has none (older runs, or a chain through a checkpoint)."""
     x, seen = 1.0, set()
     while run_id != base_id and run_id not in seen:
         seen.add(run_id)
         r = by_id[run_id]
-        if not _num(r.get("paired_speedup")) or r.get("paired_ref") != r.get("parent"):
+        if not _num(r.get(key)) or r.get("paired_ref") != r.get("parent"):
             return math.nan
-        x *= float(r["paired_speedup"])
+        x *= float(r[key])
         run_id = r["parent"]
     return x if run_id == base_id else math.nan
 
@@ -73,8 +79,7 @@ def table(recs: Iterable[dict[str, Any]]) -> pd.DataFrame:
     rows = []
     for r in recs:
         base = by_id[_root(r["run_id"], by_id)]
-        row = {c: r.get(c) for c in COLUMNS if c not in ("base_id", "delta_accuracy", "x_smaller", "x_fewer_macs",
-                                                          "x_faster", "x_faster_paired", "method_params")}
+        row = {c: r.get(c) for c in COLUMNS if c not in DERIVED}
         row["method_params"] = json.dumps(r.get("method_params") or {}, sort_keys=True)
         row["base_id"] = base["run_id"]
         row["delta_accuracy"] = (r["accuracy"] - base["accuracy"]
@@ -85,12 +90,14 @@ def table(recs: Iterable[dict[str, Any]]) -> pd.DataFrame:
         paired = _paired_x_faster(r["run_id"], base["run_id"], by_id)
         row["x_faster_paired"] = not math.isnan(paired) and r["run_id"] != base["run_id"]
         row["x_faster"] = paired if row["x_faster_paired"] else _ratio(base.get("latency_ms"), r.get("latency_ms"))
+        gpu_paired = _paired_x_faster(r["run_id"], base["run_id"], by_id, "gpu_paired_speedup")
+        row["gpu_x_faster"] = gpu_paired if not math.isnan(gpu_paired) and r["run_id"] != base["run_id"] \
+            else _ratio(base.get("gpu_latency_ms"), r.get("gpu_latency_ms"))
         rows.append(row)
     df = pd.DataFrame(rows, columns=COLUMNS)
-    for c in ("accuracy", "delta_accuracy", "top5", "roc_auc", "size_bytes", "x_smaller", "params", "macs",
-              "x_fewer_macs", "flops", "sparsity", "latency_ms", "x_faster", "throughput", "gpu_latency_ms",
-              "gpu_throughput", "finished"):
-        df[c] = pd.to_numeric(df[c], errors="coerce")
+    for c in COLUMNS:
+        if c not in NON_NUMERIC:
+            df[c] = pd.to_numeric(df[c], errors="coerce")
     return df
 
 

@@ -91,6 +91,16 @@ def fmt_bytes(n: Any) -> str:
     return str(n)
 
 
+def fmt_count(n: Any) -> str:
+    """12_345_678 -> "12.3 M" (the exact figure is in the table and the record)."""
+    if not isinstance(n, (int, float)) or isinstance(n, bool) or math.isnan(n):
+        return "—"
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.3g} {unit}"
+    return f"{n:g}"
+
+
 def fmt_seconds(s: Any) -> str:
     if not isinstance(s, (int, float)) or math.isnan(s):
         return ""

@@ -10,7 +10,7 @@ import streamlit as st
 
 from engine import jobs, presets, results
 from engine.spec import SpecError
-from pages.common import card, download, fmt_bytes, get_store, inside_app
+from pages.common import card, download, fmt_bytes, fmt_count, get_store, inside_app
 
 inside_app()
 
@@ -84,31 +84,58 @@ else:
     st.plotly_chart(fig, key="scatter", config={"displaylogo": False})
 
 # -- table ------------------------------------------------------------------------------------
-shown = ["name", "pareto", "method", "arch", "dataset", "accuracy", "delta_accuracy", "size_bytes", "x_smaller", "macs",
-         "x_fewer_macs", "latency_ms", "x_faster", "x_faster_paired", "sparsity", "params", "run_id", "base_id"]
-if view["gpu_latency_ms"].notna().any():
-    shown.insert(shown.index("latency_ms") + 1, "gpu_latency_ms")
+view = view.assign(finished=pd.to_datetime(view["finished"], unit="s"))
+DEFAULT_COLUMNS = ["name", "pareto", "method", "arch", "dataset", "accuracy", "delta_accuracy", "size_bytes",
+                   "x_smaller", "macs", "x_fewer_macs", "latency_ms", "x_faster", "x_faster_paired", "sparsity",
+                   "params", "run_id", "base_id"]
 fmt = st.column_config.NumberColumn
+COLUMN_CONFIG = {
+    "accuracy": fmt("accuracy", format="%.4f", help="top-1 on the test split"),
+    "delta_accuracy": fmt("Δ accuracy", format="%+.4f", help="accuracy minus the base's"),
+    "top5": fmt("top-5", format="%.4f"), "roc_auc": fmt("ROC AUC", format="%.4f", help="macro one-vs-rest"),
+    "size_bytes": fmt("size (bytes)", format="%d"),
+    "x_smaller": fmt("x smaller", format="%.2fx", help="base size ÷ this size"),
+    "macs": fmt("MACs", format="%d", help="multiply-accumulates per image (torchvision's 'GFLOPS' are MACs)"),
+    "flops": fmt("FLOPs", format="%d", help="floating-point operations per image, 2 per MAC"),
+    "x_fewer_macs": fmt("x fewer MACs", format="%.2fx"),
+    "latency_ms": fmt("latency (ms)", format="%.3f", help="CPU, batch 1, median"),
+    "latency_p90_ms": fmt("latency p90 (ms)", format="%.3f", help="CPU, batch 1, 90th percentile"),
+    "x_faster": fmt("x faster", format="%.2fx",
+                    help="CPU batch-1 speed-up over the base; from timings interleaved with the base in the same "
+                         "job where 'paired' is ticked, else base latency ÷ this latency from separate jobs"),
+    "x_faster_paired": st.column_config.CheckboxColumn(
+        "paired", help="speed-up timed interleaved with the base (immune to machine drift)"),
+    "throughput": fmt("CPU img/s", format="%.1f", help="images per second at the measurement batch size"),
+    "peak_mem_bytes": fmt("CPU peak mem (bytes)", format="%d", help="resident memory growth during batched inference"),
+    "gpu_latency_ms": fmt("GPU latency (ms)", format="%.3f"),
+    "gpu_x_faster": fmt("GPU x faster", format="%.2fx", help="GPU batch-1 speed-up over the base (paired where "
+                                                             "the jobs timed it interleaved)"),
+    "gpu_throughput": fmt("GPU img/s", format="%.1f"),
+    "gpu_peak_mem_bytes": fmt("GPU peak mem (bytes)", format="%d", help="torch.cuda.max_memory_allocated"),
+    "train_seconds": fmt("train time (s)", format="%.1f", help="wall time of the job's training and fine-tuning"),
+    "sparsity": fmt("sparsity", format="%.3f"), "params": fmt("params", format="%d"),
+    "base_id": "base run", "method_params": "parameters", "finished": st.column_config.DatetimeColumn("finished"),
+    "pareto": st.column_config.CheckboxColumn(
+        "Pareto", help=f"on the Pareto front of accuracy against {axis_label}: no run in view is both cheaper "
+                       "and more accurate"),
+}
+# Extra columns a user can add: every measured column that some run in view has.
+extra = [c for c in results.COLUMNS if c not in DEFAULT_COLUMNS and c not in ("parent", "x_faster_paired")
+         and view[c].notna().any()]
+
+
+def column_label(c: str) -> str:
+    cfg = COLUMN_CONFIG.get(c)
+    return cfg if isinstance(cfg, str) else (cfg or {}).get("label") or c
+
+
+added = st.multiselect("More columns", extra, key="more_cols", format_func=column_label,
+                       default=[c for c in ("gpu_latency_ms", "gpu_x_faster") if c in extra],
+                       help="every other measurement some run in view has: top-5, ROC AUC, FLOPs, throughput, "
+                            "peak memory, training time, GPU figures ...")
+shown = DEFAULT_COLUMNS[:DEFAULT_COLUMNS.index("sparsity")] + added + DEFAULT_COLUMNS[DEFAULT_COLUMNS.index("sparsity"):]
 st.dataframe(view[shown], hide_index=True, width="stretch", height=min(420, 38 + 35 * len(view)),
-             column_config={"accuracy": fmt("accuracy", format="%.4f"),
-                            "delta_accuracy": fmt("Δ accuracy", format="%+.4f", help="accuracy minus the base's"),
-                            "size_bytes": fmt("size (bytes)", format="%d"),
-                            "x_smaller": fmt("x smaller", format="%.2fx", help="base size ÷ this size"),
-                            "macs": fmt("MACs", format="%d"),
-                            "x_fewer_macs": fmt("x fewer MACs", format="%.2fx"),
-                            "latency_ms": fmt("latency (ms)", format="%.3f", help="CPU, batch 1, median"),
-                            "x_faster": fmt("x faster", format="%.2fx",
-                                            help="CPU batch-1 speed-up over the base; from timings interleaved "
-                                                 "with the base in the same job where 'paired' is ticked, else "
-                                                 "base latency ÷ this latency from separate jobs"),
-                            "x_faster_paired": st.column_config.CheckboxColumn(
-                                "paired", help="speed-up timed interleaved with the base (immune to machine drift)"),
-                            "gpu_latency_ms": fmt("GPU latency (ms)", format="%.3f"),
-                            "sparsity": fmt("sparsity", format="%.3f"), "params": fmt("params", format="%d"),
-                            "base_id": "base run",
-                            "pareto": st.column_config.CheckboxColumn(
-                                "Pareto", help=f"on the Pareto front of accuracy against {axis_label}: no run in "
-                                               "view is both cheaper and more accurate")})
+             column_config=COLUMN_CONFIG)
 st.download_button("Download table (CSV)", data=view.to_csv(index=False).encode(), file_name="slimbench-results.csv",
                    mime="text/csv", key="dl_csv", on_click="ignore", icon=":material/table:")
 
@@ -161,11 +188,14 @@ c[0].metric("Accuracy", f"{rec['accuracy']:.4f}" if rec.get("accuracy") is not N
 c[1].metric("Size", fmt_bytes(rec.get("size_bytes")),
             None if np.isnan(row["x_smaller"]) or row["base_id"] == run_id else f"{row['x_smaller']:.2f}x smaller",
             delta_color="off")
-c[2].metric("Latency", f"{rec['latency_ms']:.3f} ms" if rec.get("latency_ms") is not None else "—",
+c[2].metric("Latency", f"{rec['latency_ms']:.3g} ms" if rec.get("latency_ms") is not None else "—",
             None if np.isnan(row["x_faster"]) or row["base_id"] == run_id else f"{row['x_faster']:.2f}x faster",
-            delta_color="off")
-c[3].metric("MACs", f"{rec['macs']:,}" if rec.get("macs") is not None else "—")
-c[4].metric("Parameters", f"{rec['params']:,}" if rec.get("params") is not None else "—")
+            delta_color="off", help="CPU, batch 1, median")
+c[3].metric("MACs", fmt_count(rec.get("macs")),
+            None if np.isnan(row["x_fewer_macs"]) or row["base_id"] == run_id else f"{row['x_fewer_macs']:.2f}x fewer",
+            delta_color="off", help=f"{rec['macs']:,} multiply-accumulates per image" if rec.get("macs") else None)
+c[4].metric("Parameters", fmt_count(rec.get("params")),
+            help=f"{rec['params']:,}" if rec.get("params") else None)
 
 d = st.columns(3)
 with d[0]:
@@ -174,6 +204,11 @@ with d[1]:
     download(run_id, "onnx", "ONNX model (.onnx)", key="dl_onnx")
 with d[2]:
     download(run_id, "card", "Model card (JSON)", key="dl_card")
+
+with st.expander("Every recorded measurement"):
+    scalars = {k: v for k, v in sorted(rec.items()) if isinstance(v, (int, float, str, bool)) or v is None}
+    st.dataframe(pd.DataFrame({"field": list(scalars), "value": [str(v) for v in scalars.values()]}),
+                 hide_index=True, width="stretch", key="record_fields")
 
 widths = results.layer_widths(rec)
 if not widths.empty:

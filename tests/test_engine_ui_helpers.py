@@ -50,6 +50,28 @@ def test_x_faster_prefers_paired_timings_chained_along_the_parents():
     assert not df.loc["base", "x_faster_paired"]
 
 
+def test_gpu_x_faster_chains_paired_gpu_timings_and_falls_back_to_latencies():
+    recs = [rec("base", gpu_latency_ms=3.0),
+            rec("pruned", "base", gpu_latency_ms=2.0, gpu_paired_speedup=1.2, paired_ref="base"),
+            rec("quant", "pruned", gpu_latency_ms=1.0, gpu_paired_speedup=2.0, paired_ref="pruned"),
+            rec("old", "base", gpu_latency_ms=1.5)]
+    df = results.table(recs).set_index("run_id")
+    assert df.loc["base", "gpu_x_faster"] == 1.0
+    assert df.loc["pruned", "gpu_x_faster"] == pytest.approx(1.2)       # paired, not 3.0 / 2.0
+    assert df.loc["quant", "gpu_x_faster"] == pytest.approx(2.4)
+    assert df.loc["old", "gpu_x_faster"] == pytest.approx(2.0)          # separate latencies
+
+
+def test_suggestions_and_layer_widths_tables():
+    sens = {"suggested_ratios": {"conv1": 0.5, "layer1.0.conv1": 0.0},
+            "sensitivity_layers": {"conv1": {"channels": 64, "macs": 100}, "layer1.0.conv1": {"channels": 64}}}
+    s = results.suggestions(sens).set_index("layer")
+    assert s.loc["conv1", "channels removed"] == 32 and s.loc["layer1.0.conv1", "channels removed"] == 0
+    w = results.layer_widths({"layer_widths": {"conv1": [64, 16], "fc": "broken"}}).set_index("layer")
+    assert list(w.index) == ["conv1"] and w.loc["conv1", "kept"] == 0.25
+    assert results.suggestions({}).empty and results.layer_widths({}).empty
+
+
 def test_pareto_front_keeps_only_undominated_runs():
     recs = [rec("a", accuracy=0.9, size_bytes=100), rec("b", accuracy=0.8, size_bytes=50),
             rec("c", accuracy=0.7, size_bytes=80),   # dominated by b (bigger and worse)

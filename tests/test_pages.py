@@ -282,8 +282,18 @@ def test_compare_table_plot_filters_and_downloads(launched, ws):
     assert "No run matches" in texts(at, "warning")
     at.text_input(key="f_text").set_value("")
     at.run()
+    more = {"top5", "roc_auc", "flops", "throughput", "peak_mem_bytes", "train_seconds"}
+    assert {"top-5", "ROC AUC", "FLOPs", "CPU img/s", "CPU peak mem (bytes)", "train time (s)"} <= set(
+        at.multiselect(key="more_cols").options)                     # offered by their labels
+    at.multiselect(key="more_cols").set_value(sorted(more))
+    at.run()
+    t = at.dataframe[0].value.set_index("run_id")
+    for c in more:
+        assert t.loc[ids[0], c] == pytest.approx(expected.loc[ids[0], c]), c
     at.selectbox(key="detail_run").set_value(ids[0])
     at.run()
+    fields = next(d.value for d in at.dataframe if list(d.value.columns) == ["field", "value"]).set_index("field")
+    assert float(fields.loc["latency_ms", "value"]) == pytest.approx(expected.loc[ids[0], "latency_ms"])
     labels = {b.label for b in at.get("download_button")}
     assert {"Checkpoint bundle (.pt)", "Model card (JSON)", "Download table (CSV)"} <= labels
     assert at.button(key="dl_onnx").disabled  # this run was launched without ONNX: nothing to serve
