@@ -154,6 +154,13 @@ def claims(result: dict) -> list[tuple[str, str, str]]:
                 "met" if best else "not met"))
     out += target_checks(result["rows"])
     struct = [r for r in result["rows"] if r.get("method") == "prune_structured"]
+    ranked = {r.get("allocation"): r for r in struct if (r.get("method_params") or {}).get("ratio") == 0.5}
+    if {"uniform", "global"} <= set(ranked):
+        u, g = ranked["uniform"], ranked["global"]
+        d = g["d_acc_pt"] - u["d_acc_pt"]
+        out.append(("structured 50% of channels: one global ranking vs the same share of every layer",
+                    f"global {d:+.2f} pt, {g['x_fewer_macs']:.2f}x vs {u['x_fewer_macs']:.2f}x fewer MACs",
+                    "global more accurate" if d > 0 else ("tie" if d == 0 else "uniform more accurate")))
     for r in struct:
         out.append((f"{r['label']}: realised speed-up ÷ MAC reduction", f"{r['x_faster']:.2f}x / {r['x_fewer_macs']:.2f}x "
                     f"= {r['x_faster'] / r['x_fewer_macs']:.2f}", "(1.0 = latency follows MACs)"))

@@ -66,3 +66,13 @@ def test_x_faster_is_the_rows_paired_figure_when_it_has_one():
     assert by["base"]["x_faster"] == 1.0
     checks = {c: f for c, f, _ in methods_table.claims(res)}
     assert checks["paired: realised speed-up ÷ MAC reduction"] == "1.60x / 2.00x = 0.80"
+
+
+def test_global_and_uniform_ranking_at_the_same_share_are_compared():
+    res = rows({"label": "u50", "method": "prune_structured", "allocation": "uniform", "method_params": {"ratio": 0.5},
+                "accuracy": 0.88, "size_bytes": 10e6, "macs": 125e6, "latency_ms": 2.5},
+               {"label": "g50", "method": "prune_structured", "allocation": "global", "method_params": {"ratio": 0.5},
+                "accuracy": 0.885, "size_bytes": 12e6, "macs": 250e6, "latency_ms": 3.0})
+    checks = {c: (f, v) for c, f, v in methods_table.claims(res)}
+    figure, verdict = checks["structured 50% of channels: one global ranking vs the same share of every layer"]
+    assert figure == "global +0.50 pt, 2.00x vs 4.00x fewer MACs" and verdict == "global more accurate"
