@@ -169,6 +169,49 @@ def cmd_runs(a: argparse.Namespace) -> int:
     return 0
 
 
+COST_COLUMNS = {"size": "size_bytes", "macs": "macs", "latency": "latency_ms", "params": "params"}
+
+
+@command("compare", "finished runs relative to their bases (x smaller, x fewer MACs, x faster, accuracy change) "
+                    "with the Pareto front of accuracy against a cost: the Compare page without the dashboard")
+@arg("--axis", choices=list(COST_COLUMNS), default="size", help="the cost for the Pareto front (default: size)")
+@arg("--method", action="append", help="only runs of this method (repeatable)")
+@arg("--dataset", help="only runs on this dataset")
+@arg("--csv", help="also write every column of the table to this CSV file")
+@arg("--json", action="store_true", help="print the table as one JSON array instead")
+def cmd_compare(a: argparse.Namespace) -> int:
+    from . import results
+    from .store import Store
+    df = results.table(results.records(Store()))
+    if a.method:
+        df = df[df["method"].isin(a.method)]
+    if a.dataset:
+        df = df[df["dataset"] == a.dataset]
+    cost = COST_COLUMNS[a.axis]
+    df = df.assign(pareto=results.pareto_mask(df, cost)).sort_values(["base_id", cost], na_position="last")
+    if a.csv:
+        df.to_csv(a.csv, index=False)
+    if a.json:
+        print(df.to_json(orient="records"))
+        return 0
+    if df.empty:
+        print("no finished runs match", file=sys.stderr)
+        return 0
+
+    def num(v: Any, fmt: str) -> str:
+        return "-" if v is None or v != v else format(v, fmt)
+
+    print(f"{'':1} {'run id':<24} {'method':<20} {'arch':<18} {'acc':>7} {'Δ pt':>6} {'x smaller':>9} "
+          f"{'x fewer MACs':>12} {'x faster':>9}")
+    for r in df.itertuples():
+        faster = num(r.x_faster, ".2f") + ("p" if r.x_faster_paired else " ")
+        print(f"{'*' if r.pareto else ' ':1} {r.run_id:<24} {r.method or '-':<20} {r.arch or '-':<18} "
+              f"{num(r.accuracy, '.4f'):>7} {num(100 * r.delta_accuracy, '+.1f'):>6} {num(r.x_smaller, '.2f'):>9} "
+              f"{num(r.x_fewer_macs, '.2f'):>12} {faster:>9}")
+    print(f"*: on the Pareto front of accuracy against {a.axis}; p: speed-up timed interleaved with the base")
+    return 0
+
+
 @command("methods", "list the registered methods and their parameters")
 @arg("--json", action="store_true")
 def cmd_methods(a: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import torch.nn as nn
@@ -16,6 +17,7 @@ from conftest import CIFAR_SMALL, ROOT, cli, pythonpath, run_spec
 from engine import data as D
 from engine import export, measure, models
 from engine.spec import JobSpec, SpecError
+from engine.store import Store
 
 REQUIRED = ("run_id", "status", "accuracy", "top5", "roc_auc", "params", "size_bytes", "macs", "flops",
             "sparsity", "latency_ms", "throughput", "device", "train_seconds", "checkpoint", "onnx", "spec")
@@ -84,6 +86,25 @@ def test_runs_lists_the_run(digits_base, session_home):
     assert digits_base["run_id"] in ids
     p = cli("runs", home=session_home)
     assert digits_base["run_id"] in p.stdout
+
+
+def test_compare_prints_the_base_relative_table_and_pareto_front(home, tmp_path):
+    from engine import results
+    results.insert_synthetic_runs(Store(home), 30)                 # SYNTHETIC rows: table logic only
+    expected = results.table(results.records(Store(home)))
+    p = cli("compare", "--axis", "macs", "--csv", str(tmp_path / "t.csv"), home=home)
+    assert p.returncode == 0, p.stderr
+    got = pd.read_csv(tmp_path / "t.csv").set_index("run_id")
+    front = set(got.index[got["pareto"]])
+    assert front == set(expected["run_id"][results.pareto_mask(expected, "macs")])
+    starred = {line.split()[1] for line in p.stdout.splitlines() if line.startswith("* ")}
+    assert starred == front and len(p.stdout.splitlines()) == len(expected) + 2
+    e = expected.set_index("run_id")
+    assert got["x_fewer_macs"].to_dict() == pytest.approx(e.loc[got.index, "x_fewer_macs"].to_dict())
+    one = e["method"].iloc[0]
+    p = cli("compare", "--json", "--method", one, home=home)
+    assert {r["method"] for r in json.loads(p.stdout)} == {one}
+    assert cli("compare", "--axis", "speed", home=home).returncode == 2
 
 
 # -- profile -----------------------------------------------------------------------------------
@@ -382,7 +403,6 @@ def test_paired_speedup_cancels_drift_that_fools_separate_measurements(monkeypat
 
 def test_a_job_from_a_run_records_its_paired_speedup_over_it(digits_base, session_home):
     from engine import runner
-    from engine.store import Store
     spec = JobSpec.from_dict({"data": {"name": "digits"}, "model": {"from_run": digits_base["run_id"]},
                               "method": {"name": "prune_structured", "params": {"ratio": 0.5, "finetune_epochs": 0}},
                               "measure": {"onnx": False, "latency_runs": 10, "warmup_runs": 1, "paired_rounds": 2}})
