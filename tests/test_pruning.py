@@ -245,9 +245,11 @@ def test_global_allocation_cuts_where_the_weak_channels_are(tmp_path):
     assert min(shares.values()) >= 0.1 - 1 / 16               # and no layer beyond the 90 % cap
 
 
-def test_global_allocation_meets_a_mac_target(base):
+@pytest.mark.parametrize("criterion", ["l1", "bn_scale"])
+def test_global_allocation_meets_a_mac_target(base, criterion):
+    """A global ranking's widths depend on the criterion: the search must rank as the pruning does."""
     r = run_method(base["model"], "prune_structured", {"target_macs": 0.5, "allocation": "global",
-                                                       "finetune_epochs": 0})
+                                                       "criterion": criterion, "finetune_epochs": 0})
     assert abs(r["macs"] / base["macs"] - 0.5) <= 0.05 * 0.5
 
 

@@ -46,19 +46,21 @@ def check_params(params: dict, spec: Any) -> None:
         raise SpecError("method.params.sensitivity_run", "is only used with allocation=sensitivity")
 
 
-def prune_once(model: nn.Module, input_shape, ratio: float, global_ranking: bool = False) -> None:
-    """Remove ``ratio`` of the channels by L1 norm (widths are all a MAC search needs)."""
-    surgery.prune_step(surgery.make_pruner(model, input_shape, channel_importance("l1"), ratio,
+def prune_once(model: nn.Module, input_shape, ratio: float, global_ranking: bool = False,
+               importance=None) -> None:
+    """Remove ``ratio`` of the channels in one step. A uniform cut's widths do not depend on the
+    criterion (L1 by default); a global ranking's do, so a MAC search passes the job's."""
+    surgery.prune_step(surgery.make_pruner(model, input_shape, importance or channel_importance("l1"), ratio,
                                            global_ranking=global_ranking, max_ratio=MAX_RATIO))
 
 
-def ratio_for_macs(model: nn.Module, input_shape, target: float, global_ranking: bool = False,
+def ratio_for_macs(model: nn.Module, input_shape, target: float, global_ranking: bool = False, importance=None,
                    where: str = "method.params.target_macs") -> float:
     """The channel ratio whose pruned model keeps ``target`` of the MACs (bisection on measured MACs)."""
     base = measure.count_macs(model, input_shape)["macs"]
 
     def share(ratio: float) -> float:
-        clone = surgery.pruned_copy(model, lambda m: prune_once(m, input_shape, ratio, global_ranking))
+        clone = surgery.pruned_copy(model, lambda m: prune_once(m, input_shape, ratio, global_ranking, importance))
         return measure.count_macs(clone, input_shape)["macs"] / base
 
     ratio, got = bisect_decreasing(share, 0.0, MAX_RATIO, target)
@@ -159,8 +161,13 @@ def prune_structured(model, ctx, params):
             prune_to_ratios(model, shape, importance, ratios, initial, (k + 1) / steps)
     else:
         global_ranking = allocation == "global"
-        ratio = params["ratio"] if params["target_macs"] is None else \
-            ratio_for_macs(model, shape, params["target_macs"], global_ranking)
+        if params["target_macs"] is None:
+            ratio = params["ratio"]
+        else:
+            if global_ranking and params["criterion"] == "taylor":  # the search ranks as the pruning will
+                accumulate_gradients(model, ctx.data, ctx.device, params["grad_batches"])
+            ratio = ratio_for_macs(model, shape, params["target_macs"], global_ranking,
+                                   importance if global_ranking else None)
         pruner = surgery.make_pruner(model, shape, importance, ratio, steps, global_ranking, MAX_RATIO)
 
         def prune(k: int) -> None:
