@@ -186,14 +186,17 @@ def launch(specs: list[dict[str, Any]], submit: Callable[[dict], str]) -> list[s
     return ids
 
 
-def prune_by_sensitivity(run: dict[str, Any], steps: int = 1, finetune_epochs: int = 1) -> dict[str, Any]:
+def prune_by_sensitivity(run: dict[str, Any], steps: int = 1, finetune_epochs: int = 1,
+                         target_macs: float | None = None) -> dict[str, Any]:
     """The spec that prunes a finished sensitivity run's model (the unchanged base it analysed) by the
-    per-layer ratios the run suggested, with the criterion it ranked channels by."""
+    per-layer ratios the run suggested (scaled together to ``target_macs`` if given), with the
+    criterion it ranked channels by."""
     spec = run["spec"]
     criterion = spec["method"].get("params", {}).get("criterion", "l1")
-    return {"name": f"prune_structured by sensitivity {run['id']}", "data": copy.deepcopy(spec["data"]),
-            "model": {"from_run": run["id"]},
+    target = {} if target_macs is None else {"target_macs": target_macs}
+    return {"name": f"prune_structured by sensitivity {run['id']}" + (f" to {target_macs:g} MACs" if target else ""),
+            "data": copy.deepcopy(spec["data"]), "model": {"from_run": run["id"]},
             "method": {"name": "prune_structured", "params": {
                 "allocation": "sensitivity", "sensitivity_run": run["id"], "criterion": criterion,
-                "steps": steps, "finetune_epochs": finetune_epochs}},
+                "steps": steps, "finetune_epochs": finetune_epochs, **target}},
             "train": copy.deepcopy(spec.get("train", {})), "measure": copy.deepcopy(spec.get("measure", {}))}

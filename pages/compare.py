@@ -164,12 +164,17 @@ if sens:
         if sens_row.get("spec") and suggested["suggested ratio"].fillna(0).gt(0).any():
             with st.form("prune_by_sensitivity", border=True):
                 st.markdown("**Prune with these ratios** (`prune_structured`, allocation = sensitivity)")
-                a, b = st.columns(2)
+                a, b, c = st.columns(3)
                 p_steps = a.number_input("prune -> fine-tune rounds", 1, 50, 1, key="sens_steps")
                 p_epochs = b.number_input("fine-tune epochs per round", 0, 1000, 1, key="sens_epochs")
+                p_target = c.number_input("MAC target (0 = the ratios as suggested)", 0.0, 0.99, 0.0, step=0.05,
+                                          key="sens_target", help="share of the base's MACs to keep: every "
+                                          "suggested ratio is scaled by one factor to meet it")
                 if st.form_submit_button("Queue the pruning job", type="primary", key="sens_queue"):
                     try:
-                        job = jobs.submit(presets.prune_by_sensitivity(sens_row, int(p_steps), int(p_epochs)), store)
+                        spec = presets.prune_by_sensitivity(sens_row, int(p_steps), int(p_epochs),
+                                                            float(p_target) or None)
+                        job = jobs.submit(spec, store)
                     except (SpecError, ValueError) as e:
                         st.error(f"Could not queue the job: {e}")
                     else:

@@ -66,8 +66,6 @@ def resnet_half(base) -> dict:
     ("prune_structured", {"sensitivity_run": "20261123-000000-abcdef"}, "method.params.sensitivity_run"),
     ("prune_structured", {"allocation": "sensitivity", "sensitivity_run": "../../etc"},
      "method.params.sensitivity_run"),
-    ("prune_structured", {"allocation": "sensitivity", "sensitivity_run": "r1", "target_macs": 0.5},
-     "method.params.target_macs"),
     ("prune_structured", {"allocation": "everywhere"}, "method.params.allocation"),
     ("distill", {"teacher": "a/b"}, "method.params.teacher"),
 ])
@@ -247,20 +245,28 @@ def test_global_allocation_cuts_where_the_weak_channels_are(tmp_path):
     assert min(shares.values()) >= 0.1 - 1 / 16               # and no layer beyond the 90 % cap
 
 
-def test_global_allocation_meets_a_mac_target(base):
+@pytest.mark.parametrize("criterion", ["l1", "bn_scale"])
+def test_global_allocation_meets_a_mac_target(base, criterion):
+    """A global ranking's widths depend on the criterion: the search must rank as the pruning does."""
     r = run_method(base["model"], "prune_structured", {"target_macs": 0.5, "allocation": "global",
-                                                       "finetune_epochs": 0})
+                                                       "criterion": criterion, "finetune_epochs": 0})
     assert abs(r["macs"] / base["macs"] - 0.5) <= 0.05 * 0.5
 
 
-def test_sensitivity_allocation_removes_each_layers_suggested_share(base):
+@pytest.fixture(scope="module")
+def mixed_sensitivity(base) -> tuple[dict, dict[str, float]]:
+    """A real sensitivity run whose suggestions are then set to different ratios per layer (one
+    layer judged too sensitive), to prove each layer gets its own."""
     sens = run_method(base["model"], "sensitivity", {"ratios": [0.25, 0.5, 0.75], "max_layers": 4, "max_loss": 1.0})
     assert set(sens["suggested_ratios"].values()) == {0.75}      # any loss tolerated: the largest ratio
-    # give the analysed layers different ratios (one untouched) to prove each gets its own
-    layers = sorted(sens["suggested_ratios"])
-    mixed = dict(zip(layers, [0.25, 0.5, 0.75, 0.0]))
+    mixed = dict(zip(sorted(sens["suggested_ratios"]), [0.25, 0.5, 0.75, 0.0]))
     store = Store()
     store.update(sens["run_id"], record={**store.get(sens["run_id"])["record"], "suggested_ratios": mixed})
+    return sens, mixed
+
+
+def test_sensitivity_allocation_removes_each_layers_suggested_share(base, mixed_sensitivity):
+    sens, mixed = mixed_sensitivity
     r = run_method({"from_run": sens["run_id"]}, "prune_structured",
                    {"allocation": "sensitivity", "sensitivity_run": sens["run_id"], "steps": 2, "finetune_epochs": 0})
     widths = r["layer_widths"]
@@ -271,6 +277,19 @@ def test_sensitivity_allocation_removes_each_layers_suggested_share(base):
     untouched = [n for n in widths if n.endswith(".conv1") and n.startswith("layer") and n not in mixed]
     assert len(untouched) == 8 and all(widths[n][0] == widths[n][1] for n in untouched)
     assert r["sensitivity_run"] == sens["run_id"] and r["macs"] < base["macs"]
+
+
+def test_sensitivity_allocation_scales_the_suggestions_to_a_mac_target(base, mixed_sensitivity):
+    sens, mixed = mixed_sensitivity
+    r = run_method({"from_run": sens["run_id"]}, "prune_structured",
+                   {"allocation": "sensitivity", "sensitivity_run": sens["run_id"], "target_macs": 0.7,
+                    "finetune_epochs": 0})
+    assert abs(r["macs"] / base["macs"] - 0.7) <= 0.05 * 0.7
+    s = r["sensitivity_scale"]
+    for name, ratio in mixed.items():                          # one factor for all, the cap aside
+        assert r["layer_ratios"][name] == pytest.approx(min(s * ratio, 0.9))
+        before, after = r["layer_widths"][name]
+        assert after == before - int(min(s * ratio, 0.9) * before + 1e-9), name
 
 
 def test_sensitivity_allocation_refuses_a_run_that_is_not_an_analysis(base):

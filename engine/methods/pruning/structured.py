@@ -21,8 +21,8 @@ PARAMS = (
     Param("ratio", "float", 0.5, "share of the channels removed: of each layer's (uniform) or of all (global); "
           "ignored when target_macs is set", low=0, high=MAX_RATIO, low_open=True),
     Param("target_macs", "float", None, "instead of ratio: share of the base MACs to keep, e.g. 0.5; the "
-          "ratio that meets it (+-5 %) is searched", low=0, high=1, low_open=True, high_open=True,
-          optional=True),
+          "ratio that meets it (+-5 %) is searched (with allocation=sensitivity: one factor scaling every "
+          "suggested ratio)", low=0, high=1, low_open=True, high_open=True, optional=True),
     Param("allocation", "str", "uniform", "how the cut is spread over layers. uniform: every layer loses ratio; "
           "global: one ranking of all channels (scores normalised per layer), no layer loses more than 90 %; "
           "sensitivity: each layer loses the share a sensitivity run suggested for it (layers it did not "
@@ -44,24 +44,23 @@ def check_params(params: dict, spec: Any) -> None:
                         "sensitivity run")
     if not by_sensitivity and params["sensitivity_run"] is not None:
         raise SpecError("method.params.sensitivity_run", "is only used with allocation=sensitivity")
-    if by_sensitivity and params["target_macs"] is not None:
-        raise SpecError("method.params.target_macs", "a MAC target needs allocation uniform or global; "
-                        "sensitivity applies the suggested ratios as they are")
 
 
-def prune_once(model: nn.Module, input_shape, ratio: float, global_ranking: bool = False) -> None:
-    """Remove ``ratio`` of the channels by L1 norm (widths are all a MAC search needs)."""
-    surgery.prune_step(surgery.make_pruner(model, input_shape, channel_importance("l1"), ratio,
+def prune_once(model: nn.Module, input_shape, ratio: float, global_ranking: bool = False,
+               importance=None) -> None:
+    """Remove ``ratio`` of the channels in one step. A uniform cut's widths do not depend on the
+    criterion (L1 by default); a global ranking's do, so a MAC search passes the job's."""
+    surgery.prune_step(surgery.make_pruner(model, input_shape, importance or channel_importance("l1"), ratio,
                                            global_ranking=global_ranking, max_ratio=MAX_RATIO))
 
 
-def ratio_for_macs(model: nn.Module, input_shape, target: float, global_ranking: bool = False,
+def ratio_for_macs(model: nn.Module, input_shape, target: float, global_ranking: bool = False, importance=None,
                    where: str = "method.params.target_macs") -> float:
     """The channel ratio whose pruned model keeps ``target`` of the MACs (bisection on measured MACs)."""
     base = measure.count_macs(model, input_shape)["macs"]
 
     def share(ratio: float) -> float:
-        clone = surgery.pruned_copy(model, lambda m: prune_once(m, input_shape, ratio, global_ranking))
+        clone = surgery.pruned_copy(model, lambda m: prune_once(m, input_shape, ratio, global_ranking, importance))
         return measure.count_macs(clone, input_shape)["macs"] / base
 
     ratio, got = bisect_decreasing(share, 0.0, MAX_RATIO, target)
@@ -98,6 +97,28 @@ def suggested_ratios(ctx, run_id: str, widths: dict[str, int]) -> dict[str, floa
     return out
 
 
+def scale_for_macs(model: nn.Module, input_shape, ratios: dict[str, float], initial: dict[str, int],
+                   target: float, where: str = "method.params.target_macs") -> tuple[float, dict[str, float]]:
+    """One factor s for every suggested ratio (each capped at MAX_RATIO) so that the pruned model keeps
+    ``target`` of the MACs: layers keep their order of sensitivity, the too-sensitive ones stay whole."""
+    base = measure.count_macs(model, input_shape)["macs"]
+
+    def scaled(s: float) -> dict[str, float]:
+        return {n: min(s * r, MAX_RATIO) for n, r in ratios.items()}
+
+    def share(s: float) -> float:
+        clone = surgery.pruned_copy(model, lambda m: prune_to_ratios(m, input_shape, channel_importance("l1"),
+                                                                     scaled(s), initial, 1.0))
+        return measure.count_macs(clone, input_shape)["macs"] / base
+
+    top = MAX_RATIO / min(r for r in ratios.values() if r > 0)   # every pruned layer at the cap
+    s, got = bisect_decreasing(share, 0.0, top, target)
+    if abs(got / target - 1) > MAC_TOLERANCE:
+        raise SpecError(where, f"{target:g} of the MACs cannot be met by scaling the suggested ratios (layers "
+                        f"judged too sensitive stay whole); the nearest reachable share is {got:.3f}")
+    return s, scaled(s)
+
+
 def prune_to_ratios(model: nn.Module, input_shape, importance, ratios: dict[str, float],
                     initial: dict[str, int], done: float) -> None:
     """Bring every listed group to ``done`` (0..1) of its own ratio: at ``done`` = 1 exactly
@@ -129,15 +150,24 @@ def prune_structured(model, ctx, params):
     if allocation == "sensitivity":
         initial = {g.root: len(g.scores) for g in surgery.score_groups(model, shape, channel_importance("l1"))}
         ratios = suggested_ratios(ctx, params["sensitivity_run"], initial)
+        if params["target_macs"] is not None:
+            scale, ratios = scale_for_macs(model, shape, ratios, initial, params["target_macs"])
+            ctx.extra["sensitivity_scale"] = scale
         ctx.log.info("per-layer ratios from sensitivity run %s: %s", params["sensitivity_run"], ratios)
+        ctx.extra["layer_ratios"] = ratios
         ratio = None
 
         def prune(k: int) -> None:
             prune_to_ratios(model, shape, importance, ratios, initial, (k + 1) / steps)
     else:
         global_ranking = allocation == "global"
-        ratio = params["ratio"] if params["target_macs"] is None else \
-            ratio_for_macs(model, shape, params["target_macs"], global_ranking)
+        if params["target_macs"] is None:
+            ratio = params["ratio"]
+        else:
+            if global_ranking and params["criterion"] == "taylor":  # the search ranks as the pruning will
+                accumulate_gradients(model, ctx.data, ctx.device, params["grad_batches"])
+            ratio = ratio_for_macs(model, shape, params["target_macs"], global_ranking,
+                                   importance if global_ranking else None)
         pruner = surgery.make_pruner(model, shape, importance, ratio, steps, global_ranking, MAX_RATIO)
 
         def prune(k: int) -> None:
