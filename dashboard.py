@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages.common import VIA_APP, app_pages, sidebar
+from pages.common import VIA_APP, app_pages, live_sidebar
 
 st.set_page_config(page_title="Slimbench", page_icon=":material/compress:", layout="wide",
                    initial_sidebar_state="expanded")
@@ -11,6 +11,6 @@ st.set_page_config(page_title="Slimbench", page_icon=":material/compress:", layo
 page = st.navigation(app_pages())
 with st.sidebar:
     st.markdown("### Slimbench")
-    st.fragment(sidebar, run_every=5.0)()  # live counts without rerunning the page
+    live_sidebar()  # live counts without rerunning the page
 st.session_state[VIA_APP] = True
 page.run()

@@ -147,3 +147,23 @@ def test_a_deep_link_as_a_fresh_servers_first_visit_opens_inside_the_app(tmp_pat
         assert nav.get_by_text("common", exact=True).count() == 0
         page.locator('[data-testid="stSidebar"]').get_by_text("Queued").first.wait_for()
         assert page.url.rstrip("/").endswith(path)
+
+
+def test_an_idle_jobs_page_picks_up_a_job_submitted_elsewhere(tmp_path, page, monkeypatch):
+    """At idle the live panels poll slowly (cheap); a job queued from elsewhere (CLI, another tab)
+    still shows up in the table and the sidebar's counts, and the page reruns at its busy pace."""
+    from engine import jobs
+    monkeypatch.setenv("SLIMBENCH_NO_AUTOSTART", "1")               # the job stays queued
+    home = tmp_path / "ws"
+    with streamlit_server(home) as (url, _):
+        page.goto(url + "/jobs")
+        page.get_by_text("No jobs yet").wait_for(timeout=60_000)
+        job = jobs.submit({"name": "from the CLI", "data": {"name": "digits"}, "model": {"arch": "resnet18"},
+                           "train": {"device": "cpu"}}, Store(home))
+        # the idle poll (10 s) sees the queue become busy and reruns the page: the table counts the job
+        # and the details panel (drawn by a full run only) offers to cancel it
+        page.get_by_text(re.compile(r"^queued: 1$")).first.wait_for(timeout=40_000)
+        page.get_by_role("button", name=re.compile("Cancel")).wait_for(timeout=40_000)
+        queued = page.locator('[data-testid="stSidebar"] [data-testid="stMetric"]').filter(has_text="Queued")
+        queued.get_by_text("1", exact=True).wait_for(timeout=40_000)              # sidebar: 15 s
+        jobs.cancel(job, Store(home))
