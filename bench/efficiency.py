@@ -13,7 +13,8 @@ from engine.spec import TrainSpec
 
 @torch.no_grad()
 def eval_throughput_ratio(data: DataBundle, device: torch.device, arch: str = "resnet18", repeats: int = 3) -> dict:
-    """Images/s of training.predict over the engine's loader ÷ a bare no_grad loop over ready tensors."""
+    """Images/s of training.predict over the engine's loader ÷ a bare no_grad loop over ready tensors,
+    timed in interleaved rounds (median of the per-round ratios, with their min-max)."""
     model = models.build(arch, data.num_classes, True).to(device).eval()
     loader = data.loader("test", device, batch_size=256)
     ready = [(x.clone(), y) for x, y in loader]
@@ -26,10 +27,14 @@ def eval_throughput_ratio(data: DataBundle, device: torch.device, arch: str = "r
     def engine_path() -> None:
         training.predict(model, loader, device)
     engine_path(), bare()  # warm-up
-    e = [_timed(engine_path, device) for _ in range(repeats)]
-    b = [_timed(bare, device) for _ in range(repeats)]
-    return {"engine_ips": n / statistics.median(e), "bare_ips": n / statistics.median(b),
-            "ratio": statistics.median(b) / statistics.median(e)}
+    e, b = [], []
+    for _ in range(repeats):  # ABBA rounds: a machine drift hits both paths alike
+        e1, b1, b2, e2 = (_timed(f, device) for f in (engine_path, bare, bare, engine_path))
+        e.append(e1 + e2)
+        b.append(b1 + b2)
+    ratios = [bi / ei for bi, ei in zip(b, e)]
+    return {"engine_ips": 2 * n / statistics.median(e), "bare_ips": 2 * n / statistics.median(b),
+            "ratio": statistics.median(ratios), "ratio_range": [min(ratios), max(ratios)]}
 
 
 def _timed(fn, device) -> float:
