@@ -65,8 +65,8 @@ if all_rows:
     job_id = st.selectbox("Job", list(labels), index=default, format_func=labels.get, key="job_select")
     selected = next(r for r in all_rows if r["id"] == job_id)
 
-    # A finished job's curves and log no longer change: poll only while it can still move (retry and
-    # cancel rerun the page, so polling resumes when they bring it back to life).
+    # A finished job's curves and log no longer change: poll only while it can still move (a retry
+    # reruns the page, so polling resumes when it brings the job back to life).
     @st.fragment(run_every=None if selected["state"] in FINAL_STATES else REFRESH_S)
     def job_detail() -> None:
         row = store.get(job_id)

@@ -1,7 +1,7 @@
 """prune_structured: remove whole channels (DepGraph, Fang et al. 2023), prune -> fine-tune in steps."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch.nn as nn
 
@@ -54,20 +54,21 @@ def prune_once(model: nn.Module, input_shape, ratio: float, global_ranking: bool
                                            global_ranking=global_ranking, max_ratio=MAX_RATIO))
 
 
-def ratio_for_macs(model: nn.Module, input_shape, target: float, global_ranking: bool = False, importance=None,
-                   where: str = "method.params.target_macs") -> float:
-    """The channel ratio whose pruned model keeps ``target`` of the MACs (bisection on measured MACs)."""
+def meet_macs(model: nn.Module, input_shape, prune: Callable[[nn.Module, float], None], hi: float,
+              target: float, what: str, where: str = "method.params.target_macs") -> float:
+    """The x in [0, hi] for which ``prune(copy, x)`` keeps ``target`` of the MACs (bisection on the
+    MACs measured on pruned copies; the model itself is untouched)."""
     base = measure.count_macs(model, input_shape)["macs"]
 
-    def share(ratio: float) -> float:
-        clone = surgery.pruned_copy(model, lambda m: prune_once(m, input_shape, ratio, global_ranking, importance))
+    def share(x: float) -> float:
+        clone = surgery.pruned_copy(model, lambda m: prune(m, x))
         return measure.count_macs(clone, input_shape)["macs"] / base
 
-    ratio, got = bisect_decreasing(share, 0.0, MAX_RATIO, target)
+    x, got = bisect_decreasing(share, 0.0, hi, target)
     if abs(got / target - 1) > MAC_TOLERANCE:
-        raise SpecError(where, f"{target:g} of the MACs cannot be met by {'global' if global_ranking else 'uniform'} "
-                        f"channel pruning; the nearest reachable share is {got:.3f}")
-    return ratio
+        raise SpecError(where, f"{target:g} of the MACs cannot be met by {what}; the nearest reachable share "
+                        f"is {got:.3f}")
+    return x
 
 
 def suggested_ratios(ctx, run_id: str, widths: dict[str, int]) -> dict[str, float]:
@@ -97,26 +98,9 @@ def suggested_ratios(ctx, run_id: str, widths: dict[str, int]) -> dict[str, floa
     return out
 
 
-def scale_for_macs(model: nn.Module, input_shape, ratios: dict[str, float], initial: dict[str, int],
-                   target: float, where: str = "method.params.target_macs") -> tuple[float, dict[str, float]]:
-    """One factor s for every suggested ratio (each capped at MAX_RATIO) so that the pruned model keeps
-    ``target`` of the MACs: layers keep their order of sensitivity, the too-sensitive ones stay whole."""
-    base = measure.count_macs(model, input_shape)["macs"]
-
-    def scaled(s: float) -> dict[str, float]:
-        return {n: min(s * r, MAX_RATIO) for n, r in ratios.items()}
-
-    def share(s: float) -> float:
-        clone = surgery.pruned_copy(model, lambda m: prune_to_ratios(m, input_shape, channel_importance("l1"),
-                                                                     scaled(s), initial, 1.0))
-        return measure.count_macs(clone, input_shape)["macs"] / base
-
-    top = MAX_RATIO / min(r for r in ratios.values() if r > 0)   # every pruned layer at the cap
-    s, got = bisect_decreasing(share, 0.0, top, target)
-    if abs(got / target - 1) > MAC_TOLERANCE:
-        raise SpecError(where, f"{target:g} of the MACs cannot be met by scaling the suggested ratios (layers "
-                        f"judged too sensitive stay whole); the nearest reachable share is {got:.3f}")
-    return s, scaled(s)
+def scaled(ratios: dict[str, float], s: float) -> dict[str, float]:
+    """Every suggested ratio times one factor, capped at MAX_RATIO: too-sensitive layers (0) stay whole."""
+    return {n: min(s * r, MAX_RATIO) for n, r in ratios.items()}
 
 
 def prune_to_ratios(model: nn.Module, input_shape, importance, ratios: dict[str, float],
@@ -151,7 +135,11 @@ def prune_structured(model, ctx, params):
         initial = {g.root: len(g.scores) for g in surgery.score_groups(model, shape, channel_importance("l1"))}
         ratios = suggested_ratios(ctx, params["sensitivity_run"], initial)
         if params["target_macs"] is not None:
-            scale, ratios = scale_for_macs(model, shape, ratios, initial, params["target_macs"])
+            top = MAX_RATIO / min(r for r in ratios.values() if r > 0)   # every pruned layer at the cap
+            scale = meet_macs(model, shape, lambda m, s: prune_to_ratios(
+                m, shape, channel_importance("l1"), scaled(ratios, s), initial, 1.0), top, params["target_macs"],
+                "scaling the suggested ratios (layers judged too sensitive stay whole)")
+            ratios = scaled(ratios, scale)
             ctx.extra["sensitivity_scale"] = scale
         ctx.log.info("per-layer ratios from sensitivity run %s: %s", params["sensitivity_run"], ratios)
         ctx.extra["layer_ratios"] = ratios
@@ -166,8 +154,9 @@ def prune_structured(model, ctx, params):
         else:
             if global_ranking and params["criterion"] == "taylor":  # the search ranks as the pruning will
                 accumulate_gradients(model, ctx.data, ctx.device, params["grad_batches"])
-            ratio = ratio_for_macs(model, shape, params["target_macs"], global_ranking,
-                                   importance if global_ranking else None)
+            ratio = meet_macs(model, shape, lambda m, r: prune_once(
+                m, shape, r, global_ranking, importance if global_ranking else None), MAX_RATIO,
+                params["target_macs"], f"{allocation} channel pruning")
         pruner = surgery.make_pruner(model, shape, importance, ratio, steps, global_ranking, MAX_RATIO)
 
         def prune(k: int) -> None:
