@@ -187,16 +187,18 @@ def launch(specs: list[dict[str, Any]], submit: Callable[[dict], str]) -> list[s
 
 
 def prune_by_sensitivity(run: dict[str, Any], steps: int = 1, finetune_epochs: int = 1,
-                         target_macs: float | None = None) -> dict[str, Any]:
+                         target_macs: float | None = None, max_loss: float | None = None) -> dict[str, Any]:
     """The spec that prunes a finished sensitivity run's model (the unchanged base it analysed) by the
-    per-layer ratios the run suggested (scaled together to ``target_macs`` if given), with the
-    criterion it ranked channels by."""
+    per-layer ratios the run suggested, with the criterion it ranked channels by; scaled together to
+    ``target_macs`` or as far as ``max_loss`` allows before fine-tuning, if either is given."""
     spec = run["spec"]
     criterion = spec["method"].get("params", {}).get("criterion", "l1")
-    target = {} if target_macs is None else {"target_macs": target_macs}
-    return {"name": f"prune_structured by sensitivity {run['id']}" + (f" to {target_macs:g} MACs" if target else ""),
+    budget = {k: v for k, v in (("target_macs", target_macs), ("max_loss", max_loss)) if v is not None}
+    label = {"target_macs": " to {:g} MACs", "max_loss": " within {:g} loss"}
+    name = f"prune_structured by sensitivity {run['id']}" + "".join(label[k].format(v) for k, v in budget.items())
+    return {"name": name,
             "data": copy.deepcopy(spec["data"]), "model": {"from_run": run["id"]},
             "method": {"name": "prune_structured", "params": {
                 "allocation": "sensitivity", "sensitivity_run": run["id"], "criterion": criterion,
-                "steps": steps, "finetune_epochs": finetune_epochs, **target}},
+                "steps": steps, "finetune_epochs": finetune_epochs, **budget}},
             "train": copy.deepcopy(spec.get("train", {})), "measure": copy.deepcopy(spec.get("measure", {}))}

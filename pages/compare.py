@@ -164,16 +164,21 @@ if sens:
         if sens_row.get("spec") and suggested["suggested ratio"].fillna(0).gt(0).any():
             with st.form("prune_by_sensitivity", border=True):
                 st.markdown("**Prune with these ratios** (`prune_structured`, allocation = sensitivity)")
-                a, b, c = st.columns(3)
+                a, b, c, d = st.columns(4)
                 p_steps = a.number_input("prune -> fine-tune rounds", 1, 50, 1, key="sens_steps")
                 p_epochs = b.number_input("fine-tune epochs per round", 0, 1000, 1, key="sens_epochs")
-                p_target = c.number_input("MAC target (0 = the ratios as suggested)", 0.0, 0.99, 0.0, step=0.05,
-                                          key="sens_target", help="share of the base's MACs to keep: every "
-                                          "suggested ratio is scaled by one factor to meet it")
+                p_target = c.number_input("MAC target (0 = not used)", 0.0, 0.99, 0.0, step=0.05, key="sens_target",
+                                          help="share of the base's MACs to keep: every suggested ratio is "
+                                          "scaled by one factor to meet it")
+                p_loss = d.number_input("max accuracy loss (0 = not used)", 0.0, 0.99, 0.0, step=0.01,
+                                        key="sens_loss", help="instead of a MAC target: every suggested ratio is "
+                                        "scaled by the largest factor whose cut, before fine-tuning, loses at "
+                                        "most this much validation accuracy (0.02 = 2 points)")
+                st.caption("With neither, each layer loses exactly its suggested share.")
                 if st.form_submit_button("Queue the pruning job", type="primary", key="sens_queue"):
                     try:
                         spec = presets.prune_by_sensitivity(sens_row, int(p_steps), int(p_epochs),
-                                                            float(p_target) or None)
+                                                            float(p_target) or None, float(p_loss) or None)
                         job = jobs.submit(spec, store)
                     except (SpecError, ValueError) as e:
                         st.error(f"Could not queue the job: {e}")

@@ -67,6 +67,8 @@ def resnet_half(base) -> dict:
     ("prune_structured", {"allocation": "sensitivity", "sensitivity_run": "../../etc"},
      "method.params.sensitivity_run"),
     ("prune_structured", {"allocation": "everywhere"}, "method.params.allocation"),
+    ("prune_structured", {"target_macs": 0.5, "max_loss": 0.01}, "method.params.max_loss"),
+    ("prune_structured", {"max_loss": 1.0}, "method.params.max_loss"),
     ("distill", {"teacher": "a/b"}, "method.params.teacher"),
 ])
 def test_bad_params_are_refused_with_the_field_named(name, params, field):
@@ -245,12 +247,47 @@ def test_global_allocation_cuts_where_the_weak_channels_are(tmp_path):
     assert min(shares.values()) >= 0.1 - 1 / 16               # and no layer beyond the 90 % cap
 
 
-@pytest.mark.parametrize("criterion", ["l1", "bn_scale"])
+@pytest.mark.parametrize("criterion", ["l1", "bn_scale", "taylor"])
 def test_global_allocation_meets_a_mac_target(base, criterion):
-    """A global ranking's widths depend on the criterion: the search must rank as the pruning does."""
+    """A global ranking's widths depend on the criterion: the search must rank as the pruning does
+    (taylor's gradients must reach the pruned copies the search measures)."""
     r = run_method(base["model"], "prune_structured", {"target_macs": 0.5, "allocation": "global",
-                                                       "criterion": criterion, "finetune_epochs": 0})
+                                                       "criterion": criterion, "finetune_epochs": 0,
+                                                       "grad_batches": 2})
     assert abs(r["macs"] / base["macs"] - 0.5) <= 0.05 * 0.5
+
+
+@pytest.mark.parametrize("allocation", ["uniform", "global"])
+def test_max_loss_finds_the_largest_cut_within_the_accuracy_budget(base, allocation):
+    """Every probe of the search is recorded: the chosen ratio's one-shot cut stayed within the
+    budget, every larger probe lost more, and the model was cut at exactly that ratio."""
+    r = run_method(base["model"], "prune_structured", {"max_loss": 0.05, "allocation": allocation,
+                                                       "finetune_epochs": 0})
+    ratio, base_acc, probes = r["channel_ratio"], r["budget_base_val_acc"], r["budget_probes"]
+    assert 0 < ratio <= 0.9 and len(probes) <= 8
+    assert [ratio, r["val_acc_before_finetune"]] in probes
+    assert base_acc - r["val_acc_before_finetune"] <= 0.05
+    assert all(base_acc - acc > 0.05 for x, acc in probes if x > ratio)
+    assert r["macs"] < base["macs"]
+    if allocation == "uniform":
+        assert r["channels_kept"] == pytest.approx(1 - ratio, abs=0.05)
+
+
+def test_max_loss_that_no_cut_can_meet_fails_with_the_field_named(base, monkeypatch):
+    """Any removed channel costs all accuracy here: the search must refuse, not prune nothing."""
+    from engine.context import Context
+    monkeypatch.setattr(Context, "evaluate", lambda self, model, *a, **k: {
+        "accuracy": float(sum(p.numel() for p in model.parameters()) == base["params"])})
+    with pytest.raises(JobFailed, match="max_loss.*no uniform channel pruning removing a channel"):
+        run_method(base["model"], "prune_structured", {"max_loss": 0.5, "finetune_epochs": 0})
+
+
+def test_largest_passing_returns_only_a_probe_that_passed():
+    from engine.methods.pruning.schedule import largest_passing
+    assert largest_passing(lambda x: x <= 0.3, 0.9, 7) == pytest.approx(0.3, abs=0.9 / 128)
+    assert largest_passing(lambda x: x <= 0.3, 0.9, 7) <= 0.3
+    assert largest_passing(lambda x: True, 0.9, 7) == 0.9          # the largest cut passes: no bisection
+    assert largest_passing(lambda x: False, 0.9, 7) == 0.0
 
 
 @pytest.fixture(scope="module")
@@ -290,6 +327,18 @@ def test_sensitivity_allocation_scales_the_suggestions_to_a_mac_target(base, mix
         assert r["layer_ratios"][name] == pytest.approx(min(s * ratio, 0.9))
         before, after = r["layer_widths"][name]
         assert after == before - int(min(s * ratio, 0.9) * before + 1e-9), name
+
+
+def test_sensitivity_allocation_scales_the_suggestions_within_an_accuracy_budget(base, mixed_sensitivity):
+    sens, mixed = mixed_sensitivity
+    r = run_method({"from_run": sens["run_id"]}, "prune_structured",
+                   {"allocation": "sensitivity", "sensitivity_run": sens["run_id"], "max_loss": 0.05,
+                    "finetune_epochs": 0})
+    s, base_acc = r["sensitivity_scale"], r["budget_base_val_acc"]
+    assert [s, r["val_acc_before_finetune"]] in r["budget_probes"]
+    assert base_acc - r["val_acc_before_finetune"] <= 0.05
+    assert all(base_acc - acc > 0.05 for x, acc in r["budget_probes"] if x > s)
+    assert r["layer_ratios"] == {n: pytest.approx(min(s * ratio, 0.9)) for n, ratio in mixed.items()}
 
 
 def test_sensitivity_allocation_refuses_a_run_that_is_not_an_analysis(base):

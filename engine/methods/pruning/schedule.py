@@ -47,3 +47,19 @@ def bisect_decreasing(f: Callable[[float], float], lo: float, hi: float, target:
 def nearest_index(f: Callable[[int], float], n: int, target: float) -> tuple[int, float]:
     """k in [0, n] with f(k) closest to ``target``, for f non-increasing in k (binary search)."""
     return _bisect(f, 0, n, target, integer=True, iters=max(1, n).bit_length() + 1)
+
+
+def largest_passing(passes: Callable[[float], bool], hi: float, iters: int) -> float:
+    """The largest x in (0, hi] that ``passes`` (bisection, for a test that turns false once as x
+    grows; 0 if no probe passed). Only a probed x that passed is ever returned: a noisy test may make
+    the answer smaller than the true boundary, never put it outside the budget."""
+    if passes(hi):
+        return hi
+    lo = 0.0
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        if passes(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo

@@ -10,19 +10,24 @@ from ...spec import SpecError
 from .. import Param, register
 from . import report, surgery
 from .criterion import CHANNEL_CRITERIA, accumulate_gradients, channel_importance
-from .schedule import bisect_decreasing
+from .schedule import bisect_decreasing, largest_passing
 
 MAX_RATIO = 0.9           # every layer keeps at least a tenth of its channels
 MAC_TOLERANCE = 0.05      # a MAC target counts as met within +-5 % of it
+LOSS_PROBES = 7           # bisection steps of a max_loss search after probing the largest cut: 1/128 of it
 
 ALLOCATIONS = ("uniform", "global", "sensitivity")
 
 PARAMS = (
     Param("ratio", "float", 0.5, "share of the channels removed: of each layer's (uniform) or of all (global); "
-          "ignored when target_macs is set", low=0, high=MAX_RATIO, low_open=True),
+          "ignored when target_macs or max_loss is set", low=0, high=MAX_RATIO, low_open=True),
     Param("target_macs", "float", None, "instead of ratio: share of the base MACs to keep, e.g. 0.5; the "
           "ratio that meets it (+-5 %) is searched (with allocation=sensitivity: one factor scaling every "
           "suggested ratio)", low=0, high=1, low_open=True, high_open=True, optional=True),
+    Param("max_loss", "float", None, "instead of ratio: tolerated drop in validation accuracy of the pruned "
+          "model before fine-tuning (0.02 = 2 points); the largest ratio (allocation=sensitivity: scale of the "
+          "suggestions) whose one-shot cut stays within it is searched, one validation pass per probe",
+          low=0, high=1, high_open=True, optional=True),
     Param("allocation", "str", "uniform", "how the cut is spread over layers. uniform: every layer loses ratio; "
           "global: one ranking of all channels (scores normalised per layer), no layer loses more than 90 %; "
           "sensitivity: each layer loses the share a sensitivity run suggested for it (layers it did not "
@@ -38,6 +43,8 @@ PARAMS = (
 
 
 def check_params(params: dict, spec: Any) -> None:
+    if params["target_macs"] is not None and params["max_loss"] is not None:
+        raise SpecError("method.params.max_loss", "set either target_macs or max_loss, not both")
     by_sensitivity = params["allocation"] == "sensitivity"
     if by_sensitivity and params["sensitivity_run"] is None:
         raise SpecError("method.params.sensitivity_run", "allocation=sensitivity needs the id of a finished "
@@ -46,11 +53,9 @@ def check_params(params: dict, spec: Any) -> None:
         raise SpecError("method.params.sensitivity_run", "is only used with allocation=sensitivity")
 
 
-def prune_once(model: nn.Module, input_shape, ratio: float, global_ranking: bool = False,
-               importance=None) -> None:
-    """Remove ``ratio`` of the channels in one step. A uniform cut's widths do not depend on the
-    criterion (L1 by default); a global ranking's do, so a MAC search passes the job's."""
-    surgery.prune_step(surgery.make_pruner(model, input_shape, importance or channel_importance("l1"), ratio,
+def prune_once(model: nn.Module, input_shape, importance, ratio: float, global_ranking: bool) -> None:
+    """Remove ``ratio`` of the channels in one step (what a budget search probes)."""
+    surgery.prune_step(surgery.make_pruner(model, input_shape, importance, ratio,
                                            global_ranking=global_ranking, max_ratio=MAX_RATIO))
 
 
@@ -68,6 +73,38 @@ def meet_macs(model: nn.Module, input_shape, prune: Callable[[nn.Module, float],
     if abs(got / target - 1) > MAC_TOLERANCE:
         raise SpecError(where, f"{target:g} of the MACs cannot be met by {what}; the nearest reachable share "
                         f"is {got:.3f}")
+    return x
+
+
+def within_loss(ctx, model: nn.Module, prune: Callable[[nn.Module, float], None], hi: float,
+                max_loss: float, what: str) -> float:
+    """The largest x in [0, hi] for which ``prune(copy, x)``, before any fine-tuning, keeps the
+    validation accuracy within ``max_loss`` of the model's (the base is untouched). Every probe is
+    recorded, so the choice can be checked: the ones beyond it lost more than allowed."""
+    if len(ctx.data.val) == 0:
+        raise SpecError("data.val_fraction", "max_loss is judged on validation accuracy: set val_fraction > 0")
+    base = ctx.evaluate(model)["accuracy"]
+    probes: list[list[float]] = []
+
+    def passes(x: float) -> bool:
+        if ctx.cancelled():
+            raise training.Cancelled()
+        acc = ctx.evaluate(surgery.pruned_copy(model, lambda m: prune(m, x)))["accuracy"]
+        probes.append([x, acc])
+        ctx.progress(phase="accuracy budget search", step=len(probes), steps=LOSS_PROBES + 1, amount=x,
+                     val_accuracy=acc)
+        return base - acc <= max_loss
+
+    x = largest_passing(passes, hi, LOSS_PROBES)
+    ctx.extra.update({"budget_base_val_acc": base, "budget_probes": probes})
+    removes = x > 0 and (measure.count_macs(surgery.pruned_copy(model, lambda m: prune(m, x)), ctx.input_shape)
+                         ["macs"] < measure.count_macs(model, ctx.input_shape)["macs"])
+    if not removes:
+        smallest = min(probes)
+        raise SpecError("method.params.max_loss", f"no {what} removing a channel keeps the validation accuracy "
+                        f"within {max_loss:g} of the base's {base:.4f} before fine-tuning (the smallest cut tried, "
+                        f"{smallest[0]:.3g}, left {smallest[1]:.4f}); allow a larger max_loss or set a ratio")
+    ctx.extra["val_acc_before_finetune"] = next(acc for px, acc in probes if px == x)
     return x
 
 
@@ -131,14 +168,24 @@ def prune_structured(model, ctx, params):
     require_bn(model, params["criterion"], ctx.arch)
     shape, steps, allocation = ctx.input_shape, params["steps"], params["allocation"]
     importance = channel_importance(params["criterion"])
+    if params["criterion"] == "taylor" and (params["target_macs"], params["max_loss"]) != (None, None):
+        accumulate_gradients(model, ctx.data, ctx.device, params["grad_batches"])  # searches rank as pruning will
+
+    def budget(prune: Callable[[nn.Module, float], None], hi: float, what: str) -> float | None:
+        """The amount (ratio or scale) meeting the job's target_macs or max_loss; None if neither is set."""
+        if params["target_macs"] is not None:
+            return meet_macs(model, shape, prune, hi, params["target_macs"], what)
+        if params["max_loss"] is not None:
+            return within_loss(ctx, model, prune, hi, params["max_loss"], what)
+        return None
+
     if allocation == "sensitivity":
         initial = {g.root: len(g.scores) for g in surgery.score_groups(model, shape, channel_importance("l1"))}
         ratios = suggested_ratios(ctx, params["sensitivity_run"], initial)
-        if params["target_macs"] is not None:
-            top = MAX_RATIO / min(r for r in ratios.values() if r > 0)   # every pruned layer at the cap
-            scale = meet_macs(model, shape, lambda m, s: prune_to_ratios(
-                m, shape, channel_importance("l1"), scaled(ratios, s), initial, 1.0), top, params["target_macs"],
-                "scaling the suggested ratios (layers judged too sensitive stay whole)")
+        top = MAX_RATIO / min(r for r in ratios.values() if r > 0)   # every pruned layer at the cap
+        scale = budget(lambda m, s: prune_to_ratios(m, shape, importance, scaled(ratios, s), initial, 1.0), top,
+                       "scaling of the suggested ratios (layers judged too sensitive stay whole)")
+        if scale is not None:
             ratios = scaled(ratios, scale)
             ctx.extra["sensitivity_scale"] = scale
         ctx.log.info("per-layer ratios from sensitivity run %s: %s", params["sensitivity_run"], ratios)
@@ -149,14 +196,10 @@ def prune_structured(model, ctx, params):
             prune_to_ratios(model, shape, importance, ratios, initial, (k + 1) / steps)
     else:
         global_ranking = allocation == "global"
-        if params["target_macs"] is None:
+        ratio = budget(lambda m, r: prune_once(m, shape, importance, r, global_ranking), MAX_RATIO,
+                       f"{allocation} channel pruning")
+        if ratio is None:
             ratio = params["ratio"]
-        else:
-            if global_ranking and params["criterion"] == "taylor":  # the search ranks as the pruning will
-                accumulate_gradients(model, ctx.data, ctx.device, params["grad_batches"])
-            ratio = meet_macs(model, shape, lambda m, r: prune_once(
-                m, shape, r, global_ranking, importance if global_ranking else None), MAX_RATIO,
-                params["target_macs"], f"{allocation} channel pruning")
         pruner = surgery.make_pruner(model, shape, importance, ratio, steps, global_ranking, MAX_RATIO)
 
         def prune(k: int) -> None:

@@ -201,8 +201,12 @@ def layer_macs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[nn.Module
 
 
 def pruned_copy(model: nn.Module, prune) -> nn.Module:
-    """A deep copy of ``model`` with ``prune(copy)`` applied; the original is untouched."""
+    """A deep copy of ``model`` with ``prune(copy)`` applied; the original is untouched. Gradients
+    travel too (deepcopy drops them): the taylor criterion ranks the copy by them."""
     clone = copy.deepcopy(model)
+    for p, q in zip(model.parameters(), clone.parameters()):
+        if p.grad is not None:
+            q.grad = p.grad.clone()
     prune(clone)
     return clone
 
