@@ -48,6 +48,11 @@ def efficiency_section(device: torch.device, data) -> str:
     lines.append(f"- Inference, CIFAR ResNet-18 batch 64: {sh['images_per_s']:.0f} img/s = {sh['gflops_achieved']:.1f} "
                  f"GFLOP/s, **{100 * sh['share']:.0f}%** of this device's measured dense-matmul peak "
                  f"({sh['peak_gflops']:.0f} GFLOP/s, 2048² fp32 matmul)")
+    ref = efficiency.reference_run(device)
+    lines.append(f"- Reference job, `python -m engine run` end to end (ResNet-18 on digits, 3 epochs, {device.type}; "
+                 f"process start, training, measurement, ONNX export, store): **{ref['wall_s']:.0f} s** wall, of which "
+                 f"training {ref['train_s']:.0f} s; top-1 {ref['accuracy']:.3f} (targets: under 120 s, ≥ 0.9 — "
+                 f"{'met' if ref['wall_s'] < 120 and ref['accuracy'] >= 0.9 else 'missed'})")
     rep = efficiency.latency_repeatability(device)
     target = 0.05 if device.type == "cuda" else 0.10
     lines.append(f"- Latency repeatability (batch 1, 5 repeats of a 30-run median): CV **{100 * rep['cv']:.1f}%** "

@@ -132,3 +132,32 @@ def latency_repeatability(device: torch.device, arch: str = "resnet18", repeats:
     meds = [measure.measure_speed(model, (3, 32, 32), device, 8, runs=30, warmup=5)["latency_ms"]
             for _ in range(repeats)]
     return {"medians_ms": meds, "cv": statistics.pstdev(meds) / statistics.mean(meds)}
+
+
+REFERENCE_SPEC = {"data": {"name": "digits"}, "model": {"arch": "resnet18"}, "method": {"name": "baseline"},
+                  "train": {"epochs": 3}}
+
+
+def reference_run(device: torch.device) -> dict:
+    """The engine's reference job (ResNet-18 on digits, 3 epochs) end to end through the CLI, as a user
+    runs it: process start, data, training, measurement, ONNX export and the store, timed by the wall clock."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    with tempfile.TemporaryDirectory(prefix="slimbench-ref-") as tmp:
+        spec = Path(tmp) / "spec.json"
+        spec.write_text(json.dumps({**REFERENCE_SPEC, "train": {**REFERENCE_SPEC["train"], "device": device.type}}))
+        env = {**os.environ, "SLIMBENCH_HOME": str(Path(tmp) / "ws"),
+               "PYTHONPATH": os.pathsep.join(filter(None, (str(root), os.environ.get("PYTHONPATH"))))}
+        t0 = time.perf_counter()
+        p = subprocess.run([sys.executable, "-m", "engine", "run", str(spec)], cwd=root, env=env,
+                           capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+    if p.returncode != 0:
+        raise RuntimeError(f"reference run failed: {p.stderr[-2000:]}")
+    record = json.loads(p.stdout.strip().splitlines()[-1])
+    return {"wall_s": wall, "train_s": record["train_seconds"], "accuracy": record["accuracy"]}
