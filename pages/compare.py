@@ -189,7 +189,11 @@ if sens:
 # -- one run ------------------------------------------------------------------------------------
 st.subheader("Run details")
 labels = {rid: f"{n or rid} · {rid}" for rid, n in zip(view["run_id"], view["name"])}
-run_id = st.selectbox("Run", list(labels), format_func=labels.get, key="detail_run")
+linked = st.query_params.get("run")  # /compare?run=ID (Jobs links a finished job here) opens on that run
+if linked and linked not in labels:
+    st.warning(f"Run {linked} is not among the runs shown: it is unfinished, unknown, or filtered out above.")
+run_id = st.selectbox("Run", list(labels), index=list(labels).index(linked) if linked in labels else 0,
+                      format_func=labels.get, key="detail_run")
 rec = by_id[run_id]
 row = view[view["run_id"] == run_id].iloc[0]
 c = st.columns(5)

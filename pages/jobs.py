@@ -7,7 +7,7 @@ import streamlit as st
 
 from engine import jobs, results
 from engine.store import FINAL_STATES
-from pages.common import fmt_seconds, follow_activity, get_store, inside_app
+from pages.common import fmt_bytes, fmt_count, fmt_seconds, follow_activity, get_store, inside_app
 
 inside_app()
 
@@ -86,6 +86,16 @@ if all_rows:
                 st.toast(f"{job_id} queued again")
                 st.rerun()  # the whole page: the queue table and this panel poll again
         c3.markdown(f"**{row['state']}**" + (f" — {row['error']}" if row.get("error") else ""))
+        rec = row.get("record") or {}
+        if row["state"] == "done" and rec:
+            m = st.columns([1, 1, 1, 1, 2], vertical_alignment="center")
+            m[0].metric("Accuracy", f"{rec['accuracy']:.4f}" if rec.get("accuracy") is not None else "—")
+            m[1].metric("Size", fmt_bytes(rec.get("size_bytes")))
+            m[2].metric("MACs", fmt_count(rec.get("macs")))
+            m[3].metric("Latency", f"{rec['latency_ms']:.3g} ms" if rec.get("latency_ms") is not None else "—",
+                        help="CPU, batch 1, median")
+            m[4].page_link("pages/compare.py", label="Against its base on Compare", icon=":material/compare_arrows:",
+                           query_params={"run": job_id})
         curves = results.curves(store.events(job_id))
         if curves.empty:
             st.caption("No training curves yet (they appear once the job trains).")

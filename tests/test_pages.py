@@ -235,6 +235,11 @@ def test_jobs_page_shows_progress_curves_log_and_cancels(launched, ws):
     assert len(at.get("plotly_chart")) == 2  # loss and accuracy curves from the job's events
     assert "done: accuracy" in at.code[0].value
     assert at.button(key="cancel").disabled and at.button(key="retry").disabled
+    record = Store(ws).get(launched["ids"][0])["record"]
+    shown = {m.label: m.value for m in at.metric}
+    assert shown["Accuracy"] == f"{record['accuracy']:.4f}" and {"Size", "MACs", "Latency"} <= set(shown)
+    link = next(e.proto for e in at.get("page_link") if "Compare" in e.proto.label)
+    assert link.query_string == f"run={launched['ids'][0]}"
 
     # A long job: cancel it from the page, then retry it and cancel again.
     long_id = jobs.submit({"name": "to cancel", "data": {"name": "digits"}, "model": {"arch": "resnet18"},
@@ -290,6 +295,13 @@ def test_compare_table_plot_filters_and_downloads(launched, ws):
     t = at.dataframe[0].value.set_index("run_id")
     for c in more:
         assert t.loc[ids[0], c] == pytest.approx(expected.loc[ids[0], c]), c
+    linked = page("compare", run=False)                 # /compare?run=ID, as Jobs links it, opens on that run
+    linked.query_params["run"] = ids[-1]
+    linked.run()
+    assert linked.selectbox(key="detail_run").value == ids[-1] and not linked.warning
+    linked.query_params["run"] = "20990101-000000-000000"
+    linked.run()
+    assert "not among the runs shown" in texts(linked, "warning")
     at.selectbox(key="detail_run").set_value(ids[0])
     at.run()
     fields = next(d.value for d in at.dataframe if list(d.value.columns) == ["field", "value"]).set_index("field")
