@@ -179,6 +179,13 @@ COST_COLUMNS = {"size": "size_bytes", "macs": "macs", "latency": "latency_ms", "
 @arg("--dataset", help="only runs on this dataset")
 @arg("--csv", help="also write every column of the table to this CSV file")
 @arg("--json", action="store_true", help="print the table as one JSON array instead")
+@arg("--best", help="accuracy, size, macs or latency: rank the runs meeting the limits below by it, the winner "
+                    "first (default with a limit: accuracy)")
+@arg("--max-size-mb", type=float, help="only runs whose bundle is at most this many MB (10^6 bytes)")
+@arg("--max-mmacs", type=float, help="only runs with at most this many million MACs per image")
+@arg("--max-latency-ms", type=float, help="only runs at most this slow (CPU, batch 1, median)")
+@arg("--min-accuracy", type=float, help="only runs at least this accurate (0-1)")
+@arg("--max-drop-pt", type=float, help="only runs losing at most this many accuracy points against their base")
 def cmd_compare(a: argparse.Namespace) -> int:
     from . import results
     from .store import Store
@@ -189,14 +196,24 @@ def cmd_compare(a: argparse.Namespace) -> int:
         df = df[df["dataset"] == a.dataset]
     cost = COST_COLUMNS[a.axis]
     df = df.assign(pareto=results.pareto_mask(df, cost)).sort_values(["base_id", cost], na_position="last")
+    limits = {"max_size_bytes": a.max_size_mb and a.max_size_mb * 1e6, "max_macs": a.max_mmacs and a.max_mmacs * 1e6,
+              "max_latency_ms": a.max_latency_ms, "min_accuracy": a.min_accuracy,
+              "max_drop": a.max_drop_pt and a.max_drop_pt / 100}
+    ranking = a.best or any(v is not None for v in limits.values())
+    if ranking:
+        try:
+            df = results.winners(df, a.best or "accuracy", **limits)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     if a.csv:
         df.to_csv(a.csv, index=False)
     if a.json:
         print(df.to_json(orient="records"))
         return 0
     if df.empty:
-        print("no finished runs match", file=sys.stderr)
-        return 0
+        print("no finished run meets the limits" if ranking else "no finished runs match", file=sys.stderr)
+        return 1 if ranking else 0
 
     def num(v: Any, fmt: str) -> str:
         return "-" if v is None or v != v else format(v, fmt)
@@ -209,6 +226,11 @@ def cmd_compare(a: argparse.Namespace) -> int:
               f"{num(r.accuracy, '.4f'):>7} {num(100 * r.delta_accuracy, '+.1f'):>6} {num(r.x_smaller, '.2f'):>9} "
               f"{num(r.x_fewer_macs, '.2f'):>12} {faster:>9}")
     print(f"*: on the Pareto front of accuracy against {a.axis}; p: speed-up timed interleaved with the base")
+    if ranking:
+        w = df.iloc[0]
+        print(f"winner by {a.best or 'accuracy'} ({len(df)} run(s) meet the limits): {w.run_id} {w.method}, "
+              f"accuracy {num(w.accuracy, '.4f')}, {num(w.size_bytes / 1e6, '.2f')} MB, {num(w.macs / 1e6, '.1f')} "
+              f"MMACs, {num(w.latency_ms, '.3f')} ms; checkpoint {Store().run_dir(w.run_id) / 'model.pt'}")
     return 0
 
 

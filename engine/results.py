@@ -114,6 +114,35 @@ def pareto_mask(df: pd.DataFrame, cost: str, quality: str = "accuracy") -> pd.Se
     return mask
 
 
+# What "the winner" means: the column ranked, and whether higher is better.
+OBJECTIVES = {"accuracy": ("accuracy", False), "size": ("size_bytes", True), "macs": ("macs", True),
+              "latency": ("latency_ms", True)}
+# Deployment limits a winner must meet: name -> (column, bound is an upper limit).
+LIMITS = {"max_size_bytes": ("size_bytes", True), "max_macs": ("macs", True), "max_latency_ms": ("latency_ms", True),
+          "min_accuracy": ("accuracy", False), "max_drop": ("delta_accuracy", False)}
+
+
+def winners(df: pd.DataFrame, objective: str = "accuracy", **limits: float | None) -> pd.DataFrame:
+    """The runs meeting every given limit, best first by ``objective`` (ties: more accurate, then
+    smaller). ``max_drop`` is the accuracy a run may lose against its base (0.01 = 1 point). A run
+    lacking a limited measurement is left out: nothing proves it meets the limit."""
+    unknown = set(limits) - set(LIMITS)
+    if unknown or objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective or limit: {sorted(unknown) or objective}; "
+                         f"objectives {sorted(OBJECTIVES)}, limits {sorted(LIMITS)}")
+    keep = pd.Series(True, index=df.index)
+    for name, bound in limits.items():
+        if bound is None:
+            continue
+        col, upper = LIMITS[name]
+        keep &= df[col] <= bound if upper else df[col] >= (-bound if name == "max_drop" else bound)
+    col, ascending = OBJECTIVES[objective]
+    ranked = df[keep].dropna(subset=[col]).assign(_acc=lambda d: -d["accuracy"].fillna(-math.inf))
+    by = [col] + [c for c in ("_acc", "size_bytes") if c != col]
+    return ranked.sort_values(by, ascending=[ascending] + [True] * (len(by) - 1), na_position="last") \
+        .drop(columns="_acc")
+
+
 def pareto_front(df: pd.DataFrame, cost: str, quality: str = "accuracy") -> pd.DataFrame:
     """The Pareto-optimal rows, sorted by cost (the line the plot draws)."""
     return df[pareto_mask(df, cost, quality)].sort_values(cost)

@@ -139,6 +139,39 @@ st.dataframe(view[shown], hide_index=True, width="stretch", height=min(420, 38 +
 st.download_button("Download table (CSV)", data=view.to_csv(index=False).encode(), file_name="slimbench-results.csv",
                    mime="text/csv", key="dl_csv", on_click="ignore", icon=":material/table:")
 
+# -- winner -------------------------------------------------------------------------------------
+with st.expander("Pick the winner: the best run in view within your deployment limits", icon=":material/trophy:"):
+    a, b, c, d, e = st.columns(5)
+    limit = dict(min_value=0.0, value=None, placeholder="no limit")
+    max_mb = a.number_input("max size (MB)", key="w_size", **limit)
+    max_mmacs = b.number_input("max MACs (millions)", key="w_macs", **limit)
+    max_ms = c.number_input("max latency (ms)", key="w_latency", help="CPU, batch 1, median", **limit)
+    max_pt = d.number_input("max accuracy loss (points)", key="w_drop", help="against each run's base", **limit)
+    objective = e.selectbox("best by", list(results.OBJECTIVES), key="w_best",
+                            format_func={"accuracy": "accuracy (highest)", "size": "size (smallest)",
+                                         "macs": "MACs (fewest)", "latency": "latency (lowest)"}.get)
+    ranked = results.winners(view, objective, max_size_bytes=None if max_mb is None else max_mb * 1e6,
+                             max_macs=None if max_mmacs is None else max_mmacs * 1e6, max_latency_ms=max_ms,
+                             max_drop=None if max_pt is None else max_pt / 100)
+    if ranked.empty:
+        st.warning("No run in view meets these limits (a run missing a limited measurement cannot); loosen them.")
+    else:
+        w = ranked.iloc[0]
+        st.success(f"**{w['name'] or w['run_id']}** · `{w['run_id']}` ({w['method']}): accuracy {w['accuracy']:.4f}"
+                   + ("" if np.isnan(w["delta_accuracy"]) else f" ({100 * w['delta_accuracy']:+.1f} pt)")
+                   + f", {fmt_bytes(w['size_bytes'])}, {fmt_count(w['macs'])} MACs"
+                   + ("" if np.isnan(w["latency_ms"]) else f", {w['latency_ms']:.3g} ms")
+                   + f" — best of {len(ranked)} run(s) meeting the limits", icon=":material/trophy:")
+        k = st.columns(3)
+        with k[0]:
+            download(w["run_id"], "checkpoint", "Winner's checkpoint (.pt)", key="w_dl_pt")
+        with k[1]:
+            download(w["run_id"], "onnx", "Winner's ONNX model", key="w_dl_onnx")
+        if len(ranked) > 1:
+            st.dataframe(ranked[["name", "method", "accuracy", "delta_accuracy", "size_bytes", "macs", "latency_ms",
+                                 "run_id"]].head(10), hide_index=True, width="stretch", column_config=COLUMN_CONFIG,
+                         key="w_ranked")
+
 # -- sensitivity --------------------------------------------------------------------------------
 sens = [(rid, results.sensitivity_curves(by_id[rid])) for rid in view["run_id"] if by_id[rid].get("sensitivity")]
 sens = [(rid, s) for rid, s in sens if not s.empty]

@@ -106,6 +106,39 @@ def test_compare_prints_the_base_relative_table_and_pareto_front(home, tmp_path)
     assert cli("compare", "--axis", "speed", home=home).returncode == 2
 
 
+def test_winners_meet_every_limit_and_rank_by_the_objective():
+    from engine import results
+    def rec(i, acc, size, lat, macs=100, parent=None):
+        return {"run_id": f"r{i}", "method": "m", "accuracy": acc, "size_bytes": size, "latency_ms": lat,
+                "macs": macs, "parent": parent}
+    df = results.table([rec(0, 0.90, 40e6, 10.0), rec(1, 0.89, 10e6, 4.0, parent="r0"),
+                        rec(2, 0.85, 5e6, 2.0, parent="r0"), rec(3, 0.89, 8e6, 5.0, parent="r0"),
+                        rec(4, 0.95, 3e6, None, parent="r0")])          # no latency: cannot prove a latency limit
+    ids = lambda d: list(d["run_id"])
+    assert ids(results.winners(df)) == ["r4", "r0", "r3", "r1", "r2"]    # accuracy; tie 0.89 -> smaller first
+    assert ids(results.winners(df, max_latency_ms=5)) == ["r3", "r1", "r2"]
+    assert ids(results.winners(df, "latency", max_drop=0.02)) == ["r1", "r3", "r0"]  # r2 lost 5 pt; r4 unmeasured
+    assert ids(results.winners(df, "size", max_size_bytes=9e6, min_accuracy=0.86)) == ["r4", "r3"]
+    assert results.winners(df, max_size_bytes=1e6).empty
+    with pytest.raises(ValueError, match="objective or limit"):
+        results.winners(df, "speed")
+
+
+def test_compare_names_the_winner_within_deployment_limits(home):
+    from engine import results
+    results.insert_synthetic_runs(Store(home), 40)                 # SYNTHETIC rows: ranking logic only
+    t = results.table(results.records(Store(home)))
+    ok = t[(t["size_bytes"] <= 20e6) & (t["latency_ms"] <= 10) & (t["delta_accuracy"] >= -0.1)]
+    best = ok.sort_values(["macs", "accuracy"], ascending=[True, False]).iloc[0]
+    p = cli("compare", "--best", "macs", "--max-size-mb", "20", "--max-latency-ms", "10", "--max-drop-pt", "10",
+            home=home)
+    assert p.returncode == 0, p.stderr
+    last = p.stdout.strip().splitlines()[-1]
+    assert last.startswith(f"winner by macs ({len(ok)} run(s) meet the limits): {best.run_id} ")
+    assert cli("compare", "--max-size-mb", "0.001", home=home).returncode == 1      # nothing that small
+    assert cli("compare", "--best", "speed", home=home).returncode == 2
+
+
 # -- profile -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("arch,params_m,gmacs", [("resnet18", 11.69, 1.81), ("mobilenet_v2", 3.50, 0.30)])
 def test_profile_matches_torchvision_published_figures(arch, params_m, gmacs, home):

@@ -295,6 +295,17 @@ def test_compare_table_plot_filters_and_downloads(launched, ws):
     t = at.dataframe[0].value.set_index("run_id")
     for c in more:
         assert t.loc[ids[0], c] == pytest.approx(expected.loc[ids[0], c]), c
+    at.number_input(key="w_drop").set_value(100.0)          # the winner: smallest run losing at most 100 pt
+    at.selectbox(key="w_best").set_value("size")
+    at.run()
+    winner = results.winners(results.table(results.records(Store(ws))), "size", max_drop=1.0).iloc[0]
+    assert f"`{winner['run_id']}`" in texts(at, "success")
+    assert "Winner's checkpoint (.pt)" in {b.label for b in at.get("download_button")}
+    at.number_input(key="w_size").set_value(1e-6)             # one byte: nothing is that small
+    at.run()
+    assert "No run in view meets these limits" in texts(at, "warning")
+    at.number_input(key="w_size").set_value(None)
+    at.run()
     linked = page("compare", run=False)                 # /compare?run=ID, as Jobs links it, opens on that run
     linked.query_params["run"] = ids[-1]
     linked.run()
