@@ -104,18 +104,24 @@ def test_main_flow(server, page):
     shot(page, "jobs")
     run_id = Store(home).list("done")[0]["id"]
 
-    goto(page, "Compare")
+    page.get_by_text("Against its base on Compare").click()       # the finished job's link: /compare?run=ID
     page.get_by_role("heading", name="Run details").wait_for(timeout=60_000)
+    assert f"run={run_id}" in page.url
     page.locator(".js-plotly-plot").first.wait_for()
     shot(page, "compare")
     record = Store(home).get(run_id)["record"]
     page.get_by_text(f"{record['accuracy']:.4f}", exact=True).first.wait_for()  # the record's number, shown
+    original = Store(home).run_dir(run_id) / "model.pt"
     with page.expect_download() as dl:
         page.get_by_role("button", name="Checkpoint bundle (.pt)").click()
     saved = Path(dl.value.path())
-    original = Store(home).run_dir(run_id) / "model.pt"
     assert saved.read_bytes() == original.read_bytes()
     assert read_bundle(saved)["arch"] == "resnet18"
+    page.get_by_text("Pick the winner").click()                   # one run: it is the winner of no limits
+    page.get_by_text(re.compile(r"best of 1 run")).wait_for()
+    with page.expect_download() as dl:
+        page.get_by_role("button", name="Winner's checkpoint (.pt)").click()
+    assert Path(dl.value.path()).read_bytes() == original.read_bytes()
 
     goto(page, "Try an image")
     page.get_by_role("heading", name="Try an image").wait_for()
