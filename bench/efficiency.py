@@ -1,8 +1,14 @@
 """Engine efficiency and measurement trust: the engine's own paths against bare PyTorch loops."""
 from __future__ import annotations
 
+import json
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -141,12 +147,6 @@ REFERENCE_SPEC = {"data": {"name": "digits"}, "model": {"arch": "resnet18"}, "me
 def reference_run(device: torch.device) -> dict:
     """The engine's reference job (ResNet-18 on digits, 3 epochs) end to end through the CLI, as a user
     runs it: process start, data, training, measurement, ONNX export and the store, timed by the wall clock."""
-    import json
-    import os
-    import subprocess
-    import sys
-    import tempfile
-    from pathlib import Path
     root = Path(__file__).resolve().parent.parent
     with tempfile.TemporaryDirectory(prefix="slimbench-ref-") as tmp:
         spec = Path(tmp) / "spec.json"

@@ -163,7 +163,3 @@ def load_imagenet_weights(model: nn.Module, path: str | Path, freeze_backbone: b
             # The head and anything not transferred (e.g. a small-input stem) still learn.
             p.requires_grad = name.startswith(head_name + ".") or name in skipped
     return skipped
-
-
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

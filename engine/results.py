@@ -137,10 +137,9 @@ def winners(df: pd.DataFrame, objective: str = "accuracy", **limits: float | Non
         col, upper = LIMITS[name]
         keep &= df[col] <= bound if upper else df[col] >= (-bound if name == "max_drop" else bound)
     col, ascending = OBJECTIVES[objective]
-    ranked = df[keep].dropna(subset=[col]).assign(_acc=lambda d: -d["accuracy"].fillna(-math.inf))
-    by = [col] + [c for c in ("_acc", "size_bytes") if c != col]
-    return ranked.sort_values(by, ascending=[ascending] + [True] * (len(by) - 1), na_position="last") \
-        .drop(columns="_acc")
+    order = {col: ascending, "accuracy": False, "size_bytes": True}   # the objective, then the tie-breaks
+    return df[keep].dropna(subset=[col]).sort_values(list(order), ascending=list(order.values()),
+                                                     na_position="last")
 
 
 def pareto_front(df: pd.DataFrame, cost: str, quality: str = "accuracy") -> pd.DataFrame:

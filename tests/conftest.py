@@ -58,9 +58,8 @@ def run_spec(spec: dict, home: Path, tmp: Path | None = None, timeout: float = 6
 @pytest.fixture(scope="session")
 def digits_base(session_home) -> dict:
     """ResNet-18 trained on digits for 3 epochs through the CLI: the engine's reference run."""
-    spec = {"data": {"name": "digits"}, "model": {"arch": "resnet18"}, "method": {"name": "baseline"},
-            "train": {"epochs": 3}}
-    return run_spec(spec, session_home)
+    from bench.efficiency import REFERENCE_SPEC  # one definition: `make bench` times the same job
+    return run_spec(REFERENCE_SPEC, session_home)
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine import export, models
+from engine import export, measure, models
 from engine.runner import execute
 from engine.spec import JobSpec, SpecError
 from engine.store import Store
@@ -21,7 +21,7 @@ def test_distill_and_compact_train_the_requested_student_and_chain(tmp_path):
     store = Store(tmp_path / "ws")
     base = execute(spec({"arch": "resnet18"}, "baseline", {}), store)
     student = "mobilenet_v3_small"
-    n_params = models.count_params(models.build(student, 10, True))
+    n_params = measure.count_params(models.build(student, 10, True))
     kd = execute(spec({"from_run": base["run_id"]}, "distill", {"student": student, "epochs": 1}), store)
     plain = execute(spec({"from_run": base["run_id"]}, "compact", {"student": student, "epochs": 1}), store)
     for r, phase in ((kd, "distill"), (plain, "train")):
@@ -56,9 +56,9 @@ def test_bad_distill_params_name_the_field(params, field):
 def test_width_multiplier_shrinks_the_student_and_its_bundle_rebuilds_it(tmp_path):
     store = Store(tmp_path / "ws")
     base = execute(spec({"arch": "resnet18"}, "baseline", {}), store)
-    full = models.count_params(models.build("mobilenet_v2", 10, True))
+    full = measure.count_params(models.build("mobilenet_v2", 10, True))
     half = execute(spec({"from_run": base["run_id"]}, "distill", {"student": "mobilenet_v2", "width": 0.5,
                                                                   "epochs": 1}), store)
     assert half["arch"] == "mobilenet_v2" and half["params"] < 0.5 * full
     model, bundle = export.load_model(half["checkpoint"])  # rebuilt at width 0.5, weights load strictly
-    assert bundle["arch_kwargs"]["width"] == 0.5 and models.count_params(model) == half["params"]
+    assert bundle["arch_kwargs"]["width"] == 0.5 and measure.count_params(model) == half["params"]

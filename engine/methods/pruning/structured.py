@@ -85,11 +85,14 @@ def within_loss(ctx, model: nn.Module, prune: Callable[[nn.Module, float], None]
         raise SpecError("data.val_fraction", "max_loss is judged on validation accuracy: set val_fraction > 0")
     base = ctx.evaluate(model)["accuracy"]
     probes: list[list[float]] = []
+    cuts: dict[float, bool] = {}                       # x -> the copy lost at least one channel
 
     def passes(x: float) -> bool:
         if ctx.cancelled():
             raise training.Cancelled()
-        acc = ctx.evaluate(surgery.pruned_copy(model, lambda m: prune(m, x)))["accuracy"]
+        clone = surgery.pruned_copy(model, lambda m: prune(m, x))
+        cuts[x] = measure.count_params(clone) < measure.count_params(model)
+        acc = ctx.evaluate(clone)["accuracy"]
         probes.append([x, acc])
         ctx.progress(phase="accuracy budget search", step=len(probes), steps=LOSS_PROBES + 1, amount=x,
                      val_accuracy=acc)
@@ -97,9 +100,7 @@ def within_loss(ctx, model: nn.Module, prune: Callable[[nn.Module, float], None]
 
     x = largest_passing(passes, hi, LOSS_PROBES)
     ctx.extra.update({"budget_base_val_acc": base, "budget_probes": probes})
-    removes = x > 0 and (measure.count_macs(surgery.pruned_copy(model, lambda m: prune(m, x)), ctx.input_shape)
-                         ["macs"] < measure.count_macs(model, ctx.input_shape)["macs"])
-    if not removes:
+    if not cuts.get(x):
         smallest = min(probes)
         raise SpecError("method.params.max_loss", f"no {what} removing a channel keeps the validation accuracy "
                         f"within {max_loss:g} of the base's {base:.4f} before fine-tuning (the smallest cut tried, "
