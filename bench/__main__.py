@@ -70,7 +70,9 @@ def methods_section(res: dict, data_spec: dict, base_epochs: int, ft: int, stude
              f"fine-tune {ft} epoch(s); students train {student_epochs} epochs. Size = bytes of the saved bundle "
              "(INT8: ONNX bytes inside it). Latency: median of ≥30 timed batch-1 runs after warm-up. \"x faster\": "
              "each row's job times its model and the base in alternating blocks (5 rounds, ABBA) and reports the "
-             "median of the per-round ratios with their min-max, so machine drift between rows cancels.", "",
+             "median of the per-round ratios with their min-max, so machine drift between rows cancels. "
+             "\"agrees w/ start\": share of test images whose top-1 answer equals that of the model the row started "
+             "from (the base, or the previous step of a chain), both run in the row's job.", "",
              report.table(res["rows"], cols), ""]
     if res["skipped"]:
         lines += ["Not in the table:", *[f"- {s}" for s in res["skipped"]], ""]

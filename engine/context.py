@@ -7,8 +7,9 @@ family (distillation into a student) calls ``ctx.set_arch``.
 
 A returned model may define two optional hooks for artifacts that are not plain PyTorch
 (e.g. an INT8 ONNX Runtime model):
-  ``export_artifacts(ctx, run_dir) -> dict``  writes its own bundle/onnx; returns record fields
-  ``measure(ctx) -> dict``                    its own speed/size metrics
+  ``export_artifacts(ctx, run_dir, metrics) -> dict``  writes its own bundle/onnx; ``metrics`` are its
+                                                      test metrics (the runner evaluates it like a model)
+  ``measure(ctx) -> dict``                            its own speed/size metrics
 """
 from __future__ import annotations
 

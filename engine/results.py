@@ -8,14 +8,15 @@ from __future__ import annotations
 import json
 import math
 import time
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import pandas as pd
 
 from .store import Store
 
 COLUMNS = ["run_id", "name", "method", "arch", "dataset", "parent", "base_id", "accuracy", "delta_accuracy",
-           "top5", "roc_auc", "size_bytes", "x_smaller", "params", "macs", "x_fewer_macs", "flops", "sparsity",
+           "top5", "roc_auc", "agreement", "flips_to_wrong", "flips_to_right", "size_bytes", "x_smaller", "params",
+           "macs", "x_fewer_macs", "flops", "sparsity",
            "latency_ms", "x_faster", "x_faster_paired", "latency_p90_ms", "throughput", "peak_mem_bytes",
            "gpu_latency_ms", "gpu_x_faster", "gpu_throughput", "gpu_peak_mem_bytes", "train_seconds", "device",
            "method_params", "finished"]
@@ -56,20 +57,47 @@ def _root(run_id: str, by_id: dict[str, dict[str, Any]]) -> str:
         run_id = parent
 
 
-def _paired_x_faster(run_id: str, base_id: str, by_id: dict[str, dict[str, Any]],
-                     key: str = "paired_speedup") -> float:
-    """Speed-up over the base from the runs' interleaved timings (``key``: CPU or GPU): the product
-    of each step's paired ratio along the parent chain (one step for a run compressed straight
-    from its base); NaN where a step has none (older runs, or a chain through a checkpoint)."""
-    x, seen = 1.0, set()
+def _chain_steps(run_id: str, base_id: str, by_id: dict[str, dict[str, Any]],
+                 step: Callable[[dict[str, Any]], float | None]) -> list[float] | None:
+    """``step(record)`` of each run along the parent chain from ``run_id`` up to ``base_id`` (one
+    step for a run compressed straight from its base, none for the base itself); None where a step
+    has no value (older runs, or a chain through a checkpoint)."""
+    values, seen = [], set()
     while run_id != base_id and run_id not in seen:
         seen.add(run_id)
         r = by_id[run_id]
-        if not _num(r.get(key)) or r.get("paired_ref") != r.get("parent"):
-            return math.nan
-        x *= float(r[key])
+        v = step(r)
+        if not _num(v):
+            return None
+        values.append(float(v))
         run_id = r["parent"]
-    return x if run_id == base_id else math.nan
+    return values if run_id == base_id else None
+
+
+def _paired_x_faster(run_id: str, base_id: str, by_id: dict[str, dict[str, Any]],
+                     key: str = "paired_speedup") -> float:
+    """Speed-up over the base from the runs' interleaved timings (``key``: CPU or GPU): the product
+    of each step's paired ratio along the parent chain; NaN where a step has none."""
+    steps = _chain_steps(run_id, base_id, by_id,
+                         lambda r: r.get(key) if r.get("paired_ref") == r.get("parent") else None)
+    return math.prod(steps) if steps is not None else math.nan
+
+
+def _delta_accuracy(r: dict[str, Any], base: dict[str, Any], by_id: dict[str, dict[str, Any]]) -> float:
+    """Accuracy minus the base's, on the same test images: the sum of each step's difference to the
+    model it started from, both evaluated in that step's job. Where a step lacks that (older runs),
+    the two records' accuracies, but only when their test sets match; else NaN."""
+    if r["run_id"] == base["run_id"]:
+        return 0.0 if _num(r.get("accuracy")) else math.nan
+    steps = _chain_steps(r["run_id"], base["run_id"], by_id,
+                         lambda s: s["accuracy"] - s["start_accuracy"]
+                         if _num(s.get("accuracy")) and _num(s.get("start_accuracy")) else None)
+    if steps is not None:
+        return math.fsum(steps)
+    same_test = (r.get("dataset"), r.get("test_images")) == (base.get("dataset"), base.get("test_images"))
+    if _num(r.get("accuracy")) and _num(base.get("accuracy")) and same_test:
+        return r["accuracy"] - base["accuracy"]
+    return math.nan
 
 
 def table(recs: Iterable[dict[str, Any]]) -> pd.DataFrame:
@@ -82,8 +110,7 @@ def table(recs: Iterable[dict[str, Any]]) -> pd.DataFrame:
         row = {c: r.get(c) for c in COLUMNS if c not in DERIVED}
         row["method_params"] = json.dumps(r.get("method_params") or {}, sort_keys=True)
         row["base_id"] = base["run_id"]
-        row["delta_accuracy"] = (r["accuracy"] - base["accuracy"]
-                                 if _num(r.get("accuracy")) and _num(base.get("accuracy")) else math.nan)
+        row["delta_accuracy"] = _delta_accuracy(r, base, by_id)
         row["x_smaller"] = _ratio(base.get("size_bytes"), r.get("size_bytes"))
         row["x_fewer_macs"] = _ratio(base.get("macs"), r.get("macs"))
         # Interleaved timings beat latencies recorded by two jobs minutes apart; fall back to those.
@@ -155,7 +182,7 @@ def insert_synthetic_runs(store: Store, n: int, seed: int = 0) -> list[str]:
     import random
     rnd = random.Random(seed)
     ids = []
-    base_id = None
+    base_id = first_accuracy = None
     now = time.time()
     with store.transaction() as db:
         for i in range(n):
@@ -171,6 +198,9 @@ def insert_synthetic_runs(store: Store, n: int, seed: int = 0) -> list[str]:
                    "confusion": [[rnd.randint(0, 50) for _ in range(10)] for _ in range(10)],
                    "history": [{"epoch": e, "loss": 1 / (e + 1), "val_acc": 0.5 + e / 10} for e in range(3)],
                    "finished": now - i}
+            if base_id:   # as if each job had scored its start (the first run) on the same images
+                rec.update(start_accuracy=first_accuracy, agreement=rnd.uniform(0.85, 1.0))
+            first_accuracy = first_accuracy or rec["accuracy"]
             spec = {"name": rec["name"], "method": {"name": rec["method"], "params": {}}}
             db.execute("INSERT INTO runs (id, state, name, method, arch, dataset, parent, spec, record, created, "
                        "finished) VALUES (?,?,?,?,?,?,?,?,?,?,?)",

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import platform
@@ -22,6 +23,7 @@ from .store import Store
 
 log = logging.getLogger("slimbench.run")
 ARTIFACTS = ("model.pt", "model.onnx", "result.json", "card.json")
+TEST_METRICS = ("accuracy", "top5", "roc_auc", "per_class_accuracy", "confusion")
 
 
 class JobFailed(RuntimeError):
@@ -114,7 +116,7 @@ def _remove_artifacts(run_dir: Path) -> None:
 
 
 def _starting_model(spec: JobSpec, store: Store, data: data_mod.DataBundle):
-    """(model, arch, small_input, base record or None, parent run id or None)."""
+    """(model, arch, small_input, base record or None, parent run id or None, data to use)."""
     m = spec.model
     if m.arch:
         small = m.small_input if m.small_input is not None else models.auto_small_input(data.image_size)
@@ -123,7 +125,7 @@ def _starting_model(spec: JobSpec, store: Store, data: data_mod.DataBundle):
         if m.pretrained:
             skipped = models.load_imagenet_weights(model, m.pretrained, m.freeze_backbone)
             log.info("loaded ImageNet weights from %s; not transferred: %s", m.pretrained, ", ".join(skipped) or "none")
-        return model, m.arch, small, None, None
+        return model, m.arch, small, None, None, data
     if m.from_run:
         model, bundle = load_run_model(store, m.from_run)
         parent = m.from_run
@@ -140,7 +142,24 @@ def _starting_model(spec: JobSpec, store: Store, data: data_mod.DataBundle):
     if meta.get("input_size") and list(meta["input_size"]) != list(data.input_shape):
         raise SpecError("model", f"the starting model expects input {meta['input_size']} but the data gives "
                         f"{list(data.input_shape)}; set data.image_size to {meta['input_size'][-1]}")
-    return model, bundle["arch"], bool(kw.get("small_input")), {**bundle.get("metrics", {})}, parent
+    return model, bundle["arch"], bool(kw.get("small_input")), {**bundle.get("metrics", {})}, parent, \
+        _with_start_preprocessing(data, meta)
+
+
+def _with_start_preprocessing(data: data_mod.DataBundle, meta: dict[str, Any]) -> data_mod.DataBundle:
+    """The data normalised as the starting model was trained. Each job derives mean/std from its own
+    training images, so a job with another ``data.limit`` would otherwise feed the model shifted
+    inputs, and every accuracy it measured (the start's and the result's) would carry that shift."""
+    mean, std = meta.get("mean"), meta.get("std")
+    if not mean or not std or len(mean) != len(data.mean) or len(std) != len(data.std):
+        log.warning("the starting model records no normalisation for %d channels; using this data's own",
+                    len(data.mean))
+        return data
+    names = meta.get("class_names")
+    if names and list(names) != list(data.class_names):
+        log.warning("the starting model's classes %s differ from this data's %s: outputs are matched by index",
+                    names[:10], data.class_names[:10])
+    return dataclasses.replace(data, mean=[float(v) for v in mean], std=[float(v) for v in std])
 
 
 def _execute(spec: JobSpec, store: Store, run_id: str, run_dir: Path, progress, cancelled) -> dict[str, Any]:
@@ -153,7 +172,7 @@ def _execute(spec: JobSpec, store: Store, run_id: str, run_dir: Path, progress, 
         log.warning(note)
     log.info("data %s: %d train / %d val / %d test images, %d classes, input %s", data.name, len(data.train),
              len(data.val), len(data.test), data.num_classes, data.input_shape)
-    model, arch, small, base_record, parent = _starting_model(spec, store, data)
+    model, arch, small, base_record, parent, data = _starting_model(spec, store, data)
     base = None if spec.model.arch else copy.deepcopy(model).eval()
     ctx = Context(spec=spec, data=data, device=device, store=store, run_id=run_id, run_dir=run_dir, arch=arch,
                   small_input=small, base=base, base_record=base_record, progress=progress, cancelled=cancelled,
@@ -171,17 +190,21 @@ def _execute(spec: JobSpec, store: Store, run_id: str, run_dir: Path, progress, 
                               "input_size": list(data.input_shape), "parent": parent,
                               "device": str(device), "train_seconds": ctx.train_seconds,
                               "best_val_acc": ctx.best_val_acc, "history": ctx.history, "notes": data.notes}
-    if hasattr(out, "export_artifacts"):
-        # Non-PyTorch results (e.g. INT8 ONNX Runtime) evaluate, save and measure themselves.
-        record.update(out.export_artifacts(ctx, run_dir))
+    foreign = hasattr(out, "export_artifacts")  # e.g. INT8 ONNX Runtime: runs on the CPU, saves itself
+    test_device = torch.device("cpu") if foreign else device
+    if not foreign:
+        out = out.to(device).eval()
+    logits, ys = training.predict(out, data.loader("test", test_device), test_device, cancelled)
+    metrics = training.classification_metrics(logits, ys, data.num_classes, full=True)
+    record.update({k: metrics[k] for k in TEST_METRICS})
+    record["test_images"] = metrics["n"]
+    record.update(_against_start(ctx, logits, ys))
+    if foreign:
+        record.update(out.export_artifacts(ctx, run_dir, {k: record[k] for k in TEST_METRICS}))
         progress(phase="measure")
         record.update(out.measure(ctx))
         record.update(_paired_vs_start(ctx, out, parent))
     else:
-        out = out.to(device).eval()
-        metrics = training.evaluate(out, data, "test", device, full=True, cancelled=cancelled)
-        record.update({k: metrics[k] for k in ("accuracy", "top5", "roc_auc", "per_class_accuracy", "confusion")})
-        record["test_images"] = metrics["n"]
         progress(phase="export")
         out = out.to("cpu")
         bundle = export.make_bundle(out, arch=ctx.arch, num_classes=data.num_classes, small_input=ctx.small_input,
@@ -220,6 +243,20 @@ def _execute(spec: JobSpec, store: Store, run_id: str, run_dir: Path, progress, 
     card["normalisation"] = {"mean": data.mean, "std": data.std}
     export.atomic_write_bytes(run_dir / "card.json", json.dumps(card, indent=2, default=_json_default).encode())
     return json.loads(json.dumps(record, default=_json_default))
+
+
+def _against_start(ctx: Context, logits: torch.Tensor, ys: torch.Tensor) -> dict[str, Any]:
+    """The starting model on the same test images, in this job: its accuracy there (the honest
+    reference for "Δ accuracy", whatever split its own job used), agreement and flipped answers."""
+    if ctx.base is None:
+        return {}
+    ctx.progress(phase="evaluate:start")
+    start_logits, start_ys = training.predict(ctx.base.to(ctx.device), ctx.data.loader("test", ctx.device),
+                                              ctx.device, ctx.cancelled)
+    ctx.base.to("cpu")
+    if not torch.equal(start_ys, ys):
+        raise RuntimeError("the test loader yielded a different order on a second pass")
+    return training.against_start(logits, start_logits, ys, ctx.data.num_classes)
 
 
 def _paired_vs_start(ctx: Context, out, parent: str | None) -> dict[str, Any]:

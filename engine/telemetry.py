@@ -123,6 +123,7 @@ class Sampler:
         self.seconds = seconds
         self.history: deque[dict[str, Any]] = deque()
         self._lock = threading.Lock()
+        self._procs: dict[int, psutil.Process] = {}
         psutil.cpu_percent(interval=None)  # prime: the first reading is otherwise meaningless
 
     def sample(self) -> dict[str, Any]:
@@ -141,3 +142,26 @@ class Sampler:
     def points(self) -> list[dict[str, Any]]:
         with self._lock:
             return list(self.history)
+
+    def processes(self, pids: dict[int, str]) -> list[dict[str, Any]]:
+        """CPU use since the previous call (percent of one core: a process on 2 cores can show 200)
+        and resident memory of each process in ``pids`` (pid -> run id, as from ``job_pids``).
+        A process seen for the first time has ``cpu_pct`` None: psutil needs two readings."""
+        out = []
+        with self._lock:
+            for gone in set(self._procs) - set(pids):
+                del self._procs[gone]
+            for pid, job in sorted(pids.items()):
+                try:
+                    proc = self._procs.get(pid)
+                    if proc is None:
+                        proc = self._procs[pid] = psutil.Process(pid)
+                        proc.cpu_percent(interval=None)
+                        cpu = None
+                    else:
+                        cpu = proc.cpu_percent(interval=None)
+                    out.append({"pid": pid, "name": proc.name(), "job": job, "cpu_pct": cpu,
+                                "rss_bytes": int(proc.memory_info().rss)})
+                except (psutil.Error, OSError):   # ended between listing and reading
+                    self._procs.pop(pid, None)
+        return out

@@ -237,3 +237,21 @@ def classification_metrics(logits: torch.Tensor, y: torch.Tensor, num_classes: i
             per = np.diag(cm) / cm.sum(1)
         out["per_class_accuracy"] = [None if np.isnan(v) else float(v) for v in per]
     return out
+
+
+def against_start(logits: torch.Tensor, start_logits: torch.Tensor, y: torch.Tensor,
+                  num_classes: int) -> dict[str, Any]:
+    """This model beside the one it started from, on the same test images in the same job.
+
+    Top-1 accuracy hides how many answers changed: a compressed model can lose 0.5 point while
+    flipping several percent of its predictions (some right -> wrong, others wrong -> right).
+    ``accuracy - start_accuracy == flips_to_right - flips_to_wrong`` exactly.
+    """
+    pred, start = logits.argmax(1), start_logits.argmax(1)
+    right, start_right = pred == y, start == y
+    per_class = [float(start_right[y == c].double().mean()) if (y == c).any() else None for c in range(num_classes)]
+    return {"start_accuracy": start_right.double().mean().item(),
+            "start_per_class_accuracy": per_class,
+            "agreement": (pred == start).double().mean().item(),
+            "flips_to_wrong": (start_right & ~right).double().mean().item(),
+            "flips_to_right": (~start_right & right).double().mean().item()}

@@ -126,6 +126,13 @@ def fmt_count(n: Any) -> str:
     return f"{n:g}"
 
 
+def fmt_value(v: Any, spec: str, unit: str = "") -> str:
+    """A recorded measurement for a metric tile: ``fmt_value(0.1234, ".3g", " ms")``; "—" when unmeasured."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or math.isnan(v):
+        return "—"
+    return f"{v:{spec}}{unit}"
+
+
 def fmt_seconds(s: Any) -> str:
     if not isinstance(s, (int, float)) or math.isnan(s):
         return ""

@@ -10,7 +10,7 @@ import streamlit as st
 
 from engine import jobs, presets, results
 from engine.spec import SpecError
-from pages.common import card, download, fmt_bytes, fmt_count, get_store, inside_app
+from pages.common import card, download, fmt_bytes, fmt_count, fmt_value, get_store, inside_app
 
 inside_app()
 
@@ -91,8 +91,16 @@ DEFAULT_COLUMNS = ["name", "pareto", "method", "arch", "dataset", "accuracy", "d
 fmt = st.column_config.NumberColumn
 COLUMN_CONFIG = {
     "accuracy": fmt("accuracy", format="%.4f", help="top-1 on the test split"),
-    "delta_accuracy": fmt("Δ accuracy", format="%+.4f", help="accuracy minus the base's"),
+    "delta_accuracy": fmt("Δ accuracy", format="%+.4f",
+                          help="accuracy minus the base's on the same test images: each job also scores the model "
+                               "it started from (summed along a chain of runs); blank where the test sets differ"),
     "top5": fmt("top-5", format="%.4f"), "roc_auc": fmt("ROC AUC", format="%.4f", help="macro one-vs-rest"),
+    "agreement": fmt("agrees with start", format="%.4f", help="share of test images on which this run's top-1 "
+                     "answer equals the model it started from (both run on the same images in its job)"),
+    "flips_to_wrong": fmt("newly wrong", format="%.4f", help="share of test images the starting model got right "
+                          "and this run gets wrong"),
+    "flips_to_right": fmt("newly right", format="%.4f", help="share of test images the starting model got wrong "
+                          "and this run gets right"),
     "size_bytes": fmt("size (bytes)", format="%d"),
     "x_smaller": fmt("x smaller", format="%.2fx", help="base size ÷ this size"),
     "macs": fmt("MACs", format="%d", help="multiply-accumulates per image (torchvision's 'GFLOPS' are MACs)"),
@@ -230,12 +238,12 @@ run_id = st.selectbox("Run", list(labels), index=list(labels).index(linked) if l
 rec = by_id[run_id]
 row = view[view["run_id"] == run_id].iloc[0]
 c = st.columns(5)
-c[0].metric("Accuracy", f"{rec['accuracy']:.4f}" if rec.get("accuracy") is not None else "—",
+c[0].metric("Accuracy", fmt_value(rec.get("accuracy"), ".4f"),
             None if np.isnan(row["delta_accuracy"]) or row["base_id"] == run_id else f"{row['delta_accuracy']:+.4f}")
 c[1].metric("Size", fmt_bytes(rec.get("size_bytes")),
             None if np.isnan(row["x_smaller"]) or row["base_id"] == run_id else f"{row['x_smaller']:.2f}x smaller",
             delta_color="off")
-c[2].metric("Latency", f"{rec['latency_ms']:.3g} ms" if rec.get("latency_ms") is not None else "—",
+c[2].metric("Latency", fmt_value(rec.get("latency_ms"), ".3g", " ms"),
             None if np.isnan(row["x_faster"]) or row["base_id"] == run_id else f"{row['x_faster']:.2f}x faster",
             delta_color="off", help="CPU, batch 1, median")
 c[3].metric("MACs", fmt_count(rec.get("macs")),
@@ -251,6 +259,15 @@ with d[1]:
     download(run_id, "onnx", "ONNX model (.onnx)", key="dl_onnx")
 with d[2]:
     download(run_id, "card", "Model card (JSON)", key="dl_card")
+
+if rec.get("agreement") is not None:
+    n_test = rec.get("test_images") or 0
+    share = lambda v: f"{100 * v:.1f} %" + (f" ({round(v * n_test)} images)" if n_test else "")  # noqa: E731
+    f = st.columns(3)
+    f[0].metric("Agrees with its start", f"{100 * rec['agreement']:.1f} %",
+                help="top-1 answers equal to the model this run started from, on the same test images")
+    f[1].metric("Newly wrong", share(rec["flips_to_wrong"]), help="the starting model was right, this run is wrong")
+    f[2].metric("Newly right", share(rec["flips_to_right"]), help="the starting model was wrong, this run is right")
 
 with st.expander("Every recorded measurement"):
     scalars = {k: v for k, v in sorted(rec.items()) if isinstance(v, (int, float, str, bool)) or v is None}
@@ -273,9 +290,15 @@ if pc or cm:
     n = len(pc or cm)
     classes = names if len(names) == n else [str(i) for i in range(n)]
     if pc:
-        fig = px.bar(x=classes, y=[v if v is not None else np.nan for v in pc], height=360,
-                     labels={"x": "class", "y": "accuracy"}, title="Per-class accuracy")
-        fig.update_layout(margin=dict(l=10, r=10, t=40, b=10), yaxis_range=[0, 1])
+        start_pc = rec.get("start_per_class_accuracy") or []
+        bars = {"this run": pc, **({"its start": start_pc} if len(start_pc) == n else {})}
+        per_class = pd.DataFrame([{"class": k, "model": who, "accuracy": np.nan if v is None else v}
+                                  for who, vals in bars.items() for k, v in zip(classes, vals)])
+        fig = px.bar(per_class, x="class", y="accuracy", color="model", barmode="group", height=360,
+                     title="Per-class accuracy" + (" (against its start, same images)" if len(bars) > 1 else ""),
+                     color_discrete_map={"this run": "#2563eb", "its start": "#cbd5e1"})
+        fig.update_layout(margin=dict(l=10, r=10, t=40, b=10), yaxis_range=[0, 1], legend_title_text="")
+        fig.update_xaxes(type="category")
         a.plotly_chart(fig, key="per_class", config={"displayModeBar": False})
     if cm:
         fig = px.imshow(np.array(cm), x=classes, y=classes, text_auto=True, color_continuous_scale="Blues",

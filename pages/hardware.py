@@ -31,6 +31,7 @@ def series_name(col: str) -> str:
 def live() -> None:
     snap = sampler().sample()
     sysm, gpu = snap["system"], snap["gpu"]
+    pids = telemetry.job_pids(jobs.list_jobs(get_store(), states=["running"]))
 
     st.subheader("GPU")
     if not gpu["available"]:
@@ -46,7 +47,6 @@ def live() -> None:
             c3.metric("Temperature", "—" if g["temperature_c"] is None else f"{g['temperature_c']} °C")
             c4.metric("Power", "—" if g["power_w"] is None else f"{g['power_w']:.0f} W")
             st.progress(min(1.0, used / max(1, total)), text=f"memory {100 * used / max(1, total):.1f} %")
-        pids = telemetry.job_pids(jobs.list_jobs(get_store(), states=["running"]))
         procs = telemetry.label_processes(gpu, pids)
         if procs:
             st.dataframe(pd.DataFrame([{"GPU": p["gpu"], "pid": p["pid"], "process": p["name"],
@@ -61,6 +61,16 @@ def live() -> None:
     c1.metric(f"CPU ({sysm['cpu_count']} cores)", f"{sysm['cpu_pct']:.0f} %")
     c2.metric("RAM", f"{fmt_bytes(sysm['ram_used_bytes'])} / {fmt_bytes(sysm['ram_total_bytes'])}")
     c3.metric("Load average (1 / 5 / 15 min)", " / ".join(f"{v:.2f}" for v in sysm["load_avg"]))
+
+    own = sampler().processes(pids)
+    if own:
+        st.markdown("**Slimbench job processes**")
+        st.dataframe(pd.DataFrame([{"Slimbench job": p["job"], "pid": p["pid"], "process": p["name"],
+                                    "CPU (% of a core)": p["cpu_pct"], "memory (RSS)": fmt_bytes(p["rss_bytes"])}
+                                   for p in own]), hide_index=True, width="stretch", key="job_procs",
+                     column_config={"CPU (% of a core)": st.column_config.NumberColumn(format="%.0f")})
+    else:
+        st.caption("No Slimbench job is running.")
 
     points = pd.DataFrame(sampler().points())
     if len(points) > 1:

@@ -7,7 +7,7 @@ import streamlit as st
 
 from engine import jobs, results
 from engine.store import FINAL_STATES
-from pages.common import fmt_bytes, fmt_count, fmt_seconds, follow_activity, get_store, inside_app
+from pages.common import fmt_bytes, fmt_count, fmt_seconds, fmt_value, follow_activity, get_store, inside_app
 
 inside_app()
 
@@ -42,16 +42,18 @@ def queue_table() -> None:
     table = []
     for r in rows:
         p = results.job_progress(r)
+        live = r["state"] in ("running", "queued")
         table.append({"job": r["id"], "name": r.get("name") or "", "method": r.get("method") or "",
-                      "state": r["state"], "progress": p["progress"],
-                      "phase": p["phase"] if r["state"] in ("running", "queued") else "", "epoch": p["epoch"], "ETA": fmt_seconds(p["eta_s"]),
-                      "img/s": p["images_per_s"] if p["images_per_s"] is not None else float("nan"), "error": r.get("error") or ""})
+                      "state": r["state"], "progress": p["progress"], "phase": p["phase"] if live else "",
+                      "epoch": p["epoch"], "ETA": fmt_seconds(p["eta_s"]),
+                      # text, so a job that is not training shows a blank rather than "None"
+                      "img/s": f"{p['images_per_s']:.0f}" if live and p["images_per_s"] is not None else "",
+                      "error": r.get("error") or ""})
     counts = pd.Series([r["state"] for r in rows]).value_counts()
     st.caption(" · ".join(f"{k}: **{v}**" for k, v in counts.items()))
     st.dataframe(pd.DataFrame(table), hide_index=True, width="stretch", key="jobs_table",
                  column_config={"progress": st.column_config.ProgressColumn("progress", min_value=0, max_value=1,
-                                                                            format="percent"),
-                                "img/s": st.column_config.NumberColumn(format="%.0f")})
+                                                                            format="percent")})
 
 
 queue_table()
@@ -89,10 +91,10 @@ if all_rows:
         rec = row.get("record") or {}
         if row["state"] == "done" and rec:
             m = st.columns([1, 1, 1, 1, 2], vertical_alignment="center")
-            m[0].metric("Accuracy", f"{rec['accuracy']:.4f}" if rec.get("accuracy") is not None else "—")
+            m[0].metric("Accuracy", fmt_value(rec.get("accuracy"), ".4f"))
             m[1].metric("Size", fmt_bytes(rec.get("size_bytes")))
             m[2].metric("MACs", fmt_count(rec.get("macs")))
-            m[3].metric("Latency", f"{rec['latency_ms']:.3g} ms" if rec.get("latency_ms") is not None else "—",
+            m[3].metric("Latency", fmt_value(rec.get("latency_ms"), ".3g", " ms"),
                         help="CPU, batch 1, median")
             m[4].page_link("pages/compare.py", label="Against its base on Compare", icon=":material/compare_arrows:",
                            query_params={"run": job_id})

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from engine import methods, presets, results, saliency, telemetry
+from engine import methods, presets, results, saliency, telemetry, training
 from engine.store import Store
 
 
@@ -48,6 +48,37 @@ def test_x_faster_prefers_paired_timings_chained_along_the_parents():
     assert df.loc["after_old", "x_faster"] == 4.0 and not df.loc["after_old", "x_faster_paired"]
     assert df.loc["ckpt", "x_faster"] == 1.0 and not df.loc["ckpt", "x_faster_paired"]
     assert not df.loc["base", "x_faster_paired"]
+
+
+def test_delta_accuracy_sums_in_job_comparisons_and_refuses_different_test_sets():
+    recs = [rec("base", accuracy=0.90, test_images=100),
+            # each step compared with its start on its own test images, in its own job
+            rec("pruned", "base", accuracy=0.80, start_accuracy=0.85, test_images=500),
+            rec("quant", "pruned", accuracy=0.78, start_accuracy=0.81, test_images=500),
+            rec("old_same", "base", accuracy=0.88, test_images=100),      # before in-job comparison
+            rec("old_other", "base", accuracy=0.70, test_images=500),     # other test set: no Δ at all
+            rec("after_old", "old_other", accuracy=0.69, start_accuracy=0.70, test_images=500)]
+    df = results.table(recs).set_index("run_id")
+    assert df.loc["pruned", "delta_accuracy"] == pytest.approx(-0.05)     # not 0.80 - 0.90
+    assert df.loc["quant", "delta_accuracy"] == pytest.approx(-0.05 - 0.03)
+    assert df.loc["old_same", "delta_accuracy"] == pytest.approx(-0.02)
+    assert math.isnan(df.loc["old_other", "delta_accuracy"])
+    assert math.isnan(df.loc["after_old", "delta_accuracy"])             # a step without the comparison
+    assert df.loc["base", "delta_accuracy"] == 0.0
+
+
+def test_against_start_counts_agreement_and_flips_exactly():
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    start = torch.tensor([0, 1, 2, 1, 1, 0])      # right on 0, 1, 2, 4
+    now = torch.tensor([0, 2, 2, 0, 1, 0])        # right on 0, 2, 3, 4
+    one_hot = lambda p: torch.nn.functional.one_hot(p, 3).float()  # noqa: E731
+    m = training.against_start(one_hot(now), one_hot(start), y, 3)
+    assert m["start_accuracy"] == pytest.approx(4 / 6)
+    assert m["agreement"] == pytest.approx(4 / 6)             # images 0, 2, 4, 5
+    assert m["flips_to_wrong"] == pytest.approx(1 / 6)        # image 1
+    assert m["flips_to_right"] == pytest.approx(1 / 6)        # image 3
+    assert m["start_per_class_accuracy"] == pytest.approx([0.5, 1.0, 0.5])
+    assert training.against_start(one_hot(now), one_hot(start), y, 4)["start_per_class_accuracy"][3] is None
 
 
 def test_gpu_x_faster_chains_paired_gpu_timings_and_falls_back_to_latencies():

@@ -41,6 +41,20 @@ def test_int8_file_is_small_and_measured_on_int8(runs):
     assert 0.0 < r["accuracy"] <= 1.0 and sum(map(sum, r["confusion"])) == r["test_images"]
 
 
+@pytest.mark.parametrize("name", ["lowrank", "int8"])
+def test_each_run_meets_its_start_on_the_same_test_images(runs, name):
+    r, base = runs[name], runs["base"]
+    # Same test images, and the start normalised as it was trained (this job's data.limit differs from
+    # the base's, which once shifted its inputs): the start scores exactly what its own job recorded.
+    one = 0.1 / r["test_images"]                     # far below one image; float32 accuracies round
+    assert r["test_images"] == base["test_images"]
+    assert r["start_accuracy"] == pytest.approx(base["accuracy"], abs=one)
+    assert r["start_per_class_accuracy"] == pytest.approx(base["per_class_accuracy"], abs=one)
+    assert r["accuracy"] - r["start_accuracy"] == pytest.approx(r["flips_to_right"] - r["flips_to_wrong"], abs=one)
+    assert r["flips_to_right"] + r["flips_to_wrong"] <= 1 - r["agreement"] + one   # a flip changes the answer
+    assert "agreement" not in base                    # a fresh architecture starts from nothing
+
+
 def test_runtime_reports_each_backend_or_why_not(tiny_base, session_home):
     r = run_spec(spec(tiny_base["run_id"], "runtime", {"compile_timeout_s": 240}), session_home)
     rt = r["runtimes"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 import io
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -321,6 +323,16 @@ def test_compare_table_plot_filters_and_downloads(launched, ws):
     assert {"Checkpoint bundle (.pt)", "Model card (JSON)", "Download table (CSV)"} <= labels
     assert at.button(key="dl_onnx").disabled  # this run was launched without ONNX: nothing to serve
     assert {m.label for m in at.metric} >= {"Accuracy", "Size", "Latency", "MACs", "Parameters"}
+    assert "Agrees with its start" not in {m.label for m in at.metric}      # a fresh base started from nothing
+    if len(ids) > 1:                                    # a compressed run beside its start, on the same images
+        child = Store(ws).get(ids[1])["record"]
+        at.selectbox(key="detail_run").set_value(ids[1])
+        at.run()
+        shown = {m.label: m.value for m in at.metric}
+        assert shown["Agrees with its start"] == f"{100 * child['agreement']:.1f} %"
+        assert shown["Newly wrong"].startswith(f"{100 * child['flips_to_wrong']:.1f} %")
+        per_class = next(c for c in at.get("plotly_chart") if "Per-class accuracy" in c.proto.spec)
+        assert "its start" in per_class.proto.spec and "this run" in per_class.proto.spec
 
 
 def test_sensitivity_suggestions_become_a_pruning_job(launched, ws):
@@ -440,6 +452,30 @@ def test_hardware_page_live_panels(ws):
     assert at.get("plotly_chart")
 
 
+def test_hardware_page_lists_job_processes_with_cpu_and_memory(tmp_path, monkeypatch):
+    """A running job's process (here a busy loop standing in for it) appears with its CPU use and RSS."""
+    home = tmp_path / "hw"
+    monkeypatch.setenv("SLIMBENCH_HOME", str(home))
+    monkeypatch.setenv("SLIMBENCH_NO_AUTOSTART", "1")
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        store = Store(home)
+        job = store.create({"name": "busy"}, state="running")
+        store.update(job, pid=busy.pid)
+        at = page("hardware")
+        at.run()                                        # psutil's CPU share needs two readings
+        table = next(d.value for d in at.dataframe if "Slimbench job" in d.value.columns).set_index("pid")
+        row = table.loc[busy.pid]
+        assert row["Slimbench job"] == job and row["CPU (% of a core)"] > 5 and "B" in row["memory (RSS)"]
+        busy.kill()
+        busy.wait()
+        at.run()                                        # the process ended: no row, no error
+        assert not at.exception and "No Slimbench job is running." in texts(at, "caption")
+    finally:
+        busy.kill()
+        busy.wait()
+
+
 @pytest.mark.gpu
 def test_hardware_page_reads_a_real_gpu(ws):
     """On an NVIDIA machine: the GPU panel shows the card with memory this process holds, and this
@@ -453,6 +489,7 @@ def test_hardware_page_reads_a_real_gpu(ws):
     gpu = [m for m in at.metric if m.label.startswith("GPU 0: ")]
     assert gpu and torch.cuda.get_device_name(0) in gpu[0].label
     assert "No NVIDIA GPU" not in texts(at, "info")
-    if at.dataframe:  # NVML lists processes where the driver lets it (not inside every container)
-        assert os.getpid() in set(at.dataframe[0].value["pid"])
+    listed = [d.value for d in at.dataframe if "GPU" in d.value.columns]
+    if listed:  # NVML lists processes where the driver lets it (not inside every container)
+        assert os.getpid() in set(listed[0]["pid"])
     del held
