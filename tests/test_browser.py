@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from bench.pages import CHROMIUM, CHROMIUM_ARGS, streamlit_server
 from engine.export import read_bundle
@@ -73,6 +74,21 @@ def digit_png() -> bytes:
     return buf.getvalue()
 
 
+def download(page, button: str) -> Path:
+    """Click a download button and return the saved file. Streamlit serves a deferred download under
+    an id made from its bytes and name, so both checkpoint buttons here serve the same file; once in
+    four CI runs the second click brought no download (not reproduced locally). A second click is
+    allowed; two lost clicks fail."""
+    for attempt in (1, 2):
+        try:
+            with page.expect_download(timeout=20_000) as dl:
+                page.get_by_role("button", name=button).click()
+            return Path(dl.value.path())
+        except PlaywrightTimeout:
+            if attempt == 2:
+                raise
+
+
 def test_main_flow(server, page):
     url, home = server
     page.set_viewport_size({"width": 1400, "height": 1000})
@@ -112,16 +128,12 @@ def test_main_flow(server, page):
     record = Store(home).get(run_id)["record"]
     page.get_by_text(f"{record['accuracy']:.4f}", exact=True).first.wait_for()  # the record's number, shown
     original = Store(home).run_dir(run_id) / "model.pt"
-    with page.expect_download() as dl:
-        page.get_by_role("button", name="Checkpoint bundle (.pt)").click()
-    saved = Path(dl.value.path())
+    saved = download(page, "Checkpoint bundle (.pt)")
     assert saved.read_bytes() == original.read_bytes()
     assert read_bundle(saved)["arch"] == "resnet18"
     page.get_by_text("Pick the winner").click()                   # one run: it is the winner of no limits
     page.get_by_text(re.compile(r"best of 1 run")).wait_for()
-    with page.expect_download() as dl:
-        page.get_by_role("button", name="Winner's checkpoint (.pt)").click()
-    assert Path(dl.value.path()).read_bytes() == original.read_bytes()
+    assert download(page, "Winner's checkpoint (.pt)").read_bytes() == original.read_bytes()
 
     goto(page, "Try an image")
     page.get_by_role("heading", name="Try an image").wait_for()
