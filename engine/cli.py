@@ -143,6 +143,38 @@ def cmd_measure(a: argparse.Namespace) -> int:
     return 0
 
 
+@command("import", "turn a plain PyTorch state dict of a registered architecture into a checkpoint bundle")
+@arg("weights", help="a file saved with torch.save(model.state_dict(), path) (wrapped or DDP-prefixed is fine)")
+@arg("--arch", default=None, help="the architecture (default: read from the weights)")
+@arg("--small-input", choices=("yes", "no"), default=None,
+     help="whether the model uses the small-input stem (default: read from the weights where they tell)")
+@arg("--norm", default="dataset",
+     help="input normalisation the model was trained with: dataset (its data's own mean/std, as Slimbench "
+          "trains), imagenet, or MEAN/STD such as 0.5,0.5,0.5/0.25,0.25,0.25")
+@arg("--classes", default=None, help="comma-separated class names, in output order")
+@arg("-o", "--out", default=None, help="bundle path (default: WEIGHTS' name + .bundle.pt in this folder)")
+def cmd_import(a: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from . import export, import_weights
+    from .spec import SpecError
+    small = None if a.small_input is None else a.small_input == "yes"
+    classes = [c.strip() for c in a.classes.split(",")] if a.classes else None
+    try:
+        norm = import_weights.parse_normalisation(a.norm)
+    except export.BundleError as e:
+        raise SpecError("--norm", str(e)) from None
+    try:
+        bundle = import_weights.to_bundle(a.weights, arch=a.arch, small_input=small, norm=norm, class_names=classes)
+    except export.BundleError as e:
+        raise SpecError("weights", str(e)) from None
+    out = Path(a.out or f"{Path(a.weights).stem}.bundle.pt")
+    size = export.save_bundle(bundle, out)
+    print(json.dumps({"bundle": str(out), "arch": bundle["arch"], **bundle["arch_kwargs"],
+                      "normalisation": bundle["meta"]["normalisation"], "size_bytes": size}))
+    return 0
+
+
 @command("runs", "list runs in the workspace")
 @arg("--json", action="store_true", help="one JSON array with full records")
 @arg("--state", default=None, help="only runs in this state (done, failed, ...)")

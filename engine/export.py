@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -162,26 +163,54 @@ def save_bundle(bundle: dict[str, Any], path: Path) -> int:
     return Path(path).stat().st_size
 
 
-def read_bundle(path: str | Path) -> dict[str, Any]:
+def load_torch_file(path: str | Path) -> Any:
+    """``torch.load`` with ``weights_only=True``: tensors and plain data only, never pickled code."""
     path = Path(path)
     if not path.is_file():
         raise BundleError(f"checkpoint not found: {path}")
     try:
-        b = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        msg = str(e).splitlines()[0][:300]
-        if "Weights only load failed" in str(e) or "Unsupported global" in str(e):
-            raise BundleError(f"{path.name} was refused: it contains pickled code or objects other than "
-                              f"tensors and plain data, which Slimbench never executes ({msg})") from None
-        raise BundleError(f"{path.name} is not a readable checkpoint (truncated or not a torch file): {msg}") from None
+        text = str(e)
+        found = re.search(r"GLOBAL (\S+)", text)
+        if found or "Unsupported global" in text:
+            raise BundleError(f"{path.name} was refused: it holds pickled objects other than tensors and plain "
+                              f"data ({found.group(1) if found else 'a global'}), which could run code on "
+                              "loading; Slimbench never executes them") from None
+        # The weights-only unpickler also stops at bytes torch.save never writes (garbage, a raw pickle).
+        msg = "" if "Weights only load failed" in text else f": {text.splitlines()[0][:300]}" if text else ""
+        raise BundleError(f"{path.name} is not a readable checkpoint (truncated, damaged or not written by "
+                          f"torch.save){msg}") from None
+
+
+def read_bundle(path: str | Path) -> dict[str, Any]:
+    return checked_bundle(load_torch_file(path), Path(path).name)
+
+
+def checked_bundle(b: Any, name: str) -> dict[str, Any]:
+    """``b`` (a loaded checkpoint file called ``name``) if it is a bundle this Slimbench reads."""
     if not isinstance(b, dict):
-        raise BundleError(f"{path.name} holds a {type(b).__name__}, not a Slimbench bundle or state dict")
+        raise BundleError(f"{name} holds a {type(b).__name__}, not a Slimbench bundle or state dict")
     if b.get("format") != FORMAT:
-        raise BundleError(f"{path.name} is not a Slimbench bundle (no format tag); to start from a plain "
-                          "state dict use model.arch with model.pretrained")
+        raise BundleError(f"{name} is not a Slimbench bundle (no format tag); import a plain state dict "
+                          "first: python -m engine import FILE (or upload it on Experiments)")
     if b.get("version") != VERSION:
-        raise BundleError(f"{path.name} is bundle version {b.get('version')!r}; this Slimbench reads version {VERSION}")
+        raise BundleError(f"{name} is bundle version {b.get('version')!r}; this Slimbench reads version {VERSION}")
     return b
+
+
+def fit_problems(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    """How ``state`` fails to fit ``model`` exactly: wrong shapes, missing and unexpected tensors."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+             for k in own if k in state and own[k].shape != state[k].shape]
+    parts = []
+    for label, items in (("shape mismatch", wrong), ("missing", missing), ("unexpected", unexpected)):
+        if items:
+            parts.append(f"{label} " + "; ".join(items[:3]) + (f" (+{len(items) - 3} more)" if len(items) > 3 else ""))
+    return parts
 
 
 def model_from_bundle(b: dict[str, Any]) -> nn.Module:
@@ -206,20 +235,9 @@ def model_from_bundle(b: dict[str, Any]) -> nn.Module:
     if outputs != int(kw["num_classes"]):
         raise BundleError(f"bundle says {kw['num_classes']} classes but its classifier {head_name}.weight has "
                           f"{outputs} outputs")
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-             for k in own if k in state and own[k].shape != state[k].shape]
-    if missing or unexpected or wrong:
-        parts = []
-        if wrong:
-            parts.append("shape mismatch " + "; ".join(wrong[:3]))
-        if missing:
-            parts.append("missing " + ", ".join(missing[:3]))
-        if unexpected:
-            parts.append("unexpected " + ", ".join(unexpected[:3]))
-        raise BundleError(f"weights do not fit {arch} with {kw['num_classes']} classes: " + " | ".join(parts))
+    problems = fit_problems(model, state)
+    if problems:
+        raise BundleError(f"weights do not fit {arch} with {kw['num_classes']} classes: " + " | ".join(problems))
     model.load_state_dict(state)
     low = {v.dtype for v in state.values() if v.is_floating_point()} & {torch.float16, torch.bfloat16}
     if low:  # a half-precision bundle (method half) runs in the precision it was stored in

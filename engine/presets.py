@@ -120,14 +120,18 @@ def custom_plan(*, data: dict, model: dict, steps: list[tuple[str, list[dict[str
     """Specs for a hand-made experiment.
 
     ``model`` is {"arch": ...} (a baseline is trained first and every method starts from it),
-    {"from_run": id} or {"checkpoint": path}. ``steps`` lists (method, params variants); with
-    ``chain`` each step starts from the previous step's result (a pipeline of jobs).
+    {"from_run": id} or {"checkpoint": path} (the checkpoint is first scored and measured as it is,
+    or fine-tuned for ``base_train["epochs"]``, so it has a run of its own that every method is
+    compared with). ``steps`` lists (method, params variants); with ``chain`` each step starts from
+    the previous step's result (a pipeline of jobs).
     """
     specs: list[dict[str, Any]] = []
     start: dict[str, Any] = dict(model)
     prefix = f"{name}: " if name else ""
-    if model.get("arch"):
-        specs.append({"name": f"{prefix}baseline {model['arch']}", "data": data, "model": dict(model),
+    if model.get("arch") or model.get("checkpoint"):
+        label = (f"baseline {model['arch']}" if model.get("arch") else
+                 f"{Path(model['checkpoint']).stem} " + ("fine-tuned" if base_train.get("epochs") else "as given"))
+        specs.append({"name": prefix + label, "data": data, "model": dict(model),
                       "method": {"name": "baseline", "params": {}}, "train": dict(base_train),
                       "measure": dict(measure)})
         start = {"from_run": ref(0)}

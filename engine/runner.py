@@ -142,6 +142,8 @@ def _starting_model(spec: JobSpec, store: Store, data: data_mod.DataBundle):
     if meta.get("input_size") and list(meta["input_size"]) != list(data.input_shape):
         raise SpecError("model", f"the starting model expects input {meta['input_size']} but the data gives "
                         f"{list(data.input_shape)}; set data.image_size to {meta['input_size'][-1]}")
+    if not meta.get("input_size"):  # an imported model: no input size recorded, so check this one fits
+        models.check_input_fits(model, bundle["arch"], data.input_shape, "model.checkpoint")
     return model, bundle["arch"], bool(kw.get("small_input")), {**bundle.get("metrics", {})}, parent, \
         _with_start_preprocessing(data, meta)
 
@@ -150,15 +152,18 @@ def _with_start_preprocessing(data: data_mod.DataBundle, meta: dict[str, Any]) -
     """The data normalised as the starting model was trained. Each job derives mean/std from its own
     training images, so a job with another ``data.limit`` would otherwise feed the model shifted
     inputs, and every accuracy it measured (the start's and the result's) would carry that shift."""
-    mean, std = meta.get("mean"), meta.get("std")
-    if not mean or not std or len(mean) != len(data.mean) or len(std) != len(data.std):
-        log.warning("the starting model records no normalisation for %d channels; using this data's own",
-                    len(data.mean))
-        return data
     names = meta.get("class_names")
     if names and list(names) != list(data.class_names):
         log.warning("the starting model's classes %s differ from this data's %s: outputs are matched by index",
                     names[:10], data.class_names[:10])
+    if meta.get("normalisation") == "dataset":  # an imported model declared to take its data's own statistics
+        log.info("normalising with this data's own mean/std, as declared when the model was imported")
+        return data
+    mean, std = meta.get("mean"), meta.get("std")
+    # One or three values broadcast over either channel count (grey data becomes RGB normalised per channel).
+    if not mean or not std or len(mean) != len(std) or len(mean) not in (1, 3):
+        log.warning("the starting model records no normalisation; using this data's own")
+        return data
     return dataclasses.replace(data, mean=[float(v) for v in mean], std=[float(v) for v in std])
 
 

@@ -213,8 +213,8 @@ def classification_metrics(logits: torch.Tensor, y: torch.Tensor, num_classes: i
     pred = logits.argmax(1)
     k = min(5, num_classes)
     out: dict[str, Any] = {
-        "accuracy": (pred == y).float().mean().item(),
-        "top5": (logits.topk(k, 1).indices == y[:, None]).any(1).float().mean().item(),
+        "accuracy": (pred == y).double().mean().item(),
+        "top5": (logits.topk(k, 1).indices == y[:, None]).any(1).double().mean().item(),
         "loss": F.cross_entropy(logits, y).item(),
         "n": int(len(y)),
     }

@@ -173,17 +173,17 @@ def run_label(row: dict[str, Any]) -> str:
 
 
 def save_upload(uploaded, folder: str = "uploads") -> Path:
-    """Store an uploaded file in the workspace under a content-addressed name; returns its path."""
+    """Store an upload in the workspace under a folder named by its content's hash, keeping its own
+    (sanitised) name: equal uploads share a file, and jobs show the user's file name."""
     import hashlib
     import re
     data = uploaded.getvalue()
     digest = hashlib.sha256(data).hexdigest()[:16]
-    safe = re.sub(r"[^A-Za-z0-9._-]", "_", Path(uploaded.name).name)[-80:] or "upload"
-    d = get_store().root / folder
-    d.mkdir(parents=True, exist_ok=True)
-    path = d / f"{digest}-{safe}"
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", Path(uploaded.name).name)[-80:].lstrip(".") or "upload"
+    path = get_store().root / folder / digest / safe
     if not path.is_file():
         from engine.export import atomic_write_bytes
+        path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, data)
     return path
 

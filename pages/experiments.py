@@ -7,7 +7,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from engine import data as data_mod, jobs, methods, models, presets
+from engine import data as data_mod, export, import_weights, jobs, methods, models, presets
 from engine.spec import SpecError
 from pages.common import device_text, done_runs, get_store, inside_app, run_label, save_upload
 
@@ -51,6 +51,65 @@ def starts_from(model: dict[str, Any]) -> str:
     if isinstance(src, str) and src.startswith(presets.REF_PREFIX):
         return f"job {int(src[len(presets.REF_PREFIX):]) + 1} of this plan"
     return f"new {model['arch']}" if model.get("arch") else src or model.get("checkpoint") or ""
+
+
+@st.cache_data(show_spinner="Reading the checkpoint…", max_entries=8)
+def inspect_checkpoint(path: str) -> tuple[str, Any]:
+    kind, what = import_weights.inspect(path)
+    if kind == "bundle":  # only what the page shows: the weights stay on disk
+        what = {"arch": what.get("arch"), **what.get("arch_kwargs", {}), "kind": what.get("kind", "torch"),
+                "dataset": what.get("meta", {}).get("dataset"), "accuracy": what.get("metrics", {}).get("accuracy")}
+    return kind, what
+
+
+def checkpoint_panel(ck) -> str:
+    """The path of a bundle for the uploaded checkpoint: the upload itself if it is one, else its
+    state dict imported as the user describes it (architecture, stem, normalisation)."""
+    path = save_upload(ck, "checkpoints")
+    kind, what = inspect_checkpoint(str(path))
+    if kind == "bundle":
+        if what["kind"] != "torch":
+            raise export.BundleError(f"it holds a {what['kind']} model; compression starts from PyTorch weights")
+        acc = f", accuracy {what['accuracy']:.4f} on {what['dataset']}" if what.get("accuracy") is not None else ""
+        st.success(f"Slimbench bundle: {what['arch']}, {what['num_classes']} classes{acc}.")
+        return str(path)
+    matches: list[import_weights.Match] = what
+    if matches:
+        st.info("PyTorch state dict: its tensors fit " + " or ".join(m.describe() for m in matches) + ".")
+    else:
+        st.warning("PyTorch state dict whose tensors fit no listed architecture exactly; pick the one it "
+                   "should be to see what differs.")
+    archs = list(dict.fromkeys(m.arch for m in matches)) or list(models.ARCHS)
+    c1, c2 = st.columns(2)
+    arch = c1.selectbox("Architecture of these weights", archs, key="ck_arch")
+    stems = sorted({m.small_input for m in matches if m.arch == arch}) or [False, True]
+    small = c2.radio("Stem", stems, horizontal=True, key="ck_stem",
+                     format_func=lambda v: "small-input (3x3 stride 1)" if v else "standard (ImageNet)",
+                     help="Weights show a 7x7 vs 3x3 first conv but not a stride, so some architectures ask.")
+    norm_label = st.radio("Inputs were normalised with", list(NORMS), horizontal=True, key="ck_norm",
+                          help="Feeding a model inputs normalised otherwise than in its training costs accuracy "
+                               "silently; say how it was trained.")
+    norm: Any = NORMS[norm_label]
+    if norm is None:
+        c1, c2 = st.columns(2)
+        mean = c1.text_input("Mean per channel", "0.5, 0.5, 0.5", key="ck_mean")
+        std = c2.text_input("Std per channel", "0.5, 0.5, 0.5", key="ck_std")
+        norm = import_weights.parse_normalisation(f"{mean}/{std}")
+    # One bundle per description of the upload, named like it (jobs are labelled by the file's name).
+    out = path.parent / f"{arch}-{'small' if small else 'std'}-{norm_key(norm)}" / f"{path.stem}.pt"
+    if not out.is_file():
+        bundle = import_weights.to_bundle(path, arch=arch, small_input=small, norm=norm)
+        out.parent.mkdir(exist_ok=True)
+        export.save_bundle(bundle, out)
+    return str(out)
+
+
+NORMS = {"this dataset's own mean/std (as Slimbench trains)": "dataset", "ImageNet's": "imagenet", "custom": None}
+
+
+def norm_key(norm: Any) -> str:
+    import hashlib
+    return norm if isinstance(norm, str) else hashlib.sha256(repr(norm).encode()).hexdigest()[:8]
 
 
 tab_preset, tab_custom = st.tabs(["Presets", "Custom experiment"])
@@ -194,11 +253,22 @@ with tab_custom:
             labels = {r["id"]: run_label(r) for r in runs}
             model["from_run"] = st.selectbox("Run", list(labels), format_func=labels.get, key="base_run")
     else:
-        ck = st.file_uploader("Slimbench checkpoint bundle (.pt)", type=["pt"], key="ckpt")
+        ck = st.file_uploader("Checkpoint: a Slimbench bundle, or a PyTorch state dict of a listed architecture",
+                              type=["pt", "pth", "bin", "ckpt"], key="ckpt",
+                              help="A state dict as saved by torch.save(model.state_dict(), path); wrapped in "
+                                   "{'state_dict': ...} or DDP-prefixed is fine. Never unpickled as code.")
+        base_train["epochs"] = int(st.number_input(
+            "Fine-tune epochs before compressing (0 = use it as it is)", 0, 10000, 0, key="ck_epochs",
+            help="The checkpoint first gets a run of its own on this data (scored and measured), which every "
+                 "method starts from and is compared with."))
         if ck is None:
             data_problem = data_problem or "upload a checkpoint first"
         else:
-            model["checkpoint"] = str(save_upload(ck, "checkpoints"))
+            try:
+                model["checkpoint"] = checkpoint_panel(ck)
+            except export.BundleError as e:
+                st.error(f"{ck.name}: {e}")
+                data_problem = data_problem or f"{ck.name} cannot be used ({e})"
 
     st.subheader("3 · Methods")
     choices = sorted((n for n in registry if n != "baseline"), key=lambda n: (registry[n].family, n))
@@ -229,7 +299,7 @@ with tab_custom:
             st.error(f"Cannot launch: {data_problem}.")
         elif problem:
             st.error(f"Cannot launch: {problem}")
-        elif not model.get("arch") and not steps:
+        elif not (model.get("arch") or model.get("checkpoint")) and not steps:
             st.error("Cannot launch: choose at least one compression method.")
         elif chain and any(len(v) > 1 for _, v in steps):
             st.error("Cannot launch: a pipeline takes one setting per step; remove the sweep or untick Pipeline.")

@@ -180,6 +180,68 @@ def test_experiments_errors_name_the_field(ws, monkeypatch):
         assert f"{name}.{p.name}" in texts(at, "error")
 
 
+def test_experiments_imports_an_uploaded_state_dict_as_the_base(ws, monkeypatch):
+    """A plain state dict (DDP-prefixed, as training scripts save it) is recognised, imported with the
+    normalisation the user states, and gets a run of its own that the chosen method starts from."""
+    import torch
+
+    from engine import export, models
+    monkeypatch.setenv("SLIMBENCH_NO_AUTOSTART", "1")
+    net = models.build("resnet18", 10, small_input=True)
+    buf = io.BytesIO()
+    torch.save({"module." + k: v for k, v in net.state_dict().items()}, buf)
+    store = Store(ws)
+    before = len(store.list())
+    at = page("experiments")
+    at.selectbox(key="dataset").set_value("digits")
+    at.radio(key="base_kind").set_value("Upload a checkpoint")
+    at.run()
+    at.file_uploader(key="ckpt").set_value(("bad.pth", b"not a torch file", "application/octet-stream"))
+    at.run()
+    assert "not a readable checkpoint" in texts(at, "error")
+    at.button(key="launch_custom").click()
+    at.run()
+    assert "Cannot launch" in texts(at, "error") and len(store.list()) == before
+
+    at.file_uploader(key="ckpt").set_value(("my net.pth", buf.getvalue(), "application/octet-stream"))
+    at.run()
+    assert not at.exception and not at.error, texts(at, "error")
+    assert "resnet18 (small-input stem, 10 classes)" in texts(at, "info")
+    at.radio(key="ck_norm").set_value("ImageNet's")
+    method = quick_method()
+    if method:
+        at.multiselect(key="methods").set_value([method])
+    at.button(key="launch_custom").click()
+    at.run()
+    assert not at.error, texts(at, "error")
+    ids = at.session_state["launched"]
+    rows = [store.get(i) for i in ids]
+    first = rows[0]["spec"]
+    assert first["name"] == "my_net as given" and first["method"]["name"] == "baseline"
+    assert first["train"]["epochs"] == 0
+    model, bundle = export.load_model(first["model"]["checkpoint"])
+    assert bundle["meta"]["normalisation"] == "imagenet" and bundle["arch_kwargs"]["small_input"] is True
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in net.state_dict().items())
+    if method:
+        assert rows[1]["spec"]["model"]["from_run"] == ids[0] and rows[1]["spec"]["method"]["name"] == method
+    for i in ids:
+        jobs.cancel(i, store)
+
+    # A stem that differs only in stride cannot be read from the weights: both are offered, the user picks.
+    buf = io.BytesIO()
+    torch.save(models.build("mobilenet_v3_small", 10).state_dict(), buf)
+    at.file_uploader(key="ckpt").set_value(("mnv3.pt", buf.getvalue(), "application/octet-stream"))
+    at.run()
+    assert not at.exception and not at.error, texts(at, "error")
+    assert "mobilenet_v3_small (standard stem, 10 classes) or mobilenet_v3_small (small-input stem" in texts(at, "info")
+    at.radio(key="ck_stem").set_value(True)
+    at.radio(key="ck_norm").set_value("custom")
+    at.run()
+    at.text_input(key="ck_std").set_value("0.5, 0")
+    at.run()
+    assert "positive" in texts(at, "error") or "1 or 3 values" in texts(at, "error")
+
+
 def test_experiments_sweep_queues_one_job_per_value(ws, monkeypatch):
     monkeypatch.setenv("SLIMBENCH_NO_AUTOSTART", "1")
     reg = methods.METHODS

@@ -1,0 +1,177 @@
+"""Bring your own model: a plain PyTorch state dict of a registered architecture becomes a checkpoint
+bundle, so every job, page and download treats it like a model trained here.
+
+Architecture, class count and stem are read from the tensors' names and shapes (``identify``); where
+the weights cannot tell (a stem that differs only in stride), the caller says. What no weights can
+tell is the input normalisation the model was trained with, and feeding inputs normalised otherwise
+silently costs accuracy, so the caller states it too: the dataset's own mean/std (what Slimbench
+trains with), ImageNet's, or explicit values.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from . import export, models
+
+IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+NORMALISATIONS = ("dataset", "imagenet")  # or explicit (mean, std)
+# Training scripts wrap the weights (a dict with the epoch, optimiser state, ...) or prefix their names
+# (DataParallel/DDP "module.", torch.compile "_orig_mod."); both are undone before matching.
+WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights")
+PREFIXES = ("module.", "_orig_mod.")
+
+
+class ImportWeightsError(export.BundleError):
+    """Weights that cannot become a bundle, with the reason and the way out."""
+
+
+@dataclass(frozen=True)
+class Match:
+    arch: str
+    small_input: bool
+    num_classes: int
+
+    def describe(self) -> str:
+        stem = "small-input stem" if self.small_input else "standard stem"
+        return f"{self.arch} ({stem}, {self.num_classes} classes)"
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a saved state dict, unwrapped and unprefixed; refuses pickled code and bundles."""
+    return _state_dict_of(export.load_torch_file(path), Path(path).name)
+
+
+def _state_dict_of(obj: Any, name: str) -> dict[str, torch.Tensor]:
+    if isinstance(obj, dict) and obj.get("format") == export.FORMAT:
+        raise ImportWeightsError(f"{name} is already a Slimbench bundle: use it as it is (model.checkpoint)")
+    if isinstance(obj, dict):
+        for key in WRAPPER_KEYS:
+            if isinstance(obj.get(key), dict) and obj[key] and all(torch.is_tensor(v) for v in obj[key].values()):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(k, str) and torch.is_tensor(v)
+                                                       for k, v in obj.items()):
+        raise ImportWeightsError(f"{name} does not hold a state dict of tensors (save one with "
+                                 "torch.save(model.state_dict(), path))")
+    sd = dict(obj)
+    for prefix in PREFIXES:
+        if all(k.startswith(prefix) for k in sd):
+            sd = {k[len(prefix):]: v for k, v in sd.items()}
+    return sd
+
+
+@functools.lru_cache(maxsize=None)
+def _shapes(arch: str, small_input: bool, num_classes: int) -> dict[str, tuple[int, ...]]:
+    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+        model = models.build(arch, num_classes, small_input)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+@functools.lru_cache(maxsize=None)
+def _head_key(arch: str, small_input: bool) -> str:
+    with torch.device("meta"):
+        return models.classifier_layer(models.build(arch, 2, small_input))[0] + ".weight"
+
+
+def identify(sd: dict[str, torch.Tensor]) -> list[Match]:
+    """Every registered (architecture, stem) whose tensors these are, exactly: names and shapes."""
+    shapes = {k: tuple(v.shape) for k, v in sd.items()}
+    found = []
+    for arch in models.ARCHS:
+        for small in (False, True):
+            head = shapes.get(_head_key(arch, small))
+            if not head or head[0] < 2:
+                continue
+            if _shapes(arch, small, head[0]) == shapes:
+                found.append(Match(arch, small, head[0]))
+    return found
+
+
+def choose(sd: dict[str, torch.Tensor], arch: str | None = None, small_input: bool | None = None) -> Match:
+    """The one architecture and stem these weights are, narrowed by what the caller says."""
+    matches = [m for m in identify(sd) if (arch is None or m.arch == arch)
+               and (small_input is None or m.small_input == small_input)]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        if arch is None:
+            raise ImportWeightsError("these weights fit no registered architecture exactly "
+                                     f"({', '.join(models.ARCHS)}); a custom or width-scaled model cannot be imported")
+        if arch not in models.ARCHS:
+            raise ImportWeightsError(f"unknown architecture {arch!r}; valid: {', '.join(models.ARCHS)}")
+        head = sd.get(_head_key(arch, bool(small_input)))
+        n = int(head.shape[0]) if head is not None and head.dim() and head.shape[0] >= 2 else 2
+        with torch.device("meta"):
+            model = models.build(arch, n, bool(small_input))
+        raise ImportWeightsError(f"these weights are not {arch}: " + " | ".join(export.fit_problems(model, sd)))
+    if len({m.arch for m in matches}) > 1:
+        raise ImportWeightsError("these weights fit several architectures ("
+                                 f"{', '.join(m.describe() for m in matches)}); name the architecture")
+    raise ImportWeightsError(f"{matches[0].arch}'s small-input stem differs from the standard one only in stride, "
+                             "which weights do not show; say whether the model used the small-input stem "
+                             "(3x3 stride-1 first conv for images of 64 px or less)")
+
+
+def normalisation(choice: str | Sequence[Sequence[float]]) -> dict[str, Any]:
+    """Bundle metadata for the stated normalisation: "dataset", "imagenet" or (mean, std)."""
+    if choice == "dataset":
+        return {"normalisation": "dataset"}  # no mean/std: each job uses its data's own
+    if choice == "imagenet":
+        return {"normalisation": "imagenet", **IMAGENET}
+    if isinstance(choice, str) or len(choice) != 2:
+        raise ImportWeightsError(f"normalisation must be one of {', '.join(NORMALISATIONS)} or (mean, std)")
+    mean, std = ([float(v) for v in c] for c in choice)
+    if len(mean) != len(std) or len(mean) not in (1, 3):
+        raise ImportWeightsError(f"normalisation: mean and std need 1 or 3 values each, got {len(mean)} and {len(std)}")
+    if any(s <= 0 for s in std):
+        raise ImportWeightsError("normalisation: every std must be positive")
+    return {"normalisation": "custom", "mean": mean, "std": std}
+
+
+def parse_normalisation(text: str) -> str | tuple[list[float], list[float]]:
+    """"dataset", "imagenet" or "MEAN/STD" with comma-separated values, e.g. "0.5,0.5,0.5/0.25,0.25,0.25"."""
+    text = text.replace(" ", "")
+    if text in NORMALISATIONS:
+        return text
+    try:
+        mean, std = ([float(v) for v in part.split(",")] for part in text.split("/"))
+    except ValueError:
+        raise ImportWeightsError("expected dataset, imagenet or MEAN/STD such as 0.5,0.5,0.5/0.25,0.25,0.25, "
+                                 f"got {text!r}") from None
+    normalisation((mean, std))  # checked now, not when the weights are converted
+    return mean, std
+
+
+def to_bundle(path: str | Path, *, arch: str | None = None, small_input: bool | None = None,
+              norm: str | Sequence[Sequence[float]] = "dataset",
+              class_names: Sequence[str] | None = None) -> dict[str, Any]:
+    """A checkpoint bundle of the state dict at ``path``; the weights load into the model exactly."""
+    path = Path(path)
+    sd = read_state_dict(path)
+    match = choose(sd, arch, small_input)
+    meta = normalisation(norm)
+    if class_names is not None:
+        if len(class_names) != match.num_classes:
+            raise ImportWeightsError(f"{len(class_names)} class names given for a model with {match.num_classes} outputs")
+        meta["class_names"] = [str(c) for c in class_names]
+    model = models.build(match.arch, match.num_classes, match.small_input)
+    model.load_state_dict(sd)  # strict: identify() compared every name and shape
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return export.make_bundle(model.eval(), arch=match.arch, num_classes=match.num_classes,
+                              small_input=match.small_input, meta=meta,
+                              extra={"imported_from": path.name, "imported_sha256": digest})
+
+
+def inspect(path: str | Path) -> tuple[str, Any]:
+    """What a user's checkpoint file is: ("bundle", the bundle) or ("weights", the matching
+    architectures, possibly none); raises ``export.BundleError`` for anything unusable."""
+    obj = export.load_torch_file(path)
+    if isinstance(obj, dict) and obj.get("format") == export.FORMAT:
+        return "bundle", export.checked_bundle(obj, Path(path).name)
+    return "weights", identify(_state_dict_of(obj, Path(path).name))

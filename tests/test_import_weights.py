@@ -1,0 +1,140 @@
+"""Bring your own weights: plain state dicts become bundles exactly, and jobs honour the declared normalisation."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine import data as data_mod, export, import_weights, models, presets, runner, training
+from engine.spec import DataSpec, JobSpec
+from engine.store import Store
+from tests.conftest import cli
+
+QUICK_MEASURE = {"onnx": False, "latency_runs": 5, "warmup_runs": 1, "paired_rounds": 1}
+
+
+def saved(tmp_path: Path, model: torch.nn.Module, name: str = "weights.pth", wrap: bool = False,
+          prefix: str = "") -> Path:
+    sd = {prefix + k: v for k, v in model.state_dict().items()}
+    torch.save({"epoch": 7, "state_dict": sd} if wrap else sd, tmp_path / name)
+    return tmp_path / name
+
+
+def test_a_wrapped_prefixed_state_dict_is_identified_and_imported_exactly(tmp_path):
+    torch.manual_seed(0)
+    net = models.build("resnet18", 10, small_input=True).eval()
+    path = saved(tmp_path, net, wrap=True, prefix="module.")  # as a DDP training script saves it
+    sd = import_weights.read_state_dict(path)
+    assert import_weights.identify(sd) == [import_weights.Match("resnet18", True, 10)]
+    bundle = import_weights.to_bundle(path, norm="imagenet", class_names=[str(i) for i in range(10)])
+    assert bundle["arch"] == "resnet18" and bundle["arch_kwargs"]["small_input"] is True
+    assert bundle["meta"]["mean"] == import_weights.IMAGENET["mean"]
+    assert bundle["extra"]["imported_from"] == "weights.pth"
+    rebuilt = export.model_from_bundle(bundle)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), net(x))
+
+
+def test_stride_only_stems_must_be_stated_and_the_class_count_is_read_from_the_head(tmp_path):
+    path = saved(tmp_path, models.build("mobilenet_v3_small", 4, small_input=False))
+    found = import_weights.identify(import_weights.read_state_dict(path))
+    assert {(m.arch, m.small_input, m.num_classes) for m in found} == {("mobilenet_v3_small", False, 4),
+                                                                       ("mobilenet_v3_small", True, 4)}
+    with pytest.raises(import_weights.ImportWeightsError, match="small-input stem"):
+        import_weights.to_bundle(path)
+    b = import_weights.to_bundle(path, small_input=True)
+    assert b["arch_kwargs"] == {"num_classes": 4, "small_input": True, "width": 1.0}
+
+
+def test_weights_of_another_architecture_name_what_differs(tmp_path):
+    path = saved(tmp_path, models.build("resnet18", 10, small_input=True))
+    with pytest.raises(import_weights.ImportWeightsError, match=r"not resnet34: .*missing layer1\.2"):
+        import_weights.to_bundle(path, arch="resnet34", small_input=True)
+    torch.save({"conv.weight": torch.zeros(8, 3, 3, 3), "fc.weight": torch.zeros(10, 8)}, tmp_path / "custom.pt")
+    with pytest.raises(import_weights.ImportWeightsError, match="fit no registered architecture"):
+        import_weights.to_bundle(tmp_path / "custom.pt")
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # torch notes the raw pickle it refuses
+def test_files_that_are_not_plain_weights_are_refused(tmp_path, digits_base):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+    torch.save({"state_dict": {"fc.weight": Evil()}}, tmp_path / "evil.pt")
+    with pytest.raises(export.BundleError, match="refused"):
+        import_weights.to_bundle(tmp_path / "evil.pt")
+    with open(tmp_path / "raw.pkl", "wb") as f:  # a plain pickle, not torch.save's format
+        pickle.dump({"fc.weight": Evil()}, f)
+    (tmp_path / "junk.pth").write_bytes(b"not a torch file")
+    for name in ("raw.pkl", "junk.pth"):
+        with pytest.raises(export.BundleError, match="not a readable checkpoint"):
+            import_weights.to_bundle(tmp_path / name)
+    assert not marker.exists()
+    torch.save([torch.zeros(3)], tmp_path / "list.pt")
+    with pytest.raises(import_weights.ImportWeightsError, match="does not hold a state dict"):
+        import_weights.to_bundle(tmp_path / "list.pt")
+    with pytest.raises(import_weights.ImportWeightsError, match="already a Slimbench bundle"):
+        import_weights.to_bundle(digits_base["checkpoint"])
+    assert import_weights.inspect(digits_base["checkpoint"])[0] == "bundle"
+
+
+@pytest.mark.parametrize("text, problem", [("0.5,0.5/0.2", "1 or 3 values"), ("0.5/-1", "positive"),
+                                           ("imagenett", "expected dataset, imagenet"), ("a,b,c/1,1,1", "expected")])
+def test_normalisation_text_is_parsed_or_refused(text, problem):
+    assert import_weights.parse_normalisation("imagenet") == "imagenet"
+    assert import_weights.parse_normalisation("0.5, 0.4, 0.3/0.2,0.2,0.2") == ([0.5, 0.4, 0.3], [0.2, 0.2, 0.2])
+    with pytest.raises(import_weights.ImportWeightsError, match=problem):
+        import_weights.parse_normalisation(text)
+
+
+def test_an_imported_model_is_scored_as_given_with_the_normalisation_declared(home, tmp_path, digits_base):
+    """The reference base, saved as a plain state dict and imported, scores what it scored when trained
+    once its training normalisation is declared; declared ImageNet statistics (three values on grey
+    digits) are what the job then feeds it, checked against an evaluation done here by hand."""
+    model, bundle = export.load_model(digits_base["checkpoint"])
+    weights = saved(tmp_path, model)
+    meta = bundle["meta"]
+    store = Store()
+    records = {}
+    for label, norm in (("own", (meta["mean"], meta["std"])), ("imagenet", "imagenet")):
+        path = tmp_path / f"{label}.bundle.pt"
+        export.save_bundle(import_weights.to_bundle(weights, norm=norm), path)
+        plan = presets.custom_plan(data={"name": "digits"}, model={"checkpoint": str(path)}, steps=[],
+                                   base_train={"epochs": 0}, train={}, measure=QUICK_MEASURE)
+        assert [s["name"] for s in plan] == [f"{label}.bundle as given"]
+        records[label] = runner.execute(JobSpec.from_dict(plan[0]), store)
+    own = records["own"]
+    assert own["accuracy"] == digits_base["accuracy"] and own["test_images"] == digits_base["test_images"]
+    assert own["start_accuracy"] == own["accuracy"] and own["agreement"] == 1.0
+
+    data = data_mod.load(DataSpec(name="digits"))
+    assert data.channels == 1
+    by_hand = dataclasses.replace(data, **import_weights.IMAGENET)
+    logits, ys = training.predict(model, by_hand.loader("test"), torch.device("cpu"))
+    expected = (logits.argmax(1) == ys).double().mean().item()
+    rec = records["imagenet"]
+    assert rec["accuracy"] == pytest.approx(expected, abs=1e-9)
+    assert export.read_bundle(rec["checkpoint"])["meta"]["mean"] == import_weights.IMAGENET["mean"]
+
+
+def test_cli_import_writes_a_bundle_and_refuses_bad_input(tmp_path):
+    weights = saved(tmp_path, models.build("squeezenet1_1", 3, small_input=False))
+    out = tmp_path / "sq.pt"
+    p = cli("import", str(weights), "--small-input", "no", "--norm", "0.5,0.5,0.5/0.25,0.25,0.25",
+            "--classes", "a,b,c", "-o", str(out), home=tmp_path / "ws")
+    assert p.returncode == 0, p.stderr
+    summary = json.loads(p.stdout)
+    assert summary["arch"] == "squeezenet1_1" and summary["num_classes"] == 3 and summary["size_bytes"] == out.stat().st_size
+    model, b = export.load_model(out)
+    assert b["meta"]["class_names"] == ["a", "b", "c"] and b["meta"]["std"] == [0.25] * 3
+    bad = cli("import", str(weights), "--norm", "0.5/0", home=tmp_path / "ws")
+    assert bad.returncode == 2 and "--norm" in bad.stderr and "positive" in bad.stderr
+    ambiguous = cli("import", str(weights), home=tmp_path / "ws")
+    assert ambiguous.returncode == 2 and "small-input stem" in ambiguous.stderr
