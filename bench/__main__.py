@@ -72,7 +72,9 @@ def methods_section(res: dict, data_spec: dict, base_epochs: int, ft: int, stude
              "each row's job times its model and the base in alternating blocks (5 rounds, ABBA) and reports the "
              "median of the per-round ratios with their min-max, so machine drift between rows cancels. "
              "\"agrees w/ start\": share of test images whose top-1 answer equals that of the model the row started "
-             "from (the base, or the previous step of a chain), both run in the row's job.", "",
+             "from (the base, or the previous step of a chain), both run in the row's job; \"Δ vs start, 95% CI\": "
+             "where that accuracy difference would lie with another draw of test images, paired over the answers "
+             "that flipped (an interval spanning 0 is within test-set noise).", "",
              report.table(res["rows"], cols), ""]
     if res["skipped"]:
         lines += ["Not in the table:", *[f"- {s}" for s in res["skipped"]], ""]

@@ -118,13 +118,15 @@ def _derive(rows: list[dict], base: dict) -> None:
             else None)
         r["d_acc_pt"] = 100 * (r["accuracy"] - base["accuracy"]) if r.get("accuracy") is not None else None
         r["agree_pct"] = 100 * r["agreement"] if r.get("agreement") is not None else None
+        ci = r.get("delta_accuracy_ci95")
+        r["d_ci_pt"] = f"{100 * ci[0]:+.1f} to {100 * ci[1]:+.1f}" if ci else None
         r["mparams"] = r["params"] / 1e6 if r.get("params") else None
         r["size_mb"] = r["size_bytes"] / 1e6 if r.get("size_bytes") else None
         r["mmacs"] = r["macs"] / 1e6 if r.get("macs") else None
 
 
 COLUMNS = [("label", "method / setting"), ("accuracy", "top-1"), ("d_acc_pt", "Δ acc (pt)"),
-           ("agree_pct", "agrees w/ start (%)"), ("mparams", "params (M)"),
+           ("agree_pct", "agrees w/ start (%)"), ("d_ci_pt", "Δ vs start, 95% CI (pt)"), ("mparams", "params (M)"),
            ("size_mb", "size (MB)"), ("x_smaller", "x smaller"), ("mmacs", "MACs (M)"), ("x_fewer_macs", "x fewer MACs"),
            ("sparsity", "sparsity"), ("latency_ms", "CPU lat b1 (ms)"), ("x_faster", "x faster"),
            ("x_faster_spread", "x faster, paired min-max"), ("throughput", "CPU img/s"), ("wall_s", "wall (s)"),

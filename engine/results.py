@@ -15,12 +15,13 @@ import pandas as pd
 from .store import Store
 
 COLUMNS = ["run_id", "name", "method", "arch", "dataset", "parent", "base_id", "accuracy", "delta_accuracy",
-           "top5", "roc_auc", "agreement", "flips_to_wrong", "flips_to_right", "size_bytes", "x_smaller", "params",
+           "delta_ci_low", "delta_ci_high", "mcnemar_p", "top5", "roc_auc", "agreement", "flips_to_wrong",
+           "flips_to_right", "size_bytes", "x_smaller", "params",
            "macs", "x_fewer_macs", "flops", "sparsity",
            "latency_ms", "x_faster", "x_faster_paired", "latency_p90_ms", "throughput", "peak_mem_bytes",
            "gpu_latency_ms", "gpu_x_faster", "gpu_throughput", "gpu_peak_mem_bytes", "train_seconds", "device",
            "method_params", "finished"]
-DERIVED = ("base_id", "delta_accuracy", "x_smaller", "x_fewer_macs", "x_faster", "x_faster_paired", "gpu_x_faster",
+DERIVED = ("base_id", "delta_accuracy", "delta_ci_low", "delta_ci_high", "mcnemar_p", "x_smaller", "x_fewer_macs", "x_faster", "x_faster_paired", "gpu_x_faster",
            "method_params")
 NON_NUMERIC = ("run_id", "name", "method", "arch", "dataset", "parent", "base_id", "x_faster_paired", "device",
                "method_params")
@@ -100,6 +101,17 @@ def _delta_accuracy(r: dict[str, Any], base: dict[str, Any], by_id: dict[str, di
     return math.nan
 
 
+def _delta_uncertainty(r: dict[str, Any], base: dict[str, Any]) -> tuple[float, float, float]:
+    """(CI low, CI high, McNemar p) of Δ accuracy, from the run's own paired comparison; only for a
+    run compressed straight from its base (a chain's steps are not independent, so their intervals
+    do not add up): NaN otherwise."""
+    ci, p = r.get("delta_accuracy_ci95"), r.get("mcnemar_p")
+    if r.get("parent") != base["run_id"] or r["run_id"] == base["run_id"] or not isinstance(ci, list) \
+            or len(ci) != 2 or not all(_num(v) for v in ci):
+        return math.nan, math.nan, math.nan
+    return float(ci[0]), float(ci[1]), float(p) if _num(p) else math.nan
+
+
 def table(recs: Iterable[dict[str, Any]]) -> pd.DataFrame:
     """One row per record with base-relative columns: x smaller, x fewer MACs, x faster, Δ accuracy."""
     recs = [r for r in recs if r and r.get("run_id")]
@@ -111,6 +123,7 @@ def table(recs: Iterable[dict[str, Any]]) -> pd.DataFrame:
         row["method_params"] = json.dumps(r.get("method_params") or {}, sort_keys=True)
         row["base_id"] = base["run_id"]
         row["delta_accuracy"] = _delta_accuracy(r, base, by_id)
+        row["delta_ci_low"], row["delta_ci_high"], row["mcnemar_p"] = _delta_uncertainty(r, base)
         row["x_smaller"] = _ratio(base.get("size_bytes"), r.get("size_bytes"))
         row["x_fewer_macs"] = _ratio(base.get("macs"), r.get("macs"))
         # Interleaved timings beat latencies recorded by two jobs minutes apart; fall back to those.
@@ -199,7 +212,9 @@ def insert_synthetic_runs(store: Store, n: int, seed: int = 0) -> list[str]:
                    "history": [{"epoch": e, "loss": 1 / (e + 1), "val_acc": 0.5 + e / 10} for e in range(3)],
                    "finished": now - i}
             if base_id:   # as if each job had scored its start (the first run) on the same images
-                rec.update(start_accuracy=first_accuracy, agreement=rnd.uniform(0.85, 1.0))
+                d = rec["accuracy"] - first_accuracy
+                rec.update(start_accuracy=first_accuracy, agreement=rnd.uniform(0.85, 1.0),
+                           delta_accuracy_ci95=[d - 0.02, d + 0.02], mcnemar_p=rnd.random())
             first_accuracy = first_accuracy or rec["accuracy"]
             spec = {"name": rec["name"], "method": {"name": rec["method"], "params": {}}}
             db.execute("INSERT INTO runs (id, state, name, method, arch, dataset, parent, spec, record, created, "

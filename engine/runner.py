@@ -23,7 +23,7 @@ from .store import Store
 
 log = logging.getLogger("slimbench.run")
 ARTIFACTS = ("model.pt", "model.onnx", "result.json", "card.json")
-TEST_METRICS = ("accuracy", "top5", "roc_auc", "per_class_accuracy", "confusion")
+TEST_METRICS = ("accuracy", "accuracy_ci95", "top5", "roc_auc", "per_class_accuracy", "confusion")
 
 
 class JobFailed(RuntimeError):

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import distributed
+from . import distributed, stats
 from .spec import TrainSpec
 
 Progress = Callable[..., None]
@@ -214,6 +214,7 @@ def classification_metrics(logits: torch.Tensor, y: torch.Tensor, num_classes: i
     k = min(5, num_classes)
     out: dict[str, Any] = {
         "accuracy": (pred == y).double().mean().item(),
+        "accuracy_ci95": stats.wilson(int((pred == y).sum()), len(y)),
         "top5": (logits.topk(k, 1).indices == y[:, None]).any(1).double().mean().item(),
         "loss": F.cross_entropy(logits, y).item(),
         "n": int(len(y)),
@@ -250,8 +251,11 @@ def against_start(logits: torch.Tensor, start_logits: torch.Tensor, y: torch.Ten
     pred, start = logits.argmax(1), start_logits.argmax(1)
     right, start_right = pred == y, start == y
     per_class = [float(start_right[y == c].double().mean()) if (y == c).any() else None for c in range(num_classes)]
+    to_wrong, to_right = int((start_right & ~right).sum()), int((~start_right & right).sum())
+    diff = stats.paired_difference(to_right, to_wrong, len(y))
     return {"start_accuracy": start_right.double().mean().item(),
             "start_per_class_accuracy": per_class,
             "agreement": (pred == start).double().mean().item(),
-            "flips_to_wrong": (start_right & ~right).double().mean().item(),
-            "flips_to_right": (~start_right & right).double().mean().item()}
+            "flips_to_wrong": to_wrong / len(y),
+            "flips_to_right": to_right / len(y),
+            "delta_accuracy_ci95": diff["ci95"], "mcnemar_p": diff["p"]}

@@ -85,8 +85,11 @@ else:
 
 # -- table ------------------------------------------------------------------------------------
 view = view.assign(finished=pd.to_datetime(view["finished"], unit="s"))
-DEFAULT_COLUMNS = ["name", "pareto", "method", "arch", "dataset", "accuracy", "delta_accuracy", "size_bytes",
-                   "x_smaller", "macs", "x_fewer_macs", "latency_ms", "x_faster", "x_faster_paired", "sparsity",
+ci_known = view["delta_ci_low"].notna() & view["delta_ci_high"].notna()
+view = view.assign(delta_ci=np.where(ci_known, view["delta_ci_low"].map("{:+.4f}".format) + " to "
+                                     + view["delta_ci_high"].map("{:+.4f}".format), ""))
+DEFAULT_COLUMNS = ["name", "pareto", "method", "arch", "dataset", "accuracy", "delta_accuracy", "delta_ci",
+                   "size_bytes", "x_smaller", "macs", "x_fewer_macs", "latency_ms", "x_faster", "x_faster_paired", "sparsity",
                    "params", "run_id", "base_id"]
 fmt = st.column_config.NumberColumn
 COLUMN_CONFIG = {
@@ -94,6 +97,13 @@ COLUMN_CONFIG = {
     "delta_accuracy": fmt("Δ accuracy", format="%+.4f",
                           help="accuracy minus the base's on the same test images: each job also scores the model "
                                "it started from (summed along a chain of runs); blank where the test sets differ"),
+    "delta_ci": st.column_config.TextColumn(
+        "Δ 95% CI", help="where Δ accuracy would lie with another draw of test images: from the answers that "
+                         "flipped against the base in this run's job (paired). An interval spanning 0 means the "
+                         "difference is within test-set noise. Blank for the base and for chains of runs"),
+    "delta_ci_low": fmt("Δ CI low", format="%+.4f"), "delta_ci_high": fmt("Δ CI high", format="%+.4f"),
+    "mcnemar_p": fmt("McNemar p", format="%.3g", help="exact McNemar test that this run and its base are equally "
+                     "accurate on these images; small (e.g. < 0.05): the difference is real"),
     "top5": fmt("top-5", format="%.4f"), "roc_auc": fmt("ROC AUC", format="%.4f", help="macro one-vs-rest"),
     "agreement": fmt("agrees with start", format="%.4f", help="share of test images on which this run's top-1 "
                      "answer equals the model it started from (both run on the same images in its job)"),
@@ -238,8 +248,11 @@ run_id = st.selectbox("Run", list(labels), index=list(labels).index(linked) if l
 rec = by_id[run_id]
 row = view[view["run_id"] == run_id].iloc[0]
 c = st.columns(5)
+acc_ci = rec.get("accuracy_ci95")
 c[0].metric("Accuracy", fmt_value(rec.get("accuracy"), ".4f"),
-            None if np.isnan(row["delta_accuracy"]) or row["base_id"] == run_id else f"{row['delta_accuracy']:+.4f}")
+            None if np.isnan(row["delta_accuracy"]) or row["base_id"] == run_id else f"{row['delta_accuracy']:+.4f}",
+            help=f"95% CI {acc_ci[0]:.4f} to {acc_ci[1]:.4f} over {rec.get('test_images')} test images (Wilson)"
+            if acc_ci else None)
 c[1].metric("Size", fmt_bytes(rec.get("size_bytes")),
             None if np.isnan(row["x_smaller"]) or row["base_id"] == run_id else f"{row['x_smaller']:.2f}x smaller",
             delta_color="off")
@@ -263,7 +276,11 @@ with d[2]:
 if rec.get("agreement") is not None:
     n_test = rec.get("test_images") or 0
     share = lambda v: f"{100 * v:.1f} %" + (f" ({round(v * n_test)} images)" if n_test else "")  # noqa: E731
-    f = st.columns(3)
+    f = st.columns(4)
+    if row["delta_ci"]:
+        noise = row["delta_ci_low"] <= 0 <= row["delta_ci_high"]
+        f[3].metric("Δ accuracy, 95% CI", row["delta_ci"], "within test-set noise" if noise else "a real difference",
+                    delta_color="off", help=f"paired over the flipped answers; McNemar p = {row['mcnemar_p']:.3g}")
     f[0].metric("Agrees with its start", f"{100 * rec['agreement']:.1f} %",
                 help="top-1 answers equal to the model this run started from, on the same test images")
     f[1].metric("Newly wrong", share(rec["flips_to_wrong"]), help="the starting model was right, this run is wrong")

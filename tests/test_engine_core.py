@@ -100,6 +100,11 @@ def test_compare_prints_the_base_relative_table_and_pareto_front(home, tmp_path)
     assert starred == front and len(p.stdout.splitlines()) == len(expected) + 2
     e = expected.set_index("run_id")
     assert got["x_fewer_macs"].to_dict() == pytest.approx(e.loc[got.index, "x_fewer_macs"].to_dict())
+    lines = {line[2:].split()[0]: line for line in p.stdout.splitlines()[1:-1]}
+    derived = e[e["delta_ci_low"].notna()]
+    assert len(derived) == len(e) - 1                               # all but the base carry an interval
+    for run_id, r in derived.iterrows():
+        assert f"{100 * r.delta_ci_low:+.1f}..{100 * r.delta_ci_high:+.1f}" in lines[run_id]
     one = e["method"].iloc[0]
     p = cli("compare", "--json", "--method", one, home=home)
     assert {r["method"] for r in json.loads(p.stdout)} == {one}

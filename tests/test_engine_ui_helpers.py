@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from engine import methods, presets, results, saliency, telemetry, training
+from engine import methods, presets, results, saliency, stats, telemetry, training
 from engine.store import Store
 
 
@@ -79,6 +79,41 @@ def test_against_start_counts_agreement_and_flips_exactly():
     assert m["flips_to_right"] == pytest.approx(1 / 6)        # image 3
     assert m["start_per_class_accuracy"] == pytest.approx([0.5, 1.0, 0.5])
     assert training.against_start(one_hot(now), one_hot(start), y, 4)["start_per_class_accuracy"][3] is None
+    assert m["mcnemar_p"] == 1.0 and m["delta_accuracy_ci95"][0] < 0 < m["delta_accuracy_ci95"][1]
+
+
+def test_accuracy_intervals_match_known_values_and_mcnemar_is_exact():
+    assert stats.wilson(50, 100) == pytest.approx([0.4038, 0.5962], abs=1e-4)
+    assert stats.wilson(0, 10) == pytest.approx([0.0, 0.2775], abs=1e-4)
+    assert stats.mcnemar_p(1, 9) == pytest.approx(2 * 11 / 1024)      # P(X <= 1 | 10 flips, 1/2), both tails
+    assert stats.mcnemar_p(3, 3) == 1.0 and stats.mcnemar_p(0, 0) == 1.0
+
+
+@pytest.mark.parametrize("p_right, p_wrong", [(0.03, 0.05), (0.004, 0.012), (0.02, 0.02)])
+def test_paired_interval_covers_the_true_difference_95_percent_of_the_time(p_right, p_wrong):
+    """Simulated pairs of models on 500 test images with known flip rates: the interval holds the true
+    difference in about 95 % of draws (few flips included), and McNemar at 5 % errs at most 5 % under no difference."""
+    n, draws = 500, 4000
+    counts = np.random.default_rng(0).multinomial(n, [p_right, p_wrong, 1 - p_right - p_wrong], size=draws)
+    truth = p_right - p_wrong
+    out = [stats.paired_difference(int(c[0]), int(c[1]), n) for c in counts]
+    coverage = np.mean([lo <= truth <= hi for lo, hi in (o["ci95"] for o in out)])
+    assert 0.93 <= coverage <= 0.975, coverage
+    if truth == 0:
+        assert np.mean([o["p"] < 0.05 for o in out]) <= 0.05
+
+
+def test_delta_interval_only_for_runs_compressed_straight_from_their_base():
+    recs = [rec("base", accuracy=0.90, test_images=500),
+            rec("pruned", "base", accuracy=0.86, start_accuracy=0.90, test_images=500,
+                delta_accuracy_ci95=[-0.06, -0.02], mcnemar_p=0.001),
+            rec("quant", "pruned", accuracy=0.85, start_accuracy=0.86, test_images=500,
+                delta_accuracy_ci95=[-0.02, 0.0], mcnemar_p=0.2)]
+    df = results.table(recs).set_index("run_id")
+    assert (df.loc["pruned", "delta_ci_low"], df.loc["pruned", "delta_ci_high"]) == (-0.06, -0.02)
+    assert df.loc["pruned", "mcnemar_p"] == 0.001
+    for run in ("base", "quant"):   # nothing to compare / steps of a chain do not add up to an interval
+        assert df.loc[run, ["delta_ci_low", "delta_ci_high", "mcnemar_p"]].isna().all()
 
 
 def test_gpu_x_faster_chains_paired_gpu_timings_and_falls_back_to_latencies():

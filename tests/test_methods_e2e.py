@@ -46,13 +46,19 @@ def test_each_run_meets_its_start_on_the_same_test_images(runs, name):
     r, base = runs[name], runs["base"]
     # Same test images, and the start normalised as it was trained (this job's data.limit differs from
     # the base's, which once shifted its inputs): the start scores exactly what its own job recorded.
-    one = 0.1 / r["test_images"]                     # far below one image; float32 accuracies round
+    one = 0.1 / r["test_images"]                     # far below one image
     assert r["test_images"] == base["test_images"]
     assert r["start_accuracy"] == pytest.approx(base["accuracy"], abs=one)
     assert r["start_per_class_accuracy"] == pytest.approx(base["per_class_accuracy"], abs=one)
     assert r["accuracy"] - r["start_accuracy"] == pytest.approx(r["flips_to_right"] - r["flips_to_wrong"], abs=one)
     assert r["flips_to_right"] + r["flips_to_wrong"] <= 1 - r["agreement"] + one   # a flip changes the answer
     assert "agreement" not in base                    # a fresh architecture starts from nothing
+    # How sure: the accuracy's interval holds it; the paired interval of the difference holds the difference.
+    for rec in (r, base):
+        lo, hi = rec["accuracy_ci95"]
+        assert 0 <= lo <= rec["accuracy"] <= hi <= 1
+    lo, hi = r["delta_accuracy_ci95"]
+    assert lo <= r["accuracy"] - r["start_accuracy"] <= hi and 0 < r["mcnemar_p"] <= 1
 
 
 def test_runtime_reports_each_backend_or_why_not(tiny_base, session_home):

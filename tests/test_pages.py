@@ -393,6 +393,8 @@ def test_compare_table_plot_filters_and_downloads(launched, ws):
         shown = {m.label: m.value for m in at.metric}
         assert shown["Agrees with its start"] == f"{100 * child['agreement']:.1f} %"
         assert shown["Newly wrong"].startswith(f"{100 * child['flips_to_wrong']:.1f} %")
+        lo, hi = child["delta_accuracy_ci95"]
+        assert shown["Δ accuracy, 95% CI"] == f"{lo:+.4f} to {hi:+.4f}"
         per_class = next(c for c in at.get("plotly_chart") if "Per-class accuracy" in c.proto.spec)
         assert "its start" in per_class.proto.spec and "this run" in per_class.proto.spec
 
