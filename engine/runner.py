@@ -171,6 +171,9 @@ def _execute(spec: JobSpec, store: Store, run_id: str, run_dir: Path, progress, 
     t_start = time.time()
     method = methods.get(spec.method.name)
     device = training.resolve_device(spec.train.device)
+    # train.seed also fixes a fresh architecture's initial weights (and students'), not only training:
+    # without it the same spec trained to a different model in every process.
+    torch.manual_seed(spec.train.seed)
     progress(phase="data")
     data = data_mod.load(spec.data)
     for note in data.notes:

@@ -458,3 +458,15 @@ def test_gpu_measurement_runs_where_cuda_exists():
     r = measure.measure_speed(m.cuda(), (3, 32, 32), torch.device("cuda"), batch_size=64, runs=10, warmup=3,
                               prefix="gpu_")
     assert r["gpu_latency_ms"] > 0 and r["gpu_peak_mem_bytes"] > 0
+
+
+def test_the_same_spec_trains_the_same_model_in_two_processes(tmp_path):
+    """train.seed fixes the fresh architecture's initial weights too: two processes, one model."""
+    spec = {"data": {"name": "digits", "limit": 300, "test_limit": 100}, "model": {"arch": "resnet18"},
+            "method": {"name": "baseline"}, "train": {"epochs": 1, "device": "cpu"},
+            "measure": {"onnx": False, "latency_runs": 3, "warmup_runs": 1}}
+    a, b = (run_spec(spec, tmp_path / f"ws{i}", tmp_path) for i in (1, 2))
+    untimed = lambda r: [{k: v for k, v in h.items() if k != "seconds"} for h in r["history"]]  # noqa: E731
+    assert a["accuracy"] == b["accuracy"] and untimed(a) == untimed(b)
+    wa, wb = (export.load_model(r["checkpoint"])[0].state_dict() for r in (a, b))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
