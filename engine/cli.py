@@ -257,7 +257,8 @@ def cmd_compare(a: argparse.Namespace) -> int:
         ci = "-" if r.delta_ci_low != r.delta_ci_low else f"{100 * r.delta_ci_low:+.1f}..{100 * r.delta_ci_high:+.1f}"
         print(f"{'*' if r.pareto else ' ':1} {r.run_id:<24} {r.method or '-':<20} {r.arch or '-':<18} "
               f"{num(r.accuracy, '.4f'):>7} {num(100 * r.delta_accuracy, '+.1f'):>6} {ci:>13} "
-              f"{num(r.x_smaller, '.2f'):>9} {num(r.x_fewer_macs, '.2f'):>12} {faster:>9} {num(100 * r.agreement, '.1f'):>7}")
+              f"{num(r.x_smaller, '.2f'):>9} {num(r.x_fewer_macs, '.2f'):>12} {faster:>9} "
+              f"{num(100 * r.agreement, '.1f'):>7}")
     print(f"*: on the Pareto front of accuracy against {a.axis}; p: speed-up timed interleaved with the base; "
           "Δ 95% CI: paired over the answers that flipped (an interval spanning 0 is test-set noise); "
           "agree: top-1 answers equal to the model each run started from")

@@ -158,7 +158,8 @@ def to_bundle(path: str | Path, *, arch: str | None = None, small_input: bool | 
     meta = normalisation(norm)
     if class_names is not None:
         if len(class_names) != match.num_classes:
-            raise ImportWeightsError(f"{len(class_names)} class names given for a model with {match.num_classes} outputs")
+            raise ImportWeightsError(f"{len(class_names)} class names given for a model with "
+                                     f"{match.num_classes} outputs")
         meta["class_names"] = [str(c) for c in class_names]
     model = models.build(match.arch, match.num_classes, match.small_input)
     model.load_state_dict(sd)  # strict: identify() compared every name and shape

@@ -21,8 +21,8 @@ COLUMNS = ["run_id", "name", "method", "arch", "dataset", "parent", "base_id", "
            "latency_ms", "x_faster", "x_faster_paired", "latency_p90_ms", "throughput", "peak_mem_bytes",
            "gpu_latency_ms", "gpu_x_faster", "gpu_throughput", "gpu_peak_mem_bytes", "train_seconds", "device",
            "method_params", "finished"]
-DERIVED = ("base_id", "delta_accuracy", "delta_ci_low", "delta_ci_high", "mcnemar_p", "x_smaller", "x_fewer_macs", "x_faster", "x_faster_paired", "gpu_x_faster",
-           "method_params")
+DERIVED = ("base_id", "delta_accuracy", "delta_ci_low", "delta_ci_high", "mcnemar_p", "x_smaller", "x_fewer_macs",
+           "x_faster", "x_faster_paired", "gpu_x_faster", "method_params")
 NON_NUMERIC = ("run_id", "name", "method", "arch", "dataset", "parent", "base_id", "x_faster_paired", "device",
                "method_params")
 # Axis choices for the accuracy-vs-cost plot: label -> column (lower is better on every one).
@@ -106,8 +106,7 @@ def _delta_uncertainty(r: dict[str, Any], base: dict[str, Any]) -> tuple[float, 
     run compressed straight from its base (a chain's steps are not independent, so their intervals
     do not add up): NaN otherwise."""
     ci, p = r.get("delta_accuracy_ci95"), r.get("mcnemar_p")
-    if r.get("parent") != base["run_id"] or r["run_id"] == base["run_id"] or not isinstance(ci, list) \
-            or len(ci) != 2 or not all(_num(v) for v in ci):
+    if r.get("parent") != base["run_id"] or not isinstance(ci, list) or len(ci) != 2 or not all(_num(v) for v in ci):
         return math.nan, math.nan, math.nan
     return float(ci[0]), float(ci[1]), float(p) if _num(p) else math.nan
 

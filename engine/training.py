@@ -212,9 +212,10 @@ def classification_metrics(logits: torch.Tensor, y: torch.Tensor, num_classes: i
     """top-1, top-5, loss; with ``full``: macro one-vs-rest ROC AUC, per-class accuracy, confusion."""
     pred = logits.argmax(1)
     k = min(5, num_classes)
+    correct = int((pred == y).sum())
     out: dict[str, Any] = {
-        "accuracy": (pred == y).double().mean().item(),
-        "accuracy_ci95": stats.wilson(int((pred == y).sum()), len(y)),
+        "accuracy": correct / len(y),
+        "accuracy_ci95": stats.wilson(correct, len(y)),
         "top5": (logits.topk(k, 1).indices == y[:, None]).any(1).double().mean().item(),
         "loss": F.cross_entropy(logits, y).item(),
         "n": int(len(y)),

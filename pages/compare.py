@@ -85,12 +85,11 @@ else:
 
 # -- table ------------------------------------------------------------------------------------
 view = view.assign(finished=pd.to_datetime(view["finished"], unit="s"))
-ci_known = view["delta_ci_low"].notna() & view["delta_ci_high"].notna()
-view = view.assign(delta_ci=np.where(ci_known, view["delta_ci_low"].map("{:+.4f}".format) + " to "
-                                     + view["delta_ci_high"].map("{:+.4f}".format), ""))
+view = view.assign(delta_ci=np.where(view["delta_ci_low"].notna(), view["delta_ci_low"].map("{:+.4f}".format)
+                                     + " to " + view["delta_ci_high"].map("{:+.4f}".format), ""))
 DEFAULT_COLUMNS = ["name", "pareto", "method", "arch", "dataset", "accuracy", "delta_accuracy", "delta_ci",
-                   "size_bytes", "x_smaller", "macs", "x_fewer_macs", "latency_ms", "x_faster", "x_faster_paired", "sparsity",
-                   "params", "run_id", "base_id"]
+                   "size_bytes", "x_smaller", "macs", "x_fewer_macs", "latency_ms", "x_faster", "x_faster_paired",
+                   "sparsity", "params", "run_id", "base_id"]
 fmt = st.column_config.NumberColumn
 COLUMN_CONFIG = {
     "accuracy": fmt("accuracy", format="%.4f", help="top-1 on the test split"),
