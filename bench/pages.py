@@ -38,7 +38,7 @@ def streamlit_server(home: Path, env: dict | None = None, log: Path | None = Non
     out = open(log, "wb") if log else subprocess.DEVNULL
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "dashboard.py"),
                              "--server.address", "127.0.0.1", "--server.port", str(port), "--server.headless", "true",
-                             "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
+                             "--browser.gatherUsageStats", "false"],  # the rest from .streamlit/config.toml, as `make run`
                             cwd=ROOT, env=full_env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -15,7 +15,7 @@ import stat
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -37,6 +37,7 @@ MAX_IMAGE_PIXELS = 64_000_000   # decompression bomb guard for single images
 
 class DataError(SpecError):
     def __init__(self, message: str):
+        self.reason = message  # without the field prefix, for pages that name the dataset themselves
         super().__init__("data", message)
 
 
@@ -324,6 +325,17 @@ def _imagefolder_source(spec: DataSpec, path: Path):
     atomic_torch_save({"train_x": tr.x, "train_y": tr.y, "test_x": te.x, "test_y": te.y,
                        "classes": classes, "notes": notes}, cache)
     return tr, te, classes, notes
+
+
+def describe_imagefolder(path: str | Path) -> dict[str, Any]:
+    """Classes and image counts per split of an ImageFolder directory or zip, from its listing alone
+    (no image decoded: milliseconds), so a wrong upload is refused before any job is queued.
+    Raises DataError with what is wrong."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise DataError(f"not found: {path}")
+    layout = _layout(_zip_listing(path) if path.is_file() else _dir_listing(path), path)
+    return {"classes": layout["classes"], "images": {k: len(v) for k, v in layout["splits"].items()}}
 
 
 def _zip_listing(path: Path) -> list[str]:

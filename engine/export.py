@@ -215,8 +215,10 @@ def fit_problems(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
 
 def model_from_bundle(b: dict[str, Any]) -> nn.Module:
     if b.get("kind") == ONNX_INT8:
-        raise BundleError("this bundle holds an INT8 ONNX Runtime model, not PyTorch weights; "
-                          "load it with export.load_predictor")
+        parent = (b.get("extra") or {}).get("parent")
+        raise BundleError("it holds an INT8 ONNX Runtime model, not PyTorch weights, so it cannot be trained or "
+                          "compressed further (it still runs: export.load_predictor); start from the model it was "
+                          "quantised from" + (f", run {parent}" if parent else ""))
     arch = b.get("arch")
     if arch not in models.ARCHS:
         raise BundleError(f"bundle architecture {arch!r} is unknown; valid: {', '.join(models.ARCHS)}")

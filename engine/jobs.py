@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
+from . import methods
 from .spec import JobSpec, SpecError
 from .store import Store
 
@@ -95,8 +96,23 @@ def submit_many(specs: Iterable[dict | JobSpec], store: Store | None = None) -> 
     return ids
 
 
+def start_problem(store: Store, run_id: str) -> str | None:
+    """Why no job can start from (or learn from) run ``run_id``; None when one can, or when the run
+    is unknown (the job then fails with that reason). A run not yet finished counts by its method."""
+    row = store.get(run_id)
+    if row is None or methods.makes_torch_model((row.get("spec") or {}).get("method") or {}):
+        return None
+    return (f"run {run_id} makes an INT8 ONNX Runtime model, which cannot be trained or compressed further; "
+            "start from the run it quantises")
+
+
 def _enqueue(spec: dict | JobSpec, store: Store) -> str:
     spec = spec if isinstance(spec, JobSpec) else JobSpec.from_dict(spec)
+    for field, run_id in (("model.from_run", spec.model.from_run),
+                          ("method.params.teacher", spec.method.params.get("teacher"))):
+        problem = run_id and start_problem(store, run_id)
+        if problem:
+            raise SpecError(field, problem)
     job_id = store.create(spec.to_dict(), state="queued")
     store.add_event(job_id, {"phase": "queued", "attempt": 1})
     return job_id

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from . import export
-from .data import preprocess_image
+from .data import load_pil, preprocess_image
 from .store import Store, check_run_id
 
 
@@ -95,6 +95,26 @@ def load_run(run_id: str, store: Store | None = None) -> Predictor:
     if not path.is_file():
         raise PredictError(f"run {run_id} has no checkpoint file (was it deleted?)")
     return load_path(str(path), run_id)
+
+
+WORKING_SIDE = 1024  # pixels: above every model's input size (data.image_size <= 1024)
+
+
+def working_copy(raw: bytes, max_side: int = WORKING_SIDE) -> tuple[bytes, tuple[int, int]]:
+    """The image as bytes at most ``max_side`` pixels on its longer side (antialiased), and its
+    original (width, height). A camera-size image is then decoded once, not once per model and
+    rerun; every model reduces it to its own input size (a few dozen pixels) anyway. Raises ImageError."""
+    import io
+
+    from PIL import Image
+    im = load_pil(raw)
+    size = im.size
+    if max(size) <= max_side:
+        return raw, size
+    im.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue(), size
 
 
 def test_samples(spec_data: dict[str, Any], n: int = 8) -> list[tuple[str, bytes]]:

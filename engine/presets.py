@@ -135,10 +135,14 @@ def custom_plan(*, data: dict, model: dict, steps: list[tuple[str, list[dict[str
                       "method": {"name": "baseline", "params": {}}, "train": dict(base_train),
                       "measure": dict(measure)})
         start = {"from_run": ref(0)}
-    for method, variants in steps:
+    for i, (method, variants) in enumerate(steps):
+        # A sweep's jobs are told apart by what varies; a pipeline's steps by their place in it.
+        varying = [k for k in variants[0] if any(v.get(k) != variants[0][k] for v in variants)]
+        step = f"step {i + 1}/{len(steps)} " if chain and len(steps) > 1 else ""
         for params in variants:
-            label = ", ".join(f"{k}={v}" for k, v in params.items()) if len(variants) > 1 else ""
-            specs.append({"name": f"{prefix}{method}" + (f" ({label})" if label else ""), "data": copy.deepcopy(data),
+            label = ", ".join(f"{k}={params[k]}" for k in varying)
+            specs.append({"name": f"{prefix}{step}{method}" + (f" ({label})" if label else ""),
+                          "data": copy.deepcopy(data),
                           "model": dict(start), "method": {"name": method, "params": dict(params)},
                           "train": dict(train), "measure": dict(measure)})
             if chain:
@@ -166,13 +170,19 @@ def check(specs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]
     ok, problems = [], []
     for i, s in enumerate(specs):
         src = s.get("model", {}).get("from_run")
-        if isinstance(src, str) and src.startswith(REF_PREFIX) and int(src[len(REF_PREFIX):]) not in ok_index:
-            problems.append(f"{s.get('name') or s['method']['name']}: skipped because the job it starts from is invalid")
-            continue
+        label = s.get('name') or s['method']['name']
+        if isinstance(src, str) and src.startswith(REF_PREFIX):
+            if int(src[len(REF_PREFIX):]) not in ok_index:
+                problems.append(f"{label}: skipped because the job it starts from is invalid")
+                continue
+            if not methods.makes_torch_model(specs[int(src[len(REF_PREFIX):])]["method"]):
+                problems.append(f"{label}: the job it starts from makes an INT8 ONNX Runtime model, which cannot "
+                                "be trained or compressed further; put quantize_int8 last")
+                continue
         try:
             JobSpec.from_dict(resolve([s], "plan-check")[0])
         except SpecError as e:
-            problems.append(f"{s.get('name') or s['method']['name']}: {e}")
+            problems.append(f"{label}: {e}")
             continue
         s = copy.deepcopy(s)
         if isinstance(src, str) and src.startswith(REF_PREFIX):

@@ -18,11 +18,12 @@ COLUMNS = ["run_id", "name", "method", "arch", "dataset", "parent", "base_id", "
            "delta_ci_low", "delta_ci_high", "mcnemar_p", "top5", "roc_auc", "agreement", "flips_to_wrong",
            "flips_to_right", "size_bytes", "x_smaller", "params",
            "macs", "x_fewer_macs", "flops", "sparsity",
-           "latency_ms", "x_faster", "x_faster_paired", "latency_p90_ms", "throughput", "peak_mem_bytes",
+           "latency_ms", "x_faster", "x_faster_paired", "x_faster_low", "x_faster_high", "latency_p90_ms",
+           "latency_cv", "int8_speedup", "throughput", "peak_mem_bytes",
            "gpu_latency_ms", "gpu_x_faster", "gpu_throughput", "gpu_peak_mem_bytes", "train_seconds", "device",
            "method_params", "finished"]
 DERIVED = ("base_id", "delta_accuracy", "delta_ci_low", "delta_ci_high", "mcnemar_p", "x_smaller", "x_fewer_macs",
-           "x_faster", "x_faster_paired", "gpu_x_faster", "method_params")
+           "x_faster", "x_faster_paired", "x_faster_low", "x_faster_high", "gpu_x_faster", "method_params")
 NON_NUMERIC = ("run_id", "name", "method", "arch", "dataset", "parent", "base_id", "x_faster_paired", "device",
                "method_params")
 # Axis choices for the accuracy-vs-cost plot: label -> column (lower is better on every one).
@@ -84,6 +85,19 @@ def _paired_x_faster(run_id: str, base_id: str, by_id: dict[str, dict[str, Any]]
     return math.prod(steps) if steps is not None else math.nan
 
 
+def _paired_x_faster_range(run_id: str, base_id: str, by_id: dict[str, dict[str, Any]]) -> tuple[float, float]:
+    """Lowest and highest paired speed-up over the base: the products of each step's slowest and
+    fastest round. A range that spans 1x says the speed-up is within timing noise."""
+    def end(i: int) -> float:
+        def step(r: dict[str, Any]) -> float | None:
+            rng = r.get("paired_speedup_range")
+            ok = r.get("paired_ref") == r.get("parent") and isinstance(rng, list) and len(rng) == 2
+            return rng[i] if ok else None
+        steps = _chain_steps(run_id, base_id, by_id, step)
+        return math.prod(steps) if steps is not None else math.nan
+    return end(0), end(1)
+
+
 def _delta_accuracy(r: dict[str, Any], base: dict[str, Any], by_id: dict[str, dict[str, Any]]) -> float:
     """Accuracy minus the base's, on the same test images: the sum of each step's difference to the
     model it started from, both evaluated in that step's job. Where a step lacks that (older runs),
@@ -129,6 +143,8 @@ def table(recs: Iterable[dict[str, Any]]) -> pd.DataFrame:
         paired = _paired_x_faster(r["run_id"], base["run_id"], by_id)
         row["x_faster_paired"] = not math.isnan(paired) and r["run_id"] != base["run_id"]
         row["x_faster"] = paired if row["x_faster_paired"] else _ratio(base.get("latency_ms"), r.get("latency_ms"))
+        row["x_faster_low"], row["x_faster_high"] = _paired_x_faster_range(r["run_id"], base["run_id"], by_id) \
+            if row["x_faster_paired"] else (math.nan, math.nan)
         gpu_paired = _paired_x_faster(r["run_id"], base["run_id"], by_id, "gpu_paired_speedup")
         row["gpu_x_faster"] = gpu_paired if not math.isnan(gpu_paired) and r["run_id"] != base["run_id"] \
             else _ratio(base.get("gpu_latency_ms"), r.get("gpu_latency_ms"))
@@ -245,9 +261,13 @@ def job_progress(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def curves(events: list[dict[str, Any]]) -> pd.DataFrame:
-    """Training curves from progress events: one row per event with a loss or accuracy, x = fractional epoch."""
+    """Training curves from progress events: one row per event with a loss or accuracy, x = fractional epoch.
+    Only the latest attempt's: a retried job's events follow its old ones, which would draw the line
+    back to epoch 0."""
     rows = []
     for ev in events:
+        if ev.get("phase") == "queued" and ev.get("attempt"):
+            rows.clear()
         if ev.get("epoch") is None or ev.get("loss") is None:
             continue
         phase = str(ev.get("phase", ""))

@@ -6,6 +6,7 @@ lives in ``engine`` and is cached with ``st.cache_resource``.
 from __future__ import annotations
 
 import math
+import numbers
 from pathlib import Path
 from typing import Any
 
@@ -106,19 +107,30 @@ def sidebar(busy: bool) -> None:
         st.caption(f"Device: **{device_text()}**  \nWorkspace: `{s.root}`")
 
 
+def _number(v: Any) -> float | None:
+    """A measurement as a float, or None when unmeasured (None, NaN, text, bool). numpy scalars
+    count: a pandas column of sizes hands out ``numpy.int64``, which is no ``int``."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or math.isnan(v):
+        return None
+    return float(v)
+
+
 def fmt_bytes(n: Any) -> str:
-    if not isinstance(n, (int, float)) or (isinstance(n, float) and math.isnan(n)):
+    """Decimal units (1 MB = 10^6 bytes), as the size limits on Compare and the CLI take them."""
+    n = _number(n)
+    if n is None:
         return "—"
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1024 or unit == "TB":
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(n) < 1000:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
+        n /= 1000
+    return f"{n:.1f} TB"
 
 
 def fmt_count(n: Any) -> str:
     """12_345_678 -> "12.3 M" (the exact figure is in the table and the record)."""
-    if not isinstance(n, (int, float)) or isinstance(n, bool) or math.isnan(n):
+    n = _number(n)
+    if n is None:
         return "—"
     for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(n) >= div:
@@ -128,13 +140,13 @@ def fmt_count(n: Any) -> str:
 
 def fmt_value(v: Any, spec: str, unit: str = "") -> str:
     """A recorded measurement for a metric tile: ``fmt_value(0.1234, ".3g", " ms")``; "—" when unmeasured."""
-    if not isinstance(v, (int, float)) or isinstance(v, bool) or math.isnan(v):
-        return "—"
-    return f"{v:{spec}}{unit}"
+    v = _number(v)
+    return "—" if v is None else f"{v:{spec}}{unit}"
 
 
 def fmt_seconds(s: Any) -> str:
-    if not isinstance(s, (int, float)) or math.isnan(s):
+    s = _number(s)
+    if s is None:
         return ""
     s = int(s)
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
@@ -190,6 +202,12 @@ def save_upload(uploaded, folder: str = "uploads") -> Path:
 
 def done_runs() -> list[dict[str, Any]]:
     return get_store().list("done")
+
+
+def startable_runs() -> list[dict[str, Any]]:
+    """Finished runs a job can start from or learn from: PyTorch models (not INT8 ONNX Runtime ones)."""
+    from engine import methods
+    return [r for r in done_runs() if methods.makes_torch_model((r.get("spec") or {}).get("method") or {})]
 
 
 def card(run_id: str) -> dict[str, Any]:

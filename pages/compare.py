@@ -76,7 +76,8 @@ else:
     fig.update_traces(marker=dict(size=11, line=dict(width=1, color="white")))
     if show_front:
         front = view[view["pareto"]].sort_values(cost)
-        fig.add_trace(go.Scatter(x=front[cost], y=front["accuracy"], mode="lines", name="Pareto front",
+        fig.add_trace(go.Scatter(x=front[cost], y=front["accuracy"], mode="lines+markers", name="Pareto front",
+                                 marker=dict(size=17, symbol="circle-open", color="rgba(17,24,39,0.55)"),
                                  line=dict(color="rgba(17,24,39,0.55)", dash="dash", shape="hv"), hoverinfo="skip"))
     lo, hi = plot_df["accuracy"].min(), plot_df["accuracy"].max()
     fig.update_yaxes(range=[max(0.0, lo - 0.05), min(1.0, hi + 0.05) + 0.01])
@@ -86,10 +87,12 @@ else:
 # -- table ------------------------------------------------------------------------------------
 view = view.assign(finished=pd.to_datetime(view["finished"], unit="s"))
 view = view.assign(delta_ci=np.where(view["delta_ci_low"].notna(), view["delta_ci_low"].map("{:+.4f}".format)
-                                     + " to " + view["delta_ci_high"].map("{:+.4f}".format), ""))
+                                     + " to " + view["delta_ci_high"].map("{:+.4f}".format), ""),
+                   x_faster_range=np.where(view["x_faster_low"].notna(), view["x_faster_low"].map("{:.2f}".format)
+                                           + "–" + view["x_faster_high"].map("{:.2f}x".format), ""))
 DEFAULT_COLUMNS = ["name", "pareto", "method", "arch", "dataset", "accuracy", "delta_accuracy", "delta_ci",
                    "size_bytes", "x_smaller", "macs", "x_fewer_macs", "latency_ms", "x_faster", "x_faster_paired",
-                   "sparsity", "params", "run_id", "base_id"]
+                   "x_faster_range", "sparsity", "params", "run_id", "base_id"]
 fmt = st.column_config.NumberColumn
 COLUMN_CONFIG = {
     "accuracy": fmt("accuracy", format="%.4f", help="top-1 on the test split"),
@@ -118,10 +121,22 @@ COLUMN_CONFIG = {
     "latency_ms": fmt("latency (ms)", format="%.3f", help="CPU, batch 1, median"),
     "latency_p90_ms": fmt("latency p90 (ms)", format="%.3f", help="CPU, batch 1, 90th percentile"),
     "x_faster": fmt("x faster", format="%.2fx",
-                    help="CPU batch-1 speed-up over the base; from timings interleaved with the base in the same "
-                         "job where 'paired' is ticked, else base latency ÷ this latency from separate jobs"),
+                    help="CPU batch-1 speed-up over the base as it runs in PyTorch eager (for an ONNX Runtime "
+                         "INT8 run this includes the change of runtime; see 'INT8 x faster than fp32 ORT'); from "
+                         "timings interleaved with the base in the same job where 'paired' is ticked, else base "
+                         "latency ÷ this latency from separate jobs"),
     "x_faster_paired": st.column_config.CheckboxColumn(
-        "paired", help="speed-up timed interleaved with the base (immune to machine drift)"),
+        "paired", help="speed-up timed interleaved with the base (cancels slow drift of the machine)"),
+    "x_faster_range": st.column_config.TextColumn(
+        "x faster range", help="the slowest and fastest of the paired rounds (multiplied along a chain of runs): "
+                               "a range that spans 1x means the speed-up is within timing noise"),
+    "x_faster_low": fmt("x faster, slowest round", format="%.2fx"),
+    "x_faster_high": fmt("x faster, fastest round", format="%.2fx"),
+    "latency_cv": fmt("latency CV", format="%.3f", help="spread of the repeated latency measurements "
+                      "(standard deviation ÷ mean); above ~0.1 the machine was busy while this run was timed"),
+    "int8_speedup": fmt("INT8 x faster than fp32 ORT", format="%.2fx",
+                        help="the quantised model against the same model in fp32, both in ONNX Runtime and timed "
+                             "interleaved: the gain of quantisation alone"),
     "throughput": fmt("CPU img/s", format="%.1f", help="images per second at the measurement batch size"),
     "peak_mem_bytes": fmt("CPU peak mem (bytes)", format="%d", help="resident memory growth during batched inference"),
     "gpu_latency_ms": fmt("GPU latency (ms)", format="%.3f"),
@@ -137,8 +152,8 @@ COLUMN_CONFIG = {
                        "and more accurate"),
 }
 # Extra columns a user can add: every measured column that some run in view has.
-extra = [c for c in results.COLUMNS if c not in DEFAULT_COLUMNS and c not in ("parent", "x_faster_paired")
-         and view[c].notna().any()]
+extra = [c for c in results.COLUMNS if c not in DEFAULT_COLUMNS and view[c].notna().any()
+         and c not in ("parent", "x_faster_paired", "x_faster_low", "x_faster_high")]
 
 
 def column_label(c: str) -> str:
@@ -147,7 +162,7 @@ def column_label(c: str) -> str:
 
 
 added = st.multiselect("More columns", extra, key="more_cols", format_func=column_label,
-                       default=[c for c in ("gpu_latency_ms", "gpu_x_faster") if c in extra],
+                       default=[c for c in ("int8_speedup", "gpu_latency_ms", "gpu_x_faster") if c in extra],
                        help="every other measurement some run in view has: top-5, ROC AUC, FLOPs, throughput, "
                             "peak memory, training time, GPU figures ...")
 shown = DEFAULT_COLUMNS[:DEFAULT_COLUMNS.index("sparsity")] + added + DEFAULT_COLUMNS[DEFAULT_COLUMNS.index("sparsity"):]
@@ -254,13 +269,17 @@ c[0].metric("Accuracy", fmt_value(rec.get("accuracy"), ".4f"),
             if acc_ci else None)
 c[1].metric("Size", fmt_bytes(rec.get("size_bytes")),
             None if np.isnan(row["x_smaller"]) or row["base_id"] == run_id else f"{row['x_smaller']:.2f}x smaller",
-            delta_color="off")
+            delta_color="off", delta_arrow="off")
 c[2].metric("Latency", fmt_value(rec.get("latency_ms"), ".3g", " ms"),
             None if np.isnan(row["x_faster"]) or row["base_id"] == run_id else f"{row['x_faster']:.2f}x faster",
-            delta_color="off", help="CPU, batch 1, median")
+            delta_color="off", delta_arrow="off", help="CPU, batch 1, median" + (
+                f"; paired rounds ranged {row['x_faster_range']}" if row["x_faster_range"] else "")
+            + (f"; INT8 is {rec['int8_speedup']:.2f}x faster than the same model in fp32 ONNX Runtime"
+               if rec.get("int8_speedup") else ""))
 c[3].metric("MACs", fmt_count(rec.get("macs")),
             None if np.isnan(row["x_fewer_macs"]) or row["base_id"] == run_id else f"{row['x_fewer_macs']:.2f}x fewer",
-            delta_color="off", help=f"{rec['macs']:,} multiply-accumulates per image" if rec.get("macs") else None)
+            delta_color="off", delta_arrow="off",
+            help=f"{rec['macs']:,} multiply-accumulates per image" if rec.get("macs") else None)
 c[4].metric("Parameters", fmt_count(rec.get("params")),
             help=f"{rec['params']:,}" if rec.get("params") else None)
 
@@ -272,21 +291,31 @@ with d[1]:
 with d[2]:
     download(run_id, "card", "Model card (JSON)", key="dl_card")
 
-if rec.get("agreement") is not None:
+# A checkpoint scored as given is its own start: agreement and flips would compare it with itself.
+against_itself = rec.get("method") == "baseline" and rec.get("agreement") == 1.0 \
+    and not rec.get("flips_to_wrong") and not rec.get("flips_to_right")
+if rec.get("agreement") is not None and not against_itself:
     n_test = rec.get("test_images") or 0
-    share = lambda v: f"{100 * v:.1f} %" + (f" ({round(v * n_test)} images)" if n_test else "")  # noqa: E731
-    f = st.columns(4)
-    if row["delta_ci"]:
-        noise = row["delta_ci_low"] <= 0 <= row["delta_ci_high"]
-        f[3].metric("Δ accuracy, 95% CI", row["delta_ci"], "within test-set noise" if noise else "a real difference",
-                    delta_color="off", help=f"paired over the flipped answers; McNemar p = {row['mcnemar_p']:.3g}")
+    f = st.columns([1, 1, 1, 2])
     f[0].metric("Agrees with its start", f"{100 * rec['agreement']:.1f} %",
                 help="top-1 answers equal to the model this run started from, on the same test images")
-    f[1].metric("Newly wrong", share(rec["flips_to_wrong"]), help="the starting model was right, this run is wrong")
-    f[2].metric("Newly right", share(rec["flips_to_right"]), help="the starting model was wrong, this run is right")
+    for col, key, label, what in ((f[1], "flips_to_wrong", "Newly wrong", "the starting model was right, this run "
+                                   "is wrong"), (f[2], "flips_to_right", "Newly right", "the starting model was "
+                                   "wrong, this run is right")):
+        col.metric(label, f"{100 * rec[key]:.1f} %", f"{round(rec[key] * n_test)} images" if n_test else None,
+                   delta_color="off", delta_arrow="off", help=what)
+    if row["delta_ci"]:
+        noise = row["delta_ci_low"] <= 0 <= row["delta_ci_high"]
+        f[3].metric("Δ accuracy, 95% CI (points)",
+                    f"{100 * row['delta_ci_low']:+.1f} to {100 * row['delta_ci_high']:+.1f}",
+                    "within test-set noise" if noise else "a real difference", delta_color="off", delta_arrow="off",
+                    help=f"paired over the flipped answers; McNemar p = {row['mcnemar_p']:.3g}")
 
 with st.expander("Every recorded measurement"):
     scalars = {k: v for k, v in sorted(rec.items()) if isinstance(v, (int, float, str, bool)) or v is None}
+    for k in ("started", "finished"):  # epoch seconds, shown as a date
+        if isinstance(scalars.get(k), float):
+            scalars[k] = pd.Timestamp(scalars[k], unit="s").strftime("%Y-%m-%d %H:%M:%S UTC")
     st.dataframe(pd.DataFrame({"field": list(scalars), "value": [str(v) for v in scalars.values()]}),
                  hide_index=True, width="stretch", key="record_fields")
 
@@ -307,7 +336,7 @@ if pc or cm:
     classes = names if len(names) == n else [str(i) for i in range(n)]
     if pc:
         start_pc = rec.get("start_per_class_accuracy") or []
-        bars = {"this run": pc, **({"its start": start_pc} if len(start_pc) == n else {})}
+        bars = {"this run": pc, **({"its start": start_pc} if len(start_pc) == n and not against_itself else {})}
         per_class = pd.DataFrame([{"class": k, "model": who, "accuracy": np.nan if v is None else v}
                                   for who, vals in bars.items() for k, v in zip(classes, vals)])
         fig = px.bar(per_class, x="class", y="accuracy", color="model", barmode="group", height=360,
@@ -320,4 +349,6 @@ if pc or cm:
         fig = px.imshow(np.array(cm), x=classes, y=classes, text_auto=True, color_continuous_scale="Blues",
                         labels={"x": "predicted", "y": "true", "color": "images"}, height=360, title="Confusion matrix")
         fig.update_layout(margin=dict(l=10, r=10, t=40, b=10))
+        fig.update_xaxes(type="category")  # class names "0".."9" are labels, not numbers: one tick each
+        fig.update_yaxes(type="category")
         b.plotly_chart(fig, key="confusion", config={"displayModeBar": False})

@@ -9,7 +9,7 @@ import streamlit as st
 
 from engine import data as data_mod, export, import_weights, jobs, methods, models, presets
 from engine.spec import SpecError
-from pages.common import device_text, done_runs, get_store, inside_app, run_label, save_upload
+from pages.common import device_text, done_runs, get_store, inside_app, run_label, save_upload, startable_runs
 
 inside_app()
 
@@ -38,6 +38,8 @@ def launch(plan: list[dict[str, Any]]) -> None:
         st.error(f"Could not queue the jobs: {e}")
         return
     st.session_state["launched"] = ids
+    st.session_state["just_launched"] = True
+    st.rerun()  # the sidebar's queue counts and worker state, drawn before this page, catch up
 
 
 def plan_table(plan: list[dict[str, Any]]) -> pd.DataFrame:
@@ -112,6 +114,35 @@ def norm_key(norm: Any) -> str:
     return norm if isinstance(norm, str) else hashlib.sha256(repr(norm).encode()).hexdigest()[:8]
 
 
+@st.cache_data(show_spinner=False, max_entries=16, ttl=60)
+def describe_imagefolder(path: str) -> tuple[dict | None, str | None]:
+    try:
+        return data_mod.describe_imagefolder(path), None
+    except data_mod.DataError as e:
+        return None, e.reason
+
+
+def imagefolder_summary(path: str, name: str) -> str | None:
+    """Show what an image folder holds, or why it cannot be used (then returned as the problem)."""
+    what, problem = describe_imagefolder(path)
+    if problem:
+        problem = problem.replace(path, name)  # an upload's stored path means nothing to the user
+        problem = problem if name in problem else f"{name}: {problem}"
+        st.error(problem)
+        return problem
+    classes, counts = what["classes"], what["images"]
+    split = (f"{counts['train']} train / {counts['test']} test images" if "test" in counts
+             else f"{counts['all']} images (20 % held out for testing)")
+    st.caption(f"{len(classes)} classes ({', '.join(classes[:8])}{' …' if len(classes) > 8 else ''}), {split}.")
+    return None
+
+
+if st.session_state.pop("just_launched", False):  # once, right after a launch
+    ids = st.session_state["launched"]
+    st.success(f"Queued {len(ids)} job(s): {', '.join(ids[:6])}{' ...' if len(ids) > 6 else ''}",
+               icon=":material/rocket_launch:")
+    st.page_link("pages/jobs.py", label="Watch them on Jobs", icon=":material/arrow_forward:")
+
 tab_preset, tab_custom = st.tabs(["Presets", "Custom experiment"])
 
 # -- presets ------------------------------------------------------------------------------------
@@ -126,12 +157,14 @@ with tab_preset:
         ok, problems = presets.check(plan)
         st.markdown(f"**{len(ok)} jobs**: a baseline, then every registered compression method "
                     f"({len(ok) - 1}) starting from it.")
-        if name.endswith("(GPU)") and not device_text().startswith("CUDA"):
-            st.warning("This preset trains on CUDA; on this machine its jobs would fail. Use the Quick tour here.")
+        needs_gpu = name.endswith("(GPU)") and not device_text().startswith("CUDA")
+        if needs_gpu:
+            st.warning("This preset trains on CUDA, which this machine lacks: its jobs would fail, so it cannot "
+                       "be launched here. Use the Quick tour, or run it where `nvidia-smi` shows a GPU.")
         st.dataframe(plan_table(ok), hide_index=True, width="stretch")
         for p in problems:
             st.warning(f"Left out: {p}")
-        if st.button(f"Launch {name}", type="primary", key="launch_preset", disabled=not ok):
+        if st.button(f"Launch {name}", type="primary", key="launch_preset", disabled=not ok or needs_gpu):
             launch(ok)
 
 # -- custom -------------------------------------------------------------------------------------
@@ -157,7 +190,7 @@ def param_widget(method: str, p: methods.Param) -> Any:
         return st.selectbox(label, p.choices, index=p.choices.index(p.default) if p.default in p.choices else 0,
                             key=key, help=help_)
     if p.kind == "run":
-        runs = [r for r in done_runs() if not p.run_method or r.get("method") == p.run_method]
+        runs = [r for r in done_runs() if r.get("method") == p.run_method] if p.run_method else startable_runs()
         if not runs:
             what = f"a finished {p.run_method} run" if p.run_method else "a finished run"
             raise SpecError(f"{method}.{p.name}", f"needs {what}; there is none yet")
@@ -221,12 +254,12 @@ with tab_custom:
             data_problem = "upload a zip of images first"
         else:
             data["path"] = str(save_upload(up, "datasets"))
+            data_problem = imagefolder_summary(data["path"], up.name)
     else:
         data["name"] = "imagefolder"
         data["path"] = st.text_input("Folder or zip on this server", key="data_path",
                                      placeholder="/data/my-images or /data/my-images.zip").strip()
-        if not data["path"]:
-            data_problem = "enter a dataset path"
+        data_problem = imagefolder_summary(data["path"], data["path"]) if data["path"] else "enter a dataset path"
     c1, c2, c3, c4 = st.columns(4)
     limit = c1.number_input("Train images (0 = all)", 0, 10_000_000, 2000, step=500, key="limit")
     test_limit = c2.number_input("Test images (0 = all)", 0, 10_000_000, 1000, step=500, key="test_limit")
@@ -245,10 +278,10 @@ with tab_custom:
         model["arch"] = c1.selectbox("Architecture", list(models.ARCHS), key="arch")
         base_train["epochs"] = int(c2.number_input("Baseline epochs", 1, 10000, 3, key="base_epochs"))
     elif base_kind == "A finished run":
-        runs = done_runs()
+        runs = startable_runs()  # an INT8 ONNX Runtime model cannot be trained further
         if not runs:
-            data_problem = data_problem or "no finished run yet: train an architecture first"
-            st.info("No finished runs yet.")
+            data_problem = data_problem or "no finished run to start from yet: train an architecture first"
+            st.info("No finished PyTorch runs yet (INT8 runs cannot be compressed further).")
         else:
             labels = {r["id"]: run_label(r) for r in runs}
             model["from_run"] = st.selectbox("Run", list(labels), format_func=labels.get, key="base_run")
@@ -267,7 +300,7 @@ with tab_custom:
             try:
                 model["checkpoint"] = checkpoint_panel(ck)
             except export.BundleError as e:
-                st.error(f"{ck.name}: {e}")
+                st.error(str(e) if ck.name in str(e) else f"{ck.name}: {e}")
                 data_problem = data_problem or f"{ck.name} cannot be used ({e})"
 
     st.subheader("3 · Methods")
@@ -287,7 +320,10 @@ with tab_custom:
 
     st.subheader("4 · Training and measurement")
     c1, c2, c3, c4 = st.columns(4)
-    epochs = c1.number_input("Fine-tune / train epochs for methods", 0, 10000, 1, key="epochs")
+    epochs = c1.number_input("Student training epochs", 0, 10000, 1, key="epochs",
+                             help="Epochs for distill and compact students whose own 'epochs' is not set, and for "
+                                  "slimming's expand phase. Methods that prune, decompose, rewrite or quantise a "
+                                  "model fine-tune for their own 'finetune epochs' above.")
     device = c2.selectbox("Device", ["auto", "cpu", "cuda"], key="device")
     onnx = c3.checkbox("Export + verify ONNX", value=True, key="onnx")
     latency_runs = c4.number_input("Latency runs", 1, 10000, 30, key="latency_runs")
@@ -306,9 +342,3 @@ with tab_custom:
         else:
             launch(presets.custom_plan(data=data, model=model, steps=steps, base_train=base_train, chain=chain,
                                        train={"epochs": int(epochs), "device": device}, measure=measure))
-
-if st.session_state.get("launched"):
-    ids = st.session_state["launched"]
-    st.success(f"Queued {len(ids)} job(s): {', '.join(ids[:6])}{' ...' if len(ids) > 6 else ''}",
-               icon=":material/rocket_launch:")
-    st.page_link("pages/jobs.py", label="Watch them on Jobs", icon=":material/arrow_forward:")

@@ -45,7 +45,7 @@ def queue_table() -> None:
         live = r["state"] in ("running", "queued")
         table.append({"job": r["id"], "name": r.get("name") or "", "method": r.get("method") or "",
                       "state": r["state"], "progress": p["progress"], "phase": p["phase"] if live else "",
-                      "epoch": p["epoch"], "ETA": fmt_seconds(p["eta_s"]),
+                      "epoch": p["epoch"], "phase ETA": fmt_seconds(p["eta_s"]),
                       # text, so a job that is not training shows a blank rather than "None"
                       "img/s": f"{p['images_per_s']:.0f}" if live and p["images_per_s"] is not None else "",
                       "error": r.get("error") or ""})
@@ -109,6 +109,8 @@ if all_rows:
                 fig = px.line(curves.dropna(subset=[metric]), x="epoch", y=metric, color="series", markers=True,
                               height=300, title=metric)
                 fig.update_layout(margin=dict(l=10, r=10, t=40, b=10), legend_title_text="")
+                if metric == "accuracy":
+                    fig.update_yaxes(range=[0, 1.02])
                 col.plotly_chart(fig, key=f"curve_{metric}", config={"displayModeBar": False})
         st.code(jobs.job_log(job_id, store, tail=60) or "(no log yet)", language="log", height=260)
 

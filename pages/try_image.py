@@ -1,6 +1,8 @@
 """Try an image: each chosen model's top-5, latency on this image, agreement with the base, and Grad-CAM."""
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pandas as pd
 import streamlit as st
@@ -43,16 +45,16 @@ if not chosen:
 ref_id = chosen[0]
 
 source = st.radio("Images", ["Upload", "Test-set samples"], horizontal=True, key="img_source")
-images: list[tuple[str, bytes]] = []
+images: list[tuple[str, bytes, str | None]] = []  # (title, bytes, true class where known)
 if source == "Upload":
     files = st.file_uploader("One or more images (any common format)", type=IMAGE_TYPES, accept_multiple_files=True,
                              key="images")
-    images = [(f.name, f.getvalue()) for f in files or []]
+    images = [(f.name, f.getvalue(), None) for f in files or []]
 else:
     spec_data = (by_id[ref_id].get("spec") or {}).get("data") or {}
     n = st.slider("How many", 1, 16, 4, key="n_samples")
     try:
-        images = [(f"test #{i} (true: {label})", raw)
+        images = [(f"test #{i} (true: {label})", raw, label)
                   for i, (label, raw) in enumerate(samples(repr(sorted(spec_data.items())), spec_data, n))]
     except Exception as e:  # the dataset may have moved since the run
         st.error(f"Could not load the test set of {ref_id}: {e}. Upload images instead.")
@@ -70,36 +72,64 @@ for rid in chosen:
 if not models:
     st.stop()
 
-for name, raw in images:
+
+# Each model's answer (and latency) and map are measured once per image, not on every rerun: toggling
+# the maps or adding a model then costs only what is new.
+@st.cache_data(show_spinner=False, max_entries=512)
+def working_copy(digest: str, _raw: bytes) -> tuple[bytes, tuple[int, int]]:
+    return predict.working_copy(_raw)
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def prediction(root: str, run_id: str, digest: str, _raw: bytes) -> predict.Prediction:
+    return predictor(root, run_id).predict(_raw)
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def cam_overlay(root: str, run_id: str, digest: str, _raw: bytes, index: int) -> np.ndarray:
+    pred = predictor(root, run_id)
+    cam = saliency.grad_cam(pred.model, pred.preprocess(_raw), index)
+    return saliency.overlay(np.asarray(load_pil(_raw)), cam)
+
+
+for name, raw, truth in images:
     st.divider()
+    digest = hashlib.sha256(raw).hexdigest()
     try:
-        shown = np.asarray(load_pil(raw))
+        raw, (w, h) = working_copy(digest, raw)
     except ImageError as e:
         st.error(f"{name}: {e}. Upload a PNG, JPEG, WebP, BMP, GIF or TIFF image.")
         continue
-    st.markdown(f"#### {name}")
-    cols = st.columns([1] + [2] * len(models))
-    cols[0].image(shown, caption=f"{shown.shape[1]}x{shown.shape[0]} px", width=180)
+    c1, c2 = st.columns([1, 5], vertical_alignment="center")
+    c1.image(raw, width=120)
+    c2.markdown(f"#### {name}")
+    c2.caption(f"{w}x{h} px" + (f", reduced to {predict.WORKING_SIDE} px on its longer side before each model "
+                                "resizes it to its input" if max(w, h) > predict.WORKING_SIDE else ""))
+    cols = st.columns(len(models))
     preds = {}
-    for col, (rid, pred) in zip(cols[1:], models.items()):
+    for col, (rid, pred) in zip(cols, models.items()):
         with col:
             try:
-                out = pred.predict(raw)
+                out = prediction(str(store.root), rid, digest, raw)
             except (ImageError, ValueError, RuntimeError) as e:
                 st.error(f"{labels[rid]}: cannot predict this image ({e}).")
                 continue
             preds[rid] = out
-            agree = "" if rid == ref_id or ref_id not in preds else (
-                " · :green[:material/check_circle: agrees with reference]" if out.index == preds[ref_id].index
-                else " · :red[:material/cancel: differs from reference]")
+            verdict = []
+            if truth is not None:
+                verdict.append(":green[right]" if out.top[0][0] == truth else ":red[wrong]")
+            if rid != ref_id and ref_id in preds:
+                verdict.append(":green[:material/check_circle: agrees with reference]"
+                               if out.index == preds[ref_id].index
+                               else ":red[:material/cancel: differs from reference]")
             st.markdown(f"**{by_id[rid].get('name') or by_id[rid].get('method')}**  \n"
-                        f"`{rid}` · {out.latency_ms:.2f} ms{agree}")
+                        f"`{rid}` · {out.latency_ms:.2f} ms" + "".join(f" · {v}" for v in verdict))
             st.dataframe(pd.DataFrame(out.top, columns=["class", "probability"]), hide_index=True, width="stretch",
                          key=f"top_{name}_{rid}",
                          column_config={"probability": st.column_config.ProgressColumn(min_value=0, max_value=1,
                                                                                        format="percent")})
             if show_cam and pred.is_torch:
-                cam = saliency.grad_cam(pred.model, pred.preprocess(raw), out.index)
-                st.image(saliency.overlay(shown, cam), caption=f"Grad-CAM for “{out.top[0][0]}”", width=224)
+                st.image(cam_overlay(str(store.root), rid, digest, raw, out.index),
+                         caption=f"Grad-CAM for “{out.top[0][0]}”", width=224)
             elif show_cam:
                 st.caption("No saliency map: this model is not a PyTorch model (e.g. INT8 ONNX Runtime).")

@@ -159,6 +159,8 @@ def test_job_progress_and_curves_from_events():
           {"phase": "data"}]
     c = results.curves(ev)
     assert list(c["split"]) == ["train", "val"] and list(c["epoch"]) == [0.5, 1]
+    retried = results.curves(ev + [{"phase": "queued", "attempt": 2}, {**ev[0], "loss": 1.0}])
+    assert list(retried["loss"]) == [1.0]  # the latest attempt only, not a line back to epoch 0
 
 
 @pytest.mark.parametrize("sens", [
@@ -221,6 +223,15 @@ def test_chained_plan_and_sweeps():
     plan = presets.custom_plan(data={"name": "digits"}, model={"from_run": "r1"}, base_train={},
                                steps=[("a", [{"x": 1}]), ("b", [{"y": 2}])], train={}, measure={}, chain=True)
     assert [s["model"]["from_run"] for s in plan] == ["r1", presets.ref(0)]
+    assert [s["name"] for s in plan] == ["step 1/2 a", "step 2/2 b"]
+    swept = presets.custom_plan(data={"name": "digits"}, model={"from_run": "r1"}, base_train={}, train={},
+                                measure={}, steps=[("a", presets.sweep({"x": 1, "y": 0}, "x", [0.3, 0.5]))])
+    assert [s["name"] for s in swept] == ["a (x=0.3)", "a (x=0.5)"]  # only what varies
+    int8_first = presets.custom_plan(data={"name": "digits"}, model={"from_run": "r1"}, base_train={}, train={},
+                                     measure={}, chain=True, steps=[("quantize_int8", [{}]),
+                                                                    ("prune_unstructured", [{}])])
+    ok, problems = presets.check(int8_first)
+    assert len(ok) == 1 and "INT8 ONNX Runtime model" in problems[0] and "put quantize_int8 last" in problems[0]
     assert presets.sweep({"x": 1, "y": 0}, "x", [0.3, 0.5]) == [{"x": 0.3, "y": 0}, {"x": 0.5, "y": 0}]
     p = methods.Param("ratio", "float", 0.5, low=0, high=1, high_open=True)
     assert presets.parse_values(p, "0.3, 0.5,0.7", "m.ratio") == [0.3, 0.5, 0.7]
@@ -349,3 +360,26 @@ def test_predictor_top5_latency_and_agreement_with_the_model(tiny_base, session_
         predict.load_run("../etc", Store(session_home))
     with pytest.raises(predict.PredictError, match="no run"):
         predict.load_run("missing-run", Store(session_home))
+
+
+def test_working_copy_reduces_large_images_once_and_leaves_small_ones():
+    from PIL import Image
+
+    from engine import predict
+    buf = io.BytesIO()
+    Image.new("RGB", (4000, 1000), (200, 30, 30)).save(buf, format="JPEG")
+    small, size = predict.working_copy(buf.getvalue())
+    assert size == (4000, 1000) and Image.open(io.BytesIO(small)).size == (1024, 256)  # aspect kept
+    same, size = predict.working_copy(small)
+    assert same is small and size == (1024, 256)
+    from engine.data import ImageError
+    with pytest.raises(ImageError, match="not an image"):
+        predict.working_copy(b"not an image")
+
+
+def test_dashboard_formats_numpy_scalars_and_uses_decimal_units():
+    from pages.common import fmt_bytes, fmt_count, fmt_seconds, fmt_value
+    assert fmt_bytes(np.int64(44_775_307)) == fmt_bytes(44_775_307) == "44.8 MB"  # as the MB limits take it
+    assert fmt_bytes(999) == "999 B" and fmt_bytes(1500) == "1.5 kB" and fmt_bytes(float("nan")) == "—"
+    assert fmt_count(np.int64(34_718_720)) == "34.7 M" and fmt_count(True) == "—" and fmt_count(None) == "—"
+    assert fmt_value(np.float32(0.5), ".2f", " ms") == "0.50 ms" and fmt_seconds(np.int64(75)) == "1m15s"

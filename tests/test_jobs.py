@@ -262,3 +262,18 @@ def test_ensure_worker_starts_exactly_one(ws, monkeypatch):
     assert status["alive"] and status["backend"] == "local" and status["concurrency"] >= 1
     pid = status["pid"]
     wait_for(lambda: not _alive(pid), 30, "the idle worker to exit")
+
+
+def test_no_job_can_start_from_or_learn_from_an_int8_model(ws):
+    """An INT8 ONNX Runtime result cannot be trained further: refused when queued, not minutes later."""
+    from engine.spec import SpecError
+    base = jobs.submit(TRIVIAL, ws)
+    int8 = jobs.submit({**TRIVIAL, "model": {"from_run": base}, "method": {"name": "quantize_int8"}}, ws)
+    with pytest.raises(SpecError, match=r"model.from_run: run .* makes an INT8 ONNX Runtime model"):
+        jobs.submit({**TRIVIAL, "model": {"from_run": int8}, "method": {"name": "prune_unstructured"}}, ws)
+    with pytest.raises(SpecError, match=r"method.params.teacher: run .* makes an INT8 ONNX Runtime model"):
+        jobs.submit({**TRIVIAL, "model": {"from_run": base}, "method": {"name": "distill",
+                                                                        "params": {"teacher": int8}}}, ws)
+    jobs.submit({**TRIVIAL, "model": {"from_run": base}, "method": {"name": "distill", "params": {"teacher": base}}},
+                ws)
+    assert len(ws.list()) == 3  # the two refused jobs were never queued

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -159,11 +160,42 @@ def test_experiments_errors_name_the_field(ws, monkeypatch):
     at.radio(key="data_source").set_value("Path on this server")
     at.run()
     at.text_input(key="data_path").set_value(str(ws / "no-such-folder"))
+    at.run()
+    assert f"not found: {ws / 'no-such-folder'}" in texts(at, "error")   # said as soon as it is typed
     at.button(key="launch_custom").click()
     at.run()
     assert not at.exception
-    assert "data.path" in texts(at, "error") and "not found" in texts(at, "error")
+    assert "Cannot launch: " in texts(at, "error") and texts(at, "error").count("not found") == 2
     assert len(Store(ws).list()) == before  # nothing queued
+
+    # An uploaded dataset is checked on arrival (its listing only), not when a worker reaches its job.
+    def zipped(members: dict[str, bytes]) -> bytes:
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as z:
+            for name, data in members.items():
+                z.writestr(name, data)
+        return buf.getvalue()
+    png = digit_png()
+    uploads = {"notzip.zip": (b"plain text", "not a readable zip archive"),
+               "flat.zip": (zipped({"readme.txt": b"x", "a.png": png}), "not in ImageFolder layout"),
+               "nofiles.zip": (zipped({"readme.txt": b"x"}), "no images found"),
+               "good.zip": (zipped({f"{split}/{c}/{i}.png": png for split in ("train", "test") for c in "ab"
+                                    for i in range(3)}), None)}
+    at = page("experiments")
+    at.radio(key="data_source").set_value("Upload a zip (ImageFolder layout)")
+    at.run()
+    for name, (raw, problem) in uploads.items():
+        at.file_uploader(key="data_zip").set_value((name, raw, "application/zip"))
+        at.run()
+        if problem:
+            assert name in texts(at, "error") and problem in texts(at, "error"), name
+            assert "uploads" not in texts(at, "error")         # the stored path means nothing to the user
+            at.button(key="launch_custom").click()
+            at.run()
+            assert "Cannot launch: " in texts(at, "error") and texts(at, "error").count(problem) == 2
+        else:
+            assert not at.error and "2 classes (a, b), 6 train / 6 test images" in texts(at, "caption")
+    assert len(Store(ws).list()) == before
 
     reg = methods.METHODS
     sweepable = next(((n, p) for n, m in reg.items() for p in m.params if p.kind == "float" and p.high is not None),
@@ -178,6 +210,27 @@ def test_experiments_errors_name_the_field(ws, monkeypatch):
         at.text_input(key=f"sweep_values.{name}").set_value(f"{p.high + 1}, abc")
         at.run()
         assert f"{name}.{p.name}" in texts(at, "error")
+
+
+def test_experiments_offers_only_pytorch_runs_to_start_from(tmp_path, monkeypatch):
+    """An INT8 ONNX Runtime run cannot be trained further: not offered as a base or a teacher."""
+    monkeypatch.setenv("SLIMBENCH_HOME", str(tmp_path / "ws"))
+    monkeypatch.setenv("SLIMBENCH_NO_AUTOSTART", "1")
+    store = Store(tmp_path / "ws")
+    spec = {"data": {"name": "digits"}, "model": {"arch": "resnet18"}, "method": {"name": "baseline"}}
+    torch_run = store.create(spec, state="done")
+    int8_run = store.create({**spec, "model": {"from_run": torch_run}, "method": {"name": "quantize_int8"}},
+                            state="done")
+    at = page("experiments")
+    at.radio(key="base_kind").set_value("A finished run")
+    at.multiselect(key="methods").set_value(["distill"])
+    at.run()
+    at.checkbox(key="p.distill.teacher.set").check()
+    at.run()
+    assert not at.exception
+    for key in ("base_run", "p.distill.teacher"):
+        options = at.selectbox(key=key).options
+        assert any(torch_run in o for o in options) and not any(int8_run in o for o in options), key
 
 
 def test_experiments_imports_an_uploaded_state_dict_as_the_base(ws, monkeypatch):
@@ -286,6 +339,12 @@ def test_presets_tab_lists_every_registered_method(ws, monkeypatch):
     assert len(table) == len(ok) and table["method"].iloc[0] == "baseline"
     assert set(table["method"]) | {p.split(":")[1].strip() for p in problems} >= {
         n for n in methods.METHODS if n != "baseline"}
+    assert not at.button(key="launch_preset").disabled
+    at.selectbox(key="preset").set_value("CIFAR-10 ResNet-18 (GPU)")
+    at.run()
+    import torch
+    if not torch.cuda.is_available():
+        assert at.button(key="launch_preset").disabled and "cannot be launched here" in texts(at, "warning")
 
 
 def test_jobs_page_shows_progress_curves_log_and_cancels(launched, ws):
@@ -363,8 +422,17 @@ def test_compare_table_plot_filters_and_downloads(launched, ws):
     at.selectbox(key="w_best").set_value("size")
     at.run()
     winner = results.winners(results.table(results.records(Store(ws))), "size", max_drop=1.0).iloc[0]
-    assert f"`{winner['run_id']}`" in texts(at, "success")
+    summary = texts(at, "success")
+    assert f"`{winner['run_id']}`" in summary
+    assert f"{winner['size_bytes'] / 1e6:.1f} MB" in summary and " MACs" in summary and "—," not in summary
     assert "Winner's checkpoint (.pt)" in {b.label for b in at.get("download_button")}
+    size_mb = winner["size_bytes"] / 1e6                      # the limit is in the MB the page shows
+    at.number_input(key="w_size").set_value(size_mb * 1.001)
+    at.run()
+    assert f"`{winner['run_id']}`" in texts(at, "success")
+    at.number_input(key="w_size").set_value(size_mb * 0.999)
+    at.run()
+    assert f"`{winner['run_id']}`" not in texts(at, "success")
     at.number_input(key="w_size").set_value(1e-6)             # one byte: nothing is that small
     at.run()
     assert "No run in view meets these limits" in texts(at, "warning")
@@ -394,7 +462,7 @@ def test_compare_table_plot_filters_and_downloads(launched, ws):
         assert shown["Agrees with its start"] == f"{100 * child['agreement']:.1f} %"
         assert shown["Newly wrong"].startswith(f"{100 * child['flips_to_wrong']:.1f} %")
         lo, hi = child["delta_accuracy_ci95"]
-        assert shown["Δ accuracy, 95% CI"] == f"{lo:+.4f} to {hi:+.4f}"
+        assert shown["Δ accuracy, 95% CI (points)"] == f"{100 * lo:+.1f} to {100 * hi:+.1f}"
         per_class = next(c for c in at.get("plotly_chart") if "Per-class accuracy" in c.proto.spec)
         assert "its start" in per_class.proto.spec and "this run" in per_class.proto.spec
 
@@ -483,12 +551,19 @@ def digit_png(index: int = 0) -> bytes:
 def test_try_image_upload_predictions_and_bad_files(launched, ws):
     at = page("try_image")
     at.multiselect(key="runs").set_value(launched["ids"])
+    from PIL import Image
+    big = io.BytesIO()  # a camera-size photo of the same digit: reduced once, then every model as usual
+    Image.open(io.BytesIO(digit_png())).resize((3000, 3000)).save(big, format="PNG")
     at.file_uploader(key="images").set_value([("digit.png", digit_png(), "image/png"),
-                                              ("broken.png", b"this is not a png", "image/png")])
+                                              ("broken.png", b"this is not a png", "image/png"),
+                                              ("big.png", big.getvalue(), "image/png")])
     at.run()
     assert not at.exception
     tops = [d.value for d in at.dataframe]
-    assert len(tops) == len(launched["ids"])
+    assert len(tops) == 2 * len(launched["ids"])
+    assert "3000x3000 px, reduced to 1024 px" in texts(at, "caption")
+    for small, large in zip(tops[:len(tops) // 2], tops[len(tops) // 2:]):
+        assert small["class"].iloc[0] == large["class"].iloc[0]  # the same picture, the same answer
     for t in tops:
         assert len(t) == 5 and t["probability"].is_monotonic_decreasing and t["probability"].sum() <= 1.0 + 1e-6
     assert "broken.png" in texts(at, "error") and "not an image" in texts(at, "error")
@@ -503,6 +578,11 @@ def test_try_image_upload_predictions_and_bad_files(launched, ws):
     at.slider(key="n_samples").set_value(2)
     at.run()
     assert not at.exception and len(at.dataframe) == 2 * len(launched["ids"])
+    truth = [h.value.split("true: ")[1].rstrip(")") for h in at.markdown if "true: " in h.value]
+    verdicts = [m.value for m in at.markdown if "right]" in m.value or "wrong]" in m.value]
+    assert len(truth) == 2 and len(verdicts) == 2 * len(launched["ids"])
+    for i, d in enumerate(at.dataframe):                 # right or wrong against the true class, per model
+        assert ("right]" in verdicts[i]) == (d.value["class"].iloc[0] == truth[i // len(launched["ids"])])
 
 
 def test_hardware_page_live_panels(ws):

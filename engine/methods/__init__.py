@@ -84,6 +84,8 @@ class Method:
     family: str = "other"
     needs_base: bool = True        # needs a trained model to start from (from_run/checkpoint, or trains one)
     check: Callable[[dict, Any], None] | None = None  # cross-field validation (params, spec)
+    torch_output: bool = True      # False: the result is no PyTorch model (INT8 ONNX Runtime), so
+                                   # no later job can start from it or learn from it as a teacher
 
 
 METHODS: dict[str, Method] = {}
@@ -94,11 +96,11 @@ _MODULES = ("baseline", "pruning", "lowrank", "distill", "factorize", "quantize"
 
 def register(name: str, *, params: tuple[Param, ...] | list[Param] = (), help: str = "",
              family: str = "other", needs_base: bool = True,
-             check: Callable[[dict, Any], None] | None = None):
+             check: Callable[[dict, Any], None] | None = None, torch_output: bool = True):
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
         if name in METHODS and METHODS[name].fn is not fn:
             raise RuntimeError(f"method {name!r} registered twice")
-        METHODS[name] = Method(name, fn, tuple(params), help, family, needs_base, check)
+        METHODS[name] = Method(name, fn, tuple(params), help, family, needs_base, check, torch_output)
         return fn
     return deco
 
@@ -118,6 +120,17 @@ def get(name: str) -> Method:
     if name not in METHODS:
         raise SpecError("method.name", f"unknown method {name!r}; valid: {', '.join(sorted(METHODS))}")
     return METHODS[name]
+
+
+def makes_torch_model(method: dict[str, Any]) -> bool:
+    """Whether a spec's ``method`` ({"name", "params"}) ends in a PyTorch model a later job can
+    start from (a pipeline ends in its last step's model)."""
+    load_all()
+    name = method.get("name")
+    if name == "pipeline":
+        steps = (method.get("params") or {}).get("steps") or []
+        name = steps[-1].get("name") if steps and isinstance(steps[-1], dict) else None
+    return name not in METHODS or METHODS[name].torch_output
 
 
 def validate(name: str, params: Any, spec: Any = None, where: str = "method") -> dict[str, Any]:

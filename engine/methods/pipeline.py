@@ -13,10 +13,9 @@ from typing import Any
 
 from .. import export
 from ..spec import JobSpec, SpecError
-from . import Param, get, register, validate
+from . import METHODS, Param, get, register, validate
 
 NOT_A_STEP = ("pipeline",)          # no nesting: a pipeline's steps are plain methods
-LAST_ONLY = ("quantize_int8",)      # its result is not a PyTorch model a later step could train
 
 
 def _steps(params: dict, spec: JobSpec | None) -> list[dict[str, Any]]:
@@ -37,7 +36,7 @@ def _steps(params: dict, spec: JobSpec | None) -> list[dict[str, Any]]:
         name = step["name"]
         if name in NOT_A_STEP:
             raise SpecError(f"{where}.name", "a pipeline cannot contain another pipeline")
-        if name in LAST_ONLY and i != len(steps) - 1:
+        if name in METHODS and not METHODS[name].torch_output and i != len(steps) - 1:
             raise SpecError(f"{where}.name", f"{name} makes an ONNX Runtime model that later steps cannot train; "
                             "put it last")
         try:

@@ -135,7 +135,8 @@ class Int8Model:
           "qoperator: integer operators (QLinearConv, ...)", choices=("qdq", "qoperator")),
     Param("per_channel", "bool", True, "one weight scale per output channel (more accurate) instead of per tensor"),
 ], help="Post-training static INT8 with ONNX Runtime: calibrate on training batches, quantise weights per "
-        "channel; accuracy and speed are measured on the INT8 model itself.")
+        "channel; accuracy and speed are measured on the INT8 model itself.",
+   torch_output=False)
 def quantize_int8(model, ctx, params):
     model = model.to("cpu").eval()
     with tempfile.TemporaryDirectory(dir=ctx.run_dir) as tmp:
