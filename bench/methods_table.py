@@ -109,9 +109,12 @@ def _derive(rows: list[dict], base: dict) -> None:
         r["x_fewer_macs"] = base["macs"] / r["macs"] if r.get("macs") else None
         # Paired (timed interleaved with the base in the row's own job) where the job recorded it:
         # CPU speed drifts by tens of percent between rows taken minutes apart on shared machines.
-        r["x_faster"] = (r["paired_speedup"] if r.get("paired_speedup") and r is not base else
+        # INT8 against its own fp32 model under ONNX Runtime (engine.results._step_speedup says why).
+        int8 = r.get("int8_speedup") is not None
+        paired = r.get("int8_speedup" if int8 else "paired_speedup")
+        r["x_faster"] = (paired if paired and r is not base else
                          base["latency_ms"] / r["latency_ms"] if r.get("latency_ms") else None)
-        lo_hi = r.get("paired_speedup_range") if r is not base else None
+        lo_hi = r.get("int8_speedup_range" if int8 else "paired_speedup_range") if r is not base else None
         r["x_faster_spread"] = f"{lo_hi[0]:.2f}-{lo_hi[1]:.2f}" if lo_hi else "separate"
         r["gpu_x_faster"] = (r.get("gpu_paired_speedup") if r is not base else 1.0) or (
             base["gpu_latency_ms"] / r["gpu_latency_ms"] if r.get("gpu_latency_ms") and base.get("gpu_latency_ms")

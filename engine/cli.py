@@ -85,6 +85,7 @@ def cmd_profile(a: argparse.Namespace) -> int:
         raise SpecError("--input-size", f"must be between 4 and 1024, got {a.input_size}")
     model = models.build(a.arch, a.num_classes, a.small_input)
     shape = (3, a.input_size, a.input_size)
+    models.check_input_fits(model, a.arch, shape, "--input-size")
     c = measure.count_macs(model, shape)
     print(json.dumps({"arch": a.arch, "input_size": a.input_size, "num_classes": a.num_classes,
                       "small_input": a.small_input, "params": measure.count_params(model),
@@ -116,7 +117,7 @@ def cmd_measure(a: argparse.Namespace) -> int:
 
     def load(path: str, where: str):
         try:
-            return export.load_predictor(path)
+            return export.load_predictor(path, measure.timing_threads(a.threads))
         except export.BundleError as e:
             raise SpecError(where, str(e)) from None
 
@@ -168,7 +169,7 @@ def cmd_import(a: argparse.Namespace) -> int:
         bundle = import_weights.to_bundle(a.weights, arch=a.arch, small_input=small, norm=norm, class_names=classes)
     except export.BundleError as e:
         raise SpecError("weights", str(e)) from None
-    out = Path(a.out or f"{Path(a.weights).stem}.bundle.pt")
+    out = writable(a.out or f"{Path(a.weights).stem}.bundle.pt", "--out")
     size = export.save_bundle(bundle, out)
     print(json.dumps({"bundle": str(out), "arch": bundle["arch"], **bundle["arch_kwargs"],
                       "normalisation": bundle["meta"]["normalisation"], "size_bytes": size}))
@@ -220,6 +221,7 @@ COST_COLUMNS = {"size": "size_bytes", "macs": "macs", "latency": "latency_ms", "
 @arg("--max-drop-pt", type=float, help="only runs losing at most this many accuracy points against their base")
 def cmd_compare(a: argparse.Namespace) -> int:
     from . import results
+    from .spec import SpecError
     from .store import Store
     df = results.table(results.records(Store()))
     if a.method:
@@ -228,21 +230,30 @@ def cmd_compare(a: argparse.Namespace) -> int:
         df = df[df["dataset"] == a.dataset]
     cost = COST_COLUMNS[a.axis]
     df = df.assign(pareto=results.pareto_mask(df, cost)).sort_values(["base_id", cost], na_position="last")
+    for flag in ("max_size_mb", "max_mmacs", "max_latency_ms", "min_accuracy", "max_drop_pt"):
+        if getattr(a, flag) is not None and getattr(a, flag) < 0:
+            raise SpecError("--" + flag.replace("_", "-"), f"must not be negative, got {getattr(a, flag)}")
     limits = {"max_size_bytes": a.max_size_mb and a.max_size_mb * 1e6, "max_macs": a.max_mmacs and a.max_mmacs * 1e6,
               "max_latency_ms": a.max_latency_ms, "min_accuracy": a.min_accuracy,
               "max_drop": a.max_drop_pt and a.max_drop_pt / 100}
     ranking = a.best or any(v is not None for v in limits.values())
     if ranking:
+        if results.test_sets(df) > 1:  # accuracies on different test sets do not compete
+            newest = df.sort_values("finished").iloc[[-1]]
+            print(f"note: the runs were scored on {results.test_sets(df)} test sets; ranking those on the newest "
+                  f"run's ({newest['dataset'].iloc[0]}, {newest['test_images'].iloc[0]:.0f} images); "
+                  "--dataset chooses another", file=sys.stderr)
+            df = df.merge(newest[results.TEST_SET], on=results.TEST_SET)
         try:
             df = results.winners(df, a.best or "accuracy", **limits)
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
     if a.csv:
-        df.to_csv(a.csv, index=False)
+        df.to_csv(writable(a.csv, "--csv"), index=False)
     if a.json:
         print(df.to_json(orient="records"))
-        return 0
+        return 1 if ranking and df.empty else 0  # as the text form: nothing meets the limits
     if df.empty:
         print("no finished run meets the limits" if ranking else "no finished runs match", file=sys.stderr)
         return 1 if ranking else 0
@@ -295,6 +306,19 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (_, add_args, help) in COMMANDS.items():
         add_args(sub.add_parser(name, help=help, description=help))
     return parser
+
+
+def writable(path: str, flag: str):
+    """``path`` as a file this command can write (its folder exists, it is no folder itself), or a SpecError."""
+    from pathlib import Path
+
+    from .spec import SpecError
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise SpecError(flag, f"{p} is a folder; give a file name")
+    if not p.parent.is_dir():
+        raise SpecError(flag, f"folder {p.parent} does not exist")
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:

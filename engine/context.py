@@ -80,10 +80,10 @@ class Context:
         if small_input is not None:
             self.small_input = small_input
 
-    def load_run(self, run_id: str) -> tuple[nn.Module, dict[str, Any]]:
-        """A finished run's model (e.g. another teacher) and its bundle."""
+    def load_run(self, run_id: str, field: str) -> tuple[nn.Module, dict[str, Any]]:
+        """A finished run's model (e.g. another teacher) and its bundle; errors name ``field``."""
         from .runner import load_run_model
-        return load_run_model(self.store, run_id)
+        return load_run_model(self.store, run_id, field)
 
     def base_copy(self) -> nn.Module:
         if self.base is None:

@@ -276,7 +276,10 @@ def _imagefolder_source(spec: DataSpec, path: Path):
     files = _zip_listing(path) if path.is_file() else _dir_listing(path)
     layout = _layout(files, path)
     size = spec.image_size
-    key = hashlib.sha256(f"{path.resolve()}|{path.stat().st_size}|{path.stat().st_mtime_ns}|{size}".encode())
+    # A zip changes as a whole; a folder's images can change below it, so its key covers every file.
+    stamp = (f"{path.stat().st_size}|{path.stat().st_mtime_ns}" if path.is_file() else
+             "|".join(f"{f}:{(path / f).stat().st_size}:{(path / f).stat().st_mtime_ns}" for f in files))
+    key = hashlib.sha256(f"{path.resolve()}|{stamp}|{size}".encode())
     cache = cache_dir() / f"imagefolder-{key.hexdigest()[:20]}.pt"
     if cache.is_file():
         try:
@@ -319,6 +322,11 @@ def _imagefolder_source(spec: DataSpec, path: Path):
         n_test = max(1, len(full) // 5)
         splits = {"train": full.subset(perm[n_test:]), "test": full.subset(perm[:n_test])}
     tr, te = splits["train"], splits["test"]
+    if te.x.shape[-2:] != tr.x.shape[-2:]:  # the model is tested at the size it trains at
+        notes.append(f"test images resized from {te.x.shape[-1]}x{te.x.shape[-2]} to the training images' "
+                     f"{tr.x.shape[-1]}x{tr.x.shape[-2]}")
+        log.warning(notes[-1])
+        te = Split(resize_uint8(te.x, tuple(tr.x.shape[-2:])), te.y)
     if tr.x.shape[1] != te.x.shape[1]:
         c = max(tr.x.shape[1], te.x.shape[1])
         tr, te = Split(tr.x.expand(-1, c, -1, -1).contiguous(), tr.y), Split(te.x.expand(-1, c, -1, -1).contiguous(), te.y)
@@ -491,12 +499,14 @@ def decode_image(raw: bytes, size: int | None = None) -> torch.Tensor:
     return t.contiguous()
 
 
-def resize_uint8(t: torch.Tensor, size: int) -> torch.Tensor:
+def resize_uint8(t: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """uint8 image(s) (C, H, W) or (N, C, H, W) resized to ``size`` (square) or (height, width)."""
+    h, w = (size, size) if isinstance(size, int) else size
     batched = t.ndim == 4
     x = t if batched else t[None]
-    out = torch.empty((x.shape[0], x.shape[1], size, size), dtype=torch.uint8)
+    out = torch.empty((x.shape[0], x.shape[1], h, w), dtype=torch.uint8)
     for i in range(0, len(x), 4096):  # chunks: bounded memory for large sets
-        y = F.interpolate(x[i:i + 4096].float(), size=(size, size), mode="bilinear", antialias=True,
+        y = F.interpolate(x[i:i + 4096].float(), size=(h, w), mode="bilinear", antialias=True,
                           align_corners=False)
         out[i:i + 4096] = y.round().clamp_(0, 255).to(torch.uint8)
     return out if batched else out[0]

@@ -133,11 +133,15 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write via a temp file in the same folder + rename: a crash never leaves a half file visible."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def make_bundle(model: nn.Module, *, arch: str, num_classes: int, small_input: bool, meta: dict[str, Any],
@@ -202,7 +206,7 @@ def checked_bundle(b: Any, name: str) -> dict[str, Any]:
 def fit_problems(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
     """How ``state`` fails to fit ``model`` exactly: wrong shapes, missing and unexpected tensors."""
     own = model.state_dict()
-    missing = sorted(set(own) - set(state))
+    missing = sorted(k for k in set(own) - set(state) if not k.endswith("num_batches_tracked"))  # unused counters
     unexpected = sorted(set(state) - set(own))
     wrong = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
              for k in own if k in state and own[k].shape != state[k].shape]
@@ -308,14 +312,15 @@ def make_onnx_bundle(onnx_bytes: bytes, *, arch: str, num_classes: int, small_in
             "onnx": torch.frombuffer(bytearray(onnx_bytes), dtype=torch.uint8), "extra": extra or {}}
 
 
-def load_predictor(path: str | Path) -> tuple[Any, dict[str, Any]]:
-    """(callable batch tensor -> logits tensor, bundle) for every bundle kind."""
+def load_predictor(path: str | Path, threads: int | None = None) -> tuple[Any, dict[str, Any]]:
+    """(callable batch tensor -> logits tensor, bundle) for every bundle kind; ``threads``: ONNX
+    Runtime's CPU threads (fixed per session; PyTorch models take theirs when timed)."""
     b = read_bundle(path)
     if b.get("kind") == ONNX_INT8:
         if not isinstance(b.get("onnx"), torch.Tensor) or b["onnx"].dtype != torch.uint8:
             raise BundleError(f"{Path(path).name} is an INT8 bundle without its ONNX model")
         try:
-            return OnnxRunner(b["onnx"].numpy().tobytes()), b
+            return OnnxRunner(b["onnx"].numpy().tobytes(), threads=threads), b
         except Exception as e:
             raise BundleError(f"{Path(path).name}: ONNX Runtime cannot load the INT8 model: "
                               f"{str(e).splitlines()[0][:300]}") from None

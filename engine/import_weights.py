@@ -10,6 +10,7 @@ trains with), ImageNet's, or explicit values.
 from __future__ import annotations
 
 import functools
+import math
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,18 +80,45 @@ def _head_key(arch: str, small_input: bool) -> str:
         return models.classifier_layer(models.build(arch, 2, small_input))[0] + ".weight"
 
 
+# BatchNorm's step counters: absent from checkpoints saved before PyTorch 0.4.1 (such as the first
+# torchvision ImageNet files) and unused in evaluation, so they are not required to match.
+COUNTER = "num_batches_tracked"
+
+
+def _required(shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    return {k: v for k, v in shapes.items() if not k.endswith(COUNTER)}
+
+
 def identify(sd: dict[str, torch.Tensor]) -> list[Match]:
-    """Every registered (architecture, stem) whose tensors these are, exactly: names and shapes."""
-    shapes = {k: tuple(v.shape) for k, v in sd.items()}
+    """Every registered (architecture, stem) whose tensors these are, exactly: names and shapes
+    (BatchNorm step counters may be missing)."""
+    shapes = _required({k: tuple(v.shape) for k, v in sd.items()})
     found = []
     for arch in models.ARCHS:
         for small in (False, True):
             head = shapes.get(_head_key(arch, small))
             if not head or head[0] < 2:
                 continue
-            if _shapes(arch, small, head[0]) == shapes:
+            if _required(_shapes(arch, small, head[0])) == shapes:
                 found.append(Match(arch, small, head[0]))
     return found
+
+
+def _closest(sd: dict[str, torch.Tensor]) -> tuple[str, list[str]] | None:
+    """The registered architecture sharing the most tensor names with ``sd``, and what differs."""
+    names = set(_required({k: () for k in sd}))
+
+    def score(arch: str) -> int:  # shared names, less the architecture's names these weights lack
+        own = set(_required(_shapes(arch, False, 10)))
+        return len(names & own) - len(own - names)
+    best = max(((score(a), a) for a in models.ARCHS), default=(0, None))
+    if best[0] <= 0:
+        return None
+    head = sd.get(_head_key(best[1], False))
+    n = int(head.shape[0]) if head is not None and head.dim() and head.shape[0] >= 2 else 10
+    with torch.device("meta"):
+        model = models.build(best[1], n, False)
+    return best[1], export.fit_problems(model, sd)
 
 
 def choose(sd: dict[str, torch.Tensor], arch: str | None = None, small_input: bool | None = None) -> Match:
@@ -101,8 +129,11 @@ def choose(sd: dict[str, torch.Tensor], arch: str | None = None, small_input: bo
         return matches[0]
     if not matches:
         if arch is None:
-            raise ImportWeightsError("these weights fit no registered architecture exactly "
-                                     f"({', '.join(models.ARCHS)}); a custom or width-scaled model cannot be imported")
+            near = _closest(sd)
+            raise ImportWeightsError(
+                "these weights fit no registered architecture exactly" + (
+                    f"; closest is {near[0]}: " + " | ".join(near[1]) if near else f" ({', '.join(models.ARCHS)})")
+                + "; a custom or width-scaled model cannot be imported")
         if arch not in models.ARCHS:
             raise ImportWeightsError(f"unknown architecture {arch!r}; valid: {', '.join(models.ARCHS)}")
         head = sd.get(_head_key(arch, bool(small_input)))
@@ -129,8 +160,8 @@ def normalisation(choice: str | Sequence[Sequence[float]]) -> dict[str, Any]:
     mean, std = ([float(v) for v in c] for c in choice)
     if len(mean) != len(std) or len(mean) not in (1, 3):
         raise ImportWeightsError(f"normalisation: mean and std need 1 or 3 values each, got {len(mean)} and {len(std)}")
-    if any(s <= 0 for s in std):
-        raise ImportWeightsError("normalisation: every std must be positive")
+    if not all(math.isfinite(v) for v in mean + std) or any(s <= 0 for s in std):
+        raise ImportWeightsError("normalisation: every mean must be a finite number and every std a positive one")
     return {"normalisation": "custom", "mean": mean, "std": std}
 
 
@@ -161,8 +192,13 @@ def to_bundle(path: str | Path, *, arch: str | None = None, small_input: bool | 
             raise ImportWeightsError(f"{len(class_names)} class names given for a model with "
                                      f"{match.num_classes} outputs")
         meta["class_names"] = [str(c) for c in class_names]
+    bad = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ImportWeightsError(f"{len(bad)} tensor(s) hold NaN or infinite values (first: {bad[0]}); such a model "
+                                 "answers nothing meaningful")
     model = models.build(match.arch, match.num_classes, match.small_input)
-    model.load_state_dict(sd)  # strict: identify() compared every name and shape
+    # strict: identify() compared every name and shape; only counters may be missing (kept at 0)
+    model.load_state_dict({**{k: v for k, v in model.state_dict().items() if k.endswith(COUNTER)}, **sd})
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     return export.make_bundle(model.eval(), arch=match.arch, num_classes=match.num_classes,
                               small_input=match.small_input, meta=meta,

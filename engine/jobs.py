@@ -108,12 +108,16 @@ def start_problem(store: Store, run_id: str) -> str | None:
 
 def _enqueue(spec: dict | JobSpec, store: Store) -> str:
     spec = spec if isinstance(spec, JobSpec) else JobSpec.from_dict(spec)
-    for field, run_id in (("model.from_run", spec.model.from_run),
-                          ("method.params.teacher", spec.method.params.get("teacher"))):
+    refs = methods.run_refs({"name": spec.method.name, "params": spec.method.params})
+    for field, run_id in [("model.from_run", spec.model.from_run)] + refs:
         problem = run_id and start_problem(store, run_id)
         if problem:
             raise SpecError(field, problem)
     job_id = store.create(spec.to_dict(), state="queued")
+    if refs:
+        with store.transaction() as db:
+            db.executemany("INSERT OR IGNORE INTO deps (run_id, dep_id, field) VALUES (?,?,?)",
+                           [(job_id, run_id, field) for field, run_id in refs])
     store.add_event(job_id, {"phase": "queued", "attempt": 1})
     return job_id
 
@@ -154,24 +158,29 @@ def retry(job_id: str, store: Store | None = None) -> str:
     return job_id
 
 
-def claim(store: Store, worker_id: str) -> str | None:
-    """Atomically take the oldest runnable queued job (parent done or none) for ``worker_id``.
+# A queued job's parent and the runs its parameters name (deps), with the spec field naming each.
+_NEEDS = ("SELECT r.id, p.id AS dep, 'model.from_run' AS field, p.state AS dstate, p.error AS derror FROM runs r "
+          "JOIN runs p ON p.id=r.parent WHERE r.state='queued' UNION ALL "
+          "SELECT r.id, q.id, d.field, q.state, q.error FROM runs r JOIN deps d ON d.run_id=r.id "
+          "JOIN runs q ON q.id=d.dep_id WHERE r.state='queued'")
 
-    Jobs whose parent ended failed/cancelled are failed here, with the parent's reason.
-    """
+
+def claim(store: Store, worker_id: str) -> str | None:
+    """Atomically take the oldest runnable queued job (its parent and the runs its parameters name
+    done, or none) for ``worker_id``. Jobs one of whose needed runs ended failed/cancelled are failed
+    here, with that run's reason."""
     now = time.time()
     with store.transaction() as db:
-        orphans = db.execute(
-            "SELECT r.id, p.id AS parent, p.state AS pstate, p.error AS perror FROM runs r JOIN runs p ON p.id=r.parent "
-            "WHERE r.state='queued' AND p.state IN ('failed','cancelled')").fetchall()
+        orphans = db.execute(f"SELECT * FROM ({_NEEDS}) WHERE dstate IN ('failed','cancelled')").fetchall()
         for o in orphans:
-            reason = f"model.from_run: parent run {o['parent']} ended {o['pstate']}" + (
-                f" ({o['perror']})" if o["perror"] else "")
+            what = "parent run" if o["field"] == "model.from_run" else "run"
+            reason = f"{o['field']}: {what} {o['dep']} ended {o['dstate']}" + (
+                f" ({o['derror']})" if o["derror"] else "")
             db.execute("UPDATE runs SET state='failed', error=?, finished=? WHERE id=? AND state='queued'",
                        (reason[:500], now, o["id"]))
         row = db.execute(
-            "SELECT r.id FROM runs r LEFT JOIN runs p ON p.id=r.parent WHERE r.state='queued' "
-            "AND (r.parent IS NULL OR p.id IS NULL OR p.state='done') ORDER BY r.created, r.rowid LIMIT 1").fetchone()
+            f"SELECT r.id FROM runs r WHERE r.state='queued' AND r.id NOT IN "
+            f"(SELECT id FROM ({_NEEDS}) WHERE dstate != 'done') ORDER BY r.created, r.rowid LIMIT 1").fetchone()
         if row is None:
             return None
         db.execute("UPDATE runs SET state='running', worker=?, heartbeat=?, pid=NULL, error=NULL WHERE id=?",
@@ -279,10 +288,10 @@ def list_jobs(store: Store | None = None, states: Iterable[str] | None = None,
             r["last_event"] = ({"seq": ev["seq"], "ts": ev["ts"], **json.loads(ev["data"])}
                                if ev else None)
             r["waiting_for"] = None
-            if r["state"] == "queued" and r["parent"]:
-                p = db.execute("SELECT state FROM runs WHERE id=?", (r["parent"],)).fetchone()
-                if p is not None and p["state"] != "done":
-                    r["waiting_for"] = r["parent"]
+            if r["state"] == "queued":  # a needed run still to finish (one that ended fails this job)
+                w = db.execute(f"SELECT dep FROM ({_NEEDS}) WHERE id=? AND dstate IN ('queued','running') LIMIT 1",
+                               (r["id"],)).fetchone()
+                r["waiting_for"] = w["dep"] if w else None
     return rows
 
 

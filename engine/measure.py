@@ -117,12 +117,17 @@ class _RssPeak:
         return self.peak - self.base
 
 
+def timing_threads(threads: int | None) -> int:
+    """The CPU threads a timing uses: as given, else all physical cores (for PyTorch and ONNX Runtime alike)."""
+    return threads or psutil.cpu_count(logical=False) or os.cpu_count() or 1
+
+
 @contextmanager
 def cpu_threads(device: torch.device, threads: int | None) -> Iterator[None]:
     """Fix the CPU thread count while timing (all physical cores unless given); restore it after."""
     old = torch.get_num_threads()
     if device.type == "cpu":
-        torch.set_num_threads(threads or psutil.cpu_count(logical=False) or os.cpu_count() or 1)
+        torch.set_num_threads(timing_threads(threads))
     try:
         yield
     finally:

@@ -21,7 +21,9 @@ COLUMNS = ["run_id", "name", "method", "arch", "dataset", "parent", "base_id", "
            "latency_ms", "x_faster", "x_faster_paired", "x_faster_low", "x_faster_high", "latency_p90_ms",
            "latency_cv", "int8_speedup", "throughput", "peak_mem_bytes",
            "gpu_latency_ms", "gpu_x_faster", "gpu_throughput", "gpu_peak_mem_bytes", "train_seconds", "device",
-           "method_params", "finished"]
+           "num_classes", "test_images", "method_params", "finished"]
+# Runs measured on the same test images: accuracies are comparable only within such a group.
+TEST_SET = ["dataset", "num_classes", "test_images"]
 DERIVED = ("base_id", "delta_accuracy", "delta_ci_low", "delta_ci_high", "mcnemar_p", "x_smaller", "x_fewer_macs",
            "x_faster", "x_faster_paired", "x_faster_low", "x_faster_high", "gpu_x_faster", "method_params")
 NON_NUMERIC = ("run_id", "name", "method", "arch", "dataset", "parent", "base_id", "x_faster_paired", "device",
@@ -76,12 +78,21 @@ def _chain_steps(run_id: str, base_id: str, by_id: dict[str, dict[str, Any]],
     return values if run_id == base_id else None
 
 
+def _step_speedup(r: dict[str, Any], key: str = "paired_speedup") -> Any:
+    """One step's paired speed-up over the model it started from (``key``: CPU or GPU; with
+    ``_range`` appended, its [slowest, fastest] rounds). An INT8 step counts against its own model in
+    fp32 under the same runtime (ONNX Runtime): timed against the PyTorch-eager start, the change of
+    runtime would be credited to quantisation (the `runtime` method measures that change)."""
+    if key.startswith("paired_speedup") and r.get("int8_speedup") is not None:
+        return r.get(key.replace("paired_speedup", "int8_speedup"))
+    return r.get(key) if r.get("paired_ref") == r.get("parent") else None
+
+
 def _paired_x_faster(run_id: str, base_id: str, by_id: dict[str, dict[str, Any]],
                      key: str = "paired_speedup") -> float:
     """Speed-up over the base from the runs' interleaved timings (``key``: CPU or GPU): the product
     of each step's paired ratio along the parent chain; NaN where a step has none."""
-    steps = _chain_steps(run_id, base_id, by_id,
-                         lambda r: r.get(key) if r.get("paired_ref") == r.get("parent") else None)
+    steps = _chain_steps(run_id, base_id, by_id, lambda r: _step_speedup(r, key))
     return math.prod(steps) if steps is not None else math.nan
 
 
@@ -90,9 +101,8 @@ def _paired_x_faster_range(run_id: str, base_id: str, by_id: dict[str, dict[str,
     fastest round. A range that spans 1x says the speed-up is within timing noise."""
     def end(i: int) -> float:
         def step(r: dict[str, Any]) -> float | None:
-            rng = r.get("paired_speedup_range")
-            ok = r.get("paired_ref") == r.get("parent") and isinstance(rng, list) and len(rng) == 2
-            return rng[i] if ok else None
+            rng = _step_speedup(r, "paired_speedup_range")
+            return rng[i] if isinstance(rng, list) and len(rng) == 2 else None
         steps = _chain_steps(run_id, base_id, by_id, step)
         return math.prod(steps) if steps is not None else math.nan
     return end(0), end(1)
@@ -157,16 +167,22 @@ def table(recs: Iterable[dict[str, Any]]) -> pd.DataFrame:
 
 
 def pareto_mask(df: pd.DataFrame, cost: str, quality: str = "accuracy") -> pd.Series:
-    """True for rows no other row beats: lower-or-equal ``cost`` with strictly higher ``quality`` (or vice versa)."""
+    """True for rows no other row on the same test set beats: lower-or-equal ``cost`` with strictly
+    higher ``quality`` (or vice versa). Accuracies on different datasets do not compete."""
     mask = pd.Series(False, index=df.index)
-    valid = df[[cost, quality]].dropna()
-    best = -math.inf
-    # Cheapest first; among equal cost, best quality first so ties do not both enter.
-    for idx, row in valid.sort_values([cost, quality], ascending=[True, False]).iterrows():
-        if row[quality] > best:
-            mask[idx] = True
-            best = row[quality]
+    for _, group in df.groupby([c for c in TEST_SET if c in df], dropna=False, sort=False):
+        best = -math.inf
+        # Cheapest first; among equal cost, best quality first so ties do not both enter.
+        for idx, row in group[[cost, quality]].dropna().sort_values([cost, quality], ascending=[True, False]).iterrows():
+            if row[quality] > best:
+                mask[idx] = True
+                best = row[quality]
     return mask
+
+
+def test_sets(df: pd.DataFrame) -> int:
+    """How many different test sets the runs in ``df`` were scored on (a winner needs one)."""
+    return len(df.groupby([c for c in TEST_SET if c in df], dropna=False)) if len(df) else 0
 
 
 # What "the winner" means: the column ranked, and whether higher is better.

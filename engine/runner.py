@@ -5,6 +5,7 @@ import copy
 import dataclasses
 import json
 import logging
+import math
 import platform
 import sys
 import time
@@ -30,15 +31,17 @@ class JobFailed(RuntimeError):
     """A job stopped with an error; ``str()`` is the one-line reason."""
 
 
-def load_run_model(store: Store, run_id: str) -> tuple[nn.Module, dict[str, Any]]:
+def load_run_model(store: Store, run_id: str, field: str = "model.from_run") -> tuple[nn.Module, dict[str, Any]]:
+    """A finished run's PyTorch model and bundle; errors name ``field``, the spec field that chose it."""
     row = store.get(run_id)
     if row is None:
-        raise SpecError("model.from_run", f"no run {run_id!r} in {store.root}")
+        raise SpecError(field, f"no run {run_id!r} in {store.root}")
     if row["state"] != "done":
-        raise SpecError("model.from_run", f"run {run_id} is {row['state']}, not done")
-    path = store.run_dir(run_id) / "model.pt"
-    model, bundle = export.load_model(path)
-    return model, bundle
+        raise SpecError(field, f"run {run_id} is {row['state']}, not done")
+    try:
+        return export.load_model(store.run_dir(run_id) / "model.pt")
+    except export.BundleError as e:
+        raise SpecError(field, f"run {run_id}: {e}") from None
 
 
 def _progress_sink(store: Store, run_id: str, echo: Callable[..., None] | None) -> Callable[..., None]:
@@ -243,14 +246,16 @@ def _execute(spec: JobSpec, store: Store, run_id: str, run_dir: Path, progress, 
     record.update({"spec": spec.to_dict(), "started": t_start, "finished": time.time(),
                    "torch": torch.__version__, "host": platform.node(), "cpu": platform.processor() or platform.machine(),
                    "python": sys.version.split()[0]})
-    export.atomic_write_bytes(run_dir / "result.json", json.dumps(record, indent=2, default=_json_default).encode())
+    # Strict JSON: an undefined figure (e.g. ROC AUC of a one-class test set) is null, never NaN.
+    record = _finite(json.loads(json.dumps(record, default=_json_default)))
+    export.atomic_write_bytes(run_dir / "result.json", json.dumps(record, indent=2, allow_nan=False).encode())
     card = {k: record.get(k) for k in ("run_id", "name", "method", "method_params", "arch", "dataset", "num_classes",
                                        "input_size", "parent", "accuracy", "top5", "roc_auc", "params", "size_bytes",
                                        "macs", "flops", "sparsity", "latency_ms", "throughput", "device")}
     card["class_names"] = data.class_names
     card["normalisation"] = {"mean": data.mean, "std": data.std}
-    export.atomic_write_bytes(run_dir / "card.json", json.dumps(card, indent=2, default=_json_default).encode())
-    return json.loads(json.dumps(record, default=_json_default))
+    export.atomic_write_bytes(run_dir / "card.json", json.dumps(_finite(card), indent=2, default=_json_default).encode())
+    return record
 
 
 def _against_start(ctx: Context, logits: torch.Tensor, ys: torch.Tensor) -> dict[str, Any]:
@@ -288,6 +293,17 @@ def _paired_vs_start(ctx: Context, out, parent: str | None) -> dict[str, Any]:
     if isinstance(out, nn.Module):
         out.to("cpu")
     return rec
+
+
+def _finite(o: Any) -> Any:
+    """``o`` with every NaN or infinite float replaced by None (JSON's null)."""
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, list):
+        return [_finite(v) for v in o]
+    return o
 
 
 def _json_default(o: Any) -> Any:

@@ -19,7 +19,8 @@ def wilson(correct: int, n: int, z: float = Z95) -> list[float]:
     p = correct / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return [max(0.0, centre - half), min(1.0, centre + half)]
+    # exactly 0 / 1 at the ends (rounding would leave e.g. 5.6e-17 for none correct)
+    return [0.0 if correct == 0 else max(0.0, centre - half), 1.0 if correct == n else min(1.0, centre + half)]
 
 
 def paired_difference(to_right: int, to_wrong: int, n: int, z: float = Z95) -> dict[str, object]:

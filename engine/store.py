@@ -49,6 +49,14 @@ CREATE TABLE IF NOT EXISTS events (
     data TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_run ON events(run_id, seq);
+-- Runs a queued job needs besides its parent (a distillation teacher, a sensitivity analysis):
+-- it waits for them too, and fails when one of them ends failed or cancelled.
+CREATE TABLE IF NOT EXISTS deps (
+    run_id TEXT NOT NULL,
+    dep_id TEXT NOT NULL,
+    field TEXT NOT NULL,
+    PRIMARY KEY (run_id, dep_id)
+);
 CREATE TABLE IF NOT EXISTS workers (
     id TEXT PRIMARY KEY,
     pid INTEGER,

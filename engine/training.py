@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import distributed, stats
-from .spec import TrainSpec
+from .spec import SpecError, TrainSpec
 
 Progress = Callable[..., None]
 
@@ -88,6 +88,9 @@ def fit(model: nn.Module, data, cfg: TrainSpec, *, epochs: int | None = None, lr
         model.to(memory_format=torch.channels_last)
     if epochs <= 0:
         return FitResult(float("nan"), -1, 0.0, [])
+    if len(data.train) < 2:  # batches of one are skipped (BatchNorm cannot train on one image)
+        raise SpecError("data.limit", f"{len(data.train)} training image(s) left after the validation split; "
+                                      "training needs at least 2: raise data.limit or lower data.val_fraction")
 
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim > 1]
@@ -226,7 +229,9 @@ def classification_metrics(logits: torch.Tensor, y: torch.Tensor, num_classes: i
         labels = list(range(num_classes))
         present = sorted(set(y.tolist()))
         try:
-            if len(present) == num_classes:
+            if len(present) < 2:  # one class in the test set: AUC is undefined (sklearn: a warning and NaN)
+                out["roc_auc"] = None
+            elif len(present) == num_classes:
                 out["roc_auc"] = float(roc_auc_score(y.numpy(), probs, multi_class="ovr", average="macro",
                                                      labels=labels))
             else:  # some classes absent from this test set: AUC over the present ones

@@ -74,11 +74,15 @@ else:
                                  "macs": ":,", "arch": False},
                      labels={cost: axis_label, "accuracy": "test accuracy"})
     fig.update_traces(marker=dict(size=11, line=dict(width=1, color="white")))
-    if show_front:
-        front = view[view["pareto"]].sort_values(cost)
-        fig.add_trace(go.Scatter(x=front[cost], y=front["accuracy"], mode="lines+markers", name="Pareto front",
-                                 marker=dict(size=17, symbol="circle-open", color="rgba(17,24,39,0.55)"),
-                                 line=dict(color="rgba(17,24,39,0.55)", dash="dash", shape="hv"), hoverinfo="skip"))
+    if show_front:  # one front per test set: accuracies on different data do not compete
+        groups = list(view[view["pareto"]].groupby(results.TEST_SET, dropna=False, sort=False))
+        for i, (key, front) in enumerate(groups):
+            front = front.sort_values(cost)
+            fig.add_trace(go.Scatter(
+                x=front[cost], y=front["accuracy"], mode="lines+markers", legendgroup="front", showlegend=i == 0,
+                name="Pareto front" + (" (one per test set)" if len(groups) > 1 else ""),
+                marker=dict(size=17, symbol="circle-open", color="rgba(17,24,39,0.55)"),
+                line=dict(color="rgba(17,24,39,0.55)", dash="dash", shape="hv"), hoverinfo="skip"))
     lo, hi = plot_df["accuracy"].min(), plot_df["accuracy"].max()
     fig.update_yaxes(range=[max(0.0, lo - 0.05), min(1.0, hi + 0.05) + 0.01])
     fig.update_layout(margin=dict(l=10, r=10, t=10, b=10), legend=dict(orientation="v"))
@@ -121,10 +125,11 @@ COLUMN_CONFIG = {
     "latency_ms": fmt("latency (ms)", format="%.3f", help="CPU, batch 1, median"),
     "latency_p90_ms": fmt("latency p90 (ms)", format="%.3f", help="CPU, batch 1, 90th percentile"),
     "x_faster": fmt("x faster", format="%.2fx",
-                    help="CPU batch-1 speed-up over the base as it runs in PyTorch eager (for an ONNX Runtime "
-                         "INT8 run this includes the change of runtime; see 'INT8 x faster than fp32 ORT'); from "
-                         "timings interleaved with the base in the same job where 'paired' is ticked, else base "
-                         "latency ÷ this latency from separate jobs"),
+                    help="CPU batch-1 speed-up over the base, from timings interleaved with the model each step "
+                         "started from where 'paired' is ticked (multiplied along a chain), else base latency ÷ this "
+                         "latency from separate jobs. An INT8 step counts against its own model in fp32 under ONNX "
+                         "Runtime, so the change of runtime is not credited to quantisation (the runtime method "
+                         "measures that)"),
     "x_faster_paired": st.column_config.CheckboxColumn(
         "paired", help="speed-up timed interleaved with the base (cancels slow drift of the machine)"),
     "x_faster_range": st.column_config.TextColumn(
@@ -162,7 +167,7 @@ def column_label(c: str) -> str:
 
 
 added = st.multiselect("More columns", extra, key="more_cols", format_func=column_label,
-                       default=[c for c in ("int8_speedup", "gpu_latency_ms", "gpu_x_faster") if c in extra],
+                       default=[c for c in ("gpu_latency_ms", "gpu_x_faster") if c in extra],
                        help="every other measurement some run in view has: top-5, ROC AUC, FLOPs, throughput, "
                             "peak memory, training time, GPU figures ...")
 shown = DEFAULT_COLUMNS[:DEFAULT_COLUMNS.index("sparsity")] + added + DEFAULT_COLUMNS[DEFAULT_COLUMNS.index("sparsity"):]
@@ -182,7 +187,13 @@ with st.expander("Pick the winner: the best run in view within your deployment l
     objective = e.selectbox("best by", list(results.OBJECTIVES), key="w_best",
                             format_func={"accuracy": "accuracy (highest)", "size": "size (smallest)",
                                          "macs": "MACs (fewest)", "latency": "latency (lowest)"}.get)
-    ranked = results.winners(view, objective, max_size_bytes=None if max_mb is None else max_mb * 1e6,
+    if results.test_sets(view) > 1:
+        st.info("The runs in view were scored on different test sets, whose accuracies do not compare; the winner "
+                "is picked among the runs on the newest run's test set. Filter by dataset to choose another.")
+        view_w = view.merge(view.iloc[[0]][results.TEST_SET], on=results.TEST_SET)
+    else:
+        view_w = view
+    ranked = results.winners(view_w, objective, max_size_bytes=None if max_mb is None else max_mb * 1e6,
                              max_macs=None if max_mmacs is None else max_mmacs * 1e6, max_latency_ms=max_ms,
                              max_drop=None if max_pt is None else max_pt / 100)
     if ranked.empty:

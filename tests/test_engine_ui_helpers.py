@@ -50,6 +50,20 @@ def test_x_faster_prefers_paired_timings_chained_along_the_parents():
     assert not df.loc["base", "x_faster_paired"]
 
 
+def test_x_faster_range_and_int8_against_its_own_fp32_model():
+    recs = [rec("base", latency_ms=4.0),
+            rec("pruned", "base", paired_speedup=2.0, paired_speedup_range=[1.5, 2.5], paired_ref="base"),
+            # INT8 (ONNX Runtime) timed against the PyTorch-eager start looks 40x faster; against its own fp32
+            # model under the same runtime, 1.6x: only the latter is the gain of quantising
+            rec("int8", "pruned", paired_speedup=40.0, paired_speedup_range=[30.0, 50.0], paired_ref="pruned",
+                int8_speedup=1.6, int8_speedup_range=[1.4, 1.8])]
+    df = results.table(recs).set_index("run_id")
+    assert df.loc["pruned", ["x_faster_low", "x_faster_high"]].tolist() == [1.5, 2.5]
+    assert df.loc["int8", "x_faster"] == pytest.approx(3.2) and df.loc["int8", "x_faster_paired"]
+    assert df.loc["int8", ["x_faster_low", "x_faster_high"]].tolist() == pytest.approx([2.1, 4.5])
+    assert df.loc["int8", "int8_speedup"] == 1.6 and np.isnan(df.loc["base", "x_faster_low"])
+
+
 def test_delta_accuracy_sums_in_job_comparisons_and_refuses_different_test_sets():
     recs = [rec("base", accuracy=0.90, test_images=100),
             # each step compared with its start on its own test images, in its own job
@@ -83,6 +97,7 @@ def test_against_start_counts_agreement_and_flips_exactly():
 
 
 def test_accuracy_intervals_match_known_values_and_mcnemar_is_exact():
+    assert stats.wilson(0, 3)[0] == 0.0 and stats.wilson(3, 3)[1] == 1.0  # exact at the ends
     assert stats.wilson(50, 100) == pytest.approx([0.4038, 0.5962], abs=1e-4)
     assert stats.wilson(0, 10) == pytest.approx([0.0, 0.2775], abs=1e-4)
     assert stats.mcnemar_p(1, 9) == pytest.approx(2 * 11 / 1024)      # P(X <= 1 | 10 flips, 1/2), both tails

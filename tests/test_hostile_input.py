@@ -376,3 +376,70 @@ def test_no_user_input_can_reach_a_shell_or_eval():
     hits = [f"{p.relative_to(ROOT)}:{i}" for p in sources for i, line in enumerate(p.read_text().splitlines(), 1)
             if risky.search(line.split("#")[0]) and str(p.relative_to(ROOT)) not in allowed]
     assert not hits, hits
+
+
+# -- found by exploratory QA ----------------------------------------------------------------------
+def test_test_images_of_another_size_are_resized_to_the_training_size(home, tmp_path):
+    """A model trains at one size and must be scored at that size (and export with it)."""
+    members = {**{f"train/{c}/{i}.png": _save(Image.new("RGB", (16, 16), (9 * i, 0, 0)), "PNG")
+                  for c in "ab" for i in range(3)},
+               **{f"test/{c}/{i}.png": _save(Image.new("RGB", (24, 24), (9 * i, 0, 0)), "PNG")
+                  for c in "ab" for i in range(2)}}
+    data = _load(_zip(tmp_path / "sizes.zip", members))
+    assert data.train.x.shape[-2:] == data.test.x.shape[-2:] == (16, 16)
+    assert any("resized from 24x24" in n for n in data.notes)
+
+
+def test_a_changed_dataset_folder_is_read_again(home, tmp_path):
+    """The decode cache of a folder must notice images added or removed inside its class folders."""
+    root = tmp_path / "ds"
+    for c in "ab":
+        (root / c).mkdir(parents=True)
+        for i in range(3):
+            (root / c / f"{i}.png").write_bytes(_png())
+    spec = JobSpec.from_dict({"data": {"name": "imagefolder", "path": str(root)}, "model": {"arch": "resnet18"}}).data
+
+    def count() -> int:  # images decoded from the folder (or its cache): train + test
+        train, test, _, _ = D._imagefolder_source(spec, root)
+        return len(train) + len(test)
+    assert count() == 6
+    (root / "a" / "0.png").unlink()
+    for i in range(3, 6):
+        (root / "b" / f"{i}.png").write_bytes(_png((200, 0, 0)))
+    assert count() == 8
+
+
+def test_too_few_training_images_fail_with_what_to_do(home):
+    spec = JobSpec.from_dict({"data": {"name": "digits", "limit": 1, "test_limit": 20},
+                              "model": {"arch": "resnet18"}, "method": {"name": "baseline"}, "train": {"epochs": 1}})
+    with pytest.raises(runner.JobFailed, match=r"data.limit: 1 training image.*at least 2"):
+        runner.execute(spec, Store())
+
+
+def test_records_are_strict_json_when_a_metric_is_undefined(home, tmp_path):
+    """One class in the test set: ROC AUC is undefined -> null, never NaN (which is no JSON)."""
+    import json
+    members = {**{f"train/{c}/{i}.png": _png((60 * i, 0, 0) if c == "a" else (0, 0, 60 * i))
+                  for c in "ab" for i in range(3)},
+               **{f"test/a/{i}.png": _png((60 * i, 0, 0)) for i in range(2)}}
+    spec = JobSpec.from_dict({"data": {"name": "imagefolder", "path": str(_zip(tmp_path / "one.zip", members))},
+                              "model": {"arch": "resnet18"}, "method": {"name": "baseline"}, "train": {"epochs": 1},
+                              "measure": {"onnx": False, "latency_runs": 2, "paired_rounds": 0}})
+    rec = runner.execute(spec, Store())
+    assert rec["roc_auc"] is None
+    text = (Store().run_dir(rec["run_id"]) / "result.json").read_text()
+    json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in result.json"))
+
+
+def test_cli_output_paths_and_too_small_inputs_are_clear_errors(home, tmp_path):
+    from conftest import cli
+    net = models.build("resnet18", 10, small_input=True)
+    torch.save(net.state_dict(), tmp_path / "w.pth")
+    for args, message in ((("import", str(tmp_path / "w.pth"), "-o", str(tmp_path / "no" / "x.pt")), "does not exist"),
+                          (("import", str(tmp_path / "w.pth"), "-o", str(tmp_path)), "is a folder"),
+                          (("compare", "--csv", str(tmp_path / "no" / "x.csv")), "does not exist"),
+                          (("compare", "--max-size-mb", "-5"), "must not be negative"),
+                          (("profile", "squeezenet1_1", "--input-size", "8"), "cannot take 8x8")):
+        p = cli(*args, home=home)
+        assert p.returncode == 2 and message in p.stderr and "Traceback" not in p.stderr, (args, p.stderr[-500:])
+    assert not list(tmp_path.glob(".*.tmp"))  # no temp file left behind by a failed write

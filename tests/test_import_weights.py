@@ -138,3 +138,25 @@ def test_cli_import_writes_a_bundle_and_refuses_bad_input(tmp_path):
     assert bad.returncode == 2 and "--norm" in bad.stderr and "positive" in bad.stderr
     ambiguous = cli("import", str(weights), home=tmp_path / "ws")
     assert ambiguous.returncode == 2 and "small-input stem" in ambiguous.stderr
+
+
+def test_old_checkpoints_without_batchnorm_counters_import_and_near_misses_say_what_differs(tmp_path):
+    """State dicts saved before PyTorch 0.4.1 lack BatchNorm's num_batches_tracked: still exact."""
+    net = models.build("resnet18", 10, small_input=False).eval()
+    sd = {k: v for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
+    torch.save(sd, tmp_path / "old.pth")
+    model = export.model_from_bundle(import_weights.to_bundle(tmp_path / "old.pth", norm="imagenet")).eval()
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(model(x), net(x))
+    near = {k: v for k, v in sd.items() if k != "layer1.0.bn1.running_mean"}
+    torch.save({**near, "extra.weight": torch.zeros(1)}, tmp_path / "near.pth")
+    with pytest.raises(export.BundleError, match=r"closest is resnet18: missing layer1.0.bn1.running_mean \| "
+                                                 r"unexpected extra.weight"):
+        import_weights.to_bundle(tmp_path / "near.pth")
+    broken = dict(sd, **{"fc.bias": torch.full((10,), float("nan"))})
+    torch.save(broken, tmp_path / "nan.pth")
+    with pytest.raises(export.BundleError, match="NaN or infinite values"):
+        import_weights.to_bundle(tmp_path / "nan.pth")
+    for text in ("nan/nan", "0.5/inf", "inf/0.5"):
+        with pytest.raises(export.BundleError, match="finite"):
+            import_weights.normalisation(import_weights.parse_normalisation(text))

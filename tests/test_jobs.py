@@ -225,7 +225,8 @@ def test_dependency_waits_for_parent_and_restart_keeps_history(ws):
     doomed = jobs.submit({**TRIVIAL, "model": {"from_run": doomed_parent}}, ws)
     jobs.cancel(doomed_parent, ws)
     assert jobs.list_jobs(ws, states=["queued"])[-1]["id"] == parent
-    assert {j["id"]: j["waiting_for"] for j in jobs.list_jobs(ws)}[child] == parent
+    waiting = {j["id"]: j["waiting_for"] for j in jobs.list_jobs(ws)}
+    assert waiting[child] == parent and waiting[doomed] is None  # a cancelled parent is not waited for
 
     worker = start_worker(ws, "--concurrency", "2")  # a free slot must still not start the child early
     p_row = wait_state(ws, parent, ("done", "failed"))
@@ -277,3 +278,25 @@ def test_no_job_can_start_from_or_learn_from_an_int8_model(ws):
     jobs.submit({**TRIVIAL, "model": {"from_run": base}, "method": {"name": "distill", "params": {"teacher": base}}},
                 ws)
     assert len(ws.list()) == 3  # the two refused jobs were never queued
+
+
+def test_a_job_waits_for_the_runs_its_parameters_name_and_fails_with_theirs(ws):
+    """A teacher or sensitivity run named in the parameters is a dependency like model.from_run:
+    a free worker slot must not start the job before it is done (it failed when started early)."""
+    base = jobs.submit(SHORT, ws)
+    teacher = jobs.submit({**SHORT, "model": {"from_run": base}, "train": {"epochs": 2}}, ws)
+    student = jobs.submit({**TRIVIAL, "model": {"from_run": base},
+                           "method": {"name": "distill", "params": {"teacher": teacher, "epochs": 1}}}, ws)
+    doomed_teacher = jobs.submit(SHORT, ws)
+    doomed = jobs.submit({**TRIVIAL, "model": {"from_run": base},
+                          "method": {"name": "distill", "params": {"teacher": doomed_teacher, "epochs": 1}}}, ws)
+    jobs.cancel(doomed_teacher, ws)
+    waiting = {j["id"]: j["waiting_for"] for j in jobs.list_jobs(ws)}
+    assert waiting[student] == base  # the first of what it needs
+
+    start_worker(ws, "--concurrency", "2")
+    rows = {i: wait_state(ws, i, ("done", "failed")) for i in (base, teacher, student)}
+    assert [rows[i]["state"] for i in (base, teacher, student)] == ["done"] * 3, rows[student]["error"]
+    assert rows[student]["started"] >= rows[teacher]["finished"]
+    d_row = wait_state(ws, doomed, ("failed",))
+    assert d_row["error"].startswith(f"method.params.teacher: run {doomed_teacher} ended cancelled")

@@ -125,7 +125,7 @@ print(json.dumps({{"acc": acc, "widths": [m.out_channels for m in model.modules(
 
 def test_structured_resnet18_is_faster_on_cpu(base, resnet_half):
     """Batch-1 CPU latency, one thread, base and pruned measured in alternating rounds (fair on a
-    busy machine). The record's ``latency_speedup`` is measured with the spec's threads and is only
+    busy machine). The record's ``paired_speedup`` is measured with the spec's threads and is only
     reported, not asserted: on an oversubscribed 2-core box multi-thread timings are noise."""
     shape = tuple(resnet_half["input_size"])
     nets = {k: export.load_model(rec["checkpoint"])[0] for k, rec in (("base", base), ("pruned", resnet_half))}
@@ -136,7 +136,7 @@ def test_structured_resnet18_is_faster_on_cpu(base, resnet_half):
                                                 threads=1)["latency_ms"])
     med = {k: statistics.median(v) for k, v in lat.items()}
     assert med["pruned"] < 0.85 * med["base"], med
-    assert resnet_half["latency_speedup"] > 0 and resnet_half["base_latency_ms"] > 0
+    assert resnet_half["paired_speedup"] > 0 and "latency_speedup" not in resnet_half  # one figure, not two
 
 
 def test_structured_mobilenet_v2_keeps_depthwise_consistent(session_home, tmp_path):

@@ -122,6 +122,21 @@ def get(name: str) -> Method:
     return METHODS[name]
 
 
+def run_refs(method: dict[str, Any], where: str = "method") -> list[tuple[str, str]]:
+    """(field, run id) of every finished run a spec's ``method`` names in its parameters (a
+    teacher, a sensitivity analysis), pipeline steps included."""
+    load_all()
+    m, params = METHODS.get(method.get("name")), method.get("params") or {}
+    if m is None:
+        return []
+    refs = [(f"{where}.params.{p.name}", params[p.name]) for p in m.params
+            if p.kind == "run" and isinstance(params.get(p.name), str)]
+    for i, step in enumerate(params.get("steps") or [] if m.name == "pipeline" else []):
+        if isinstance(step, dict):
+            refs += run_refs(step, f"{where}.params.steps[{i}]")
+    return refs
+
+
 def makes_torch_model(method: dict[str, Any]) -> bool:
     """Whether a spec's ``method`` ({"name", "params"}) ends in a PyTorch model a later job can
     start from (a pipeline ends in its last step's model)."""

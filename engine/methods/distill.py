@@ -75,7 +75,7 @@ def load_teacher(ctx, run_id: str | None) -> nn.Module:
     if run_id is None:
         teacher = ctx.base_copy()
     else:
-        teacher, bundle = ctx.load_run(run_id)
+        teacher, bundle = ctx.load_run(run_id, "method.params.teacher")
         n = int(bundle["arch_kwargs"]["num_classes"])
         if n != ctx.data.num_classes:
             raise SpecError("method.params.teacher", f"run {run_id} predicts {n} classes but the data has "

@@ -64,10 +64,13 @@ def bundle_bytes(model: nn.Module, ctx) -> int:
 class Int8Model:
     """The INT8 ONNX model of a run; callable like a model (batch tensor -> logits)."""
 
-    def __init__(self, onnx_bytes: bytes, fp32: nn.Module, fp32_onnx: bytes, fp32_size_bytes: int):
+    def __init__(self, onnx_bytes: bytes, fp32: nn.Module, fp32_onnx: bytes, fp32_size_bytes: int,
+                 threads: int | None = None):
         self.onnx_bytes, self.fp32 = onnx_bytes, fp32
         self.fp32_onnx, self.fp32_size_bytes = fp32_onnx, fp32_size_bytes
-        self.runner = export.OnnxRunner(onnx_bytes)
+        # ONNX Runtime fixes its threads per session: the spec's timing threads, as PyTorch gets them
+        self.threads = measure.timing_threads(threads)
+        self.runner = export.OnnxRunner(onnx_bytes, threads=self.threads)
 
     training = False  # inference only; eval()/train() exist so training.predict can drive it
 
@@ -87,7 +90,8 @@ class Int8Model:
             path = Path(tmp) / "fp32.onnx"
             export.export_onnx(fp32, ctx.input_shape, path)
             fp32_onnx = path.read_bytes()
-        return cls(bundle["onnx"].numpy().tobytes(), fp32, fp32_onnx, bundle_bytes(fp32, ctx))
+        return cls(bundle["onnx"].numpy().tobytes(), fp32, fp32_onnx, bundle_bytes(fp32, ctx),
+                   ctx.spec.measure.threads)
 
     def export_artifacts(self, ctx, run_dir: Path, metrics: dict[str, Any]) -> dict[str, Any]:
         """Save the INT8 bundle and ONNX file; ``metrics`` are this model's test metrics (the runner's)."""
@@ -120,7 +124,7 @@ class Int8Model:
                                          cfg.warmup_runs, cfg.threads))
         # The FP32 model under the same runtime, timed interleaved with the INT8 one: the fair
         # reference for the INT8 speed-up.
-        ref = export.OnnxRunner(self.fp32_onnx)
+        ref = export.OnnxRunner(self.fp32_onnx, threads=self.threads)
         p = measure.paired_speedup(ref, self, shape, torch.device("cpu"), cfg.latency_runs, cfg.warmup_runs,
                                    cfg.threads, rounds=cfg.paired_rounds or 5)
         out["fp32_onnx_latency_ms"] = p["ref_latency_ms"]
@@ -149,7 +153,7 @@ def quantize_int8(model, ctx, params):
     ctx.extra["quantization"] = {"format": params["format"], "per_channel": params["per_channel"],
                                  "weights": "int8", "activations": "uint8",
                                  "calibration_batches": params["calibration_batches"]}
-    return Int8Model(int8_bytes, model, fp32_bytes, bundle_bytes(model, ctx))
+    return Int8Model(int8_bytes, model, fp32_bytes, bundle_bytes(model, ctx), ctx.spec.measure.threads)
 
 
 @register("half", family="quantization", params=[

@@ -78,7 +78,7 @@ def onnx_speed(onnx_bytes: bytes, device: str, shape, cfg, eager) -> dict[str, A
     import onnxruntime as ort
     if device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
         return {"skipped": "this onnxruntime build has no CUDAExecutionProvider (install onnxruntime-gpu)"}
-    runner = export.OnnxRunner(onnx_bytes, device=device, threads=cfg.threads)
+    runner = export.OnnxRunner(onnx_bytes, device=device, threads=measure.timing_threads(cfg.threads))
     if device == "cuda" and runner.session.get_providers()[0] != "CUDAExecutionProvider":
         return {"skipped": "ONNX Runtime could not start its CUDA provider here"}
     # The runner takes and returns CPU tensors, so CUDA timings include the host<->device copies.
