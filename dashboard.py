@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages.common import VIA_APP, app_pages, live_sidebar
+from pages.common import VIA_APP, app_pages, keep_widget_state, live_sidebar
 
 st.set_page_config(page_title="Slimbench", page_icon=":material/compress:", layout="wide",
                    initial_sidebar_state="expanded")
@@ -13,4 +13,5 @@ with st.sidebar:
     st.markdown("### Slimbench")
     live_sidebar()  # live counts without rerunning the page
 st.session_state[VIA_APP] = True
+keep_widget_state()
 page.run()

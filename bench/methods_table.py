@@ -1,10 +1,11 @@
 """Every method on CIFAR-10 from one ResNet-18 base, with the published anchors beside our numbers."""
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
-from engine import methods, runner
+from engine import methods, results, runner
 from engine.spec import JobSpec
 from engine.store import Store
 
@@ -93,6 +94,8 @@ def run(data: dict, base_epochs: int, ft: int, student_epochs: int, store: Store
                 on_row(result)
             continue
         rec.update(label=s.label, anchor=s.anchor, wall_s=time.perf_counter() - t)
+        if rec.get("pipeline_runs"):  # its steps' own paired timings make its speed-up
+            rec["step_records"] = [store.get(i)["record"] for i in rec["pipeline_runs"]]
         log(f"{s.label}: acc {rec.get('accuracy', 0):.4f} size {rec.get('size_bytes', 0) / 1e6:.2f} MB "
             f"in {rec['wall_s']:.0f}s")
         rows.append(rec)
@@ -109,12 +112,16 @@ def _derive(rows: list[dict], base: dict) -> None:
         r["x_fewer_macs"] = base["macs"] / r["macs"] if r.get("macs") else None
         # Paired (timed interleaved with the base in the row's own job) where the job recorded it:
         # CPU speed drifts by tens of percent between rows taken minutes apart on shared machines.
-        # INT8 against its own fp32 model under ONNX Runtime (engine.results._step_speedup says why).
-        int8 = r.get("int8_speedup") is not None
-        paired = r.get("int8_speedup" if int8 else "paired_speedup")
+        # Paired per step, as on Compare: a pipeline's steps multiplied, an INT8 step against its own
+        # fp32 model under ONNX Runtime (engine.results.step_speedup says why).
+        steps = r.get("step_records") or [r]
+        factors = [results.step_speedup(s) for s in steps]
+        ranges = [results.step_speedup(s, "paired_speedup_range") for s in steps]
+        paired = math.prod(factors) if all(factors) else None
         r["x_faster"] = (paired if paired and r is not base else
                          base["latency_ms"] / r["latency_ms"] if r.get("latency_ms") else None)
-        lo_hi = r.get("int8_speedup_range" if int8 else "paired_speedup_range") if r is not base else None
+        lo_hi = ([math.prod(x[0] for x in ranges), math.prod(x[1] for x in ranges)]
+                 if r is not base and paired and all(ranges) else None)
         r["x_faster_spread"] = f"{lo_hi[0]:.2f}-{lo_hi[1]:.2f}" if lo_hi else "separate"
         r["gpu_x_faster"] = (r.get("gpu_paired_speedup") if r is not base else 1.0) or (
             base["gpu_latency_ms"] / r["gpu_latency_ms"] if r.get("gpu_latency_ms") and base.get("gpu_latency_ms")

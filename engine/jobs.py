@@ -97,10 +97,12 @@ def submit_many(specs: Iterable[dict | JobSpec], store: Store | None = None) -> 
 
 
 def start_problem(store: Store, run_id: str) -> str | None:
-    """Why no job can start from (or learn from) run ``run_id``; None when one can, or when the run
-    is unknown (the job then fails with that reason). A run not yet finished counts by its method."""
+    """Why no job can start from (or learn from) run ``run_id``; None when one can. A run not yet
+    finished counts by its method (the job waits for it)."""
     row = store.get(run_id)
-    if row is None or methods.makes_torch_model((row.get("spec") or {}).get("method") or {}):
+    if row is None:
+        return f"no run {run_id!r} in {store.root}"
+    if methods.makes_torch_model((row.get("spec") or {}).get("method") or {}):
         return None
     return (f"run {run_id} makes an INT8 ONNX Runtime model, which cannot be trained or compressed further; "
             "start from the run it quantises")
@@ -189,20 +191,20 @@ def claim(store: Store, worker_id: str) -> str | None:
 
 
 def recover_stale(store: Store) -> list[str]:
-    """Mark worker-run jobs with no heartbeat for ``stale_s()`` interrupted; drop dead workers' rows.
+    """Mark jobs with no heartbeat for ``stale_s()`` interrupted; drop dead workers' rows.
 
-    Rows without a worker (``engine run`` in the foreground) are not touched.
+    A run in the foreground (``engine run``, no worker) beats by itself; rows from before it did
+    (no heartbeat at all) are not touched.
     """
     now, limit = time.time(), time.time() - stale_s()
+    stale = ("state='running' AND ((worker IS NOT NULL AND COALESCE(heartbeat, 0) < ?) OR "
+             "(worker IS NULL AND heartbeat < ?))")
     with store.connect() as db:  # the common case (nothing stale) costs one read, no write lock
-        if not db.execute("SELECT 1 FROM runs WHERE state='running' AND worker IS NOT NULL AND "
-                          "COALESCE(heartbeat, 0) < ? UNION ALL SELECT 1 FROM workers WHERE heartbeat < ? LIMIT 1",
-                          (limit, limit)).fetchone():
+        if not db.execute(f"SELECT 1 FROM runs WHERE {stale} UNION ALL SELECT 1 FROM workers WHERE heartbeat < ? "
+                          "LIMIT 1", (limit, limit, limit)).fetchone():
             return []
     with store.transaction() as db:
-        ids = [r["id"] for r in db.execute(
-            "SELECT id FROM runs WHERE state='running' AND worker IS NOT NULL AND COALESCE(heartbeat, 0) < ?",
-            (limit,)).fetchall()]
+        ids = [r["id"] for r in db.execute(f"SELECT id FROM runs WHERE {stale}", (limit, limit)).fetchall()]
         for job_id in ids:
             db.execute("UPDATE runs SET state='interrupted', finished=?, error=? WHERE id=? AND state='running'",
                        (now, f"its worker or process stopped responding (no heartbeat for {stale_s():.0f} s); "

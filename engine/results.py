@@ -70,6 +70,10 @@ def _chain_steps(run_id: str, base_id: str, by_id: dict[str, dict[str, Any]],
     while run_id != base_id and run_id not in seen:
         seen.add(run_id)
         r = by_id[run_id]
+        last = (r.get("pipeline_runs") or [None])[-1]
+        if last in by_id and last not in seen:  # a pipeline's model is its last step's: follow its steps
+            run_id = last
+            continue
         v = step(r)
         if not _num(v):
             return None
@@ -78,7 +82,7 @@ def _chain_steps(run_id: str, base_id: str, by_id: dict[str, dict[str, Any]],
     return values if run_id == base_id else None
 
 
-def _step_speedup(r: dict[str, Any], key: str = "paired_speedup") -> Any:
+def step_speedup(r: dict[str, Any], key: str = "paired_speedup") -> Any:
     """One step's paired speed-up over the model it started from (``key``: CPU or GPU; with
     ``_range`` appended, its [slowest, fastest] rounds). An INT8 step counts against its own model in
     fp32 under the same runtime (ONNX Runtime): timed against the PyTorch-eager start, the change of
@@ -92,7 +96,7 @@ def _paired_x_faster(run_id: str, base_id: str, by_id: dict[str, dict[str, Any]]
                      key: str = "paired_speedup") -> float:
     """Speed-up over the base from the runs' interleaved timings (``key``: CPU or GPU): the product
     of each step's paired ratio along the parent chain; NaN where a step has none."""
-    steps = _chain_steps(run_id, base_id, by_id, lambda r: _step_speedup(r, key))
+    steps = _chain_steps(run_id, base_id, by_id, lambda r: step_speedup(r, key))
     return math.prod(steps) if steps is not None else math.nan
 
 
@@ -101,7 +105,7 @@ def _paired_x_faster_range(run_id: str, base_id: str, by_id: dict[str, dict[str,
     fastest round. A range that spans 1x says the speed-up is within timing noise."""
     def end(i: int) -> float:
         def step(r: dict[str, Any]) -> float | None:
-            rng = _step_speedup(r, "paired_speedup_range")
+            rng = step_speedup(r, "paired_speedup_range")
             return rng[i] if isinstance(rng, list) and len(rng) == 2 else None
         steps = _chain_steps(run_id, base_id, by_id, step)
         return math.prod(steps) if steps is not None else math.nan
@@ -164,6 +168,17 @@ def table(recs: Iterable[dict[str, Any]]) -> pd.DataFrame:
         if c not in NON_NUMERIC:
             df[c] = pd.to_numeric(df[c], errors="coerce")
     return df
+
+
+def still_learning(rec: dict[str, Any], rise: float = 0.01) -> str | None:
+    """Why a base model may be under-trained, from its own training history (None if no sign):
+    then a compressed run's fine-tuning is extra training, and its Δ accuracy mixes that gain in."""
+    val = [h["val_acc"] for h in rec.get("history") or [] if h.get("phase") == "train" and _num(h.get("val_acc"))]
+    if len(val) == 1:
+        return "it trained for a single epoch"
+    if len(val) > 1 and val[-1] - val[-2] > rise:
+        return f"its validation accuracy still rose {100 * (val[-1] - val[-2]):.1f} points in its last epoch"
+    return None
 
 
 def pareto_mask(df: pd.DataFrame, cost: str, quality: str = "accuracy") -> pd.Series:

@@ -1,6 +1,7 @@
 """Run one job end to end: data -> model -> method -> evaluate -> export -> measure -> record."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -8,6 +9,7 @@ import logging
 import math
 import platform
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -67,7 +69,8 @@ def execute(spec: JobSpec, store: Store | None = None, *, run_id: str | None = N
     if run_id is None or store.get(run_id) is None:
         run_id = store.create(spec.to_dict(), state="running", run_id=run_id, parent=parent)
     row = store.get(run_id)
-    store.update(run_id, state="running", started=time.time(), attempts=(row["attempts"] or 0) + 1, error=None)
+    store.update(run_id, state="running", started=time.time(), attempts=(row["attempts"] or 0) + 1, error=None,
+                 heartbeat=time.time())
     run_dir = store.run_dir(run_id)
     run_dir.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(run_dir / "log", encoding="utf-8")
@@ -76,12 +79,13 @@ def execute(spec: JobSpec, store: Store | None = None, *, run_id: str | None = N
     root_logger.addHandler(handler)
     root_logger.setLevel(logging.INFO)
     try:
-        export.atomic_write_bytes(run_dir / "spec.json", json.dumps(spec.to_dict(), indent=2).encode())
-        record = _execute(spec, store, run_id, run_dir, _progress_sink(store, run_id, echo), cancelled)
-        log.info("done: accuracy %.4f, size %d bytes", record["accuracy"], record["size_bytes"])
-        # Last statement of the try: once the store says "done", an interrupt (e.g. a backend stopping
-        # the task) can no longer reach the clean-up below and delete the finished artifacts.
-        store.update(run_id, state="done", record=record, finished=time.time())
+        with _heartbeat(store, run_id) if row["worker"] is None else contextlib.nullcontext():
+            export.atomic_write_bytes(run_dir / "spec.json", json.dumps(spec.to_dict(), indent=2).encode())
+            record = _execute(spec, store, run_id, run_dir, _progress_sink(store, run_id, echo), cancelled)
+            log.info("done: accuracy %.4f, size %d bytes", record["accuracy"], record["size_bytes"])
+            # Last statement of the try: once the store says "done", an interrupt (e.g. a backend stopping
+            # the task) can no longer reach the clean-up below and delete the finished artifacts.
+            store.update(run_id, state="done", record=record, finished=time.time())
     except training.Cancelled:
         log.info("cancelled")
         _remove_artifacts(run_dir)
@@ -98,6 +102,28 @@ def execute(spec: JobSpec, store: Store | None = None, *, run_id: str | None = N
     finally:
         root_logger.removeHandler(handler)
         handler.close()
+
+
+@contextlib.contextmanager
+def _heartbeat(store: Store, run_id: str):
+    """A run in the foreground (``engine run``, no worker) beats on its own, so that one whose
+    process is killed is found stale and marked interrupted (it stayed "running" for ever)."""
+    from .jobs import heartbeat_s
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(heartbeat_s()):
+            try:
+                store.update(run_id, heartbeat=time.time())
+            except Exception:  # a locked database: the next beat tries again
+                pass
+    thread = threading.Thread(target=beat, name=f"heartbeat-{run_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _one_line(e: BaseException) -> str:
@@ -253,8 +279,11 @@ def _execute(spec: JobSpec, store: Store, run_id: str, run_dir: Path, progress, 
                                        "input_size", "parent", "accuracy", "top5", "roc_auc", "params", "size_bytes",
                                        "macs", "flops", "sparsity", "latency_ms", "throughput", "device")}
     card["class_names"] = data.class_names
-    card["normalisation"] = {"mean": data.mean, "std": data.std}
-    export.atomic_write_bytes(run_dir / "card.json", json.dumps(_finite(card), indent=2, default=_json_default).encode())
+    channels = data.input_shape[0]  # one grey value is applied to every channel the model takes: say so
+    card["normalisation"] = {k: list(v) * channels if len(v) == 1 else list(v)
+                             for k, v in (("mean", data.mean), ("std", data.std))}
+    export.atomic_write_bytes(run_dir / "card.json",
+                              json.dumps(_finite(card), indent=2, default=_json_default).encode())
     return record
 
 

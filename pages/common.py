@@ -44,6 +44,23 @@ def inside_app() -> None:
         st.rerun()
 
 
+# Widget values that survive a visit to another page (Streamlit drops the state of the widgets a run
+# does not draw, so an experiment half set up was lost on a look at Jobs). Only widgets whose
+# choices do not depend on the runs there are: a remembered value stays a valid one.
+KEPT_WIDGETS = {"data_source", "dataset", "cifar_path", "data_path", "limit", "test_limit", "image_size",
+                "batch_size", "base_kind", "arch", "base_epochs", "ck_epochs", "methods", "chain", "epochs", "device",
+                "onnx", "latency_runs", "preset", "axis", "log_x", "front", "f_text", "w_size", "w_macs",
+                "w_latency", "w_drop", "w_best", "img_source", "n_samples", "cam"}
+KEPT_PREFIXES = ("p.", "sweep.", "sweep_values.")  # a method's parameters and sweeps
+
+
+def keep_widget_state() -> None:
+    """Called before every page: a widget's value written back as the app's own is kept by Streamlit."""
+    for key in list(st.session_state):
+        if isinstance(key, str) and (key in KEPT_WIDGETS or key.startswith(KEPT_PREFIXES)):
+            st.session_state[key] = st.session_state[key]
+
+
 @st.cache_resource(show_spinner=False)
 def _store(root: str) -> Store:
     return Store(root)

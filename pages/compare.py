@@ -322,6 +322,11 @@ if rec.get("agreement") is not None and not against_itself:
                     "within test-set noise" if noise else "a real difference", delta_color="off", delta_arrow="off",
                     help=f"paired over the flipped answers; McNemar p = {row['mcnemar_p']:.3g}")
 
+if row["base_id"] != run_id and (why := results.still_learning(by_id[row["base_id"]])):
+    st.warning(f"Its base may be under-trained: {why}. Fine-tuning after compression then adds training, and "
+               "Δ accuracy mixes that gain with what compression costs. Train the base longer (Baseline epochs) "
+               "for a fair comparison.", icon=":material/school:")
+
 with st.expander("Every recorded measurement"):
     scalars = {k: v for k, v in sorted(rec.items()) if isinstance(v, (int, float, str, bool)) or v is None}
     for k in ("started", "finished"):  # epoch seconds, shown as a date

@@ -226,7 +226,8 @@ def method_panel(name: str) -> list[dict[str, Any]]:
             return [params]
         p = next(p for p in numeric if p.name == which)
         text = c2.text_input("Values (comma separated)", key=f"sweep_values.{name}",
-                             placeholder="0.3, 0.5, 0.7" if p.kind == "float" else "")
+                             placeholder="0.3, 0.5, 0.7" if p.kind == "float" else "",
+                             help=f"one job per value; they replace {which.replace('_', ' ')} above")
         values = presets.parse_values(p, text, f"{name}.{which}")
         return presets.sweep(params, which, values)
 
@@ -326,10 +327,17 @@ with tab_custom:
                                   "model fine-tune for their own 'finetune epochs' above.")
     device = c2.selectbox("Device", ["auto", "cpu", "cuda"], key="device")
     onnx = c3.checkbox("Export + verify ONNX", value=True, key="onnx")
-    latency_runs = c4.number_input("Latency runs", 1, 10000, 30, key="latency_runs")
+    latency_runs = c4.number_input("Latency runs", 1, 10000, 30, key="latency_runs",
+                                   help="timed batch-1 runs per measurement, at least (timing also lasts at "
+                                        "least 0.5 s, so fast models get more)")
     measure = {"onnx": onnx, "latency_runs": int(latency_runs)}
     base_train["device"] = device
 
+    if not data_problem and not problem and (steps or model.get("arch") or model.get("checkpoint")):
+        preview = presets.custom_plan(data=data, model=model, steps=steps, base_train=base_train, chain=chain,
+                                      train={"epochs": int(epochs), "device": device}, measure=measure)
+        with st.expander(f"Launch queues **{len(preview)} job(s)**"):
+            st.dataframe(plan_table(preview), hide_index=True, width="stretch", key="custom_plan")
     if st.button("Launch", type="primary", key="launch_custom"):
         if data_problem:
             st.error(f"Cannot launch: {data_problem}.")

@@ -66,6 +66,17 @@ def test_x_faster_is_the_rows_paired_figure_when_it_has_one():
     assert by["base"]["x_faster"] == 1.0
     checks = {c: f for c, f, _ in methods_table.claims(res)}
     assert checks["paired: realised speed-up ÷ MAC reduction"] == "1.60x / 2.00x = 0.80"
+    res = rows({"label": "int8", "method": "quantize_int8", "accuracy": 0.9, "latency_ms": 0.1,
+                "paired_speedup": 50.0, "paired_speedup_range": [40.0, 60.0], "int8_speedup": 1.6,
+                "int8_speedup_range": [1.5, 1.7]},
+               {"label": "pipe", "method": "pipeline", "accuracy": 0.9, "latency_ms": 0.1, "paired_speedup": 80.0,
+                "int8_speedup": 1.6, "step_records": [
+                    {"paired_speedup": 2.0, "paired_speedup_range": [1.8, 2.2]},
+                    {"paired_speedup": 40.0, "paired_speedup_range": [30.0, 50.0], "int8_speedup": 1.5,
+                     "int8_speedup_range": [1.4, 1.6]}]})
+    by = {r["label"]: r for r in res["rows"]}
+    assert by["int8"]["x_faster"] == 1.6 and by["int8"]["x_faster_spread"] == "1.50-1.70"  # not 50x vs eager
+    assert by["pipe"]["x_faster"] == 3.0 and by["pipe"]["x_faster_spread"] == "2.52-3.52"  # its steps multiplied
 
 
 def test_global_and_uniform_ranking_at_the_same_share_are_compared():

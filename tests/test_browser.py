@@ -185,3 +185,26 @@ def test_an_idle_jobs_page_picks_up_a_job_submitted_elsewhere(tmp_path, page, mo
         queued = page.locator('[data-testid="stSidebar"] [data-testid="stMetric"]').filter(has_text="Queued")
         queued.get_by_text("1", exact=True).wait_for(timeout=40_000)              # sidebar: 15 s
         jobs.cancel(job, Store(home))
+
+
+def test_an_experiment_being_set_up_survives_a_look_at_another_page(tmp_path, page, monkeypatch):
+    """Streamlit drops the values of widgets a run does not draw: without keeping them, a glance at
+    Jobs reset the whole Experiments form (and Compare's axis and limits)."""
+    monkeypatch.setenv("SLIMBENCH_NO_AUTOSTART", "1")
+    with streamlit_server(tmp_path / "ws") as (url, _):
+        page.goto(url)
+        page.get_by_role("tab", name="Custom experiment").click()
+        pick(page, "Dataset", "digits")
+        fill_number(page, "Train images (0 = all)", 777)
+        page.wait_for_timeout(1500)  # the values reach the server before we leave
+        page.get_by_role("link", name="Jobs").first.click()
+        page.get_by_role("heading", name="Jobs").wait_for()
+        page.get_by_role("link", name="Experiments").first.click()
+        page.get_by_role("heading", name="Experiments").wait_for()
+        page.get_by_role("tab", name="Custom experiment").click()
+        field = page.get_by_label("Train images (0 = all)", exact=True)
+        field.wait_for()
+        page.wait_for_timeout(1000)  # the page's run is complete
+        assert field.input_value() == "777"
+        dataset = page.locator('[data-testid="stSelectbox"]').filter(has_text="Dataset").first
+        assert "digits" in dataset.inner_text() + " ".join(i.input_value() for i in dataset.locator("input").all())

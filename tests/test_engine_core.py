@@ -36,6 +36,8 @@ def test_digits_resnet18_three_epochs_meets_the_bar(digits_base):
     assert r["latency_ms"] > 0 and r["throughput"] > 0 and r["threads"] >= 1
     assert len(r["confusion"]) == 10 and sum(map(sum, r["confusion"])) == r["test_images"]
     assert r["onnx"] and r["onnx_top1_agreement"] == 1.0
+    card = json.loads((Path(r["checkpoint"]).parent / "card.json").read_text())
+    assert len(card["normalisation"]["mean"]) == len(card["normalisation"]["std"]) == r["input_size"][0]  # per channel
 
 
 def test_bundle_reevaluated_in_a_fresh_process_gives_the_same_accuracy(digits_base, session_home):

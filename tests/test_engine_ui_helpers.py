@@ -62,6 +62,17 @@ def test_x_faster_range_and_int8_against_its_own_fp32_model():
     assert df.loc["int8", "x_faster"] == pytest.approx(3.2) and df.loc["int8", "x_faster_paired"]
     assert df.loc["int8", ["x_faster_low", "x_faster_high"]].tolist() == pytest.approx([2.1, 4.5])
     assert df.loc["int8", "int8_speedup"] == 1.6 and np.isnan(df.loc["base", "x_faster_low"])
+    # a pipeline run's model is its last step's: its speed-up is that of its steps, multiplied
+    recs.append(rec("pipe", "base", paired_speedup=40.0, int8_speedup=1.6, paired_ref="base",
+                    pipeline_runs=["pruned", "int8"]))
+    assert results.table(recs).set_index("run_id").loc["pipe", "x_faster"] == pytest.approx(3.2)
+
+
+def test_an_under_trained_base_is_recognised_from_its_history():
+    h = lambda *acc: {"history": [{"phase": "train", "val_acc": a} for a in acc]}  # noqa: E731
+    assert results.still_learning(h(0.5)) == "it trained for a single epoch"
+    assert "rose 20.0 points" in results.still_learning(h(0.3, 0.5))
+    assert results.still_learning(h(0.3, 0.5, 0.505)) is None and results.still_learning({}) is None
 
 
 def test_delta_accuracy_sums_in_job_comparisons_and_refuses_different_test_sets():

@@ -277,7 +277,11 @@ def test_no_job_can_start_from_or_learn_from_an_int8_model(ws):
                                                                         "params": {"teacher": int8}}}, ws)
     jobs.submit({**TRIVIAL, "model": {"from_run": base}, "method": {"name": "distill", "params": {"teacher": base}}},
                 ws)
-    assert len(ws.list()) == 3  # the two refused jobs were never queued
+    with pytest.raises(SpecError, match=r"method.params.teacher: no run '20990101-000000-000000'"):
+        jobs.submit({**TRIVIAL, "model": {"from_run": base}, "method": {"name": "distill",
+                                                                        "params": {"teacher": "20990101-000000-000000"}}},
+                    ws)
+    assert len(ws.list()) == 3  # the refused jobs were never queued
 
 
 def test_a_job_waits_for_the_runs_its_parameters_name_and_fails_with_theirs(ws):
@@ -300,3 +304,24 @@ def test_a_job_waits_for_the_runs_its_parameters_name_and_fails_with_theirs(ws):
     assert rows[student]["started"] >= rows[teacher]["finished"]
     d_row = wait_state(ws, doomed, ("failed",))
     assert d_row["error"].startswith(f"method.params.teacher: run {doomed_teacher} ended cancelled")
+
+
+def test_a_killed_foreground_run_is_found_stale_and_can_be_retried(ws):
+    """`engine run` has no worker watching it: it beats by itself while alive, so a run whose
+    process is killed becomes interrupted (it stayed "running" for ever) and can be retried."""
+    spec_path = ws.root / "long.json"
+    ws.root.mkdir(parents=True, exist_ok=True)
+    spec_path.write_text(json.dumps(LONG))
+    env = {**os.environ, "SLIMBENCH_HOME": str(ws.root), "PYTHONPATH": pythonpath()}
+    proc = subprocess.Popen([sys.executable, "-m", "engine", "run", str(spec_path)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        row = wait_for(lambda: (rows := ws.list("running")) and rows[0], 120, "the run to start")
+        time.sleep(2 * float(os.environ["SLIMBENCH_STALE_S"]))     # alive: its own beats keep it running
+        assert ws.get(row["id"])["state"] == "running" and not jobs.recover_stale(ws)
+    finally:
+        proc.kill()
+        proc.wait()
+    row = wait_for(lambda: (r := jobs.list_jobs(ws)[0])["state"] != "running" and r, 30, "recovery")
+    assert row["state"] == "interrupted" and "heartbeat" in row["error"]
+    assert jobs.retry(row["id"], ws) == row["id"] and ws.get(row["id"])["state"] == "queued"

@@ -441,7 +441,7 @@ def test_compare_table_plot_filters_and_downloads(launched, ws):
     linked = page("compare", run=False)                 # /compare?run=ID, as Jobs links it, opens on that run
     linked.query_params["run"] = ids[-1]
     linked.run()
-    assert linked.selectbox(key="detail_run").value == ids[-1] and not linked.warning
+    assert linked.selectbox(key="detail_run").value == ids[-1] and "not among" not in texts(linked, "warning")
     linked.query_params["run"] = "20990101-000000-000000"
     linked.run()
     assert "not among the runs shown" in texts(linked, "warning")
@@ -459,6 +459,7 @@ def test_compare_table_plot_filters_and_downloads(launched, ws):
         at.selectbox(key="detail_run").set_value(ids[1])
         at.run()
         shown = {m.label: m.value for m in at.metric}
+        assert "under-trained: it trained for a single epoch" in texts(at, "warning")  # the base: 1 epoch
         assert shown["Agrees with its start"] == f"{100 * child['agreement']:.1f} %"
         assert shown["Newly wrong"].startswith(f"{100 * child['flips_to_wrong']:.1f} %")
         lo, hi = child["delta_accuracy_ci95"]
