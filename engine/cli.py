@@ -238,12 +238,11 @@ def cmd_compare(a: argparse.Namespace) -> int:
               "max_drop": a.max_drop_pt and a.max_drop_pt / 100}
     ranking = a.best or any(v is not None for v in limits.values())
     if ranking:
-        if results.test_sets(df) > 1:  # accuracies on different test sets do not compete
-            newest = df.sort_values("finished").iloc[[-1]]
-            print(f"note: the runs were scored on {results.test_sets(df)} test sets; ranking those on the newest "
-                  f"run's ({newest['dataset'].iloc[0]}, {newest['test_images'].iloc[0]:.0f} images); "
-                  "--dataset chooses another", file=sys.stderr)
-            df = df.merge(newest[results.TEST_SET], on=results.TEST_SET)
+        df, n_sets = results.on_newest_test_set(df)
+        if n_sets > 1:
+            print(f"note: the runs were scored on {n_sets} test sets; ranking those on the newest run's "
+                  f"({df['dataset'].iloc[0]}, {df['test_images'].iloc[0]:.0f} images); --dataset chooses another",
+                  file=sys.stderr)
         try:
             df = results.winners(df, a.best or "accuracy", **limits)
         except ValueError as e:

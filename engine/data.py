@@ -270,15 +270,20 @@ def _imagefolder(spec: DataSpec):
 # --------------------------------------------------------------------------------------------
 # ImageFolder (directory or zip), decoded once and cached
 # --------------------------------------------------------------------------------------------
-def _imagefolder_source(spec: DataSpec, path: Path):
+def _listing(path: Path) -> tuple[list[str], dict]:
+    """The members of an ImageFolder zip or directory and their layout; DataError if unusable."""
     if not path.exists():
         raise DataError(f"not found: {path}")
     files = _zip_listing(path) if path.is_file() else _dir_listing(path)
-    layout = _layout(files, path)
+    return files, _layout(files, path)
+
+
+def _imagefolder_source(spec: DataSpec, path: Path):
+    files, layout = _listing(path)
     size = spec.image_size
     # A zip changes as a whole; a folder's images can change below it, so its key covers every file.
-    stamp = (f"{path.stat().st_size}|{path.stat().st_mtime_ns}" if path.is_file() else
-             "|".join(f"{f}:{(path / f).stat().st_size}:{(path / f).stat().st_mtime_ns}" for f in files))
+    stamp = "|".join(f"{f}:{st.st_size}:{st.st_mtime_ns}" for f, st in
+                     ([("", path.stat())] if path.is_file() else ((f, (path / f).stat()) for f in files)))
     key = hashlib.sha256(f"{path.resolve()}|{stamp}|{size}".encode())
     cache = cache_dir() / f"imagefolder-{key.hexdigest()[:20]}.pt"
     if cache.is_file():
@@ -339,10 +344,7 @@ def describe_imagefolder(path: str | Path) -> dict[str, Any]:
     """Classes and image counts per split of an ImageFolder directory or zip, from its listing alone
     (no image decoded: milliseconds), so a wrong upload is refused before any job is queued.
     Raises DataError with what is wrong."""
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise DataError(f"not found: {path}")
-    layout = _layout(_zip_listing(path) if path.is_file() else _dir_listing(path), path)
+    _, layout = _listing(Path(path).expanduser())
     return {"classes": layout["classes"], "images": {k: len(v) for k, v in layout["splits"].items()}}
 
 

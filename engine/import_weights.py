@@ -10,8 +10,8 @@ trains with), ImageNet's, or explicit values.
 from __future__ import annotations
 
 import functools
-import math
 import hashlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence

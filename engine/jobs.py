@@ -115,11 +115,7 @@ def _enqueue(spec: dict | JobSpec, store: Store) -> str:
         problem = run_id and start_problem(store, run_id)
         if problem:
             raise SpecError(field, problem)
-    job_id = store.create(spec.to_dict(), state="queued")
-    if refs:
-        with store.transaction() as db:
-            db.executemany("INSERT OR IGNORE INTO deps (run_id, dep_id, field) VALUES (?,?,?)",
-                           [(job_id, run_id, field) for field, run_id in refs])
+    job_id = store.create(spec.to_dict(), state="queued", deps=refs)
     store.add_event(job_id, {"phase": "queued", "attempt": 1})
     return job_id
 
@@ -284,16 +280,15 @@ def list_jobs(store: Store | None = None, states: Iterable[str] | None = None,
     recover_stale(store)
     rows = store.list(state=tuple(states) if states else None, limit=limit)
     with store.connect() as db:
+        # the earliest needed run still to finish, per queued job (one that ended fails the job instead)
+        waiting = {r[0]: r[1] for r in db.execute(
+            f"SELECT id, MIN(dep) FROM ({_NEEDS}) WHERE dstate IN ('queued','running') GROUP BY id")}
         for r in rows:
             ev = db.execute("SELECT seq, ts, data FROM events WHERE run_id=? ORDER BY seq DESC LIMIT 1",
                             (r["id"],)).fetchone()
             r["last_event"] = ({"seq": ev["seq"], "ts": ev["ts"], **json.loads(ev["data"])}
                                if ev else None)
-            r["waiting_for"] = None
-            if r["state"] == "queued":  # a needed run still to finish (one that ended fails this job)
-                w = db.execute(f"SELECT dep FROM ({_NEEDS}) WHERE id=? AND dstate IN ('queued','running') LIMIT 1",
-                               (r["id"],)).fetchone()
-                r["waiting_for"] = w["dep"] if w else None
+            r["waiting_for"] = waiting.get(r["id"])
     return rows
 
 

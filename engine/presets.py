@@ -171,11 +171,12 @@ def check(specs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]
     for i, s in enumerate(specs):
         src = s.get("model", {}).get("from_run")
         label = s.get('name') or s['method']['name']
-        if isinstance(src, str) and src.startswith(REF_PREFIX):
-            if int(src[len(REF_PREFIX):]) not in ok_index:
+        ref_index = int(src[len(REF_PREFIX):]) if isinstance(src, str) and src.startswith(REF_PREFIX) else None
+        if ref_index is not None:
+            if ref_index not in ok_index:
                 problems.append(f"{label}: skipped because the job it starts from is invalid")
                 continue
-            if not methods.makes_torch_model(specs[int(src[len(REF_PREFIX):])]["method"]):
+            if not methods.makes_torch_model(specs[ref_index]["method"]):
                 problems.append(f"{label}: the job it starts from makes an INT8 ONNX Runtime model, which cannot "
                                 "be trained or compressed further; put quantize_int8 last")
                 continue
@@ -185,8 +186,8 @@ def check(specs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]
             problems.append(f"{label}: {e}")
             continue
         s = copy.deepcopy(s)
-        if isinstance(src, str) and src.startswith(REF_PREFIX):
-            s["model"]["from_run"] = ref(ok_index[int(src[len(REF_PREFIX):])])
+        if ref_index is not None:
+            s["model"]["from_run"] = ref(ok_index[ref_index])
         ok_index[i] = len(ok)
         ok.append(s)
     return ok, problems

@@ -200,6 +200,15 @@ def test_sets(df: pd.DataFrame) -> int:
     return len(df.groupby([c for c in TEST_SET if c in df], dropna=False)) if len(df) else 0
 
 
+def on_newest_test_set(df: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """The runs scored on the newest run's test set (where a winner is picked: accuracies on
+    different test sets do not compete), and how many test sets ``df`` spans."""
+    n = test_sets(df)
+    if n <= 1:
+        return df, n
+    return df.merge(df.loc[[df["finished"].idxmax()], TEST_SET], on=TEST_SET), n
+
+
 # What "the winner" means: the column ranked, and whether higher is better.
 OBJECTIVES = {"accuracy": ("accuracy", False), "size": ("size_bytes", True), "macs": ("macs", True),
               "latency": ("latency_ms", True)}

@@ -122,7 +122,9 @@ class Store:
         return self.runs_dir / check_run_id(run_id)
 
     def create(self, spec: dict[str, Any], state: str = "queued", run_id: str | None = None,
-               parent: str | None = None) -> str:
+               parent: str | None = None, deps: list[tuple[str, str]] = ()) -> str:
+        """A new run row; ``deps``: (field, run id) of other runs it needs, written in the same
+        transaction so that no worker can claim the job before they are known."""
         run_id = check_run_id(run_id or new_run_id())
         model = spec.get("model", {})
         with self.transaction() as db:
@@ -131,6 +133,8 @@ class Store:
                 "VALUES (?,?,?,?,?,?,?,?,?)",
                 (run_id, state, spec.get("name"), spec.get("method", {}).get("name"), model.get("arch"),
                  spec.get("data", {}).get("name"), parent or model.get("from_run"), json.dumps(spec), time.time()))
+            db.executemany("INSERT OR IGNORE INTO deps (run_id, dep_id, field) VALUES (?,?,?)",
+                           [(run_id, dep, field) for field, dep in deps])
         self.run_dir(run_id).mkdir(parents=True, exist_ok=True)
         return run_id
 

@@ -187,12 +187,10 @@ with st.expander("Pick the winner: the best run in view within your deployment l
     objective = e.selectbox("best by", list(results.OBJECTIVES), key="w_best",
                             format_func={"accuracy": "accuracy (highest)", "size": "size (smallest)",
                                          "macs": "MACs (fewest)", "latency": "latency (lowest)"}.get)
-    if results.test_sets(view) > 1:
+    view_w, n_sets = results.on_newest_test_set(view)
+    if n_sets > 1:
         st.info("The runs in view were scored on different test sets, whose accuracies do not compare; the winner "
                 "is picked among the runs on the newest run's test set. Filter by dataset to choose another.")
-        view_w = view.merge(view.iloc[[0]][results.TEST_SET], on=results.TEST_SET)
-    else:
-        view_w = view
     ranked = results.winners(view_w, objective, max_size_bytes=None if max_mb is None else max_mb * 1e6,
                              max_macs=None if max_mmacs is None else max_mmacs * 1e6, max_latency_ms=max_ms,
                              max_drop=None if max_pt is None else max_pt / 100)

@@ -409,3 +409,15 @@ def test_dashboard_formats_numpy_scalars_and_uses_decimal_units():
     assert fmt_bytes(999) == "999 B" and fmt_bytes(1500) == "1.5 kB" and fmt_bytes(float("nan")) == "—"
     assert fmt_count(np.int64(34_718_720)) == "34.7 M" and fmt_count(True) == "—" and fmt_count(None) == "—"
     assert fmt_value(np.float32(0.5), ".2f", " ms") == "0.50 ms" and fmt_seconds(np.int64(75)) == "1m15s"
+
+
+def test_a_winner_is_picked_on_one_test_set_the_newest_runs():
+    df = results.table([rec("a", accuracy=0.9, size_bytes=10, test_images=100, num_classes=10, finished=1.0),
+                        rec("b", accuracy=0.5, size_bytes=20, test_images=8, num_classes=2, dataset="imagefolder",
+                            finished=2.0),
+                        rec("c", "b", accuracy=0.4, size_bytes=5, test_images=8, num_classes=2, dataset="imagefolder",
+                            finished=3.0)])
+    same, n = results.on_newest_test_set(df)
+    assert n == 2 and sorted(same["run_id"]) == ["b", "c"]
+    assert results.on_newest_test_set(same)[1] == 1
+    assert results.pareto_mask(df, "size_bytes").tolist() == [True, True, True]  # a does not beat b: other data

@@ -13,7 +13,7 @@ from typing import Any
 
 from .. import export
 from ..spec import JobSpec, SpecError
-from . import METHODS, Param, get, register, validate
+from . import Param, get, makes_torch_model, register, validate
 
 NOT_A_STEP = ("pipeline",)          # no nesting: a pipeline's steps are plain methods
 
@@ -36,7 +36,7 @@ def _steps(params: dict, spec: JobSpec | None) -> list[dict[str, Any]]:
         name = step["name"]
         if name in NOT_A_STEP:
             raise SpecError(f"{where}.name", "a pipeline cannot contain another pipeline")
-        if name in METHODS and not METHODS[name].torch_output and i != len(steps) - 1:
+        if not makes_torch_model({"name": name}) and i != len(steps) - 1:
             raise SpecError(f"{where}.name", f"{name} makes an ONNX Runtime model that later steps cannot train; "
                             "put it last")
         try:
