@@ -157,9 +157,10 @@ def retry(job_id: str, store: Store | None = None) -> str:
 
 
 # A queued job's parent and the runs its parameters name (deps), with the spec field naming each.
-_NEEDS = ("SELECT r.id, p.id AS dep, 'model.from_run' AS field, p.state AS dstate, p.error AS derror FROM runs r "
+_NEEDS = ("SELECT r.id, p.id AS dep, 'model.from_run' AS field, p.state AS dstate, p.error AS derror, "
+          "p.created AS dcreated, p.rowid AS drow FROM runs r "
           "JOIN runs p ON p.id=r.parent WHERE r.state='queued' UNION ALL "
-          "SELECT r.id, q.id, d.field, q.state, q.error FROM runs r JOIN deps d ON d.run_id=r.id "
+          "SELECT r.id, q.id, d.field, q.state, q.error, q.created, q.rowid FROM runs r JOIN deps d ON d.run_id=r.id "
           "JOIN runs q ON q.id=d.dep_id WHERE r.state='queued'")
 
 
@@ -280,9 +281,11 @@ def list_jobs(store: Store | None = None, states: Iterable[str] | None = None,
     recover_stale(store)
     rows = store.list(state=tuple(states) if states else None, limit=limit)
     with store.connect() as db:
-        # the earliest needed run still to finish, per queued job (one that ended fails the job instead)
+        # the earliest submitted needed run still to finish, per queued job (one that ended fails the
+        # job instead); ids are not ordered within a second, so order by submission, not by id
         waiting = {r[0]: r[1] for r in db.execute(
-            f"SELECT id, MIN(dep) FROM ({_NEEDS}) WHERE dstate IN ('queued','running') GROUP BY id")}
+            "SELECT id, dep FROM (SELECT id, dep, ROW_NUMBER() OVER (PARTITION BY id ORDER BY dcreated, drow) "
+            f"AS k FROM ({_NEEDS}) WHERE dstate IN ('queued','running')) WHERE k=1")}
         for r in rows:
             ev = db.execute("SELECT seq, ts, data FROM events WHERE run_id=? ORDER BY seq DESC LIMIT 1",
                             (r["id"],)).fetchone()

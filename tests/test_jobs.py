@@ -284,6 +284,17 @@ def test_no_job_can_start_from_or_learn_from_an_int8_model(ws):
     assert len(ws.list()) == 3  # the refused jobs were never queued
 
 
+def test_waiting_for_names_the_need_submitted_first_not_the_smallest_id(ws):
+    """Ids made within one second sort by their random suffix: "waiting for" must follow
+    submission order (it named the teacher before the base in one CI run)."""
+    base = ws.create(SHORT, run_id="20261123-120000-ffffff")
+    teacher = ws.create(SHORT, run_id="20261123-120000-000000", parent=base)
+    student = ws.create(TRIVIAL, parent=base, deps=[("method.params.teacher", teacher)])
+    assert teacher < base  # the trap: the id order is the reverse of the submission order
+    waiting = {j["id"]: j["waiting_for"] for j in jobs.list_jobs(ws)}
+    assert waiting[student] == base and waiting[teacher] == base and waiting[base] is None
+
+
 def test_a_job_waits_for_the_runs_its_parameters_name_and_fails_with_theirs(ws):
     """A teacher or sensitivity run named in the parameters is a dependency like model.from_run:
     a free worker slot must not start the job before it is done (it failed when started early)."""
