@@ -134,7 +134,8 @@ def _one_line(e: BaseException) -> str:
     if isinstance(e, KeyboardInterrupt):
         return "interrupted"
     msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    return f"{type(e).__name__}: {msg}"[:500] if not isinstance(e, SpecError) else msg[:500]
+    # SpecError and JobFailed (a pipeline step's) already read as a reason; others need their type
+    return msg[:500] if isinstance(e, (SpecError, JobFailed)) else f"{type(e).__name__}: {msg}"[:500]
 
 
 def _remove_artifacts(run_dir: Path) -> None:

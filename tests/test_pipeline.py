@@ -1,6 +1,7 @@
 """pipeline: a 3-step pipeline makes 3 linked runs; every bundle kind it makes reloads in a fresh process."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -9,7 +10,8 @@ import sys
 import pytest
 
 from engine import export
-from engine.runner import execute
+from engine.methods import METHODS
+from engine.runner import JobFailed, execute
 from engine.spec import JobSpec, SpecError
 from engine.store import Store
 
@@ -93,6 +95,23 @@ def test_every_bundle_reloads_in_a_fresh_process_with_its_accuracy(runs):
         assert acc == pytest.approx(r["accuracy"], abs=1e-6), (r["method"], acc, r["accuracy"])
     assert asym["factorized_layers"] and asym["macs"] < base["macs"]
     assert half["size_bytes"] < 0.6 * base["size_bytes"]
+
+
+def test_a_failed_step_is_named_in_the_pipelines_error(runs, monkeypatch):
+    store, base, _ = runs
+
+    def boom(model, ctx, params):
+        raise RuntimeError("boom in the student")
+    monkeypatch.setitem(METHODS, "distill", dataclasses.replace(METHODS["distill"], fn=boom))
+    steps = [{"name": "lowrank_svd", "params": {"energy": 0.6, "finetune_epochs": 0}}, {"name": "distill"}]
+    with pytest.raises(JobFailed) as e:
+        execute(spec({"from_run": base["run_id"]}, "pipeline", {"steps": steps}), store)
+    failed = store.list(state=("failed",))
+    pipe = next(r for r in failed if r["method"] == "pipeline")
+    step = next(r for r in failed if r["method"] == "distill")
+    assert step["parent"] == pipe["id"] and step["error"] == "RuntimeError: boom in the student"
+    assert pipe["error"] == str(e.value) == (
+        f"step 2/2 distill (run {step['id']}) failed: RuntimeError: boom in the student")
 
 
 @pytest.mark.parametrize("steps, field", [

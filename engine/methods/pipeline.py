@@ -62,7 +62,8 @@ def _check(params: dict, spec: Any) -> None:
 ], help="Run several methods in order, each as its own linked run starting from the previous one; the pipeline's "
         "result is the last step's model.")
 def pipeline(model, ctx, params):
-    from ..runner import execute, load_run_model
+    from ..runner import JobFailed, execute, load_run_model
+    from ..store import new_run_id
     steps = _steps(params, ctx.spec)
     source = ctx.spec.to_dict()["model"]
     run_ids: list[str] = []
@@ -78,7 +79,12 @@ def pipeline(model, ctx, params):
         def echo(_i=i, _name=step["name"], **ev: Any) -> None:
             ctx.progress(**{**ev, "phase": f"step {_i + 1}/{len(steps)} {_name}: {ev.get('phase', '')}"})
 
-        record = execute(child, ctx.store, echo=echo, cancelled=ctx.cancelled, parent=ctx.run_id)
+        child_id = new_run_id()
+        try:
+            record = execute(child, ctx.store, run_id=child_id, echo=echo, cancelled=ctx.cancelled,
+                             parent=ctx.run_id)
+        except JobFailed as e:  # the pipeline's error says which step, and which run has its log
+            raise JobFailed(f"step {i + 1}/{len(steps)} {step['name']} (run {child_id}) failed: {e}") from e
         run_ids.append(record["run_id"])
         ctx.train_seconds += record.get("train_seconds") or 0.0
         summary.append({"step": i + 1, "method": step["name"], "run_id": record["run_id"], "arch": record["arch"],
