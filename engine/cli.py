@@ -73,6 +73,21 @@ def cmd_run(a: argparse.Namespace) -> int:
     return 0
 
 
+def input_shape(size: int, model: Any = None, arch: str = "") -> tuple[int, int, int]:
+    """The (3, size, size) input of ``--input-size`` (models take RGB; grey images are repeated),
+    refused where out of range or where ``model``'s downsampling leaves nothing of it."""
+    import torch
+
+    from . import models
+    from .spec import SpecError
+    if not 4 <= size <= 1024:
+        raise SpecError("--input-size", f"must be between 4 and 1024, got {size}")
+    shape = (3, size, size)
+    if isinstance(model, torch.nn.Module):
+        models.check_input_fits(model, arch, shape, "--input-size")
+    return shape
+
+
 @command("profile", "params / MACs / FLOPs of an architecture, without any data")
 @arg("arch")
 @arg("--input-size", type=int, default=224)
@@ -80,12 +95,8 @@ def cmd_run(a: argparse.Namespace) -> int:
 @arg("--small-input", action="store_true", help="CIFAR-style stem (3x3 stride-1 conv, no max-pool)")
 def cmd_profile(a: argparse.Namespace) -> int:
     from . import measure, models
-    from .spec import SpecError
-    if not 4 <= a.input_size <= 1024:
-        raise SpecError("--input-size", f"must be between 4 and 1024, got {a.input_size}")
     model = models.build(a.arch, a.num_classes, a.small_input)
-    shape = (3, a.input_size, a.input_size)
-    models.check_input_fits(model, a.arch, shape, "--input-size")
+    shape = input_shape(a.input_size, model, a.arch)
     c = measure.count_macs(model, shape)
     print(json.dumps({"arch": a.arch, "input_size": a.input_size, "num_classes": a.num_classes,
                       "small_input": a.small_input, "params": measure.count_params(model),
@@ -103,6 +114,8 @@ def cmd_profile(a: argparse.Namespace) -> int:
 @arg("--runs", type=int, default=30, help="timed batch-1 runs")
 @arg("--batch-size", type=int, default=64, help="batch for the throughput figure")
 @arg("--rounds", type=int, default=5, help="interleaved rounds for --against")
+@arg("--input-size", type=int, default=None,
+     help="image side to time at (default: the size the bundle records; imported bundles record none)")
 def cmd_measure(a: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -122,9 +135,14 @@ def cmd_measure(a: argparse.Namespace) -> int:
             raise SpecError(where, str(e)) from None
 
     model, bundle = load(a.checkpoint, "checkpoint")
-    shape = tuple(bundle.get("meta", {}).get("input_size") or ())
-    if len(shape) != 3:
-        raise SpecError("checkpoint", "the bundle does not record its input size")
+    recorded = tuple(bundle.get("meta", {}).get("input_size") or ())
+    if a.input_size is not None:
+        shape = input_shape(a.input_size, model, bundle.get("arch", ""))
+    elif len(recorded) == 3:
+        shape = recorded
+    else:
+        raise SpecError("--input-size", "the bundle does not record its input size (an imported checkpoint): "
+                                        "give it, e.g. 224 for ImageNet-style weights or 32 for CIFAR")
     cpu = torch.device("cpu")
     out: dict[str, Any] = {"checkpoint": a.checkpoint, "arch": bundle.get("arch"), "kind": bundle.get("kind", "torch"),
                            "input_size": list(shape), "size_bytes": Path(a.checkpoint).stat().st_size}
@@ -134,9 +152,9 @@ def cmd_measure(a: argparse.Namespace) -> int:
     out.update(measure.measure_speed(model, shape, cpu, a.batch_size, a.runs, threads=a.threads))
     if a.against:
         ref, ref_bundle = load(a.against, "--against")
-        if list(ref_bundle.get("meta", {}).get("input_size") or []) != list(shape):
-            raise SpecError("--against", f"expects input {ref_bundle.get('meta', {}).get('input_size')}, "
-                            f"{a.checkpoint} expects {list(shape)}")
+        ref_size = ref_bundle.get("meta", {}).get("input_size")
+        if ref_size and list(ref_size) != list(shape):
+            raise SpecError("--against", f"expects input {ref_size}, {a.checkpoint} is timed at {list(shape)}")
         p = measure.paired_speedup(ref, model, shape, cpu, a.runs, threads=a.threads, rounds=a.rounds)
         out.update(against=a.against, paired_speedup=p["speedup"],
                    paired_speedup_range=[p["speedup_min"], p["speedup_max"]], against_latency_ms=p["ref_latency_ms"])
@@ -153,6 +171,8 @@ def cmd_measure(a: argparse.Namespace) -> int:
      help="input normalisation the model was trained with: dataset (its data's own mean/std, as Slimbench "
           "trains), imagenet, or MEAN/STD such as 0.5,0.5,0.5/0.25,0.25,0.25")
 @arg("--classes", default=None, help="comma-separated class names, in output order")
+@arg("--input-size", type=int, default=None,
+     help="the image side the model was trained at, recorded in the bundle (then `measure` and runs check it)")
 @arg("-o", "--out", default=None, help="bundle path (default: WEIGHTS' name + .bundle.pt in this folder)")
 def cmd_import(a: argparse.Namespace) -> int:
     from pathlib import Path
@@ -160,7 +180,9 @@ def cmd_import(a: argparse.Namespace) -> int:
     from . import export, import_weights
     from .spec import SpecError
     small = None if a.small_input is None else a.small_input == "yes"
-    classes = [c.strip() for c in a.classes.split(",")] if a.classes else None
+    classes = [c.strip() for c in a.classes.split(",")] if a.classes is not None else None
+    if classes is not None and (not all(classes) or len(set(classes)) != len(classes)):
+        raise SpecError("--classes", f"class names must be non-empty and distinct, got {classes}")
     try:
         norm = import_weights.parse_normalisation(a.norm)
     except export.BundleError as e:
@@ -169,6 +191,9 @@ def cmd_import(a: argparse.Namespace) -> int:
         bundle = import_weights.to_bundle(a.weights, arch=a.arch, small_input=small, norm=norm, class_names=classes)
     except export.BundleError as e:
         raise SpecError("weights", str(e)) from None
+    if a.input_size is not None:
+        model = export.model_from_bundle(bundle)
+        bundle["meta"]["input_size"] = list(input_shape(a.input_size, model, bundle["arch"]))
     out = writable(a.out or f"{Path(a.weights).stem}.bundle.pt", "--out")
     size = export.save_bundle(bundle, out)
     print(json.dumps({"bundle": str(out), "arch": bundle["arch"], **bundle["arch_kwargs"],

@@ -140,6 +140,38 @@ def test_cli_import_writes_a_bundle_and_refuses_bad_input(tmp_path):
     assert ambiguous.returncode == 2 and "small-input stem" in ambiguous.stderr
 
 
+def test_an_imported_bundle_is_timed_at_the_size_given_or_recorded(tmp_path):
+    """An imported bundle records no input size unless told: `measure` asks for one instead of failing
+    with nothing to do, and `import --input-size` records it (checked against the architecture)."""
+    weights = saved(tmp_path, models.build("squeezenet1_1", 3, small_input=False))
+    home = tmp_path / "ws"
+    plain, sized = tmp_path / "plain.pt", tmp_path / "sized.pt"
+    assert cli("import", str(weights), "--small-input", "no", "-o", str(plain), home=home).returncode == 0
+    unknown = cli("measure", str(plain), "--runs", "2", "--batch-size", "2", home=home)
+    assert unknown.returncode == 2 and "--input-size" in unknown.stderr and "does not record" in unknown.stderr
+    timed = cli("measure", str(plain), "--input-size", "64", "--runs", "2", "--batch-size", "2", home=home)
+    assert timed.returncode == 0, timed.stderr
+    out = json.loads(timed.stdout)
+    assert out["input_size"] == [3, 64, 64] and out["latency_ms"] > 0 and out["macs"] > 0
+
+    too_small = cli("import", str(weights), "--small-input", "no", "--input-size", "8", "-o", str(sized), home=home)
+    assert too_small.returncode == 2 and "cannot take 8x8" in too_small.stderr and not sized.exists()
+    p = cli("import", str(weights), "--small-input", "no", "--input-size", "64", "-o", str(sized), home=home)
+    assert p.returncode == 0, p.stderr
+    assert export.read_bundle(sized)["meta"]["input_size"] == [3, 64, 64]
+    recorded = cli("measure", str(sized), "--runs", "2", "--batch-size", "2", home=home)
+    assert recorded.returncode == 0 and json.loads(recorded.stdout)["macs"] == out["macs"]
+
+
+@pytest.mark.parametrize("classes", ["a,b,", "a,,b", "a,a,b", ""])
+def test_import_refuses_empty_or_repeated_class_names(tmp_path, classes):
+    weights = saved(tmp_path, models.build("squeezenet1_1", 3, small_input=False))
+    p = cli("import", str(weights), "--small-input", "no", "--classes", classes, "-o", str(tmp_path / "x.pt"),
+            home=tmp_path / "ws")
+    assert p.returncode == 2 and "--classes" in p.stderr and "non-empty and distinct" in p.stderr
+    assert not (tmp_path / "x.pt").exists()
+
+
 def test_old_checkpoints_without_batchnorm_counters_import_and_near_misses_say_what_differs(tmp_path):
     """State dicts saved before PyTorch 0.4.1 lack BatchNorm's num_batches_tracked: still exact."""
     net = models.build("resnet18", 10, small_input=False).eval()
