@@ -214,12 +214,13 @@ def classification_metrics(logits: torch.Tensor, y: torch.Tensor, num_classes: i
                            full: bool = True) -> dict[str, Any]:
     """top-1, top-5, loss; with ``full``: macro one-vs-rest ROC AUC, per-class accuracy, confusion."""
     pred = logits.argmax(1)
-    k = min(5, num_classes)
     correct = int((pred == y).sum())
     out: dict[str, Any] = {
         "accuracy": correct / len(y),
         "accuracy_ci95": stats.wilson(correct, len(y)),
-        "top5": (logits.topk(k, 1).indices == y[:, None]).any(1).double().mean().item(),
+        # with 5 classes or fewer every label is in the top 5: 1.0 by construction, so none is recorded
+        "top5": ((logits.topk(5, 1).indices == y[:, None]).any(1).double().mean().item()
+                 if num_classes > 5 else None),
         "loss": F.cross_entropy(logits, y).item(),
         "n": int(len(y)),
     }

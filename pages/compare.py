@@ -110,7 +110,8 @@ COLUMN_CONFIG = {
     "delta_ci_low": fmt("Δ CI low", format="%+.4f"), "delta_ci_high": fmt("Δ CI high", format="%+.4f"),
     "mcnemar_p": fmt("McNemar p", format="%.3g", help="exact McNemar test that this run and its base are equally "
                      "accurate on these images; small (e.g. < 0.05): the difference is real"),
-    "top5": fmt("top-5", format="%.4f"), "roc_auc": fmt("ROC AUC", format="%.4f", help="macro one-vs-rest"),
+    "top5": fmt("top-5", format="%.4f", help="empty with 5 classes or fewer, where it is 1 by construction"),
+    "roc_auc": fmt("ROC AUC", format="%.4f", help="macro one-vs-rest"),
     "agreement": fmt("agrees with start", format="%.4f", help="share of test images on which this run's top-1 "
                      "answer equals the model it started from (both run on the same images in its job)"),
     "flips_to_wrong": fmt("newly wrong", format="%.4f", help="share of test images the starting model got right "

@@ -24,6 +24,15 @@ REQUIRED = ("run_id", "status", "accuracy", "top5", "roc_auc", "params", "size_b
 
 
 # -- the reference run -------------------------------------------------------------------------
+def test_top5_counts_hits_in_the_five_best_and_is_none_with_five_classes_or_fewer():
+    from engine.training import classification_metrics
+    logits = torch.arange(7.0).repeat(4, 1)  # every row ranks class 6 first, class 0 last
+    y = torch.tensor([6, 2, 1, 0])           # ranks 1, 5, 6, 7
+    m = classification_metrics(logits, y, 7, full=False)
+    assert m["accuracy"] == 0.25 and m["top5"] == 0.5
+    assert classification_metrics(logits[:, :5], torch.tensor([4, 0, 1, 2]), 5, full=False)["top5"] is None
+
+
 def test_digits_resnet18_three_epochs_meets_the_bar(digits_base):
     r = digits_base
     assert all(k in r for k in REQUIRED), sorted(set(REQUIRED) - set(r))

@@ -427,6 +427,7 @@ def test_records_are_strict_json_when_a_metric_is_undefined(home, tmp_path):
                               "measure": {"onnx": False, "latency_runs": 2, "paired_rounds": 0}})
     rec = runner.execute(spec, Store())
     assert rec["roc_auc"] is None
+    assert rec["top5"] is None  # 2 classes: every label is in the top 5, so 1.0 would say nothing
     text = (Store().run_dir(rec["run_id"]) / "result.json").read_text()
     json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in result.json"))
 
