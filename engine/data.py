@@ -284,7 +284,7 @@ def _imagefolder_source(spec: DataSpec, path: Path):
     # A zip changes as a whole; a folder's images can change below it, so its key covers every file.
     stamp = "|".join(f"{f}:{st.st_size}:{st.st_mtime_ns}" for f, st in
                      ([("", path.stat())] if path.is_file() else ((f, (path / f).stat()) for f in files)))
-    key = hashlib.sha256(f"{path.resolve()}|{stamp}|{size}".encode())
+    key = hashlib.sha256(f"{path.resolve()}|{stamp}|{size}|notes-v2".encode())  # v2: notes name ignored files
     cache = cache_dir() / f"imagefolder-{key.hexdigest()[:20]}.pt"
     if cache.is_file():
         try:
@@ -294,7 +294,7 @@ def _imagefolder_source(spec: DataSpec, path: Path):
             cache.unlink(missing_ok=True)
     reader = _ZipReader(path) if path.is_file() else _DirReader(path)
     classes = layout["classes"]
-    notes: list[str] = []
+    notes: list[str] = [_ignored_note(layout["ignored"])] if layout["ignored"] else []
     splits = {}
     for split_name, items in layout["splits"].items():
         xs, ys, bad = [], [], []
@@ -345,7 +345,8 @@ def describe_imagefolder(path: str | Path) -> dict[str, Any]:
     (no image decoded: milliseconds), so a wrong upload is refused before any job is queued.
     Raises DataError with what is wrong."""
     _, layout = _listing(Path(path).expanduser())
-    return {"classes": layout["classes"], "images": {k: len(v) for k, v in layout["splits"].items()}}
+    return {"classes": layout["classes"], "images": {k: len(v) for k, v in layout["splits"].items()},
+            "ignored": layout["ignored"], "note": _ignored_note(layout["ignored"]) if layout["ignored"] else None}
 
 
 def _zip_listing(path: Path) -> list[str]:
@@ -387,8 +388,9 @@ def _dir_listing(path: Path) -> list[str]:
 
 def _layout(files: list[str], path: Path) -> dict:
     """Find train/ and test/ (or a single folder of class folders) in a listing of relative paths."""
-    images = [f for f in files if f.lower().endswith(IMAGE_SUFFIXES) and not Path(f).name.startswith(".")
-              and "__MACOSX" not in f]
+    visible = [f for f in files if not f.endswith("/") and not any(p.startswith(".") for p in f.split("/"))
+               and "__MACOSX" not in f]  # hidden files and macOS zip litter are never data
+    images = [f for f in visible if f.lower().endswith(IMAGE_SUFFIXES)]
     folders = [f.rstrip("/").split("/") for f in files if f.endswith("/")]
     if not images:
         raise DataError(f"no images found in {path}")
@@ -413,8 +415,8 @@ def _layout(files: list[str], path: Path) -> dict:
             extra = sorted({p[depth + 1] for p in sets["test"]} - set(classes))
             if extra:
                 raise DataError(f"test/ has classes missing from train/: {', '.join(extra[:5])}")
-            return {"classes": classes, "splits": {
-                s: [("/".join(p), classes.index(p[depth + 1])) for p in sel] for s, sel in sets.items()}}
+            splits = {s: [("/".join(p), classes.index(p[depth + 1])) for p in sel] for s, sel in sets.items()}
+            return {"classes": classes, "splits": splits, "ignored": _ignored(visible, splits)}
     # Single folder of class folders: <class>/<image> (maybe under one top folder).
     for depth in range(0, 2):
         sel = [p for p in parts if len(p) == depth + 2]
@@ -422,9 +424,21 @@ def _layout(files: list[str], path: Path) -> dict:
             classes = sorted({p[depth] for p in sel})
             if len(classes) < 2:
                 continue
-            return {"classes": classes, "splits": {"all": [("/".join(p), classes.index(p[depth])) for p in sel]}}
+            splits = {"all": [("/".join(p), classes.index(p[depth])) for p in sel]}
+            return {"classes": classes, "splits": splits, "ignored": _ignored(visible, splits)}
     raise DataError(f"{path} is not in ImageFolder layout: expected train/<class>/<image> and "
                     "test/<class>/<image>, or <class>/<image> with at least two class folders")
+
+
+def _ignored(visible: list[str], splits: dict[str, list]) -> list[str]:
+    """Files the layout leaves out (not images, or not directly in a class folder): said, not dropped silently."""
+    used = {m for items in splits.values() for m, _ in items}
+    return sorted(f for f in visible if f not in used)
+
+
+def _ignored_note(ignored: list[str]) -> str:
+    return (f"ignored {len(ignored)} file(s) that are not images directly inside a class folder: "
+            + ", ".join(ignored[:5]) + (" ..." if len(ignored) > 5 else ""))
 
 
 class _ZipReader:

@@ -134,6 +134,8 @@ def imagefolder_summary(path: str, name: str) -> str | None:
     split = (f"{counts['train']} train / {counts['test']} test images" if "test" in counts
              else f"{counts['all']} images (20 % held out for testing)")
     st.caption(f"{len(classes)} classes ({', '.join(classes[:8])}{' …' if len(classes) > 8 else ''}), {split}.")
+    if what["note"]:
+        st.warning(what["note"][0].upper() + what["note"][1:] + ".", icon=":material/visibility_off:")
     return None
 
 

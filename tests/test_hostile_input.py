@@ -390,6 +390,24 @@ def test_test_images_of_another_size_are_resized_to_the_training_size(home, tmp_
     assert any("resized from 24x24" in n for n in data.notes)
 
 
+def test_files_outside_the_layout_are_named_in_the_runs_notes(home, tmp_path):
+    """Nested images and non-image files are left out of the data, and the run says which."""
+    root = tmp_path / "ds"
+    for c in "ab":
+        (root / c / "more").mkdir(parents=True)
+        for i in range(3):
+            (root / c / f"{i}.png").write_bytes(_png())
+    (root / "a" / "more" / "9.png").write_bytes(_png())
+    (root / "labels.csv").write_text("x")
+    (root / ".cache").mkdir()
+    (root / ".cache" / "x.png").write_bytes(_png())
+    data = _load(root)
+    assert len(data.train.y) + len(data.test.y) == 6
+    assert "ignored 2 file(s) that are not images directly inside a class folder: a/more/9.png, labels.csv" \
+        in data.notes
+    assert D.describe_imagefolder(root)["ignored"] == ["a/more/9.png", "labels.csv"]
+
+
 def test_a_changed_dataset_folder_is_read_again(home, tmp_path):
     """The decode cache of a folder must notice images added or removed inside its class folders."""
     root = tmp_path / "ds"

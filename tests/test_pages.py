@@ -195,6 +195,15 @@ def test_experiments_errors_name_the_field(ws, monkeypatch):
             assert "Cannot launch: " in texts(at, "error") and texts(at, "error").count(problem) == 2
         else:
             assert not at.error and "2 classes (a, b), 6 train / 6 test images" in texts(at, "caption")
+    # Files the layout leaves out are named, not dropped silently; hidden files and macOS litter are no data.
+    good = {f"{split}/{c}/{i}.png": png for split in ("train", "test") for c in "ab" for i in range(3)}
+    litter = {"README.md": b"x", "train/a/notes.txt": b"x", "train/b/deeper/7.png": png,
+              ".DS_Store": b"x", "__MACOSX/train/._0.png": b"x", "train/a/.hidden.png": png}
+    at.file_uploader(key="data_zip").set_value(("extras.zip", zipped({**good, **litter}), "application/zip"))
+    at.run()
+    assert not at.error and "6 train / 6 test images" in texts(at, "caption")
+    assert "Ignored 3 file(s) that are not images directly inside a class folder: README.md, " \
+           "train/a/notes.txt, train/b/deeper/7.png." in texts(at, "warning")
     assert len(Store(ws).list()) == before
 
     reg = methods.METHODS
