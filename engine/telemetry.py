@@ -87,11 +87,23 @@ def gpu_snapshot() -> dict[str, Any]:
 
 
 def system_snapshot() -> dict[str, Any]:
+    """RAM and load now. CPU use needs two readings some time apart: ``Sampler`` adds it."""
     vm = psutil.virtual_memory()
-    return {"cpu_pct": psutil.cpu_percent(interval=None), "cpu_count": psutil.cpu_count(),
-            "per_cpu_pct": psutil.cpu_percent(interval=None, percpu=True),
+    return {"cpu_count": psutil.cpu_count(),
             "ram_used_bytes": int(vm.total - vm.available), "ram_total_bytes": int(vm.total), "ram_pct": vm.percent,
             "load_avg": list(psutil.getloadavg())}
+
+
+def busy_pct(before: Any, after: Any) -> float | None:
+    """Share of all cores' time that was busy between two ``psutil.cpu_times()`` readings (as psutil's
+    cpu_percent, but from readings this caller owns: psutil's own state is shared by every caller)."""
+    def split(t: Any) -> tuple[float, float]:
+        fields = t._asdict()
+        # guest time is already counted in user/nice on Linux
+        total = sum(v for k, v in fields.items() if k not in ("guest", "guest_nice"))
+        return total, fields.get("idle", 0.0) + fields.get("iowait", 0.0)
+    (t0, i0), (t1, i1) = split(before), split(after)
+    return None if t1 <= t0 else min(100.0, max(0.0, 100.0 * (1 - (i1 - i0) / (t1 - t0))))
 
 
 def job_pids(rows: Iterable[dict[str, Any]]) -> dict[int, str]:
@@ -119,25 +131,38 @@ def label_processes(snapshot: dict[str, Any], pids: dict[int, str]) -> list[dict
 class Sampler:
     """Rolling history of samples; ``sample()`` is cheap enough to call every second or two."""
 
-    def __init__(self, seconds: float = 300.0):
-        self.seconds = seconds
+    def __init__(self, seconds: float = 300.0, min_interval: float = 1.0, max_gap: float = 10.0):
+        self.seconds, self.min_interval, self.max_gap = seconds, min_interval, max_gap
         self.history: deque[dict[str, Any]] = deque()
         self._lock = threading.Lock()
         self._procs: dict[int, psutil.Process] = {}
-        psutil.cpu_percent(interval=None)  # prime: the first reading is otherwise meaningless
+        self._last: dict[str, Any] | None = None
+        self._cpu = (time.monotonic(), psutil.cpu_times())
 
     def sample(self) -> dict[str, Any]:
-        now = time.time()
-        sysm, gpu = system_snapshot(), gpu_snapshot()
-        point = {"ts": now, "cpu_pct": sysm["cpu_pct"], "ram_pct": sysm["ram_pct"]}
-        for g in gpu["gpus"]:
-            point[f"gpu{g['index']}_mem_pct"] = 100.0 * g["memory_used_bytes"] / max(1, g["memory_total_bytes"])
-            point[f"gpu{g['index']}_util_pct"] = g.get("utilization_pct")
+        """A new sample, or the latest one if it is under ``min_interval`` old: one shared sampler
+        serves every open page, and CPU use over a few milliseconds is noise (it read 0 % on entering
+        the page). CPU use is None for the first sample and after ``max_gap`` without one: an average
+        over minutes nobody watched is no live reading."""
         with self._lock:
+            mono = time.monotonic()
+            if self._last is not None and mono - self._last["mono"] < self.min_interval:
+                return self._last["snap"]
+            (t0, before), after = self._cpu, psutil.cpu_times()
+            self._cpu = (mono, after)
+            sysm, gpu = system_snapshot(), gpu_snapshot()
+            sysm["cpu_pct"] = busy_pct(before, after) if mono - t0 <= self.max_gap else None
+            now = time.time()
+            point = {"ts": now, "cpu_pct": sysm["cpu_pct"], "ram_pct": sysm["ram_pct"]}
+            for g in gpu["gpus"]:
+                point[f"gpu{g['index']}_mem_pct"] = 100.0 * g["memory_used_bytes"] / max(1, g["memory_total_bytes"])
+                point[f"gpu{g['index']}_util_pct"] = g.get("utilization_pct")
             self.history.append(point)
             while self.history and now - self.history[0]["ts"] > self.seconds:
                 self.history.popleft()
-        return {"system": sysm, "gpu": gpu, "point": point}
+            snap = {"system": sysm, "gpu": gpu, "point": point}
+            self._last = {"mono": mono, "snap": snap}
+            return snap
 
     def points(self) -> list[dict[str, Any]]:
         with self._lock:

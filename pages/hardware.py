@@ -58,7 +58,8 @@ def live() -> None:
 
     st.subheader("CPU and memory")
     c1, c2, c3 = st.columns(3)
-    c1.metric(f"CPU ({sysm['cpu_count']} cores)", f"{sysm['cpu_pct']:.0f} %")
+    c1.metric(f"CPU ({sysm['cpu_count']} cores)", "—" if sysm["cpu_pct"] is None else f"{sysm['cpu_pct']:.0f} %",
+              help="busy share of all cores since the previous sample (shown from the second sample on)")
     c2.metric("RAM", f"{fmt_bytes(sysm['ram_used_bytes'])} / {fmt_bytes(sysm['ram_total_bytes'])}")
     c3.metric("Load average (1 / 5 / 15 min)", " / ".join(f"{v:.2f}" for v in sysm["load_avg"]))
 

@@ -284,12 +284,36 @@ def test_system_snapshot_and_history():
     import psutil
     s = telemetry.system_snapshot()
     assert s["ram_total_bytes"] == psutil.virtual_memory().total and 0 <= s["ram_pct"] <= 100
-    smp = telemetry.Sampler(seconds=0.05)
+    smp = telemetry.Sampler(seconds=0.05, min_interval=0)
     smp.sample()
     import time
     time.sleep(0.1)
     smp.sample()
     assert len(smp.points()) == 1  # the older sample fell out of the window
+
+
+def test_cpu_use_is_read_over_a_real_interval_and_never_made_up():
+    """CPU use comes from two readings the sampler owns; a reading ms after the last one is not taken
+    (it showed 0 % on entering the page), nor one after a long unwatched gap."""
+    import time
+    smp = telemetry.Sampler(seconds=60, min_interval=0.2, max_gap=1.0)
+    first = smp.sample()
+    assert first["point"]["cpu_pct"] is None  # nothing to compare with yet
+    end = time.monotonic() + 0.3
+    while time.monotonic() < end:  # keep one core busy
+        pass
+    second = smp.sample()
+    assert 0 < second["point"]["cpu_pct"] <= 100
+    assert smp.sample() is second and len(smp.points()) == 2  # a second caller at once gets the same sample
+    time.sleep(1.2)
+    assert smp.sample()["point"]["cpu_pct"] is None and len(smp.points()) == 3
+
+
+def test_busy_share_between_two_cpu_time_readings():
+    from collections import namedtuple
+    T = namedtuple("T", "user nice system idle iowait guest guest_nice")
+    assert telemetry.busy_pct(T(10, 0, 10, 70, 10, 5, 0), T(40, 0, 20, 100, 20, 25, 0)) == 50.0
+    assert telemetry.busy_pct(T(1, 0, 0, 1, 0, 0, 0), T(1, 0, 0, 1, 0, 0, 0)) is None
 
 
 def test_job_processes_are_labelled():

@@ -602,8 +602,11 @@ def test_hardware_page_live_panels(ws):
     from engine import telemetry
     if not telemetry.gpu_snapshot()["available"]:
         assert "No NVIDIA GPU / driver" in texts(at, "info")
-    at.run()  # a second sample: the rolling chart appears
+    time.sleep(1.1)  # the sampler takes at most one sample a second, whoever asks
+    at.run()  # a second sample: the rolling chart appears, and CPU use over a real interval
     assert at.get("plotly_chart")
+    cpu = next(m for m in at.metric if m.label.startswith("CPU ("))
+    assert cpu.value.endswith(" %") and 0 <= float(cpu.value[:-2]) <= 100
 
 
 def test_hardware_page_lists_job_processes_with_cpu_and_memory(tmp_path, monkeypatch):
@@ -617,6 +620,7 @@ def test_hardware_page_lists_job_processes_with_cpu_and_memory(tmp_path, monkeyp
         job = store.create({"name": "busy"}, state="running")
         store.update(job, pid=busy.pid)
         at = page("hardware")
+        time.sleep(1.1)
         at.run()                                        # psutil's CPU share needs two readings
         table = next(d.value for d in at.dataframe if "Slimbench job" in d.value.columns).set_index("pid")
         row = table.loc[busy.pid]
