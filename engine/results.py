@@ -291,7 +291,9 @@ def job_progress(row: dict[str, Any]) -> dict[str, Any]:
     elif state == "running" and ev.get("epochs") and ev.get("epoch"):
         within = (ev["step"] / ev["steps"]) if ev.get("steps") and ev.get("step") is not None else 1.0
         fraction = min(1.0, ((ev["epoch"] - 1) + within) / ev["epochs"])
-    else:
+    elif state == "running" and ev.get("steps") and ev.get("step") is not None:
+        fraction = min(1.0, ev["step"] / ev["steps"])  # a phase counted in steps (sensitivity, a search)
+    else:  # running with no count (loading data, evaluating, timing): the phase column says which
         fraction = 0.0 if state == "queued" else None
     return {"progress": fraction, "phase": ev.get("phase") or ("waiting for " + row["waiting_for"]
                                                             if row.get("waiting_for") else ""),

@@ -39,21 +39,36 @@ def queue_table() -> None:
     if not rows:
         st.info("No jobs yet. Launch some on **Experiments**.")
         return
-    table = []
-    for r in rows:
-        p = results.job_progress(r)
-        live = r["state"] in ("running", "queued")
-        table.append({"job": r["id"], "name": r.get("name") or "", "method": r.get("method") or "",
-                      "state": r["state"], "progress": p["progress"], "phase": p["phase"] if live else "",
-                      "epoch": p["epoch"], "phase ETA": fmt_seconds(p["eta_s"]),
-                      # text, so a job that is not training shows a blank rather than "None"
-                      "img/s": f"{p['images_per_s']:.0f}" if live and p["images_per_s"] is not None else "",
-                      "error": r.get("error") or ""})
+    table = [{"job": r.get("name") or r.get("method") or "", "id": r["id"], "state": r["state"],
+              "progress": results.job_progress(r)["progress"], "activity": activity(r), "error": r.get("error") or ""}
+             for r in rows]
     counts = pd.Series([r["state"] for r in rows]).value_counts()
     st.caption(" · ".join(f"{k}: **{v}**" for k, v in counts.items()))
+    # Fixed widths keep the table inside the page; long names and errors are cut (hover shows them
+    # whole, and the job's details below give the full error).
+    text = st.column_config.TextColumn
     st.dataframe(pd.DataFrame(table), hide_index=True, width="stretch", key="jobs_table",
-                 column_config={"progress": st.column_config.ProgressColumn("progress", min_value=0, max_value=1,
-                                                                            format="percent")})
+                 column_config={"job": text(width=210, pinned=True), "id": text(width=170),
+                                "state": text(width=75),
+                                "progress": st.column_config.ProgressColumn("progress", min_value=0, max_value=1,
+                                                                            format="percent", width=90),
+                                "activity": text(width=240, help="a live job's phase, epoch, the time its "
+                                                                 "phase has left and its speed; a finished "
+                                                                 "job's run time"),
+                                "error": text(width="medium")})
+
+
+def activity(r: dict) -> str:
+    """One cell for what a job is doing (phase · epoch · phase ETA · img/s) or, once ended, how long it ran."""
+    if r["state"] in ("running", "queued"):
+        p = results.job_progress(r)
+        return " · ".join(x for x in (
+            p["phase"], p["epoch"] and f"epoch {p['epoch']}",
+            p["eta_s"] is not None and f"{fmt_seconds(p['eta_s'])} left in phase",
+            p["images_per_s"] is not None and f"{p['images_per_s']:.0f} img/s") if x)
+    if r.get("started") and r.get("finished"):
+        return f"ran {fmt_seconds(r['finished'] - r['started'])}"
+    return ""
 
 
 queue_table()

@@ -180,6 +180,9 @@ def test_job_progress_and_curves_from_events():
     assert p["progress"] == pytest.approx((1 + 0.5) / 4) and p["epoch"] == "2/4" and p["eta_s"] == 30.0
     assert results.job_progress({"state": "done", "last_event": None})["progress"] == 1.0
     assert results.job_progress({"state": "queued", "waiting_for": "x"})["phase"] == "waiting for x"
+    sens = {"state": "running", "last_event": {"phase": "sensitivity", "step": 3, "steps": 12}}
+    assert results.job_progress(sens)["progress"] == 0.25 and results.job_progress(sens)["epoch"] == ""
+    assert results.job_progress({"state": "running", "last_event": {"phase": "measure"}})["progress"] is None
     ev = [{"phase": "train", "epoch": 1, "epochs": 1, "step": 2, "steps": 4, "loss": 2.0, "acc": 0.3},
           {"phase": "train:val", "epoch": 1, "epochs": 1, "loss": 1.5, "acc": 0.5, "val_acc": 0.5},
           {"phase": "data"}]

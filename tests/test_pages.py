@@ -356,12 +356,33 @@ def test_presets_tab_lists_every_registered_method(ws, monkeypatch):
         assert at.button(key="launch_preset").disabled and "cannot be launched here" in texts(at, "warning")
 
 
+def test_jobs_table_says_what_a_running_job_is_doing(tmp_path, monkeypatch):
+    """Phase, epoch, phase ETA and speed in one cell, so the table fits the page."""
+    monkeypatch.setenv("SLIMBENCH_HOME", str(tmp_path))
+    monkeypatch.setenv("SLIMBENCH_NO_AUTOSTART", "1")
+    store = Store(tmp_path)
+    job = store.create({"name": "busy one"}, state="running")
+    store.update(job, heartbeat=time.time())
+    store.add_event(job, {"phase": "train", "epoch": 2, "epochs": 4, "step": 5, "steps": 10, "eta_s": 75.0,
+                          "images_per_s": 812.4})
+    sens = store.create({"name": "sensitivity"}, state="running")
+    store.update(sens, heartbeat=time.time())
+    store.add_event(sens, {"phase": "sensitivity", "step": 3, "steps": 12})
+    at = page("jobs")
+    table = at.dataframe[0].value.set_index("job")
+    assert table.loc["busy one", "activity"] == "train · epoch 2/4 · 1m15s left in phase · 812 img/s"
+    assert table.loc["busy one", "progress"] == pytest.approx(1.5 / 4)
+    assert table.loc["sensitivity", "activity"] == "sensitivity" and table.loc["sensitivity", "progress"] == 0.25
+
+
 def test_jobs_page_shows_progress_curves_log_and_cancels(launched, ws):
     store = Store(ws)
     at = page("jobs")
     table = at.dataframe[0].value
-    done = table[table["job"].isin(launched["ids"])]
+    assert list(table.columns) == ["job", "id", "state", "progress", "activity", "error"]
+    done = table[table["id"].isin(launched["ids"])]
     assert (done["state"] == "done").all() and (done["progress"] == 1.0).all()
+    assert done["activity"].str.fullmatch(r"ran (\d+m)?\d+s").all()  # how long each took, from the store
     at.selectbox(key="job_select").set_value(launched["ids"][0])
     at.run()
     assert len(at.get("plotly_chart")) == 2  # loss and accuracy curves from the job's events
