@@ -110,6 +110,13 @@ def start_problem(store: Store, run_id: str) -> str | None:
 
 def _enqueue(spec: dict | JobSpec, store: Store) -> str:
     spec = spec if isinstance(spec, JobSpec) else JobSpec.from_dict(spec)
+    if spec.train.device.startswith("cuda") and backend_name() == "local":
+        # the local worker runs here, so a missing GPU is known now, not when the job starts; a Ray
+        # cluster's machines may have what this one lacks
+        from .training import device_problem  # torch: only for jobs that ask for CUDA
+        problem = device_problem(spec.train.device)
+        if problem:
+            raise SpecError("train.device", problem)
     refs = methods.run_refs({"name": spec.method.name, "params": spec.method.params})
     for field, run_id in [("model.from_run", spec.model.from_run)] + refs:
         problem = run_id and start_problem(store, run_id)

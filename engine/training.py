@@ -41,11 +41,24 @@ def _noop(**_: Any) -> None:
     pass
 
 
+def device_problem(name: str) -> str | None:
+    """Why ``name`` (a train.device value) cannot be used on this machine; None when it can."""
+    if not name.startswith("cuda"):
+        return None
+    if not torch.cuda.is_available():
+        return f"train.device is {name!r} but no CUDA device is available here; use auto or cpu"
+    count, index = torch.cuda.device_count(), int(name[5:]) if name.startswith("cuda:") else 0
+    if index >= count:
+        return f"train.device is {name!r} but this machine has {count} CUDA device(s) (cuda:0 to cuda:{count - 1})"
+    return None
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device is {name!r} but no CUDA device is available here")
+    problem = device_problem(name)
+    if problem:
+        raise RuntimeError(problem)
     return torch.device(name)
 
 

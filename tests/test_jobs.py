@@ -12,6 +12,7 @@ import time
 import pytest
 
 from engine import jobs
+from engine.spec import SpecError
 from engine.store import Store
 
 from conftest import ROOT, cli, pythonpath
@@ -282,6 +283,26 @@ def test_no_job_can_start_from_or_learn_from_an_int8_model(ws):
                                                                         "params": {"teacher": "20990101-000000-000000"}}},
                     ws)
     assert len(ws.list()) == 3  # the refused jobs were never queued
+
+
+def test_a_cuda_job_the_local_worker_cannot_run_is_refused_when_queued(ws, monkeypatch):
+    """The local worker runs on this machine, so a missing GPU is said at once (the job failed when
+    it started); a Ray cluster's machines may have one, so there the job is queued."""
+    import torch
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SpecError) as e:
+        jobs.submit({**TRIVIAL, "train": {"device": "cuda"}}, ws)
+    assert e.value.field == "train.device" and "no CUDA device" in str(e.value)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(SpecError, match=r"has 2 CUDA device\(s\) \(cuda:0 to cuda:1\)"):
+        jobs.submit({**TRIVIAL, "train": {"device": "cuda:2"}}, ws)
+    assert ws.list() == []
+    jobs.submit({**TRIVIAL, "train": {"device": "cuda:1"}}, ws)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("SLIMBENCH_BACKEND", "ray")
+    jobs.submit({**TRIVIAL, "train": {"device": "cuda"}}, ws)
+    assert [r["state"] for r in ws.list()] == ["queued", "queued"]
 
 
 def test_waiting_for_names_the_need_submitted_first_not_the_smallest_id(ws):
