@@ -96,11 +96,11 @@ def fit(model: nn.Module, data, cfg: TrainSpec, *, epochs: int | None = None, lr
                                after_step=after_step, on_epoch_end=on_epoch_end, keep_best=keep_best)
     torch.manual_seed(cfg.seed)
     model.to(device)
+    if epochs <= 0:  # before the memory-format switch, which only a finished training undoes: a model
+        return FitResult(float("nan"), -1, 0.0, [])  # left channels_last was timed unlike its base
     channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    if epochs <= 0:
-        return FitResult(float("nan"), -1, 0.0, [])
     if len(data.train) < 2:  # batches of one are skipped (BatchNorm cannot train on one image)
         raise SpecError("data.limit", f"{len(data.train)} training image(s) left after the validation split; "
                                       "training needs at least 2: raise data.limit or lower data.val_fraction")

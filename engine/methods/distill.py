@@ -22,24 +22,29 @@ LOSSES = ("kd", "mse_softmax", "mse_ce")
 # --------------------------------------------------------------------------------------------
 # Losses (student logits s, teacher logits t, labels y)
 # --------------------------------------------------------------------------------------------
-def kd_loss(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, T: float = 2.0, alpha: float = 0.7) -> torch.Tensor:
+def kd_loss(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, T: float = 2.0, alpha: float = 0.7,
+            smoothing: float = 0.0) -> torch.Tensor:
     """Hinton et al. 2015: alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, y).
 
     The T^2 factor keeps the soft-target gradients on the same scale as the hard-label ones.
     """
     soft = F.kl_div(F.log_softmax(s / T, 1), F.log_softmax(t / T, 1), reduction="batchmean", log_target=True)
-    return alpha * T * T * soft + (1 - alpha) * F.cross_entropy(s, y)
+    return alpha * T * T * soft + (1 - alpha) * F.cross_entropy(s, y, label_smoothing=smoothing)
 
 
 def mse_softmax_loss(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, T: float = 2.0,
-                     alpha: float = 0.7) -> torch.Tensor:
-    """Mean squared difference of the softened class probabilities (labels unused)."""
-    return F.mse_loss(F.softmax(s / T, 1), F.softmax(t / T, 1))
+                     alpha: float = 0.7, smoothing: float = 0.0) -> torch.Tensor:
+    """T^2 * squared distance between the softened class probabilities, summed over classes and
+    averaged over images (labels unused). Summed, not averaged over classes as F.mse_loss would: that
+    shrank the loss and its gradient by the class count (100x below KD's with 10 classes), so the
+    student hardly learned; T^2 as in KD keeps the scale across temperatures."""
+    return T * T * (F.softmax(s / T, 1) - F.softmax(t / T, 1)).pow(2).sum(1).mean()
 
 
-def mse_ce_loss(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, T: float = 2.0, alpha: float = 0.7) -> torch.Tensor:
+def mse_ce_loss(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, T: float = 2.0, alpha: float = 0.7,
+                smoothing: float = 0.0) -> torch.Tensor:
     """alpha * softmax MSE + (1 - alpha) * cross-entropy on the labels."""
-    return alpha * mse_softmax_loss(s, t, y, T) + (1 - alpha) * F.cross_entropy(s, y)
+    return alpha * mse_softmax_loss(s, t, y, T) + (1 - alpha) * F.cross_entropy(s, y, label_smoothing=smoothing)
 
 
 LOSS_FNS: dict[str, Callable[..., torch.Tensor]] = {"kd": kd_loss, "mse_softmax": mse_softmax_loss,
@@ -71,15 +76,27 @@ def build_student(ctx, params: dict[str, Any]) -> nn.Module:
     return student
 
 
+class Renormalised(nn.Module):
+    """A teacher fed this job's normalised batches as it was trained: x * std + mean undoes the job's
+    normalisation, then the teacher's own applies."""
+
+    def __init__(self, model: nn.Module, job: tuple[list, list], own: tuple[list, list]):
+        super().__init__()
+        self.model = model
+        view = lambda v: torch.tensor([float(x) for x in v]).view(1, -1, 1, 1)  # noqa: E731
+        (jm, js), (tm, ts) = [(view(m), view(sd)) for m, sd in (job, own)]
+        self.register_buffer("scale", js / ts)      # x_t = x * js/ts + (jm - tm)/ts
+        self.register_buffer("shift", (jm - tm) / ts)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x * self.scale + self.shift)
+
+
 def load_teacher(ctx, run_id: str | None) -> nn.Module:
     if run_id is None:
-        teacher = ctx.base_copy()
+        teacher = ctx.base_copy()  # the starting model: the job's data already takes its preprocessing
     else:
-        teacher, bundle = ctx.load_run(run_id, "method.params.teacher")
-        n = int(bundle["arch_kwargs"]["num_classes"])
-        if n != ctx.data.num_classes:
-            raise SpecError("method.params.teacher", f"run {run_id} predicts {n} classes but the data has "
-                            f"{ctx.data.num_classes}")
+        teacher = _teacher_as_trained(ctx, run_id)
     teacher = teacher.to(ctx.device).eval()
     cl = ctx.spec.train.channels_last
     if cl or (cl is None and ctx.device.type == "cuda"):  # the batches arrive channels_last: match them
@@ -89,11 +106,35 @@ def load_teacher(ctx, run_id: str | None) -> nn.Module:
     return teacher
 
 
+def _teacher_as_trained(ctx, run_id: str) -> nn.Module:
+    """Another run's model as a teacher: refused where its classes or input size differ from this
+    job's (its soft targets would mean other things), re-normalised where its statistics differ."""
+    field = "method.params.teacher"
+    teacher, bundle = ctx.load_run(run_id, field)
+    meta, data = bundle.get("meta") or {}, ctx.data
+    n = int(bundle["arch_kwargs"]["num_classes"])
+    if n != data.num_classes:
+        raise SpecError(field, f"run {run_id} predicts {n} classes but the data has {data.num_classes}")
+    names = meta.get("class_names")
+    if names and list(names) != list(data.class_names):
+        raise SpecError(field, f"run {run_id} predicts the classes {list(names)[:8]} but the data's are "
+                               f"{list(data.class_names)[:8]} (order matters)")
+    size = meta.get("input_size")
+    if size and list(size) != list(ctx.input_shape):
+        raise SpecError(field, f"run {run_id} was trained on {size[-1]}x{size[-1]} images but this data gives "
+                               f"{ctx.input_shape[-1]}x{ctx.input_shape[-1]}; set data.image_size to {size[-1]}")
+    mean, std = meta.get("mean"), meta.get("std")
+    if meta.get("normalisation") != "dataset" and mean and std and (list(mean), list(std)) != (data.mean, data.std):
+        return Renormalised(teacher, (data.mean, data.std), (mean, std))
+    return teacher
+
+
 @register("distill", family="distillation", check=_check_student, params=[
     *_student_params(),
     Param("teacher", "run", None, "run id of the teacher (default: the starting model, model.from_run)",
           optional=True),
-    Param("loss", "str", "kd", "kd: Hinton soft targets + CE; mse_softmax: MSE of softmax outputs; "
+    Param("loss", "str", "kd", "kd: Hinton soft targets + CE; mse_softmax: T² x squared distance of the softmax "
+          "outputs (labels unused; its pull weakens with many classes, whose probabilities are small); "
           "mse_ce: softmax MSE + CE", choices=LOSSES),
     Param("T", "float", 2.0, "softmax temperature for kd and the MSE losses", low=0.0, high=100.0, low_open=True),
     Param("alpha", "float", 0.7, "weight of the teacher term; the label cross-entropy gets 1 - alpha",
@@ -108,7 +149,8 @@ def distill(model, ctx, params):
     def loss_fn(logits: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             t = teacher(x).float()
-        return loss(logits.float(), t, y, T, alpha)
+        # the label term smooths as plain training does, so distill vs compact compares the teacher only
+        return loss(logits.float(), t, y, T, alpha, ctx.spec.train.label_smoothing)
 
     ctx.extra["teacher_run"] = params["teacher"] or (ctx.spec.model.from_run or None)
     ctx.fit(student, epochs=params["epochs"], phase="distill", loss_fn=loss_fn)
