@@ -83,6 +83,7 @@ class DataBundle:
     flip: bool = True
     seed: int = 0
     notes: list[str] = field(default_factory=list)   # e.g. skipped bad files
+    val_held_out: bool = True  # False: no validation split, so ``val`` is a slice of the training images
 
     @property
     def num_classes(self) -> int:
@@ -582,13 +583,16 @@ def load(spec: DataSpec) -> DataBundle:
         train = train.subset(torch.arange(spec.limit))
     if spec.test_limit is not None and spec.test_limit < len(test):
         test = test.subset(torch.randperm(len(test), generator=torch.Generator().manual_seed(7))[:spec.test_limit])
-    if len(val) == 0:  # no validation requested: select on a slice of train, never on test
+    held_out = len(val) > 0
+    if not held_out:  # no validation requested: select on a slice of train, never on test
         val = train.subset(torch.arange(min(len(train), 1000)))
+        notes = [*notes, f"no validation split (val_fraction {spec.val_fraction}): the best epoch is chosen on "
+                         f"{len(val)} training images"]
     xf = train.x[: 20000].float().div_(255.0)
     mean = xf.mean(dim=(0, 2, 3)).tolist()
     std = xf.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
     bundle = DataBundle(spec.name, train, val, test, classes, mean, std, spec.batch_size,
-                        spec.augment, COLOUR_FLIP.get(spec.name, True), spec.seed, notes)
+                        spec.augment, COLOUR_FLIP.get(spec.name, True), spec.seed, notes, held_out)
     _MEMO.clear()  # keep at most one dataset resident
     _MEMO[key] = bundle
     return bundle

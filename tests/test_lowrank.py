@@ -58,3 +58,17 @@ def test_svd_parametrised_layer_starts_equal_and_orthogonal():
     ortho, l1 = layer.penalties()
     assert ortho < 1e-8 and torch.isclose(l1, torch.linalg.svdvals(L.weight_matrix(conv)).sum(), rtol=1e-4)
     assert (layer.to_plain()(x) - conv(x)).abs().max() < 1e-5
+
+
+def test_regularised_training_hands_on_its_last_epoch_not_its_most_accurate():
+    """The spectrum cut relies on what the penalty did; the most accurate epoch is the least regularised."""
+    from types import SimpleNamespace
+
+    from engine.methods.lowrank import regularised_training
+    calls = []
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.LazyLinear(4))
+    model(torch.zeros(1, 3, 6, 6))
+    ctx = SimpleNamespace(finetune=lambda m, **kw: calls.append(kw))
+    regularised_training(model, ctx, ["0"], orthogonal_reg=0.01, sv_sparsity=1e-4, epochs=2)
+    assert calls and calls[0]["keep_best"] is False and calls[0]["regularizer"](model) > 0
+    assert isinstance(model[0], nn.Conv2d)  # plain layers again afterwards

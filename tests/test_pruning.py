@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from conftest import ROOT, pythonpath
-from engine import export, measure, models
+from engine import data as D, export, measure, models
 from engine.runner import JobFailed, execute
 from engine.spec import JobSpec, SpecError
 from engine.store import Store
@@ -199,10 +199,19 @@ def test_soft_zeroing_makes_the_hard_removal_exact():
         assert torch.allclose(net(x), zeroed, atol=1e-4)
 
 
-def test_slimming_meets_mac_target(base):
+def test_slimming_meets_mac_target(base, monkeypatch):
+    from engine import training
+    kept = {}
+    real_fit = training.fit
+
+    def spy(*a, **kw):  # the sparsified weights must go on to the cut, not the most accurate epoch's
+        kept[kw["phase"]] = kw.get("keep_best", True)
+        return real_fit(*a, **kw)
+    monkeypatch.setattr(training, "fit", spy)
     r = run_method(base["model"], "slimming", {"target_macs": 0.5, "epochs": 1, "finetune_epochs": 0})
     assert abs(r["macs"] / base["macs"] / 0.5 - 1) <= 0.05
     assert r["params"] < base["params"] and r["pruned_channels"] > 0
+    assert kept["sparsify"] is False
 
 
 def test_slimming_expand_widens_back_to_base_budget(base):
@@ -280,6 +289,19 @@ def test_max_loss_that_no_cut_can_meet_fails_with_the_field_named(base, monkeypa
         "accuracy": float(sum(p.numel() for p in model.parameters()) == base["params"])})
     with pytest.raises(JobFailed, match="max_loss.*no uniform channel pruning removing a channel"):
         run_method(base["model"], "prune_structured", {"max_loss": 0.5, "finetune_epochs": 0})
+
+
+@pytest.mark.parametrize("name, params", [("sensitivity", {"ratios": [0.5]}),
+                                           ("prune_structured", {"max_loss": 0.02, "finetune_epochs": 0})])
+def test_without_a_validation_split_accuracy_budgets_are_refused(base, name, params):
+    """With val_fraction 0, "validation" is a slice of the training images, on which a cut looks
+    cheaper than it is; the guard meant for this compared len(val) with 0 and never fired."""
+    spec = {"data": {**DATA, "val_fraction": 0.0}, "model": base["model"], "method": {"name": name, "params": params},
+            "train": {"epochs": 1}, "measure": QUICK}
+    with pytest.raises(JobFailed, match=r"data.val_fraction: .*held-out validation"):
+        execute(JobSpec.from_dict(spec), Store())
+    d = D.load(JobSpec.from_dict(spec).data)
+    assert not d.val_held_out and any("no validation split" in n for n in d.notes)
 
 
 def test_largest_passing_returns_only_a_probe_that_passed():

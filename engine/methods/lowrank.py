@@ -209,7 +209,9 @@ def regularised_training(model: nn.Module, ctx, names: list[str], orthogonal_reg
         return orthogonal_reg * torch.stack(ortho).sum() + sv_sparsity * torch.stack(l1).sum()
 
     try:
-        ctx.finetune(model, epochs=epochs, phase="lowrank-regularised", regularizer=regularizer)
+        # keep the last epoch: the most accurate one is the least regularised, and the spectrum cut
+        # below relies on what the penalty did
+        ctx.finetune(model, epochs=epochs, phase="lowrank-regularised", regularizer=regularizer, keep_best=False)
     finally:  # back to plain layers whatever happened, so the model stays exportable
         for name, layer in zip(names, svd_layers):
             replace(model, name, layer.to_plain())

@@ -58,8 +58,9 @@ def suggest(curve: dict[str, float], ratios: list[float], base_acc: float, max_l
 def sensitivity(model, ctx, params):
     surgery.check_supported(ctx.arch, "sensitivity")
     require_bn(model, params["criterion"], ctx.arch)
-    if len(ctx.data.val) == 0:
-        raise SpecError("data.val_fraction", "sensitivity measures validation accuracy: set val_fraction > 0")
+    if not ctx.data.val_held_out:  # accuracy on training images falls too slowly: ratios too bold
+        raise SpecError("data.val_fraction", "sensitivity measures accuracy on held-out validation images: "
+                                             "set val_fraction > 0")
     shape, ratios = ctx.input_shape, sorted(params["ratios"])
     if params["criterion"] == "taylor":
         accumulate_gradients(model, ctx.data, ctx.device, params["grad_batches"])

@@ -134,7 +134,9 @@ def slimming(model, ctx, params):
     base_macs = measure.count_macs(model, shape)["macs"]
     if params["epochs"] and params["strength"] > 0:
         reg = MacWeightedL1(channel_costs(model, shape), params["strength"])
-        ctx.fit(model, epochs=params["epochs"], phase="sparsify", regularizer=reg)
+        # the last epoch, not the most accurate: that is the least regularised one, often the first,
+        # and the cut below would then remove channels the penalty never drove to zero
+        ctx.fit(model, epochs=params["epochs"], phase="sparsify", regularizer=reg, keep_best=False)
     if ctx.cancelled():
         raise training.Cancelled()
     model.cpu()

@@ -81,8 +81,9 @@ def within_loss(ctx, model: nn.Module, prune: Callable[[nn.Module, float], None]
     """The largest x in [0, hi] for which ``prune(copy, x)``, before any fine-tuning, keeps the
     validation accuracy within ``max_loss`` of the model's (the base is untouched). Every probe is
     recorded, so the choice can be checked: the ones beyond it lost more than allowed."""
-    if len(ctx.data.val) == 0:
-        raise SpecError("data.val_fraction", "max_loss is judged on validation accuracy: set val_fraction > 0")
+    if not ctx.data.val_held_out:  # judged on training images, a cut would look cheaper than it is
+        raise SpecError("data.val_fraction", "max_loss is judged on held-out validation accuracy: "
+                                             "set val_fraction > 0")
     base = ctx.evaluate(model)["accuracy"]
     probes: list[list[float]] = []
     cuts: dict[float, bool] = {}                       # x -> the copy lost at least one channel
