@@ -304,6 +304,71 @@ def test_without_a_validation_split_accuracy_budgets_are_refused(base, name, par
     assert not d.val_held_out and any("no validation split" in n for n in d.notes)
 
 
+def test_global_ranking_leaves_every_layer_its_floor(monkeypatch):
+    """A layer whose filters all score low must keep 10 % of its channels (the documented cap):
+    torch-pruning checks the cap only before a step, and one global step took this one from 64 to 2."""
+    from engine.methods.pruning import criterion, surgery
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+                      nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
+                      nn.Conv2d(64, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
+                      nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
+    with torch.no_grad():  # 62 of the middle layer's 64 filters nearly dead
+        m[3].weight[:62] *= 0.001
+        m[4].weight[:62] *= 0.001
+        m[6].weight[:, :62] *= 0.001
+    monkeypatch.setattr(models, "classifier_layer", lambda model: ("11", model[11]))
+    surgery.prune_step(surgery.make_pruner(m, (3, 16, 16), criterion.channel_importance("l1"), 0.5, 1, True, 0.9))
+    assert m[3].out_channels == 7 and m[6].in_channels == 7  # ceil(64 * 0.1)
+    norms = m[3].weight.detach().flatten(1).norm(dim=1).sort(descending=True).values
+    assert norms[1] > 50 * norms[2]                           # the two live filters are among those kept
+    assert m[0].out_channels < 32 and m[6].out_channels < 64  # the rest of the cut went elsewhere
+
+
+def test_global_unstructured_allocation_does_not_depend_on_the_number_of_rounds():
+    """Without training between rounds the weights do not change, so 1 or 5 rounds must cut the same
+    weights; re-scaling each layer by a mean that counted earlier zeros gave [0.916, 0.884] vs [0.897, 0.903]."""
+    import copy
+
+    from torch.nn.utils import prune
+
+    from engine.methods.pruning.criterion import weight_scales
+    from engine.methods.pruning.schedule import cumulative_amounts
+    from engine.methods.pruning.unstructured import apply_masks
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(256, 256), nn.Linear(256, 256))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.randn(256, 256))
+        net[1].weight.copy_(torch.distributions.Laplace(0, 1).sample((256, 256)))  # heavier tails
+    masks = []
+    for steps in (1, 5):
+        layers = list(copy.deepcopy(net))
+        scales = weight_scales([m.weight for m in layers], "l1")
+        for amount in cumulative_amounts(0.9, steps):
+            apply_masks(layers, amount, "global", scales)
+        for m in layers:
+            prune.remove(m, "weight")
+        masks.append([m.weight == 0 for m in layers])
+    assert all(torch.equal(a, b) for a, b in zip(*masks))
+    assert abs(masks[0][0].float().mean() - masks[0][1].float().mean()) > 0.01  # layers do get different shares
+
+
+def test_per_layer_ratios_skip_layers_left_whole_that_the_criterion_cannot_rank():
+    """bn_scale ranks no channels of VGG's hidden Linear: a suggestion to keep it whole must not fail
+    (it raised KeyError), and one to cut it is refused naming the criterion."""
+    from engine.methods.pruning import surgery
+    from engine.methods.pruning.criterion import channel_importance
+    from engine.methods.pruning.structured import prune_to_ratios
+    m = models.build("vgg11_bn", 10, small_input=True)
+    shape = (3, 32, 32)
+    initial = {g.root: len(g.scores) for g in surgery.score_groups(m, shape, channel_importance("l1"))}
+    prune_to_ratios(m, shape, channel_importance("bn_scale"), {"features.0": 0.5, "classifier.0": 0.0}, initial, 1.0)
+    assert m.features[0].out_channels == initial["features.0"] // 2
+    with pytest.raises(SpecError) as e:
+        prune_to_ratios(m, shape, channel_importance("bn_scale"), {"classifier.0": 0.5}, initial, 1.0)
+    assert e.value.field == "method.params.criterion"
+
+
 def test_largest_passing_returns_only_a_probe_that_passed():
     from engine.methods.pruning.schedule import largest_passing
     assert largest_passing(lambda x: x <= 0.3, 0.9, 7) == pytest.approx(0.3, abs=0.9 / 128)

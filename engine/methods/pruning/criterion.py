@@ -77,15 +77,8 @@ class FilterNorm(tp.importance.Importance):
         return None if total is None else total.sqrt()
 
 
-def weight_scores(weights: list[torch.Tensor], norm: str, normalise: bool) -> list[torch.Tensor]:
-    """Scores for individual weights. |w| ranks the same under L1 and L2, so the norm only matters
-    when scores are compared *across* layers: then each layer's |w| is divided by its mean |w|
-    (``l1``) or its RMS (``l2``) so layers with different weight scales compete fairly."""
-    out = []
-    for w in weights:
-        a = w.detach().abs()
-        if normalise:
-            scale = a.mean() if norm == "l1" else a.pow(2).mean().sqrt()
-            a = a / scale.clamp_min(1e-12)
-        out.append(a)
-    return out
+def weight_scales(weights: list[torch.Tensor], norm: str) -> list[torch.Tensor]:
+    """Each layer's mean |w| (``l1``) or RMS (``l2``): what its scores are divided by so that layers
+    with different weight scales compete fairly in one global ranking."""
+    return [(w.detach().abs().mean() if norm == "l1" else w.detach().pow(2).mean().sqrt()).clamp_min(1e-12)
+            for w in weights]

@@ -149,7 +149,13 @@ def prune_to_ratios(model: nn.Module, input_shape, importance, ratios: dict[str,
     groups = {g.root: g for g in surgery.score_groups(model, input_shape, importance)}
     plan = {}
     for name, r in ratios.items():
-        keep = initial[name] - int(r * done * initial[name] + 1e-9)
+        cut = int(r * done * initial[name] + 1e-9)
+        if cut == 0:  # e.g. a layer the analysis judged too sensitive, which this criterion may not rank
+            continue
+        if name not in groups:
+            raise SpecError("method.params.criterion", f"layer {name} should lose {r:.0%} of its channels but "
+                                                       "this criterion cannot rank them; use l1, l2 or taylor")
+        keep = initial[name] - cut
         plan[name] = (groups[name].handler, surgery.lowest(groups[name].scores, len(groups[name].scores) - keep))
     surgery.apply_plan(model, input_shape, plan)
 

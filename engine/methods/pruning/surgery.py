@@ -6,6 +6,7 @@ The classifier's output is never touched. Criteria live in ``criterion``; schedu
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -79,16 +80,24 @@ def make_pruner(model: nn.Module, input_shape: tuple[int, ...], importance: tp.i
 
 
 def selected_groups(pruner: tp.pruner.BasePruner) -> Iterator[tp.Group]:
-    """The groups (with the channels to drop) of the pruner's next step; never empties a layer."""
+    """The groups (with the channels to drop) of the pruner's next step. No group keeps fewer than
+    ``max_pruning_ratio`` allows of its initial width, nor fewer than one channel: torch-pruning checks
+    that cap only before a step, so one global step could take a layer from 64 channels to 2."""
     for group in pruner.step(interactive=True):
         module, handler = root_of(group)
-        n = pruner.DG.get_out_channels(module) if pruner.DG.is_out_channel_pruning_fn(handler) \
-            else pruner.DG.get_in_channels(module)
+        out = pruner.DG.is_out_channel_pruning_fn(handler)
+        n = pruner.DG.get_out_channels(module) if out else pruner.DG.get_in_channels(module)
         idxs = list(group[0].idxs)
-        if n is not None and len(idxs) >= n:  # keep the group's most important channel
-            full = pruner.DG.get_pruning_group(module, handler, list(range(n)))
-            keep = int(torch.argmax(pruner.estimate_importance(full)))
-            group = pruner.DG.get_pruning_group(module, handler, [i for i in idxs if i != keep])
+        if n is not None:
+            init = (pruner.layer_init_out_ch if out else pruner.layer_init_in_ch).get(module) or n
+            allowed = n - max(1, math.ceil(init * (1 - pruner.max_pruning_ratio) - 1e-9))
+            if allowed <= 0:
+                continue
+            if len(idxs) > allowed:  # drop only the least important of the chosen channels
+                imp = pruner.estimate_importance(pruner.DG.get_pruning_group(module, handler, list(range(n))))
+                if imp is not None:
+                    idxs = sorted(idxs, key=lambda i: float(imp[i]))
+                group = pruner.DG.get_pruning_group(module, handler, sorted(idxs[:allowed]))
         yield group
 
 

@@ -7,13 +7,14 @@ of them goes, and ``layer_sparsity`` in the record shows what each layer kept.
 """
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
 from torch.nn.utils import prune
 
 from ... import measure, training
 from .. import Param, register
 from . import report
-from .criterion import WEIGHT_NORMS, weight_scores
+from .criterion import WEIGHT_NORMS, weight_scales
 from .schedule import cumulative_amounts
 
 PARAMS = (
@@ -34,9 +35,11 @@ def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
 
 
-def apply_masks(layers: list[nn.Module], amount: float, norm: str, scope: str) -> None:
+def apply_masks(layers: list[nn.Module], amount: float, scope: str, scales: list[torch.Tensor]) -> None:
     """Mask the lowest-scored weights so that ``amount`` of them are zero. Earlier masks are baked
-    in first: their zeros score lowest, so each round only adds to the previous one."""
+    in first: their zeros score lowest, so each round only adds to the previous one. ``scales``
+    (global scope) are the layers' scales before the first round: taken again after a round, the
+    zeros would shift them and the allocation would depend on the number of rounds."""
     for m in layers:
         if prune.is_pruned(m):
             prune.remove(m, "weight")
@@ -44,9 +47,9 @@ def apply_masks(layers: list[nn.Module], amount: float, norm: str, scope: str) -
         for m in layers:
             prune.l1_unstructured(m, "weight", amount=amount)
         return
-    scores = weight_scores([m.weight for m in layers], norm, normalise=True)
     prune.global_unstructured([(m, "weight") for m in layers], pruning_method=prune.L1Unstructured,
-                              importance_scores={(m, "weight"): s for m, s in zip(layers, scores)}, amount=amount)
+                              importance_scores={(m, "weight"): m.weight.detach().abs() / s
+                                                 for m, s in zip(layers, scales)}, amount=amount)
 
 
 @register("prune_unstructured", family="pruning", params=PARAMS,
@@ -57,10 +60,11 @@ def prune_unstructured(model, ctx, params):
     named = prunable_layers(model)
     layers = [m for _, m in named]
     amounts = cumulative_amounts(params["amount"], params["steps"])
+    scales = weight_scales([m.weight for m in layers], params["norm"])
     for k, amount in enumerate(amounts):
         if ctx.cancelled():
             raise training.Cancelled()
-        apply_masks(layers, amount, params["norm"], params["scope"])
+        apply_masks(layers, amount, params["scope"], scales)
         ctx.log.info("round %d/%d: %.1f%% of weights masked", k + 1, len(amounts), 100 * measure.sparsity(model))
         ctx.finetune(model, params["finetune_epochs"], phase=f"finetune {k + 1}/{len(amounts)}")
     for m in layers:
