@@ -4,6 +4,9 @@ tests/test_distill_students.py)."""
 from __future__ import annotations
 
 import pytest
+import torch
+
+from engine import export
 
 from conftest import run_spec
 
@@ -39,6 +42,25 @@ def test_int8_file_is_small_and_measured_on_int8(runs):
     assert r["precision"] == "int8" and r["latency_ms"] > 0 and r["fp32_onnx_latency_ms"] > 0
     assert r["int8_speedup_range"][0] <= r["int8_speedup"] <= r["int8_speedup_range"][1]
     assert 0.0 < r["accuracy"] <= 1.0 and sum(map(sum, r["confusion"])) == r["test_images"]
+    assert r["quantization"]["preprocessed"] is True  # BN folded before quantising; a failure is recorded
+
+
+def test_int8_records_a_failed_preprocessing_instead_of_hiding_it(tmp_path, monkeypatch):
+    import onnxruntime.quantization.shape_inference as si
+
+    from engine import data as D
+    from engine.methods.quantize import quantize_onnx
+    from engine.spec import DataSpec
+
+    def broken(*a, **k):
+        raise RuntimeError("no shape for you")
+    monkeypatch.setattr(si, "quant_pre_process", broken)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten(), torch.nn.Linear(4, 10)).eval()
+    export.export_onnx(net, (3, 8, 8), tmp_path / "fp32.onnx")
+    why = quantize_onnx(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", D.load(DataSpec(name="digits", limit=64)),
+                        1, "qdq", True)
+    assert why == "RuntimeError: no shape for you" and (tmp_path / "int8.onnx").stat().st_size > 0
 
 
 @pytest.mark.parametrize("name", ["lowrank", "int8"])

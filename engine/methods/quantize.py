@@ -36,20 +36,23 @@ class _Calibration:
         return None if x is None else {self.input_name: x.numpy()}
 
 
-def quantize_onnx(fp32_path: Path, out_path: Path, data, batches: int, fmt: str, per_channel: bool) -> None:
+def quantize_onnx(fp32_path: Path, out_path: Path, data, batches: int, fmt: str, per_channel: bool) -> str | None:
+    """Static INT8 of the FP32 ONNX file; returns why the optional pre-processing was skipped, or None."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
     prepped = fp32_path.with_name("prepped.onnx")
+    skipped = None
     try:  # folds BN into convs and infers shapes: better quantisation; optional
         quant_pre_process(str(fp32_path), str(prepped), skip_symbolic_shape=True)
         source = prepped
-    except Exception:
-        source = fp32_path
+    except Exception as e:  # quantised all the same, but the record says so (accuracy may suffer)
+        source, skipped = fp32_path, f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
     import onnx
     name = onnx.load(str(source), load_external_data=False).graph.input[0].name
     quantize_static(str(source), str(out_path), _Calibration(data, name, batches),
                     quant_format=QuantFormat.QDQ if fmt == "qdq" else QuantFormat.QOperator,
                     per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    return skipped
 
 
 def bundle_bytes(model: nn.Module, ctx) -> int:
@@ -147,12 +150,16 @@ def quantize_int8(model, ctx, params):
         fp32_path, int8_path = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         export.export_onnx(model, ctx.input_shape, fp32_path)
         ctx.progress(phase="calibrate")
-        quantize_onnx(fp32_path, int8_path, ctx.data, params["calibration_batches"], params["format"],
-                      params["per_channel"])
+        skipped = quantize_onnx(fp32_path, int8_path, ctx.data, params["calibration_batches"], params["format"],
+                                params["per_channel"])
         fp32_bytes, int8_bytes = fp32_path.read_bytes(), int8_path.read_bytes()
+    if skipped:
+        ctx.log.warning("ONNX Runtime's pre-processing (BN folding, shape inference) failed, quantised without "
+                        "it: %s", skipped)
     ctx.extra["quantization"] = {"format": params["format"], "per_channel": params["per_channel"],
                                  "weights": "int8", "activations": "uint8",
-                                 "calibration_batches": params["calibration_batches"]}
+                                 "calibration_batches": params["calibration_batches"],
+                                 "preprocessed": skipped is None, **({"preprocess_error": skipped} if skipped else {})}
     return Int8Model(int8_bytes, model, fp32_bytes, bundle_bytes(model, ctx), ctx.spec.measure.threads)
 
 
