@@ -14,7 +14,6 @@ imports per rank per fit, which is small next to the training it parallelises.
 """
 from __future__ import annotations
 
-import copy
 import math
 import multiprocessing as mp
 import pickle
@@ -150,6 +149,19 @@ def _wait_ready(procs, ready, errors, cancelled) -> None:
         time.sleep(0.05)
 
 
+def _payload(model: nn.Module, data, cfg, device: torch.device, kw: dict[str, Any]) -> bytes:
+    """The fit call for the other ranks: the model and the method's hooks in one pickle, so that a
+    hook's modules (slimming's BN costs, low-rank's layers, soft pruning's groups) are those of the
+    model that rank trains. (A copy of the model pickled apart from them gave each rank hooks on a
+    model nobody trained: penalties divided by the world size, soft-pruned ranks drifting apart.)"""
+    where = next((p.device for p in model.parameters()), torch.device("cpu"))
+    model.cpu()
+    try:
+        return _dumps({"model": model, "data": data, "cfg": cfg, "device": device, "kwargs": kw})
+    finally:
+        model.to(where)
+
+
 def _last_error(errors, proc) -> str:
     return errors.get().strip().splitlines()[-1] if not errors.empty() else f"exit code {proc.exitcode}"
 
@@ -164,8 +176,7 @@ def fit(model: nn.Module, data, cfg, *, device: torch.device, progress, cancelle
     if device.type == "cuda" and torch.cuda.device_count() < device.index + world:
         raise RuntimeError(f"train.devices is {world} but only {torch.cuda.device_count() - device.index} CUDA "
                            f"device(s) are visible from {device}")
-    payload = _dumps({"model": copy.deepcopy(model).cpu(), "data": data, "cfg": cfg, "device": device,
-                      "kwargs": kw})
+    payload = _payload(model, data, cfg, device, kw)
     threads = max(1, torch.get_num_threads() // world)  # the ranks share this job's CPU threads
     port = _free_port()
     ctx = mp.get_context("spawn")

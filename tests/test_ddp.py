@@ -55,3 +55,23 @@ def test_two_process_gloo_training_records_both_ranks(home, tmp_path):
     assert Path(record["checkpoint"]).is_file()
     assert sorted(p.name for p in (home / "runs").iterdir()) == [record["run_id"]]
     assert 0.0 <= record["accuracy"] <= 1.0 and record["test_images"] == 60
+
+
+def test_the_other_ranks_hooks_act_on_the_model_they_train():
+    """A method's regulariser holds modules of the model; the other ranks must get it bound to their
+    own copy of the model (a copy pickled apart from the hooks left them regularising a model nobody
+    trained: penalties divided by the world size)."""
+    import pickle
+
+    from engine.distributed import _payload
+    from engine.methods.pruning.slimming import MacWeightedL1, channel_costs
+    from engine import models
+    from engine.spec import TrainSpec
+    model = models.build("resnet18", 10, small_input=True)
+    reg = MacWeightedL1(channel_costs(model, (3, 16, 16)), 1e-4)
+    job = pickle.loads(_payload(model, None, TrainSpec(), torch.device("cpu"), {"regularizer": reg}))
+    theirs = set(map(id, job["model"].modules()))
+    bns = list(job["kwargs"]["regularizer"].costs)
+    assert bns and all(id(bn) in theirs for bn in bns)
+    job["kwargs"]["regularizer"](job["model"]).backward()
+    assert all(bn.weight.grad is not None for bn in bns)  # the penalty reaches the model this rank trains
