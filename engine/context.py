@@ -47,6 +47,7 @@ class Context:
     train_seconds: float = 0.0
     history: list[dict] = field(default_factory=list)
     best_val_acc: float | None = None
+    best_val_phase: str | None = None
 
     # -- training helpers --------------------------------------------------------------------
     def fit(self, model: nn.Module, epochs: int | None = None, lr: float | None = None, phase: str = "train",
@@ -56,8 +57,8 @@ class Context:
                            progress=self.progress, cancelled=self.cancelled, phase=phase, **hooks)
         self.train_seconds += res.seconds
         self.history += [{**h, "phase": phase} for h in res.history]
-        if res.history:
-            self.best_val_acc = res.best_val_acc
+        if res.history:  # with the phase it came from: a later cut (no fine-tune after it) changes the model
+            self.best_val_acc, self.best_val_phase = res.best_val_acc, phase
         return res
 
     def finetune(self, model: nn.Module, epochs: int, lr: float | None = None, phase: str = "finetune",

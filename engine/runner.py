@@ -227,7 +227,7 @@ def _execute(spec: JobSpec, store: Store, run_id: str, run_dir: Path, progress, 
                               "dataset": data.name, "num_classes": data.num_classes,
                               "input_size": list(data.input_shape), "parent": parent,
                               "device": str(device), "train_seconds": ctx.train_seconds,
-                              "best_val_acc": ctx.best_val_acc, "history": ctx.history, "notes": data.notes}
+                              "best_val_acc": ctx.best_val_acc, "best_val_phase": ctx.best_val_phase, "history": ctx.history, "notes": data.notes}
     foreign = hasattr(out, "export_artifacts")  # e.g. INT8 ONNX Runtime: runs on the CPU, saves itself
     test_device = torch.device("cpu") if foreign else device
     if not foreign:

@@ -212,6 +212,7 @@ def test_slimming_meets_mac_target(base, monkeypatch):
     assert abs(r["macs"] / base["macs"] / 0.5 - 1) <= 0.05
     assert r["params"] < base["params"] and r["pruned_channels"] > 0
     assert kept["sparsify"] is False
+    assert r["best_val_phase"] == "sparsify"  # no fine-tune after the cut: the record says what it describes
 
 
 def test_slimming_expand_widens_back_to_base_budget(base):
