@@ -14,6 +14,7 @@ import torch
 from . import efficiency, methods_table, report
 
 ROOT = Path(__file__).resolve().parent.parent
+BUDGET_S = 1800  # `make bench` on 2 CPU cores, all sections
 SHARED = ROOT.parent / "shared" / "datasets"
 
 
@@ -134,7 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     def write(extra: str = "", done: bool = False) -> Path:
         """Rewrite this machine's section with everything measured so far: a run stopped by a time
         limit keeps its finished parts, and says it stopped early."""
-        tail = (f"_Whole command: {time.perf_counter() - t0:.0f} s._" if done else
+        spent = time.perf_counter() - t0
+        budget = "" if gpu or skip else (f" (budget {BUDGET_S} s — " + (
+            "met" if spent <= BUDGET_S else f"missed by {spent - BUDGET_S:.0f} s") + ")")
+        tail = (f"_Whole command: {spent:.0f} s{budget}._" if done else
                 f"_Incomplete: written {time.perf_counter() - t0:.0f} s into the command, which did not finish._")
         return report.write_section(a.machine, "\n\n".join([*parts, *([extra] if extra else []), tail]), cmd)
 

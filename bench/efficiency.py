@@ -18,7 +18,8 @@ from engine.spec import TrainSpec
 
 
 @torch.no_grad()
-def eval_throughput_ratio(data: DataBundle, device: torch.device, arch: str = "resnet18", repeats: int = 3) -> dict:
+def eval_throughput_ratio(data: DataBundle, device: torch.device, arch: str = "resnet18", repeats: int | None = None
+                          ) -> dict:
     """Images/s of training.predict over the engine's loader ÷ a bare no_grad loop over ready tensors,
     timed in interleaved rounds (median of the per-round ratios, with their min-max)."""
     model = models.build(arch, data.num_classes, True).to(device).eval()
@@ -34,7 +35,8 @@ def eval_throughput_ratio(data: DataBundle, device: torch.device, arch: str = "r
         training.predict(model, loader, device)
     engine_path(), bare()  # warm-up
     e, b = [], []
-    for _ in range(repeats):  # ABBA rounds: a machine drift hits both paths alike
+    # 2 rounds on CPU (each pass over the test set takes seconds there): `make bench` stays in its budget
+    for _ in range(repeats or (3 if device.type == "cuda" else 2)):  # ABBA rounds: a machine drift hits both paths alike
         e1, b1, b2, e2 = (_timed(f, device) for f in (engine_path, bare, bare, engine_path))
         e.append(e1 + e2)
         b.append(b1 + b2)
