@@ -40,8 +40,8 @@ def queue_table() -> None:
         st.info("No jobs yet. Launch some on **Experiments**.")
         return
     table = [{"job": r.get("name") or r.get("method") or "", "id": r["id"], "state": r["state"],
-              "progress": results.job_progress(r)["progress"], "activity": activity(r), "error": r.get("error") or ""}
-             for r in rows]
+              "progress": p["progress"], "activity": activity(r, p), "error": r.get("error") or ""}
+             for r, p in ((r, results.job_progress(r)) for r in rows)]
     counts = pd.Series([r["state"] for r in rows]).value_counts()
     st.caption(" · ".join(f"{k}: **{v}**" for k, v in counts.items()))
     # Fixed widths keep the table inside the page; long names and errors are cut (hover shows them
@@ -58,10 +58,10 @@ def queue_table() -> None:
                                 "error": text(width="medium")})
 
 
-def activity(r: dict) -> str:
-    """One cell for what a job is doing (phase · epoch · phase ETA · img/s) or, once ended, how long it ran."""
+def activity(r: dict, p: dict) -> str:
+    """One cell for what a job is doing (phase · epoch · phase ETA · img/s, from its ``job_progress``)
+    or, once ended, how long it ran."""
     if r["state"] in ("running", "queued"):
-        p = results.job_progress(r)
         return " · ".join(x for x in (
             p["phase"], p["epoch"] and f"epoch {p['epoch']}",
             p["eta_s"] is not None and f"{fmt_seconds(p['eta_s'])} left in phase",
