@@ -1,6 +1,6 @@
 """Dashboard render-time figures for `python -m bench cpu`: Compare with 500 runs, Jobs idle CPU cost.
 
-The 500 runs are SYNTHETIC rows (engine.results.insert_synthetic_runs) in a throwaway workspace:
+The 500 runs are SYNTHETIC rows (bench.synthetic.insert_synthetic_runs) in a throwaway workspace:
 they measure rendering, not compression. The Jobs figure is the Streamlit server's own CPU time
 while a real headless Chromium keeps the Jobs page open at idle (live fragment polling).
 """
@@ -73,7 +73,7 @@ tabulating every record."""
     import streamlit as st
     from streamlit.testing.v1 import AppTest
 
-    from engine.results import insert_synthetic_runs
+    from bench.synthetic import insert_synthetic_runs
     from engine.store import Store
     home = Path(tempfile.mkdtemp(prefix="slimbench-pages-"))
     old = os.environ.get("SLIMBENCH_HOME")
@@ -109,7 +109,7 @@ def jobs_idle_cpu(seconds: float = 30.0) -> dict[str, float]:
     import psutil
     from playwright.sync_api import sync_playwright
 
-    from engine.results import insert_synthetic_runs
+    from bench.synthetic import insert_synthetic_runs
     from engine.store import Store
     home = Path(tempfile.mkdtemp(prefix="slimbench-jobs-idle-"))
     insert_synthetic_runs(Store(home), 50)  # SYNTHETIC finished rows so the table is not empty

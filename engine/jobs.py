@@ -11,7 +11,6 @@ heartbeat is older than ``SLIMBENCH_STALE_S`` into ``interrupted`` (it can be re
 """
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
@@ -130,31 +129,21 @@ def _enqueue(spec: dict | JobSpec, store: Store) -> str:
 def cancel(job_id: str, store: Store | None = None) -> None:
     """A queued job is cancelled at once; a running one is asked to stop (its process polls the flag)."""
     store = store or Store()
-    now = time.time()
-    with store.transaction() as db:
-        row = db.execute("SELECT state FROM runs WHERE id=?", (job_id,)).fetchone()
-        if row is None:
-            raise SpecError("job", f"no job {job_id!r} in {store.root}")
-        if row["state"] == "queued":
-            db.execute("UPDATE runs SET state='cancelled', cancel_requested=1, finished=?, error=? WHERE id=?",
-                       (now, "cancelled before it started", job_id))
-        elif row["state"] == "running":
-            db.execute("UPDATE runs SET cancel_requested=1 WHERE id=?", (job_id,))
-        else:
-            raise SpecError("job", f"job {job_id} is already {row['state']}")
+    state = store.request_cancel(job_id, "cancelled before it started")
+    if state is None:
+        raise SpecError("job", f"no job {job_id!r} in {store.root}")
+    if state not in ("queued", "running"):
+        raise SpecError("job", f"job {job_id} is already {state}")
 
 
 def retry(job_id: str, store: Store | None = None) -> str:
     """Queue an interrupted, failed or cancelled job again under the same id (its log and events stay)."""
     store = store or Store()
-    with store.transaction() as db:
-        row = db.execute("SELECT state, attempts FROM runs WHERE id=?", (job_id,)).fetchone()
-        if row is None:
-            raise SpecError("job", f"no job {job_id!r} in {store.root}")
-        if row["state"] not in RETRYABLE:
-            raise SpecError("job", f"job {job_id} is {row['state']}; only {', '.join(RETRYABLE)} jobs can be retried")
-        db.execute("UPDATE runs SET state='queued', cancel_requested=0, error=NULL, record=NULL, worker=NULL, "
-                   "pid=NULL, heartbeat=NULL, started=NULL, finished=NULL WHERE id=?", (job_id,))
+    row = store.requeue(job_id, RETRYABLE)
+    if row is None:
+        raise SpecError("job", f"no job {job_id!r} in {store.root}")
+    if row["state"] not in RETRYABLE:
+        raise SpecError("job", f"job {job_id} is {row['state']}; only {', '.join(RETRYABLE)} jobs can be retried")
     store.add_event(job_id, {"phase": "queued", "attempt": (row["attempts"] or 0) + 1})
     with open(store.run_dir(job_id) / "log", "a", encoding="utf-8") as f:
         f.write(f"--- retry requested {time.strftime('%Y-%m-%d %H:%M:%S')} ---\n")
@@ -163,35 +152,16 @@ def retry(job_id: str, store: Store | None = None) -> str:
     return job_id
 
 
-# A queued job's parent and the runs its parameters name (deps), with the spec field naming each.
-_NEEDS = ("SELECT r.id, p.id AS dep, 'model.from_run' AS field, p.state AS dstate, p.error AS derror, "
-          "p.created AS dcreated, p.rowid AS drow FROM runs r "
-          "JOIN runs p ON p.id=r.parent WHERE r.state='queued' UNION ALL "
-          "SELECT r.id, q.id, d.field, q.state, q.error, q.created, q.rowid FROM runs r JOIN deps d ON d.run_id=r.id "
-          "JOIN runs q ON q.id=d.dep_id WHERE r.state='queued'")
-
-
 def claim(store: Store, worker_id: str) -> str | None:
     """Atomically take the oldest runnable queued job (its parent and the runs its parameters name
     done, or none) for ``worker_id``. Jobs one of whose needed runs ended failed/cancelled are failed
     here, with that run's reason."""
-    now = time.time()
-    with store.transaction() as db:
-        orphans = db.execute(f"SELECT * FROM ({_NEEDS}) WHERE dstate IN ('failed','cancelled')").fetchall()
-        for o in orphans:
-            what = "parent run" if o["field"] == "model.from_run" else "run"
-            reason = f"{o['field']}: {what} {o['dep']} ended {o['dstate']}" + (
-                f" ({o['derror']})" if o["derror"] else "")
-            db.execute("UPDATE runs SET state='failed', error=?, finished=? WHERE id=? AND state='queued'",
-                       (reason[:500], now, o["id"]))
-        row = db.execute(
-            f"SELECT r.id FROM runs r WHERE r.state='queued' AND r.id NOT IN "
-            f"(SELECT id FROM ({_NEEDS}) WHERE dstate != 'done') ORDER BY r.created, r.rowid LIMIT 1").fetchone()
-        if row is None:
-            return None
-        db.execute("UPDATE runs SET state='running', worker=?, heartbeat=?, pid=NULL, error=NULL WHERE id=?",
-                   (worker_id, now, row["id"]))
-        return row["id"]
+    return store.claim(worker_id, _orphan_reason)
+
+
+def _orphan_reason(field: str, dep: str, dep_state: str, dep_error: str | None) -> str:
+    what = "parent run" if field == "model.from_run" else "run"
+    return f"{field}: {what} {dep} ended {dep_state}" + (f" ({dep_error})" if dep_error else "")
 
 
 def recover_stale(store: Store) -> list[str]:
@@ -200,20 +170,9 @@ def recover_stale(store: Store) -> list[str]:
     A run in the foreground (``engine run``, no worker) beats by itself; rows from before it did
     (no heartbeat at all) are not touched.
     """
-    now, limit = time.time(), time.time() - stale_s()
-    stale = ("state='running' AND ((worker IS NOT NULL AND COALESCE(heartbeat, 0) < ?) OR "
-             "(worker IS NULL AND heartbeat < ?))")
-    with store.connect() as db:  # the common case (nothing stale) costs one read, no write lock
-        if not db.execute(f"SELECT 1 FROM runs WHERE {stale} UNION ALL SELECT 1 FROM workers WHERE heartbeat < ? "
-                          "LIMIT 1", (limit, limit, limit)).fetchone():
-            return []
-    with store.transaction() as db:
-        ids = [r["id"] for r in db.execute(f"SELECT id FROM runs WHERE {stale}", (limit, limit)).fetchall()]
-        for job_id in ids:
-            db.execute("UPDATE runs SET state='interrupted', finished=?, error=? WHERE id=? AND state='running'",
-                       (now, f"its worker or process stopped responding (no heartbeat for {stale_s():.0f} s); "
-                             "retry it", job_id))
-        db.execute("DELETE FROM workers WHERE heartbeat < ?", (limit,))
+    ids = store.interrupt_stale(time.time() - stale_s(),
+                                f"its worker or process stopped responding (no heartbeat for {stale_s():.0f} s); "
+                                "retry it")
     for job_id in ids:
         _append_log(store, job_id, "interrupted: no heartbeat from its worker")
     return ids
@@ -229,10 +188,7 @@ def _append_log(store: Store, job_id: str, line: str) -> None:
 
 # -- workers -----------------------------------------------------------------------------------------
 def live_workers(store: Store) -> list[dict[str, Any]]:
-    with store.connect() as db:
-        rows = db.execute("SELECT * FROM workers WHERE heartbeat >= ? ORDER BY started",
-                          (time.time() - stale_s(),)).fetchall()
-    return [dict(r) for r in rows]
+    return store.live_workers(time.time() - stale_s())
 
 
 def ensure_worker(store: Store | None = None) -> bool:
@@ -245,11 +201,9 @@ def ensure_worker(store: Store | None = None) -> bool:
     recover_stale(store)
     now = time.time()
     worker_id = f"{socket.gethostname()}-{os.getpid()}-{int(now * 1000) % 10**8}"
-    with store.transaction() as db:
-        if db.execute("SELECT 1 FROM workers WHERE heartbeat >= ?", (now - stale_s(),)).fetchone():
-            return False
-        db.execute("INSERT INTO workers (id, pid, host, started, heartbeat, concurrency, backend) "
-                   "VALUES (?,?,?,?,?,?,?)", (worker_id, None, socket.gethostname(), now, now, None, backend_name()))
+    if not store.put_worker(worker_id, pid=None, host=socket.gethostname(), backend=backend_name(), concurrency=None,
+                            now=now, unless_alive_since=now - stale_s()):
+        return False
     log = open(store.root / "worker.log", "ab")
     env = {**os.environ, "SLIMBENCH_HOME": str(store.root), "SLIMBENCH_WORKER_ID": worker_id,
            "PYTHONPATH": os.pathsep.join(p for p in (str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")) if p)}
@@ -258,8 +212,7 @@ def ensure_worker(store: Store | None = None) -> bool:
                             cwd=PACKAGE_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     log.close()
-    with store.transaction() as db:
-        db.execute("UPDATE workers SET pid=? WHERE id=? AND pid IS NULL", (proc.pid, worker_id))
+    store.set_worker_pid(worker_id, proc.pid)
     return True
 
 
@@ -267,9 +220,7 @@ def worker_status(store: Store | None = None) -> dict[str, Any]:
     store = store or Store()
     recover_stale(store)
     workers = live_workers(store)
-    with store.connect() as db:
-        counts = dict(db.execute("SELECT state, COUNT(*) FROM runs WHERE state IN ('queued','running') "
-                                 "GROUP BY state").fetchall())
+    counts = store.count_by_state(("queued", "running"))
     newest = max(workers, key=lambda w: w["heartbeat"]) if workers else None
     return {"alive": bool(workers), "pid": newest["pid"] if newest else None,
             "heartbeat_age_s": round(time.time() - newest["heartbeat"], 2) if newest else None,
@@ -287,18 +238,11 @@ def list_jobs(store: Store | None = None, states: Iterable[str] | None = None,
     store = store or Store()
     recover_stale(store)
     rows = store.list(state=tuple(states) if states else None, limit=limit)
-    with store.connect() as db:
-        # the earliest submitted needed run still to finish, per queued job (one that ended fails the
-        # job instead); ids are not ordered within a second, so order by submission, not by id
-        waiting = {r[0]: r[1] for r in db.execute(
-            "SELECT id, dep FROM (SELECT id, dep, ROW_NUMBER() OVER (PARTITION BY id ORDER BY dcreated, drow) "
-            f"AS k FROM ({_NEEDS}) WHERE dstate IN ('queued','running')) WHERE k=1")}
-        for r in rows:
-            ev = db.execute("SELECT seq, ts, data FROM events WHERE run_id=? ORDER BY seq DESC LIMIT 1",
-                            (r["id"],)).fetchone()
-            r["last_event"] = ({"seq": ev["seq"], "ts": ev["ts"], **json.loads(ev["data"])}
-                               if ev else None)
-            r["waiting_for"] = waiting.get(r["id"])
+    waiting = store.waiting_for()
+    last = store.last_events(r["id"] for r in rows)
+    for r in rows:
+        r["last_event"] = last.get(r["id"])
+        r["waiting_for"] = waiting.get(r["id"])
     return rows
 
 

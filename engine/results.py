@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from typing import Any, Callable, Iterable
 
 import pandas as pd
@@ -240,45 +239,6 @@ def winners(df: pd.DataFrame, objective: str = "accuracy", **limits: float | Non
 def pareto_front(df: pd.DataFrame, cost: str, quality: str = "accuracy") -> pd.DataFrame:
     """The Pareto-optimal rows, sorted by cost (the line the plot draws)."""
     return df[pareto_mask(df, cost, quality)].sort_values(cost)
-
-
-def insert_synthetic_runs(store: Store, n: int, seed: int = 0) -> list[str]:
-    """SYNTHETIC rows for render-time tests and benchmarks only: ``n`` done runs with made-up metrics.
-
-    Each is named "synthetic #i" and carries ``"synthetic": true`` so nobody mistakes it for a result.
-    """
-    import random
-    rnd = random.Random(seed)
-    ids = []
-    base_id = first_accuracy = None
-    now = time.time()
-    with store.transaction() as db:
-        for i in range(n):
-            run_id = f"synthetic-{seed}-{i:05d}"
-            size = rnd.uniform(0.5e6, 45e6)
-            rec = {"run_id": run_id, "name": f"synthetic #{i}", "synthetic": True,
-                   "method": "baseline" if i == 0 else rnd.choice(["prune_structured", "lowrank_svd", "quantize_int8"]),
-                   "method_params": {}, "arch": "resnet18", "dataset": "digits", "parent": base_id,
-                   "accuracy": rnd.uniform(0.5, 0.99), "top5": 1.0, "roc_auc": 0.99, "params": int(size / 4),
-                   "size_bytes": int(size), "macs": int(size * 12), "flops": int(size * 24),
-                   "sparsity": rnd.random(), "latency_ms": rnd.uniform(0.5, 20), "throughput": rnd.uniform(100, 5000),
-                   "per_class_accuracy": [rnd.random() for _ in range(10)],
-                   "confusion": [[rnd.randint(0, 50) for _ in range(10)] for _ in range(10)],
-                   "history": [{"epoch": e, "loss": 1 / (e + 1), "val_acc": 0.5 + e / 10} for e in range(3)],
-                   "finished": now - i}
-            if base_id:   # as if each job had scored its start (the first run) on the same images
-                d = rec["accuracy"] - first_accuracy
-                rec.update(start_accuracy=first_accuracy, agreement=rnd.uniform(0.85, 1.0),
-                           delta_accuracy_ci95=[d - 0.02, d + 0.02], mcnemar_p=rnd.random())
-            first_accuracy = first_accuracy or rec["accuracy"]
-            spec = {"name": rec["name"], "method": {"name": rec["method"], "params": {}}}
-            db.execute("INSERT INTO runs (id, state, name, method, arch, dataset, parent, spec, record, created, "
-                       "finished) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                       (run_id, "done", rec["name"], rec["method"], "resnet18", "digits", base_id, json.dumps(spec),
-                        json.dumps(rec), now - i, now - i))
-            ids.append(run_id)
-            base_id = base_id or run_id
-    return ids
 
 
 # -- live jobs -------------------------------------------------------------------------------------

@@ -59,11 +59,8 @@ class Worker:
 
     # -- lifecycle --------------------------------------------------------------------------------
     def register(self) -> None:
-        now = time.time()
-        with self.store.transaction() as db:
-            db.execute("INSERT OR REPLACE INTO workers (id, pid, host, started, heartbeat, concurrency, backend) "
-                       "VALUES (?,?,?,?,?,?,?)", (self.id, os.getpid(), socket.gethostname(), now, now,
-                                                  self.concurrency, self.backend_name))
+        """Our first heartbeat writes our worker row (over the placeholder of ``jobs.ensure_worker``)."""
+        self.heartbeat(time.time())
         log.info("worker %s (pid %d) on %s: %d concurrent job(s), backend %s", self.id, os.getpid(),
                  self.store.root, self.concurrency, self.backend_name)
 
@@ -110,16 +107,10 @@ class Worker:
             self.start(job_id)
 
     def heartbeat(self, now: float) -> None:
-        with self.store.transaction() as db:
-            db.execute("UPDATE workers SET heartbeat=? WHERE id=?", (now, self.id))
-            if db.total_changes == 0:  # our row was dropped as stale (e.g. after a long suspend): re-register
-                db.execute("INSERT OR REPLACE INTO workers (id, pid, host, started, heartbeat, concurrency, backend) "
-                           "VALUES (?,?,?,?,?,?,?)", (self.id, os.getpid(), socket.gethostname(), now, now,
-                                                      self.concurrency, self.backend_name))
-            ids = list(self.claimed)
-            if ids:
-                db.execute(f"UPDATE runs SET heartbeat=? WHERE state='running' AND worker=? AND id IN "
-                           f"({','.join('?' * len(ids))})", (now, self.id, *ids))
+        """Our row and our jobs' rows; the upsert also re-registers us if the row was dropped as stale
+        (e.g. after a long suspend)."""
+        self.store.put_worker(self.id, pid=os.getpid(), host=socket.gethostname(), backend=self.backend_name,
+                              concurrency=self.concurrency, now=now, job_ids=list(self.claimed))
 
     def start(self, job_id: str) -> None:
         slot = next(i for i in range(self.concurrency) if i not in {r.meta.get("slot") for r in self.running.values()})
@@ -152,10 +143,7 @@ class Worker:
     def enforce_cancels(self) -> None:
         if not self.running:
             return
-        ids = list(self.running)
-        with self.store.connect() as db:
-            asked = {r[0] for r in db.execute(f"SELECT id FROM runs WHERE cancel_requested=1 AND id IN "
-                                              f"({','.join('?' * len(ids))})", ids).fetchall()}
+        asked = self.store.cancel_requested(self.running)
         now = time.monotonic()
         for job_id in asked:
             r = self.running[job_id]
@@ -166,9 +154,7 @@ class Worker:
                 r.handle.kill()
 
     def _finish(self, job_id: str, state: str, reason: str) -> None:
-        with self.store.transaction() as db:
-            changed = db.execute("UPDATE runs SET state=?, error=?, finished=? WHERE id=? AND state='running'",
-                                 (state, reason, time.time(), job_id)).rowcount
+        changed = self.store.finish_running(job_id, state, reason)
         self.claimed.discard(job_id)
         if not changed:  # the job recorded its own end first (e.g. done just before a shutdown): keep it
             return
@@ -186,8 +172,7 @@ class Worker:
             self._finish(job_id, "interrupted", "the worker was stopped; retry it")
         self.running.clear()
         self.backend.close()
-        with self.store.transaction() as db:
-            db.execute("DELETE FROM workers WHERE id=?", (self.id,))
+        self.store.remove_worker(self.id)
 
 
 # -- the job process ------------------------------------------------------------------------------------
@@ -202,9 +187,7 @@ class StoreCancelFlag:
         now = time.monotonic()
         if not self._value and now >= self._next:
             self._next = now + self.interval
-            with self.store.connect() as db:
-                row = db.execute("SELECT cancel_requested FROM runs WHERE id=?", (self.job_id,)).fetchone()
-            self._value = bool(row and row[0])
+            self._value = self.job_id in self.store.cancel_requested([self.job_id])
         return self._value
 
 

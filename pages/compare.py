@@ -18,19 +18,14 @@ st.title("Compare")
 store = get_store()
 
 
-def store_version() -> tuple:
-    """Cheap fingerprint of the finished runs: the cached table is rebuilt only when it changes."""
-    with store.connect() as db:
-        return tuple(db.execute("SELECT COUNT(*), MAX(finished) FROM runs WHERE state='done'").fetchone())
-
-
 @st.cache_data(show_spinner=False, max_entries=4)
 def load(root: str, version: tuple) -> tuple[pd.DataFrame, dict]:
     recs = results.records(store)
     return results.table(recs), {r["run_id"]: r for r in recs}
 
 
-df, by_id = load(str(store.root), store_version())
+# the cached table is rebuilt only when the finished runs change
+df, by_id = load(str(store.root), store.done_version())
 if df.empty:
     st.info("No finished runs yet. Launch jobs on **Experiments**; they appear here when done.")
     st.stop()

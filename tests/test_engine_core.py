@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from bench.synthetic import insert_synthetic_runs
 from conftest import CIFAR_SMALL, ROOT, cli, pythonpath, run_spec
 from engine import data as D
 from engine import export, measure, models
@@ -112,7 +113,7 @@ def test_runs_lists_the_run(digits_base, session_home):
 
 def test_compare_prints_the_base_relative_table_and_pareto_front(home, tmp_path):
     from engine import results
-    results.insert_synthetic_runs(Store(home), 30)                 # SYNTHETIC rows: table logic only
+    insert_synthetic_runs(Store(home), 30)                         # SYNTHETIC rows: table logic only
     expected = results.table(results.records(Store(home)))
     p = cli("compare", "--axis", "macs", "--csv", str(tmp_path / "t.csv"), home=home)
     assert p.returncode == 0, p.stderr
@@ -154,7 +155,7 @@ def test_winners_meet_every_limit_and_rank_by_the_objective():
 
 def test_compare_names_the_winner_within_deployment_limits(home):
     from engine import results
-    results.insert_synthetic_runs(Store(home), 40)                 # SYNTHETIC rows: ranking logic only
+    insert_synthetic_runs(Store(home), 40)                         # SYNTHETIC rows: ranking logic only
     t = results.table(results.records(Store(home)))
     ok = t[(t["size_bytes"] <= 20e6) & (t["latency_ms"] <= 10) & (t["delta_accuracy"] >= -0.1)]
     best = ok.sort_values(["macs", "accuracy"], ascending=[True, False]).iloc[0]

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from bench.synthetic import insert_synthetic_runs
 from engine import methods, presets, results, saliency, stats, telemetry, training
 from engine.store import Store
 
@@ -206,7 +207,7 @@ def test_sensitivity_curves_accept_the_common_shapes(sens):
 
 def test_synthetic_rows_are_labelled(tmp_path):
     store = Store(tmp_path)
-    ids = results.insert_synthetic_runs(store, 20)
+    ids = insert_synthetic_runs(store, 20)
     recs = results.records(store)
     assert len(recs) == 20 and all(r["synthetic"] and r["name"].startswith("synthetic") for r in recs)
     df = results.table(recs)

@@ -16,6 +16,7 @@ import streamlit as st
 from streamlit import config as st_config
 from streamlit.testing.v1 import AppTest
 
+from bench.synthetic import insert_synthetic_runs
 from engine import jobs, methods, presets, results
 from engine.store import FINAL_STATES, Store
 
@@ -563,7 +564,7 @@ def test_compare_renders_500_runs(tmp_path, monkeypatch):
     """500 runs render as one table (their render time is measured by `make bench`, not here)."""
     monkeypatch.setenv("SLIMBENCH_HOME", str(tmp_path / "many"))
     monkeypatch.setenv("SLIMBENCH_NO_AUTOSTART", "1")
-    results.insert_synthetic_runs(Store(tmp_path / "many"), 500)  # SYNTHETIC rows: rendering only
+    insert_synthetic_runs(Store(tmp_path / "many"), 500)  # SYNTHETIC rows: rendering only
     at = page("compare")
     assert not at.exception and not at.error
     assert len(at.dataframe[0].value) == 500
