@@ -3,6 +3,9 @@
 One row per run; a queued job *is* a run that has not started yet, so a later job can name
 an earlier one as ``model.from_run`` before it finishes. States:
 queued -> running -> done | failed | cancelled | interrupted.
+
+Every SQL statement of the project is a method here; ``jobs`` and ``worker`` decide what to do, and
+when, and what reason a row records.
 """
 from __future__ import annotations
 
