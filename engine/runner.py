@@ -20,6 +20,7 @@ import torch.nn as nn
 
 from . import data as data_mod
 from . import export, measure, methods, models, training
+from . import record as record_schema
 from .context import Context
 from .spec import JobSpec, SpecError
 from .store import Store
@@ -276,16 +277,19 @@ def _execute(spec: JobSpec, store: Store, run_id: str, run_dir: Path, progress, 
     # Strict JSON: an undefined figure (e.g. ROC AUC of a one-class test set) is null, never NaN.
     record = _finite(json.loads(json.dumps(record, default=_json_default)))
     export.atomic_write_bytes(run_dir / "result.json", json.dumps(record, indent=2, allow_nan=False).encode())
-    card = {k: record.get(k) for k in ("run_id", "name", "method", "method_params", "arch", "dataset", "num_classes",
-                                       "input_size", "parent", "accuracy", "top5", "roc_auc", "params", "size_bytes",
-                                       "macs", "flops", "sparsity", "latency_ms", "throughput", "device")}
+    export.atomic_write_bytes(run_dir / "card.json",
+                              json.dumps(model_card(record, data), indent=2, default=_json_default).encode())
+    return record
+
+
+def model_card(record: dict[str, Any], data: data_mod.DataBundle) -> dict[str, Any]:
+    """card.json: the record's card fields (the schema says which), class names and input normalisation."""
+    card = {k: record.get(k) for k in record_schema.card_keys()}
     card["class_names"] = data.class_names
     channels = data.input_shape[0]  # one grey value is applied to every channel the model takes: say so
     card["normalisation"] = {k: list(v) * channels if len(v) == 1 else list(v)
                              for k, v in (("mean", data.mean), ("std", data.std))}
-    export.atomic_write_bytes(run_dir / "card.json",
-                              json.dumps(_finite(card), indent=2, default=_json_default).encode())
-    return record
+    return _finite(card)
 
 
 def _against_start(ctx: Context, logits: torch.Tensor, ys: torch.Tensor) -> dict[str, Any]:
