@@ -7,6 +7,8 @@ import sys
 import time
 from typing import Any, Callable
 
+from . import record
+
 EXIT_BAD_INPUT = 2
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argparse.ArgumentParser], None], str]] = {}
 
@@ -214,20 +216,37 @@ def cmd_runs(a: argparse.Namespace) -> int:
         print(json.dumps([{k: r[k] for k in ("id", "state", "method", "arch", "dataset", "parent", "created",
                                               "error", "record")} for r in rows]))
         return 0
-    print(f"{'id':<24} {'state':<10} {'method':<20} {'arch':<18} {'dataset':<14} {'acc':>7} {'size MB':>8} "
-          f"{'MMACs':>9} {'lat ms':>7}")
+    cols = record.cli_columns("runs")
+    print(f"{'id':<24} {'state':<10} {'method':<20} {'arch':<18} {'dataset':<14} " + cli_header(cols))
     for r in rows:
         rec = r["record"] or {}
-        def f(k: str, scale: float = 1.0, fmt: str = ".4f") -> str:
-            v = rec.get(k)
-            return format(v / scale, fmt) if isinstance(v, (int, float)) else "-"
         print(f"{r['id']:<24} {r['state']:<10} {r['method'] or '-':<20} {rec.get('arch') or r['arch'] or '-':<18} "
-              f"{r['dataset'] or '-':<14} {f('accuracy'):>7} {f('size_bytes', 1e6, '.2f'):>8} "
-              f"{f('macs', 1e6, '.1f'):>9} {f('latency_ms', 1, '.2f'):>7}")
+              f"{r['dataset'] or '-':<14} " + cli_cells(cols, rec.get))
     return 0
 
 
-COST_COLUMNS = {"size": "size_bytes", "macs": "macs", "latency": "latency_ms", "params": "params"}
+def cli_header(cols: list[record.Field]) -> str:
+    return " ".join(f"{f.cli.header:>{f.cli.width}}" for f in cols)
+
+
+def cli_cells(cols: list[record.Field], value: Callable[[str], Any]) -> str:
+    """The schema's CLI columns of one run; ``value(name)`` reads a field ("-" where unmeasured)."""
+    def num(v: Any, c: record.Cli) -> str:
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
+        return format(v * c.scale, c.spec) if ok else "-"
+    cells = []
+    for f in cols:
+        c, v = f.cli, value(f.name)
+        text = num(v, c)
+        if c.to is not None:                           # an interval, lo..hi
+            text = text if text == "-" else f"{text}..{num(value(c.to), c)}"
+        if c.mark is not None:                         # e.g. "p": the speed-up was timed paired
+            text += c.mark[1] if value(c.mark[0]) else " "
+        cells.append(f"{text:>{c.width}}")
+    return " ".join(cells)
+
+
+COST_COLUMNS = {f.cost_axis: f.name for f in record.cost_axes()}
 
 
 @command("compare", "finished runs relative to their bases (x smaller, x fewer MACs, x faster, accuracy change) "
@@ -285,15 +304,11 @@ def cmd_compare(a: argparse.Namespace) -> int:
     def num(v: Any, fmt: str) -> str:
         return "-" if v is None or v != v else format(v, fmt)
 
-    print(f"{'':1} {'run id':<24} {'method':<20} {'arch':<18} {'acc':>7} {'Δ pt':>6} {'Δ 95% CI pt':>13} "
-          f"{'x smaller':>9} {'x fewer MACs':>12} {'x faster':>9} {'agree %':>7}")
-    for r in df.itertuples():
-        faster = num(r.x_faster, ".2f") + ("p" if r.x_faster_paired else " ")
-        ci = "-" if r.delta_ci_low != r.delta_ci_low else f"{100 * r.delta_ci_low:+.1f}..{100 * r.delta_ci_high:+.1f}"
-        print(f"{'*' if r.pareto else ' ':1} {r.run_id:<24} {r.method or '-':<20} {r.arch or '-':<18} "
-              f"{num(r.accuracy, '.4f'):>7} {num(100 * r.delta_accuracy, '+.1f'):>6} {ci:>13} "
-              f"{num(r.x_smaller, '.2f'):>9} {num(r.x_fewer_macs, '.2f'):>12} {faster:>9} "
-              f"{num(100 * r.agreement, '.1f'):>7}")
+    cols = record.cli_columns("compare")
+    print(f"{'':1} {'run id':<24} {'method':<20} {'arch':<18} " + cli_header(cols))
+    for r in df.to_dict("records"):
+        print(f"{'*' if r['pareto'] else ' ':1} {r['run_id']:<24} {r['method'] or '-':<20} {r['arch'] or '-':<18} "
+              + cli_cells(cols, r.get))
     print(f"*: on the Pareto front of accuracy against {a.axis}; p: speed-up timed interleaved with the base; "
           "Δ 95% CI: paired over the answers that flipped (an interval spanning 0 is test-set noise); "
           "agree: top-1 answers equal to the model each run started from")

@@ -5,11 +5,8 @@ change freely; ``ctx.base`` is the untouched base (eval mode), e.g. the teacher.
 method wants in the result record goes in ``ctx.extra``. A method that changes the architecture
 family (distillation into a student) calls ``ctx.set_arch``.
 
-A returned model may define two optional hooks for artifacts that are not plain PyTorch
-(e.g. an INT8 ONNX Runtime model):
-  ``export_artifacts(ctx, run_dir, metrics) -> dict``  writes its own bundle/onnx; ``metrics`` are its
-                                                      test metrics (the runner evaluates it like a model)
-  ``measure(ctx) -> dict``                            its own speed/size metrics
+A method whose result is no plain PyTorch model (e.g. an INT8 ONNX Runtime model) returns a
+``runtimes.Runtime``: it says how the runner predicts with it, saves it and times it.
 """
 from __future__ import annotations
 

@@ -204,23 +204,27 @@ def paired_speedup(ref: Callable[[torch.Tensor], Any], cand: Callable[[torch.Ten
             "latency_ms": statistics.median(samples[1]) * 1e3}
 
 
-def measure_model(model: nn.Module, input_shape: tuple[int, ...], cfg, cuda: bool | None = None) -> dict[str, Any]:
-    """Static and speed metrics of a PyTorch model: CPU always, CUDA too when present.
+def measure_model(model: nn.Module, input_shape: tuple[int, ...], cfg, cuda: bool | None = None,
+                  timing: Callable[[str], Callable[[torch.Tensor], Any] | None] | None = None) -> dict[str, Any]:
+    """Static metrics of a PyTorch model and the speed of what runs it: CPU always, CUDA too when present.
 
-    CPU keys are unprefixed (``latency_ms``, ``throughput``); CUDA ones are ``gpu_*``.
+    ``timing(device)`` is the callable timed there (a runtime's, e.g. the INT8 ONNX Runtime model
+    counted on its fp32 graph), None where it does not run; by default the model itself. CPU keys
+    are unprefixed (``latency_ms``, ``throughput``); CUDA ones are ``gpu_*``.
     """
+    timing = timing or (lambda device: model.to(device).eval())
     cpu_model = model.to("cpu").eval()
     out: dict[str, Any] = {"params": count_params(cpu_model),
                            "nonzero_params": sum(int((p != 0).sum()) for p in cpu_model.parameters()),
                            "sparsity": sparsity(cpu_model), **count_macs(cpu_model, input_shape)}
-    out.update(measure_speed(cpu_model, input_shape, torch.device("cpu"), cfg.batch_size,
+    out.update(measure_speed(timing("cpu"), input_shape, torch.device("cpu"), cfg.batch_size,
                              cfg.latency_runs, cfg.warmup_runs, cfg.threads))
     if cuda is None:
         cuda = torch.cuda.is_available()
-    if cuda:
+    gpu = timing("cuda") if cuda else None
+    if gpu is not None:
         dev = torch.device("cuda")
-        gpu_model = model.to(dev).eval()
-        out.update(measure_speed(gpu_model, input_shape, dev, cfg.gpu_batch_size, cfg.latency_runs,
+        out.update(measure_speed(gpu, input_shape, dev, cfg.gpu_batch_size, cfg.latency_runs,
                                  cfg.warmup_runs, prefix="gpu_"))
         out["gpu_name"] = torch.cuda.get_device_name(dev)
         model.to("cpu")

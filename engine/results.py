@@ -11,28 +11,21 @@ from typing import Any, Callable, Iterable
 
 import pandas as pd
 
+from . import record
 from .store import Store
 
-COLUMNS = ["run_id", "name", "method", "arch", "dataset", "parent", "base_id", "accuracy", "delta_accuracy",
-           "delta_ci_low", "delta_ci_high", "mcnemar_p", "top5", "roc_auc", "agreement", "flips_to_wrong",
-           "flips_to_right", "size_bytes", "x_smaller", "params",
-           "macs", "x_fewer_macs", "flops", "sparsity",
-           "latency_ms", "x_faster", "x_faster_paired", "x_faster_low", "x_faster_high", "latency_p90_ms",
-           "latency_cv", "int8_speedup", "throughput", "peak_mem_bytes",
-           "gpu_latency_ms", "gpu_x_faster", "gpu_throughput", "gpu_peak_mem_bytes", "train_seconds", "device",
-           "num_classes", "test_images", "method_params", "finished"]
 # Runs measured on the same test images: accuracies are comparable only within such a group.
 TEST_SET = ["dataset", "num_classes", "test_images"]
-DERIVED = ("base_id", "delta_accuracy", "delta_ci_low", "delta_ci_high", "mcnemar_p", "x_smaller", "x_fewer_macs",
-           "x_faster", "x_faster_paired", "x_faster_low", "x_faster_high", "gpu_x_faster", "method_params")
-NON_NUMERIC = ("run_id", "name", "method", "arch", "dataset", "parent", "base_id", "x_faster_paired", "device",
-               "method_params")
-# Axis choices for the accuracy-vs-cost plot: label -> column (lower is better on every one).
-COST_AXES = {"size (bytes)": "size_bytes", "MACs": "macs", "latency (ms, CPU batch 1)": "latency_ms",
-             "parameters": "params"}
-LABELS = {"accuracy": "accuracy", "delta_accuracy": "Δ accuracy", "x_smaller": "x smaller",
-          "x_fewer_macs": "x fewer MACs", "x_faster": "x faster", "size_bytes": "size (bytes)",
-          "latency_ms": "latency (ms)", "macs": "MACs"}
+
+
+def columns() -> list[str]:
+    """The results table's columns, from the record schema (read when called: fields added later count)."""
+    return [f.name for f in record.table_fields()]
+
+
+def cost_axes() -> dict[str, str]:
+    """Axis choices for the accuracy-vs-cost plot: label -> column (lower is better on every one)."""
+    return {f.label: f.name for f in record.cost_axes()}
 
 
 def records(store: Store) -> list[dict[str, Any]]:
@@ -142,11 +135,12 @@ def table(recs: Iterable[dict[str, Any]]) -> pd.DataFrame:
     """One row per record with base-relative columns: x smaller, x fewer MACs, x faster, Δ accuracy."""
     recs = [r for r in recs if r and r.get("run_id")]
     by_id = {r["run_id"]: r for r in recs}
+    fields = record.table_fields()
     rows = []
     for r in recs:
         base = by_id[_root(r["run_id"], by_id)]
-        row = {c: r.get(c) for c in COLUMNS if c not in DERIVED}
-        row["method_params"] = json.dumps(r.get("method_params") or {}, sort_keys=True)
+        row = {f.name: json.dumps(r.get(f.name) or {}, sort_keys=True) if f.kind == "json" else r.get(f.name)
+               for f in fields if not f.base_relative}
         row["base_id"] = base["run_id"]
         row["delta_accuracy"] = _delta_accuracy(r, base, by_id)
         row["delta_ci_low"], row["delta_ci_high"], row["mcnemar_p"] = _delta_uncertainty(r, base)
@@ -162,10 +156,10 @@ def table(recs: Iterable[dict[str, Any]]) -> pd.DataFrame:
         row["gpu_x_faster"] = gpu_paired if not math.isnan(gpu_paired) and r["run_id"] != base["run_id"] \
             else _ratio(base.get("gpu_latency_ms"), r.get("gpu_latency_ms"))
         rows.append(row)
-    df = pd.DataFrame(rows, columns=COLUMNS)
-    for c in COLUMNS:
-        if c not in NON_NUMERIC:
-            df[c] = pd.to_numeric(df[c], errors="coerce")
+    df = pd.DataFrame(rows, columns=[f.name for f in fields])
+    for f in fields:
+        if f.numeric:
+            df[f.name] = pd.to_numeric(df[f.name], errors="coerce")
     return df
 
 

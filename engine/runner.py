@@ -19,7 +19,8 @@ import torch
 import torch.nn as nn
 
 from . import data as data_mod
-from . import export, measure, methods, models, training
+from . import export, measure, methods, models, runtimes, training
+from . import record as record_schema
 from .context import Context
 from .spec import JobSpec, SpecError
 from .store import Store
@@ -228,47 +229,17 @@ def _execute(spec: JobSpec, store: Store, run_id: str, run_dir: Path, progress, 
                               "input_size": list(data.input_shape), "parent": parent,
                               "device": str(device), "train_seconds": ctx.train_seconds,
                               "best_val_acc": ctx.best_val_acc, "best_val_phase": ctx.best_val_phase, "history": ctx.history, "notes": data.notes}
-    foreign = hasattr(out, "export_artifacts")  # e.g. INT8 ONNX Runtime: runs on the CPU, saves itself
-    test_device = torch.device("cpu") if foreign else device
-    if not foreign:
-        out = out.to(device).eval()
-    logits, ys = training.predict(out, data.loader("test", test_device), test_device, cancelled)
+    rt = runtimes.of(out, device)
+    logits, ys = rt.predict(data, cancelled)
     metrics = training.classification_metrics(logits, ys, data.num_classes, full=True)
     record.update({k: metrics[k] for k in TEST_METRICS})
     record["test_images"] = metrics["n"]
     record.update(_against_start(ctx, logits, ys))
-    if foreign:
-        record.update(out.export_artifacts(ctx, run_dir, {k: record[k] for k in TEST_METRICS}))
-        progress(phase="measure")
-        record.update(out.measure(ctx))
-        record.update(_paired_vs_start(ctx, out, parent))
-    else:
-        progress(phase="export")
-        out = out.to("cpu")
-        bundle = export.make_bundle(out, arch=ctx.arch, num_classes=data.num_classes, small_input=ctx.small_input,
-                                    meta=data.meta(), metrics={k: record[k] for k in ("accuracy", "top5", "roc_auc")},
-                                    extra={"run_id": run_id, "method": method.name, "params": spec.method.params,
-                                           "parent": parent})
-        record["checkpoint"] = str(run_dir / "model.pt")
-        record["size_bytes"] = export.save_bundle(bundle, run_dir / "model.pt")
-        record["onnx"] = None
-        record["onnx_bytes"] = None
-        if spec.measure.onnx:
-            try:
-                export.export_onnx(out, data.input_shape, run_dir / "model.onnx")
-                sample = next(iter(data.loader("test", "cpu", batch_size=32)))[0]
-                check = export.verify_onnx(out, run_dir / "model.onnx", sample)
-                record.update(check)
-                record["onnx"] = str(run_dir / "model.onnx")
-                record["onnx_bytes"] = (run_dir / "model.onnx").stat().st_size
-                if check["onnx_top1_agreement"] < 1.0:
-                    log.warning("ONNX top-1 agrees with torch on %.1f%% of samples", 100 * check["onnx_top1_agreement"])
-            except Exception as e:  # some rewritten graphs do not export; the run still counts
-                log.warning("ONNX export skipped: %s", _one_line(e))
-                record["onnx_error"] = _one_line(e)
-        progress(phase="measure")
-        record.update(measure.measure_model(out, data.input_shape, spec.measure))
-        record.update(_paired_vs_start(ctx, out, parent))
+    progress(phase="export")
+    record.update(rt.save(ctx, run_dir, {k: record[k] for k in TEST_METRICS}))
+    progress(phase="measure")
+    record.update(measure.measure_model(rt.module, data.input_shape, spec.measure, timing=rt.timing))
+    record.update(_paired(ctx, rt, parent))
     record.update(ctx.extra)
     record.update({"spec": spec.to_dict(), "started": t_start, "finished": time.time(),
                    "torch": torch.__version__, "host": platform.node(), "cpu": platform.processor() or platform.machine(),
@@ -276,16 +247,19 @@ def _execute(spec: JobSpec, store: Store, run_id: str, run_dir: Path, progress, 
     # Strict JSON: an undefined figure (e.g. ROC AUC of a one-class test set) is null, never NaN.
     record = _finite(json.loads(json.dumps(record, default=_json_default)))
     export.atomic_write_bytes(run_dir / "result.json", json.dumps(record, indent=2, allow_nan=False).encode())
-    card = {k: record.get(k) for k in ("run_id", "name", "method", "method_params", "arch", "dataset", "num_classes",
-                                       "input_size", "parent", "accuracy", "top5", "roc_auc", "params", "size_bytes",
-                                       "macs", "flops", "sparsity", "latency_ms", "throughput", "device")}
+    export.atomic_write_bytes(run_dir / "card.json",
+                              json.dumps(model_card(record, data), indent=2, default=_json_default).encode())
+    return record
+
+
+def model_card(record: dict[str, Any], data: data_mod.DataBundle) -> dict[str, Any]:
+    """card.json: the record's card fields (the schema says which), class names and input normalisation."""
+    card = {k: record.get(k) for k in record_schema.card_keys()}
     card["class_names"] = data.class_names
     channels = data.input_shape[0]  # one grey value is applied to every channel the model takes: say so
     card["normalisation"] = {k: list(v) * channels if len(v) == 1 else list(v)
                              for k, v in (("mean", data.mean), ("std", data.std))}
-    export.atomic_write_bytes(run_dir / "card.json",
-                              json.dumps(_finite(card), indent=2, default=_json_default).encode())
-    return record
+    return _finite(card)
 
 
 def _against_start(ctx: Context, logits: torch.Tensor, ys: torch.Tensor) -> dict[str, Any]:
@@ -302,26 +276,35 @@ def _against_start(ctx: Context, logits: torch.Tensor, ys: torch.Tensor) -> dict
     return training.against_start(logits, start_logits, ys, ctx.data.num_classes)
 
 
-def _paired_vs_start(ctx: Context, out, parent: str | None) -> dict[str, Any]:
-    """Speed-up over the starting model, both timed interleaved in this process (see
-    ``measure.paired_speedup``): the honest "x faster", where comparing latencies recorded by two
-    jobs minutes apart is not. CPU always; CUDA too for PyTorch results when a GPU is present."""
+def _paired(ctx: Context, rt: runtimes.Runtime, parent: str | None) -> dict[str, Any]:
+    """Speed-ups timed interleaved in this process (see ``measure.paired_speedup``): over the
+    runtime's own reference, if it has one (INT8: its fp32 model under the same runtime), and over
+    the starting model: the honest "x faster", where comparing latencies recorded by two jobs
+    minutes apart is not. CPU always; CUDA too where a GPU is present and the runtime runs there."""
     cfg = ctx.spec.measure
+    rec: dict[str, Any] = {}
+    ref = rt.reference()
+    if ref is not None:
+        p = measure.paired_speedup(ref.fn, rt.timing("cpu"), ctx.input_shape, torch.device("cpu"), cfg.latency_runs,
+                                   cfg.warmup_runs, cfg.threads, rounds=cfg.paired_rounds or 5)
+        rec[ref.latency_key] = p["ref_latency_ms"]
+        rec[ref.speedup_key] = p["speedup"]
+        rec[f"{ref.speedup_key}_range"] = [p["speedup_min"], p["speedup_max"]]
     if ctx.base is None or cfg.paired_rounds == 0:
-        return {}
+        return rec
     ctx.progress(phase="measure:paired")
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() and isinstance(out, nn.Module) else [])
-    rec: dict[str, Any] = {"paired_ref": parent or "checkpoint"}
-    for dev in devices:
-        ref, cand = ctx.base.to(dev), out.to(dev) if isinstance(out, nn.Module) else out
-        p = measure.paired_speedup(ref, cand, ctx.input_shape, torch.device(dev), cfg.latency_runs,
+    rec["paired_ref"] = parent or "checkpoint"
+    for dev in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
+        cand = rt.timing(dev)
+        if cand is None:
+            continue
+        p = measure.paired_speedup(ctx.base.to(dev), cand, ctx.input_shape, torch.device(dev), cfg.latency_runs,
                                    cfg.warmup_runs, cfg.threads, rounds=cfg.paired_rounds)
         pre = "" if dev == "cpu" else "gpu_"
         rec[f"{pre}paired_speedup"] = p["speedup"]
         rec[f"{pre}paired_speedup_range"] = [p["speedup_min"], p["speedup_max"]]
     ctx.base.to("cpu")
-    if isinstance(out, nn.Module):
-        out.to("cpu")
+    rt.module.to("cpu")
     return rec
 
 

@@ -1,5 +1,9 @@
 """Compare: results table relative to each run's base, accuracy-vs-cost plot with the Pareto front,
-sensitivity curves, per-class accuracy and confusion, and downloads."""
+sensitivity curves, per-class accuracy and confusion, and downloads.
+
+The filters narrow every section, so changing one reruns the page; each section below them is a
+fragment, so a control inside one (plot axis, More columns, winner limits, sensitivity run, run
+details) reruns that section alone."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,7 +12,7 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from engine import jobs, presets, results
+from engine import jobs, presets, record, results
 from engine.spec import SpecError
 from pages.common import card, download, fmt_bytes, fmt_count, fmt_value, get_store, inside_app
 
@@ -51,314 +55,306 @@ if view.empty:
     st.warning("No run matches these filters; clear some of them.")
     st.stop()
 
-# -- plot -------------------------------------------------------------------------------------
-c1, c2, c3 = st.columns([2, 1, 1])
-axis_label = c1.radio("Accuracy against", list(results.COST_AXES), horizontal=True, key="axis")
-log_x = c2.toggle("Log x axis", value=True, key="log_x")
-show_front = c3.toggle("Pareto front", value=True, key="front")
-cost = results.COST_AXES[axis_label]
-view = view.assign(pareto=results.pareto_mask(view, cost))
-plot_df = view.dropna(subset=[cost, "accuracy"])
-if plot_df.empty:
-    st.warning(f"No run in view has both accuracy and {axis_label}.")
-else:
-    fig = px.scatter(plot_df, x=cost, y="accuracy", color="method", symbol="arch", log_x=log_x,
-                     hover_name="name", height=460,
-                     hover_data={"run_id": True, "method_params": True, "x_smaller": ":.2f", "x_faster": ":.2f",
-                                 "delta_accuracy": ":+.4f", "latency_ms": ":.3f", "size_bytes": ":,",
-                                 "macs": ":,", "arch": False},
-                     labels={cost: axis_label, "accuracy": "test accuracy"})
-    fig.update_traces(marker=dict(size=11, line=dict(width=1, color="white")))
-    if show_front:  # one front per test set: accuracies on different data do not compete
-        groups = list(view[view["pareto"]].groupby(results.TEST_SET, dropna=False, sort=False))
-        for i, (key, front) in enumerate(groups):
-            front = front.sort_values(cost)
-            fig.add_trace(go.Scatter(
-                x=front[cost], y=front["accuracy"], mode="lines+markers", legendgroup="front", showlegend=i == 0,
-                name="Pareto front" + (" (one per test set)" if len(groups) > 1 else ""),
-                marker=dict(size=17, symbol="circle-open", color="rgba(17,24,39,0.55)"),
-                line=dict(color="rgba(17,24,39,0.55)", dash="dash", shape="hv"), hoverinfo="skip"))
-    lo, hi = plot_df["accuracy"].min(), plot_df["accuracy"].max()
-    fig.update_yaxes(range=[max(0.0, lo - 0.05), min(1.0, hi + 0.05) + 0.01])
-    fig.update_layout(margin=dict(l=10, r=10, t=10, b=10), legend=dict(orientation="v"))
-    st.plotly_chart(fig, key="scatter", config={"displaylogo": False})
-
-# -- table ------------------------------------------------------------------------------------
 view = view.assign(finished=pd.to_datetime(view["finished"], unit="s"))
 view = view.assign(delta_ci=np.where(view["delta_ci_low"].notna(), view["delta_ci_low"].map("{:+.4f}".format)
                                      + " to " + view["delta_ci_high"].map("{:+.4f}".format), ""),
                    x_faster_range=np.where(view["x_faster_low"].notna(), view["x_faster_low"].map("{:.2f}".format)
                                            + "–" + view["x_faster_high"].map("{:.2f}x".format), ""))
-DEFAULT_COLUMNS = ["name", "pareto", "method", "arch", "dataset", "accuracy", "delta_accuracy", "delta_ci",
-                   "size_bytes", "x_smaller", "macs", "x_fewer_macs", "latency_ms", "x_faster", "x_faster_paired",
-                   "x_faster_range", "sparsity", "params", "run_id", "base_id"]
-fmt = st.column_config.NumberColumn
-COLUMN_CONFIG = {
-    "accuracy": fmt("accuracy", format="%.4f", help="top-1 on the test split"),
-    "delta_accuracy": fmt("Δ accuracy", format="%+.4f",
-                          help="accuracy minus the base's on the same test images: each job also scores the model "
-                               "it started from (summed along a chain of runs); blank where the test sets differ"),
-    "delta_ci": st.column_config.TextColumn(
-        "Δ 95% CI", help="where Δ accuracy would lie with another draw of test images: from the answers that "
-                         "flipped against the base in this run's job (paired). An interval spanning 0 means the "
-                         "difference is within test-set noise. Blank for the base and for chains of runs"),
-    "delta_ci_low": fmt("Δ CI low", format="%+.4f"), "delta_ci_high": fmt("Δ CI high", format="%+.4f"),
-    "mcnemar_p": fmt("McNemar p", format="%.3g", help="exact McNemar test that this run and its base are equally "
-                     "accurate on these images; small (e.g. < 0.05): the difference is real"),
-    "top5": fmt("top-5", format="%.4f", help="empty with 5 classes or fewer, where it is 1 by construction"),
-    "roc_auc": fmt("ROC AUC", format="%.4f", help="macro one-vs-rest"),
-    "agreement": fmt("agrees with start", format="%.4f", help="share of test images on which this run's top-1 "
-                     "answer equals the model it started from (both run on the same images in its job)"),
-    "flips_to_wrong": fmt("newly wrong", format="%.4f", help="share of test images the starting model got right "
-                          "and this run gets wrong"),
-    "flips_to_right": fmt("newly right", format="%.4f", help="share of test images the starting model got wrong "
-                          "and this run gets right"),
-    "size_bytes": fmt("size (bytes)", format="%d"),
-    "x_smaller": fmt("x smaller", format="%.2fx", help="base size ÷ this size"),
-    "macs": fmt("MACs", format="%d", help="multiply-accumulates per image (torchvision's 'GFLOPS' are MACs)"),
-    "flops": fmt("FLOPs", format="%d", help="floating-point operations per image, 2 per MAC"),
-    "x_fewer_macs": fmt("x fewer MACs", format="%.2fx"),
-    "latency_ms": fmt("latency (ms)", format="%.3f", help="CPU, batch 1, median"),
-    "latency_p90_ms": fmt("latency p90 (ms)", format="%.3f", help="CPU, batch 1, 90th percentile"),
-    "x_faster": fmt("x faster", format="%.2fx",
-                    help="CPU batch-1 speed-up over the base, from timings interleaved with the model each step "
-                         "started from where 'paired' is ticked (multiplied along a chain), else base latency ÷ this "
-                         "latency from separate jobs. An INT8 step counts against its own model in fp32 under ONNX "
-                         "Runtime, so the change of runtime is not credited to quantisation (the runtime method "
-                         "measures that)"),
-    "x_faster_paired": st.column_config.CheckboxColumn(
-        "paired", help="speed-up timed interleaved with the base (cancels slow drift of the machine)"),
-    "x_faster_range": st.column_config.TextColumn(
-        "x faster range", help="the slowest and fastest of the paired rounds (multiplied along a chain of runs): "
-                               "a range that spans 1x means the speed-up is within timing noise"),
-    "x_faster_low": fmt("x faster, slowest round", format="%.2fx"),
-    "x_faster_high": fmt("x faster, fastest round", format="%.2fx"),
-    "latency_cv": fmt("latency CV", format="%.3f", help="spread of the repeated latency measurements "
-                      "(standard deviation ÷ mean); above ~0.1 the machine was busy while this run was timed"),
-    "int8_speedup": fmt("INT8 x faster than fp32 ORT", format="%.2fx",
-                        help="the quantised model against the same model in fp32, both in ONNX Runtime and timed "
-                             "interleaved: the gain of quantisation alone"),
-    "throughput": fmt("CPU img/s", format="%.1f", help="images per second at the measurement batch size"),
-    "peak_mem_bytes": fmt("CPU peak mem (bytes)", format="%d", help="resident memory growth during batched inference"),
-    "gpu_latency_ms": fmt("GPU latency (ms)", format="%.3f"),
-    "gpu_x_faster": fmt("GPU x faster", format="%.2fx", help="GPU batch-1 speed-up over the base (paired where "
-                                                             "the jobs timed it interleaved)"),
-    "gpu_throughput": fmt("GPU img/s", format="%.1f"),
-    "gpu_peak_mem_bytes": fmt("GPU peak mem (bytes)", format="%d", help="torch.cuda.max_memory_allocated"),
-    "train_seconds": fmt("train time (s)", format="%.1f", help="wall time of the job's training and fine-tuning"),
-    "sparsity": fmt("sparsity", format="%.3f"), "params": fmt("params", format="%d"),
-    "base_id": "base run", "method_params": "parameters", "finished": st.column_config.DatetimeColumn("finished"),
-    "pareto": st.column_config.CheckboxColumn(
-        "Pareto", help=f"on the Pareto front of accuracy against {axis_label}: no run in view is both cheaper "
-                       "and more accurate"),
-}
-# Extra columns a user can add: every measured column that some run in view has.
-extra = [c for c in results.COLUMNS if c not in DEFAULT_COLUMNS and view[c].notna().any()
-         and c not in ("parent", "x_faster_paired", "x_faster_low", "x_faster_high")]
 
 
-def column_label(c: str) -> str:
-    cfg = COLUMN_CONFIG.get(c)
-    return cfg if isinstance(cfg, str) else (cfg or {}).get("label") or c
+def column_config() -> dict:
+    """Every column's header, format and help, from the record schema."""
+    cc = st.column_config
+
+    def one(f: record.Field):
+        help = f.help or None
+        if f.kind == "bool":
+            return cc.CheckboxColumn(f.label, help=help)
+        if f.kind == "time":
+            return cc.DatetimeColumn(f.label, help=help)
+        if f.kind in ("text", "json"):
+            return cc.TextColumn(f.label, help=help)
+        return cc.NumberColumn(f.label, format=f.format, help=help)
+    return {f.name: one(f) for f in record.FIELDS}
 
 
-added = st.multiselect("More columns", extra, key="more_cols", format_func=column_label,
-                       default=[c for c in ("gpu_latency_ms", "gpu_x_faster") if c in extra],
-                       help="every other measurement some run in view has: top-5, ROC AUC, FLOPs, throughput, "
-                            "peak memory, training time, GPU figures ...")
-shown = DEFAULT_COLUMNS[:DEFAULT_COLUMNS.index("sparsity")] + added + DEFAULT_COLUMNS[DEFAULT_COLUMNS.index("sparsity"):]
-st.dataframe(view[shown], hide_index=True, width="stretch", height=min(420, 38 + 35 * len(view)),
-             column_config=COLUMN_CONFIG)
-st.download_button("Download table (CSV)", data=view.to_csv(index=False).encode(), file_name="slimbench-results.csv",
-                   mime="text/csv", key="dl_csv", on_click="ignore", icon=":material/table:")
+COLUMN_CONFIG = column_config()
 
-# -- winner -------------------------------------------------------------------------------------
-with st.expander("Pick the winner: the best run in view within your deployment limits", icon=":material/trophy:"):
-    a, b, c, d, e = st.columns(5)
-    limit = dict(min_value=0.0, value=None, placeholder="no limit")
-    max_mb = a.number_input("max size (MB)", key="w_size", **limit)
-    max_mmacs = b.number_input("max MACs (millions)", key="w_macs", **limit)
-    max_ms = c.number_input("max latency (ms)", key="w_latency", help="CPU, batch 1, median", **limit)
-    max_pt = d.number_input("max accuracy loss (points)", key="w_drop", help="against each run's base", **limit)
-    objective = e.selectbox("best by", list(results.OBJECTIVES), key="w_best",
-                            format_func={"accuracy": "accuracy (highest)", "size": "size (smallest)",
-                                         "macs": "MACs (fewest)", "latency": "latency (lowest)"}.get)
-    view_w, n_sets = results.on_newest_test_set(view)
-    if n_sets > 1:
-        st.info("The runs in view were scored on different test sets, whose accuracies do not compare; the winner "
-                "is picked among the runs on the newest run's test set. Filter by dataset to choose another.")
-    ranked = results.winners(view_w, objective, max_size_bytes=None if max_mb is None else max_mb * 1e6,
-                             max_macs=None if max_mmacs is None else max_mmacs * 1e6, max_latency_ms=max_ms,
-                             max_drop=None if max_pt is None else max_pt / 100)
-    if ranked.empty:
-        st.warning("No run in view meets these limits (a run missing a limited measurement cannot); loosen them.")
+
+# -- plot and table ---------------------------------------------------------------------------
+@st.fragment
+def runs(view: pd.DataFrame) -> None:
+    """The accuracy-vs-cost plot and the table: the table ticks the Pareto front of the plotted axis."""
+    axes = results.cost_axes()
+    c1, c2, c3 = st.columns([2, 1, 1])
+    axis_label = c1.radio("Accuracy against", list(axes), horizontal=True, key="axis")
+    log_x = c2.toggle("Log x axis", value=True, key="log_x")
+    show_front = c3.toggle("Pareto front", value=True, key="front")
+    cost = axes[axis_label]
+    view = view.assign(pareto=results.pareto_mask(view, cost))
+    plot_df = view.dropna(subset=[cost, "accuracy"])
+    if plot_df.empty:
+        st.warning(f"No run in view has both accuracy and {axis_label}.")
     else:
-        w = ranked.iloc[0]
-        st.success(f"**{w['name'] or w['run_id']}** · `{w['run_id']}` ({w['method']}): accuracy {w['accuracy']:.4f}"
-                   + ("" if np.isnan(w["delta_accuracy"]) else f" ({100 * w['delta_accuracy']:+.1f} pt)")
-                   + f", {fmt_bytes(w['size_bytes'])}, {fmt_count(w['macs'])} MACs"
-                   + ("" if np.isnan(w["latency_ms"]) else f", {w['latency_ms']:.3g} ms")
-                   + f" — best of {len(ranked)} run(s) meeting the limits", icon=":material/trophy:")
-        k = st.columns(3)
-        with k[0]:
-            download(w["run_id"], "checkpoint", "Winner's checkpoint (.pt)", key="w_dl_pt")
-        with k[1]:
-            download(w["run_id"], "onnx", "Winner's ONNX model", key="w_dl_onnx")
-        if len(ranked) > 1:
-            st.dataframe(ranked[["name", "method", "accuracy", "delta_accuracy", "size_bytes", "macs", "latency_ms",
-                                 "run_id"]].head(10), hide_index=True, width="stretch", column_config=COLUMN_CONFIG,
-                         key="w_ranked")
+        fig = px.scatter(plot_df, x=cost, y="accuracy", color="method", symbol="arch", log_x=log_x,
+                         hover_name="name", height=460,
+                         hover_data={"run_id": True, "method_params": True, "x_smaller": ":.2f", "x_faster": ":.2f",
+                                     "delta_accuracy": ":+.4f", "latency_ms": ":.3f", "size_bytes": ":,",
+                                     "macs": ":,", "arch": False},
+                         labels={cost: axis_label, "accuracy": "test accuracy"})
+        fig.update_traces(marker=dict(size=11, line=dict(width=1, color="white")))
+        if show_front:  # one front per test set: accuracies on different data do not compete
+            groups = list(view[view["pareto"]].groupby(results.TEST_SET, dropna=False, sort=False))
+            for i, (key, front) in enumerate(groups):
+                front = front.sort_values(cost)
+                fig.add_trace(go.Scatter(
+                    x=front[cost], y=front["accuracy"], mode="lines+markers", legendgroup="front",
+                    showlegend=i == 0, name="Pareto front" + (" (one per test set)" if len(groups) > 1 else ""),
+                    marker=dict(size=17, symbol="circle-open", color="rgba(17,24,39,0.55)"),
+                    line=dict(color="rgba(17,24,39,0.55)", dash="dash", shape="hv"), hoverinfo="skip"))
+        lo, hi = plot_df["accuracy"].min(), plot_df["accuracy"].max()
+        fig.update_yaxes(range=[max(0.0, lo - 0.05), min(1.0, hi + 0.05) + 0.01])
+        fig.update_layout(margin=dict(l=10, r=10, t=10, b=10), legend=dict(orientation="v"))
+        st.plotly_chart(fig, key="scatter", config={"displaylogo": False})
+    runs_table(view)
 
-# -- sensitivity --------------------------------------------------------------------------------
-sens = [(rid, results.sensitivity_curves(by_id[rid])) for rid in view["run_id"] if by_id[rid].get("sensitivity")]
-sens = [(rid, s) for rid, s in sens if not s.empty]
-if sens:
-    st.subheader("Sensitivity")
-    labels = {rid: f"{by_id[rid].get('name') or rid} · {rid}" for rid, _ in sens}
-    pick = st.selectbox("Sensitivity analysis run", list(labels), format_func=labels.get, key="sens_run")
-    curves = dict(sens)[pick]
-    fig = px.line(curves, x="amount", y="accuracy", color="layer", markers=True, height=380,
-                  labels={"amount": "pruned fraction", "accuracy": "accuracy"})
-    fig.update_layout(margin=dict(l=10, r=10, t=10, b=10))
-    st.plotly_chart(fig, key="sensitivity", config={"displayModeBar": False})
-    suggested = results.suggestions(by_id[pick])
-    if not suggested.empty:
-        sens_row = store.get(pick) or {}
-        tolerated = ((sens_row.get("spec") or {}).get("method") or {}).get("params", {}).get("max_loss")
-        st.caption("Suggested per-layer ratios: the largest tried share each layer loses alone while validation "
-                   "accuracy stays within " + (f"{tolerated:g} of the base's." if tolerated is not None
-                                               else "the tolerated loss."))
-        st.dataframe(suggested, hide_index=True, width="stretch",
-                     column_config={"macs": st.column_config.NumberColumn("MACs", format="%d"),
-                                    "suggested ratio": st.column_config.NumberColumn(format="%.2f")})
-        if sens_row.get("spec") and suggested["suggested ratio"].fillna(0).gt(0).any():
-            with st.form("prune_by_sensitivity", border=True):
-                st.markdown("**Prune with these ratios** (`prune_structured`, allocation = sensitivity)")
-                a, b, c, d = st.columns(4)
-                p_steps = a.number_input("prune -> fine-tune rounds", 1, 50, 1, key="sens_steps")
-                p_epochs = b.number_input("fine-tune epochs per round", 0, 1000, 1, key="sens_epochs")
-                p_target = c.number_input("MAC target (0 = not used)", 0.0, 0.99, 0.0, step=0.05, key="sens_target",
-                                          help="share of the base's MACs to keep: every suggested ratio is "
-                                          "scaled by one factor to meet it")
-                p_loss = d.number_input("max accuracy loss (0 = not used)", 0.0, 0.99, 0.0, step=0.01,
-                                        key="sens_loss", help="instead of a MAC target: every suggested ratio is "
-                                        "scaled by the largest factor whose cut, before fine-tuning, loses at "
-                                        "most this much validation accuracy (0.02 = 2 points)")
-                st.caption("With neither, each layer loses exactly its suggested share.")
-                if st.form_submit_button("Queue the pruning job", type="primary", key="sens_queue"):
-                    try:
-                        spec = presets.prune_by_sensitivity(sens_row, int(p_steps), int(p_epochs),
-                                                            float(p_target) or None, float(p_loss) or None)
-                        job = jobs.submit(spec, store)
-                    except (SpecError, ValueError) as e:
-                        st.error(f"Could not queue the job: {e}")
-                    else:
-                        st.success(f"Queued {job}; it appears here when it finishes.", icon=":material/rocket_launch:")
-                        st.page_link("pages/jobs.py", label="Watch it on Jobs", icon=":material/arrow_forward:")
 
-# -- one run ------------------------------------------------------------------------------------
-st.subheader("Run details")
-labels = {rid: f"{n or rid} · {rid}" for rid, n in zip(view["run_id"], view["name"])}
-linked = st.query_params.get("run")  # /compare?run=ID (Jobs links a finished job here) opens on that run
-if linked and linked not in labels:
-    st.warning(f"Run {linked} is not among the runs shown: it is unfinished, unknown, or filtered out above.")
-run_id = st.selectbox("Run", list(labels), index=list(labels).index(linked) if linked in labels else 0,
-                      format_func=labels.get, key="detail_run")
-rec = by_id[run_id]
-row = view[view["run_id"] == run_id].iloc[0]
-c = st.columns(5)
-acc_ci = rec.get("accuracy_ci95")
-c[0].metric("Accuracy", fmt_value(rec.get("accuracy"), ".4f"),
-            None if np.isnan(row["delta_accuracy"]) or row["base_id"] == run_id else f"{row['delta_accuracy']:+.4f}",
-            help=f"95% CI {acc_ci[0]:.4f} to {acc_ci[1]:.4f} over {rec.get('test_images')} test images (Wilson)"
-            if acc_ci else None)
-c[1].metric("Size", fmt_bytes(rec.get("size_bytes")),
-            None if np.isnan(row["x_smaller"]) or row["base_id"] == run_id else f"{row['x_smaller']:.2f}x smaller",
-            delta_color="off", delta_arrow="off")
-c[2].metric("Latency", fmt_value(rec.get("latency_ms"), ".3g", " ms"),
-            None if np.isnan(row["x_faster"]) or row["base_id"] == run_id else f"{row['x_faster']:.2f}x faster",
-            delta_color="off", delta_arrow="off", help="CPU, batch 1, median" + (
-                f"; paired rounds ranged {row['x_faster_range']}" if row["x_faster_range"] else "")
-            + (f"; INT8 is {rec['int8_speedup']:.2f}x faster than the same model in fp32 ONNX Runtime"
-               if rec.get("int8_speedup") else ""))
-c[3].metric("MACs", fmt_count(rec.get("macs")),
-            None if np.isnan(row["x_fewer_macs"]) or row["base_id"] == run_id else f"{row['x_fewer_macs']:.2f}x fewer",
-            delta_color="off", delta_arrow="off",
-            help=f"{rec['macs']:,} multiply-accumulates per image" if rec.get("macs") else None)
-c[4].metric("Parameters", fmt_count(rec.get("params")),
-            help=f"{rec['params']:,}" if rec.get("params") else None)
+@st.fragment
+def runs_table(view: pd.DataFrame) -> None:
+    """The results table; choosing More columns reruns it alone."""
+    default = record.compare_defaults()
+    # Extra columns a user can add: every measured column that some run in view has.
+    extra = [f.name for f in record.table_fields()
+             if f.name not in default and f.more and view[f.name].notna().any()]
+    added = st.multiselect("More columns", extra, key="more_cols", format_func=lambda c: record.get(c).label,
+                           default=[c for c in ("gpu_latency_ms", "gpu_x_faster") if c in extra],
+                           help="every other measurement some run in view has: top-5, ROC AUC, FLOPs, throughput, "
+                                "peak memory, training time, GPU figures ...")
+    at = default.index("sparsity")
+    shown = default[:at] + added + default[at:]
+    st.dataframe(view[shown], hide_index=True, width="stretch", height=min(420, 38 + 35 * len(view)),
+                 column_config=COLUMN_CONFIG)
+    st.download_button("Download table (CSV)", data=view.to_csv(index=False).encode(),
+                       file_name="slimbench-results.csv", mime="text/csv", key="dl_csv", on_click="ignore",
+                       icon=":material/table:")
 
-d = st.columns(3)
-with d[0]:
-    download(run_id, "checkpoint", "Checkpoint bundle (.pt)", key="dl_pt")
-with d[1]:
-    download(run_id, "onnx", "ONNX model (.onnx)", key="dl_onnx")
-with d[2]:
-    download(run_id, "card", "Model card (JSON)", key="dl_card")
 
-# A checkpoint scored as given is its own start: agreement and flips would compare it with itself.
-against_itself = rec.get("method") == "baseline" and rec.get("agreement") == 1.0 \
-    and not rec.get("flips_to_wrong") and not rec.get("flips_to_right")
-if rec.get("agreement") is not None and not against_itself:
-    n_test = rec.get("test_images") or 0
-    f = st.columns([1, 1, 1, 2])
-    f[0].metric("Agrees with its start", f"{100 * rec['agreement']:.1f} %",
-                help="top-1 answers equal to the model this run started from, on the same test images")
-    for col, key, label, what in ((f[1], "flips_to_wrong", "Newly wrong", "the starting model was right, this run "
-                                   "is wrong"), (f[2], "flips_to_right", "Newly right", "the starting model was "
-                                   "wrong, this run is right")):
-        col.metric(label, f"{100 * rec[key]:.1f} %", f"{round(rec[key] * n_test)} images" if n_test else None,
-                   delta_color="off", delta_arrow="off", help=what)
-    if row["delta_ci"]:
-        noise = row["delta_ci_low"] <= 0 <= row["delta_ci_high"]
-        f[3].metric("Δ accuracy, 95% CI (points)",
-                    f"{100 * row['delta_ci_low']:+.1f} to {100 * row['delta_ci_high']:+.1f}",
-                    "within test-set noise" if noise else "a real difference", delta_color="off", delta_arrow="off",
-                    help=f"paired over the flipped answers; McNemar p = {row['mcnemar_p']:.3g}")
+runs(view)
 
-if row["base_id"] != run_id and (why := results.still_learning(by_id[row["base_id"]])):
-    st.warning(f"Its base may be under-trained: {why}. Fine-tuning after compression then adds training, and "
-               "Δ accuracy mixes that gain with what compression costs. Train the base longer (Baseline epochs) "
-               "for a fair comparison.", icon=":material/school:")
 
-with st.expander("Every recorded measurement"):
-    scalars = {k: v for k, v in sorted(rec.items()) if isinstance(v, (int, float, str, bool)) or v is None}
-    for k in ("started", "finished"):  # epoch seconds, shown as a date
-        if isinstance(scalars.get(k), float):
-            scalars[k] = pd.Timestamp(scalars[k], unit="s").strftime("%Y-%m-%d %H:%M:%S UTC")
-    st.dataframe(pd.DataFrame({"field": list(scalars), "value": [str(v) for v in scalars.values()]}),
-                 hide_index=True, width="stretch", key="record_fields")
+# -- winner ---------------------------------------------------------------------------------------
+@st.fragment
+def winner(view: pd.DataFrame) -> None:
+    """The best run in view within deployment limits; changing a limit reruns this section alone."""
+    with st.expander("Pick the winner: the best run in view within your deployment limits", icon=":material/trophy:"):
+        a, b, c, d, e = st.columns(5)
+        limit = dict(min_value=0.0, value=None, placeholder="no limit")
+        max_mb = a.number_input("max size (MB)", key="w_size", **limit)
+        max_mmacs = b.number_input("max MACs (millions)", key="w_macs", **limit)
+        max_ms = c.number_input("max latency (ms)", key="w_latency", help="CPU, batch 1, median", **limit)
+        max_pt = d.number_input("max accuracy loss (points)", key="w_drop", help="against each run's base", **limit)
+        objective = e.selectbox("best by", list(results.OBJECTIVES), key="w_best",
+                                format_func={"accuracy": "accuracy (highest)", "size": "size (smallest)",
+                                             "macs": "MACs (fewest)", "latency": "latency (lowest)"}.get)
+        view_w, n_sets = results.on_newest_test_set(view)
+        if n_sets > 1:
+            st.info("The runs in view were scored on different test sets, whose accuracies do not compare; the winner "
+                    "is picked among the runs on the newest run's test set. Filter by dataset to choose another.")
+        ranked = results.winners(view_w, objective, max_size_bytes=None if max_mb is None else max_mb * 1e6,
+                                 max_macs=None if max_mmacs is None else max_mmacs * 1e6, max_latency_ms=max_ms,
+                                 max_drop=None if max_pt is None else max_pt / 100)
+        if ranked.empty:
+            st.warning("No run in view meets these limits (a run missing a limited measurement cannot); loosen them.")
+        else:
+            w = ranked.iloc[0]
+            st.success(f"**{w['name'] or w['run_id']}** · `{w['run_id']}` ({w['method']}): "
+                       f"accuracy {w['accuracy']:.4f}"
+                       + ("" if np.isnan(w["delta_accuracy"]) else f" ({100 * w['delta_accuracy']:+.1f} pt)")
+                       + f", {fmt_bytes(w['size_bytes'])}, {fmt_count(w['macs'])} MACs"
+                       + ("" if np.isnan(w["latency_ms"]) else f", {w['latency_ms']:.3g} ms")
+                       + f" — best of {len(ranked)} run(s) meeting the limits", icon=":material/trophy:")
+            k = st.columns(3)
+            with k[0]:
+                download(w["run_id"], "checkpoint", "Winner's checkpoint (.pt)", key="w_dl_pt")
+            with k[1]:
+                download(w["run_id"], "onnx", "Winner's ONNX model", key="w_dl_onnx")
+            if len(ranked) > 1:
+                st.dataframe(ranked[["name", "method", "accuracy", "delta_accuracy", "size_bytes", "macs", "latency_ms",
+                                     "run_id"]].head(10), hide_index=True, width="stretch", column_config=COLUMN_CONFIG,
+                             key="w_ranked")
 
-widths = results.layer_widths(rec)
-if not widths.empty:
-    fig = go.Figure([go.Bar(name="before", x=widths["layer"], y=widths["before"], marker_color="#cbd5e1"),
-                     go.Bar(name="after", x=widths["layer"], y=widths["after"], marker_color="#2563eb",
-                            customdata=widths["kept"], hovertemplate="%{x}: %{y} channels (%{customdata:.0%} kept)")])
-    fig.update_layout(barmode="overlay", height=320, title="Output channels per layer",
-                      margin=dict(l=10, r=10, t=40, b=10), xaxis_tickangle=-45)
-    st.plotly_chart(fig, key="layer_widths", config={"displayModeBar": False})
 
-names = card(run_id).get("class_names") or []
-pc, cm = rec.get("per_class_accuracy"), rec.get("confusion")
-if pc or cm:
-    a, b = st.columns(2)
-    n = len(pc or cm)
-    classes = names if len(names) == n else [str(i) for i in range(n)]
-    if pc:
-        start_pc = rec.get("start_per_class_accuracy") or []
-        bars = {"this run": pc, **({"its start": start_pc} if len(start_pc) == n and not against_itself else {})}
-        per_class = pd.DataFrame([{"class": k, "model": who, "accuracy": np.nan if v is None else v}
-                                  for who, vals in bars.items() for k, v in zip(classes, vals)])
-        fig = px.bar(per_class, x="class", y="accuracy", color="model", barmode="group", height=360,
-                     title="Per-class accuracy" + (" (against its start, same images)" if len(bars) > 1 else ""),
-                     color_discrete_map={"this run": "#2563eb", "its start": "#cbd5e1"})
-        fig.update_layout(margin=dict(l=10, r=10, t=40, b=10), yaxis_range=[0, 1], legend_title_text="")
-        fig.update_xaxes(type="category")
-        a.plotly_chart(fig, key="per_class", config={"displayModeBar": False})
-    if cm:
-        fig = px.imshow(np.array(cm), x=classes, y=classes, text_auto=True, color_continuous_scale="Blues",
-                        labels={"x": "predicted", "y": "true", "color": "images"}, height=360, title="Confusion matrix")
-        fig.update_layout(margin=dict(l=10, r=10, t=40, b=10))
-        fig.update_xaxes(type="category")  # class names "0".."9" are labels, not numbers: one tick each
-        fig.update_yaxes(type="category")
-        b.plotly_chart(fig, key="confusion", config={"displayModeBar": False})
+winner(view)
+
+
+# -- sensitivity ----------------------------------------------------------------------------------
+@st.fragment
+def sensitivity(view: pd.DataFrame) -> None:
+    """Sensitivity runs in view: their curves, suggested ratios, and a form queueing the pruning job."""
+    sens = [(rid, results.sensitivity_curves(by_id[rid])) for rid in view["run_id"] if by_id[rid].get("sensitivity")]
+    sens = [(rid, s) for rid, s in sens if not s.empty]
+    if sens:
+        st.subheader("Sensitivity")
+        labels = {rid: f"{by_id[rid].get('name') or rid} · {rid}" for rid, _ in sens}
+        pick = st.selectbox("Sensitivity analysis run", list(labels), format_func=labels.get, key="sens_run")
+        curves = dict(sens)[pick]
+        fig = px.line(curves, x="amount", y="accuracy", color="layer", markers=True, height=380,
+                      labels={"amount": "pruned fraction", "accuracy": "accuracy"})
+        fig.update_layout(margin=dict(l=10, r=10, t=10, b=10))
+        st.plotly_chart(fig, key="sensitivity", config={"displayModeBar": False})
+        suggested = results.suggestions(by_id[pick])
+        if not suggested.empty:
+            sens_row = store.get(pick) or {}
+            tolerated = ((sens_row.get("spec") or {}).get("method") or {}).get("params", {}).get("max_loss")
+            st.caption("Suggested per-layer ratios: the largest tried share each layer loses alone while validation "
+                       "accuracy stays within " + (f"{tolerated:g} of the base's." if tolerated is not None
+                                                   else "the tolerated loss."))
+            st.dataframe(suggested, hide_index=True, width="stretch",
+                         column_config={"macs": st.column_config.NumberColumn("MACs", format="%d"),
+                                        "suggested ratio": st.column_config.NumberColumn(format="%.2f")})
+            if sens_row.get("spec") and suggested["suggested ratio"].fillna(0).gt(0).any():
+                with st.form("prune_by_sensitivity", border=True):
+                    st.markdown("**Prune with these ratios** (`prune_structured`, allocation = sensitivity)")
+                    a, b, c, d = st.columns(4)
+                    p_steps = a.number_input("prune -> fine-tune rounds", 1, 50, 1, key="sens_steps")
+                    p_epochs = b.number_input("fine-tune epochs per round", 0, 1000, 1, key="sens_epochs")
+                    p_target = c.number_input("MAC target (0 = not used)", 0.0, 0.99, 0.0, step=0.05, key="sens_target",
+                                              help="share of the base's MACs to keep: every suggested ratio is "
+                                              "scaled by one factor to meet it")
+                    p_loss = d.number_input("max accuracy loss (0 = not used)", 0.0, 0.99, 0.0, step=0.01,
+                                            key="sens_loss", help="instead of a MAC target: every suggested ratio is "
+                                            "scaled by the largest factor whose cut, before fine-tuning, loses at "
+                                            "most this much validation accuracy (0.02 = 2 points)")
+                    st.caption("With neither, each layer loses exactly its suggested share.")
+                    if st.form_submit_button("Queue the pruning job", type="primary", key="sens_queue"):
+                        try:
+                            spec = presets.prune_by_sensitivity(sens_row, int(p_steps), int(p_epochs),
+                                                                float(p_target) or None, float(p_loss) or None)
+                            job = jobs.submit(spec, store)
+                        except (SpecError, ValueError) as e:
+                            st.error(f"Could not queue the job: {e}")
+                        else:
+                            st.success(f"Queued {job}; it appears here when it finishes.",
+                                       icon=":material/rocket_launch:")
+                            st.page_link("pages/jobs.py", label="Watch it on Jobs", icon=":material/arrow_forward:")
+
+
+sensitivity(view)
+
+
+# -- one run --------------------------------------------------------------------------------------
+@st.fragment
+def details(view: pd.DataFrame) -> None:
+    """One run: its metrics against its base, downloads, agreement, layer widths, per-class accuracy."""
+    st.subheader("Run details")
+    labels = {rid: f"{n or rid} · {rid}" for rid, n in zip(view["run_id"], view["name"])}
+    linked = st.query_params.get("run")  # /compare?run=ID (Jobs links a finished job here) opens on that run
+    if linked and linked not in labels:
+        st.warning(f"Run {linked} is not among the runs shown: it is unfinished, unknown, or filtered out above.")
+    run_id = st.selectbox("Run", list(labels), index=list(labels).index(linked) if linked in labels else 0,
+                          format_func=labels.get, key="detail_run")
+    rec = by_id[run_id]
+    row = view[view["run_id"] == run_id].iloc[0]
+    c = st.columns(5)
+    acc_ci = rec.get("accuracy_ci95")
+    c[0].metric("Accuracy", fmt_value(rec.get("accuracy"), ".4f"),
+                None if np.isnan(row["delta_accuracy"]) or row["base_id"] == run_id
+                else f"{row['delta_accuracy']:+.4f}",
+                help=f"95% CI {acc_ci[0]:.4f} to {acc_ci[1]:.4f} over {rec.get('test_images')} test images (Wilson)"
+                if acc_ci else None)
+    c[1].metric("Size", fmt_bytes(rec.get("size_bytes")),
+                None if np.isnan(row["x_smaller"]) or row["base_id"] == run_id else f"{row['x_smaller']:.2f}x smaller",
+                delta_color="off", delta_arrow="off")
+    c[2].metric("Latency", fmt_value(rec.get("latency_ms"), ".3g", " ms"),
+                None if np.isnan(row["x_faster"]) or row["base_id"] == run_id else f"{row['x_faster']:.2f}x faster",
+                delta_color="off", delta_arrow="off", help="CPU, batch 1, median" + (
+                    f"; paired rounds ranged {row['x_faster_range']}" if row["x_faster_range"] else "")
+                + (f"; INT8 is {rec['int8_speedup']:.2f}x faster than the same model in fp32 ONNX Runtime"
+                   if rec.get("int8_speedup") else ""))
+    c[3].metric("MACs", fmt_count(rec.get("macs")),
+                None if np.isnan(row["x_fewer_macs"]) or row["base_id"] == run_id
+                else f"{row['x_fewer_macs']:.2f}x fewer",
+                delta_color="off", delta_arrow="off",
+                help=f"{rec['macs']:,} multiply-accumulates per image" if rec.get("macs") else None)
+    c[4].metric("Parameters", fmt_count(rec.get("params")),
+                help=f"{rec['params']:,}" if rec.get("params") else None)
+
+    d = st.columns(3)
+    with d[0]:
+        download(run_id, "checkpoint", "Checkpoint bundle (.pt)", key="dl_pt")
+    with d[1]:
+        download(run_id, "onnx", "ONNX model (.onnx)", key="dl_onnx")
+    with d[2]:
+        download(run_id, "card", "Model card (JSON)", key="dl_card")
+
+    # A checkpoint scored as given is its own start: agreement and flips would compare it with itself.
+    against_itself = rec.get("method") == "baseline" and rec.get("agreement") == 1.0 \
+        and not rec.get("flips_to_wrong") and not rec.get("flips_to_right")
+    if rec.get("agreement") is not None and not against_itself:
+        n_test = rec.get("test_images") or 0
+        f = st.columns([1, 1, 1, 2])
+        f[0].metric("Agrees with its start", f"{100 * rec['agreement']:.1f} %",
+                    help="top-1 answers equal to the model this run started from, on the same test images")
+        for col, key, label, what in ((f[1], "flips_to_wrong", "Newly wrong", "the starting model was right, this run "
+                                       "is wrong"), (f[2], "flips_to_right", "Newly right", "the starting model was "
+                                       "wrong, this run is right")):
+            col.metric(label, f"{100 * rec[key]:.1f} %", f"{round(rec[key] * n_test)} images" if n_test else None,
+                       delta_color="off", delta_arrow="off", help=what)
+        if row["delta_ci"]:
+            noise = row["delta_ci_low"] <= 0 <= row["delta_ci_high"]
+            f[3].metric("Δ accuracy, 95% CI (points)",
+                        f"{100 * row['delta_ci_low']:+.1f} to {100 * row['delta_ci_high']:+.1f}",
+                        "within test-set noise" if noise else "a real difference", delta_color="off", delta_arrow="off",
+                        help=f"paired over the flipped answers; McNemar p = {row['mcnemar_p']:.3g}")
+
+    if row["base_id"] != run_id and (why := results.still_learning(by_id[row["base_id"]])):
+        st.warning(f"Its base may be under-trained: {why}. Fine-tuning after compression then adds training, and "
+                   "Δ accuracy mixes that gain with what compression costs. Train the base longer (Baseline epochs) "
+                   "for a fair comparison.", icon=":material/school:")
+
+    with st.expander("Every recorded measurement"):
+        scalars = {k: v for k, v in sorted(rec.items()) if isinstance(v, (int, float, str, bool)) or v is None}
+        for k in ("started", "finished"):  # epoch seconds, shown as a date
+            if isinstance(scalars.get(k), float):
+                scalars[k] = pd.Timestamp(scalars[k], unit="s").strftime("%Y-%m-%d %H:%M:%S UTC")
+        st.dataframe(pd.DataFrame({"field": list(scalars), "value": [str(v) for v in scalars.values()]}),
+                     hide_index=True, width="stretch", key="record_fields")
+
+    widths = results.layer_widths(rec)
+    if not widths.empty:
+        fig = go.Figure([go.Bar(name="before", x=widths["layer"], y=widths["before"], marker_color="#cbd5e1"),
+                         go.Bar(name="after", x=widths["layer"], y=widths["after"], marker_color="#2563eb",
+                                customdata=widths["kept"],
+                                hovertemplate="%{x}: %{y} channels (%{customdata:.0%} kept)")])
+        fig.update_layout(barmode="overlay", height=320, title="Output channels per layer",
+                          margin=dict(l=10, r=10, t=40, b=10), xaxis_tickangle=-45)
+        st.plotly_chart(fig, key="layer_widths", config={"displayModeBar": False})
+
+    names = card(run_id).get("class_names") or []
+    pc, cm = rec.get("per_class_accuracy"), rec.get("confusion")
+    if pc or cm:
+        a, b = st.columns(2)
+        n = len(pc or cm)
+        classes = names if len(names) == n else [str(i) for i in range(n)]
+        if pc:
+            start_pc = rec.get("start_per_class_accuracy") or []
+            bars = {"this run": pc, **({"its start": start_pc} if len(start_pc) == n and not against_itself else {})}
+            per_class = pd.DataFrame([{"class": k, "model": who, "accuracy": np.nan if v is None else v}
+                                      for who, vals in bars.items() for k, v in zip(classes, vals)])
+            fig = px.bar(per_class, x="class", y="accuracy", color="model", barmode="group", height=360,
+                         title="Per-class accuracy" + (" (against its start, same images)" if len(bars) > 1 else ""),
+                         color_discrete_map={"this run": "#2563eb", "its start": "#cbd5e1"})
+            fig.update_layout(margin=dict(l=10, r=10, t=40, b=10), yaxis_range=[0, 1], legend_title_text="")
+            fig.update_xaxes(type="category")
+            a.plotly_chart(fig, key="per_class", config={"displayModeBar": False})
+        if cm:
+            fig = px.imshow(np.array(cm), x=classes, y=classes, text_auto=True, color_continuous_scale="Blues",
+                            labels={"x": "predicted", "y": "true", "color": "images"}, height=360,
+                            title="Confusion matrix")
+            fig.update_layout(margin=dict(l=10, r=10, t=40, b=10))
+            fig.update_xaxes(type="category")  # class names "0".."9" are labels, not numbers: one tick each
+            fig.update_yaxes(type="category")
+            b.plotly_chart(fig, key="confusion", config={"displayModeBar": False})
+
+
+details(view)

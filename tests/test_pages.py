@@ -425,7 +425,7 @@ def test_compare_table_plot_filters_and_downloads(launched, ws):
         child = view[view["run_id"] == ids[1]].iloc[0]
         assert child["x_smaller"] == pytest.approx(expected.loc[ids[1], "x_smaller"])
         assert child["base_id"] == ids[0]
-    for axis, cost in results.COST_AXES.items():
+    for axis, cost in results.cost_axes().items():
         at.radio(key="axis").set_value(axis)
         at.toggle(key="log_x").set_value(False)
         at.run()

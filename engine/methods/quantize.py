@@ -3,8 +3,8 @@
 ``quantize_int8`` exports the FP32 model to ONNX, calibrates activation ranges on training
 batches, and writes an INT8 model (per-channel weight scales) that ONNX Runtime runs with real
 integer kernels. Its accuracy, file size and speed are measured on that INT8 model itself: the
-runner evaluates the returned ``Int8Model`` like any model; it saves and measures itself (the
-runner's non-PyTorch hooks).
+returned ``Int8Model`` is a ``runtimes.Runtime``, which the runner evaluates, saves and measures
+as it does a PyTorch model.
 """
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .. import export, measure
+from .. import export, measure, runtimes
+from .. import training as training_mod  # the class below has a `training` flag
 from . import Param, register
 
 
@@ -65,15 +66,29 @@ def bundle_bytes(model: nn.Module, ctx) -> int:
 
 
 class Int8Model:
-    """The INT8 ONNX model of a run; callable like a model (batch tensor -> logits)."""
+    """The INT8 ONNX model of a run, as a ``runtimes.Runtime``: it predicts and is timed on the CPU under
+    ONNX Runtime, saves an INT8 bundle, and its parameters and MACs are counted on the fp32 model it
+    was made from, against which (in fp32 under the same runtime) its own speed-up is timed."""
+
+    device = torch.device("cpu")
 
     def __init__(self, onnx_bytes: bytes, fp32: nn.Module, fp32_onnx: bytes, fp32_size_bytes: int,
                  threads: int | None = None):
-        self.onnx_bytes, self.fp32 = onnx_bytes, fp32
+        self.onnx_bytes, self.module = onnx_bytes, fp32
         self.fp32_onnx, self.fp32_size_bytes = fp32_onnx, fp32_size_bytes
         # ONNX Runtime fixes its threads per session: the spec's timing threads, as PyTorch gets them
         self.threads = measure.timing_threads(threads)
         self.runner = export.OnnxRunner(onnx_bytes, threads=self.threads)
+
+    @classmethod
+    def from_bundle(cls, bundle: dict[str, Any], fp32: nn.Module, ctx) -> "Int8Model":
+        """Rebuild from a finished quantize_int8 run's bundle and the FP32 model it was made from."""
+        with tempfile.TemporaryDirectory(dir=ctx.run_dir) as tmp:
+            path = Path(tmp) / "fp32.onnx"
+            export.export_onnx(fp32, ctx.input_shape, path)
+            fp32_onnx = path.read_bytes()
+        return cls(bundle["onnx"].numpy().tobytes(), fp32, fp32_onnx, bundle_bytes(fp32, ctx),
+                   ctx.spec.measure.threads)
 
     training = False  # inference only; eval()/train() exist so training.predict can drive it
 
@@ -86,17 +101,10 @@ class Int8Model:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.runner(x)
 
-    @classmethod
-    def from_bundle(cls, bundle: dict[str, Any], fp32: nn.Module, ctx) -> "Int8Model":
-        """Rebuild from a finished quantize_int8 run's bundle and the FP32 model it was made from."""
-        with tempfile.TemporaryDirectory(dir=ctx.run_dir) as tmp:
-            path = Path(tmp) / "fp32.onnx"
-            export.export_onnx(fp32, ctx.input_shape, path)
-            fp32_onnx = path.read_bytes()
-        return cls(bundle["onnx"].numpy().tobytes(), fp32, fp32_onnx, bundle_bytes(fp32, ctx),
-                   ctx.spec.measure.threads)
+    def predict(self, data, cancelled) -> tuple[torch.Tensor, torch.Tensor]:
+        return training_mod.predict(self, data.loader("test", self.device), self.device, cancelled)
 
-    def export_artifacts(self, ctx, run_dir: Path, metrics: dict[str, Any]) -> dict[str, Any]:
+    def save(self, ctx, run_dir: Path, metrics: dict[str, Any]) -> dict[str, Any]:
         """Save the INT8 bundle and ONNX file; ``metrics`` are this model's test metrics (the runner's)."""
         out: dict[str, Any] = {}
         bundle = export.make_onnx_bundle(self.onnx_bytes, arch=ctx.arch, num_classes=ctx.data.num_classes,
@@ -113,27 +121,18 @@ class Int8Model:
         out["fp32_size_bytes"] = self.fp32_size_bytes
         out["fp32_onnx_bytes"] = len(self.fp32_onnx)
         out["size_ratio_vs_fp32"] = out["size_bytes"] / self.fp32_size_bytes
+        out["precision"] = "int8"
+        out["runtime"] = "onnxruntime CPU (INT8 kernels)"
         return out
 
-    def measure(self, ctx) -> dict[str, Any]:
-        cfg = ctx.spec.measure
-        shape = ctx.data.input_shape
-        fp32 = self.fp32.to("cpu").eval()
-        out: dict[str, Any] = {"params": measure.count_params(fp32), "sparsity": measure.sparsity(fp32),
-                               "nonzero_params": sum(int((p != 0).sum()) for p in fp32.parameters()),
-                               **measure.count_macs(fp32, shape), "precision": "int8",
-                               "runtime": "onnxruntime CPU (INT8 kernels)"}
-        out.update(measure.measure_speed(self, shape, torch.device("cpu"), cfg.batch_size, cfg.latency_runs,
-                                         cfg.warmup_runs, cfg.threads))
+    def timing(self, device: str) -> "Int8Model | None":
+        return self if device == "cpu" else None
+
+    def reference(self) -> runtimes.Reference:
         # The FP32 model under the same runtime, timed interleaved with the INT8 one: the fair
         # reference for the INT8 speed-up.
-        ref = export.OnnxRunner(self.fp32_onnx, threads=self.threads)
-        p = measure.paired_speedup(ref, self, shape, torch.device("cpu"), cfg.latency_runs, cfg.warmup_runs,
-                                   cfg.threads, rounds=cfg.paired_rounds or 5)
-        out["fp32_onnx_latency_ms"] = p["ref_latency_ms"]
-        out["int8_speedup"] = p["speedup"]
-        out["int8_speedup_range"] = [p["speedup_min"], p["speedup_max"]]
-        return out
+        return runtimes.Reference(export.OnnxRunner(self.fp32_onnx, threads=self.threads), "int8_speedup",
+                                  "fp32_onnx_latency_ms")
 
 
 @register("quantize_int8", family="quantization", params=[

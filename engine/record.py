@@ -1,0 +1,250 @@
+"""The result record's schema: one declaration per field, from which every view derives.
+
+The results table (``results.table``), Compare's columns, the model card (``card.json``), the
+CLI's ``runs`` / ``compare`` listings and ``docs/RECORD.md`` all read ``FIELDS``; a new metric is
+declared here and measured where it is measured, nothing else. Plain data: importable without
+torch, pandas or streamlit. The views read ``FIELDS`` when they run (not at import), so a field
+added at run time (a test's monkeypatch, a plug-in) shows everywhere.
+
+``python -m engine.record`` rewrites ``docs/RECORD.md``.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "RECORD.md"
+KINDS = ("number", "text", "bool", "time", "json")   # time: epoch seconds; json: a list or object
+SOURCES = ("record", "base", "view")
+
+
+@dataclass(frozen=True)
+class Cli:
+    """A right-aligned column of ``engine runs`` / ``engine compare``: ``format(value * scale, spec)``."""
+    header: str
+    width: int
+    spec: str
+    scale: float = 1.0
+    commands: tuple[str, ...] = ("compare",)
+    to: str | None = None                   # an interval: this field is its low end, ``to`` its high one ("lo..hi")
+    mark: tuple[str, str] | None = None     # (bool field, letter appended where it is true)
+    order: int = 0                          # columns print by order, then as declared
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    label: str                              # column header / tile title
+    unit: str = ""
+    help: str = ""
+    format: str | None = None               # printf-style, as Compare shows it ("%.4f", "%d", "%.2fx")
+    kind: str = "number"                    # one of KINDS
+    source: str = "record"                  # record: a key of the result record; base: derived against the
+                                            # run's base in the results table; view: composed by a view
+    table: bool = True                      # a column of the results table (record and base fields)
+    card: bool = False                      # copied onto the model card (card.json)
+    compare: int | None = None              # position among Compare's default columns (ascending)
+    more: bool = True                       # else offered under Compare's "More columns" when a run has it
+    cost_axis: str | None = None            # a cost of the accuracy-vs-cost Pareto front, by this short name
+    cli: Cli | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS or self.source not in SOURCES:
+            raise ValueError(f"field {self.name}: kind must be one of {KINDS}, source one of {SOURCES}")
+
+    @property
+    def base_relative(self) -> bool:
+        return self.source == "base"
+
+    @property
+    def numeric(self) -> bool:
+        return self.kind in ("number", "time")
+
+
+_FRACTION = "fraction (0-1)"
+_PAIRED = ("x faster, from timings interleaved with the model each step started from where 'paired' is ticked "
+           "(multiplied along a chain)")
+
+FIELDS: tuple[Field, ...] = (
+    # -- what ran --------------------------------------------------------------------------------
+    Field("run_id", "run_id", kind="text", compare=180, card=True, help="the run's id (its folder under runs/)"),
+    Field("name", "name", kind="text", compare=10, card=True, help="the job's name"),
+    Field("method", "method", kind="text", compare=30, card=True, help="the registered method that made the model"),
+    Field("arch", "arch", kind="text", compare=40, card=True, help="the model's architecture"),
+    Field("dataset", "dataset", kind="text", compare=50, card=True, help="the data it was trained and tested on"),
+    Field("parent", "parent", kind="text", card=True, more=False,
+          help="the run this one started from (none: a fresh architecture or a checkpoint)"),
+    Field("base_id", "base run", kind="text", source="base", compare=190,
+          help="the root of the run's parent chain, what every base-relative column compares with"),
+    # -- accuracy --------------------------------------------------------------------------------
+    Field("accuracy", "accuracy", _FRACTION, "top-1 on the test split", "%.4f", card=True, compare=60,
+          cli=Cli("acc", 7, ".4f", commands=("runs", "compare"))),
+    Field("delta_accuracy", "Δ accuracy", _FRACTION,
+          "accuracy minus the base's on the same test images: each job also scores the model it started from "
+          "(summed along a chain of runs); blank where the test sets differ", "%+.4f", source="base", compare=70,
+          cli=Cli("Δ pt", 6, "+.1f", scale=100)),
+    Field("delta_ci_low", "Δ CI low", _FRACTION, "low end of Δ accuracy's 95% interval", "%+.4f", source="base",
+          cli=Cli("Δ 95% CI pt", 13, "+.1f", scale=100, to="delta_ci_high")),
+    Field("delta_ci_high", "Δ CI high", _FRACTION, "high end of Δ accuracy's 95% interval", "%+.4f",
+          source="base"),
+    Field("mcnemar_p", "McNemar p", "", "exact McNemar test that this run and its base are equally accurate on "
+          "these images; small (e.g. < 0.05): the difference is real", "%.3g", source="base"),
+    Field("top5", "top-5", _FRACTION, "empty with 5 classes or fewer, where it is 1 by construction", "%.4f",
+          card=True),
+    Field("roc_auc", "ROC AUC", "", "macro one-vs-rest", "%.4f", card=True),
+    Field("agreement", "agrees with start", _FRACTION, "share of test images on which this run's top-1 answer "
+          "equals the model it started from (both run on the same images in its job)", "%.4f",
+          cli=Cli("agree %", 7, ".1f", scale=100, order=1)),
+    Field("flips_to_wrong", "newly wrong", _FRACTION, "share of test images the starting model got right and "
+          "this run gets wrong", "%.4f"),
+    Field("flips_to_right", "newly right", _FRACTION, "share of test images the starting model got wrong and "
+          "this run gets right", "%.4f"),
+    # -- size and compute ------------------------------------------------------------------------
+    Field("size_bytes", "size (bytes)", "bytes", "the checkpoint bundle's file size", "%d", card=True,
+          compare=90, cost_axis="size", cli=Cli("size MB", 8, ".2f", scale=1e-6, commands=("runs",))),
+    Field("x_smaller", "x smaller", "x", "base size ÷ this size", "%.2fx", source="base", compare=100,
+          cli=Cli("x smaller", 9, ".2f")),
+    Field("params", "params", "parameters", "parameters of the model (dense count)", "%d", card=True,
+          compare=170, cost_axis="params"),
+    Field("macs", "MACs", "MACs", "multiply-accumulates per image (torchvision's 'GFLOPS' are MACs)", "%d",
+          card=True, compare=110, cost_axis="macs", cli=Cli("MMACs", 9, ".1f", scale=1e-6, commands=("runs",))),
+    Field("x_fewer_macs", "x fewer MACs", "x", "base MACs ÷ this run's MACs", "%.2fx", source="base",
+          compare=120, cli=Cli("x fewer MACs", 12, ".2f")),
+    Field("flops", "FLOPs", "FLOPs", "floating-point operations per image, 2 per MAC", "%d", card=True),
+    Field("sparsity", "sparsity", _FRACTION, "share of exactly-zero conv/linear weights", "%.3f", card=True,
+          compare=160),
+    # -- speed and memory ------------------------------------------------------------------------
+    Field("latency_ms", "latency (ms)", "ms", "CPU, batch 1, median", "%.3f", card=True, compare=130,
+          cost_axis="latency", cli=Cli("lat ms", 7, ".2f", commands=("runs",))),
+    Field("x_faster", "x faster", "x",
+          "CPU batch-1 speed-up over the base, from timings interleaved with the model each step started from "
+          "where 'paired' is ticked (multiplied along a chain), else base latency ÷ this latency from separate "
+          "jobs. An INT8 step counts against its own model in fp32 under ONNX Runtime, so the change of runtime "
+          "is not credited to quantisation (the runtime method measures that)", "%.2fx", source="base",
+          compare=140, cli=Cli("x faster", 9, ".2f", mark=("x_faster_paired", "p"))),
+    Field("x_faster_paired", "paired", kind="bool", source="base", compare=145, more=False,
+          help="speed-up timed interleaved with the base (cancels slow drift of the machine)"),
+    Field("x_faster_low", "x faster, slowest round", "x", "the slowest paired round's " + _PAIRED, "%.2fx",
+          source="base", more=False),
+    Field("x_faster_high", "x faster, fastest round", "x", "the fastest paired round's " + _PAIRED, "%.2fx",
+          source="base", more=False),
+    Field("latency_p90_ms", "latency p90 (ms)", "ms", "CPU, batch 1, 90th percentile", "%.3f"),
+    Field("latency_cv", "latency CV", "", "spread of the repeated latency measurements (standard deviation ÷ "
+          "mean); above ~0.1 the machine was busy while this run was timed", "%.3f"),
+    Field("int8_speedup", "INT8 x faster than fp32 ORT", "x", "the quantised model against the same model in "
+          "fp32, both in ONNX Runtime and timed interleaved: the gain of quantisation alone", "%.2fx"),
+    Field("throughput", "CPU img/s", "images/s", "images per second at the measurement batch size", "%.1f",
+          card=True),
+    Field("peak_mem_bytes", "CPU peak mem (bytes)", "bytes", "resident memory growth during batched inference",
+          "%d"),
+    Field("gpu_latency_ms", "GPU latency (ms)", "ms", "GPU, batch 1, median", "%.3f"),
+    Field("gpu_x_faster", "GPU x faster", "x", "GPU batch-1 speed-up over the base (paired where the jobs timed "
+          "it interleaved)", "%.2fx", source="base"),
+    Field("gpu_throughput", "GPU img/s", "images/s", "images per second on the GPU", "%.1f"),
+    Field("gpu_peak_mem_bytes", "GPU peak mem (bytes)", "bytes", "torch.cuda.max_memory_allocated", "%d"),
+    Field("train_seconds", "train time (s)", "s", "wall time of the job's training and fine-tuning", "%.1f"),
+    # -- where and on what -----------------------------------------------------------------------
+    Field("device", "device", kind="text", card=True, help="the device the job trained and evaluated on"),
+    Field("num_classes", "classes", help="classes of the dataset (outputs of the model)", card=True),
+    Field("input_size", "input size", "[C, H, W]", "the input the model takes", kind="json", table=False,
+          card=True),
+    Field("test_images", "test images", help="images the test metrics were computed on"),
+    Field("method_params", "parameters", kind="json", card=True, help="the method's parameters (defaults filled in)"),
+    Field("finished", "finished", "epoch seconds", "when the run finished", kind="time"),
+    # -- composed by the views from the columns above --------------------------------------------
+    Field("pareto", "Pareto", kind="bool", source="view", table=False, compare=20,
+          help="on the Pareto front of accuracy against the chosen cost: no run in view is both cheaper and "
+               "more accurate"),
+    Field("delta_ci", "Δ 95% CI", kind="text", source="view", table=False, compare=80,
+          help="where Δ accuracy would lie with another draw of test images: from the answers that flipped "
+               "against the base in this run's job (paired). An interval spanning 0 means the difference is "
+               "within test-set noise. Blank for the base and for chains of runs"),
+    Field("x_faster_range", "x faster range", kind="text", source="view", table=False, compare=150,
+          help="the slowest and fastest of the paired rounds (multiplied along a chain of runs): a range that "
+               "spans 1x means the speed-up is within timing noise"),
+)
+
+
+def get(name: str) -> Field:
+    return next(f for f in FIELDS if f.name == name)
+
+
+def table_fields() -> list[Field]:
+    """The results table's columns, in order."""
+    return [f for f in FIELDS if f.table and f.source != "view"]
+
+
+def compare_defaults() -> list[str]:
+    """Compare's default columns, in order."""
+    return [f.name for f in sorted((f for f in FIELDS if f.compare is not None), key=lambda f: f.compare)]
+
+
+def card_keys() -> list[str]:
+    """The record fields the model card carries, in order."""
+    return [f.name for f in FIELDS if f.card]
+
+
+def cost_axes() -> list[Field]:
+    """The costs accuracy can be plotted against (and its Pareto front taken along)."""
+    return [f for f in FIELDS if f.cost_axis]
+
+
+def cli_columns(command: str) -> list[Field]:
+    """The fields ``engine <command>`` prints as columns, in order (``runs`` or ``compare``)."""
+    return sorted((f for f in FIELDS if f.cli and command in f.cli.commands), key=lambda f: f.cli.order)
+
+
+def markdown() -> str:
+    """docs/RECORD.md: every field with its unit, meaning and where it shows."""
+    def cell(s: str) -> str:
+        return s.replace("|", "\\|")
+
+    def shown(f: Field) -> str:
+        where = []
+        if f.table:
+            where.append("table")
+        if f.compare is not None:
+            where.append("Compare")
+        elif f.table and f.more:
+            where.append("Compare (More columns)")
+        if f.cost_axis:
+            where.append(f"cost axis `{f.cost_axis}`")
+        if f.card:
+            where.append("card")
+        if f.cli:
+            where += [f"`engine {c}`" for c in f.cli.commands]
+        return ", ".join(where)
+
+    source = {"record": "record", "base": "base-relative", "view": "view"}
+    lines = ["# The result record", "",
+             "Generated from `engine/record.py` by `python -m engine.record`; do not edit by hand.", "",
+             "A run's result record (`result.json`, the store's `record` column, the last line of "
+             "`python -m engine run`) is one flat JSON object. The fields below are those the results table, "
+             "Compare, the model card (`card.json`) and the CLI show; methods add their own keys beside them. "
+             "*Source*: `record` is a key of the record; `base-relative` is derived in the results table "
+             "against the run's base (the root of its parent chain); `view` is composed by Compare or the CLI.",
+             "", "| field | label | unit | kind | source | shown in | meaning |",
+             "|---|---|---|---|---|---|---|"]
+    for f in FIELDS:
+        lines.append(f"| `{f.name}` | {cell(f.label)} | {cell(f.unit)} | {f.kind} | {source[f.source]} | "
+                     f"{shown(f)} | {cell(f.help)} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write docs/RECORD.md (``--check``: exit 1 where the committed file differs)."""
+    argv = sys.argv[1:] if argv is None else argv
+    text = markdown()
+    if "--check" in argv:
+        stale = not DOC.is_file() or DOC.read_text(encoding="utf-8") != text
+        if stale:
+            print(f"{DOC} is stale: run python -m engine.record", file=sys.stderr)
+        return int(stale)
+    DOC.write_text(text, encoding="utf-8")
+    print(f"wrote {DOC}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
