@@ -251,8 +251,7 @@ def ensure_worker(store: Store | None = None) -> bool:
         db.execute("INSERT INTO workers (id, pid, host, started, heartbeat, concurrency, backend) "
                    "VALUES (?,?,?,?,?,?,?)", (worker_id, None, socket.gethostname(), now, now, None, backend_name()))
     log = open(store.root / "worker.log", "ab")
-    env = {**os.environ, "SLIMBENCH_HOME": str(store.root), "SLIMBENCH_WORKER_ID": worker_id,
-           "PYTHONPATH": os.pathsep.join(p for p in (str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")) if p)}
+    env = {**os.environ, "SLIMBENCH_HOME": str(store.root), "SLIMBENCH_WORKER_ID": worker_id}
     idle = os.environ.get("SLIMBENCH_WORKER_IDLE_EXIT", "600")
     proc = subprocess.Popen([sys.executable, "-m", "engine", "worker", "--exit-when-idle", idle],
                             cwd=PACKAGE_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,

@@ -15,7 +15,7 @@ from engine import jobs
 from engine.spec import SpecError
 from engine.store import Store
 
-from conftest import ROOT, cli, pythonpath
+from conftest import ROOT, cli
 
 MEASURE = {"onnx": False, "latency_runs": 1, "warmup_runs": 0, "batch_size": 2}
 TRIVIAL = {"data": {"name": "digits", "limit": 100, "test_limit": 50}, "model": {"arch": "resnet18"},
@@ -50,7 +50,7 @@ def ws(tmp_path, monkeypatch):
 
 
 def start_worker(store: Store, *args: str) -> subprocess.Popen:
-    env = {**os.environ, "SLIMBENCH_HOME": str(store.root), "PYTHONPATH": pythonpath()}
+    env = {**os.environ, "SLIMBENCH_HOME": str(store.root)}
     p = subprocess.Popen([sys.executable, "-m", "engine", "worker", "--exit-when-idle", "60", *args], cwd=ROOT,
                          env=env, stdout=subprocess.DEVNULL, stderr=open(store.root / f"worker-{len(WORKERS)}.err", "w"))
     WORKERS.append(p)
@@ -344,7 +344,7 @@ def test_a_killed_foreground_run_is_found_stale_and_can_be_retried(ws):
     spec_path = ws.root / "long.json"
     ws.root.mkdir(parents=True, exist_ok=True)
     spec_path.write_text(json.dumps(LONG))
-    env = {**os.environ, "SLIMBENCH_HOME": str(ws.root), "PYTHONPATH": pythonpath()}
+    env = {**os.environ, "SLIMBENCH_HOME": str(ws.root)}
     proc = subprocess.Popen([sys.executable, "-m", "engine", "run", str(spec_path)], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

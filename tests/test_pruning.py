@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from conftest import ROOT, pythonpath
+from conftest import ROOT
 from engine import data as D, export, measure, models
 from engine.runner import JobFailed, execute
 from engine.spec import JobSpec, SpecError
@@ -116,7 +116,7 @@ acc = training.evaluate(model, d, "test")["accuracy"]
 print(json.dumps({{"acc": acc, "widths": [m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)]}}))
 """
     p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                       env={"PYTHONPATH": pythonpath(), "PATH": "/usr/bin:/bin"})
+                       env={"PATH": "/usr/bin:/bin"})
     assert p.returncode == 0, p.stderr[-2000:]
     out = json.loads(p.stdout.strip().splitlines()[-1])
     assert out["acc"] == pytest.approx(resnet_half["accuracy"], abs=1e-6)
