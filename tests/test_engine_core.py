@@ -13,10 +13,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-from conftest import CIFAR_SMALL, ROOT, cli, pythonpath, run_spec
+from conftest import CIFAR_SMALL, ROOT, cli, run_spec
 from engine import data as D
+from engine.data import assembly
 from engine import export, measure, models
-from engine.spec import JobSpec, SpecError
+from engine.spec import DataSpec, JobSpec, SpecError
 from engine.store import Store
 
 REQUIRED = ("run_id", "status", "accuracy", "top5", "roc_auc", "params", "size_bytes", "macs", "flops",
@@ -72,7 +73,7 @@ d = data.load(DataSpec(**spec['data']))
 print(json.dumps(training.evaluate(model, d, 'test')))
 """
     p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                       env={"SLIMBENCH_HOME": str(session_home), "PYTHONPATH": pythonpath(), "PATH": "/usr/bin:/bin"})
+                       env={"SLIMBENCH_HOME": str(session_home), "PATH": "/usr/bin:/bin"})
     assert p.returncode == 0, p.stderr
     got = json.loads(p.stdout.strip().splitlines()[-1])
     assert got["accuracy"] == pytest.approx(digits_base["accuracy"], abs=1e-6)
@@ -221,7 +222,7 @@ def test_malformed_json_exits_2(home, tmp_path):
 
 
 def test_measure_reports_a_bundle_and_its_paired_speedup_over_another(digits_base, home, tmp_path):
-    meta = D.load(D.DataSpec(name="digits", limit=50)).meta()
+    meta = D.load(DataSpec(name="digits", limit=50)).meta()
     small = models.build("mobilenet_v3_small", 10, small_input=True)
     path = tmp_path / "small.pt"
     export.save_bundle(export.make_bundle(small, arch="mobilenet_v3_small", num_classes=10, small_input=True,
@@ -258,7 +259,7 @@ def test_spec_round_trips_through_json():
 def test_digits_splits_are_fixed_and_disjoint():
     spec = JobSpec.from_dict({"data": {"name": "digits"}, "model": {"arch": "resnet18"}}).data
     a = D.load(spec)
-    D._MEMO.clear()
+    assembly._MEMO.clear()
     b = D.load(spec)
     assert torch.equal(a.val.y, b.val.y) and torch.equal(a.test.x, b.test.x)
     assert len(a.train) + len(a.val) + len(a.test) == 1797
