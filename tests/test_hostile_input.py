@@ -43,11 +43,13 @@ def _png_header_only(width: int, height: int) -> bytes:
 
 
 # -- images --------------------------------------------------------------------------------------
+@pytest.mark.fast
 def test_non_image_bytes_are_refused():
     with pytest.raises(D.ImageError, match="not an image"):
         D.load_pil(b"%PDF-1.4 definitely not a picture")
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
 def test_truncated_images_are_refused(fmt):
     raw = _save(Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)), fmt)
@@ -55,6 +57,7 @@ def test_truncated_images_are_refused(fmt):
         D.load_pil(raw[: len(raw) // 2])
 
 
+@pytest.mark.fast
 def test_png_with_alpha_is_composited_on_white():
     im = Image.new("RGBA", (8, 8), (255, 0, 0, 0))  # fully transparent red
     out = D.load_pil(_save(im, "PNG"))
@@ -104,6 +107,7 @@ def test_animated_gif_uses_its_first_frame():
     assert r > 200 and b < 50
 
 
+@pytest.mark.fast
 def test_decompression_bomb_is_refused_without_decoding():
     raw = _png_header_only(100_000, 100_000)
     assert len(raw) < 200
@@ -169,12 +173,14 @@ def test_symlinks_in_a_dataset_folder_are_not_followed(home, tmp_path):
     assert len(d.train) + len(d.val) == 6  # the link was not read
 
 
+@pytest.mark.fast
 def test_zip_bomb_is_refused_before_decoding(home, tmp_path):
     z = _zip(tmp_path / "bomb.zip", {**_ok_members(), "train/a/big.png": b"\0" * (20 << 20)})
     with pytest.raises(SpecError, match="zip bomb"):
         _load(z)
 
 
+@pytest.mark.fast
 def test_archive_too_large_uncompressed_is_refused(home, tmp_path, monkeypatch):
     monkeypatch.setattr(listing, "MAX_ARCHIVE_BYTES", 100)
     z = _zip(tmp_path / "big.zip", _ok_members())
@@ -279,6 +285,7 @@ def test_a_diverging_loss_stops_training_with_what_to_do(home):
 
 
 # -- specs -----------------------------------------------------------------------------------------
+@pytest.mark.fast
 @pytest.mark.parametrize("section,value,field", [
     ("data", {"name": "digits", "val_fraction": 1.5}, "data.val_fraction"),
     ("data", {"name": "digits", "batch_size": 10 ** 9}, "data.batch_size"),
@@ -297,6 +304,7 @@ def test_invalid_values_name_their_field(section, value, field):
     assert e.value.field == field
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("bad", ["../etc", "a/b", "x" * 65, "", "a b", "..", "run;rm -rf"])
 def test_run_ids_cannot_traverse_paths(bad):
     with pytest.raises(ValueError):
@@ -340,6 +348,7 @@ def test_disk_full_fails_the_job_cleanly_and_keeps_the_store_consistent(home, mo
     assert not (Store().run_dir(row["id"]) / "model.pt").exists()
 
 
+@pytest.mark.fast
 def test_five_concurrent_submitters_lose_nothing(home):
     code = f"""
 import sys
@@ -365,6 +374,7 @@ def test_server_listens_on_localhost_with_capped_uploads():
     assert cfg["browser"]["gatherUsageStats"] is False
 
 
+@pytest.mark.fast
 def test_no_user_input_can_reach_a_shell_or_eval():
     import re
     sources = [p for d in ("engine", "pages") for p in (ROOT / d).rglob("*.py")] + [ROOT / "dashboard.py"]
@@ -406,6 +416,7 @@ def test_files_outside_the_layout_are_named_in_the_runs_notes(home, tmp_path):
     assert D.describe_imagefolder(root)["ignored"] == ["a/more/9.png", "labels.csv"]
 
 
+@pytest.mark.fast
 def test_a_changed_dataset_folder_is_read_again(home, tmp_path):
     """The decode cache of a folder must notice images added or removed inside its class folders."""
     root = tmp_path / "ds"

@@ -78,6 +78,7 @@ def wait_state(store: Store, job_id: str, states: tuple[str, ...], timeout: floa
     return row
 
 
+@pytest.mark.fast
 def test_submit_runs_to_done_with_progress_and_cli(ws):
     spec_path = ws.root / "spec.json"
     spec_path.write_text(json.dumps(SHORT))
@@ -187,6 +188,7 @@ def test_exception_fails_with_reason_and_worker_goes_on(ws, tmp_path):
     assert wait_state(ws, fine, ("done", "failed"))["state"] == "done"
 
 
+@pytest.mark.fast
 def test_concurrent_claims_never_take_a_job_twice(ws):
     ids = [ws.create(TRIVIAL, state="queued") for _ in range(30)]
     claimed: list[tuple[str, str]] = []
@@ -266,6 +268,7 @@ def test_ensure_worker_starts_exactly_one(ws, monkeypatch):
     wait_for(lambda: not _alive(pid), 30, "the idle worker to exit")
 
 
+@pytest.mark.fast
 def test_no_job_can_start_from_or_learn_from_an_int8_model(ws):
     """An INT8 ONNX Runtime result cannot be trained further: refused when queued, not minutes later."""
     from engine.spec import SpecError
@@ -305,6 +308,7 @@ def test_a_cuda_job_the_local_worker_cannot_run_is_refused_when_queued(ws, monke
     assert [r["state"] for r in ws.list()] == ["queued", "queued"]
 
 
+@pytest.mark.fast
 def test_waiting_for_names_the_need_submitted_first_not_the_smallest_id(ws):
     """Ids made within one second sort by their random suffix: "waiting for" must follow
     submission order (it named the teacher before the base in one CI run)."""

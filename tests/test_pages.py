@@ -126,6 +126,7 @@ def launched(ws):
     return {"ids": ids, "rows": rows, "method": m}
 
 
+@pytest.mark.fast
 def test_every_page_renders_on_an_empty_workspace(tmp_path, monkeypatch):
     monkeypatch.setenv("SLIMBENCH_HOME", str(tmp_path / "empty"))
     monkeypatch.setenv("SLIMBENCH_NO_AUTOSTART", "1")
@@ -153,6 +154,7 @@ def test_experiments_launch_runs_jobs_to_done(launched, ws):
         assert child["record"]["method"] == launched["method"]
 
 
+@pytest.mark.fast
 def test_experiments_errors_name_the_field(ws, monkeypatch):
     monkeypatch.setenv("SLIMBENCH_NO_AUTOSTART", "1")
     before = len(Store(ws).list())
