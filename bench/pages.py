@@ -85,7 +85,7 @@ tabulating every record."""
         st.cache_resource.clear()
         at = AppTest.from_file(str(ROOT / "dashboard.py"), default_timeout=120)
         at.run()
-        at.switch_page("pages/compare.py")
+        at.switch_page("views/compare.py")
         t0 = time.perf_counter()
         at.run()
         cold = time.perf_counter() - t0

@@ -436,7 +436,7 @@ def test_working_copy_reduces_large_images_once_and_leaves_small_ones():
 
 @pytest.mark.fast
 def test_dashboard_formats_numpy_scalars_and_uses_decimal_units():
-    from pages.common import fmt_bytes, fmt_count, fmt_seconds, fmt_value
+    from views.common import fmt_bytes, fmt_count, fmt_seconds, fmt_value
     assert fmt_bytes(np.int64(44_775_307)) == fmt_bytes(44_775_307) == "44.8 MB"  # as the MB limits take it
     assert fmt_bytes(999) == "999 B" and fmt_bytes(1500) == "1.5 kB" and fmt_bytes(float("nan")) == "—"
     assert fmt_count(np.int64(34_718_720)) == "34.7 M" and fmt_count(True) == "—" and fmt_count(None) == "—"

@@ -57,7 +57,7 @@ def page(name: str, run: bool = True) -> AppTest:
     at = AppTest.from_file(str(ROOT / "dashboard.py"), default_timeout=120)
     if name != "experiments":
         at.run()  # st.navigation registers the pages on the first run; then switch
-        at.switch_page(f"pages/{name}.py")
+        at.switch_page(f"views/{name}.py")
     if run:
         at.run()
         assert not at.exception, [e.value for e in at.exception]
@@ -554,7 +554,7 @@ def test_sensitivity_suggestions_become_a_pruning_job(launched, ws):
 
 
 def test_download_paths_stay_inside_the_workspace(launched, ws):
-    from pages.common import artifact_path
+    from views.common import artifact_path
     rid = launched["ids"][0]
     assert artifact_path(rid, "checkpoint") == (Store(ws).run_dir(rid) / "model.pt").resolve()
     for bad in ("../../etc", "..", "a/b", "", "x" * 65):

@@ -9,7 +9,7 @@ import streamlit as st
 
 from engine import predict, saliency
 from engine.data import IMAGE_SUFFIXES, ImageError, load_pil
-from pages.common import done_runs, get_store, inside_app, run_label
+from views.common import done_runs, get_store, inside_app, run_label
 
 inside_app()
 

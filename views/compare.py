@@ -10,7 +10,7 @@ import streamlit as st
 
 from engine import jobs, presets, results
 from engine.spec import SpecError
-from pages.common import card, download, fmt_bytes, fmt_count, fmt_value, get_store, inside_app
+from views.common import card, download, fmt_bytes, fmt_count, fmt_value, get_store, inside_app
 
 inside_app()
 
@@ -259,7 +259,7 @@ if sens:
                         st.error(f"Could not queue the job: {e}")
                     else:
                         st.success(f"Queued {job}; it appears here when it finishes.", icon=":material/rocket_launch:")
-                        st.page_link("pages/jobs.py", label="Watch it on Jobs", icon=":material/arrow_forward:")
+                        st.page_link("views/jobs.py", label="Watch it on Jobs", icon=":material/arrow_forward:")
 
 # -- one run ------------------------------------------------------------------------------------
 st.subheader("Run details")

@@ -21,11 +21,11 @@ ARTIFACT_FILES = {"checkpoint": ("model.pt", "application/octet-stream"),
 
 
 # (file, title, icon, url path); the first is the default page at "/".
-PAGES = (("pages/experiments.py", "Experiments", ":material/science:", ""),
-         ("pages/jobs.py", "Jobs", ":material/pending_actions:", "jobs"),
-         ("pages/compare.py", "Compare", ":material/scatter_plot:", "compare"),
-         ("pages/try_image.py", "Try an image", ":material/image_search:", "try"),
-         ("pages/hardware.py", "Hardware", ":material/memory:", "hardware"))
+PAGES = (("views/experiments.py", "Experiments", ":material/science:", ""),
+         ("views/jobs.py", "Jobs", ":material/pending_actions:", "jobs"),
+         ("views/compare.py", "Compare", ":material/scatter_plot:", "compare"),
+         ("views/try_image.py", "Try an image", ":material/image_search:", "try"),
+         ("views/hardware.py", "Hardware", ":material/memory:", "hardware"))
 VIA_APP = "_slimbench_via_app"  # session flag: dashboard.py's navigation has run
 
 
