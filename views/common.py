@@ -26,22 +26,11 @@ PAGES = (("views/experiments.py", "Experiments", ":material/science:", ""),
          ("views/compare.py", "Compare", ":material/scatter_plot:", "compare"),
          ("views/try_image.py", "Try an image", ":material/image_search:", "try"),
          ("views/hardware.py", "Hardware", ":material/memory:", "hardware"))
-VIA_APP = "_slimbench_via_app"  # session flag: dashboard.py's navigation has run
 
 
 def app_pages() -> list:
     return [st.Page(path, title=title, icon=icon, url_path=url or None, default=not url)
             for path, title, icon, url in PAGES]
-
-
-def inside_app() -> None:
-    """Every page starts with this. On a fresh server Streamlit serves a first deep link (e.g.
-    /compare) in its older pages-directory mode: the page file alone, without the app's navigation
-    and sidebar. Declaring the app's navigation ends that mode for the whole server, and the rerun
-    shows the same page inside the app."""
-    if not st.session_state.get(VIA_APP):
-        st.navigation(app_pages(), position="hidden")
-        st.rerun()
 
 
 # Widget values that survive a visit to another page (Streamlit drops the state of the widgets a run

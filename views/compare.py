@@ -10,9 +10,7 @@ import streamlit as st
 
 from engine import jobs, presets, results
 from engine.spec import SpecError
-from views.common import card, download, fmt_bytes, fmt_count, fmt_value, get_store, inside_app
-
-inside_app()
+from views.common import card, download, fmt_bytes, fmt_count, fmt_value, get_store
 
 st.title("Compare")
 store = get_store()

@@ -9,9 +9,7 @@ import streamlit as st
 
 from engine import data as data_mod, export, import_weights, jobs, methods, models, presets
 from engine.spec import SpecError
-from views.common import device_text, done_runs, get_store, inside_app, run_label, save_upload, startable_runs
-
-inside_app()
+from views.common import device_text, done_runs, get_store, run_label, save_upload, startable_runs
 
 st.title("Experiments")
 st.caption("Train a base model, compress it with any registered method, and queue the jobs. "

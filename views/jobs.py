@@ -7,9 +7,7 @@ import streamlit as st
 
 from engine import jobs, results
 from engine.store import FINAL_STATES
-from views.common import fmt_bytes, fmt_count, fmt_seconds, fmt_value, follow_activity, get_store, inside_app
-
-inside_app()
+from views.common import fmt_bytes, fmt_count, fmt_seconds, fmt_value, follow_activity, get_store
 
 st.title("Jobs")
 store = get_store()

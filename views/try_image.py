@@ -9,9 +9,7 @@ import streamlit as st
 
 from engine import predict, saliency
 from engine.data import IMAGE_SUFFIXES, ImageError, load_pil
-from views.common import done_runs, get_store, inside_app, run_label
-
-inside_app()
+from views.common import done_runs, get_store, run_label
 
 st.title("Try an image")
 store = get_store()
