@@ -11,6 +11,7 @@ names, whichever module below defines them.
 - ``listing``: ImageFolder listings of a folder or zip, and the archive guards
 - ``images``: image decoding and preprocessing
 - ``assembly``: ``load``, a spec to its bundle
+- ``errors``: DataError (a dataset that cannot be used), ImageError (an image that cannot)
 """
 from .assembly import load
 from .bundle import BatchLoader, DataBundle, Split, random_crop
