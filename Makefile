@@ -1,4 +1,5 @@
-# Slimbench: `make run` starts the dashboard, `make test` runs every test. Both set everything up first.
+# Slimbench: `make run` starts the dashboard, `make test` runs every test, `make test-fast` the quick
+# lane (tests marked `fast`, a few minutes). All of them set everything up first.
 SHELL := /bin/bash
 VENV  := .venv
 PY    := $(VENV)/bin/python
@@ -6,15 +7,17 @@ STAMP := $(VENV)/.installed
 REQS  := requirements.txt requirements-ray.txt
 PORT  ?= 8501
 
-.PHONY: setup run test bench bench-gpu clean
+.PHONY: setup run test test-fast bench bench-gpu clean
 
 setup: $(STAMP)
 	@bash scripts/setup_debian.sh
 
-# Re-install only when a requirements file changed (a second `make` adds seconds, not minutes).
-$(STAMP): $(REQS)
+# Re-install only when a requirements file or the package metadata changed (a second `make` adds
+# seconds, not minutes). pip, not uv: pip takes torch from this machine's local wheels.
+$(STAMP): $(REQS) pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q $(addprefix -r ,$(REQS))
+	$(PY) -m pip install -q -e .
 	@touch $(STAMP)
 
 run: setup
@@ -23,6 +26,9 @@ run: setup
 test: setup
 	$(PY) -m pytest
 
+test-fast: setup
+	$(PY) -m pytest -m fast
+
 bench: setup
 	$(PY) -m bench cpu
 
@@ -30,4 +36,4 @@ bench-gpu: setup
 	$(PY) -m bench gpu
 
 clean:
-	rm -rf $(VENV) workspace test-artifacts .pytest_cache
+	rm -rf $(VENV) workspace test-artifacts .pytest_cache *.egg-info

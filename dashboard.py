@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages.common import VIA_APP, app_pages, keep_widget_state, live_sidebar
+from views.common import app_pages, keep_widget_state, live_sidebar
 
 st.set_page_config(page_title="Slimbench", page_icon=":material/compress:", layout="wide",
                    initial_sidebar_state="expanded")
@@ -12,6 +12,5 @@ page = st.navigation(app_pages())
 with st.sidebar:
     st.markdown("### Slimbench")
     live_sidebar()  # live counts without rerunning the page
-st.session_state[VIA_APP] = True
 keep_widget_state()
 page.run()

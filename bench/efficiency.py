@@ -153,8 +153,7 @@ def reference_run(device: torch.device) -> dict:
     with tempfile.TemporaryDirectory(prefix="slimbench-ref-") as tmp:
         spec = Path(tmp) / "spec.json"
         spec.write_text(json.dumps({**REFERENCE_SPEC, "train": {**REFERENCE_SPEC["train"], "device": device.type}}))
-        env = {**os.environ, "SLIMBENCH_HOME": str(Path(tmp) / "ws"),
-               "PYTHONPATH": os.pathsep.join(filter(None, (str(root), os.environ.get("PYTHONPATH"))))}
+        env = {**os.environ, "SLIMBENCH_HOME": str(Path(tmp) / "ws")}
         t0 = time.perf_counter()
         p = subprocess.run([sys.executable, "-m", "engine", "run", str(spec)], cwd=root, env=env,
                            capture_output=True, text=True)

@@ -34,7 +34,7 @@ def free_port() -> int:
 def streamlit_server(home: Path, env: dict | None = None, log: Path | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
     """`streamlit run dashboard.py` on 127.0.0.1 and a free port; yields (base URL, process) once healthy."""
     port = free_port()
-    full_env = {**os.environ, "SLIMBENCH_HOME": str(home), "PYTHONPATH": str(ROOT), **(env or {})}
+    full_env = {**os.environ, "SLIMBENCH_HOME": str(home), **(env or {})}
     out = open(log, "wb") if log else subprocess.DEVNULL
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "dashboard.py"),
                              "--server.address", "127.0.0.1", "--server.port", str(port), "--server.headless", "true",
@@ -85,7 +85,7 @@ tabulating every record."""
         st.cache_resource.clear()
         at = AppTest.from_file(str(ROOT / "dashboard.py"), default_timeout=120)
         at.run()
-        at.switch_page("pages/compare.py")
+        at.switch_page("views/compare.py")
         t0 = time.perf_counter()
         at.run()
         cold = time.perf_counter() - t0

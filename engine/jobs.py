@@ -205,8 +205,7 @@ def ensure_worker(store: Store | None = None) -> bool:
                             now=now, unless_alive_since=now - stale_s()):
         return False
     log = open(store.root / "worker.log", "ab")
-    env = {**os.environ, "SLIMBENCH_HOME": str(store.root), "SLIMBENCH_WORKER_ID": worker_id,
-           "PYTHONPATH": os.pathsep.join(p for p in (str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")) if p)}
+    env = {**os.environ, "SLIMBENCH_HOME": str(store.root), "SLIMBENCH_WORKER_ID": worker_id}
     idle = os.environ.get("SLIMBENCH_WORKER_IDLE_EXIT", "600")
     proc = subprocess.Popen([sys.executable, "-m", "engine", "worker", "--exit-when-idle", idle],
                             cwd=PACKAGE_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,

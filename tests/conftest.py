@@ -11,10 +11,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-
-def pythonpath() -> str:
-    """This checkout first, then whatever the caller had (packages installed beside it, e.g. --target)."""
-    return os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
 SHARED_DATASETS = ROOT.parent / "shared" / "datasets"
 CIFAR_SMALL = Path(os.environ.get("SLIMBENCH_CIFAR10_SMALL", SHARED_DATASETS / "cifar10-small.zip"))
 ARTIFACTS = ROOT / "test-artifacts"
@@ -40,7 +36,7 @@ def home(tmp_path, monkeypatch) -> Path:
 
 def cli(*args: str, home: Path, input: str | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run ``python -m engine ...`` in a fresh process against workspace ``home``."""
-    env = {**os.environ, "SLIMBENCH_HOME": str(home), "PYTHONPATH": pythonpath()}
+    env = {**os.environ, "SLIMBENCH_HOME": str(home)}
     return subprocess.run([sys.executable, "-m", "engine", *args], cwd=ROOT, env=env, input=input,
                           capture_output=True, text=True, timeout=timeout)
 

@@ -1,6 +1,8 @@
 """The benchmark report logic: verdicts follow the figures, sections are replaced in place."""
 from __future__ import annotations
 
+import pytest
+
 from bench import __main__ as bench_cli  # noqa: F401  (the command itself must at least import)
 from bench import methods_table, report
 
@@ -13,6 +15,7 @@ def rows(*extra: dict) -> dict:
     return {"base": BASE, "rows": rs, "skipped": []}
 
 
+@pytest.mark.fast
 def test_targets_are_judged_on_the_best_qualifying_row():
     res = rows({"label": "s30", "method": "prune_structured", "accuracy": 0.888, "size_bytes": 20e6, "macs": 240e6,
                 "latency_ms": 3.0},

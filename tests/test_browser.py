@@ -154,8 +154,8 @@ def test_main_flow(server, page):
 
 @pytest.mark.parametrize("path, heading", [("/compare", "Compare"), ("/try", "Try an image")])
 def test_a_deep_link_as_a_fresh_servers_first_visit_opens_inside_the_app(tmp_path, page, path, heading):
-    """Streamlit serves a fresh server's first deep link in its pages-directory mode (the page file
-    alone); the page must still come up inside the app: its navigation, sidebar and title."""
+    """A fresh server's first visit by a deep link comes up inside the app: its navigation, sidebar
+    and title (with a pages/ folder beside dashboard.py, Streamlit served it as the page file alone)."""
     with streamlit_server(tmp_path / "ws") as (url, _):
         page.goto(url + path)
         page.get_by_role("heading", name=heading).wait_for(timeout=60_000)

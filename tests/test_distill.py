@@ -31,6 +31,7 @@ def args():
     return torch.tensor([S]), torch.tensor([TCH]), torch.tensor([Y])
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("T,alpha", [(2.0, 0.7), (1.0, 0.7), (4.0, 0.7), (2.0, 0.0), (2.0, 1.0)])
 def test_kd_matches_hand_computation(T, alpha):
     assert kd_loss(*args(), T=T, alpha=alpha).item() == pytest.approx(hand_kd(T, alpha), rel=1e-5)

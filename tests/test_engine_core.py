@@ -14,10 +14,11 @@ import torch
 import torch.nn as nn
 
 from bench.synthetic import insert_synthetic_runs
-from conftest import CIFAR_SMALL, ROOT, cli, pythonpath, run_spec
+from conftest import CIFAR_SMALL, ROOT, cli, run_spec
 from engine import data as D
+from engine.data import assembly
 from engine import export, measure, models
-from engine.spec import JobSpec, SpecError
+from engine.spec import DataSpec, JobSpec, SpecError
 from engine.store import Store
 
 REQUIRED = ("run_id", "status", "accuracy", "top5", "roc_auc", "params", "size_bytes", "macs", "flops",
@@ -25,6 +26,7 @@ REQUIRED = ("run_id", "status", "accuracy", "top5", "roc_auc", "params", "size_b
 
 
 # -- the reference run -------------------------------------------------------------------------
+@pytest.mark.fast
 def test_top5_counts_hits_in_the_five_best_and_is_none_with_five_classes_or_fewer():
     from engine.training import classification_metrics
     logits = torch.arange(7.0).repeat(4, 1)  # every row ranks class 6 first, class 0 last
@@ -73,7 +75,7 @@ d = data.load(DataSpec(**spec['data']))
 print(json.dumps(training.evaluate(model, d, 'test')))
 """
     p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                       env={"SLIMBENCH_HOME": str(session_home), "PYTHONPATH": pythonpath(), "PATH": "/usr/bin:/bin"})
+                       env={"SLIMBENCH_HOME": str(session_home), "PATH": "/usr/bin:/bin"})
     assert p.returncode == 0, p.stderr
     got = json.loads(p.stdout.strip().splitlines()[-1])
     assert got["accuracy"] == pytest.approx(digits_base["accuracy"], abs=1e-6)
@@ -214,6 +216,7 @@ def test_bad_specs_exit_2_naming_the_field(spec, field, hint, home, tmp_path):
     assert not (home / "runs").exists() or not any((home / "runs").iterdir()), "no work may start"
 
 
+@pytest.mark.fast
 def test_malformed_json_exits_2(home, tmp_path):
     path = tmp_path / "spec.json"
     path.write_text('{"data": {"name": "digits",}')
@@ -222,7 +225,7 @@ def test_malformed_json_exits_2(home, tmp_path):
 
 
 def test_measure_reports_a_bundle_and_its_paired_speedup_over_another(digits_base, home, tmp_path):
-    meta = D.load(D.DataSpec(name="digits", limit=50)).meta()
+    meta = D.load(DataSpec(name="digits", limit=50)).meta()
     small = models.build("mobilenet_v3_small", 10, small_input=True)
     path = tmp_path / "small.pt"
     export.save_bundle(export.make_bundle(small, arch="mobilenet_v3_small", num_classes=10, small_input=True,
@@ -249,6 +252,7 @@ def test_profile_rejects_unknown_arch(home):
     assert p.returncode == 2 and "resnet18" in p.stderr
 
 
+@pytest.mark.fast
 def test_spec_round_trips_through_json():
     s = JobSpec.from_dict({"data": {"name": "digits", "limit": 100}, "model": {"arch": "resnet18"},
                            "train": {"epochs": 1, "lr": 0.01}})
@@ -256,16 +260,18 @@ def test_spec_round_trips_through_json():
 
 
 # -- data ----------------------------------------------------------------------------------------
+@pytest.mark.fast
 def test_digits_splits_are_fixed_and_disjoint():
     spec = JobSpec.from_dict({"data": {"name": "digits"}, "model": {"arch": "resnet18"}}).data
     a = D.load(spec)
-    D._MEMO.clear()
+    assembly._MEMO.clear()
     b = D.load(spec)
     assert torch.equal(a.val.y, b.val.y) and torch.equal(a.test.x, b.test.x)
     assert len(a.train) + len(a.val) + len(a.test) == 1797
     assert a.channels == 1 and a.input_shape == (3, 8, 8)
 
 
+@pytest.mark.fast
 def test_batches_are_normalised_rgb_and_augmented():
     spec = JobSpec.from_dict({"data": {"name": "digits", "batch_size": 32}, "model": {"arch": "resnet18"}}).data
     d = D.load(spec)
@@ -279,6 +285,7 @@ def test_batches_are_normalised_rgb_and_augmented():
     assert torch.equal(next(iter(d.loader("train", train=True)))[0], x)  # ...and reproducible from the seed
 
 
+@pytest.mark.fast
 def test_random_crop_keeps_content_shifted():
     x = torch.arange(16.0).view(1, 1, 4, 4).repeat(8, 1, 1, 1)
     oy, ox = torch.randint(0, 3, (2, 8), generator=torch.Generator().manual_seed(0))
@@ -303,6 +310,7 @@ def _make_zip(path: Path, members: dict[str, bytes]) -> Path:
     return path
 
 
+@pytest.mark.fast
 def test_imagefolder_zip_with_train_and_test(home, tmp_path):
     members = {}
     for split, n in (("train", 12), ("test", 4)):
@@ -318,6 +326,7 @@ def test_imagefolder_zip_with_train_and_test(home, tmp_path):
     assert any("skipped 1 unreadable" in n for n in d.notes)
 
 
+@pytest.mark.fast
 def test_imagefolder_single_folder_is_split_with_a_fixed_seed(home, tmp_path):
     root = tmp_path / "flat"
     for cls, col in (("a", 10), ("b", 200)):
@@ -336,6 +345,7 @@ def test_imagefolder_without_class_folders_is_refused(home, tmp_path):
         D.load(JobSpec.from_dict({"data": {"name": "imagefolder", "path": str(z)}, "model": {"arch": "resnet18"}}).data)
 
 
+@pytest.mark.fast
 def test_zip_slip_archive_is_refused(home, tmp_path):
     z = _make_zip(tmp_path / "evil.zip", {"train/a/../../../etc/x.png": _png((1, 1, 1)), "test/a/1.png": _png((1, 1, 1))})
     with pytest.raises(SpecError, match="unsafe path"):

@@ -21,6 +21,7 @@ def rec(run_id, parent=None, **kw):
 
 
 # -- results --------------------------------------------------------------------------------------
+@pytest.mark.fast
 def test_table_is_relative_to_the_root_of_the_parent_chain():
     recs = [rec("base", accuracy=0.90, size_bytes=1000, macs=800, latency_ms=4.0),
             rec("pruned", "base", accuracy=0.88, size_bytes=250, macs=200, latency_ms=2.0),
@@ -108,6 +109,7 @@ def test_against_start_counts_agreement_and_flips_exactly():
     assert m["mcnemar_p"] == 1.0 and m["delta_accuracy_ci95"][0] < 0 < m["delta_accuracy_ci95"][1]
 
 
+@pytest.mark.fast
 def test_accuracy_intervals_match_known_values_and_mcnemar_is_exact():
     assert stats.wilson(0, 3)[0] == 0.0 and stats.wilson(3, 3)[1] == 1.0  # exact at the ends
     assert stats.wilson(50, 100) == pytest.approx([0.4038, 0.5962], abs=1e-4)
@@ -165,6 +167,7 @@ def test_suggestions_and_layer_widths_tables():
     assert results.suggestions({}).empty and results.layer_widths({}).empty
 
 
+@pytest.mark.fast
 def test_pareto_front_keeps_only_undominated_runs():
     recs = [rec("a", accuracy=0.9, size_bytes=100), rec("b", accuracy=0.8, size_bytes=50),
             rec("c", accuracy=0.7, size_bytes=80),   # dominated by b (bigger and worse)
@@ -174,6 +177,7 @@ def test_pareto_front_keeps_only_undominated_runs():
     assert list(front["run_id"]) == ["b", "a", "d"]
 
 
+@pytest.mark.fast
 def test_job_progress_and_curves_from_events():
     row = {"state": "running", "last_event": {"phase": "train", "epoch": 2, "epochs": 4, "step": 5, "steps": 10,
                                                "eta_s": 30.0, "images_per_s": 100.0}}
@@ -431,8 +435,9 @@ def test_working_copy_reduces_large_images_once_and_leaves_small_ones():
         predict.working_copy(b"not an image")
 
 
+@pytest.mark.fast
 def test_dashboard_formats_numpy_scalars_and_uses_decimal_units():
-    from pages.common import fmt_bytes, fmt_count, fmt_seconds, fmt_value
+    from views.common import fmt_bytes, fmt_count, fmt_seconds, fmt_value
     assert fmt_bytes(np.int64(44_775_307)) == fmt_bytes(44_775_307) == "44.8 MB"  # as the MB limits take it
     assert fmt_bytes(999) == "999 B" and fmt_bytes(1500) == "1.5 kB" and fmt_bytes(float("nan")) == "—"
     assert fmt_count(np.int64(34_718_720)) == "34.7 M" and fmt_count(True) == "—" and fmt_count(None) == "—"

@@ -1,6 +1,7 @@
 """factorize building blocks: SVD initialisation is exact where the structure allows, MACs drop."""
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn as nn
 
@@ -8,6 +9,7 @@ from engine import measure, models
 from engine.methods import factorize as Fz
 
 
+@pytest.mark.fast
 def test_asymmetric_pair_at_full_rank_equals_the_conv():
     torch.manual_seed(0)
     conv = nn.Conv2d(4, 6, 3, 2, 1, bias=True)

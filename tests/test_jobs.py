@@ -15,7 +15,7 @@ from engine import jobs
 from engine.spec import SpecError
 from engine.store import Store
 
-from conftest import ROOT, cli, pythonpath
+from conftest import ROOT, cli
 
 MEASURE = {"onnx": False, "latency_runs": 1, "warmup_runs": 0, "batch_size": 2}
 TRIVIAL = {"data": {"name": "digits", "limit": 100, "test_limit": 50}, "model": {"arch": "resnet18"},
@@ -50,7 +50,7 @@ def ws(tmp_path, monkeypatch):
 
 
 def start_worker(store: Store, *args: str) -> subprocess.Popen:
-    env = {**os.environ, "SLIMBENCH_HOME": str(store.root), "PYTHONPATH": pythonpath()}
+    env = {**os.environ, "SLIMBENCH_HOME": str(store.root)}
     p = subprocess.Popen([sys.executable, "-m", "engine", "worker", "--exit-when-idle", "60", *args], cwd=ROOT,
                          env=env, stdout=subprocess.DEVNULL, stderr=open(store.root / f"worker-{len(WORKERS)}.err", "w"))
     WORKERS.append(p)
@@ -78,6 +78,7 @@ def wait_state(store: Store, job_id: str, states: tuple[str, ...], timeout: floa
     return row
 
 
+@pytest.mark.fast
 def test_submit_runs_to_done_with_progress_and_cli(ws):
     spec_path = ws.root / "spec.json"
     spec_path.write_text(json.dumps(SHORT))
@@ -187,6 +188,7 @@ def test_exception_fails_with_reason_and_worker_goes_on(ws, tmp_path):
     assert wait_state(ws, fine, ("done", "failed"))["state"] == "done"
 
 
+@pytest.mark.fast
 def test_concurrent_claims_never_take_a_job_twice(ws):
     ids = [ws.create(TRIVIAL, state="queued") for _ in range(30)]
     claimed: list[tuple[str, str]] = []
@@ -266,6 +268,7 @@ def test_ensure_worker_starts_exactly_one(ws, monkeypatch):
     wait_for(lambda: not _alive(pid), 30, "the idle worker to exit")
 
 
+@pytest.mark.fast
 def test_no_job_can_start_from_or_learn_from_an_int8_model(ws):
     """An INT8 ONNX Runtime result cannot be trained further: refused when queued, not minutes later."""
     from engine.spec import SpecError
@@ -305,6 +308,7 @@ def test_a_cuda_job_the_local_worker_cannot_run_is_refused_when_queued(ws, monke
     assert [r["state"] for r in ws.list()] == ["queued", "queued"]
 
 
+@pytest.mark.fast
 def test_waiting_for_names_the_need_submitted_first_not_the_smallest_id(ws):
     """Ids made within one second sort by their random suffix: "waiting for" must follow
     submission order (it named the teacher before the base in one CI run)."""
@@ -344,7 +348,7 @@ def test_a_killed_foreground_run_is_found_stale_and_can_be_retried(ws):
     spec_path = ws.root / "long.json"
     ws.root.mkdir(parents=True, exist_ok=True)
     spec_path.write_text(json.dumps(LONG))
-    env = {**os.environ, "SLIMBENCH_HOME": str(ws.root), "PYTHONPATH": pythonpath()}
+    env = {**os.environ, "SLIMBENCH_HOME": str(ws.root)}
     proc = subprocess.Popen([sys.executable, "-m", "engine", "run", str(spec_path)], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

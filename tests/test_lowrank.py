@@ -1,6 +1,7 @@
 """lowrank_svd building blocks: exact at full rank, and savings exactly as the chosen ranks predict."""
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn as nn
 
@@ -8,6 +9,7 @@ from engine import measure, models
 from engine.methods import lowrank as L
 
 
+@pytest.mark.fast
 def test_full_rank_factors_reproduce_conv_and_linear():
     torch.manual_seed(0)
     conv, lin = nn.Conv2d(5, 7, 3, 2, 1, bias=True), nn.Linear(12, 4)
@@ -35,6 +37,7 @@ def test_rank_choice_follows_energy_and_ratio():
     assert L.choose_rank(s, None, 0.5) == 2
 
 
+@pytest.mark.fast
 def test_params_and_macs_drop_exactly_as_the_ranks_predict():
     model = models.build("resnet18", 10, True).eval()
     params0, macs0 = measure.count_params(model), measure.count_macs(model, (3, 8, 8))["macs"]

@@ -58,7 +58,7 @@ def page(name: str, run: bool = True) -> AppTest:
     at = AppTest.from_file(str(ROOT / "dashboard.py"), default_timeout=120)
     if name != "experiments":
         at.run()  # st.navigation registers the pages on the first run; then switch
-        at.switch_page(f"pages/{name}.py")
+        at.switch_page(f"views/{name}.py")
     if run:
         at.run()
         assert not at.exception, [e.value for e in at.exception]
@@ -127,6 +127,7 @@ def launched(ws):
     return {"ids": ids, "rows": rows, "method": m}
 
 
+@pytest.mark.fast
 def test_every_page_renders_on_an_empty_workspace(tmp_path, monkeypatch):
     monkeypatch.setenv("SLIMBENCH_HOME", str(tmp_path / "empty"))
     monkeypatch.setenv("SLIMBENCH_NO_AUTOSTART", "1")
@@ -154,6 +155,7 @@ def test_experiments_launch_runs_jobs_to_done(launched, ws):
         assert child["record"]["method"] == launched["method"]
 
 
+@pytest.mark.fast
 def test_experiments_errors_name_the_field(ws, monkeypatch):
     monkeypatch.setenv("SLIMBENCH_NO_AUTOSTART", "1")
     before = len(Store(ws).list())
@@ -553,7 +555,7 @@ def test_sensitivity_suggestions_become_a_pruning_job(launched, ws):
 
 
 def test_download_paths_stay_inside_the_workspace(launched, ws):
-    from pages.common import artifact_path
+    from views.common import artifact_path
     rid = launched["ids"][0]
     assert artifact_path(rid, "checkpoint") == (Store(ws).run_dir(rid) / "model.pt").resolve()
     for bad in ("../../etc", "..", "a/b", "", "x" * 65):

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import subprocess
 import sys
 
@@ -15,7 +14,7 @@ from engine.runner import JobFailed, execute
 from engine.spec import JobSpec, SpecError
 from engine.store import Store
 
-from conftest import ROOT, pythonpath
+from conftest import ROOT
 
 DATA = {"name": "digits", "limit": 200, "test_limit": 120, "batch_size": 32}
 MEASURE = {"onnx": False, "latency_runs": 3, "warmup_runs": 1, "batch_size": 8}
@@ -84,7 +83,7 @@ def test_every_bundle_reloads_in_a_fresh_process_with_its_accuracy(runs):
     records = [json.loads(r) if isinstance(r, str) else r for r in children] + [pipe, half, asym]
     job = [[r["checkpoint"], r["spec"]["data"]] for r in records]
     p = subprocess.run([sys.executable, "-c", _RELOAD, json.dumps(job)], cwd=ROOT, capture_output=True, text=True,
-                       timeout=300, env={**os.environ, "PYTHONPATH": pythonpath()})
+                       timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     got = json.loads(p.stdout.strip().splitlines()[-1])
     kinds = {got[r["checkpoint"]][0] for r in records}

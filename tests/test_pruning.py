@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from conftest import ROOT, pythonpath
+from conftest import ROOT
 from engine import data as D, export, measure, models
 from engine.runner import JobFailed, execute
 from engine.spec import JobSpec, SpecError
@@ -53,6 +53,7 @@ def resnet_half(base) -> dict:
 
 
 # -- validation ------------------------------------------------------------------------------
+@pytest.mark.fast
 @pytest.mark.parametrize("name, params, field", [
     ("prune_unstructured", {"amount": 1.5}, "method.params.amount"),
     ("prune_unstructured", {"scope": "everywhere"}, "method.params.scope"),
@@ -116,7 +117,7 @@ acc = training.evaluate(model, d, "test")["accuracy"]
 print(json.dumps({{"acc": acc, "widths": [m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)]}}))
 """
     p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                       env={"PYTHONPATH": pythonpath(), "PATH": "/usr/bin:/bin"})
+                       env={"PATH": "/usr/bin:/bin"})
     assert p.returncode == 0, p.stderr[-2000:]
     out = json.loads(p.stdout.strip().splitlines()[-1])
     assert out["acc"] == pytest.approx(resnet_half["accuracy"], abs=1e-6)
@@ -173,6 +174,7 @@ def test_soft_filter_pruning_removes_exactly_the_zeroed_filters(base):
     assert after["layer2.0.conv1"].out_channels < before["layer2.0.conv1"].out_channels
 
 
+@pytest.mark.fast
 def test_soft_zeroing_makes_the_hard_removal_exact():
     """After SFP's zeroing, physically removing the zeroed channels must not change the outputs,
     even with batch norms whose running statistics and shifts are far from zero."""
@@ -305,6 +307,7 @@ def test_without_a_validation_split_accuracy_budgets_are_refused(base, name, par
     assert not d.val_held_out and any("no validation split" in n for n in d.notes)
 
 
+@pytest.mark.fast
 def test_global_ranking_leaves_every_layer_its_floor(monkeypatch):
     """A layer whose filters all score low must keep 10 % of its channels (the documented cap):
     torch-pruning checks the cap only before a step, and one global step took this one from 64 to 2."""

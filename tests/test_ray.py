@@ -14,7 +14,7 @@ import pytest
 from engine import jobs
 from engine.store import Store
 
-from conftest import ROOT, pythonpath
+from conftest import ROOT
 
 ray = pytest.importorskip("ray", reason="ray is not installed (pip install -r requirements-ray.txt)")
 
@@ -42,7 +42,7 @@ def test_two_jobs_run_as_ray_tasks_into_the_workspace(ray_cluster, tmp_path, mon
     ids = jobs.submit_many([{**JOB, "name": "ray-a"}, {**JOB, "name": "ray-b", "data": {**JOB["data"], "seed": 1}}],
                            store)
 
-    env = {**os.environ, "SLIMBENCH_BACKEND": "ray", "RAY_ADDRESS": ray_cluster, "PYTHONPATH": pythonpath()}
+    env = {**os.environ, "SLIMBENCH_BACKEND": "ray", "RAY_ADDRESS": ray_cluster}
     err = open(home / "worker.err", "w")
     worker = subprocess.Popen([sys.executable, "-m", "engine", "worker", "--exit-when-idle", "30"], cwd=ROOT, env=env,
                               stdout=subprocess.DEVNULL, stderr=err)

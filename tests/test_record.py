@@ -58,7 +58,7 @@ def test_a_field_added_to_the_schema_shows_on_compare_the_card_and_the_cli(fake_
     st.cache_data.clear()
     at = AppTest.from_file(str(ROOT / "dashboard.py"), default_timeout=120)
     at.run()
-    at.switch_page("pages/compare.py")
+    at.switch_page("views/compare.py")
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     table = at.dataframe[0]

@@ -4,14 +4,13 @@ The worker still owns the queue: it claims jobs, heartbeats them and enforces ca
 decides where each job runs, with a resource request from its spec (one GPU per device when the
 spec asks for CUDA). The task runs the same ``worker.run_job`` as the local backend, against the
 workspace path, so progress, results and artifacts land in the same store: the cluster's nodes
-must share the workspace filesystem and see this checkout (PYTHONPATH is passed to them).
+must share the workspace filesystem and have Slimbench installed (`pip install -e .` of this checkout).
 """
 from __future__ import annotations
 
 import os
 from typing import Any
 
-from ..jobs import PACKAGE_ROOT
 from ..store import Store
 
 try:
@@ -69,9 +68,7 @@ class RayBackend:
             ray.init(address=os.environ.get("RAY_ADDRESS") or None, include_dashboard=False,
                      log_to_driver=False, configure_logging=False)
             self.started_ray = True
-        env = {"SLIMBENCH_HOME": str(store.root),
-               "PYTHONPATH": os.pathsep.join(p for p in (str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")) if p)}
-        self.runtime_env = {"env_vars": env}
+        self.runtime_env = {"env_vars": {"SLIMBENCH_HOME": str(store.root)}}
         self.task = ray.remote(max_retries=0)(_run_job_task)
 
     @staticmethod

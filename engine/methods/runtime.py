@@ -9,7 +9,6 @@ take the run down with it.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -63,10 +62,9 @@ def compiled_speed(bundle_path: Path, device: str, shape, cfg, params) -> dict[s
     args = {"device": device, "mode": params["compile_mode"], "shape": list(shape),
             "batch": cfg.batch_size if device == "cpu" else cfg.gpu_batch_size, "runs": cfg.latency_runs,
             "warmup": cfg.warmup_runs, "threads": cfg.threads, "rounds": cfg.paired_rounds or 5}
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     try:
         p = subprocess.run([sys.executable, "-c", _COMPILE_CHILD, str(bundle_path), json.dumps(args)], cwd=ROOT,
-                           env=env, capture_output=True, text=True, timeout=params["compile_timeout_s"])
+                           capture_output=True, text=True, timeout=params["compile_timeout_s"])
     except subprocess.TimeoutExpired:
         return {"skipped": f"torch.compile did not finish within compile_timeout_s={params['compile_timeout_s']}s"}
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]

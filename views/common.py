@@ -21,27 +21,16 @@ ARTIFACT_FILES = {"checkpoint": ("model.pt", "application/octet-stream"),
 
 
 # (file, title, icon, url path); the first is the default page at "/".
-PAGES = (("pages/experiments.py", "Experiments", ":material/science:", ""),
-         ("pages/jobs.py", "Jobs", ":material/pending_actions:", "jobs"),
-         ("pages/compare.py", "Compare", ":material/scatter_plot:", "compare"),
-         ("pages/try_image.py", "Try an image", ":material/image_search:", "try"),
-         ("pages/hardware.py", "Hardware", ":material/memory:", "hardware"))
-VIA_APP = "_slimbench_via_app"  # session flag: dashboard.py's navigation has run
+PAGES = (("views/experiments.py", "Experiments", ":material/science:", ""),
+         ("views/jobs.py", "Jobs", ":material/pending_actions:", "jobs"),
+         ("views/compare.py", "Compare", ":material/scatter_plot:", "compare"),
+         ("views/try_image.py", "Try an image", ":material/image_search:", "try"),
+         ("views/hardware.py", "Hardware", ":material/memory:", "hardware"))
 
 
 def app_pages() -> list:
     return [st.Page(path, title=title, icon=icon, url_path=url or None, default=not url)
             for path, title, icon, url in PAGES]
-
-
-def inside_app() -> None:
-    """Every page starts with this. On a fresh server Streamlit serves a first deep link (e.g.
-    /compare) in its older pages-directory mode: the page file alone, without the app's navigation
-    and sidebar. Declaring the app's navigation ends that mode for the whole server, and the rerun
-    shows the same page inside the app."""
-    if not st.session_state.get(VIA_APP):
-        st.navigation(app_pages(), position="hidden")
-        st.rerun()
 
 
 # Widget values that survive a visit to another page (Streamlit drops the state of the widgets a run

@@ -9,9 +9,7 @@ import streamlit as st
 
 from engine import data as data_mod, export, import_weights, jobs, methods, models, presets
 from engine.spec import SpecError
-from pages.common import device_text, done_runs, get_store, inside_app, run_label, save_upload, startable_runs
-
-inside_app()
+from views.common import device_text, done_runs, get_store, run_label, save_upload, startable_runs
 
 st.title("Experiments")
 st.caption("Train a base model, compress it with any registered method, and queue the jobs. "
@@ -143,7 +141,7 @@ if st.session_state.pop("just_launched", False):  # once, right after a launch
     ids = st.session_state["launched"]
     st.success(f"Queued {len(ids)} job(s): {', '.join(ids[:6])}{' ...' if len(ids) > 6 else ''}",
                icon=":material/rocket_launch:")
-    st.page_link("pages/jobs.py", label="Watch them on Jobs", icon=":material/arrow_forward:")
+    st.page_link("views/jobs.py", label="Watch them on Jobs", icon=":material/arrow_forward:")
 
 tab_preset, tab_custom = st.tabs(["Presets", "Custom experiment"])
 

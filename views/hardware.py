@@ -6,9 +6,7 @@ import plotly.express as px
 import streamlit as st
 
 from engine import jobs, telemetry
-from pages.common import fmt_bytes, get_store, inside_app
-
-inside_app()
+from views.common import fmt_bytes, get_store
 
 st.title("Hardware")
 

@@ -7,9 +7,7 @@ import streamlit as st
 
 from engine import jobs, results
 from engine.store import FINAL_STATES
-from pages.common import fmt_bytes, fmt_count, fmt_seconds, fmt_value, follow_activity, get_store, inside_app
-
-inside_app()
+from views.common import fmt_bytes, fmt_count, fmt_seconds, fmt_value, follow_activity, get_store
 
 st.title("Jobs")
 store = get_store()
@@ -111,7 +109,7 @@ if all_rows:
             m[2].metric("MACs", fmt_count(rec.get("macs")))
             m[3].metric("Latency", fmt_value(rec.get("latency_ms"), ".3g", " ms"),
                         help="CPU, batch 1, median")
-            m[4].page_link("pages/compare.py", label="Against its base on Compare", icon=":material/compare_arrows:",
+            m[4].page_link("views/compare.py", label="Against its base on Compare", icon=":material/compare_arrows:",
                            query_params={"run": job_id})
         curves = results.curves(store.events(job_id))
         if curves.empty:

@@ -8,12 +8,8 @@ import pandas as pd
 import streamlit as st
 
 from engine import predict, saliency
-from engine.data import ImageError, load_pil
-from pages.common import done_runs, get_store, inside_app, run_label
-
-inside_app()
-
-IMAGE_TYPES = ["png", "jpg", "jpeg", "bmp", "gif", "webp", "tif", "tiff", "ppm", "pgm"]
+from engine.data import IMAGE_SUFFIXES, ImageError, load_pil
+from views.common import done_runs, get_store, run_label
 
 st.title("Try an image")
 store = get_store()
@@ -47,8 +43,8 @@ ref_id = chosen[0]
 source = st.radio("Images", ["Upload", "Test-set samples"], horizontal=True, key="img_source")
 images: list[tuple[str, bytes, str | None]] = []  # (title, bytes, true class where known)
 if source == "Upload":
-    files = st.file_uploader("One or more images (any common format)", type=IMAGE_TYPES, accept_multiple_files=True,
-                             key="images")
+    files = st.file_uploader("One or more images (any common format)", type=list(IMAGE_SUFFIXES),
+                             accept_multiple_files=True, key="images")
     images = [(f.name, f.getvalue(), None) for f in files or []]
 else:
     spec_data = (by_id[ref_id].get("spec") or {}).get("data") or {}

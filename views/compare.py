@@ -14,9 +14,7 @@ import streamlit as st
 
 from engine import jobs, presets, record, results
 from engine.spec import SpecError
-from pages.common import card, download, fmt_bytes, fmt_count, fmt_value, get_store, inside_app
-
-inside_app()
+from views.common import card, download, fmt_bytes, fmt_count, fmt_value, get_store
 
 st.title("Compare")
 store = get_store()
@@ -236,7 +234,7 @@ def sensitivity(view: pd.DataFrame) -> None:
                         else:
                             st.success(f"Queued {job}; it appears here when it finishes.",
                                        icon=":material/rocket_launch:")
-                            st.page_link("pages/jobs.py", label="Watch it on Jobs", icon=":material/arrow_forward:")
+                            st.page_link("views/jobs.py", label="Watch it on Jobs", icon=":material/arrow_forward:")
 
 
 sensitivity(view)

@@ -1,0 +1,25 @@
+"""Datasets for the engine: ``data.load(spec)`` gives a DataBundle of decoded splits and their loaders.
+
+Every dataset is decoded once into uint8 tensors (N, C, H, W) kept in memory (and cached on disk
+for image folders), so training never waits on JPEG decoding; normalisation, grey->RGB and
+augmentation (random crop + flip) happen per batch on the training device, vectorised.
+
+This ``__init__`` is the package's public face: callers use ``from engine import data`` and these
+names, whichever module below defines them.
+- ``bundle``: Split, DataBundle, BatchLoader (the in-memory splits and their batches)
+- ``sources``: the dataset registry (DATASETS, register_dataset) and its sources, the image-folder cache
+- ``listing``: ImageFolder listings of a folder or zip, and the archive guards
+- ``images``: image decoding and preprocessing
+- ``assembly``: ``load``, a spec to its bundle
+- ``errors``: DataError (a dataset that cannot be used), ImageError (an image that cannot)
+"""
+from .assembly import load
+from .bundle import BatchLoader, DataBundle, Split, random_crop
+from .errors import DataError, ImageError
+from .images import IMAGE_SUFFIXES, decode_image, load_pil, preprocess_image, resize_uint8, to_rgb
+from .listing import describe_imagefolder
+from .sources import DATASETS, FASHION_CLASSES, FASHION_MNIST_DEFAULT, register_dataset
+
+__all__ = ["BatchLoader", "DATASETS", "DataBundle", "DataError", "FASHION_CLASSES", "FASHION_MNIST_DEFAULT",
+           "IMAGE_SUFFIXES", "ImageError", "Split", "decode_image", "describe_imagefolder", "load", "load_pil",
+           "preprocess_image", "random_crop", "register_dataset", "resize_uint8", "to_rgb"]

@@ -1,0 +1,153 @@
+"""ImageFolder listings (a directory or a zip): which files are images of which class in which split.
+
+Read from names alone, so a wrong upload is refused in milliseconds, before anything is decoded.
+Archives are checked first: no absolute or '..' paths, no links, no zip bombs.
+"""
+from __future__ import annotations
+
+import stat
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from .errors import DataError
+from .images import IMAGE_SUFFIXES
+
+MAX_ARCHIVE_BYTES = 32 << 30    # zip bomb guard: total uncompressed size
+MAX_MEMBER_RATIO = 200          # zip bomb guard: per-member compression ratio
+
+
+def list_imagefolder(path: Path) -> tuple[list[str], dict]:
+    """The members of an ImageFolder zip or directory and their layout; DataError if unusable."""
+    if not path.exists():
+        raise DataError(f"not found: {path}")
+    files = _zip_listing(path) if path.is_file() else _dir_listing(path)
+    return files, _layout(files, path)
+
+
+def describe_imagefolder(path: str | Path) -> dict[str, Any]:
+    """Classes and image counts per split of an ImageFolder directory or zip, from its listing alone
+    (no image decoded: milliseconds), so a wrong upload is refused before any job is queued.
+    Raises DataError with what is wrong."""
+    _, layout = list_imagefolder(Path(path).expanduser())
+    return {"classes": layout["classes"], "images": {k: len(v) for k, v in layout["splits"].items()},
+            "ignored": layout["ignored"], "note": ignored_note(layout["ignored"]) if layout["ignored"] else None}
+
+
+def _zip_listing(path: Path) -> list[str]:
+    try:
+        zf = zipfile.ZipFile(path)
+    except zipfile.BadZipFile:
+        raise DataError(f"{path} is not a readable zip archive") from None
+    with zf:
+        total = 0
+        names = []
+        for info in zf.infolist():
+            name = info.filename
+            if name.startswith(("/", "\\")) or ".." in Path(name).parts or ":" in name.split("/")[0]:
+                raise DataError(f"unsafe path in archive {path.name}: {name!r} (absolute or '..')")
+            if stat.S_ISLNK(info.external_attr >> 16):
+                raise DataError(f"archive {path.name} contains a symbolic link: {name!r}")
+            total += info.file_size
+            if info.compress_size and info.file_size / info.compress_size > MAX_MEMBER_RATIO and info.file_size > 1 << 20:
+                raise DataError(f"archive member {name!r} expands {info.file_size / info.compress_size:.0f}x "
+                                "(zip bomb guard)")
+            names.append(name)  # folders too (trailing '/'), so an empty class folder is seen
+        if total > MAX_ARCHIVE_BYTES:
+            raise DataError(f"archive {path.name} expands to {total / 2**30:.1f} GiB "
+                            f"(limit {MAX_ARCHIVE_BYTES / 2**30:.0f} GiB)")
+    return names
+
+
+def _dir_listing(path: Path) -> list[str]:
+    out = []
+    for p in sorted(path.rglob("*")):
+        if p.is_symlink():
+            continue  # never follow links out of the dataset folder
+        if p.is_file():
+            out.append(p.relative_to(path).as_posix())
+        elif p.is_dir():
+            out.append(p.relative_to(path).as_posix() + "/")
+    return out
+
+
+def _layout(files: list[str], path: Path) -> dict:
+    """Find train/ and test/ (or a single folder of class folders) in a listing of relative paths."""
+    visible = [f for f in files if not f.endswith("/") and not any(p.startswith(".") for p in f.split("/"))
+               and "__MACOSX" not in f]  # hidden files and macOS zip litter are never data
+    images = [f for f in visible if f.lower().endswith(IMAGE_SUFFIXES)]
+    folders = [f.rstrip("/").split("/") for f in files if f.endswith("/")]
+    if not images:
+        raise DataError(f"no images found in {path}")
+    parts = [f.split("/") for f in images]
+    # Locate the folder that holds train/ (possibly under a single top folder).
+    for depth in range(0, 3):
+        tr = [p for p in parts if len(p) == depth + 3 and p[depth] == "train"]
+        if tr:
+            prefix = tr[0][:depth]
+            sets = {}
+            for split_name in ("train", "test"):
+                sel = [p for p in parts if len(p) == depth + 3 and p[:depth] == prefix and p[depth] == split_name]
+                sets[split_name] = sel
+            classes = sorted({p[depth + 1] for p in sets["train"]})
+            empty = sorted({f[depth + 1] for f in folders if len(f) == depth + 2 and f[:depth] == prefix
+                            and f[depth] == "train"} - set(classes))
+            if empty:
+                raise DataError(f"class folder(s) with no images in train/: {', '.join(empty[:5])}; "
+                                "remove them or add images")
+            if not sets["test"]:
+                raise DataError(f"{path} has train/ but no test/ folder of class folders")
+            extra = sorted({p[depth + 1] for p in sets["test"]} - set(classes))
+            if extra:
+                raise DataError(f"test/ has classes missing from train/: {', '.join(extra[:5])}")
+            splits = {s: [("/".join(p), classes.index(p[depth + 1])) for p in sel] for s, sel in sets.items()}
+            return {"classes": classes, "splits": splits, "ignored": _ignored(visible, splits)}
+    # Single folder of class folders: <class>/<image> (maybe under one top folder).
+    for depth in range(0, 2):
+        sel = [p for p in parts if len(p) == depth + 2]
+        if sel:
+            classes = sorted({p[depth] for p in sel})
+            if len(classes) < 2:
+                continue
+            splits = {"all": [("/".join(p), classes.index(p[depth])) for p in sel]}
+            return {"classes": classes, "splits": splits, "ignored": _ignored(visible, splits)}
+    raise DataError(f"{path} is not in ImageFolder layout: expected train/<class>/<image> and "
+                    "test/<class>/<image>, or <class>/<image> with at least two class folders")
+
+
+def _ignored(visible: list[str], splits: dict[str, list]) -> list[str]:
+    """Files the layout leaves out (not images, or not directly in a class folder): said, not dropped silently."""
+    used = {m for items in splits.values() for m, _ in items}
+    return sorted(f for f in visible if f not in used)
+
+
+def ignored_note(ignored: list[str]) -> str:
+    return (f"ignored {len(ignored)} file(s) that are not images directly inside a class folder: "
+            + ", ".join(ignored[:5]) + (" ..." if len(ignored) > 5 else ""))
+
+
+class ZipReader:
+    def __init__(self, path: Path):
+        self.zf = zipfile.ZipFile(path)
+
+    def read(self, member: str) -> bytes:
+        return self.zf.read(member)
+
+    def close(self) -> None:
+        self.zf.close()
+
+
+class DirReader:
+    def __init__(self, path: Path):
+        self.root = path
+
+    def read(self, member: str) -> bytes:
+        return (self.root / member).read_bytes()
+
+    def close(self) -> None:
+        pass
+
+
+def open_reader(path: Path) -> ZipReader | DirReader:
+    """Reads members of a listing by name: from the zip ``path`` is, or from below the folder it is."""
+    return ZipReader(path) if path.is_file() else DirReader(path)
