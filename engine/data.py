@@ -21,11 +21,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import settings
 from .spec import DataSpec, SpecError
+from .store import workspace_root
 
 log = logging.getLogger("slimbench.data")
 
-FASHION_MNIST_DEFAULT = "/usr/share/datasets/fashion-mnist"
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
@@ -216,7 +217,7 @@ def _digits(spec: DataSpec):
 
 @register_dataset("fashion-mnist")
 def _fashion(spec: DataSpec):
-    root = Path(spec.path or os.environ.get("SLIMBENCH_FASHION_MNIST", FASHION_MNIST_DEFAULT)).expanduser()
+    root = Path(spec.path or settings.fashion_mnist()).expanduser()
     candidates = [root, root / "FashionMNIST" / "raw", root / "raw"]
     for d in candidates:
         if _find_idx(d, "train-images-idx3-ubyte"):
@@ -253,7 +254,7 @@ def _read_idx(path: Path) -> np.ndarray:
 
 @register_dataset("cifar10")
 def _cifar10(spec: DataSpec):
-    path = spec.path or os.environ.get("SLIMBENCH_CIFAR10")
+    path = spec.path or settings.cifar10()
     if not path:
         raise DataError("cifar10 needs data.path (or $SLIMBENCH_CIFAR10): a zip or directory in ImageFolder "
                         "layout with train/<class>/*.png|jpg and test/<class>/... (nothing is downloaded)")
@@ -549,7 +550,6 @@ def preprocess_image(raw: bytes, meta: dict) -> torch.Tensor:
 # Assembly
 # --------------------------------------------------------------------------------------------
 def cache_dir() -> Path:
-    from .store import workspace_root
     d = workspace_root() / "cache"
     d.mkdir(parents=True, exist_ok=True)
     return d

@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from conftest import CIFAR_SMALL, ROOT, cli, pythonpath, run_spec
 from engine import data as D
-from engine import export, measure, models
+from engine import export, measure, models, settings
 from engine.spec import JobSpec, SpecError
 from engine.store import Store
 
@@ -342,7 +342,7 @@ def test_zip_slip_archive_is_refused(home, tmp_path):
 
 
 def test_fashion_mnist_baseline_runs_through_the_same_code(home, tmp_path):
-    if not Path(D.FASHION_MNIST_DEFAULT, "train-images-idx3-ubyte.gz").is_file():
+    if not Path(settings.FASHION_MNIST.default, "train-images-idx3-ubyte.gz").is_file():
         pytest.skip("dataset-fashion-mnist is not installed (make test installs it as root)")
     r = run_spec({"data": {"name": "fashion-mnist", "limit": 1000, "test_limit": 500, "image_size": 16},
                   "model": {"arch": "resnet18"}, "train": {"epochs": 2},
