@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import export
+from .. import export, layout
 from ..errors import JobFailed
 from ..spec import JobSpec, SpecError
 from ..store import new_run_id
@@ -92,7 +92,7 @@ def pipeline(model, ctx, params):
     ctx.extra["pipeline_steps"] = summary
 
     last = run_ids[-1]
-    bundle = export.read_bundle(ctx.store.run_dir(last) / "model.pt")
+    bundle = export.read_bundle(ctx.store.run_dir(last) / layout.CHECKPOINT)
     ctx.set_arch(bundle["arch"], bool(bundle["arch_kwargs"]["small_input"]))
     if bundle.get("kind") == export.ONNX_INT8:
         fp32 = ctx.load_run(run_ids[-2], "model.from_run")[0] if len(run_ids) > 1 else model
