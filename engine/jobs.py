@@ -222,7 +222,8 @@ def ensure_worker(store: Store | None = None) -> bool:
         if db.execute("SELECT 1 FROM workers WHERE heartbeat >= ?", (now - settings.stale_s(),)).fetchone():
             return False
         db.execute("INSERT INTO workers (id, pid, host, started, heartbeat, concurrency, backend) "
-                   "VALUES (?,?,?,?,?,?,?)", (worker_id, None, socket.gethostname(), now, now, None, settings.backend()))
+                   "VALUES (?,?,?,?,?,?,?)",
+                   (worker_id, None, socket.gethostname(), now, now, None, settings.backend()))
     log = open(store.root / "worker.log", "ab")
     env = {**os.environ, settings.HOME.name: str(store.root), settings.WORKER_ID.name: worker_id,
            "PYTHONPATH": os.pathsep.join(p for p in (str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")) if p)}
