@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from engine import settings
+
 from . import efficiency, methods_table, report
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     if gpu and not torch.cuda.is_available():
         print("error: `bench gpu` needs a CUDA device", file=sys.stderr)
         return 2
-    cifar = a.cifar or os.environ.get("SLIMBENCH_CIFAR10") or str(SHARED / ("cifar10.zip" if gpu else "cifar10-small.zip"))
+    cifar = a.cifar or settings.cifar10() or str(SHARED / ("cifar10.zip" if gpu else "cifar10-small.zip"))
     if not Path(cifar).is_file():
         print(f"error: CIFAR-10 zip not found: {cifar} (pass --cifar)", file=sys.stderr)
         return 2

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 
 from engine import methods, results, runner
-from engine.spec import JobSpec
+from engine.validation import check_spec
 from engine.store import Store
 
 
@@ -62,9 +62,9 @@ def run(data: dict, base_epochs: int, ft: int, student_epochs: int, store: Store
     """Base then every setting; ``on_row(result_so_far)`` after each row, so a run stopped by a time
     limit still leaves every finished row in the report."""
     measure = {"latency_runs": 30, "warmup_runs": 5}
-    base_spec = JobSpec.from_dict({"name": "base resnet18", "data": data, "model": {"arch": "resnet18"},
-                                   "method": {"name": "baseline"}, "train": {"epochs": base_epochs, "device": device},
-                                   "measure": measure})
+    base_spec = check_spec({"name": "base resnet18", "data": data, "model": {"arch": "resnet18"},
+                            "method": {"name": "baseline"}, "train": {"epochs": base_epochs, "device": device},
+                            "measure": measure})
     t0 = time.perf_counter()
     base = runner.execute(base_spec, store)
     log(f"base: acc {base['accuracy']:.4f} in {time.perf_counter() - t0:.0f}s")
@@ -81,9 +81,9 @@ def run(data: dict, base_epochs: int, ft: int, student_epochs: int, store: Store
         if s.method not in registered:
             skipped.append(f"{s.label}: method {s.method} not registered")
             continue
-        spec = JobSpec.from_dict({"name": s.label, "data": data, "model": {"from_run": base["run_id"]},
-                                  "method": {"name": s.method, "params": _keep_known(s.params, s.method)},
-                                  "train": {"epochs": student_epochs, "device": device}, "measure": measure})
+        spec = check_spec({"name": s.label, "data": data, "model": {"from_run": base["run_id"]},
+                           "method": {"name": s.method, "params": _keep_known(s.params, s.method)},
+                           "train": {"epochs": student_epochs, "device": device}, "measure": measure})
         t = time.perf_counter()
         try:
             rec = runner.execute(spec, store)

@@ -1,33 +1,27 @@
-"""Command line: ``python -m engine <command>``. Bad input exits 2 with one clear message."""
+"""Command line: ``python -m engine <command>``. Bad input exits 2 with one clear message.
+
+Command bodies import the heavy engine modules they use (torch, pandas) inside the function, lazy
+on purpose: a command then loads only what it needs, so ``engine jobs`` or ``engine runs`` start
+fast. The background-job commands live in ``jobs_cli``.
+"""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
 import time
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any
+
+from . import methods
+from .commands import COMMANDS, arg, command
+from .errors import Cancelled, JobFailed, SpecError
+from .spec import JobSpec
+from .store import STATES, Store
 
 from . import record
 
 EXIT_BAD_INPUT = 2
-COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], Callable[[argparse.ArgumentParser], None], str]] = {}
-
-
-def command(name: str, help: str):
-    def deco(fn):
-        def add_args(p: argparse.ArgumentParser) -> None:
-            for args, kwargs in getattr(fn, "_args", []):
-                p.add_argument(*args, **kwargs)
-        COMMANDS[name] = (fn, add_args, help)
-        return fn
-    return deco
-
-
-def arg(*args: Any, **kwargs: Any):
-    def deco(fn):
-        fn._args = [(args, kwargs)] + getattr(fn, "_args", [])
-        return fn
-    return deco
 
 
 class _Echo:
@@ -59,10 +53,9 @@ class _Echo:
 @command("run", "run a job spec in the foreground; the last stdout line is the result record (JSON)")
 @arg("spec", help="path to a JSON job spec ('-' for stdin)")
 def cmd_run(a: argparse.Namespace) -> int:
-    from .runner import JobFailed, execute
-    from .spec import JobSpec
-    from .training import Cancelled
-    spec = JobSpec.from_json(sys.stdin.read()) if a.spec == "-" else JobSpec.from_file(a.spec)
+    from .runner import execute
+    from .validation import check_spec
+    spec = check_spec(JobSpec.from_json(sys.stdin.read()) if a.spec == "-" else JobSpec.from_file(a.spec))
     try:
         record = execute(spec, echo=_Echo())
     except JobFailed as e:
@@ -81,7 +74,6 @@ def input_shape(size: int, model: Any = None, arch: str = "") -> tuple[int, int,
     import torch
 
     from . import models
-    from .spec import SpecError
     if not 4 <= size <= 1024:
         raise SpecError("--input-size", f"must be between 4 and 1024, got {size}")
     shape = (3, size, size)
@@ -119,12 +111,9 @@ def cmd_profile(a: argparse.Namespace) -> int:
 @arg("--input-size", type=int, default=None,
      help="image side to time at (default: the size the bundle records; imported bundles record none)")
 def cmd_measure(a: argparse.Namespace) -> int:
-    from pathlib import Path
-
     import torch
 
     from . import export, measure
-    from .spec import SpecError
     for name, v, lo, hi in (("--runs", a.runs, 1, 10000), ("--batch-size", a.batch_size, 1, 65536),
                             ("--rounds", a.rounds, 1, 1000), ("--threads", a.threads or 1, 1, 512)):
         if not lo <= v <= hi:
@@ -177,10 +166,7 @@ def cmd_measure(a: argparse.Namespace) -> int:
      help="the image side the model was trained at, recorded in the bundle (then `measure` and runs check it)")
 @arg("-o", "--out", default=None, help="bundle path (default: WEIGHTS' name + .bundle.pt in this folder)")
 def cmd_import(a: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from . import export, import_weights
-    from .spec import SpecError
     small = None if a.small_input is None else a.small_input == "yes"
     classes = [c.strip() for c in a.classes.split(",")] if a.classes is not None else None
     if classes is not None and (not all(classes) or len(set(classes)) != len(classes)):
@@ -207,8 +193,6 @@ def cmd_import(a: argparse.Namespace) -> int:
 @arg("--json", action="store_true", help="one JSON array with full records")
 @arg("--state", default=None, help="only runs in this state (done, failed, ...)")
 def cmd_runs(a: argparse.Namespace) -> int:
-    from .store import STATES, Store
-    from .spec import SpecError
     if a.state and a.state not in STATES:
         raise SpecError("--state", f"unknown state {a.state!r}; valid: {', '.join(STATES)}")
     rows = Store().list(state=a.state or "done")
@@ -265,8 +249,6 @@ COST_COLUMNS = {f.cost_axis: f.name for f in record.cost_axes()}
 @arg("--max-drop-pt", type=float, help="only runs losing at most this many accuracy points against their base")
 def cmd_compare(a: argparse.Namespace) -> int:
     from . import results
-    from .spec import SpecError
-    from .store import Store
     df = results.table(results.records(Store()))
     if a.method:
         df = df[df["method"].isin(a.method)]
@@ -323,7 +305,6 @@ def cmd_compare(a: argparse.Namespace) -> int:
 @command("methods", "list the registered methods and their parameters")
 @arg("--json", action="store_true")
 def cmd_methods(a: argparse.Namespace) -> int:
-    from . import methods
     reg = methods.load_all()
     if a.json:
         print(json.dumps({n: {"help": m.help, "family": m.family, "needs_base": m.needs_base,
@@ -349,9 +330,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def writable(path: str, flag: str):
     """``path`` as a file this command can write (its folder exists, it is no folder itself), or a SpecError."""
-    from pathlib import Path
-
-    from .spec import SpecError
     p = Path(path).expanduser()
     if p.is_dir():
         raise SpecError(flag, f"{p} is a folder; give a file name")
@@ -361,10 +339,8 @@ def writable(path: str, flag: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-    _load_extra_commands()
     parser = build_parser()
     a = parser.parse_args(argv)
-    from .spec import SpecError
     try:
         return COMMANDS[a.command][0](a)
     except SpecError as e:
@@ -372,12 +348,6 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
 
 
-def _load_extra_commands() -> None:
-    """Modules that add commands (jobs/worker) register them on import, if present."""
-    import importlib
-    for mod in ("engine.jobs_cli",):
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name != mod:
-                raise
+# The background-job commands (submit, jobs, cancel, retry, worker), registered after this module's
+# own so that the help lists them in that order.
+from . import jobs_cli  # noqa: E402,F401

@@ -5,6 +5,11 @@ change freely; ``ctx.base`` is the untouched base (eval mode), e.g. the teacher.
 method wants in the result record goes in ``ctx.extra``. A method that changes the architecture
 family (distillation into a student) calls ``ctx.set_arch``.
 
+What only the runner can do comes in as callables, so that methods never import it:
+``ctx.load_run(run_id, field)`` gives a finished run's model and bundle (errors name ``field``), and
+``ctx.run_child(spec_dict, run_id=..., echo=...)`` runs a spec as a linked child run of this one
+(progress through ``echo``) and returns its result record.
+
 A method whose result is no plain PyTorch model (e.g. an INT8 ONNX Runtime model) returns a
 ``runtimes.Runtime``: it says how the runner predicts with it, saves it and times it.
 """
@@ -19,7 +24,7 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from . import training
+from . import distributed, training
 from .data import DataBundle
 from .spec import JobSpec
 from .store import Store
@@ -35,6 +40,8 @@ class Context:
     run_dir: Path
     arch: str
     small_input: bool
+    load_run: Callable[[str, str], tuple[nn.Module, dict[str, Any]]]
+    run_child: Callable[..., dict[str, Any]]
     base: nn.Module | None = None                  # the starting model, untouched (None for a fresh arch)
     base_record: dict[str, Any] | None = None      # its result record, when it came from a run/bundle
     progress: Callable[..., None] = lambda **_: None
@@ -49,9 +56,13 @@ class Context:
     # -- training helpers --------------------------------------------------------------------
     def fit(self, model: nn.Module, epochs: int | None = None, lr: float | None = None, phase: str = "train",
             **hooks: Any) -> training.FitResult:
-        """Train with the spec's train settings (epochs/lr overridable); hooks as in training.fit."""
-        res = training.fit(model, self.data, self.spec.train, epochs=epochs, lr=lr, device=self.device,
-                           progress=self.progress, cancelled=self.cancelled, phase=phase, **hooks)
+        """Train with the spec's train settings (epochs/lr overridable); hooks as in training.fit.
+        With ``train.devices > 1`` on as many processes (DDP), this process being rank 0."""
+        cfg = self.spec.train
+        epochs = cfg.epochs if epochs is None else epochs
+        fit = distributed.fit if cfg.devices > 1 and epochs > 0 else training.fit
+        res = fit(model, self.data, cfg, epochs=epochs, lr=lr, device=self.device, progress=self.progress,
+                  cancelled=self.cancelled, phase=phase, **hooks)
         self.train_seconds += res.seconds
         self.history += [{**h, "phase": phase} for h in res.history]
         if res.history:  # with the phase it came from: a later cut (no fine-tune after it) changes the model
@@ -77,11 +88,6 @@ class Context:
         self.arch = arch
         if small_input is not None:
             self.small_input = small_input
-
-    def load_run(self, run_id: str, field: str) -> tuple[nn.Module, dict[str, Any]]:
-        """A finished run's model (e.g. another teacher) and its bundle; errors name ``field``."""
-        from .runner import load_run_model
-        return load_run_model(self.store, run_id, field)
 
     def base_copy(self) -> nn.Module:
         if self.base is None:

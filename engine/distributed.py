@@ -1,89 +1,38 @@
 """Multi-process training of one job (``train.devices > 1``): DistributedDataParallel.
 
-``training.fit`` hands over to :func:`fit`: the job's process becomes rank 0 and keeps the progress
-sink, the cancel check and the model object the method goes on with. Ranks 1..N-1 live for one
-``fit`` call and get the model, the data and the method's hooks by pickle (cloudpickle for closures
-such as a distillation loss). They join a process group over TCP on 127.0.0.1 (gloo on CPU, nccl on
-CUDA with rank r on the r-th GPU), train on disjoint shards of every epoch's permutation and exit;
-DDP keeps the weights identical, so only rank 0's are kept, and only rank 0 reports and writes.
+``Context.fit`` calls :func:`fit` instead of ``training.fit`` when ``train.devices > 1``: the job's
+process becomes rank 0 and keeps the progress sink, the cancel check and the model object the method
+goes on with. Ranks 1..N-1 live for one ``fit`` call and get the model, the data and the method's
+hooks by pickle (cloudpickle for closures such as a distillation loss). They join a process group
+over TCP on 127.0.0.1 (gloo on CPU, nccl on CUDA with rank r on the r-th GPU), train on disjoint
+shards of every epoch's permutation and exit; DDP keeps the weights identical, so only rank 0's are
+kept, and only rank 0 reports and writes.
 
 Why spawn and not fork: a forked rank hangs in its first multi-threaded op once the parent has used
 OpenMP threads (GNU libgomp is not fork-safe; reproduced here with 2 threads per rank), and CUDA
 cannot be used in a child forked after the parent touched it. Spawning costs a few seconds of
-imports per rank per fit, which is small next to the training it parallelises.
+imports per rank per fit, which is small next to the training it parallelises. The primitives the
+training loop itself uses (wrapping, sharding) live in ``engine.ddp``; this module is the launcher.
 """
 from __future__ import annotations
 
-import math
 import multiprocessing as mp
 import pickle
 import socket
 import time
 import traceback
 from datetime import timedelta
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from . import ddp, training
+from .errors import Cancelled
+from .procs import die_with_parent
+
 RANK_TIMEOUT_S = 600  # a collective waiting this long means a rank is gone: fail instead of hanging
-_epoch_images: list[int] = []  # images this rank trained on, one entry per pass over its shard
-
-
-def is_active() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def wrap(model: nn.Module, device: torch.device) -> nn.Module:
-    """The module the training step calls: DDP around ``model`` when distributed, else ``model``."""
-    if not is_active():
-        return model
-    return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-
-def shard(loader):
-    return ShardedLoader(loader, dist.get_rank(), dist.get_world_size()) if is_active() else loader
-
-
-class ShardedLoader:
-    """DistributedSampler for the in-memory BatchLoader: every rank draws the same seeded permutation,
-    pads it by wrapping round to a multiple of the world size and keeps every N-th index from its
-    rank, so shards are disjoint and equally long (unequal step counts would leave a rank waiting
-    in all-reduce)."""
-
-    def __init__(self, loader, rank: int, world: int):
-        self.loader, self.rank, self.world = loader, rank, world
-        self.batch_size = loader.batch_size
-
-    @property
-    def num_images(self) -> int:
-        return math.ceil(len(self.loader.split) / self.world)
-
-    def __len__(self) -> int:
-        full, rest = divmod(self.num_images, self.batch_size)
-        return full + (rest >= 2 or (rest == 1 and not self.loader.shuffle))
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        ld = self.loader
-        n = len(ld.split)
-        order = torch.randperm(n, generator=ld.gen) if ld.shuffle else torch.arange(n)
-        mine = torch.cat([order, order[: self.num_images * self.world - n]])[self.rank::self.world]
-        _epoch_images.append(0)
-        for start in range(0, len(mine), self.batch_size):
-            idx = mine[start:start + self.batch_size]
-            if ld.shuffle and len(idx) < 2:  # as BatchLoader: BatchNorm cannot train on one sample
-                continue
-            _epoch_images[-1] += len(idx)
-            yield ld.transform(ld.split.x[idx].to(ld.device)), ld.split.y[idx].to(ld.device)
-
-
-def _gather_images(device: torch.device) -> list[list[int]]:
-    """Every rank's per-epoch image counts (a collective: all ranks call it after their fit)."""
-    t = torch.tensor(_epoch_images, dtype=torch.long, device=device)
-    out = [torch.zeros_like(t) for _ in range(dist.get_world_size())]
-    dist.all_gather(out, t)
-    return [o.tolist() for o in out]
 
 
 # -- launching -------------------------------------------------------------------------------------
@@ -110,8 +59,6 @@ def _init(rank: int, world: int, port: int, device: torch.device) -> None:
 
 def _rank_main(rank: int, world: int, port: int, payload: bytes, threads: int, errors, ready) -> None:
     """Ranks 1..N-1 (spawned): rebuild the fit call, join the group, train in lock-step, leave."""
-    from . import training
-    from .worker import die_with_parent
     try:
         die_with_parent(mp.parent_process().pid)
         torch.set_num_threads(threads)
@@ -121,10 +68,10 @@ def _rank_main(rank: int, world: int, port: int, payload: bytes, threads: int, e
             device = torch.device("cuda", device.index + rank)
         ready.put(rank)
         _init(rank, world, port, device)
-        _epoch_images.clear()
+        ddp.reset_image_counts()
         training.fit(job["model"], job["data"], job["cfg"], **job["kwargs"], device=device,
                      progress=training._noop, cancelled=lambda: False)
-        _gather_images(device)
+        ddp.gather_image_counts(device)
     except BaseException:
         errors.put(f"rank {rank}: {traceback.format_exc()}")
         raise
@@ -135,7 +82,6 @@ def _rank_main(rank: int, world: int, port: int, payload: bytes, threads: int, e
 
 def _wait_ready(procs, ready, errors, cancelled) -> None:
     """Until every rank has started: one that dies on the way fails the job now, not at a timeout."""
-    from .training import Cancelled
     started = 0
     while started < len(procs):
         while not ready.empty():
@@ -169,7 +115,6 @@ def _last_error(errors, proc) -> str:
 def fit(model: nn.Module, data, cfg, *, device: torch.device, progress, cancelled, **kw: Any):
     """Train ``model`` on ``cfg.devices`` processes; returns rank 0's FitResult with each history entry
     annotated with ``world_size``, ``backend`` and ``rank_images`` (images each rank trained on)."""
-    from . import training
     world = cfg.devices
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
@@ -190,9 +135,9 @@ def fit(model: nn.Module, data, cfg, *, device: torch.device, progress, cancelle
     try:
         _wait_ready(others, ready, errors, cancelled)
         _init(0, world, port, device)
-        _epoch_images.clear()
+        ddp.reset_image_counts()
         result = training.fit(model, data, cfg, device=device, progress=progress, cancelled=cancelled, **kw)
-        counts = _gather_images(device)
+        counts = ddp.gather_image_counts(device)
         for p in others:
             p.join(RANK_TIMEOUT_S)
         failed = [p for p in others if p.exitcode != 0]

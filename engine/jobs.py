@@ -6,8 +6,8 @@ reason if the parent failed or was cancelled. Every state change is one ``BEGIN 
 transaction, so two workers never claim the same job and a crash never loses a recorded row.
 
 Liveness is heartbeats: a worker refreshes its own row and the rows of the jobs it runs every
-``SLIMBENCH_HEARTBEAT_S`` seconds; anyone reading the queue turns a ``running`` job whose
-heartbeat is older than ``SLIMBENCH_STALE_S`` into ``interrupted`` (it can be retried).
+``settings.heartbeat_s()`` seconds; anyone reading the queue turns a ``running`` job whose
+heartbeat is older than ``settings.stale_s()`` into ``interrupted`` (it can be retried).
 """
 from __future__ import annotations
 
@@ -19,55 +19,25 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from . import methods
-from .spec import JobSpec, SpecError
+from . import methods, settings
+from .devices import device_problem, gpu_count
+from .errors import SpecError
+from .spec import JobSpec
 from .store import Store
 
 RETRYABLE = ("interrupted", "failed", "cancelled")
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
 
-def heartbeat_s() -> float:
-    return float(os.environ.get("SLIMBENCH_HEARTBEAT_S", "2"))
-
-
-def stale_s() -> float:
-    """A job or worker silent this long is dead; well under the promised 30 s by default."""
-    return float(os.environ.get("SLIMBENCH_STALE_S", "15"))
-
-
-def backend_name() -> str:
-    return os.environ.get("SLIMBENCH_BACKEND", "local").strip().lower() or "local"
-
-
 def default_concurrency() -> int:
     """One job per GPU; on CPU one job per 4 cores (at least one), so jobs never fight for threads."""
-    env = os.environ.get("SLIMBENCH_WORKER_CONCURRENCY")
-    if env:
-        n = int(env)
-        if n < 1:
-            raise SpecError("SLIMBENCH_WORKER_CONCURRENCY", f"must be >= 1, got {n}")
-        return n
-    gpus = _gpu_count()
+    configured = settings.worker_concurrency()
+    if configured:
+        return configured
+    gpus = gpu_count()
     if gpus:
         return gpus
     return max(1, (os.cpu_count() or 1) // 4)
-
-
-def _gpu_count() -> int:
-    """GPUs without initialising CUDA in this process (cheap; the dashboard calls it)."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
-    try:
-        import pynvml
-        pynvml.nvmlInit()
-        try:
-            return int(pynvml.nvmlDeviceGetCount())
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:
-        return 0
 
 
 # -- queue operations ------------------------------------------------------------------------------
@@ -82,13 +52,14 @@ def submit(spec: dict | JobSpec, store: Store | None = None, *, autostart: bool 
 
 
 def _autostart(flag: bool | None) -> bool:
-    return flag if flag is not None else os.environ.get("SLIMBENCH_NO_AUTOSTART") != "1"
+    return flag if flag is not None else not settings.no_autostart()
 
 
 def submit_many(specs: Iterable[dict | JobSpec], store: Store | None = None) -> list[str]:
     """Validate all specs first (none is queued if one is invalid), then queue them in order."""
+    from .validation import check_spec  # lazy: see _enqueue
     store = store or Store()
-    checked = [s if isinstance(s, JobSpec) else JobSpec.from_dict(s) for s in specs]
+    checked = [check_spec(s) for s in specs]
     ids = [_enqueue(s, store) for s in checked]
     if ids and _autostart(None):
         ensure_worker(store)
@@ -108,11 +79,12 @@ def start_problem(store: Store, run_id: str) -> str | None:
 
 
 def _enqueue(spec: dict | JobSpec, store: Store) -> str:
-    spec = spec if isinstance(spec, JobSpec) else JobSpec.from_dict(spec)
-    if spec.train.device.startswith("cuda") and backend_name() == "local":
+    # lazy: the registries import torch, and the worker and `engine jobs` use this module for the queue alone
+    from .validation import check_spec
+    spec = check_spec(spec)
+    if spec.train.device.startswith("cuda") and settings.backend() == "local":
         # the local worker runs here, so a missing GPU is known now, not when the job starts; a Ray
         # cluster's machines may have what this one lacks
-        from .training import device_problem  # torch: only for jobs that ask for CUDA
         problem = device_problem(spec.train.device)
         if problem:
             raise SpecError("train.device", problem)
@@ -165,13 +137,14 @@ def _orphan_reason(field: str, dep: str, dep_state: str, dep_error: str | None) 
 
 
 def recover_stale(store: Store) -> list[str]:
-    """Mark jobs with no heartbeat for ``stale_s()`` interrupted; drop dead workers' rows.
+    """Mark jobs with no heartbeat for ``settings.stale_s()`` interrupted; drop dead workers' rows.
 
     A run in the foreground (``engine run``, no worker) beats by itself; rows from before it did
     (no heartbeat at all) are not touched.
     """
-    ids = store.interrupt_stale(time.time() - stale_s(),
-                                f"its worker or process stopped responding (no heartbeat for {stale_s():.0f} s); "
+    silent = settings.stale_s()
+    ids = store.interrupt_stale(time.time() - silent,
+                                f"its worker or process stopped responding (no heartbeat for {silent:.0f} s); "
                                 "retry it")
     for job_id in ids:
         _append_log(store, job_id, "interrupted: no heartbeat from its worker")
@@ -188,7 +161,7 @@ def _append_log(store: Store, job_id: str, line: str) -> None:
 
 # -- workers -----------------------------------------------------------------------------------------
 def live_workers(store: Store) -> list[dict[str, Any]]:
-    return store.live_workers(time.time() - stale_s())
+    return store.live_workers(time.time() - settings.stale_s())
 
 
 def ensure_worker(store: Store | None = None) -> bool:
@@ -201,12 +174,12 @@ def ensure_worker(store: Store | None = None) -> bool:
     recover_stale(store)
     now = time.time()
     worker_id = f"{socket.gethostname()}-{os.getpid()}-{int(now * 1000) % 10**8}"
-    if not store.put_worker(worker_id, pid=None, host=socket.gethostname(), backend=backend_name(), concurrency=None,
-                            now=now, unless_alive_since=now - stale_s()):
+    if not store.put_worker(worker_id, pid=None, host=socket.gethostname(), backend=settings.backend(), concurrency=None,
+                            now=now, unless_alive_since=now - settings.stale_s()):
         return False
     log = open(store.root / "worker.log", "ab")
-    env = {**os.environ, "SLIMBENCH_HOME": str(store.root), "SLIMBENCH_WORKER_ID": worker_id}
-    idle = os.environ.get("SLIMBENCH_WORKER_IDLE_EXIT", "600")
+    env = {**os.environ, settings.HOME.name: str(store.root), settings.WORKER_ID.name: worker_id}
+    idle = settings.worker_idle_exit()
     proc = subprocess.Popen([sys.executable, "-m", "engine", "worker", "--exit-when-idle", idle],
                             cwd=PACKAGE_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
@@ -226,7 +199,7 @@ def worker_status(store: Store | None = None) -> dict[str, Any]:
             "queued": counts.get("queued", 0), "running": counts.get("running", 0),
             # a worker just started on demand has not registered its concurrency yet: the default it will use
             "concurrency": sum(w["concurrency"] or 0 for w in workers) or default_concurrency(),
-            "backend": newest["backend"] if newest else backend_name(), "workers": len(workers)}
+            "backend": newest["backend"] if newest else settings.backend(), "workers": len(workers)}
 
 
 # -- reading -----------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""CLI commands for background jobs: submit, jobs, cancel, retry, worker (registered on import)."""
+"""CLI commands for background jobs: submit, jobs, cancel, retry, worker (registered on import).
+Everything imported here is torch-free, so these commands start fast."""
 from __future__ import annotations
 
 import argparse
@@ -7,15 +8,18 @@ import json
 import logging
 import sys
 
-from .cli import arg, command
+from . import jobs
+from .commands import arg, command
+from .errors import SpecError
+from .spec import JobSpec
+from .store import STATES
+from .worker import Worker
 
 
 @command("submit", "queue a job spec for the background worker; prints the job id")
 @arg("spec", help="path to a JSON job spec ('-' for stdin)")
 @arg("--no-worker", action="store_true", help="only queue it; do not start a worker if none is alive")
 def cmd_submit(a: argparse.Namespace) -> int:
-    from . import jobs
-    from .spec import JobSpec
     spec = JobSpec.from_json(sys.stdin.read()) if a.spec == "-" else JobSpec.from_file(a.spec)
     job_id = jobs.submit(spec, autostart=False if a.no_worker else None)
     print(job_id)
@@ -27,9 +31,6 @@ def cmd_submit(a: argparse.Namespace) -> int:
 @arg("--state", action="append", default=None, help="only jobs in this state (repeatable)")
 @arg("--limit", type=int, default=50)
 def cmd_jobs(a: argparse.Namespace) -> int:
-    from . import jobs
-    from .spec import SpecError
-    from .store import STATES
     for s in a.state or []:
         if s not in STATES:
             raise SpecError("--state", f"unknown state {s!r}; valid: {', '.join(STATES)}")
@@ -59,7 +60,6 @@ def cmd_jobs(a: argparse.Namespace) -> int:
 @command("cancel", "cancel a queued or running job (a running one stops within seconds)")
 @arg("job_id")
 def cmd_cancel(a: argparse.Namespace) -> int:
-    from . import jobs
     jobs.cancel(a.job_id)
     print(f"cancel requested: {a.job_id}")
     return 0
@@ -68,7 +68,6 @@ def cmd_cancel(a: argparse.Namespace) -> int:
 @command("retry", "queue an interrupted, failed or cancelled job again (same id)")
 @arg("job_id")
 def cmd_retry(a: argparse.Namespace) -> int:
-    from . import jobs
     print(jobs.retry(a.job_id))
     return 0
 
@@ -78,8 +77,6 @@ def cmd_retry(a: argparse.Namespace) -> int:
 @arg("--backend", default=None, help="local (default) or ray; default from SLIMBENCH_BACKEND")
 @arg("--exit-when-idle", type=float, default=None, metavar="SECONDS", help="exit after this long with nothing to do")
 def cmd_worker(a: argparse.Namespace) -> int:
-    from .spec import SpecError
-    from .worker import Worker
     if a.concurrency is not None and a.concurrency < 1:
         raise SpecError("--concurrency", f"must be >= 1, got {a.concurrency}")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")

@@ -13,8 +13,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from . import export
-from .data import load_pil, preprocess_image
+from . import export, layout
+from .data import load, load_pil, preprocess_image
+from .spec import DataSpec
 from .store import Store, check_run_id
 
 
@@ -91,7 +92,7 @@ def load_run(run_id: str, store: Store | None = None) -> Predictor:
         raise PredictError(f"no run {run_id} in this workspace")
     if row["state"] != "done":
         raise PredictError(f"run {run_id} is {row['state']}; only finished runs can predict")
-    path = store.run_dir(run_id) / "model.pt"
+    path = store.run_dir(run_id) / layout.CHECKPOINT
     if not path.is_file():
         raise PredictError(f"run {run_id} has no checkpoint file (was it deleted?)")
     return load_path(str(path), run_id)
@@ -122,9 +123,6 @@ def test_samples(spec_data: dict[str, Any], n: int = 8) -> list[tuple[str, bytes
     import io
 
     from PIL import Image
-
-    from .data import load
-    from .spec import DataSpec
     data = load(DataSpec(**spec_data))
     out = []
     for i in range(min(n, len(data.test))):

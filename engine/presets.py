@@ -8,12 +8,12 @@ appears in them as soon as it is registered.
 from __future__ import annotations
 
 import copy
-import os
 from pathlib import Path
 from typing import Any, Callable
 
-from . import methods
-from .spec import JobSpec, SpecError
+from . import methods, settings
+from .errors import SpecError
+from .validation import check_spec
 
 REF_PREFIX = "PLAN-"
 
@@ -81,7 +81,7 @@ def quick_tour() -> list[dict[str, Any]]:
 
 def cifar10_resnet18_gpu(path: str | None = None) -> list[dict[str, Any]]:
     """Full CIFAR-10, ResNet-18 (small-input stem) on CUDA: 30-epoch base, method defaults."""
-    path = path or os.environ.get("SLIMBENCH_CIFAR10") or str(SHARED_CIFAR10)
+    path = path or settings.cifar10() or str(SHARED_CIFAR10)
     data = {"name": "cifar10", "path": path, "batch_size": 256}
     measure = {"onnx": True, "latency_runs": 30, "warmup_runs": 5}
     return _plan("CIFAR-10 ResNet-18", data, "resnet18", {"epochs": 30, "device": "cuda"},
@@ -181,7 +181,7 @@ def check(specs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]
                                 "be trained or compressed further; put quantize_int8 last")
                 continue
         try:
-            JobSpec.from_dict(resolve([s], "plan-check")[0])
+            check_spec(resolve([s], "plan-check")[0])
         except SpecError as e:
             problems.append(f"{label}: {e}")
             continue

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -19,19 +20,17 @@ import torch
 import torch.nn as nn
 
 from . import data as data_mod
-from . import export, measure, methods, models, runtimes, training
+from . import export, layout, measure, methods, models, runtimes, settings, training
 from . import record as record_schema
 from .context import Context
+from .devices import resolve_device
+from .errors import Cancelled, JobFailed
 from .spec import JobSpec, SpecError
 from .store import Store
+from .validation import check_spec
 
 log = logging.getLogger("slimbench.run")
-ARTIFACTS = ("model.pt", "model.onnx", "result.json", "card.json")
 TEST_METRICS = ("accuracy", "accuracy_ci95", "top5", "roc_auc", "per_class_accuracy", "confusion")
-
-
-class JobFailed(RuntimeError):
-    """A job stopped with an error; ``str()`` is the one-line reason."""
 
 
 def load_run_model(store: Store, run_id: str, field: str = "model.from_run") -> tuple[nn.Module, dict[str, Any]]:
@@ -42,9 +41,17 @@ def load_run_model(store: Store, run_id: str, field: str = "model.from_run") -> 
     if row["state"] != "done":
         raise SpecError(field, f"run {run_id} is {row['state']}, not done")
     try:
-        return export.load_model(store.run_dir(run_id) / "model.pt")
+        return export.load_model(store.run_dir(run_id) / layout.CHECKPOINT)
     except export.BundleError as e:
         raise SpecError(field, f"run {run_id}: {e}") from None
+
+
+def _child_runner(store: Store, parent: str, cancelled: Callable[[], bool]) -> Callable[..., dict[str, Any]]:
+    """``ctx.run_child``: a spec run as a child of run ``parent`` (its own run row, record and artifacts)."""
+    def run_child(spec: dict[str, Any] | JobSpec, *, run_id: str | None = None,
+                  echo: Callable[..., None] | None = None) -> dict[str, Any]:
+        return execute(spec, store, run_id=run_id, echo=echo, cancelled=cancelled, parent=parent)
+    return run_child
 
 
 def _progress_sink(store: Store, run_id: str, echo: Callable[..., None] | None) -> Callable[..., None]:
@@ -62,10 +69,12 @@ def _progress_sink(store: Store, run_id: str, echo: Callable[..., None] | None) 
     return progress
 
 
-def execute(spec: JobSpec, store: Store | None = None, *, run_id: str | None = None,
+def execute(spec: JobSpec | dict[str, Any], store: Store | None = None, *, run_id: str | None = None,
             echo: Callable[..., None] | None = None, cancelled: Callable[[], bool] = lambda: False,
             parent: str | None = None) -> dict[str, Any]:
-    """Run ``spec``; returns the result record. The run row is created unless ``run_id`` exists."""
+    """Run ``spec`` (checked here against the registries too); returns the result record. The run row
+    is created unless ``run_id`` exists."""
+    spec = check_spec(spec)
     store = store or Store()
     if run_id is None or store.get(run_id) is None:
         run_id = store.create(spec.to_dict(), state="running", run_id=run_id, parent=parent)
@@ -74,28 +83,28 @@ def execute(spec: JobSpec, store: Store | None = None, *, run_id: str | None = N
                  heartbeat=time.time())
     run_dir = store.run_dir(run_id)
     run_dir.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(run_dir / "log", encoding="utf-8")
+    handler = logging.FileHandler(run_dir / layout.LOG, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     root_logger = logging.getLogger("slimbench")
     root_logger.addHandler(handler)
     root_logger.setLevel(logging.INFO)
     try:
         with _heartbeat(store, run_id) if row["worker"] is None else contextlib.nullcontext():
-            export.atomic_write_bytes(run_dir / "spec.json", json.dumps(spec.to_dict(), indent=2).encode())
+            export.atomic_write_bytes(run_dir / layout.SPEC, json.dumps(spec.to_dict(), indent=2).encode())
             record = _execute(spec, store, run_id, run_dir, _progress_sink(store, run_id, echo), cancelled)
             log.info("done: accuracy %.4f, size %d bytes", record["accuracy"], record["size_bytes"])
             # Last statement of the try: once the store says "done", an interrupt (e.g. a backend stopping
             # the task) can no longer reach the clean-up below and delete the finished artifacts.
             store.update(run_id, state="done", record=record, finished=time.time())
-    except training.Cancelled:
+    except Cancelled:
         log.info("cancelled")
-        _remove_artifacts(run_dir)
+        layout.remove_artifacts(run_dir)
         store.update(run_id, state="cancelled", finished=time.time(), error="cancelled by request")
         raise
     except BaseException as e:
         reason = _one_line(e)
         log.error("failed: %s\n%s", reason, traceback.format_exc())
-        _remove_artifacts(run_dir)
+        layout.remove_artifacts(run_dir)
         store.update(run_id, state="failed", finished=time.time(), error=reason)
         raise JobFailed(reason) from e
     else:
@@ -109,11 +118,10 @@ def execute(spec: JobSpec, store: Store | None = None, *, run_id: str | None = N
 def _heartbeat(store: Store, run_id: str):
     """A run in the foreground (``engine run``, no worker) beats on its own, so that one whose
     process is killed is found stale and marked interrupted (it stayed "running" for ever)."""
-    from .jobs import heartbeat_s
     stop = threading.Event()
 
     def beat() -> None:
-        while not stop.wait(heartbeat_s()):
+        while not stop.wait(settings.heartbeat_s()):
             try:
                 store.update(run_id, heartbeat=time.time())
             except Exception:  # a locked database: the next beat tries again
@@ -137,13 +145,6 @@ def _one_line(e: BaseException) -> str:
     msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
     # SpecError and JobFailed (a pipeline step's) already read as a reason; others need their type
     return msg[:500] if isinstance(e, (SpecError, JobFailed)) else f"{type(e).__name__}: {msg}"[:500]
-
-
-def _remove_artifacts(run_dir: Path) -> None:
-    for name in ARTIFACTS:
-        (run_dir / name).unlink(missing_ok=True)
-    for tmp in run_dir.glob(".*.tmp*"):
-        tmp.unlink(missing_ok=True)
 
 
 def _starting_model(spec: JobSpec, store: Store, data: data_mod.DataBundle):
@@ -201,7 +202,7 @@ def _with_start_preprocessing(data: data_mod.DataBundle, meta: dict[str, Any]) -
 def _execute(spec: JobSpec, store: Store, run_id: str, run_dir: Path, progress, cancelled) -> dict[str, Any]:
     t_start = time.time()
     method = methods.get(spec.method.name)
-    device = training.resolve_device(spec.train.device)
+    device = resolve_device(spec.train.device)
     # train.seed also fixes a fresh architecture's initial weights (and students'), not only training:
     # without it the same spec trained to a different model in every process.
     torch.manual_seed(spec.train.seed)
@@ -214,13 +215,14 @@ def _execute(spec: JobSpec, store: Store, run_id: str, run_dir: Path, progress, 
     model, arch, small, base_record, parent, data = _starting_model(spec, store, data)
     base = None if spec.model.arch else copy.deepcopy(model).eval()
     ctx = Context(spec=spec, data=data, device=device, store=store, run_id=run_id, run_dir=run_dir, arch=arch,
-                  small_input=small, base=base, base_record=base_record, progress=progress, cancelled=cancelled,
-                  log=log)
+                  small_input=small, load_run=functools.partial(load_run_model, store),
+                  run_child=_child_runner(store, run_id, cancelled), base=base, base_record=base_record,
+                  progress=progress, cancelled=cancelled, log=log)
     log.info("method %s %s on %s (%s)", method.name, json.dumps(spec.method.params), arch, device)
     progress(phase="method", method=method.name)
     out = method.fn(model, ctx, spec.method.params)
     if cancelled():
-        raise training.Cancelled()
+        raise Cancelled()
 
     progress(phase="evaluate")
     record: dict[str, Any] = {"run_id": run_id, "status": "done", "name": spec.name, "method": method.name,

@@ -10,7 +10,6 @@ when, and what reason a row records.
 from __future__ import annotations
 
 import json
-import os
 import re
 import secrets
 import sqlite3
@@ -18,6 +17,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
+
+from . import layout, settings
 
 STATES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
 FINAL_STATES = ("done", "failed", "cancelled", "interrupted")
@@ -73,7 +74,7 @@ CREATE TABLE IF NOT EXISTS workers (
 
 
 def workspace_root() -> Path:
-    return Path(os.environ.get("SLIMBENCH_HOME", "workspace")).expanduser().resolve()
+    return settings.home()
 
 
 def new_run_id() -> str:
@@ -144,13 +145,8 @@ class Store:
         return run_id
 
     def remove_artifacts(self, run_id: str) -> None:
-        """Drop a run's result files and temp files, so a run that did not finish shows none.
-        (The same names as runner.ARTIFACTS; here so the light worker process need not import torch.)"""
-        d = self.run_dir(run_id)
-        for name in ("model.pt", "model.onnx", "result.json", "card.json"):
-            (d / name).unlink(missing_ok=True)
-        for tmp in d.glob(".*.tmp*"):
-            tmp.unlink(missing_ok=True)
+        """Drop a run's result files and temp files, so a run that did not finish shows none."""
+        layout.remove_artifacts(self.run_dir(run_id))
 
     def update(self, run_id: str, **fields: Any) -> None:
         allowed = {"state", "record", "error", "started", "finished", "attempts", "worker", "pid", "heartbeat",

@@ -19,14 +19,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import distributed, stats
-from .spec import SpecError, TrainSpec
+from . import ddp, stats
+from .devices import resolve_device
+from .errors import Cancelled, SpecError
+from .spec import TrainSpec
 
 Progress = Callable[..., None]
-
-
-class Cancelled(Exception):
-    """The job was asked to stop."""
 
 
 @dataclass
@@ -39,27 +37,6 @@ class FitResult:
 
 def _noop(**_: Any) -> None:
     pass
-
-
-def device_problem(name: str) -> str | None:
-    """Why ``name`` (a train.device value) cannot be used on this machine; None when it can."""
-    if not name.startswith("cuda"):
-        return None
-    if not torch.cuda.is_available():
-        return f"train.device is {name!r} but no CUDA device is available here; use auto or cpu"
-    count, index = torch.cuda.device_count(), int(name[5:]) if name.startswith("cuda:") else 0
-    if index >= count:
-        return f"train.device is {name!r} but this machine has {count} CUDA device(s) (cuda:0 to cuda:{count - 1})"
-    return None
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    problem = device_problem(name)
-    if problem:
-        raise RuntimeError(problem)
-    return torch.device(name)
 
 
 def default_lr(cfg: TrainSpec, batch_size: int) -> float:
@@ -87,13 +64,12 @@ def fit(model: nn.Module, data, cfg: TrainSpec, *, epochs: int | None = None, lr
         after_step: Callable[[nn.Module], None] | None = None,
         on_epoch_end: Callable[[nn.Module, int], None] | None = None,
         keep_best: bool = True) -> FitResult:
-    """Train ``model`` in place; afterwards it holds the weights of the best validation epoch."""
+    """Train ``model`` in place; afterwards it holds the weights of the best validation epoch.
+
+    One process; inside a DDP process group (``engine.distributed`` sets it up) each rank trains on its
+    shard. Training on ``cfg.devices > 1`` processes is the caller's choice: ``Context.fit`` makes it."""
     device = device or resolve_device(cfg.device)
     epochs = cfg.epochs if epochs is None else epochs
-    if cfg.devices > 1 and epochs > 0 and not distributed.is_active():  # DDP: this process becomes rank 0
-        return distributed.fit(model, data, cfg, epochs=epochs, lr=lr, device=device, progress=progress,
-                               cancelled=cancelled, phase=phase, loss_fn=loss_fn, regularizer=regularizer,
-                               after_step=after_step, on_epoch_end=on_epoch_end, keep_best=keep_best)
     torch.manual_seed(cfg.seed)
     model.to(device)
     if epochs <= 0:  # before the memory-format switch, which only a finished training undoes: a model
@@ -114,8 +90,8 @@ def fit(model: nn.Module, data, cfg: TrainSpec, *, epochs: int | None = None, lr
         opt = torch.optim.SGD(groups, lr=base_lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
     else:
         opt = torch.optim.AdamW(groups, lr=base_lr)
-    train_loader = distributed.shard(data.loader("train", device, train=True))
-    net = distributed.wrap(model, device)  # forward/backward through DDP when distributed
+    train_loader = ddp.shard(data.loader("train", device, train=True))
+    net = ddp.wrap(model, device)  # forward/backward through DDP when distributed
     steps_per_epoch = max(1, len(train_loader))
     total = epochs * steps_per_epoch
     warmup = int(cfg.warmup_epochs * steps_per_epoch)

@@ -1,24 +1,20 @@
 """The worker: claims queued jobs from the store and runs each in a process of its own.
 
-``python -m engine worker`` runs :class:`Worker`. A job process (:func:`job_process`,
-forked by the backend) calls :func:`run_job`, which calls ``runner.execute`` with a
-cancellation check that polls the store at most every 0.5 s, and dies with its worker.
+``python -m engine worker`` runs :class:`Worker`. The job process itself (what runs the job and
+dies with its worker) is ``engine.jobproc``; the backend starts it. The worker stays torch-free.
 """
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import signal
 import socket
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from . import jobs
+from . import backends, jobs, settings
 from .store import Store
 
 log = logging.getLogger("slimbench.worker")
@@ -37,19 +33,18 @@ class Running:
 class Worker:
     def __init__(self, store: Store | None = None, concurrency: int | None = None, backend: str | None = None,
                  worker_id: str | None = None, exit_when_idle: float | None = None):
-        from . import backends
         self.store = store or Store()
-        self.backend_name = backend or jobs.backend_name()
+        self.backend_name = backend or settings.backend()
         self.backend = backends.get(self.backend_name, self.store, concurrency or jobs.default_concurrency())
         # explicit > SLIMBENCH_WORKER_CONCURRENCY > what a cluster backend can hold > this machine's hardware
         cluster = getattr(self.backend, "cluster_concurrency", None)
-        self.concurrency = (concurrency or (os.environ.get("SLIMBENCH_WORKER_CONCURRENCY") and jobs.default_concurrency())
-                            or (cluster() if cluster else None) or jobs.default_concurrency())
+        configured = None if concurrency else settings.worker_concurrency()
+        self.concurrency = (concurrency or configured or (cluster() if cluster else None) or jobs.default_concurrency())
         self.backend.concurrency = self.concurrency
-        if concurrency is None and not os.environ.get("SLIMBENCH_WORKER_CONCURRENCY") and \
+        if concurrency is None and configured is None and \
                 hasattr(self.backend, "cluster_concurrency"):  # a cluster holds more than this machine
             self.concurrency = self.backend.concurrency = self.backend.cluster_concurrency()
-        self.id = worker_id or os.environ.pop("SLIMBENCH_WORKER_ID", None) or \
+        self.id = worker_id or settings.take_worker_id() or \
             f"{socket.gethostname()}-{os.getpid()}-{int(time.time() * 1000) % 10**8}"
         self.exit_when_idle = exit_when_idle
         self.running: dict[str, Running] = {}
@@ -88,7 +83,7 @@ class Worker:
 
     def _beat_loop(self) -> None:
         """Heartbeats on their own thread, so a slow job start or a busy store never makes us look dead."""
-        while not self._stop_beat.wait(jobs.heartbeat_s()):
+        while not self._stop_beat.wait(settings.heartbeat_s()):
             try:
                 self.heartbeat(time.time())
                 jobs.recover_stale(self.store)
@@ -173,96 +168,3 @@ class Worker:
         self.running.clear()
         self.backend.close()
         self.store.remove_worker(self.id)
-
-
-# -- the job process ------------------------------------------------------------------------------------
-class StoreCancelFlag:
-    """``cancelled()`` for the training loop: reads ``cancel_requested`` at most every ``interval`` s."""
-
-    def __init__(self, store: Store, job_id: str, interval: float = 0.5):
-        self.store, self.job_id, self.interval = store, job_id, interval
-        self._next, self._value = 0.0, False
-
-    def __call__(self) -> bool:
-        now = time.monotonic()
-        if not self._value and now >= self._next:
-            self._next = now + self.interval
-            self._value = self.job_id in self.store.cancel_requested([self.job_id])
-        return self._value
-
-
-def set_parent_death_signal() -> None:
-    """Linux: SIGKILL this process when its parent dies."""
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        except OSError:
-            pass
-
-
-def die_with_parent(parent_pid: int, worker_pid: int | None = None) -> None:
-    """A job must not outlive its worker (it would finish a job already marked interrupted)."""
-    set_parent_death_signal()
-
-    def gone() -> bool:
-        if os.getppid() != parent_pid:
-            return True
-        try:
-            if worker_pid:
-                os.kill(worker_pid, 0)
-        except ProcessLookupError:
-            return True
-        return False
-
-    def watch() -> None:
-        while not gone():
-            time.sleep(0.5)
-        os._exit(137)
-    if gone():
-        os._exit(137)
-    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
-
-
-def run_job(job_id: str, store: Store | None = None, cancelled: Callable[[], bool] | None = None) -> int:
-    """Run one claimed job in this process; the outcome is recorded in the store. Exit code 0/1."""
-    from .runner import JobFailed, execute
-    from .spec import JobSpec, SpecError
-    from .training import Cancelled
-
-    store = store or Store()
-    threads = os.environ.get("SLIMBENCH_JOB_THREADS")
-    if threads:
-        import torch
-        torch.set_num_threads(int(threads))
-    store.update(job_id, pid=os.getpid())
-    row = store.get(job_id)
-    try:
-        spec = JobSpec.from_dict(row["spec"])
-    except SpecError as e:  # valid when queued, but e.g. its checkpoint file is gone now
-        print(f"failed: {e}", flush=True)
-        store.update(job_id, state="failed", error=str(e)[:500], finished=time.time())
-        return 1
-    try:
-        execute(spec, store, run_id=job_id, cancelled=cancelled or StoreCancelFlag(store, job_id))
-    except Cancelled:
-        return 0
-    except JobFailed as e:
-        print(f"failed: {e}", flush=True)
-        return 1
-    return 0
-
-
-def job_process(root: str, job_id: str, env: dict[str, str]) -> None:
-    """Entry of a local job process: own process group, output into the job's log, dies with the worker."""
-    os.setsid()
-    os.environ.update(env)
-    worker = os.environ.get("SLIMBENCH_WORKER_PID")
-    die_with_parent(os.getppid(), int(worker) if worker else None)
-    log_fd = os.open(Path(root) / "runs" / job_id / "log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    os.dup2(log_fd, 1)
-    os.dup2(log_fd, 2)
-    os.close(log_fd)
-    code = run_job(job_id, Store(root))
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)

@@ -9,14 +9,16 @@ from pathlib import Path
 
 import pytest
 
+from engine import settings
+
 ROOT = Path(__file__).resolve().parent.parent
 
 SHARED_DATASETS = ROOT.parent / "shared" / "datasets"
-CIFAR_SMALL = Path(os.environ.get("SLIMBENCH_CIFAR10_SMALL", SHARED_DATASETS / "cifar10-small.zip"))
+CIFAR_SMALL = Path(settings.cifar10_small() or SHARED_DATASETS / "cifar10-small.zip")
 ARTIFACTS = ROOT / "test-artifacts"
 
 # Every test process (and the subprocesses it starts) uses a throwaway workspace.
-_SESSION_HOME = Path(os.environ.get("SLIMBENCH_TEST_HOME", "")) if os.environ.get("SLIMBENCH_TEST_HOME") else None
+_SESSION_HOME = Path(settings.test_home()) if settings.test_home() else None
 
 
 @pytest.fixture(scope="session")

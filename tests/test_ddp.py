@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 
 from engine import data as data_mod
-from engine.distributed import ShardedLoader
+from engine.ddp import ShardedLoader
 from engine.data import Split
 from engine.spec import DataSpec
 from engine.store import Store

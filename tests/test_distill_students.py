@@ -7,14 +7,15 @@ from engine import export, measure, models
 from engine.runner import execute
 from engine.spec import JobSpec, SpecError
 from engine.store import Store
+from engine.validation import check_spec
 
 DATA = {"name": "digits", "limit": 200, "test_limit": 100, "batch_size": 32}
 MEASURE = {"onnx": False, "latency_runs": 3, "warmup_runs": 1, "batch_size": 8}
 
 
 def spec(model: dict, method: str, params: dict) -> JobSpec:
-    return JobSpec.from_dict({"data": DATA, "model": model, "method": {"name": method, "params": params},
-                              "train": {"epochs": 1}, "measure": MEASURE})
+    return check_spec({"data": DATA, "model": model, "method": {"name": method, "params": params},
+                       "train": {"epochs": 1}, "measure": MEASURE})
 
 
 def test_distill_and_compact_train_the_requested_student_and_chain(tmp_path):

@@ -17,7 +17,7 @@ from bench.synthetic import insert_synthetic_runs
 from conftest import CIFAR_SMALL, ROOT, cli, run_spec
 from engine import data as D
 from engine.data import assembly
-from engine import export, measure, models
+from engine import export, measure, models, settings
 from engine.spec import DataSpec, JobSpec, SpecError
 from engine.store import Store
 
@@ -353,7 +353,7 @@ def test_zip_slip_archive_is_refused(home, tmp_path):
 
 
 def test_fashion_mnist_baseline_runs_through_the_same_code(home, tmp_path):
-    if not Path(D.FASHION_MNIST_DEFAULT, "train-images-idx3-ubyte.gz").is_file():
+    if not Path(settings.FASHION_MNIST.default, "train-images-idx3-ubyte.gz").is_file():
         pytest.skip("dataset-fashion-mnist is not installed (make test installs it as root)")
     r = run_spec({"data": {"name": "fashion-mnist", "limit": 1000, "test_limit": 500, "image_size": 16},
                   "model": {"arch": "resnet18"}, "train": {"epochs": 2},

@@ -110,7 +110,8 @@ def test_runtime_reports_each_backend_or_why_not(tiny_base, session_home):
     ("pipeline", {"steps": [{"name": "quantize_int8"}, {"name": "lowrank_svd"}]}, "method.params.steps[0].name"),
 ])
 def test_bad_params_are_rejected_naming_the_field(method, params, field):
-    from engine.spec import JobSpec, SpecError
+    from engine.spec import SpecError
+    from engine.validation import check_spec
     with pytest.raises(SpecError) as e:
-        JobSpec.from_dict(spec("20260101-000000-abcdef", method, params))
+        check_spec(spec("20260101-000000-abcdef", method, params))
     assert e.value.field == field, str(e.value)

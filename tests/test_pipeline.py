@@ -13,6 +13,7 @@ from engine.methods import METHODS
 from engine.runner import JobFailed, execute
 from engine.spec import JobSpec, SpecError
 from engine.store import Store
+from engine.validation import check_spec
 
 from conftest import ROOT
 
@@ -24,8 +25,8 @@ STEPS = [{"name": "lowrank_svd", "params": {"energy": 0.6, "finetune_epochs": 0}
 
 
 def spec(model: dict, method: str, params: dict | None = None) -> JobSpec:
-    return JobSpec.from_dict({"data": DATA, "model": model, "method": {"name": method, "params": params or {}},
-                              "train": {"epochs": 1}, "measure": MEASURE})
+    return check_spec({"data": DATA, "model": model, "method": {"name": method, "params": params or {}},
+                       "train": {"epochs": 1}, "measure": MEASURE})
 
 
 @pytest.fixture(scope="module")

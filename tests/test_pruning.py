@@ -16,6 +16,7 @@ from conftest import ROOT
 from engine import data as D, export, measure, models
 from engine.runner import JobFailed, execute
 from engine.spec import JobSpec, SpecError
+from engine.validation import check_spec
 from engine.store import Store
 
 DATA = {"name": "digits", "limit": 400, "test_limit": 300}
@@ -74,7 +75,7 @@ def resnet_half(base) -> dict:
 ])
 def test_bad_params_are_refused_with_the_field_named(name, params, field):
     with pytest.raises(SpecError) as e:
-        JobSpec.from_dict({"data": DATA, "model": {"from_run": "some-run"}, "method": {"name": name, "params": params}})
+        check_spec({"data": DATA, "model": {"from_run": "some-run"}, "method": {"name": name, "params": params}})
     assert e.value.field == field
 
 

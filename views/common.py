@@ -12,7 +12,7 @@ from typing import Any
 
 import streamlit as st
 
-from engine import jobs, store as store_mod
+from engine import jobs, methods, store as store_mod
 from engine.store import Store, check_run_id
 
 ARTIFACT_FILES = {"checkpoint": ("model.pt", "application/octet-stream"),
@@ -200,7 +200,7 @@ def save_upload(uploaded, folder: str = "uploads") -> Path:
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", Path(uploaded.name).name)[-80:].lstrip(".") or "upload"
     path = get_store().root / folder / digest / safe
     if not path.is_file():
-        from engine.export import atomic_write_bytes
+        from engine.export import atomic_write_bytes  # lazy: engine.export loads torch; the Jobs page runs without it
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, data)
     return path
@@ -212,7 +212,6 @@ def done_runs() -> list[dict[str, Any]]:
 
 def startable_runs() -> list[dict[str, Any]]:
     """Finished runs a job can start from or learn from: PyTorch models (not INT8 ONNX Runtime ones)."""
-    from engine import methods
     return [r for r in done_runs() if methods.makes_torch_model((r.get("spec") or {}).get("method") or {})]
 
 

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from .. import settings
+from ..errors import SpecError
+from .local import LocalBackend
+
 
 def get(name: str, store: Any, concurrency: int):
     if name == "local":
-        from .local import LocalBackend
         return LocalBackend(store, concurrency)
     if name == "ray":
-        from .ray import RayBackend
+        from .ray import RayBackend  # lazy: importing Ray takes seconds; only this backend needs it
         return RayBackend(store, concurrency)
-    from ..spec import SpecError
-    raise SpecError("SLIMBENCH_BACKEND", f"unknown backend {name!r}; valid: local, ray")
+    raise SpecError(settings.BACKEND.name, f"unknown backend {name!r}; valid: local, ray")

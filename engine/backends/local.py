@@ -11,10 +11,13 @@ from multiprocessing import forkserver
 import os
 import signal
 
-from ..jobs import _gpu_count
+from .. import settings
+from ..devices import gpu_count
+from ..jobproc import job_process
 from ..store import Store
 
-PRELOAD = ["engine.backends.forkserver_guard", "engine.worker", "engine.runner", "sklearn.datasets", "sklearn.metrics"]
+PRELOAD = ["engine.backends.forkserver_guard", "engine.jobproc", "engine.runner", "engine.validation",
+           "sklearn.datasets", "sklearn.metrics"]
 
 
 class LocalHandle:
@@ -38,7 +41,7 @@ class LocalBackend:
 
     def __init__(self, store: Store, concurrency: int):
         self.store, self.concurrency = store, concurrency
-        self.gpus = _gpu_count()
+        self.gpus = gpu_count()
         # CPU threads are split evenly between concurrent jobs so they never oversubscribe the cores.
         self.threads = max(1, (os.cpu_count() or 1) // max(1, concurrency))
         self.ctx = multiprocessing.get_context("forkserver")
@@ -46,15 +49,14 @@ class LocalBackend:
         forkserver.ensure_running()  # warm it up now (torch imports) rather than at the first job
 
     def job_env(self, slot: int) -> dict[str, str]:
-        env = {"SLIMBENCH_HOME": str(self.store.root), "SLIMBENCH_WORKER_PID": str(os.getpid()),
-               "SLIMBENCH_JOB_THREADS": str(self.threads),
+        env = {settings.HOME.name: str(self.store.root), settings.WORKER_PID.name: str(os.getpid()),
+               settings.JOB_THREADS.name: str(self.threads),
                "OMP_NUM_THREADS": str(self.threads)}
         if self.gpus and self.concurrency > 1:  # one job per GPU
             env["CUDA_VISIBLE_DEVICES"] = str(slot % self.gpus)
         return env
 
     def start(self, job_id: str, slot: int) -> LocalHandle:
-        from ..worker import job_process
         proc = self.ctx.Process(target=job_process, args=(str(self.store.root), job_id, self.job_env(slot)),
                                 name=f"slimbench-job-{job_id}")
         proc.start()

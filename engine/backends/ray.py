@@ -2,7 +2,7 @@
 
 The worker still owns the queue: it claims jobs, heartbeats them and enforces cancels; Ray only
 decides where each job runs, with a resource request from its spec (one GPU per device when the
-spec asks for CUDA). The task runs the same ``worker.run_job`` as the local backend, against the
+spec asks for CUDA). The task runs the same ``jobproc.run_job`` as the local backend, against the
 workspace path, so progress, results and artifacts land in the same store: the cluster's nodes
 must share the workspace filesystem and have Slimbench installed (`pip install -e .` of this checkout).
 """
@@ -11,6 +11,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from .. import settings
+from ..errors import SpecError
+from ..jobproc import run_job
 from ..store import Store
 
 try:
@@ -21,9 +24,7 @@ except ImportError:  # optional extra: requirements-ray.txt
 
 def _run_job_task(job_id: str, home: str, threads: int) -> int:
     """Runs inside a Ray worker process."""
-    import torch
-
-    from ..worker import run_job
+    import torch  # lazy: the worker that imports this module stays torch-free
     torch.set_num_threads(max(1, threads))
     return run_job(job_id, Store(home))
 
@@ -60,15 +61,14 @@ class RayBackend:
 
     def __init__(self, store: Store, concurrency: int):
         if ray is None:
-            from ..spec import SpecError
-            raise SpecError("SLIMBENCH_BACKEND", "ray is not installed: pip install -r requirements-ray.txt")
+            raise SpecError(settings.BACKEND.name, "ray is not installed: pip install -r requirements-ray.txt")
         self.store, self.concurrency = store, concurrency
         self.started_ray = False
         if not ray.is_initialized():
             ray.init(address=os.environ.get("RAY_ADDRESS") or None, include_dashboard=False,
                      log_to_driver=False, configure_logging=False)
             self.started_ray = True
-        self.runtime_env = {"env_vars": {"SLIMBENCH_HOME": str(store.root)}}
+        self.runtime_env = {"env_vars": {settings.HOME.name: str(store.root)}}
         self.task = ray.remote(max_retries=0)(_run_job_task)
 
     @staticmethod

@@ -18,8 +18,8 @@ from .bundle import BatchLoader, DataBundle, Split, random_crop
 from .errors import DataError, ImageError
 from .images import IMAGE_SUFFIXES, decode_image, load_pil, preprocess_image, resize_uint8, to_rgb
 from .listing import describe_imagefolder
-from .sources import DATASETS, FASHION_CLASSES, FASHION_MNIST_DEFAULT, register_dataset
+from .sources import DATASETS, FASHION_CLASSES, register_dataset
 
-__all__ = ["BatchLoader", "DATASETS", "DataBundle", "DataError", "FASHION_CLASSES", "FASHION_MNIST_DEFAULT",
+__all__ = ["BatchLoader", "DATASETS", "DataBundle", "DataError", "FASHION_CLASSES",
            "IMAGE_SUFFIXES", "ImageError", "Split", "decode_image", "describe_imagefolder", "load", "load_pil",
            "preprocess_image", "random_crop", "register_dataset", "resize_uint8", "to_rgb"]

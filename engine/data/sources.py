@@ -14,6 +14,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .. import settings
 from ..spec import DataSpec
 from ..store import workspace_root
 from .bundle import Split
@@ -23,7 +24,6 @@ from .listing import ignored_note, list_imagefolder, open_reader
 
 log = logging.getLogger("slimbench.data")
 
-FASHION_MNIST_DEFAULT = "/usr/share/datasets/fashion-mnist"
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 MAX_BAD_SHARE = 0.05            # a dataset with more unreadable images than this is refused
@@ -55,7 +55,7 @@ def _digits(spec: DataSpec):
 
 @register_dataset("fashion-mnist")
 def _fashion(spec: DataSpec):
-    root = Path(spec.path or os.environ.get("SLIMBENCH_FASHION_MNIST", FASHION_MNIST_DEFAULT)).expanduser()
+    root = Path(spec.path or settings.fashion_mnist()).expanduser()
     candidates = [root, root / "FashionMNIST" / "raw", root / "raw"]
     for d in candidates:
         if _find_idx(d, "train-images-idx3-ubyte"):
@@ -92,7 +92,7 @@ def _read_idx(path: Path) -> np.ndarray:
 
 @register_dataset("cifar10")
 def _cifar10(spec: DataSpec):
-    path = spec.path or os.environ.get("SLIMBENCH_CIFAR10")
+    path = spec.path or settings.cifar10()
     if not path:
         raise DataError("cifar10 needs data.path (or $SLIMBENCH_CIFAR10): a zip or directory in ImageFolder "
                         "layout with train/<class>/*.png|jpg and test/<class>/... (nothing is downloaded)")

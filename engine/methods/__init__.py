@@ -11,7 +11,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..spec import SpecError
+from ..errors import SpecError
 from ..store import check_run_id
 
 

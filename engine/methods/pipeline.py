@@ -11,9 +11,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import export
+from .. import export, layout
+from ..errors import JobFailed
 from ..spec import JobSpec, SpecError
+from ..store import new_run_id
 from . import Param, get, makes_torch_model, register, validate
+from .quantize import Int8Model
 
 NOT_A_STEP = ("pipeline",)          # no nesting: a pipeline's steps are plain methods
 
@@ -62,8 +65,6 @@ def _check(params: dict, spec: Any) -> None:
 ], help="Run several methods in order, each as its own linked run starting from the previous one; the pipeline's "
         "result is the last step's model.")
 def pipeline(model, ctx, params):
-    from ..runner import JobFailed, execute, load_run_model
-    from ..store import new_run_id
     steps = _steps(params, ctx.spec)
     source = ctx.spec.to_dict()["model"]
     run_ids: list[str] = []
@@ -73,7 +74,6 @@ def pipeline(model, ctx, params):
         d["method"] = {"name": step["name"], "params": step["params"]}
         d["model"] = source if i == 0 else {"from_run": run_ids[-1]}
         d["name"] = f"{ctx.spec.name or 'pipeline'} · step {i + 1}/{len(steps)}: {step['name']}"
-        child = JobSpec.from_dict(d)
         ctx.log.info("pipeline step %d/%d: %s", i + 1, len(steps), step["name"])
 
         def echo(_i=i, _name=step["name"], **ev: Any) -> None:
@@ -81,8 +81,7 @@ def pipeline(model, ctx, params):
 
         child_id = new_run_id()
         try:
-            record = execute(child, ctx.store, run_id=child_id, echo=echo, cancelled=ctx.cancelled,
-                             parent=ctx.run_id)
+            record = ctx.run_child(d, run_id=child_id, echo=echo)
         except JobFailed as e:  # the pipeline's error says which step, and which run has its log
             raise JobFailed(f"step {i + 1}/{len(steps)} {step['name']} (run {child_id}) failed: {e}") from e
         run_ids.append(record["run_id"])
@@ -93,10 +92,9 @@ def pipeline(model, ctx, params):
     ctx.extra["pipeline_steps"] = summary
 
     last = run_ids[-1]
-    bundle = export.read_bundle(ctx.store.run_dir(last) / "model.pt")
+    bundle = export.read_bundle(ctx.store.run_dir(last) / layout.CHECKPOINT)
     ctx.set_arch(bundle["arch"], bool(bundle["arch_kwargs"]["small_input"]))
     if bundle.get("kind") == export.ONNX_INT8:
-        from .quantize import Int8Model
-        fp32 = load_run_model(ctx.store, run_ids[-2])[0] if len(run_ids) > 1 else model
+        fp32 = ctx.load_run(run_ids[-2], "model.from_run")[0] if len(run_ids) > 1 else model
         return Int8Model.from_bundle(bundle, fp32.to("cpu").eval(), ctx)
     return export.model_from_bundle(bundle)

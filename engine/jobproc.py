@@ -1,0 +1,79 @@
+"""The job-process side of the worker: what runs inside the process (or Ray task) of one claimed job.
+
+A backend starts :func:`job_process` (local) or calls :func:`run_job` (Ray); ``run_job`` checks the
+job's spec and calls ``runner.execute`` with a cancellation check that polls the store at most every
+0.5 s. This module stays torch-free at import: the worker imports it (through its backend) only to
+hand it to a new process, and the runner loads in that process.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from . import layout, settings
+from .errors import Cancelled, JobFailed, SpecError
+from .procs import die_with_parent
+from .store import Store
+
+
+class StoreCancelFlag:
+    """``cancelled()`` for the training loop: reads ``cancel_requested`` at most every ``interval`` s."""
+
+    def __init__(self, store: Store, job_id: str, interval: float = 0.5):
+        self.store, self.job_id, self.interval = store, job_id, interval
+        self._next, self._value = 0.0, False
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if not self._value and now >= self._next:
+            self._next = now + self.interval
+            self._value = self.job_id in self.store.cancel_requested([self.job_id])
+        return self._value
+
+
+def run_job(job_id: str, store: Store | None = None, cancelled: Callable[[], bool] | None = None) -> int:
+    """Run one claimed job in this process; the outcome is recorded in the store. Exit code 0/1."""
+    # lazy: torch and the registries load in the job process, never in the worker that imports this module
+    import torch
+
+    from .runner import execute
+    from .validation import check_spec
+
+    store = store or Store()
+    threads = settings.job_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    store.update(job_id, pid=os.getpid())
+    row = store.get(job_id)
+    try:
+        spec = check_spec(row["spec"])
+    except SpecError as e:  # valid when queued, but e.g. its checkpoint file is gone now
+        print(f"failed: {e}", flush=True)
+        store.update(job_id, state="failed", error=str(e)[:500], finished=time.time())
+        return 1
+    try:
+        execute(spec, store, run_id=job_id, cancelled=cancelled or StoreCancelFlag(store, job_id))
+    except Cancelled:
+        return 0
+    except JobFailed as e:
+        print(f"failed: {e}", flush=True)
+        return 1
+    return 0
+
+
+def job_process(root: str, job_id: str, env: dict[str, str]) -> None:
+    """Entry of a local job process: own process group, output into the job's log, dies with the worker."""
+    os.setsid()
+    os.environ.update(env)
+    die_with_parent(os.getppid(), settings.worker_pid())
+    log_fd = os.open(Path(root) / "runs" / job_id / layout.LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+    code = run_job(job_id, Store(root))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -1,0 +1,22 @@
+"""The files of a run folder (``runs/<id>/``). Torch-free, so the worker can clean a folder up."""
+from __future__ import annotations
+
+from pathlib import Path
+
+CHECKPOINT = "model.pt"
+ONNX = "model.onnx"
+RESULT = "result.json"
+CARD = "card.json"
+LOG = "log"
+SPEC = "spec.json"
+# What a finished run shows; removed again when a run does not finish, so none is ever half-done.
+ARTIFACTS = (CHECKPOINT, ONNX, RESULT, CARD)
+TEMP_GLOB = ".*.tmp*"  # atomic writes go to ".<name>.<pid>.tmp" first, then are renamed
+
+
+def remove_artifacts(run_dir: Path) -> None:
+    """Drop a run's result files and temp files, so a run that did not finish shows none."""
+    for name in ARTIFACTS:
+        (run_dir / name).unlink(missing_ok=True)
+    for tmp in run_dir.glob(TEMP_GLOB):
+        tmp.unlink(missing_ok=True)

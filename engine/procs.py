@@ -1,0 +1,41 @@
+"""Process hygiene: a job process (or a DDP rank, or the forkserver) never outlives the process that started it."""
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+import threading
+import time
+
+
+def set_parent_death_signal() -> None:
+    """Linux: SIGKILL this process when its parent dies."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+
+
+def die_with_parent(parent_pid: int, worker_pid: int | None = None) -> None:
+    """A job must not outlive its worker (it would finish a job already marked interrupted)."""
+    set_parent_death_signal()
+
+    def gone() -> bool:
+        if os.getppid() != parent_pid:
+            return True
+        try:
+            if worker_pid:
+                os.kill(worker_pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    def watch() -> None:
+        while not gone():
+            time.sleep(0.5)
+        os._exit(137)
+    if gone():
+        os._exit(137)
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
