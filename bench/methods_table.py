@@ -66,7 +66,7 @@ def run(data: dict, base_epochs: int, ft: int, student_epochs: int, store: Store
                             "method": {"name": "baseline"}, "train": {"epochs": base_epochs, "device": device},
                             "measure": measure})
     t0 = time.perf_counter()
-    base = runner.execute(base_spec, store)
+    base = runner.run_spec(base_spec, store)
     log(f"base: acc {base['accuracy']:.4f} in {time.perf_counter() - t0:.0f}s")
     rows = [{**base, "label": "base ResNet-18", "wall_s": time.perf_counter() - t0}]
     registered = methods.load_all()
@@ -86,7 +86,7 @@ def run(data: dict, base_epochs: int, ft: int, student_epochs: int, store: Store
                            "train": {"epochs": student_epochs, "device": device}, "measure": measure})
         t = time.perf_counter()
         try:
-            rec = runner.execute(spec, store)
+            rec = runner.run_spec(spec, store)
         except Exception as e:  # a failing method is a finding, not a reason to lose the table
             skipped.append(f"{s.label}: {e}")
             log(f"{s.label}: FAILED {e}")

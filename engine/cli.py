@@ -53,11 +53,11 @@ class _Echo:
 @command("run", "run a job spec in the foreground; the last stdout line is the result record (JSON)")
 @arg("spec", help="path to a JSON job spec ('-' for stdin)")
 def cmd_run(a: argparse.Namespace) -> int:
-    from .runner import execute
+    from .runner import run_spec
     from .validation import check_spec
     spec = check_spec(JobSpec.from_json(sys.stdin.read()) if a.spec == "-" else JobSpec.from_file(a.spec))
     try:
-        record = execute(spec, echo=_Echo())
+        record = run_spec(spec, echo=_Echo())
     except JobFailed as e:
         print(f"error: job failed: {e}", file=sys.stderr)
         return 1

@@ -1,7 +1,7 @@
 """The job-process side of the worker: what runs inside the process (or Ray task) of one claimed job.
 
 A backend starts :func:`job_process` (local) or calls :func:`run_job` (Ray); ``run_job`` checks the
-job's spec and calls ``runner.execute`` with a cancellation check that polls the store at most every
+job's spec and calls ``runner.run_spec`` with a cancellation check that polls the store at most every
 0.5 s. This module stays torch-free at import: the worker imports it (through its backend) only to
 hand it to a new process, and the runner loads in that process.
 """
@@ -39,7 +39,7 @@ def run_job(job_id: str, store: Store | None = None, cancelled: Callable[[], boo
     # lazy: torch and the registries load in the job process, never in the worker that imports this module
     import torch
 
-    from .runner import execute
+    from .runner import run_spec
     from .validation import check_spec
 
     store = store or Store()
@@ -55,7 +55,7 @@ def run_job(job_id: str, store: Store | None = None, cancelled: Callable[[], boo
         store.update(job_id, state="failed", error=str(e)[:500], finished=time.time())
         return 1
     try:
-        execute(spec, store, run_id=job_id, cancelled=cancelled or StoreCancelFlag(store, job_id))
+        run_spec(spec, store, run_id=job_id, cancelled=cancelled or StoreCancelFlag(store, job_id))
     except Cancelled:
         return 0
     except JobFailed as e:

@@ -50,7 +50,7 @@ def _child_runner(store: Store, parent: str, cancelled: Callable[[], bool]) -> C
     """``ctx.run_child``: a spec run as a child of run ``parent`` (its own run row, record and artifacts)."""
     def run_child(spec: dict[str, Any] | JobSpec, *, run_id: str | None = None,
                   echo: Callable[..., None] | None = None) -> dict[str, Any]:
-        return execute(spec, store, run_id=run_id, echo=echo, cancelled=cancelled, parent=parent)
+        return run_spec(spec, store, run_id=run_id, echo=echo, cancelled=cancelled, parent=parent)
     return run_child
 
 
@@ -69,7 +69,7 @@ def _progress_sink(store: Store, run_id: str, echo: Callable[..., None] | None) 
     return progress
 
 
-def execute(spec: JobSpec | dict[str, Any], store: Store | None = None, *, run_id: str | None = None,
+def run_spec(spec: JobSpec | dict[str, Any], store: Store | None = None, *, run_id: str | None = None,
             echo: Callable[..., None] | None = None, cancelled: Callable[[], bool] = lambda: False,
             parent: str | None = None) -> dict[str, Any]:
     """Run ``spec`` (checked here against the registries too); returns the result record. The run row
@@ -91,7 +91,7 @@ def execute(spec: JobSpec | dict[str, Any], store: Store | None = None, *, run_i
     try:
         with _heartbeat(store, run_id) if row["worker"] is None else contextlib.nullcontext():
             export.atomic_write_bytes(run_dir / layout.SPEC, json.dumps(spec.to_dict(), indent=2).encode())
-            record = _execute(spec, store, run_id, run_dir, _progress_sink(store, run_id, echo), cancelled)
+            record = _run(spec, store, run_id, run_dir, _progress_sink(store, run_id, echo), cancelled)
             log.info("done: accuracy %.4f, size %d bytes", record["accuracy"], record["size_bytes"])
             # Last statement of the try: once the store says "done", an interrupt (e.g. a backend stopping
             # the task) can no longer reach the clean-up below and delete the finished artifacts.
@@ -199,7 +199,7 @@ def _with_start_preprocessing(data: data_mod.DataBundle, meta: dict[str, Any]) -
     return dataclasses.replace(data, mean=[float(v) for v in mean], std=[float(v) for v in std])
 
 
-def _execute(spec: JobSpec, store: Store, run_id: str, run_dir: Path, progress, cancelled) -> dict[str, Any]:
+def _run(spec: JobSpec, store: Store, run_id: str, run_dir: Path, progress, cancelled) -> dict[str, Any]:
     t_start = time.time()
     method = methods.get(spec.method.name)
     device = resolve_device(spec.train.device)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from engine import export, measure, models
-from engine.runner import execute
+from engine.runner import run_spec
 from engine.spec import JobSpec, SpecError
 from engine.store import Store
 from engine.validation import check_spec
@@ -20,21 +20,21 @@ def spec(model: dict, method: str, params: dict) -> JobSpec:
 
 def test_distill_and_compact_train_the_requested_student_and_chain(tmp_path):
     store = Store(tmp_path / "ws")
-    base = execute(spec({"arch": "resnet18"}, "baseline", {}), store)
+    base = run_spec(spec({"arch": "resnet18"}, "baseline", {}), store)
     student = "mobilenet_v3_small"
     n_params = measure.count_params(models.build(student, 10, True))
-    kd = execute(spec({"from_run": base["run_id"]}, "distill", {"student": student, "epochs": 1}), store)
-    plain = execute(spec({"from_run": base["run_id"]}, "compact", {"student": student, "epochs": 1}), store)
+    kd = run_spec(spec({"from_run": base["run_id"]}, "distill", {"student": student, "epochs": 1}), store)
+    plain = run_spec(spec({"from_run": base["run_id"]}, "compact", {"student": student, "epochs": 1}), store)
     for r, phase in ((kd, "distill"), (plain, "train")):
         assert r["arch"] == student and r["params"] == n_params < base["params"]
         assert [h["phase"] for h in r["history"]] == [phase]
     assert kd["teacher_run"] == base["run_id"]
     # Chain: the distilled run teaches the next student (its bundle rebuilds as the student arch).
-    nxt = execute(spec({"from_run": kd["run_id"]}, "distill", {"student": "shufflenet_v2_x1_0", "epochs": 1,
+    nxt = run_spec(spec({"from_run": kd["run_id"]}, "distill", {"student": "shufflenet_v2_x1_0", "epochs": 1,
                                                                "teacher": kd["run_id"], "loss": "mse_ce"}), store)
     assert nxt["arch"] == "shufflenet_v2_x1_0" and nxt["teacher_run"] == kd["run_id"]
     # compact needs no trained model: the same student from scratch, launchable from a bare arch.
-    fresh = execute(spec({"arch": "resnet18"}, "compact", {"student": student, "epochs": 1}), store)
+    fresh = run_spec(spec({"arch": "resnet18"}, "compact", {"student": student, "epochs": 1}), store)
     assert fresh["arch"] == student and fresh["params"] == n_params
 
 
@@ -56,9 +56,9 @@ def test_bad_distill_params_name_the_field(params, field):
 
 def test_width_multiplier_shrinks_the_student_and_its_bundle_rebuilds_it(tmp_path):
     store = Store(tmp_path / "ws")
-    base = execute(spec({"arch": "resnet18"}, "baseline", {}), store)
+    base = run_spec(spec({"arch": "resnet18"}, "baseline", {}), store)
     full = measure.count_params(models.build("mobilenet_v2", 10, True))
-    half = execute(spec({"from_run": base["run_id"]}, "distill", {"student": "mobilenet_v2", "width": 0.5,
+    half = run_spec(spec({"from_run": base["run_id"]}, "distill", {"student": "mobilenet_v2", "width": 0.5,
                                                                   "epochs": 1}), store)
     assert half["arch"] == "mobilenet_v2" and half["params"] < 0.5 * full
     model, bundle = export.load_model(half["checkpoint"])  # rebuilt at width 0.5, weights load strictly

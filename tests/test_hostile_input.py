@@ -252,7 +252,7 @@ def test_checkpoint_of_another_dataset_is_refused_before_training(home, tmp_path
     spec = JobSpec.from_dict({"data": {"name": "digits"}, "model": {"checkpoint": str(path)},
                               "method": {"name": "baseline"}, "train": {"epochs": 1}})
     with pytest.raises(runner.JobFailed, match="3 classes"):
-        runner.execute(spec, Store())
+        runner.run_spec(spec, Store())
 
 
 def test_an_architecture_too_deep_for_the_images_is_refused_before_training(home):
@@ -260,11 +260,11 @@ def test_an_architecture_too_deep_for_the_images_is_refused_before_training(home
     spec = JobSpec.from_dict({"data": {"name": "digits"}, "model": {"arch": "squeezenet1_1"},
                               "method": {"name": "baseline"}, "train": {"epochs": 1}})
     with pytest.raises(runner.JobFailed, match=r"model\.arch: squeezenet1_1 cannot take 8x8 inputs.*image_size"):
-        runner.execute(spec, Store())
+        runner.run_spec(spec, Store())
     student = JobSpec.from_dict({"data": {"name": "digits"}, "model": {"arch": "resnet18"},
                                  "method": {"name": "compact", "params": {"student": "squeezenet1_1", "epochs": 1}}})
     with pytest.raises(runner.JobFailed, match=r"method\.params\.student: squeezenet1_1 cannot take 8x8"):
-        runner.execute(student, Store())
+        runner.run_spec(student, Store())
 
 
 def test_a_diverging_loss_stops_training_with_what_to_do(home):
@@ -342,7 +342,7 @@ def test_disk_full_fails_the_job_cleanly_and_keeps_the_store_consistent(home, mo
     spec = JobSpec.from_dict({"data": {"name": "digits", "limit": 64}, "model": {"arch": "squeezenet1_1"},
                               "train": {"epochs": 0}, "measure": {"onnx": False, "latency_runs": 2}})
     with pytest.raises(runner.JobFailed, match="disk full"):
-        runner.execute(spec, Store())
+        runner.run_spec(spec, Store())
     (row,) = Store().list()
     assert row["state"] == "failed" and "disk full" in row["error"] and row["record"] is None
     assert not (Store().run_dir(row["id"]) / "model.pt").exists()
@@ -440,7 +440,7 @@ def test_too_few_training_images_fail_with_what_to_do(home):
     spec = JobSpec.from_dict({"data": {"name": "digits", "limit": 1, "test_limit": 20},
                               "model": {"arch": "resnet18"}, "method": {"name": "baseline"}, "train": {"epochs": 1}})
     with pytest.raises(runner.JobFailed, match=r"data.limit: 1 training image.*at least 2"):
-        runner.execute(spec, Store())
+        runner.run_spec(spec, Store())
 
 
 def test_records_are_strict_json_when_a_metric_is_undefined(home, tmp_path):
@@ -452,7 +452,7 @@ def test_records_are_strict_json_when_a_metric_is_undefined(home, tmp_path):
     spec = JobSpec.from_dict({"data": {"name": "imagefolder", "path": str(_zip(tmp_path / "one.zip", members))},
                               "model": {"arch": "resnet18"}, "method": {"name": "baseline"}, "train": {"epochs": 1},
                               "measure": {"onnx": False, "latency_runs": 2, "paired_rounds": 0}})
-    rec = runner.execute(spec, Store())
+    rec = runner.run_spec(spec, Store())
     assert rec["roc_auc"] is None
     assert rec["top5"] is None  # 2 classes: every label is in the top 5, so 1.0 would say nothing
     text = (Store().run_dir(rec["run_id"]) / "result.json").read_text()

@@ -109,7 +109,7 @@ def test_an_imported_model_is_scored_as_given_with_the_normalisation_declared(ho
         plan = presets.custom_plan(data={"name": "digits"}, model={"checkpoint": str(path)}, steps=[],
                                    base_train={"epochs": 0}, train={}, measure=QUICK_MEASURE)
         assert [s["name"] for s in plan] == [f"{label}.bundle as given"]
-        records[label] = runner.execute(JobSpec.from_dict(plan[0]), store)
+        records[label] = runner.run_spec(JobSpec.from_dict(plan[0]), store)
     own = records["own"]
     assert own["accuracy"] == digits_base["accuracy"] and own["test_images"] == digits_base["test_images"]
     assert own["start_accuracy"] == own["accuracy"] and own["agreement"] == 1.0

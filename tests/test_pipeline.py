@@ -10,7 +10,7 @@ import pytest
 
 from engine import export
 from engine.methods import METHODS
-from engine.runner import JobFailed, execute
+from engine.runner import JobFailed, run_spec
 from engine.spec import JobSpec, SpecError
 from engine.store import Store
 from engine.validation import check_spec
@@ -32,8 +32,8 @@ def spec(model: dict, method: str, params: dict | None = None) -> JobSpec:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     store = Store(tmp_path_factory.mktemp("pipeline-ws"))
-    base = execute(spec({"arch": "resnet18"}, "baseline"), store)
-    pipe = execute(spec({"from_run": base["run_id"]}, "pipeline", {"steps": STEPS}), store)
+    base = run_spec(spec({"arch": "resnet18"}, "baseline"), store)
+    pipe = run_spec(spec({"from_run": base["run_id"]}, "pipeline", {"steps": STEPS}), store)
     return store, base, pipe
 
 
@@ -77,8 +77,8 @@ print(json.dumps(out))
 
 def test_every_bundle_reloads_in_a_fresh_process_with_its_accuracy(runs):
     store, base, pipe = runs
-    half = execute(spec({"from_run": base["run_id"]}, "half", {"dtype": "bfloat16"}), store)
-    asym = execute(spec({"from_run": base["run_id"]}, "factorize", {"mode": "asymmetric", "finetune_epochs": 0}),
+    half = run_spec(spec({"from_run": base["run_id"]}, "half", {"dtype": "bfloat16"}), store)
+    asym = run_spec(spec({"from_run": base["run_id"]}, "factorize", {"mode": "asymmetric", "finetune_epochs": 0}),
                    store)
     children = [store.get(i)["record"] for i in pipe["pipeline_runs"]]
     records = [json.loads(r) if isinstance(r, str) else r for r in children] + [pipe, half, asym]
@@ -105,7 +105,7 @@ def test_a_failed_step_is_named_in_the_pipelines_error(runs, monkeypatch):
     monkeypatch.setitem(METHODS, "distill", dataclasses.replace(METHODS["distill"], fn=boom))
     steps = [{"name": "lowrank_svd", "params": {"energy": 0.6, "finetune_epochs": 0}}, {"name": "distill"}]
     with pytest.raises(JobFailed) as e:
-        execute(spec({"from_run": base["run_id"]}, "pipeline", {"steps": steps}), store)
+        run_spec(spec({"from_run": base["run_id"]}, "pipeline", {"steps": steps}), store)
     failed = store.list(state=("failed",))
     pipe = next(r for r in failed if r["method"] == "pipeline")
     step = next(r for r in failed if r["method"] == "distill")

@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from conftest import ROOT
 from engine import data as D, export, measure, models
-from engine.runner import JobFailed, execute
+from engine.runner import JobFailed, run_spec
 from engine.spec import JobSpec, SpecError
 from engine.validation import check_spec
 from engine.store import Store
@@ -27,7 +27,7 @@ WITH_ONNX = {**QUICK, "onnx": True}
 def run_method(model: dict, name: str, params: dict, measure_spec: dict = QUICK) -> dict:
     spec = {"data": DATA, "model": model, "method": {"name": name, "params": params}, "train": {"epochs": 1},
             "measure": measure_spec}
-    return execute(JobSpec.from_dict(spec), Store())
+    return run_spec(JobSpec.from_dict(spec), Store())
 
 
 def convs(path: str) -> dict[str, nn.Conv2d]:
@@ -303,7 +303,7 @@ def test_without_a_validation_split_accuracy_budgets_are_refused(base, name, par
     spec = {"data": {**DATA, "val_fraction": 0.0}, "model": base["model"], "method": {"name": name, "params": params},
             "train": {"epochs": 1}, "measure": QUICK}
     with pytest.raises(JobFailed, match=r"data.val_fraction: .*held-out validation"):
-        execute(JobSpec.from_dict(spec), Store())
+        run_spec(JobSpec.from_dict(spec), Store())
     d = D.load(JobSpec.from_dict(spec).data)
     assert not d.val_held_out and any("no validation split" in n for n in d.notes)
 
