@@ -11,7 +11,10 @@ from pathlib import Path
 
 import torch
 
+from engine import data as data_mod
 from engine import settings
+from engine.spec import DataSpec
+from engine.store import Store
 
 from . import efficiency, methods_table, report
 
@@ -145,8 +148,6 @@ def main(argv: list[str] | None = None) -> int:
         return report.write_section(a.machine, "\n\n".join([*parts, *([extra] if extra else []), tail]), cmd)
 
     if "efficiency" not in skip:
-        from engine import data as data_mod
-        from engine.spec import DataSpec
         log("efficiency")
         parts.append(efficiency_section(device, data_mod.load(DataSpec(**data_spec))))
         write()
@@ -154,7 +155,6 @@ def main(argv: list[str] | None = None) -> int:
         log("methods table")
         store_root = Path(tempfile.mkdtemp(prefix="slimbench-bench-"))
         os.environ["SLIMBENCH_HOME"] = str(store_root)
-        from engine.store import Store
 
         def section(res: dict) -> str:
             return methods_section(res, data_spec, base_epochs, ft, student_epochs, gpu)

@@ -6,8 +6,8 @@ import time
 from dataclasses import dataclass, field
 
 from engine import methods, results, runner
-from engine.validation import check_spec
 from engine.store import Store
+from engine.validation import check_spec
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,9 @@ import urllib.request
 from pathlib import Path
 from typing import Iterator
 
+from bench.synthetic import insert_synthetic_runs
+from engine.store import Store
+
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
@@ -73,8 +76,6 @@ tabulating every record."""
     import streamlit as st
     from streamlit.testing.v1 import AppTest
 
-    from bench.synthetic import insert_synthetic_runs
-    from engine.store import Store
     home = Path(tempfile.mkdtemp(prefix="slimbench-pages-"))
     old = os.environ.get("SLIMBENCH_HOME")
     os.environ["SLIMBENCH_HOME"] = str(home)
@@ -109,8 +110,6 @@ def jobs_idle_cpu(seconds: float = 30.0) -> dict[str, float]:
     import psutil
     from playwright.sync_api import sync_playwright
 
-    from bench.synthetic import insert_synthetic_runs
-    from engine.store import Store
     home = Path(tempfile.mkdtemp(prefix="slimbench-jobs-idle-"))
     insert_synthetic_runs(Store(home), 50)  # SYNTHETIC finished rows so the table is not empty
     with streamlit_server(home, env={"SLIMBENCH_NO_AUTOSTART": "1"}) as (url, proc), sync_playwright() as pw:

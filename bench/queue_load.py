@@ -16,6 +16,9 @@ import tempfile
 import time
 from typing import Any
 
+from engine import jobs
+from engine.store import Store
+
 TRIVIAL_JOB = {"data": {"name": "digits", "limit": 50, "test_limit": 20}, "model": {"arch": "mobilenet_v3_small"},
                "method": {"name": "baseline"}, "train": {"epochs": 0},
                "measure": {"onnx": False, "latency_runs": 1, "warmup_runs": 0, "batch_size": 2}}
@@ -24,8 +27,6 @@ TRIVIAL_JOB = {"data": {"name": "digits", "limit": 50, "test_limit": 20}, "model
 def _submitter(home: str, first: int, count: int, out) -> None:
     """One submitting process: queues ``count`` jobs (auto-starting the worker if none is alive)."""
     os.environ["SLIMBENCH_HOME"] = home
-    from engine import jobs
-    from engine.store import Store
     store = Store(home)
     ids = [jobs.submit({**TRIVIAL_JOB, "name": f"load-{first + i}"}, store) for i in range(count)]
     out.put(ids)
@@ -48,8 +49,6 @@ def run(n_jobs: int = 100, submitters: int = 4, timeout_s: float = 3600, home: s
 
 
 def _run(home: str, n_jobs: int, submitters: int, timeout_s: float) -> dict[str, Any]:
-    from engine import jobs
-    from engine.store import Store
     store = Store(home)
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
