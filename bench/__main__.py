@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--base-epochs", type=int, default=None)
     p.add_argument("--finetune-epochs", type=int, default=None)
     p.add_argument("--student-epochs", type=int, default=None)
-    p.add_argument("--skip", default="", help="comma list of sections to skip: efficiency,methods,queue,pages,tour")
+    p.add_argument("--skip", default="", help="comma list of sections to skip: efficiency,methods,queue,pages,tour,photos")
     a = p.parse_args(argv)
     gpu = a.machine == "gpu"
     if gpu and not torch.cuda.is_available():
@@ -165,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     if not gpu:
         for key, module, title in (("queue", "bench.queue_load", "Queue throughput"),
                                    ("pages", "bench.pages", "Dashboard render time"),
-                                   ("tour", "bench.quick_tour", "Quick tour (CPU) wall time")):
+                                   ("tour", "bench.quick_tour", "Quick tour (CPU) wall time"),
+                                   ("photos", "bench.camera_photos", "Camera photos (memory)")):
             if key not in skip:
                 log(title)
                 parts.append(optional_section(module, title))

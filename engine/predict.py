@@ -101,16 +101,24 @@ def load_run(run_id: str, store: Store | None = None) -> Predictor:
 WORKING_SIDE = 1024  # pixels: above every model's input size (data.image_size <= 1024)
 
 
+BROWSER_FORMATS = ("JPEG", "PNG", "WEBP")  # what a browser shows and st.image passes on as it is
+
+
 def working_copy(raw: bytes, max_side: int = WORKING_SIDE) -> tuple[bytes, tuple[int, int]]:
-    """The image as bytes at most ``max_side`` pixels on its longer side (antialiased), and its
-    original (width, height). A camera-size image is then decoded once, not once per model and
-    rerun; every model reduces it to its own input size (a few dozen pixels) anyway. Raises ImageError."""
+    """The image as 8-bit JPEG/PNG/WebP bytes at most ``max_side`` pixels on its longer side
+    (antialiased), and its original (width, height). A camera-size image is then decoded once, not
+    once per model and rerun; every model reduces it to its own input size (a few dozen pixels) anyway.
+    Anything a browser (or st.image, which re-encodes as JPEG) cannot show as it is — 16-bit, 32-bit,
+    float, LAB, CMYK, palette or transparent images, TIFF, BMP, GIF — becomes a PNG of its 8-bit
+    conversion, the one the models see. Raises ImageError."""
     import io
 
     from PIL import Image
     im = load_pil(raw)
     size = im.size
-    if max(size) <= max_side:
+    with Image.open(io.BytesIO(raw)) as original:  # header only: the format and mode as uploaded
+        as_is = original.format in BROWSER_FORMATS and original.mode in ("L", "RGB")
+    if max(size) <= max_side and as_is:
         return raw, size
     im.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     buf = io.BytesIO()

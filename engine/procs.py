@@ -39,3 +39,19 @@ def die_with_parent(parent_pid: int, worker_pid: int | None = None) -> None:
     if gone():
         os._exit(137)
     threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+
+
+def death_reason(returncode: int) -> str:
+    """Why a job process ended without recording an outcome, and what to do, from its exit status."""
+    if returncode == -signal.SIGKILL:
+        # Nothing in Slimbench SIGKILLs a job it has not been asked to cancel; the kernel's OOM killer does.
+        return ("the job process was killed (signal 9, SIGKILL), most likely by the kernel's out-of-memory "
+                "killer: the job needed more memory than the machine had. Before retrying, lower "
+                "data.image_size, data.batch_size or train.devices, or use fewer images")
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = "unknown signal"
+        return f"the job process died (killed by signal {-returncode}, {name}); retry it"
+    return f"the job process died (exit code {returncode}); retry it"

@@ -21,6 +21,7 @@ def check_spec(raw: dict[str, Any] | JobSpec) -> JobSpec:
     d, m = spec.data, spec.model
     if d.name not in data.DATASETS:
         raise SpecError("data.name", f"unknown dataset {d.name!r}; valid: {', '.join(data.DATASETS)}")
+    data.check_decoding_memory(d)  # an image folder too big to decode here is refused now, not by the OOM killer
     if m.arch and m.arch not in models.ARCHS:
         raise SpecError("model.arch", f"unknown architecture {m.arch!r}; valid: {', '.join(models.ARCHS)}")
     # Method name and parameters: the registry owns their schema.

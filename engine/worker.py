@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import backends, jobs, settings
+from . import backends, jobs, procs, settings
 from .store import Store
 
 log = logging.getLogger("slimbench.worker")
@@ -132,8 +132,7 @@ class Worker:
             if r.cancel_seen is not None or row["cancel_requested"]:
                 self._finish(job_id, "cancelled", "cancelled by request")
             else:
-                how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
-                self._finish(job_id, "interrupted", f"the job process died ({how}); retry it")
+                self._finish(job_id, "interrupted", procs.death_reason(code))
 
     def enforce_cancels(self) -> None:
         if not self.running:

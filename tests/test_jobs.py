@@ -134,7 +134,7 @@ def test_kill_job_process_then_retry(ws):
     wait_for(lambda: ws.events(job_id)[-1]["phase"] != "queued", 60, "the job to report progress")
     os.kill(pid, signal.SIGKILL)
     row = wait_state(ws, job_id, ("interrupted", "done", "failed"), timeout=30)
-    assert row["state"] == "interrupted" and "signal 9" in row["error"]
+    assert row["state"] == "interrupted" and "signal 9" in row["error"] and "data.image_size" in row["error"]
     assert jobs.job_log(job_id, ws)  # the log survives
     assert not (ws.run_dir(job_id) / "model.pt").exists()
 

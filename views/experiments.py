@@ -118,6 +118,8 @@ def describe_imagefolder(path: str) -> tuple[dict | None, str | None]:
         return data_mod.describe_imagefolder(path), None
     except data_mod.DataError as e:
         return None, e.reason
+    except OSError as e:  # the engine turns what it expects into DataError; a path typed here may be anything
+        return None, f"cannot read {path}: {e.strerror or e}"
 
 
 def imagefolder_summary(path: str, name: str) -> str | None:
@@ -134,6 +136,19 @@ def imagefolder_summary(path: str, name: str) -> str | None:
     st.caption(f"{len(classes)} classes ({', '.join(classes[:8])}{' …' if len(classes) > 8 else ''}), {split}.")
     if what["note"]:
         st.warning(what["note"][0].upper() + what["note"][1:] + ".", icon=":material/visibility_off:")
+    return None
+
+
+def decoding_memory(data: dict[str, Any]) -> str | None:
+    """Show the memory the chosen image folder takes decoded; the problem (then also shown) if it would not fit."""
+    from engine.spec import DataSpec
+    try:
+        est = data_mod.check_decoding_memory(DataSpec(**data))
+    except data_mod.DataError as e:
+        st.error(f"Too large to decode on this machine: {e.reason}.", icon=":material/memory:")
+        return e.reason
+    if est is not None:
+        st.caption(f"Decoded in memory: {est.text()}.")
     return None
 
 
@@ -264,10 +279,15 @@ with tab_custom:
     c1, c2, c3, c4 = st.columns(4)
     limit = c1.number_input("Train images (0 = all)", 0, 10_000_000, 2000, step=500, key="limit")
     test_limit = c2.number_input("Test images (0 = all)", 0, 10_000_000, 1000, step=500, key="test_limit")
-    image_size = c3.number_input("Image size (0 = native)", 0, 1024, 0, step=8, key="image_size")
+    image_size = c3.number_input("Image size (0 = native)", 0, 1024, 0, step=8, key="image_size",
+                                 help=f"Side in pixels every image is resized to. 0: the images' own size, capped at "
+                                      f"{data_mod.NATIVE_SIDE_LIMIT} px (camera photos are decoded reduced); set a "
+                                      "size to train larger.")
     batch = c4.number_input("Batch size", 1, 65536, 64, step=32, key="batch_size")
     data.update({k: int(v) for k, v in (("limit", limit), ("test_limit", test_limit), ("image_size", image_size))
                  if v}, batch_size=int(batch))
+    if data["name"] in ("imagefolder", "cifar10") and not data_problem:
+        data_problem = decoding_memory(data)
 
     st.subheader("2 · Base model")
     base_kind = st.radio("Start from", ["Train an architecture", "A finished run", "Upload a checkpoint"],

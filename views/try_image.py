@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 
 import numpy as np
 import pandas as pd
@@ -12,6 +13,7 @@ from engine.data import IMAGE_SUFFIXES, ImageError, load_pil
 from views.common import done_runs, get_store, run_label
 
 st.title("Try an image")
+log = logging.getLogger("slimbench.pages")
 store = get_store()
 
 
@@ -88,14 +90,14 @@ def cam_overlay(root: str, run_id: str, digest: str, _raw: bytes, index: int) ->
     return saliency.overlay(np.asarray(load_pil(_raw)), cam)
 
 
-for name, raw, truth in images:
-    st.divider()
+def show(name: str, raw: bytes, truth: str | None) -> None:
+    """One image: its thumbnail, then each model's answer side by side."""
     digest = hashlib.sha256(raw).hexdigest()
     try:
         raw, (w, h) = working_copy(digest, raw)
     except ImageError as e:
         st.error(f"{name}: {e}. Upload a PNG, JPEG, WebP, BMP, GIF or TIFF image.")
-        continue
+        return
     c1, c2 = st.columns([1, 5], vertical_alignment="center")
     c1.image(raw, width=120)
     c2.markdown(f"#### {name}")
@@ -129,3 +131,12 @@ for name, raw, truth in images:
                          caption=f"Grad-CAM for “{out.top[0][0]}”", width=224)
             elif show_cam:
                 st.caption("No saliency map: this model is not a PyTorch model (e.g. INT8 ONNX Runtime).")
+
+
+for name, raw, truth in images:
+    st.divider()
+    try:
+        show(name, raw, truth)
+    except Exception as e:  # one image the page cannot show must not hide the ones after it
+        log.exception("Try an image: %s", name)
+        st.error(f"{name}: this image could not be shown ({type(e).__name__}: {e}). The others are below.")

@@ -10,16 +10,20 @@ names, whichever module below defines them.
 - ``sources``: the dataset registry (DATASETS, register_dataset) and its sources, the image-folder cache
 - ``listing``: ImageFolder listings of a folder or zip, and the archive guards
 - ``images``: image decoding and preprocessing
+- ``memory``: the memory an image folder takes decoded, checked before queueing and before decoding
+- ``walk`` / ``zipnames``: a folder listed within bounds; zip member names as their author meant them
 - ``assembly``: ``load``, a spec to its bundle
 - ``errors``: DataError (a dataset that cannot be used), ImageError (an image that cannot)
 """
 from .assembly import load
 from .bundle import BatchLoader, DataBundle, Split, random_crop
 from .errors import DataError, ImageError
-from .images import IMAGE_SUFFIXES, decode_image, load_pil, preprocess_image, resize_uint8, to_rgb
+from .images import IMAGE_SUFFIXES, NATIVE_SIDE_LIMIT, decode_image, load_pil, preprocess_image, resize_uint8, to_rgb
 from .listing import describe_imagefolder
-from .sources import DATASETS, FASHION_CLASSES, register_dataset
+from .memory import Estimate
+from .sources import DATASETS, FASHION_CLASSES, check_decoding_memory, register_dataset
 
-__all__ = ["BatchLoader", "DATASETS", "DataBundle", "DataError", "FASHION_CLASSES",
-           "IMAGE_SUFFIXES", "ImageError", "Split", "decode_image", "describe_imagefolder", "load", "load_pil",
-           "preprocess_image", "random_crop", "register_dataset", "resize_uint8", "to_rgb"]
+__all__ = ["BatchLoader", "DATASETS", "DataBundle", "DataError", "Estimate", "FASHION_CLASSES",
+           "IMAGE_SUFFIXES", "ImageError", "NATIVE_SIDE_LIMIT", "Split", "check_decoding_memory", "decode_image",
+           "describe_imagefolder", "load", "load_pil", "preprocess_image", "random_crop", "register_dataset",
+           "resize_uint8", "to_rgb"]

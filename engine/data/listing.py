@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import stat
 import zipfile
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from .errors import DataError
 from .images import IMAGE_SUFFIXES
+from .walk import list_dir
+from .zipnames import member_name
 
 MAX_ARCHIVE_BYTES = 32 << 30    # zip bomb guard: total uncompressed size
 MAX_MEMBER_RATIO = 200          # zip bomb guard: per-member compression ratio
@@ -19,9 +22,14 @@ MAX_MEMBER_RATIO = 200          # zip bomb guard: per-member compression ratio
 
 def list_imagefolder(path: Path) -> tuple[list[str], dict]:
     """The members of an ImageFolder zip or directory and their layout; DataError if unusable."""
-    if not path.exists():
-        raise DataError(f"not found: {path}")
-    files = _zip_listing(path) if path.is_file() else _dir_listing(path)
+    try:
+        if not path.exists():
+            raise DataError(f"not found: {path}")
+        if not (path.is_file() or path.is_dir()):
+            raise DataError(f"{path} is neither a folder nor a zip file")
+        files = _zip_listing(path) if path.is_file() else list_dir(path)
+    except OSError as e:  # a path typed on the page may be anything: /proc, a device, a folder we may not read
+        raise DataError(f"cannot read {path}: {e.strerror or e}") from None
     return files, _layout(files, path)
 
 
@@ -43,7 +51,7 @@ def _zip_listing(path: Path) -> list[str]:
         total = 0
         names = []
         for info in zf.infolist():
-            name = info.filename
+            name = member_name(info)  # '/'-separated, UTF-8 where the bytes are (Windows tools, Linux zip)
             if name.startswith(("/", "\\")) or ".." in Path(name).parts or ":" in name.split("/")[0]:
                 raise DataError(f"unsafe path in archive {path.name}: {name!r} (absolute or '..')")
             if stat.S_ISLNK(info.external_attr >> 16):
@@ -53,22 +61,14 @@ def _zip_listing(path: Path) -> list[str]:
                 raise DataError(f"archive member {name!r} expands {info.file_size / info.compress_size:.0f}x "
                                 "(zip bomb guard)")
             names.append(name)  # folders too (trailing '/'), so an empty class folder is seen
+        twice = [n for n, k in Counter(names).items() if k > 1]
+        if twice:
+            raise DataError(f"archive {path.name} holds {len(twice)} name(s) twice once '\\' is read as '/', "
+                            f"e.g. {twice[0]!r}")
         if total > MAX_ARCHIVE_BYTES:
             raise DataError(f"archive {path.name} expands to {total / 2**30:.1f} GiB "
                             f"(limit {MAX_ARCHIVE_BYTES / 2**30:.0f} GiB)")
     return names
-
-
-def _dir_listing(path: Path) -> list[str]:
-    out = []
-    for p in sorted(path.rglob("*")):
-        if p.is_symlink():
-            continue  # never follow links out of the dataset folder
-        if p.is_file():
-            out.append(p.relative_to(path).as_posix())
-        elif p.is_dir():
-            out.append(p.relative_to(path).as_posix() + "/")
-    return out
 
 
 def _layout(files: list[str], path: Path) -> dict:
@@ -129,9 +129,10 @@ def ignored_note(ignored: list[str]) -> str:
 class ZipReader:
     def __init__(self, path: Path):
         self.zf = zipfile.ZipFile(path)
+        self.members = {member_name(info): info for info in self.zf.infolist()}  # listing name -> stored entry
 
     def read(self, member: str) -> bytes:
-        return self.zf.read(member)
+        return self.zf.read(self.members[member])
 
     def close(self) -> None:
         self.zf.close()

@@ -20,6 +20,7 @@ from ..store import workspace_root
 from .bundle import Split
 from .errors import DataError, ImageError
 from .images import decode_image, resize_uint8
+from . import memory
 from .listing import ignored_note, list_imagefolder, open_reader
 
 log = logging.getLogger("slimbench.data")
@@ -107,13 +108,36 @@ def _imagefolder(spec: DataSpec):
     return imagefolder_source(spec, Path(spec.path).expanduser())
 
 
+def imagefolder_path(spec: DataSpec) -> Path | None:
+    """The image folder (directory or zip) a data spec decodes; None for array datasets or no path."""
+    path = spec.path or (settings.cifar10() if spec.name == "cifar10" else None)
+    return Path(path).expanduser() if spec.name in ("cifar10", "imagefolder") and path else None
+
+
+def check_decoding_memory(spec: DataSpec) -> memory.Estimate | None:
+    """Refuse (DataError, with the figures and what to change) a data spec whose image folder would not
+    fit in memory once decoded; None for datasets that are not image folders. A folder that cannot be
+    listed passes here: choosing it on Experiments, and loading it in the job, say what is wrong."""
+    path = imagefolder_path(spec)
+    if path is None:
+        return None
+    try:
+        est = memory.estimate(path, spec.image_size)
+    except DataError:
+        return None
+    if not est.fits:
+        raise DataError(est.problem())
+    return est
+
+
 def imagefolder_source(spec: DataSpec, path: Path):
     files, layout = list_imagefolder(path)
     size = spec.image_size
     # A zip changes as a whole; a folder's images can change below it, so its key covers every file.
     stamp = "|".join(f"{f}:{st.st_size}:{st.st_mtime_ns}" for f, st in
                      ([("", path.stat())] if path.is_file() else ((f, (path / f).stat()) for f in files)))
-    key = hashlib.sha256(f"{path.resolve()}|{stamp}|{size}|notes-v2".encode())  # v2: notes name ignored files
+    # v3: native sizes capped at NATIVE_SIDE_LIMIT, every image mode scaled to 8 bit, zip names decoded as meant
+    key = hashlib.sha256(f"{path.resolve()}|{stamp}|{size}|decode-v3".encode())
     cache = cache_dir() / f"imagefolder-{key.hexdigest()[:20]}.pt"
     if cache.is_file():
         try:
@@ -121,6 +145,8 @@ def imagefolder_source(spec: DataSpec, path: Path):
             return (Split(c["train_x"], c["train_y"]), Split(c["test_x"], c["test_y"]), c["classes"], c["notes"])
         except Exception:  # a damaged cache is rebuilt, never trusted
             cache.unlink(missing_ok=True)
+    footprint = memory.check(path, size)  # refused with the figures, rather than ended by the OOM killer
+    log.info("image folder: %s", footprint.text())
     reader = open_reader(path)
     classes = layout["classes"]
     notes: list[str] = [ignored_note(layout["ignored"])] if layout["ignored"] else []
