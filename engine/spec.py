@@ -20,7 +20,7 @@ from .errors import SpecError  # lives lower (other layers raise it); engine.spe
 class DataSpec:
     name: str = "fashion-mnist"
     path: str | None = None          # dataset location (dir, zip, or torchvision root)
-    image_size: int | None = None    # None: the dataset's native size
+    image_size: int | None = None    # None: the dataset's native size (image folders: capped at 224 px)
     val_fraction: float = 0.1        # carved from train, seeded
     limit: int | None = None         # cap on train images (quick runs)
     test_limit: int | None = None    # cap on test images (quick runs)
