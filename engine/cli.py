@@ -55,7 +55,7 @@ class _Echo:
 def cmd_run(a: argparse.Namespace) -> int:
     from .runner import run_spec
     from .validation import check_spec
-    spec = check_spec(JobSpec.from_json(sys.stdin.read()) if a.spec == "-" else JobSpec.from_file(a.spec))
+    spec = check_spec(JobSpec.from_json(sys.stdin.buffer.read()) if a.spec == "-" else JobSpec.from_file(a.spec))
     try:
         record = run_spec(spec, echo=_Echo())
     except JobFailed as e:

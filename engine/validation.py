@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import data, methods, models
+from . import data, methods, models, settings
+from .devices import devices_problem
 from .errors import SpecError
 from .spec import JobSpec
 
@@ -23,6 +24,10 @@ def check_spec(raw: dict[str, Any] | JobSpec) -> JobSpec:
         raise SpecError("data.name", f"unknown dataset {d.name!r}; valid: {', '.join(data.DATASETS)}")
     if m.arch and m.arch not in models.ARCHS:
         raise SpecError("model.arch", f"unknown architecture {m.arch!r}; valid: {', '.join(models.ARCHS)}")
+    if settings.backend() == "local":  # the job runs on this machine (a Ray cluster's may have more)
+        problem = devices_problem(spec.train.device, spec.train.devices)
+        if problem:
+            raise SpecError("train.devices", problem)
     # Method name and parameters: the registry owns their schema.
     spec.method.params = methods.validate(spec.method.name, spec.method.params, spec=spec)
     if methods.get(spec.method.name).needs_base and m.arch:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..errors import SpecError
+from ..spec import finite_float
 from ..store import check_run_id
 
 
@@ -41,12 +42,13 @@ class Param:
         if self.kind in ("int", "float"):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise SpecError(where, f"must be a number, got {type(value).__name__} {value!r}")
+            number = finite_float(where, value)  # NaN and Infinity (which JSON lets through) never pass
             if self.kind == "int":
-                if float(value) != int(value):
+                if number != int(number):
                     raise SpecError(where, f"must be a whole number, got {value}")
                 value = int(value)
             else:
-                value = float(value)
+                value = number
             lo_ok = self.low is None or (value > self.low if self.low_open else value >= self.low)
             hi_ok = self.high is None or (value < self.high if self.high_open else value <= self.high)
             if not (lo_ok and hi_ok):

@@ -37,6 +37,8 @@ def _steps(params: dict, spec: JobSpec | None) -> list[dict[str, Any]]:
         if "name" not in step:
             raise SpecError(f"{where}.name", "missing: the method this step runs")
         name = step["name"]
+        if not isinstance(name, str):
+            raise SpecError(f"{where}.name", f"must be a method name (a string), got {type(name).__name__}")
         if name in NOT_A_STEP:
             raise SpecError(f"{where}.name", "a pipeline cannot contain another pipeline")
         if not makes_torch_model({"name": name}) and i != len(steps) - 1:
