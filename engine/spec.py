@@ -96,9 +96,9 @@ class JobSpec:
             raise SpecError("spec", f"must be a JSON object, got {type(raw).__name__}")
         check_depth(raw)
         sections = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - set(sections))
+        unknown = sorted(str(k) for k in set(raw) - set(sections))
         if unknown:
-            raise SpecError(unknown[0], f"unknown section; valid: {', '.join(sections)}")
+            raise SpecError(short_key(unknown[0]), f"unknown section; valid: {', '.join(sections)}")
         kwargs: dict[str, Any] = {}
         for name, f in sections.items():
             if name not in raw:
@@ -150,8 +150,8 @@ class JobSpec:
                 raise SpecError(f"data.{name}", f"must be a positive number of images, got {v}")
         if not 1 <= d.batch_size <= 65536:
             raise SpecError("data.batch_size", f"must be between 1 and 65536, got {d.batch_size}")
-        if d.path is not None and not Path(d.path).expanduser().exists():
-            raise SpecError("data.path", f"not found: {d.path}")
+        if d.path is not None and not _exists(d.path):
+            raise SpecError("data.path", f"not found: {_shown_path(d.path)}")
 
         sources = [k for k in ("arch", "from_run", "checkpoint") if getattr(m, k)]
         if len(sources) != 1:
@@ -159,17 +159,17 @@ class JobSpec:
                             + (f" (got {', '.join(sources)})" if sources else ""))
         for name in ("checkpoint", "pretrained"):
             v = getattr(m, name)
-            if v and not Path(v).expanduser().is_file():
-                raise SpecError(f"model.{name}", f"file not found: {v}")
+            if v and not _exists(v, file=True):
+                raise SpecError(f"model.{name}", f"file not found: {_shown_path(v)}")
         if m.pretrained and not m.arch:
             raise SpecError("model.pretrained", "ImageNet weights apply to a fresh arch; give model.arch")
         if m.from_run is not None and not _is_run_id(m.from_run):
-            raise SpecError("model.from_run", f"not a run id: {m.from_run!r}")
+            raise SpecError("model.from_run", f"not a run id: {short_repr(m.from_run)}")
 
         if t.epochs < 0 or t.epochs > 10000:
             raise SpecError("train.epochs", f"must be between 0 and 10000, got {t.epochs}")
         if t.optimizer not in ("sgd", "adamw"):
-            raise SpecError("train.optimizer", f"unknown optimizer {t.optimizer!r}; valid: sgd, adamw")
+            raise SpecError("train.optimizer", f"unknown optimizer {short_repr(t.optimizer)}; valid: sgd, adamw")
         if t.lr is not None and not 0 < t.lr <= 10:
             raise SpecError("train.lr", f"must be in (0, 10], got {t.lr}")
         if not 0 <= t.momentum < 1:
@@ -183,14 +183,14 @@ class JobSpec:
             raise SpecError("train.warmup_epochs", f"must be between 0 and {warmup_max} (train.epochs: a longer "
                             f"warm-up never reaches the learning rate, so nothing is learnt), got {t.warmup_epochs:g}")
         if t.amp not in ("auto", "bf16", "fp16", "off"):
-            raise SpecError("train.amp", f"unknown value {t.amp!r}; valid: auto, bf16, fp16, off")
+            raise SpecError("train.amp", f"unknown value {short_repr(t.amp)}; valid: auto, bf16, fp16, off")
         if not (t.device in ("auto", "cpu", "cuda") or (t.device.startswith("cuda:") and t.device[5:].isdigit())):
-            raise SpecError("train.device", f"unknown device {t.device!r}; valid: auto, cpu, cuda, cuda:N")
+            raise SpecError("train.device", f"unknown device {short_repr(t.device)}; valid: auto, cpu, cuda, cuda:N")
         if not 1 <= t.devices <= 64:
             raise SpecError("train.devices", f"must be between 1 and 64, got {t.devices}")
         for where, seed in (("data.seed", d.seed), ("train.seed", t.seed)):
             if not 0 <= seed <= MAX_SEED:
-                raise SpecError(where, f"must be between 0 and {MAX_SEED} (2**32 - 1), got {_short(seed)}")
+                raise SpecError(where, f"must be between 0 and {MAX_SEED} (2**32 - 1), got {short_repr(seed)}")
         if self.name is not None and len(self.name) > MAX_NAME_CHARS:
             raise SpecError("name", f"must be at most {MAX_NAME_CHARS} characters, got {len(self.name):,}")
 
@@ -259,7 +259,26 @@ def finite_float(where: str, value: int | float) -> float:
     return f
 
 
-def _short(value: Any, limit: int = 80) -> str:
+def _exists(path: str, file: bool = False) -> bool:
+    """Whether ``path`` names an existing folder or file; False for names no file system takes (too
+    long, a NUL byte) rather than an OSError."""
+    try:
+        p = Path(path).expanduser()
+        return p.is_file() if file else p.exists()
+    except (OSError, ValueError, RuntimeError):  # RuntimeError: "~nobody" has no home to expand
+        return False
+
+
+def _shown_path(path: str) -> str:
+    return path if path.isprintable() and len(path) <= 300 else short_repr(path)
+
+
+def short_key(key: str, limit: int = 60) -> str:
+    """An unknown key as a field name in a message, cut to ``limit`` characters."""
+    return key if len(key) <= limit else f"{key[:limit]}…"
+
+
+def short_repr(value: Any, limit: int = 80) -> str:
     """``repr(value)`` cut to ``limit`` characters: error messages never carry a hostile value whole."""
     if isinstance(value, int) and value.bit_length() > 256:  # repr refuses integers past 4300 digits
         return f"an integer of {value.bit_length()} bits"
@@ -275,9 +294,9 @@ def _build(factory: Any, raw: Any, where: str) -> Any:
     if not isinstance(raw, dict):
         raise SpecError(where, f"must be an object, got {type(raw).__name__}")
     fields = {f.name: f for f in dataclasses.fields(factory)}
-    unknown = sorted(set(raw) - set(fields))
+    unknown = sorted(str(k) for k in set(raw) - set(fields))
     if unknown:
-        raise SpecError(f"{where}.{unknown[0]}", f"unknown field; valid: {', '.join(fields)}")
+        raise SpecError(f"{where}.{short_key(unknown[0])}", f"unknown field; valid: {', '.join(fields)}")
     kwargs = {k: _check_type(f"{where}.{k}", v, fields[k].type) for k, v in raw.items()}
     return factory(**kwargs)
 
@@ -302,4 +321,4 @@ def _check_type(where: str, value: Any, annotation: Any) -> Any:
         if a.startswith("dict") and isinstance(value, dict):
             return value
     want = " or ".join(a for a in allowed if a != "None")
-    raise SpecError(where, f"must be {want}, got {type(value).__name__} {_short(value)}")
+    raise SpecError(where, f"must be {want}, got {type(value).__name__} {short_repr(value)}")

@@ -11,7 +11,7 @@ from typing import Any
 from . import data, methods, models, settings
 from .devices import devices_problem
 from .errors import SpecError
-from .spec import JobSpec
+from .spec import JobSpec, short_repr
 
 
 def check_spec(raw: dict[str, Any] | JobSpec) -> JobSpec:
@@ -21,9 +21,9 @@ def check_spec(raw: dict[str, Any] | JobSpec) -> JobSpec:
         spec.validate()
     d, m = spec.data, spec.model
     if d.name not in data.DATASETS:
-        raise SpecError("data.name", f"unknown dataset {d.name!r}; valid: {', '.join(data.DATASETS)}")
+        raise SpecError("data.name", f"unknown dataset {short_repr(d.name)}; valid: {', '.join(data.DATASETS)}")
     if m.arch and m.arch not in models.ARCHS:
-        raise SpecError("model.arch", f"unknown architecture {m.arch!r}; valid: {', '.join(models.ARCHS)}")
+        raise SpecError("model.arch", f"unknown architecture {short_repr(m.arch)}; valid: {', '.join(models.ARCHS)}")
     if settings.backend() == "local":  # the job runs on this machine (a Ray cluster's may have more)
         problem = devices_problem(spec.train.device, spec.train.devices)
         if problem:
