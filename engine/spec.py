@@ -184,7 +184,8 @@ class JobSpec:
                             f"warm-up never reaches the learning rate, so nothing is learnt), got {t.warmup_epochs:g}")
         if t.amp not in ("auto", "bf16", "fp16", "off"):
             raise SpecError("train.amp", f"unknown value {short_repr(t.amp)}; valid: auto, bf16, fp16, off")
-        if not (t.device in ("auto", "cpu", "cuda") or (t.device.startswith("cuda:") and t.device[5:].isdigit())):
+        index = t.device[5:] if t.device.startswith("cuda:") else ""
+        if not (t.device in ("auto", "cpu", "cuda") or (index.isascii() and index.isdigit())):  # not "cuda:²"
             raise SpecError("train.device", f"unknown device {short_repr(t.device)}; valid: auto, cpu, cuda, cuda:N")
         if not 1 <= t.devices <= 64:
             raise SpecError("train.devices", f"must be between 1 and 64, got {t.devices}")

@@ -47,7 +47,7 @@ def _workspace(tmp_path_factory):
 
 # -- values a JSON file can hold (Python's reader also takes NaN and Infinity) ----------------------
 def _nasty_text() -> st.SearchStrategy[str]:
-    special = st.sampled_from(["", " ", "\x00", "../../etc/passwd", "x" * 5000, "\ud800", "cuda:99",
+    special = st.sampled_from(["", " ", "\x00", "../../etc/passwd", "x" * 5000, "\ud800", "cuda:99", "cuda:²",
                                "resnet18", "pipeline", "baseline", "nan", "-1", "{}", "a/b\\c", "~"])
     return st.one_of(special, st.text(max_size=40))
 
