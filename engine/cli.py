@@ -55,7 +55,7 @@ class _Echo:
 def cmd_run(a: argparse.Namespace) -> int:
     from .runner import run_spec
     from .validation import check_spec
-    spec = check_spec(JobSpec.from_json(sys.stdin.read()) if a.spec == "-" else JobSpec.from_file(a.spec))
+    spec = check_spec(JobSpec.from_json(sys.stdin.buffer.read()) if a.spec == "-" else JobSpec.from_file(a.spec))
     try:
         record = run_spec(spec, echo=_Echo())
     except JobFailed as e:
@@ -154,7 +154,8 @@ def cmd_measure(a: argparse.Namespace) -> int:
 
 
 @command("import", "turn a plain PyTorch state dict of a registered architecture into a checkpoint bundle")
-@arg("weights", help="a file saved with torch.save(model.state_dict(), path) (wrapped or DDP-prefixed is fine)")
+@arg("weights", help="a file saved with torch.save(model.state_dict(), path) (wrapped, DDP-prefixed or a "
+                        "PyTorch Lightning checkpoint is fine)")
 @arg("--arch", default=None, help="the architecture (default: read from the weights)")
 @arg("--small-input", choices=("yes", "no"), default=None,
      help="whether the model uses the small-input stem (default: read from the weights where they tell)")

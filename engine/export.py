@@ -218,6 +218,18 @@ def fit_problems(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
 
 
 def model_from_bundle(b: dict[str, Any]) -> nn.Module:
+    """The model a bundle describes; a BundleError for any bundle that cannot be one, however damaged
+    (a wrong type or a missing key anywhere in it is a damaged file, never a crash of the caller)."""
+    try:
+        return _build_model(b)
+    except BundleError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError, OverflowError) as e:
+        detail = str(e).splitlines()[0][:200] if str(e) else ""
+        raise BundleError(f"damaged bundle: {type(e).__name__}" + (f": {detail}" if detail else "")) from None
+
+
+def _build_model(b: dict[str, Any]) -> nn.Module:
     if b.get("kind") == ONNX_INT8:
         parent = (b.get("extra") or {}).get("parent")
         raise BundleError("it holds an INT8 ONNX Runtime model, not PyTorch weights, so it cannot be trained or "

@@ -43,14 +43,52 @@ class Match:
         return f"{self.arch} ({stem}, {self.num_classes} classes)"
 
 
+# A PyTorch Lightning checkpoint: the LightningModule's state dict under "state_dict", each name
+# prefixed by the attribute that holds the network (usually "model."), next to these keys.
+LIGHTNING_KEYS = ("pytorch-lightning_version", "global_step", "epoch")
+LIGHTNING_HOW = ("save the network's weights alone, e.g. (weights_only=False runs the file's pickled code: "
+                 "do it only for a checkpoint you trust) ckpt = torch.load(path, weights_only=False); "
+                 "torch.save({{k.removeprefix('{prefix}'): v for k, v in ckpt['state_dict'].items() "
+                 "if k.startswith('{prefix}')}}, 'weights.pt')")
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """The tensors of a saved state dict, unwrapped and unprefixed; refuses pickled code and bundles."""
-    return _state_dict_of(export.load_torch_file(path), Path(path).name)
+    return _state_dict_of(_load(path), Path(path).name)
+
+
+def _load(path: str | Path) -> Any:
+    try:
+        return export.load_torch_file(path)
+    except export.BundleError as e:  # Lightning pickles its hyper-parameters as its own classes
+        if "lightning" not in str(e).lower():
+            raise
+        raise ImportWeightsError(f"{e}. It is a PyTorch Lightning checkpoint whose hyper-parameters are Lightning "
+                                 "objects; " + LIGHTNING_HOW.format(prefix="model.")) from None
+
+
+def _is_lightning(obj: Any) -> bool:
+    return isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict) and (
+        "pytorch-lightning_version" in obj or all(k in obj for k in LIGHTNING_KEYS[1:]))
+
+
+def _lightning_weights(sd: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
+    """The network's tensors of a LightningModule's state dict: the names under the one attribute
+    that holds them ("model." by convention) with that prefix removed."""
+    owners = sorted({k.split(".", 1)[0] for k in sd})
+    owner = owners[0] if len(owners) == 1 else "model" if "model" in owners else None
+    if owner is None or not any(k.startswith(owner + ".") for k in sd):
+        raise ImportWeightsError(
+            f"{name} is a PyTorch Lightning checkpoint whose module holds several parts and none is called model "
+            f"(prefixes {', '.join(o + '.' for o in owners[:6])}{' …' if len(owners) > 6 else ''}): "
+            + LIGHTNING_HOW.format(prefix=f"{owners[0]}." if owners else "model."))
+    return {k[len(owner) + 1:]: v for k, v in sd.items() if k.startswith(owner + ".")}
 
 
 def _state_dict_of(obj: Any, name: str) -> dict[str, torch.Tensor]:
     if isinstance(obj, dict) and obj.get("format") == export.FORMAT:
         raise ImportWeightsError(f"{name} is already a Slimbench bundle: use it as it is (model.checkpoint)")
+    lightning = _is_lightning(obj)
     if isinstance(obj, dict):
         for key in WRAPPER_KEYS:
             if isinstance(obj.get(key), dict) and obj[key] and all(torch.is_tensor(v) for v in obj[key].values()):
@@ -61,6 +99,8 @@ def _state_dict_of(obj: Any, name: str) -> dict[str, torch.Tensor]:
         raise ImportWeightsError(f"{name} does not hold a state dict of tensors (save one with "
                                  "torch.save(model.state_dict(), path))")
     sd = dict(obj)
+    if lightning:
+        sd = _lightning_weights(sd, name)
     for prefix in PREFIXES:
         if all(k.startswith(prefix) for k in sd):
             sd = {k[len(prefix):]: v for k, v in sd.items()}
@@ -208,7 +248,7 @@ def to_bundle(path: str | Path, *, arch: str | None = None, small_input: bool | 
 def inspect(path: str | Path) -> tuple[str, Any]:
     """What a user's checkpoint file is: ("bundle", the bundle) or ("weights", the matching
     architectures, possibly none); raises ``export.BundleError`` for anything unusable."""
-    obj = export.load_torch_file(path)
+    obj = _load(path)
     if isinstance(obj, dict) and obj.get("format") == export.FORMAT:
         return "bundle", export.checked_bundle(obj, Path(path).name)
     return "weights", identify(_state_dict_of(obj, Path(path).name))

@@ -20,7 +20,7 @@ from .worker import Worker
 @arg("spec", help="path to a JSON job spec ('-' for stdin)")
 @arg("--no-worker", action="store_true", help="only queue it; do not start a worker if none is alive")
 def cmd_submit(a: argparse.Namespace) -> int:
-    spec = JobSpec.from_json(sys.stdin.read()) if a.spec == "-" else JobSpec.from_file(a.spec)
+    spec = JobSpec.from_json(sys.stdin.buffer.read()) if a.spec == "-" else JobSpec.from_file(a.spec)
     job_id = jobs.submit(spec, autostart=False if a.no_worker else None)
     print(job_id)
     return 0

@@ -9,11 +9,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import SpecError  # lives lower (other layers raise it); engine.spec.SpecError stays the usual name
+
+# Bounds on what a spec may hold, so that a hostile or mistaken one is refused up front, not by the
+# table, the store or the interpreter later (a 50 MB job name once made the Jobs table take 74 s).
+MAX_NAME_CHARS = 200          # a job's name: shown in tables, logs and pipeline steps' names
+MAX_DEPTH = 32                # nesting of objects and lists (a spec needs 5: pipeline step params)
+MAX_SPEC_BYTES = 1 << 20      # a spec's JSON text: real ones are a few KB
+MAX_SEED = 2**32 - 1          # numpy's seeds are 32-bit; torch's 64-bit: the narrower one bounds both
 
 
 @dataclass
@@ -86,10 +94,11 @@ class JobSpec:
     def from_dict(cls, raw: Any) -> "JobSpec":
         if not isinstance(raw, dict):
             raise SpecError("spec", f"must be a JSON object, got {type(raw).__name__}")
+        check_depth(raw)
         sections = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - set(sections))
+        unknown = sorted(str(k) for k in set(raw) - set(sections))
         if unknown:
-            raise SpecError(unknown[0], f"unknown section; valid: {', '.join(sections)}")
+            raise SpecError(short_key(unknown[0]), f"unknown section; valid: {', '.join(sections)}")
         kwargs: dict[str, Any] = {}
         for name, f in sections.items():
             if name not in raw:
@@ -103,19 +112,16 @@ class JobSpec:
         return spec
 
     @classmethod
-    def from_json(cls, text: str) -> "JobSpec":
-        try:
-            raw = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise SpecError("spec", f"malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
-        return cls.from_dict(raw)
+    def from_json(cls, text: str | bytes) -> "JobSpec":
+        """A spec from JSON text, or from a file's bytes (which must be UTF-8)."""
+        return cls.from_dict(parse_json(text))
 
     @classmethod
     def from_file(cls, path: str | Path) -> "JobSpec":
         p = Path(path)
         if not p.is_file():
             raise SpecError("spec", f"file not found: {p}")
-        return cls.from_json(p.read_text())
+        return cls.from_json(p.read_bytes())
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -144,8 +150,8 @@ class JobSpec:
                 raise SpecError(f"data.{name}", f"must be a positive number of images, got {v}")
         if not 1 <= d.batch_size <= 65536:
             raise SpecError("data.batch_size", f"must be between 1 and 65536, got {d.batch_size}")
-        if d.path is not None and not Path(d.path).expanduser().exists():
-            raise SpecError("data.path", f"not found: {d.path}")
+        if d.path is not None and not _exists(d.path):
+            raise SpecError("data.path", f"not found: {_shown_path(d.path)}")
 
         sources = [k for k in ("arch", "from_run", "checkpoint") if getattr(m, k)]
         if len(sources) != 1:
@@ -153,17 +159,17 @@ class JobSpec:
                             + (f" (got {', '.join(sources)})" if sources else ""))
         for name in ("checkpoint", "pretrained"):
             v = getattr(m, name)
-            if v and not Path(v).expanduser().is_file():
-                raise SpecError(f"model.{name}", f"file not found: {v}")
+            if v and not _exists(v, file=True):
+                raise SpecError(f"model.{name}", f"file not found: {_shown_path(v)}")
         if m.pretrained and not m.arch:
             raise SpecError("model.pretrained", "ImageNet weights apply to a fresh arch; give model.arch")
         if m.from_run is not None and not _is_run_id(m.from_run):
-            raise SpecError("model.from_run", f"not a run id: {m.from_run!r}")
+            raise SpecError("model.from_run", f"not a run id: {short_repr(m.from_run)}")
 
         if t.epochs < 0 or t.epochs > 10000:
             raise SpecError("train.epochs", f"must be between 0 and 10000, got {t.epochs}")
         if t.optimizer not in ("sgd", "adamw"):
-            raise SpecError("train.optimizer", f"unknown optimizer {t.optimizer!r}; valid: sgd, adamw")
+            raise SpecError("train.optimizer", f"unknown optimizer {short_repr(t.optimizer)}; valid: sgd, adamw")
         if t.lr is not None and not 0 < t.lr <= 10:
             raise SpecError("train.lr", f"must be in (0, 10], got {t.lr}")
         if not 0 <= t.momentum < 1:
@@ -172,14 +178,22 @@ class JobSpec:
             raise SpecError("train.weight_decay", f"must be in [0, 1), got {t.weight_decay}")
         if not 0 <= t.label_smoothing < 1:
             raise SpecError("train.label_smoothing", f"must be in [0, 1), got {t.label_smoothing}")
-        if t.warmup_epochs < 0:
-            raise SpecError("train.warmup_epochs", f"must be >= 0, got {t.warmup_epochs}")
+        warmup_max = max(t.epochs, 1)
+        if not 0 <= t.warmup_epochs <= warmup_max:
+            raise SpecError("train.warmup_epochs", f"must be between 0 and {warmup_max} (train.epochs: a longer "
+                            f"warm-up never reaches the learning rate, so nothing is learnt), got {t.warmup_epochs:g}")
         if t.amp not in ("auto", "bf16", "fp16", "off"):
-            raise SpecError("train.amp", f"unknown value {t.amp!r}; valid: auto, bf16, fp16, off")
-        if not (t.device in ("auto", "cpu", "cuda") or (t.device.startswith("cuda:") and t.device[5:].isdigit())):
-            raise SpecError("train.device", f"unknown device {t.device!r}; valid: auto, cpu, cuda, cuda:N")
+            raise SpecError("train.amp", f"unknown value {short_repr(t.amp)}; valid: auto, bf16, fp16, off")
+        index = t.device[5:] if t.device.startswith("cuda:") else ""
+        if not (t.device in ("auto", "cpu", "cuda") or (index.isascii() and index.isdigit())):  # not "cuda:²"
+            raise SpecError("train.device", f"unknown device {short_repr(t.device)}; valid: auto, cpu, cuda, cuda:N")
         if not 1 <= t.devices <= 64:
             raise SpecError("train.devices", f"must be between 1 and 64, got {t.devices}")
+        for where, seed in (("data.seed", d.seed), ("train.seed", t.seed)):
+            if not 0 <= seed <= MAX_SEED:
+                raise SpecError(where, f"must be between 0 and {MAX_SEED} (2**32 - 1), got {short_repr(seed)}")
+        if self.name is not None and len(self.name) > MAX_NAME_CHARS:
+            raise SpecError("name", f"must be at most {MAX_NAME_CHARS} characters, got {len(self.name):,}")
 
         if ms.threads is not None and not 1 <= ms.threads <= 512:
             raise SpecError("measure.threads", f"must be between 1 and 512, got {ms.threads}")
@@ -195,6 +209,84 @@ class JobSpec:
                 raise SpecError(f"measure.{name}", f"must be between 1 and 65536, got {v}")
 
 
+def parse_json(text: str | bytes) -> Any:
+    """JSON text (or UTF-8 bytes) as Python values; a SpecError for anything else: malformed JSON,
+    another encoding, binary data, or nesting deeper than Python's parser can follow."""
+    if len(text) > MAX_SPEC_BYTES:
+        raise SpecError("spec", f"{len(text):,} bytes long; a job spec is at most {MAX_SPEC_BYTES:,} (a few KB "
+                                "is usual): is this the right file?")
+    if isinstance(text, (bytes, bytearray)):
+        text = _utf8(bytes(text))
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SpecError("spec", f"malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    except RecursionError:
+        raise SpecError("spec", f"nested too deeply (a spec needs no more than {MAX_DEPTH} levels)") from None
+    except ValueError as e:  # e.g. an integer of more than 4300 digits
+        raise SpecError("spec", f"unreadable JSON: {str(e)[:200]}") from None
+
+
+def _utf8(data: bytes) -> str:
+    # UTF-16 shows as a byte-order mark, or as a zero byte beside each ASCII character ('{' = 7b 00)
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")) or (b"\x00" in data[:4] and b"{" in data[:4]):
+        raise SpecError("spec", "the file is UTF-16 text; save it as UTF-8 (e.g. iconv -f UTF-16 -t UTF-8)")
+    try:
+        return data.decode("utf-8-sig")  # a UTF-8 byte-order mark (Windows editors) is harmless
+    except UnicodeDecodeError as e:
+        raise SpecError("spec", f"not UTF-8 text (byte {e.start} is 0x{data[e.start]:02x}): a job spec is a "
+                                "JSON file saved as UTF-8") from None
+
+
+def check_depth(value: Any) -> None:
+    """Refuse objects and lists nested deeper than MAX_DEPTH (iteratively: no recursion to exhaust)."""
+    stack = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise SpecError("spec", f"nested more than {MAX_DEPTH} levels deep; a spec needs no more than a few")
+        children = v.values() if isinstance(v, dict) else v if isinstance(v, (list, tuple)) else ()
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list, tuple)))
+
+
+def finite_float(where: str, value: int | float) -> float:
+    """``value`` as a float, refused when NaN, infinite (Python's JSON reads both) or beyond a float."""
+    try:
+        f = float(value)
+    except OverflowError:
+        raise SpecError(where, f"must be a finite number, got an integer of {value.bit_length()} bits") from None
+    if not math.isfinite(f):
+        raise SpecError(where, f"must be a finite number, got {value}")
+    return f
+
+
+def _exists(path: str, file: bool = False) -> bool:
+    """Whether ``path`` names an existing folder or file; False for names no file system takes (too
+    long, a NUL byte) rather than an OSError."""
+    try:
+        p = Path(path).expanduser()
+        return p.is_file() if file else p.exists()
+    except (OSError, ValueError, RuntimeError):  # RuntimeError: "~nobody" has no home to expand
+        return False
+
+
+def _shown_path(path: str) -> str:
+    return path if path.isprintable() and len(path) <= 300 else short_repr(path)
+
+
+def short_key(key: str, limit: int = 60) -> str:
+    """An unknown key as a field name in a message, cut to ``limit`` characters."""
+    return key if len(key) <= limit else f"{key[:limit]}…"
+
+
+def short_repr(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters: error messages never carry a hostile value whole."""
+    if isinstance(value, int) and value.bit_length() > 256:  # repr refuses integers past 4300 digits
+        return f"an integer of {value.bit_length()} bits"
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text):,} characters)"
+
+
 def _is_run_id(s: str) -> bool:
     return isinstance(s, str) and 0 < len(s) <= 64 and all(c.isalnum() or c in "-_" for c in s)
 
@@ -203,9 +295,9 @@ def _build(factory: Any, raw: Any, where: str) -> Any:
     if not isinstance(raw, dict):
         raise SpecError(where, f"must be an object, got {type(raw).__name__}")
     fields = {f.name: f for f in dataclasses.fields(factory)}
-    unknown = sorted(set(raw) - set(fields))
+    unknown = sorted(str(k) for k in set(raw) - set(fields))
     if unknown:
-        raise SpecError(f"{where}.{unknown[0]}", f"unknown field; valid: {', '.join(fields)}")
+        raise SpecError(f"{where}.{short_key(unknown[0])}", f"unknown field; valid: {', '.join(fields)}")
     kwargs = {k: _check_type(f"{where}.{k}", v, fields[k].type) for k, v in raw.items()}
     return factory(**kwargs)
 
@@ -224,10 +316,10 @@ def _check_type(where: str, value: Any, annotation: Any) -> Any:
         if a == "int" and isinstance(value, int) and not isinstance(value, bool):
             return value
         if a == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            return finite_float(where, value)
         if a == "str" and isinstance(value, str):
             return value
         if a.startswith("dict") and isinstance(value, dict):
             return value
     want = " or ".join(a for a in allowed if a != "None")
-    raise SpecError(where, f"must be {want}, got {type(value).__name__} {value!r}")
+    raise SpecError(where, f"must be {want}, got {type(value).__name__} {short_repr(value)}")

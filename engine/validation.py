@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import data, methods, models
+from . import data, methods, models, settings
+from .devices import devices_problem
 from .errors import SpecError
-from .spec import JobSpec
+from .spec import JobSpec, short_repr
 
 
 def check_spec(raw: dict[str, Any] | JobSpec) -> JobSpec:
@@ -20,10 +21,14 @@ def check_spec(raw: dict[str, Any] | JobSpec) -> JobSpec:
         spec.validate()
     d, m = spec.data, spec.model
     if d.name not in data.DATASETS:
-        raise SpecError("data.name", f"unknown dataset {d.name!r}; valid: {', '.join(data.DATASETS)}")
+        raise SpecError("data.name", f"unknown dataset {short_repr(d.name)}; valid: {', '.join(data.DATASETS)}")
     data.check_decoding_memory(d)  # an image folder too big to decode here is refused now, not by the OOM killer
     if m.arch and m.arch not in models.ARCHS:
-        raise SpecError("model.arch", f"unknown architecture {m.arch!r}; valid: {', '.join(models.ARCHS)}")
+        raise SpecError("model.arch", f"unknown architecture {short_repr(m.arch)}; valid: {', '.join(models.ARCHS)}")
+    if settings.backend() == "local":  # the job runs on this machine (a Ray cluster's may have more)
+        problem = devices_problem(spec.train.device, spec.train.devices)
+        if problem:
+            raise SpecError("train.devices", problem)
     # Method name and parameters: the registry owns their schema.
     spec.method.params = methods.validate(spec.method.name, spec.method.params, spec=spec)
     if methods.get(spec.method.name).needs_base and m.arch:

@@ -675,3 +675,43 @@ def test_hardware_page_reads_a_real_gpu(ws):
     if listed:  # NVML lists processes where the driver lets it (not inside every container)
         assert os.getpid() in set(listed[0]["pid"])
     del held
+
+
+def test_refused_uploads_leave_the_workspace(tmp_path, monkeypatch):
+    """An upload refused on arrival (a checkpoint that is no checkpoint, a zip that is no dataset) is
+    deleted from the workspace at once, and a rerun shows why without storing it again; an accepted
+    one stays. The size cap is stated next to the uploaders."""
+    import torch
+
+    from engine import models
+    home = tmp_path / "ws"
+    monkeypatch.setenv("SLIMBENCH_HOME", str(home))
+    monkeypatch.setenv("SLIMBENCH_NO_AUTOSTART", "1")
+
+    def stored(folder: str) -> list[Path]:
+        return sorted(p for p in (home / folder).rglob("*") if p.is_file()) if (home / folder).exists() else []
+
+    at = page("experiments")
+    at.radio(key="base_kind").set_value("Upload a checkpoint")
+    at.run()
+    assert "Up to 1,024 MB" in at.file_uploader(key="ckpt").help
+    at.file_uploader(key="ckpt").set_value(("junk.pth", os.urandom(4096), "application/octet-stream"))
+    at.run()
+    assert "junk.pth" in texts(at, "error") and "not a readable checkpoint" in texts(at, "error")
+    assert stored("checkpoints") == []
+    at.run()  # a rerun (any widget) names the problem again and writes nothing
+    assert "not a readable checkpoint" in texts(at, "error") and stored("checkpoints") == []
+
+    buf = io.BytesIO()
+    torch.save(models.build("resnet18", 10, small_input=True).state_dict(), buf)
+    at.file_uploader(key="ckpt").set_value(("good.pth", buf.getvalue(), "application/octet-stream"))
+    at.run()
+    assert not at.error, texts(at, "error")
+    assert "good.pth" in [p.name for p in stored("checkpoints")]  # kept, beside the bundle imported from it
+
+    at.radio(key="data_source").set_value("Upload a zip (ImageFolder layout)")
+    at.run()
+    assert "Up to 1,024 MB" in at.file_uploader(key="data_zip").help
+    at.file_uploader(key="data_zip").set_value(("notzip.zip", b"plain text", "application/zip"))
+    at.run()
+    assert "not a readable zip archive" in texts(at, "error") and stored("datasets") == []

@@ -190,6 +190,30 @@ def run_label(row: dict[str, Any]) -> str:
     return f"{name} · {row['id']}"
 
 
+def upload_limit_mb() -> int:
+    """The largest upload the server takes (``server.maxUploadSize``, MiB); Streamlit refuses larger
+    files in the browser, naming this size, before any byte reaches the server."""
+    return int(st.get_option("server.maxUploadSize"))
+
+
+REFUSED_UPLOADS = "refused_uploads"  # session state: upload file id -> why it was refused
+
+
+def refused_upload(uploaded) -> str | None:
+    """Why this upload was refused earlier in the session (it is no longer stored); None if it was not."""
+    return st.session_state.get(REFUSED_UPLOADS, {}).get(uploaded.file_id)
+
+
+def discard_upload(uploaded, path: Path, reason: str) -> None:
+    """Delete a refused upload (and what was made from it) from the workspace, and remember why for
+    the session, so that the next rerun shows the reason without storing it again."""
+    import shutil
+    folder = path.parent  # the upload's own content-hash folder (see save_upload)
+    if folder.parent.parent == get_store().root:
+        shutil.rmtree(folder, ignore_errors=True)
+    st.session_state.setdefault(REFUSED_UPLOADS, {})[uploaded.file_id] = reason
+
+
 def save_upload(uploaded, folder: str = "uploads") -> Path:
     """Store an upload in the workspace under a folder named by its content's hash, keeping its own
     (sanitised) name: equal uploads share a file, and jobs show the user's file name."""

@@ -9,7 +9,8 @@ import streamlit as st
 
 from engine import data as data_mod, export, import_weights, jobs, methods, models, presets
 from engine.spec import SpecError
-from views.common import device_text, done_runs, get_store, run_label, save_upload, startable_runs
+from views.common import (device_text, discard_upload, done_runs, get_store, refused_upload, run_label, save_upload,
+                          startable_runs, upload_limit_mb)
 
 st.title("Experiments")
 st.caption("Train a base model, compress it with any registered method, and queue the jobs. "
@@ -66,10 +67,14 @@ def checkpoint_panel(ck) -> str:
     """The path of a bundle for the uploaded checkpoint: the upload itself if it is one, else its
     state dict imported as the user describes it (architecture, stem, normalisation)."""
     path = save_upload(ck, "checkpoints")
-    kind, what = inspect_checkpoint(str(path))
-    if kind == "bundle":
-        if what["kind"] != "torch":
+    try:
+        kind, what = inspect_checkpoint(str(path))
+        if kind == "bundle" and what["kind"] != "torch":
             raise export.BundleError(f"it holds a {what['kind']} model; compression starts from PyTorch weights")
+    except export.BundleError as e:  # the file itself is unusable: it leaves the workspace at once
+        discard_upload(ck, path, upload_problem(ck.name, e))
+        raise
+    if kind == "bundle":
         acc = f", accuracy {what['accuracy']:.4f} on {what['dataset']}" if what.get("accuracy") is not None else ""
         st.success(f"Slimbench bundle: {what['arch']}, {what['num_classes']} classes{acc}.")
         return str(path)
@@ -102,6 +107,11 @@ def checkpoint_panel(ck) -> str:
         out.parent.mkdir(exist_ok=True)
         export.save_bundle(bundle, out)
     return str(out)
+
+
+def upload_problem(name: str, error: Exception) -> str:
+    """The reason an upload is refused, naming it once."""
+    return str(error) if name in str(error) else f"{name}: {error}"
 
 
 NORMS = {"this dataset's own mean/std (as Slimbench trains)": "dataset", "ImageNet's": "imagenet", "custom": None}
@@ -264,13 +274,21 @@ with tab_custom:
                                          value=str(presets.SHARED_CIFAR10), key="cifar_path")
     elif source.startswith("Upload"):
         up = st.file_uploader("Zip with train/<class>/*.jpg and test/<class>/... (or just <class>/...)",
-                              type=["zip"], key="data_zip")
+                              type=["zip"], key="data_zip",
+                              help=f"Up to {upload_limit_mb():,} MB; a larger dataset can be read in place: "
+                                   "choose \"Path on this server\".")
         data["name"] = "imagefolder"
         if up is None:
             data_problem = "upload a zip of images first"
+        elif refused := refused_upload(up):
+            st.error(refused)
+            data_problem = refused
         else:
-            data["path"] = str(save_upload(up, "datasets"))
+            path = save_upload(up, "datasets")
+            data["path"] = str(path)
             data_problem = imagefolder_summary(data["path"], up.name)
+            if data_problem:  # an unusable archive does not stay in the workspace
+                discard_upload(up, path, data_problem)
     else:
         data["name"] = "imagefolder"
         data["path"] = st.text_input("Folder or zip on this server", key="data_path",
@@ -310,18 +328,22 @@ with tab_custom:
         ck = st.file_uploader("Checkpoint: a Slimbench bundle, or a PyTorch state dict of a listed architecture",
                               type=["pt", "pth", "bin", "ckpt"], key="ckpt",
                               help="A state dict as saved by torch.save(model.state_dict(), path); wrapped in "
-                                   "{'state_dict': ...} or DDP-prefixed is fine. Never unpickled as code.")
+                                   "{'state_dict': ...}, DDP-prefixed or a PyTorch Lightning checkpoint is fine. "
+                                   f"Never unpickled as code. Up to {upload_limit_mb():,} MB.")
         base_train["epochs"] = int(st.number_input(
             "Fine-tune epochs before compressing (0 = use it as it is)", 0, 10000, 0, key="ck_epochs",
             help="The checkpoint first gets a run of its own on this data (scored and measured), which every "
                  "method starts from and is compared with."))
         if ck is None:
             data_problem = data_problem or "upload a checkpoint first"
+        elif refused := refused_upload(ck):
+            st.error(refused)
+            data_problem = data_problem or refused
         else:
             try:
                 model["checkpoint"] = checkpoint_panel(ck)
             except export.BundleError as e:
-                st.error(str(e) if ck.name in str(e) else f"{ck.name}: {e}")
+                st.error(upload_problem(ck.name, e))
                 data_problem = data_problem or f"{ck.name} cannot be used ({e})"
 
     st.subheader("3 · Methods")

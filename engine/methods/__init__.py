@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..errors import SpecError
+from ..spec import finite_float, short_key, short_repr
 from ..store import check_run_id
 
 
@@ -36,17 +37,18 @@ class Param:
             raise SpecError(where, "must not be null")
         if self.kind == "bool":
             if not isinstance(value, bool):
-                raise SpecError(where, f"must be true or false, got {value!r}")
+                raise SpecError(where, f"must be true or false, got {short_repr(value)}")
             return value
         if self.kind in ("int", "float"):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise SpecError(where, f"must be a number, got {type(value).__name__} {value!r}")
+                raise SpecError(where, f"must be a number, got {type(value).__name__} {short_repr(value)}")
+            number = finite_float(where, value)  # NaN and Infinity (which JSON lets through) never pass
             if self.kind == "int":
-                if float(value) != int(value):
-                    raise SpecError(where, f"must be a whole number, got {value}")
+                if number != int(number):
+                    raise SpecError(where, f"must be a whole number, got {short_repr(value)}")
                 value = int(value)
             else:
-                value = float(value)
+                value = number
             lo_ok = self.low is None or (value > self.low if self.low_open else value >= self.low)
             hi_ok = self.high is None or (value < self.high if self.high_open else value <= self.high)
             if not (lo_ok and hi_ok):
@@ -56,13 +58,13 @@ class Param:
             if not isinstance(value, str):
                 raise SpecError(where, f"must be a string, got {type(value).__name__}")
             if self.choices and value not in self.choices:
-                raise SpecError(where, f"unknown value {value!r}; valid: {', '.join(self.choices)}")
+                raise SpecError(where, f"unknown value {short_repr(value)}; valid: {', '.join(self.choices)}")
             return value
         if self.kind == "run":
             try:
                 return check_run_id(value)
             except ValueError:
-                raise SpecError(where, f"not a run id: {value!r}") from None
+                raise SpecError(where, f"not a run id: {short_repr(value)}") from None
         if self.kind == "list":
             if not isinstance(value, list):
                 raise SpecError(where, f"must be a list, got {type(value).__name__}")
@@ -118,7 +120,7 @@ def load_all() -> dict[str, Method]:
 def get(name: str) -> Method:
     load_all()
     if name not in METHODS:
-        raise SpecError("method.name", f"unknown method {name!r}; valid: {', '.join(sorted(METHODS))}")
+        raise SpecError("method.name", f"unknown method {short_repr(name)}; valid: {', '.join(sorted(METHODS))}")
     return METHODS[name]
 
 
@@ -159,7 +161,7 @@ def validate(name: str, params: Any, spec: Any = None, where: str = "method") ->
     unknown = sorted(set(params) - set(known))
     if unknown:
         valid = ", ".join(known) or "(none)"
-        raise SpecError(f"{where}.params.{unknown[0]}", f"unknown parameter for {name}; valid: {valid}")
+        raise SpecError(f"{where}.params.{short_key(unknown[0])}", f"unknown parameter for {name}; valid: {valid}")
     out = {p.name: p.check(f"{where}.params.{p.name}", params.get(p.name, p.default)) for p in m.params}
     if m.check is not None:
         m.check(out, spec)
@@ -169,5 +171,5 @@ def validate(name: str, params: Any, spec: Any = None, where: str = "method") ->
 def _get_at(name: str, where: str) -> Method:
     load_all()
     if name not in METHODS:
-        raise SpecError(f"{where}.name", f"unknown method {name!r}; valid: {', '.join(sorted(METHODS))}")
+        raise SpecError(f"{where}.name", f"unknown method {short_repr(name)}; valid: {', '.join(sorted(METHODS))}")
     return METHODS[name]

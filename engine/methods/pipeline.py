@@ -13,7 +13,7 @@ from typing import Any
 
 from .. import export, layout
 from ..errors import JobFailed
-from ..spec import JobSpec, SpecError
+from ..spec import JobSpec, SpecError, short_key
 from ..store import new_run_id
 from . import Param, get, makes_torch_model, register, validate
 from .quantize import Int8Model
@@ -33,10 +33,12 @@ def _steps(params: dict, spec: JobSpec | None) -> list[dict[str, Any]]:
             raise SpecError(where, f'must be an object {{"name": ..., "params": {{...}}}}, got {type(step).__name__}')
         extra = sorted(set(step) - {"name", "params"})
         if extra:
-            raise SpecError(f"{where}.{extra[0]}", "unknown field; valid: name, params")
+            raise SpecError(f"{where}.{short_key(extra[0])}", "unknown field; valid: name, params")
         if "name" not in step:
             raise SpecError(f"{where}.name", "missing: the method this step runs")
         name = step["name"]
+        if not isinstance(name, str):
+            raise SpecError(f"{where}.name", f"must be a method name (a string), got {type(name).__name__}")
         if name in NOT_A_STEP:
             raise SpecError(f"{where}.name", "a pipeline cannot contain another pipeline")
         if not makes_torch_model({"name": name}) and i != len(steps) - 1:
