@@ -196,7 +196,8 @@ def test_concurrent_claims_never_take_a_job_twice(ws):
 
     def claimer(name: str) -> None:
         s = Store(ws.root)
-        while (job := jobs.claim(s, name)) is not None:
+        while (claim := jobs.claim(s, name)) is not None:
+            job = claim[0]
             with lock:
                 claimed.append((name, job))
 

@@ -64,9 +64,11 @@ def test_put_worker_unless_alive_and_beats_only_its_running_jobs(store):
                                 unless_alive_since=now - 10)
     assert [w["id"] for w in store.live_workers(now - 10)] == ["w1"]
     mine, other, done = (store.create(spec(n)) for n in ("mine", "other", "done"))
-    assert store.claim("w1", reason) == mine and store.claim("w9", reason) == other
+    (got, lease), (got_other, other_lease) = store.claim("w1", reason), store.claim("w9", reason)
+    assert (got, got_other) == (mine, other)
     store.update(done, state="done", worker="w1")
-    store.put_worker("w1", pid=1, host="h", backend="local", concurrency=2, now=now + 50, job_ids=[mine, other, done])
+    store.put_worker("w1", pid=1, host="h", backend="local", concurrency=2, now=now + 50,
+                     leases={mine: lease, other: other_lease, done: "x"})
     assert store.get(mine)["heartbeat"] == now + 50
     assert store.get(other)["heartbeat"] != now + 50 and store.get(done)["heartbeat"] is None
 
@@ -75,7 +77,7 @@ def test_claim_takes_the_oldest_runnable_job_and_fails_orphans(store):
     parent = store.create(spec("parent"))
     child = store.create(spec("child", from_run=parent))
     assert store.waiting_for() == {child: parent}
-    assert store.claim("w", reason) == parent                        # the child waits for its parent
+    assert store.claim("w", reason)[0] == parent                     # the child waits for its parent
     assert store.claim("w", reason) is None
     row = store.get(parent)
     assert (row["state"], row["worker"]) == ("running", "w")
