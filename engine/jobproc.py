@@ -16,7 +16,7 @@ from typing import Callable
 from . import layout, procs, settings
 from .errors import Cancelled, JobFailed, LeaseLost, SpecError
 from .procs import die_with_parent
-from .store import Store
+from .store import Store, disk_full_reason, is_disk_full
 
 
 class StoreCancelFlag:
@@ -72,6 +72,13 @@ def run_job(job_id: str, store: Store | None = None, cancelled: Callable[[], boo
         return 1
     except LeaseLost as e:
         print(f"stopped: {e}; this attempt wrote nothing more", flush=True)
+        return 1
+    except Exception as e:  # e.g. the disk filled before the run could record that it started
+        if not is_disk_full(e, store.root):
+            raise
+        reason = disk_full_reason(e, store.run_dir(job_id))
+        print(f"failed: {reason}", flush=True)
+        store.end_without_result(job_id, "failed", reason, lease)
         return 1
     return 0
 

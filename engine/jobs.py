@@ -128,8 +128,9 @@ def retry(job_id: str, store: Store | None = None) -> str:
 
 def _previous_attempt_lives(row: dict[str, Any]) -> str | None:
     """Why job ``row`` cannot be retried yet: the process of its last attempt still runs here (it was
-    marked interrupted from elsewhere, e.g. by a reader on another host, while it was stalled)."""
-    if row["state"] == "interrupted" and _process_lives(row):
+    marked interrupted from elsewhere, e.g. by a reader on another host, while it was stalled). A job
+    its worker ended has no lease left: its process is known to be gone."""
+    if row["state"] == "interrupted" and row["lease"] and _process_lives(row):
         return (f"job {row['id']} was marked {row['state']}, but the process of its last attempt (pid {row['pid']}) "
                 "is still running: wait for it to end, or stop it, then retry")
     return None

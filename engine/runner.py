@@ -27,7 +27,7 @@ from .context import Context
 from .devices import resolve_device
 from .errors import Cancelled, JobFailed, LeaseLost
 from .spec import JobSpec, SpecError
-from .store import Store, free_bytes, is_disk_full
+from .store import Store, disk_full_reason, is_disk_full
 from .validation import check_spec
 
 log = logging.getLogger("slimbench.run")
@@ -111,12 +111,12 @@ def run_spec(spec: JobSpec | dict[str, Any], store: Store | None = None, *, run_
         raise
     except Cancelled:
         log.info("cancelled")
-        _end(store, run_id, lease, run_dir, "cancelled", "cancelled by request")
+        store.end_without_result(run_id, "cancelled", "cancelled by request", lease)
         raise
     except BaseException as e:
         reason = _one_line(e, run_dir)
         log.error("failed: %s\n%s", reason, traceback.format_exc())
-        _end(store, run_id, lease, run_dir, "failed", reason)
+        store.end_without_result(run_id, "failed", reason, lease)
         raise JobFailed(reason) from e
     else:
         return record
@@ -128,22 +128,6 @@ def run_spec(spec: JobSpec | dict[str, Any], store: Store | None = None, *, run_
 def _write_results(run_dir: Path, record: dict[str, Any], card: dict[str, Any]) -> None:
     export.atomic_write_bytes(run_dir / layout.RESULT, json.dumps(record, indent=2, allow_nan=False).encode())
     export.atomic_write_bytes(run_dir / layout.CARD, json.dumps(card, indent=2, default=_json_default).encode())
-
-
-def _end(store: Store, run_id: str, lease: str | None, run_dir: Path, state: str, reason: str) -> None:
-    """Record that the run ended without a result: its artifacts go (nothing half-done stays visible),
-    unless a later attempt holds the run (LeaseLost). On a full disk the store's reserve is freed so
-    that the reason can still be recorded."""
-    if lease is not None:
-        store.check_lease(run_id, lease)
-    layout.remove_artifacts(run_dir)
-    fields = {"state": state, "finished": time.time(), "error": reason}
-    try:
-        store.update(run_id, lease=lease, **fields)
-    except Exception as e:
-        if not is_disk_full(e, store.root) or not store.release_reserve():
-            raise
-        store.update(run_id, lease=lease, **fields)
 
 
 @contextlib.contextmanager
@@ -177,15 +161,6 @@ def _one_line(e: BaseException, run_dir: Path) -> str:
     msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
     # SpecError and JobFailed (a pipeline step's) already read as a reason; others need their type
     return msg[:500] if isinstance(e, (SpecError, JobFailed)) else f"{type(e).__name__}: {msg}"[:500]
-
-
-def disk_full_reason(e: BaseException, run_dir: Path) -> str:
-    """"disk full (N MB free in <dir>)", naming the folder of the file that did not fit (else the run's)."""
-    name = getattr(e, "filename", None)
-    where = Path(name).parent if isinstance(name, str) and name else run_dir
-    while not where.exists() and where != where.parent:
-        where = where.parent
-    return f"disk full ({free_bytes(where) / 1e6:.0f} MB free in {where}): free some space, then retry it"
 
 
 def _starting_model(spec: JobSpec, store: Store, data: data_mod.DataBundle):

@@ -88,18 +88,25 @@ RESERVE_BYTES = 1 << 20
 
 
 def is_disk_full(e: BaseException, where: Path | None = None) -> bool:
-    """``e`` says the disk is full: ENOSPC, SQLite's "database or disk is full", or an SQLite I/O error
-    while less than a reserve's worth of space is left in ``where``."""
+    """``e`` says the disk is full: ENOSPC, SQLite's "database or disk is full", or another SQLite error
+    (an I/O error creating the WAL's files, a read-only fallback) while less than a reserve's worth of
+    space is left in ``where``."""
     if isinstance(e, OSError) and e.errno == errno.ENOSPC:
         return True
-    if not isinstance(e, sqlite3.Error):
+    if not isinstance(e, sqlite3.OperationalError):
         return False
-    code = getattr(e, "sqlite_errorcode", None)
-    if code == sqlite3.SQLITE_FULL or "disk is full" in str(e):
+    if getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(e):
         return True
-    if where is not None and (code is not None and code & 0xFF == sqlite3.SQLITE_IOERR or "disk I/O error" in str(e)):
-        return free_bytes(where) < RESERVE_BYTES
-    return False
+    return where is not None and free_bytes(where) < RESERVE_BYTES
+
+
+def disk_full_reason(e: BaseException, where: Path) -> str:
+    """"disk full (N MB free in <dir>)", naming the folder of the file that did not fit (else ``where``)."""
+    name = getattr(e, "filename", None)
+    folder = Path(name).parent if isinstance(name, str) and name else Path(where)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return f"disk full ({free_bytes(folder) / 1e6:.0f} MB free in {folder}): free some space, then retry it"
 
 
 def cannot_write(e: BaseException, where: Path | None = None) -> bool:
@@ -162,6 +169,16 @@ class Store:
 
     @contextmanager
     def connect(self) -> Iterator[sqlite3.Connection]:
+        db = self._open()
+        try:
+            db.row_factory = sqlite3.Row
+            yield db
+        finally:
+            db.close()
+
+    def _open(self) -> sqlite3.Connection:
+        """A connection; when the disk is full (SQLite cannot even create the WAL's index file) or the
+        workspace read-only, a read-only one, so that reading goes on (writes then fail, and say why)."""
         db = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
         try:
             db.execute("PRAGMA busy_timeout=30000")
@@ -169,10 +186,23 @@ class Store:
             if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                 db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
-            db.row_factory = sqlite3.Row
-            yield db
-        finally:
+            return db
+        except sqlite3.Error as e:
             db.close()
+            if not (self.db_path.is_file() and cannot_write(e, self.root)):
+                raise
+            error = e
+        # mode=ro reads through the WAL when its files exist; immutable=1 reads the database file alone
+        # (what the last checkpoint wrote) when they cannot be created
+        for query in ("mode=ro", "immutable=1"):
+            db = sqlite3.connect(f"{self.db_path.as_uri()}?{query}", uri=True, timeout=30, isolation_level=None)
+            try:
+                db.execute("PRAGMA busy_timeout=30000")
+                db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+                return db
+            except sqlite3.Error:
+                db.close()
+        raise error
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -237,6 +267,21 @@ class Store:
     def remove_artifacts(self, run_id: str) -> None:
         """Drop a run's result files and temp files, so a run that did not finish shows none."""
         layout.remove_artifacts(self.run_dir(run_id))
+
+    def end_without_result(self, run_id: str, state: str, reason: str, lease: str | None = None) -> None:
+        """Record that a run ended ``state`` (failed, cancelled) with error ``reason``: its artifacts go
+        first (nothing half-done stays visible), unless a later attempt holds the run (LeaseLost, nothing
+        touched). On a full disk the reserve is freed so that the reason can still be recorded."""
+        if lease is not None:
+            self.check_lease(run_id, lease)
+        self.remove_artifacts(run_id)
+        fields = {"state": state, "finished": time.time(), "error": reason}
+        try:
+            self.update(run_id, lease=lease, **fields)
+        except Exception as e:
+            if not is_disk_full(e, self.root) or not self.release_reserve():
+                raise
+            self.update(run_id, lease=lease, **fields)
 
     def update(self, run_id: str, *, lease: str | None = None, **fields: Any) -> None:
         """Set ``fields`` of run ``run_id``; with ``lease``, only while that attempt holds the run
@@ -399,9 +444,10 @@ class Store:
 
     def finish_running(self, job_id: str, state: str, reason: str, lease: str | None = None) -> bool:
         """End a job that is still running (held by ``lease``, when given) as ``state`` with error
-        ``reason``; False if it had already recorded its own end or another attempt holds it."""
+        ``reason``; False if it had already recorded its own end or another attempt holds it. For the
+        worker, once the job's process has ended: the lease goes with it (no attempt holds the job)."""
         with self.transaction() as db:
-            return db.execute("UPDATE runs SET state=?, error=?, finished=? WHERE id=? AND state='running' "
+            return db.execute("UPDATE runs SET state=?, error=?, finished=?, lease=NULL WHERE id=? AND state='running' "
                               "AND (? IS NULL OR lease=?)", (state, reason, time.time(), job_id, lease, lease)
                               ).rowcount > 0
 
