@@ -80,7 +80,7 @@ def start_problem(store: Store, run_id: str) -> str | None:
 
 def _enqueue(spec: dict | JobSpec, store: Store) -> str:
     # lazy: the registries import torch, and the worker and `engine jobs` use this module for the queue alone
-    from .validation import check_spec
+    from .validation import check_spec, check_start_classes
     spec = check_spec(spec)
     if spec.train.device.startswith("cuda") and settings.backend() == "local":
         # the local worker runs here, so a missing GPU is known now, not when the job starts; a Ray
@@ -93,6 +93,9 @@ def _enqueue(spec: dict | JobSpec, store: Store) -> str:
         problem = run_id and start_problem(store, run_id)
         if problem:
             raise SpecError(field, problem)
+    parent = store.get(spec.model.from_run) if spec.model.from_run else None
+    # a 3-class checkpoint queued against 10 classes failed only once the job had loaded its data
+    check_start_classes(spec, ((parent or {}).get("record") or {}).get("num_classes"))
     job_id = store.create(spec.to_dict(), state="queued", deps=refs)
     store.add_event(job_id, {"phase": "queued", "attempt": 1})
     return job_id
