@@ -141,16 +141,16 @@ def _previous_attempt_lives(row: dict[str, Any]) -> str | None:
 
 def _process_lives(row: dict[str, Any]) -> bool:
     """The process that holds job ``row`` runs on this host and is alive (a stopped one too). On another
-    host it cannot be asked: its heartbeats decide."""
+    host it cannot be asked, nor before the job's process has recorded itself: heartbeats decide (and
+    the lease keeps a later attempt's run folder safe from it)."""
     return bool(row.get("pid")) and row.get("host") == procs.host() and procs.alive(row["pid"], row.get("pid_start"))
 
 
 def claim(store: Store, worker_id: str) -> tuple[str, str] | None:
     """Atomically take the oldest runnable queued job (its parent and the runs its parameters name
-    done, or none) for ``worker_id``, this process; returns (job id, lease token). Jobs one of whose
-    needed runs ended failed/cancelled are failed here, with that run's reason."""
-    pid = os.getpid()
-    return store.claim(worker_id, _orphan_reason, pid=pid, host=procs.host(), pid_start=procs.start_time(pid))
+    done, or none) for ``worker_id``; returns (job id, lease token). Jobs one of whose needed runs
+    ended failed/cancelled are failed here, with that run's reason."""
+    return store.claim(worker_id, _orphan_reason)
 
 
 def _orphan_reason(field: str, dep: str, dep_state: str, dep_error: str | None) -> str:

@@ -359,12 +359,10 @@ class Store:
                                    "GROUP BY state", states).fetchall())
 
     # -- the queue: every state change is one BEGIN IMMEDIATE transaction -------------------------
-    def claim(self, worker_id: str, orphan_reason: Callable[[str, str, str, str | None], str], *,
-              pid: int | None = None, host: str | None = None,
-              pid_start: int | None = None) -> tuple[str, str] | None:
+    def claim(self, worker_id: str, orphan_reason: Callable[[str, str, str, str | None], str]) -> tuple[str, str] | None:
         """Take the oldest queued job whose needed runs (parent, deps) are all done, or that needs none,
-        for ``worker_id`` (process ``pid`` on ``host``, started at ``pid_start``, holds it until its job
-        process takes over); returns (job id, lease token), None if there is none. In the same transaction every queued job one of whose
+        for ``worker_id``; returns (job id, lease token: its job process records itself with it), None
+        if there is none. In the same transaction every queued job one of whose
         needed runs ended failed or cancelled is failed, with the error
         ``orphan_reason(field, dep_id, dep_state, dep_error)``."""
         now = time.time()
@@ -378,8 +376,8 @@ class Store:
             if row is None:
                 return None
             lease = secrets.token_hex(8)
-            db.execute("UPDATE runs SET state='running', worker=?, heartbeat=?, pid=?, host=?, pid_start=?, error=NULL, "
-                       "lease=? WHERE id=?", (worker_id, now, pid, host, pid_start, lease, row["id"]))
+            db.execute("UPDATE runs SET state='running', worker=?, heartbeat=?, pid=NULL, host=NULL, pid_start=NULL, "
+                       "error=NULL, lease=? WHERE id=?", (worker_id, now, lease, row["id"]))
             return row["id"], lease
 
     def stale_running(self, before: float) -> list[dict[str, Any]]:

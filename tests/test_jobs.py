@@ -458,8 +458,8 @@ def test_stale_recovery_asks_the_process_and_cleans_what_it_interrupts(ws):
                                      "reused": (sleeper.pid, procs.start_time(sleeper.pid) - 1),
                                      "dead": (2 ** 22 + 7, None)}.items():
             ids[name] = ws.create({**TRIVIAL, "name": name})
-            ws.claim(name, jobs._orphan_reason, pid=pid, host=procs.host(), pid_start=started)
-            ws.update(ids[name], heartbeat=time.time() - 100)
+            ws.claim(name, jobs._orphan_reason)
+            ws.update(ids[name], pid=pid, host=procs.host(), pid_start=started, heartbeat=time.time() - 100)
             for artefact in ("model.pt", "model.onnx", ".model.pt.123.tmp"):
                 (ws.run_dir(ids[name]) / artefact).write_bytes(b"half")
         sleeper.send_signal(signal.SIGSTOP)
