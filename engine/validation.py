@@ -59,8 +59,8 @@ def check_start_classes(spec: JobSpec, start_classes: int | None = None) -> None
     if m.checkpoint:
         try:
             start_classes = int(export.read_bundle(m.checkpoint)["arch_kwargs"]["num_classes"])
-        except export.BundleError as e:
-            raise SpecError("model.checkpoint", str(e)) from None
+        except (export.BundleError, KeyError, TypeError, ValueError):
+            return  # unreadable: the job fails with what is wrong with it, as a file damaged after queueing does
         field, what = "model.checkpoint", Path(m.checkpoint).name
     else:
         field, what = "model.from_run", f"run {m.from_run}"

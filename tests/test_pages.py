@@ -443,6 +443,23 @@ def test_jobs_table_says_what_a_running_job_is_doing(tmp_path, monkeypatch):
     assert table.loc["sensitivity", "activity"] == "sensitivity" and table.loc["sensitivity", "progress"] == 0.25
 
 
+@pytest.mark.fast
+def test_jobs_page_says_a_job_waits_for_an_interrupted_parent(tmp_path, monkeypatch):
+    """It showed a plain "queued", and "Start worker" started a worker that claimed nothing and exited."""
+    monkeypatch.setenv("SLIMBENCH_HOME", str(tmp_path))
+    monkeypatch.setenv("SLIMBENCH_NO_AUTOSTART", "1")
+    store = Store(tmp_path)
+    parent = store.create({"name": "parent"}, state="interrupted")
+    child = store.create({"name": "child", "model": {"from_run": parent}})
+    store.add_event(child, {"phase": "queued", "attempt": 1})
+    at = page("jobs")
+    want = f"waiting for {parent}, which was interrupted: retry it or cancel this"
+    table = at.dataframe[0].value.set_index("job")
+    assert table.loc["child", "activity"] == want
+    assert f"{child} is {want}" in texts(at, "warning")
+    assert not [b for b in at.button if b.key == "start_worker"]
+
+
 def test_jobs_page_shows_progress_curves_log_and_cancels(launched, ws):
     store = Store(ws)
     at = page("jobs")
