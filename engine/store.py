@@ -154,7 +154,11 @@ class Store:
                 have = {r["name"] for r in db.execute("PRAGMA table_info(runs)")}
                 for name, kind in ADDED_COLUMNS.items():
                     if name not in have:
-                        db.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
+                        try:
+                            db.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
+                        except sqlite3.OperationalError as e:  # another process opening it added it first
+                            if "duplicate column" not in str(e):
+                                raise
         self.keep_reserve()
 
     def _schema_is_current(self) -> bool:
