@@ -16,3 +16,8 @@ class Cancelled(Exception):
 
 class JobFailed(RuntimeError):
     """A job stopped with an error; ``str()`` is the one-line reason."""
+
+
+class LeaseLost(RuntimeError):
+    """This attempt no longer holds its job (it was requeued or claimed again): it must stop and
+    write nothing more, neither to the store nor to the run folder, which now belong to another."""

@@ -13,29 +13,35 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from . import layout, settings
-from .errors import Cancelled, JobFailed, SpecError
+from . import layout, procs, settings
+from .errors import Cancelled, JobFailed, LeaseLost, SpecError
 from .procs import die_with_parent
-from .store import Store
+from .store import Store, disk_full_reason, is_disk_full
 
 
 class StoreCancelFlag:
-    """``cancelled()`` for the training loop: reads ``cancel_requested`` at most every ``interval`` s."""
+    """``cancelled()`` for the training loop: reads ``cancel_requested`` at most every ``interval`` s,
+    and raises :class:`LeaseLost` as soon as this attempt no longer holds the job (``lease``), so an
+    attempt that was stalled and retried meanwhile stops within ``interval`` s of resuming."""
 
-    def __init__(self, store: Store, job_id: str, interval: float = 0.5):
-        self.store, self.job_id, self.interval = store, job_id, interval
+    def __init__(self, store: Store, job_id: str, interval: float = 0.5, lease: str | None = None):
+        self.store, self.job_id, self.interval, self.lease = store, job_id, interval, lease
         self._next, self._value = 0.0, False
 
     def __call__(self) -> bool:
         now = time.monotonic()
         if not self._value and now >= self._next:
             self._next = now + self.interval
+            if self.lease is not None:
+                self.store.check_lease(self.job_id, self.lease)
             self._value = self.job_id in self.store.cancel_requested([self.job_id])
         return self._value
 
 
-def run_job(job_id: str, store: Store | None = None, cancelled: Callable[[], bool] | None = None) -> int:
-    """Run one claimed job in this process; the outcome is recorded in the store. Exit code 0/1."""
+def run_job(job_id: str, store: Store | None = None, cancelled: Callable[[], bool] | None = None,
+            lease: str | None = None) -> int:
+    """Run one claimed job in this process; the outcome is recorded in the store. Exit code 0/1.
+    ``lease``: the claim's token; every write of the job checks it (none when a later attempt holds it)."""
     # lazy: torch and the registries load in the job process, never in the worker that imports this module
     import torch
 
@@ -46,25 +52,38 @@ def run_job(job_id: str, store: Store | None = None, cancelled: Callable[[], boo
     threads = settings.job_threads()
     if threads:
         torch.set_num_threads(threads)
-    store.update(job_id, pid=os.getpid())
-    row = store.get(job_id)
     try:
-        spec = check_spec(row["spec"])
-    except SpecError as e:  # valid when queued, but e.g. its checkpoint file is gone now
-        print(f"failed: {e}", flush=True)
-        store.update(job_id, state="failed", error=str(e)[:500], finished=time.time())
-        return 1
-    try:
-        run_spec(spec, store, run_id=job_id, cancelled=cancelled or StoreCancelFlag(store, job_id))
+        # from now on this process holds the job: while it lives, the job is not declared dead
+        pid = os.getpid()
+        store.update(job_id, lease=lease, pid=pid, host=procs.host(), pid_start=procs.start_time(pid))
+        row = store.get(job_id)
+        try:
+            spec = check_spec(row["spec"])
+        except SpecError as e:  # valid when queued, but e.g. its checkpoint file is gone now
+            print(f"failed: {e}", flush=True)
+            store.update(job_id, lease=lease, state="failed", error=str(e)[:500], finished=time.time())
+            return 1
+        run_spec(spec, store, run_id=job_id, lease=lease,
+                 cancelled=cancelled or StoreCancelFlag(store, job_id, lease=lease))
     except Cancelled:
         return 0
     except JobFailed as e:
         print(f"failed: {e}", flush=True)
         return 1
+    except LeaseLost as e:
+        print(f"stopped: {e}; this attempt wrote nothing more", flush=True)
+        return 1
+    except Exception as e:  # e.g. the disk filled before the run could record that it started
+        if not is_disk_full(e, store.root):
+            raise
+        reason = disk_full_reason(e, store.run_dir(job_id))
+        print(f"failed: {reason}", flush=True)
+        store.end_without_result(job_id, "failed", reason, lease)
+        return 1
     return 0
 
 
-def job_process(root: str, job_id: str, env: dict[str, str]) -> None:
+def job_process(root: str, job_id: str, env: dict[str, str], lease: str | None = None) -> None:
     """Entry of a local job process: own process group, output into the job's log, dies with the worker."""
     os.setsid()
     os.environ.update(env)
@@ -73,7 +92,7 @@ def job_process(root: str, job_id: str, env: dict[str, str]) -> None:
     os.dup2(log_fd, 1)
     os.dup2(log_fd, 2)
     os.close(log_fd)
-    code = run_job(job_id, Store(root))
+    code = run_job(job_id, Store(root), lease=lease)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

@@ -19,11 +19,11 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from . import methods, settings
+from . import layout, methods, procs, settings
 from .devices import device_problem, gpu_count
 from .errors import SpecError
 from .spec import JobSpec
-from .store import Store
+from .store import Store, cannot_write
 
 RETRYABLE = ("interrupted", "failed", "cancelled")
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
@@ -80,7 +80,7 @@ def start_problem(store: Store, run_id: str) -> str | None:
 
 def _enqueue(spec: dict | JobSpec, store: Store) -> str:
     # lazy: the registries import torch, and the worker and `engine jobs` use this module for the queue alone
-    from .validation import check_spec
+    from .validation import check_spec, check_start_classes
     spec = check_spec(spec)
     if spec.train.device.startswith("cuda") and settings.backend() == "local":
         # the local worker runs here, so a missing GPU is known now, not when the job starts; a Ray
@@ -93,6 +93,9 @@ def _enqueue(spec: dict | JobSpec, store: Store) -> str:
         problem = run_id and start_problem(store, run_id)
         if problem:
             raise SpecError(field, problem)
+    parent = store.get(spec.model.from_run) if spec.model.from_run else None
+    # a 3-class checkpoint queued against 10 classes failed only once the job had loaded its data
+    check_start_classes(spec, ((parent or {}).get("record") or {}).get("num_classes"))
     job_id = store.create(spec.to_dict(), state="queued", deps=refs)
     store.add_event(job_id, {"phase": "queued", "attempt": 1})
     return job_id
@@ -111,9 +114,11 @@ def cancel(job_id: str, store: Store | None = None) -> None:
 def retry(job_id: str, store: Store | None = None) -> str:
     """Queue an interrupted, failed or cancelled job again under the same id (its log and events stay)."""
     store = store or Store()
-    row = store.requeue(job_id, RETRYABLE)
+    row = store.requeue(job_id, RETRYABLE, unless=_previous_attempt_lives)
     if row is None:
         raise SpecError("job", f"no job {job_id!r} in {store.root}")
+    if row.get("refused"):
+        raise SpecError("job", row["refused"])
     if row["state"] not in RETRYABLE:
         raise SpecError("job", f"job {job_id} is {row['state']}; only {', '.join(RETRYABLE)} jobs can be retried")
     store.add_event(job_id, {"phase": "queued", "attempt": (row["attempts"] or 0) + 1})
@@ -124,10 +129,27 @@ def retry(job_id: str, store: Store | None = None) -> str:
     return job_id
 
 
-def claim(store: Store, worker_id: str) -> str | None:
+def _previous_attempt_lives(row: dict[str, Any]) -> str | None:
+    """Why job ``row`` cannot be retried yet: the process of its last attempt still runs here (it was
+    marked interrupted from elsewhere, e.g. by a reader on another host, while it was stalled). A job
+    its worker ended has no lease left: its process is known to be gone."""
+    if row["state"] == "interrupted" and row["lease"] and _process_lives(row):
+        return (f"job {row['id']} was marked {row['state']}, but the process of its last attempt (pid {row['pid']}) "
+                "is still running: wait for it to end, or stop it, then retry")
+    return None
+
+
+def _process_lives(row: dict[str, Any]) -> bool:
+    """The process that holds job ``row`` runs on this host and is alive (a stopped one too). On another
+    host it cannot be asked, nor before the job's process has recorded itself: heartbeats decide (and
+    the lease keeps a later attempt's run folder safe from it)."""
+    return bool(row.get("pid")) and row.get("host") == procs.host() and procs.alive(row["pid"], row.get("pid_start"))
+
+
+def claim(store: Store, worker_id: str) -> tuple[str, str] | None:
     """Atomically take the oldest runnable queued job (its parent and the runs its parameters name
-    done, or none) for ``worker_id``. Jobs one of whose needed runs ended failed/cancelled are failed
-    here, with that run's reason."""
+    done, or none) for ``worker_id``; returns (job id, lease token). Jobs one of whose needed runs
+    ended failed/cancelled are failed here, with that run's reason."""
     return store.claim(worker_id, _orphan_reason)
 
 
@@ -137,16 +159,26 @@ def _orphan_reason(field: str, dep: str, dep_state: str, dep_error: str | None) 
 
 
 def recover_stale(store: Store) -> list[str]:
-    """Mark jobs with no heartbeat for ``settings.stale_s()`` interrupted; drop dead workers' rows.
+    """Mark jobs with no heartbeat for ``settings.stale_s()`` interrupted, unless their process is alive
+    on this host (a stalled or suspended job is not dead: marking it would let a retry run it twice);
+    drop dead workers' rows. The runs marked lose their half-written artifacts (model.pt, model.onnx).
 
     A run in the foreground (``engine run``, no worker) beats by itself; rows from before it did
-    (no heartbeat at all) are not touched.
+    (no heartbeat at all) are not touched. On a full disk or a read-only workspace nothing is marked:
+    readers go on reading.
     """
     silent = settings.stale_s()
-    ids = store.interrupt_stale(time.time() - silent,
-                                f"its worker or process stopped responding (no heartbeat for {silent:.0f} s); "
-                                "retry it")
+    before = time.time() - silent
+    try:
+        dead = [r["id"] for r in store.stale_running(before) if not _process_lives(r)]
+        ids = store.interrupt_stale(before, f"its worker or process stopped responding (no heartbeat for "
+                                            f"{silent:.0f} s); retry it", job_ids=dead)
+    except Exception as e:
+        if cannot_write(e, store.root):
+            return []
+        raise
     for job_id in ids:
+        layout.remove_artifacts(store.run_dir(job_id))
         _append_log(store, job_id, "interrupted: no heartbeat from its worker")
     return ids
 
@@ -206,16 +238,33 @@ def worker_status(store: Store | None = None) -> dict[str, Any]:
 def list_jobs(store: Store | None = None, states: Iterable[str] | None = None,
               limit: int | None = None) -> list[dict[str, Any]]:
     """Store rows, newest first, each with ``last_event`` (latest progress event or None) and, for
-    queued jobs waiting on an unfinished parent, ``waiting_for``."""
+    queued jobs waiting on a run they need, ``waiting_for`` (its id) and ``waiting`` (what to tell the
+    user: a run that was interrupted holds its dependants until it is retried, so it comes first)."""
     store = store or Store()
     recover_stale(store)
     rows = store.list(state=tuple(states) if states else None, limit=limit)
     waiting = store.waiting_for()
+    stuck = store.waiting_for(("interrupted",))
     last = store.last_events(r["id"] for r in rows)
     for r in rows:
         r["last_event"] = last.get(r["id"])
-        r["waiting_for"] = waiting.get(r["id"])
+        r["waiting_for"] = stuck.get(r["id"]) or waiting.get(r["id"])
+        r["waiting"] = waiting_text(r["waiting_for"], interrupted=r["id"] in stuck)
     return rows
+
+
+def waiting_text(dep: str | None, *, interrupted: bool) -> str | None:
+    if dep is None:
+        return None
+    if interrupted:
+        return f"waiting for {dep}, which was interrupted: retry it or cancel this"
+    return f"waiting for {dep}"
+
+
+def stuck_jobs(store: Store) -> dict[str, str]:
+    """Queued jobs no worker can start until the user acts: a run they need was interrupted. Job id ->
+    what to tell the user."""
+    return {job: waiting_text(dep, interrupted=True) for job, dep in store.waiting_for(("interrupted",)).items()}
 
 
 def job_log(job_id: str, store: Store | None = None, tail: int = 200) -> str:

@@ -37,7 +37,7 @@ def cmd_jobs(a: argparse.Namespace) -> int:
     rows = jobs.list_jobs(states=a.state, limit=a.limit)
     if a.json:
         keys = ("id", "state", "name", "method", "arch", "dataset", "parent", "created", "started", "finished",
-                "attempts", "worker", "pid", "error", "waiting_for", "last_event")
+                "attempts", "worker", "pid", "error", "waiting_for", "waiting", "last_event")
         print(json.dumps([{k: r.get(k) for k in keys} for r in rows]))
         return 0
     print(f"{'id':<24} {'state':<11} {'method':<18} {'arch':<16} {'created':<19} progress / error")
@@ -45,8 +45,8 @@ def cmd_jobs(a: argparse.Namespace) -> int:
         ev = r["last_event"] or {}
         if r["error"]:
             info = r["error"]
-        elif r["waiting_for"]:
-            info = f"waiting for {r['waiting_for']}"
+        elif r["waiting"]:
+            info = r["waiting"]
         elif "epoch" in ev:
             info = f"{ev.get('phase')} epoch {ev['epoch']}/{ev.get('epochs')}" + (
                 f" step {ev['step']}/{ev['steps']}" if "step" in ev else "")

@@ -8,6 +8,7 @@ appears in them as soon as it is registered.
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any, Callable
 
@@ -191,6 +192,20 @@ def check(specs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]
         ok_index[i] = len(ok)
         ok.append(s)
     return ok, problems
+
+
+def already_queued(specs: list[dict[str, Any]], active: list[dict[str, Any]]) -> list[str]:
+    """Ids of ``active`` jobs (queued or running rows) identical to this plan's own starting jobs (those
+    that name no other job of the plan), when every one of them has such a twin: launching the plan
+    again would repeat work already under way (e.g. "Launch" clicked twice). [] otherwise."""
+    roots = [json.loads(json.dumps(check_spec(s).to_dict())) for s in specs if REF_PREFIX not in repr(s)]
+    twins = []
+    for root in roots:
+        twin = next((r["id"] for r in active if r["spec"] == root and r["id"] not in twins), None)
+        if twin is None:
+            return []
+        twins.append(twin)
+    return twins
 
 
 def launch(specs: list[dict[str, Any]], submit: Callable[[dict], str]) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -55,3 +56,37 @@ def death_reason(returncode: int) -> str:
             name = "unknown signal"
         return f"the job process died (killed by signal {-returncode}, {name}); retry it"
     return f"the job process died (exit code {returncode}); retry it"
+
+
+def host() -> str:
+    return socket.gethostname()
+
+
+def start_time(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot, Linux), which tells it from a later process
+    given the same pid; None where unknown (no such process, or no /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return int(fields[19]) if len(fields) > 19 else None  # field 22 of stat; fields[0] is field 3
+
+
+def alive(pid: int, started: int | None) -> bool:
+    """Process ``pid`` of this host lives (stopped counts, a zombie does not) and, when ``started`` is
+    known, is the one that started then, not a later process with the same pid."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        pass
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return not sys.platform.startswith("linux")  # no /proc to ask: the signal said it exists
+    if fields[0] == b"Z":
+        return False
+    return started is None or int(fields[19]) == started

@@ -249,8 +249,10 @@ def job_progress(row: dict[str, Any]) -> dict[str, Any]:
         fraction = min(1.0, ev["step"] / ev["steps"])  # a phase counted in steps (sensitivity, a search)
     else:  # running with no count (loading data, evaluating, timing): the phase column says which
         fraction = 0.0 if state == "queued" else None
-    return {"progress": fraction, "phase": ev.get("phase") or ("waiting for " + row["waiting_for"]
-                                                            if row.get("waiting_for") else ""),
+    # a queued job waiting for a run it needs says so (its last event only says "queued")
+    waiting = row.get("waiting") or ("waiting for " + row["waiting_for"] if row.get("waiting_for") else "")
+    phase = waiting if state == "queued" and waiting else ev.get("phase") or waiting
+    return {"progress": fraction, "phase": phase,
             "epoch": f"{ev['epoch']}/{ev['epochs']}" if ev.get("epoch") and ev.get("epochs") else "",
             "eta_s": ev.get("eta_s") if state == "running" else None,
             "images_per_s": ev.get("images_per_s") if state == "running" else None}

@@ -8,6 +8,7 @@ import functools
 import json
 import logging
 import math
+import os
 import platform
 import sys
 import threading
@@ -20,13 +21,13 @@ import torch
 import torch.nn as nn
 
 from . import data as data_mod
-from . import export, layout, measure, methods, models, runtimes, settings, training
+from . import export, layout, measure, methods, models, procs, runtimes, settings, training
 from . import record as record_schema
 from .context import Context
 from .devices import resolve_device
-from .errors import Cancelled, JobFailed
+from .errors import Cancelled, JobFailed, LeaseLost
 from .spec import JobSpec, SpecError
-from .store import Store
+from .store import Store, disk_full_reason, is_disk_full
 from .validation import check_spec
 
 log = logging.getLogger("slimbench.run")
@@ -54,8 +55,10 @@ def _child_runner(store: Store, parent: str, cancelled: Callable[[], bool]) -> C
     return run_child
 
 
-def _progress_sink(store: Store, run_id: str, echo: Callable[..., None] | None) -> Callable[..., None]:
-    """Record progress events (throttled to ~2/s, epoch ends always) and echo them."""
+def _progress_sink(store: Store, run_id: str, echo: Callable[..., None] | None,
+                   lease: str | None = None) -> Callable[..., None]:
+    """Record progress events (throttled to ~2/s, epoch ends always; refused once ``lease`` no longer
+    holds the run) and echo them."""
     last = [0.0]
 
     def progress(**ev: Any) -> None:
@@ -63,7 +66,7 @@ def _progress_sink(store: Store, run_id: str, echo: Callable[..., None] | None) 
         final = ev.get("phase", "").endswith(":val") or ev.get("step") == ev.get("steps")
         if final or now - last[0] >= 0.5:
             last[0] = now
-            store.add_event(run_id, ev)
+            store.add_event(run_id, ev, lease=lease)
         if echo is not None:
             echo(**ev)
     return progress
@@ -71,16 +74,19 @@ def _progress_sink(store: Store, run_id: str, echo: Callable[..., None] | None) 
 
 def run_spec(spec: JobSpec | dict[str, Any], store: Store | None = None, *, run_id: str | None = None,
             echo: Callable[..., None] | None = None, cancelled: Callable[[], bool] = lambda: False,
-            parent: str | None = None) -> dict[str, Any]:
+            parent: str | None = None, lease: str | None = None) -> dict[str, Any]:
     """Run ``spec`` (checked here against the registries too); returns the result record. The run row
-    is created unless ``run_id`` exists."""
+    is created unless ``run_id`` exists. ``lease``: the token of a claimed job's attempt; every write to
+    the run's row and folder checks it, and :class:`LeaseLost` stops the run, writing nothing more,
+    once a later attempt holds it."""
     spec = check_spec(spec)
     store = store or Store()
     if run_id is None or store.get(run_id) is None:
         run_id = store.create(spec.to_dict(), state="running", run_id=run_id, parent=parent)
     row = store.get(run_id)
-    store.update(run_id, state="running", started=time.time(), attempts=(row["attempts"] or 0) + 1, error=None,
-                 heartbeat=time.time())
+    pid = os.getpid()
+    store.update(run_id, lease=lease, state="running", started=time.time(), attempts=(row["attempts"] or 0) + 1,
+                 error=None, heartbeat=time.time(), pid=pid, host=procs.host(), pid_start=procs.start_time(pid))
     run_dir = store.run_dir(run_id)
     run_dir.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(run_dir / layout.LOG, encoding="utf-8")
@@ -91,27 +97,37 @@ def run_spec(spec: JobSpec | dict[str, Any], store: Store | None = None, *, run_
     try:
         with _heartbeat(store, run_id) if row["worker"] is None else contextlib.nullcontext():
             export.atomic_write_bytes(run_dir / layout.SPEC, json.dumps(spec.to_dict(), indent=2).encode())
-            record = _run(spec, store, run_id, run_dir, _progress_sink(store, run_id, echo), cancelled)
+            record, card = _run(spec, store, run_id, run_dir, _progress_sink(store, run_id, echo, lease), cancelled,
+                                lease)
             log.info("done: accuracy %.4f, size %d bytes", record["accuracy"], record["size_bytes"])
             # Last statement of the try: once the store says "done", an interrupt (e.g. a backend stopping
-            # the task) can no longer reach the clean-up below and delete the finished artifacts.
-            store.update(run_id, state="done", record=record, finished=time.time())
+            # the task) can no longer reach the clean-up below and delete the finished artifacts. The
+            # result files appear with the "done" (and a cleared error, such as a stale "interrupted"),
+            # in one transaction that checks the lease: a later attempt's folder is never written.
+            store.publish(run_id, lease, lambda: _write_results(run_dir, record, card),
+                          state="done", record=record, finished=time.time(), error=None)
+    except LeaseLost as e:  # the run folder and row are a later attempt's now: leave both alone
+        log.warning("stopped: %s", e)
+        raise
     except Cancelled:
         log.info("cancelled")
-        layout.remove_artifacts(run_dir)
-        store.update(run_id, state="cancelled", finished=time.time(), error="cancelled by request")
+        store.end_without_result(run_id, "cancelled", "cancelled by request", lease)
         raise
     except BaseException as e:
-        reason = _one_line(e)
+        reason = _one_line(e, run_dir)
         log.error("failed: %s\n%s", reason, traceback.format_exc())
-        layout.remove_artifacts(run_dir)
-        store.update(run_id, state="failed", finished=time.time(), error=reason)
+        store.end_without_result(run_id, "failed", reason, lease)
         raise JobFailed(reason) from e
     else:
         return record
     finally:
         root_logger.removeHandler(handler)
         handler.close()
+
+
+def _write_results(run_dir: Path, record: dict[str, Any], card: dict[str, Any]) -> None:
+    export.atomic_write_bytes(run_dir / layout.RESULT, json.dumps(record, indent=2, allow_nan=False).encode())
+    export.atomic_write_bytes(run_dir / layout.CARD, json.dumps(card, indent=2, default=_json_default).encode())
 
 
 @contextlib.contextmanager
@@ -135,11 +151,11 @@ def _heartbeat(store: Store, run_id: str):
         thread.join()
 
 
-def _one_line(e: BaseException) -> str:
+def _one_line(e: BaseException, run_dir: Path) -> str:
     if isinstance(e, torch.cuda.OutOfMemoryError):
         return "CUDA out of memory: lower data.batch_size or use a smaller model"
-    if isinstance(e, OSError) and e.errno == 28:
-        return "disk full: free space in the workspace and retry"
+    if is_disk_full(e, run_dir):
+        return disk_full_reason(e, run_dir)
     if isinstance(e, KeyboardInterrupt):
         return "interrupted"
     msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
@@ -199,7 +215,9 @@ def _with_start_preprocessing(data: data_mod.DataBundle, meta: dict[str, Any]) -
     return dataclasses.replace(data, mean=[float(v) for v in mean], std=[float(v) for v in std])
 
 
-def _run(spec: JobSpec, store: Store, run_id: str, run_dir: Path, progress, cancelled) -> dict[str, Any]:
+def _run(spec: JobSpec, store: Store, run_id: str, run_dir: Path, progress, cancelled,
+         lease: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The run's record and model card; its artifacts (bundle, ONNX) are written, the result files not."""
     t_start = time.time()
     method = methods.get(spec.method.name)
     device = resolve_device(spec.train.device)
@@ -238,6 +256,8 @@ def _run(spec: JobSpec, store: Store, run_id: str, run_dir: Path, progress, canc
     record["test_images"] = metrics["n"]
     record.update(_against_start(ctx, logits, ys))
     progress(phase="export")
+    if lease is not None:  # the model files go straight to the run folder: only while this attempt holds it
+        store.check_lease(run_id, lease)
     record.update(rt.save(ctx, run_dir, {k: record[k] for k in TEST_METRICS}))
     progress(phase="measure")
     record.update(measure.measure_model(rt.module, data.input_shape, spec.measure, timing=rt.timing))
@@ -248,10 +268,7 @@ def _run(spec: JobSpec, store: Store, run_id: str, run_dir: Path, progress, canc
                    "python": sys.version.split()[0]})
     # Strict JSON: an undefined figure (e.g. ROC AUC of a one-class test set) is null, never NaN.
     record = _finite(json.loads(json.dumps(record, default=_json_default)))
-    export.atomic_write_bytes(run_dir / "result.json", json.dumps(record, indent=2, allow_nan=False).encode())
-    export.atomic_write_bytes(run_dir / "card.json",
-                              json.dumps(model_card(record, data), indent=2, default=_json_default).encode())
-    return record
+    return record, model_card(record, data)
 
 
 def model_card(record: dict[str, Any], data: data_mod.DataBundle) -> dict[str, Any]:

@@ -6,12 +6,13 @@ every entry point (runner, queue, CLI, presets, pages, bench) turns a dict into 
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from . import data, methods, models, settings
+from . import data, export, methods, models, settings
 from .devices import devices_problem
 from .errors import SpecError
-from .spec import JobSpec, short_repr
+from .spec import DataSpec, JobSpec, short_repr
 
 
 def check_spec(raw: dict[str, Any] | JobSpec) -> JobSpec:
@@ -36,3 +37,42 @@ def check_spec(raw: dict[str, Any] | JobSpec) -> JobSpec:
                         "model.checkpoint (train one first with method baseline)")
     return spec
 
+
+
+# Datasets whose classes are fixed; image folders are counted from their listing.
+FIXED_CLASSES = {"digits": 10, "fashion-mnist": len(data.FASHION_CLASSES)}
+
+
+def dataset_classes(d: DataSpec) -> int | None:
+    """How many classes dataset ``d`` has, from its listing alone (no image decoded); None where that
+    cannot be told without loading it (the job then says what is wrong with the data)."""
+    if d.name in FIXED_CLASSES:
+        return FIXED_CLASSES[d.name]
+    path = d.path or (settings.cifar10() if d.name == "cifar10" else None)
+    if d.name in ("cifar10", "imagefolder") and path:
+        try:
+            return len(data.describe_imagefolder(path)["classes"])
+        except data.DataError:
+            return None
+    return None
+
+
+def check_start_classes(spec: JobSpec, start_classes: int | None = None) -> None:
+    """Refuse, before anything is queued, a starting model whose number of classes differs from the
+    dataset's: ``model.checkpoint`` (read from its bundle; no model is built) or a finished
+    ``model.from_run`` with ``start_classes``. Slimbench keeps a model's classifier: it fits no new head."""
+    m = spec.model
+    if m.checkpoint:
+        try:
+            start_classes = int(export.read_bundle(m.checkpoint)["arch_kwargs"]["num_classes"])
+        except (export.BundleError, KeyError, TypeError, ValueError):
+            return  # unreadable: the job fails with what is wrong with it, as a file damaged after queueing does
+        field, what = "model.checkpoint", Path(m.checkpoint).name
+    else:
+        field, what = "model.from_run", f"run {m.from_run}"
+    have = dataset_classes(spec.data) if start_classes is not None else None
+    if have is not None and have != start_classes:
+        raise SpecError(field, f"{what} is a {start_classes}-class model but dataset {spec.data.name} has {have} "
+                        f"classes, and Slimbench keeps a model's classifier (it fits no new head): start from a "
+                        f"model made for {have} classes, or train an architecture on this data (model.arch, "
+                        "with ImageNet weights in model.pretrained if you have them)")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import backends, jobs, procs, settings
-from .store import Store
+from .store import Store, is_disk_full
 
 log = logging.getLogger("slimbench.worker")
 POLL_S = 0.2
@@ -49,7 +49,8 @@ class Worker:
         self.exit_when_idle = exit_when_idle
         self.running: dict[str, Running] = {}
         self.stopping = False
-        self.claimed: set[str] = set()  # jobs this worker heartbeats: claimed, starting or running
+        # jobs this worker heartbeats (claimed, starting or running) -> the lease of its claim
+        self.claimed: dict[str, str] = {}
         self._stop_beat = threading.Event()
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -95,23 +96,24 @@ class Worker:
         self.reap()
         self.enforce_cancels()
         while len(self.running) < self.concurrency and not self.stopping:
-            job_id = jobs.claim(self.store, self.id)
-            if job_id is None:
+            claim = jobs.claim(self.store, self.id)
+            if claim is None:
                 break
-            self.claimed.add(job_id)
-            self.start(job_id)
+            job_id, lease = claim
+            self.claimed[job_id] = lease
+            self.start(job_id, lease)
 
     def heartbeat(self, now: float) -> None:
-        """Our row and our jobs' rows; the upsert also re-registers us if the row was dropped as stale
-        (e.g. after a long suspend)."""
+        """Our row and our jobs' rows (those we still hold: a job requeued meanwhile is not ours to beat);
+        the upsert also re-registers us if the row was dropped as stale (e.g. after a long suspend)."""
         self.store.put_worker(self.id, pid=os.getpid(), host=socket.gethostname(), backend=self.backend_name,
-                              concurrency=self.concurrency, now=now, job_ids=list(self.claimed))
+                              concurrency=self.concurrency, now=now, leases=dict(self.claimed))
 
-    def start(self, job_id: str) -> None:
+    def start(self, job_id: str, lease: str) -> None:
         slot = next(i for i in range(self.concurrency) if i not in {r.meta.get("slot") for r in self.running.values()})
         log.info("job %s: starting (slot %d)", job_id, slot)
         try:
-            handle = self.backend.start(job_id, slot)
+            handle = self.backend.start(job_id, slot, lease)
         except Exception as e:  # the backend could not launch it: the job failed, the worker goes on
             self._finish(job_id, "failed", f"could not start the job: {type(e).__name__}: {e}")
             return
@@ -123,10 +125,11 @@ class Worker:
             if code is None:
                 continue
             del self.running[job_id]
-            self.claimed.discard(job_id)
             row = self.store.get(job_id)
-            if row is None or row["state"] != "running":
-                log.info("job %s: %s", job_id, row["state"] if row else "gone")
+            if row is None or row["state"] != "running" or row["lease"] != self.claimed.get(job_id):
+                self.claimed.pop(job_id, None)
+                log.info("job %s: %s", job_id, ("held by a later attempt" if row["state"] == "running" else row["state"])
+                         if row else "gone")
                 continue
             # The process ended without recording an outcome: it was killed or crashed hard.
             if r.cancel_seen is not None or row["cancel_requested"]:
@@ -148,9 +151,17 @@ class Worker:
                 r.handle.kill()
 
     def _finish(self, job_id: str, state: str, reason: str) -> None:
-        changed = self.store.finish_running(job_id, state, reason)
-        self.claimed.discard(job_id)
-        if not changed:  # the job recorded its own end first (e.g. done just before a shutdown): keep it
+        """End a job this worker holds (by its claim's lease) that did not record its own end."""
+        lease = self.claimed.pop(job_id, None)
+        try:
+            changed = self.store.finish_running(job_id, state, reason, lease)
+        except Exception as e:
+            if not is_disk_full(e, self.store.root) or not self.store.release_reserve():
+                raise
+            changed = self.store.finish_running(job_id, state, reason, lease)  # the reserve made room for it
+        # not changed: the job recorded its own end first (e.g. done just before a shutdown), or a later
+        # attempt holds it now: either way the row and the run folder are not ours to touch
+        if not changed:
             return
         self.store.remove_artifacts(job_id)  # nothing half-done stays visible
         jobs._append_log(self.store, job_id, f"{state}: {reason}")

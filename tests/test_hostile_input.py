@@ -20,7 +20,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT
+from conftest import ROOT, cli
 from engine import data as D
 from engine.data import assembly, listing, sources as data_sources
 from engine import export, models, runner
@@ -346,6 +346,73 @@ def test_disk_full_fails_the_job_cleanly_and_keeps_the_store_consistent(home, mo
     (row,) = Store().list()
     assert row["state"] == "failed" and "disk full" in row["error"] and row["record"] is None
     assert not (Store().run_dir(row["id"]) / "model.pt").exists()
+
+
+@pytest.fixture()
+def small_disk(tmp_path):
+    """A 16 MB tmpfs of its own (mounting needs root; skipped where it is impossible)."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if p.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {p.stderr.strip()[:200] or 'mount failed'}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def _fill(disk: Path) -> Path:
+    """Write a file until not one more 512-byte block fits."""
+    filler = disk / "filler"
+    f = open(filler, "wb", buffering=0)
+    for chunk in (1 << 16, 512):
+        try:
+            while True:
+                f.write(b"\0" * chunk)
+        except OSError:
+            pass
+    try:
+        f.close()
+    except OSError:
+        pass
+    return filler
+
+
+def test_a_disk_that_fills_during_a_job_fails_it_with_the_reason_and_reading_goes_on(small_disk, monkeypatch):
+    """The disk fills while the job runs (here: once its data is loaded). The job ends failed, saying
+    "disk full (N MB free in <dir>)" (the store's reserve makes room to record it; the rollback no
+    longer hides the error), and on the full disk every reading command still works."""
+    home = small_disk / "ws"
+    monkeypatch.setenv("SLIMBENCH_HOME", str(home))
+    store = Store(home)
+    assert (home / ".disk-reserve").is_file()
+    done = store.create({"name": "earlier", "data": {"name": "digits"}, "model": {"arch": "resnet18"},
+                         "method": {"name": "baseline"}}, state="done")
+    filler = []
+
+    def echo(**ev):
+        if ev.get("phase") == "data" and not filler:
+            filler.append(_fill(small_disk))
+    spec = {"data": {"name": "digits", "limit": 64}, "model": {"arch": "resnet18"}, "train": {"epochs": 0},
+            "measure": {"onnx": False, "latency_runs": 2}}
+    with pytest.raises(runner.JobFailed, match="disk full"):
+        runner.run_spec(JobSpec.from_dict(spec), store, echo=echo)
+    assert filler
+    failed = next(r for r in Store(home).list() if r["id"] != done)
+    assert failed["state"] == "failed" and failed["error"].startswith("disk full (0 MB free in "), failed["error"]
+    assert str(home) in failed["error"] and "free some space" in failed["error"]
+    assert not (home / ".disk-reserve").exists()                     # spent on recording the failure
+
+    _fill(small_disk)                                                # whatever the reserve left
+    for args in (("runs",), ("jobs",), ("jobs", "--json"), ("compare",)):
+        p = cli(*args, home=home)
+        assert p.returncode == 0 and "Traceback" not in p.stderr and "disk I/O error" not in p.stderr, (args, p.stderr)
+    assert done in cli("runs", home=home).stdout
+    assert {r["id"] for r in Store(home).list()} == {done, failed["id"]}
+
+    filler[0].unlink()                                               # space again: the reserve comes back
+    (small_disk / "filler").unlink(missing_ok=True)
+    Store(home)
+    assert (home / ".disk-reserve").stat().st_size == 1 << 20
 
 
 @pytest.mark.fast

@@ -196,7 +196,8 @@ def test_concurrent_claims_never_take_a_job_twice(ws):
 
     def claimer(name: str) -> None:
         s = Store(ws.root)
-        while (job := jobs.claim(s, name)) is not None:
+        while (claim := jobs.claim(s, name)) is not None:
+            job = claim[0]
             with lock:
                 claimed.append((name, job))
 
@@ -361,3 +362,139 @@ def test_a_killed_foreground_run_is_found_stale_and_can_be_retried(ws):
     row = wait_for(lambda: (r := jobs.list_jobs(ws)[0])["state"] != "running" and r, 30, "recovery")
     assert row["state"] == "interrupted" and "heartbeat" in row["error"]
     assert jobs.retry(row["id"], ws) == row["id"] and ws.get(row["id"])["state"] == "queued"
+
+
+def _stop(store: Store, *pids: int) -> None:
+    """SIGSTOP ``pids`` at a moment none of them holds the store's write lock (a process stopped inside
+    a transaction blocks every writer until it resumes: that is SQLite, not what is tested here)."""
+    import sqlite3
+    for _ in range(100):
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        db = sqlite3.connect(store.db_path, timeout=0.2, isolation_level=None)
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("ROLLBACK")
+            return
+        except sqlite3.OperationalError:
+            _resume(*pids)
+            time.sleep(0.05)
+        finally:
+            db.close()
+    raise AssertionError("the processes always held the store's write lock")
+
+
+def _resume(*pids: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+
+
+def test_a_stalled_job_is_not_declared_dead_and_never_runs_twice(ws):
+    """Issue 24 #8 with real processes: a worker and its job stopped (SIGSTOP) for longer than
+    SLIMBENCH_STALE_S. Its process lives, so the job stays running and cannot be retried. Marked
+    interrupted from elsewhere (a reader on another host cannot ask its pid), retry still refuses while
+    the process lives; requeued anyway and claimed by a second worker, the first attempt, resumed, writes
+    nothing more: one "done", one set of epochs, the stale error cleared."""
+    epochs = 3
+    job_id = jobs.submit({**SHORT, "train": {"epochs": epochs}}, ws)
+    first = start_worker(ws)
+    wait_for(lambda: any(e["phase"] == "train" for e in ws.events(job_id)), 120, "training to start")
+    old = ws.get(job_id)
+    assert old["pid"] != first.pid and old["host"] and old["pid_start"] and old["lease"]
+    _stop(ws, first.pid, old["pid"])
+    try:
+        time.sleep(2 * float(os.environ["SLIMBENCH_STALE_S"]))
+        assert jobs.recover_stale(ws) == [] and jobs.list_jobs(ws)[0]["state"] == "running"
+        with pytest.raises(SpecError, match="only interrupted, failed, cancelled"):
+            jobs.retry(job_id, ws)
+
+        assert ws.interrupt_stale(time.time(), "no heartbeat (seen from another host)") == [job_id]
+        with pytest.raises(SpecError, match=f"pid {old['pid']}\\) is still running"):
+            jobs.retry(job_id, ws)
+        assert ws.get(job_id)["state"] == "interrupted"
+
+        requeued_at = ws.events(job_id)[-1]["seq"]
+        ws.requeue(job_id, jobs.RETRYABLE)                           # as a host that cannot see the pid would
+        start_worker(ws)
+        new = wait_for(lambda: (r := ws.get(job_id))["state"] == "running" and r["pid"] not in (None, first.pid,
+                                                                                             old["pid"]) and r,
+                       120, "a second attempt")
+        assert new["lease"] != old["lease"]
+    finally:
+        _resume(first.pid, old["pid"])
+    wait_for(lambda: not _alive(old["pid"]), 60, "the first attempt to stop")
+    row = wait_state(ws, job_id, ("done", "failed", "interrupted"))
+    assert row["state"] == "done" and row["error"] is None and row["attempts"] == 2, row
+    log = jobs.job_log(job_id, ws, tail=2000)
+    assert log.count("done: accuracy") == 1 and "no longer holds it" in log
+    later = [e for e in ws.events(job_id) if e["seq"] > requeued_at]
+    assert sum(e["phase"] == "train:val" for e in later) == epochs    # the first attempt added none
+    assert (ws.run_dir(job_id) / "model.pt").is_file() and (ws.run_dir(job_id) / "result.json").is_file()
+    assert json.loads((ws.run_dir(job_id) / "result.json").read_text())["run_id"] == job_id
+
+
+def test_a_finished_job_clears_the_error_it_was_marked_with_while_it_ran(ws):
+    job_id = jobs.submit(SHORT, ws)
+    start_worker(ws)
+    wait_for(lambda: ws.get(job_id)["pid"] and ws.events(job_id)[-1]["phase"] != "queued", 120, "the job to run")
+    ws.interrupt_stale(time.time(), "no heartbeat (seen from another host)")
+    row = wait_state(ws, job_id, ("done", "failed"))
+    assert (row["state"], row["error"]) == ("done", None)
+
+
+@pytest.mark.fast
+def test_stale_recovery_asks_the_process_and_cleans_what_it_interrupts(ws):
+    """A job whose heartbeat is old but whose process lives here (stopped too) stays running; a dead
+    one, or a later process that reuses its pid, is interrupted, and its half-written model files go
+    (kill -9 during measurement left model.pt and model.onnx behind)."""
+    from engine import procs
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        ids = {}
+        for name, (pid, started) in {"alive": (sleeper.pid, procs.start_time(sleeper.pid)),
+                                     "reused": (sleeper.pid, procs.start_time(sleeper.pid) - 1),
+                                     "dead": (2 ** 22 + 7, None)}.items():
+            ids[name] = ws.create({**TRIVIAL, "name": name})
+            ws.claim(name, jobs._orphan_reason)
+            ws.update(ids[name], pid=pid, host=procs.host(), pid_start=started, heartbeat=time.time() - 100)
+            for artefact in ("model.pt", "model.onnx", ".model.pt.123.tmp"):
+                (ws.run_dir(ids[name]) / artefact).write_bytes(b"half")
+        sleeper.send_signal(signal.SIGSTOP)
+        assert sorted(jobs.recover_stale(ws)) == sorted([ids["reused"], ids["dead"]])
+        assert ws.get(ids["alive"])["state"] == "running"
+        assert {p.name for p in ws.run_dir(ids["alive"]).iterdir()} >= {"model.pt", "model.onnx"}
+        for name in ("reused", "dead"):
+            assert ws.get(ids[name])["state"] == "interrupted"
+            assert not {p.name for p in ws.run_dir(ids[name]).iterdir()} & {"model.pt", "model.onnx",
+                                                                            ".model.pt.123.tmp"}
+        sleeper.send_signal(signal.SIGCONT)
+        sleeper.kill()
+        sleeper.wait()
+        assert jobs.recover_stale(ws) == [ids["alive"]]
+        assert not (ws.run_dir(ids["alive"]) / "model.onnx").exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+@pytest.mark.fast
+def test_a_job_whose_parent_was_interrupted_says_what_to_do(ws):
+    """It used to show a plain "queued", and a worker started for it claimed nothing and exited."""
+    parent = ws.create({**TRIVIAL, "name": "parent"})
+    child = ws.create({**TRIVIAL, "name": "child", "model": {"from_run": parent}, "method": {"name": "prune"}})
+    assert jobs.claim(ws, "w")[0] == parent
+    ws.finish_running(parent, "interrupted", "no heartbeat")
+    want = f"waiting for {parent}, which was interrupted: retry it or cancel this"
+    row = next(r for r in jobs.list_jobs(ws) if r["id"] == child)
+    assert (row["state"], row["waiting_for"], row["waiting"]) == ("queued", parent, want)
+    assert jobs.stuck_jobs(ws) == {child: want}
+    from engine import results
+    assert results.job_progress({**row, "last_event": {"phase": "queued"}})["phase"] == want
+    assert want in cli("jobs", home=ws.root).stdout
+    assert jobs.claim(ws, "w") is None
+    jobs.retry(parent, ws)
+    row = next(r for r in jobs.list_jobs(ws) if r["id"] == child)
+    assert row["waiting"] == f"waiting for {parent}" and jobs.stuck_jobs(ws) == {}

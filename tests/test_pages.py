@@ -18,6 +18,7 @@ from streamlit.testing.v1 import AppTest
 
 from bench.synthetic import insert_synthetic_runs
 from engine import jobs, methods, presets, results
+from engine.errors import SpecError
 from engine.store import FINAL_STATES, Store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -359,6 +360,70 @@ def test_presets_tab_lists_every_registered_method(ws, monkeypatch):
         assert at.button(key="launch_preset").disabled and "cannot be launched here" in texts(at, "warning")
 
 
+@pytest.mark.fast
+def test_experiments_hold_back_a_second_identical_launch_until_confirmed(tmp_path, monkeypatch):
+    """Clicking "Launch" twice on a preset queued it twice (28 jobs) without a word."""
+    monkeypatch.setenv("SLIMBENCH_HOME", str(tmp_path / "twice"))
+    monkeypatch.setenv("SLIMBENCH_NO_AUTOSTART", "1")
+    store = Store(tmp_path / "twice")
+    at = page("experiments")
+    at.selectbox(key="preset").set_value("Quick tour (CPU)")
+    at.run()
+    at.button(key="launch_preset").click()
+    at.run()
+    first = at.session_state["launched"]
+    assert first and len(store.list()) == len(first)
+    at.button(key="launch_preset").click()
+    at.run()
+    assert not at.exception
+    assert "already queued or running" in texts(at, "warning") and first[0] in texts(at, "warning")
+    assert len(store.list()) == len(first)                           # nothing more queued
+    at.button(key="launch_drop").click()
+    at.run()
+    assert "already queued" not in texts(at, "warning") and len(store.list()) == len(first)
+    at.button(key="launch_preset").click()
+    at.run()
+    at.button(key="launch_again").click()                             # deliberately, a second time
+    at.run()
+    assert not at.exception and len(store.list()) == 2 * len(first)
+    assert set(at.session_state["launched"]).isdisjoint(first)
+    for row in store.list("queued"):
+        jobs.cancel(row["id"], store)
+    at.button(key="launch_preset").click()                            # the first ones ended: no question
+    at.run()
+    assert "already queued" not in texts(at, "warning") and len(store.list()) == 3 * len(first)
+
+
+@pytest.mark.fast
+def test_experiments_refuse_a_checkpoint_made_for_other_classes(tmp_path, monkeypatch):
+    """A 3-class checkpoint was queued against the 10 digits: refused before queueing, with the reason."""
+    import torch
+
+    from engine import export, models
+    monkeypatch.setenv("SLIMBENCH_HOME", str(tmp_path / "classes"))
+    monkeypatch.setenv("SLIMBENCH_NO_AUTOSTART", "1")
+    store = Store(tmp_path / "classes")
+    bundle = export.make_bundle(models.build("resnet18", 3, small_input=True), arch="resnet18", num_classes=3,
+                                small_input=True, meta={"dataset": "three", "input_size": [3, 8, 8]})
+    buf = io.BytesIO()
+    torch.save(bundle, buf)
+    at = page("experiments")
+    at.selectbox(key="dataset").set_value("digits")
+    at.radio(key="base_kind").set_value("Upload a checkpoint")
+    at.run()
+    at.file_uploader(key="ckpt").set_value(("three.pt", buf.getvalue(), "application/octet-stream"))
+    at.run()
+    assert "3 classes" in texts(at, "success")
+    at.button(key="launch_custom").click()
+    at.run()
+    assert not at.exception
+    assert "is a 3-class model but dataset digits has 10 classes" in texts(at, "error")
+    assert store.list() == []
+    with pytest.raises(SpecError, match="model.checkpoint: three.pt is a 3-class model"):
+        jobs.submit({"data": {"name": "digits"}, "model": {"checkpoint": str(next((tmp_path / "classes").rglob("three.pt")))},
+                     "method": {"name": "baseline"}}, store)
+
+
 def test_jobs_table_says_what_a_running_job_is_doing(tmp_path, monkeypatch):
     """Phase, epoch, phase ETA and speed in one cell, so the table fits the page."""
     monkeypatch.setenv("SLIMBENCH_HOME", str(tmp_path))
@@ -376,6 +441,23 @@ def test_jobs_table_says_what_a_running_job_is_doing(tmp_path, monkeypatch):
     assert table.loc["busy one", "activity"] == "train · epoch 2/4 · 1m15s left in phase · 812 img/s"
     assert table.loc["busy one", "progress"] == pytest.approx(1.5 / 4)
     assert table.loc["sensitivity", "activity"] == "sensitivity" and table.loc["sensitivity", "progress"] == 0.25
+
+
+@pytest.mark.fast
+def test_jobs_page_says_a_job_waits_for_an_interrupted_parent(tmp_path, monkeypatch):
+    """It showed a plain "queued", and "Start worker" started a worker that claimed nothing and exited."""
+    monkeypatch.setenv("SLIMBENCH_HOME", str(tmp_path))
+    monkeypatch.setenv("SLIMBENCH_NO_AUTOSTART", "1")
+    store = Store(tmp_path)
+    parent = store.create({"name": "parent"}, state="interrupted")
+    child = store.create({"name": "child", "model": {"from_run": parent}})
+    store.add_event(child, {"phase": "queued", "attempt": 1})
+    at = page("jobs")
+    want = f"waiting for {parent}, which was interrupted: retry it or cancel this"
+    table = at.dataframe[0].value.set_index("job")
+    assert table.loc["child", "activity"] == want
+    assert f"{child} is {want}" in texts(at, "warning")
+    assert not [b for b in at.button if b.key == "start_worker"]
 
 
 def test_jobs_page_shows_progress_curves_log_and_cancels(launched, ws):

@@ -25,12 +25,18 @@ except Exception as e:  # one broken method module must not hide the others
 store = get_store()
 
 
-def launch(plan: list[dict[str, Any]]) -> None:
-    """Validate the whole plan, then queue it; report problems as errors naming the field."""
+def launch(plan: list[dict[str, Any]], again: bool = False) -> None:
+    """Validate the whole plan, then queue it; report problems as errors naming the field. A plan
+    identical to jobs already queued or running is held back (a second click on Launch queued it
+    twice) until the user confirms it (``again``)."""
     ok, problems = presets.check(plan)
     if problems:
         st.error("Nothing was queued. Fix these first:\n\n" + "\n".join(f"- {p}" for p in problems))
         return
+    twins = [] if again else presets.already_queued(ok, store.list(("queued", "running")))
+    if twins:
+        st.session_state["held_launch"] = {"plan": ok, "twins": twins}
+        st.rerun()
     try:
         ids = presets.launch(ok, lambda s: jobs.submit(s, store))
     except (SpecError, ValueError) as e:
@@ -167,6 +173,20 @@ if st.session_state.pop("just_launched", False):  # once, right after a launch
     st.success(f"Queued {len(ids)} job(s): {', '.join(ids[:6])}{' ...' if len(ids) > 6 else ''}",
                icon=":material/rocket_launch:")
     st.page_link("views/jobs.py", label="Watch them on Jobs", icon=":material/arrow_forward:")
+
+held = st.session_state.get("held_launch")
+if held:
+    twins = held["twins"]
+    st.warning(f"Not queued: the same jobs are already queued or running ({', '.join(twins[:6])}"
+               f"{' ...' if len(twins) > 6 else ''}). Launching again would queue {len(held['plan'])} more job(s) "
+               "doing the same work.", icon=":material/content_copy:")
+    c1, c2, _ = st.columns([1, 1, 2])
+    if c1.button("Queue them again anyway", key="launch_again"):
+        del st.session_state["held_launch"]
+        launch(held["plan"], again=True)
+    if c2.button("Don't", key="launch_drop"):
+        del st.session_state["held_launch"]
+        st.rerun()
 
 tab_preset, tab_custom = st.tabs(["Presets", "Custom experiment"])
 

@@ -1,7 +1,8 @@
-"""Where a claimed job runs. Every backend offers ``start(job_id, slot) -> handle`` where a handle
-has ``poll() -> exit code | None`` and ``kill()``; the worker owns the queue, heartbeats and
-bookkeeping, so backends stay small. ``local`` (default) runs a process per job on this machine,
-``ray`` runs each job as a Ray task on a cluster that shares the workspace filesystem."""
+"""Where a claimed job runs. Every backend offers ``start(job_id, slot, lease) -> handle`` (``lease``:
+the claim's token, which the job passes to every write) where a handle has ``poll() -> exit code |
+None`` and ``kill()``; the worker owns the queue, heartbeats and bookkeeping, so backends stay small.
+``local`` (default) runs a process per job on this machine, ``ray`` runs each job as a Ray task on a
+cluster that shares the workspace filesystem."""
 from __future__ import annotations
 
 from typing import Any

@@ -56,8 +56,8 @@ class LocalBackend:
             env["CUDA_VISIBLE_DEVICES"] = str(slot % self.gpus)
         return env
 
-    def start(self, job_id: str, slot: int) -> LocalHandle:
-        proc = self.ctx.Process(target=job_process, args=(str(self.store.root), job_id, self.job_env(slot)),
+    def start(self, job_id: str, slot: int, lease: str) -> LocalHandle:
+        proc = self.ctx.Process(target=job_process, args=(str(self.store.root), job_id, self.job_env(slot), lease),
                                 name=f"slimbench-job-{job_id}")
         proc.start()
         return LocalHandle(job_id, proc)

@@ -22,11 +22,11 @@ except ImportError:  # optional extra: requirements-ray.txt
     ray = None
 
 
-def _run_job_task(job_id: str, home: str, threads: int) -> int:
+def _run_job_task(job_id: str, home: str, threads: int, lease: str) -> int:
     """Runs inside a Ray worker process."""
     import torch  # lazy: the worker that imports this module stays torch-free
     torch.set_num_threads(max(1, threads))
-    return run_job(job_id, Store(home))
+    return run_job(job_id, Store(home), lease=lease)
 
 
 def resources_for(spec: dict[str, Any]) -> dict[str, float]:
@@ -77,13 +77,13 @@ class RayBackend:
         res = ray.cluster_resources()
         return max(1, int(res.get("GPU", 0)) or int(res.get("CPU", 1)))
 
-    def start(self, job_id: str, slot: int) -> RayHandle:
+    def start(self, job_id: str, slot: int, lease: str) -> RayHandle:
         row = self.store.get(job_id)
         req = resources_for(row["spec"])
         ref = self.task.options(runtime_env=self.runtime_env, **req).remote(job_id, str(self.store.root),
-                                                                            int(req["num_cpus"]))
-        self.store.add_event(job_id, {"phase": "scheduled", "backend": "ray", "task_id": ref.task_id().hex(),
-                                      **req})
+                                                                            int(req["num_cpus"]), lease)
+        self.store.add_event(job_id, {"phase": "scheduled", "backend": "ray", "task_id": ref.task_id().hex(), **req},
+                             lease=lease)
         return RayHandle(ref)
 
     def close(self) -> None:
