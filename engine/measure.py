@@ -255,10 +255,10 @@ def measure_model(model: nn.Module, input_shape: tuple[int, ...], cfg, cuda: boo
     (``cpu_model``); CUDA ones are ``gpu_*``, with the GPU's name (``gpu_name``).
     """
     timing = timing or (lambda device: model.to(device).eval())
-    cpu_model = model.to("cpu").eval()
-    out: dict[str, Any] = {"params": count_params(cpu_model),
-                           "nonzero_params": sum(int((p != 0).sum()) for p in cpu_model.parameters()),
-                           "sparsity": sparsity(cpu_model), **count_macs(cpu_model, input_shape)}
+    on_cpu = model.to("cpu").eval()
+    out: dict[str, Any] = {"params": count_params(on_cpu),
+                           "nonzero_params": sum(int((p != 0).sum()) for p in on_cpu.parameters()),
+                           "sparsity": sparsity(on_cpu), **count_macs(on_cpu, input_shape)}
     out.update(measure_speed(timing("cpu"), input_shape, torch.device("cpu"), cfg.batch_size,
                              cfg.latency_runs, cfg.warmup_runs, cfg.threads))
     out["cpu_model"] = cpu_model()
