@@ -306,21 +306,23 @@ def _paired(ctx: Context, rt: runtimes.Runtime, parent: str | None) -> dict[str,
     """Speed-ups timed interleaved in this process (see ``measure.paired_speedup``), where comparing
     latencies recorded by two jobs minutes apart is not honest. ``paired_speedup`` means one thing in
     every record: x faster than the model the run started from, in the same runtime. For a runtime
-    with a reference (INT8: its start in fp32 under ONNX Runtime) that is the reference's figure
-    (also under the reference's own key, ``int8_speedup``); the start run eagerly in PyTorch against
-    this runtime (quantisation and the change of runtime together) is ``speedup_vs_eager_start``.
-    CPU always; CUDA too where a GPU is present and the runtime runs there."""
+    with a reference (INT8: its fp32 model under ONNX Runtime) that is the reference's figure (also
+    under the reference's own key, ``int8_speedup``) where the reference is the run's start, and
+    none where it is not (a pipeline ending in INT8: its steps' records carry theirs); the start run
+    eagerly in PyTorch against this runtime (quantisation and the change of runtime together) is
+    ``speedup_vs_eager_start``. CPU always; CUDA too where a GPU is present and the runtime runs there."""
     cfg = ctx.spec.measure
     rec: dict[str, Any] = {}
     ref = rt.reference()
-    own: dict[str, Any] | None = None
+    own: dict[str, Any] | None = None   # the start timed against this model in its runtime, if it was
     if ref is not None:
         p = measure.paired_speedup(ref.fn, rt.timing("cpu"), ctx.input_shape, torch.device("cpu"), cfg.latency_runs,
                                    cfg.warmup_runs, cfg.threads, rounds=cfg.paired_rounds or 5)
-        own = {"speedup": p["speedup"], "range": [p["speedup_min"], p["speedup_max"]]}
         rec[ref.latency_key] = p["ref_latency_ms"]
-        rec[ref.speedup_key] = own["speedup"]
-        rec[f"{ref.speedup_key}_range"] = own["range"]
+        rec[ref.speedup_key] = p["speedup"]
+        rec[f"{ref.speedup_key}_range"] = [p["speedup_min"], p["speedup_max"]]
+        if ref.of_start:
+            own = {"speedup": p["speedup"], "range": rec[f"{ref.speedup_key}_range"]}
     if ctx.base is None or cfg.paired_rounds == 0:
         return rec
     ctx.progress(phase="measure:paired")
@@ -333,14 +335,15 @@ def _paired(ctx: Context, rt: runtimes.Runtime, parent: str | None) -> dict[str,
                                    cfg.warmup_runs, cfg.threads, rounds=cfg.paired_rounds)
         pre = "" if dev == "cpu" else "gpu_"
         against_eager = {"speedup": p["speedup"], "range": [p["speedup_min"], p["speedup_max"]]}
-        if own is not None and dev == "cpu":  # the start ran under another runtime than this model
+        if ref is not None and dev == "cpu":  # the start ran under another runtime than this model
             rec[f"{pre}speedup_vs_eager_start"] = against_eager["speedup"]
             rec[f"{pre}speedup_vs_eager_start_range"] = against_eager["range"]
-            against_start = own
+            against_start = own   # None: no timing of the start under this runtime (a pipeline's INT8)
         else:
             against_start = against_eager
-        rec[f"{pre}paired_speedup"] = against_start["speedup"]
-        rec[f"{pre}paired_speedup_range"] = against_start["range"]
+        if against_start is not None:
+            rec[f"{pre}paired_speedup"] = against_start["speedup"]
+            rec[f"{pre}paired_speedup_range"] = against_start["range"]
     ctx.base.to("cpu")
     rt.module.to("cpu")
     return rec

@@ -23,15 +23,18 @@ Predictor = Callable[[torch.Tensor], Any]   # batch tensor -> outputs (logits)
 
 @dataclass(frozen=True)
 class Reference:
-    """The model the run started from, under this runtime (INT8: the start in fp32 under ONNX Runtime:
-    the gain of quantisation alone), and the record keys the paired timing goes under: ``speedup_key``
-    (its [slowest, fastest] rounds under ``speedup_key + "_range"``) and ``latency_key`` (the
-    reference's median latency). Being the start in the same runtime, its figure is also the run's
-    ``paired_speedup``; the runner times the eager PyTorch start against this runtime as
-    ``speedup_vs_eager_start``, which no view credits as speed-up."""
+    """The model this runtime's own speed-up is judged against, under this runtime (INT8: its fp32
+    model under ONNX Runtime: the gain of quantisation alone), and the record keys the paired timing
+    goes under: ``speedup_key`` (its [slowest, fastest] rounds under ``speedup_key + "_range"``) and
+    ``latency_key`` (the reference's median latency). Where it is the run's starting model
+    (``of_start``), its figure is also the run's ``paired_speedup`` (x faster than its start in the
+    same runtime); else (a pipeline's INT8 reference is its last fp32 step) the run has none. The
+    runner times the eager PyTorch start against this runtime as ``speedup_vs_eager_start``, which
+    no view credits as speed-up."""
     fn: Predictor
     speedup_key: str
     latency_key: str
+    of_start: bool = True
 
 
 class Runtime(Protocol):
