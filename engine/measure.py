@@ -275,9 +275,11 @@ def measure_model(model: nn.Module, input_shape: tuple[int, ...], cfg, cuda: boo
     return out
 
 
-def deflated_bytes(path: str | Path, level: int = 6) -> int:
-    """The file's size once deflated (zlib at ``level``, as ``zip``/``gzip`` do by default): what
-    unstructured sparsity saves in transfer and storage, where the file itself keeps its zeros dense."""
+def deflated_bytes(path: str | Path, level: int = 1) -> int:
+    """The file's size once deflated (zlib, the compression of ``zip`` and ``gzip``): what unstructured
+    sparsity saves in transfer and storage, where the file itself keeps its zeros dense. Level 1: runs
+    of zeros shrink alike at every level, and trained float weights hardly at any (level 6 takes twice
+    as long for ~0.3 % less on a ResNet-18), so the cheap level measures the saving in every job."""
     z, n = zlib.compressobj(level), 0
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
