@@ -486,7 +486,9 @@ def test_compare_table_plot_filters_and_downloads(launched, ws):
     labels = {b.label for b in at.get("download_button")}
     assert {"Checkpoint bundle (.pt)", "Model card (JSON)", "Download table (CSV)"} <= labels
     assert at.button(key="dl_onnx").disabled  # this run was launched without ONNX: nothing to serve
-    assert {m.label for m in at.metric} >= {"Accuracy", "Size", "Latency", "MACs", "Parameters"}
+    assert {m.label for m in at.metric} >= {"Accuracy", "Size (.pt)", "Latency", "MACs", "Parameters"}
+    size = next(m for m in at.metric if m.label == "Size (.pt)")      # every artefact's size in its help
+    assert "model.pt:" in size.help and "model.pt deflated (zip):" in size.help
     assert "Agrees with its start" not in {m.label for m in at.metric}      # a fresh base started from nothing
     if len(ids) > 1:                                    # a compressed run beside its start, on the same images
         child = Store(ws).get(ids[1])["record"]
