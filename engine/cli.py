@@ -103,7 +103,9 @@ def cmd_profile(a: argparse.Namespace) -> int:
 @command("measure", "size, params, MACs/FLOPs, sparsity and speed of a checkpoint bundle; with --against, its "
          "speed-up over another bundle, both timed interleaved")
 @arg("checkpoint", help="a Slimbench bundle (model.pt of a run, or a downloaded one)")
-@arg("--against", default=None, help="a second bundle (e.g. the base): report the paired speed-up over it")
+@arg("--against", default=None, help="a second bundle (e.g. the base): report the paired speed-up over it "
+                                     "(paired_speedup; speedup_across_runtimes where one is an INT8 bundle and the "
+                                     "other a PyTorch one)")
 @arg("--threads", type=int, default=None, help="CPU threads for timing (default: all physical cores)")
 @arg("--runs", type=int, default=30, help="timed batch-1 runs")
 @arg("--batch-size", type=int, default=64, help="batch for the throughput figure")
@@ -136,7 +138,8 @@ def cmd_measure(a: argparse.Namespace) -> int:
                                         "give it, e.g. 224 for ImageNet-style weights or 32 for CIFAR")
     cpu = torch.device("cpu")
     out: dict[str, Any] = {"checkpoint": a.checkpoint, "arch": bundle.get("arch"), "kind": bundle.get("kind", "torch"),
-                           "input_size": list(shape), "size_bytes": Path(a.checkpoint).stat().st_size}
+                           "input_size": list(shape), "size_bytes": Path(a.checkpoint).stat().st_size,
+                           "compressed_bytes": measure.deflated_bytes(a.checkpoint), "cpu_model": measure.cpu_model()}
     if isinstance(model, torch.nn.Module):
         out.update(params=measure.count_params(model), sparsity=measure.sparsity(model),
                    **measure.count_macs(model, shape))
@@ -147,8 +150,12 @@ def cmd_measure(a: argparse.Namespace) -> int:
         if ref_size and list(ref_size) != list(shape):
             raise SpecError("--against", f"expects input {ref_size}, {a.checkpoint} is timed at {list(shape)}")
         p = measure.paired_speedup(ref, model, shape, cpu, a.runs, threads=a.threads, rounds=a.rounds)
-        out.update(against=a.against, paired_speedup=p["speedup"],
-                   paired_speedup_range=[p["speedup_min"], p["speedup_max"]], against_latency_ms=p["ref_latency_ms"])
+        # paired_speedup means "in the same runtime", as in a run's record; a PyTorch bundle against an
+        # INT8 (ONNX Runtime) one also times the change of runtime, and says so under its own key
+        ref_kind = ref_bundle.get("kind", "torch")
+        key = "paired_speedup" if ref_kind == out["kind"] else "speedup_across_runtimes"
+        out.update({"against": a.against, "against_kind": ref_kind, key: p["speedup"],
+                    f"{key}_range": [p["speedup_min"], p["speedup_max"]], "against_latency_ms": p["ref_latency_ms"]})
     print(json.dumps(out))
     return 0
 
@@ -243,7 +250,7 @@ COST_COLUMNS = {f.cost_axis: f.name for f in record.cost_axes()}
 @arg("--json", action="store_true", help="print the table as one JSON array instead")
 @arg("--best", help="accuracy, size, macs or latency: rank the runs meeting the limits below by it, the winner "
                     "first (default with a limit: accuracy)")
-@arg("--max-size-mb", type=float, help="only runs whose bundle is at most this many MB (10^6 bytes)")
+@arg("--max-size-mb", type=float, help="only runs whose bundle (model.pt) is at most this many MB (10^6 bytes)")
 @arg("--max-mmacs", type=float, help="only runs with at most this many million MACs per image")
 @arg("--max-latency-ms", type=float, help="only runs at most this slow (CPU, batch 1, median)")
 @arg("--min-accuracy", type=float, help="only runs at least this accurate (0-1)")
@@ -292,7 +299,9 @@ def cmd_compare(a: argparse.Namespace) -> int:
     for r in df.to_dict("records"):
         print(f"{'*' if r['pareto'] else ' ':1} {r['run_id']:<24} {r['method'] or '-':<20} {r['arch'] or '-':<18} "
               + cli_cells(cols, r.get))
-    print(f"*: on the Pareto front of accuracy against {a.axis}; p: speed-up timed interleaved with the base; "
+    print(f"*: on the Pareto front of accuracy against {a.axis}; p: speed-up timed interleaved with the model each step "
+          "started from, in the same runtime (an INT8 step: that model in fp32 under ONNX Runtime); x smaller .pt: "
+          "the model.pt bundles, zip: deflated; "
           "Δ 95% CI: paired over the answers that flipped (an interval spanning 0 is test-set noise); "
           "agree: top-1 answers equal to the model each run started from")
     if ranking:

@@ -73,6 +73,13 @@ FIELDS: tuple[Field, ...] = (
     Field("method", "method", kind="text", compare=30, card=True, help="the registered method that made the model"),
     Field("arch", "arch", kind="text", compare=40, card=True, help="the model's architecture"),
     Field("dataset", "dataset", kind="text", compare=50, card=True, help="the data it was trained and tested on"),
+    Field("data_path", "data path", kind="text", card=True,
+          help="where the data came from: the spec's data.path or the dataset's configured default, resolved; "
+               "blank for data shipped with a library (digits: scikit-learn's)"),
+    Field("test_set_hash", "test set hash", kind="text", card=True,
+          help="sha256 of the test split as scored (its images' bytes and shape, and labels): runs compare "
+               "accuracies (Δ accuracy, the Pareto front, the winner) only within one hash; records from before "
+               "it was kept are grouped by dataset, classes and test images"),
     Field("parent", "parent", kind="text", card=True, more=False,
           help="the run this one started from (none: a fresh architecture or a checkpoint)"),
     Field("base_id", "base run", kind="text", source="base", compare=190,
@@ -80,6 +87,8 @@ FIELDS: tuple[Field, ...] = (
     # -- accuracy --------------------------------------------------------------------------------
     Field("accuracy", "accuracy", _FRACTION, "top-1 on the test split", "%.4f", card=True, compare=60,
           cli=Cli("acc", 7, ".4f", commands=("runs", "compare"))),
+    Field("accuracy_ci95", "accuracy 95% CI", _FRACTION, "[low, high] Wilson interval of the accuracy over the "
+          "test images", kind="json", table=False, card=True),
     Field("delta_accuracy", "Δ accuracy", _FRACTION,
           "accuracy minus the base's on the same test images: each job also scores the model it started from "
           "(summed along a chain of runs); blank where the test sets differ", "%+.4f", source="base", compare=70,
@@ -101,10 +110,22 @@ FIELDS: tuple[Field, ...] = (
     Field("flips_to_right", "newly right", _FRACTION, "share of test images the starting model got wrong and "
           "this run gets right", "%.4f"),
     # -- size and compute ------------------------------------------------------------------------
-    Field("size_bytes", "size (bytes)", "bytes", "the checkpoint bundle's file size", "%d", card=True,
-          compare=90, cost_axis="size", cli=Cli("size MB", 8, ".2f", scale=1e-6, commands=("runs",))),
-    Field("x_smaller", "x smaller", "x", "base size ÷ this size", "%.2fx", source="base", compare=100,
-          cli=Cli("x smaller", 9, ".2f")),
+    Field("size_bytes", "size .pt (bytes)", "bytes", "the checkpoint bundle's file size (model.pt, as "
+          "downloaded; an INT8 run's holds its INT8 ONNX model). Zeros of unstructured pruning are stored dense",
+          "%d", card=True, compare=90, cost_axis="size", cli=Cli("size MB", 8, ".2f", scale=1e-6, commands=("runs",))),
+    Field("onnx_bytes", "size .onnx (bytes)", "bytes", "the run's ONNX file (model.onnx, as downloaded): fp32 with "
+          "every zero stored, or INT8 for quantize_int8; blank where none was written (measure.onnx off, or the "
+          "export failed)", "%d", card=True, compare=92),
+    Field("compressed_bytes", "size .pt deflated (bytes)", "bytes", "model.pt deflated (zlib level 1, the "
+          "compression of zip and gzip; their default level saves ~0.3 % more): what unstructured sparsity saves in "
+          "transfer and storage", "%d", card=True, compare=94),
+    Field("x_smaller", "x smaller (.pt)", "x", "the base's model.pt size ÷ this run's", "%.2fx", source="base",
+          compare=100, cli=Cli("x smaller .pt", 13, ".2f")),
+    Field("x_smaller_onnx", "x smaller (.onnx)", "x", "the base's model.onnx size ÷ this run's (blank where either "
+          "has none)", "%.2fx", source="base", compare=102),
+    Field("x_smaller_compressed", "x smaller (deflated .pt)", "x", "the base's deflated model.pt size ÷ this run's: "
+          "the saving once zipped, where sparsity shows", "%.2fx", source="base", compare=104,
+          cli=Cli("x smaller zip", 13, ".2f")),
     Field("params", "params", "parameters", "parameters of the model (dense count)", "%d", card=True,
           compare=170, cost_axis="params"),
     Field("macs", "MACs", "MACs", "multiply-accumulates per image (torchvision's 'GFLOPS' are MACs)", "%d",
@@ -115,16 +136,19 @@ FIELDS: tuple[Field, ...] = (
     Field("sparsity", "sparsity", _FRACTION, "share of exactly-zero conv/linear weights", "%.3f", card=True,
           compare=160),
     # -- speed and memory ------------------------------------------------------------------------
-    Field("latency_ms", "latency (ms)", "ms", "CPU, batch 1, median", "%.3f", card=True, compare=130,
+    Field("latency_ms", "latency (ms)", "ms", "CPU (latency_device; cpu_model, threads), batch 1, median", "%.3f",
+          card=True, compare=130,
           cost_axis="latency", cli=Cli("lat ms", 7, ".2f", commands=("runs",))),
     Field("x_faster", "x faster", "x",
-          "CPU batch-1 speed-up over the base, from timings interleaved with the model each step started from "
-          "where 'paired' is ticked (multiplied along a chain), else base latency ÷ this latency from separate "
+          "CPU batch-1 speed-up over the base, from timings interleaved with the model each step started from, "
+          "in the same runtime (paired_speedup), where 'paired' is ticked (multiplied along a chain), else base latency ÷ this latency from separate "
           "jobs. An INT8 step counts against its own model in fp32 under ONNX Runtime, so the change of runtime "
           "is not credited to quantisation (the runtime method measures that)", "%.2fx", source="base",
           compare=140, cli=Cli("x faster", 9, ".2f", mark=("x_faster_paired", "p"))),
     Field("x_faster_paired", "paired", kind="bool", source="base", compare=145, more=False,
-          help="speed-up timed interleaved with the base (cancels slow drift of the machine)"),
+          help="x faster is the product of each step's paired_speedup: timed interleaved with the model the step "
+               "started from, in the same runtime (an INT8 step: against that model in fp32 under ONNX Runtime), "
+               "which cancels slow drift of the machine"),
     Field("x_faster_low", "x faster, slowest round", "x", "the slowest paired round's " + _PAIRED, "%.2fx",
           source="base", more=False),
     Field("x_faster_high", "x faster, fastest round", "x", "the fastest paired round's " + _PAIRED, "%.2fx",
@@ -132,24 +156,45 @@ FIELDS: tuple[Field, ...] = (
     Field("latency_p90_ms", "latency p90 (ms)", "ms", "CPU, batch 1, 90th percentile", "%.3f"),
     Field("latency_cv", "latency CV", "", "spread of the repeated latency measurements (standard deviation ÷ "
           "mean); above ~0.1 the machine was busy while this run was timed", "%.3f"),
+    Field("paired_speedup", "x faster than its start", "x", "CPU batch-1 speed-up over the model this run started "
+          "from, in the same runtime, timed interleaved in this run's job (INT8: against its start in fp32 under "
+          "ONNX Runtime, equal to int8_speedup)", "%.2fx"),
     Field("int8_speedup", "INT8 x faster than fp32 ORT", "x", "the quantised model against the same model in "
           "fp32, both in ONNX Runtime and timed interleaved: the gain of quantisation alone", "%.2fx"),
-    Field("throughput", "CPU img/s", "images/s", "images per second at the measurement batch size", "%.1f",
+    Field("speedup_vs_eager_start", "x faster than eager start", "x", "INT8 (ONNX Runtime) against the model it "
+          "started from run eagerly in PyTorch, timed interleaved: quantisation and the change of runtime together "
+          "(not credited as x faster)", "%.2fx"),
+    Field("throughput", "CPU img/s", "images/s", "images per second on the CPU at throughput_batch", "%.1f",
           card=True),
-    Field("peak_mem_bytes", "CPU peak mem (bytes)", "bytes", "resident memory growth during batched inference",
-          "%d"),
-    Field("gpu_latency_ms", "GPU latency (ms)", "ms", "GPU, batch 1, median", "%.3f"),
+    Field("throughput_batch", "CPU batch", "images", "images per batch of the CPU throughput and the inference "
+          "memory", "%d", card=True),
+    Field("activation_peak_bytes", "inference memory (bytes)", "bytes", "peak bytes held at once by the input "
+          "batch (throughput_batch images) and the activations of one forward, weights excluded: counted tensor by "
+          "tensor in PyTorch in the job's own process (exact and cheap: one forward, no second process to start); "
+          "scratch memory inside a kernel is not counted. Blank for a model another runtime runs (INT8 under ONNX "
+          "Runtime)", "%d", card=True),
+    Field("latency_device", "timed on", kind="text", card=True,
+          help="the device of latency_ms, throughput and the speed-ups: always the CPU (GPU timings are gpu_*)"),
+    Field("threads", "timing threads", "threads", "CPU threads of every CPU timing (PyTorch and ONNX Runtime)", "%d",
+          card=True),
+    Field("cpu_model", "CPU", kind="text", card=True, help="the CPU timed on (/proc/cpuinfo's model name)"),
+    Field("gpu_latency_ms", "GPU latency (ms)", "ms", "GPU (gpu_name), batch 1, median", "%.3f", card=True),
+    Field("gpu_name", "GPU", kind="text", card=True, help="the GPU of the gpu_* timings; blank: none was present"),
     Field("gpu_x_faster", "GPU x faster", "x", "GPU batch-1 speed-up over the base (paired where the jobs timed "
           "it interleaved)", "%.2fx", source="base"),
-    Field("gpu_throughput", "GPU img/s", "images/s", "images per second on the GPU", "%.1f"),
-    Field("gpu_peak_mem_bytes", "GPU peak mem (bytes)", "bytes", "torch.cuda.max_memory_allocated", "%d"),
+    Field("gpu_throughput", "GPU img/s", "images/s", "images per second on the GPU at gpu_throughput_batch", "%.1f"),
+    Field("gpu_throughput_batch", "GPU batch", "images", "images per batch of the GPU throughput and memory", "%d"),
+    Field("gpu_peak_mem_bytes", "GPU peak mem (bytes)", "bytes", "torch.cuda.max_memory_allocated during the "
+          "batched GPU runs (gpu_throughput_batch images) minus what was allocated before them (the weights): "
+          "activations and kernel workspace", "%d"),
     Field("train_seconds", "train time (s)", "s", "wall time of the job's training and fine-tuning", "%.1f"),
     # -- where and on what -----------------------------------------------------------------------
-    Field("device", "device", kind="text", card=True, help="the device the job trained and evaluated on"),
+    Field("device", "trained on", kind="text", card=True,
+          help="the device the job trained and evaluated on; timings name theirs (latency_device, gpu_name)"),
     Field("num_classes", "classes", help="classes of the dataset (outputs of the model)", card=True),
     Field("input_size", "input size", "[C, H, W]", "the input the model takes", kind="json", table=False,
           card=True),
-    Field("test_images", "test images", help="images the test metrics were computed on"),
+    Field("test_images", "test images", help="images the test metrics were computed on", card=True),
     Field("method_params", "parameters", kind="json", card=True, help="the method's parameters (defaults filled in)"),
     Field("finished", "finished", "epoch seconds", "when the run finished", kind="time"),
     # -- composed by the views from the columns above --------------------------------------------

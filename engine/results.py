@@ -14,8 +14,9 @@ import pandas as pd
 from . import record
 from .store import Store
 
-# Runs measured on the same test images: accuracies are comparable only within such a group.
-TEST_SET = ["dataset", "num_classes", "test_images"]
+# Runs measured on the same test images: accuracies are comparable only within such a group. The hash
+# is of the test split's content; records from before it was kept have none (NaN), and group by the rest.
+TEST_SET = ["dataset", "num_classes", "test_images", "test_set_hash"]
 
 
 def columns() -> list[str]:
@@ -75,10 +76,11 @@ def _chain_steps(run_id: str, base_id: str, by_id: dict[str, dict[str, Any]],
 
 
 def step_speedup(r: dict[str, Any], key: str = "paired_speedup") -> Any:
-    """One step's paired speed-up over the model it started from (``key``: CPU or GPU; with
-    ``_range`` appended, its [slowest, fastest] rounds). An INT8 step counts against its own model in
-    fp32 under the same runtime (ONNX Runtime): timed against the PyTorch-eager start, the change of
-    runtime would be credited to quantisation (the `runtime` method measures that change)."""
+    """One step's paired speed-up over the model it started from, in the same runtime (``key``: CPU or
+    GPU; with ``_range`` appended, its [slowest, fastest] rounds). An INT8 step counts against its own
+    model in fp32 under ONNX Runtime (``int8_speedup``): timed against the PyTorch-eager start, the
+    change of runtime would be credited to quantisation. Records since ``speedup_vs_eager_start``
+    carry that figure as ``paired_speedup`` too; older INT8 records had the eager one there."""
     if key.startswith("paired_speedup") and r.get("int8_speedup") is not None:
         return r.get(key.replace("paired_speedup", "int8_speedup"))
     return r.get(key) if r.get("paired_ref") == r.get("parent") else None
@@ -115,7 +117,7 @@ def _delta_accuracy(r: dict[str, Any], base: dict[str, Any], by_id: dict[str, di
                          if _num(s.get("accuracy")) and _num(s.get("start_accuracy")) else None)
     if steps is not None:
         return math.fsum(steps)
-    same_test = (r.get("dataset"), r.get("test_images")) == (base.get("dataset"), base.get("test_images"))
+    same_test = all(r.get(k) == base.get(k) for k in ("dataset", "test_images", "test_set_hash"))
     if _num(r.get("accuracy")) and _num(base.get("accuracy")) and same_test:
         return r["accuracy"] - base["accuracy"]
     return math.nan
@@ -145,6 +147,8 @@ def table(recs: Iterable[dict[str, Any]]) -> pd.DataFrame:
         row["delta_accuracy"] = _delta_accuracy(r, base, by_id)
         row["delta_ci_low"], row["delta_ci_high"], row["mcnemar_p"] = _delta_uncertainty(r, base)
         row["x_smaller"] = _ratio(base.get("size_bytes"), r.get("size_bytes"))
+        row["x_smaller_onnx"] = _ratio(base.get("onnx_bytes"), r.get("onnx_bytes"))
+        row["x_smaller_compressed"] = _ratio(base.get("compressed_bytes"), r.get("compressed_bytes"))
         row["x_fewer_macs"] = _ratio(base.get("macs"), r.get("macs"))
         # Interleaved timings beat latencies recorded by two jobs minutes apart; fall back to those.
         paired = _paired_x_faster(r["run_id"], base["run_id"], by_id)

@@ -5,6 +5,7 @@ import contextlib
 import copy
 import dataclasses
 import functools
+import hashlib
 import json
 import logging
 import math
@@ -26,7 +27,7 @@ from . import record as record_schema
 from .context import Context
 from .devices import resolve_device
 from .errors import Cancelled, JobFailed, LeaseLost
-from .spec import JobSpec, SpecError
+from .spec import DataSpec, JobSpec, SpecError
 from .store import Store, disk_full_reason, is_disk_full
 from .validation import check_spec
 
@@ -254,11 +255,14 @@ def _run(spec: JobSpec, store: Store, run_id: str, run_dir: Path, progress, canc
     metrics = training.classification_metrics(logits, ys, data.num_classes, full=True)
     record.update({k: metrics[k] for k in TEST_METRICS})
     record["test_images"] = metrics["n"]
+    record["test_set_hash"] = test_set_hash(data.test)
+    record["data_path"] = _data_path(spec.data)
     record.update(_against_start(ctx, logits, ys))
     progress(phase="export")
     if lease is not None:  # the model files go straight to the run folder: only while this attempt holds it
         store.check_lease(run_id, lease)
     record.update(rt.save(ctx, run_dir, {k: record[k] for k in TEST_METRICS}))
+    record["compressed_bytes"] = measure.deflated_bytes(record["checkpoint"])
     progress(phase="measure")
     record.update(measure.measure_model(rt.module, data.input_shape, spec.measure, timing=rt.timing))
     record.update(_paired(ctx, rt, parent))
@@ -281,6 +285,26 @@ def model_card(record: dict[str, Any], data: data_mod.DataBundle) -> dict[str, A
     return _finite(card)
 
 
+def test_set_hash(split: data_mod.Split) -> str:
+    """sha256 of a test split's content: its images' shape and bytes (as decoded, resized and limited:
+    what the model was scored on) and their labels. Two test sets of equal name and size but other
+    images (two zips passed as ``cifar10``, two image folders) differ here, and only runs with equal
+    hashes compare their accuracies."""
+    h = hashlib.sha256()
+    for t in (split.x, split.y):
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().data)
+    return h.hexdigest()
+
+
+def _data_path(d: DataSpec) -> str | None:
+    """Where the data came from: the spec's path or the dataset's configured default, resolved (None for
+    data that ships with a library, e.g. scikit-learn's digits)."""
+    path = d.path or {"cifar10": settings.cifar10(), "fashion-mnist": settings.fashion_mnist()}.get(d.name)
+    return str(Path(path).expanduser().resolve()) if path else None
+
+
 def _against_start(ctx: Context, logits: torch.Tensor, ys: torch.Tensor) -> dict[str, Any]:
     """The starting model on the same test images, in this job: its accuracy there (the honest
     reference for "Δ accuracy", whatever split its own job used), agreement and flipped answers."""
@@ -296,19 +320,26 @@ def _against_start(ctx: Context, logits: torch.Tensor, ys: torch.Tensor) -> dict
 
 
 def _paired(ctx: Context, rt: runtimes.Runtime, parent: str | None) -> dict[str, Any]:
-    """Speed-ups timed interleaved in this process (see ``measure.paired_speedup``): over the
-    runtime's own reference, if it has one (INT8: its fp32 model under the same runtime), and over
-    the starting model: the honest "x faster", where comparing latencies recorded by two jobs
-    minutes apart is not. CPU always; CUDA too where a GPU is present and the runtime runs there."""
+    """Speed-ups timed interleaved in this process (see ``measure.paired_speedup``), where comparing
+    latencies recorded by two jobs minutes apart is not honest. ``paired_speedup`` means one thing in
+    every record: x faster than the model the run started from, in the same runtime. For a runtime
+    with a reference (INT8: its fp32 model under ONNX Runtime) that is the reference's figure (also
+    under the reference's own key, ``int8_speedup``) where the reference is the run's start, and
+    none where it is not (a pipeline ending in INT8: its steps' records carry theirs); the start run
+    eagerly in PyTorch against this runtime (quantisation and the change of runtime together) is
+    ``speedup_vs_eager_start``. CPU always; CUDA too where a GPU is present and the runtime runs there."""
     cfg = ctx.spec.measure
     rec: dict[str, Any] = {}
     ref = rt.reference()
+    own: dict[str, Any] | None = None   # the start timed against this model in its runtime, if it was
     if ref is not None:
         p = measure.paired_speedup(ref.fn, rt.timing("cpu"), ctx.input_shape, torch.device("cpu"), cfg.latency_runs,
                                    cfg.warmup_runs, cfg.threads, rounds=cfg.paired_rounds or 5)
         rec[ref.latency_key] = p["ref_latency_ms"]
         rec[ref.speedup_key] = p["speedup"]
         rec[f"{ref.speedup_key}_range"] = [p["speedup_min"], p["speedup_max"]]
+        if ref.of_start:
+            own = {"speedup": p["speedup"], "range": rec[f"{ref.speedup_key}_range"]}
     if ctx.base is None or cfg.paired_rounds == 0:
         return rec
     ctx.progress(phase="measure:paired")
@@ -320,8 +351,16 @@ def _paired(ctx: Context, rt: runtimes.Runtime, parent: str | None) -> dict[str,
         p = measure.paired_speedup(ctx.base.to(dev), cand, ctx.input_shape, torch.device(dev), cfg.latency_runs,
                                    cfg.warmup_runs, cfg.threads, rounds=cfg.paired_rounds)
         pre = "" if dev == "cpu" else "gpu_"
-        rec[f"{pre}paired_speedup"] = p["speedup"]
-        rec[f"{pre}paired_speedup_range"] = [p["speedup_min"], p["speedup_max"]]
+        against_eager = {"speedup": p["speedup"], "range": [p["speedup_min"], p["speedup_max"]]}
+        if ref is not None and dev == "cpu":  # the start ran under another runtime than this model
+            rec[f"{pre}speedup_vs_eager_start"] = against_eager["speedup"]
+            rec[f"{pre}speedup_vs_eager_start_range"] = against_eager["range"]
+            against_start = own   # None: no timing of the start under this runtime (a pipeline's INT8)
+        else:
+            against_start = against_eager
+        if against_start is not None:
+            rec[f"{pre}paired_speedup"] = against_start["speedup"]
+            rec[f"{pre}paired_speedup_range"] = against_start["range"]
     ctx.base.to("cpu")
     rt.module.to("cpu")
     return rec

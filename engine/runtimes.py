@@ -23,13 +23,18 @@ Predictor = Callable[[torch.Tensor], Any]   # batch tensor -> outputs (logits)
 
 @dataclass(frozen=True)
 class Reference:
-    """The same model in a form the runtime's speed-up is judged against (e.g. INT8's own fp32 under
-    ONNX Runtime: the gain of quantisation alone), and the record keys the paired timing goes under:
-    ``speedup_key`` (its [slowest, fastest] rounds under ``speedup_key + "_range"``) and
-    ``latency_key`` (the reference's median latency)."""
+    """The model this runtime's own speed-up is judged against, under this runtime (INT8: its fp32
+    model under ONNX Runtime: the gain of quantisation alone), and the record keys the paired timing
+    goes under: ``speedup_key`` (its [slowest, fastest] rounds under ``speedup_key + "_range"``) and
+    ``latency_key`` (the reference's median latency). Where it is the run's starting model
+    (``of_start``), its figure is also the run's ``paired_speedup`` (x faster than its start in the
+    same runtime); else (a pipeline's INT8 reference is its last fp32 step) the run has none. The
+    runner times the eager PyTorch start against this runtime as ``speedup_vs_eager_start``, which
+    no view credits as speed-up."""
     fn: Predictor
     speedup_key: str
     latency_key: str
+    of_start: bool = True
 
 
 class Runtime(Protocol):
@@ -47,7 +52,7 @@ class Runtime(Protocol):
         """The callable to time on ``device`` ("cpu" or "cuda"), placed there; None where it does not run."""
 
     def reference(self) -> Reference | None:
-        """What its own speed-up is timed against, if anything (the starting model always is)."""
+        """Its start under this runtime, where that is not the eager PyTorch start (None: it is)."""
 
 
 class TorchRuntime:

@@ -41,6 +41,12 @@ def test_int8_file_is_small_and_measured_on_int8(runs):
     assert r["size_bytes"] <= 0.3 * base["size_bytes"] and r["onnx_bytes"] <= 0.3 * r["fp32_onnx_bytes"]
     assert r["precision"] == "int8" and r["latency_ms"] > 0 and r["fp32_onnx_latency_ms"] > 0
     assert r["int8_speedup_range"][0] <= r["int8_speedup"] <= r["int8_speedup_range"][1]
+    # paired_speedup means one thing in every record, x faster than its start in the same runtime: for INT8,
+    # against its start in fp32 under ONNX Runtime; the eager PyTorch start has a key of its own
+    assert r["paired_speedup"] == r["int8_speedup"] and r["paired_speedup_range"] == r["int8_speedup_range"]
+    assert r["speedup_vs_eager_start"] > 0 and r["paired_ref"] == base["run_id"]
+    assert "activation_peak_bytes" not in r and r["latency_device"] == "cpu"   # ONNX Runtime allocates outside torch
+    assert r["onnx_bytes"] < r["fp32_onnx_bytes"] and 0 < r["compressed_bytes"] <= r["size_bytes"] * 1.01
     assert 0.0 < r["accuracy"] <= 1.0 and sum(map(sum, r["confusion"])) == r["test_images"]
     assert r["quantization"]["preprocessed"] is True  # BN folded before quantising; a failure is recorded
 

@@ -507,7 +507,8 @@ def test_compare_table_plot_filters_and_downloads(launched, ws):
     assert base["x_smaller"] == pytest.approx(1.0) and base["delta_accuracy"] == pytest.approx(0.0)
     if len(ids) > 1:
         child = view[view["run_id"] == ids[1]].iloc[0]
-        assert child["x_smaller"] == pytest.approx(expected.loc[ids[1], "x_smaller"])
+        for c in ("x_smaller", "x_smaller_compressed"):   # each artefact's own ratio, shown by default
+            assert child[c] == pytest.approx(expected.loc[ids[1], c]), c
         assert child["base_id"] == ids[0]
     for axis, cost in results.cost_axes().items():
         at.radio(key="axis").set_value(axis)
@@ -525,8 +526,8 @@ def test_compare_table_plot_filters_and_downloads(launched, ws):
     assert "No run matches" in texts(at, "warning")
     at.text_input(key="f_text").set_value("")
     at.run()
-    more = {"top5", "roc_auc", "flops", "throughput", "peak_mem_bytes", "train_seconds"}
-    assert {"top-5", "ROC AUC", "FLOPs", "CPU img/s", "CPU peak mem (bytes)", "train time (s)"} <= set(
+    more = {"top5", "roc_auc", "flops", "throughput", "activation_peak_bytes", "train_seconds"}
+    assert {"top-5", "ROC AUC", "FLOPs", "CPU img/s", "inference memory (bytes)", "train time (s)"} <= set(
         at.multiselect(key="more_cols").options)                     # offered by their labels
     at.multiselect(key="more_cols").set_value(sorted(more))
     at.run()
@@ -567,7 +568,9 @@ def test_compare_table_plot_filters_and_downloads(launched, ws):
     labels = {b.label for b in at.get("download_button")}
     assert {"Checkpoint bundle (.pt)", "Model card (JSON)", "Download table (CSV)"} <= labels
     assert at.button(key="dl_onnx").disabled  # this run was launched without ONNX: nothing to serve
-    assert {m.label for m in at.metric} >= {"Accuracy", "Size", "Latency", "MACs", "Parameters"}
+    assert {m.label for m in at.metric} >= {"Accuracy", "Size (.pt)", "Latency", "MACs", "Parameters"}
+    size = next(m for m in at.metric if m.label == "Size (.pt)")      # every artefact's size in its help
+    assert "model.pt:" in size.help and "model.pt deflated (zip):" in size.help
     assert "Agrees with its start" not in {m.label for m in at.metric}      # a fresh base started from nothing
     if len(ids) > 1:                                    # a compressed run beside its start, on the same images
         child = Store(ws).get(ids[1])["record"]

@@ -56,6 +56,11 @@ def test_three_steps_make_three_linked_runs(runs):
     # The pipeline's own result is the last step's INT8 model, measured again on the same test set.
     assert pipe["precision"] == "int8" and pipe["accuracy"] == pytest.approx(records[2]["accuracy"], abs=1e-6)
     assert export.read_bundle(pipe["checkpoint"])["kind"] == export.ONNX_INT8
+    # paired_speedup is against the start in the same runtime: the INT8 step has it (its fp32 model under ONNX
+    # Runtime); the pipeline, whose INT8 was never timed against its start under ONNX Runtime, has none, only
+    # the figure across runtimes under its own key (Compare multiplies the steps' figures)
+    assert records[2]["paired_speedup"] == records[2]["int8_speedup"]
+    assert "paired_speedup" not in pipe and pipe["speedup_vs_eager_start"] > 0 and pipe["int8_speedup"] > 0
 
 
 _RELOAD = """

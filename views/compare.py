@@ -127,7 +127,7 @@ def runs_table(view: pd.DataFrame) -> None:
     added = st.multiselect("More columns", extra, key="more_cols", format_func=lambda c: record.get(c).label,
                            default=[c for c in ("gpu_latency_ms", "gpu_x_faster") if c in extra],
                            help="every other measurement some run in view has: top-5, ROC AUC, FLOPs, throughput, "
-                                "peak memory, training time, GPU figures ...")
+                                "inference memory, .onnx and deflated sizes, training time, GPU figures ...")
     at = default.index("sparsity")
     shown = default[:at] + added + default[at:]
     st.dataframe(view[shown], hide_index=True, width="stretch", height=min(420, 38 + 35 * len(view)),
@@ -147,7 +147,7 @@ def winner(view: pd.DataFrame) -> None:
     with st.expander("Pick the winner: the best run in view within your deployment limits", icon=":material/trophy:"):
         a, b, c, d, e = st.columns(5)
         limit = dict(min_value=0.0, value=None, placeholder="no limit")
-        max_mb = a.number_input("max size (MB)", key="w_size", **limit)
+        max_mb = a.number_input("max size (MB)", key="w_size", help="of model.pt, the checkpoint bundle", **limit)
         max_mmacs = b.number_input("max MACs (millions)", key="w_macs", **limit)
         max_ms = c.number_input("max latency (ms)", key="w_latency", help="CPU, batch 1, median", **limit)
         max_pt = d.number_input("max accuracy loss (points)", key="w_drop", help="against each run's base", **limit)
@@ -241,6 +241,37 @@ sensitivity(view)
 
 
 # -- one run --------------------------------------------------------------------------------------
+def artefact_sizes(rec: dict, row: pd.Series, against_base: bool) -> str:
+    """Each downloadable artefact's size, and how many times smaller than the base's it is."""
+    parts = []
+    for key, ratio, what in (("size_bytes", "x_smaller", "model.pt"), ("onnx_bytes", "x_smaller_onnx", "model.onnx"),
+                             ("compressed_bytes", "x_smaller_compressed", "model.pt deflated (zip)")):
+        if rec.get(key) is None:
+            continue
+        times = f" ({row[ratio]:.2f}x smaller than its base's)" if against_base and not np.isnan(row[ratio]) else ""
+        parts.append(f"{what}: {fmt_bytes(rec[key])}{times}")
+    onnx_note = (" model.onnx is INT8." if rec.get("precision") == "int8" else
+                 " model.onnx stores every weight, zeros included: sparsity shows in the deflated size."
+                 if rec.get("onnx_bytes") is not None else "")
+    return "; ".join(parts) + "." + onnx_note if parts else ""
+
+
+def latency_help(rec: dict, row: pd.Series) -> str:
+    """Where and how the latency was timed, and what its speed-up is against."""
+    where = f"{rec.get('latency_device') or 'cpu'}".upper() + (f" ({rec['cpu_model']}" if rec.get("cpu_model") else "")
+    where += (f", {rec['threads']} threads)" if rec.get("threads") else ")") if rec.get("cpu_model") else ""
+    text = f"{where}, batch 1, median"
+    if row["x_faster_paired"]:
+        text += ("; x faster: timed interleaved with the model each step started from, in the same runtime"
+                 + (f", paired rounds ranged {row['x_faster_range']}" if row["x_faster_range"] else ""))
+    if rec.get("int8_speedup"):
+        text += f"; INT8 is {rec['int8_speedup']:.2f}x faster than its start in fp32 ONNX Runtime"
+    if rec.get("speedup_vs_eager_start"):
+        text += (f" and {rec['speedup_vs_eager_start']:.2f}x faster than its start in eager PyTorch (quantisation "
+                 "and the change of runtime together)")
+    return text
+
+
 @st.fragment
 def details(view: pd.DataFrame) -> None:
     """One run: its metrics against its base, downloads, agreement, layer widths, per-class accuracy."""
@@ -260,15 +291,13 @@ def details(view: pd.DataFrame) -> None:
                 else f"{row['delta_accuracy']:+.4f}",
                 help=f"95% CI {acc_ci[0]:.4f} to {acc_ci[1]:.4f} over {rec.get('test_images')} test images (Wilson)"
                 if acc_ci else None)
-    c[1].metric("Size", fmt_bytes(rec.get("size_bytes")),
-                None if np.isnan(row["x_smaller"]) or row["base_id"] == run_id else f"{row['x_smaller']:.2f}x smaller",
-                delta_color="off", delta_arrow="off")
+    c[1].metric("Size (.pt)", fmt_bytes(rec.get("size_bytes")),
+                None if np.isnan(row["x_smaller"]) or row["base_id"] == run_id
+                else f"{row['x_smaller']:.2f}x smaller (.pt)",
+                delta_color="off", delta_arrow="off", help=artefact_sizes(rec, row, row["base_id"] != run_id))
     c[2].metric("Latency", fmt_value(rec.get("latency_ms"), ".3g", " ms"),
                 None if np.isnan(row["x_faster"]) or row["base_id"] == run_id else f"{row['x_faster']:.2f}x faster",
-                delta_color="off", delta_arrow="off", help="CPU, batch 1, median" + (
-                    f"; paired rounds ranged {row['x_faster_range']}" if row["x_faster_range"] else "")
-                + (f"; INT8 is {rec['int8_speedup']:.2f}x faster than the same model in fp32 ONNX Runtime"
-                   if rec.get("int8_speedup") else ""))
+                delta_color="off", delta_arrow="off", help=latency_help(rec, row))
     c[3].metric("MACs", fmt_count(rec.get("macs")),
                 None if np.isnan(row["x_fewer_macs"]) or row["base_id"] == run_id
                 else f"{row['x_fewer_macs']:.2f}x fewer",

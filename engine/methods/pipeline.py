@@ -98,5 +98,5 @@ def pipeline(model, ctx, params):
     ctx.set_arch(bundle["arch"], bool(bundle["arch_kwargs"]["small_input"]))
     if bundle.get("kind") == export.ONNX_INT8:
         fp32 = ctx.load_run(run_ids[-2], "model.from_run")[0] if len(run_ids) > 1 else model
-        return Int8Model.from_bundle(bundle, fp32.to("cpu").eval(), ctx)
+        return Int8Model.from_bundle(bundle, fp32.to("cpu").eval(), ctx, fp32_is_start=len(run_ids) == 1)
     return export.model_from_bundle(bundle)

@@ -73,22 +73,23 @@ class Int8Model:
     device = torch.device("cpu")
 
     def __init__(self, onnx_bytes: bytes, fp32: nn.Module, fp32_onnx: bytes, fp32_size_bytes: int,
-                 threads: int | None = None):
-        self.onnx_bytes, self.module = onnx_bytes, fp32
+                 threads: int | None = None, fp32_is_start: bool = True):
+        self.onnx_bytes, self.module, self.fp32_is_start = onnx_bytes, fp32, fp32_is_start
         self.fp32_onnx, self.fp32_size_bytes = fp32_onnx, fp32_size_bytes
         # ONNX Runtime fixes its threads per session: the spec's timing threads, as PyTorch gets them
         self.threads = measure.timing_threads(threads)
         self.runner = export.OnnxRunner(onnx_bytes, threads=self.threads)
 
     @classmethod
-    def from_bundle(cls, bundle: dict[str, Any], fp32: nn.Module, ctx) -> "Int8Model":
-        """Rebuild from a finished quantize_int8 run's bundle and the FP32 model it was made from."""
+    def from_bundle(cls, bundle: dict[str, Any], fp32: nn.Module, ctx, fp32_is_start: bool) -> "Int8Model":
+        """Rebuild from a finished quantize_int8 run's bundle and the FP32 model it was made from
+        (``fp32_is_start``: that model is the rebuilding run's own start)."""
         with tempfile.TemporaryDirectory(dir=ctx.run_dir) as tmp:
             path = Path(tmp) / "fp32.onnx"
             export.export_onnx(fp32, ctx.input_shape, path)
             fp32_onnx = path.read_bytes()
         return cls(bundle["onnx"].numpy().tobytes(), fp32, fp32_onnx, bundle_bytes(fp32, ctx),
-                   ctx.spec.measure.threads)
+                   ctx.spec.measure.threads, fp32_is_start)
 
     training = False  # inference only; eval()/train() exist so training.predict can drive it
 
@@ -132,7 +133,7 @@ class Int8Model:
         # The FP32 model under the same runtime, timed interleaved with the INT8 one: the fair
         # reference for the INT8 speed-up.
         return runtimes.Reference(export.OnnxRunner(self.fp32_onnx, threads=self.threads), "int8_speedup",
-                                  "fp32_onnx_latency_ms")
+                                  "fp32_onnx_latency_ms", of_start=self.fp32_is_start)
 
 
 @register("quantize_int8", family="quantization", params=[
