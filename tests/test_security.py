@@ -59,3 +59,84 @@ def test_origin_rule_unit():
     assert not origin_allowed("http://127.0.0.1:8502", "127.0.0.1:8501")
     assert not origin_allowed("file://127.0.0.1:8501", "127.0.0.1:8501")
     assert not origin_allowed("http://127.0.0.1:8501", None)
+
+
+# -- 3. zip members whose header lies about their size -------------------------------------------------
+def _lying_zip(path, real_bytes: int, declared: int = 4096):
+    """An ImageFolder zip whose member train/a/bomb.png declares ``declared`` bytes (and the CRC of that
+    many zeros) but inflates to ``real_bytes`` zeros. Written in 1 MiB steps: the test stays small."""
+    import struct
+    import zipfile
+    import zlib
+    from PIL import Image
+    import io
+    png = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(png, "PNG")
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for split in ("train", "test"):
+            for cls in ("a", "b"):
+                for i in range(3):
+                    zf.writestr(f"{split}/{cls}/{i}.png", png.getvalue())
+        with zf.open("train/a/bomb.png", "w") as member:
+            zeros = bytes(1 << 20)
+            for _ in range(real_bytes >> 20):
+                member.write(zeros)
+    raw = bytearray(path.read_bytes())
+    name = b"train/a/bomb.png"
+    crc = zlib.crc32(bytes(declared))
+    local = raw.rindex(b"PK\x03\x04", 0, raw.index(name))
+    struct.pack_into("<I", raw, local + 14, crc)
+    struct.pack_into("<I", raw, local + 22, declared)
+    central = raw.rindex(b"PK\x01\x02", 0, raw.rindex(name))
+    struct.pack_into("<I", raw, central + 16, crc)
+    struct.pack_into("<I", raw, central + 24, declared)
+    path.write_bytes(bytes(raw))
+    return path
+
+
+def test_a_member_inflating_past_its_declared_size_is_refused_quickly_in_bounded_memory(home, tmp_path):
+    import time
+    import tracemalloc
+    from engine import data as D
+    from engine.data import listing
+    from engine.spec import JobSpec, SpecError
+    z = _lying_zip(tmp_path / "liar.zip", real_bytes=256 << 20)
+    assert z.stat().st_size < 2 << 20
+    listing.list_imagefolder(z)  # the declared sizes look harmless: the listing alone cannot tell
+    reader = listing.open_reader(z)
+    tracemalloc.start()
+    started = time.monotonic()
+    with pytest.raises(SpecError, match=r"archive member 'train/a/bomb.png' of liar.zip inflates past 4096 bytes"):
+        reader.read("train/a/bomb.png")
+    elapsed, peak = time.monotonic() - started, tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    reader.close()
+    assert elapsed < 2 and peak < 8 << 20, (elapsed, peak)
+    spec = JobSpec.from_dict({"data": {"name": "imagefolder", "path": str(z)}, "model": {"arch": "resnet18"}})
+    with pytest.raises(SpecError, match="inflates past"):  # a job names the bomb, not "not an image file"
+        D.load(spec.data)
+
+
+def test_honest_and_damaged_members(tmp_path):
+    import zipfile
+    from engine.data import listing
+    from engine.spec import SpecError
+    z = tmp_path / "ok.zip"
+    payload = bytes(range(256)) * 4000
+    with zipfile.ZipFile(z, "w") as zf:
+        zf.writestr("a.bin", payload, zipfile.ZIP_DEFLATED)
+        zf.writestr("b.bin", payload, zipfile.ZIP_STORED)
+        zf.writestr("c.bin", payload, zipfile.ZIP_BZIP2)
+    reader = listing.open_reader(z)
+    assert reader.read("a.bin") == payload and reader.read("b.bin") == payload
+    with pytest.raises(SpecError, match="compression method 12"):
+        reader.read("c.bin")
+    reader.close()
+    raw = bytearray(z.read_bytes())
+    start = raw.index(b"b.bin") + 5 + 1000  # into b.bin's stored bytes
+    raw[start] ^= 0xFF
+    z.write_bytes(bytes(raw))
+    reader = listing.open_reader(z)
+    with pytest.raises(SpecError, match=r"'b.bin' of ok.zip is damaged \(its size or CRC"):
+        reader.read("b.bin")
+    reader.close()
