@@ -140,3 +140,111 @@ def test_honest_and_damaged_members(tmp_path):
     with pytest.raises(SpecError, match=r"'b.bin' of ok.zip is damaged \(its size or CRC"):
         reader.read("b.bin")
     reader.close()
+
+
+# -- 4. crafted bundles: checked before anything is built ---------------------------------------------
+def _small_bundle() -> dict:
+    import torch
+    from engine import export, models
+    model = models.build("squeezenet1_1", 2, small_input=True)
+    with torch.no_grad():
+        model.features[0].weight[::2] = 0  # half zeros: stored packed
+    return export.make_bundle(model, arch="squeezenet1_1", num_classes=2, small_input=True, meta={})
+
+
+def test_a_sound_bundle_still_loads_and_keeps_its_weights():
+    import torch
+    from engine import export
+    b = _small_bundle()
+    assert "features.0.weight" in b["packed"]
+    model = export.model_from_bundle(b)
+    assert torch.equal(model.state_dict()["features.0.weight"], export.unpack(b["packed"]["features.0.weight"]))
+
+
+_PEAK_SCRIPT = """
+import resource, sys, torch
+from engine import export
+bundle = torch.load(sys.argv[1], weights_only=True)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    export.model_from_bundle(bundle)
+    print("LOADED")
+except export.BundleError as e:
+    print("REFUSED", e)
+print("GROWTH_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+"""
+
+
+def _refusal_and_growth(bundle: dict, tmp_path) -> tuple[str, int]:
+    """Load ``bundle`` in a fresh process: its refusal message and how much its peak memory grew (KB)."""
+    import subprocess
+    import sys
+    import torch
+    from conftest import ROOT
+    path = tmp_path / "crafted.pt"
+    torch.save(bundle, path)
+    out = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, str(path)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout
+    lines = dict(line.split(" ", 1) for line in out.strip().splitlines())
+    return lines.get("REFUSED", "LOADED" if "LOADED" in out else out), int(lines["GROWTH_KB"])
+
+
+@pytest.mark.parametrize("num_classes, message", [
+    (1_000_000, r"damaged bundle: arch_kwargs.num_classes is 1000000, expected a whole number from 2 to 100000"),
+    (90_000, r"weights do not fit resnet18 with 90000 classes: missing"),  # no weights back it
+])
+def test_a_huge_classifier_is_refused_before_it_is_allocated(tmp_path, num_classes, message):
+    import re
+    from engine import export
+    b = {"format": export.FORMAT, "version": export.VERSION, "arch": "resnet18", "meta": {},
+         "arch_kwargs": {"num_classes": num_classes, "small_input": False, "width": 1.0},
+         "manifest": {}, "state_dict": {}, "packed": {}, "extra": {}}
+    refusal, growth_kb = _refusal_and_growth(b, tmp_path)
+    assert re.search(message, refusal), refusal
+    assert growth_kb < 100_000, f"grew {growth_kb} KB before refusing"  # a 1M-class head is 2 GB
+
+
+def test_huge_layer_lists_are_refused_before_any_layer_is_built(tmp_path, monkeypatch):
+    from engine import export
+    b = _small_bundle()
+    long_container = {**b, "manifest": {**b["manifest"], "features": {"type": "Sequential", "length": 2_000_000}}}
+    refusal, growth_kb = _refusal_and_growth(long_container, tmp_path)
+    assert "damaged bundle: manifest layer 'features' length is 2000000" in refusal and growth_kb < 100_000
+    many = {**b, "manifest": {**b["manifest"], **{f"extra.{i}": {"type": "Identity"} for i in range(30_000)}}}
+    with pytest.raises(export.BundleError, match=r"damaged bundle: its manifest lists 30,\d{3} layers \(limit 20,000\)"):
+        export.model_from_bundle(many)
+    # A file whose pickled structure alone is huge (2,000,000 layers took 44 MB, 3 GiB to unpickle) is
+    # refused from the zip's directory, before torch.load reads it; here with the limit scaled down.
+    monkeypatch.setattr(export, "MAX_PICKLE_BYTES", 256 << 10)
+    path = tmp_path / "many.pt"
+    export.save_bundle(many, path)
+    with pytest.raises(export.BundleError, match=r"damaged bundle: many.pt holds \d+ MiB of pickled structure"):
+        export.read_bundle(path)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda p: p.update(mask=p["mask"][:3]), r"has a mask of torch.Size\(\[3\]\), expected 216 bytes"),
+    (lambda p: p.update(shape=[128, 3, 3, 3]), r"has a mask of torch.Size\(\[216\]\), expected 432 bytes"),
+    (lambda p: p.update(dtype="load"), r"has dtype 'load'"),
+    (lambda p: p.update(values=p["values"].repeat(3)), r"has values that do not fit its shape"),
+    (lambda p: p.update(shape=[-1, 3, 3, 3]), r"shape is -1"),
+])
+def test_malformed_packed_tensors_are_damaged_bundles_not_index_errors(damage, message):
+    from engine import export
+    b = _small_bundle()
+    damage(b["packed"]["features.0.weight"])
+    with pytest.raises(export.BundleError, match=r"damaged bundle: packed tensor 'features.0.weight' " + message):
+        export.model_from_bundle(b)
+
+
+def test_manifest_entries_of_the_wrong_kind_are_named():
+    from engine import export
+    for entry, message in [({"type": "Linear", "in_features": "x", "out_features": 2, "bias": True}, "in_features is 'x'"),
+                           ({"type": "Conv2d", "in_channels": 3, "out_channels": 4, "groups": 2,
+                             "kernel_size": [3, 3], "stride": [1, 1], "padding": [0, 0], "dilation": [1, 1],
+                             "bias": False}, "groups 2 does not divide"),
+                           ({"type": "Exec"}, "has unknown type 'Exec'")]:
+        b = _small_bundle()
+        b["manifest"]["classifier.1"] = entry
+        with pytest.raises(export.BundleError, match=f"damaged bundle: manifest layer 'classifier.1' {message}"):
+            export.model_from_bundle(b)
