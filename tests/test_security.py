@@ -248,3 +248,102 @@ def test_manifest_entries_of_the_wrong_kind_are_named():
         b["manifest"]["classifier.1"] = entry
         with pytest.raises(export.BundleError, match=f"damaged bundle: manifest layer 'classifier.1' {message}"):
             export.model_from_bundle(b)
+
+
+# -- 2. user strings are shown as text, never as Markdown/HTML ------------------------------------------
+PIXEL = "http://127.0.0.1:9999/pixel.png"
+HOSTILE = f"![x]({PIXEL}) [link](javascript:alert(1)) www.evil.example <img src=x> :red[red] $x$ `c`"
+HOSTILE_CLASSES = ["![x](http:\\\\127.0.0.1:9999\\pixel.png)", "[link](javascript:alert(1))"]  # no '/' in a folder
+
+
+def hostile_zip() -> bytes:
+    import io
+    import zipfile
+    from PIL import Image
+    png = io.BytesIO()
+    Image.new("RGB", (8, 8), (10, 200, 10)).save(png, "PNG")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for split in ("train", "test"):
+            for cls in HOSTILE_CLASSES:
+                for i in range(2):
+                    zf.writestr(f"{split}/{cls}/{i}.png", png.getvalue())
+    return buf.getvalue()
+
+
+def _rendered_markdown(at) -> list[tuple[str, str]]:
+    """(source, HTML as CommonMark renders it) of every element whose body Streamlit reads as Markdown."""
+    from markdown_it import MarkdownIt
+    md = MarkdownIt("commonmark")
+    kinds = ("markdown", "caption", "error", "warning", "success", "info")
+    return [(str(e.value), md.render(str(e.value))) for kind in kinds for e in getattr(at, kind)]
+
+
+def _assert_no_live_markup(at, must_show: str) -> None:
+    rendered = _rendered_markdown(at)
+    for source, html in rendered:
+        assert "<img" not in html and "<a " not in html, source
+        assert "www.evil" not in source, source  # escaped (www\.evil): GFM makes no autolink of it
+    assert any(must_show in _text_of(html) for _, html in rendered), f"{must_show!r} is not shown as text"
+
+
+def _text_of(html: str) -> str:
+    import html as html_mod
+    import re
+    return html_mod.unescape(re.sub(r"<[^>]+>", "", html))
+
+
+@pytest.fixture
+def hostile_workspace(tmp_path, monkeypatch):
+    import streamlit as st
+    from bench.synthetic import insert_synthetic_runs
+    from engine.store import Store
+    monkeypatch.setenv("SLIMBENCH_HOME", str(tmp_path))
+    monkeypatch.setenv("SLIMBENCH_NO_AUTOSTART", "1")
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    store = Store(tmp_path)
+    for run_id in insert_synthetic_runs(store, 4):
+        row = store.get(run_id)
+        store.update(run_id, name=HOSTILE, record={**row["record"], "name": HOSTILE})
+    failed = store.create({"name": HOSTILE, "data": {"name": "digits"}, "model": {"arch": "resnet18"},
+                           "method": {"name": "baseline", "params": {}}}, state="failed")
+    store.update(failed, error=f"data: class {HOSTILE} is broken")
+    return store, failed
+
+
+def _page(name: str):
+    from streamlit.testing.v1 import AppTest
+    from conftest import ROOT
+    at = AppTest.from_file(str(ROOT / "dashboard.py"), default_timeout=120)
+    if name != "experiments":
+        at.run()
+        at.switch_page(f"views/{name}.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def test_hostile_names_are_shown_as_text_on_every_page(hostile_workspace):
+    store, failed = hostile_workspace
+    at = _page("experiments")
+    at.radio(key="data_source").set_value("Upload a zip (ImageFolder layout)")
+    at.run()
+    at.file_uploader(key="data_zip").set_value(("hostile.zip", hostile_zip(), "application/zip"))
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    _assert_no_live_markup(at, HOSTILE_CLASSES[1])
+
+    at = _page("jobs")
+    at.selectbox(key="job_select").set_value(failed)
+    at.run()
+    _assert_no_live_markup(at, f"class {HOSTILE} is broken")
+
+    at = _page("compare")
+    _assert_no_live_markup(at, HOSTILE)  # the winner, named
+    specs = [chart.proto.spec for chart in at.get("plotly_chart")]  # Plotly reads <a href> in labels
+    assert specs and not any("<img src=x>" in s for s in specs) and any("&lt;img src=x&gt;" in s for s in specs)
+    at = _page("compare")
+    at.query_params["run"] = f"![x]({PIXEL})"  # a crafted link to the page
+    at.run()
+    _assert_no_live_markup(at, f"![x]({PIXEL})")

@@ -9,7 +9,7 @@ import streamlit as st
 
 from engine import data as data_mod, export, import_weights, jobs, methods, models, presets
 from engine.spec import SpecError
-from views.common import device_text, done_runs, get_store, run_label, save_upload, startable_runs
+from views.common import device_text, done_runs, get_store, md_text, run_label, save_upload, startable_runs
 
 st.title("Experiments")
 st.caption("Train a base model, compress it with any registered method, and queue the jobs. "
@@ -19,7 +19,7 @@ try:
     registry = methods.load_all()
 except Exception as e:  # one broken method module must not hide the others
     registry = methods.METHODS
-    st.error(f"Some compression methods could not be loaded ({type(e).__name__}: {e}); "
+    st.error(f"Some compression methods could not be loaded ({type(e).__name__}: {md_text(e)}); "
              "the registered ones are still available. Check the engine/methods modules.")
 store = get_store()
 
@@ -28,12 +28,12 @@ def launch(plan: list[dict[str, Any]]) -> None:
     """Validate the whole plan, then queue it; report problems as errors naming the field."""
     ok, problems = presets.check(plan)
     if problems:
-        st.error("Nothing was queued. Fix these first:\n\n" + "\n".join(f"- {p}" for p in problems))
+        st.error("Nothing was queued. Fix these first:\n\n" + "\n".join(f"- {md_text(p)}" for p in problems))
         return
     try:
         ids = presets.launch(ok, lambda s: jobs.submit(s, store))
     except (SpecError, ValueError) as e:
-        st.error(f"Could not queue the jobs: {e}")
+        st.error(f"Could not queue the jobs: {md_text(e)}")
         return
     st.session_state["launched"] = ids
     st.session_state["just_launched"] = True
@@ -71,7 +71,7 @@ def checkpoint_panel(ck) -> str:
         if what["kind"] != "torch":
             raise export.BundleError(f"it holds a {what['kind']} model; compression starts from PyTorch weights")
         acc = f", accuracy {what['accuracy']:.4f} on {what['dataset']}" if what.get("accuracy") is not None else ""
-        st.success(f"Slimbench bundle: {what['arch']}, {what['num_classes']} classes{acc}.")
+        st.success(md_text(f"Slimbench bundle: {what['arch']}, {what['num_classes']} classes{acc}."))
         return str(path)
     matches: list[import_weights.Match] = what
     if matches:
@@ -126,14 +126,15 @@ def imagefolder_summary(path: str, name: str) -> str | None:
     if problem:
         problem = problem.replace(path, name)  # an upload's stored path means nothing to the user
         problem = problem if name in problem else f"{name}: {problem}"
-        st.error(problem)
+        st.error(md_text(problem))
         return problem
     classes, counts = what["classes"], what["images"]
     split = (f"{counts['train']} train / {counts['test']} test images" if "test" in counts
              else f"{counts['all']} images (20 % held out for testing)")
-    st.caption(f"{len(classes)} classes ({', '.join(classes[:8])}{' …' if len(classes) > 8 else ''}), {split}.")
+    st.caption(md_text(f"{len(classes)} classes ({', '.join(classes[:8])}{' …' if len(classes) > 8 else ''}), "
+                       f"{split}."))
     if what["note"]:
-        st.warning(what["note"][0].upper() + what["note"][1:] + ".", icon=":material/visibility_off:")
+        st.warning(md_text(what["note"][0].upper() + what["note"][1:] + "."), icon=":material/visibility_off:")
     return None
 
 
@@ -151,7 +152,7 @@ with tab_preset:
     try:
         plan = presets.PRESETS[name]()
     except Exception as e:  # e.g. a method module mid-edit; the page stays usable
-        st.error(f"This preset cannot be built here ({type(e).__name__}: {e}); try the custom experiment.")
+        st.error(f"This preset cannot be built here ({type(e).__name__}: {md_text(e)}); try the custom experiment.")
         plan = []
     if plan:
         ok, problems = presets.check(plan)
@@ -163,7 +164,7 @@ with tab_preset:
                        "be launched here. Use the Quick tour, or run it where `nvidia-smi` shows a GPU.")
         st.dataframe(plan_table(ok), hide_index=True, width="stretch")
         for p in problems:
-            st.warning(f"Left out: {p}")
+            st.warning(f"Left out: {md_text(p)}")
         if st.button(f"Launch {name}", type="primary", key="launch_preset", disabled=not ok or needs_gpu):
             launch(ok)
 
@@ -301,7 +302,7 @@ with tab_custom:
             try:
                 model["checkpoint"] = checkpoint_panel(ck)
             except export.BundleError as e:
-                st.error(str(e) if ck.name in str(e) else f"{ck.name}: {e}")
+                st.error(md_text(e if ck.name in str(e) else f"{ck.name}: {e}"))
                 data_problem = data_problem or f"{ck.name} cannot be used ({e})"
 
     st.subheader("3 · Methods")
@@ -315,7 +316,7 @@ with tab_custom:
             steps.append((name, method_panel(name)))
         except SpecError as e:
             problem = str(e)
-            st.error(f"{e}")
+            st.error(md_text(e))
     chain = st.checkbox("Pipeline: run the methods in this order, each starting from the previous result",
                         key="chain", disabled=len(chosen) < 2)
 
@@ -340,9 +341,9 @@ with tab_custom:
             st.dataframe(plan_table(preview), hide_index=True, width="stretch", key="custom_plan")
     if st.button("Launch", type="primary", key="launch_custom"):
         if data_problem:
-            st.error(f"Cannot launch: {data_problem}.")
+            st.error(f"Cannot launch: {md_text(data_problem)}.")
         elif problem:
-            st.error(f"Cannot launch: {problem}")
+            st.error(f"Cannot launch: {md_text(problem)}")
         elif not (model.get("arch") or model.get("checkpoint")) and not steps:
             st.error("Cannot launch: choose at least one compression method.")
         elif chain and any(len(v) > 1 for _, v in steps):
