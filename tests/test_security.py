@@ -256,7 +256,7 @@ HOSTILE = f"![x]({PIXEL}) [link](javascript:alert(1)) www.evil.example <img src=
 HOSTILE_CLASSES = ["![x](http:\\\\127.0.0.1:9999\\pixel.png)", "[link](javascript:alert(1))"]  # no '/' in a folder
 
 
-def hostile_zip() -> bytes:
+def hostile_zip(classes: list[str] = HOSTILE_CLASSES) -> bytes:
     import io
     import zipfile
     from PIL import Image
@@ -265,7 +265,7 @@ def hostile_zip() -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         for split in ("train", "test"):
-            for cls in HOSTILE_CLASSES:
+            for cls in classes:
                 for i in range(2):
                     zf.writestr(f"{split}/{cls}/{i}.png", png.getvalue())
     return buf.getvalue()
@@ -347,3 +347,71 @@ def test_hostile_names_are_shown_as_text_on_every_page(hostile_workspace):
     at.query_params["run"] = f"![x]({PIXEL})"  # a crafted link to the page
     at.run()
     _assert_no_live_markup(at, f"![x]({PIXEL})")
+
+
+@pytest.fixture
+def pixel_server():
+    """A local HTTP server standing for the attacker's pixel: yields (port, list of paths requested)."""
+    import http.server
+    import threading
+    hits: list[str] = []
+
+    class Pixel(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            hits.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Pixel)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1], hits
+    server.shutdown()
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args):
+    from bench.pages import CHROMIUM, CHROMIUM_ARGS
+    return {**browser_type_launch_args, "executable_path": CHROMIUM, "args": CHROMIUM_ARGS}
+
+
+@pytest.mark.browser
+def test_no_request_reaches_a_pixel_server_from_hostile_names(tmp_path, page, pixel_server, monkeypatch):
+    """In Chromium: a zip whose class folders are Markdown images/links pointing at a local pixel server,
+    and a failed job named and failing the same way, are shown; the pixel server is never asked."""
+    import re
+    from pathlib import Path
+    from bench.pages import CHROMIUM
+    from engine.store import Store
+    if not Path(CHROMIUM).exists():
+        pytest.skip("needs /usr/bin/chromium")
+    port, hits = pixel_server
+    pixel = f"http://127.0.0.1:{port}/pixel.png"
+    classes = [f"![x](http:\\\\127.0.0.1:{port}\\pixel.png)", f"[link](http:\\\\127.0.0.1:{port}\\link)"]
+    monkeypatch.setenv("SLIMBENCH_NO_AUTOSTART", "1")
+    home = tmp_path / "ws"
+    store = Store(home)
+    job = store.create({"name": f"![job]({pixel}?name)", "data": {"name": "digits"}, "model": {"arch": "resnet18"},
+                        "method": {"name": "baseline", "params": {}}}, state="failed")
+    store.update(job, error=f"data: class ![e]({pixel}?error) is broken")
+    with streamlit_server(home) as (url, _):
+        page.goto(url)
+        page.get_by_role("heading", name="Experiments").wait_for(timeout=120_000)
+        page.get_by_role("tab", name="Custom experiment").click()
+        page.get_by_text("Upload a zip (ImageFolder layout)").click()
+        page.locator('input[type="file"]').first.set_input_files(
+            files=[{"name": "hostile.zip", "mimeType": "application/zip", "buffer": hostile_zip(classes)}])
+        caption = page.get_by_text(re.compile(r"2 classes \("))
+        caption.wait_for(timeout=120_000)
+        page.wait_for_timeout(1500)  # any image would have been requested by now
+        assert hits == [], f"choosing the zip made the browser fetch {hits}"
+        assert classes[1] in caption.inner_text()  # the name itself, not a link called "link"
+        page.goto(url + "/jobs")
+        error = page.locator('[data-testid="stMarkdownContainer"]').filter(has_text="is broken")
+        error.wait_for(timeout=120_000)
+        page.wait_for_timeout(1500)
+        assert hits == [], f"listing the job made the browser fetch {hits}"
+        assert f"class ![e]({pixel}?error) is broken" in error.inner_text()
