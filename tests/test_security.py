@@ -415,3 +415,47 @@ def test_no_request_reaches_a_pixel_server_from_hostile_names(tmp_path, page, pi
         page.wait_for_timeout(1500)
         assert hits == [], f"listing the job made the browser fetch {hits}"
         assert f"class ![e]({pixel}?error) is broken" in error.inner_text()
+
+
+# -- 5b. Ray: no unauthenticated remote head; one kill line per stuck cancel ------------------------------
+@pytest.mark.parametrize("address, auth, refused", [
+    (None, None, False), ("auto", None, False), ("127.0.0.1:6379", None, False), ("localhost:6379", None, False),
+    ("ray://[::1]:10001", None, False), ("10.0.0.5:6379", None, True), ("ray://head.lab.example:10001", None, True),
+    ("10.0.0.5:6379", "token", False), ("10.0.0.5:6379", "disabled", True),
+])
+def test_a_remote_ray_head_needs_token_authentication(address, auth, refused):
+    from engine.backends.ray import unauthenticated_remote
+    assert bool(unauthenticated_remote(address, auth)) is refused
+
+
+def test_the_ray_backend_refuses_an_unauthenticated_remote_address(tmp_path, monkeypatch):
+    pytest.importorskip("ray")
+    import ray
+    from engine.backends.ray import RayBackend
+    from engine.spec import SpecError
+    from engine.store import Store
+    if ray.is_initialized():
+        pytest.skip("a Ray session is already open in this process")
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    with pytest.raises(SpecError, match="RAY_AUTH_MODE: RAY_ADDRESS 10.0.0.5:6379 is not on this machine"):
+        RayBackend(Store(tmp_path), 1)
+    assert not ray.is_initialized()  # refused before connecting
+
+
+def test_a_stuck_cancel_logs_its_kill_once(monkeypatch, caplog):
+    import logging
+    from types import SimpleNamespace
+    from engine import worker as worker_mod
+    clock = [100.0]
+    monkeypatch.setattr(worker_mod.time, "monotonic", lambda: clock[0])
+    kills = []
+    running = {"j1": worker_mod.Running(handle=SimpleNamespace(kill=lambda: kills.append(clock[0])), started=0.0)}
+    fake = SimpleNamespace(running=running, store=SimpleNamespace(cancel_requested=lambda ids: set(ids)))
+    with caplog.at_level(logging.INFO, logger="slimbench.worker"):
+        for _ in range(40):  # 20 s of polls every 0.5 s while the job ignores its cancel and its kill
+            worker_mod.Worker.enforce_cancels(fake)
+            clock[0] += 0.5
+    assert sum("killing it" in r.getMessage() for r in caplog.records) == 1
+    assert kills and kills[0] > 100 + worker_mod.CANCEL_GRACE_S
+    assert len(kills) <= 20 / worker_mod.CANCEL_GRACE_S + 1  # re-sent quietly, now and then, not on every poll
