@@ -459,3 +459,11 @@ def test_a_stuck_cancel_logs_its_kill_once(monkeypatch, caplog):
     assert sum("killing it" in r.getMessage() for r in caplog.records) == 1
     assert kills and kills[0] > 100 + worker_mod.CANCEL_GRACE_S
     assert len(kills) <= 20 / worker_mod.CANCEL_GRACE_S + 1  # re-sent quietly, now and then, not on every poll
+
+
+def test_a_head_on_this_machines_own_address_counts_as_local():
+    """ray.init() announces the node's interface address (192.0.2.2:…), not 127.0.0.1."""
+    from engine.backends.ray import own_addresses, unauthenticated_remote
+    for address in own_addresses():
+        host = f"[{address}]" if ":" in address else address
+        assert unauthenticated_remote(f"{host}:6379", None) is None, address

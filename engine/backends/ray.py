@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 from typing import Any
 from urllib.parse import urlsplit
+
+import psutil
 
 from .. import settings
 from ..errors import SpecError
@@ -48,15 +51,21 @@ def unauthenticated_remote(address: str | None, auth_mode: str | None) -> str | 
     text = address.strip()
     host = urlsplit(text if "://" in text else f"//{text}").hostname or ""
     try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        local = host == "localhost" or ipaddress.ip_address(host).is_loopback or host in own_addresses()
     except ValueError:  # a host name other than localhost: may resolve anywhere
-        loopback = False
-    if loopback:
+        local = False
+    if local:
         return None
     return (f"RAY_ADDRESS {address} is not on this machine and Ray's token authentication is off: anyone who "
             "can reach that port could run code on the cluster. Start the head with RAY_AUTH_MODE=token and set "
             "RAY_AUTH_MODE=token (with the cluster's token in ~/.ray/auth_token or RAY_AUTH_TOKEN) here too; "
             "see README, Running on a Ray cluster")
+
+
+def own_addresses() -> set[str]:
+    """This machine's interface addresses: a head started here by ``ray.init()`` announces one of them."""
+    return {a.address.split("%")[0] for addrs in psutil.net_if_addrs().values() for a in addrs
+            if a.family in (socket.AF_INET, socket.AF_INET6)}
 
 
 class RayHandle:
