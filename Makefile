@@ -21,7 +21,7 @@ $(STAMP): $(REQS) pyproject.toml
 	@touch $(STAMP)
 
 run: setup
-	$(VENV)/bin/streamlit run dashboard.py --server.port $(PORT)
+	$(VENV)/bin/streamlit run serve.py --server.port $(PORT)
 
 test: setup
 	$(PY) -m pytest

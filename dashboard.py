@@ -1,4 +1,5 @@
-"""Slimbench dashboard: `streamlit run dashboard.py`."""
+"""Slimbench dashboard's pages. Served by `make run` through serve.py (its Host/Origin guard); AppTest runs
+this file directly."""
 from __future__ import annotations
 
 import streamlit as st

@@ -10,9 +10,11 @@ shrinks with sparsity.
 from __future__ import annotations
 
 import io
+import math
 import os
 import re
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,18 @@ from .spec import SpecError
 FORMAT = "slimbench-bundle"
 VERSION = 1
 PACK_MIN_SPARSITY = 0.3   # below this, a bitmask + values is no smaller than the dense tensor
+
+# Bounds a bundle is checked against before anything is built from it (a crafted one asked for a
+# 1,000,000-class head, 2.8 GB, or 2,000,000 layers). Each is far above any real model here: DenseNet-121
+# has 246 manifest layers, 484 tensors and 190 KB of pickled structure for 1000 classes.
+MAX_PICKLE_BYTES = 16 << 20      # a checkpoint's pickled structure, tensors aside (unpickling costs ~20x)
+MAX_CLASSES = 100_000
+MAX_MANIFEST_LAYERS = 20_000
+MAX_TENSORS = 50_000
+MAX_CHANNELS = 1 << 16           # channels / features of one layer
+MAX_SEQUENTIAL = 4096            # children of one Sequential
+MAX_GEOMETRY = 1024              # kernel size, stride, padding, dilation
+PACKED_DTYPES = {"float32", "float16", "bfloat16", "float64"}
 
 
 class BundleError(ValueError):
@@ -116,11 +130,11 @@ def pack(t: torch.Tensor) -> dict[str, Any]:
             "mask": torch.from_numpy(bits), "values": flat[mask].clone()}
 
 
-def unpack(p: dict[str, Any]) -> torch.Tensor:
-    n = int(np.prod(p["shape"])) if p["shape"] else 1
+def unpack(p: dict[str, Any], name: str = "tensor") -> torch.Tensor:
+    n = check_packed(name, p)
     mask = torch.from_numpy(np.unpackbits(p["mask"].numpy())[:n].astype(bool))
     if int(mask.sum()) != p["values"].numel():
-        raise BundleError("packed tensor is corrupt: mask and values disagree")
+        raise BundleError(f"damaged bundle: packed tensor {name!r} is corrupt: mask and values disagree")
     out = torch.zeros(n, dtype=getattr(torch, p["dtype"]))
     out[mask] = p["values"]
     return out.reshape(p["shape"])
@@ -167,11 +181,13 @@ def save_bundle(bundle: dict[str, Any], path: Path) -> int:
     return Path(path).stat().st_size
 
 
-def load_torch_file(path: str | Path) -> Any:
-    """``torch.load`` with ``weights_only=True``: tensors and plain data only, never pickled code."""
+def load_torch_file(path: str | Path, kind: str = "checkpoint") -> Any:
+    """``torch.load`` with ``weights_only=True``: tensors and plain data only, never pickled code; and
+    never a pickled structure past ``MAX_PICKLE_BYTES`` (its unpickling alone would cost gigabytes)."""
     path = Path(path)
     if not path.is_file():
         raise BundleError(f"checkpoint not found: {path}")
+    _check_pickle_size(path, kind)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -187,8 +203,22 @@ def load_torch_file(path: str | Path) -> Any:
                           f"torch.save){msg}") from None
 
 
+def _check_pickle_size(path: Path, kind: str) -> None:
+    """torch.save writes a zip whose ``data.pkl`` holds the structure (dicts, lists, tensor references)
+    and whose other records hold the tensors; torch reads data.pkl whole, at its declared size."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            sizes = [i.file_size for i in zf.infolist() if i.filename.rsplit("/", 1)[-1] == "data.pkl"]
+    except (zipfile.BadZipFile, OSError):
+        return  # not torch's zip format: torch.load itself refuses it or reads it from the file's own bytes
+    if sizes and max(sizes) > MAX_PICKLE_BYTES:
+        raise BundleError(f"damaged {kind}: {path.name} holds {max(sizes) / 2**20:.0f} MiB of pickled structure "
+                          f"besides its tensors (limit {MAX_PICKLE_BYTES >> 20} MiB; real checkpoints hold well "
+                          "under 1 MiB): refused before reading it")
+
+
 def read_bundle(path: str | Path) -> dict[str, Any]:
-    return checked_bundle(load_torch_file(path), Path(path).name)
+    return checked_bundle(load_torch_file(path, kind="bundle"), Path(path).name)
 
 
 def checked_bundle(b: Any, name: str) -> dict[str, Any]:
@@ -238,29 +268,129 @@ def _build_model(b: dict[str, Any]) -> nn.Module:
     arch = b.get("arch")
     if arch not in models.ARCHS:
         raise BundleError(f"bundle architecture {arch!r} is unknown; valid: {', '.join(models.ARCHS)}")
+    check_contents(b)
     kw = b["arch_kwargs"]
-    try:
-        model = models.build(arch, int(kw["num_classes"]), bool(kw.get("small_input", False)),
-                             float(kw.get("width", 1.0)))
-    except SpecError as e:
-        raise BundleError(f"bundle cannot be rebuilt: {e}") from None
-    apply_manifest(model, b.get("manifest", {}))
-    state = dict(b["state_dict"])
-    for k, p in b.get("packed", {}).items():
-        state[k] = unpack(p)
-    head_name, head = models.classifier_layer(model)
-    outputs = head.out_features if isinstance(head, nn.Linear) else head.out_channels
-    if outputs != int(kw["num_classes"]):
-        raise BundleError(f"bundle says {kw['num_classes']} classes but its classifier {head_name}.weight has "
-                          f"{outputs} outputs")
-    problems = fit_problems(model, state)
-    if problems:
-        raise BundleError(f"weights do not fit {arch} with {kw['num_classes']} classes: " + " | ".join(problems))
-    model.load_state_dict(state)
-    low = {v.dtype for v in state.values() if v.is_floating_point()} & {torch.float16, torch.bfloat16}
+    # First on the meta device, which allocates nothing: a manifest or class count that the weights in
+    # the file do not back is refused before a single real layer is built.
+    with torch.device("meta"):
+        _fitted_model(b, {k: torch.empty(p["shape"], dtype=getattr(torch, p["dtype"]))
+                          for k, p in b["packed"].items()})
+    unpacked = {k: unpack(p, k) for k, p in b["packed"].items()}
+    model = _fitted_model(b, unpacked)
+    weights = b["state_dict"] | unpacked
+    model.load_state_dict(weights)
+    low = {v.dtype for v in weights.values() if v.is_floating_point()} & {torch.float16, torch.bfloat16}
     if low:  # a half-precision bundle (method half) runs in the precision it was stored in
         model = to_low_precision(model, low.pop())
     return model.eval()
+
+
+def _fitted_model(b: dict[str, Any], packed: dict[str, torch.Tensor]) -> nn.Module:
+    """The bundle's model with its manifest applied, once its weights (dense + ``packed``) fit it exactly."""
+    arch, kw = b["arch"], b["arch_kwargs"]
+    try:
+        model = models.build(arch, kw["num_classes"], bool(kw.get("small_input", False)), float(kw.get("width", 1.0)))
+    except SpecError as e:
+        raise BundleError(f"bundle cannot be rebuilt: {e}") from None
+    apply_manifest(model, b["manifest"])
+    head_name, head = models.classifier_layer(model)
+    outputs = head.out_features if isinstance(head, nn.Linear) else head.out_channels
+    if outputs != kw["num_classes"]:
+        raise BundleError(f"bundle says {kw['num_classes']} classes but its classifier {head_name}.weight has "
+                          f"{outputs} outputs")
+    problems = fit_problems(model, b["state_dict"] | packed)
+    if problems:
+        raise BundleError(f"weights do not fit {arch} with {kw['num_classes']} classes: " + " | ".join(problems))
+    return model
+
+
+# --------------------------------------------------------------------------------------------
+# A bundle's contents checked against bounds, before anything is built from them
+# --------------------------------------------------------------------------------------------
+def _damaged(what: str) -> BundleError:
+    return BundleError(f"damaged bundle: {what}")
+
+
+def _int_in(value: Any, low: int, high: int, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise _damaged(f"{what} is {value!r}, expected a whole number from {low} to {high}")
+    return value
+
+
+def check_contents(b: dict[str, Any]) -> None:
+    """Types, counts and sizes of a PyTorch bundle's parts within bounds, packed layouts against their
+    shapes: what building the model would otherwise allocate or fail on with an IndexError."""
+    for part in ("arch_kwargs", "manifest", "state_dict", "packed"):
+        if not isinstance(b.get(part), dict):
+            raise _damaged(f"its {part!r} is {type(b.get(part)).__name__}, not a dict")
+    kw = b["arch_kwargs"]
+    _int_in(kw.get("num_classes"), 2, MAX_CLASSES, "arch_kwargs.num_classes")
+    width = kw.get("width", 1.0)
+    if not isinstance(width, (int, float)) or not 0 < width <= 8:
+        raise _damaged(f"arch_kwargs.width is {width!r}, expected a number in (0, 8]")
+    man, dense, packed = b["manifest"], b["state_dict"], b["packed"]
+    if len(man) > MAX_MANIFEST_LAYERS:
+        raise _damaged(f"its manifest lists {len(man):,} layers (limit {MAX_MANIFEST_LAYERS:,})")
+    if len(dense) + len(packed) > MAX_TENSORS:
+        raise _damaged(f"it holds {len(dense) + len(packed):,} tensors (limit {MAX_TENSORS:,})")
+    for name, d in man.items():
+        _check_layer(name, d)
+    for name, t in dense.items():
+        if not isinstance(name, str) or not isinstance(t, torch.Tensor):
+            raise _damaged(f"state_dict entry {name!r} is a {type(t).__name__}, not a tensor")
+    for name, p in packed.items():
+        check_packed(name, p)
+
+
+def _check_layer(name: Any, d: Any) -> None:
+    if not isinstance(name, str) or not isinstance(d, dict):
+        raise _damaged(f"manifest entry {name!r} is not a layer description")
+    at = f"manifest layer {name!r}"
+    kind = d.get("type")
+    ints = {"Conv2d": ("in_channels", "out_channels", "groups"), "Linear": ("in_features", "out_features"),
+            "BatchNorm2d": ("num_features",), "Sequential": (), "Identity": ()}
+    if kind not in ints:
+        raise _damaged(f"{at} has unknown type {kind!r}")
+    for field in ints[kind]:
+        _int_in(d.get(field), 1, MAX_CHANNELS, f"{at} {field}")
+    if kind == "Sequential":
+        _int_in(d.get("length"), 0, MAX_SEQUENTIAL, f"{at} length")
+    if kind == "Conv2d":
+        for field, low in (("kernel_size", 1), ("stride", 1), ("padding", 0), ("dilation", 1)):
+            pair = d.get(field)
+            if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+                raise _damaged(f"{at} {field} is {pair!r}, expected two numbers")
+            for v in pair:
+                _int_in(v, low, MAX_GEOMETRY, f"{at} {field}")
+        if d["in_channels"] % d["groups"] or d["out_channels"] % d["groups"]:
+            raise _damaged(f"{at} groups {d['groups']} does not divide its channels")
+    if kind in ("Conv2d", "Linear") and not isinstance(d.get("bias"), bool):
+        raise _damaged(f"{at} bias is {d.get('bias')!r}, expected true or false")
+    if kind == "BatchNorm2d" and not (isinstance(d.get("eps"), float) and isinstance(d.get("affine"), bool)
+                                      and (d.get("momentum") is None or isinstance(d.get("momentum"), float))):
+        raise _damaged(f"{at} has an eps, momentum or affine of the wrong type")
+
+
+def check_packed(name: Any, p: Any) -> int:
+    """The element count of a packed tensor whose parts agree with its shape (else "damaged bundle")."""
+    at = f"packed tensor {name!r}"
+    if not isinstance(name, str) or not isinstance(p, dict):
+        raise _damaged(f"{at} is not a packed tensor")
+    shape, mask, values = p.get("shape"), p.get("mask"), p.get("values")
+    if not isinstance(shape, list) or len(shape) > 8:
+        raise _damaged(f"{at} has shape {shape!r}")
+    for dim in shape:
+        _int_in(dim, 0, 1 << 40, f"{at} shape")
+    n = math.prod(shape)
+    if p.get("dtype") not in PACKED_DTYPES:
+        raise _damaged(f"{at} has dtype {p.get('dtype')!r}; packed tensors are {', '.join(sorted(PACKED_DTYPES))}")
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.uint8 or mask.shape != ((n + 7) // 8,):
+        raise _damaged(f"{at} has a mask of {getattr(mask, 'shape', type(mask).__name__)}, expected "
+                       f"{(n + 7) // 8} bytes for shape {shape}")
+    if not isinstance(values, torch.Tensor) or values.dim() != 1 or values.numel() > n \
+            or str(values.dtype).removeprefix("torch.") != p["dtype"]:
+        raise _damaged(f"{at} has values that do not fit its shape {shape} and dtype {p['dtype']}")
+    return n
 
 
 def _cast_input(dtype: torch.dtype):

@@ -27,6 +27,7 @@ class Running:
     handle: Any
     started: float
     cancel_seen: float | None = None
+    killed_at: float | None = None  # when a stuck cancel was escalated to a kill (logged once)
     meta: dict = field(default_factory=dict)
 
 
@@ -146,8 +147,12 @@ class Worker:
             r = self.running[job_id]
             if r.cancel_seen is None:
                 r.cancel_seen = now
-            elif now - r.cancel_seen > CANCEL_GRACE_S:  # stuck outside the step loop: stop it the hard way
+            elif r.killed_at is None and now - r.cancel_seen > CANCEL_GRACE_S:  # stuck outside the step loop
                 log.info("job %s: did not stop within %.0f s of the cancel; killing it", job_id, CANCEL_GRACE_S)
+                r.killed_at = now
+                r.handle.kill()
+            elif r.killed_at is not None and now - r.killed_at > CANCEL_GRACE_S:  # a kill lost (e.g. by Ray)
+                r.killed_at = now
                 r.handle.kill()
 
     def _finish(self, job_id: str, state: str, reason: str) -> None:

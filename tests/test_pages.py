@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -66,8 +67,13 @@ def page(name: str, run: bool = True) -> AppTest:
     return at
 
 
+def plain(markdown: str) -> str:
+    """Markdown as the reader sees it: user strings reach it escaped (views.common.md_text)."""
+    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", markdown)
+
+
 def texts(at: AppTest, kind: str) -> str:
-    return "\n".join(str(e.value) for e in getattr(at, kind))
+    return "\n".join(plain(str(e.value)) for e in getattr(at, kind))
 
 
 def wait_done(store: Store, ids: list[str], timeout: float = 420) -> list[dict]:
@@ -697,7 +703,7 @@ def test_try_image_upload_predictions_and_bad_files(launched, ws):
     at.slider(key="n_samples").set_value(2)
     at.run()
     assert not at.exception and len(at.dataframe) == 2 * len(launched["ids"])
-    truth = [h.value.split("true: ")[1].rstrip(")") for h in at.markdown if "true: " in h.value]
+    truth = [plain(h.value).split("true: ")[1].rstrip(")") for h in at.markdown if "true: " in plain(h.value)]
     verdicts = [m.value for m in at.markdown if "right]" in m.value or "wrong]" in m.value]
     assert len(truth) == 2 and len(verdicts) == 2 * len(launched["ids"])
     for i, d in enumerate(at.dataframe):                 # right or wrong against the true class, per model

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +101,7 @@ def sidebar(busy: bool) -> None:
         try:
             ws = jobs.worker_status(s)
         except Exception as e:  # a locked or damaged database must not take the page down
-            st.error(f"Job queue unreadable: {e}. Check the workspace at {s.root}.")
+            st.error(f"Job queue unreadable: {md_text(e)}. Check the workspace at {md_text(s.root)}.")
             return
         follow_activity(busy, ws)
         if ws["alive"]:
@@ -110,7 +111,28 @@ def sidebar(busy: bool) -> None:
         c1, c2 = st.columns(2)
         c1.metric("Queued", ws["queued"])
         c2.metric("Running", ws["running"])
-        st.caption(f"Device: **{device_text()}**  \nWorkspace: `{s.root}`")
+        st.caption(f"Device: **{md_text(device_text())}**  \nWorkspace: {md_text(s.root)}")
+
+
+# Every ASCII punctuation character: Markdown (and Streamlit's additions, `:red[...]`, `:material/..:`,
+# `$math$`) is made of them, and CommonMark shows each one literally when a backslash precedes it.
+_MARKDOWN_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")
+
+
+def md_text(value: Any) -> str:
+    """``value`` (a user's class, file, job or run name, a note, an error) as literal text inside
+    Markdown: ``![x](http://…)`` shows as those characters and fetches nothing, ``[a](javascript:…)``
+    is no link, ``www.x.com`` no autolink, a newline no new block. Use it wherever such text meets
+    st.markdown / st.write / st.info / st.error / st.caption / st.success / widget labels and help."""
+    text = " ".join(str(value).split())  # newlines and tabs would start headings, lists, code blocks
+    return _MARKDOWN_PUNCTUATION.sub(r"\\\1", text)
+
+
+def plot_text(value: Any) -> Any:
+    """A user's string as literal text in a Plotly label or hover: Plotly reads a subset of HTML there
+    (``<a href>`` makes a live link), and shows entities as the characters they stand for."""
+    import html
+    return html.escape(value, quote=False) if isinstance(value, str) else value
 
 
 def _number(v: Any) -> float | None:

@@ -14,7 +14,7 @@ import streamlit as st
 
 from engine import jobs, presets, record, results
 from engine.spec import SpecError
-from views.common import card, download, fmt_bytes, fmt_count, fmt_value, get_store
+from views.common import card, download, fmt_bytes, fmt_count, fmt_value, get_store, md_text, plot_text
 
 st.title("Compare")
 store = get_store()
@@ -91,6 +91,7 @@ def runs(view: pd.DataFrame) -> None:
     cost = axes[axis_label]
     view = view.assign(pareto=results.pareto_mask(view, cost))
     plot_df = view.dropna(subset=[cost, "accuracy"])
+    plot_df = plot_df.assign(name=plot_df["name"].map(plot_text), method_params=plot_df["method_params"].map(plot_text))
     if plot_df.empty:
         st.warning(f"No run in view has both accuracy and {axis_label}.")
     else:
@@ -165,7 +166,7 @@ def winner(view: pd.DataFrame) -> None:
             st.warning("No run in view meets these limits (a run missing a limited measurement cannot); loosen them.")
         else:
             w = ranked.iloc[0]
-            st.success(f"**{w['name'] or w['run_id']}** · `{w['run_id']}` ({w['method']}): "
+            st.success(f"**{md_text(w['name'] or w['run_id'])}** · `{w['run_id']}` ({w['method']}): "
                        f"accuracy {w['accuracy']:.4f}"
                        + ("" if np.isnan(w["delta_accuracy"]) else f" ({100 * w['delta_accuracy']:+.1f} pt)")
                        + f", {fmt_bytes(w['size_bytes'])}, {fmt_count(w['macs'])} MACs"
@@ -230,7 +231,7 @@ def sensitivity(view: pd.DataFrame) -> None:
                                                                 float(p_target) or None, float(p_loss) or None)
                             job = jobs.submit(spec, store)
                         except (SpecError, ValueError) as e:
-                            st.error(f"Could not queue the job: {e}")
+                            st.error(f"Could not queue the job: {md_text(e)}")
                         else:
                             st.success(f"Queued {job}; it appears here when it finishes.",
                                        icon=":material/rocket_launch:")
@@ -279,7 +280,7 @@ def details(view: pd.DataFrame) -> None:
     labels = {rid: f"{n or rid} · {rid}" for rid, n in zip(view["run_id"], view["name"])}
     linked = st.query_params.get("run")  # /compare?run=ID (Jobs links a finished job here) opens on that run
     if linked and linked not in labels:
-        st.warning(f"Run {linked} is not among the runs shown: it is unfinished, unknown, or filtered out above.")
+        st.warning(f"Run {md_text(linked)} is not among the runs shown: it is unfinished, unknown, or filtered out above.")
     run_id = st.selectbox("Run", list(labels), index=list(labels).index(linked) if linked in labels else 0,
                           format_func=labels.get, key="detail_run")
     rec = by_id[run_id]
@@ -362,7 +363,7 @@ def details(view: pd.DataFrame) -> None:
     if pc or cm:
         a, b = st.columns(2)
         n = len(pc or cm)
-        classes = names if len(names) == n else [str(i) for i in range(n)]
+        classes = [plot_text(c) for c in names] if len(names) == n else [str(i) for i in range(n)]
         if pc:
             start_pc = rec.get("start_per_class_accuracy") or []
             bars = {"this run": pc, **({"its start": start_pc} if len(start_pc) == n and not against_itself else {})}

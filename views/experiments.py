@@ -8,9 +8,9 @@ import pandas as pd
 import streamlit as st
 
 from engine import data as data_mod, export, import_weights, jobs, methods, models, presets
-from engine.spec import SpecError
-from views.common import (device_text, discard_upload, done_runs, get_store, refused_upload, run_label, save_upload,
-                          startable_runs, upload_limit_mb)
+from engine.spec import DataSpec, SpecError
+from views.common import (device_text, discard_upload, done_runs, get_store, md_text, refused_upload, run_label,
+                          save_upload, startable_runs, upload_limit_mb)
 
 st.title("Experiments")
 st.caption("Train a base model, compress it with any registered method, and queue the jobs. "
@@ -20,7 +20,7 @@ try:
     registry = methods.load_all()
 except Exception as e:  # one broken method module must not hide the others
     registry = methods.METHODS
-    st.error(f"Some compression methods could not be loaded ({type(e).__name__}: {e}); "
+    st.error(f"Some compression methods could not be loaded ({type(e).__name__}: {md_text(e)}); "
              "the registered ones are still available. Check the engine/methods modules.")
 store = get_store()
 
@@ -31,7 +31,7 @@ def launch(plan: list[dict[str, Any]], again: bool = False) -> None:
     twice) until the user confirms it (``again``)."""
     ok, problems = presets.check(plan)
     if problems:
-        st.error("Nothing was queued. Fix these first:\n\n" + "\n".join(f"- {p}" for p in problems))
+        st.error("Nothing was queued. Fix these first:\n\n" + "\n".join(f"- {md_text(p)}" for p in problems))
         return
     twins = [] if again else presets.already_queued(ok, store.list(("queued", "running")))
     if twins:
@@ -40,7 +40,7 @@ def launch(plan: list[dict[str, Any]], again: bool = False) -> None:
     try:
         ids = presets.launch(ok, lambda s: jobs.submit(s, store))
     except (SpecError, ValueError) as e:
-        st.error(f"Could not queue the jobs: {e}")
+        st.error(f"Could not queue the jobs: {md_text(e)}")
         return
     st.session_state["launched"] = ids
     st.session_state["just_launched"] = True
@@ -82,7 +82,7 @@ def checkpoint_panel(ck) -> str:
         raise
     if kind == "bundle":
         acc = f", accuracy {what['accuracy']:.4f} on {what['dataset']}" if what.get("accuracy") is not None else ""
-        st.success(f"Slimbench bundle: {what['arch']}, {what['num_classes']} classes{acc}.")
+        st.success(md_text(f"Slimbench bundle: {what['arch']}, {what['num_classes']} classes{acc}."))
         return str(path)
     matches: list[import_weights.Match] = what
     if matches:
@@ -144,24 +144,24 @@ def imagefolder_summary(path: str, name: str) -> str | None:
     if problem:
         problem = problem.replace(path, name)  # an upload's stored path means nothing to the user
         problem = problem if name in problem else f"{name}: {problem}"
-        st.error(problem)
+        st.error(md_text(problem))
         return problem
     classes, counts = what["classes"], what["images"]
     split = (f"{counts['train']} train / {counts['test']} test images" if "test" in counts
              else f"{counts['all']} images (20 % held out for testing)")
-    st.caption(f"{len(classes)} classes ({', '.join(classes[:8])}{' …' if len(classes) > 8 else ''}), {split}.")
+    st.caption(md_text(f"{len(classes)} classes ({', '.join(classes[:8])}{' …' if len(classes) > 8 else ''}), "
+                       f"{split}."))
     if what["note"]:
-        st.warning(what["note"][0].upper() + what["note"][1:] + ".", icon=":material/visibility_off:")
+        st.warning(md_text(what["note"][0].upper() + what["note"][1:] + "."), icon=":material/visibility_off:")
     return None
 
 
 def decoding_memory(data: dict[str, Any]) -> str | None:
     """Show the memory the chosen image folder takes decoded; the problem (then also shown) if it would not fit."""
-    from engine.spec import DataSpec
     try:
         est = data_mod.check_decoding_memory(DataSpec(**data))
     except data_mod.DataError as e:
-        st.error(f"Too large to decode on this machine: {e.reason}.", icon=":material/memory:")
+        st.error(f"Too large to decode on this machine: {md_text(e.reason)}.", icon=":material/memory:")
         return e.reason
     if est is not None:
         st.caption(f"Decoded in memory: {est.text()}.")
@@ -196,7 +196,7 @@ with tab_preset:
     try:
         plan = presets.PRESETS[name]()
     except Exception as e:  # e.g. a method module mid-edit; the page stays usable
-        st.error(f"This preset cannot be built here ({type(e).__name__}: {e}); try the custom experiment.")
+        st.error(f"This preset cannot be built here ({type(e).__name__}: {md_text(e)}); try the custom experiment.")
         plan = []
     if plan:
         ok, problems = presets.check(plan)
@@ -208,7 +208,7 @@ with tab_preset:
                        "be launched here. Use the Quick tour, or run it where `nvidia-smi` shows a GPU.")
         st.dataframe(plan_table(ok), hide_index=True, width="stretch")
         for p in problems:
-            st.warning(f"Left out: {p}")
+            st.warning(f"Left out: {md_text(p)}")
         if st.button(f"Launch {name}", type="primary", key="launch_preset", disabled=not ok or needs_gpu):
             launch(ok)
 
@@ -363,7 +363,7 @@ with tab_custom:
             try:
                 model["checkpoint"] = checkpoint_panel(ck)
             except export.BundleError as e:
-                st.error(upload_problem(ck.name, e))
+                st.error(md_text(upload_problem(ck.name, e)))
                 data_problem = data_problem or f"{ck.name} cannot be used ({e})"
 
     st.subheader("3 · Methods")
@@ -377,7 +377,7 @@ with tab_custom:
             steps.append((name, method_panel(name)))
         except SpecError as e:
             problem = str(e)
-            st.error(f"{e}")
+            st.error(md_text(e))
     chain = st.checkbox("Pipeline: run the methods in this order, each starting from the previous result",
                         key="chain", disabled=len(chosen) < 2)
 
@@ -402,9 +402,9 @@ with tab_custom:
             st.dataframe(plan_table(preview), hide_index=True, width="stretch", key="custom_plan")
     if st.button("Launch", type="primary", key="launch_custom"):
         if data_problem:
-            st.error(f"Cannot launch: {data_problem}.")
+            st.error(f"Cannot launch: {md_text(data_problem)}.")
         elif problem:
-            st.error(f"Cannot launch: {problem}")
+            st.error(f"Cannot launch: {md_text(problem)}")
         elif not (model.get("arch") or model.get("checkpoint")) and not steps:
             st.error("Cannot launch: choose at least one compression method.")
         elif chain and any(len(v) > 1 for _, v in steps):

@@ -7,7 +7,7 @@ import streamlit as st
 
 from engine import jobs, results
 from engine.store import FINAL_STATES
-from views.common import fmt_bytes, fmt_count, fmt_seconds, fmt_value, follow_activity, get_store
+from views.common import fmt_bytes, fmt_count, fmt_seconds, fmt_value, follow_activity, get_store, md_text
 
 st.title("Jobs")
 store = get_store()
@@ -101,11 +101,11 @@ if all_rows:
             try:
                 jobs.retry(job_id, store)
             except (ValueError, RuntimeError) as e:
-                st.error(f"Cannot retry: {e}")
+                st.error(f"Cannot retry: {md_text(e)}")
             else:
                 st.toast(f"{job_id} queued again")
                 st.rerun()  # the whole page: the queue table and this panel poll again
-        c3.markdown(f"**{row['state']}**" + (f" — {row['error']}" if row.get("error") else ""))
+        c3.markdown(f"**{row['state']}**" + (f" — {md_text(row['error'])}" if row.get("error") else ""))
         rec = row.get("record") or {}
         if row["state"] == "done" and rec:
             m = st.columns([1, 1, 1, 1, 2], vertical_alignment="center")

@@ -10,7 +10,7 @@ import streamlit as st
 
 from engine import predict, saliency
 from engine.data import IMAGE_SUFFIXES, ImageError, load_pil
-from views.common import done_runs, get_store, run_label
+from views.common import done_runs, get_store, md_text, run_label
 
 st.title("Try an image")
 log = logging.getLogger("slimbench.pages")
@@ -55,7 +55,7 @@ else:
         images = [(f"test #{i} (true: {label})", raw, label)
                   for i, (label, raw) in enumerate(samples(repr(sorted(spec_data.items())), spec_data, n))]
     except Exception as e:  # the dataset may have moved since the run
-        st.error(f"Could not load the test set of {ref_id}: {e}. Upload images instead.")
+        st.error(f"Could not load the test set of {ref_id}: {md_text(e)}. Upload images instead.")
 show_cam = st.toggle("Saliency maps (Grad-CAM)", value=True, key="cam")
 if not images:
     st.info("Upload an image (or pick test-set samples) to see predictions.")
@@ -66,7 +66,7 @@ for rid in chosen:
     try:
         models[rid] = predictor(str(store.root), rid)
     except predict.PredictError as e:
-        st.error(f"{labels[rid]}: {e}. Choose another run.")
+        st.error(f"{md_text(labels[rid])}: {md_text(e)}. Choose another run.")
 if not models:
     st.stop()
 
@@ -96,11 +96,11 @@ def show(name: str, raw: bytes, truth: str | None) -> None:
     try:
         raw, (w, h) = working_copy(digest, raw)
     except ImageError as e:
-        st.error(f"{name}: {e}. Upload a PNG, JPEG, WebP, BMP, GIF or TIFF image.")
+        st.error(f"{md_text(name)}: {md_text(e)}. Upload a PNG, JPEG, WebP, BMP, GIF or TIFF image.")
         return
     c1, c2 = st.columns([1, 5], vertical_alignment="center")
     c1.image(raw, width=120)
-    c2.markdown(f"#### {name}")
+    c2.markdown(f"#### {md_text(name)}")
     c2.caption(f"{w}x{h} px" + (f", reduced to {predict.WORKING_SIDE} px on its longer side before each model "
                                 "resizes it to its input" if max(w, h) > predict.WORKING_SIDE else ""))
     cols = st.columns(len(models))
@@ -110,7 +110,7 @@ def show(name: str, raw: bytes, truth: str | None) -> None:
             try:
                 out = prediction(str(store.root), rid, digest, raw)
             except (ImageError, ValueError, RuntimeError) as e:
-                st.error(f"{labels[rid]}: cannot predict this image ({e}).")
+                st.error(f"{md_text(labels[rid])}: cannot predict this image ({md_text(e)}).")
                 continue
             preds[rid] = out
             verdict = []
@@ -120,7 +120,7 @@ def show(name: str, raw: bytes, truth: str | None) -> None:
                 verdict.append(":green[:material/check_circle: agrees with reference]"
                                if out.index == preds[ref_id].index
                                else ":red[:material/cancel: differs from reference]")
-            st.markdown(f"**{by_id[rid].get('name') or by_id[rid].get('method')}**  \n"
+            st.markdown(f"**{md_text(by_id[rid].get('name') or by_id[rid].get('method'))}**  \n"
                         f"`{rid}` · {out.latency_ms:.2f} ms" + "".join(f" · {v}" for v in verdict))
             st.dataframe(pd.DataFrame(out.top, columns=["class", "probability"]), hide_index=True, width="stretch",
                          key=f"top_{name}_{rid}",
@@ -128,7 +128,7 @@ def show(name: str, raw: bytes, truth: str | None) -> None:
                                                                                        format="percent")})
             if show_cam and pred.is_torch:
                 st.image(cam_overlay(str(store.root), rid, digest, raw, out.index),
-                         caption=f"Grad-CAM for “{out.top[0][0]}”", width=224)
+                         caption=f"Grad-CAM for “{md_text(out.top[0][0])}”", width=224)
             elif show_cam:
                 st.caption("No saliency map: this model is not a PyTorch model (e.g. INT8 ONNX Runtime).")
 
@@ -139,4 +139,4 @@ for name, raw, truth in images:
         show(name, raw, truth)
     except Exception as e:  # one image the page cannot show must not hide the ones after it
         log.exception("Try an image: %s", name)
-        st.error(f"{name}: this image could not be shown ({type(e).__name__}: {e}). The others are below.")
+        st.error(f"{md_text(name)}: this image could not be shown ({type(e).__name__}: {md_text(e)}). The others are below.")

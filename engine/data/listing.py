@@ -6,7 +6,9 @@ Archives are checked first: no absolute or '..' paths, no links, no zip bombs.
 from __future__ import annotations
 
 import stat
+import struct
 import zipfile
+import zlib
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,8 @@ from .zipnames import member_name
 
 MAX_ARCHIVE_BYTES = 32 << 30    # zip bomb guard: total uncompressed size
 MAX_MEMBER_RATIO = 200          # zip bomb guard: per-member compression ratio
+MAX_MEMBER_BYTES = 256 << 20    # zip bomb guard: what one member may inflate to, whatever it declares
+INFLATE_CHUNK = 1 << 20         # bytes inflated per step while reading a member (bounds memory per step)
 
 
 def list_imagefolder(path: Path) -> tuple[list[str], dict]:
@@ -127,15 +131,82 @@ def ignored_note(ignored: list[str]) -> str:
 
 
 class ZipReader:
+    """Reads members by inflating them itself, counting the bytes that actually come out.
+
+    zipfile trusts the sizes a header declares: a member that declares 4 KB but inflates to 1 GiB
+    made it allocate the whole GiB in one step (then cut it to 4 KB). Here the output is counted in
+    steps of ``INFLATE_CHUNK`` and refused once it passes what it declares (or what its compressed size
+    allows); the result must match the declared size and CRC.
+    """
+
     def __init__(self, path: Path):
+        self.path = path
         self.zf = zipfile.ZipFile(path)
         self.members = {member_name(info): info for info in self.zf.infolist()}  # listing name -> stored entry
+        self.fp = open(path, "rb")
 
     def read(self, member: str) -> bytes:
-        return self.zf.read(self.members[member])
+        info = self.members[member]
+        where = f"archive member {member!r} of {self.path.name}"
+        if info.flag_bits & 0x1:
+            raise DataError(f"{where} is encrypted; zip the images without a password")
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise DataError(f"{where} uses compression method {info.compress_type}; only stored or deflated "
+                            "members are read (re-create the zip with a standard zip tool)")
+        # Never more than it declares (the CRC covers only that), nor than its compressed size allows.
+        limit = min(info.file_size, member_limit(info.compress_size))
+        self.fp.seek(info.header_offset)
+        header = self.fp.read(30)
+        if len(header) != 30 or header[:4] != b"PK\x03\x04":
+            raise DataError(f"{where} is damaged (no local header); re-create the zip")
+        name_len, extra_len = struct.unpack("<HH", header[26:30])
+        self.fp.seek(info.header_offset + 30 + name_len + extra_len)
+        data = (self._stored(info, limit, where) if info.compress_type == zipfile.ZIP_STORED
+                else self._inflate(info, limit, where))
+        if len(data) != info.file_size or zlib.crc32(data) != info.CRC:
+            raise DataError(f"{where} is damaged (its size or CRC differs from its header); re-create the zip")
+        return data
+
+    def _stored(self, info: zipfile.ZipInfo, limit: int, where: str) -> bytes:
+        if info.compress_size > limit:
+            raise DataError(f"{where} inflates past {_size(limit)} (zip bomb guard)")
+        return self.fp.read(info.compress_size)
+
+    def _inflate(self, info: zipfile.ZipInfo, limit: int, where: str) -> bytes:
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        out, produced, left = [], 0, info.compress_size
+        pending = b""
+        while not inflater.eof:
+            if not pending:
+                pending = self.fp.read(min(INFLATE_CHUNK, left))
+                left -= len(pending)
+                if not pending:
+                    raise DataError(f"{where} is damaged (its compressed data ends early); re-create the zip")
+            try:  # at most limit + 1 bytes per step: one past the limit is enough to refuse
+                chunk = inflater.decompress(pending, min(INFLATE_CHUNK, limit + 1 - produced))
+            except zlib.error as e:
+                raise DataError(f"{where} is damaged ({e}); re-create the zip") from None
+            pending = inflater.unconsumed_tail
+            produced += len(chunk)
+            if produced > limit:
+                raise DataError(f"{where} inflates past {_size(limit)}, more than its header declares or its "
+                                f"compressed size allows (zip bomb guard)")
+            out.append(chunk)
+        return b"".join(out)
 
     def close(self) -> None:
+        self.fp.close()
         self.zf.close()
+
+
+def member_limit(compressed_bytes: int) -> int:
+    """The most one member may inflate to: ``MAX_MEMBER_RATIO`` times its compressed size (at least
+    1 MiB, so tiny well-compressed files pass), never more than ``MAX_MEMBER_BYTES``."""
+    return min(MAX_MEMBER_BYTES, max(1 << 20, MAX_MEMBER_RATIO * compressed_bytes))
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.0f} MiB" if n >= 1 << 20 else f"{n} bytes"
 
 
 class DirReader:
