@@ -269,7 +269,6 @@ def _build_model(b: dict[str, Any]) -> nn.Module:
     if arch not in models.ARCHS:
         raise BundleError(f"bundle architecture {arch!r} is unknown; valid: {', '.join(models.ARCHS)}")
     check_contents(b)
-    kw = b["arch_kwargs"]
     # First on the meta device, which allocates nothing: a manifest or class count that the weights in
     # the file do not back is refused before a single real layer is built.
     with torch.device("meta"):
