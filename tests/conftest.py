@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -66,3 +67,8 @@ def tiny_base(session_home) -> dict:
     spec = {"data": {"name": "digits"}, "model": {"arch": "resnet18"}, "method": {"name": "baseline"},
             "train": {"epochs": 2}, "measure": {"onnx": False, "latency_runs": 5, "warmup_runs": 1}}
     return run_spec(spec, session_home)
+
+
+def plain(markdown: str) -> str:
+    """Markdown as the reader sees it: user strings reach it escaped (views.common.md_text)."""
+    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", markdown)

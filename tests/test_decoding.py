@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import plain
 from engine import data as D
 from engine import predict, procs
 from engine.data import assembly, listing, memory, sources, walk
@@ -206,7 +207,7 @@ def test_try_page_predicts_every_mode_and_one_bad_image_hides_none(tmp_path, mon
     st.cache_data.clear()
     at.run()
     assert not at.exception
-    assert "grey16.png: this image could not be shown (RuntimeError: boom)" in "\n".join(e.value for e in at.error)
+    assert "grey16.png: this image could not be shown (RuntimeError: boom)" in "\n".join(plain(e.value) for e in at.error)
     assert len(at.dataframe) == len(uploads) - 1
 
 
@@ -327,8 +328,8 @@ def test_experiments_path_on_this_server_refuses_proc_without_crashing(tmp_path,
         at.text_input(key="data_path").set_value(path)
         at.run()
         assert not at.exception, [e.value for e in at.exception]
-        assert any(path in e.value and any(why in e.value for why in ("cannot read", "stopped after", "no images",
-                                                                     "not in ImageFolder layout"))
+        assert any(path in plain(e.value) and any(why in e.value for why in ("cannot read", "stopped after", "no images",
+                                                                            "not in ImageFolder layout"))
                    for e in at.error), [e.value for e in at.error]
     folder = _photo_folder(tmp_path / "photos", size=(400, 300))
     at.text_input(key="data_path").set_value(str(folder))

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import io
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from streamlit import config as st_config
 from streamlit.testing.v1 import AppTest
 
 from bench.synthetic import insert_synthetic_runs
+from conftest import plain
 from engine import jobs, methods, presets, results
 from engine.errors import SpecError
 from engine.store import FINAL_STATES, Store
@@ -65,11 +65,6 @@ def page(name: str, run: bool = True) -> AppTest:
         at.run()
         assert not at.exception, [e.value for e in at.exception]
     return at
-
-
-def plain(markdown: str) -> str:
-    """Markdown as the reader sees it: user strings reach it escaped (views.common.md_text)."""
-    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", markdown)
 
 
 def texts(at: AppTest, kind: str) -> str:
