@@ -93,7 +93,8 @@ def section() -> str:
              f"generated in code) trained at `data.image_size` {r['image_size']} (ResNet-18, 1 epoch, CPU, "
              f"`python -m engine run`): peak RSS of the job process **{r['peak_rss_mb']:.0f} MB** (bound "
              f"{r['bound_mb']} MB — {verdict}); the job took {r['job_s']:.0f} s"
-             + (f", test accuracy {r['accuracy']:.3f}" if r["accuracy"] is not None else "")]
+             + (f", test accuracy {r['accuracy']:.3f} (1 epoch on synthetic photos: a memory test, not an accuracy "
+                "result)" if r["accuracy"] is not None else "")]
     if r["error"]:
         lines.append(f"- The job failed: `{r['error'].strip().splitlines()[-1]}`")
     return "\n".join(lines)

@@ -53,9 +53,8 @@ class _Echo:
 @command("run", "run a job spec in the foreground; the last stdout line is the result record (JSON)")
 @arg("spec", help="path to a JSON job spec ('-' for stdin)")
 def cmd_run(a: argparse.Namespace) -> int:
-    from .runner import run_spec
-    from .validation import check_spec
-    spec = check_spec(JobSpec.from_json(sys.stdin.buffer.read()) if a.spec == "-" else JobSpec.from_file(a.spec))
+    from .runner import run_spec  # checks the spec against the registries before it creates a run
+    spec = JobSpec.from_json(sys.stdin.buffer.read()) if a.spec == "-" else JobSpec.from_file(a.spec)
     try:
         record = run_spec(spec, echo=_Echo())
     except JobFailed as e:

@@ -46,7 +46,6 @@ def run_job(job_id: str, store: Store | None = None, cancelled: Callable[[], boo
     import torch
 
     from .runner import run_spec
-    from .validation import check_spec
 
     store = store or Store()
     threads = settings.job_threads()
@@ -56,15 +55,13 @@ def run_job(job_id: str, store: Store | None = None, cancelled: Callable[[], boo
         # from now on this process holds the job: while it lives, the job is not declared dead
         pid = os.getpid()
         store.update(job_id, lease=lease, pid=pid, host=procs.host(), pid_start=procs.start_time(pid))
-        row = store.get(job_id)
         try:
-            spec = check_spec(row["spec"])
-        except SpecError as e:  # valid when queued, but e.g. its checkpoint file is gone now
+            run_spec(store.get(job_id)["spec"], store, run_id=job_id, lease=lease,
+                     cancelled=cancelled or StoreCancelFlag(store, job_id, lease=lease))
+        except SpecError as e:  # run_spec's first check: valid when queued, but e.g. its checkpoint is gone now
             print(f"failed: {e}", flush=True)
             store.update(job_id, lease=lease, state="failed", error=str(e)[:500], finished=time.time())
             return 1
-        run_spec(spec, store, run_id=job_id, lease=lease,
-                 cancelled=cancelled or StoreCancelFlag(store, job_id, lease=lease))
     except Cancelled:
         return 0
     except JobFailed as e:

@@ -290,42 +290,24 @@ class Store:
     def update(self, run_id: str, *, lease: str | None = None, **fields: Any) -> None:
         """Set ``fields`` of run ``run_id``; with ``lease``, only while that attempt holds the run
         (else :class:`LeaseLost`, nothing written)."""
-        allowed = {"state", "record", "error", "started", "finished", "attempts", "worker", "pid", "heartbeat",
-                   "cancel_requested", "arch", "name", "host", "pid_start"}
-        bad = set(fields) - allowed
-        if bad:
-            raise ValueError(f"cannot update {bad}")
-        if "state" in fields and fields["state"] not in STATES:
-            raise ValueError(f"unknown state {fields['state']!r}")
-        if "record" in fields and not isinstance(fields["record"], (str, type(None))):
-            fields["record"] = json.dumps(fields["record"])
-        cols = ", ".join(f"{k}=?" for k in fields)
+        fields = _row_fields(fields)
         with self.transaction() as db:
-            if lease is None:
-                db.execute(f"UPDATE runs SET {cols} WHERE id=?", (*fields.values(), run_id))
-            elif not db.execute(f"UPDATE runs SET {cols} WHERE id=? AND lease=?",
-                                (*fields.values(), run_id, lease)).rowcount:
-                raise LeaseLost(f"run {run_id}: this attempt no longer holds it (it was retried)")
+            _require_lease(db, run_id, lease)
+            db.execute(f"UPDATE runs SET {', '.join(f'{k}=?' for k in fields)} WHERE id=?", (*fields.values(), run_id))
 
     def check_lease(self, run_id: str, lease: str) -> None:
         """:class:`LeaseLost` unless ``lease`` still holds run ``run_id``."""
         with self.connect() as db:
-            if not db.execute("SELECT 1 FROM runs WHERE id=? AND lease=?", (run_id, lease)).fetchone():
-                raise LeaseLost(f"run {run_id}: this attempt no longer holds it (it was retried)")
+            _require_lease(db, run_id, lease)
 
     def publish(self, run_id: str, lease: str | None, write: Callable[[], None], **fields: Any) -> None:
         """``write()`` (e.g. rename result files into the run folder), then set ``fields``, in one
         transaction that first checks ``lease`` (when given; else :class:`LeaseLost`): as no claim or
         requeue can happen meanwhile, only the attempt holding the run writes, and its files and its
         row change together (an error in ``write`` leaves the row as it was)."""
-        if "record" in fields and not isinstance(fields["record"], (str, type(None))):
-            fields["record"] = json.dumps(fields["record"])
-        if "state" in fields and fields["state"] not in STATES:
-            raise ValueError(f"unknown state {fields['state']!r}")
+        fields = _row_fields(fields)
         with self.transaction() as db:
-            if lease is not None and not db.execute("SELECT 1 FROM runs WHERE id=? AND lease=?",
-                                                    (run_id, lease)).fetchone():
-                raise LeaseLost(f"run {run_id}: this attempt no longer holds it (it was retried)")
+            _require_lease(db, run_id, lease)
             write()
             db.execute(f"UPDATE runs SET {', '.join(f'{k}=?' for k in fields)} WHERE id=?", (*fields.values(), run_id))
 
@@ -402,7 +384,8 @@ class Store:
         with self.transaction() as db:
             ids = [r["id"] for r in db.execute(f"SELECT id FROM runs WHERE {_STALE}", (before, before)).fetchall()]
             if job_ids is not None:
-                ids = [i for i in ids if i in set(job_ids)]
+                wanted = set(job_ids)
+                ids = [i for i in ids if i in wanted]
             for job_id in ids:
                 db.execute("UPDATE runs SET state='interrupted', finished=?, error=? WHERE id=? AND state='running'",
                            (now, reason, job_id))
@@ -514,9 +497,7 @@ class Store:
         """A progress event (and a heartbeat); with ``lease``, only while that attempt holds the run."""
         now = time.time()
         with self.transaction() as db:
-            if lease is not None and not db.execute("SELECT 1 FROM runs WHERE id=? AND lease=?",
-                                                    (run_id, lease)).fetchone():
-                raise LeaseLost(f"run {run_id}: this attempt no longer holds it (it was retried)")
+            _require_lease(db, run_id, lease)
             db.execute("INSERT INTO events (run_id, ts, data) VALUES (?,?,?)", (run_id, now, json.dumps(data)))
             db.execute("UPDATE runs SET heartbeat=? WHERE id=?", (now, run_id))
 
@@ -556,6 +537,29 @@ def _marks(values: tuple) -> str:
 
 def _event(r: sqlite3.Row) -> dict[str, Any]:
     return {"seq": r["seq"], "ts": r["ts"], **json.loads(r["data"])}
+
+
+# The run-row fields a caller may set (the rest belong to the queue's own statements).
+UPDATABLE = {"state", "record", "error", "started", "finished", "attempts", "worker", "pid", "heartbeat",
+             "cancel_requested", "arch", "name", "host", "pid_start"}
+
+
+def _row_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """``fields`` checked against :data:`UPDATABLE` and :data:`STATES`, a record encoded as JSON."""
+    bad = set(fields) - UPDATABLE
+    if bad:
+        raise ValueError(f"cannot update {bad}")
+    if "state" in fields and fields["state"] not in STATES:
+        raise ValueError(f"unknown state {fields['state']!r}")
+    if "record" in fields and not isinstance(fields["record"], (str, type(None))):
+        fields = {**fields, "record": json.dumps(fields["record"])}
+    return fields
+
+
+def _require_lease(db: sqlite3.Connection, run_id: str, lease: str | None) -> None:
+    """:class:`LeaseLost` when ``lease`` is given and no longer holds run ``run_id`` (a later attempt does)."""
+    if lease is not None and not db.execute("SELECT 1 FROM runs WHERE id=? AND lease=?", (run_id, lease)).fetchone():
+        raise LeaseLost(f"run {run_id}: this attempt no longer holds it (it was retried)")
 
 
 def _row(row: sqlite3.Row) -> dict[str, Any]:
