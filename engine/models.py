@@ -1,8 +1,10 @@
-"""Architecture registry over torchvision's builders, with a small-input stem for 32x32 data.
+"""Architecture registry: torchvision's builders, and the CIFAR literature's nets built natively.
 
-``build(arch, num_classes, small_input)`` makes a fresh model; ``ARCHS`` lists every name with
-the stem surgery that adapts it to small images (3x3 stride-1 first conv, no early max-pool,
-as in the CIFAR literature).
+``build(arch, num_classes, small_input)`` makes a fresh model. ``ARCHS`` lists every name with
+how it is built: a torchvision builder plus the stem surgery that adapts it to small images
+(3x3 stride-1 first conv, no early max-pool, as in the CIFAR literature), or a net of
+``engine.cifar_nets`` made for 32x32 inputs (``native``: it has no other stem, so
+``small_input`` changes nothing).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import torch
 import torch.nn as nn
 import torchvision.models as tvm
 
+from . import cifar_nets
 from .spec import SpecError
 
 
@@ -53,8 +56,14 @@ def _vgg_small(m: nn.Module) -> None:
 @dataclass(frozen=True)
 class Arch:
     name: str
-    small_stem: Callable[[nn.Module], None]
+    small_stem: Callable[[nn.Module], None] | None  # None: a native small-input net
     family: str
+    builder: Callable[..., nn.Module] | None = None  # (num_classes, width) -> model; None: torchvision's
+    width: bool = False  # takes a channel-width multiplier
+
+    @property
+    def native(self) -> bool:
+        return self.builder is not None
 
 
 ARCHS: dict[str, Arch] = {a.name: a for a in [
@@ -69,6 +78,10 @@ ARCHS: dict[str, Arch] = {a.name: a for a in [
     Arch("efficientnet_b0", _first_conv_stride1("features.0.0"), "efficientnet"),
     Arch("shufflenet_v2_x1_0", _shufflenet_stem, "shufflenet"),
     Arch("vgg11_bn", _vgg_small, "vgg"),
+    # The CIFAR literature's benchmark nets (DepGraph, HRank, SFP, FPGM, ResRep, TRP, ShrinkBench).
+    *(Arch(f"resnet{d}", None, "cifar_resnet", cifar_nets.resnet(d), True) for d in (20, 32, 56, 110)),
+    Arch("vgg16_bn_cifar", None, "vgg", cifar_nets.vgg16_bn, True),
+    Arch("mobilenet_v2_cifar", None, "mobilenet", cifar_nets.mobilenet_v2_cifar, True),
 ]}
 
 SMALL_INPUT_MAX = 64
@@ -83,7 +96,7 @@ WIDTH_FAMILIES = ("mobilenet",)
 
 
 def has_width(arch: str) -> bool:
-    return arch in ARCHS and ARCHS[arch].family in WIDTH_FAMILIES
+    return arch in ARCHS and (ARCHS[arch].width or ARCHS[arch].family in WIDTH_FAMILIES)
 
 
 def check_width(arch: str, width: float, field: str = "width") -> None:
@@ -101,10 +114,14 @@ def build(arch: str, num_classes: int, small_input: bool = False, width: float =
     if num_classes < 2:
         raise SpecError("num_classes", f"need at least 2 classes, got {num_classes}")
     check_width(arch, width)
-    kwargs = {"width_mult": float(width)} if width != 1.0 else {}
-    model = tvm.get_model(arch, weights=None, num_classes=num_classes, **kwargs)
-    if small_input:
-        ARCHS[arch].small_stem(model)
+    spec = ARCHS[arch]
+    if spec.builder is not None:
+        model = spec.builder(num_classes, float(width))
+    else:
+        kwargs = {"width_mult": float(width)} if width != 1.0 else {}
+        model = tvm.get_model(arch, weights=None, num_classes=num_classes, **kwargs)
+        if small_input:
+            spec.small_stem(model)
     model.slimbench_width = float(width)
     return model
 
