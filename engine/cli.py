@@ -254,6 +254,8 @@ COST_COLUMNS = {f.cost_axis: f.name for f in record.cost_axes()}
 @arg("--max-latency-ms", type=float, help="only runs at most this slow (CPU, batch 1, median)")
 @arg("--min-accuracy", type=float, help="only runs at least this accurate (0-1)")
 @arg("--max-drop-pt", type=float, help="only runs losing at most this many accuracy points against their base")
+@arg("--include-chance", action="store_true", help="let runs at chance level (no better than guessing) onto the "
+                                                    "Pareto front and into the ranking; by default they are kept off")
 def cmd_compare(a: argparse.Namespace) -> int:
     from . import results
     df = results.table(results.records(Store()))
@@ -262,7 +264,7 @@ def cmd_compare(a: argparse.Namespace) -> int:
     if a.dataset:
         df = df[df["dataset"] == a.dataset]
     cost = COST_COLUMNS[a.axis]
-    df = df.assign(pareto=results.pareto_mask(df, cost)).sort_values(["base_id", cost], na_position="last")
+    df = df.assign(pareto=results.pareto_mask(df, cost, include_chance=a.include_chance)).sort_values(["base_id", cost], na_position="last")
     for flag in ("max_size_mb", "max_mmacs", "max_latency_ms", "min_accuracy", "max_drop_pt"):
         if getattr(a, flag) is not None and getattr(a, flag) < 0:
             raise SpecError("--" + flag.replace("_", "-"), f"must not be negative, got {getattr(a, flag)}")
@@ -277,7 +279,7 @@ def cmd_compare(a: argparse.Namespace) -> int:
                   f"({df['dataset'].iloc[0]}, {df['test_images'].iloc[0]:.0f} images); --dataset chooses another",
                   file=sys.stderr)
         try:
-            df = results.winners(df, a.best or "accuracy", **limits)
+            df = results.winners(df, a.best or "accuracy", include_chance=a.include_chance, **limits)
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
@@ -303,6 +305,9 @@ def cmd_compare(a: argparse.Namespace) -> int:
           "the model.pt bundles, zip: deflated; "
           "Δ 95% CI: paired over the answers that flipped (an interval spanning 0 is test-set noise); "
           "agree: top-1 answers equal to the model each run started from")
+    for r in df[df["chance_level"].fillna(False).astype(bool)].to_dict("records"):
+        print(f"! {r['run_id']} {r['flags']}" + ("" if a.include_chance else "; kept off the Pareto front and the "
+                                                  "ranking (--include-chance lets it in)"))
     if ranking:
         w = df.iloc[0]
         print(f"winner by {a.best or 'accuracy'} ({len(df)} run(s) meet the limits): {w.run_id} {w.method}, "

@@ -172,6 +172,25 @@ def fmt_value(v: Any, spec: str, unit: str = "") -> str:
     return "—" if v is None else f"{v:{spec}}{unit}"
 
 
+def fmt_ms(v: Any) -> str:
+    """A latency for a tile or a sentence in fixed notation, never "1.05e+03": "4.2 µs", "0.042 ms",
+    "3.14 ms", "215 ms", "1.05 s", "1,234 s"; "—" when unmeasured."""
+    v = _number(v)
+    if v is None:
+        return "—"
+    a = abs(v)
+    if a >= 1000:
+        s = v / 1000
+        return f"{s:.2f} s" if abs(s) < 10 else f"{s:.1f} s" if abs(s) < 100 else f"{s:,.0f} s"
+    for low, spec in ((100, ".0f"), (10, ".1f"), (1, ".2f"), (0.01, ".3f")):
+        if a >= low:
+            return f"{v:{spec}} ms"
+    if a == 0:
+        return "0 ms"
+    us = v * 1000
+    return f"{us:.1f} µs" if abs(us) >= 1 else f"{us:.3f} µs" if abs(us) >= 0.001 else "< 0.001 µs"
+
+
 def fmt_seconds(s: Any) -> str:
     s = _number(s)
     if s is None:
