@@ -8,7 +8,7 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from conftest import ROOT, plain
+from conftest import ROOT, cli, plain
 from engine import record, results
 from engine.store import Store
 
@@ -136,26 +136,47 @@ def test_inference_memory_of_resnet18_is_megabytes_not_kilobytes():
     assert field.unit == "bytes" and "input batch" in field.help
 
 
-# -- Compare (AppTest) ------------------------------------------------------------------------------
-def test_compare_flags_a_chance_run_and_keeps_it_from_the_winner(tmp_path, monkeypatch):
-    home = tmp_path / "ws"
-    monkeypatch.setenv("SLIMBENCH_HOME", str(home))
-    monkeypatch.setenv("SLIMBENCH_NO_AUTOSTART", "1")
-    st.cache_resource.clear()
-    st.cache_data.clear()
+# -- Compare (CLI and AppTest) ----------------------------------------------------------------------
+def insert_study(home) -> None:
+    """A base still learning, its pruned child, and a tiny INT8 child that calls everything class 6."""
     store = Store(home)
     history = [{"phase": "train", "epoch": 1, "val_acc": 0.5}, {"phase": "train", "epoch": 2, "val_acc": 0.7}]
-    for i, r in enumerate([rec("base", size_bytes=4_000_000, latency_ms=1050.0, latency_p90_ms=1200.0,
+    for i, r in enumerate([rec("base", size_bytes=4_000_000, macs=4e8, latency_ms=1050.0, latency_p90_ms=1200.0,
                                history=history),
-                           rec("pruned", "base", accuracy=0.93, size_bytes=1_000_000, latency_ms=2.0,
+                           rec("pruned", "base", accuracy=0.93, size_bytes=1_000_000, macs=1e8, latency_ms=2.0,
                                start_accuracy=0.95),
-                           rec("shirt", "base", accuracy=0.1, size_bytes=10_000, latency_ms=0.5,
+                           rec("shirt", "base", accuracy=0.1, size_bytes=10_000, macs=1e6, latency_ms=0.5,
                                confusion=one_class(10, 100, 6), start_accuracy=0.95,
                                precision="int8", runtime="onnxruntime CPU (INT8 kernels)")]):
         store.create({"name": r["name"], "data": {"name": "digits"}, "model": {"arch": "resnet18"},
                       "method": {"name": r["method"], "params": {}}}, state="done", run_id=r["run_id"],
                      parent=r["parent"], created=1000.0 + i)
         store.update(r["run_id"], record={**r, "finished": 1000.0 + i}, finished=1000.0 + i)
+
+
+@pytest.mark.fast
+def test_cli_compare_keeps_a_chance_run_off_the_front_and_the_ranking(home):
+    insert_study(home)
+    p = cli("compare", "--axis", "size", home=home)
+    assert p.returncode == 0, p.stderr
+    starred = {line.split()[1] for line in p.stdout.splitlines() if line.startswith("* ")}
+    assert starred == {"base", "pruned"}
+    flagged = [line for line in p.stdout.splitlines() if line.startswith("! ")]
+    assert len(flagged) == 1 and flagged[0].startswith("! shirt chance level: 100 % of its answers are class 6")
+    assert "base base under-trained" in flagged[0] and "--include-chance lets it in" in flagged[0]
+    p = cli("compare", "--best", "size", home=home)
+    assert p.stdout.strip().splitlines()[-1].startswith("winner by size (2 run(s) meet the limits): pruned ")
+    p = cli("compare", "--best", "size", "--include-chance", home=home)
+    assert p.stdout.strip().splitlines()[-1].startswith("winner by size (3 run(s) meet the limits): shirt ")
+
+
+def test_compare_flags_a_chance_run_and_keeps_it_from_the_winner(tmp_path, monkeypatch):
+    home = tmp_path / "ws"
+    monkeypatch.setenv("SLIMBENCH_HOME", str(home))
+    monkeypatch.setenv("SLIMBENCH_NO_AUTOSTART", "1")
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    insert_study(home)
 
     at = AppTest.from_file(str(ROOT / "dashboard.py"), default_timeout=120)
     at.run()
