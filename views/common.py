@@ -237,22 +237,50 @@ def upload_limit_mb() -> int:
     return int(st.get_option("server.maxUploadSize"))
 
 
-REFUSED_UPLOADS = "refused_uploads"  # session state: upload file id -> why it was refused
+REFUSED_UPLOADS = "refused_uploads"  # session state: uploader name -> why its last upload was refused
+UPLOADER_RESETS = "uploader_resets"  # session state: uploader name -> how many times it was emptied
 
 
-def refused_upload(uploaded) -> str | None:
-    """Why this upload was refused earlier in the session (it is no longer stored); None if it was not."""
-    return st.session_state.get(REFUSED_UPLOADS, {}).get(uploaded.file_id)
+def uploader_key(name: str) -> str:
+    """The widget key of the uploader ``name`` now: a new one after each refusal, so the refused file
+    leaves the widget (and the browser's list) instead of riding along on every rerun."""
+    n = st.session_state.get(UPLOADER_RESETS, {}).get(name, 0)
+    return name if n == 0 else f"{name}~{n}"
 
 
-def discard_upload(uploaded, path: Path, reason: str) -> None:
-    """Delete a refused upload (and what was made from it) from the workspace, and remember why for
-    the session, so that the next rerun shows the reason without storing it again."""
+def refused_upload(name: str) -> str | None:
+    """Why the last upload to the uploader ``name`` was refused, shown under its emptied widget until
+    another file arrives; None if it was not."""
+    return st.session_state.get(REFUSED_UPLOADS, {}).get(name)
+
+
+def accept_upload(name: str) -> None:
+    """A new file arrived in the uploader ``name``: an earlier refusal no longer applies."""
+    st.session_state.get(REFUSED_UPLOADS, {}).pop(name, None)
+
+
+def discard_upload(name: str, uploaded, path: Path | None, reason: str) -> None:
+    """Refuse an upload: delete it (and what was made from it) from the workspace, drop its bytes from
+    the server's memory, empty the uploader ``name`` and rerun, which shows ``reason`` under it.
+
+    Streamlit keeps an uploaded file in memory until the browser removes it from the widget: a
+    refused 1 GB upload stayed resident for the whole session. Its record is dropped here (as
+    st.chat_input does with its files), and the widget gets a new key so nothing refers to it."""
     import shutil
-    folder = path.parent  # the upload's own content-hash folder (see save_upload)
-    if folder.parent.parent == get_store().root:
-        shutil.rmtree(folder, ignore_errors=True)
-    st.session_state.setdefault(REFUSED_UPLOADS, {})[uploaded.file_id] = reason
+
+    from streamlit.runtime.memory_uploaded_file_manager import MemoryUploadedFileManager
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+    if path is not None:
+        folder = path.parent  # the upload's own content-hash folder (see save_upload)
+        if folder.parent.parent == get_store().root:
+            shutil.rmtree(folder, ignore_errors=True)
+    ctx = get_script_run_ctx()
+    if ctx is not None and isinstance(ctx.uploaded_file_mgr, MemoryUploadedFileManager):
+        ctx.uploaded_file_mgr.remove_file(ctx.session_id, uploaded.file_id)
+    st.session_state.setdefault(REFUSED_UPLOADS, {})[name] = reason
+    resets = st.session_state.setdefault(UPLOADER_RESETS, {})
+    resets[name] = resets.get(name, 0) + 1
+    st.rerun()
 
 
 def save_upload(uploaded, folder: str = "uploads") -> Path:
