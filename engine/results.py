@@ -223,8 +223,8 @@ def flags(r: dict[str, Any], base: dict[str, Any]) -> list[str]:
     if why := chance_level(r):
         out.append("chance level: " + why)
     if why := still_learning(base):
-        out.append(("under-trained: " if base["run_id"] == r["run_id"] else
-                    f"base {base['run_id']} under-trained: ") + why)
+        out.append(("may be under-trained: " if base["run_id"] == r["run_id"] else
+                    f"its base {base['run_id']} may be under-trained: ") + why)
     return out
 
 
