@@ -16,7 +16,7 @@ from typing import Any, Callable
 from . import methods
 from .commands import COMMANDS, arg, command
 from .errors import Cancelled, JobFailed, SpecError
-from .spec import JobSpec
+from .jobs_cli import label_args, label_text, labelled, read_spec
 from .store import STATES, Store
 
 from . import record
@@ -52,9 +52,10 @@ class _Echo:
 
 @command("run", "run a job spec in the foreground; the last stdout line is the result record (JSON)")
 @arg("spec", help="path to a JSON job spec ('-' for stdin)")
+@label_args
 def cmd_run(a: argparse.Namespace) -> int:
     from .runner import run_spec  # checks the spec against the registries before it creates a run
-    spec = JobSpec.from_json(sys.stdin.buffer.read()) if a.spec == "-" else JobSpec.from_file(a.spec)
+    spec = read_spec(a)
     try:
         record = run_spec(spec, echo=_Echo())
     except JobFailed as e:
@@ -199,19 +200,24 @@ def cmd_import(a: argparse.Namespace) -> int:
 @command("runs", "list runs in the workspace")
 @arg("--json", action="store_true", help="one JSON array with full records")
 @arg("--state", default=None, help="only runs in this state (done, failed, ...)")
+@arg("--experiment", default=None, help="only runs of this experiment")
+@arg("--group", default=None, help="only runs of this group")
 def cmd_runs(a: argparse.Namespace) -> int:
     if a.state and a.state not in STATES:
         raise SpecError("--state", f"unknown state {a.state!r}; valid: {', '.join(STATES)}")
-    rows = Store().list(state=a.state or "done")
+    rows = labelled(Store().list(state=a.state or "done"), a)
     if a.json:
-        print(json.dumps([{k: r[k] for k in ("id", "state", "method", "arch", "dataset", "parent", "created",
-                                              "error", "record")} for r in rows]))
+        print(json.dumps([{**{k: r[k] for k in ("id", "state", "method", "arch", "dataset", "parent", "created",
+                                                 "error", "record")},
+                           "experiment": (r.get("spec") or {}).get("experiment"),
+                           "group": (r.get("spec") or {}).get("group")} for r in rows]))
         return 0
     cols = record.cli_columns("runs")
-    print(f"{'id':<24} {'state':<10} {'method':<20} {'arch':<18} {'dataset':<14} " + cli_header(cols))
+    print(f"{'id':<24} {'state':<10} {'experiment / group':<24} {'method':<20} {'arch':<18} {'dataset':<14} "
+          + cli_header(cols))
     for r in rows:
         rec = r["record"] or {}
-        print(f"{r['id']:<24} {r['state']:<10} {r['method'] or '-':<20} {rec.get('arch') or r['arch'] or '-':<18} "
+        print(f"{r['id']:<24} {r['state']:<10} {label_text(r)[:24]:<24} {r['method'] or '-':<20} {rec.get('arch') or r['arch'] or '-':<18} "
               f"{r['dataset'] or '-':<14} " + cli_cells(cols, rec.get))
     return 0
 

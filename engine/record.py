@@ -71,6 +71,10 @@ FIELDS: tuple[Field, ...] = (
     # -- what ran --------------------------------------------------------------------------------
     Field("run_id", "run_id", kind="text", compare=180, card=True, help="the run's id (its folder under runs/)"),
     Field("name", "name", kind="text", compare=10, card=True, help="the job's name"),
+    Field("experiment", "experiment", kind="text", compare=6, card=True,
+          help="the experiment the job was launched under (spec field experiment); blank for none"),
+    Field("group", "group", kind="text", compare=8, card=True,
+          help="the group within the experiment (spec field group); blank for none"),
     Field("method", "method", kind="text", compare=30, card=True, help="the registered method that made the model"),
     Field("arch", "arch", kind="text", compare=40, card=True, help="the model's architecture"),
     Field("dataset", "dataset", kind="text", compare=50, card=True, help="the data it was trained and tested on"),

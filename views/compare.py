@@ -39,10 +39,16 @@ with st.container(border=True):
     archs = c2.multiselect("Architecture", sorted(df["arch"].dropna().unique()), key="f_arch")
     meths = c3.multiselect("Method", sorted(df["method"].dropna().unique()), key="f_method")
     text = c4.text_input("Name or run id contains", key="f_text")
+    labelled = [c for c in ("experiment", "group") if df[c].notna().any()]
+    picked = {c: col.multiselect(c.capitalize(), sorted(df[c].dropna().unique()), key=f"f_{c}")
+              for c, col in zip(labelled, st.columns(2) if labelled else [])}
     include_chance = st.checkbox("Include runs at chance level in the Pareto front and the winner", key="f_chance",
                                  help="a run whose answers are no better than guessing is flagged in the warnings "
                                       "column and left out of both unless this is ticked")
 view = df
+for c, chosen in picked.items():
+    if chosen:
+        view = view[view[c].isin(chosen)]
 if datasets:
     view = view[view["dataset"].isin(datasets)]
 if archs:

@@ -28,7 +28,10 @@ store = get_store()
 def launch(plan: list[dict[str, Any]], again: bool = False) -> None:
     """Validate the whole plan, then queue it; report problems as errors naming the field. A plan
     identical to jobs already queued or running is held back (a second click on Launch queued it
-    twice) until the user confirms it (``again``)."""
+    twice) until the user confirms it (``again``). Every job carries the experiment and group typed
+    above the tabs, which Jobs, Compare and the CLI filter by."""
+    labels = {k: " ".join(str(st.session_state.get(f"exp_{k}") or "").split()) for k in ("experiment", "group")}
+    plan = [{**s, **{k: v for k, v in labels.items() if v}} for s in plan]
     ok, problems = presets.check(plan)
     if problems:
         st.error("Nothing was queued. Fix these first:\n\n" + "\n".join(f"- {md_text(p)}" for p in problems))
@@ -187,6 +190,12 @@ if held:
         del st.session_state["held_launch"]
         st.rerun()
 
+c1, c2 = st.columns(2)
+c1.text_input("Experiment", key="exp_experiment", max_chars=200, placeholder="e.g. shoes classifier, May",
+              help="a name every job launched below carries; Jobs, Compare and `engine jobs/runs --experiment` "
+                   "filter by it")
+c2.text_input("Group", key="exp_group", max_chars=200, placeholder="e.g. pruning sweep",
+              help="a subset of the experiment (`--group` on the CLI)")
 tab_preset, tab_custom = st.tabs(["Presets", "Custom experiment"])
 
 # -- presets ------------------------------------------------------------------------------------
