@@ -16,7 +16,7 @@ from typing import Any, Callable
 from . import methods
 from .commands import COMMANDS, arg, command
 from .errors import Cancelled, JobFailed, SpecError
-from .spec import JobSpec
+from .jobs_cli import label_args, label_text, labelled, read_spec
 from .store import STATES, Store
 
 from . import record
@@ -52,9 +52,10 @@ class _Echo:
 
 @command("run", "run a job spec in the foreground; the last stdout line is the result record (JSON)")
 @arg("spec", help="path to a JSON job spec ('-' for stdin)")
+@label_args
 def cmd_run(a: argparse.Namespace) -> int:
     from .runner import run_spec  # checks the spec against the registries before it creates a run
-    spec = JobSpec.from_json(sys.stdin.buffer.read()) if a.spec == "-" else JobSpec.from_file(a.spec)
+    spec = read_spec(a)
     try:
         record = run_spec(spec, echo=_Echo())
     except JobFailed as e:
@@ -199,19 +200,24 @@ def cmd_import(a: argparse.Namespace) -> int:
 @command("runs", "list runs in the workspace")
 @arg("--json", action="store_true", help="one JSON array with full records")
 @arg("--state", default=None, help="only runs in this state (done, failed, ...)")
+@arg("--experiment", default=None, help="only runs of this experiment")
+@arg("--group", default=None, help="only runs of this group")
 def cmd_runs(a: argparse.Namespace) -> int:
     if a.state and a.state not in STATES:
         raise SpecError("--state", f"unknown state {a.state!r}; valid: {', '.join(STATES)}")
-    rows = Store().list(state=a.state or "done")
+    rows = labelled(Store().list(state=a.state or "done"), a)
     if a.json:
-        print(json.dumps([{k: r[k] for k in ("id", "state", "method", "arch", "dataset", "parent", "created",
-                                              "error", "record")} for r in rows]))
+        print(json.dumps([{**{k: r[k] for k in ("id", "state", "method", "arch", "dataset", "parent", "created",
+                                                 "error", "record")},
+                           "experiment": (r.get("spec") or {}).get("experiment"),
+                           "group": (r.get("spec") or {}).get("group")} for r in rows]))
         return 0
     cols = record.cli_columns("runs")
-    print(f"{'id':<24} {'state':<10} {'method':<20} {'arch':<18} {'dataset':<14} " + cli_header(cols))
+    print(f"{'id':<24} {'state':<10} {'experiment / group':<24} {'method':<20} {'arch':<18} {'dataset':<14} "
+          + cli_header(cols))
     for r in rows:
         rec = r["record"] or {}
-        print(f"{r['id']:<24} {r['state']:<10} {r['method'] or '-':<20} {rec.get('arch') or r['arch'] or '-':<18} "
+        print(f"{r['id']:<24} {r['state']:<10} {label_text(r)[:24]:<24} {r['method'] or '-':<20} {rec.get('arch') or r['arch'] or '-':<18} "
               f"{r['dataset'] or '-':<14} " + cli_cells(cols, rec.get))
     return 0
 
@@ -254,6 +260,8 @@ COST_COLUMNS = {f.cost_axis: f.name for f in record.cost_axes()}
 @arg("--max-latency-ms", type=float, help="only runs at most this slow (CPU, batch 1, median)")
 @arg("--min-accuracy", type=float, help="only runs at least this accurate (0-1)")
 @arg("--max-drop-pt", type=float, help="only runs losing at most this many accuracy points against their base")
+@arg("--include-chance", action="store_true", help="let runs at chance level (no better than guessing) onto the "
+                                                    "Pareto front and into the ranking; by default they are kept off")
 def cmd_compare(a: argparse.Namespace) -> int:
     from . import results
     df = results.table(results.records(Store()))
@@ -262,7 +270,7 @@ def cmd_compare(a: argparse.Namespace) -> int:
     if a.dataset:
         df = df[df["dataset"] == a.dataset]
     cost = COST_COLUMNS[a.axis]
-    df = df.assign(pareto=results.pareto_mask(df, cost)).sort_values(["base_id", cost], na_position="last")
+    df = df.assign(pareto=results.pareto_mask(df, cost, include_chance=a.include_chance)).sort_values(["base_id", cost], na_position="last")
     for flag in ("max_size_mb", "max_mmacs", "max_latency_ms", "min_accuracy", "max_drop_pt"):
         if getattr(a, flag) is not None and getattr(a, flag) < 0:
             raise SpecError("--" + flag.replace("_", "-"), f"must not be negative, got {getattr(a, flag)}")
@@ -277,7 +285,7 @@ def cmd_compare(a: argparse.Namespace) -> int:
                   f"({df['dataset'].iloc[0]}, {df['test_images'].iloc[0]:.0f} images); --dataset chooses another",
                   file=sys.stderr)
         try:
-            df = results.winners(df, a.best or "accuracy", **limits)
+            df = results.winners(df, a.best or "accuracy", include_chance=a.include_chance, **limits)
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
@@ -303,6 +311,9 @@ def cmd_compare(a: argparse.Namespace) -> int:
           "the model.pt bundles, zip: deflated; "
           "Δ 95% CI: paired over the answers that flipped (an interval spanning 0 is test-set noise); "
           "agree: top-1 answers equal to the model each run started from")
+    for r in df[df["chance_level"].fillna(False).astype(bool)].to_dict("records"):
+        print(f"! {r['run_id']} {r['flags']}" + ("" if a.include_chance else "; kept off the Pareto front and the "
+                                                  "ranking (--include-chance lets it in)"))
     if ranking:
         w = df.iloc[0]
         print(f"winner by {a.best or 'accuracy'} ({len(df)} run(s) meet the limits): {w.run_id} {w.method}, "

@@ -3,6 +3,7 @@ Everything imported here is torch-free, so these commands start fast."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -16,11 +17,42 @@ from .store import STATES
 from .worker import Worker
 
 
+def read_spec(a: argparse.Namespace) -> JobSpec:
+    """The spec ``a.spec`` names, with ``--experiment`` / ``--group`` (where given) in place of its own."""
+    spec = JobSpec.from_json(sys.stdin.buffer.read()) if a.spec == "-" else JobSpec.from_file(a.spec)
+    given = {k: getattr(a, k) for k in ("experiment", "group") if getattr(a, k, None) is not None}
+    if given:
+        spec = dataclasses.replace(spec, **given)
+        spec.validate()
+    return spec
+
+
+def label_args(fn):
+    """``--experiment`` and ``--group`` on a command that takes a spec."""
+    fn = arg("--group", default=None, help="the group within the experiment (replaces the spec's group)")(fn)
+    return arg("--experiment", default=None, help="the experiment the job belongs to (replaces the spec's)")(fn)
+
+
+def labelled(rows: list[dict], a: argparse.Namespace) -> list[dict]:
+    """The rows whose spec has the ``--experiment`` / ``--group`` asked for (all where none was)."""
+    for k in ("experiment", "group"):
+        if getattr(a, k, None) is not None:
+            rows = [r for r in rows if (r.get("spec") or {}).get(k) == getattr(a, k)]
+    return rows
+
+
+def label_text(row: dict) -> str:
+    """"experiment / group" of a row's spec, "-" for neither."""
+    spec = row.get("spec") or {}
+    return " / ".join(v for v in (spec.get("experiment"), spec.get("group")) if v) or "-"
+
+
 @command("submit", "queue a job spec for the background worker; prints the job id")
 @arg("spec", help="path to a JSON job spec ('-' for stdin)")
 @arg("--no-worker", action="store_true", help="only queue it; do not start a worker if none is alive")
+@label_args
 def cmd_submit(a: argparse.Namespace) -> int:
-    spec = JobSpec.from_json(sys.stdin.buffer.read()) if a.spec == "-" else JobSpec.from_file(a.spec)
+    spec = read_spec(a)
     job_id = jobs.submit(spec, autostart=False if a.no_worker else None)
     print(job_id)
     return 0
@@ -30,17 +62,23 @@ def cmd_submit(a: argparse.Namespace) -> int:
 @arg("--json", action="store_true", help="one JSON array of job rows")
 @arg("--state", action="append", default=None, help="only jobs in this state (repeatable)")
 @arg("--limit", type=int, default=50)
+@arg("--experiment", default=None, help="only jobs of this experiment")
+@arg("--group", default=None, help="only jobs of this group")
 def cmd_jobs(a: argparse.Namespace) -> int:
     for s in a.state or []:
         if s not in STATES:
             raise SpecError("--state", f"unknown state {s!r}; valid: {', '.join(STATES)}")
-    rows = jobs.list_jobs(states=a.state, limit=a.limit)
+    filtered = a.experiment is not None or a.group is not None
+    rows = labelled(jobs.list_jobs(states=a.state, limit=None if filtered else a.limit), a)[:a.limit]
     if a.json:
-        keys = ("id", "state", "name", "method", "arch", "dataset", "parent", "created", "started", "finished",
+        for r in rows:
+            r.update(experiment=(r.get("spec") or {}).get("experiment"), group=(r.get("spec") or {}).get("group"))
+        keys = ("id", "state", "name", "experiment", "group", "method", "arch", "dataset", "parent", "created", "started", "finished",
                 "attempts", "worker", "pid", "error", "waiting_for", "waiting", "last_event")
         print(json.dumps([{k: r.get(k) for k in keys} for r in rows]))
         return 0
-    print(f"{'id':<24} {'state':<11} {'method':<18} {'arch':<16} {'created':<19} progress / error")
+    print(f"{'id':<24} {'state':<11} {'experiment / group':<24} {'method':<18} {'arch':<16} {'created':<19} "
+          "progress / error")
     for r in rows:
         ev = r["last_event"] or {}
         if r["error"]:
@@ -53,7 +91,7 @@ def cmd_jobs(a: argparse.Namespace) -> int:
         else:
             info = ev.get("phase", "")
         created = dt.datetime.fromtimestamp(r["created"]).strftime("%Y-%m-%d %H:%M:%S")
-        print(f"{r['id']:<24} {r['state']:<11} {r['method'] or '-':<18} {r['arch'] or '-':<16} {created:<19} {info}")
+        print(f"{r['id']:<24} {r['state']:<11} {label_text(r)[:24]:<24} {r['method'] or '-':<18} {r['arch'] or '-':<16} {created:<19} {info}")
     return 0
 
 

@@ -48,6 +48,7 @@ class Field:
     more: bool = True                       # else offered under Compare's "More columns" when a run has it
     cost_axis: str | None = None            # a cost of the accuracy-vs-cost Pareto front, by this short name
     cli: Cli | None = None
+    shown_scale: float = 1.0                # Compare shows value x this (Δ accuracy: fractions as points)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS or self.source not in SOURCES:
@@ -70,6 +71,10 @@ FIELDS: tuple[Field, ...] = (
     # -- what ran --------------------------------------------------------------------------------
     Field("run_id", "run_id", kind="text", compare=180, card=True, help="the run's id (its folder under runs/)"),
     Field("name", "name", kind="text", compare=10, card=True, help="the job's name"),
+    Field("experiment", "experiment", kind="text", compare=6, card=True,
+          help="the experiment the job was launched under (spec field experiment); blank for none"),
+    Field("group", "group", kind="text", compare=8, card=True,
+          help="the group within the experiment (spec field group); blank for none"),
     Field("method", "method", kind="text", compare=30, card=True, help="the registered method that made the model"),
     Field("arch", "arch", kind="text", compare=40, card=True, help="the model's architecture"),
     Field("dataset", "dataset", kind="text", compare=50, card=True, help="the data it was trained and tested on"),
@@ -84,19 +89,26 @@ FIELDS: tuple[Field, ...] = (
           help="the run this one started from (none: a fresh architecture or a checkpoint)"),
     Field("base_id", "base run", kind="text", source="base", compare=190,
           help="the root of the run's parent chain, what every base-relative column compares with"),
+    Field("chance_level", "chance level", kind="bool", source="base", compare=12, more=False,
+          help="its answers are no better than guessing: the accuracy's 95% interval reaches 1 / classes or the "
+               "most common class's share, or over 90% of its answers are one class. Kept off the Pareto front "
+               "and out of the winner unless asked for"),
+    Field("flags", "warnings", kind="text", source="base", compare=14, more=False,
+          help="what would make this run's figures mislead: chance level (why), or a base still learning when it "
+               "stopped (every run of its chain then mixes extra training into Δ accuracy)"),
     # -- accuracy --------------------------------------------------------------------------------
     Field("accuracy", "accuracy", _FRACTION, "top-1 on the test split", "%.4f", card=True, compare=60,
           cli=Cli("acc", 7, ".4f", commands=("runs", "compare"))),
     Field("accuracy_ci95", "accuracy 95% CI", _FRACTION, "[low, high] Wilson interval of the accuracy over the "
           "test images", kind="json", table=False, card=True),
-    Field("delta_accuracy", "Δ accuracy", _FRACTION,
-          "accuracy minus the base's on the same test images: each job also scores the model it started from "
-          "(summed along a chain of runs); blank where the test sets differ", "%+.4f", source="base", compare=70,
-          cli=Cli("Δ pt", 6, "+.1f", scale=100)),
-    Field("delta_ci_low", "Δ CI low", _FRACTION, "low end of Δ accuracy's 95% interval", "%+.4f", source="base",
-          cli=Cli("Δ 95% CI pt", 13, "+.1f", scale=100, to="delta_ci_high")),
-    Field("delta_ci_high", "Δ CI high", _FRACTION, "high end of Δ accuracy's 95% interval", "%+.4f",
-          source="base"),
+    Field("delta_accuracy", "Δ accuracy (pt)", _FRACTION,
+          "accuracy minus the base's on the same test images, shown in points (-1.5 = 1.5 points lost): each job "
+          "also scores the model it started from (summed along a chain of runs); blank where the test sets differ",
+          "%+.1f", source="base", compare=70, cli=Cli("Δ pt", 6, "+.1f", scale=100), shown_scale=100),
+    Field("delta_ci_low", "Δ CI low (pt)", _FRACTION, "low end of Δ accuracy's 95% interval, shown in points",
+          "%+.1f", source="base", cli=Cli("Δ 95% CI pt", 13, "+.1f", scale=100, to="delta_ci_high"), shown_scale=100),
+    Field("delta_ci_high", "Δ CI high (pt)", _FRACTION, "high end of Δ accuracy's 95% interval, shown in points",
+          "%+.1f", source="base", shown_scale=100),
     Field("mcnemar_p", "McNemar p", "", "exact McNemar test that this run and its base are equally accurate on "
           "these images; small (e.g. < 0.05): the difference is real", "%.3g", source="base"),
     Field("top5", "top-5", _FRACTION, "empty with 5 classes or fewer, where it is 1 by construction", "%.4f",
@@ -139,6 +151,9 @@ FIELDS: tuple[Field, ...] = (
     Field("latency_ms", "latency (ms)", "ms", "CPU (latency_device; cpu_model, threads), batch 1, median", "%.3f",
           card=True, compare=130,
           cost_axis="latency", cli=Cli("lat ms", 7, ".2f", commands=("runs",))),
+    Field("runtime", "timed in", kind="text", source="base", compare=135,
+          help="what ran the model when it was timed (PyTorch eager, with its precision, or ONNX Runtime INT8): "
+               "latencies compare only within one runtime"),
     Field("x_faster", "x faster", "x",
           "CPU batch-1 speed-up over the base, from timings interleaved with the model each step started from, "
           "in the same runtime (paired_speedup), where 'paired' is ticked (multiplied along a chain), else base latency ÷ this latency from separate "
@@ -201,7 +216,7 @@ FIELDS: tuple[Field, ...] = (
     Field("pareto", "Pareto", kind="bool", source="view", table=False, compare=20,
           help="on the Pareto front of accuracy against the chosen cost: no run in view is both cheaper and "
                "more accurate"),
-    Field("delta_ci", "Δ 95% CI", kind="text", source="view", table=False, compare=80,
+    Field("delta_ci", "Δ 95% CI (pt)", kind="text", source="view", table=False, compare=80,
           help="where Δ accuracy would lie with another draw of test images: from the answers that flipped "
                "against the base in this run's job (paired). An interval spanning 0 means the difference is "
                "within test-set noise. Blank for the base and for chains of runs"),
@@ -272,7 +287,8 @@ def markdown() -> str:
              "", "| field | label | unit | kind | source | shown in | meaning |",
              "|---|---|---|---|---|---|---|"]
     for f in FIELDS:
-        lines.append(f"| `{f.name}` | {cell(f.label)} | {cell(f.unit)} | {f.kind} | {source[f.source]} | "
+        unit = cell(f.unit) + (f" (Compare shows ×{f.shown_scale:g})" if f.shown_scale != 1 else "")
+        lines.append(f"| `{f.name}` | {cell(f.label)} | {unit} | {f.kind} | {source[f.source]} | "
                      f"{shown(f)} | {cell(f.help)} |")
     return "\n".join(lines) + "\n"
 

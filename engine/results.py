@@ -12,6 +12,7 @@ from typing import Any, Callable, Iterable
 import pandas as pd
 
 from . import record
+from .stats import wilson
 from .store import Store
 
 # Runs measured on the same test images: accuracies are comparable only within such a group. The hash
@@ -156,6 +157,9 @@ def table(recs: Iterable[dict[str, Any]]) -> pd.DataFrame:
         row["x_faster"] = paired if row["x_faster_paired"] else _ratio(base.get("latency_ms"), r.get("latency_ms"))
         row["x_faster_low"], row["x_faster_high"] = _paired_x_faster_range(r["run_id"], base["run_id"], by_id) \
             if row["x_faster_paired"] else (math.nan, math.nan)
+        row["chance_level"] = chance_level(r) is not None
+        row["flags"] = "; ".join(flags(r, base))
+        row["runtime"] = runtime(r)
         gpu_paired = _paired_x_faster(r["run_id"], base["run_id"], by_id, "gpu_paired_speedup")
         row["gpu_x_faster"] = gpu_paired if not math.isnan(gpu_paired) and r["run_id"] != base["run_id"] \
             else _ratio(base.get("gpu_latency_ms"), r.get("gpu_latency_ms"))
@@ -178,10 +182,66 @@ def still_learning(rec: dict[str, Any], rise: float = 0.01) -> str | None:
     return None
 
 
-def pareto_mask(df: pd.DataFrame, cost: str, quality: str = "accuracy") -> pd.Series:
+# A run whose answers are this concentrated on one class is not a classifier, whatever its accuracy.
+ONE_CLASS_SHARE = 0.9
+
+
+def chance_level(rec: dict[str, Any]) -> str | None:
+    """Why a run's answers are no better than guessing (None when they are): its accuracy's 95 %
+    Wilson interval reaches the better of the two blind guesses (1 / classes, or always the most
+    common class of the test set), or more than ``ONE_CLASS_SHARE`` of its answers are one class.
+    Such a run would sit on a Pareto front (tiny and "accurate" on a skewed test set) and win a
+    size contest while being useless."""
+    acc, k, n = rec.get("accuracy"), rec.get("num_classes"), rec.get("test_images")
+    cm = rec.get("confusion")
+    cm = cm if isinstance(cm, list) and cm and all(isinstance(row, list) and len(row) == len(cm) for row in cm) \
+        and all(_num(v) for row in cm for v in row) else None
+    total = sum(sum(row) for row in cm) if cm else 0
+    if cm and total > 0:
+        predicted = [sum(row[j] for row in cm) for j in range(len(cm))]
+        top = max(range(len(cm)), key=predicted.__getitem__)
+        if predicted[top] / total > ONE_CLASS_SHARE:
+            return f"{100 * predicted[top] / total:.0f} % of its answers are class {top}"
+    if not _num(acc) or not _num(k) or k < 2:
+        return None
+    guess, how = 1 / k, f"1 of {k:.0f} classes"
+    if cm and total > 0 and max(sum(row) for row in cm) / total > guess:
+        guess, how = max(sum(row) for row in cm) / total, "always the most common class"
+    ci = rec.get("accuracy_ci95")
+    if not (isinstance(ci, list) and len(ci) == 2 and all(_num(v) for v in ci)):
+        ci = wilson(round(acc * n), int(n)) if _num(n) and n > 0 else None
+    if ci is None or ci[0] > guess:
+        return None
+    return (f"accuracy {acc:.3f} (95 % CI {ci[0]:.3f}-{ci[1]:.3f}) is not above guessing "
+            f"({how}: {guess:.3f})")
+
+
+def flags(r: dict[str, Any], base: dict[str, Any]) -> list[str]:
+    """What would make a run's figures mislead, in words: answers at chance level, and a base that was
+    still learning (every run of its chain then mixes extra training into Δ accuracy)."""
+    out = []
+    if why := chance_level(r):
+        out.append("chance level: " + why)
+    if why := still_learning(base):
+        out.append(("may be under-trained: " if base["run_id"] == r["run_id"] else
+                    f"its base {base['run_id']} may be under-trained: ") + why)
+    return out
+
+
+def runtime(r: dict[str, Any]) -> str:
+    """What ran the model when it was timed: its latencies compare only within one runtime."""
+    if r.get("runtime"):
+        return "ONNX Runtime INT8" if r.get("precision") == "int8" else str(r["runtime"])
+    return "PyTorch eager" + (f" {r['precision']}" if r.get("precision") else "")
+
+
+def pareto_mask(df: pd.DataFrame, cost: str, quality: str = "accuracy", include_chance: bool = False) -> pd.Series:
     """True for rows no other row on the same test set beats: lower-or-equal ``cost`` with strictly
-    higher ``quality`` (or vice versa). Accuracies on different datasets do not compete."""
+    higher ``quality`` (or vice versa). Accuracies on different datasets do not compete. Runs at chance
+    level neither enter nor push others off unless ``include_chance``."""
     mask = pd.Series(False, index=df.index)
+    if not include_chance and "chance_level" in df:
+        df = df[~_chance(df)]
     for _, group in df.groupby([c for c in TEST_SET if c in df], dropna=False, sort=False):
         best = -math.inf
         # Cheapest first; among equal cost, best quality first so ties do not both enter.
@@ -214,15 +274,24 @@ LIMITS = {"max_size_bytes": ("size_bytes", True), "max_macs": ("macs", True), "m
           "min_accuracy": ("accuracy", False), "max_drop": ("delta_accuracy", False)}
 
 
-def winners(df: pd.DataFrame, objective: str = "accuracy", **limits: float | None) -> pd.DataFrame:
+def _chance(df: pd.DataFrame) -> pd.Series:
+    """True for the rows flagged at chance level."""
+    return df["chance_level"].fillna(False).astype(bool)
+
+
+def winners(df: pd.DataFrame, objective: str = "accuracy", include_chance: bool = False,
+            **limits: float | None) -> pd.DataFrame:
     """The runs meeting every given limit, best first by ``objective`` (ties: more accurate, then
     smaller). ``max_drop`` is the accuracy a run may lose against its base (0.01 = 1 point). A run
-    lacking a limited measurement is left out: nothing proves it meets the limit."""
+    lacking a limited measurement is left out: nothing proves it meets the limit; so is a run at
+    chance level, unless ``include_chance``."""
     unknown = set(limits) - set(LIMITS)
     if unknown or objective not in OBJECTIVES:
         raise ValueError(f"unknown objective or limit: {sorted(unknown) or objective}; "
                          f"objectives {sorted(OBJECTIVES)}, limits {sorted(LIMITS)}")
     keep = pd.Series(True, index=df.index)
+    if not include_chance and "chance_level" in df:
+        keep &= ~_chance(df)
     for name, bound in limits.items():
         if bound is None:
             continue
@@ -234,9 +303,10 @@ def winners(df: pd.DataFrame, objective: str = "accuracy", **limits: float | Non
                                                      na_position="last")
 
 
-def pareto_front(df: pd.DataFrame, cost: str, quality: str = "accuracy") -> pd.DataFrame:
+def pareto_front(df: pd.DataFrame, cost: str, quality: str = "accuracy",
+                 include_chance: bool = False) -> pd.DataFrame:
     """The Pareto-optimal rows, sorted by cost (the line the plot draws)."""
-    return df[pareto_mask(df, cost, quality)].sort_values(cost)
+    return df[pareto_mask(df, cost, quality, include_chance)].sort_values(cost)
 
 
 # -- live jobs -------------------------------------------------------------------------------------

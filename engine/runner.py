@@ -244,7 +244,8 @@ def _run(spec: JobSpec, store: Store, run_id: str, run_dir: Path, progress, canc
         raise Cancelled()
 
     progress(phase="evaluate")
-    record: dict[str, Any] = {"run_id": run_id, "status": "done", "name": spec.name, "method": method.name,
+    record: dict[str, Any] = {"run_id": run_id, "status": "done", "name": spec.name, "experiment": spec.experiment,
+                              "group": spec.group, "method": method.name,
                               "method_params": spec.method.params, "arch": ctx.arch, "small_input": ctx.small_input,
                               "dataset": data.name, "num_classes": data.num_classes,
                               "input_size": list(data.input_shape), "parent": parent,

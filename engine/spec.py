@@ -19,6 +19,7 @@ from .errors import SpecError  # lives lower (other layers raise it); engine.spe
 # Bounds on what a spec may hold, so that a hostile or mistaken one is refused up front, not by the
 # table, the store or the interpreter later (a 50 MB job name once made the Jobs table take 74 s).
 MAX_NAME_CHARS = 200          # a job's name: shown in tables, logs and pipeline steps' names
+LABELS = ("name", "experiment", "group")   # a job's plain-text labels: each at most MAX_NAME_CHARS
 MAX_DEPTH = 32                # nesting of objects and lists (a spec needs 5: pipeline step params)
 MAX_SPEC_BYTES = 1 << 20      # a spec's JSON text: real ones are a few KB
 MAX_SEED = 2**32 - 1          # numpy's seeds are 32-bit; torch's 64-bit: the narrower one bounds both
@@ -88,6 +89,8 @@ class JobSpec:
     train: TrainSpec = field(default_factory=TrainSpec)
     measure: MeasureSpec = field(default_factory=MeasureSpec)
     name: str | None = None
+    experiment: str | None = None   # what the user calls this study ("ResNet-18 on my shoes")
+    group: str | None = None        # a subset of it ("pruning sweep"); both filter Jobs, Compare and the CLI
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -103,8 +106,8 @@ class JobSpec:
         for name, f in sections.items():
             if name not in raw:
                 continue
-            if name == "name":
-                kwargs[name] = _check_type("name", raw[name], "str | None")
+            if name in LABELS:
+                kwargs[name] = _check_type(name, raw[name], "str | None")
                 continue
             kwargs[name] = _build(f.default_factory, raw[name], name)  # type: ignore[misc]
         spec = cls(**kwargs)
@@ -192,8 +195,10 @@ class JobSpec:
         for where, seed in (("data.seed", d.seed), ("train.seed", t.seed)):
             if not 0 <= seed <= MAX_SEED:
                 raise SpecError(where, f"must be between 0 and {MAX_SEED} (2**32 - 1), got {short_repr(seed)}")
-        if self.name is not None and len(self.name) > MAX_NAME_CHARS:
-            raise SpecError("name", f"must be at most {MAX_NAME_CHARS} characters, got {len(self.name):,}")
+        for label in LABELS:
+            v = getattr(self, label)
+            if v is not None and len(v) > MAX_NAME_CHARS:
+                raise SpecError(label, f"must be at most {MAX_NAME_CHARS} characters, got {len(v):,}")
 
         if ms.threads is not None and not 1 <= ms.threads <= 512:
             raise SpecError("measure.threads", f"must be between 1 and 512, got {ms.threads}")

@@ -72,3 +72,11 @@ def tiny_base(session_home) -> dict:
 def plain(markdown: str) -> str:
     """Markdown as the reader sees it: user strings reach it escaped (views.common.md_text)."""
     return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", markdown)
+
+
+def uploader(at, name: str):
+    """The Experiments uploader ``name`` as it is now: each refused upload empties it under a new key
+    (views.common.uploader_key), so that Streamlit lets go of the refused file."""
+    resets = at.session_state["uploader_resets"] if "uploader_resets" in at.session_state else {}
+    n = resets.get(name, 0)
+    return at.file_uploader(key=name if n == 0 else f"{name}~{n}")

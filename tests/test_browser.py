@@ -208,3 +208,23 @@ def test_an_experiment_being_set_up_survives_a_look_at_another_page(tmp_path, pa
         assert field.input_value() == "777"
         dataset = page.locator('[data-testid="stSelectbox"]').filter(has_text="Dataset").first
         assert "digits" in dataset.inner_text() + " ".join(i.input_value() for i in dataset.locator("input").all())
+
+
+def test_compare_flags_a_chance_level_run_and_keeps_it_from_the_winner(tmp_path, page, monkeypatch):
+    """A model that calls every image one class is flagged on Compare, in words and in its row, and
+    the winner by size is the smallest useful run, not it (until the user ticks it in)."""
+    from test_misleading import insert_study
+    monkeypatch.setenv("SLIMBENCH_NO_AUTOSTART", "1")
+    home = tmp_path / "ws"
+    insert_study(home)
+    with streamlit_server(home) as (url, _):
+        page.goto(url + "/compare")
+        page.get_by_text(re.compile(r"1 run\(s\) in view answer at chance level")).wait_for(timeout=60_000)
+        page.get_by_text("Pick the winner", exact=False).first.click()
+        pick(page, "best by", "size (smallest)")
+        winner = page.locator('[data-testid="stAlertContentSuccess"]').filter(has_text="best of")
+        winner.wait_for(timeout=30_000)
+        assert "pruned" in winner.inner_text() and "shirt" not in winner.inner_text()
+        shot(page, "compare-chance-level")
+        page.get_by_text("Include runs at chance level", exact=False).click()
+        page.locator('[data-testid="stAlertContentSuccess"]').filter(has_text="shirt").wait_for(timeout=30_000)

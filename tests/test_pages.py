@@ -17,7 +17,7 @@ from streamlit import config as st_config
 from streamlit.testing.v1 import AppTest
 
 from bench.synthetic import insert_synthetic_runs
-from conftest import plain
+from conftest import plain, uploader
 from engine import jobs, methods, presets, results
 from engine.errors import SpecError
 from engine.store import FINAL_STATES, Store
@@ -190,7 +190,7 @@ def test_experiments_errors_name_the_field(ws, monkeypatch):
     at.radio(key="data_source").set_value("Upload a zip (ImageFolder layout)")
     at.run()
     for name, (raw, problem) in uploads.items():
-        at.file_uploader(key="data_zip").set_value((name, raw, "application/zip"))
+        uploader(at, "data_zip").set_value((name, raw, "application/zip"))
         at.run()
         if problem:
             assert name in texts(at, "error") and problem in texts(at, "error"), name
@@ -204,7 +204,7 @@ def test_experiments_errors_name_the_field(ws, monkeypatch):
     good = {f"{split}/{c}/{i}.png": png for split in ("train", "test") for c in "ab" for i in range(3)}
     litter = {"README.md": b"x", "train/a/notes.txt": b"x", "train/b/deeper/7.png": png,
               ".DS_Store": b"x", "__MACOSX/train/._0.png": b"x", "train/a/.hidden.png": png}
-    at.file_uploader(key="data_zip").set_value(("extras.zip", zipped({**good, **litter}), "application/zip"))
+    uploader(at, "data_zip").set_value(("extras.zip", zipped({**good, **litter}), "application/zip"))
     at.run()
     assert not at.error and "6 train / 6 test images" in texts(at, "caption")
     assert "Ignored 3 file(s) that are not images directly inside a class folder: README.md, " \
@@ -263,14 +263,14 @@ def test_experiments_imports_an_uploaded_state_dict_as_the_base(ws, monkeypatch)
     at.selectbox(key="dataset").set_value("digits")
     at.radio(key="base_kind").set_value("Upload a checkpoint")
     at.run()
-    at.file_uploader(key="ckpt").set_value(("bad.pth", b"not a torch file", "application/octet-stream"))
+    uploader(at, "ckpt").set_value(("bad.pth", b"not a torch file", "application/octet-stream"))
     at.run()
     assert "not a readable checkpoint" in texts(at, "error")
     at.button(key="launch_custom").click()
     at.run()
     assert "Cannot launch" in texts(at, "error") and len(store.list()) == before
 
-    at.file_uploader(key="ckpt").set_value(("my net.pth", buf.getvalue(), "application/octet-stream"))
+    uploader(at, "ckpt").set_value(("my net.pth", buf.getvalue(), "application/octet-stream"))
     at.run()
     assert not at.exception and not at.error, texts(at, "error")
     assert "resnet18 (small-input stem, 10 classes)" in texts(at, "info")
@@ -297,7 +297,7 @@ def test_experiments_imports_an_uploaded_state_dict_as_the_base(ws, monkeypatch)
     # A stem that differs only in stride cannot be read from the weights: both are offered, the user picks.
     buf = io.BytesIO()
     torch.save(models.build("mobilenet_v3_small", 10).state_dict(), buf)
-    at.file_uploader(key="ckpt").set_value(("mnv3.pt", buf.getvalue(), "application/octet-stream"))
+    uploader(at, "ckpt").set_value(("mnv3.pt", buf.getvalue(), "application/octet-stream"))
     at.run()
     assert not at.exception and not at.error, texts(at, "error")
     assert "mobilenet_v3_small (standard stem, 10 classes) or mobilenet_v3_small (small-input stem" in texts(at, "info")
@@ -412,7 +412,7 @@ def test_experiments_refuse_a_checkpoint_made_for_other_classes(tmp_path, monkey
     at.selectbox(key="dataset").set_value("digits")
     at.radio(key="base_kind").set_value("Upload a checkpoint")
     at.run()
-    at.file_uploader(key="ckpt").set_value(("three.pt", buf.getvalue(), "application/octet-stream"))
+    uploader(at, "ckpt").set_value(("three.pt", buf.getvalue(), "application/octet-stream"))
     at.run()
     assert "3 classes" in texts(at, "success")
     at.button(key="launch_custom").click()
@@ -780,24 +780,39 @@ def test_refused_uploads_leave_the_workspace(tmp_path, monkeypatch):
     at = page("experiments")
     at.radio(key="base_kind").set_value("Upload a checkpoint")
     at.run()
-    assert "Up to 1,024 MB" in at.file_uploader(key="ckpt").help
-    at.file_uploader(key="ckpt").set_value(("junk.pth", os.urandom(4096), "application/octet-stream"))
+    assert "Up to 1,024 MB" in uploader(at, "ckpt").help
+    # Streamlit holds an upload in the server's memory until the widget lets go of it: a refused one
+    # is dropped from its file manager and the uploader is emptied (a new key), which frees it.
+    from streamlit.runtime.memory_uploaded_file_manager import MemoryUploadedFileManager
+    dropped = []
+    real_remove = MemoryUploadedFileManager.remove_file
+    monkeypatch.setattr(MemoryUploadedFileManager, "remove_file",
+                        lambda self, session_id, file_id: (dropped.append(file_id), real_remove(self, session_id,
+                                                                                                 file_id)))
+    refused = uploader(at, "ckpt")
+    refused.set_value(("junk.pth", os.urandom(4096), "application/octet-stream"))
     at.run()
+    assert not at.exception, [e.value for e in at.exception]
     assert "junk.pth" in texts(at, "error") and "not a readable checkpoint" in texts(at, "error")
     assert stored("checkpoints") == []
+    assert len(dropped) == 1                                     # released from the server's memory
+    emptied = uploader(at, "ckpt")
+    assert emptied.key != refused.key and emptied.value is None  # the widget holds no file any more
+    assert refused.key not in [u.key for u in at.get("file_uploader")]
     at.run()  # a rerun (any widget) names the problem again and writes nothing
     assert "not a readable checkpoint" in texts(at, "error") and stored("checkpoints") == []
 
     buf = io.BytesIO()
     torch.save(models.build("resnet18", 10, small_input=True).state_dict(), buf)
-    at.file_uploader(key="ckpt").set_value(("good.pth", buf.getvalue(), "application/octet-stream"))
+    uploader(at, "ckpt").set_value(("good.pth", buf.getvalue(), "application/octet-stream"))
     at.run()
     assert not at.error, texts(at, "error")
     assert "good.pth" in [p.name for p in stored("checkpoints")]  # kept, beside the bundle imported from it
 
     at.radio(key="data_source").set_value("Upload a zip (ImageFolder layout)")
     at.run()
-    assert "Up to 1,024 MB" in at.file_uploader(key="data_zip").help
-    at.file_uploader(key="data_zip").set_value(("notzip.zip", b"plain text", "application/zip"))
+    assert "Up to 1,024 MB" in uploader(at, "data_zip").help
+    uploader(at, "data_zip").set_value(("notzip.zip", b"plain text", "application/zip"))
     at.run()
     assert "not a readable zip archive" in texts(at, "error") and stored("datasets") == []
+    assert len(dropped) == 2 and uploader(at, "data_zip").value is None

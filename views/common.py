@@ -40,7 +40,7 @@ def app_pages() -> list:
 KEPT_WIDGETS = {"data_source", "dataset", "cifar_path", "data_path", "limit", "test_limit", "image_size",
                 "batch_size", "base_kind", "arch", "base_epochs", "ck_epochs", "methods", "chain", "epochs", "device",
                 "onnx", "latency_runs", "preset", "axis", "log_x", "front", "f_text", "w_size", "w_macs",
-                "w_latency", "w_drop", "w_best", "img_source", "n_samples", "cam"}
+                "w_latency", "w_drop", "w_best", "img_source", "n_samples", "cam", "exp_experiment", "exp_group"}
 KEPT_PREFIXES = ("p.", "sweep.", "sweep_values.")  # a method's parameters and sweeps
 
 
@@ -172,6 +172,25 @@ def fmt_value(v: Any, spec: str, unit: str = "") -> str:
     return "—" if v is None else f"{v:{spec}}{unit}"
 
 
+def fmt_ms(v: Any) -> str:
+    """A latency for a tile or a sentence in fixed notation, never "1.05e+03": "4.2 µs", "0.042 ms",
+    "3.14 ms", "215 ms", "1.05 s", "1,234 s"; "—" when unmeasured."""
+    v = _number(v)
+    if v is None:
+        return "—"
+    a = abs(v)
+    if a >= 1000:
+        s = v / 1000
+        return f"{s:.2f} s" if abs(s) < 10 else f"{s:.1f} s" if abs(s) < 100 else f"{s:,.0f} s"
+    for low, spec in ((100, ".0f"), (10, ".1f"), (1, ".2f"), (0.01, ".3f")):
+        if a >= low:
+            return f"{v:{spec}} ms"
+    if a == 0:
+        return "0 ms"
+    us = v * 1000
+    return f"{us:.1f} µs" if abs(us) >= 1 else f"{us:.3f} µs" if abs(us) >= 0.001 else "< 0.001 µs"
+
+
 def fmt_seconds(s: Any) -> str:
     s = _number(s)
     if s is None:
@@ -218,22 +237,50 @@ def upload_limit_mb() -> int:
     return int(st.get_option("server.maxUploadSize"))
 
 
-REFUSED_UPLOADS = "refused_uploads"  # session state: upload file id -> why it was refused
+REFUSED_UPLOADS = "refused_uploads"  # session state: uploader name -> why its last upload was refused
+UPLOADER_RESETS = "uploader_resets"  # session state: uploader name -> how many times it was emptied
 
 
-def refused_upload(uploaded) -> str | None:
-    """Why this upload was refused earlier in the session (it is no longer stored); None if it was not."""
-    return st.session_state.get(REFUSED_UPLOADS, {}).get(uploaded.file_id)
+def uploader_key(name: str) -> str:
+    """The widget key of the uploader ``name`` now: a new one after each refusal, so the refused file
+    leaves the widget (and the browser's list) instead of riding along on every rerun."""
+    n = st.session_state.get(UPLOADER_RESETS, {}).get(name, 0)
+    return name if n == 0 else f"{name}~{n}"
 
 
-def discard_upload(uploaded, path: Path, reason: str) -> None:
-    """Delete a refused upload (and what was made from it) from the workspace, and remember why for
-    the session, so that the next rerun shows the reason without storing it again."""
+def refused_upload(name: str) -> str | None:
+    """Why the last upload to the uploader ``name`` was refused, shown under its emptied widget until
+    another file arrives; None if it was not."""
+    return st.session_state.get(REFUSED_UPLOADS, {}).get(name)
+
+
+def accept_upload(name: str) -> None:
+    """A new file arrived in the uploader ``name``: an earlier refusal no longer applies."""
+    st.session_state.get(REFUSED_UPLOADS, {}).pop(name, None)
+
+
+def discard_upload(name: str, uploaded, path: Path | None, reason: str) -> None:
+    """Refuse an upload: delete it (and what was made from it) from the workspace, drop its bytes from
+    the server's memory, empty the uploader ``name`` and rerun, which shows ``reason`` under it.
+
+    Streamlit keeps an uploaded file in memory until the browser removes it from the widget: a
+    refused 1 GB upload stayed resident for the whole session. Its record is dropped here (as
+    st.chat_input does with its files), and the widget gets a new key so nothing refers to it."""
     import shutil
-    folder = path.parent  # the upload's own content-hash folder (see save_upload)
-    if folder.parent.parent == get_store().root:
-        shutil.rmtree(folder, ignore_errors=True)
-    st.session_state.setdefault(REFUSED_UPLOADS, {})[uploaded.file_id] = reason
+
+    from streamlit.runtime.memory_uploaded_file_manager import MemoryUploadedFileManager
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+    if path is not None:
+        folder = path.parent  # the upload's own content-hash folder (see save_upload)
+        if folder.parent.parent == get_store().root:
+            shutil.rmtree(folder, ignore_errors=True)
+    ctx = get_script_run_ctx()
+    if ctx is not None and isinstance(ctx.uploaded_file_mgr, MemoryUploadedFileManager):
+        ctx.uploaded_file_mgr.remove_file(ctx.session_id, uploaded.file_id)
+    st.session_state.setdefault(REFUSED_UPLOADS, {})[name] = reason
+    resets = st.session_state.setdefault(UPLOADER_RESETS, {})
+    resets[name] = resets.get(name, 0) + 1
+    st.rerun()
 
 
 def save_upload(uploaded, folder: str = "uploads") -> Path:

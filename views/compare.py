@@ -14,7 +14,7 @@ import streamlit as st
 
 from engine import jobs, presets, record, results
 from engine.spec import SpecError
-from views.common import card, download, fmt_bytes, fmt_count, fmt_value, get_store, md_text, plot_text
+from views.common import card, download, fmt_bytes, fmt_count, fmt_ms, fmt_value, get_store, md_text, plot_text
 
 st.title("Compare")
 store = get_store()
@@ -39,7 +39,16 @@ with st.container(border=True):
     archs = c2.multiselect("Architecture", sorted(df["arch"].dropna().unique()), key="f_arch")
     meths = c3.multiselect("Method", sorted(df["method"].dropna().unique()), key="f_method")
     text = c4.text_input("Name or run id contains", key="f_text")
+    labelled = [c for c in ("experiment", "group") if df[c].notna().any()]
+    picked = {c: col.multiselect(c.capitalize(), sorted(df[c].dropna().unique()), key=f"f_{c}")
+              for c, col in zip(labelled, st.columns(2) if labelled else [])}
+    include_chance = st.checkbox("Include runs at chance level in the Pareto front and the winner", key="f_chance",
+                                 help="a run whose answers are no better than guessing is flagged in the warnings "
+                                      "column and left out of both unless this is ticked")
 view = df
+for c, chosen in picked.items():
+    if chosen:
+        view = view[view[c].isin(chosen)]
 if datasets:
     view = view[view["dataset"].isin(datasets)]
 if archs:
@@ -54,8 +63,8 @@ if view.empty:
     st.stop()
 
 view = view.assign(finished=pd.to_datetime(view["finished"], unit="s"))
-view = view.assign(delta_ci=np.where(view["delta_ci_low"].notna(), view["delta_ci_low"].map("{:+.4f}".format)
-                                     + " to " + view["delta_ci_high"].map("{:+.4f}".format), ""),
+view = view.assign(delta_ci=np.where(view["delta_ci_low"].notna(), (100 * view["delta_ci_low"]).map("{:+.1f}".format)
+                                     + " to " + (100 * view["delta_ci_high"]).map("{:+.1f}".format), ""),
                    x_faster_range=np.where(view["x_faster_low"].notna(), view["x_faster_low"].map("{:.2f}".format)
                                            + "–" + view["x_faster_high"].map("{:.2f}x".format), ""))
 
@@ -79,6 +88,23 @@ def column_config() -> dict:
 COLUMN_CONFIG = column_config()
 
 
+def shown(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` as Compare shows it: each column scaled as its field says (Δ accuracy in points)."""
+    scaled = {f.name: df[f.name] * f.shown_scale for f in record.FIELDS if f.shown_scale != 1 and f.name in df}
+    return df.assign(**scaled)
+
+
+chance = view[view["chance_level"].fillna(False).astype(bool)]
+if not chance.empty:
+    st.warning(f"{len(chance)} run(s) in view answer at chance level (see the warnings column: "
+               + "; ".join(md_text(f"{n or rid}: {why}") for n, rid, why in
+                           zip(chance["name"].head(3), chance["run_id"].head(3), chance["flags"].head(3)))
+               + ("; …" if len(chance) > 3 else "") + "). "
+               + ("They are included in the Pareto front and the winner, as asked." if include_chance else
+                  "They are kept off the Pareto front and out of the winner; tick the box above to include them."),
+               icon=":material/casino:")
+
+
 # -- plot and table ---------------------------------------------------------------------------
 @st.fragment
 def runs(view: pd.DataFrame) -> None:
@@ -89,18 +115,34 @@ def runs(view: pd.DataFrame) -> None:
     log_x = c2.toggle("Log x axis", value=True, key="log_x")
     show_front = c3.toggle("Pareto front", value=True, key="front")
     cost = axes[axis_label]
-    view = view.assign(pareto=results.pareto_mask(view, cost))
-    plot_df = view.dropna(subset=[cost, "accuracy"])
-    plot_df = plot_df.assign(name=plot_df["name"].map(plot_text), method_params=plot_df["method_params"].map(plot_text))
+    view = view.assign(pareto=results.pareto_mask(view, cost, include_chance=include_chance))
+    plot_df = shown(view.dropna(subset=[cost, "accuracy"]))
+    plot_df = plot_df.assign(name=plot_df["name"].map(plot_text), method_params=plot_df["method_params"].map(plot_text),
+                             flags=plot_df["flags"].map(plot_text))
+    latency = cost == "latency_ms"
     if plot_df.empty:
         st.warning(f"No run in view has both accuracy and {axis_label}.")
     else:
-        fig = px.scatter(plot_df, x=cost, y="accuracy", color="method", symbol="arch", log_x=log_x,
-                         hover_name="name", height=460,
+        if latency:  # each point's spread: its median up to its 90th percentile
+            plot_df = plot_df.assign(latency_spread=(plot_df["latency_p90_ms"] - plot_df["latency_ms"]).clip(lower=0),
+                                     no_spread=0.0)
+        # On the latency axis the symbol is the runtime: ONNX Runtime INT8 and PyTorch eager are different
+        # engines, and their latencies are not one scale a point can move along.
+        fig = px.scatter(plot_df, x=cost, y="accuracy", color="method", symbol="runtime" if latency else "arch",
+                         log_x=log_x, hover_name="name", height=460,
+                         error_x="latency_spread" if latency else None,
+                         error_x_minus="no_spread" if latency else None,
                          hover_data={"run_id": True, "method_params": True, "x_smaller": ":.2f", "x_faster": ":.2f",
-                                     "delta_accuracy": ":+.4f", "latency_ms": ":.3f", "size_bytes": ":,",
-                                     "macs": ":,", "arch": False},
-                         labels={cost: axis_label, "accuracy": "test accuracy"})
+                                     "delta_accuracy": ":+.1f", "latency_ms": ":.3f", "latency_p90_ms": ":.3f",
+                                     "runtime": True, "size_bytes": ":,", "macs": ":,", "arch": not latency,
+                                     "flags": True},
+                         labels={cost: axis_label, "accuracy": "test accuracy", "delta_accuracy": "Δ accuracy (pt)",
+                                 "runtime": "timed in", "latency_p90_ms": "latency p90 (ms)", "flags": "warnings"})
+        if latency:
+            if plot_df["runtime"].nunique() > 1:
+                st.caption("Symbols show the runtime each model was timed in (PyTorch eager, ONNX Runtime INT8): "
+                           "latencies of different runtimes measure different engines. Bars run from the median to "
+                           "the 90th percentile.")
         fig.update_traces(marker=dict(size=11, line=dict(width=1, color="white")))
         if show_front:  # one front per test set: accuracies on different data do not compete
             groups = list(view[view["pareto"]].groupby(results.TEST_SET, dropna=False, sort=False))
@@ -130,8 +172,8 @@ def runs_table(view: pd.DataFrame) -> None:
                            help="every other measurement some run in view has: top-5, ROC AUC, FLOPs, throughput, "
                                 "inference memory, .onnx and deflated sizes, training time, GPU figures ...")
     at = default.index("sparsity")
-    shown = default[:at] + added + default[at:]
-    st.dataframe(view[shown], hide_index=True, width="stretch", height=min(420, 38 + 35 * len(view)),
+    cols = default[:at] + added + default[at:]
+    st.dataframe(shown(view[cols]), hide_index=True, width="stretch", height=min(420, 38 + 35 * len(view)),
                  column_config=COLUMN_CONFIG)
     st.download_button("Download table (CSV)", data=view.to_csv(index=False).encode(),
                        file_name="slimbench-results.csv", mime="text/csv", key="dl_csv", on_click="ignore",
@@ -159,7 +201,7 @@ def winner(view: pd.DataFrame) -> None:
         if n_sets > 1:
             st.info("The runs in view were scored on different test sets, whose accuracies do not compare; the winner "
                     "is picked among the runs on the newest run's test set. Filter by dataset to choose another.")
-        ranked = results.winners(view_w, objective, max_size_bytes=None if max_mb is None else max_mb * 1e6,
+        ranked = results.winners(view_w, objective, include_chance=include_chance, max_size_bytes=None if max_mb is None else max_mb * 1e6,
                                  max_macs=None if max_mmacs is None else max_mmacs * 1e6, max_latency_ms=max_ms,
                                  max_drop=None if max_pt is None else max_pt / 100)
         if ranked.empty:
@@ -170,7 +212,7 @@ def winner(view: pd.DataFrame) -> None:
                        f"accuracy {w['accuracy']:.4f}"
                        + ("" if np.isnan(w["delta_accuracy"]) else f" ({100 * w['delta_accuracy']:+.1f} pt)")
                        + f", {fmt_bytes(w['size_bytes'])}, {fmt_count(w['macs'])} MACs"
-                       + ("" if np.isnan(w["latency_ms"]) else f", {w['latency_ms']:.3g} ms")
+                       + ("" if np.isnan(w["latency_ms"]) else f", {fmt_ms(w['latency_ms'])}")
                        + f" — best of {len(ranked)} run(s) meeting the limits", icon=":material/trophy:")
             k = st.columns(3)
             with k[0]:
@@ -178,8 +220,8 @@ def winner(view: pd.DataFrame) -> None:
             with k[1]:
                 download(w["run_id"], "onnx", "Winner's ONNX model", key="w_dl_onnx")
             if len(ranked) > 1:
-                st.dataframe(ranked[["name", "method", "accuracy", "delta_accuracy", "size_bytes", "macs", "latency_ms",
-                                     "run_id"]].head(10), hide_index=True, width="stretch", column_config=COLUMN_CONFIG,
+                st.dataframe(shown(ranked[["name", "method", "accuracy", "delta_accuracy", "size_bytes", "macs",
+                                           "latency_ms", "run_id"]].head(10)), hide_index=True, width="stretch", column_config=COLUMN_CONFIG,
                              key="w_ranked")
 
 
@@ -289,14 +331,14 @@ def details(view: pd.DataFrame) -> None:
     acc_ci = rec.get("accuracy_ci95")
     c[0].metric("Accuracy", fmt_value(rec.get("accuracy"), ".4f"),
                 None if np.isnan(row["delta_accuracy"]) or row["base_id"] == run_id
-                else f"{row['delta_accuracy']:+.4f}",
+                else f"{100 * row['delta_accuracy']:+.1f} pt",
                 help=f"95% CI {acc_ci[0]:.4f} to {acc_ci[1]:.4f} over {rec.get('test_images')} test images (Wilson)"
                 if acc_ci else None)
     c[1].metric("Size (.pt)", fmt_bytes(rec.get("size_bytes")),
                 None if np.isnan(row["x_smaller"]) or row["base_id"] == run_id
                 else f"{row['x_smaller']:.2f}x smaller (.pt)",
                 delta_color="off", delta_arrow="off", help=artefact_sizes(rec, row, row["base_id"] != run_id))
-    c[2].metric("Latency", fmt_value(rec.get("latency_ms"), ".3g", " ms"),
+    c[2].metric("Latency", fmt_ms(rec.get("latency_ms")),
                 None if np.isnan(row["x_faster"]) or row["base_id"] == run_id else f"{row['x_faster']:.2f}x faster",
                 delta_color="off", delta_arrow="off", help=latency_help(rec, row))
     c[3].metric("MACs", fmt_count(rec.get("macs")),
@@ -335,6 +377,10 @@ def details(view: pd.DataFrame) -> None:
                         "within test-set noise" if noise else "a real difference", delta_color="off", delta_arrow="off",
                         help=f"paired over the flipped answers; McNemar p = {row['mcnemar_p']:.3g}")
 
+    if why := results.chance_level(rec):
+        st.error(f"At chance level: {md_text(why)}. Its answers are no better than guessing, so its size and speed "
+                 "say nothing about a useful model; it is kept off the Pareto front and out of the winner unless "
+                 "asked for.", icon=":material/casino:")
     if row["base_id"] != run_id and (why := results.still_learning(by_id[row["base_id"]])):
         st.warning(f"Its base may be under-trained: {why}. Fine-tuning after compression then adds training, and "
                    "Δ accuracy mixes that gain with what compression costs. Train the base longer (Baseline epochs) "

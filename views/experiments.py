@@ -9,8 +9,8 @@ import streamlit as st
 
 from engine import data as data_mod, export, import_weights, jobs, methods, models, presets
 from engine.spec import DataSpec, SpecError
-from views.common import (device_text, discard_upload, done_runs, get_store, md_text, refused_upload, run_label,
-                          save_upload, startable_runs, upload_limit_mb)
+from views.common import (accept_upload, device_text, discard_upload, done_runs, get_store, md_text, refused_upload,
+                          run_label, save_upload, startable_runs, upload_limit_mb, uploader_key)
 
 st.title("Experiments")
 st.caption("Train a base model, compress it with any registered method, and queue the jobs. "
@@ -28,7 +28,10 @@ store = get_store()
 def launch(plan: list[dict[str, Any]], again: bool = False) -> None:
     """Validate the whole plan, then queue it; report problems as errors naming the field. A plan
     identical to jobs already queued or running is held back (a second click on Launch queued it
-    twice) until the user confirms it (``again``)."""
+    twice) until the user confirms it (``again``). Every job carries the experiment and group typed
+    above the tabs, which Jobs, Compare and the CLI filter by."""
+    labels = {k: " ".join(str(st.session_state.get(f"exp_{k}") or "").split()) for k in ("experiment", "group")}
+    plan = [{**s, **{k: v for k, v in labels.items() if v}} for s in plan]
     ok, problems = presets.check(plan)
     if problems:
         st.error("Nothing was queued. Fix these first:\n\n" + "\n".join(f"- {md_text(p)}" for p in problems))
@@ -78,8 +81,7 @@ def checkpoint_panel(ck) -> str:
         if kind == "bundle" and what["kind"] != "torch":
             raise export.BundleError(f"it holds a {what['kind']} model; compression starts from PyTorch weights")
     except export.BundleError as e:  # the file itself is unusable: it leaves the workspace at once
-        discard_upload(ck, path, upload_problem(ck.name, e))
-        raise
+        discard_upload("ckpt", ck, path, upload_problem(ck.name, e))
     if kind == "bundle":
         acc = f", accuracy {what['accuracy']:.4f} on {what['dataset']}" if what.get("accuracy") is not None else ""
         st.success(md_text(f"Slimbench bundle: {what['arch']}, {what['num_classes']} classes{acc}."))
@@ -188,6 +190,12 @@ if held:
         del st.session_state["held_launch"]
         st.rerun()
 
+c1, c2 = st.columns(2)
+c1.text_input("Experiment", key="exp_experiment", max_chars=200, placeholder="e.g. shoes classifier, May",
+              help="a name every job launched below carries; Jobs, Compare and `engine jobs/runs --experiment` "
+                   "filter by it")
+c2.text_input("Group", key="exp_group", max_chars=200, placeholder="e.g. pruning sweep",
+              help="a subset of the experiment (`--group` on the CLI)")
 tab_preset, tab_custom = st.tabs(["Presets", "Custom experiment"])
 
 # -- presets ------------------------------------------------------------------------------------
@@ -294,21 +302,22 @@ with tab_custom:
                                          value=str(presets.SHARED_CIFAR10), key="cifar_path")
     elif source.startswith("Upload"):
         up = st.file_uploader("Zip with train/<class>/*.jpg and test/<class>/... (or just <class>/...)",
-                              type=["zip"], key="data_zip",
+                              type=["zip"], key=uploader_key("data_zip"),
                               help=f"Up to {upload_limit_mb():,} MB; a larger dataset can be read in place: "
                                    "choose \"Path on this server\".")
         data["name"] = "imagefolder"
-        if up is None:
-            data_problem = "upload a zip of images first"
-        elif refused := refused_upload(up):
-            st.error(refused)
+        if up is None and (refused := refused_upload("data_zip")):
+            st.error(md_text(refused) + " Upload another zip.")
             data_problem = refused
+        elif up is None:
+            data_problem = "upload a zip of images first"
         else:
+            accept_upload("data_zip")
             path = save_upload(up, "datasets")
             data["path"] = str(path)
             data_problem = imagefolder_summary(data["path"], up.name)
-            if data_problem:  # an unusable archive does not stay in the workspace
-                discard_upload(up, path, data_problem)
+            if data_problem:  # an unusable archive leaves the workspace and the server's memory
+                discard_upload("data_zip", up, path, data_problem)
     else:
         data["name"] = "imagefolder"
         data["path"] = st.text_input("Folder or zip on this server", key="data_path",
@@ -346,7 +355,7 @@ with tab_custom:
             model["from_run"] = st.selectbox("Run", list(labels), format_func=labels.get, key="base_run")
     else:
         ck = st.file_uploader("Checkpoint: a Slimbench bundle, or a PyTorch state dict of a listed architecture",
-                              type=["pt", "pth", "bin", "ckpt"], key="ckpt",
+                              type=["pt", "pth", "bin", "ckpt"], key=uploader_key("ckpt"),
                               help="A state dict as saved by torch.save(model.state_dict(), path); wrapped in "
                                    "{'state_dict': ...}, DDP-prefixed or a PyTorch Lightning checkpoint is fine. "
                                    f"Never unpickled as code. Up to {upload_limit_mb():,} MB.")
@@ -354,15 +363,16 @@ with tab_custom:
             "Fine-tune epochs before compressing (0 = use it as it is)", 0, 10000, 0, key="ck_epochs",
             help="The checkpoint first gets a run of its own on this data (scored and measured), which every "
                  "method starts from and is compared with."))
-        if ck is None:
-            data_problem = data_problem or "upload a checkpoint first"
-        elif refused := refused_upload(ck):
-            st.error(refused)
+        if ck is None and (refused := refused_upload("ckpt")):
+            st.error(md_text(refused) + " Upload another checkpoint.")
             data_problem = data_problem or refused
+        elif ck is None:
+            data_problem = data_problem or "upload a checkpoint first"
         else:
+            accept_upload("ckpt")
             try:
                 model["checkpoint"] = checkpoint_panel(ck)
-            except export.BundleError as e:
+            except export.BundleError as e:  # the file is fine, the description given of it does not fit
                 st.error(md_text(upload_problem(ck.name, e)))
                 data_problem = data_problem or f"{ck.name} cannot be used ({e})"
 

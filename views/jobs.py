@@ -7,7 +7,7 @@ import streamlit as st
 
 from engine import jobs, results
 from engine.store import FINAL_STATES
-from views.common import fmt_bytes, fmt_count, fmt_seconds, fmt_value, follow_activity, get_store, md_text
+from views.common import fmt_bytes, fmt_count, fmt_ms, fmt_seconds, fmt_value, follow_activity, get_store, md_text
 
 st.title("Jobs")
 store = get_store()
@@ -112,7 +112,7 @@ if all_rows:
             m[0].metric("Accuracy", fmt_value(rec.get("accuracy"), ".4f"))
             m[1].metric("Size", fmt_bytes(rec.get("size_bytes")))
             m[2].metric("MACs", fmt_count(rec.get("macs")))
-            m[3].metric("Latency", fmt_value(rec.get("latency_ms"), ".3g", " ms"),
+            m[3].metric("Latency", fmt_ms(rec.get("latency_ms")),
                         help="CPU, batch 1, median")
             m[4].page_link("views/compare.py", label="Against its base on Compare", icon=":material/compare_arrows:",
                            query_params={"run": job_id})

@@ -10,7 +10,7 @@ import streamlit as st
 
 from engine import predict, saliency
 from engine.data import IMAGE_SUFFIXES, ImageError, load_pil
-from views.common import done_runs, get_store, md_text, run_label
+from views.common import done_runs, fmt_ms, get_store, md_text, run_label
 
 st.title("Try an image")
 log = logging.getLogger("slimbench.pages")
@@ -121,7 +121,7 @@ def show(name: str, raw: bytes, truth: str | None) -> None:
                                if out.index == preds[ref_id].index
                                else ":red[:material/cancel: differs from reference]")
             st.markdown(f"**{md_text(by_id[rid].get('name') or by_id[rid].get('method'))}**  \n"
-                        f"`{rid}` · {out.latency_ms:.2f} ms" + "".join(f" · {v}" for v in verdict))
+                        f"`{rid}` · {fmt_ms(out.latency_ms)}" + "".join(f" · {v}" for v in verdict))
             st.dataframe(pd.DataFrame(out.top, columns=["class", "probability"]), hide_index=True, width="stretch",
                          key=f"top_{name}_{rid}",
                          column_config={"probability": st.column_config.ProgressColumn(min_value=0, max_value=1,
