@@ -151,14 +151,46 @@ def custom_plan(*, data: dict, model: dict, steps: list[tuple[str, list[dict[str
     return specs
 
 
+# Where a plan's spec may name another job of the plan by ref(i): the model it starts from, and the
+# run a control is trained for.
+REF_FIELDS = (("model", "from_run"), ("method.params", "of_run"))
+
+
+def _ref_slots(s: dict[str, Any]) -> list[tuple[dict[str, Any], str, int]]:
+    """(dict, key, i) of every ref(i) placeholder in spec ``s``."""
+    slots = []
+    for path, key in REF_FIELDS:
+        d: Any = s
+        for part in path.split("."):
+            d = d.get(part) if isinstance(d, dict) else None
+        v = d.get(key) if isinstance(d, dict) else None
+        if isinstance(v, str) and v.startswith(REF_PREFIX):
+            slots.append((d, key, int(v[len(REF_PREFIX):])))
+    return slots
+
+
 def resolve(specs: list[dict[str, Any]], ids: list[str] | str) -> list[dict[str, Any]]:
     """Copies of ``specs`` with ref(i) placeholders replaced by ``ids[i]`` (a str: the id of every ref)."""
     out = copy.deepcopy(specs)
     for s in out:
-        src = s.get("model", {}).get("from_run")
-        if isinstance(src, str) and src.startswith(REF_PREFIX):
-            k = int(src[len(REF_PREFIX):])
-            s["model"]["from_run"] = ids if isinstance(ids, str) else ids[k]
+        for d, key, k in _ref_slots(s):
+            d[key] = ids if isinstance(ids, str) else ids[k]
+    return out
+
+
+def with_controls(plan: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``plan`` with a control job appended for each structured, low-rank, factorisation or distillation
+    job: the same start and data, trained from scratch to that job's MACs with its epoch budget
+    (method ``control``, ``of_run = ref(i)``). Appended at the end, so every earlier ref(i) still holds."""
+    from .methods import control  # imports torch: only where controls are asked for
+    out = copy.deepcopy(plan)
+    for i, s in enumerate(plan):
+        if not control.controllable(s.get("method") or {}):
+            continue
+        out.append({"name": f"control of {s.get('name') or s['method']['name']}", "data": copy.deepcopy(s["data"]),
+                    "model": copy.deepcopy(s["model"]), "method": {"name": "control", "params": {"of_run": ref(i)}},
+                    "train": copy.deepcopy(s.get("train", {})), "measure": copy.deepcopy(s.get("measure", {})),
+                    **{k: s[k] for k in ("experiment", "group") if k in s}})
     return out
 
 
@@ -170,25 +202,25 @@ def check(specs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]
     ok_index: dict[int, int] = {}
     ok, problems = [], []
     for i, s in enumerate(specs):
-        src = s.get("model", {}).get("from_run")
         label = s.get('name') or s['method']['name']
-        ref_index = int(src[len(REF_PREFIX):]) if isinstance(src, str) and src.startswith(REF_PREFIX) else None
-        if ref_index is not None:
-            if ref_index not in ok_index:
-                problems.append(f"{label}: skipped because the job it starts from is invalid")
-                continue
-            if not methods.makes_torch_model(specs[ref_index]["method"]):
-                problems.append(f"{label}: the job it starts from makes an INT8 ONNX Runtime model, which cannot "
-                                "be trained or compressed further; put quantize_int8 last")
-                continue
+        slots = _ref_slots(s)
+        dropped = [key for _, key, k in slots if k not in ok_index]
+        if dropped:
+            problems.append(f"{label}: skipped because the job " + ("it starts from" if "from_run" in dropped else
+                                                                     "it is a control of") + " is invalid")
+            continue
+        if any(not methods.makes_torch_model(specs[k]["method"]) for _, _, k in slots):
+            problems.append(f"{label}: the job it starts from makes an INT8 ONNX Runtime model, which cannot "
+                            "be trained or compressed further; put quantize_int8 last")
+            continue
         try:
             check_spec(resolve([s], "plan-check")[0])
         except SpecError as e:
             problems.append(f"{label}: {e}")
             continue
         s = copy.deepcopy(s)
-        if ref_index is not None:
-            s["model"]["from_run"] = ref(ok_index[ref_index])
+        for d, key, k in _ref_slots(s):
+            d[key] = ref(ok_index[k])
         ok_index[i] = len(ok)
         ok.append(s)
     return ok, problems

@@ -5,7 +5,6 @@ import contextlib
 import copy
 import dataclasses
 import functools
-import hashlib
 import json
 import logging
 import math
@@ -287,16 +286,10 @@ def model_card(record: dict[str, Any], data: data_mod.DataBundle) -> dict[str, A
 
 
 def test_set_hash(split: data_mod.Split) -> str:
-    """sha256 of a test split's content: its images' shape and bytes (as decoded, resized and limited:
-    what the model was scored on) and their labels. Two test sets of equal name and size but other
-    images (two zips passed as ``cifar10``, two image folders) differ here, and only runs with equal
-    hashes compare their accuracies."""
-    h = hashlib.sha256()
-    for t in (split.x, split.y):
-        t = t.detach().to("cpu").contiguous()
-        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().data)
-    return h.hexdigest()
+    """sha256 of a test split's content (``Split.content_hash``: what the model was scored on). Two
+    test sets of equal name and size but other images (two zips passed as ``cifar10``, two image
+    folders) differ here, and only runs with equal hashes compare their accuracies."""
+    return split.content_hash()
 
 
 def _data_path(d: DataSpec) -> str | None:

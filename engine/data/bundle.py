@@ -6,6 +6,7 @@ device, vectorised.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -30,6 +31,16 @@ class Split:
 
     def subset(self, idx: torch.Tensor) -> "Split":
         return Split(self.x[idx], self.y[idx])
+
+    def content_hash(self) -> str:
+        """sha256 of the split's content: its images' shape and bytes (as decoded, resized and limited)
+        and their labels. Two splits of equal name and size but other images differ here."""
+        h = hashlib.sha256()
+        for t in (self.x, self.y):
+            t = t.detach().to("cpu").contiguous()
+            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().data)
+        return h.hexdigest()
 
     def on(self, device: torch.device) -> "Split":
         """This split resident on a CUDA device (kept for later loaders), or itself when it is on the

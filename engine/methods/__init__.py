@@ -93,7 +93,7 @@ class Method:
 METHODS: dict[str, Method] = {}
 
 # Modules that register methods; imported lazily so that `import engine` stays light.
-_MODULES = ("baseline", "pruning", "lowrank", "distill", "factorize", "quantize", "runtime", "pipeline")
+_MODULES = ("baseline", "pruning", "lowrank", "distill", "factorize", "quantize", "runtime", "pipeline", "control")
 
 
 def register(name: str, *, params: tuple[Param, ...] | list[Param] = (), help: str = "",

@@ -106,10 +106,10 @@ def load_teacher(ctx, run_id: str | None) -> nn.Module:
     return teacher
 
 
-def _teacher_as_trained(ctx, run_id: str) -> nn.Module:
-    """Another run's model as a teacher: refused where its classes or input size differ from this
-    job's (its soft targets would mean other things), re-normalised where its statistics differ."""
-    field = "method.params.teacher"
+def _teacher_as_trained(ctx, run_id: str, field: str = "method.params.teacher") -> nn.Module:
+    """Another run's model as a teacher (or a control's compressed run, ``field`` naming the parameter):
+    refused where its classes or input size differ from this job's (its soft targets would mean other
+    things), re-normalised where its statistics differ."""
     teacher, bundle = ctx.load_run(run_id, field)
     meta, data = bundle.get("meta") or {}, ctx.data
     n = int(bundle["arch_kwargs"]["num_classes"])
