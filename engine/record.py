@@ -96,6 +96,33 @@ FIELDS: tuple[Field, ...] = (
     Field("flags", "warnings", kind="text", source="base", compare=14, more=False,
           help="what would make this run's figures mislead: chance level (why), or a base still learning when it "
                "stopped (every run of its chain then mixes extra training into Δ accuracy)"),
+    Field("control_verdict", "vs its control", kind="text", source="base", compare=16, more=False,
+          help="did compressing beat simply training a smaller net? A compressed run's accuracy against its "
+               "control (method control: the same family scaled to its MACs, trained from scratch with the same "
+               "epoch budget), paired on the same test images, with the 95% interval; on a control's own row, the "
+               "run it controls"),
+    # -- controls (method control) ----------------------------------------------------------------
+    Field("control_of", "control of", kind="text",
+          help="the compressed run this control was trained for (method control)"),
+    Field("control_delta_pt", "Δ vs control (pt)", "points", "the compressed run's accuracy minus this control's, "
+          "both scored in the control's job on the same test images", "%+.2f"),
+    Field("control_delta_ci95_pt", "Δ vs control 95% CI (pt)", "points", "[low, high] paired 95% interval of "
+          "Δ vs control, from the images only one of the two got right", kind="json", table=False),
+    Field("control_mcnemar_p", "McNemar p vs control", "", "exact McNemar test that the compressed run and its "
+          "control are equally accurate on these images", "%.3g"),
+    Field("control_of_accuracy", "compressed run's accuracy", _FRACTION, "the compressed run's top-1 on the "
+          "control's test images, scored in the control's job", "%.4f"),
+    Field("control_arch", "control arch", kind="text", help="the architecture the control was built as (a CIFAR "
+          "ResNet may change depth where no width reaches the MACs)"),
+    Field("control_width", "control width", "x", "channel-width multiplier of the control", "%.3f"),
+    Field("control_target_macs", "control's target MACs", "MACs", "the compressed run's dense MACs, which the "
+          "control matches within 5%", "%d"),
+    Field("control_macs_ratio", "control MACs ÷ target", "x", "the control's MACs over the compressed run's "
+          "(within 0.95-1.05)", "%.3f"),
+    Field("control_epochs", "control epochs", "epochs", "the epoch budget the control trained for: every epoch "
+          "the compressed model's weights went through along its chain (see control_epochs_counted)", "%d"),
+    Field("control_epochs_counted", "control budget counted", kind="text",
+          help="how the control's epoch budget was counted: each run of the compressed run's chain and its epochs"),
     # -- accuracy --------------------------------------------------------------------------------
     Field("accuracy", "accuracy", _FRACTION, "top-1 on the test split", "%.4f", card=True, compare=60,
           cli=Cli("acc", 7, ".4f", commands=("runs", "compare"))),

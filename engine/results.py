@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterable
 
 import pandas as pd
 
-from . import record
+from . import literature, record
 from .stats import wilson
 from .store import Store
 
@@ -139,6 +139,9 @@ def table(recs: Iterable[dict[str, Any]]) -> pd.DataFrame:
     recs = [r for r in recs if r and r.get("run_id")]
     by_id = {r["run_id"]: r for r in recs}
     fields = record.table_fields()
+    controls: dict[str, dict[str, Any]] = {}   # compressed run -> its newest control
+    for c in sorted((r for r in recs if r.get("control_of")), key=lambda r: r.get("finished") or 0):
+        controls[c["control_of"]] = c
     rows = []
     for r in recs:
         base = by_id[_root(r["run_id"], by_id)]
@@ -160,6 +163,8 @@ def table(recs: Iterable[dict[str, Any]]) -> pd.DataFrame:
         row["chance_level"] = chance_level(r) is not None
         row["flags"] = "; ".join(flags(r, base))
         row["runtime"] = runtime(r)
+        row["control_verdict"] = control_verdict(controls.get(r["run_id"])) if r["run_id"] in controls else \
+            (f"control of {r['control_of']}" if r.get("control_of") else None)
         gpu_paired = _paired_x_faster(r["run_id"], base["run_id"], by_id, "gpu_paired_speedup")
         row["gpu_x_faster"] = gpu_paired if not math.isnan(gpu_paired) and r["run_id"] != base["run_id"] \
             else _ratio(base.get("gpu_latency_ms"), r.get("gpu_latency_ms"))
@@ -169,6 +174,53 @@ def table(recs: Iterable[dict[str, Any]]) -> pd.DataFrame:
         if f.numeric:
             df[f.name] = pd.to_numeric(df[f.name], errors="coerce")
     return df
+
+
+def control_verdict(c: dict[str, Any]) -> str:
+    """A compressed run against its control (the control's record), in words: beaten only where the
+    paired 95 % interval lies above zero."""
+    d, ci = c.get("control_delta_pt"), c.get("control_delta_ci95_pt")
+    if not _num(d) or not (isinstance(ci, list) and len(ci) == 2 and all(_num(v) for v in ci)):
+        return f"control {c['run_id']} recorded no comparison"
+    interval = f"95 % CI {ci[0]:+.1f} to {ci[1]:+.1f} pt, control {c['run_id']}"
+    if ci[0] > 0:
+        return f"beats its control by {d:.1f} pt ({interval})"
+    if ci[1] < 0:
+        return f"does not beat its control: {-d:.1f} pt below it ({interval})"
+    return f"does not beat its control: {d:+.1f} pt, within test-set noise ({interval})"
+
+
+def literature_points(df: pd.DataFrame) -> pd.DataFrame:
+    """The published points (``engine.literature``) for the bases in ``df`` whose arch and dataset the
+    literature has, placed on our MAC axis: x = our base's MACs ÷ the published MAC reduction, y = the
+    published accuracy (a fraction, as the plot's). One row per point and base arch/dataset."""
+    cols = ["method", "family", "net", "dataset", "base_acc", "result_acc", "delta_pt", "mac_reduction", "macs",
+            "accuracy", "setting", "source", "our_base"]
+    rows = []
+    bases = df[df["run_id"] == df["base_id"]].dropna(subset=["macs"])
+    for (arch, dataset), group in bases.groupby(["arch", "dataset"], sort=True):
+        base = group.sort_values("finished").iloc[-1]   # the newest base of this net and data
+        for p in literature.matching(arch, dataset):
+            rows.append({"method": p.method, "family": p.family, "net": p.net, "dataset": p.dataset,
+                         "base_acc": p.base_acc, "result_acc": p.result_acc, "delta_pt": p.delta_pt,
+                         "mac_reduction": p.mac_reduction, "macs": base["macs"] / p.mac_reduction,
+                         "accuracy": p.result_acc / 100, "setting": p.setting, "source": p.source,
+                         "our_base": base["run_id"]})
+    return pd.DataFrame(rows, columns=cols)
+
+
+def literature_gaps(df: pd.DataFrame, max_gap_pt: float = 1.0) -> list[str]:
+    """Bases in ``df`` more than ``max_gap_pt`` below the best published base of their net and data, in
+    words: their runs' Δ accuracy then starts from a weaker model than the literature's, and the
+    published points are not like for like."""
+    out = []
+    for _, b in df[df["run_id"] == df["base_id"]].dropna(subset=["accuracy"]).iterrows():
+        gap = literature.base_gap_pt(b["accuracy"], b["arch"], b["dataset"])
+        if gap is not None and gap > max_gap_pt:
+            best = max(p.base_acc for p in literature.matching(b["arch"], b["dataset"]))
+            out.append(f"base {b['name'] or b['run_id']} ({b['arch']} on {b['dataset']}, {100 * b['accuracy']:.2f} %) "
+                       f"is {gap:.1f} pt below the published base ({best:.2f} %)")
+    return out
 
 
 def still_learning(rec: dict[str, Any], rise: float = 0.01) -> str | None:

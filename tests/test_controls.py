@@ -2,6 +2,7 @@
 with the same epoch budget, compared on the same test images; refusals before training; the presets helper."""
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 
 from engine import measure, models, presets
@@ -121,3 +122,77 @@ def test_with_controls_appends_a_control_after_each_controllable_job_and_launch_
     assert [s["method"]["name"] for s in ok] == ["baseline", "prune_structured", "prune_unstructured", "control"]
     assert ok[3]["method"]["params"]["of_run"] == presets.ref(1)
     assert any("control of" in p and "it is a control of is invalid" in p for p in problems)
+
+
+# -- Compare: the verdict and the literature (synthetic records) ----------------------------------------------
+def insert_controlled_study(home) -> None:
+    """A CIFAR-10 ResNet-56 base 3.5 pt below the published one, a pruned child 2.1x fewer MACs, its control
+    (which the pruned run beats, paired), and a factorised child whose control it does not beat."""
+    store = Store(home)
+    common = {"arch": "resnet56", "dataset": "cifar10", "num_classes": 10, "test_images": 10000, "test_set_hash": "h",
+              "size_bytes": 3_400_000}
+    recs = [
+        {"run_id": "base", "name": "base", "method": "baseline", "parent": None, "accuracy": 0.9003, "macs": 125_485_706},
+        {"run_id": "pruned", "name": "pruned", "method": "prune_structured", "parent": "base", "accuracy": 0.8990,
+         "start_accuracy": 0.9003, "macs": 59_000_000},
+        {"run_id": "ctl-pruned", "name": "control of pruned", "method": "control", "parent": "base", "accuracy": 0.8810,
+         "start_accuracy": 0.9003, "macs": 60_100_000, "control_of": "pruned", "control_delta_pt": 1.8,
+         "control_delta_ci95_pt": [1.2, 2.4], "control_mcnemar_p": 1e-6, "control_of_accuracy": 0.8990},
+        {"run_id": "fact", "name": "fact", "method": "factorize", "parent": "base", "accuracy": 0.8700,
+         "start_accuracy": 0.9003, "macs": 70_000_000},
+        {"run_id": "ctl-fact", "name": "control of fact", "method": "control", "parent": "base", "accuracy": 0.8720,
+         "start_accuracy": 0.9003, "macs": 69_000_000, "control_of": "fact", "control_delta_pt": -0.2,
+         "control_delta_ci95_pt": [-0.9, 0.5], "control_mcnemar_p": 0.6, "control_of_accuracy": 0.8700},
+    ]
+    for i, r in enumerate(recs):
+        store.create({"name": r["name"], "data": {"name": "cifar10"}, "model": {"arch": "resnet56"},
+                      "method": {"name": r["method"], "params": {}}}, state="done", run_id=r["run_id"],
+                      parent=r["parent"], created=1000.0 + i)
+        store.update(r["run_id"], record={**common, **r, "finished": 1000.0 + i}, finished=1000.0 + i)
+
+
+@pytest.mark.fast
+def test_results_table_words_each_runs_verdict_against_its_control(home):
+    from engine import results
+    insert_controlled_study(home)
+    df = results.table(results.records(Store(home))).set_index("run_id")
+    assert df.loc["pruned", "control_verdict"] == "beats its control by 1.8 pt (95 % CI +1.2 to +2.4 pt, control ctl-pruned)"
+    assert df.loc["fact", "control_verdict"].startswith("does not beat its control: -0.2 pt, within test-set noise")
+    assert df.loc["ctl-pruned", "control_verdict"] == "control of pruned"
+    assert pd.isna(df.loc["base", "control_verdict"])
+    pts = results.literature_points(df.reset_index())
+    assert set(pts["net"]) == {"resnet56"} and len(pts) >= 5
+    assert (pts["macs"] * pts["mac_reduction"]).round().eq(125_485_706).all()
+    assert results.literature_gaps(df.reset_index())[0].startswith("base base (resnet56 on cifar10, 90.03 %) is 4.3 pt")
+
+
+@pytest.mark.fast
+def test_compare_shows_the_control_verdict_and_the_published_points(tmp_path, monkeypatch):
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    from conftest import ROOT, plain
+    home = tmp_path / "ws"
+    monkeypatch.setenv("SLIMBENCH_HOME", str(home))
+    monkeypatch.setenv("SLIMBENCH_NO_AUTOSTART", "1")
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    insert_controlled_study(home)
+    at = AppTest.from_file(str(ROOT / "dashboard.py"), default_timeout=120)
+    at.run()
+    at.switch_page("views/compare.py")
+    at.run()
+    at.radio(key="axis").set_value("MACs")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    table = at.dataframe[0].value.set_index("run_id")
+    assert table.loc["pruned", "control_verdict"].startswith("beats its control by 1.8 pt")
+    chart = next(str(c.proto.spec) for c in at.get("plotly_chart") if "published (literature)" in str(c.proto.spec))
+    assert "DepGraph" in chart and "from a base of" in chart
+    assert "4.3 pt below the published base (94.37 %)" in "\n".join(plain(str(w.value)) for w in at.warning)
+    at.selectbox(key="detail_run").set_value("pruned")
+    at.run()
+    assert "Against its control" in "\n".join(plain(str(s.value)) for s in at.success)
+    at.selectbox(key="detail_run").set_value("fact")
+    at.run()
+    assert "does not beat its control" in "\n".join(plain(str(s.value)) for s in at.info)

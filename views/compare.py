@@ -154,9 +154,32 @@ def runs(view: pd.DataFrame) -> None:
                     marker=dict(size=17, symbol="circle-open", color="rgba(17,24,39,0.55)"),
                     line=dict(color="rgba(17,24,39,0.55)", dash="dash", shape="hv"), hoverinfo="skip"))
         lo, hi = plot_df["accuracy"].min(), plot_df["accuracy"].max()
+        published = results.literature_points(view) if cost == "macs" else None
+        if published is not None and not published.empty:
+            # our base's MACs ÷ the published reduction: where that result sits on this net's axis
+            fig.add_trace(go.Scatter(
+                x=published["macs"], y=published["accuracy"], mode="markers", name="published (literature)",
+                marker=dict(size=12, symbol="diamond", color="#f59e0b", line=dict(width=1, color="#78350f")),
+                customdata=published[["method", "net", "base_acc", "result_acc", "delta_pt", "mac_reduction",
+                                      "setting", "source"]].map(plot_text).to_numpy(),
+                hovertemplate="<b>%{customdata[0]}</b> (published, %{customdata[1]})<br>"
+                              "accuracy %{customdata[3]} % from a base of %{customdata[2]} % (Δ %{customdata[4]} pt)"
+                              "<br>%{customdata[5]}x fewer MACs: %{customdata[6]}<br>source: %{customdata[7]}"
+                              "<extra></extra>"))
+            lo, hi = min(lo, published["accuracy"].min()), max(hi, published["accuracy"].max())
+        elif cost != "macs" and not results.literature_points(view).empty:
+            st.caption("Published results for these nets are drawn on the MACs axis.")
         fig.update_yaxes(range=[max(0.0, lo - 0.05), min(1.0, hi + 0.05) + 0.01])
         fig.update_layout(margin=dict(l=10, r=10, t=10, b=10), legend=dict(orientation="v"))
         st.plotly_chart(fig, key="scatter", config={"displaylogo": False})
+        if published is not None and not published.empty:
+            st.caption(f"Diamonds: {len(published)} published result(s) for "
+                       + ", ".join(sorted({f"{n} on {d}" for n, d in zip(published["net"], published["dataset"])}))
+                       + ", placed at our base's MACs ÷ their MAC reduction; hover for their own base accuracy and "
+                         "source.")
+        for gap in results.literature_gaps(view):
+            st.warning(f"{md_text(gap)}: compare Δ accuracy with the published points, not absolute accuracy.",
+                       icon=":material/menu_book:")
     runs_table(view)
 
 
@@ -377,6 +400,11 @@ def details(view: pd.DataFrame) -> None:
                         "within test-set noise" if noise else "a real difference", delta_color="off", delta_arrow="off",
                         help=f"paired over the flipped answers; McNemar p = {row['mcnemar_p']:.3g}")
 
+    verdict = row.get("control_verdict")
+    if isinstance(verdict, str) and verdict and not rec.get("control_of"):
+        (st.success if verdict.startswith("beats") else st.info)(
+            f"Against its control (the same family scaled to its MACs, trained from scratch with the same epoch "
+            f"budget): {md_text(verdict)}.", icon=":material/balance:")
     if why := results.chance_level(rec):
         st.error(f"At chance level: {md_text(why)}. Its answers are no better than guessing, so its size and speed "
                  "say nothing about a useful model; it is kept off the Pareto front and out of the winner unless "
