@@ -230,7 +230,8 @@ def test_quick_tour_has_a_baseline_and_every_registered_method():
     reg = _registry()
     plan = presets.quick_tour()
     assert plan[0]["method"]["name"] == "baseline" and plan[0]["model"] == {"arch": "resnet18"}
-    assert {s["method"]["name"] for s in plan[1:]} == set(reg) - {"baseline"}
+    # a control needs the run it controls: presets.with_controls adds those, not the registry walk
+    assert {s["method"]["name"] for s in plan[1:]} == set(reg) - {"baseline", "control"}
     for s in plan[1:]:
         assert s["model"] == {"from_run": presets.BASE} and s["train"]["epochs"] == 1
         for p in reg[s["method"]["name"]].params:  # every epoch knob at its smallest useful value

@@ -352,7 +352,7 @@ def test_presets_tab_lists_every_registered_method(ws, monkeypatch):
     table = at.dataframe[0].value
     assert len(table) == len(ok) and table["method"].iloc[0] == "baseline"
     assert set(table["method"]) | {p.split(":")[1].strip() for p in problems} >= {
-        n for n in methods.METHODS if n != "baseline"}
+        n for n in methods.METHODS if n not in ("baseline", "control")}   # controls: presets.with_controls
     assert not at.button(key="launch_preset").disabled
     at.selectbox(key="preset").set_value("CIFAR-10 ResNet-18 (GPU)")
     at.run()
