@@ -92,6 +92,10 @@ class Method:
 
 METHODS: dict[str, Method] = {}
 
+# A rewrite that would save less than this share of the model's MACs changes (almost) nothing: the
+# job is refused before it trains rather than finishing "done" with the model it started from.
+MIN_MAC_SAVING = 0.02
+
 # Modules that register methods; imported lazily so that `import engine` stays light.
 _MODULES = ("baseline", "pruning", "lowrank", "distill", "factorize", "quantize", "runtime", "pipeline")
 
