@@ -52,6 +52,8 @@ class Context:
     history: list[dict] = field(default_factory=list)
     best_val_acc: float | None = None
     best_val_phase: str | None = None
+    recalibrated: dict[str, int] = field(default_factory=dict)   # after which cut -> how many times
+    recalibration_images: int = 0                                   # images the statistics came from
 
     # -- training helpers --------------------------------------------------------------------
     def fit(self, model: nn.Module, epochs: int | None = None, lr: float | None = None, phase: str = "train",
@@ -75,6 +77,29 @@ class Context:
         if lr is None:
             lr = training.default_lr(self.spec.train, self.data.batch_size) / 10
         return self.fit(model, epochs=epochs, lr=lr, phase=phase, **hooks)
+
+    def recalibrate(self, model: nn.Module, after: str) -> int:
+        """Re-estimate the batch-norm statistics of a model just cut (``after`` names the cut, for
+        the record) on ``train.bn_recalibration_images`` training images; call it after every cut,
+        before the model is fine-tuned or scored. Returns the images used (0: off, or no batch norm)."""
+        n = training.recalibrate_bn(model, self.data, self.spec.train.bn_recalibration_images, self.device,
+                                    self.cancelled)
+        self.count_recalibration(after, n)
+        return n
+
+    def count_recalibration(self, after: str, images: int) -> None:
+        """Record one recalibration made elsewhere (inside a training hook, which may run in a DDP rank)."""
+        if images:
+            self.recalibrated[after] = self.recalibrated.get(after, 0) + 1
+            self.recalibration_images = images
+
+    def notes(self) -> list[str]:
+        """What the method did to the model beyond its parameters, for the record's notes."""
+        if not self.recalibrated:
+            return []
+        where = ", ".join(k if n == 1 else f"{k} (x{n})" for k, n in self.recalibrated.items())
+        return [f"batch-norm statistics re-estimated on {self.recalibration_images} training images (augmented as in training) "
+                f"after every cut, before fine-tuning or scoring: {where}"]
 
     def evaluate(self, model: nn.Module, split: str = "val", full: bool = False) -> dict[str, Any]:
         model.to(self.device)

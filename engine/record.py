@@ -230,6 +230,10 @@ FIELDS: tuple[Field, ...] = (
           "batched GPU runs (gpu_throughput_batch images) minus what was allocated before them (the weights): "
           "activations and kernel workspace", "%d"),
     Field("train_seconds", "train time (s)", "s", "wall time of the job's training and fine-tuning", "%.1f"),
+    Field("bn_recalibration_images", "BN re-estimated on", "images",
+          "training images (augmented as in training) the batch-norm running statistics were re-estimated on after each cut, "
+          "before fine-tuning or scoring (train.bn_recalibration_images); 0: off, or nothing was cut", "%d",
+          card=True),
     # -- where and on what -----------------------------------------------------------------------
     Field("device", "trained on", kind="text", card=True,
           help="the device the job trained and evaluated on; timings name theirs (latency_device, gpu_name)"),

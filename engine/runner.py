@@ -249,7 +249,8 @@ def _run(spec: JobSpec, store: Store, run_id: str, run_dir: Path, progress, canc
                               "dataset": data.name, "num_classes": data.num_classes,
                               "input_size": list(data.input_shape), "parent": parent,
                               "device": str(device), "train_seconds": ctx.train_seconds,
-                              "best_val_acc": ctx.best_val_acc, "best_val_phase": ctx.best_val_phase, "history": ctx.history, "notes": data.notes}
+                              "best_val_acc": ctx.best_val_acc, "best_val_phase": ctx.best_val_phase, "history": ctx.history,
+                              "notes": [*data.notes, *ctx.notes()], "bn_recalibration_images": ctx.recalibration_images}
     rt = runtimes.of(out, device)
     logits, ys = rt.predict(data, cancelled)
     metrics = training.classification_metrics(logits, ys, data.num_classes, full=True)

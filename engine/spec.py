@@ -23,6 +23,7 @@ LABELS = ("name", "experiment", "group")   # a job's plain-text labels: each at 
 MAX_DEPTH = 32                # nesting of objects and lists (a spec needs 5: pipeline step params)
 MAX_SPEC_BYTES = 1 << 20      # a spec's JSON text: real ones are a few KB
 MAX_SEED = 2**32 - 1          # numpy's seeds are 32-bit; torch's 64-bit: the narrower one bounds both
+MAX_RECALIBRATION_IMAGES = 100_000  # batch-norm statistics settle within a few thousand images
 
 
 @dataclass
@@ -68,6 +69,7 @@ class TrainSpec:
     device: str = "auto"             # auto | cpu | cuda | cuda:N
     devices: int = 1                 # >1: DistributedDataParallel
     seed: int = 0
+    bn_recalibration_images: int = 512  # after every cut: batch-norm statistics re-estimated on these; 0 = off
 
 
 @dataclass
@@ -192,6 +194,10 @@ class JobSpec:
             raise SpecError("train.device", f"unknown device {short_repr(t.device)}; valid: auto, cpu, cuda, cuda:N")
         if not 1 <= t.devices <= 64:
             raise SpecError("train.devices", f"must be between 1 and 64, got {t.devices}")
+        if not (t.bn_recalibration_images == 0 or 2 <= t.bn_recalibration_images <= MAX_RECALIBRATION_IMAGES):
+            raise SpecError("train.bn_recalibration_images", f"must be 0 (off) or between 2 and "
+                            f"{MAX_RECALIBRATION_IMAGES:,} (a batch norm needs two images to estimate a variance), "
+                            f"got {t.bn_recalibration_images}")
         for where, seed in (("data.seed", d.seed), ("train.seed", t.seed)):
             if not 0 <= seed <= MAX_SEED:
                 raise SpecError(where, f"must be between 0 and {MAX_SEED} (2**32 - 1), got {short_repr(seed)}")

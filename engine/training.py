@@ -173,6 +173,60 @@ def fit(model: nn.Module, data, cfg: TrainSpec, *, epochs: int | None = None, lr
     return FitResult(best_acc, best_epoch, time.perf_counter() - start, history)
 
 
+def batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """The batch norms that keep running statistics (the ones evaluation depends on)."""
+    return [m for m in model.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, data, images: int, device: torch.device | None = None,
+                   cancelled: Callable[[], bool] = lambda: False) -> int:
+    """Re-estimate every batch norm's running mean and variance on the first ``images`` training
+    images; returns how many were used (0: ``images`` is 0 or the model has no batch norm).
+
+    A cut (channels removed, ranks truncated, weights zeroed) changes what every later layer sees,
+    and the running statistics left from before describe a network that no longer exists: a
+    ResNet-18 on digits cut 30 % scored at chance with them and near its base with re-estimated
+    ones. The statistics are reset and averaged with equal weight per batch (momentum None), with
+    only the batch norms in train mode (dropout stays off) and no gradients. The images are
+    augmented as in training (seeded: the same model gets the same statistics every time): the
+    layers after each batch norm learnt on features normalised by training-time statistics, and on
+    that digits base 512 augmented images gave the uncut model back its test accuracy (0.967) where
+    unaugmented ones cost it 2.8 points, and a 30 % cut 0.827 against 0.794. Modes and momenta are
+    restored afterwards."""
+    bns = batch_norms(model)
+    if images <= 0 or not bns:
+        return 0
+    if device is None:
+        device = next(model.parameters()).device
+    model.to(device)
+    modes = [(m, m.training) for m in model.modules()]
+    momenta = [bn.momentum for bn in bns]
+    before = [(bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone()) for bn in bns]
+    model.eval()
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None
+        bn.train()
+    seen = 0
+    try:
+        for x, _ in data.loader("train", device, train=True, limit=images):
+            if cancelled():
+                raise Cancelled()
+            model(x)
+            seen += len(x)
+        if not seen:  # no batch of two or more: keep the old statistics rather than the reset ones
+            for bn, (mean, var, count) in zip(bns, before):
+                bn.running_mean.copy_(mean), bn.running_var.copy_(var), bn.num_batches_tracked.copy_(count)
+    finally:
+        for bn, momentum in zip(bns, momenta):
+            bn.momentum = momentum
+        for m, was_training in modes:
+            m.training = was_training
+    return seen
+
+
 @torch.no_grad()
 def predict(model: nn.Module, loader, device: torch.device | None = None,
             cancelled: Callable[[], bool] = lambda: False) -> tuple[torch.Tensor, torch.Tensor]:

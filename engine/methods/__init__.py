@@ -92,6 +92,11 @@ class Method:
 
 METHODS: dict[str, Method] = {}
 
+# A rewrite that would save less than this share of the model's MACs changes (almost) nothing: the
+# job is refused before it trains rather than finishing "done" with the model it started from. 5 %:
+# what a structured MAC target tolerates, and above a stem-only rewrite of MobileNetV2 (3 %).
+MIN_MAC_SAVING = 0.05
+
 # Modules that register methods; imported lazily so that `import engine` stays light.
 _MODULES = ("baseline", "pruning", "lowrank", "distill", "factorize", "quantize", "runtime", "pipeline", "control")
 

@@ -13,12 +13,15 @@ A conv is only rewritten when the new pair has fewer MACs; then the model is fin
 """
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
 import torch.nn as nn
 
-from . import Param, register
+from .. import measure
+from ..spec import SpecError
+from . import MIN_MAC_SAVING, Param, register
 from .lowrank import output_sizes, replace, thin_svd
 
 MODES = ("depthwise_separable", "asymmetric")
@@ -89,6 +92,24 @@ def rewrite(model: nn.Module, input_shape: tuple[int, ...], mode: str, mid_ratio
     return report
 
 
+def require_saving(model: nn.Module, ctx, params: dict, report: dict[str, Any], total: int) -> None:
+    """Refuse a rewrite that saves under MIN_MAC_SAVING of the MACs (before any fine-tune): nets built
+    from depthwise and 1 x 1 convs (MobileNets, EfficientNet, ShuffleNet, SqueezeNet) have nothing
+    or only a stem to rewrite. Says what the other mode would save, or to use another method."""
+    saved = sum(r["macs_before"] - r["macs_after"] for r in report.values())
+    if saved >= MIN_MAC_SAVING * total:
+        return
+    other = MODES[1 - MODES.index(params["mode"])]
+    probe = copy.deepcopy(ctx.base if ctx.base is not None else model).cpu()
+    other_saved = sum(r["macs_before"] - r["macs_after"]
+                      for r in rewrite(probe, ctx.input_shape, other, params["mid_ratio"]).values()) / max(1, total)
+    instead = (f"mode {other} would remove {other_saved:.0%}" if other_saved >= MIN_MAC_SAVING else
+               f"mode {other} would remove {other_saved:.1%} too; use lowrank_svd or prune_structured")
+    raise SpecError("method.params.mode", f"{params['mode']} would rewrite {len(report)} convolution(s) of "
+                    f"{ctx.arch} and remove {saved / max(1, total):.1%} of its MACs (under {MIN_MAC_SAVING:.0%}: "
+                    f"it has few k x k convolutions with groups=1 to rewrite); {instead}")
+
+
 @register("factorize", family="factorization", params=[
     Param("mode", "str", "depthwise_separable", "depthwise_separable: k x k -> depthwise k x k + pointwise 1 x 1; "
           "asymmetric: N x N -> N x 1 then 1 x N", choices=MODES),
@@ -99,8 +120,11 @@ def rewrite(model: nn.Module, input_shape: tuple[int, ...], mode: str, mid_ratio
         "SVD from the original weights, then fine-tune.")
 def factorize(model, ctx, params):
     model.to("cpu")
+    total = measure.count_macs(model, ctx.input_shape)["macs"]
     report = rewrite(model, ctx.input_shape, params["mode"], params["mid_ratio"])
+    require_saving(model, ctx, params, report, total)
     ctx.log.info("factorize (%s): %d convolutions rewritten", params["mode"], len(report))
+    ctx.recalibrate(model, "rewrite")
     ctx.extra["factorized_layers"] = report
     ctx.extra["factorize_macs_saved"] = sum(r["macs_before"] - r["macs_after"] for r in report.values())
     if params["finetune_epochs"] > 0 and report:

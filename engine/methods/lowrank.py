@@ -19,8 +19,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import measure
 from ..spec import SpecError
-from . import Param, register
+from . import MIN_MAC_SAVING, Param, register
 
 
 # --------------------------------------------------------------------------------------------
@@ -217,6 +218,24 @@ def regularised_training(model: nn.Module, ctx, names: list[str], orthogonal_reg
             replace(model, name, layer.to_plain())
 
 
+def require_saving(model: nn.Module, input_shape: tuple[int, ...], energy: float | None, ratio: float | None,
+                   plan: dict[str, dict[str, Any]], regularised: bool) -> None:
+    """Refuse a truncation that saves under MIN_MAC_SAVING of the model's MACs (energy 0.9 saved
+    0-9 % on every architecture tried): the field named, what it would change, what to set instead."""
+    total = measure.count_macs(model, input_shape)["macs"]
+    saved = sum(p["macs_before"] - p["macs_after"] for p in plan.values())
+    if saved >= MIN_MAC_SAVING * total:
+        return
+    field, value = ("rank_ratio", ratio) if ratio is not None else ("energy", energy)
+    alt = plan_ranks(model, input_shape, None, 0.25)
+    alt_saved = sum(p["macs_before"] - p["macs_after"] for p in alt.values()) / max(1, total)
+    after = " after the regularised training" if regularised else ""
+    raise SpecError(f"method.params.{field}", f"{field} {value:g} would decompose {len(plan)} layer(s) and remove "
+                    f"{saved / max(1, total):.1%} of the MACs{after} (under {MIN_MAC_SAVING:.0%}: the model would "
+                    f"come back almost unchanged); keep fewer singular values, e.g. rank_ratio 0.25 "
+                    f"({alt_saved:.0%} of the MACs), or a lower energy")
+
+
 def _check(params: dict, spec: Any) -> None:
     if params["energy"] is not None and params["rank_ratio"] is not None:
         raise SpecError("method.params.rank_ratio", "give either energy or rank_ratio, not both")
@@ -242,14 +261,19 @@ def lowrank_svd(model, ctx, params):
     energy, ratio = params["energy"], params["rank_ratio"]
     if energy is None and ratio is None:
         energy = 0.9
-    if params["orthogonal_reg"] > 0 or params["sv_sparsity"] > 0:
+    regularised = params["orthogonal_reg"] > 0 or params["sv_sparsity"] > 0
+    if regularised:
         names = [n for n, m in model.named_modules() if eligible(m)]
         regularised_training(model, ctx, names, params["orthogonal_reg"], params["sv_sparsity"],
                              params["reg_epochs"])
+    # Unregularised, nothing has trained yet: a no-op is refused before any training. Regularised,
+    # the penalties reshape the spectrum, so only now is the cut known (still before the fine-tune).
     model.to("cpu")
     plan = plan_ranks(model, ctx.input_shape, energy, ratio)
+    require_saving(model, ctx.input_shape, energy, ratio, plan, regularised)
     apply_plan(model, plan)
     ctx.log.info("low-rank: %d layers decomposed", len(plan))
+    ctx.recalibrate(model, "truncation")
     ctx.extra["lowrank_layers"] = plan
     ctx.extra["lowrank_params_saved"] = sum(p["params_before"] - p["params_after"] for p in plan.values())
     ctx.extra["lowrank_macs_saved"] = sum(p["macs_before"] - p["macs_after"] for p in plan.values())

@@ -142,6 +142,7 @@ def slimming(model, ctx, params):
     model.cpu()
     threshold, share = shrink_to_macs(model, shape, params["target_macs"])
     ctx.log.info("removed channels with |gamma| < %.4g: %.3f of the base MACs", threshold, share)
+    ctx.recalibrate(model, "shrink")
     ctx.finetune(model, params["finetune_epochs"], phase="finetune")
     extra = {"target_macs": params["target_macs"], "gamma_threshold": threshold, "shrunk_mac_share": share}
     if params["expand"]:

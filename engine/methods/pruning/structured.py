@@ -93,6 +93,7 @@ def within_loss(ctx, model: nn.Module, prune: Callable[[nn.Module, float], None]
             raise training.Cancelled()
         clone = surgery.pruned_copy(model, lambda m: prune(m, x))
         cuts[x] = measure.count_params(clone) < measure.count_params(model)
+        ctx.recalibrate(clone, "accuracy budget probes")  # judged as the cut model will be, not on stale statistics
         acc = ctx.evaluate(clone)["accuracy"]
         probes.append([x, acc])
         ctx.progress(phase="accuracy budget search", step=len(probes), steps=LOSS_PROBES + 1, amount=x,
@@ -219,6 +220,7 @@ def prune_structured(model, ctx, params):
             accumulate_gradients(model, ctx.data, ctx.device, params["grad_batches"])
         prune(k)
         model.zero_grad(set_to_none=True)
+        ctx.recalibrate(model, f"cut {k + 1}/{steps}")
         ctx.log.info("step %d/%d: %d MACs", k + 1, steps, measure.count_macs(model, shape)["macs"])
         ctx.finetune(model, params["finetune_epochs"], phase=f"finetune {k + 1}/{steps}")
     ctx.extra.update(report.against_base(ctx, model))

@@ -108,18 +108,21 @@ def prune_step(pruner: tp.pruner.BasePruner) -> None:
 
 
 @torch.no_grad()
-def zero_group(group: tp.Group) -> int:
+def zero_group(group: tp.Group, shift: bool = True) -> int:
     """Zero the producing filters of the group's selected channels (soft pruning); returns how many.
 
-    The batch norms after them get a zero shift and running mean too: otherwise a zeroed channel
-    still emits the constant ``beta - gamma * mean / std`` and removing it later changes the network.
-    Their scale stays, so gradients still reach the zeroed filters and they can recover.
+    With ``shift`` the batch norms after them get a zero shift and running mean too: otherwise a
+    zeroed channel still emits the constant ``beta - gamma * mean / std`` and removing it changes
+    the network. Only before a removal, though: a channel that emits exactly 0 into a ReLU gets no
+    gradient (ReLU's is 0 there), so its filter could never grow back, and soft pruning would be
+    hard pruning with extra steps. (Measured: with the shift zeroed at every epoch end, not one of
+    870 zeroed ResNet-18 filters recovered over two epochs; with filters alone, 65 and 25 did.)
     """
     for layer, idxs, _ in producing_filters(group):
         layer.weight[idxs] = 0
         if layer.bias is not None:
             layer.bias[idxs] = 0
-    for dep, idxs in group:
+    for dep, idxs in group if shift else ():
         bn = dep.target.module
         if isinstance(bn, nn.modules.batchnorm._BatchNorm) and dep.handler == tp.prune_batchnorm_out_channels:
             if bn.bias is not None:

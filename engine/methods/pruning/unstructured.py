@@ -65,6 +65,7 @@ def prune_unstructured(model, ctx, params):
         if ctx.cancelled():
             raise training.Cancelled()
         apply_masks(layers, amount, params["scope"], scales)
+        ctx.recalibrate(model, f"round {k + 1}/{len(amounts)}")
         ctx.log.info("round %d/%d: %.1f%% of weights masked", k + 1, len(amounts), 100 * measure.sparsity(model))
         ctx.finetune(model, params["finetune_epochs"], phase=f"finetune {k + 1}/{len(amounts)}")
     for m in layers:
