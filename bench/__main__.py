@@ -79,8 +79,8 @@ def methods_section(res: dict, data_spec: dict, arch: str, base_epochs: int, ft:
     about += [f"{k.replace('_', ' ')} {data_spec[k]}" for k in ("limit", "test_limit", "image_size") if data_spec.get(k)]
     lines = [f"### Methods on {DATASET_LABELS.get(data_spec['name'], data_spec['name'])} ({', '.join(about) or 'full'}), "
              f"{ARCH_LABELS.get(arch, arch)} base (top-1 {res['base']['accuracy']:.3f})",
-             "", "Published anchors are CIFAR-10 or ImageNet figures: set Δ and MAC ratios beside them, not top-1."
-             if data_spec["name"] != "cifar10" else "",
+             "", *(["Published anchors are CIFAR-10 or ImageNet figures: set Δ and MAC ratios beside them, not "
+                    "top-1.", ""] if data_spec["name"] != "cifar10" else []),
              f"Base trained {base_epochs} epochs (batch {data_spec.get('batch_size', 64)}); compression methods "
              f"fine-tune {ft} epoch(s); students train {student_epochs} epochs. Size = bytes of the saved bundle "
              "(INT8: ONNX bytes inside it). Latency: median of ≥30 timed batch-1 runs after warm-up. \"x faster\": "
