@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 REQS  := requirements.txt requirements-ray.txt
 PORT  ?= 8501
 
-.PHONY: setup run test test-fast bench bench-gpu clean
+.PHONY: setup run test test-fast bench bench-gpu bench-gpu-bases clean
 
 setup: $(STAMP)
 	@bash scripts/setup_debian.sh
@@ -34,6 +34,10 @@ bench: setup
 
 bench-gpu: setup
 	$(PY) -m bench gpu
+
+# The literature's CIFAR-10 bases (ResNet-18/56/20), sized for one 9-minute GPU call.
+bench-gpu-bases: setup
+	$(PY) -m bench gpu-bases
 
 clean:
 	rm -rf $(VENV) workspace test-artifacts .pytest_cache *.egg-info

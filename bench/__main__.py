@@ -1,4 +1,5 @@
-"""``python -m bench cpu|gpu``: regenerate that machine's section of docs/BENCHMARKS.md from scratch."""
+"""``python -m bench cpu|gpu``: regenerate that machine's section of docs/BENCHMARKS.md from scratch.
+``python -m bench gpu-bases``: train the literature's CIFAR-10 bases and write their block of the GPU section."""
 from __future__ import annotations
 
 import argparse
@@ -12,11 +13,11 @@ from pathlib import Path
 import torch
 
 from engine import data as data_mod
-from engine import settings
+from engine import presets, settings
 from engine.spec import DataSpec
 from engine.store import Store
 
-from . import efficiency, methods_table, report
+from . import efficiency, gpu_bases, methods_table, report
 
 ROOT = Path(__file__).resolve().parent.parent
 BUDGET_S = 1800  # `make bench` on 2 CPU cores, all sections
@@ -67,12 +68,20 @@ def efficiency_section(device: torch.device, data) -> str:
     return "\n".join(lines)
 
 
-def methods_section(res: dict, data_spec: dict, base_epochs: int, ft: int, student_epochs: int, gpu: bool) -> str:
+DATASET_LABELS = {"cifar10": "CIFAR-10", "fashion-mnist": "Fashion-MNIST"}
+ARCH_LABELS = {"resnet18": "ResNet-18 small-input", "resnet20": "CIFAR ResNet-20"}
+
+
+def methods_section(res: dict, data_spec: dict, arch: str, base_epochs: int, ft: int, student_epochs: int,
+                    gpu: bool) -> str:
     cols = methods_table.GPU_COLUMNS if gpu else methods_table.COLUMNS
-    lines = [f"### Methods on CIFAR-10 ({data_spec.get('path', '').split('/')[-1]}"
-             f"{', train limit %d' % data_spec['limit'] if data_spec.get('limit') else ''}"
-             f"{', test limit %d' % data_spec['test_limit'] if data_spec.get('test_limit') else ''}), ResNet-18 small-input base",
-             "", f"Base trained {base_epochs} epochs (batch {data_spec.get('batch_size', 64)}); compression methods "
+    about = [data_spec["path"].split("/")[-1]] if data_spec.get("path") else []
+    about += [f"{k.replace('_', ' ')} {data_spec[k]}" for k in ("limit", "test_limit", "image_size") if data_spec.get(k)]
+    lines = [f"### Methods on {DATASET_LABELS.get(data_spec['name'], data_spec['name'])} ({', '.join(about) or 'full'}), "
+             f"{ARCH_LABELS.get(arch, arch)} base (top-1 {res['base']['accuracy']:.3f})",
+             "", *(["Published anchors are CIFAR-10 or ImageNet figures: set Δ and MAC ratios beside them, not "
+                    "top-1.", ""] if data_spec["name"] != "cifar10" else []),
+             f"Base trained {base_epochs} epochs (batch {data_spec.get('batch_size', 64)}); compression methods "
              f"fine-tune {ft} epoch(s); students train {student_epochs} epochs. Size = bytes of the saved bundle "
              "(INT8: ONNX bytes inside it). Latency: median of ≥30 timed batch-1 runs after warm-up. \"x faster\": "
              "each row's job times its model and the base in alternating blocks (5 rounds, ABBA) and reports the "
@@ -101,9 +110,19 @@ def optional_section(module: str, title: str) -> str:
     return mod.section()
 
 
+def literature_bases(cifar: str, cmd: str) -> int:
+    """The "CIFAR-10, literature setting" preset's bases, in a store of their own; their block of the GPU section."""
+    store_root = Path(tempfile.mkdtemp(prefix="slimbench-bases-"))
+    os.environ["SLIMBENCH_HOME"] = str(store_root)
+    plan = presets.cifar10_literature(cifar)
+    res = gpu_bases.run(plan, Store(store_root), log=log)
+    log(f"wrote {report.write_block('gpu', 'literature-bases', gpu_bases.section(res, plan[0]['data']), cmd)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench")
-    p.add_argument("machine", choices=["cpu", "gpu"])
+    p.add_argument("machine", choices=["cpu", "gpu", "gpu-bases"])
     p.add_argument("--cifar", default=None, help="CIFAR-10 zip (default: ../shared/datasets/cifar10-small.zip "
                                                  "for cpu, cifar10.zip for gpu)")
     p.add_argument("--limit", type=int, default=None, help="cap on training images")
@@ -113,25 +132,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--student-epochs", type=int, default=None)
     p.add_argument("--skip", default="", help="comma list of sections to skip: efficiency,methods,queue,pages,tour,photos")
     a = p.parse_args(argv)
-    gpu = a.machine == "gpu"
+    gpu = a.machine != "cpu"
     if gpu and not torch.cuda.is_available():
-        print("error: `bench gpu` needs a CUDA device", file=sys.stderr)
+        print(f"error: `bench {a.machine}` needs a CUDA device", file=sys.stderr)
         return 2
     cifar = a.cifar or settings.cifar10() or str(SHARED / ("cifar10.zip" if gpu else "cifar10-small.zip"))
     if not Path(cifar).is_file():
         print(f"error: CIFAR-10 zip not found: {cifar} (pass --cifar)", file=sys.stderr)
         return 2
-    # CPU defaults keep `make bench` (with queue, page and tour sections) under 30 minutes on 2 cores.
-    limit = a.limit if a.limit is not None else (None if gpu else 1000)
-    test_limit = a.test_limit if a.test_limit is not None else (None if gpu else 500)
-    base_epochs = a.base_epochs or (30 if gpu else 3)
+    if a.machine == "gpu-bases":
+        return literature_bases(cifar, f"python -m bench {' '.join(argv or sys.argv[1:])}")
+    # CPU: the methods table starts from the Quick tour's base (Fashion-MNIST at 16 px, ResNet-20, >= 0.85;
+    # CIFAR ResNet-18 at 32 px made the table ~1,000 s of `make bench`'s 30 minutes and a 0.33 base).
     ft = a.finetune_epochs or (5 if gpu else 1)
-    student_epochs = a.student_epochs or (30 if gpu else 2)
+    student_epochs = a.student_epochs or (30 if gpu else presets.QUICK_STUDENT["epochs"])
+    base_epochs = a.base_epochs or (30 if gpu else presets.QUICK_BASE_EPOCHS)
+    arch = "resnet18" if gpu else presets.QUICK_ARCH
     skip = set(filter(None, a.skip.split(",")))
     # Batch 256 on CUDA: at 64 a CIFAR ResNet-18 step is kernel-launch bound (the lr follows the batch).
-    data_spec = {"name": "cifar10", "path": cifar, **({"limit": limit} if limit else {}),
-                 **({"batch_size": 256} if gpu else {}),
-                 **({"test_limit": test_limit} if test_limit else {})}
+    cifar_spec = {"name": "cifar10", "path": cifar, **({"batch_size": 256} if gpu else {"limit": 1000, "test_limit": 500})}
+    data_spec = dict(cifar_spec) if gpu else dict(presets.QUICK_DATA)
+    data_spec.update({k: v for k, v in (("limit", a.limit), ("test_limit", a.test_limit)) if v})
     device = torch.device("cuda" if gpu else "cpu")
     t0 = time.perf_counter()
     cmd = f"make bench{'-gpu' if gpu else ''}" + (f" (python -m bench {' '.join(argv or sys.argv[1:])})")
@@ -149,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if "efficiency" not in skip:
         log("efficiency")
-        parts.append(efficiency_section(device, data_mod.load(DataSpec(**data_spec))))
+        parts.append(efficiency_section(device, data_mod.load(DataSpec(**cifar_spec))))
         write()
     if "methods" not in skip:
         log("methods table")
@@ -157,8 +178,9 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["SLIMBENCH_HOME"] = str(store_root)
 
         def section(res: dict) -> str:
-            return methods_section(res, data_spec, base_epochs, ft, student_epochs, gpu)
+            return methods_section(res, data_spec, arch, base_epochs, ft, student_epochs, gpu)
         res = methods_table.run(data_spec, base_epochs, ft, student_epochs, Store(store_root), device.type, log=log,
+                                arch=arch,
                                 on_row=lambda r: write(section(r)))
         parts.append(section(res))
         write()

@@ -1,4 +1,5 @@
-"""Every method on CIFAR-10 from one ResNet-18 base, with the published anchors beside our numbers."""
+"""Every method from one base (CPU: the Quick tour's Fashion-MNIST ResNet-20; GPU: CIFAR-10 ResNet-18), with
+the published anchors (CIFAR-10 / ImageNet figures) beside our numbers."""
 from __future__ import annotations
 
 import math
@@ -18,8 +19,14 @@ class Setting:
     anchor: str = ""
 
 
-def settings(ft: int, epochs: int) -> list[Setting]:
-    """2-3 settings per method; ``ft`` fine-tune epochs, ``epochs`` for methods that train from scratch."""
+STUDENTS = {"resnet20": ({"student": "resnet20", "width": 0.5}, "ResNet-20 x0.5"),
+            "resnet18": ({"student": "mobilenet_v2"}, "MobileNetV2")}
+
+
+def settings(ft: int, epochs: int, arch: str = "resnet20") -> list[Setting]:
+    """2-3 settings per method; ``ft`` fine-tune epochs, ``epochs`` for methods that train from scratch.
+    The student is one that learns in the budget from that base (ResNet-20: itself at half width)."""
+    student, student_label = STUDENTS.get(arch, STUDENTS["resnet20"])
     return [
         Setting("unstructured L1 50%", "prune_unstructured", {"amount": 0.5, "steps": 1, "finetune_epochs": ft}),
         Setting("unstructured L1 90%, 3 steps", "prune_unstructured", {"amount": 0.9, "steps": 3, "finetune_epochs": ft},
@@ -44,9 +51,9 @@ def settings(ft: int, epochs: int) -> list[Setting]:
                                                                    "finetune_epochs": ft}},
                            {"name": "quantize_int8", "params": {}}]},
                 "DepGraph + INT8: the classic pairing"),
-        Setting("distill -> MobileNetV2 (KD T=2)", "distill", {"student": "mobilenet_v2", "loss": "kd", "epochs": epochs},
+        Setting(f"distill -> {student_label} (KD T=2)", "distill", {**student, "loss": "kd", "epochs": epochs},
                 "Hinton KD: student >= plain student"),
-        Setting("MobileNetV2 trained plainly", "compact", {"student": "mobilenet_v2", "epochs": epochs}),
+        Setting(f"{student_label} trained plainly", "compact", {**student, "epochs": epochs}),
         Setting("runtime: eager vs compile vs ORT", "runtime", {"compile_timeout_s": 180}),
     ]
 
@@ -57,21 +64,24 @@ def _keep_known(params: dict, method: str) -> dict:
     return {k: v for k, v in params.items() if k in known}
 
 
+ARCH_LABELS = {"resnet20": "ResNet-20", "resnet18": "ResNet-18"}
+
+
 def run(data: dict, base_epochs: int, ft: int, student_epochs: int, store: Store, device: str = "auto",
-        log=print, on_row=None) -> dict:
+        log=print, on_row=None, arch: str = "resnet20") -> dict:
     """Base then every setting; ``on_row(result_so_far)`` after each row, so a run stopped by a time
     limit still leaves every finished row in the report."""
     measure = {"latency_runs": 30, "warmup_runs": 5}
-    base_spec = check_spec({"name": "base resnet18", "data": data, "model": {"arch": "resnet18"},
+    base_spec = check_spec({"name": f"base {arch}", "data": data, "model": {"arch": arch},
                             "method": {"name": "baseline"}, "train": {"epochs": base_epochs, "device": device},
                             "measure": measure})
     t0 = time.perf_counter()
     base = runner.run_spec(base_spec, store)
     log(f"base: acc {base['accuracy']:.4f} in {time.perf_counter() - t0:.0f}s")
-    rows = [{**base, "label": "base ResNet-18", "wall_s": time.perf_counter() - t0}]
+    rows = [{**base, "label": f"base {ARCH_LABELS.get(arch, arch)}", "wall_s": time.perf_counter() - t0}]
     registered = methods.load_all()
     skipped: list[str] = []
-    pending = settings(ft, student_epochs)
+    pending = settings(ft, student_epochs, arch)
     result = {"base": base, "rows": rows, "skipped": skipped, "pending": [s.label for s in pending]}
     _derive(rows, base)
     if on_row:

@@ -50,17 +50,60 @@ def versions() -> str:
             f"onnxruntime {onnxruntime.__version__}, commit {rev or '?'}")
 
 
-def write_section(name: str, body: str, command: str) -> Path:
+def _markers(name: str) -> re.Pattern:
     begin, end = f"<!-- begin:{name} -->", f"<!-- end:{name} -->"
+    return re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+
+
+def _nested(name: str) -> re.Pattern:
+    """Blocks other commands own inside section ``name`` (``<!-- begin:name/key -->``)."""
+    return re.compile(rf"<!-- begin:{re.escape(name)}/([\w-]+) -->.*?<!-- end:{re.escape(name)}/\1 -->", re.S)
+
+
+def render_section(name: str, body: str, command: str, old: str = "") -> str:
+    """Section ``name`` with ``body``; blocks other commands wrote into ``old`` (its previous text) kept."""
     stamp = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-    block = (f"{begin}\n## {name.upper()} benchmarks\n\n"
-             f"- Command: `{command}`\n- Machine: {machine()}\n- Versions: {versions()}\n- Date: {stamp}\n\n"
-             f"{body.strip()}\n{end}")
+    kept = [m.group(0) for m in _nested(name).finditer(old) if m.group(0).split(" -->")[0] not in body]
+    return (f"<!-- begin:{name} -->\n## {name.upper()} benchmarks\n\n"
+            f"- Command: `{command}`\n- Machine: {machine()}\n- Versions: {versions()}\n- Date: {stamp}\n\n"
+            + "\n\n".join([body.strip(), *kept]) + f"\n<!-- end:{name} -->")
+
+
+def write_section(name: str, body: str, command: str) -> Path:
     text = DOC.read_text() if DOC.is_file() else HEADER
-    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
-    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    found = _markers(name).search(text)
+    block = render_section(name, body, command, found.group(0) if found else "")
+    text = text[:found.start()] + block + text[found.end():] if found else text.rstrip() + "\n\n" + block + "\n"
     DOC.parent.mkdir(parents=True, exist_ok=True)
     DOC.write_text(text)
+    return DOC
+
+
+def render_block(name: str, key: str, body: str, command: str) -> str:
+    """A block owned by its own command inside section ``name``, e.g. ``gpu/literature-bases``."""
+    stamp = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    return (f"<!-- begin:{name}/{key} -->\n{body.strip()}\n\n_Written by `{command}` on {machine()}, "
+            f"{versions()}, {stamp}._\n<!-- end:{name}/{key} -->")
+
+
+def put_block(text: str, name: str, key: str, block: str, command: str) -> str:
+    """``text`` with ``block`` in section ``name``: in place of its previous version, else at the section's
+    end; a section not there yet is started with only this block."""
+    own = _markers(f"{name}/{key}")
+    if own.search(text):
+        return own.sub(lambda _: block, text)
+    found = _markers(name).search(text)
+    if not found:
+        return text.rstrip() + "\n\n" + render_section(name, block, command) + "\n"
+    end = found.end() - len(f"<!-- end:{name} -->")
+    return text[:end].rstrip() + "\n\n" + block + "\n" + text[end:]
+
+
+def write_block(name: str, key: str, body: str, command: str) -> Path:
+    """Write one command's block into section ``name``; the section's own command keeps it when it reruns."""
+    text = DOC.read_text() if DOC.is_file() else HEADER
+    DOC.parent.mkdir(parents=True, exist_ok=True)
+    DOC.write_text(put_block(text, name, key, render_block(name, key, body, command), command))
     return DOC
 
 

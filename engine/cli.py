@@ -340,6 +340,20 @@ def cmd_methods(a: argparse.Namespace) -> int:
     return 0
 
 
+@command("presets", "list the ready-made plans: the data, model and settings each uses, and how long it takes")
+@arg("--json", action="store_true")
+def cmd_presets(a: argparse.Namespace) -> int:
+    from . import presets  # builds plans from the method registry: loaded only by this command
+    store = Store()
+    if a.json:
+        print(json.dumps({n: {"description": presets.describe(n, store), "device": p.device,
+                              "estimate_s": p.estimate_s} for n, p in presets.PRESETS.items()}))
+        return 0
+    for n in presets.PRESETS:
+        print(f"{n}\n    {presets.describe(n, store)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m engine", description="Slimbench engine")
     sub = parser.add_subparsers(dest="command", required=True)

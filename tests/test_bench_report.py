@@ -90,3 +90,14 @@ def test_global_and_uniform_ranking_at_the_same_share_are_compared():
     checks = {c: (f, v) for c, f, v in methods_table.claims(res)}
     figure, verdict = checks["structured 50% of channels: one global ranking vs the same share of every layer"]
     assert figure == "global +0.50 pt, 2.00x vs 4.00x fewer MACs" and verdict == "global more accurate"
+
+
+@pytest.mark.fast
+def test_cpu_methods_section_names_its_fashion_mnist_base_and_the_anchors_dataset():
+    from engine import presets
+    res = rows({"label": "s50", "method": "prune_structured", "accuracy": 0.88, "size_bytes": 10e6, "macs": 125e6,
+                "latency_ms": 2.5})
+    text = bench_cli.methods_section(res, dict(presets.QUICK_DATA), "resnet20", 5, 1, 3, gpu=False)
+    assert text.startswith("### Methods on Fashion-MNIST (limit 15000, image size 16), CIFAR ResNet-20 base "
+                           "(top-1 0.900)")
+    assert "Published anchors are CIFAR-10 or ImageNet figures" in text and "| s50 | 0.88 |" in text

@@ -348,17 +348,23 @@ def test_presets_tab_lists_every_registered_method(ws, monkeypatch):
     at = page("experiments")
     at.selectbox(key="preset").set_value("Quick tour (CPU)")
     at.run()
+    # What it uses and how long it takes, said before launch
+    assert presets.describe("Quick tour (CPU)", Store()) in texts(at, "caption")
+    assert "Fashion-MNIST" in texts(at, "caption") and "Takes about" in texts(at, "caption")
     ok, problems = presets.check(presets.quick_tour())
     table = at.dataframe[0].value
     assert len(table) == len(ok) and table["method"].iloc[0] == "baseline"
     assert set(table["method"]) | {p.split(":")[1].strip() for p in problems} >= {
         n for n in methods.METHODS if n not in ("baseline", "control")}   # controls: presets.with_controls
     assert not at.button(key="launch_preset").disabled
-    at.selectbox(key="preset").set_value("CIFAR-10 ResNet-18 (GPU)")
-    at.run()
     import torch
-    if not torch.cuda.is_available():
-        assert at.button(key="launch_preset").disabled and "cannot be launched here" in texts(at, "warning")
+    for gpu_preset in ("CIFAR-10 ResNet-18 (GPU)", "CIFAR-10, literature setting (GPU)"):
+        at.selectbox(key="preset").set_value(gpu_preset)
+        at.run()
+        assert presets.describe(gpu_preset, Store()) in texts(at, "caption")
+        if not torch.cuda.is_available():
+            assert at.button(key="launch_preset").disabled and "cannot be launched here" in texts(at, "warning")
+    assert "3 jobs**: one base model each" in texts(at, "markdown")
 
 
 @pytest.mark.fast

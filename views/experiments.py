@@ -201,6 +201,8 @@ tab_preset, tab_custom = st.tabs(["Presets", "Custom experiment"])
 # -- presets ------------------------------------------------------------------------------------
 with tab_preset:
     name = st.selectbox("Preset", list(presets.PRESETS), key="preset")
+    st.caption(md_text(presets.describe(name, store)), help="What this preset trains on, with which settings, "
+               "and how long it takes: its last finished launch in this workspace, else the stated estimate.")
     try:
         plan = presets.PRESETS[name]()
     except Exception as e:  # e.g. a method module mid-edit; the page stays usable
@@ -208,9 +210,12 @@ with tab_preset:
         plan = []
     if plan:
         ok, problems = presets.check(plan)
-        st.markdown(f"**{len(ok)} jobs**: a baseline, then every registered compression method "
-                    f"({len(ok) - 1}) starting from it.")
-        needs_gpu = name.endswith("(GPU)") and not device_text().startswith("CUDA")
+        if all(s["method"]["name"] == "baseline" for s in ok):
+            st.markdown(f"**{len(ok)} jobs**: one base model each.")
+        else:
+            st.markdown(f"**{len(ok)} jobs**: a baseline, then every registered compression method "
+                        f"({len(ok) - 1}) starting from it.")
+        needs_gpu = presets.PRESETS[name].device == "cuda" and not device_text().startswith("CUDA")
         if needs_gpu:
             st.warning("This preset trains on CUDA, which this machine lacks: its jobs would fail, so it cannot "
                        "be launched here. Use the Quick tour, or run it where `nvidia-smi` shows a GPU.")
