@@ -188,6 +188,11 @@ FIELDS: tuple[Field, ...] = (
           "batched GPU runs (gpu_throughput_batch images) minus what was allocated before them (the weights): "
           "activations and kernel workspace", "%d"),
     Field("train_seconds", "train time (s)", "s", "wall time of the job's training and fine-tuning", "%.1f"),
+    Field("recipe", "training recipe", kind="json", table=False, card=True,
+          help="how the job trained, every choice resolved: optimizer, peak lr and epochs of each phase (train, "
+               "finetune, ...), global batch and batch per device, schedule and warm-up, weight decay and what it "
+               "applies to, label smoothing, augmentation, autocast dtype, channels_last, torch.compile, zero-init "
+               "of residual blocks, device, DDP devices and SyncBatchNorm; blank for a job that trained nothing"),
     # -- where and on what -----------------------------------------------------------------------
     Field("device", "trained on", kind="text", card=True,
           help="the device the job trained and evaluated on; timings name theirs (latency_device, gpu_name)"),
