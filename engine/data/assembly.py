@@ -11,9 +11,9 @@ from .sources import COLOUR_FLIP, DATASETS
 _MEMO: dict[str, DataBundle] = {}
 
 
-# data.batch_size unset: what trains well and fast on each device. CPU: 64 (ResNet-20 on Fashion-MNIST,
-# 5 epochs: 64 at lr 0.025 or 0.05 reached 73.8 %, 128 at lr 0.1 72.8 %, for no faster epochs on 2 cores);
-# CUDA: 512, with the lr scaled linearly (training.default_lr), as a small batch leaves a GPU idle.
+# data.batch_size unset: what trains well and fast on each device. CPU: 64 (measured with the lr, see
+# engine.training); CUDA: 512 with the lr scaled linearly (training.default_lr), as at 64 a CIFAR
+# ResNet step is kernel-launch bound (not measured here: `make bench-gpu` times the engine at it).
 DEFAULT_BATCH = {"cpu": 64, "cuda": 512}
 
 
