@@ -54,6 +54,7 @@ class Context:
     best_val_phase: str | None = None
     recalibrated: dict[str, int] = field(default_factory=dict)   # after which cut -> how many times
     recalibration_images: int = 0                                   # images the statistics came from
+    recipe: dict[str, Any] | None = None           # how it trained (training.recipe), with each fit's phase
 
     # -- training helpers --------------------------------------------------------------------
     def fit(self, model: nn.Module, epochs: int | None = None, lr: float | None = None, phase: str = "train",
@@ -66,6 +67,10 @@ class Context:
         res = fit(model, self.data, cfg, epochs=epochs, lr=lr, device=self.device, progress=self.progress,
                   cancelled=self.cancelled, phase=phase, **hooks)
         self.train_seconds += res.seconds
+        if res.recipe:  # shared settings from the first fit; each fit's own epochs and lr as a phase
+            shared = {k: v for k, v in res.recipe.items() if k not in ("epochs", "lr")}
+            self.recipe = self.recipe or {**shared, "phases": []}
+            self.recipe["phases"].append({"phase": phase, "epochs": res.recipe["epochs"], "lr": res.recipe["lr"]})
         self.history += [{**h, "phase": phase} for h in res.history]
         if res.history:  # with the phase it came from: a later cut (no fine-tune after it) changes the model
             self.best_val_acc, self.best_val_phase = res.best_val_acc, phase

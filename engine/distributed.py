@@ -4,9 +4,10 @@
 process becomes rank 0 and keeps the progress sink, the cancel check and the model object the method
 goes on with. Ranks 1..N-1 live for one ``fit`` call and get the model, the data and the method's
 hooks by pickle (cloudpickle for closures such as a distillation loss). They join a process group
-over TCP on 127.0.0.1 (gloo on CPU, nccl on CUDA with rank r on the r-th GPU), train on disjoint
-shards of every epoch's permutation and exit; DDP keeps the weights identical, so only rank 0's are
-kept, and only rank 0 reports and writes.
+over TCP on 127.0.0.1 (gloo on CPU, nccl on CUDA with rank r on the r-th GPU), each train on its slice
+of every global batch (``engine.ddp``: the ranks together take one device's steps) and exit; DDP keeps
+the weights identical and BatchNorm statistics are synchronised or averaged, so rank 0's model is the
+one kept, and only rank 0 reports and writes.
 
 Why spawn and not fork: a forked rank hangs in its first multi-threaded op once the parent has used
 OpenMP threads (GNU libgomp is not fork-safe; reproduced here with 2 threads per rank), and CUDA

@@ -127,6 +127,22 @@ def build(arch: str, num_classes: int, small_input: bool = False, width: float =
 
 
 @torch.no_grad()
+def zero_init_residual(model: nn.Module) -> int:
+    """Zero the scale of the last BatchNorm in each residual block (Goyal et al. 2017; torchvision's
+    ``zero_init_residual``), so that every block starts as the identity and a deep net trains like a
+    shallow one at first. CIFAR and torchvision BasicBlocks: ``bn2``; Bottlenecks: ``bn3``. Returns how
+    many layers it zeroed (0 for nets without such blocks). Only for training from scratch."""
+    last = {cifar_nets.BasicBlock: "bn2", tvm.resnet.BasicBlock: "bn2", tvm.resnet.Bottleneck: "bn3"}
+    zeroed = 0
+    for m in model.modules():
+        name = last.get(type(m))
+        if name is not None:
+            nn.init.zeros_(getattr(m, name).weight)
+            zeroed += 1
+    return zeroed
+
+
+@torch.no_grad()
 def check_input_fits(model: nn.Module, arch: str, input_shape: tuple[int, ...], field: str) -> None:
     """Refuse, before any training, an architecture whose downsampling leaves nothing of this input
     size (e.g. SqueezeNet on 8x8 digits), naming the field and the way out."""

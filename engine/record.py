@@ -234,6 +234,11 @@ FIELDS: tuple[Field, ...] = (
           "training images (augmented as in training) the batch-norm running statistics were re-estimated on after each cut, "
           "before fine-tuning or scoring (train.bn_recalibration_images); 0: off, or nothing was cut", "%d",
           card=True),
+    Field("recipe", "training recipe", kind="json", table=False, card=True,
+          help="how the job trained, every choice resolved: optimizer, peak lr and epochs of each phase (train, "
+               "finetune, ...), global batch and batch per device, schedule and warm-up, weight decay and what it "
+               "applies to, label smoothing, augmentation, autocast dtype, channels_last, torch.compile, zero-init "
+               "of residual blocks, device, DDP devices and SyncBatchNorm; blank for a job that trained nothing"),
     # -- where and on what -----------------------------------------------------------------------
     Field("device", "trained on", kind="text", card=True,
           help="the device the job trained and evaluated on; timings name theirs (latency_device, gpu_name)"),

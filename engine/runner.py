@@ -173,6 +173,8 @@ def _starting_model(spec: JobSpec, store: Store, data: data_mod.DataBundle):
         if m.pretrained:
             skipped = models.load_imagenet_weights(model, m.pretrained, m.freeze_backbone)
             log.info("loaded ImageNet weights from %s; not transferred: %s", m.pretrained, ", ".join(skipped) or "none")
+        elif spec.train.zero_init_residual:  # from scratch only (engine.spec refuses it on trained weights)
+            log.info("zero-initialised the last BatchNorm of %d residual blocks", models.zero_init_residual(model))
         return model, m.arch, small, None, None, data
     if m.from_run:
         model, bundle = load_run_model(store, m.from_run)
@@ -225,7 +227,7 @@ def _run(spec: JobSpec, store: Store, run_id: str, run_dir: Path, progress, canc
     # without it the same spec trained to a different model in every process.
     torch.manual_seed(spec.train.seed)
     progress(phase="data")
-    data = data_mod.load(spec.data)
+    data = data_mod.load(spec.data, device.type)
     for note in data.notes:
         log.warning(note)
     log.info("data %s: %d train / %d val / %d test images, %d classes, input %s", data.name, len(data.train),
@@ -267,6 +269,8 @@ def _run(spec: JobSpec, store: Store, run_id: str, run_dir: Path, progress, canc
     progress(phase="measure")
     record.update(measure.measure_model(rt.module, data.input_shape, spec.measure, timing=rt.timing))
     record.update(_paired(ctx, rt, parent))
+    if ctx.recipe is not None:
+        record["recipe"] = {**ctx.recipe, "zero_init_residual": spec.train.zero_init_residual}
     record.update(ctx.extra)
     record.update({"spec": spec.to_dict(), "started": t_start, "finished": time.time(),
                    "torch": torch.__version__, "host": platform.node(), "cpu": platform.processor() or platform.machine(),

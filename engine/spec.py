@@ -34,7 +34,7 @@ class DataSpec:
     val_fraction: float = 0.1        # carved from train, seeded
     limit: int | None = None         # cap on train images (quick runs)
     test_limit: int | None = None    # cap on test images (quick runs)
-    batch_size: int = 64
+    batch_size: int | None = None    # the global batch (split across train.devices); None: 64 on CPU, 512 on CUDA
     augment: bool = True
     seed: int = 0
 
@@ -64,10 +64,13 @@ class TrainSpec:
     weight_decay: float = 5e-4
     label_smoothing: float = 0.0
     warmup_epochs: float = 0.5
-    amp: str = "auto"                # auto | bf16 | fp16 | off (CUDA only)
+    amp: str = "auto"                # auto | bf16 | fp16 | off; bf16/fp16 need CUDA (auto: bf16 there, off on CPU)
     channels_last: bool | None = None  # None: on for CUDA
+    compile: bool = False            # torch.compile the training model; `make bench-gpu` measures whether it pays
+    zero_init_residual: bool = False  # ResNets from scratch: last BN of each block at 0 (slower in short runs)
+    sync_bn: bool | None = None      # None: on with devices > 1 (BatchNorm over the global batch)
     device: str = "auto"             # auto | cpu | cuda | cuda:N
-    devices: int = 1                 # >1: DistributedDataParallel
+    devices: int = 1                 # >1: DistributedDataParallel, data.batch_size split across them
     seed: int = 0
     bn_recalibration_images: int = 512  # after every cut: batch-norm statistics re-estimated on these; 0 = off
 
@@ -153,7 +156,7 @@ class JobSpec:
             v = getattr(d, name)
             if v is not None and v < 1:
                 raise SpecError(f"data.{name}", f"must be a positive number of images, got {v}")
-        if not 1 <= d.batch_size <= 65536:
+        if d.batch_size is not None and not 1 <= d.batch_size <= 65536:
             raise SpecError("data.batch_size", f"must be between 1 and 65536, got {d.batch_size}")
         if d.path is not None and not _exists(d.path):
             raise SpecError("data.path", f"not found: {_shown_path(d.path)}")
@@ -198,6 +201,18 @@ class JobSpec:
             raise SpecError("train.bn_recalibration_images", f"must be 0 (off) or between 2 and "
                             f"{MAX_RECALIBRATION_IMAGES:,} (a batch norm needs two images to estimate a variance), "
                             f"got {t.bn_recalibration_images}")
+        if d.batch_size is not None and d.batch_size < 2 * t.devices:
+            raise SpecError("data.batch_size", f"is the global batch, split across train.devices ({t.devices}); "
+                            f"BatchNorm needs at least 2 images per device: use at least {2 * t.devices}")
+        if t.device == "cpu" and t.amp in ("bf16", "fp16"):
+            raise SpecError("train.amp", f"{t.amp} autocast is CUDA-only and train.device is cpu: use auto or off")
+        if t.sync_bn and t.devices == 1:
+            raise SpecError("train.sync_bn", "synchronises BatchNorm across DDP processes, and train.devices is 1: "
+                                             "leave it unset, or set train.devices above 1")
+        if t.zero_init_residual and not (m.arch and not m.pretrained):
+            raise SpecError("train.zero_init_residual", "zeroes the last BatchNorm of each residual block of a model "
+                            "trained from scratch; this model starts from trained weights (model.from_run, "
+                            "model.checkpoint or model.pretrained): leave it unset")
         for where, seed in (("data.seed", d.seed), ("train.seed", t.seed)):
             if not 0 <= seed <= MAX_SEED:
                 raise SpecError(where, f"must be between 0 and {MAX_SEED} (2**32 - 1), got {short_repr(seed)}")

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from . import data, export, methods, models, settings
-from .devices import devices_problem
+from .devices import devices_problem, gpu_count
 from .errors import SpecError
 from .spec import DataSpec, JobSpec, short_repr
 
@@ -27,6 +27,7 @@ def check_spec(raw: dict[str, Any] | JobSpec) -> JobSpec:
     if m.arch and m.arch not in models.ARCHS:
         raise SpecError("model.arch", f"unknown architecture {short_repr(m.arch)}; valid: {', '.join(models.ARCHS)}")
     if settings.backend() == "local":  # the job runs on this machine (a Ray cluster's may have more)
+        check_gpu_options(spec)
         problem = devices_problem(spec.train.device, spec.train.devices)
         if problem:
             raise SpecError("train.devices", problem)
@@ -37,6 +38,16 @@ def check_spec(raw: dict[str, Any] | JobSpec) -> JobSpec:
                         "model.checkpoint (train one first with method baseline)")
     return spec
 
+
+
+def check_gpu_options(spec: JobSpec) -> None:
+    """Refuse, before anything trains, a CUDA-only option where ``train.device`` auto would train on this
+    machine's CPU (``engine.spec`` refuses it where the device is ``cpu``; a ``cuda`` device this machine
+    lacks is refused when queued, ``jobs._enqueue``, and by ``resolve_device`` before any data loads)."""
+    t = spec.train
+    if t.amp in ("bf16", "fp16") and t.device == "auto" and not gpu_count():
+        raise SpecError("train.amp", f"{t.amp} autocast is CUDA-only and this machine has no CUDA device (train.device "
+                                     "auto trains on the CPU): use auto or off")
 
 
 # Datasets whose classes are fixed; image folders are counted from their listing.

@@ -15,7 +15,7 @@ names, whichever module below defines them.
 - ``assembly``: ``load``, a spec to its bundle
 - ``errors``: DataError (a dataset that cannot be used), ImageError (an image that cannot)
 """
-from .assembly import load
+from .assembly import default_batch_size, load
 from .bundle import BatchLoader, DataBundle, Split, random_crop
 from .errors import DataError, ImageError
 from .images import IMAGE_SUFFIXES, NATIVE_SIDE_LIMIT, decode_image, load_pil, preprocess_image, resize_uint8, to_rgb
@@ -24,6 +24,6 @@ from .memory import Estimate
 from .sources import DATASETS, FASHION_CLASSES, check_decoding_memory, register_dataset
 
 __all__ = ["BatchLoader", "DATASETS", "DataBundle", "DataError", "Estimate", "FASHION_CLASSES",
-           "IMAGE_SUFFIXES", "ImageError", "NATIVE_SIDE_LIMIT", "Split", "check_decoding_memory", "decode_image",
+           "IMAGE_SUFFIXES", "ImageError", "NATIVE_SIDE_LIMIT", "Split", "check_decoding_memory", "decode_image", "default_batch_size",
            "describe_imagefolder", "load", "load_pil", "preprocess_image", "random_crop", "register_dataset",
            "resize_uint8", "to_rgb"]
