@@ -49,6 +49,12 @@ class BundleError(ValueError):
 # --------------------------------------------------------------------------------------------
 # Manifest: the shape of every layer that compression may change
 # --------------------------------------------------------------------------------------------
+# Batch norms by manifest type: BatchNorm1d follows a hidden Linear (CIFAR VGG-16-BN's classifier),
+# and pruning that Linear shrinks it too.
+BATCHNORMS: dict[str, type[nn.modules.batchnorm._BatchNorm]] = {"BatchNorm2d": nn.BatchNorm2d,
+                                                                 "BatchNorm1d": nn.BatchNorm1d}
+
+
 def describe(m: nn.Module) -> dict[str, Any] | None:
     if isinstance(m, nn.Conv2d):
         return {"type": "Conv2d", "in_channels": m.in_channels, "out_channels": m.out_channels,
@@ -57,8 +63,8 @@ def describe(m: nn.Module) -> dict[str, Any] | None:
     if isinstance(m, nn.Linear):
         return {"type": "Linear", "in_features": m.in_features, "out_features": m.out_features,
                 "bias": m.bias is not None}
-    if isinstance(m, nn.BatchNorm2d):
-        return {"type": "BatchNorm2d", "num_features": m.num_features, "eps": m.eps, "momentum": m.momentum,
+    if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
+        return {"type": type(m).__name__, "num_features": m.num_features, "eps": m.eps, "momentum": m.momentum,
                 "affine": m.affine}
     if isinstance(m, nn.Sequential):
         return {"type": "Sequential", "length": len(m)}
@@ -82,8 +88,8 @@ def _make(d: dict[str, Any]) -> nn.Module:
                          tuple(d["padding"]), tuple(d["dilation"]), d["groups"], d["bias"])
     if t == "Linear":
         return nn.Linear(d["in_features"], d["out_features"], d["bias"])
-    if t == "BatchNorm2d":
-        return nn.BatchNorm2d(d["num_features"], d["eps"], d["momentum"], d["affine"])
+    if t in BATCHNORMS:
+        return BATCHNORMS[t](d["num_features"], d["eps"], d["momentum"], d["affine"])
     if t == "Sequential":
         return nn.Sequential(*[nn.Identity() for _ in range(d["length"])])
     if t == "Identity":
@@ -347,7 +353,7 @@ def _check_layer(name: Any, d: Any) -> None:
     at = f"manifest layer {name!r}"
     kind = d.get("type")
     ints = {"Conv2d": ("in_channels", "out_channels", "groups"), "Linear": ("in_features", "out_features"),
-            "BatchNorm2d": ("num_features",), "Sequential": (), "Identity": ()}
+            **{bn: ("num_features",) for bn in BATCHNORMS}, "Sequential": (), "Identity": ()}
     if kind not in ints:
         raise _damaged(f"{at} has unknown type {kind!r}")
     for field in ints[kind]:
@@ -365,7 +371,7 @@ def _check_layer(name: Any, d: Any) -> None:
             raise _damaged(f"{at} groups {d['groups']} does not divide its channels")
     if kind in ("Conv2d", "Linear") and not isinstance(d.get("bias"), bool):
         raise _damaged(f"{at} bias is {d.get('bias')!r}, expected true or false")
-    if kind == "BatchNorm2d" and not (isinstance(d.get("eps"), float) and isinstance(d.get("affine"), bool)
+    if kind in BATCHNORMS and not (isinstance(d.get("eps"), float) and isinstance(d.get("affine"), bool)
                                       and (d.get("momentum") is None or isinstance(d.get("momentum"), float))):
         raise _damaged(f"{at} has an eps, momentum or affine of the wrong type")
 

@@ -134,8 +134,10 @@ def identify(sd: dict[str, torch.Tensor]) -> list[Match]:
     (BatchNorm step counters may be missing)."""
     shapes = _required({k: tuple(v.shape) for k, v in sd.items()})
     found = []
-    for arch in models.ARCHS:
-        for small in (False, True):
+    for arch, spec in models.ARCHS.items():
+        # A native small-input net (CIFAR ResNets, VGG, MobileNetV2) has one stem: recorded as small-input,
+        # as a job at its 32 px records it, and never the stride question its weights cannot answer.
+        for small in (True,) if spec.native else (False, True):
             head = shapes.get(_head_key(arch, small))
             if not head or head[0] < 2:
                 continue
@@ -164,7 +166,7 @@ def _closest(sd: dict[str, torch.Tensor]) -> tuple[str, list[str]] | None:
 def choose(sd: dict[str, torch.Tensor], arch: str | None = None, small_input: bool | None = None) -> Match:
     """The one architecture and stem these weights are, narrowed by what the caller says."""
     matches = [m for m in identify(sd) if (arch is None or m.arch == arch)
-               and (small_input is None or m.small_input == small_input)]
+               and (small_input is None or m.small_input == small_input or models.ARCHS[m.arch].native)]
     if len(matches) == 1:
         return matches[0]
     if not matches:

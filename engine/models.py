@@ -8,9 +8,10 @@ how it is built: a torchvision builder plus the stem surgery that adapts it to s
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -46,6 +47,20 @@ def _shufflenet_stem(m: nn.Module) -> None:
     m.maxpool = nn.Identity()
 
 
+def _googlenet_stem(m: nn.Module) -> None:
+    # As ResNet's: 32x32 is downsampled 8x (to 4x4 before the pooling), not 32x.
+    m.conv1.conv = _conv_like(m.conv1.conv, 3, 1)
+    m.maxpool1 = nn.Identity()
+
+
+def _inception_v3_stem(m: nn.Module) -> None:
+    # Natively 299 px becomes 8x8 and anything under 75 px nothing. A stride-1 first conv and no first
+    # max-pool take 32x32 to 2x2 before the pooling (inputs from 21 px on); the 3x3 convs keep no padding
+    # so that every later layer keeps its torchvision shape.
+    m.Conv2d_1a_3x3.conv.stride = (1, 1)
+    m.maxpool1 = nn.Identity()
+
+
 def _vgg_small(m: nn.Module) -> None:
     # 32x32 leaves a 1x1 map: drop the 7x7 pooling and the 100M-parameter 4096-wide head.
     num_classes = m.classifier[-1].out_features
@@ -60,6 +75,7 @@ class Arch:
     family: str
     builder: Callable[..., nn.Module] | None = None  # (num_classes, width) -> model; None: torchvision's
     width: bool = False  # takes a channel-width multiplier
+    tv_kwargs: dict[str, Any] = field(default_factory=dict, hash=False)  # torchvision builder's options
 
     @property
     def native(self) -> bool:
@@ -78,6 +94,15 @@ ARCHS: dict[str, Arch] = {a.name: a for a in [
     Arch("efficientnet_b0", _first_conv_stride1("features.0.0"), "efficientnet"),
     Arch("shufflenet_v2_x1_0", _shufflenet_stem, "shufflenet"),
     Arch("vgg11_bn", _vgg_small, "vgg"),
+    # Auxiliary heads off: they add training-only outputs (a tuple, not logits) that the trainer, pruning,
+    # ONNX export and the measurements would each have to special-case, and InceptionV3's cannot take a
+    # small input. transform_input off: it re-normalises ImageNet-normalised input inside the graph, while
+    # Slimbench's data is normalised by the pipeline with the statistics its bundle records.
+    # init_weights: torchvision's long-standing initialisation, stated so that it does not warn.
+    Arch("googlenet", _googlenet_stem, "googlenet",
+         tv_kwargs={"aux_logits": False, "transform_input": False, "init_weights": True}),
+    Arch("inception_v3", _inception_v3_stem, "inception",
+         tv_kwargs={"aux_logits": False, "transform_input": False, "init_weights": True}),
     # The CIFAR literature's benchmark nets (DepGraph, HRank, SFP, FPGM, ResRep, TRP, ShrinkBench).
     *(Arch(f"resnet{d}", None, "cifar_resnet", cifar_nets.resnet(d), True) for d in (20, 32, 56, 110)),
     Arch("vgg16_bn_cifar", None, "vgg", cifar_nets.vgg16_bn, True),
@@ -118,7 +143,7 @@ def build(arch: str, num_classes: int, small_input: bool = False, width: float =
     if spec.builder is not None:
         model = spec.builder(num_classes, float(width))
     else:
-        kwargs = {"width_mult": float(width)} if width != 1.0 else {}
+        kwargs = {**spec.tv_kwargs, **({"width_mult": float(width)} if width != 1.0 else {})}
         model = tvm.get_model(arch, weights=None, num_classes=num_classes, **kwargs)
         if small_input:
             spec.small_stem(model)
@@ -148,15 +173,39 @@ def check_input_fits(model: nn.Module, arch: str, input_shape: tuple[int, ...], 
     size (e.g. SqueezeNet on 8x8 digits), naming the field and the way out."""
     was_training = model.training
     try:
-        model.eval()(torch.zeros(1, *input_shape))
+        if _fits(model.eval(), input_shape):
+            return
+        h, w = input_shape[-2:]
+        # Searched on a weightless copy (the meta device checks shapes only): seconds saved per probe.
+        least = _least_size(copy.deepcopy(model).to("meta"), input_shape[0])
+        raise SpecError(field, f"{arch} cannot take {h}x{w} inputs (its downsampling leaves nothing of the "
+                               f"image; it needs at least {least}x{least} as built here); choose another "
+                               f"architecture or set data.image_size to {least} or more")
+    finally:
+        model.train(was_training)
+
+
+def _fits(model: nn.Module, input_shape: tuple[int, ...]) -> bool:
+    try:
+        model(torch.zeros(1, *input_shape, device=next(model.parameters()).device))
     except RuntimeError as e:
         if "too small" not in str(e) and "greater than actual input size" not in str(e):
             raise
-        h, w = input_shape[-2:]
-        raise SpecError(field, f"{arch} cannot take {h}x{w} inputs (its downsampling leaves nothing of the "
-                               "image); choose another architecture or set data.image_size larger, e.g. 32") from None
-    finally:
-        model.train(was_training)
+        return False
+    return True
+
+
+def _least_size(model: nn.Module, channels: int) -> int:
+    """The smallest square input the model takes (bisection; a fit is monotone in the size)."""
+    lo, hi = 1, 32  # lo does not fit (or is 1), hi does
+    while not _fits(model, (channels, hi, hi)):
+        if hi >= 1024:  # no registered net needs that much: a net that fits no size must not loop forever
+            return hi
+        lo, hi = hi, hi * 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if _fits(model, (channels, mid, mid)) else (mid, hi)
+    return hi
 
 
 def classifier_layer(model: nn.Module) -> tuple[str, nn.Module]:

@@ -192,3 +192,21 @@ def test_old_checkpoints_without_batchnorm_counters_import_and_near_misses_say_w
     for text in ("nan/nan", "0.5/inf", "inf/0.5"):
         with pytest.raises(export.BundleError, match="finite"):
             import_weights.normalisation(import_weights.parse_normalisation(text))
+
+
+@pytest.mark.fast
+def test_cifar_resnets_of_each_depth_are_told_apart_and_need_no_stem_answer(tmp_path):
+    # ResNet-20/32/56 differ only in blocks per stage; a native 32 px net has one stem, so nothing is asked.
+    for depth in (20, 32, 56):
+        net = models.build(f"resnet{depth}", 10, small_input=True).eval()
+        path = saved(tmp_path, net, name=f"r{depth}.pth", wrap=True, prefix="module.")
+        sd = import_weights.read_state_dict(path)
+        assert import_weights.identify(sd) == [import_weights.Match(f"resnet{depth}", True, 10)]
+        for said in (None, False):  # a stem stated for a net without one changes nothing
+            b = import_weights.to_bundle(path, small_input=said)
+            assert b["arch"] == f"resnet{depth}"
+        x = torch.randn(2, 3, 32, 32)
+        with torch.no_grad():
+            assert torch.equal(export.model_from_bundle(b)(x), net(x))
+    with pytest.raises(import_weights.ImportWeightsError, match=r"not resnet32: .*missing layer1\.3"):
+        import_weights.to_bundle(tmp_path / "r20.pth", arch="resnet32")

@@ -431,6 +431,25 @@ def test_experiments_refuse_a_checkpoint_made_for_other_classes(tmp_path, monkey
                      "method": {"name": "baseline"}}, store)
 
 
+@pytest.mark.fast
+def test_experiments_trains_the_literature_nets(tmp_path, monkeypatch):
+    """The architecture picker reads the registry: the CIFAR nets and the Inception family can be chosen."""
+    monkeypatch.setenv("SLIMBENCH_HOME", str(tmp_path / "lit"))
+    monkeypatch.setenv("SLIMBENCH_NO_AUTOSTART", "1")
+    at = page("experiments")
+    at.selectbox(key="dataset").set_value("digits")
+    at.run()
+    literature = {"resnet20", "resnet32", "resnet56", "resnet110", "vgg16_bn_cifar", "mobilenet_v2_cifar",
+                  "googlenet", "inception_v3"}
+    assert literature <= set(at.selectbox(key="arch").options)
+    at.selectbox(key="arch").set_value("resnet56")
+    at.button(key="launch_custom").click()
+    at.run()
+    assert not at.exception and not at.error, texts(at, "error")
+    (row,) = Store(tmp_path / "lit").list()
+    assert row["state"] == "queued" and row["spec"]["model"]["arch"] == "resnet56"
+
+
 def test_jobs_table_says_what_a_running_job_is_doing(tmp_path, monkeypatch):
     """Phase, epoch, phase ETA and speed in one cell, so the table fits the page."""
     monkeypatch.setenv("SLIMBENCH_HOME", str(tmp_path))

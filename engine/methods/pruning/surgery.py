@@ -245,7 +245,7 @@ def widened(model: nn.Module, input_shape: tuple[int, ...], arch: str, num_class
                 continue
             d, layer = man[name], dep.target.module
             side = "out" if DG.is_out_channel_pruning_fn(dep.handler) else "in"
-            if is_depthwise(layer) or isinstance(layer, nn.BatchNorm2d):
+            if is_depthwise(layer) or isinstance(layer, nn.modules.batchnorm._BatchNorm):
                 side = "both"  # one channel count for input and output
             if (name, side) in touched:
                 continue
@@ -267,5 +267,5 @@ def _resize(d: dict, side: str, delta: int) -> None:
             d["out_channels" if side == "out" else "in_channels"] += delta
     elif t == "Linear":
         d["out_features" if side == "out" else "in_features"] += delta
-    elif t == "BatchNorm2d":
+    elif t in export.BATCHNORMS:
         d["num_features"] += delta
