@@ -112,8 +112,10 @@ def runs(view: pd.DataFrame) -> None:
     axes = results.cost_axes()
     c1, c2, c3 = st.columns([2, 1, 1])
     axis_label = c1.radio("Accuracy against", list(axes), horizontal=True, key="axis")
-    log_x = c2.toggle("Log x axis", value=True, key="log_x")
-    show_front = c3.toggle("Pareto front", value=True, key="front")
+    st.session_state.setdefault("log_x", True)  # kept widget: default via state, not value=
+    log_x = c2.toggle("Log x axis", key="log_x")
+    st.session_state.setdefault("front", True)  # kept widget: default via state, not value=
+    show_front = c3.toggle("Pareto front", key="front")
     cost = axes[axis_label]
     view = view.assign(pareto=results.pareto_mask(view, cost, include_chance=include_chance))
     plot_df = shown(view.dropna(subset=[cost, "accuracy"]))

@@ -303,8 +303,9 @@ with tab_custom:
                           "clothing. cifar10: needs a local zip/folder path.")
         data["name"] = ds
         if ds == "cifar10":
+            st.session_state.setdefault("cifar_path", str(presets.SHARED_CIFAR10))  # kept widget: default via state, not value=
             data["path"] = st.text_input("CIFAR-10 location (zip or folder in ImageFolder layout)",
-                                         value=str(presets.SHARED_CIFAR10), key="cifar_path")
+                                         key="cifar_path")
     elif source.startswith("Upload"):
         up = st.file_uploader("Zip with train/<class>/*.jpg and test/<class>/... (or just <class>/...)",
                               type=["zip"], key=uploader_key("data_zip"),
@@ -403,7 +404,8 @@ with tab_custom:
                                   "slimming's expand phase. Methods that prune, decompose, rewrite or quantise a "
                                   "model fine-tune for their own 'finetune epochs' above.")
     device = c2.selectbox("Device", ["auto", "cpu", "cuda"], key="device")
-    onnx = c3.checkbox("Export + verify ONNX", value=True, key="onnx")
+    st.session_state.setdefault("onnx", True)  # kept widget: default via state, not value=
+    onnx = c3.checkbox("Export + verify ONNX", key="onnx")
     latency_runs = c4.number_input("Latency runs", 1, 10000, 30, key="latency_runs",
                                    help="timed batch-1 runs per measurement, at least (timing also lasts at "
                                         "least 0.5 s, so fast models get more)")

@@ -56,7 +56,8 @@ else:
                   for i, (label, raw) in enumerate(samples(repr(sorted(spec_data.items())), spec_data, n))]
     except Exception as e:  # the dataset may have moved since the run
         st.error(f"Could not load the test set of {ref_id}: {md_text(e)}. Upload images instead.")
-show_cam = st.toggle("Saliency maps (Grad-CAM)", value=True, key="cam")
+st.session_state.setdefault("cam", True)  # kept widget: default via state, not value=
+show_cam = st.toggle("Saliency maps (Grad-CAM)", key="cam")
 if not images:
     st.info("Upload an image (or pick test-set samples) to see predictions.")
     st.stop()
