@@ -98,6 +98,7 @@ def test_cpu_methods_section_names_its_fashion_mnist_base_and_the_anchors_datase
     res = rows({"label": "s50", "method": "prune_structured", "accuracy": 0.88, "size_bytes": 10e6, "macs": 125e6,
                 "latency_ms": 2.5})
     text = bench_cli.methods_section(res, dict(presets.QUICK_DATA), "resnet20", 5, 1, 3, gpu=False)
-    assert text.startswith("### Methods on Fashion-MNIST (limit 15000, image size 16), CIFAR ResNet-20 base "
+    assert text.startswith(f"### Methods on Fashion-MNIST (limit {presets.QUICK_DATA['limit']}, image size 16), "
+                           "CIFAR ResNet-20 base "
                            "(top-1 0.900)")
     assert "Published anchors are CIFAR-10 or ImageNet figures" in text and "| s50 | 0.88 |" in text

@@ -78,9 +78,11 @@ def test_two_image_folders_with_equal_counts_are_different_test_sets(home, tmp_p
     same = shutil.copytree(one, tmp_path / "copy of one")
     hashes = [runner.test_set_hash(D.load(DataSpec(name="imagefolder", path=str(p))).test) for p in (one, other, same)]
     assert hashes[0] != hashes[1] and hashes[0] == hashes[2]      # by content, not by name, count or path
-    recs = [rec("base_one", accuracy=0.9, size_bytes=100, test_set_hash=hashes[0], finished=1.0),
-            rec("base_other", accuracy=0.5, size_bytes=200, test_set_hash=hashes[1], finished=2.0),
-            rec("small_other", "base_other", accuracy=0.4, size_bytes=50, test_set_hash=hashes[1], finished=3.0)]
+    # accuracies well above chance on 1,000 images: chance-level runs are kept off the front by design
+    recs = [rec("base_one", accuracy=0.95, size_bytes=100, test_set_hash=hashes[0], finished=1.0, test_images=1000),
+            rec("base_other", accuracy=0.85, size_bytes=200, test_set_hash=hashes[1], finished=2.0, test_images=1000),
+            rec("small_other", "base_other", accuracy=0.8, size_bytes=50, test_set_hash=hashes[1], finished=3.0,
+                test_images=1000)]
     df = results.table(recs)
     assert results.test_sets(df) == 2
     # base_one is smaller and more accurate than base_other, but on other images: it beats neither

@@ -635,7 +635,9 @@ def test_sensitivity_suggestions_become_a_pruning_job(launched, ws):
     at.number_input(key="sens_epochs").set_value(0)
     at.button(key="sens_queue").click()
     at.run()
-    assert not at.exception and not at.error, texts(at, "error")
+    # the tiny analysed run may be flagged at chance level (an error box by design); nothing else may fail
+    failures = [plain(str(e.value)) for e in at.error if not plain(str(e.value)).startswith("At chance level")]
+    assert not at.exception and not failures, failures
     job = next(r for r in store.list() if r["spec"]["method"].get("params", {}).get("sensitivity_run") == sens_id)
     row = wait_done(store, [job["id"]])[0]
     assert row["state"] == "done", row["error"]
@@ -654,7 +656,9 @@ def test_sensitivity_suggestions_become_a_pruning_job(launched, ws):
     at.number_input(key="sens_loss").set_value(0.3)
     at.button(key="sens_queue").click()
     at.run()
-    assert not at.exception and not at.error, texts(at, "error")
+    # the tiny analysed run may be flagged at chance level (an error box by design); nothing else may fail
+    failures = [plain(str(e.value)) for e in at.error if not plain(str(e.value)).startswith("At chance level")]
+    assert not at.exception and not failures, failures
     job = next(r for r in store.list() if r["spec"]["method"].get("params", {}).get("max_loss") == 0.3)
     row = wait_done(store, [job["id"]])[0]
     assert row["state"] == "done", row["error"]
