@@ -80,3 +80,20 @@ def uploader(at, name: str):
     resets = at.session_state["uploader_resets"] if "uploader_resets" in at.session_state else {}
     n = resets.get(name, 0)
     return at.file_uploader(key=name if n == 0 else f"{name}~{n}")
+
+
+def compare_page(home: Path, monkeypatch, fill) -> "AppTest":  # noqa: F821
+    """Compare, rendered by AppTest over a fresh workspace that ``fill(home)`` writes records into
+    (no worker started; Streamlit's caches cleared so an earlier test's store is not reused)."""
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+    monkeypatch.setenv("SLIMBENCH_HOME", str(home))
+    monkeypatch.setenv("SLIMBENCH_NO_AUTOSTART", "1")
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    fill(home)
+    at = AppTest.from_file(str(ROOT / "dashboard.py"), default_timeout=120)
+    at.run()
+    at.switch_page("views/compare.py")
+    at.run()
+    return at

@@ -168,20 +168,8 @@ def test_results_table_words_each_runs_verdict_against_its_control(home):
 
 @pytest.mark.fast
 def test_compare_shows_the_control_verdict_and_the_published_points(tmp_path, monkeypatch):
-    import streamlit as st
-    from streamlit.testing.v1 import AppTest
-
-    from conftest import ROOT, plain
-    home = tmp_path / "ws"
-    monkeypatch.setenv("SLIMBENCH_HOME", str(home))
-    monkeypatch.setenv("SLIMBENCH_NO_AUTOSTART", "1")
-    st.cache_resource.clear()
-    st.cache_data.clear()
-    insert_controlled_study(home)
-    at = AppTest.from_file(str(ROOT / "dashboard.py"), default_timeout=120)
-    at.run()
-    at.switch_page("views/compare.py")
-    at.run()
+    from conftest import compare_page, plain
+    at = compare_page(tmp_path / "ws", monkeypatch, insert_controlled_study)
     at.radio(key="axis").set_value("MACs")
     at.run()
     assert not at.exception, [e.value for e in at.exception]

@@ -5,10 +5,8 @@ from __future__ import annotations
 import math
 
 import pytest
-import streamlit as st
-from streamlit.testing.v1 import AppTest
 
-from conftest import ROOT, cli, plain
+from conftest import cli, compare_page, plain
 from engine import record, results
 from engine.store import Store
 
@@ -171,17 +169,7 @@ def test_cli_compare_keeps_a_chance_run_off_the_front_and_the_ranking(home):
 
 
 def test_compare_flags_a_chance_run_and_keeps_it_from_the_winner(tmp_path, monkeypatch):
-    home = tmp_path / "ws"
-    monkeypatch.setenv("SLIMBENCH_HOME", str(home))
-    monkeypatch.setenv("SLIMBENCH_NO_AUTOSTART", "1")
-    st.cache_resource.clear()
-    st.cache_data.clear()
-    insert_study(home)
-
-    at = AppTest.from_file(str(ROOT / "dashboard.py"), default_timeout=120)
-    at.run()
-    at.switch_page("views/compare.py")
-    at.run()
+    at = compare_page(tmp_path / "ws", monkeypatch, insert_study)
     assert not at.exception, [e.value for e in at.exception]
     warning = "\n".join(plain(str(w.value)) for w in at.warning)
     assert "1 run(s) in view answer at chance level" in warning and "100 % of its answers are class 6" in warning
