@@ -291,6 +291,17 @@ def list_jobs(store: Store | None = None, states: Iterable[str] | None = None,
     return rows
 
 
+def rows_of(job_ids: Iterable[str], store: Store | None = None) -> list[dict[str, Any]]:
+    """The rows of ``job_ids`` (those that exist, in that order), each with ``last_event`` as in
+    :func:`list_jobs`: one launched plan's jobs, however many others the workspace holds."""
+    store = store or Store()
+    rows = [r for r in (store.get(j) for j in dict.fromkeys(job_ids)) if r is not None]
+    last = store.last_events(r["id"] for r in rows)
+    for r in rows:
+        r["last_event"] = last.get(r["id"])
+    return rows
+
+
 def waiting_text(dep: str | None, *, interrupted: bool) -> str | None:
     if dep is None:
         return None
