@@ -15,7 +15,6 @@ import streamlit as st
 
 from engine import jobs, methods, store as store_mod
 from engine.store import Store, check_run_id
-from views import plan
 
 ARTIFACT_FILES = {"checkpoint": ("model.pt", "application/octet-stream"),
                   "onnx": ("model.onnx", "application/octet-stream"),
@@ -113,6 +112,7 @@ def sidebar(busy: bool) -> None:
         c1, c2 = st.columns(2)
         c1.metric("Queued", ws["queued"])
         c2.metric("Running", ws["running"])
+        from views import plan  # lazy: it draws with this module's helpers
         plan.summary(s)  # the plan launched last: its ETA, and its end announced on whichever page is open
         st.caption(f"Device: **{md_text(device_text())}**  \nWorkspace: {md_text(s.root)}")
 

@@ -9,6 +9,7 @@ import streamlit as st
 
 from engine import estimate, jobs
 from engine.store import Store
+from views.common import md_text
 
 LAUNCHED = "launched"            # set by Experiments: the ids of the plan it queued last
 ANNOUNCED = "plan_announced"     # the plan whose end was announced (once per plan)
@@ -19,9 +20,9 @@ def launched_ids() -> list[str]:
 
 
 def title(rows: list[dict]) -> str:
-    """The plan's experiment, else its preset's label ("Quick tour: baseline" -> "Quick tour")."""
+    """The plan's experiment, else its preset's label ("Quick tour: baseline" -> "Quick tour"), else ""."""
     spec = (rows[0].get("spec") or {}) if rows else {}
-    return spec.get("experiment") or str(spec.get("name") or "plan").split(":")[0]
+    return spec.get("experiment") or str(spec.get("name") or "").split(":")[0].strip()
 
 
 def status(store: Store) -> tuple[list[dict], estimate.Remaining] | None:
@@ -42,18 +43,19 @@ def summary(store: Store, *, full: bool = False) -> None:
         return
     rows, left = got
     name = title(rows)
+    shown = f" **{md_text(name)}**" if name else ""
     if full:
-        st.progress(left.done / left.jobs, text=f"Launched plan **{name}**: {left.text()}")
+        st.progress(left.done / left.jobs, text=f"Launched plan{shown}: {left.text()}")
         opt_in()
     else:
-        st.caption(f"Plan **{name}**: {left.text()}")
+        st.caption(f"Plan{shown}: {left.text()}")
     key = ",".join(launched_ids())
     if left.finished and st.session_state.get(ANNOUNCED) != key:
         st.session_state[ANNOUNCED] = key
         ended = {s: sum(r["state"] == s for r in rows) for s in ("done", "failed", "cancelled", "interrupted")}
         outcome = ", ".join(f"{n} {s}" for s, n in ended.items() if n)
-        st.toast(f"Plan {name} finished: {outcome}", icon=":material/task_alt:")
-        notify(f"Slimbench: plan {name} finished", outcome, key)
+        st.toast(f"Plan{shown} finished: {outcome}", icon=":material/task_alt:")
+        notify(f"Slimbench: plan {name} finished".replace("  ", " "), outcome, key)
 
 
 def opt_in() -> None:
