@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from . import methods
+from . import jobs, methods
 from .commands import COMMANDS, arg, command
 from .errors import Cancelled, JobFailed, SpecError
 from .jobs_cli import label_args, label_text, labelled, read_spec
@@ -345,12 +345,18 @@ def cmd_methods(a: argparse.Namespace) -> int:
 def cmd_presets(a: argparse.Namespace) -> int:
     from . import presets  # builds plans from the method registry: loaded only by this command
     store = Store()
+    at_once = jobs.worker_status(store)["concurrency"]
     if a.json:
-        print(json.dumps({n: {"description": presets.describe(n, store), "device": p.device,
-                              "estimate_s": p.estimate_s} for n, p in presets.PRESETS.items()}))
+        here = {n: presets.estimate_plan(p(), store, at_once) for n, p in presets.PRESETS.items()}
+        # estimate_s: on the machine it was sized on; estimate_here_s: from this machine's finished runs
+        # (null without any), leaving out the jobs_without_history
+        print(json.dumps({n: {"description": presets.describe(n, store, at_once), "device": p.device,
+                              "estimate_s": p.estimate_s, "estimate_here_s": here[n].seconds,
+                              "jobs": here[n].jobs, "jobs_without_history": here[n].unknown}
+                          for n, p in presets.PRESETS.items()}))
         return 0
     for n in presets.PRESETS:
-        print(f"{n}\n    {presets.describe(n, store)}")
+        print(f"{n}\n    {presets.describe(n, store, at_once)}")
     return 0
 
 

@@ -201,8 +201,10 @@ tab_preset, tab_custom = st.tabs(["Presets", "Custom experiment"])
 # -- presets ------------------------------------------------------------------------------------
 with tab_preset:
     name = st.selectbox("Preset", list(presets.PRESETS), key="preset")
-    st.caption(md_text(presets.describe(name, store)), help="What this preset trains on, with which settings, "
-               "and how long it takes: its last finished launch in this workspace, else the stated estimate.")
+    st.caption(md_text(presets.describe(name, store, jobs.worker_status(store)["concurrency"])),
+               help="What this preset trains on, with which settings, and how long it takes on this machine: "
+                    "estimated from the runs finished here (the same job, else the same method and data at other "
+                    "settings), else the estimate for the machine it was sized on, labelled as such.")
     try:
         plan = presets.PRESETS[name]()
     except Exception as e:  # e.g. a method module mid-edit; the page stays usable
