@@ -235,4 +235,4 @@ def test_a_finished_plan_is_announced_once_with_a_toast_on_whichever_page_is_ope
     at.switch_page("views/jobs.py")
     at.run()
     assert not at.toast                                       # once per plan, not on every rerun
-    assert "all 2 jobs ended" in at.get("progress")[0].proto.text
+    assert "all 2 jobs ended: 2 done" in at.get("progress")[0].proto.text

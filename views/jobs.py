@@ -99,11 +99,11 @@ def queue_table() -> None:
     text = st.column_config.TextColumn
     st.dataframe(pd.DataFrame(table, columns=["job", "experiment", "id", "state", "progress", "activity", "error"]),
                  hide_index=True, width="stretch", key=table_key(), on_select="rerun", selection_mode="multi-row",
-                 column_config={"job": text(width=210, pinned=True), "experiment": text(width=120),
+                 column_config={"job": text(width=200, pinned=True), "experiment": text(width=110),
                                 "id": text(width=170), "state": text(width=75),
                                 "progress": st.column_config.ProgressColumn("progress", min_value=0, max_value=1,
                                                                             format="percent", width=90),
-                                "activity": text(width=300, help="a live job's phase (loading data, training "
+                                "activity": text(width=360, help="a live job's phase (loading data, training "
                                                                  "epoch k/n, fine-tuning, calibrating, measuring, "
                                                                  "exporting), the time that phase has left and its "
                                                                  "speed; a finished job's run time"),

@@ -44,16 +44,17 @@ def summary(store: Store, *, full: bool = False) -> None:
     rows, left = got
     name = title(rows)
     shown = f" **{md_text(name)}**" if name else ""
+    ended = {s: sum(r["state"] == s for r in rows) for s in ("done", "failed", "cancelled", "interrupted")}
+    outcome = ", ".join(f"{n} {s}" for s, n in ended.items() if n)
+    line = f"{left.text()}: {outcome}" if left.finished else left.text()
     if full:
-        st.progress(left.done / left.jobs, text=f"Launched plan{shown}: {left.text()}")
+        st.progress(left.done / left.jobs, text=f"Launched plan{shown}: {line}")
         opt_in()
     else:
-        st.caption(f"Plan{shown}: {left.text()}")
+        st.caption(f"Plan{shown}: {line}")
     key = ",".join(launched_ids())
     if left.finished and st.session_state.get(ANNOUNCED) != key:
         st.session_state[ANNOUNCED] = key
-        ended = {s: sum(r["state"] == s for r in rows) for s in ("done", "failed", "cancelled", "interrupted")}
-        outcome = ", ".join(f"{n} {s}" for s, n in ended.items() if n)
         st.toast(f"Plan{shown} finished: {outcome}", icon=":material/task_alt:")
         notify(f"Slimbench: plan {name} finished".replace("  ", " "), outcome, key)
 
