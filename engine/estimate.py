@@ -24,6 +24,7 @@ from .store import FINAL_STATES, Store
 # A run id (as the store makes them) or a plan's reference to one of its own jobs.
 RUN_REF = re.compile(r"^(PLAN-\d+|\d{8}-\d{6}-[0-9a-f]{6})$")
 UNLABELLED = ("name", "experiment", "group")
+_CACHE: dict[str, Any] = {}   # History.of: the last history read, with the store state it was read at
 
 
 @dataclass(frozen=True)
@@ -91,12 +92,21 @@ class History:
         host = host or procs.host()
         self.by_signature: dict[str, list[float]] = {}
         self.by_kind: dict[tuple, list[float]] = {}
-        for r in store.list("done"):
+        for r in store.finished_runs():
             if r.get("host") != host or not r.get("started") or not r.get("finished") or not r.get("spec"):
                 continue
             wall = r["finished"] - r["started"]
             self.by_signature.setdefault(signature(r["spec"]), []).append(wall)
             self.by_kind.setdefault(kind(r["spec"]), []).append(wall)
+
+    @classmethod
+    def of(cls, store: Store) -> "History":
+        """This host's history in ``store``, read again only once a run has finished since the last read
+        (the dashboard asks on every refresh)."""
+        key = (str(store.root), procs.host(), store.done_version())
+        if _CACHE.get("key") != key:
+            _CACHE.update(key=key, history=cls(store))
+        return _CACHE["history"]
 
     def job(self, spec: dict[str, Any]) -> JobEstimate:
         same = self.by_signature.get(signature(spec))
@@ -113,7 +123,7 @@ def plan(specs: list[dict[str, Any]], store: Store, concurrency: int = 1, *, par
     """Wall time of a plan on this machine. ``parents``: the index of the job each starts from (default:
     from ``model.from_run = "PLAN-i"``, job i); the specs are matched against the store's as they are
     stored (validated, defaults filled in)."""
-    history = history or History(store)
+    history = history or History.of(store)
     ests = [history.job(s) for s in specs]
     known = [e.seconds or 0.0 for e in ests]
     parents = parents if parents is not None else [plan_parent(s) for s in specs]
@@ -162,7 +172,7 @@ def remaining(rows: Iterable[dict[str, Any]], store: Store, concurrency: int = 1
     """Time left for launched jobs (store rows with ``last_event``, as ``jobs.list_jobs`` gives them):
     a running job's from its history less the time it has run, or, past that or without one, its
     current phase's own ETA (and none for a phase with no count); a queued job's from its history."""
-    history = history or History(store)
+    history = history or History.of(store)
     now = time.time() if now is None else now
     rows = list(rows)
     left: list[float] = []

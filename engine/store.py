@@ -333,6 +333,12 @@ class Store:
             rows = db.execute("SELECT * FROM runs WHERE parent=? ORDER BY created", (run_id,)).fetchall()
         return [_row(r) for r in rows]
 
+    def finished_runs(self) -> list[dict[str, Any]]:
+        """The done runs' spec, start, finish and host (no record: how long jobs take, cheaply)."""
+        with self.connect() as db:
+            rows = db.execute("SELECT id, spec, started, finished, host FROM runs WHERE state='done'").fetchall()
+        return [{**dict(r), "spec": json.loads(r["spec"]) if r["spec"] else None} for r in rows]
+
     def done_version(self) -> tuple[int, float | None]:
         """(number of finished runs, the latest finish): a cheap fingerprint that changes when one is added."""
         with self.connect() as db:

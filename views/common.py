@@ -113,7 +113,7 @@ def sidebar(busy: bool) -> None:
         c1.metric("Queued", ws["queued"])
         c2.metric("Running", ws["running"])
         from views import plan  # lazy: it draws with this module's helpers
-        plan.summary(s)  # the plan launched last: its ETA, and its end announced on whichever page is open
+        plan.summary(s, ws["concurrency"])  # the plan launched last: its ETA, and its end announced on whichever page is open
         st.caption(f"Device: **{md_text(device_text())}**  \nWorkspace: {md_text(s.root)}")
 
 

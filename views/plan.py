@@ -25,20 +25,20 @@ def title(rows: list[dict]) -> str:
     return spec.get("experiment") or str(spec.get("name") or "").split(":")[0].strip()
 
 
-def status(store: Store) -> tuple[list[dict], estimate.Remaining] | None:
+def status(store: Store, concurrency: int | None = None) -> tuple[list[dict], estimate.Remaining] | None:
     ids = launched_ids()
     if not ids:
         return None
     rows = jobs.rows_of(ids, store)
     if not rows:
         return None
-    return rows, estimate.remaining(rows, store, jobs.worker_status(store)["concurrency"])
+    return rows, estimate.remaining(rows, store, concurrency or jobs.worker_status(store)["concurrency"])
 
 
-def summary(store: Store, *, full: bool = False) -> None:
+def summary(store: Store, concurrency: int | None = None, *, full: bool = False) -> None:
     """The plan's progress line (and, on Jobs, ``full``: a bar and the notification opt-in); announces
-    its end once."""
-    got = status(store)
+    its end once. ``concurrency``: the worker's jobs at once, where the caller has read it."""
+    got = status(store, concurrency)
     if got is None:
         return
     rows, left = got
