@@ -196,6 +196,7 @@ def test_jobs_shows_running_first_hides_cancelled_and_acts_on_several(home, monk
     assert list(table["activity"])[:2] == ["measuring", "queued"]
     assert "1 cancelled hidden" in "\n".join(str(c.value) for c in at.caption)
     assert "1/4 jobs ended" in at.get("progress")[0].proto.text     # the launched plan's line
+    assert "Experiment **shoes**: 1/4 jobs ended; no estimate yet" in "\n".join(str(c.value) for c in at.caption)
     at.toggle(key="jobs_hide_cancelled").set_value(False).run()
     assert ids[0] in list(at.dataframe[0].value["id"])
     at.toggle(key="jobs_hide_cancelled").set_value(True).run()

@@ -5,7 +5,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from engine import jobs, results
+from engine import estimate, jobs, results
 from engine.store import FINAL_STATES
 from views import plan
 from views.common import fmt_bytes, fmt_count, fmt_ms, fmt_seconds, fmt_value, follow_activity, get_store, md_text
@@ -129,6 +129,8 @@ def queue_table() -> None:
         e3.button(f"Retry all ({len(again)})", key="bulk_retry_experiment", disabled=not again,
                   on_click=bulk, args=("retry", again),
                   help="every interrupted, failed or cancelled job of this experiment")
+        of_exp = [r for r in rows if (r.get("spec") or {}).get("experiment") == exp]
+        st.caption(f"Experiment **{md_text(exp)}**: " + estimate.remaining(of_exp, store, status["concurrency"]).text())
 
 
 def label_of(r: dict) -> str:
