@@ -237,3 +237,24 @@ def test_a_finished_plan_is_announced_once_with_a_toast_on_whichever_page_is_ope
     at.run()
     assert not at.toast                                       # once per plan, not on every rerun
     assert "all 2 jobs ended: 2 done" in at.get("progress")[0].proto.text
+
+
+def test_a_custom_experiment_says_how_long_it_takes_here_before_launch(home, monkeypatch):
+    monkeypatch.setenv("SLIMBENCH_HOME", str(home))
+    monkeypatch.setenv("SLIMBENCH_NO_AUTOSTART", "1")
+    st.cache_resource.clear()
+    at = AppTest.from_file(str(ROOT / "dashboard.py"), default_timeout=120)
+    at.run()
+    at.radio(key="data_source").set_value("Built-in")
+    at.selectbox(key="dataset").set_value("digits")
+    at.run()
+
+    def said() -> str:
+        return next(str(c.value) for c in at.caption if str(c.value).startswith("How long on this machine"))
+    assert "no estimate from history" in said()
+    at.button(key="launch_custom").click().run()               # the same job, run here once: 40 s
+    store = Store(home)
+    (job,) = [r["id"] for r in store.list()]
+    store.update(job, state="done", started=time.time() - 40, finished=time.time(), host=procs.host())
+    at.run()
+    assert said() == "How long on this machine: About 40 s, from 1 finished run on this machine."

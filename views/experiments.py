@@ -419,6 +419,9 @@ with tab_custom:
                                       train={"epochs": int(epochs), "device": device}, measure=measure)
         with st.expander(f"Launch queues **{len(preview)} job(s)**"):
             st.dataframe(plan_table(preview), hide_index=True, width="stretch", key="custom_plan")
+        took = presets.estimate_plan(preview, store, jobs.worker_status(store)["concurrency"])
+        st.caption(f"How long on this machine: {took.text()}", help="From the runs finished here: the same job, "
+                   "else the same method and data at other settings. Jobs with neither are not counted.")
     if st.button("Launch", type="primary", key="launch_custom"):
         if data_problem:
             st.error(f"Cannot launch: {md_text(data_problem)}.")
