@@ -134,10 +134,7 @@ def matching(store: Store, *, experiment: str | None = None, group: str | None =
              states: Iterable[str] | None = None) -> list[str]:
     """Ids of the jobs of ``experiment`` / ``group`` (each where given) in ``states`` (all where None),
     oldest first: what a bulk cancel or retry of "all of experiment X" acts on."""
-    rows = [r for r in store.list(state=tuple(states) if states else None)
-            if all(v is None or (r.get("spec") or {}).get(k) == v for k, v in (("experiment", experiment),
-                                                                               ("group", group)))]
-    return [r["id"] for r in reversed(rows)]
+    return store.labelled_ids(experiment, group, tuple(states) if states else None)
 
 
 def cancel_many(job_ids: Iterable[str], store: Store | None = None) -> dict[str, str | None]:
