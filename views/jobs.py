@@ -1,4 +1,6 @@
-"""Jobs: the live queue (state, progress, phase, epoch, ETA), curves and log of a job, cancel / retry."""
+"""Jobs: the live queue (running first, cancelled hidden unless asked; each job's phase in words with its
+ETA), the launched plan's overall ETA and end notice, cancel / retry of one job, the ticked rows or a whole
+experiment, and a job's curves and log."""
 from __future__ import annotations
 
 import pandas as pd
@@ -76,7 +78,7 @@ def queue_table() -> None:
     follow_activity(active, jobs.worker_status(store))
     for line in st.session_state.pop("jobs_notice", []):
         st.toast(md_text(line))
-    plan.summary(store, full=True)
+    plan.summary(store, status["concurrency"], full=True)
     rows = job_rows()
     if not rows:
         st.info("No jobs yet. Launch some on **Experiments**.")
