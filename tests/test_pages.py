@@ -465,7 +465,7 @@ def test_jobs_table_says_what_a_running_job_is_doing(tmp_path, monkeypatch):
     store.add_event(sens, {"phase": "sensitivity", "step": 3, "steps": 12})
     at = page("jobs")
     table = at.dataframe[0].value.set_index("job")
-    assert table.loc["busy one", "activity"] == "training epoch 2/4 · 1m15s left in phase · 812 img/s"
+    assert table.loc["busy one", "activity"] == "training epoch 2/4 · 1m15s left · 812 img/s"
     assert table.loc["busy one", "progress"] == pytest.approx(1.5 / 4)
     assert table.loc["sensitivity", "activity"] == "sensitivity probe 3/12"
     assert table.loc["sensitivity", "progress"] == 0.25

@@ -101,14 +101,14 @@ def queue_table() -> None:
     text = st.column_config.TextColumn
     st.dataframe(pd.DataFrame(table, columns=["job", "experiment", "id", "state", "progress", "activity", "error"]),
                  hide_index=True, width="stretch", key=table_key(), on_select="rerun", selection_mode="multi-row",
-                 column_config={"job": text(width=200, pinned=True), "experiment": text(width=110),
-                                "id": text(width=170), "state": text(width=75),
+                 column_config={"job": text(width=180, pinned=True), "experiment": text(width=100),
+                                "id": text(width=165), "state": text(width=75),
                                 "progress": st.column_config.ProgressColumn("progress", min_value=0, max_value=1,
                                                                             format="percent", width=90),
                                 "activity": text(width=360, help="a live job's phase (loading data, training "
                                                                  "epoch k/n, fine-tuning, calibrating, measuring, "
-                                                                 "exporting), the time that phase has left and its "
-                                                                 "speed; a finished job's run time"),
+                                                                 "exporting), the time that phase (not the job) has "
+                                                                 "left and its speed; a finished job's run time"),
                                 "error": text(width="medium")})
     chosen = [st.session_state["jobs_order"][i] for i in selected_rows() if i < len(shown)]
     stoppable = [j for j in chosen if by_id[j]["state"] in ("queued", "running")]
@@ -145,7 +145,7 @@ def activity(r: dict, p: dict) -> str:
     ``job_progress``) or, once ended, how long it ran."""
     if r["state"] in ("running", "queued"):
         return " · ".join(x for x in (
-            p["phase"], p["eta_s"] is not None and f"{fmt_seconds(p['eta_s'])} left in phase",
+            p["phase"], p["eta_s"] is not None and f"{fmt_seconds(p['eta_s'])} left",
             p["images_per_s"] is not None and f"{p['images_per_s']:.0f} img/s") if x)
     if r.get("started") and r.get("finished"):
         return f"ran {fmt_seconds(r['finished'] - r['started'])}"
