@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from . import methods
+from . import jobs, methods, phases
 from .commands import COMMANDS, arg, command
 from .errors import Cancelled, JobFailed, SpecError
 from .jobs_cli import label_args, label_text, labelled, read_spec
@@ -33,14 +33,18 @@ class _Echo:
 
     def __call__(self, **ev: Any) -> None:
         phase = ev.get("phase", "")
+        words = phases.phase_words(phase, ev)   # "training epoch 2/8", "sensitivity probe 3/16 (layer1.0.conv1)"
         if "steps" in ev and "step" in ev:
             frac = ev["step"] / max(1, ev["steps"])
             bar = "#" * int(frac * 20)
-            msg = (f"{phase} epoch {ev.get('epoch')}/{ev.get('epochs')} [{bar:<20}] loss {ev.get('loss', 0):.3f} "
-                   f"acc {ev.get('acc', 0):.3f} {ev.get('images_per_s', 0):.0f} img/s eta {ev.get('eta_s', 0):.0f}s")
+            msg = f"{words} [{bar:<20}]"
+            if "loss" in ev:
+                msg += f" loss {ev['loss']:.3f} acc {ev.get('acc', 0):.3f} {ev.get('images_per_s', 0):.0f} img/s"
+            if ev.get("eta_s") is not None:
+                msg += f" eta {ev['eta_s']:.0f}s"
         else:
-            msg = phase + "".join(f" {k}={v:.4f}" if isinstance(v, float) else f" {k}={v}"
-                                  for k, v in ev.items() if k != "phase")
+            shown = {k: v for k, v in ev.items() if k not in ("phase", "epoch", "epochs")}
+            msg = words + "".join(f" {k}={v:.4f}" if isinstance(v, float) else f" {k}={v}" for k, v in shown.items())
         now = time.monotonic()
         if self.tty:
             sys.stderr.write("\r\033[K" + msg + ("\n" if phase.endswith(":val") or "steps" not in ev else ""))
@@ -345,12 +349,18 @@ def cmd_methods(a: argparse.Namespace) -> int:
 def cmd_presets(a: argparse.Namespace) -> int:
     from . import presets  # builds plans from the method registry: loaded only by this command
     store = Store()
+    at_once = jobs.worker_status(store)["concurrency"]
     if a.json:
-        print(json.dumps({n: {"description": presets.describe(n, store), "device": p.device,
-                              "estimate_s": p.estimate_s} for n, p in presets.PRESETS.items()}))
+        here = {n: presets.estimate_plan(p(), store, at_once) for n, p in presets.PRESETS.items()}
+        # estimate_s: on the machine it was sized on; estimate_here_s: from this machine's finished runs
+        # (null without any), leaving out the jobs_without_history
+        print(json.dumps({n: {"description": presets.describe(n, store, at_once), "device": p.device,
+                              "estimate_s": p.estimate_s, "estimate_here_s": here[n].seconds,
+                              "jobs": here[n].jobs, "jobs_without_history": here[n].unknown}
+                          for n, p in presets.PRESETS.items()}))
         return 0
     for n in presets.PRESETS:
-        print(f"{n}\n    {presets.describe(n, store)}")
+        print(f"{n}\n    {presets.describe(n, store, at_once)}")
     return 0
 
 

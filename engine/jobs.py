@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from . import layout, methods, procs, settings
 from .devices import device_problem, gpu_count
@@ -111,8 +111,9 @@ def cancel(job_id: str, store: Store | None = None) -> None:
         raise SpecError("job", f"job {job_id} is already {state}")
 
 
-def retry(job_id: str, store: Store | None = None) -> str:
-    """Queue an interrupted, failed or cancelled job again under the same id (its log and events stay)."""
+def retry(job_id: str, store: Store | None = None, *, autostart: bool | None = None) -> str:
+    """Queue an interrupted, failed or cancelled job again under the same id (its log and events stay);
+    starts a worker if none is alive, unless ``autostart`` is False."""
     store = store or Store()
     row = store.requeue(job_id, RETRYABLE, unless=_previous_attempt_lives)
     if row is None:
@@ -124,9 +125,43 @@ def retry(job_id: str, store: Store | None = None) -> str:
     store.add_event(job_id, {"phase": "queued", "attempt": (row["attempts"] or 0) + 1})
     with open(store.run_dir(job_id) / "log", "a", encoding="utf-8") as f:
         f.write(f"--- retry requested {time.strftime('%Y-%m-%d %H:%M:%S')} ---\n")
-    if _autostart(None):
+    if _autostart(autostart):
         ensure_worker(store)
     return job_id
+
+
+def matching(store: Store, *, experiment: str | None = None, group: str | None = None,
+             states: Iterable[str] | None = None) -> list[str]:
+    """Ids of the jobs of ``experiment`` / ``group`` (each where given) in ``states`` (all where None),
+    oldest first: what a bulk cancel or retry of "all of experiment X" acts on."""
+    return store.labelled_ids(experiment, group, tuple(states) if states else None)
+
+
+def cancel_many(job_ids: Iterable[str], store: Store | None = None) -> dict[str, str | None]:
+    """Cancel each of ``job_ids`` (see :func:`cancel`); job id -> None where it was cancelled or asked to
+    stop, else why not. One job that cannot be cancelled does not stop the others."""
+    store = store or Store()
+    return {job_id: _why_not(cancel, job_id, store) for job_id in dict.fromkeys(job_ids)}
+
+
+def retry_many(job_ids: Iterable[str], store: Store | None = None) -> dict[str, str | None]:
+    """Queue each of ``job_ids`` again (see :func:`retry`), parents before the jobs that start from them
+    (by submission); job id -> None where it was queued, else why not. One worker is started at most."""
+    store = store or Store()
+    rows = {j: store.get(j) for j in dict.fromkeys(job_ids)}
+    order = sorted(rows, key=lambda j: (rows[j] or {}).get("created") or 0)
+    out = {j: _why_not(retry, j, store, autostart=False) for j in order}
+    if any(v is None for v in out.values()) and _autostart(None):
+        ensure_worker(store)
+    return out
+
+
+def _why_not(action: Callable[..., Any], job_id: str, store: Store, **kw: Any) -> str | None:
+    try:
+        action(job_id, store, **kw)
+    except SpecError as e:  # its message names the field ("job: ..."): the caller names the job
+        return str(e).removeprefix(f"{e.field}: ")
+    return None
 
 
 def _previous_attempt_lives(row: dict[str, Any]) -> str | None:
@@ -250,6 +285,17 @@ def list_jobs(store: Store | None = None, states: Iterable[str] | None = None,
         r["last_event"] = last.get(r["id"])
         r["waiting_for"] = stuck.get(r["id"]) or waiting.get(r["id"])
         r["waiting"] = waiting_text(r["waiting_for"], interrupted=r["id"] in stuck)
+    return rows
+
+
+def rows_of(job_ids: Iterable[str], store: Store | None = None) -> list[dict[str, Any]]:
+    """The rows of ``job_ids`` (those that exist, in that order), each with ``last_event`` as in
+    :func:`list_jobs`: one launched plan's jobs, however many others the workspace holds."""
+    store = store or Store()
+    rows = [r for r in (store.get(j) for j in dict.fromkeys(job_ids)) if r is not None]
+    last = store.last_events(r["id"] for r in rows)
+    for r in rows:
+        r["last_event"] = last.get(r["id"])
     return rows
 
 

@@ -9,11 +9,11 @@ import json
 import logging
 import sys
 
-from . import jobs
+from . import jobs, phases
 from .commands import arg, command
 from .errors import SpecError
 from .spec import JobSpec
-from .store import STATES
+from .store import STATES, Store
 from .worker import Worker
 
 
@@ -80,34 +80,56 @@ def cmd_jobs(a: argparse.Namespace) -> int:
     print(f"{'id':<24} {'state':<11} {'experiment / group':<24} {'method':<18} {'arch':<16} {'created':<19} "
           "progress / error")
     for r in rows:
-        ev = r["last_event"] or {}
-        if r["error"]:
-            info = r["error"]
-        elif r["waiting"]:
-            info = r["waiting"]
-        elif "epoch" in ev:
-            info = f"{ev.get('phase')} epoch {ev['epoch']}/{ev.get('epochs')}" + (
-                f" step {ev['step']}/{ev['steps']}" if "step" in ev else "")
-        else:
-            info = ev.get("phase", "")
+        info = r["error"] or phases.label(r["state"], r["last_event"], r["waiting"])
         created = dt.datetime.fromtimestamp(r["created"]).strftime("%Y-%m-%d %H:%M:%S")
         print(f"{r['id']:<24} {r['state']:<11} {label_text(r)[:24]:<24} {r['method'] or '-':<18} {r['arch'] or '-':<16} {created:<19} {info}")
     return 0
 
 
-@command("cancel", "cancel a queued or running job (a running one stops within seconds)")
-@arg("job_id")
+def bulk_args(fn):
+    """Job ids, or ``--experiment`` / ``--group``: every job of that experiment (group) the action applies to."""
+    fn = arg("--group", default=None, help="every such job of this group")(fn)
+    fn = arg("--experiment", default=None, help="every such job of this experiment")(fn)
+    return arg("job_ids", nargs="*", metavar="ID", help="job ids")(fn)
+
+
+def chosen_jobs(a: argparse.Namespace, states: tuple[str, ...], verb: str) -> list[str]:
+    """The ids named, or those of ``--experiment`` / ``--group`` in ``states``; never both, never neither."""
+    label = a.experiment is not None or a.group is not None
+    if a.job_ids and label:
+        raise SpecError("ID", "give job ids or --experiment/--group, not both")
+    if not a.job_ids and not label:
+        raise SpecError("ID", f"name the jobs to {verb}: job ids, or --experiment X (and/or --group G)")
+    if a.job_ids:
+        return list(a.job_ids)
+    ids = jobs.matching(Store(), experiment=a.experiment, group=a.group, states=states)
+    if not ids:
+        print(f"no {' or '.join(states)} job in experiment/group {label_text({'spec': vars(a)})!r}: "
+              f"nothing to {verb}", file=sys.stderr)
+    return ids
+
+
+def report(outcome: dict[str, str | None], done: str, verb: str) -> int:
+    """A line per job: ``done`` (a format of its id) on stdout, or why not on stderr; exit status 1 when
+    any job was refused."""
+    for job_id, why in outcome.items():
+        if why is None:
+            print(done.format(job_id))
+        else:
+            print(f"cannot {verb} {job_id}: {why}", file=sys.stderr)
+    return 1 if any(why is not None for why in outcome.values()) else 0
+
+
+@command("cancel", "cancel queued or running jobs (a running one stops within seconds): IDs or --experiment X")
+@bulk_args
 def cmd_cancel(a: argparse.Namespace) -> int:
-    jobs.cancel(a.job_id)
-    print(f"cancel requested: {a.job_id}")
-    return 0
+    return report(jobs.cancel_many(chosen_jobs(a, ("queued", "running"), "cancel")), "cancel requested: {}", "cancel")
 
 
-@command("retry", "queue an interrupted, failed or cancelled job again (same id)")
-@arg("job_id")
+@command("retry", "queue interrupted, failed or cancelled jobs again (same ids, printed): IDs or --experiment X")
+@bulk_args
 def cmd_retry(a: argparse.Namespace) -> int:
-    print(jobs.retry(a.job_id))
-    return 0
+    return report(jobs.retry_many(chosen_jobs(a, jobs.RETRYABLE, "retry")), "{}", "retry")
 
 
 @command("worker", "run queued jobs, each in a process of its own (foreground; Ctrl-C stops)")

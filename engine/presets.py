@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from . import methods, settings
+from . import estimate, methods, settings
 from .errors import SpecError
-from .store import FINAL_STATES, Store
+from .store import Store
 from .validation import check_spec
 
 REF_PREFIX = "PLAN-"
@@ -223,30 +223,25 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def _minutes(seconds: float) -> str:
-    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
-
-
-def last_duration(store: Store, label: str) -> float | None:
-    """Seconds the newest finished launch of a preset took here (its baseline's start to its last job's
-    end), from the store; None where no launch of it finished. The jobs are found by their names."""
-    bases = [r for r in store.list("done") if r.get("name") == f"{label}: baseline" and r.get("started")]
-    for base in sorted(bases, key=lambda r: r["started"], reverse=True):
-        kids = [r for r in store.children(base["id"]) if str(r.get("name") or "").startswith(f"{label}: ")]
-        if kids and all(r["state"] in FINAL_STATES and r.get("finished") for r in kids):
-            return max(r["finished"] for r in [base, *kids]) - base["started"]
-    return None
-
-
-def describe(name: str, store: Store | None = None) -> str:
-    """What the preset uses and how long it takes: from its last finished launch in ``store`` where
-    there is one, else the stated estimate and its basis."""
+def describe(name: str, store: Store | None = None, concurrency: int = 1) -> str:
+    """What the preset uses and how long it takes on this machine: estimated from the runs finished here
+    (``engine.estimate``), else said to have no history here, with the stated estimate for the machine
+    it was sized on and its basis."""
     p = PRESETS[name]
+    est = estimate_plan(p(), store, concurrency) if store is not None else None
+    if est is not None and est.seconds is not None:
+        return f"{p.uses} {est.text()}"
     where = "2 CPU cores" if p.device == "cpu" else "one H100/H200"
-    past = last_duration(store, p.label) if store is not None else None
-    took = (f"Took {_minutes(past)} here last time (from this workspace's runs)." if past is not None else
-            f"Takes about {_minutes(p.estimate_s)} on {where}: {p.basis}.")
-    return f"{p.uses} {took}"
+    return (f"{p.uses} No run like its jobs has finished on this machine yet. Sized for {where}: about "
+            f"{estimate.duration(p.estimate_s)} there ({p.basis}); not measured here.")
+
+
+def estimate_plan(plan: list[dict[str, Any]], store: Store, concurrency: int = 1) -> estimate.PlanEstimate:
+    """The wall time of ``plan`` on this machine from the runs finished here (the jobs that do not
+    validate are left out, as a launch would leave them)."""
+    ok, _ = check(plan)
+    canonical = [check_spec(resolve([s], ref(0))[0]).to_dict() for s in ok]  # as the store keeps them
+    return estimate.plan(canonical, store, concurrency, parents=[estimate.plan_parent(s) for s in ok])
 
 
 def sweep(params: dict[str, Any], name: str | None, values: list[Any]) -> list[dict[str, Any]]:

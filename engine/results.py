@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterable
 
 import pandas as pd
 
-from . import literature, record
+from . import literature, phases, record
 from .stats import wilson
 from .store import Store
 
@@ -363,22 +363,13 @@ def pareto_front(df: pd.DataFrame, cost: str, quality: str = "accuracy",
 
 # -- live jobs -------------------------------------------------------------------------------------
 def job_progress(row: dict[str, Any]) -> dict[str, Any]:
-    """Progress of a job from its state and latest event: fraction (0-1 or None), phase, epoch text, ETA."""
+    """Progress of a job from its state and latest event: fraction (0-1 or None), phase in words (see
+    ``engine.phases``), epoch text, the current phase's ETA and speed."""
     ev = row.get("last_event") or {}
     state = row.get("state")
-    if state == "done":
-        fraction = 1.0
-    elif state == "running" and ev.get("epochs") and ev.get("epoch"):
-        within = (ev["step"] / ev["steps"]) if ev.get("steps") and ev.get("step") is not None else 1.0
-        fraction = min(1.0, ((ev["epoch"] - 1) + within) / ev["epochs"])
-    elif state == "running" and ev.get("steps") and ev.get("step") is not None:
-        fraction = min(1.0, ev["step"] / ev["steps"])  # a phase counted in steps (sensitivity, a search)
-    else:  # running with no count (loading data, evaluating, timing): the phase column says which
-        fraction = 0.0 if state == "queued" else None
     # a queued job waiting for a run it needs says so (its last event only says "queued")
     waiting = row.get("waiting") or ("waiting for " + row["waiting_for"] if row.get("waiting_for") else "")
-    phase = waiting if state == "queued" and waiting else ev.get("phase") or waiting
-    return {"progress": fraction, "phase": phase,
+    return {"progress": phases.fraction(state, ev), "phase": phases.label(state, ev, waiting),
             "epoch": f"{ev['epoch']}/{ev['epochs']}" if ev.get("epoch") and ev.get("epochs") else "",
             "eta_s": ev.get("eta_s") if state == "running" else None,
             "images_per_s": ev.get("images_per_s") if state == "running" else None}

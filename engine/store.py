@@ -333,6 +333,27 @@ class Store:
             rows = db.execute("SELECT * FROM runs WHERE parent=? ORDER BY created", (run_id,)).fetchall()
         return [_row(r) for r in rows]
 
+    def labelled_ids(self, experiment: str | None = None, group: str | None = None,
+                     states: tuple[str, ...] | None = None) -> list[str]:
+        """Ids of the runs whose spec has ``experiment`` / ``group`` (each where given) in ``states`` (all
+        where None), oldest first; read without loading their records."""
+        q, args = "SELECT id FROM runs WHERE 1=1", []
+        for key, value in (("experiment", experiment), ("group", group)):
+            if value is not None:
+                q += f" AND json_extract(spec, '$.{key}') = ?"
+                args.append(value)
+        if states:
+            q += f" AND state IN ({_marks(states)})"
+            args += list(states)
+        with self.connect() as db:
+            return [r[0] for r in db.execute(q + " ORDER BY created, rowid", args).fetchall()]
+
+    def finished_runs(self) -> list[dict[str, Any]]:
+        """The done runs' spec, start, finish and host (no record: how long jobs take, cheaply)."""
+        with self.connect() as db:
+            rows = db.execute("SELECT id, spec, started, finished, host FROM runs WHERE state='done'").fetchall()
+        return [{**dict(r), "spec": json.loads(r["spec"]) if r["spec"] else None} for r in rows]
+
     def done_version(self) -> tuple[int, float | None]:
         """(number of finished runs, the latest finish): a cheap fingerprint that changes when one is added."""
         with self.connect() as db:

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import time
 from contextlib import nullcontext
@@ -23,6 +24,8 @@ from . import ddp, stats
 from .devices import resolve_device
 from .errors import Cancelled, SpecError
 from .spec import TrainSpec
+
+log = logging.getLogger("slimbench.train")  # the job log: one line per epoch
 
 Progress = Callable[..., None]
 
@@ -219,6 +222,9 @@ def fit(model: nn.Module, data, cfg: TrainSpec, *, epochs: int | None = None, lr
                    "train_acc": correct.item() / max(1, seen),
                    "val_acc": val["accuracy"], "val_loss": val["loss"], "seconds": time.perf_counter() - start}
             history.append(rec)
+            log.info("%s epoch %d/%d: train loss %.4f, train acc %.4f, val loss %.4f, val acc %.4f, %.1f s",
+                     phase, epoch + 1, epochs, rec["train_loss"], rec["train_acc"], rec["val_loss"], rec["val_acc"],
+                     time.perf_counter() - t0)
             progress(phase=f"{phase}:val", epoch=epoch + 1, epochs=epochs, loss=val["loss"], acc=val["accuracy"],
                      val_acc=val["accuracy"], train_acc=rec["train_acc"])
             if val["accuracy"] > best_acc:

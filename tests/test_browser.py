@@ -185,7 +185,7 @@ def test_an_idle_jobs_page_picks_up_a_job_submitted_elsewhere(tmp_path, page, mo
         # the idle poll (10 s) sees the queue become busy and reruns the page: the table counts the job
         # and the details panel (drawn by a full run only) offers to cancel it
         page.get_by_text(re.compile(r"^queued: 1$")).first.wait_for(timeout=40_000)
-        page.get_by_role("button", name=re.compile("Cancel")).wait_for(timeout=40_000)
+        page.get_by_role("button", name=re.compile("Cancel$")).wait_for(timeout=40_000)   # not the bulk ones
         queued = page.locator('[data-testid="stSidebar"] [data-testid="stMetric"]').filter(has_text="Queued")
         queued.get_by_text("1", exact=True).wait_for(timeout=40_000)              # sidebar: 15 s
         jobs.cancel(job, Store(home))

@@ -349,8 +349,9 @@ def test_presets_tab_lists_every_registered_method(ws, monkeypatch):
     at.selectbox(key="preset").set_value("Quick tour (CPU)")
     at.run()
     # What it uses and how long it takes, said before launch
-    assert presets.describe("Quick tour (CPU)", Store()) in texts(at, "caption")
-    assert "Fashion-MNIST" in texts(at, "caption") and "Takes about" in texts(at, "caption")
+    at_once = jobs.worker_status(Store())["concurrency"]
+    assert presets.describe("Quick tour (CPU)", Store(), at_once) in texts(at, "caption")
+    assert "Fashion-MNIST" in texts(at, "caption") and "on this machine" in texts(at, "caption")
     ok, problems = presets.check(presets.quick_tour())
     table = at.dataframe[0].value
     assert len(table) == len(ok) and table["method"].iloc[0] == "baseline"
@@ -361,7 +362,7 @@ def test_presets_tab_lists_every_registered_method(ws, monkeypatch):
     for gpu_preset in ("CIFAR-10 ResNet-18 (GPU)", "CIFAR-10, literature setting (GPU)"):
         at.selectbox(key="preset").set_value(gpu_preset)
         at.run()
-        assert presets.describe(gpu_preset, Store()) in texts(at, "caption")
+        assert presets.describe(gpu_preset, Store(), at_once) in texts(at, "caption")
         if not torch.cuda.is_available():
             assert at.button(key="launch_preset").disabled and "cannot be launched here" in texts(at, "warning")
     assert "3 jobs**: one base model each" in texts(at, "markdown")
@@ -451,7 +452,7 @@ def test_experiments_trains_the_literature_nets(tmp_path, monkeypatch):
 
 
 def test_jobs_table_says_what_a_running_job_is_doing(tmp_path, monkeypatch):
-    """Phase, epoch, phase ETA and speed in one cell, so the table fits the page."""
+    """Phase in words (with its epoch or probe count), phase ETA and speed in one cell, so the table fits the page."""
     monkeypatch.setenv("SLIMBENCH_HOME", str(tmp_path))
     monkeypatch.setenv("SLIMBENCH_NO_AUTOSTART", "1")
     store = Store(tmp_path)
@@ -464,9 +465,10 @@ def test_jobs_table_says_what_a_running_job_is_doing(tmp_path, monkeypatch):
     store.add_event(sens, {"phase": "sensitivity", "step": 3, "steps": 12})
     at = page("jobs")
     table = at.dataframe[0].value.set_index("job")
-    assert table.loc["busy one", "activity"] == "train · epoch 2/4 · 1m15s left in phase · 812 img/s"
+    assert table.loc["busy one", "activity"] == "training epoch 2/4 · 1m15s left · 812 img/s"
     assert table.loc["busy one", "progress"] == pytest.approx(1.5 / 4)
-    assert table.loc["sensitivity", "activity"] == "sensitivity" and table.loc["sensitivity", "progress"] == 0.25
+    assert table.loc["sensitivity", "activity"] == "sensitivity probe 3/12"
+    assert table.loc["sensitivity", "progress"] == 0.25
 
 
 @pytest.mark.fast
@@ -490,7 +492,7 @@ def test_jobs_page_shows_progress_curves_log_and_cancels(launched, ws):
     store = Store(ws)
     at = page("jobs")
     table = at.dataframe[0].value
-    assert list(table.columns) == ["job", "id", "state", "progress", "activity", "error"]
+    assert list(table.columns) == ["job", "experiment", "id", "state", "progress", "activity", "error"]
     done = table[table["id"].isin(launched["ids"])]
     assert (done["state"] == "done").all() and (done["progress"] == 1.0).all()
     assert done["activity"].str.fullmatch(r"ran (\d+m)?\d+s").all()  # how long each took, from the store

@@ -236,6 +236,12 @@ def test_sensitivity_records_curves_and_keeps_base(base):
     assert min(a for c in curves.values() for a in c.values()) < r["sensitivity_base_val_acc"]
     assert set(r["suggested_ratios"]) == set(curves)
     assert r["params"] == base["params"] and r["macs"] == base["macs"]
+    # its probes show as they go (k of n, with an ETA), and each has a line in the job log
+    probes = [e for e in Store().events(r["run_id"]) if e["phase"] == "sensitivity"]
+    assert probes[-1]["step"] == probes[-1]["steps"] == 4 and probes[-1]["eta_s"] == 0
+    assert all(e["eta_s"] >= 0 for e in probes if e["step"])
+    log = (Store().run_dir(r["run_id"]) / "log").read_text()
+    assert "sensitivity: 4 probes (2 layers x 2 ratios)" in log and log.count("sensitivity probe ") == 4
 
 
 def kept_share(r: dict) -> dict[str, float]:

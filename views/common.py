@@ -40,7 +40,8 @@ def app_pages() -> list:
 KEPT_WIDGETS = {"data_source", "dataset", "cifar_path", "data_path", "limit", "test_limit", "image_size",
                 "batch_size", "base_kind", "arch", "base_epochs", "ck_epochs", "methods", "chain", "epochs", "device",
                 "onnx", "latency_runs", "preset", "axis", "log_x", "front", "f_text", "w_size", "w_macs",
-                "w_latency", "w_drop", "w_best", "img_source", "n_samples", "cam", "exp_experiment", "exp_group"}
+                "w_latency", "w_drop", "w_best", "img_source", "n_samples", "cam", "exp_experiment", "exp_group",
+                "jobs_hide_cancelled"}
 KEPT_PREFIXES = ("p.", "sweep.", "sweep_values.")  # a method's parameters and sweeps
 
 
@@ -111,6 +112,8 @@ def sidebar(busy: bool) -> None:
         c1, c2 = st.columns(2)
         c1.metric("Queued", ws["queued"])
         c2.metric("Running", ws["running"])
+        from views import plan  # lazy: it draws with this module's helpers
+        plan.summary(s, ws["concurrency"])  # the plan launched last: its ETA, and its end announced on whichever page is open
         st.caption(f"Device: **{md_text(device_text())}**  \nWorkspace: {md_text(s.root)}")
 
 

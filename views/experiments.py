@@ -201,8 +201,10 @@ tab_preset, tab_custom = st.tabs(["Presets", "Custom experiment"])
 # -- presets ------------------------------------------------------------------------------------
 with tab_preset:
     name = st.selectbox("Preset", list(presets.PRESETS), key="preset")
-    st.caption(md_text(presets.describe(name, store)), help="What this preset trains on, with which settings, "
-               "and how long it takes: its last finished launch in this workspace, else the stated estimate.")
+    st.caption(md_text(presets.describe(name, store, jobs.worker_status(store)["concurrency"])),
+               help="What this preset trains on, with which settings, and how long it takes on this machine: "
+                    "estimated from the runs finished here (the same job, else the same method and data at other "
+                    "settings), else the estimate for the machine it was sized on, labelled as such.")
     try:
         plan = presets.PRESETS[name]()
     except Exception as e:  # e.g. a method module mid-edit; the page stays usable
@@ -417,6 +419,9 @@ with tab_custom:
                                       train={"epochs": int(epochs), "device": device}, measure=measure)
         with st.expander(f"Launch queues **{len(preview)} job(s)**"):
             st.dataframe(plan_table(preview), hide_index=True, width="stretch", key="custom_plan")
+        took = presets.estimate_plan(preview, store, jobs.worker_status(store)["concurrency"])
+        st.caption(f"How long on this machine: {took.text()}", help="From the runs finished here: the same job, "
+                   "else the same method and data at other settings. Jobs with neither are not counted.")
     if st.button("Launch", type="primary", key="launch_custom"):
         if data_problem:
             st.error(f"Cannot launch: {md_text(data_problem)}.")

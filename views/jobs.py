@@ -1,12 +1,15 @@
-"""Jobs: the live queue (state, progress, phase, epoch, ETA), curves and log of a job, cancel / retry."""
+"""Jobs: the live queue (running first, cancelled hidden unless asked; each job's phase in words with its
+ETA), the launched plan's overall ETA and end notice, cancel / retry of one job, the ticked rows or a whole
+experiment, and a job's curves and log."""
 from __future__ import annotations
 
 import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from engine import jobs, results
+from engine import estimate, jobs, results
 from engine.store import FINAL_STATES
+from views import plan
 from views.common import fmt_bytes, fmt_count, fmt_ms, fmt_seconds, fmt_value, follow_activity, get_store, md_text
 
 st.title("Jobs")
@@ -35,45 +38,122 @@ def job_rows(limit: int = 300) -> list[dict]:
     return jobs.list_jobs(store, limit=limit)
 
 
+STATE_ORDER = {"running": 0, "queued": 1}   # what is moving first, then the rest newest first
+
+
+def ordered(rows: list[dict], hide_cancelled: bool) -> list[dict]:
+    """Running jobs first, then queued ones, then the others, each newest first (rows come newest first
+    and the sort is stable); cancelled ones left out when ``hide_cancelled``."""
+    shown = [r for r in rows if not (hide_cancelled and r["state"] == "cancelled")]
+    return sorted(shown, key=lambda r: STATE_ORDER.get(r["state"], 2))
+
+
+def reset_selection() -> None:
+    """A new table key: the selection empties (it names rows by position, which a new order would change)."""
+    st.session_state["jobs_table_n"] = st.session_state.get("jobs_table_n", 0) + 1
+
+
+def table_key() -> str:
+    return f"jobs_table~{st.session_state.get('jobs_table_n', 0)}"
+
+
+def selected_rows() -> list[int]:
+    state = st.session_state.get(table_key())
+    return list((state or {}).get("selection", {}).get("rows", [])) if state else []
+
+
+def bulk(action: str, ids: list[str]) -> None:
+    """Cancel or retry ``ids`` (a button's callback); what happened shows as a toast on the next run."""
+    outcome = (jobs.cancel_many if action == "cancel" else jobs.retry_many)(ids, store)
+    ok = [j for j, why in outcome.items() if why is None]
+    refused = {j: why for j, why in outcome.items() if why is not None}
+    verb = "Cancel requested for" if action == "cancel" else "Queued again:"
+    st.session_state["jobs_notice"] = ([f"{verb} {len(ok)} job(s)"] if ok else []) + \
+        [f"{j}: {why}" for j, why in refused.items()]
+    reset_selection()
+
+
 @st.fragment(run_every=REFRESH_S)
 def queue_table() -> None:
     follow_activity(active, jobs.worker_status(store))
+    for line in st.session_state.pop("jobs_notice", []):
+        st.toast(md_text(line))
+    plan.summary(store, status["concurrency"], full=True)
     rows = job_rows()
     if not rows:
         st.info("No jobs yet. Launch some on **Experiments**.")
         return
-    table = [{"job": r.get("name") or r.get("method") or "", "id": r["id"], "state": r["state"],
-              "progress": p["progress"], "activity": activity(r, p), "error": r.get("error") or ""}
-             for r, p in ((r, results.job_progress(r)) for r in rows)]
+    hide = st.session_state.get("jobs_hide_cancelled", True)
+    by_id = {r["id"]: r for r in rows}
+    # While rows are selected the order is held (the selection names rows by position); cells still update.
+    held = st.session_state.get("jobs_order") if selected_rows() else None
+    shown = [by_id[j] for j in held if j in by_id] if held else ordered(rows, hide)
+    st.session_state["jobs_order"] = [r["id"] for r in shown]
+    table = [{"job": r.get("name") or r.get("method") or "", "experiment": label_of(r), "id": r["id"],
+              "state": r["state"], "progress": p["progress"], "activity": activity(r, p), "error": r.get("error") or ""}
+             for r, p in ((r, results.job_progress(r)) for r in shown)]
     counts = pd.Series([r["state"] for r in rows]).value_counts()
-    st.caption(" · ".join(f"{k}: **{v}**" for k, v in counts.items()))
+    hidden = int(counts.get("cancelled", 0)) if hide else 0
+    st.caption(" · ".join(f"{k}: **{v}**" for k, v in counts.items())
+               + (f" · {hidden} cancelled hidden" if hidden else ""))
     # Fixed widths keep the table inside the page; long names and errors are cut (hover shows them
     # whole, and the job's details below give the full error).
     text = st.column_config.TextColumn
-    st.dataframe(pd.DataFrame(table), hide_index=True, width="stretch", key="jobs_table",
-                 column_config={"job": text(width=210, pinned=True), "id": text(width=170),
-                                "state": text(width=75),
+    st.dataframe(pd.DataFrame(table, columns=["job", "experiment", "id", "state", "progress", "activity", "error"]),
+                 hide_index=True, width="stretch", key=table_key(), on_select="rerun", selection_mode="multi-row",
+                 column_config={"job": text(width=180, pinned=True), "experiment": text(width=100),
+                                "id": text(width=165), "state": text(width=75),
                                 "progress": st.column_config.ProgressColumn("progress", min_value=0, max_value=1,
                                                                             format="percent", width=90),
-                                "activity": text(width=240, help="a live job's phase, epoch, the time its "
-                                                                 "phase has left and its speed; a finished "
-                                                                 "job's run time"),
+                                "activity": text(width=360, help="a live job's phase (loading data, training "
+                                                                 "epoch k/n, fine-tuning, calibrating, measuring, "
+                                                                 "exporting), the time that phase (not the job) has "
+                                                                 "left and its speed; a finished job's run time"),
                                 "error": text(width="medium")})
+    chosen = [st.session_state["jobs_order"][i] for i in selected_rows() if i < len(shown)]
+    stoppable = [j for j in chosen if by_id[j]["state"] in ("queued", "running")]
+    retryable = [j for j in chosen if by_id[j]["state"] in jobs.RETRYABLE]
+    c1, c2, c3 = st.columns([1, 1, 3], vertical_alignment="bottom")
+    c1.button(f"Cancel selected ({len(stoppable)})", key="bulk_cancel", icon=":material/stop:", disabled=not stoppable,
+              on_click=bulk, args=("cancel", stoppable), help="the selected jobs that are queued or running")
+    c2.button(f"Retry selected ({len(retryable)})", key="bulk_retry", icon=":material/replay:", disabled=not retryable,
+              on_click=bulk, args=("retry", retryable), help="the selected jobs that were interrupted, failed or "
+                                                             "cancelled")
+    c3.caption("Tick rows in the table to act on several jobs; or act on a whole experiment below.")
+    experiments = sorted({e for e in ((r.get("spec") or {}).get("experiment") for r in rows) if e})
+    if experiments:
+        e1, e2, e3 = st.columns([2, 1, 1], vertical_alignment="bottom")
+        exp = e1.selectbox("All jobs of experiment", experiments, key="bulk_experiment")
+        live = jobs.matching(store, experiment=exp, states=("queued", "running"))
+        again = jobs.matching(store, experiment=exp, states=jobs.RETRYABLE)
+        e2.button(f"Cancel all ({len(live)})", key="bulk_cancel_experiment", disabled=not live,
+                  on_click=bulk, args=("cancel", live), help="every queued or running job of this experiment")
+        e3.button(f"Retry all ({len(again)})", key="bulk_retry_experiment", disabled=not again,
+                  on_click=bulk, args=("retry", again),
+                  help="every interrupted, failed or cancelled job of this experiment")
+        of_exp = [r for r in rows if (r.get("spec") or {}).get("experiment") == exp]
+        st.caption(f"Experiment **{md_text(exp)}**: " + estimate.remaining(of_exp, store, status["concurrency"]).text())
+
+
+def label_of(r: dict) -> str:
+    spec = r.get("spec") or {}
+    return " / ".join(v for v in (spec.get("experiment"), spec.get("group")) if v)
 
 
 def activity(r: dict, p: dict) -> str:
-    """One cell for what a job is doing (phase · epoch · phase ETA · img/s, from its ``job_progress``)
-    or, once ended, how long it ran."""
+    """One cell for what a job is doing (its phase in words, the phase's ETA, img/s, from its
+    ``job_progress``) or, once ended, how long it ran."""
     if r["state"] in ("running", "queued"):
         return " · ".join(x for x in (
-            p["phase"], p["epoch"] and f"epoch {p['epoch']}",
-            p["eta_s"] is not None and f"{fmt_seconds(p['eta_s'])} left in phase",
+            p["phase"], p["eta_s"] is not None and f"{fmt_seconds(p['eta_s'])} left",
             p["images_per_s"] is not None and f"{p['images_per_s']:.0f} img/s") if x)
     if r.get("started") and r.get("finished"):
         return f"ran {fmt_seconds(r['finished'] - r['started'])}"
     return ""
 
 
+st.session_state.setdefault("jobs_hide_cancelled", True)  # a kept widget: its default goes through state
+st.toggle("Hide cancelled jobs", key="jobs_hide_cancelled", on_change=reset_selection)
 queue_table()
 
 st.divider()

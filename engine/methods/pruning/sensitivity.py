@@ -3,6 +3,7 @@ alone at several ratios and the validation accuracy recorded; the curves suggest
 that stay within a tolerated accuracy loss. The returned model is the unchanged base."""
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from ... import training
@@ -62,6 +63,7 @@ def sensitivity(model, ctx, params):
         raise SpecError("data.val_fraction", "sensitivity measures accuracy on held-out validation images: "
                                              "set val_fraction > 0")
     shape, ratios = ctx.input_shape, sorted(params["ratios"])
+    ctx.progress(phase="sensitivity:ranking")
     if params["criterion"] == "taylor":
         accumulate_gradients(model, ctx.data, ctx.device, params["grad_batches"])
     groups = surgery.score_groups(model, shape, channel_importance(params["criterion"]))
@@ -73,6 +75,9 @@ def sensitivity(model, ctx, params):
     base_acc = ctx.evaluate(model)["accuracy"]
     curves: dict[str, dict[str, float]] = {}
     total = len(groups) * len(ratios)
+    ctx.progress(phase="sensitivity", step=0, steps=total)  # the probes' count shows before the first ends
+    ctx.log.info("sensitivity: %d probes (%d layers x %d ratios)", total, len(groups), len(ratios))
+    t0 = time.perf_counter()
     for i, g in enumerate(groups):
         curves[g.root] = {}
         for j, r in enumerate(ratios):
@@ -82,7 +87,12 @@ def sensitivity(model, ctx, params):
             clone = surgery.pruned_copy(model.cpu(), lambda m: surgery.apply_plan(m, shape, plan))
             ctx.recalibrate(clone, "sensitivity probes")  # stale statistics made a 10 % cut look like 60 % accuracy
             curves[g.root][f"{r:g}"] = ctx.evaluate(clone)["accuracy"]
-            ctx.progress(phase="sensitivity", step=i * len(ratios) + j + 1, steps=total, layer=g.root, ratio=r)
+            done = i * len(ratios) + j + 1
+            elapsed = time.perf_counter() - t0
+            ctx.progress(phase="sensitivity", step=done, steps=total, layer=g.root, ratio=r,
+                         eta_s=elapsed / done * (total - done))
+            ctx.log.info("sensitivity probe %d/%d: %s pruned %g -> val acc %.4f (%.1f s)", done, total, g.root, r,
+                         curves[g.root][f"{r:g}"], elapsed)
     suggested = {layer: suggest(curve, ratios, base_acc, params["max_loss"]) for layer, curve in curves.items()}
     ctx.extra.update({
         "sensitivity": curves,
