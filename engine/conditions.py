@@ -51,7 +51,8 @@ def contended(threads: int) -> str | None:
 def probe(threads: int, out: dict[str, Any], prefix: str = "") -> Iterator[None]:
     """Record in ``out`` the load and CPU share of the code run inside: ``load_avg`` (the highest
     1-minute load average seen at its start and end), ``cpu_share`` (this process's CPU seconds ÷
-    wall seconds × ``threads``: 1.0 = it had every thread's core all the time) and ``loaded`` (the
+    wall seconds × ``threads``: 1.0 = it had every thread's core all the time; None for spans
+    under 0.2 s, too short for the kernel's tick count) and ``loaded`` (the
     load average was above the number of CPUs, so the figure is suspect)."""
     proc = psutil.Process()
     before = load_average()
@@ -65,7 +66,8 @@ def probe(threads: int, out: dict[str, Any], prefix: str = "") -> Iterator[None]
         seen = [v for v in (before, after) if v is not None]
         load = max(seen) if seen else None
         out[f"{prefix}load_avg"] = load
-        out[f"{prefix}cpu_share"] = cpu / (wall * max(1, threads)) if wall > 0 else None
+        # CPU time is counted in clock ticks (~10 ms): a share over a shorter span would be noise
+        out[f"{prefix}cpu_share"] = min(1.0, cpu / (wall * max(1, threads))) if wall >= 0.2 else None
         out[f"{prefix}loaded"] = bool(load is not None and load > cores())
 
 
