@@ -219,8 +219,8 @@ FIELDS: tuple[Field, ...] = (
                "energy, the artefact and its top-1 agreement with PyTorch on verified_images test images "
                "(verified: ≥ 99.5 %), or not_available with the reason (e.g. not installed on this machine)"),
     Field("deploy_paired_runtime", "paired in runtime", kind="text",
-          help="the runtime deploy_paired_speedup was timed in: the start's best download runtime (else this "
-               "run's), both models exported to it, so the runtime's own gain is not credited to compression"),
+          help="the runtime deploy_paired_speedup was timed in: this run's best download runtime, its start "
+               "exported to it too, so the runtime's own gain is not credited to compression"),
     Field("deploy_paired_speedup", "x faster than start, same runtime", "x", "CPU batch-1 speed-up over the start, "
           "both in deploy_paired_runtime, timed interleaved", "%.2fx", compare=142),
     Field("start_x_fewer_macs", "x fewer MACs than start", "x", "the start's MACs ÷ this run's", "%.2fx"),

@@ -272,7 +272,7 @@ def _run(spec: JobSpec, store: Store, run_id: str, run_dir: Path, progress, canc
     record.update(_paired(ctx, rt, parent))
     if spec.measure.deploy:
         progress(phase="measure:deploy")
-        record.update(_deploy(ctx, rt, record, store, parent))
+        record.update(_deploy(ctx, rt, record))
     if ctx.recipe is not None:
         record["recipe"] = {**ctx.recipe, "zero_init_residual": spec.train.zero_init_residual}
     record.update(ctx.extra)
@@ -382,11 +382,11 @@ def _test_images(data: data_mod.DataBundle, n: int) -> torch.Tensor:
     return torch.cat(got)[:n] if got else torch.empty(0)
 
 
-def _deploy(ctx: Context, rt: runtimes.Runtime, record: dict[str, Any], store: Store,
-            parent: str | None) -> dict[str, Any]:
+def _deploy(ctx: Context, rt: runtimes.Runtime, record: dict[str, Any]) -> dict[str, Any]:
     """The FP32 result deployed in every runtime here (``engine.deploy``): each artefact verified against
-    PyTorch and timed; the best runtime's latency; and the speed-up over the start in the runtime its
-    start was fastest in (or this run's), so the runtime's own gain is never credited to compression."""
+    PyTorch and timed; the best runtime's latency; and the speed-up over the start with both in the
+    runtime this model ships in (its start exported there too), so the runtime's own gain is never
+    credited to compression."""
     model = rt.module.to("cpu").eval()
     if not isinstance(rt, runtimes.TorchRuntime) or any(p.dtype != torch.float32 for p in model.parameters()):
         return {"deploy": {"note": "FP32 deployment only: this result is not an FP32 PyTorch model"}}
@@ -410,10 +410,7 @@ def _deploy(ctx: Context, rt: runtimes.Runtime, record: dict[str, Any], store: S
     ctx.progress(phase="measure:deploy_paired")
     start_macs = measure.count_macs(ctx.base.to("cpu").eval(), shape)["macs"]
     cut = start_macs / record["macs"] if record.get("macs") else None
-    parent_rec = (store.get(parent) or {}).get("record") if parent else None
-    name = (parent_rec or {}).get("best_artefact_runtime") or shipped
-    if name not in entries or "latency_ms" not in entries[name] or name.startswith("compile"):
-        name = shipped
+    name = shipped   # where this model ships; its start is exported to the same runtime and timed there
     if name == "eager":
         p = {"speedup": record.get("paired_speedup"), "range": record.get("paired_speedup_range")}
     else:

@@ -1,0 +1,175 @@
+"""Deployment runtimes: every artefact loads in its runtime and agrees with PyTorch; a runtime that is
+missing is recorded "not available", never an error; timings under load are flagged and the paired
+timer falls back to one thread; energy comes from a hardware counter or is "not available"."""
+from __future__ import annotations
+
+import builtins
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from conftest import cli, run_spec
+from engine import conditions, deploy, measure, models, results, sweeps
+from engine.spec import JobSpec, SpecError
+from engine.store import Store
+
+SHAPE = (3, 8, 8)
+CFG = SimpleNamespace(threads=1, latency_runs=3, warmup_runs=1, batch_size=8, gpu_batch_size=8, compile=False,
+                      compile_timeout_s=60)
+
+
+def tiny_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return models.build("resnet20", 10, True, width=0.25).eval()
+
+
+def plan(tmp_path: Path, model: torch.nn.Module) -> deploy.Plan:
+    from engine import export
+    onnx = tmp_path / "model.onnx"
+    export.export_onnx(model, SHAPE, onnx)
+    torch.manual_seed(1)
+    return deploy.Plan(model=model, input_shape=SHAPE, folder=tmp_path, images=torch.randn(200, *SHAPE), cfg=CFG,
+                       onnx_path=onnx)
+
+
+@pytest.mark.fast
+def test_each_artefact_loads_in_its_runtime_and_agrees_with_pytorch(tmp_path):
+    model = tiny_model()
+    entries = deploy.deploy_all(plan(tmp_path, model))
+    ran = {k: v for k, v in entries.items() if "latency_ms" in v}
+    assert {"eager", "onnxruntime", "openvino"} <= set(ran), entries
+    for name, e in ran.items():
+        assert e["verified"] and e["agreement"] >= deploy.AGREEMENT_TARGET, (name, e)
+        assert e["verified_images"] == 200 and e["latency_ms"] > 0 and e["throughput"] > 0
+        assert isinstance(e["loaded"], bool) and e["load_avg"] is not None
+    # each shipped file, loaded again from disk in its runtime, gives PyTorch's answers
+    x = torch.randn(16, *SHAPE)
+    want = model(x).argmax(1)
+    for name in ("onnxruntime", "openvino"):
+        path = Path(ran[name]["artefact"])
+        assert all(f.is_file() for f in deploy.artefact_files(path))
+        got = deploy.DEPLOYMENTS[name].load(path, model, "cpu", 1)(x)
+        assert torch.equal(got.argmax(1), want), name
+    assert entries["compile"] == {"not_available": "not run: measure.compile is off (compiling takes minutes)"}
+    assert deploy.best(entries) in ran
+
+
+@pytest.mark.fast
+def test_a_runtime_that_is_not_installed_is_recorded_not_available(tmp_path, monkeypatch):
+    real_import = builtins.__import__
+
+    def no_openvino(name, *args, **kwargs):
+        if name == "openvino" or name.startswith("openvino."):
+            raise ImportError("No module named 'openvino'")
+        return real_import(name, *args, **kwargs)
+    monkeypatch.setattr(builtins, "__import__", no_openvino)
+    entries = deploy.deploy_all(plan(tmp_path, tiny_model()))
+    assert entries["openvino"] == {"not_available": "not available on this machine: the openvino package is not "
+                                                    "installed"}
+    assert entries["onnxruntime"]["verified"]
+    if not torch.cuda.is_available():
+        assert deploy.DEPLOYMENTS["onnxruntime"].available("cuda").startswith(deploy.NOT_HERE)
+    # a runtime that fails on this graph is recorded too, and the others still run
+    monkeypatch.setattr(deploy.OnnxRuntime, "load", lambda *a: (_ for _ in ()).throw(RuntimeError("bad graph")))
+    entries = deploy.deploy_all(plan(tmp_path, tiny_model()))
+    assert entries["onnxruntime"] == {"not_available": "ONNX Runtime could not run this model: bad graph"}
+    assert entries["eager"]["verified"]
+
+
+@pytest.mark.fast
+def test_a_timing_under_load_is_flagged_and_the_paired_timer_falls_back_to_one_thread(monkeypatch):
+    monkeypatch.setattr(conditions, "load_average", lambda: conditions.cores() + 3.0)
+    model = tiny_model()
+    speed = measure.measure_speed(model, SHAPE, torch.device("cpu"), 4, runs=3, warmup=1, threads=1)
+    assert speed["loaded"] is True and speed["load_avg"] == conditions.cores() + 3.0
+    p = measure.paired_speedup(model, model, SHAPE, torch.device("cpu"), runs=4, warmup=1, threads=2, rounds=1)
+    assert p["threads"] == 1 and p["threads_fallback"].startswith("timed on 1 thread: load average")
+    flag = results.flags({"run_id": "r", "loaded": True, "load_avg": 5.0, "deploy": {"openvino": {"loaded": True}}},
+                         {"run_id": "r"})
+    assert flag == ["timed under load (load 5.00): latency, openvino latency taken with the load average above the "
+                    "CPU count"]
+    monkeypatch.setattr(conditions, "load_average", lambda: 0.0)   # an idle machine: no fall-back, no flag
+    assert conditions.contended(2) is None and conditions.contended(1) is None
+    p = measure.paired_speedup(model, model, SHAPE, torch.device("cpu"), runs=4, warmup=1, threads=1, rounds=1)
+    assert p["threads"] == 1 and p["threads_fallback"] is None and p["loaded"] is False
+    assert results.flags({"run_id": "r", "loaded": False}, {"run_id": "r"}) == []
+
+
+@pytest.mark.fast
+def test_energy_comes_from_rapl_when_readable_and_is_never_guessed(tmp_path, monkeypatch):
+    monkeypatch.setattr(conditions, "RAPL_ROOT", tmp_path / "none")
+    meter = conditions.EnergyMeter("cpu")
+    out: dict = {}
+    with meter.measure(out):
+        pass
+    assert out["joules"] is None and meter.source is None
+    assert measure.energy_fields(None, 10, meter)["energy_source"].startswith("not available: no RAPL counter")
+    zone = tmp_path / "rapl" / "intel-rapl:0"
+    (tmp_path / "rapl" / "intel-rapl:0:0").mkdir(parents=True)   # a subzone: counted inside its package
+    zone.mkdir()
+    (zone / "max_energy_range_uj").write_text("1000000\n")
+    (zone / "energy_uj").write_text("999000\n")
+    monkeypatch.setattr(conditions, "RAPL_ROOT", tmp_path / "rapl")
+    meter = conditions.EnergyMeter("cpu")
+    with meter.measure(out):
+        (zone / "energy_uj").write_text("3000\n")   # wrapped round: 1,000 + 3,000 µJ used
+    assert out["joules"] == pytest.approx(0.004)
+    assert measure.energy_fields(out["joules"], 4, meter) == {"energy_mj_per_image": pytest.approx(1.0),
+                                                              "energy_source": "RAPL (CPU package)"}
+    (zone / "energy_uj").chmod(0)
+    if not (zone / "energy_uj").exists() or _readable(zone / "energy_uj"):
+        return   # running as root: every file reads
+    assert "not readable" in conditions.EnergyMeter("cpu").reason
+
+
+def _readable(path: Path) -> bool:
+    try:
+        path.read_text()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.fast
+def test_bad_deploy_settings_are_refused_naming_the_field():
+    for field, value in (("verify_images", 0), ("compile_timeout_s", 5), ("deploy", "yes")):
+        with pytest.raises(SpecError, match=f"measure.{field}"):
+            JobSpec.from_dict({"model": {"arch": "resnet20"}, "measure": {field: value}})
+
+
+def test_a_pruned_run_is_deployed_and_timed_against_its_start_in_the_same_runtime(tiny_base, session_home, tmp_path):
+    m = {"onnx": True, "latency_runs": 5, "warmup_runs": 1, "verify_images": 300, "paired_rounds": 2, "threads": 1}
+    rec = run_spec({"data": {"name": "digits"}, "model": {"from_run": tiny_base["run_id"]},
+                    "method": {"name": "prune_structured", "params": {"ratio": 0.5, "finetune_epochs": 0}},
+                    "measure": m}, session_home, tmp_path)
+    dep = rec["deploy"]
+    for name in ("eager", "onnxruntime", "openvino"):
+        assert dep[name]["verified"] and dep[name]["verified_images"] == 300, (name, dep[name])
+    assert rec["best_runtime"] in dep and rec["best_latency_ms"] == dep[rec["best_runtime"]]["latency_ms"]
+    assert Path(rec["best_artefact"]).is_file()
+    # the start (tiny_base deployed eager-only: onnx off) is exported to this run's best runtime and timed there
+    assert rec["deploy_paired_runtime"] == rec["best_artefact_runtime"]
+    assert rec["deploy_paired_speedup"] > 0 and len(rec["deploy_paired_speedup_range"]) == 2
+    assert rec["start_x_fewer_macs"] == pytest.approx(tiny_base["macs"] / rec["macs"])
+    assert rec["speedup_per_mac_cut"] == pytest.approx(rec["deploy_paired_speedup"] / rec["start_x_fewer_macs"])
+    assert rec["paired_threads"] >= 1 and isinstance(rec["paired_loaded"], bool)
+    assert rec["energy_source"]   # a counter's name, or "not available: why"
+    # thread and batch sweeps of the finished run: engine function, then the CLI and its bad input
+    out = sweeps.sweep_run(Store(session_home), rec["run_id"], "onnxruntime", threads=[1, 2], batches=[1, 4], runs=3)
+    assert [p["threads"] for p in out["by_threads"]] == [1, 2] and all(p["latency_ms"] > 0 for p in out["by_threads"])
+    assert [p["batch"] for p in out["by_batch"]] == [1, 4] and all(p["throughput"] > 0 for p in out["by_batch"])
+    assert sweeps.load(Store(session_home), rec["run_id"]) == json.loads(json.dumps(out))
+    p = cli("sweep", rec["run_id"], "--runtime", "tensorrt", home=session_home)
+    assert p.returncode != 0 and "runtime" in p.stderr and "eager, onnxruntime, openvino" in p.stderr
+    p = cli("sweep", rec["run_id"], "--threads", "0", home=session_home)
+    assert p.returncode != 0 and "threads" in p.stderr
+
+
+@pytest.mark.fast
+def test_default_sweep_threads_reach_the_cpu_count():
+    assert sweeps.default_threads(1) == [1]
+    assert sweeps.default_threads(6) == [1, 2, 4, 6]
+    assert sweeps.default_threads(8) == [1, 2, 4, 8]
