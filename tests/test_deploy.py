@@ -11,7 +11,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import cli, run_spec
+from conftest import run_spec
+from engine import cli as engine_cli
 from engine import conditions, deploy, measure, models, results, sweeps
 from engine.spec import JobSpec, SpecError
 from engine.store import Store
@@ -140,7 +141,8 @@ def test_bad_deploy_settings_are_refused_naming_the_field():
             JobSpec.from_dict({"model": {"arch": "resnet20"}, "measure": {field: value}})
 
 
-def test_a_pruned_run_is_deployed_and_timed_against_its_start_in_the_same_runtime(tiny_base, session_home, tmp_path):
+def test_a_pruned_run_is_deployed_and_timed_against_its_start_in_the_same_runtime(tiny_base, session_home, tmp_path,
+                                                                                   capsys):
     m = {"onnx": True, "latency_runs": 5, "warmup_runs": 1, "verify_images": 300, "paired_rounds": 2, "threads": 1}
     rec = run_spec({"data": {"name": "digits"}, "model": {"from_run": tiny_base["run_id"]},
                     "method": {"name": "prune_structured", "params": {"ratio": 0.5, "finetune_epochs": 0}},
@@ -158,14 +160,16 @@ def test_a_pruned_run_is_deployed_and_timed_against_its_start_in_the_same_runtim
     assert rec["paired_threads"] >= 1 and isinstance(rec["paired_loaded"], bool)
     assert rec["energy_source"]   # a counter's name, or "not available: why"
     # thread and batch sweeps of the finished run: engine function, then the CLI and its bad input
-    out = sweeps.sweep_run(Store(session_home), rec["run_id"], "onnxruntime", threads=[1, 2], batches=[1, 4], runs=3)
-    assert [p["threads"] for p in out["by_threads"]] == [1, 2] and all(p["latency_ms"] > 0 for p in out["by_threads"])
+    store = Store(session_home)
+    out = sweeps.sweep_run(store, rec["run_id"], "onnxruntime", threads=[1], batches=[1, 4], runs=3)
+    assert [p["threads"] for p in out["by_threads"]] == [1] and out["by_threads"][0]["latency_ms"] > 0
     assert [p["batch"] for p in out["by_batch"]] == [1, 4] and all(p["throughput"] > 0 for p in out["by_batch"])
-    assert sweeps.load(Store(session_home), rec["run_id"]) == json.loads(json.dumps(out))
-    p = cli("sweep", rec["run_id"], "--runtime", "tensorrt", home=session_home)
-    assert p.returncode != 0 and "runtime" in p.stderr and "eager, onnxruntime, openvino" in p.stderr
-    p = cli("sweep", rec["run_id"], "--threads", "0", home=session_home)
-    assert p.returncode != 0 and "threads" in p.stderr
+    assert sweeps.load(store, rec["run_id"]) == json.loads(json.dumps(out))
+    with pytest.raises(SpecError, match="threads"):
+        sweeps.sweep_run(store, rec["run_id"], threads=[0])
+    assert engine_cli.main(["sweep", rec["run_id"], "--runtime", "tensorrt"]) == engine_cli.EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "runtime" in err and "eager, onnxruntime, openvino" in err
 
 
 @pytest.mark.fast
@@ -173,3 +177,25 @@ def test_default_sweep_threads_reach_the_cpu_count():
     assert sweeps.default_threads(1) == [1]
     assert sweeps.default_threads(6) == [1, 2, 4, 6]
     assert sweeps.default_threads(8) == [1, 2, 4, 8]
+
+
+@pytest.mark.fast
+def test_runtime_bench_credits_each_runtime_its_own_base_and_marks_the_target():
+    from bench import runtimes as bench_rt
+    ms = lambda *v: [x / 1e3 for x in v]   # noqa: E731  (per-round latencies in seconds)
+    timed = {("base", "eager"): {"latency_ms": 4.0, "throughput": 100.0, "latency_rounds": ms(4, 4, 4)},
+             ("pruned", "eager"): {"latency_ms": 2.0, "throughput": 300.0, "latency_rounds": ms(2, 2, 2)},
+             ("base", "onnxruntime"): {"latency_ms": 2.0, "throughput": 200.0, "latency_rounds": ms(2, 2, 2)},
+             ("pruned", "onnxruntime"): {"latency_ms": 0.55, "throughput": 700.0, "latency_rounds": ms(0.5, 0.55, 1)}}
+    rows = bench_rt.rows(timed, {"base": 4_000_000, "pruned": 1_000_000}, 10.0, ["eager", "onnxruntime", "openvino"],
+                         {"openvino": "not available on this machine: the openvino package is not installed"})
+    by = {(r["runtime"], r["model"]): r for r in rows}
+    assert by[("eager", "pruned")]["speedup"] == 2.0 and by[("eager", "pruned")]["realised"] == 0.5
+    # against its own base in ONNX Runtime (2 ms), not the eager one: 2 / 0.55 = 3.64x
+    assert by[("onnxruntime", "pruned")]["speedup"] == pytest.approx(2 / 0.55)
+    assert by[("onnxruntime", "base")]["peak_share"] == pytest.approx(200 * 2 * 4e6 / 1e9 / 10)
+    assert by[("openvino", "both")]["note"].startswith("not available on this machine")
+    text = bench_rt.section({"rows": rows, "macs": {"base": 4_000_000, "pruned": 1_000_000}, "macs_cut": 4.0,
+                             "peak_gflops": 10.0, "rounds": 3, "threads": 1, "load": {"load_avg": 5.0, "loaded": True},
+                             "about": "Base: test", "seconds": 1.0})
+    assert "**0.91** in onnxruntime" in text and "met)" in text and "timed under load: suspect" in text
