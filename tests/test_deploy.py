@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import run_spec
+from conftest import compare_page, run_spec
 from engine import cli as engine_cli
 from engine import conditions, deploy, measure, models, results, sweeps
 from engine.spec import JobSpec, SpecError
@@ -142,7 +142,7 @@ def test_bad_deploy_settings_are_refused_naming_the_field():
 
 
 def test_a_pruned_run_is_deployed_and_timed_against_its_start_in_the_same_runtime(tiny_base, session_home, tmp_path,
-                                                                                   capsys):
+                                                                                   capsys, monkeypatch):
     m = {"onnx": True, "latency_runs": 5, "warmup_runs": 1, "verify_images": 300, "paired_rounds": 2, "threads": 1}
     rec = run_spec({"data": {"name": "digits"}, "model": {"from_run": tiny_base["run_id"]},
                     "method": {"name": "prune_structured", "params": {"ratio": 0.5, "finetune_epochs": 0}},
@@ -170,6 +170,20 @@ def test_a_pruned_run_is_deployed_and_timed_against_its_start_in_the_same_runtim
     assert engine_cli.main(["sweep", rec["run_id"], "--runtime", "tensorrt"]) == engine_cli.EXIT_BAD_INPUT
     err = capsys.readouterr().err
     assert "runtime" in err and "eager, onnxruntime, openvino" in err
+    # Compare: ranks by latency in the best runtime, shows every runtime, offers its artefact, draws the sweep
+    at = compare_page(session_home, monkeypatch, lambda home: None)
+    at.selectbox(key="detail_run").set_value(rec["run_id"])
+    at.selectbox(key="w_best").set_value("best_latency")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    table = next(d.value for d in at.dataframe if "runtime" in d.value.columns and "verified" in d.value.columns)
+    assert set(table["runtime"]) >= {"eager", "onnxruntime", "openvino", "compile"}
+    assert table.set_index("runtime").loc["compile", "note"].startswith("not run: measure.compile is off")
+    charts = " ".join(str(c.proto.spec) for c in at.get("plotly_chart"))
+    assert "Batch-1 latency by threads (onnxruntime)" in charts and "Throughput by batch" in charts
+    assert at.button(key="sweep_run").label == "Sweep threads and batch sizes"
+    labels = [b.proto.label for b in at.get("download_button")]
+    assert any(lb.startswith(f"Download for {rec['best_artefact_runtime']}: ") for lb in labels), labels
 
 
 @pytest.mark.fast
