@@ -197,9 +197,10 @@ def measure_speed(model: Callable[[torch.Tensor], Any], input_shape: tuple[int, 
             torch.cuda.reset_peak_memory_stats(device)
             base = torch.cuda.memory_allocated(device)
         time_runs(lambda: model(xb), 0, 2 if device.type == "cuda" else 1, device)
-        # a hardware energy counter ticks every ~1-100 ms: time long enough for it to count
+        # a hardware energy counter ticks every ~1 ms (RAPL) to ~20-100 ms (NVML): time long enough for it to count
+        window = 0.0 if meter.source is None else 0.25 if device.type == "cpu" else 1.0
         with meter.measure(energy):
-            tb = time_runs(lambda: model(xb), batch_runs, 0, device, min_seconds=1.0 if meter.source else 0.0)
+            tb = time_runs(lambda: model(xb), batch_runs, 0, device, min_seconds=window)
         if device.type == "cuda":
             memory["peak_mem_bytes"] = int(max(0, torch.cuda.max_memory_allocated(device) - base))
         if module is not None and activations:
