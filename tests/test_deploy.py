@@ -213,3 +213,25 @@ def test_runtime_bench_credits_each_runtime_its_own_base_and_marks_the_target():
                              "peak_gflops": 10.0, "rounds": 3, "threads": 1, "load": {"load_avg": 5.0, "loaded": True},
                              "about": "Base: test", "seconds": 1.0})
     assert "**0.91** in onnxruntime" in text and "met)" in text and "timed under load: suspect" in text
+
+
+@pytest.mark.fast
+def test_experiments_queues_torch_compile_as_a_runtime_only_when_ticked(tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from conftest import ROOT
+    monkeypatch.setenv("SLIMBENCH_HOME", str(tmp_path / "ws"))
+    monkeypatch.setenv("SLIMBENCH_NO_AUTOSTART", "1")   # queued, never run
+    at = AppTest.from_file(str(ROOT / "dashboard.py"), default_timeout=120)
+    at.run()
+    at.radio(key="data_source").set_value("Built-in")
+    at.selectbox(key="dataset").set_value("digits")
+    at.run()
+    at.selectbox(key="arch").set_value("resnet18")
+    assert at.checkbox(key="compile_rt").value is False
+    at.checkbox(key="compile_rt").check()
+    at.button(key="launch_custom").click()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    queued = Store(tmp_path / "ws").list("queued")
+    assert queued and all(r["spec"]["measure"]["compile"] is True for r in queued), [r["spec"] for r in queued]
