@@ -6,7 +6,7 @@ and a 50 %-pruned model realised 0.96 of its MAC cut there against 0.61 in eager
 compressed model in eager alone undersells it. Each ``Deployment`` says whether it runs here
 (``available``: None, or why not: "not available on this machine" is a record, never an error),
 writes its artefact (``export``), and turns that artefact into a predictor (``load``: batch tensor
--> logits tensor on the CPU). ``deploy_all`` then checks every artefact against PyTorch on test
+-> logits tensor, left on the device it ran on). ``deploy_all`` then checks every artefact against PyTorch on test
 images (top-1 agreement, ≥ ``AGREEMENT_TARGET`` to count as verified) and times it. A runtime
 plugs in by adding a class to ``DEPLOYMENTS``.
 """
@@ -66,8 +66,8 @@ class Eager(Deployment):
         model = model.to(device).eval()   # its threads: those of the timing around it (measure.cpu_threads)
 
         @torch.no_grad()
-        def run(x: torch.Tensor) -> torch.Tensor:
-            return model(x.to(device)).float().cpu()
+        def run(x: torch.Tensor) -> torch.Tensor:   # logits stay where they were computed, as in eager timing
+            return model(x.to(device)).float()
         return run
 
 
@@ -291,7 +291,8 @@ def _one(dep: Deployment, device: str, plan: Plan, threads: int, reference: torc
         speed = eager_cpu   # the run's own eager timing: the same model, timed moments ago
     else:
         batch = cfg.batch_size if device == "cpu" else cfg.gpu_batch_size
-        speed = measure.measure_speed(predictor, plan.input_shape, torch.device("cpu"), batch,
+        # inputs made on the device timed, and synchronised there: no host copy is counted on CUDA
+        speed = measure.measure_speed(predictor, plan.input_shape, torch.device(device), batch,
                                       cfg.latency_runs, cfg.warmup_runs, threads, activations=False)
     res.update({k: speed[k] for k in TIMING if k in speed})
     res["threads"] = threads if device == "cpu" else None
