@@ -116,6 +116,7 @@ class CudaIoBinding:
         io = self.session.io_binding()
         io.bind_input(self.input_name, "cuda", x.device.index or 0, np.float32, tuple(x.shape), x.data_ptr())
         io.bind_output(self.output_name, "cuda", out.device.index or 0, np.float32, tuple(out.shape), out.data_ptr())
+        torch.cuda.current_stream().synchronize()   # ORT reads x on its own stream: x must be written first
         self.session.run_with_iobinding(io)
         return out
 
