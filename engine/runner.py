@@ -396,6 +396,10 @@ def _deploy(ctx: Context, rt: runtimes.Runtime, record: dict[str, Any]) -> dict[
                        onnx_path=Path(record["onnx"]) if record.get("onnx") else None,
                        devices=("cpu", "cuda") if torch.cuda.is_available() else ("cpu",))
     entries = deploy.deploy_all(plan, eager_cpu=record, log=lambda m: ctx.log.warning("deploy: %s", m))
+    for name, e in entries.items():
+        if e.get("verified") is False:   # shipped anyway, but never picked as the best runtime
+            ctx.log.warning("%s gives PyTorch's top-1 on only %.1f%% of %d test images", name,
+                            100 * e["agreement"], e["verified_images"])
     rec: dict[str, Any] = {"deploy": entries}
     fastest, shipped = deploy.best(entries), deploy.best(entries, shippable=True)
     if fastest:
