@@ -235,3 +235,17 @@ def test_experiments_queues_torch_compile_as_a_runtime_only_when_ticked(tmp_path
     assert not at.exception, [e.value for e in at.exception]
     queued = Store(tmp_path / "ws").list("queued")
     assert queued and all(r["spec"]["measure"]["compile"] is True for r in queued), [r["spec"] for r in queued]
+
+
+@pytest.mark.fast
+def test_the_best_runtime_is_the_fastest_that_agrees_with_pytorch():
+    entries = {"eager": {"latency_ms": 5.0, "verified": True},
+               "onnxruntime": {"latency_ms": 1.0, "verified": False, "artefact": "m.onnx"},   # fast but wrong
+               "openvino": {"latency_ms": 2.0, "verified": True, "artefact": "m.xml"},
+               "compile": {"latency_ms": 1.5, "verified": True},                             # nothing to ship
+               "eager_cuda": {"latency_ms": 0.1, "verified": True},
+               "onnxruntime_cuda": {"not_available": "not available on this machine: no CUDA device"}}
+    assert deploy.best(entries) == "compile"
+    assert deploy.best(entries, shippable=True) == "openvino"
+    assert deploy.best(entries, device="cuda") == "eager_cuda"
+    assert deploy.best({"openvino": {"not_available": "x"}}) is None
