@@ -1,5 +1,6 @@
 """``python -m bench cpu|gpu``: regenerate that machine's section of docs/BENCHMARKS.md from scratch.
-``python -m bench gpu-bases``: train the literature's CIFAR-10 bases and write their block of the GPU section."""
+``python -m bench gpu-bases``: train the literature's CIFAR-10 bases and write their block of the GPU section.
+``python -m bench runtimes``: the CPU base and its structured-50 % result in every runtime (bench/runtimes.py)."""
 from __future__ import annotations
 
 import argparse
@@ -127,8 +128,12 @@ def literature_bases(cifar: str, cmd: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["runtimes"]:   # its own options (python -m bench runtimes --help)
+        from . import runtimes
+        return runtimes.main(argv[1:])
     p = argparse.ArgumentParser(prog="python -m bench")
-    p.add_argument("machine", choices=["cpu", "gpu", "gpu-bases"])
+    p.add_argument("machine", choices=["cpu", "gpu", "gpu-bases", "runtimes"])
     p.add_argument("--cifar", default=None, help="CIFAR-10 zip (default: ../shared/datasets/cifar10-small.zip "
                                                  "for cpu, cifar10.zip for gpu)")
     p.add_argument("--limit", type=int, default=None, help="cap on training images")

@@ -164,6 +164,28 @@ def cmd_measure(a: argparse.Namespace) -> int:
     return 0
 
 
+@command("sweep", "thread and batch sweeps of a finished run: latency at 1..N threads, throughput at several "
+         "batches, in one deployment runtime; written to the run's sweep.json")
+@arg("run_id", help="a finished run")
+@arg("--runtime", default=None, help="eager, onnxruntime or openvino (default: the run's best download runtime)")
+@arg("--threads", default=None, help="comma-separated thread counts (default: 1, 2, 4, ... up to the CPU count)")
+@arg("--batches", default=None, help="comma-separated batch sizes for throughput (default: 1,8,32,128)")
+@arg("--runs", type=int, default=20, help="timed batch-1 runs per thread count")
+def cmd_sweep(a: argparse.Namespace) -> int:
+    from . import sweeps
+
+    def ints(text: str | None, flag: str) -> list[int] | None:
+        if text is None:
+            return None
+        try:
+            return [int(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise SpecError(flag, f"must be comma-separated whole numbers, got {text!r}") from None
+    print(json.dumps(sweeps.sweep_run(Store(), a.run_id, a.runtime, ints(a.threads, "--threads"),
+                                      ints(a.batches, "--batches"), a.runs)))
+    return 0
+
+
 @command("import", "turn a plain PyTorch state dict of a registered architecture into a checkpoint bundle")
 @arg("weights", help="a file saved with torch.save(model.state_dict(), path) (wrapped, DDP-prefixed or a "
                         "PyTorch Lightning checkpoint is fine)")

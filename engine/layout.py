@@ -5,12 +5,14 @@ from pathlib import Path
 
 CHECKPOINT = "model.pt"
 ONNX = "model.onnx"
+OPENVINO = ("model.xml", "model.bin")   # OpenVINO IR: the graph and its weights (engine.deploy)
 RESULT = "result.json"
 CARD = "card.json"
 LOG = "log"
 SPEC = "spec.json"
+SWEEP = "sweep.json"   # thread and batch curves of a finished run (engine.sweeps)
 # What a finished run shows; removed again when a run does not finish, so none is ever half-done.
-ARTIFACTS = (CHECKPOINT, ONNX, RESULT, CARD)
+ARTIFACTS = (CHECKPOINT, ONNX, *OPENVINO, RESULT, CARD, SWEEP)
 TEMP_GLOB = ".*.tmp*"  # atomic writes go to ".<name>.<pid>.tmp" first, then are renamed
 
 

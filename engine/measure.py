@@ -23,6 +23,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
+from . import conditions
+
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
@@ -180,19 +182,27 @@ def measure_speed(model: Callable[[torch.Tensor], Any], input_shape: tuple[int, 
     module = model if isinstance(model, nn.Module) else None
     if module is not None:
         module.eval()
+    meter = conditions.EnergyMeter(device.type, device.index or 0)
     with cpu_threads(device, threads):
+        used = torch.get_num_threads() if device.type == "cpu" else 1
+        load: dict[str, Any] = {}
         x1 = torch.randn((1, *input_shape), device=device)
-        lat = time_runs(lambda: model(x1), runs, warmup, device, min_seconds=0.5)
+        with conditions.probe(used, load):
+            lat = time_runs(lambda: model(x1), runs, warmup, device, min_seconds=0.5)
         xb = torch.randn((batch_size, *input_shape), device=device)
         batch_runs = max(3, runs // 5)
         memory: dict[str, Any] = {}
+        energy: dict[str, Any] = {}
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
             base = torch.cuda.memory_allocated(device)
-            tb = time_runs(lambda: model(xb), batch_runs, 2, device)
+        time_runs(lambda: model(xb), 0, 2 if device.type == "cuda" else 1, device)
+        # a hardware energy counter ticks every ~1 ms (RAPL) to ~20-100 ms (NVML): time long enough for it to count
+        window = 0.0 if meter.source is None else 0.25 if device.type == "cpu" else 1.0
+        with meter.measure(energy):
+            tb = time_runs(lambda: model(xb), batch_runs, 0, device, min_seconds=window)
+        if device.type == "cuda":
             memory["peak_mem_bytes"] = int(max(0, torch.cuda.max_memory_allocated(device) - base))
-        else:
-            tb = time_runs(lambda: model(xb), batch_runs, 1, device)
         if module is not None and activations:
             memory["activation_peak_bytes"] = activation_peak_bytes(module, xb)
         med = statistics.median(lat)
@@ -206,8 +216,17 @@ def measure_speed(model: Callable[[torch.Tensor], Any], input_shape: tuple[int, 
             "throughput_batch": batch_size,
             **memory,
             "threads": torch.get_num_threads() if device.type == "cpu" else None,
+            **load,
+            **energy_fields(energy.get("joules"), batch_size * len(tb), meter),
         }
     return {f"{prefix}{k}": v for k, v in out.items()}
+
+
+def energy_fields(joules: float | None, images: int, meter: conditions.EnergyMeter) -> dict[str, Any]:
+    """Millijoules per image from a hardware counter, and where it came from or why there is none."""
+    if joules is None or images <= 0:
+        return {"energy_mj_per_image": None, "energy_source": f"not available: {meter.reason}"}
+    return {"energy_mj_per_image": 1e3 * joules / images, "energy_source": meter.source}
 
 
 @torch.no_grad()
@@ -227,7 +246,11 @@ def paired_speedup(ref: Callable[[torch.Tensor], Any], cand: Callable[[torch.Ten
     fns = (ref, cand)
     rounds = max(1, rounds)
     half = max(2, runs // rounds // 2)
-    with cpu_threads(device, threads):
+    fallback = conditions.contended(timing_threads(threads)) if device.type == "cpu" else None
+    if fallback:   # threads that wait for a core skew each side by a different amount: 1 thread stays fair
+        threads = 1
+    load: dict[str, Any] = {}
+    with cpu_threads(device, threads), conditions.probe(timing_threads(threads) if device.type == "cpu" else 1, load):
         x = torch.randn((1, *input_shape), device=device)
         for f in fns:
             time_runs(lambda: f(x), 0, warmup, device)
@@ -242,7 +265,9 @@ def paired_speedup(ref: Callable[[torch.Tensor], Any], cand: Callable[[torch.Ten
                 samples[j].extend(block[j])
     return {"speedup": statistics.median(ratios), "speedup_min": min(ratios), "speedup_max": max(ratios),
             "rounds": rounds, "runs": len(samples[1]), "ref_latency_ms": statistics.median(samples[0]) * 1e3,
-            "latency_ms": statistics.median(samples[1]) * 1e3}
+            "latency_ms": statistics.median(samples[1]) * 1e3,
+            "threads": timing_threads(threads) if device.type == "cpu" else None,
+            "threads_fallback": f"timed on 1 thread: {fallback}" if fallback else None, **load}
 
 
 def measure_model(model: nn.Module, input_shape: tuple[int, ...], cfg, cuda: bool | None = None,

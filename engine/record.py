@@ -195,6 +195,52 @@ FIELDS: tuple[Field, ...] = (
           source="base", more=False),
     Field("x_faster_high", "x faster, fastest round", "x", "the fastest paired round's " + _PAIRED, "%.2fx",
           source="base", more=False),
+    Field("energy_mj_per_image", "energy (mJ/image)", "mJ", "energy per image on the CPU at throughput_batch, from "
+          "the hardware's own counter (energy_source: RAPL, the whole CPU package, so other processes count too); "
+          "blank where the machine exposes none: never estimated", "%.3f", card=True, compare=132),
+    Field("energy_source", "energy from", kind="text", card=True,
+          help="the counter energy_mj_per_image came from (RAPL, NVML), or 'not available: why'"),
+    Field("best_latency_ms", "latency, best runtime (ms)", "ms", "CPU batch-1 median latency in the fastest runtime "
+          "that runs this model here and gives PyTorch's top-1 on ≥ 99.5 % of test images (best_runtime; every "
+          "runtime's figures under deploy)", "%.3f", card=True, compare=136, cost_axis="latency, best runtime",
+          cli=Cli("best ms", 8, ".2f", commands=("runs",))),
+    Field("best_runtime", "best runtime", kind="text", card=True, compare=137,
+          help="the runtime of best_latency_ms: eager, onnxruntime, openvino or compile (torch.compile with "
+               "freezing); *_cuda on the GPU"),
+    Field("best_throughput", "best-runtime img/s", "images/s", "CPU images per second at throughput_batch in "
+          "best_runtime", "%.1f"),
+    Field("best_energy_mj_per_image", "best-runtime energy (mJ/image)", "mJ", "energy per image in best_runtime, "
+          "from the hardware counter; blank where none is readable", "%.3f"),
+    Field("best_artefact_runtime", "download runtime", kind="text", card=True,
+          help="the fastest verified runtime with a file to ship (model.onnx, OpenVINO IR, or the bundle for eager):"
+               " what 'Download for the best runtime' gives"),
+    Field("deploy", "runtimes", kind="json", table=False,
+          help="per runtime (eager, onnxruntime, openvino, compile; *_cuda on the GPU): latency, throughput, load, "
+               "energy, the artefact and its top-1 agreement with PyTorch on verified_images test images "
+               "(verified: ≥ 99.5 %), or not_available with the reason (e.g. not installed on this machine)"),
+    Field("deploy_paired_runtime", "paired in runtime", kind="text",
+          help="the runtime deploy_paired_speedup was timed in: this run's best download runtime, its start "
+               "exported to it too, so the runtime's own gain is not credited to compression"),
+    Field("deploy_paired_speedup", "x faster than start, same runtime", "x", "CPU batch-1 speed-up over the start, "
+          "both in deploy_paired_runtime, timed interleaved", "%.2fx", compare=142),
+    Field("start_x_fewer_macs", "x fewer MACs than start", "x", "the start's MACs ÷ this run's", "%.2fx"),
+    Field("speedup_per_mac_cut", "speed-up ÷ MAC cut", "", "deploy_paired_speedup ÷ start_x_fewer_macs: the share of "
+          "the MAC reduction realised as batch-1 speed in that runtime (1.0: as fast as its MACs); blank without a "
+          "MAC cut", "%.2f", compare=143),
+    Field("eager_speedup_per_mac_cut", "speed-up ÷ MAC cut (eager)", "", "paired_speedup ÷ start_x_fewer_macs, in "
+          "PyTorch eager", "%.2f"),
+    Field("load_avg", "load while timed", "", "the 1-minute load average while latency_ms was timed (the higher "
+          "of its start and end)", "%.2f"),
+    Field("cpu_share", "CPU share while timed", _FRACTION, "this process's CPU time ÷ (wall time × timing "
+          "threads) while latency_ms was timed: well below 1, it waited for its cores", "%.2f"),
+    Field("loaded", "timed under load", kind="bool", help="the load average was above the number of CPUs while "
+          "latency_ms was timed: the figure is suspect (also in Compare's warnings)"),
+    Field("paired_threads", "paired threads", "threads", "CPU threads the paired speed-up was timed on", "%d"),
+    Field("paired_threads_fallback", "paired fallback", kind="text",
+          help="why the paired speed-up was timed on 1 thread instead of threads: the load left too few free "
+               "cores, where threads waiting for a core skew each side differently"),
+    Field("paired_loaded", "paired under load", kind="bool",
+          help="the load average was above the number of CPUs while the paired speed-up was timed"),
     Field("latency_p90_ms", "latency p90 (ms)", "ms", "CPU, batch 1, 90th percentile", "%.3f"),
     Field("latency_cv", "latency CV", "", "spread of the repeated latency measurements (standard deviation ÷ "
           "mean); above ~0.1 the machine was busy while this run was timed", "%.3f"),

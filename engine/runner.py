@@ -11,6 +11,7 @@ import math
 import os
 import platform
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -21,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from . import data as data_mod
-from . import export, layout, measure, methods, models, procs, runtimes, settings, training
+from . import deploy, export, layout, measure, methods, models, procs, runtimes, settings, training
 from . import record as record_schema
 from .context import Context
 from .devices import resolve_device
@@ -269,6 +270,9 @@ def _run(spec: JobSpec, store: Store, run_id: str, run_dir: Path, progress, canc
     progress(phase="measure")
     record.update(measure.measure_model(rt.module, data.input_shape, spec.measure, timing=rt.timing))
     record.update(_paired(ctx, rt, parent))
+    if spec.measure.deploy:
+        progress(phase="measure:deploy")
+        record.update(_deploy(ctx, rt, record))
     if ctx.recipe is not None:
         record["recipe"] = {**ctx.recipe, "zero_init_residual": spec.train.zero_init_residual}
     record.update(ctx.extra)
@@ -360,8 +364,75 @@ def _paired(ctx: Context, rt: runtimes.Runtime, parent: str | None) -> dict[str,
         if against_start is not None:
             rec[f"{pre}paired_speedup"] = against_start["speedup"]
             rec[f"{pre}paired_speedup_range"] = against_start["range"]
+        rec.update({f"{pre}paired_{k}": p[k] for k in ("threads", "threads_fallback", "load_avg", "cpu_share", "loaded")})
+        if p["threads_fallback"]:
+            ctx.log.warning("paired speed-up %s", p["threads_fallback"])
     ctx.base.to("cpu")
     rt.module.to("cpu")
+    return rec
+
+
+def _test_images(data: data_mod.DataBundle, n: int) -> torch.Tensor:
+    """The first ``n`` test images (as the model takes them), what deployed artefacts are checked on."""
+    got: list[torch.Tensor] = []
+    for x, _ in data.loader("test", "cpu", batch_size=256):
+        got.append(x)
+        if sum(len(b) for b in got) >= n:
+            break
+    return torch.cat(got)[:n] if got else torch.empty(0)
+
+
+def _deploy(ctx: Context, rt: runtimes.Runtime, record: dict[str, Any]) -> dict[str, Any]:
+    """The FP32 result deployed in every runtime here (``engine.deploy``): each artefact verified against
+    PyTorch and timed; the best runtime's latency; and the speed-up over the start with both in the
+    runtime this model ships in (its start exported there too), so the runtime's own gain is never
+    credited to compression."""
+    model = rt.module.to("cpu").eval()
+    if not isinstance(rt, runtimes.TorchRuntime) or any(p.dtype != torch.float32 for p in model.parameters()):
+        return {"deploy": {"note": "FP32 deployment only: this result is not an FP32 PyTorch model"}}
+    cfg, shape = ctx.spec.measure, ctx.input_shape
+    plan = deploy.Plan(model=model, input_shape=shape, folder=ctx.run_dir, images=_test_images(ctx.data, cfg.verify_images),
+                       cfg=cfg, bundle_path=Path(record["checkpoint"]),
+                       onnx_path=Path(record["onnx"]) if record.get("onnx") else None,
+                       devices=("cpu", "cuda") if torch.cuda.is_available() else ("cpu",))
+    entries = deploy.deploy_all(plan, eager_cpu=record, log=lambda m: ctx.log.warning("deploy: %s", m))
+    for name, e in entries.items():
+        if e.get("verified") is False:   # shipped anyway, but never picked as the best runtime
+            ctx.log.warning("%s gives PyTorch's top-1 on only %.1f%% of %d test images", name,
+                            100 * e["agreement"], e["verified_images"])
+    rec: dict[str, Any] = {"deploy": entries}
+    fastest, shipped = deploy.best(entries), deploy.best(entries, shippable=True)
+    if fastest:
+        rec.update(best_runtime=fastest, best_latency_ms=entries[fastest]["latency_ms"],
+                   best_throughput=entries[fastest].get("throughput"),
+                   best_energy_mj_per_image=entries[fastest].get("energy_mj_per_image"))
+    if shipped:
+        rec.update(best_artefact_runtime=shipped,
+                   best_artefact=entries[shipped].get("artefact") or record["checkpoint"])
+    if ctx.base is None or cfg.paired_rounds == 0 or not shipped:
+        return rec
+    ctx.progress(phase="measure:deploy_paired")
+    start_macs = measure.count_macs(ctx.base.to("cpu").eval(), shape)["macs"]
+    cut = start_macs / record["macs"] if record.get("macs") else None
+    name = shipped   # where this model ships; its start is exported to the same runtime and timed there
+    if name == "eager":
+        p = {"speedup": record.get("paired_speedup"), "range": record.get("paired_speedup_range")}
+    else:
+        threads = measure.timing_threads(cfg.threads)
+        with tempfile.TemporaryDirectory(dir=ctx.run_dir) as tmp:
+            base_fn = deploy.predictor_for(name, ctx.base, shape, Path(tmp), threads)
+            cand_fn = deploy.DEPLOYMENTS[name].load(Path(entries[name]["artefact"]), model, "cpu", threads)
+            t = measure.paired_speedup(base_fn, cand_fn, shape, torch.device("cpu"), cfg.latency_runs,
+                                       cfg.warmup_runs, cfg.threads, rounds=cfg.paired_rounds)
+        p = {"speedup": t["speedup"], "range": [t["speedup_min"], t["speedup_max"]]}
+        rec["deploy_paired_threads_fallback"] = t["threads_fallback"]
+        rec["deploy_paired_loaded"] = t["loaded"]
+    rec.update(deploy_paired_runtime=name, deploy_paired_speedup=p["speedup"], deploy_paired_speedup_range=p["range"],
+               start_x_fewer_macs=cut)
+    if cut and cut > 1.05 and p["speedup"]:   # a model with fewer MACs: how much of the cut became speed
+        rec["speedup_per_mac_cut"] = p["speedup"] / cut
+        if record.get("paired_speedup"):
+            rec["eager_speedup_per_mac_cut"] = record["paired_speedup"] / cut
     return rec
 
 

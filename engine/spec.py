@@ -84,6 +84,10 @@ class MeasureSpec:
     gpu_batch_size: int = 256        # throughput batch on CUDA
     paired_rounds: int = 5           # speed-up vs the starting model timed interleaved; 0: off
     onnx: bool = True
+    deploy: bool = True              # export, verify and time the result in every runtime available (engine.deploy)
+    verify_images: int = 1000        # test images each deployed artefact is checked against PyTorch on
+    compile: bool = False            # also torch.compile with freezing on the CPU (takes minutes: off by default)
+    compile_timeout_s: int = 600     # give up on torch.compile after this long
 
 
 @dataclass
@@ -233,6 +237,10 @@ class JobSpec:
             v = getattr(ms, name)
             if not 1 <= v <= 65536:
                 raise SpecError(f"measure.{name}", f"must be between 1 and 65536, got {v}")
+        if not 1 <= ms.verify_images <= 1_000_000:
+            raise SpecError("measure.verify_images", f"must be between 1 and 1000000, got {ms.verify_images}")
+        if not 10 <= ms.compile_timeout_s <= 7200:
+            raise SpecError("measure.compile_timeout_s", f"must be between 10 and 7200, got {ms.compile_timeout_s}")
 
 
 def parse_json(text: str | bytes) -> Any:

@@ -18,6 +18,7 @@ from engine.store import Store, check_run_id
 
 ARTIFACT_FILES = {"checkpoint": ("model.pt", "application/octet-stream"),
                   "onnx": ("model.onnx", "application/octet-stream"),
+                  "openvino": ("model.xml", "application/zip"),   # with its weights, model.bin: one zip
                   "card": ("card.json", "application/json")}
 
 
@@ -226,6 +227,42 @@ def download(run_id: str, kind: str, label: str, key: str) -> None:
     st.download_button(label, data=lambda p=path: p.read_bytes(), file_name=f"{run_id}-{path.name}",
                        mime=ARTIFACT_FILES[kind][1], key=key, on_click="ignore",
                        help=f"{path.name}, {fmt_bytes(path.stat().st_size)}")
+
+
+# The runtime a run records as its fastest with a file to ship -> the artifact that ships it.
+RUNTIME_ARTIFACTS = {"eager": ("checkpoint", "bundle (.pt)"), "onnxruntime": ("onnx", "ONNX (.onnx)"),
+                     "openvino": ("openvino", "OpenVINO IR (.zip)")}
+
+
+def ir_zip(xml: Path) -> bytes:
+    """OpenVINO IR as one download: model.xml and its weights, model.bin, zipped."""
+    import io
+    import zipfile
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for f in (xml, xml.with_suffix(".bin")):
+            if f.is_file():
+                z.write(f, f.name)
+    return buf.getvalue()
+
+
+def download_best(run_id: str, rec: dict[str, Any], key: str) -> None:
+    """The run's model in the fastest verified runtime with a file to ship (best_artefact_runtime)."""
+    runtime = rec.get("best_artefact_runtime")
+    if runtime not in RUNTIME_ARTIFACTS:
+        st.button("Download for the best runtime", key=key, disabled=True,
+                  help="this run was not deployed in other runtimes (measure.deploy off, or an older run)")
+        return
+    kind, what = RUNTIME_ARTIFACTS[runtime]
+    path = artifact_path(run_id, kind)
+    if path is None:
+        st.button(f"Download for {runtime}", key=key, disabled=True, help=f"this run has no {ARTIFACT_FILES[kind][0]}")
+        return
+    data = (lambda p=path: ir_zip(p)) if kind == "openvino" else (lambda p=path: p.read_bytes())
+    name = f"{run_id}-openvino.zip" if kind == "openvino" else f"{run_id}-{path.name}"
+    st.download_button(f"Download for {runtime}: {what}", data=data, file_name=name, mime=ARTIFACT_FILES[kind][1],
+                       key=key, on_click="ignore", help="the fastest runtime here whose top-1 matched PyTorch on "
+                       "≥ 99.5 % of the test images checked (the run's deploy figures)")
 
 
 def run_label(row: dict[str, Any]) -> str:

@@ -12,9 +12,9 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from engine import jobs, presets, record, results
+from engine import jobs, presets, record, results, sweeps
 from engine.spec import SpecError
-from views.common import card, download, fmt_bytes, fmt_count, fmt_ms, fmt_value, get_store, md_text, plot_text
+from views.common import card, download, download_best, fmt_bytes, fmt_count, fmt_ms, fmt_value, get_store, md_text, plot_text
 
 st.title("Compare")
 store = get_store()
@@ -221,7 +221,8 @@ def winner(view: pd.DataFrame) -> None:
         max_pt = d.number_input("max accuracy loss (points)", key="w_drop", help="against each run's base", **limit)
         objective = e.selectbox("best by", list(results.OBJECTIVES), key="w_best",
                                 format_func={"accuracy": "accuracy (highest)", "size": "size (smallest)",
-                                             "macs": "MACs (fewest)", "latency": "latency (lowest)"}.get)
+                                             "macs": "MACs (fewest)", "latency": "latency (lowest)",
+                                             "best_latency": "latency in its best runtime (lowest)"}.get)
         view_w, n_sets = results.on_newest_test_set(view)
         if n_sets > 1:
             st.info("The runs in view were scored on different test sets, whose accuracies do not compare; the winner "
@@ -244,6 +245,8 @@ def winner(view: pd.DataFrame) -> None:
                 download(w["run_id"], "checkpoint", "Winner's checkpoint (.pt)", key="w_dl_pt")
             with k[1]:
                 download(w["run_id"], "onnx", "Winner's ONNX model", key="w_dl_onnx")
+            with k[2]:
+                download_best(w["run_id"], by_id[w["run_id"]], key="w_dl_best")
             if len(ranked) > 1:
                 st.dataframe(shown(ranked[["name", "method", "accuracy", "delta_accuracy", "size_bytes", "macs",
                                            "latency_ms", "run_id"]].head(10)), hide_index=True, width="stretch", column_config=COLUMN_CONFIG,
@@ -340,6 +343,76 @@ def latency_help(rec: dict, row: pd.Series) -> str:
     return text
 
 
+def runtime_rows(rec: dict) -> pd.DataFrame:
+    """One row per deployment runtime of a run: its speed, energy, agreement with PyTorch, or why it did not run."""
+    rows = []
+    for name, e in (rec.get("deploy") or {}).items():
+        if not isinstance(e, dict) or name == "note":
+            continue
+        rows.append({"runtime": name, "latency (ms)": e.get("latency_ms"), "img/s": e.get("throughput"),
+                     "energy (mJ/image)": e.get("energy_mj_per_image"),
+                     "agrees with PyTorch": e.get("agreement"), "verified": e.get("verified"),
+                     "under load": e.get("loaded"), "compile (s)": e.get("compile_seconds"),
+                     "note": e.get("not_available") or ("" if e.get("energy_mj_per_image") is not None
+                                                        else e.get("energy_source") or "")})
+    return pd.DataFrame(rows)
+
+
+def runtimes_section(run_id: str, rec: dict) -> None:
+    """The run in every deployment runtime, and its thread and batch sweeps (run on request)."""
+    with st.expander("Runtimes, threads and batch sizes", icon=":material/speed:"):
+        table = runtime_rows(rec)
+        if table.empty:
+            st.caption((rec.get("deploy") or {}).get("note") or "This run was not deployed in other runtimes "
+                       "(measure.deploy off, or a run from before deployment was measured).")
+        else:
+            best = rec.get("best_runtime")
+            st.caption(f"Fastest verified runtime: **{md_text(best or 'none')}**"
+                       + (f"; x faster than its start in the same runtime ({md_text(rec['deploy_paired_runtime'])}): "
+                          f"{rec['deploy_paired_speedup']:.2f}x" if rec.get("deploy_paired_speedup") else "")
+                       + (f", {rec['speedup_per_mac_cut']:.2f} of its {rec['start_x_fewer_macs']:.2f}x MAC cut"
+                          if rec.get("speedup_per_mac_cut") else "")
+                       + ". Agreement: top-1 equal to PyTorch's on the test images checked (verified: ≥ 99.5 %).")
+            st.dataframe(table, hide_index=True, width="stretch", key="runtime_table",
+                         column_config={"agrees with PyTorch": st.column_config.NumberColumn(format="percent"),
+                                        "latency (ms)": st.column_config.NumberColumn(format="%.3f"),
+                                        "img/s": st.column_config.NumberColumn(format="%.0f"),
+                                        "energy (mJ/image)": st.column_config.NumberColumn(format="%.3f")})
+        if rec.get("loaded") or rec.get("paired_threads_fallback"):
+            st.warning(md_text(results.timed_under_load(rec) or "")
+                       + (f" The paired speed-up was {md_text(rec['paired_threads_fallback'])}."
+                          if rec.get("paired_threads_fallback") else ""), icon=":material/warning:")
+        if st.button("Sweep threads and batch sizes", key="sweep_run",
+                     help="times this run's model at 1..N CPU threads (batch 1) and at several batch sizes, in its "
+                          "best download runtime; takes seconds to minutes and loads the machine while it runs"):
+            with st.spinner("Timing…"):
+                try:
+                    sweeps.sweep_run(get_store(), run_id)
+                except SpecError as e:
+                    st.error(f"Could not sweep: {md_text(e)}")
+        sweep_charts(sweeps.load(get_store(), run_id))
+
+
+def sweep_charts(sw: dict | None) -> None:
+    """Latency against threads and throughput against batch size, from a run's sweep.json."""
+    if not sw:
+        return
+    a, b = st.columns(2)
+    t = pd.DataFrame(sw["by_threads"])
+    fig = px.line(t, x="threads", y="latency_ms", markers=True, height=320,
+                  title=f"Batch-1 latency by threads ({sw['runtime']})", labels={"latency_ms": "latency (ms)"})
+    fig.update_layout(margin=dict(l=10, r=10, t=40, b=10))
+    fig.update_xaxes(type="category")
+    a.plotly_chart(fig, key="sweep_threads", config={"displayModeBar": False})
+    bt = pd.DataFrame(sw["by_batch"])
+    fig = px.line(bt, x="batch", y="throughput", markers=True, log_x=True, height=320,
+                  title=f"Throughput by batch ({bt['threads'].iloc[0]} threads)", labels={"throughput": "images/s"})
+    fig.update_layout(margin=dict(l=10, r=10, t=40, b=10))
+    b.plotly_chart(fig, key="sweep_batches", config={"displayModeBar": False})
+    if any(p.get("loaded") for p in sw["by_threads"] + sw["by_batch"]):
+        st.caption("Some points were timed with the load average above the CPU count: their figures are suspect.")
+
+
 @st.fragment
 def details(view: pd.DataFrame) -> None:
     """One run: its metrics against its base, downloads, agreement, layer widths, per-class accuracy."""
@@ -374,13 +447,17 @@ def details(view: pd.DataFrame) -> None:
     c[4].metric("Parameters", fmt_count(rec.get("params")),
                 help=f"{rec['params']:,}" if rec.get("params") else None)
 
-    d = st.columns(3)
+    d = st.columns(4)
     with d[0]:
         download(run_id, "checkpoint", "Checkpoint bundle (.pt)", key="dl_pt")
     with d[1]:
         download(run_id, "onnx", "ONNX model (.onnx)", key="dl_onnx")
     with d[2]:
+        download_best(run_id, rec, key="dl_best")
+    with d[3]:
         download(run_id, "card", "Model card (JSON)", key="dl_card")
+
+    runtimes_section(run_id, rec)
 
     # A checkpoint scored as given is its own start: agreement and flips would compare it with itself.
     against_itself = rec.get("method") == "baseline" and rec.get("agreement") == 1.0 \

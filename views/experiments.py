@@ -407,11 +407,17 @@ with tab_custom:
                                   "model fine-tune for their own 'finetune epochs' above.")
     device = c2.selectbox("Device", ["auto", "cpu", "cuda"], key="device")
     st.session_state.setdefault("onnx", True)  # kept widget: default via state, not value=
-    onnx = c3.checkbox("Export + verify ONNX", key="onnx")
+    onnx = c3.checkbox("Export + verify ONNX", key="onnx",
+                       help="also what ONNX Runtime and OpenVINO run: each result is deployed, checked against "
+                            "PyTorch and timed in every runtime this machine has")
+    st.session_state.setdefault("compile_rt", False)  # kept widget: default via state, not value=
+    compile_rt = c3.checkbox("Also time torch.compile", key="compile_rt",
+                             help="torch.compile with freezing on the CPU, as one more deployment runtime; compiling "
+                                  "takes minutes per result")
     latency_runs = c4.number_input("Latency runs", 1, 10000, 30, key="latency_runs",
                                    help="timed batch-1 runs per measurement, at least (timing also lasts at "
                                         "least 0.5 s, so fast models get more)")
-    measure = {"onnx": onnx, "latency_runs": int(latency_runs)}
+    measure = {"onnx": onnx, "latency_runs": int(latency_runs), **({"compile": True} if compile_rt else {})}
     base_train["device"] = device
 
     if not data_problem and not problem and (steps or model.get("arch") or model.get("checkpoint")):
