@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from . import data as data_mod
-from . import export, layout, measure, methods, models, procs, runtimes, settings, training
+from . import export, import_weights, layout, measure, methods, models, procs, runtimes, settings, training, user_models
 from . import record as record_schema
 from .context import Context
 from .devices import resolve_device
@@ -41,8 +41,8 @@ def load_run_model(store: Store, run_id: str, field: str = "model.from_run") -> 
         raise SpecError(field, f"no run {run_id!r} in {store.root}")
     if row["state"] != "done":
         raise SpecError(field, f"run {run_id} is {row['state']}, not done")
-    try:
-        return export.load_model(store.run_dir(run_id) / layout.CHECKPOINT)
+    try:  # a run here whose model a Python file builds ran under that file's opt-in; its sha256 is checked
+        return export.load_model(store.run_dir(run_id) / layout.CHECKPOINT, trust_code=True)
     except export.BundleError as e:
         raise SpecError(field, f"run {run_id}: {e}") from None
 
@@ -176,12 +176,15 @@ def _starting_model(spec: JobSpec, store: Store, data: data_mod.DataBundle):
         elif spec.train.zero_init_residual:  # from scratch only (engine.spec refuses it on trained weights)
             log.info("zero-initialised the last BatchNorm of %d residual blocks", models.zero_init_residual(model))
         return model, m.arch, small, None, None, data
+    if m.file:
+        model, data = _user_model(m, data)
+        return model, user_models.describe_ref(user_models.source_of(model)), False, None, None, data
     if m.from_run:
         model, bundle = load_run_model(store, m.from_run)
         parent = m.from_run
     else:
         try:
-            model, bundle = export.load_model(m.checkpoint)
+            model, bundle = export.load_model(m.checkpoint, trust_code=m.trust_code)
         except export.BundleError as e:
             raise SpecError("model.checkpoint", str(e)) from None
         parent = None
@@ -196,6 +199,60 @@ def _starting_model(spec: JobSpec, store: Store, data: data_mod.DataBundle):
         models.check_input_fits(model, bundle["arch"], data.input_shape, "model.checkpoint")
     return model, bundle["arch"], bool(kw.get("small_input")), {**bundle.get("metrics", {})}, parent, \
         _with_start_preprocessing(data, meta)
+
+
+def _user_model(m, data: data_mod.DataBundle) -> tuple[nn.Module, data_mod.DataBundle]:
+    """The model of ``model.file`` (engine.user_models), checked against the data before any training,
+    and the data normalised as its weights were trained (a fresh Python-file model: the data's own)."""
+    kind, path, builder = user_models.parse_ref(m.file)
+    try:
+        if kind == "python":
+            source = user_models.python_source(path, builder, m.builder_kwargs)
+            model = user_models.build_python(source, data.num_classes, trust_code=m.trust_code)
+            if m.weights:
+                try:
+                    sd = import_weights.read_state_dict(m.weights)
+                except export.BundleError as e:
+                    raise SpecError("model.weights", str(e)) from None
+                problems = export.fit_problems(model, sd)
+                if problems:
+                    raise SpecError("model.weights", f"{Path(m.weights).name} does not fit {source['name']}:"
+                                    f"{builder}: " + " | ".join(problems))
+                model.load_state_dict({**model.state_dict(), **sd})
+        else:
+            model = user_models.load_program(path, path.name)
+            shape = user_models.program_input_shape(model)
+            if tuple(shape) != tuple(data.input_shape):
+                raise SpecError("model.file", f"{path.name} was exported for inputs {list(shape)} but the data gives "
+                                f"{list(data.input_shape)}; set data.image_size to {shape[-1]}"
+                                + (" (and use data with as many channels)" if shape[0] != data.input_shape[0] else ""))
+    except user_models.UserModelError as e:
+        raise SpecError("model.file", str(e)) from None
+    _check_outputs(model, data, m.file)
+    trained = kind == "program" or bool(m.weights)
+    if not trained:
+        return model, data
+    norm = import_weights.normalisation(import_weights.parse_normalisation(m.normalisation or "dataset"))
+    return model, _with_start_preprocessing(data, norm)
+
+
+@torch.no_grad()
+def _check_outputs(model: nn.Module, data: data_mod.DataBundle, ref: str) -> None:
+    """A user's model answers a batch of two of this data's inputs with one logit per class, or is refused."""
+    was = model.training
+    try:
+        out = model.eval()(torch.zeros((2, *data.input_shape)))
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+        raise SpecError("model.file", f"{ref} cannot take a batch of two {list(data.input_shape)} inputs "
+                        f"({type(e).__name__}: {msg}); a program must be exported with a dynamic batch "
+                        "(dynamic_shapes={0: torch.export.Dim('batch')})") from None
+    finally:
+        model.train(was)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, data.num_classes):
+        got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise SpecError("model.file", f"{ref} answers {got} for a batch of 2, but dataset {data.name} needs one "
+                        f"logit per class: [2, {data.num_classes}]")
 
 
 def _with_start_preprocessing(data: data_mod.DataBundle, meta: dict[str, Any]) -> data_mod.DataBundle:
@@ -233,7 +290,8 @@ def _run(spec: JobSpec, store: Store, run_id: str, run_dir: Path, progress, canc
     log.info("data %s: %d train / %d val / %d test images, %d classes, input %s", data.name, len(data.train),
              len(data.val), len(data.test), data.num_classes, data.input_shape)
     model, arch, small, base_record, parent, data = _starting_model(spec, store, data)
-    base = None if spec.model.arch else copy.deepcopy(model).eval()
+    fresh = spec.model.arch or (spec.model.file and not spec.model.file.endswith(".pt2") and not spec.model.weights)
+    base = None if fresh else copy.deepcopy(model).eval()
     ctx = Context(spec=spec, data=data, device=device, store=store, run_id=run_id, run_dir=run_dir, arch=arch,
                   small_input=small, load_run=functools.partial(load_run_model, store),
                   run_child=_child_runner(store, run_id, cancelled), base=base, base_record=base_record,

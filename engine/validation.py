@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from . import data, export, methods, models, settings
+from . import data, export, import_weights, methods, models, settings
 from .devices import devices_problem, gpu_count
 from .errors import SpecError
 from .spec import DataSpec, JobSpec, short_repr
@@ -33,9 +33,15 @@ def check_spec(raw: dict[str, Any] | JobSpec) -> JobSpec:
             raise SpecError("train.devices", problem)
     # Method name and parameters: the registry owns their schema.
     spec.method.params = methods.validate(spec.method.name, spec.method.params, spec=spec)
-    if methods.get(spec.method.name).needs_base and m.arch:
+    if methods.get(spec.method.name).needs_base and (m.arch or (m.file and not m.file.endswith(".pt2")
+                                                                and not m.weights)):
         raise SpecError("model", f"method {spec.method.name} compresses a trained model: set model.from_run or "
                         "model.checkpoint (train one first with method baseline)")
+    if m.normalisation is not None:
+        try:
+            import_weights.parse_normalisation(m.normalisation)
+        except export.BundleError as e:
+            raise SpecError("model.normalisation", str(e)) from None
     return spec
 
 

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 _COMPILE_CHILD = """
 import json, sys, time, torch
 from engine import export, measure
-model, _ = export.load_model(sys.argv[1])
+model, _ = export.load_model(sys.argv[1], trust_code=True)  # a run of this workspace
 cfg = json.loads(sys.argv[2])
 dev = torch.device(cfg["device"])
 model = model.to(dev).eval()
