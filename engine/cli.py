@@ -112,6 +112,8 @@ def cmd_profile(a: argparse.Namespace) -> int:
 @arg("--rounds", type=int, default=5, help="interleaved rounds for --against")
 @arg("--input-size", type=int, default=None,
      help="image side to time at (default: the size the bundle records; imported bundles record none)")
+@arg("--trust-model-code", action="store_true",
+     help="a bundle of a model built by a Python file (model.file) runs that file to rebuild it: allow it")
 def cmd_measure(a: argparse.Namespace) -> int:
     import torch
 
@@ -123,7 +125,7 @@ def cmd_measure(a: argparse.Namespace) -> int:
 
     def load(path: str, where: str):
         try:
-            return export.load_predictor(path, measure.timing_threads(a.threads))
+            return export.load_predictor(path, measure.timing_threads(a.threads), trust_code=a.trust_model_code)
         except export.BundleError as e:
             raise SpecError(where, str(e)) from None
 

@@ -3,6 +3,7 @@ baseline -> structured pruning -> INT8 -> download -> reload; what cannot work i
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import textwrap
 from pathlib import Path
@@ -15,6 +16,7 @@ from engine.errors import JobFailed, SpecError
 
 REFUSED = (SpecError, JobFailed)  # refused by the spec check, or by the job before any training
 from engine.store import Store
+from tests.conftest import cli
 
 NET = textwrap.dedent('''
     import torch
@@ -54,6 +56,16 @@ NET = textwrap.dedent('''
 
         def forward(self, x):
             return x * self.gain
+
+
+    class BatchOfOne(TinyResNet):  # reshapes to the batch size it saw: a static export bakes 1 in
+        def forward(self, x):
+            x = nn.functional.adaptive_avg_pool2d(self.blocks(self.stem(x)), 1)
+            return self.head(x.reshape(x.shape[0], -1))
+
+
+    def build_batch_of_one(num_classes=10):
+        return BatchOfOne(num_classes, 8)
 
 
     def build_scaled(num_classes=10):
@@ -122,12 +134,12 @@ def test_a_python_file_model_trains_prunes_quantises_and_reloads_only_while_its_
         runner.run_spec(spec({"from_run": pruned["run_id"]}, "prune_structured", {"ratio": 0.2}), store)
 
 
-def _program(tmp_path: Path, net_file: Path, shape=(3, 8, 8), dynamic=True) -> Path:
-    source = user_models.python_source(net_file, "build", {"width": 16})
+def _program(tmp_path: Path, net_file: Path, shape=(3, 8, 8), builder="build", dynamic=True) -> Path:
+    source = user_models.python_source(net_file, builder, {"width": 16} if builder == "build" else {})
     net = user_models.build_python(source, 10, trust_code=True).eval()
-    x = torch.randn(2, *shape)
+    x = torch.randn(2 if dynamic else 1, *shape)
     ep = torch.export.export(net, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},) if dynamic else None)
-    path = tmp_path / ("net.pt2" if dynamic else "fixed.pt2")
+    path = tmp_path / f"{builder}-{shape[-1]}-{dynamic}.pt2"
     torch.export.save(ep, path)
     return path
 
@@ -137,7 +149,7 @@ def test_a_torch_export_program_goes_through_the_chain_without_running_user_code
     net_file.unlink()  # the program needs no Python file
     store = Store()
     base, pruned, int8 = _chain(store, {"file": str(program), "normalisation": "dataset"})
-    assert base["arch"] == "net.pt2" and base.get("start_accuracy") is not None  # a trained start: scored first
+    assert base["arch"] == program.name and base.get("start_accuracy") is not None  # a trained start: scored first
     assert pruned["macs"] < 0.5 * base["macs"]
     assert int8["precision"] == "int8"
     path = _downloaded(store, pruned["run_id"], tmp_path)
@@ -145,7 +157,7 @@ def test_a_torch_export_program_goes_through_the_chain_without_running_user_code
     assert bundle["source"]["kind"] == "program"
     _same_answers(model, predict.load_run(pruned["run_id"], store).model)
     # the bundle's program is its structure, weights zeroed (they are the state dict's, packed where sparse)
-    structure = user_models.program_from_bundle(bundle["source"]["program"].numpy().tobytes(), "net.pt2")
+    structure = user_models.program_from_bundle(bundle["source"]["program"].numpy().tobytes(), program.name)
     assert all(not p.any() for p in structure.parameters())
     assert model.get_submodule("blocks.0.conv1").out_channels == 8
 
@@ -162,7 +174,8 @@ def test_refusals_name_the_field_before_training(home, tmp_path, net_file):
     with pytest.raises(REFUSED, match=r"exported for inputs \[3, 16, 16\].*data.image_size to 16"):
         runner.run_spec(spec({"file": str(_program(tmp_path, net_file, shape=(3, 16, 16)))}), store)
     with pytest.raises(REFUSED, match="dynamic batch"):
-        runner.run_spec(spec({"file": str(_program(tmp_path, net_file, dynamic=False))}), store)
+        runner.run_spec(spec({"file": str(_program(tmp_path, net_file, builder="build_batch_of_one", dynamic=False))}),
+                        store)
     garbage = tmp_path / "garbage.pt2"
     garbage.write_bytes(b"not a program")
     with pytest.raises(REFUSED, match="cannot be read as a torch.export program"):
@@ -176,3 +189,12 @@ def _state_dict(tmp_path: Path, net_file: Path) -> Path:
     path = tmp_path / "scaled.pth"
     path.write_bytes(buf.getvalue())
     return path
+
+
+def test_the_cli_refuses_a_python_model_file_without_the_opt_in(tmp_path, net_file):
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(json.dumps(spec({"arch": "resnet18"})))
+    p = cli("run", str(spec_path), "--model-file", f"{net_file}:build", "--model-kwargs", '{"width": 8}',
+            home=tmp_path / "ws")
+    assert p.returncode == 2 and "model.trust_code" in p.stderr and "--trust-model-code" in p.stderr
+    assert not (tmp_path / "ws" / "runs").exists() or not any((tmp_path / "ws" / "runs").iterdir())
