@@ -16,7 +16,7 @@ from engine.errors import JobFailed, SpecError
 
 REFUSED = (SpecError, JobFailed)  # refused by the spec check, or by the job before any training
 from engine.store import Store
-from tests.conftest import cli
+from tests.conftest import cli, uploader
 
 NET = textwrap.dedent('''
     import torch
@@ -198,3 +198,30 @@ def test_the_cli_refuses_a_python_model_file_without_the_opt_in(tmp_path, net_fi
             home=tmp_path / "ws")
     assert p.returncode == 2 and "model.trust_code" in p.stderr and "--trust-model-code" in p.stderr
     assert not (tmp_path / "ws" / "runs").exists() or not any((tmp_path / "ws" / "runs").iterdir())
+
+
+def test_experiments_queues_a_python_model_file_only_once_its_code_is_trusted(tmp_path, monkeypatch, net_file):
+    from tests.test_pages import page, texts
+    monkeypatch.setenv("SLIMBENCH_HOME", str(tmp_path / "ws"))
+    monkeypatch.setenv("SLIMBENCH_NO_AUTOSTART", "1")
+    store = Store(tmp_path / "ws")
+    at = page("experiments")
+    at.selectbox(key="dataset").set_value("digits")
+    at.radio(key="base_kind").set_value("Your own architecture")
+    at.run()
+    uploader(at, "own_model").set_value(("tiny_resnet.py", net_file.read_bytes(), "text/x-python"))
+    at.run()
+    assert "runs this file's code" in texts(at, "warning")
+    at.text_input(key="own_kwargs").set_value('{"width": 8}')
+    at.button(key="launch_custom").click()
+    at.run()
+    assert "Run this Python file's code" in texts(at, "error") and store.list() == []
+    at.checkbox(key="own_trust").check()
+    at.button(key="launch_custom").click()
+    at.run()
+    assert not at.exception and not at.error, texts(at, "error")
+    (row,) = [store.get(i) for i in at.session_state["launched"]]
+    model = row["spec"]["model"]
+    assert row["spec"]["name"] == "baseline tiny_resnet.py:build"
+    assert model["file"].endswith("tiny_resnet.py:build") and model["trust_code"] is True
+    assert model["builder_kwargs"] == {"width": 8}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -60,6 +61,8 @@ def starts_from(model: dict[str, Any]) -> str:
     src = model.get("from_run")
     if isinstance(src, str) and src.startswith(presets.REF_PREFIX):
         return f"job {int(src[len(presets.REF_PREFIX):]) + 1} of this plan"
+    if model.get("file"):
+        return Path(model["file"].rpartition(":")[0] if ".py:" in model["file"] else model["file"]).name
     return f"new {model['arch']}" if model.get("arch") else src or model.get("checkpoint") or ""
 
 
@@ -115,6 +118,47 @@ def checkpoint_panel(ck) -> str:
         out.parent.mkdir(exist_ok=True)
         export.save_bundle(bundle, out)
     return str(out)
+
+
+TRUST_LABEL = "Run this Python file's code"
+
+
+def own_model_panel(up, base_train: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """The spec's model section for an uploaded Python model file or torch.export program, and what
+    keeps it from launching (None: nothing)."""
+    path = save_upload(up, "models")
+    if path.suffix == ".pt2":
+        st.info("A torch.export program: a graph of PyTorch operators with its weights. Reading it runs none of "
+                "your code; every method works on its convolutions, linear layers and batch norms.")
+        norm_label = st.radio("Inputs were normalised with", [k for k, v in NORMS.items() if v], horizontal=True,
+                              key="own_norm", help="A program does not record how its inputs were normalised; "
+                                                   "inputs normalised otherwise cost accuracy silently.")
+        base_train["epochs"] = int(st.number_input("Fine-tune epochs before compressing (0 = use it as it is)",
+                                                   0, 10000, 0, key="own_epochs"))
+        return {"file": str(path), "normalisation": NORMS[norm_label]}, None
+    st.warning("A Python file: building the model **runs this file's code** on this server, with the dashboard's "
+               "permissions. Tick the box only for a file you wrote or trust.")
+    c1, c2 = st.columns(2)
+    st.session_state.setdefault("own_builder", "build")  # kept widget: default via state, not value=
+    builder = c1.text_input("Builder function (returns the nn.Module)", key="own_builder").strip()
+    st.session_state.setdefault("own_kwargs", "{}")
+    kwargs_text = c2.text_input("Builder keyword arguments (JSON)", key="own_kwargs",
+                                help="num_classes is passed when the builder takes it and it is not given here")
+    trusted = st.checkbox(TRUST_LABEL, key="own_trust",
+                          help="Slimbench imports the file and calls the builder; bundles of its runs record the "
+                               "file's sha256 and are refused once the file changes.")
+    base_train["epochs"] = int(st.number_input("Baseline epochs (trained from scratch)", 1, 10000, 3, key="own_epochs"))
+    try:
+        kwargs = json.loads(kwargs_text or "{}")
+    except json.JSONDecodeError as e:
+        return {}, f"builder keyword arguments: not JSON ({e.msg})"
+    if not isinstance(kwargs, dict):
+        return {}, "builder keyword arguments: give a JSON object, e.g. {\"width\": 16}"
+    if not builder.isidentifier():
+        return {}, "builder function: give the name of a function defined in the file"
+    if not trusted:
+        return {}, f"tick \"{TRUST_LABEL}\" to build the model from {up.name}, or upload a .pt2 program"
+    return {"file": f"{path}:{builder}", "builder_kwargs": kwargs or None, "trust_code": True}, None
 
 
 def upload_problem(name: str, error: Exception) -> str:
@@ -343,8 +387,8 @@ with tab_custom:
         data_problem = decoding_memory(data)
 
     st.subheader("2 · Base model")
-    base_kind = st.radio("Start from", ["Train an architecture", "A finished run", "Upload a checkpoint"],
-                         horizontal=True, key="base_kind")
+    base_kind = st.radio("Start from", ["Train an architecture", "A finished run", "Upload a checkpoint",
+                                        "Your own architecture"], horizontal=True, key="base_kind")
     model: dict[str, Any] = {}
     base_train: dict[str, Any] = {}
     if base_kind == "Train an architecture":
@@ -359,6 +403,16 @@ with tab_custom:
         else:
             labels = {r["id"]: run_label(r) for r in runs}
             model["from_run"] = st.selectbox("Run", list(labels), format_func=labels.get, key="base_run")
+    elif base_kind == "Your own architecture":
+        own = st.file_uploader("A Python file with a builder function, or a torch.export program (.pt2)",
+                               type=["py", "pt2"], key=uploader_key("own_model"),
+                               help="torch.export.save(torch.export.export(model, (x,), dynamic_shapes="
+                                    "({0: torch.export.Dim('batch')},)), 'model.pt2') makes a program.")
+        if own is None:
+            data_problem = data_problem or "upload your model's Python file or .pt2 program first"
+        else:
+            model, refused = own_model_panel(own, base_train)
+            data_problem = data_problem or refused
     else:
         ck = st.file_uploader("Checkpoint: a Slimbench bundle, or a PyTorch state dict of a listed architecture",
                               type=["pt", "pth", "bin", "ckpt"], key=uploader_key("ckpt"),
@@ -412,7 +466,8 @@ with tab_custom:
     measure = {"onnx": onnx, "latency_runs": int(latency_runs)}
     base_train["device"] = device
 
-    if not data_problem and not problem and (steps or model.get("arch") or model.get("checkpoint")):
+    if not data_problem and not problem and (steps or model.get("arch") or model.get("checkpoint")
+                                             or model.get("file")):
         preview = presets.custom_plan(data=data, model=model, steps=steps, base_train=base_train, chain=chain,
                                       train={"epochs": int(epochs), "device": device}, measure=measure)
         with st.expander(f"Launch queues **{len(preview)} job(s)**"):
@@ -422,7 +477,7 @@ with tab_custom:
             st.error(f"Cannot launch: {md_text(data_problem)}.")
         elif problem:
             st.error(f"Cannot launch: {md_text(problem)}")
-        elif not (model.get("arch") or model.get("checkpoint")) and not steps:
+        elif not (model.get("arch") or model.get("checkpoint") or model.get("file")) and not steps:
             st.error("Cannot launch: choose at least one compression method.")
         elif chain and any(len(v) > 1 for _, v in steps):
             st.error("Cannot launch: a pipeline takes one setting per step; remove the sweep or untick Pipeline.")
