@@ -279,6 +279,10 @@ def model_from_bundle(b: dict[str, Any], trust_code: bool = False) -> nn.Module:
 
 
 def _build_model(b: dict[str, Any], trust_code: bool) -> nn.Module:
+    if b.get("kind") == ONNX_FP32:
+        raise BundleError(f"it holds an ONNX model ({b.get('arch')}), not PyTorch weights, so it cannot be trained or "
+                          "compressed by methods that change weights; it can be measured, quantised to INT8 and run "
+                          "(Try an image)")
     if b.get("kind") == ONNX_INT8:
         parent = (b.get("extra") or {}).get("parent")
         raise BundleError("it holds an INT8 ONNX Runtime model, not PyTorch weights, so it cannot be trained or "
@@ -470,6 +474,8 @@ def load_model(path: str | Path, trust_code: bool = False) -> tuple[nn.Module, d
 # with the quantised ONNX file as a uint8 tensor under "onnx" instead of a state dict.
 # --------------------------------------------------------------------------------------------
 ONNX_INT8 = "onnx-int8"
+ONNX_FP32 = "onnx-fp32"   # a user's own ONNX model (engine.onnx_models), the same layout
+ONNX_KINDS = (ONNX_INT8, ONNX_FP32)
 
 
 class OnnxRunner:
@@ -489,15 +495,21 @@ class OnnxRunner:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(onnx_bytes, opts, providers=providers)
         self.input_name = self.session.get_inputs()[0].name
+        # A graph exported for batch 1 (a user's ONNX model) is fed one image at a time.
+        self.one_at_a_time = self.session.get_inputs()[0].shape[0] == 1
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x = x.detach().to("cpu", torch.float32).contiguous().numpy()
+        if self.one_at_a_time and len(x) > 1:
+            return torch.cat([torch.from_numpy(self.session.run(None, {self.input_name: x[i:i + 1]})[0]).float()
+                              for i in range(len(x))])
         return torch.from_numpy(self.session.run(None, {self.input_name: x})[0]).float()
 
 
 def make_onnx_bundle(onnx_bytes: bytes, *, arch: str, num_classes: int, small_input: bool, meta: dict[str, Any],
-                     metrics: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {"format": FORMAT, "version": VERSION, "kind": ONNX_INT8, "arch": arch,
+                     metrics: dict[str, Any] | None = None, extra: dict[str, Any] | None = None,
+                     kind: str = ONNX_INT8) -> dict[str, Any]:
+    return {"format": FORMAT, "version": VERSION, "kind": kind, "arch": arch,
             "arch_kwargs": {"num_classes": int(num_classes), "small_input": bool(small_input)},
             "meta": meta, "metrics": metrics or {},
             "onnx": torch.frombuffer(bytearray(onnx_bytes), dtype=torch.uint8), "extra": extra or {}}
@@ -509,13 +521,14 @@ def load_predictor(path: str | Path, threads: int | None = None,
     Runtime's CPU threads (fixed per session; PyTorch models take theirs when timed); ``trust_code``:
     see :func:`model_from_bundle`."""
     b = read_bundle(path)
-    if b.get("kind") == ONNX_INT8:
+    if b.get("kind") in ONNX_KINDS:
+        what = "INT8" if b["kind"] == ONNX_INT8 else "ONNX"
         if not isinstance(b.get("onnx"), torch.Tensor) or b["onnx"].dtype != torch.uint8:
-            raise BundleError(f"{Path(path).name} is an INT8 bundle without its ONNX model")
+            raise BundleError(f"{Path(path).name} is an {what} bundle without its ONNX model")
         try:
             return OnnxRunner(b["onnx"].numpy().tobytes(), threads=threads), b
         except Exception as e:
-            raise BundleError(f"{Path(path).name}: ONNX Runtime cannot load the INT8 model: "
+            raise BundleError(f"{Path(path).name}: ONNX Runtime cannot load the {what} model: "
                               f"{str(e).splitlines()[0][:300]}") from None
     return model_from_bundle(b, trust_code), b
 

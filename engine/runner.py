@@ -21,7 +21,8 @@ import torch
 import torch.nn as nn
 
 from . import data as data_mod
-from . import export, import_weights, layout, measure, methods, models, procs, runtimes, settings, training, user_models
+from . import (export, import_weights, layout, measure, methods, models, onnx_models, procs, runtimes, settings,
+               training, user_models)
 from . import record as record_schema
 from .context import Context
 from .devices import resolve_device
@@ -179,7 +180,11 @@ def _starting_model(spec: JobSpec, store: Store, data: data_mod.DataBundle):
     if m.file:
         model, data = _user_model(m, data)
         return model, user_models.describe_ref(user_models.source_of(model)), False, None, None, data
-    if m.from_run:
+    onnx = _onnx_start(spec, store)
+    if onnx is not None:
+        model, bundle = onnx
+        parent = m.from_run
+    elif m.from_run:
         model, bundle = load_run_model(store, m.from_run)
         parent = m.from_run
     else:
@@ -195,10 +200,36 @@ def _starting_model(spec: JobSpec, store: Store, data: data_mod.DataBundle):
     if meta.get("input_size") and list(meta["input_size"]) != list(data.input_shape):
         raise SpecError("model", f"the starting model expects input {meta['input_size']} but the data gives "
                         f"{list(data.input_shape)}; set data.image_size to {meta['input_size'][-1]}")
-    if not meta.get("input_size"):  # an imported model: no input size recorded, so check this one fits
+    if not meta.get("input_size") and onnx is None:  # an imported model: no input size recorded: check this one fits
         models.check_input_fits(model, bundle["arch"], data.input_shape, "model.checkpoint")
     return model, bundle["arch"], bool(kw.get("small_input")), {**bundle.get("metrics", {})}, parent, \
         _with_start_preprocessing(data, meta)
+
+
+def _onnx_start(spec: JobSpec, store: Store) -> tuple[onnx_models.OnnxModel, dict[str, Any]] | None:
+    """The user's ONNX model (engine.onnx_models) a job starts from, with its bundle; None for a PyTorch start.
+    Only the methods that need no PyTorch weights run on it, and it is not trained: refused otherwise."""
+    m = spec.model
+    row = store.get(m.from_run) if m.from_run else None
+    if m.from_run and (row is None or row["state"] != "done"):
+        return None  # load_run_model says why
+    path = store.run_dir(m.from_run) / layout.CHECKPOINT if m.from_run else m.checkpoint
+    try:
+        bundle = export.read_bundle(path)
+    except export.BundleError:
+        return None  # the PyTorch loader says what is wrong with it
+    if bundle.get("kind") != export.ONNX_FP32:
+        return None
+    if spec.method.name not in onnx_models.METHODS:
+        raise SpecError("method.name", f"{spec.method.name} {onnx_models.WHY_NOT}; on an ONNX model: "
+                        f"{', '.join(onnx_models.METHODS)}")
+    if spec.method.name == "baseline" and spec.train.epochs:
+        raise SpecError("train.epochs", "an ONNX model cannot be trained here (it has no PyTorch weights): set 0 to "
+                        "score and measure it as given")
+    try:
+        return onnx_models.OnnxModel.from_bundle(bundle, spec.measure.threads), bundle
+    except export.BundleError as e:
+        raise SpecError("model.from_run" if m.from_run else "model.checkpoint", str(e)) from None
 
 
 def _user_model(m, data: data_mod.DataBundle) -> tuple[nn.Module, data_mod.DataBundle]:
@@ -291,7 +322,8 @@ def _run(spec: JobSpec, store: Store, run_id: str, run_dir: Path, progress, canc
              len(data.val), len(data.test), data.num_classes, data.input_shape)
     model, arch, small, base_record, parent, data = _starting_model(spec, store, data)
     fresh = spec.model.arch or (spec.model.file and not spec.model.file.endswith(".pt2") and not spec.model.weights)
-    base = None if fresh else copy.deepcopy(model).eval()
+    # an ONNX model is never changed in place (its methods make new ones): it is its own untouched copy
+    base = None if fresh else model if isinstance(model, onnx_models.OnnxModel) else copy.deepcopy(model).eval()
     ctx = Context(spec=spec, data=data, device=device, store=store, run_id=run_id, run_dir=run_dir, arch=arch,
                   small_input=small, load_run=functools.partial(load_run_model, store),
                   run_child=_child_runner(store, run_id, cancelled), base=base, base_record=base_record,
@@ -325,7 +357,14 @@ def _run(spec: JobSpec, store: Store, run_id: str, run_dir: Path, progress, canc
     record.update(rt.save(ctx, run_dir, {k: record[k] for k in TEST_METRICS}))
     record["compressed_bytes"] = measure.deflated_bytes(record["checkpoint"])
     progress(phase="measure")
-    record.update(measure.measure_model(rt.module, data.input_shape, spec.measure, timing=rt.timing))
+    if rt.module is None:  # no PyTorch graph (a user's ONNX model): counted on its ONNX graph
+        record.update(rt.static_metrics(data.input_shape))
+        record.update(measure.measure_speed(rt.timing("cpu"), data.input_shape, torch.device("cpu"),
+                                           spec.measure.batch_size, spec.measure.latency_runs,
+                                           spec.measure.warmup_runs, spec.measure.threads))
+        record["cpu_model"] = measure.cpu_model()
+    else:
+        record.update(measure.measure_model(rt.module, data.input_shape, spec.measure, timing=rt.timing))
     record.update(_paired(ctx, rt, parent))
     if ctx.recipe is not None:
         record["recipe"] = {**ctx.recipe, "zero_init_residual": spec.train.zero_init_residual}
@@ -419,7 +458,8 @@ def _paired(ctx: Context, rt: runtimes.Runtime, parent: str | None) -> dict[str,
             rec[f"{pre}paired_speedup"] = against_start["speedup"]
             rec[f"{pre}paired_speedup_range"] = against_start["range"]
     ctx.base.to("cpu")
-    rt.module.to("cpu")
+    if rt.module is not None:
+        rt.module.to("cpu")
     return rec
 
 
