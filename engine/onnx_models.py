@@ -27,8 +27,9 @@ import torch
 from . import export, measure, training
 
 ONNX_FP32 = export.ONNX_FP32
-# What runs on an ONNX model: scored and measured as given (baseline with no training), INT8.
-METHODS = ("baseline", "quantize_int8")
+# What runs on an ONNX model: scored and measured as given (baseline with no training), INT8, and the
+# runtime comparison (ONNX Runtime on the CPU and, where present, CUDA).
+METHODS = ("baseline", "quantize_int8", "runtime")
 WHY_NOT = ("needs PyTorch weights, and an ONNX model has none to train or reshape: start from a PyTorch model "
            "(a checkpoint, your own architecture or a trained run) for it")
 
@@ -244,7 +245,7 @@ class OnnxModel:
         size = export.save_bundle(bundle, path)
         export.atomic_write_bytes(run_dir / "model.onnx", self.onnx_bytes)
         return {"checkpoint": str(path), "size_bytes": size, "onnx": str(run_dir / "model.onnx"),
-                "onnx_bytes": len(self.onnx_bytes), "precision": "fp32", "runtime": "onnxruntime CPU"}
+                "onnx_bytes": len(self.onnx_bytes), "precision": "fp32", "runtime": "onnxruntime CPU (fp32)"}
 
     def timing(self, device: str) -> "OnnxModel | None":
         return self if device == "cpu" else None

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from engine import export, import_weights, onnx_models, predict, runner
+from engine import export, import_weights, jobs, onnx_models, predict, runner
 from engine.errors import JobFailed, SpecError
 from engine.store import Store
 
@@ -53,12 +53,15 @@ def test_an_onnx_model_is_measured_as_given_quantised_and_tried(home, tmp_path):
     store = Store()
     given = runner.run_spec(spec({"checkpoint": str(bundle_file(tmp_path, path))}), store)
     reference = net()
-    assert given["arch"] == "mine.onnx" and given["runtime"] == "onnxruntime CPU"
+    assert given["arch"] == "mine.onnx" and given["runtime"] == "onnxruntime CPU (fp32)"
     assert given["params"] == sum(p.numel() for p in reference.parameters())
     assert given["macs"] == 64 * (8 * 3 * 9 + 8 * 8 * 9) + 8 * 10  # two convs at 8x8, the head
     assert given["latency_ms"] > 0 and given["start_accuracy"] == given["accuracy"]  # the same model twice
     int8 = runner.run_spec(spec({"from_run": given["run_id"]}, "quantize_int8", {"calibration_batches": 2}), store)
     assert int8["precision"] == "int8" and int8["macs"] == given["macs"] and int8["int8_speedup"] > 0
+    timed = runner.run_spec(spec({"from_run": given["run_id"]}, "runtime", {"compile": False}), store)
+    assert timed["runtimes"]["onnxruntime_cpu"]["latency_ms"] > 0
+    assert "no PyTorch graph" in timed["runtimes"]["eager_cpu"]["skipped"]
     tried = predict.load_run(given["run_id"], store)
     x = torch.randn(3, 3, 8, 8)
     with torch.no_grad():
@@ -93,3 +96,44 @@ def test_odd_inputs_and_weight_methods_are_refused_with_the_reason(home, tmp_pat
         runner.run_spec(spec({"checkpoint": str(ck)}, "prune_structured"), store)
     with pytest.raises(REFUSED, match="train.epochs: an ONNX model cannot be trained"):
         runner.run_spec(spec({"checkpoint": str(ck)}, epochs=1), store)
+    given = jobs.submit(spec({"checkpoint": str(ck)}), store, autostart=False)  # refused when queued, too
+    with pytest.raises(SpecError, match="method.name: distill needs PyTorch weights"):
+        jobs.submit(spec({"from_run": given}, "distill"), store, autostart=False)
+
+
+def test_an_onnx_model_uploaded_on_experiments_shows_up_measured_on_compare(tmp_path, monkeypatch):
+    from tests.conftest import compare_page, uploader
+    from tests.test_pages import page, texts
+    home = tmp_path / "ws"
+    monkeypatch.setenv("SLIMBENCH_HOME", str(home))
+    monkeypatch.setenv("SLIMBENCH_NO_AUTOSTART", "1")
+    store = Store(home)
+    at = page("experiments")
+    at.selectbox(key="dataset").set_value("digits")
+    at.radio(key="base_kind").set_value("Upload a checkpoint")
+    at.run()
+    uploader(at, "ckpt").set_value(("mine.onnx", onnx_file(tmp_path).read_bytes(), "application/octet-stream"))
+    at.run()
+    assert not at.error, texts(at, "error")
+    assert "ONNX model, input 'image': 3 x 8x8, dynamic batch" in texts(at, "info")
+    assert "prune_structured" not in at.multiselect(key="methods").options  # said on the page, not failed later
+    assert "Not available: " in texts(at, "info") and "needs PyTorch weights" in texts(at, "info")
+    at.multiselect(key="methods").set_value(["quantize_int8"])
+    at.number_input(key="limit").set_value(300)
+    at.number_input(key="test_limit").set_value(100)
+    at.checkbox(key="onnx").uncheck()
+    at.button(key="launch_custom").click()
+    at.run()
+    assert not at.error, texts(at, "error")
+    ids = at.session_state["launched"]
+    for i in ids:  # what the worker would do, in this process
+        row = store.get(i)
+        assert row["spec"]["train"]["epochs"] == 0 or row["spec"]["method"]["name"] != "baseline"
+        runner.run_spec({**row["spec"], "measure": {**row["spec"]["measure"], **QUICK}}, store, run_id=i)
+    at = compare_page(home, monkeypatch, lambda _: None)
+    assert not at.exception, [e.value for e in at.exception]
+    table = at.dataframe[0].value.set_index("run_id")
+    assert set(ids) <= set(table.index)
+    given = store.get(ids[0])["record"]
+    assert table.loc[ids[0], "macs"] == given["macs"] > 0 and table.loc[ids[0], "runtime"] == "onnxruntime CPU (fp32)"
+    assert table.loc[ids[1], "runtime"] == "ONNX Runtime INT8"

@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from engine import data as data_mod, export, import_weights, jobs, methods, models, presets
+from engine import data as data_mod, export, import_weights, jobs, methods, models, onnx_models, presets
 from engine.spec import DataSpec, SpecError
 from views.common import (accept_upload, device_text, discard_upload, done_runs, get_store, md_text, refused_upload,
                           run_label, save_upload, startable_runs, upload_limit_mb, uploader_key)
@@ -79,6 +79,8 @@ def checkpoint_panel(ck) -> str:
     """The path of a bundle for the uploaded checkpoint: the upload itself if it is one, else its
     state dict imported as the user describes it (architecture, stem, normalisation)."""
     path = save_upload(ck, "checkpoints")
+    if path.suffix == ".onnx":
+        return onnx_panel(ck, path)
     try:
         kind, what = inspect_checkpoint(str(path))
         if kind == "bundle" and what["kind"] != "torch":
@@ -115,6 +117,36 @@ def checkpoint_panel(ck) -> str:
     out = path.parent / f"{arch}-{'small' if small else 'std'}-{norm_key(norm)}" / f"{path.stem}.pt"
     if not out.is_file():
         bundle = import_weights.to_bundle(path, arch=arch, small_input=small, norm=norm)
+        out.parent.mkdir(exist_ok=True)
+        export.save_bundle(bundle, out)
+    return str(out)
+
+
+@st.cache_data(show_spinner="Reading the ONNX graph…", max_entries=8)
+def read_onnx(path: str) -> str:
+    return onnx_models.read(Path(path).read_bytes(), Path(path).name).describe()
+
+
+def onnx_panel(ck, path: Path) -> str:
+    """The path of an ``onnx-fp32`` bundle of an uploaded ONNX model, normalised as the user states."""
+    try:
+        described = read_onnx(str(path))
+    except export.BundleError as e:  # odd inputs, external weights, not ONNX: the file leaves the workspace
+        discard_upload("ckpt", ck, path, upload_problem(ck.name, e))
+    st.info(md_text(f"ONNX model, {described}. It is scored and measured as given, quantised to INT8 and tried on "
+                    "images; methods that change PyTorch weights cannot run on it."))
+    norm_label = st.radio("Inputs were normalised with", list(NORMS), horizontal=True, key="ck_norm",
+                          help="An ONNX graph does not say how its inputs were normalised; inputs normalised "
+                               "otherwise than in its training cost accuracy silently.")
+    norm: Any = NORMS[norm_label]
+    if norm is None:
+        c1, c2 = st.columns(2)
+        mean = c1.text_input("Mean per channel", "0.5, 0.5, 0.5", key="ck_mean")
+        std = c2.text_input("Std per channel", "0.5, 0.5, 0.5", key="ck_std")
+        norm = import_weights.parse_normalisation(f"{mean}/{std}")
+    out = path.parent / f"onnx-{norm_key(norm)}" / f"{path.stem}.pt"
+    if not out.is_file():
+        bundle = onnx_models.to_bundle(path, norm=import_weights.normalisation(norm))
         out.parent.mkdir(exist_ok=True)
         export.save_bundle(bundle, out)
     return str(out)
@@ -391,6 +423,7 @@ with tab_custom:
                                         "Your own architecture"], horizontal=True, key="base_kind")
     model: dict[str, Any] = {}
     base_train: dict[str, Any] = {}
+    onnx_start = False  # an uploaded ONNX model: scored as given, and only methods without PyTorch weights run
     if base_kind == "Train an architecture":
         c1, c2 = st.columns(2)
         model["arch"] = c1.selectbox("Architecture", list(models.ARCHS), key="arch")
@@ -414,15 +447,11 @@ with tab_custom:
             model, refused = own_model_panel(own, base_train)
             data_problem = data_problem or refused
     else:
-        ck = st.file_uploader("Checkpoint: a Slimbench bundle, or a PyTorch state dict of a listed architecture",
-                              type=["pt", "pth", "bin", "ckpt"], key=uploader_key("ckpt"),
+        ck = st.file_uploader("Checkpoint: a Slimbench bundle, a PyTorch state dict of a listed architecture, or an "
+                              "ONNX model", type=["pt", "pth", "bin", "ckpt", "onnx"], key=uploader_key("ckpt"),
                               help="A state dict as saved by torch.save(model.state_dict(), path); wrapped in "
                                    "{'state_dict': ...}, DDP-prefixed or a PyTorch Lightning checkpoint is fine. "
                                    f"Never unpickled as code. Up to {upload_limit_mb():,} MB.")
-        base_train["epochs"] = int(st.number_input(
-            "Fine-tune epochs before compressing (0 = use it as it is)", 0, 10000, 0, key="ck_epochs",
-            help="The checkpoint first gets a run of its own on this data (scored and measured), which every "
-                 "method starts from and is compared with."))
         if ck is None and (refused := refused_upload("ckpt")):
             st.error(md_text(refused) + " Upload another checkpoint.")
             data_problem = data_problem or refused
@@ -430,14 +459,29 @@ with tab_custom:
             data_problem = data_problem or "upload a checkpoint first"
         else:
             accept_upload("ckpt")
+            onnx_start = ck.name.lower().endswith(".onnx")
             try:
                 model["checkpoint"] = checkpoint_panel(ck)
             except export.BundleError as e:  # the file is fine, the description given of it does not fit
                 st.error(md_text(upload_problem(ck.name, e)))
                 data_problem = data_problem or f"{ck.name} cannot be used ({e})"
+        if onnx_start:
+            base_train["epochs"] = 0  # it has no PyTorch weights to fine-tune: scored and measured as given
+        else:
+            base_train["epochs"] = int(st.number_input(
+                "Fine-tune epochs before compressing (0 = use it as it is)", 0, 10000, 0, key="ck_epochs",
+                help="The checkpoint first gets a run of its own on this data (scored and measured), which every "
+                     "method starts from and is compared with."))
 
     st.subheader("3 · Methods")
     choices = sorted((n for n in registry if n != "baseline"), key=lambda n: (registry[n].family, n))
+    if onnx_start:
+        unavailable = [n for n in choices if n not in onnx_models.METHODS]
+        choices = [n for n in choices if n in onnx_models.METHODS]
+        # a choice made before the ONNX upload would not be among the options any more
+        st.session_state["methods"] = [n for n in st.session_state.get("methods", []) if n in choices]
+        st.info(md_text(f"On an ONNX model: {', '.join(choices)}. Not available: {', '.join(unavailable)}: each "
+                        f"{onnx_models.WHY_NOT}."))
     chosen = st.multiselect("Compression methods", choices, key="methods",
                             format_func=lambda n: f"{n} ({registry[n].family})",
                             help="Each method's parameters appear below with their valid ranges.")
