@@ -19,8 +19,10 @@ import hashlib
 import importlib.util
 import inspect
 import io
+import json
 import keyword
 import sys
+import zipfile
 import zlib
 from pathlib import Path
 from typing import Any
@@ -131,6 +133,7 @@ def build_python(source: dict[str, Any], num_classes: int, *, trust_code: bool) 
 def load_program(data: bytes | str | Path, name: str) -> nn.Module:
     """A ``.pt2`` (file or bytes) as a trainable, prunable module (its graph lifted)."""
     raw = Path(data).read_bytes() if isinstance(data, (str, Path)) else data
+    check_archive(raw, name)
     try:
         ep = torch.export.load(io.BytesIO(raw))
     except Exception as e:
@@ -140,6 +143,62 @@ def load_program(data: bytes | str | Path, name: str) -> nn.Module:
     model = lift(ep, name)
     set_source(model, {"kind": "program", "name": name})
     return model
+
+
+def check_archive(raw: bytes, name: str) -> None:
+    """Refuse a .pt2 holding anything ``torch.export.load`` would unpickle with code execution: its
+    example inputs fall back to ``torch.load(weights_only=False)``, weights and constants marked
+    ``use_pickle`` are loaded so, and custom / opaque objects are unpickled outright. A program of plain
+    tensors (what ``torch.export.save`` writes for a model of ordinary layers) passes untouched."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(raw))
+        members = {i.filename: i for i in archive.infolist()}
+    except (zipfile.BadZipFile, ValueError):
+        raise UserModelError(f"{name} cannot be read as a torch.export program with torch {torch.__version__}: it "
+                             "is not a .pt2 archive (write one with torch.export.save)") from None
+
+    def refuse(member: str, what: str) -> UserModelError:
+        return UserModelError(f"{name} was refused: {member} holds {what}, which torch.export.load would unpickle "
+                              "with code execution; Slimbench never loads it: export a program of plain tensors")
+
+    def plain(member: str) -> None:
+        try:
+            torch.load(io.BytesIO(archive.read(member)), map_location="cpu", weights_only=True)
+        except Exception:
+            raise refuse(member, "pickled objects other than tensors") from None
+    for member in members:
+        if "/models/" in member and member.endswith(".json"):
+            _check_schema(archive.read(member), name)
+        if member.endswith(".pt"):  # example inputs, legacy weight / constant files: torch.save pickles
+            plain(member)
+        if member.endswith("_config.json") and ("/data/weights/" in member or "/data/constants/" in member):
+            try:
+                config = json.loads(archive.read(member)).get("config") or {}
+            except (ValueError, AttributeError):
+                raise UserModelError(f"{name}: {member} is damaged") from None
+            folder = member.rsplit("/", 1)[0]
+            for fqn, meta in config.items():
+                path = str((meta or {}).get("path_name", ""))
+                if path.startswith(("custom_obj", "opaque_obj")):
+                    raise refuse(f"{member} ({fqn})", "a custom object")
+                if (meta or {}).get("use_pickle"):
+                    plain(f"{folder}/{path}")
+
+
+def _check_schema(doc: bytes, name: str) -> None:
+    """A program written by a torch whose program schema (major version) this torch does not read is
+    refused naming both, rather than with torch's "error when deserializing"."""
+    try:
+        from torch._export.serde.schema import SCHEMA_VERSION  # the schema this torch writes and reads
+        saved = json.loads(doc).get("schema_version") or {}
+        major, minor = int(saved["major"]), int(saved.get("minor", 0))
+    except Exception:  # no schema recorded where expected: torch.export.load says what is wrong
+        return
+    if major != SCHEMA_VERSION[0]:
+        raise UserModelError(f"{name} cannot be read as a torch.export program with torch {torch.__version__}: it was "
+                             f"saved with program schema {major}.{minor} and this torch reads schema "
+                             f"{SCHEMA_VERSION[0]}.x; programs are read by the torch version that saved them or a "
+                             "compatible one: export it again with this version (torch.export.save)")
 
 
 def _placeholder_shape(ep: torch.export.ExportedProgram, name: str) -> tuple[int, ...]:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import re
 import textwrap
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -225,3 +227,49 @@ def test_experiments_queues_a_python_model_file_only_once_its_code_is_trusted(tm
     assert row["spec"]["name"] == "baseline tiny_resnet.py:build"
     assert model["file"].endswith("tiny_resnet.py:build") and model["trust_code"] is True
     assert model["builder_kwargs"] == {"width": 8}
+
+
+def _rewritten(program: Path, out: Path, change) -> Path:
+    """``program`` with each member's bytes passed through ``change(name, data)``."""
+    with zipfile.ZipFile(program) as zin, zipfile.ZipFile(out, "w") as zout:
+        for info in zin.infolist():
+            zout.writestr(info, change(info.filename, zin.read(info)))
+    return out
+
+
+class _Payload:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_program_carrying_pickled_code_is_refused_before_torch_would_run_it(tmp_path, net_file):
+    program = _program(tmp_path, net_file)
+    marker = tmp_path / "ran"
+
+    def evil(name: str, data: bytes) -> bytes:
+        if not name.endswith("sample_inputs/model.pt"):
+            return data
+        buf = io.BytesIO()
+        torch.save(((_Payload(marker),), {}), buf)  # torch.export.load falls back to weights_only=False here
+        return buf.getvalue()
+    crafted = _rewritten(program, tmp_path / "crafted.pt2", evil)
+    user_models.check_archive(program.read_bytes(), program.name)  # a plain program passes
+    with pytest.raises(user_models.UserModelError, match="sample_inputs/model.pt holds pickled objects"):
+        user_models.load_program(crafted, crafted.name)
+    assert not marker.exists()
+
+
+def test_a_program_from_another_torch_version_is_refused_with_what_to_do(tmp_path, net_file):
+    def newer(name: str, data: bytes) -> bytes:
+        if not name.endswith("models/model.json"):
+            return data
+        doc = json.loads(data)
+        doc["schema_version"]["major"] += 90  # what a much newer torch.export writes
+        return json.dumps(doc).encode()
+    program = _rewritten(_program(tmp_path, net_file), tmp_path / "newer.pt2", newer)
+    with pytest.raises(user_models.UserModelError, match=rf"cannot be read .* torch {re.escape(torch.__version__)}: it "
+                                                         r"was saved with program schema 9\d\.\d+ .*export it again"):
+        user_models.load_program(program, program.name)
