@@ -193,11 +193,13 @@ def _state_dict(tmp_path: Path, net_file: Path) -> Path:
     return path
 
 
+@pytest.mark.fast
 def test_the_cli_refuses_a_python_model_file_without_the_opt_in(tmp_path, net_file):
     spec_path = tmp_path / "spec.json"
     spec_path.write_text(json.dumps(spec({"arch": "resnet18"})))
-    p = cli("run", str(spec_path), "--model-file", f"{net_file}:build", "--model-kwargs", '{"width": 8}',
-            home=tmp_path / "ws")
+    # submit reads the spec as run does (jobs_cli.read_spec), without importing torch: the refusal is structural
+    p = cli("submit", str(spec_path), "--no-worker", "--model-file", f"{net_file}:build", "--model-kwargs",
+            '{"width": 8}', home=tmp_path / "ws")
     assert p.returncode == 2 and "model.trust_code" in p.stderr and "--trust-model-code" in p.stderr
     assert not (tmp_path / "ws" / "runs").exists() or not any((tmp_path / "ws" / "runs").iterdir())
 
