@@ -256,10 +256,13 @@ def _check_model_file(m: ModelSpec) -> None:
                             "model runs it with your permissions: set model.trust_code to true (CLI: "
                             "--trust-model-code) only for a file you trust; a torch.export program (.pt2) needs no "
                             "such trust")
-    for name, ok in (("builder_kwargs", python), ("weights", python), ("normalisation", bool(m.file))):
+    trained = bool(m.file) and (not python or m.weights is not None)  # weights whose inputs were normalised somehow
+    for name, ok in (("builder_kwargs", python), ("weights", python), ("normalisation", trained)):
         if getattr(m, name) is not None and not ok:
             raise SpecError(f"model.{name}", "applies to " + ("a Python model file (model.file FILE.py:BUILDER)"
-                                                              if name != "normalisation" else "model.file"))
+                                                              if name != "normalisation" else
+                                                              "a torch.export program or model.weights (a model "
+                                                              "trained here is normalised with its data's own statistics)"))
 
 
 def parse_json(text: str | bytes) -> Any:

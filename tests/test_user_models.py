@@ -275,3 +275,35 @@ def test_a_program_from_another_torch_version_is_refused_with_what_to_do(tmp_pat
     with pytest.raises(user_models.UserModelError, match=rf"cannot be read .* torch {re.escape(torch.__version__)}: it "
                                                          r"was saved with program schema 9\d\.\d+ .*export it again"):
         user_models.load_program(program, program.name)
+
+
+def test_experiments_reads_an_uploaded_program_and_refuses_one_carrying_code(tmp_path, monkeypatch, net_file):
+    from tests.test_pages import page, texts
+    monkeypatch.setenv("SLIMBENCH_HOME", str(tmp_path / "ws"))
+    monkeypatch.setenv("SLIMBENCH_NO_AUTOSTART", "1")
+    program = _program(tmp_path, net_file)
+    at = page("experiments")
+    at.selectbox(key="dataset").set_value("digits")
+    at.radio(key="base_kind").set_value("Your own architecture")
+    at.run()
+    uploader(at, "own_model").set_value(("net.pt2", _rewritten(program, tmp_path / "bad.pt2", _pickled).read_bytes(),
+                                         "application/octet-stream"))
+    at.run()
+    assert "holds pickled objects" in texts(at, "error") and not list((tmp_path / "ws" / "models").rglob("*.pt2"))
+    uploader(at, "own_model").set_value(("net.pt2", program.read_bytes(), "application/octet-stream"))
+    at.run()
+    assert "A torch.export program taking 3 x 8 x 8 images" in texts(at, "info")
+    at.button(key="launch_custom").click()
+    at.run()
+    assert not at.error, texts(at, "error")
+    (row,) = [Store(tmp_path / "ws").get(i) for i in at.session_state["launched"]]
+    assert row["spec"]["model"]["file"].endswith("net.pt2") and row["spec"]["name"] == "net as given"
+
+
+def _pickled(name: str, data: bytes) -> bytes:
+    """Example inputs that are pickled code (touching a path that cannot exist: harmless even if it ran)."""
+    if not name.endswith("sample_inputs/model.pt"):
+        return data
+    buf = io.BytesIO()
+    torch.save(((_Payload(Path("/nonexistent/never")),), {}), buf)
+    return buf.getvalue()

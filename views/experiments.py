@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from engine import data as data_mod, export, import_weights, jobs, methods, models, onnx_models, presets
+from engine import data as data_mod, export, import_weights, jobs, methods, models, onnx_models, presets, user_models
 from engine.spec import DataSpec, SpecError
 from views.common import (accept_upload, device_text, discard_upload, done_runs, get_store, md_text, refused_upload,
                           run_label, save_upload, startable_runs, upload_limit_mb, uploader_key)
@@ -152,6 +152,15 @@ def onnx_panel(ck, path: Path) -> str:
     return str(out)
 
 
+@st.cache_data(show_spinner="Reading the program…", max_entries=8)
+def read_program(path: str) -> tuple[int, ...]:
+    """The (C, H, W) an uploaded program takes; a BundleError for one that cannot be used."""
+    try:
+        return tuple(user_models.program_input_shape(user_models.load_program(path, Path(path).name)))
+    except user_models.UserModelError as e:
+        raise export.BundleError(str(e)) from None
+
+
 TRUST_LABEL = "Run this Python file's code"
 
 
@@ -160,8 +169,13 @@ def own_model_panel(up, base_train: dict[str, Any]) -> tuple[dict[str, Any], str
     keeps it from launching (None: nothing)."""
     path = save_upload(up, "models")
     if path.suffix == ".pt2":
-        st.info("A torch.export program: a graph of PyTorch operators with its weights. Reading it runs none of "
-                "your code; every method works on its convolutions, linear layers and batch norms.")
+        try:
+            shape = read_program(str(path))
+        except export.BundleError as e:  # not a program, pickled code, another torch: it leaves the workspace
+            discard_upload("own_model", up, path, upload_problem(up.name, e))
+        st.info(md_text(f"A torch.export program taking {shape[0]} x {shape[1]} x {shape[2]} images: a graph of "
+                        "PyTorch operators with its weights. Reading it runs none of your code; every method works "
+                        "on its convolutions, linear layers and batch norms."))
         norm_label = st.radio("Inputs were normalised with", [k for k, v in NORMS.items() if v], horizontal=True,
                               key="own_norm", help="A program does not record how its inputs were normalised; "
                                                    "inputs normalised otherwise cost accuracy silently.")
@@ -441,9 +455,13 @@ with tab_custom:
                                type=["py", "pt2"], key=uploader_key("own_model"),
                                help="torch.export.save(torch.export.export(model, (x,), dynamic_shapes="
                                     "({0: torch.export.Dim('batch')},)), 'model.pt2') makes a program.")
-        if own is None:
+        if own is None and (refused := refused_upload("own_model")):
+            st.error(md_text(refused) + " Upload another model file.")
+            data_problem = data_problem or refused
+        elif own is None:
             data_problem = data_problem or "upload your model's Python file or .pt2 program first"
         else:
+            accept_upload("own_model")
             model, refused = own_model_panel(own, base_train)
             data_problem = data_problem or refused
     else:
