@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine import export, layout, predict, runner, user_models
+from engine import export, layout, predict, results, runner, user_models
 from engine.errors import JobFailed, SpecError
 
 REFUSED = (SpecError, JobFailed)  # refused by the spec check, or by the job before any training
@@ -100,6 +100,14 @@ def _chain(store: Store, start: dict) -> list[dict]:
     return [base, pruned, int8]
 
 
+def _compared(store: Store, chain: list[dict]) -> None:
+    """Compare's table: each step of the chain measured against the base it started from."""
+    table = results.table(results.records(store)).set_index("run_id")
+    base, pruned, int8 = (r["run_id"] for r in chain)
+    assert set(table.loc[[pruned, int8], "base_id"]) == {base}
+    assert table.loc[pruned, "x_fewer_macs"] > 2 and table.loc[int8, "runtime"] == "ONNX Runtime INT8"
+
+
 def _downloaded(store: Store, run_id: str, to: Path) -> Path:
     path = to / f"{run_id}.pt"
     shutil.copy(store.run_dir(run_id) / layout.CHECKPOINT, path)
@@ -120,6 +128,7 @@ def test_a_python_file_model_trains_prunes_quantises_and_reloads_only_while_its_
     assert base["arch"] == pruned["arch"] == "tiny_resnet.py:build"
     assert pruned["params"] < 0.5 * base["params"] and pruned["macs"] < 0.5 * base["macs"]
     assert int8["precision"] == "int8" and int8["accuracy"] is not None
+    _compared(store, [base, pruned, int8])
     path = _downloaded(store, pruned["run_id"], tmp_path)
     with pytest.raises(export.BundleError, match="runs that file's code"):  # no opt-in, no code run
         export.load_model(path)
@@ -154,6 +163,7 @@ def test_a_torch_export_program_goes_through_the_chain_without_running_user_code
     assert base["arch"] == program.name and base.get("start_accuracy") is not None  # a trained start: scored first
     assert pruned["macs"] < 0.5 * base["macs"]
     assert int8["precision"] == "int8"
+    _compared(store, [base, pruned, int8])
     path = _downloaded(store, pruned["run_id"], tmp_path)
     model, bundle = export.load_model(path)  # no trust needed: a graph of ATen operators
     assert bundle["source"]["kind"] == "program"
