@@ -145,6 +145,9 @@ def cmd_measure(a: argparse.Namespace) -> int:
     if isinstance(model, torch.nn.Module):
         out.update(params=measure.count_params(model), sparsity=measure.sparsity(model),
                    **measure.count_macs(model, shape))
+    elif bundle.get("kind") == export.ONNX_FP32:  # a user's ONNX model: counted on its graph
+        from . import onnx_models
+        out.update(onnx_models.static_metrics(bundle["onnx"].numpy().tobytes(), shape))
     out.update(measure.measure_speed(model, shape, cpu, a.batch_size, a.runs, threads=a.threads))
     if a.against:
         ref, ref_bundle = load(a.against, "--against")

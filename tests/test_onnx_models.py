@@ -2,6 +2,7 @@
 odd inputs and methods that need PyTorch weights are refused with the reason."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import onnx
@@ -137,3 +138,14 @@ def test_an_onnx_model_uploaded_on_experiments_shows_up_measured_on_compare(tmp_
     given = store.get(ids[0])["record"]
     assert table.loc[ids[0], "macs"] == given["macs"] > 0 and table.loc[ids[0], "runtime"] == "onnxruntime CPU (fp32)"
     assert table.loc[ids[1], "runtime"] == "ONNX Runtime INT8"
+
+
+def test_cli_imports_and_measures_an_onnx_model(tmp_path, capsys):
+    from engine import cli  # in this process: three torch imports in subprocesses cost minutes on a loaded machine
+    path = onnx_file(tmp_path, "free.onnx", dynamic=("batch", "size"))
+    assert cli.main(["import", str(path), "--norm", "imagenet", "--input-size", "8", "-o", str(tmp_path / "f.pt")]) == 0
+    assert cli.main(["measure", str(tmp_path / "f.pt"), "--runs", "3", "--batch-size", "4"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["kind"] == "onnx-fp32" and out["input_size"] == [3, 8, 8] and out["macs"] > 0 and out["latency_ms"] > 0
+    assert cli.main(["import", str(path), "--arch", "resnet18"]) == 2
+    assert "graph is its architecture" in capsys.readouterr().err
