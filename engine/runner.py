@@ -275,9 +275,10 @@ def _check_outputs(model: nn.Module, data: data_mod.DataBundle, ref: str) -> Non
         out = model.eval()(torch.zeros((2, *data.input_shape)))
     except Exception as e:
         msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+        how = ("a program must be exported with a dynamic batch (dynamic_shapes={0: torch.export.Dim('batch')})"
+               if ref.endswith(".pt2") else "its forward must take a batch of N x C x H x W images")
         raise SpecError("model.file", f"{ref} cannot take a batch of two {list(data.input_shape)} inputs "
-                        f"({type(e).__name__}: {msg}); a program must be exported with a dynamic batch "
-                        "(dynamic_shapes={0: torch.export.Dim('batch')})") from None
+                        f"({type(e).__name__}: {msg}); {how}") from None
     finally:
         model.train(was)
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, data.num_classes):
