@@ -116,6 +116,8 @@ def cmd_profile(a: argparse.Namespace) -> int:
 @arg("--rounds", type=int, default=5, help="interleaved rounds for --against")
 @arg("--input-size", type=int, default=None,
      help="image side to time at (default: the size the bundle records; imported bundles record none)")
+@arg("--trust-model-code", action="store_true",
+     help="a bundle of a model built by a Python file (model.file) runs that file to rebuild it: allow it")
 def cmd_measure(a: argparse.Namespace) -> int:
     import torch
 
@@ -127,7 +129,7 @@ def cmd_measure(a: argparse.Namespace) -> int:
 
     def load(path: str, where: str):
         try:
-            return export.load_predictor(path, measure.timing_threads(a.threads))
+            return export.load_predictor(path, measure.timing_threads(a.threads), trust_code=a.trust_model_code)
         except export.BundleError as e:
             raise SpecError(where, str(e)) from None
 
@@ -147,6 +149,9 @@ def cmd_measure(a: argparse.Namespace) -> int:
     if isinstance(model, torch.nn.Module):
         out.update(params=measure.count_params(model), sparsity=measure.sparsity(model),
                    **measure.count_macs(model, shape))
+    elif bundle.get("kind") == export.ONNX_FP32:  # a user's ONNX model: counted on its graph
+        from . import onnx_models
+        out.update(onnx_models.static_metrics(bundle["onnx"].numpy().tobytes(), shape))
     out.update(measure.measure_speed(model, shape, cpu, a.batch_size, a.runs, threads=a.threads))
     if a.against:
         ref, ref_bundle = load(a.against, "--against")
@@ -186,9 +191,11 @@ def cmd_sweep(a: argparse.Namespace) -> int:
     return 0
 
 
-@command("import", "turn a plain PyTorch state dict of a registered architecture into a checkpoint bundle")
+@command("import", "turn a plain PyTorch state dict of a registered architecture, or an ONNX model, into a "
+         "checkpoint bundle")
 @arg("weights", help="a file saved with torch.save(model.state_dict(), path) (wrapped, DDP-prefixed or a "
-                        "PyTorch Lightning checkpoint is fine)")
+                        "PyTorch Lightning checkpoint is fine), or an ONNX model (.onnx: measured, INT8, runtimes "
+                        "and Try an image; no training)")
 @arg("--arch", default=None, help="the architecture (default: read from the weights)")
 @arg("--small-input", choices=("yes", "no"), default=None,
      help="whether the model uses the small-input stem (default: read from the weights where they tell)")
@@ -209,6 +216,17 @@ def cmd_import(a: argparse.Namespace) -> int:
         norm = import_weights.parse_normalisation(a.norm)
     except export.BundleError as e:
         raise SpecError("--norm", str(e)) from None
+    if a.weights.endswith(".onnx"):
+        from . import onnx_models
+        if a.arch or small is not None:
+            raise SpecError("--arch", "an ONNX model's graph is its architecture: leave --arch and --small-input out")
+        try:
+            bundle = onnx_models.to_bundle(a.weights, norm=import_weights.normalisation(norm),
+                                           input_size=a.input_size and input_shape(a.input_size)[-1],
+                                           class_names=classes)
+        except (export.BundleError, OSError) as e:
+            raise SpecError("weights", str(e)) from None
+        return _write_import(a, bundle)
     try:
         bundle = import_weights.to_bundle(a.weights, arch=a.arch, small_input=small, norm=norm, class_names=classes)
     except export.BundleError as e:
@@ -216,6 +234,11 @@ def cmd_import(a: argparse.Namespace) -> int:
     if a.input_size is not None:
         model = export.model_from_bundle(bundle)
         bundle["meta"]["input_size"] = list(input_shape(a.input_size, model, bundle["arch"]))
+    return _write_import(a, bundle)
+
+
+def _write_import(a: argparse.Namespace, bundle: dict[str, Any]) -> int:
+    from . import export
     out = writable(a.out or f"{Path(a.weights).stem}.bundle.pt", "--out")
     size = export.save_bundle(bundle, out)
     print(json.dumps({"bundle": str(out), "arch": bundle["arch"], **bundle["arch_kwargs"],

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from . import models
+from . import models, user_models
 from .spec import SpecError
 
 FORMAT = "slimbench-bundle"
@@ -173,11 +173,21 @@ def make_bundle(model: nn.Module, *, arch: str, num_classes: int, small_input: b
             packed[k] = pack(v)
         else:
             dense[k] = v.clone()
-    return {"format": FORMAT, "version": VERSION, "arch": arch,
-            "arch_kwargs": {"num_classes": int(num_classes), "small_input": bool(small_input),
-                            "width": float(getattr(model, "slimbench_width", 1.0))},
-            "meta": meta, "metrics": metrics or {}, "manifest": manifest(model),
-            "state_dict": dense, "packed": packed, "extra": extra or {}}
+    bundle = {"format": FORMAT, "version": VERSION, "arch": arch,
+              "arch_kwargs": {"num_classes": int(num_classes), "small_input": bool(small_input),
+                              "width": float(getattr(model, "slimbench_width", 1.0))},
+              "meta": meta, "metrics": metrics or {}, "manifest": manifest(model),
+              "state_dict": dense, "packed": packed, "extra": extra or {}}
+    source = user_models.source_of(model)
+    if source is not None:  # a user's architecture: how to rebuild it (engine.user_models)
+        bundle["source"] = dict(source)
+        if source["kind"] == "program":  # the graph as it now is (pruned, factorised ...), weights beside it
+            try:
+                blob = user_models.export_program(model, user_models.program_input_shape(model), source["name"])
+            except user_models.UserModelError as e:
+                raise BundleError(str(e)) from None
+            bundle["source"]["program"] = torch.frombuffer(bytearray(blob), dtype=torch.uint8)
+    return bundle
 
 
 def save_bundle(bundle: dict[str, Any], path: Path) -> int:
@@ -253,35 +263,47 @@ def fit_problems(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
     return parts
 
 
-def model_from_bundle(b: dict[str, Any]) -> nn.Module:
+def model_from_bundle(b: dict[str, Any], trust_code: bool = False) -> nn.Module:
     """The model a bundle describes; a BundleError for any bundle that cannot be one, however damaged
-    (a wrong type or a missing key anywhere in it is a damaged file, never a crash of the caller)."""
+    (a wrong type or a missing key anywhere in it is a damaged file, never a crash of the caller).
+    ``trust_code``: a bundle of a model built by a Python file may run that file (else it is refused)."""
     try:
-        return _build_model(b)
+        return _build_model(b, trust_code)
     except BundleError:
         raise
+    except user_models.UserModelError as e:
+        raise BundleError(str(e)) from None
     except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError, OverflowError) as e:
         detail = str(e).splitlines()[0][:200] if str(e) else ""
         raise BundleError(f"damaged bundle: {type(e).__name__}" + (f": {detail}" if detail else "")) from None
 
 
-def _build_model(b: dict[str, Any]) -> nn.Module:
+def _build_model(b: dict[str, Any], trust_code: bool) -> nn.Module:
+    if b.get("kind") == ONNX_FP32:
+        raise BundleError(f"it holds an ONNX model ({b.get('arch')}), not PyTorch weights, so it cannot be trained or "
+                          "compressed by methods that change weights; it can be measured, quantised to INT8 and run "
+                          "(Try an image)")
     if b.get("kind") == ONNX_INT8:
         parent = (b.get("extra") or {}).get("parent")
         raise BundleError("it holds an INT8 ONNX Runtime model, not PyTorch weights, so it cannot be trained or "
                           "compressed further (it still runs: export.load_predictor); start from the model it was "
                           "quantised from" + (f", run {parent}" if parent else ""))
     arch = b.get("arch")
-    if arch not in models.ARCHS:
+    source = b.get("source")
+    if source is None and arch not in models.ARCHS:
         raise BundleError(f"bundle architecture {arch!r} is unknown; valid: {', '.join(models.ARCHS)}")
     check_contents(b)
-    # First on the meta device, which allocates nothing: a manifest or class count that the weights in
-    # the file do not back is refused before a single real layer is built.
-    with torch.device("meta"):
-        _fitted_model(b, {k: torch.empty(p["shape"], dtype=getattr(torch, p["dtype"]))
-                          for k, p in b["packed"].items()})
+    if source is None:
+        # First on the meta device, which allocates nothing: a manifest or class count that the weights in
+        # the file do not back is refused before a single real layer is built.
+        with torch.device("meta"):
+            _fitted_model(b, {k: torch.empty(p["shape"], dtype=getattr(torch, p["dtype"]))
+                              for k, p in b["packed"].items()}, _registry_model(b))
+        build = _registry_model(b)
+    else:
+        build = _source_model(b, trust_code)
     unpacked = {k: unpack(p, k) for k, p in b["packed"].items()}
-    model = _fitted_model(b, unpacked)
+    model = _fitted_model(b, unpacked, build)
     weights = b["state_dict"] | unpacked
     model.load_state_dict(weights)
     low = {v.dtype for v in weights.values() if v.is_floating_point()} & {torch.float16, torch.bfloat16}
@@ -290,13 +312,38 @@ def _build_model(b: dict[str, Any]) -> nn.Module:
     return model.eval()
 
 
-def _fitted_model(b: dict[str, Any], packed: dict[str, torch.Tensor]) -> nn.Module:
+def _registry_model(b: dict[str, Any]):
+    def build() -> nn.Module:
+        arch, kw = b["arch"], b["arch_kwargs"]
+        try:
+            return models.build(arch, kw["num_classes"], bool(kw.get("small_input", False)),
+                                float(kw.get("width", 1.0)))
+        except SpecError as e:
+            raise BundleError(f"bundle cannot be rebuilt: {e}") from None
+    return build
+
+
+def _source_model(b: dict[str, Any], trust_code: bool):
+    """The builder of a user's architecture (engine.user_models): its Python file, or its program."""
+    source = b["source"]
+    if not isinstance(source, dict) or source.get("kind") not in ("python", "program") or \
+            not isinstance(source.get("name"), str):
+        raise _damaged("its 'source' is not a Python file or a program")
+    if source["kind"] == "python":
+        if not all(isinstance(source.get(k), str) for k in ("file", "sha256", "builder")) or \
+                not isinstance(source.get("kwargs"), dict):
+            raise _damaged("its Python source lacks the file, sha256, builder or kwargs")
+        return lambda: user_models.build_python(source, b["arch_kwargs"]["num_classes"], trust_code=trust_code)
+    blob = source.get("program")
+    if not isinstance(blob, torch.Tensor) or blob.dtype != torch.uint8 or blob.dim() != 1:
+        raise _damaged("its program is missing")
+    return lambda: user_models.program_from_bundle(blob.numpy().tobytes(), source["name"])
+
+
+def _fitted_model(b: dict[str, Any], packed: dict[str, torch.Tensor], build) -> nn.Module:
     """The bundle's model with its manifest applied, once its weights (dense + ``packed``) fit it exactly."""
     arch, kw = b["arch"], b["arch_kwargs"]
-    try:
-        model = models.build(arch, kw["num_classes"], bool(kw.get("small_input", False)), float(kw.get("width", 1.0)))
-    except SpecError as e:
-        raise BundleError(f"bundle cannot be rebuilt: {e}") from None
+    model = build()
     apply_manifest(model, b["manifest"])
     head_name, head = models.classifier_layer(model)
     outputs = head.out_features if isinstance(head, nn.Linear) else head.out_channels
@@ -416,9 +463,10 @@ def to_low_precision(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     return model
 
 
-def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+def load_model(path: str | Path, trust_code: bool = False) -> tuple[nn.Module, dict[str, Any]]:
+    """The bundle's model and the bundle; ``trust_code``: see :func:`model_from_bundle`."""
     b = read_bundle(path)
-    return model_from_bundle(b), b
+    return model_from_bundle(b, trust_code), b
 
 
 # --------------------------------------------------------------------------------------------
@@ -426,6 +474,8 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
 # with the quantised ONNX file as a uint8 tensor under "onnx" instead of a state dict.
 # --------------------------------------------------------------------------------------------
 ONNX_INT8 = "onnx-int8"
+ONNX_FP32 = "onnx-fp32"   # a user's own ONNX model (engine.onnx_models), the same layout
+ONNX_KINDS = (ONNX_INT8, ONNX_FP32)
 
 
 class OnnxRunner:
@@ -445,33 +495,42 @@ class OnnxRunner:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(onnx_bytes, opts, providers=providers)
         self.input_name = self.session.get_inputs()[0].name
+        # A graph exported for batch 1 (a user's ONNX model) is fed one image at a time.
+        self.one_at_a_time = self.session.get_inputs()[0].shape[0] == 1
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         x = x.detach().to("cpu", torch.float32).contiguous().numpy()
+        if self.one_at_a_time and len(x) > 1:
+            return torch.cat([torch.from_numpy(self.session.run(None, {self.input_name: x[i:i + 1]})[0]).float()
+                              for i in range(len(x))])
         return torch.from_numpy(self.session.run(None, {self.input_name: x})[0]).float()
 
 
 def make_onnx_bundle(onnx_bytes: bytes, *, arch: str, num_classes: int, small_input: bool, meta: dict[str, Any],
-                     metrics: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {"format": FORMAT, "version": VERSION, "kind": ONNX_INT8, "arch": arch,
+                     metrics: dict[str, Any] | None = None, extra: dict[str, Any] | None = None,
+                     kind: str = ONNX_INT8) -> dict[str, Any]:
+    return {"format": FORMAT, "version": VERSION, "kind": kind, "arch": arch,
             "arch_kwargs": {"num_classes": int(num_classes), "small_input": bool(small_input)},
             "meta": meta, "metrics": metrics or {},
             "onnx": torch.frombuffer(bytearray(onnx_bytes), dtype=torch.uint8), "extra": extra or {}}
 
 
-def load_predictor(path: str | Path, threads: int | None = None) -> tuple[Any, dict[str, Any]]:
+def load_predictor(path: str | Path, threads: int | None = None,
+                   trust_code: bool = False) -> tuple[Any, dict[str, Any]]:
     """(callable batch tensor -> logits tensor, bundle) for every bundle kind; ``threads``: ONNX
-    Runtime's CPU threads (fixed per session; PyTorch models take theirs when timed)."""
+    Runtime's CPU threads (fixed per session; PyTorch models take theirs when timed); ``trust_code``:
+    see :func:`model_from_bundle`."""
     b = read_bundle(path)
-    if b.get("kind") == ONNX_INT8:
+    if b.get("kind") in ONNX_KINDS:
+        what = "INT8" if b["kind"] == ONNX_INT8 else "ONNX"
         if not isinstance(b.get("onnx"), torch.Tensor) or b["onnx"].dtype != torch.uint8:
-            raise BundleError(f"{Path(path).name} is an INT8 bundle without its ONNX model")
+            raise BundleError(f"{Path(path).name} is an {what} bundle without its ONNX model")
         try:
             return OnnxRunner(b["onnx"].numpy().tobytes(), threads=threads), b
         except Exception as e:
-            raise BundleError(f"{Path(path).name}: ONNX Runtime cannot load the INT8 model: "
+            raise BundleError(f"{Path(path).name}: ONNX Runtime cannot load the {what} model: "
                               f"{str(e).splitlines()[0][:300]}") from None
-    return model_from_bundle(b), b
+    return model_from_bundle(b, trust_code), b
 
 
 # --------------------------------------------------------------------------------------------

@@ -80,7 +80,7 @@ def start_problem(store: Store, run_id: str) -> str | None:
 
 def _enqueue(spec: dict | JobSpec, store: Store) -> str:
     # lazy: the registries import torch, and the worker and `engine jobs` use this module for the queue alone
-    from .validation import check_spec, check_start_classes
+    from .validation import check_onnx_start, check_spec, check_start_classes
     spec = check_spec(spec)
     if spec.train.device.startswith("cuda") and settings.backend() == "local":
         # the local worker runs here, so a missing GPU is known now, not when the job starts; a Ray
@@ -96,6 +96,7 @@ def _enqueue(spec: dict | JobSpec, store: Store) -> str:
     parent = store.get(spec.model.from_run) if spec.model.from_run else None
     # a 3-class checkpoint queued against 10 classes failed only once the job had loaded its data
     check_start_classes(spec, ((parent or {}).get("record") or {}).get("num_classes"))
+    check_onnx_start(spec, store)
     job_id = store.create(spec.to_dict(), state="queued", deps=refs)
     store.add_event(job_id, {"phase": "queued", "attempt": 1})
     return job_id

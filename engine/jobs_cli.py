@@ -8,11 +8,12 @@ import datetime as dt
 import json
 import logging
 import sys
+from pathlib import Path
 
 from . import jobs, phases
 from .commands import arg, command
 from .errors import SpecError
-from .spec import JobSpec
+from .spec import JobSpec, ModelSpec, parse_json
 from .store import STATES, Store
 from .worker import Worker
 
@@ -21,14 +22,43 @@ def read_spec(a: argparse.Namespace) -> JobSpec:
     """The spec ``a.spec`` names, with ``--experiment`` / ``--group`` (where given) in place of its own."""
     spec = JobSpec.from_json(sys.stdin.buffer.read()) if a.spec == "-" else JobSpec.from_file(a.spec)
     given = {k: getattr(a, k) for k in ("experiment", "group") if getattr(a, k, None) is not None}
+    if getattr(a, "model_file", None):
+        given["model"] = _model_file(a)
+    elif any(getattr(a, k, None) for k in ("model_kwargs", "weights", "norm")):
+        raise SpecError("--model-file", "--model-kwargs, --weights and --norm go with --model-file")
     if given:
         spec = dataclasses.replace(spec, **given)
         spec.validate()
     return spec
 
 
+def _model_file(a: argparse.Namespace) -> ModelSpec:
+    """The spec's model section as ``--model-file`` and its companions give it (paths made absolute: the
+    job may run in another folder, a worker's)."""
+    path, sep, builder = a.model_file.rpartition(":") if not a.model_file.endswith(".pt2") else (a.model_file, "", "")
+    kwargs = None
+    if a.model_kwargs is not None:
+        kwargs = parse_json(a.model_kwargs)
+        if not isinstance(kwargs, dict):
+            raise SpecError("--model-kwargs", f"must be a JSON object of the builder's arguments, got {a.model_kwargs!r}")
+    absolute = lambda p: str(Path(p).expanduser().absolute())  # noqa: E731
+    return ModelSpec(file=absolute(path) + sep + builder, builder_kwargs=kwargs, trust_code=a.trust_model_code,
+                     weights=absolute(a.weights) if a.weights else None, normalisation=a.norm)
+
+
 def label_args(fn):
-    """``--experiment`` and ``--group`` on a command that takes a spec."""
+    """``--experiment`` and ``--group`` on a command that takes a spec, and ``--model-file`` with its companions
+    (the user's own architecture in place of the spec's model)."""
+    fn = arg("--norm", default=None, help="with --model-file: how the weights' inputs were normalised: dataset "
+                                          "(default), imagenet or MEAN/STD")(fn)
+    fn = arg("--weights", default=None, help="with --model-file FILE.py:BUILDER: a state dict to load into the "
+                                             "built model (else it trains from scratch)")(fn)
+    fn = arg("--trust-model-code", action="store_true",
+             help="run the Python model file's code (it runs with your permissions: only for a file you trust)")(fn)
+    fn = arg("--model-kwargs", default=None, help="the builder's keyword arguments as a JSON object")(fn)
+    fn = arg("--model-file", default=None,
+             help="your own architecture in place of the spec's model: FILE.py:BUILDER (with --trust-model-code) "
+                  "or a torch.export program FILE.pt2")(fn)
     fn = arg("--group", default=None, help="the group within the experiment (replaces the spec's group)")(fn)
     return arg("--experiment", default=None, help="the experiment the job belongs to (replaces the spec's)")(fn)
 

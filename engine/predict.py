@@ -65,15 +65,16 @@ class Predictor:
         return Prediction(top, int(idx[0]), statistics.median(times))
 
 
-def load_path(path: str, run_id: str | None = None) -> Predictor:
-    """A bundle file -> Predictor. INT8 ONNX bundles go through export.load_predictor where available."""
+def load_path(path: str, run_id: str | None = None, trust_code: bool = False) -> Predictor:
+    """A bundle file -> Predictor. INT8 ONNX bundles go through export.load_predictor where available;
+    ``trust_code``: a model built by a Python file may run it (a run of this workspace's, opted in)."""
     loader = getattr(export, "load_predictor", None)
     try:
         if loader is not None:
-            loaded = loader(path)
+            loaded = loader(path, trust_code=trust_code)
             model, bundle = loaded if isinstance(loaded, tuple) else (loaded, getattr(loaded, "bundle", {}))
         else:
-            model, bundle = export.load_model(path)
+            model, bundle = export.load_model(path, trust_code)
     except export.BundleError as e:
         raise PredictError(str(e)) from None
     if isinstance(model, nn.Module):
@@ -95,7 +96,7 @@ def load_run(run_id: str, store: Store | None = None) -> Predictor:
     path = store.run_dir(run_id) / layout.CHECKPOINT
     if not path.is_file():
         raise PredictError(f"run {run_id} has no checkpoint file (was it deleted?)")
-    return load_path(str(path), run_id)
+    return load_path(str(path), run_id, trust_code=True)
 
 
 WORKING_SIDE = 1024  # pixels: above every model's input size (data.image_size <= 1024)

@@ -270,17 +270,23 @@ def custom_plan(*, data: dict, model: dict, steps: list[tuple[str, list[dict[str
     """Specs for a hand-made experiment.
 
     ``model`` is {"arch": ...} (a baseline is trained first and every method starts from it),
-    {"from_run": id} or {"checkpoint": path} (the checkpoint is first scored and measured as it is,
+    {"from_run": id}, {"checkpoint": path} (the checkpoint is first scored and measured as it is,
     or fine-tuned for ``base_train["epochs"]``, so it has a run of its own that every method is
-    compared with). ``steps`` lists (method, params variants); with ``chain`` each step starts from
+    compared with) or {"file": ...} (the user's own architecture: a Python file's model is trained
+    first, a program or weights handled as a checkpoint). ``steps`` lists (method, params variants); with ``chain`` each step starts from
     the previous step's result (a pipeline of jobs).
     """
     specs: list[dict[str, Any]] = []
     start: dict[str, Any] = dict(model)
     prefix = f"{name}: " if name else ""
-    if model.get("arch") or model.get("checkpoint"):
-        label = (f"baseline {model['arch']}" if model.get("arch") else
-                 f"{Path(model['checkpoint']).stem} " + ("fine-tuned" if base_train.get("epochs") else "as given"))
+    if model.get("arch") or model.get("checkpoint") or model.get("file"):
+        file = model.get("file") or ""
+        given = model.get("checkpoint") or model.get("weights") or (file if file.endswith(".pt2") else None)
+        if given:  # trained weights: scored as they are, or fine-tuned, first
+            label = f"{Path(given).stem} " + ("fine-tuned" if base_train.get("epochs") else "as given")
+        else:
+            path, _, builder = file.rpartition(":")
+            label = f"baseline {model['arch']}" if model.get("arch") else f"baseline {Path(path).name}:{builder}"
         specs.append({"name": prefix + label, "data": data, "model": dict(model),
                       "method": {"name": "baseline", "params": {}}, "train": dict(base_train),
                       "measure": dict(measure)})

@@ -22,7 +22,8 @@ import torch
 import torch.nn as nn
 
 from . import data as data_mod
-from . import deploy, export, layout, measure, methods, models, procs, runtimes, settings, training
+from . import (deploy, export, import_weights, layout, measure, methods, models, onnx_models, procs, runtimes,
+               settings, training, user_models)
 from . import record as record_schema
 from .context import Context
 from .devices import resolve_device
@@ -42,8 +43,8 @@ def load_run_model(store: Store, run_id: str, field: str = "model.from_run") -> 
         raise SpecError(field, f"no run {run_id!r} in {store.root}")
     if row["state"] != "done":
         raise SpecError(field, f"run {run_id} is {row['state']}, not done")
-    try:
-        return export.load_model(store.run_dir(run_id) / layout.CHECKPOINT)
+    try:  # a run here whose model a Python file builds ran under that file's opt-in; its sha256 is checked
+        return export.load_model(store.run_dir(run_id) / layout.CHECKPOINT, trust_code=True)
     except export.BundleError as e:
         raise SpecError(field, f"run {run_id}: {e}") from None
 
@@ -177,12 +178,19 @@ def _starting_model(spec: JobSpec, store: Store, data: data_mod.DataBundle):
         elif spec.train.zero_init_residual:  # from scratch only (engine.spec refuses it on trained weights)
             log.info("zero-initialised the last BatchNorm of %d residual blocks", models.zero_init_residual(model))
         return model, m.arch, small, None, None, data
-    if m.from_run:
+    if m.file:
+        model, data = _user_model(m, data)
+        return model, user_models.describe_ref(user_models.source_of(model)), False, None, None, data
+    onnx = _onnx_start(spec, store)
+    if onnx is not None:
+        model, bundle = onnx
+        parent = m.from_run
+    elif m.from_run:
         model, bundle = load_run_model(store, m.from_run)
         parent = m.from_run
     else:
         try:
-            model, bundle = export.load_model(m.checkpoint)
+            model, bundle = export.load_model(m.checkpoint, trust_code=m.trust_code)
         except export.BundleError as e:
             raise SpecError("model.checkpoint", str(e)) from None
         parent = None
@@ -193,10 +201,91 @@ def _starting_model(spec: JobSpec, store: Store, data: data_mod.DataBundle):
     if meta.get("input_size") and list(meta["input_size"]) != list(data.input_shape):
         raise SpecError("model", f"the starting model expects input {meta['input_size']} but the data gives "
                         f"{list(data.input_shape)}; set data.image_size to {meta['input_size'][-1]}")
-    if not meta.get("input_size"):  # an imported model: no input size recorded, so check this one fits
+    if not meta.get("input_size") and onnx is None:  # an imported model: no input size recorded: check this one fits
         models.check_input_fits(model, bundle["arch"], data.input_shape, "model.checkpoint")
     return model, bundle["arch"], bool(kw.get("small_input")), {**bundle.get("metrics", {})}, parent, \
         _with_start_preprocessing(data, meta)
+
+
+def _onnx_start(spec: JobSpec, store: Store) -> tuple[onnx_models.OnnxModel, dict[str, Any]] | None:
+    """The user's ONNX model (engine.onnx_models) a job starts from, with its bundle; None for a PyTorch start.
+    Only the methods that need no PyTorch weights run on it, and it is not trained: refused otherwise."""
+    m = spec.model
+    row = store.get(m.from_run) if m.from_run else None
+    if m.from_run and (row is None or row["state"] != "done"):
+        return None  # load_run_model says why
+    path = store.run_dir(m.from_run) / layout.CHECKPOINT if m.from_run else m.checkpoint
+    try:
+        bundle = export.read_bundle(path)
+    except export.BundleError:
+        return None  # the PyTorch loader says what is wrong with it
+    if bundle.get("kind") != export.ONNX_FP32:
+        return None
+    if spec.method.name not in onnx_models.METHODS:
+        raise SpecError("method.name", f"{spec.method.name} {onnx_models.WHY_NOT}; on an ONNX model: "
+                        f"{', '.join(onnx_models.METHODS)}")
+    if spec.method.name == "baseline" and spec.train.epochs:
+        raise SpecError("train.epochs", "an ONNX model cannot be trained here (it has no PyTorch weights): set 0 to "
+                        "score and measure it as given")
+    try:
+        return onnx_models.OnnxModel.from_bundle(bundle, spec.measure.threads), bundle
+    except export.BundleError as e:
+        raise SpecError("model.from_run" if m.from_run else "model.checkpoint", str(e)) from None
+
+
+def _user_model(m, data: data_mod.DataBundle) -> tuple[nn.Module, data_mod.DataBundle]:
+    """The model of ``model.file`` (engine.user_models), checked against the data before any training,
+    and the data normalised as its weights were trained (a fresh Python-file model: the data's own)."""
+    kind, path, builder = user_models.parse_ref(m.file)
+    try:
+        if kind == "python":
+            source = user_models.python_source(path, builder, m.builder_kwargs)
+            model = user_models.build_python(source, data.num_classes, trust_code=m.trust_code)
+            if m.weights:
+                try:
+                    sd = import_weights.read_state_dict(m.weights)
+                except export.BundleError as e:
+                    raise SpecError("model.weights", str(e)) from None
+                problems = export.fit_problems(model, sd)
+                if problems:
+                    raise SpecError("model.weights", f"{Path(m.weights).name} does not fit {source['name']}:"
+                                    f"{builder}: " + " | ".join(problems))
+                model.load_state_dict({**model.state_dict(), **sd})
+        else:
+            model = user_models.load_program(path, path.name)
+            shape = user_models.program_input_shape(model)
+            if tuple(shape) != tuple(data.input_shape):
+                raise SpecError("model.file", f"{path.name} was exported for inputs {list(shape)} but the data gives "
+                                f"{list(data.input_shape)}; set data.image_size to {shape[-1]}"
+                                + (" (and use data with as many channels)" if shape[0] != data.input_shape[0] else ""))
+    except user_models.UserModelError as e:
+        raise SpecError("model.file", str(e)) from None
+    _check_outputs(model, data, m.file)
+    trained = kind == "program" or bool(m.weights)
+    if not trained:
+        return model, data
+    norm = import_weights.normalisation(import_weights.parse_normalisation(m.normalisation or "dataset"))
+    return model, _with_start_preprocessing(data, norm)
+
+
+@torch.no_grad()
+def _check_outputs(model: nn.Module, data: data_mod.DataBundle, ref: str) -> None:
+    """A user's model answers a batch of two of this data's inputs with one logit per class, or is refused."""
+    was = model.training
+    try:
+        out = model.eval()(torch.zeros((2, *data.input_shape)))
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+        how = ("a program must be exported with a dynamic batch (dynamic_shapes={0: torch.export.Dim('batch')})"
+               if ref.endswith(".pt2") else "its forward must take a batch of N x C x H x W images")
+        raise SpecError("model.file", f"{ref} cannot take a batch of two {list(data.input_shape)} inputs "
+                        f"({type(e).__name__}: {msg}); {how}") from None
+    finally:
+        model.train(was)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, data.num_classes):
+        got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise SpecError("model.file", f"{ref} answers {got} for a batch of 2, but dataset {data.name} needs one "
+                        f"logit per class: [2, {data.num_classes}]")
 
 
 def _with_start_preprocessing(data: data_mod.DataBundle, meta: dict[str, Any]) -> data_mod.DataBundle:
@@ -234,7 +323,9 @@ def _run(spec: JobSpec, store: Store, run_id: str, run_dir: Path, progress, canc
     log.info("data %s: %d train / %d val / %d test images, %d classes, input %s", data.name, len(data.train),
              len(data.val), len(data.test), data.num_classes, data.input_shape)
     model, arch, small, base_record, parent, data = _starting_model(spec, store, data)
-    base = None if spec.model.arch else copy.deepcopy(model).eval()
+    fresh = spec.model.arch or (spec.model.file and not spec.model.file.endswith(".pt2") and not spec.model.weights)
+    # an ONNX model is never changed in place (its methods make new ones): it is its own untouched copy
+    base = None if fresh else model if isinstance(model, onnx_models.OnnxModel) else copy.deepcopy(model).eval()
     ctx = Context(spec=spec, data=data, device=device, store=store, run_id=run_id, run_dir=run_dir, arch=arch,
                   small_input=small, load_run=functools.partial(load_run_model, store),
                   run_child=_child_runner(store, run_id, cancelled), base=base, base_record=base_record,
@@ -268,7 +359,14 @@ def _run(spec: JobSpec, store: Store, run_id: str, run_dir: Path, progress, canc
     record.update(rt.save(ctx, run_dir, {k: record[k] for k in TEST_METRICS}))
     record["compressed_bytes"] = measure.deflated_bytes(record["checkpoint"])
     progress(phase="measure")
-    record.update(measure.measure_model(rt.module, data.input_shape, spec.measure, timing=rt.timing))
+    if rt.module is None:  # no PyTorch graph (a user's ONNX model): counted on its ONNX graph
+        record.update(rt.static_metrics(data.input_shape))
+        record.update(measure.measure_speed(rt.timing("cpu"), data.input_shape, torch.device("cpu"),
+                                           spec.measure.batch_size, spec.measure.latency_runs,
+                                           spec.measure.warmup_runs, spec.measure.threads))
+        record["cpu_model"] = measure.cpu_model()
+    else:
+        record.update(measure.measure_model(rt.module, data.input_shape, spec.measure, timing=rt.timing))
     record.update(_paired(ctx, rt, parent))
     if spec.measure.deploy:
         progress(phase="measure:deploy")
@@ -368,7 +466,8 @@ def _paired(ctx: Context, rt: runtimes.Runtime, parent: str | None) -> dict[str,
         if p["threads_fallback"]:
             ctx.log.warning("paired speed-up %s", p["threads_fallback"])
     ctx.base.to("cpu")
-    rt.module.to("cpu")
+    if rt.module is not None:
+        rt.module.to("cpu")
     return rec
 
 
@@ -387,6 +486,8 @@ def _deploy(ctx: Context, rt: runtimes.Runtime, record: dict[str, Any]) -> dict[
     PyTorch and timed; the best runtime's latency; and the speed-up over the start with both in the
     runtime this model ships in (its start exported there too), so the runtime's own gain is never
     credited to compression."""
+    if rt.module is None:   # a user's ONNX model: timed as given by the runner, nothing to export
+        return {"deploy": {"note": "FP32 deployment only: this result has no PyTorch graph to export"}}
     model = rt.module.to("cpu").eval()
     if not isinstance(rt, runtimes.TorchRuntime) or any(p.dtype != torch.float32 for p in model.parameters()):
         return {"deploy": {"note": "FP32 deployment only: this result is not an FP32 PyTorch model"}}

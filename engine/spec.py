@@ -47,6 +47,11 @@ class ModelSpec:
     small_input: bool | None = None  # None: automatic for inputs <= 64 px
     pretrained: str | None = None    # local file of ImageNet weights (state dict)
     freeze_backbone: bool = False
+    file: str | None = None          # your own architecture: "my_net.py:build" or a torch.export "net.pt2"
+    builder_kwargs: dict[str, Any] | None = None  # a Python file's builder's keyword arguments
+    weights: str | None = None       # a state dict loaded into the Python file's model (else it trains from scratch)
+    normalisation: str | None = None  # how a program's / weights' inputs were normalised: dataset, imagenet, MEAN/STD
+    trust_code: bool = False         # the explicit opt-in to run a Python model file's code
 
 
 @dataclass
@@ -165,11 +170,12 @@ class JobSpec:
         if d.path is not None and not _exists(d.path):
             raise SpecError("data.path", f"not found: {_shown_path(d.path)}")
 
-        sources = [k for k in ("arch", "from_run", "checkpoint") if getattr(m, k)]
+        sources = [k for k in ("arch", "from_run", "checkpoint", "file") if getattr(m, k)]
         if len(sources) != 1:
-            raise SpecError("model", "give exactly one of arch, from_run, checkpoint"
+            raise SpecError("model", "give exactly one of arch, from_run, checkpoint, file"
                             + (f" (got {', '.join(sources)})" if sources else ""))
-        for name in ("checkpoint", "pretrained"):
+        _check_model_file(m)
+        for name in ("checkpoint", "pretrained", "weights"):
             v = getattr(m, name)
             if v and not _exists(v, file=True):
                 raise SpecError(f"model.{name}", f"file not found: {_shown_path(v)}")
@@ -241,6 +247,30 @@ class JobSpec:
             raise SpecError("measure.verify_images", f"must be between 1 and 1000000, got {ms.verify_images}")
         if not 10 <= ms.compile_timeout_s <= 7200:
             raise SpecError("measure.compile_timeout_s", f"must be between 10 and 7200, got {ms.compile_timeout_s}")
+
+
+def _check_model_file(m: ModelSpec) -> None:
+    """model.file and its companions: the file exists, a Python file comes with the opt-in to run it."""
+    python = bool(m.file) and not m.file.endswith(".pt2")
+    if m.file:
+        path, sep, builder = m.file.rpartition(":") if python else (m.file, "", "")
+        if python and not (sep and path.endswith(".py") and builder.isidentifier()):
+            raise SpecError("model.file", f"expected FILE.py:BUILDER (e.g. my_net.py:build) or a torch.export "
+                                          f"program FILE.pt2, got {short_repr(m.file)}")
+        if not _exists(path, file=True):
+            raise SpecError("model.file", f"file not found: {_shown_path(path)}")
+        if python and not m.trust_code:
+            raise SpecError("model.trust_code", f"model.file {short_repr(m.file)} is Python code, and building the "
+                            "model runs it with your permissions: set model.trust_code to true (CLI: "
+                            "--trust-model-code) only for a file you trust; a torch.export program (.pt2) needs no "
+                            "such trust")
+    trained = bool(m.file) and (not python or m.weights is not None)  # weights whose inputs were normalised somehow
+    for name, ok in (("builder_kwargs", python), ("weights", python), ("normalisation", trained)):
+        if getattr(m, name) is not None and not ok:
+            raise SpecError(f"model.{name}", "applies to " + ("a Python model file (model.file FILE.py:BUILDER)"
+                                                              if name != "normalisation" else
+                                                              "a torch.export program or model.weights (a model "
+                                                              "trained here is normalised with its data's own statistics)"))
 
 
 def parse_json(text: str | bytes) -> Any:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from . import data, export, methods, models, settings
+from . import data, export, import_weights, methods, models, settings
 from .devices import devices_problem, gpu_count
 from .errors import SpecError
 from .spec import DataSpec, JobSpec, short_repr
@@ -33,9 +33,15 @@ def check_spec(raw: dict[str, Any] | JobSpec) -> JobSpec:
             raise SpecError("train.devices", problem)
     # Method name and parameters: the registry owns their schema.
     spec.method.params = methods.validate(spec.method.name, spec.method.params, spec=spec)
-    if methods.get(spec.method.name).needs_base and m.arch:
+    if methods.get(spec.method.name).needs_base and (m.arch or (m.file and not m.file.endswith(".pt2")
+                                                                and not m.weights)):
         raise SpecError("model", f"method {spec.method.name} compresses a trained model: set model.from_run or "
                         "model.checkpoint (train one first with method baseline)")
+    if m.normalisation is not None:
+        try:
+            import_weights.parse_normalisation(m.normalisation)
+        except export.BundleError as e:
+            raise SpecError("model.normalisation", str(e)) from None
     return spec
 
 
@@ -87,3 +93,35 @@ def check_start_classes(spec: JobSpec, start_classes: int | None = None) -> None
                         f"classes, and Slimbench keeps a model's classifier (it fits no new head): start from a "
                         f"model made for {have} classes, or train an architecture on this data (model.arch, "
                         "with ImageNet weights in model.pretrained if you have them)")
+
+
+def starts_from_onnx(spec: JobSpec, store) -> bool:
+    """Whether ``spec`` starts from a user's ONNX model: an ``onnx-fp32`` checkpoint, or a run (finished or
+    queued) that starts from one, followed through ``model.from_run``."""
+    m, seen = spec.model, set()
+    while m.from_run and m.from_run not in seen and len(seen) < 64:
+        seen.add(m.from_run)
+        row = store.get(m.from_run)
+        if row is None or not isinstance(row.get("spec"), dict) or \
+                (row["spec"].get("method") or {}).get("name") not in ("baseline", None):
+            return False  # only an "as given" run of an ONNX model is one (INT8 runs are refused as starts anyway)
+        m = JobSpec.from_dict(row["spec"]).model
+    if not m.checkpoint:
+        return False
+    try:
+        return export.read_bundle(m.checkpoint).get("kind") == export.ONNX_FP32
+    except export.BundleError:
+        return False
+
+
+def check_onnx_start(spec: JobSpec, store) -> None:
+    """Refuse, when queued, a method that needs PyTorch weights on an ONNX model (the runner refuses it too)."""
+    from . import onnx_models
+    if not (spec.model.from_run or spec.model.checkpoint) or not starts_from_onnx(spec, store):
+        return
+    if spec.method.name not in onnx_models.METHODS:
+        raise SpecError("method.name", f"{spec.method.name} {onnx_models.WHY_NOT}; on an ONNX model: "
+                        f"{', '.join(onnx_models.METHODS)}")
+    if spec.method.name == "baseline" and spec.train.epochs:
+        raise SpecError("train.epochs", "an ONNX model cannot be trained here (it has no PyTorch weights): set 0 to "
+                        "score and measure it as given")

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import streamlit as st
 
-from engine import data as data_mod, export, import_weights, jobs, methods, models, presets
+from engine import data as data_mod, export, import_weights, jobs, methods, models, onnx_models, presets, user_models
 from engine.spec import DataSpec, SpecError
 from views.common import (accept_upload, device_text, discard_upload, done_runs, get_store, md_text, refused_upload,
                           run_label, save_upload, startable_runs, upload_limit_mb, uploader_key)
@@ -60,6 +61,8 @@ def starts_from(model: dict[str, Any]) -> str:
     src = model.get("from_run")
     if isinstance(src, str) and src.startswith(presets.REF_PREFIX):
         return f"job {int(src[len(presets.REF_PREFIX):]) + 1} of this plan"
+    if model.get("file"):
+        return Path(model["file"].rpartition(":")[0] if ".py:" in model["file"] else model["file"]).name
     return f"new {model['arch']}" if model.get("arch") else src or model.get("checkpoint") or ""
 
 
@@ -76,6 +79,8 @@ def checkpoint_panel(ck) -> str:
     """The path of a bundle for the uploaded checkpoint: the upload itself if it is one, else its
     state dict imported as the user describes it (architecture, stem, normalisation)."""
     path = save_upload(ck, "checkpoints")
+    if path.suffix == ".onnx":
+        return onnx_panel(ck, path)
     try:
         kind, what = inspect_checkpoint(str(path))
         if kind == "bundle" and what["kind"] != "torch":
@@ -115,6 +120,91 @@ def checkpoint_panel(ck) -> str:
         out.parent.mkdir(exist_ok=True)
         export.save_bundle(bundle, out)
     return str(out)
+
+
+@st.cache_data(show_spinner="Reading the ONNX graph…", max_entries=8)
+def read_onnx(path: str) -> str:
+    return onnx_models.read(Path(path).read_bytes(), Path(path).name).describe()
+
+
+def onnx_panel(ck, path: Path) -> str:
+    """The path of an ``onnx-fp32`` bundle of an uploaded ONNX model, normalised as the user states."""
+    try:
+        described = read_onnx(str(path))
+    except export.BundleError as e:  # odd inputs, external weights, not ONNX: the file leaves the workspace
+        discard_upload("ckpt", ck, path, upload_problem(ck.name, e))
+    st.info(md_text(f"ONNX model, {described}. It is scored and measured as given, quantised to INT8 and tried on "
+                    "images; methods that change PyTorch weights cannot run on it."))
+    norm_label = st.radio("Inputs were normalised with", list(NORMS), horizontal=True, key="ck_norm",
+                          help="An ONNX graph does not say how its inputs were normalised; inputs normalised "
+                               "otherwise than in its training cost accuracy silently.")
+    norm: Any = NORMS[norm_label]
+    if norm is None:
+        c1, c2 = st.columns(2)
+        mean = c1.text_input("Mean per channel", "0.5, 0.5, 0.5", key="ck_mean")
+        std = c2.text_input("Std per channel", "0.5, 0.5, 0.5", key="ck_std")
+        norm = import_weights.parse_normalisation(f"{mean}/{std}")
+    out = path.parent / f"onnx-{norm_key(norm)}" / f"{path.stem}.pt"
+    if not out.is_file():
+        bundle = onnx_models.to_bundle(path, norm=import_weights.normalisation(norm))
+        out.parent.mkdir(exist_ok=True)
+        export.save_bundle(bundle, out)
+    return str(out)
+
+
+@st.cache_data(show_spinner="Reading the program…", max_entries=8)
+def read_program(path: str) -> tuple[int, ...]:
+    """The (C, H, W) an uploaded program takes; a BundleError for one that cannot be used."""
+    try:
+        return tuple(user_models.program_input_shape(user_models.load_program(path, Path(path).name)))
+    except user_models.UserModelError as e:
+        raise export.BundleError(str(e)) from None
+
+
+TRUST_LABEL = "Run this Python file's code"
+
+
+def own_model_panel(up, base_train: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """The spec's model section for an uploaded Python model file or torch.export program, and what
+    keeps it from launching (None: nothing)."""
+    path = save_upload(up, "models")
+    if path.suffix == ".pt2":
+        try:
+            shape = read_program(str(path))
+        except export.BundleError as e:  # not a program, pickled code, another torch: it leaves the workspace
+            discard_upload("own_model", up, path, upload_problem(up.name, e))
+        st.info(md_text(f"A torch.export program taking {shape[0]} x {shape[1]} x {shape[2]} images: a graph of "
+                        "PyTorch operators with its weights. Reading it runs none of your code; every method works "
+                        "on its convolutions, linear layers and batch norms."))
+        norm_label = st.radio("Inputs were normalised with", [k for k, v in NORMS.items() if v], horizontal=True,
+                              key="own_norm", help="A program does not record how its inputs were normalised; "
+                                                   "inputs normalised otherwise cost accuracy silently.")
+        base_train["epochs"] = int(st.number_input("Fine-tune epochs before compressing (0 = use it as it is)",
+                                                   0, 10000, 0, key="own_epochs"))
+        return {"file": str(path), "normalisation": NORMS[norm_label]}, None
+    st.warning("A Python file: building the model **runs this file's code** on this server, with the dashboard's "
+               "permissions. Tick the box only for a file you wrote or trust.")
+    c1, c2 = st.columns(2)
+    st.session_state.setdefault("own_builder", "build")  # kept widget: default via state, not value=
+    builder = c1.text_input("Builder function (returns the nn.Module)", key="own_builder").strip()
+    st.session_state.setdefault("own_kwargs", "{}")
+    kwargs_text = c2.text_input("Builder keyword arguments (JSON)", key="own_kwargs",
+                                help="num_classes is passed when the builder takes it and it is not given here")
+    trusted = st.checkbox(TRUST_LABEL, key="own_trust",
+                          help="Slimbench imports the file and calls the builder; bundles of its runs record the "
+                               "file's sha256 and are refused once the file changes.")
+    base_train["epochs"] = int(st.number_input("Baseline epochs (trained from scratch)", 1, 10000, 3, key="own_epochs"))
+    try:
+        kwargs = json.loads(kwargs_text or "{}")
+    except json.JSONDecodeError as e:
+        return {}, f"builder keyword arguments: not JSON ({e.msg})"
+    if not isinstance(kwargs, dict):
+        return {}, "builder keyword arguments: give a JSON object, e.g. {\"width\": 16}"
+    if not builder.isidentifier():
+        return {}, "builder function: give the name of a function defined in the file"
+    if not trusted:
+        return {}, f"tick \"{TRUST_LABEL}\" to build the model from {up.name}, or upload a .pt2 program"
+    return {"file": f"{path}:{builder}", "builder_kwargs": kwargs or None, "trust_code": True}, None
 
 
 def upload_problem(name: str, error: Exception) -> str:
@@ -345,10 +435,11 @@ with tab_custom:
         data_problem = decoding_memory(data)
 
     st.subheader("2 · Base model")
-    base_kind = st.radio("Start from", ["Train an architecture", "A finished run", "Upload a checkpoint"],
-                         horizontal=True, key="base_kind")
+    base_kind = st.radio("Start from", ["Train an architecture", "A finished run", "Upload a checkpoint",
+                                        "Your own architecture"], horizontal=True, key="base_kind")
     model: dict[str, Any] = {}
     base_train: dict[str, Any] = {}
+    onnx_start = False  # an uploaded ONNX model: scored as given, and only methods without PyTorch weights run
     if base_kind == "Train an architecture":
         c1, c2 = st.columns(2)
         model["arch"] = c1.selectbox("Architecture", list(models.ARCHS), key="arch")
@@ -361,16 +452,26 @@ with tab_custom:
         else:
             labels = {r["id"]: run_label(r) for r in runs}
             model["from_run"] = st.selectbox("Run", list(labels), format_func=labels.get, key="base_run")
+    elif base_kind == "Your own architecture":
+        own = st.file_uploader("A Python file with a builder function, or a torch.export program (.pt2)",
+                               type=["py", "pt2"], key=uploader_key("own_model"),
+                               help="torch.export.save(torch.export.export(model, (x,), dynamic_shapes="
+                                    "({0: torch.export.Dim('batch')},)), 'model.pt2') makes a program.")
+        if own is None and (refused := refused_upload("own_model")):
+            st.error(md_text(refused) + " Upload another model file.")
+            data_problem = data_problem or refused
+        elif own is None:
+            data_problem = data_problem or "upload your model's Python file or .pt2 program first"
+        else:
+            accept_upload("own_model")
+            model, refused = own_model_panel(own, base_train)
+            data_problem = data_problem or refused
     else:
-        ck = st.file_uploader("Checkpoint: a Slimbench bundle, or a PyTorch state dict of a listed architecture",
-                              type=["pt", "pth", "bin", "ckpt"], key=uploader_key("ckpt"),
+        ck = st.file_uploader("Checkpoint: a Slimbench bundle, a PyTorch state dict of a listed architecture, or an "
+                              "ONNX model", type=["pt", "pth", "bin", "ckpt", "onnx"], key=uploader_key("ckpt"),
                               help="A state dict as saved by torch.save(model.state_dict(), path); wrapped in "
                                    "{'state_dict': ...}, DDP-prefixed or a PyTorch Lightning checkpoint is fine. "
                                    f"Never unpickled as code. Up to {upload_limit_mb():,} MB.")
-        base_train["epochs"] = int(st.number_input(
-            "Fine-tune epochs before compressing (0 = use it as it is)", 0, 10000, 0, key="ck_epochs",
-            help="The checkpoint first gets a run of its own on this data (scored and measured), which every "
-                 "method starts from and is compared with."))
         if ck is None and (refused := refused_upload("ckpt")):
             st.error(md_text(refused) + " Upload another checkpoint.")
             data_problem = data_problem or refused
@@ -378,14 +479,29 @@ with tab_custom:
             data_problem = data_problem or "upload a checkpoint first"
         else:
             accept_upload("ckpt")
+            onnx_start = ck.name.lower().endswith(".onnx")
             try:
                 model["checkpoint"] = checkpoint_panel(ck)
             except export.BundleError as e:  # the file is fine, the description given of it does not fit
                 st.error(md_text(upload_problem(ck.name, e)))
                 data_problem = data_problem or f"{ck.name} cannot be used ({e})"
+        if onnx_start:
+            base_train["epochs"] = 0  # it has no PyTorch weights to fine-tune: scored and measured as given
+        else:
+            base_train["epochs"] = int(st.number_input(
+                "Fine-tune epochs before compressing (0 = use it as it is)", 0, 10000, 0, key="ck_epochs",
+                help="The checkpoint first gets a run of its own on this data (scored and measured), which every "
+                     "method starts from and is compared with."))
 
     st.subheader("3 · Methods")
     choices = sorted((n for n in registry if n != "baseline"), key=lambda n: (registry[n].family, n))
+    if onnx_start:
+        unavailable = [n for n in choices if n not in onnx_models.METHODS]
+        choices = [n for n in choices if n in onnx_models.METHODS]
+        # a choice made before the ONNX upload would not be among the options any more
+        st.session_state["methods"] = [n for n in st.session_state.get("methods", []) if n in choices]
+        st.info(md_text(f"On an ONNX model: {', '.join(choices)}. Not available: {', '.join(unavailable)}: each "
+                        f"{onnx_models.WHY_NOT}."))
     chosen = st.multiselect("Compression methods", choices, key="methods",
                             format_func=lambda n: f"{n} ({registry[n].family})",
                             help="Each method's parameters appear below with their valid ranges.")
@@ -420,7 +536,8 @@ with tab_custom:
     measure = {"onnx": onnx, "latency_runs": int(latency_runs), **({"compile": True} if compile_rt else {})}
     base_train["device"] = device
 
-    if not data_problem and not problem and (steps or model.get("arch") or model.get("checkpoint")):
+    if not data_problem and not problem and (steps or model.get("arch") or model.get("checkpoint")
+                                             or model.get("file")):
         preview = presets.custom_plan(data=data, model=model, steps=steps, base_train=base_train, chain=chain,
                                       train={"epochs": int(epochs), "device": device}, measure=measure)
         with st.expander(f"Launch queues **{len(preview)} job(s)**"):
@@ -433,7 +550,7 @@ with tab_custom:
             st.error(f"Cannot launch: {md_text(data_problem)}.")
         elif problem:
             st.error(f"Cannot launch: {md_text(problem)}")
-        elif not (model.get("arch") or model.get("checkpoint")) and not steps:
+        elif not (model.get("arch") or model.get("checkpoint") or model.get("file")) and not steps:
             st.error("Cannot launch: choose at least one compression method.")
         elif chain and any(len(v) > 1 for _, v in steps):
             st.error("Cannot launch: a pipeline takes one setting per step; remove the sweep or untick Pipeline.")

@@ -99,4 +99,4 @@ def pipeline(model, ctx, params):
     if bundle.get("kind") == export.ONNX_INT8:
         fp32 = ctx.load_run(run_ids[-2], "model.from_run")[0] if len(run_ids) > 1 else model
         return Int8Model.from_bundle(bundle, fp32.to("cpu").eval(), ctx, fp32_is_start=len(run_ids) == 1)
-    return export.model_from_bundle(bundle)
+    return export.model_from_bundle(bundle, trust_code=True)  # a run of this workspace

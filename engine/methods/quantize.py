@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .. import export, measure, runtimes
+from .. import export, measure, onnx_models, runtimes
 from .. import training as training_mod  # the class below has a `training` flag
 from . import Param, register
 
@@ -72,7 +72,7 @@ class Int8Model:
 
     device = torch.device("cpu")
 
-    def __init__(self, onnx_bytes: bytes, fp32: nn.Module, fp32_onnx: bytes, fp32_size_bytes: int,
+    def __init__(self, onnx_bytes: bytes, fp32: nn.Module | None, fp32_onnx: bytes, fp32_size_bytes: int,
                  threads: int | None = None, fp32_is_start: bool = True):
         self.onnx_bytes, self.module, self.fp32_is_start = onnx_bytes, fp32, fp32_is_start
         self.fp32_onnx, self.fp32_size_bytes = fp32_onnx, fp32_size_bytes
@@ -129,6 +129,11 @@ class Int8Model:
     def timing(self, device: str) -> "Int8Model | None":
         return self if device == "cpu" else None
 
+    def static_metrics(self, input_shape: tuple[int, ...]) -> dict[str, Any]:
+        """Parameters and MACs of its fp32 ONNX graph, where it has no PyTorch one (``module`` None: quantised
+        from a user's ONNX model)."""
+        return onnx_models.static_metrics(self.fp32_onnx, input_shape)
+
     def reference(self) -> runtimes.Reference:
         # The FP32 model under the same runtime, timed interleaved with the INT8 one: the fair
         # reference for the INT8 speed-up.
@@ -145,10 +150,14 @@ class Int8Model:
         "channel; accuracy and speed are measured on the INT8 model itself.",
    torch_output=False)
 def quantize_int8(model, ctx, params):
+    onnx = isinstance(model, onnx_models.OnnxModel)  # a user's ONNX model: quantised as it is
     model = model.to("cpu").eval()
     with tempfile.TemporaryDirectory(dir=ctx.run_dir) as tmp:
         fp32_path, int8_path = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
-        export.export_onnx(model, ctx.input_shape, fp32_path)
+        if onnx:
+            fp32_path.write_bytes(model.onnx_bytes)
+        else:
+            export.export_onnx(model, ctx.input_shape, fp32_path)
         ctx.progress(phase="calibrate")
         skipped = quantize_onnx(fp32_path, int8_path, ctx.data, params["calibration_batches"], params["format"],
                                 params["per_channel"])
@@ -160,6 +169,9 @@ def quantize_int8(model, ctx, params):
                                  "weights": "int8", "activations": "uint8",
                                  "calibration_batches": params["calibration_batches"],
                                  "preprocessed": skipped is None, **({"preprocess_error": skipped} if skipped else {})}
+    if onnx:
+        return Int8Model(int8_bytes, None, fp32_bytes, onnx_models.bundle_bytes(fp32_bytes, ctx),
+                         ctx.spec.measure.threads)
     return Int8Model(int8_bytes, model, fp32_bytes, bundle_bytes(model, ctx), ctx.spec.measure.threads)
 
 

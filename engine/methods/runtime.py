@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .. import export, measure
+from .. import export, measure, onnx_models
 from . import Param, register
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 _COMPILE_CHILD = """
 import json, sys, time, torch
 from engine import export, measure
-model, _ = export.load_model(sys.argv[1])
+model, _ = export.load_model(sys.argv[1], trust_code=True)  # a run of this workspace
 cfg = json.loads(sys.argv[2])
 dev = torch.device(cfg["device"])
 model = model.to(dev).eval()
@@ -94,7 +94,7 @@ def onnx_speed(onnx_bytes: bytes, device: str, shape, cfg, eager) -> dict[str, A
     speed = measure.measure_speed(runner, shape, torch.device("cpu"), batch, cfg.latency_runs, cfg.warmup_runs,
                                   cfg.threads)
     paired = measure.paired_speedup(eager.to("cpu"), runner, shape, torch.device("cpu"), cfg.latency_runs, cfg.warmup_runs,
-                                    cfg.threads, rounds=cfg.paired_rounds or 5) if device == "cpu" else None
+                                    cfg.threads, rounds=cfg.paired_rounds or 5) if device == "cpu" and eager else None
     out = _speed_keys(speed, paired)
     if device == "cuda":  # said in the record: eager CUDA is timed on inputs already on the GPU
         out["includes_host_copies"] = True
@@ -112,6 +112,8 @@ def onnx_speed(onnx_bytes: bytes, device: str, shape, cfg, eager) -> dict[str, A
 ], help="No weight change: measure the model under eager PyTorch, torch.compile and ONNX Runtime (CPU, and "
         "CUDA when present), to show when a compiler or runtime helps.")
 def runtime(model, ctx, params):
+    if isinstance(model, onnx_models.OnnxModel):
+        return _onnx_runtimes(model, ctx, params)
     model = model.to("cpu").eval()
     cfg, shape = ctx.spec.measure, ctx.input_shape
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -149,6 +151,28 @@ def runtime(model, ctx, params):
             for name in ("eager_cuda", "compile_cuda", "onnxruntime_cuda"):
                 results[name] = {"skipped": "no CUDA device on this machine"}
     model.to("cpu")
+    ran = {k: v for k, v in results.items() if "latency_ms" in v}
+    ctx.extra["runtimes"] = results
+    if ran:
+        ctx.extra["fastest_runtime"] = min(ran, key=lambda k: ran[k]["latency_ms"])
+    return model
+
+
+def _onnx_runtimes(model: onnx_models.OnnxModel, ctx, params) -> onnx_models.OnnxModel:
+    """A user's ONNX model under ONNX Runtime, CPU and CUDA where present; it has no PyTorch graph to run
+    eagerly or compile, and the record says so."""
+    cfg, shape = ctx.spec.measure, ctx.input_shape
+    none = {"skipped": "an ONNX model has no PyTorch graph to run eagerly or compile"}
+    results: dict[str, Any] = {}
+    for dev in ("cpu", "cuda"):
+        results[f"eager_{dev}"] = results[f"compile_{dev}"] = none
+        if dev == "cuda" and not torch.cuda.is_available():
+            results["onnxruntime_cuda"] = {"skipped": "no CUDA device on this machine"}
+        elif not params["onnx"]:
+            results[f"onnxruntime_{dev}"] = {"skipped": "onnx=false"}
+        else:
+            ctx.progress(phase=f"runtime:onnxruntime_{dev}")
+            results[f"onnxruntime_{dev}"] = onnx_speed(model.onnx_bytes, dev, shape, cfg, None)
     ran = {k: v for k, v in results.items() if "latency_ms" in v}
     ctx.extra["runtimes"] = results
     if ran:

@@ -57,7 +57,7 @@ def suggest(curve: dict[str, float], ratios: list[float], base_acc: float, max_l
                "accuracy recorded (the curves), with suggested per-layer ratios for a tolerated loss. The model "
                "itself is returned unchanged.")
 def sensitivity(model, ctx, params):
-    surgery.check_supported(ctx.arch, "sensitivity")
+    surgery.check_supported(ctx.arch, "sensitivity", model)
     require_bn(model, params["criterion"], ctx.arch)
     if not ctx.data.val_held_out:  # accuracy on training images falls too slowly: ratios too bold
         raise SpecError("data.val_fraction", "sensitivity measures accuracy on held-out validation images: "

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ... import measure, training
+from ... import measure, training, user_models
 from ...spec import SpecError
 from .. import Param, register
 from . import report, surgery
@@ -126,7 +126,10 @@ def widen_to_macs(ctx, model: nn.Module, target_macs: int) -> tuple[nn.Module, f
                "channels under a threshold chosen to meet target_macs are removed and the net fine-tuned; "
                "optionally expanded uniformly back to the base MAC budget and retrained.")
 def slimming(model, ctx, params):
-    surgery.check_supported(ctx.arch, "slimming")
+    surgery.check_supported(ctx.arch, "slimming", model)
+    if params["expand"] and user_models.source_of(model) is not None:
+        raise SpecError("method.params.expand", f"{ctx.arch} is your own architecture: expanding rebuilds it from "
+                        "the architecture registry, which has no builder for it; leave expand off")
     if not any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
         raise SpecError("model", f"slimming ranks channels by batch-norm scales but {ctx.arch} has no batch norm; "
                         "use prune_structured")

@@ -37,7 +37,7 @@ PARAMS = (
                "after the last epoch the zeroed filters are removed physically, then fine-tuned. Batch-norm "
                "statistics are re-estimated after every zeroing and after the removal.")
 def soft_filter_pruning(model, ctx, params):
-    surgery.check_supported(ctx.arch, "soft_filter_pruning")
+    surgery.check_supported(ctx.arch, "soft_filter_pruning", model)
     pruner = surgery.make_pruner(model, ctx.input_shape, FilterNorm(), params["ratio"])
     data, images = ctx.data, ctx.spec.train.bn_recalibration_images
     zeroed: list[int] = []

@@ -173,7 +173,7 @@ def require_bn(model: nn.Module, criterion: str, arch: str) -> None:
                "per layer, global, or per layer as a sensitivity run suggested. Fewer MACs, parameters and "
                "real latency; the classifier's outputs are unchanged.")
 def prune_structured(model, ctx, params):
-    surgery.check_supported(ctx.arch, "prune_structured")
+    surgery.check_supported(ctx.arch, "prune_structured", model)
     require_bn(model, params["criterion"], ctx.arch)
     shape, steps, allocation = ctx.input_shape, params["steps"], params["allocation"]
     importance = channel_importance(params["criterion"])

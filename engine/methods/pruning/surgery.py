@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from ... import export, models
+from ... import export, models, user_models
 from ...spec import SpecError
 from .criterion import is_depthwise, producing_filters
 
@@ -26,7 +26,14 @@ UNSUPPORTED = {
 ROOT_TYPES = (nn.Conv2d, nn.Linear)
 
 
-def check_supported(arch: str, method: str) -> None:
+def check_supported(arch: str, method: str, model: nn.Module | None = None) -> None:
+    """Refuse, before training, a model whose channels ``method`` cannot remove consistently (or whose
+    bundle could not be rebuilt after it: a user's architecture with layers of other kinds)."""
+    if model is not None:
+        try:
+            user_models.check_reshapeable(model, method)
+        except user_models.UserModelError as e:
+            raise SpecError("model", str(e)) from None
     family = models.ARCHS[arch].family if arch in models.ARCHS else None
     if family in UNSUPPORTED:
         supported = [a for a, spec in models.ARCHS.items() if spec.family not in UNSUPPORTED]
