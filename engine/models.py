@@ -61,6 +61,17 @@ def _inception_v3_stem(m: nn.Module) -> None:
     m.maxpool1 = nn.Identity()
 
 
+def _convnext_stem(m: nn.Module) -> None:
+    # The 4x4 stride-4 "patchify" stem then three 2x downsamplings take 32x32 to 1x1; a 3x3 stride-1 stem
+    # leaves 4x4 before the pooling, as the CIFAR ResNets.
+    m.features[0][0] = _conv_like(m.features[0][0], 3, 1)
+
+
+def _vit_no_small_stem(m: nn.Module) -> None:
+    raise SpecError("model.small_input", "vit_b_16 has no small-input stem: its 16x16 patches and position "
+                                         "embeddings are fixed to 224x224 images; use vit_cifar for small images")
+
+
 def _vgg_small(m: nn.Module) -> None:
     # 32x32 leaves a 1x1 map: drop the 7x7 pooling and the 100M-parameter 4096-wide head.
     num_classes = m.classifier[-1].out_features
@@ -103,6 +114,13 @@ ARCHS: dict[str, Arch] = {a.name: a for a in [
          tv_kwargs={"aux_logits": False, "transform_input": False, "init_weights": True}),
     Arch("inception_v3", _inception_v3_stem, "inception",
          tv_kwargs={"aux_logits": False, "transform_input": False, "init_weights": True}),
+    # Modern nets. ViT-B/16 takes 224x224 only (its position embeddings are learned per 16x16 patch);
+    # vit_cifar is the small ViT made for 32x32 (engine.cifar_nets).
+    Arch("vit_b_16", _vit_no_small_stem, "vit"),
+    Arch("convnext_tiny", _convnext_stem, "convnext"),
+    Arch("regnet_y_400mf", _first_conv_stride1("stem.0"), "regnet"),
+    Arch("efficientnet_v2_s", _first_conv_stride1("features.0.0"), "efficientnet"),
+    Arch("vit_cifar", None, "vit", cifar_nets.vit_cifar),
     # The CIFAR literature's benchmark nets (DepGraph, HRank, SFP, FPGM, ResRep, TRP, ShrinkBench).
     *(Arch(f"resnet{d}", None, "cifar_resnet", cifar_nets.resnet(d), True) for d in (20, 32, 56, 110)),
     Arch("vgg16_bn_cifar", None, "vgg", cifar_nets.vgg16_bn, True),
@@ -171,6 +189,12 @@ def zero_init_residual(model: nn.Module) -> int:
 def check_input_fits(model: nn.Module, arch: str, input_shape: tuple[int, ...], field: str) -> None:
     """Refuse, before any training, an architecture whose downsampling leaves nothing of this input
     size (e.g. SqueezeNet on 8x8 digits), naming the field and the way out."""
+    vit = model.image_size if isinstance(model, tvm.VisionTransformer) else None
+    if vit is not None and tuple(input_shape[-2:]) != (vit, vit):
+        # A ViT's position embeddings fix its input size: a larger image is refused as a smaller one is.
+        raise SpecError(field, f"{arch} takes {vit}x{vit} images only (its position embeddings are learned per "
+                               f"patch of a {vit}x{vit} image), not {input_shape[-2]}x{input_shape[-1]}; set "
+                               f"data.image_size to {vit}")
     was_training = model.training
     try:
         if _fits(model.eval(), input_shape):

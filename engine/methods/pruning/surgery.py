@@ -13,6 +13,7 @@ from typing import Callable, Iterator
 import torch
 import torch.nn as nn
 import torch_pruning as tp
+from torchvision.models import VisionTransformer
 
 from ... import export, models
 from ...spec import SpecError
@@ -40,8 +41,16 @@ def example_input(model: nn.Module, input_shape: tuple[int, ...]) -> torch.Tenso
 
 
 def protected(model: nn.Module) -> list[nn.Module]:
-    """Layers whose outputs must keep their size: the classifier."""
-    return [models.classifier_layer(model)[1]]
+    """Layers whose outputs must keep their size: the classifier, and in a vision transformer every
+    layer writing to the residual stream (patch embedding, attention, the MLPs' second Linear): its width
+    is fixed by the class token and position embeddings, which are parameters, not layers, and which
+    neither the dependency graph nor the bundle's manifest tracks. What remains is each block's MLP width."""
+    keep = [models.classifier_layer(model)[1]]
+    if isinstance(model, VisionTransformer):
+        keep.append(model.conv_proj)
+        for block in model.encoder.layers:
+            keep += [block.self_attention, block.mlp[3]]
+    return keep
 
 
 def graph(model: nn.Module, input_shape: tuple[int, ...]) -> tp.DependencyGraph:
