@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -72,6 +73,16 @@ def _vit_no_small_stem(m: nn.Module) -> None:
                                          "embeddings are fixed to 224x224 images; use vit_cifar for small images")
 
 
+def _regnet_y_400mf(**kwargs: Any) -> nn.Module:
+    # torchvision's builder computes the stage widths with tensors and reads them back (.tolist()), which the
+    # meta device (where bundles are first checked, allocating nothing) cannot do: they are computed on the
+    # CPU, with torchvision's own settings for this net, and handed to its RegNet.
+    with torch.device("cpu"):
+        params = tvm.regnet.BlockParams.from_init_params(depth=16, w_0=48, w_a=27.89, w_m=2.09, group_width=8,
+                                                         se_ratio=0.25)
+    return tvm.RegNet(params, norm_layer=partial(nn.BatchNorm2d, eps=1e-05, momentum=0.1), **kwargs)
+
+
 def _vgg_small(m: nn.Module) -> None:
     # 32x32 leaves a 1x1 map: drop the 7x7 pooling and the 100M-parameter 4096-wide head.
     num_classes = m.classifier[-1].out_features
@@ -87,6 +98,7 @@ class Arch:
     builder: Callable[..., nn.Module] | None = None  # (num_classes, width) -> model; None: torchvision's
     width: bool = False  # takes a channel-width multiplier
     tv_kwargs: dict[str, Any] = field(default_factory=dict, hash=False)  # torchvision builder's options
+    tv_builder: Callable[..., nn.Module] | None = None  # in place of tvm.get_model(name, ...)
 
     @property
     def native(self) -> bool:
@@ -118,7 +130,7 @@ ARCHS: dict[str, Arch] = {a.name: a for a in [
     # vit_cifar is the small ViT made for 32x32 (engine.cifar_nets).
     Arch("vit_b_16", _vit_no_small_stem, "vit"),
     Arch("convnext_tiny", _convnext_stem, "convnext"),
-    Arch("regnet_y_400mf", _first_conv_stride1("stem.0"), "regnet"),
+    Arch("regnet_y_400mf", _first_conv_stride1("stem.0"), "regnet", tv_builder=_regnet_y_400mf),
     Arch("efficientnet_v2_s", _first_conv_stride1("features.0.0"), "efficientnet"),
     Arch("vit_cifar", None, "vit", cifar_nets.vit_cifar),
     # The CIFAR literature's benchmark nets (DepGraph, HRank, SFP, FPGM, ResRep, TRP, ShrinkBench).
@@ -162,7 +174,8 @@ def build(arch: str, num_classes: int, small_input: bool = False, width: float =
         model = spec.builder(num_classes, float(width))
     else:
         kwargs = {**spec.tv_kwargs, **({"width_mult": float(width)} if width != 1.0 else {})}
-        model = tvm.get_model(arch, weights=None, num_classes=num_classes, **kwargs)
+        model = (spec.tv_builder(num_classes=num_classes, **kwargs) if spec.tv_builder is not None
+                 else tvm.get_model(arch, weights=None, num_classes=num_classes, **kwargs))
         if small_input:
             spec.small_stem(model)
     model.slimbench_width = float(width)
