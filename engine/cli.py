@@ -349,11 +349,12 @@ def cmd_mlflow(a: argparse.Namespace) -> int:
     store = Store()
     uri = tracking.tracking_uri(a.uri)
     ids = a.run_ids or [r["id"] for r in reversed(store.list("done")) if not r.get("parent")]
-    failed = 0
     for run_id in ids:
         row = store.get(run_id)
         if row is None or row["state"] != "done":
             raise SpecError("run_ids", f"{run_id} is not a finished run in this workspace")
+    failed = 0
+    for run_id in ids:
         try:
             print(f"{run_id} -> {tracking.log_run(store, run_id, uri)}")
         except Exception as e:

@@ -96,7 +96,9 @@ DATA = {"name": "digits", "limit": 64, "test_limit": 32, "image_size": 32, "batc
 MEASURE = {"latency_runs": 2, "warmup_runs": 1, "paired_rounds": 0, "batch_size": 4}
 
 
-@pytest.mark.parametrize("arch", ["vit_cifar", "convnext_tiny", "regnet_y_400mf", "efficientnet_v2_s"])
+# The transformer here: the convolutional ones are trained, pruned and quantised the same way (the CIFAR
+# nets of test_archs.py cover that path); on CPU each costs 1-4 minutes, ConvNeXt-T most.
+@pytest.mark.parametrize("arch", ["vit_cifar"])
 def test_baseline_prune_quantize_and_reload_each_modern_arch(arch, session_home):
     def job(model, method, params=None, onnx=False):
         return run_spec({"data": DATA, "model": model, "method": {"name": method, "params": params or {}},

@@ -690,6 +690,7 @@ def test_compare_renders_500_runs(tmp_path, monkeypatch):
     assert not at.exception and not at.error
     assert len(at.dataframe[0].value) == 500
     assert any("Pareto" in str(c.proto.spec) for c in at.get("plotly_chart"))
+    assert any("as a report (HTML)" in str(b.proto) for b in at.get("download_button"))
 
 
 def digit_png(index: int = 0) -> bytes:

@@ -75,12 +75,13 @@ def test_the_cli_exports_past_runs_and_says_which_it_could_not(pipeline_runs, ho
     p = cli("mlflow", "--uri", uri, home=home)
     assert p.returncode == 0, p.stderr
     assert p.stdout.startswith(f"{top} -> ") and "1 of 1 run(s) logged" in p.stderr  # steps go nested, not alone
-    p = cli("mlflow", steps[0], "--uri", "http://127.0.0.1:9", home=home)
-    assert p.returncode == 1 and f"{steps[0]}: not logged:" in p.stderr
-    assert "127.0.0.1:9" in tracking.status(store.run_dir(steps[0]))["uri"]
-    assert tracking.status(store.run_dir(steps[0]))["error"]
-    p = cli("mlflow", "20990101-000000-abcdef", home=home)
-    assert p.returncode == 2 and "not a finished run" in p.stderr
+    p = cli("mlflow", "20990101-000000-abcdef", steps[0], "--uri", uri, home=home)
+    assert p.returncode == 2 and "not a finished run" in p.stderr  # checked before anything is logged
+    # A store that cannot be reached: the error is raised to the caller and kept beside the run.
+    with pytest.raises(Exception):
+        tracking.log_run(store, steps[0], "http://127.0.0.1:9")
+    status = tracking.status(store.run_dir(steps[0]))
+    assert status["uri"] == "http://127.0.0.1:9" and "Max retries" in status["error"]
 
 
 def test_an_unreachable_tracking_store_leaves_the_run_finished_and_says_why(session_home, monkeypatch, tmp_path):

@@ -12,7 +12,7 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from engine import jobs, presets, record, results
+from engine import jobs, presets, record, results, tracking
 from engine.spec import SpecError
 from views import share
 from views.common import card, download, fmt_bytes, fmt_count, fmt_ms, fmt_value, get_store, md_text, plot_text
@@ -372,6 +372,14 @@ def details(view: pd.DataFrame) -> None:
                         f"{100 * row['delta_ci_low']:+.1f} to {100 * row['delta_ci_high']:+.1f}",
                         "within test-set noise" if noise else "a real difference", delta_color="off", delta_arrow="off",
                         help=f"paired over the flipped answers; McNemar p = {row['mcnemar_p']:.3g}")
+
+    logged = tracking.status(store.run_dir(run_id))
+    if logged and logged.get("error"):
+        st.warning(f"Not logged to MLflow at {md_text(logged['uri'])}: {md_text(logged['error'])}. The run itself "
+                   "finished; `python -m engine mlflow " + run_id + "` logs it once the store can be reached.",
+                   icon=":material/cloud_off:")
+    elif logged:
+        st.caption(f"Logged to MLflow at {md_text(logged['uri'])} as run `{logged['mlflow_run_id']}`.")
 
     verdict = row.get("control_verdict")
     if isinstance(verdict, str) and verdict and not rec.get("control_of"):
