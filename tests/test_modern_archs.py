@@ -117,3 +117,19 @@ def test_baseline_prune_quantize_and_reload_each_modern_arch(arch, session_home)
     np.testing.assert_allclose(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0], ours, rtol=1e-3, atol=1e-3)
     predict, b8 = export.load_predictor(int8["checkpoint"])
     assert b8["arch"] == arch and predict(x).shape == (2, 10) and int8["precision"] == "int8"
+
+
+@pytest.mark.fast
+def test_low_rank_decomposes_a_vits_mlps_but_leaves_attention_whole():
+    from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
+
+    from engine.methods import lowrank
+    vit = models.build("vit_cifar", 10).eval()
+    plan = lowrank.plan_ranks(vit, (3, 32, 32), None, 0.25)
+    assert plan and not any(isinstance(vit.get_submodule(n), NonDynamicallyQuantizableLinear) for n in plan)
+    assert any(n.endswith("mlp.0") for n in plan)
+    before = measure.count_macs(vit, (3, 32, 32))["macs"]
+    lowrank.apply_plan(vit, plan)
+    with torch.no_grad():
+        assert vit(torch.randn(2, 3, 32, 32)).shape == (2, 10)  # the attention still runs
+    assert measure.count_macs(vit, (3, 32, 32))["macs"] < before
