@@ -68,11 +68,6 @@ def _convnext_stem(m: nn.Module) -> None:
     m.features[0][0] = _conv_like(m.features[0][0], 3, 1)
 
 
-def _vit_no_small_stem(m: nn.Module) -> None:
-    raise SpecError("model.small_input", "vit_b_16 has no small-input stem: its 16x16 patches and position "
-                                         "embeddings are fixed to 224x224 images; use vit_cifar for small images")
-
-
 def _regnet_y_400mf(**kwargs: Any) -> nn.Module:
     # torchvision's builder computes the stage widths with tensors and reads them back (.tolist()), which the
     # meta device (where bundles are first checked, allocating nothing) cannot do: they are computed on the
@@ -93,16 +88,22 @@ def _vgg_small(m: nn.Module) -> None:
 @dataclass(frozen=True)
 class Arch:
     name: str
-    small_stem: Callable[[nn.Module], None] | None  # None: a native small-input net
+    small_stem: Callable[[nn.Module], None] | None  # None: a native small-input net, or one without (no_small_stem)
     family: str
     builder: Callable[..., nn.Module] | None = None  # (num_classes, width) -> model; None: torchvision's
     width: bool = False  # takes a channel-width multiplier
     tv_kwargs: dict[str, Any] = field(default_factory=dict, hash=False)  # torchvision builder's options
     tv_builder: Callable[..., nn.Module] | None = None  # in place of tvm.get_model(name, ...)
+    no_small_stem: str | None = None  # why the net has no small-input stem (it takes one image size only)
 
     @property
     def native(self) -> bool:
         return self.builder is not None
+
+    @property
+    def stems(self) -> tuple[bool, ...]:
+        """The ``small_input`` values it can be built with (a native net has one stem, recorded as small)."""
+        return (True,) if self.native else (False,) if self.no_small_stem else (False, True)
 
 
 ARCHS: dict[str, Arch] = {a.name: a for a in [
@@ -128,7 +129,8 @@ ARCHS: dict[str, Arch] = {a.name: a for a in [
          tv_kwargs={"aux_logits": False, "transform_input": False, "init_weights": True}),
     # Modern nets. ViT-B/16 takes 224x224 only (its position embeddings are learned per 16x16 patch);
     # vit_cifar is the small ViT made for 32x32 (engine.cifar_nets).
-    Arch("vit_b_16", _vit_no_small_stem, "vit"),
+    Arch("vit_b_16", None, "vit", no_small_stem="its 16x16 patches and position embeddings are fixed to 224x224 "
+                                                "images; use vit_cifar for small images"),
     Arch("convnext_tiny", _convnext_stem, "convnext"),
     Arch("regnet_y_400mf", _first_conv_stride1("stem.0"), "regnet", tv_builder=_regnet_y_400mf),
     Arch("efficientnet_v2_s", _first_conv_stride1("features.0.0"), "efficientnet"),
@@ -174,6 +176,8 @@ def build(arch: str, num_classes: int, small_input: bool = False, width: float =
         model = spec.builder(num_classes, float(width))
     else:
         kwargs = {**spec.tv_kwargs, **({"width_mult": float(width)} if width != 1.0 else {})}
+        if small_input and spec.no_small_stem:
+            raise SpecError("model.small_input", f"{arch} has no small-input stem: {spec.no_small_stem}")
         model = (spec.tv_builder(num_classes=num_classes, **kwargs) if spec.tv_builder is not None
                  else tvm.get_model(arch, weights=None, num_classes=num_classes, **kwargs))
         if small_input:
