@@ -12,7 +12,6 @@ from engine.methods.pruning import surgery
 from engine.methods.pruning.criterion import channel_importance
 from engine.spec import SpecError
 
-from conftest import run_spec
 
 # torchvision's model documentation ("Table of all available classification weights",
 # https://pytorch.org/vision/stable/models.html#table-of-all-available-classification-weights, and each
@@ -100,9 +99,12 @@ MEASURE = {"latency_runs": 2, "warmup_runs": 1, "paired_rounds": 0, "batch_size"
 # nets of test_archs.py cover that path); on CPU each costs 1-4 minutes, ConvNeXt-T most.
 @pytest.mark.parametrize("arch", ["vit_cifar"])
 def test_baseline_prune_quantize_and_reload_each_modern_arch(arch, session_home):
+    from engine.runner import run_spec  # in this process: three CLI processes' imports cost more than the jobs
+    from engine.store import Store
+
     def job(model, method, params=None, onnx=False):
         return run_spec({"data": DATA, "model": model, "method": {"name": method, "params": params or {}},
-                         "train": {"epochs": 1}, "measure": {**MEASURE, "onnx": onnx}}, session_home)
+                         "train": {"epochs": 1}, "measure": {**MEASURE, "onnx": onnx}}, Store(session_home))
 
     base = job({"arch": arch}, "baseline")
     pruned = job({"from_run": base["run_id"]}, "prune_structured", {"ratio": 0.3, "finetune_epochs": 0}, onnx=True)
@@ -133,3 +135,21 @@ def test_low_rank_decomposes_a_vits_mlps_but_leaves_attention_whole():
     with torch.no_grad():
         assert vit(torch.randn(2, 3, 32, 32)).shape == (2, 10)  # the attention still runs
     assert measure.count_macs(vit, (3, 32, 32))["macs"] < before
+
+
+@pytest.mark.fast
+def test_slimming_refuses_what_it_cannot_do_on_modern_nets_before_any_training():
+    from engine.methods.pruning.slimming import slimming
+
+    class Ctx:  # what slimming reads before it would train; anything more would be a failure of this test
+        input_shape = (3, 32, 32)
+
+    ctx = Ctx()
+    ctx.arch = "convnext_tiny"
+    with pytest.raises(SpecError, match="no batch norm") as e:
+        slimming(models.build("convnext_tiny", 10, small_input=True), ctx, {"expand": False})
+    assert e.value.field == "model"
+    ctx.arch = "regnet_y_400mf"
+    with pytest.raises(SpecError, match="grouped convolutions") as e:
+        slimming(models.build("regnet_y_400mf", 10, small_input=True), ctx, {"expand": True})
+    assert e.value.field == "method.params.expand"

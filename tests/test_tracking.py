@@ -10,7 +10,7 @@ from engine import layout, tracking
 from engine.spec import JobSpec
 from engine.store import Store
 
-from conftest import cli, run_spec
+from conftest import cli
 
 
 def finished(store: Store, spec: dict, record: dict, parent: str | None = None) -> str:
@@ -84,11 +84,14 @@ def test_the_cli_exports_past_runs_and_says_which_it_could_not(pipeline_runs, ho
     assert status["uri"] == "http://127.0.0.1:9" and "Max retries" in status["error"]
 
 
-def test_an_unreachable_tracking_store_leaves_the_run_finished_and_says_why(session_home, monkeypatch, tmp_path):
+def test_an_unreachable_tracking_store_leaves_the_run_finished_and_says_why(session_home, monkeypatch, capsys):
+    from engine.runner import run_spec  # in this process: the job is seconds, a CLI process's imports more
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens on the discard port
     rec = run_spec({"data": {"name": "digits", "limit": 64, "test_limit": 32}, "model": {"arch": "resnet20"},
                     "method": {"name": "baseline"}, "train": {"epochs": 1}, "track": {"mlflow": True},
-                    "measure": {"onnx": False, "latency_runs": 2, "warmup_runs": 1}}, session_home, tmp_path)
+                    "measure": {"onnx": False, "latency_runs": 2, "warmup_runs": 1}}, Store(session_home))
+    assert Store(session_home).get(rec["run_id"])["state"] == "done"
+    assert "finished but was not logged to MLflow at http://127.0.0.1:9" in capsys.readouterr().err
     status = tracking.status(Store(session_home).run_dir(rec["run_id"]))
     assert status["uri"] == "http://127.0.0.1:9" and "mlflow_run_id" not in status
     assert "Connection" in status["error"] or "connect" in status["error"].lower()
