@@ -10,6 +10,12 @@
 - MobileNetV2 with the CIFAR strides (kuangliu, chenyaofo): stride-1 stem and first 24-channel
   stage, so the 32x32 image is downsampled 8x, not 32x (2.2 M params, 88 M MACs).
 
+- ViT for 32x32 (``vit_cifar``): torchvision's VisionTransformer with 4x4 patches, so a 32x32 image
+  is 64 tokens + the class token (ViT-B/16's 16x16 patches would leave 4 tokens, too few for attention
+  to learn from; 2x2 would make 256, four times the tokens and ~16x the attention cost), 6 layers of
+  width 192, 3 heads, MLP 384: small enough to train from scratch on CPU, as in the CIFAR ViT
+  literature's "ViT-Lite" (Hassani et al. 2021).
+
 ``width`` scales every stage's channels (for the width-scaling controls).
 """
 from __future__ import annotations
@@ -17,7 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torchvision.models import MobileNetV2
+from torchvision.models import MobileNetV2, VisionTransformer
 
 
 def _ch(c: int, width: float) -> int:
@@ -115,3 +121,9 @@ def resnet(depth: int):
 
 def vgg16_bn(num_classes: int, width: float = 1.0) -> nn.Module:
     return CifarVGG(num_classes, width)
+
+
+def vit_cifar(num_classes: int, width: float = 1.0) -> nn.Module:
+    """A small vision transformer for 32x32 images (see the module's docstring); no width multiplier."""
+    return VisionTransformer(image_size=32, patch_size=4, num_layers=6, num_heads=3, hidden_dim=192,
+                             mlp_dim=384, num_classes=num_classes)

@@ -389,6 +389,31 @@ def cmd_methods(a: argparse.Namespace) -> int:
     return 0
 
 
+@command("mlflow", "log finished runs to MLflow (MLFLOW_TRACKING_URI, else ./mlruns): spec as params, record as "
+                   "metrics, bundle/ONNX/card as artefacts, pipeline steps nested; runs already there are skipped")
+@arg("run_ids", nargs="*", help="runs to log (default: every finished top-level run)")
+@arg("--uri", help="tracking URI instead of MLFLOW_TRACKING_URI / ./mlruns")
+def cmd_mlflow(a: argparse.Namespace) -> int:
+    from . import tracking  # imports MLflow: loaded only by this command
+    store = Store()
+    uri = tracking.tracking_uri(a.uri)
+    ids = a.run_ids or [r["id"] for r in reversed(store.list("done")) if not r.get("parent")]
+    for run_id in ids:
+        row = store.get(run_id)
+        if row is None or row["state"] != "done":
+            raise SpecError("run_ids", f"{run_id} is not a finished run in this workspace")
+    failed = 0
+    for run_id in ids:
+        try:
+            print(f"{run_id} -> {tracking.log_run(store, run_id, uri)}")
+        except Exception as e:
+            failed += 1
+            print(f"{run_id}: not logged: {(tracking.status(store.run_dir(run_id)) or {}).get('error') or e}",
+                  file=sys.stderr)
+    print(f"{len(ids) - failed} of {len(ids)} run(s) logged to {uri}", file=sys.stderr)
+    return 1 if failed else 0
+
+
 @command("presets", "list the ready-made plans: the data, model and settings each uses, and how long it takes")
 @arg("--json", action="store_true")
 def cmd_presets(a: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
+from torchvision.models.convnext import LayerNorm2d
 
 from . import models, user_models
 from .spec import SpecError
@@ -53,6 +54,9 @@ class BundleError(ValueError):
 # and pruning that Linear shrinks it too.
 BATCHNORMS: dict[str, type[nn.modules.batchnorm._BatchNorm]] = {"BatchNorm2d": nn.BatchNorm2d,
                                                                  "BatchNorm1d": nn.BatchNorm1d}
+# Layer norms over channels (ConvNeXt's LayerNorm2d, a transformer's LayerNorm), one dimension only.
+LAYERNORMS: dict[str, type[nn.LayerNorm]] = {"LayerNorm": nn.LayerNorm, "LayerNorm2d": LayerNorm2d}
+MAX_PARAMETER_ELEMENTS = 1 << 28  # one loose parameter (a ViT-B/16 position embedding has 151,296)
 
 
 def describe(m: nn.Module) -> dict[str, Any] | None:
@@ -66,6 +70,10 @@ def describe(m: nn.Module) -> dict[str, Any] | None:
     if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
         return {"type": type(m).__name__, "num_features": m.num_features, "eps": m.eps, "momentum": m.momentum,
                 "affine": m.affine}
+    if isinstance(m, nn.LayerNorm) and len(m.normalized_shape) == 1:
+        return {"type": type(m).__name__ if type(m) in (nn.LayerNorm, LayerNorm2d) else "LayerNorm",
+                "num_features": m.normalized_shape[0], "eps": float(m.eps), "affine": m.elementwise_affine,
+                "bias": m.bias is not None}
     if isinstance(m, nn.Sequential):
         return {"type": "Sequential", "length": len(m)}
     if isinstance(m, nn.Identity):
@@ -76,8 +84,14 @@ def describe(m: nn.Module) -> dict[str, Any] | None:
 def manifest(model: nn.Module) -> dict[str, dict[str, Any]]:
     out = {}
     for name, m in model.named_modules():
-        if name and (d := describe(m)) is not None:
+        d = describe(m) if name else None
+        if d is not None:
             out[name] = d
+        else:
+            # Parameters a layer holds outside conv/linear/norm children (ConvNeXt's layer scale, a ViT's
+            # class token): pruning shrinks some of them with the channels they scale.
+            for pname, p in m.named_parameters(recurse=False):
+                out[f"{name}.{pname}" if name else pname] = {"type": "Parameter", "shape": list(p.shape)}
     return out
 
 
@@ -90,6 +104,10 @@ def _make(d: dict[str, Any]) -> nn.Module:
         return nn.Linear(d["in_features"], d["out_features"], d["bias"])
     if t in BATCHNORMS:
         return BATCHNORMS[t](d["num_features"], d["eps"], d["momentum"], d["affine"])
+    if t in LAYERNORMS:
+        return LAYERNORMS[t](d["num_features"], d["eps"], d["affine"], bias=d["bias"])
+    if t == "Parameter":
+        return nn.Parameter(torch.zeros(d["shape"]))
     if t == "Sequential":
         return nn.Sequential(*[nn.Identity() for _ in range(d["length"])])
     if t == "Identity":
@@ -108,7 +126,8 @@ def apply_manifest(model: nn.Module, man: dict[str, dict[str, Any]]) -> nn.Modul
             raise BundleError(f"manifest names layer {name!r} whose parent does not exist") from None
         current = getattr(parent, leaf, None) if not leaf.isdigit() or not isinstance(parent, nn.Sequential) \
             else (parent[int(leaf)] if int(leaf) < len(parent) else None)
-        if current is not None and describe(current) == d:
+        if current is not None and (describe(current) if not isinstance(current, nn.Parameter)
+                                    else {"type": "Parameter", "shape": list(current.shape)}) == d:
             continue
         new = _make(d)
         if isinstance(current, nn.Sequential) and d["type"] == "Sequential":
@@ -400,13 +419,23 @@ def _check_layer(name: Any, d: Any) -> None:
     at = f"manifest layer {name!r}"
     kind = d.get("type")
     ints = {"Conv2d": ("in_channels", "out_channels", "groups"), "Linear": ("in_features", "out_features"),
-            **{bn: ("num_features",) for bn in BATCHNORMS}, "Sequential": (), "Identity": ()}
+            **{bn: ("num_features",) for bn in (*BATCHNORMS, *LAYERNORMS)}, "Sequential": (), "Identity": (),
+            "Parameter": ()}
     if kind not in ints:
         raise _damaged(f"{at} has unknown type {kind!r}")
     for field in ints[kind]:
         _int_in(d.get(field), 1, MAX_CHANNELS, f"{at} {field}")
     if kind == "Sequential":
         _int_in(d.get("length"), 0, MAX_SEQUENTIAL, f"{at} length")
+    if kind == "Parameter":
+        shape = d.get("shape")
+        if not isinstance(shape, list) or len(shape) > 8:
+            raise _damaged(f"{at} shape is {shape!r}, expected a list of at most 8 sizes")
+        if math.prod(_int_in(v, 0, MAX_CHANNELS * 4, f"{at} shape") for v in shape) > MAX_PARAMETER_ELEMENTS:
+            raise _damaged(f"{at} has more than {MAX_PARAMETER_ELEMENTS:,} elements")
+    if kind in LAYERNORMS and not (isinstance(d.get("eps"), float) and isinstance(d.get("affine"), bool)
+                                   and isinstance(d.get("bias"), bool)):
+        raise _damaged(f"{at} has an eps, affine or bias of the wrong type")
     if kind == "Conv2d":
         for field, low in (("kernel_size", 1), ("stride", 1), ("padding", 0), ("dilation", 1)):
             pair = d.get(field)

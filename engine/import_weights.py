@@ -137,7 +137,7 @@ def identify(sd: dict[str, torch.Tensor]) -> list[Match]:
     for arch, spec in models.ARCHS.items():
         # A native small-input net (CIFAR ResNets, VGG, MobileNetV2) has one stem: recorded as small-input,
         # as a job at its 32 px records it, and never the stride question its weights cannot answer.
-        for small in (True,) if spec.native else (False, True):
+        for small in spec.stems:
             head = shapes.get(_head_key(arch, small))
             if not head or head[0] < 2:
                 continue

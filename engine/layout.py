@@ -11,6 +11,7 @@ CARD = "card.json"
 LOG = "log"
 SPEC = "spec.json"
 SWEEP = "sweep.json"   # thread and batch curves of a finished run (engine.sweeps)
+MLFLOW = "mlflow.json"  # where the run was logged to MLflow, or why it could not be (engine.tracking)
 # What a finished run shows; removed again when a run does not finish, so none is ever half-done.
 ARTIFACTS = (CHECKPOINT, ONNX, *OPENVINO, RESULT, CARD, SWEEP)
 TEMP_GLOB = ".*.tmp*"  # atomic writes go to ".<name>.<pid>.tmp" first, then are renamed
@@ -18,7 +19,7 @@ TEMP_GLOB = ".*.tmp*"  # atomic writes go to ".<name>.<pid>.tmp" first, then are
 
 def remove_artifacts(run_dir: Path) -> None:
     """Drop a run's result files and temp files, so a run that did not finish shows none."""
-    for name in ARTIFACTS:
+    for name in (*ARTIFACTS, MLFLOW):
         (run_dir / name).unlink(missing_ok=True)
     for tmp in run_dir.glob(TEMP_GLOB):
         tmp.unlink(missing_ok=True)

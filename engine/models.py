@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -61,6 +62,22 @@ def _inception_v3_stem(m: nn.Module) -> None:
     m.maxpool1 = nn.Identity()
 
 
+def _convnext_stem(m: nn.Module) -> None:
+    # The 4x4 stride-4 "patchify" stem then three 2x downsamplings take 32x32 to 1x1; a 3x3 stride-1 stem
+    # leaves 4x4 before the pooling, as the CIFAR ResNets.
+    m.features[0][0] = _conv_like(m.features[0][0], 3, 1)
+
+
+def _regnet_y_400mf(**kwargs: Any) -> nn.Module:
+    # torchvision's builder computes the stage widths with tensors and reads them back (.tolist()), which the
+    # meta device (where bundles are first checked, allocating nothing) cannot do: they are computed on the
+    # CPU, with torchvision's own settings for this net, and handed to its RegNet.
+    with torch.device("cpu"):
+        params = tvm.regnet.BlockParams.from_init_params(depth=16, w_0=48, w_a=27.89, w_m=2.09, group_width=8,
+                                                         se_ratio=0.25)
+    return tvm.RegNet(params, norm_layer=partial(nn.BatchNorm2d, eps=1e-05, momentum=0.1), **kwargs)
+
+
 def _vgg_small(m: nn.Module) -> None:
     # 32x32 leaves a 1x1 map: drop the 7x7 pooling and the 100M-parameter 4096-wide head.
     num_classes = m.classifier[-1].out_features
@@ -71,15 +88,22 @@ def _vgg_small(m: nn.Module) -> None:
 @dataclass(frozen=True)
 class Arch:
     name: str
-    small_stem: Callable[[nn.Module], None] | None  # None: a native small-input net
+    small_stem: Callable[[nn.Module], None] | None  # None: a native small-input net, or one without (no_small_stem)
     family: str
     builder: Callable[..., nn.Module] | None = None  # (num_classes, width) -> model; None: torchvision's
     width: bool = False  # takes a channel-width multiplier
     tv_kwargs: dict[str, Any] = field(default_factory=dict, hash=False)  # torchvision builder's options
+    tv_builder: Callable[..., nn.Module] | None = None  # in place of tvm.get_model(name, ...)
+    no_small_stem: str | None = None  # why the net has no small-input stem (it takes one image size only)
 
     @property
     def native(self) -> bool:
         return self.builder is not None
+
+    @property
+    def stems(self) -> tuple[bool, ...]:
+        """The ``small_input`` values it can be built with (a native net has one stem, recorded as small)."""
+        return (True,) if self.native else (False,) if self.no_small_stem else (False, True)
 
 
 ARCHS: dict[str, Arch] = {a.name: a for a in [
@@ -103,6 +127,14 @@ ARCHS: dict[str, Arch] = {a.name: a for a in [
          tv_kwargs={"aux_logits": False, "transform_input": False, "init_weights": True}),
     Arch("inception_v3", _inception_v3_stem, "inception",
          tv_kwargs={"aux_logits": False, "transform_input": False, "init_weights": True}),
+    # Modern nets. ViT-B/16 takes 224x224 only (its position embeddings are learned per 16x16 patch);
+    # vit_cifar is the small ViT made for 32x32 (engine.cifar_nets).
+    Arch("vit_b_16", None, "vit", no_small_stem="its 16x16 patches and position embeddings are fixed to 224x224 "
+                                                "images; use vit_cifar for small images"),
+    Arch("convnext_tiny", _convnext_stem, "convnext"),
+    Arch("regnet_y_400mf", _first_conv_stride1("stem.0"), "regnet", tv_builder=_regnet_y_400mf),
+    Arch("efficientnet_v2_s", _first_conv_stride1("features.0.0"), "efficientnet"),
+    Arch("vit_cifar", None, "vit", cifar_nets.vit_cifar),
     # The CIFAR literature's benchmark nets (DepGraph, HRank, SFP, FPGM, ResRep, TRP, ShrinkBench).
     *(Arch(f"resnet{d}", None, "cifar_resnet", cifar_nets.resnet(d), True) for d in (20, 32, 56, 110)),
     Arch("vgg16_bn_cifar", None, "vgg", cifar_nets.vgg16_bn, True),
@@ -144,7 +176,10 @@ def build(arch: str, num_classes: int, small_input: bool = False, width: float =
         model = spec.builder(num_classes, float(width))
     else:
         kwargs = {**spec.tv_kwargs, **({"width_mult": float(width)} if width != 1.0 else {})}
-        model = tvm.get_model(arch, weights=None, num_classes=num_classes, **kwargs)
+        if small_input and spec.no_small_stem:
+            raise SpecError("model.small_input", f"{arch} has no small-input stem: {spec.no_small_stem}")
+        model = (spec.tv_builder(num_classes=num_classes, **kwargs) if spec.tv_builder is not None
+                 else tvm.get_model(arch, weights=None, num_classes=num_classes, **kwargs))
         if small_input:
             spec.small_stem(model)
     model.slimbench_width = float(width)
@@ -171,6 +206,12 @@ def zero_init_residual(model: nn.Module) -> int:
 def check_input_fits(model: nn.Module, arch: str, input_shape: tuple[int, ...], field: str) -> None:
     """Refuse, before any training, an architecture whose downsampling leaves nothing of this input
     size (e.g. SqueezeNet on 8x8 digits), naming the field and the way out."""
+    vit = model.image_size if isinstance(model, tvm.VisionTransformer) else None
+    if vit is not None and tuple(input_shape[-2:]) != (vit, vit):
+        # A ViT's position embeddings fix its input size: a larger image is refused as a smaller one is.
+        raise SpecError(field, f"{arch} takes {vit}x{vit} images only (its position embeddings are learned per "
+                               f"patch of a {vit}x{vit} image), not {input_shape[-2]}x{input_shape[-1]}; set "
+                               f"data.image_size to {vit}")
     was_training = model.training
     try:
         if _fits(model.eval(), input_shape):

@@ -23,7 +23,7 @@ import torch.nn as nn
 
 from . import data as data_mod
 from . import (deploy, export, import_weights, layout, measure, methods, models, onnx_models, procs, runtimes,
-               settings, training, user_models)
+               settings, tracking, training, user_models)
 from . import record as record_schema
 from .context import Context
 from .devices import resolve_device
@@ -121,10 +121,26 @@ def run_spec(spec: JobSpec | dict[str, Any], store: Store | None = None, *, run_
         store.end_without_result(run_id, "failed", reason, lease)
         raise JobFailed(reason) from e
     else:
+        if parent is None and tracking.wanted(spec.track.mlflow):  # a pipeline's steps go nested under it
+            _track(store, run_id)
         return record
     finally:
         root_logger.removeHandler(handler)
         handler.close()
+
+
+def _track(store: Store, run_id: str) -> None:
+    """Log the finished run to MLflow. The run is done whatever happens here: a store that cannot be
+    reached or refuses the write is said in the log, on stderr and (``mlflow.json``) on Compare."""
+    uri = tracking.tracking_uri()
+    try:
+        mlflow_id = tracking.log_run(store, run_id, uri)
+    except Exception as e:
+        why = (tracking.status(store.run_dir(run_id)) or {}).get("error") or repr(e)
+        log.warning("not logged to MLflow at %s: %s", uri, why)
+        print(f"warning: run {run_id} finished but was not logged to MLflow at {uri}: {why}", file=sys.stderr)
+    else:
+        log.info("logged to MLflow at %s as run %s", uri, mlflow_id)
 
 
 def _write_results(run_dir: Path, record: dict[str, Any], card: dict[str, Any]) -> None:

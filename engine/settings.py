@@ -50,12 +50,14 @@ CIFAR10_SMALL = Setting("SLIMBENCH_CIFAR10_SMALL", None, "The small CIFAR-10 sub
                         "`../shared/datasets/cifar10-small.zip`).")
 FASHION_MNIST = Setting("SLIMBENCH_FASHION_MNIST", "/usr/share/datasets/fashion-mnist", "Folder of the "
                         "Fashion-MNIST idx files, when a spec gives no `data.path`.")
+MLFLOW = Setting("SLIMBENCH_MLFLOW", None, "`1`: log every finished run to MLflow, whatever its spec's "
+                  "`track.mlflow` says; the store is MLflow's own `MLFLOW_TRACKING_URI`, else `./mlruns`.")
 TEST_HOME = Setting("SLIMBENCH_TEST_HOME", None, "Tests: the session workspace to use instead of a fresh temporary "
                     "one (keeps the trained reference runs between test sessions).")
 
 SETTINGS: tuple[Setting, ...] = (HOME, BACKEND, HEARTBEAT_S, STALE_S, WORKER_CONCURRENCY, WORKER_IDLE_EXIT,
                                  WORKER_ID, WORKER_PID, JOB_THREADS, NO_AUTOSTART, CIFAR10, CIFAR10_SMALL,
-                                 FASHION_MNIST, TEST_HOME)
+                                 FASHION_MNIST, MLFLOW, TEST_HOME)
 
 
 def home() -> Path:
@@ -120,6 +122,10 @@ def cifar10_small() -> str | None:
 
 def fashion_mnist() -> str:
     return FASHION_MNIST.raw()
+
+
+def mlflow_always() -> bool:
+    return MLFLOW.raw() == "1"
 
 
 def test_home() -> str | None:

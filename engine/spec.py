@@ -96,12 +96,18 @@ class MeasureSpec:
 
 
 @dataclass
+class TrackSpec:
+    mlflow: bool = False             # log the finished run to MLflow (engine.tracking); SLIMBENCH_MLFLOW=1 forces it
+
+
+@dataclass
 class JobSpec:
     data: DataSpec = field(default_factory=DataSpec)
     model: ModelSpec = field(default_factory=ModelSpec)
     method: MethodSpec = field(default_factory=MethodSpec)
     train: TrainSpec = field(default_factory=TrainSpec)
     measure: MeasureSpec = field(default_factory=MeasureSpec)
+    track: TrackSpec = field(default_factory=TrackSpec)
     name: str | None = None
     experiment: str | None = None   # what the user calls this study ("ResNet-18 on my shoes")
     group: str | None = None        # a subset of it ("pruning sweep"); both filter Jobs, Compare and the CLI

@@ -187,7 +187,7 @@ def test_small_input_stem_is_automatic_for_small_images():
     assert m.conv1.kernel_size == (3, 3) and m.conv1.stride == (1, 1) and isinstance(m.maxpool, nn.Identity)
 
 
-@pytest.mark.parametrize("arch", list(models.ARCHS))
+@pytest.mark.parametrize("arch", [a for a, spec in models.ARCHS.items() if True in spec.stems])
 def test_every_arch_builds_and_runs_on_32px(arch):
     m = models.build(arch, 10, small_input=True).eval()
     with torch.no_grad():

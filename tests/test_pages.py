@@ -434,7 +434,8 @@ def test_experiments_refuse_a_checkpoint_made_for_other_classes(tmp_path, monkey
 
 @pytest.mark.fast
 def test_experiments_trains_the_literature_nets(tmp_path, monkeypatch):
-    """The architecture picker reads the registry: the CIFAR nets and the Inception family can be chosen."""
+    """The architecture picker reads the registry: the CIFAR nets, the Inception family and the modern nets
+    can be chosen; the MLflow toggle puts track.mlflow in every spec it launches."""
     monkeypatch.setenv("SLIMBENCH_HOME", str(tmp_path / "lit"))
     monkeypatch.setenv("SLIMBENCH_NO_AUTOSTART", "1")
     at = page("experiments")
@@ -442,13 +443,16 @@ def test_experiments_trains_the_literature_nets(tmp_path, monkeypatch):
     at.run()
     literature = {"resnet20", "resnet32", "resnet56", "resnet110", "vgg16_bn_cifar", "mobilenet_v2_cifar",
                   "googlenet", "inception_v3"}
-    assert literature <= set(at.selectbox(key="arch").options)
+    modern = {"vit_b_16", "vit_cifar", "convnext_tiny", "regnet_y_400mf", "efficientnet_v2_s"}
+    assert literature | modern <= set(at.selectbox(key="arch").options)
     at.selectbox(key="arch").set_value("resnet56")
+    at.toggle(key="track_mlflow").set_value(True)
     at.button(key="launch_custom").click()
     at.run()
     assert not at.exception and not at.error, texts(at, "error")
     (row,) = Store(tmp_path / "lit").list()
     assert row["state"] == "queued" and row["spec"]["model"]["arch"] == "resnet56"
+    assert row["spec"]["track"] == {"mlflow": True}
 
 
 def test_jobs_table_says_what_a_running_job_is_doing(tmp_path, monkeypatch):
@@ -692,6 +696,7 @@ def test_compare_renders_500_runs(tmp_path, monkeypatch):
     assert not at.exception and not at.error
     assert len(at.dataframe[0].value) == 500
     assert any("Pareto" in str(c.proto.spec) for c in at.get("plotly_chart"))
+    assert any("as a report (HTML)" in str(b.proto) for b in at.get("download_button"))
 
 
 def digit_png(index: int = 0) -> bytes:

@@ -12,9 +12,11 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from engine import jobs, presets, record, results, sweeps
+from engine import jobs, presets, record, results, sweeps, tracking
 from engine.spec import SpecError
-from views.common import card, download, download_best, fmt_bytes, fmt_count, fmt_ms, fmt_value, get_store, md_text, plot_text
+from views import share
+from views.common import (card, download, download_best, fmt_bytes, fmt_count, fmt_ms, fmt_value, get_store, md_text,
+                          plot_text)
 
 st.title("Compare")
 store = get_store()
@@ -118,61 +120,16 @@ def runs(view: pd.DataFrame) -> None:
     show_front = c3.toggle("Pareto front", key="front")
     cost = axes[axis_label]
     view = view.assign(pareto=results.pareto_mask(view, cost, include_chance=include_chance))
-    plot_df = shown(view.dropna(subset=[cost, "accuracy"]))
-    plot_df = plot_df.assign(name=plot_df["name"].map(plot_text), method_params=plot_df["method_params"].map(plot_text),
-                             flags=plot_df["flags"].map(plot_text))
-    latency = cost == "latency_ms"
-    if plot_df.empty:
+    fig, plot_df, published = share.cost_figure(view, cost, axis_label, log_x, show_front, include_chance)
+    if fig is None:
         st.warning(f"No run in view has both accuracy and {axis_label}.")
     else:
-        if latency:  # each point's spread: its median up to its 90th percentile
-            plot_df = plot_df.assign(latency_spread=(plot_df["latency_p90_ms"] - plot_df["latency_ms"]).clip(lower=0),
-                                     no_spread=0.0)
-        # On the latency axis the symbol is the runtime: ONNX Runtime INT8 and PyTorch eager are different
-        # engines, and their latencies are not one scale a point can move along.
-        fig = px.scatter(plot_df, x=cost, y="accuracy", color="method", symbol="runtime" if latency else "arch",
-                         log_x=log_x, hover_name="name", height=460,
-                         error_x="latency_spread" if latency else None,
-                         error_x_minus="no_spread" if latency else None,
-                         hover_data={"run_id": True, "method_params": True, "x_smaller": ":.2f", "x_faster": ":.2f",
-                                     "delta_accuracy": ":+.1f", "latency_ms": ":.3f", "latency_p90_ms": ":.3f",
-                                     "runtime": True, "size_bytes": ":,", "macs": ":,", "arch": not latency,
-                                     "flags": True},
-                         labels={cost: axis_label, "accuracy": "test accuracy", "delta_accuracy": "Δ accuracy (pt)",
-                                 "runtime": "timed in", "latency_p90_ms": "latency p90 (ms)", "flags": "warnings"})
-        if latency:
-            if plot_df["runtime"].nunique() > 1:
-                st.caption("Symbols show the runtime each model was timed in (PyTorch eager, ONNX Runtime INT8): "
-                           "latencies of different runtimes measure different engines. Bars run from the median to "
-                           "the 90th percentile.")
-        fig.update_traces(marker=dict(size=11, line=dict(width=1, color="white")))
-        if show_front:  # one front per test set: accuracies on different data do not compete
-            groups = list(view[view["pareto"]].groupby(results.TEST_SET, dropna=False, sort=False))
-            for i, (key, front) in enumerate(groups):
-                front = front.sort_values(cost)
-                fig.add_trace(go.Scatter(
-                    x=front[cost], y=front["accuracy"], mode="lines+markers", legendgroup="front",
-                    showlegend=i == 0, name="Pareto front" + (" (one per test set)" if len(groups) > 1 else ""),
-                    marker=dict(size=17, symbol="circle-open", color="rgba(17,24,39,0.55)"),
-                    line=dict(color="rgba(17,24,39,0.55)", dash="dash", shape="hv"), hoverinfo="skip"))
-        lo, hi = plot_df["accuracy"].min(), plot_df["accuracy"].max()
-        published = results.literature_points(view) if cost == "macs" else None
-        if published is not None and not published.empty:
-            # our base's MACs ÷ the published reduction: where that result sits on this net's axis
-            fig.add_trace(go.Scatter(
-                x=published["macs"], y=published["accuracy"], mode="markers", name="published (literature)",
-                marker=dict(size=12, symbol="diamond", color="#f59e0b", line=dict(width=1, color="#78350f")),
-                customdata=published[["method", "net", "base_acc", "result_acc", "delta_pt", "mac_reduction",
-                                      "setting", "source"]].map(plot_text).to_numpy(),
-                hovertemplate="<b>%{customdata[0]}</b> (published, %{customdata[1]})<br>"
-                              "accuracy %{customdata[3]} % from a base of %{customdata[2]} % (Δ %{customdata[4]} pt)"
-                              "<br>%{customdata[5]}x fewer MACs: %{customdata[6]}<br>source: %{customdata[7]}"
-                              "<extra></extra>"))
-            lo, hi = min(lo, published["accuracy"].min()), max(hi, published["accuracy"].max())
-        elif cost != "macs" and not results.literature_points(view).empty:
+        if cost == "latency_ms" and plot_df["runtime"].nunique() > 1:
+            st.caption("Symbols show the runtime each model was timed in (PyTorch eager, ONNX Runtime INT8): "
+                       "latencies of different runtimes measure different engines. Bars run from the median to "
+                       "the 90th percentile.")
+        if cost != "macs" and not results.literature_points(view).empty:
             st.caption("Published results for these nets are drawn on the MACs axis.")
-        fig.update_yaxes(range=[max(0.0, lo - 0.05), min(1.0, hi + 0.05) + 0.01])
-        fig.update_layout(margin=dict(l=10, r=10, t=10, b=10), legend=dict(orientation="v"))
         st.plotly_chart(fig, key="scatter", config={"displaylogo": False})
         if published is not None and not published.empty:
             st.caption(f"Diamonds: {len(published)} published result(s) for "
@@ -200,9 +157,24 @@ def runs_table(view: pd.DataFrame) -> None:
     cols = default[:at] + added + default[at:]
     st.dataframe(shown(view[cols]), hide_index=True, width="stretch", height=min(420, 38 + 35 * len(view)),
                  column_config=COLUMN_CONFIG)
-    st.download_button("Download table (CSV)", data=view.to_csv(index=False).encode(),
-                       file_name="slimbench-results.csv", mime="text/csv", key="dl_csv", on_click="ignore",
-                       icon=":material/table:")
+    a, b = st.columns(2)
+    a.download_button("Download table (CSV)", data=view.to_csv(index=False).encode(),
+                      file_name="slimbench-results.csv", mime="text/csv", key="dl_csv", on_click="ignore",
+                      icon=":material/table:")
+    chosen = {k: st.session_state.get(f"f_{k}") for k in ("dataset", "arch", "method", "text", "experiment", "group")}
+    filters = "; ".join(f"{k}: {', '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in chosen.items() if v)
+    b.download_button("Download this view as a report (HTML)", data=lambda: report(view, filters), key="dl_report",
+                      file_name="slimbench-report.html", mime="text/html", on_click="ignore", icon=":material/share:",
+                      help="one file that opens offline in any browser: the plots (interactive), this table with "
+                           "confidence intervals and paired speed-ups, each run's recipe, the machines it was "
+                           "measured on and the published points")
+
+
+def report(view: pd.DataFrame, filters: str) -> bytes:
+    """The current view as a self-contained HTML report; built on Streamlit's download thread when the button
+    is clicked (plotly.js alone is megabytes), so it reads no session state."""
+    specs = {rid: (store.get(rid) or {}).get("spec") for rid in view["run_id"]}
+    return share.report_html(view, by_id, specs, include_chance, filters).encode()
 
 
 runs(view)
@@ -478,6 +450,14 @@ def details(view: pd.DataFrame) -> None:
                         f"{100 * row['delta_ci_low']:+.1f} to {100 * row['delta_ci_high']:+.1f}",
                         "within test-set noise" if noise else "a real difference", delta_color="off", delta_arrow="off",
                         help=f"paired over the flipped answers; McNemar p = {row['mcnemar_p']:.3g}")
+
+    logged = tracking.status(store.run_dir(run_id))
+    if logged and logged.get("error"):
+        st.warning(f"Not logged to MLflow at {md_text(logged['uri'])}: {md_text(logged['error'])}. The run itself "
+                   "finished; `python -m engine mlflow " + run_id + "` logs it once the store can be reached.",
+                   icon=":material/cloud_off:")
+    elif logged:
+        st.caption(f"Logged to MLflow at {md_text(logged['uri'])} as run `{logged['mlflow_run_id']}`.")
 
     verdict = row.get("control_verdict")
     if isinstance(verdict, str) and verdict and not rec.get("control_of"):

@@ -33,6 +33,8 @@ def launch(plan: list[dict[str, Any]], again: bool = False) -> None:
     above the tabs, which Jobs, Compare and the CLI filter by."""
     labels = {k: " ".join(str(st.session_state.get(f"exp_{k}") or "").split()) for k in ("experiment", "group")}
     plan = [{**s, **{k: v for k, v in labels.items() if v}} for s in plan]
+    if st.session_state.get("track_mlflow"):
+        plan = [{**s, "track": {**s.get("track", {}), "mlflow": True}} for s in plan]
     ok, problems = presets.check(plan)
     if problems:
         st.error("Nothing was queued. Fix these first:\n\n" + "\n".join(f"- {md_text(p)}" for p in problems))
@@ -286,6 +288,11 @@ c1.text_input("Experiment", key="exp_experiment", max_chars=200, placeholder="e.
                    "filter by it")
 c2.text_input("Group", key="exp_group", max_chars=200, placeholder="e.g. pruning sweep",
               help="a subset of the experiment (`--group` on the CLI)")
+st.toggle("Log finished runs to MLflow", key="track_mlflow",
+          help="each job launched below is logged when it finishes (spec as params, results as metrics, model, ONNX "
+               "and card as artefacts, pipeline steps nested) to MLFLOW_TRACKING_URI as the dashboard's worker sees "
+               "it, else ./mlruns beside it; nothing is sent anywhere else. A store that cannot be reached leaves "
+               "the run finished and says why on Compare. `python -m engine mlflow` exports past runs.")
 tab_preset, tab_custom = st.tabs(["Presets", "Custom experiment"])
 
 # -- presets ------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
 import torch.nn.functional as F
 
 from .. import measure
@@ -68,6 +69,10 @@ def singular_values(w: torch.Tensor) -> torch.Tensor:
 
 
 def eligible(m: nn.Module) -> bool:
+    # Attention's output projection is read as a weight by nn.MultiheadAttention itself (not called as a
+    # layer): two factors in its place would break the attention, so it stays whole.
+    if isinstance(m, NonDynamicallyQuantizableLinear):
+        return False
     return isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.groups == 1)
 
 

@@ -133,6 +133,12 @@ def slimming(model, ctx, params):
     if not any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
         raise SpecError("model", f"slimming ranks channels by batch-norm scales but {ctx.arch} has no batch norm; "
                         "use prune_structured")
+    grouped = next((n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and 1 < m.groups < m.in_channels),
+                   None)
+    if params["expand"] and grouped is not None:  # refused now, not after the shrinking has trained
+        raise SpecError("method.params.expand", f"expand widens every channel group by one factor, which grouped "
+                        f"convolutions ({grouped} of {ctx.arch}: groups of fixed width) cannot follow; "
+                        "use expand=false")
     shape = ctx.input_shape
     base_macs = measure.count_macs(model, shape)["macs"]
     if params["epochs"] and params["strength"] > 0:

@@ -13,6 +13,7 @@ from typing import Callable, Iterator
 import torch
 import torch.nn as nn
 import torch_pruning as tp
+from torchvision.models import VisionTransformer
 
 from ... import export, models, user_models
 from ...spec import SpecError
@@ -47,12 +48,37 @@ def example_input(model: nn.Module, input_shape: tuple[int, ...]) -> torch.Tenso
 
 
 def protected(model: nn.Module) -> list[nn.Module]:
-    """Layers whose outputs must keep their size: the classifier."""
-    return [models.classifier_layer(model)[1]]
+    """Layers whose outputs must keep their size: the classifier, and in a vision transformer every
+    layer writing to the residual stream (patch embedding, attention, the MLPs' second Linear): its width
+    is fixed by the class token and position embeddings, which are parameters, not layers, and which
+    neither the dependency graph nor the bundle's manifest tracks. What remains is each block's MLP width."""
+    keep = [models.classifier_layer(model)[1]]
+    if isinstance(model, VisionTransformer):
+        keep.append(model.conv_proj)
+        for block in model.encoder.layers:
+            keep += [block.self_attention, block.mlp[3]]
+    return keep
+
+
+def loose_parameters(model: nn.Module) -> list[tuple[nn.Parameter, int]]:
+    """Parameters held outside the layers torch-pruning knows (ConvNeXt's layer scale, a ViT's class token
+    and position embeddings), each with its channel dimension: the last one longer than 1, as torch-pruning
+    would guess, stated so that it does not warn in every job's log."""
+    known = (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.MultiheadAttention)
+    out = []
+    for m in model.modules():
+        if isinstance(m, known):
+            continue
+        for p in m.parameters(recurse=False):
+            dims = [i for i, n in enumerate(p.shape) if n > 1]
+            if dims:
+                out.append((p, dims[-1]))
+    return out
 
 
 def graph(model: nn.Module, input_shape: tuple[int, ...]) -> tp.DependencyGraph:
-    return tp.DependencyGraph().build_dependency(model, example_inputs=example_input(model, input_shape))
+    return tp.DependencyGraph().build_dependency(model, example_inputs=example_input(model, input_shape),
+                                                 unwrapped_parameters=loose_parameters(model))
 
 
 def channel_groups(DG: tp.DependencyGraph, model: nn.Module) -> list[tp.Group]:
@@ -83,7 +109,7 @@ def make_pruner(model: nn.Module, input_shape: tuple[int, ...], importance: tp.i
     return tp.pruner.BasePruner(model, example_input(model, input_shape), importance, pruning_ratio=ratio,
                                 iterative_steps=steps, ignored_layers=protected(model),
                                 global_pruning=global_ranking, max_pruning_ratio=max_ratio,
-                                root_module_types=list(ROOT_TYPES))
+                                root_module_types=list(ROOT_TYPES), unwrapped_parameters=loose_parameters(model))
 
 
 def selected_groups(pruner: tp.pruner.BasePruner) -> Iterator[tp.Group]:
