@@ -1,16 +1,15 @@
 """Accuracy-limited INT8: rank layers by their quantisation error, keep the worst in FP32 until the drop fits.
 
-The error of each quantised layer comes from ONNX Runtime's QDQ debugging tools
-(``onnxruntime.quantization.qdq_loss_debug``): the signal-to-quantisation-noise ratio (SQNR, dB) of its
-weights and of its input activation, each quantised alone. A layer's score is the lower of the two
-(its noisiest tensor). The search keeps the 1, 2, 4, ... noisiest layers in FP32 until the drop on the
+Each quantised layer's error is the signal-to-quantisation-noise ratio (SQNR, dB) of its output when it
+alone is quantised as the INT8 model quantises it (input, weight and bias), fed the FP32 model's input
+activations (what ONNX Runtime's ``qdq_loss_debug`` compares tensor by tensor, here per layer output). The search keeps the 1, 2, 4, ... noisiest layers in FP32 until the drop on the
 validation split fits, then bisects between the last two counts for the fewest that do (the drop
 is close to monotone in the count); a limit that no count meets keeps the smallest drop seen.
 """
 from __future__ import annotations
 
+import contextlib
 import math
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -21,28 +20,156 @@ from . import int8_formats
 
 
 def layer_sqnr(fp32_path: Path, qdq_path: Path, reader: int8_formats.Calibration) -> dict[str, float]:
-    """Node name -> SQNR (dB, lower: more sensitive) of the node's noisier tensor, weight or input, in the
-    QDQ model ``qdq_path`` made from ``fp32_path``; activations over ``reader``'s batches."""
+    """Node name -> SQNR (dB; lower: more sensitive) of each quantised layer's output when that layer alone is
+    quantised as the QDQ model ``qdq_path`` quantises it (its input, weight and bias through their Q/DQ
+    pairs), fed the FP32 model's own input activations over ``reader``'s batches. Local: one layer's error,
+    not what it inherits from the layers before it. A weight's SQNR alone misses what matters (one outlier
+    weight keeps the tensor's SQNR high while the scale it forces rounds every other weight to zero), so the
+    layer's output is what is compared."""
     import onnx
-    from onnxruntime.quantization import qdq_loss_debug as dbg
-    weight_err = dbg.compute_weight_error(dbg.create_weight_matching(str(fp32_path), str(qdq_path)))
+    from onnx import numpy_helper
     feeds = [{reader.input_name: a} for a in reader.arrays()]
-    with tempfile.TemporaryDirectory(dir=qdq_path.parent) as tmp:
-        acts = {}
-        for kind, path in (("float", fp32_path), ("qdq", qdq_path)):
-            aug = Path(tmp) / f"{kind}.onnx"
-            dbg.modify_model_output_intermediate_tensors(str(path), str(aug))
-            acts[kind] = dbg.collect_activations(str(aug), feeds)
-    act_err = dbg.compute_activation_error(dbg.create_activation_matching(acts["qdq"], acts["float"]))
+    qdq = onnx.load(str(qdq_path))
+    producer = {o: n for n in qdq.graph.node for o in n.output}
+    wanted = []
+    for node in qdq.graph.node:
+        if node.op_type in int8_formats.QUANTIZABLE_OPS:
+            with contextlib.suppress(KeyError):
+                wanted.append(_activation_quantizer(node.input[0], producer, {})[0])
+    acts = _activations(fp32_path, wanted, feeds)
+    consts = {i.name: numpy_helper.to_array(i) for i in qdq.graph.initializer}
     out: dict[str, float] = {}
-    for node in onnx.load(str(fp32_path), load_external_data=False).graph.node:
+    for node in qdq.graph.node:
         if node.op_type not in int8_formats.QUANTIZABLE_OPS:
             continue
-        scores = [weight_err.get(name) for name in node.input[1:2]]
-        scores.append(act_err.get(node.input[0], {}).get("qdq_err"))
-        finite = [float(s) for s in scores if s is not None and not math.isnan(float(s))]
-        out[node.name] = min(finite) if finite else math.inf
+        try:
+            x_name, fq_input = _activation_quantizer(node.input[0], producer, consts)
+            w = _dequantized(node.input[1], producer, consts)
+            b = _dequantized(node.input[2], producer, consts) if len(node.input) > 2 and node.input[2] else None
+            w32 = _float_of(node.input[1], producer, consts, fp32_path)
+            b32 = _float_of(node.input[2], producer, consts, fp32_path) if b is not None else None
+        except KeyError:    # a layer left unquantised, or a pattern not read here: no error to rank it by
+            out[node.name] = math.inf
+            continue
+        xs = acts.get(x_name)
+        if not xs or w32 is None:
+            out[node.name] = math.inf
+            continue
+        signal = noise = 0.0
+        for x in xs:
+            x = torch.tensor(x, dtype=torch.float32)
+            ref = _apply(node, x, torch.tensor(w32, dtype=torch.float32), None if b32 is None else torch.tensor(b32, dtype=torch.float32))
+            got = _apply(node, fq_input(x), torch.tensor(w, dtype=torch.float32), None if b is None else torch.tensor(b, dtype=torch.float32))
+            signal += float(ref.square().sum())
+            noise += float((ref - got).square().sum())
+        out[node.name] = 10 * math.log10(signal / noise) if noise > 0 and signal > 0 else math.inf
     return out
+
+
+def _activations(fp32_path: Path, names: list[str], feeds: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """The FP32 model's tensors ``names`` (each an intermediate or the input), one array per feed."""
+    import onnx
+    import onnxruntime as ort
+    model = onnx.load(str(fp32_path))
+    inputs = {i.name for i in model.graph.input}
+    shapes = {v.name: v for v in model.graph.value_info}
+    extra = [n for n in dict.fromkeys(names) if n not in inputs and n not in {o.name for o in model.graph.output}]
+    for n in extra:
+        model.graph.output.append(shapes.get(n) or onnx.helper.make_empty_tensor_value_info(n))
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    outs = [o.name for o in sess.get_outputs()]
+    acts: dict[str, list[Any]] = {}
+    for feed in feeds:
+        values = dict(zip(outs, sess.run(outs, feed)))
+        for n in dict.fromkeys(names):
+            acts.setdefault(n, []).append(feed[n] if n in feed else values[n])
+    return acts
+
+
+_FP32_CONSTS: dict[str, dict[str, Any]] = {}
+
+
+def _float_of(name: str, producer: dict, consts: dict, fp32_path: Path):
+    """The FP32 value of a weight or bias the QDQ model quantised (read from the FP32 file)."""
+    import onnx
+    from onnx import numpy_helper
+    key = str(fp32_path)
+    if key not in _FP32_CONSTS:
+        _FP32_CONSTS.clear()
+        _FP32_CONSTS[key] = {i.name: numpy_helper.to_array(i) for i in onnx.load(key).graph.initializer}
+    dq = producer.get(name)
+    source = name
+    if dq is not None and dq.op_type == "DequantizeLinear":
+        source = dq.input[0]
+        q = producer.get(source)
+        source = q.input[0] if q is not None and q.op_type == "QuantizeLinear" else source
+        for suffix in ("_quantized",):
+            if source.endswith(suffix):
+                source = source[: -len(suffix)]
+    return _FP32_CONSTS[key].get(source)
+
+
+def _dequantized(name: str, producer: dict, consts: dict):
+    """A constant input as the INT8 model computes with it: its DequantizeLinear applied (KeyError: none)."""
+    dq = producer[name]
+    if dq.op_type != "DequantizeLinear":
+        raise KeyError(name)
+    q, scale = consts[dq.input[0]].astype("float64"), consts[dq.input[1]].astype("float64")
+    zp = consts[dq.input[2]].astype("float64") if len(dq.input) > 2 and dq.input[2] else 0.0
+    axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
+    if getattr(scale, "ndim", 0) == 1 and q.ndim > 1:
+        shape = [1] * q.ndim
+        shape[axis] = -1
+        scale, zp = scale.reshape(shape), (zp.reshape(shape) if getattr(zp, "ndim", 0) else zp)
+    return ((q - zp) * scale).astype("float32")
+
+
+def _activation_quantizer(name: str, producer: dict, consts: dict):
+    """(the FP32 tensor a Q/DQ pair quantises, the fake-quantiser it applies) for an activation input."""
+    dq = producer[name]
+    q = producer[dq.input[0]] if dq.op_type == "DequantizeLinear" else None
+    if q is None or q.op_type != "QuantizeLinear":
+        raise KeyError(name)
+    if not consts:
+        return q.input[0], None
+    scale = float(consts[q.input[1]])
+    zp_arr = consts[q.input[2]] if len(q.input) > 2 and q.input[2] else None
+    zp = 0 if zp_arr is None else int(zp_arr)
+    low, high = (-128, 127) if zp_arr is not None and zp_arr.dtype.kind == "i" else (0, 255)
+
+    def fake(x: torch.Tensor) -> torch.Tensor:
+        return (torch.clamp(torch.round(x / scale) + zp, low, high) - zp) * scale
+    return q.input[0], fake
+
+
+def _apply(node, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """The node's own computation in torch (Conv, ConvTranspose, Gemm, MatMul)."""
+    attrs = {a.name: a for a in node.attribute}
+
+    def ints(key: str, default):
+        return list(attrs[key].ints) if key in attrs else default
+    if node.op_type in ("Conv", "ConvTranspose"):
+        dims = w.dim() - 2
+        pads = ints("pads", [0] * 2 * dims)
+        if pads[:dims] != pads[dims:]:
+            x = torch.nn.functional.pad(x, [p for i in reversed(range(dims)) for p in (pads[i], pads[i + dims])])
+            pads = [0] * 2 * dims
+        kw = dict(stride=ints("strides", [1] * dims), padding=pads[:dims], dilation=ints("dilations", [1] * dims),
+                  groups=attrs["group"].i if "group" in attrs else 1)
+        fn = {("Conv", 1): torch.nn.functional.conv1d, ("Conv", 2): torch.nn.functional.conv2d,
+              ("Conv", 3): torch.nn.functional.conv3d, ("ConvTranspose", 1): torch.nn.functional.conv_transpose1d,
+              ("ConvTranspose", 2): torch.nn.functional.conv_transpose2d}[(node.op_type, dims)]
+        return fn(x, w, b, **kw)
+    if node.op_type == "Gemm":
+        if "transA" in attrs and attrs["transA"].i:
+            x = x.t()
+        if "transB" in attrs and attrs["transB"].i:
+            w = w.t()
+        y = (attrs["alpha"].f if "alpha" in attrs else 1.0) * (x @ w)
+        return y if b is None else y + (attrs["beta"].f if "beta" in attrs else 1.0) * b
+    return x @ w
 
 
 def ranked(sqnr: dict[str, float]) -> list[str]:
