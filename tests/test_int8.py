@@ -20,7 +20,7 @@ from engine.validation import check_spec
 
 from conftest import run_spec
 
-MEASURE = {"onnx": False, "latency_runs": 2, "warmup_runs": 1, "paired_rounds": 2}
+MEASURE = {"onnx": False, "latency_runs": 2, "warmup_runs": 1, "paired_rounds": 1, "batch_size": 4}
 
 
 # -- the CPU's INT8 level ------------------------------------------------------------------------
@@ -96,10 +96,8 @@ def test_layers_rank_by_their_lowest_sqnr():
 
 
 # -- accuracy-limited PTQ on a model made sensitive -------------------------------------------------
-def _sensitive_model(data) -> nn.Module:
-    """A small conv net trained on digits, then given one huge weight in conv2 from an input channel that
-    is always zero: the FP32 answers do not change, but a per-tensor INT8 scale for conv2 rounds every
-    other conv2 weight to zero."""
+def _small_net(data) -> nn.Module:
+    """A small conv net trained on digits for a few seconds."""
     torch.manual_seed(0)
     c = data.input_shape[0]
     net = nn.Sequential(nn.Conv2d(c, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
@@ -110,6 +108,13 @@ def _sensitive_model(data) -> nn.Module:
             opt.zero_grad()
             nn.functional.cross_entropy(net(x), y).backward()
             opt.step()
+    return net.eval()
+
+
+def _sensitive_model(data) -> nn.Module:
+    """The small net given one huge weight in conv2 from an input channel that is always zero: the FP32
+    answers do not change, but a per-tensor INT8 scale for conv2 rounds every other conv2 weight to zero."""
+    net = _small_net(data)
     with torch.no_grad():
         net[0].weight[7].zero_()
         net[0].bias[7] = -1.0                    # channel 7 is ReLU(-1) = 0 everywhere
@@ -152,18 +157,26 @@ def test_accuracy_limit_keeps_the_outlier_layer_fp32(tmp_path, monkeypatch):
     assert limited.agreement >= 0.95
 
 
-# -- QAT and the pruned -> INT8 pipeline, end to end --------------------------------------------------
-def test_qat_produces_a_real_int8_model(tiny_base, session_home):
+# -- QAT on a pruned model, end to end: a real INT8 model that keeps the channel savings ------------------
+@pytest.fixture(scope="module")
+def pruned_then_qat(tiny_base, session_home):
+    data = {"name": "digits", "limit": 300, "val_limit": 100, "test_limit": 150}
+
+    def job(start, method, params):
+        return run_spec({"data": data, "model": {"from_run": start}, "method": {"name": method, "params": params},
+                         "train": {"epochs": 1}, "measure": MEASURE}, session_home)
+    pruned = job(tiny_base["run_id"], "prune_structured", {"ratio": 0.5, "finetune_epochs": 0})
+    return pruned, job(pruned["run_id"], "qat", {"epochs": 1, "format": "qdq", "calibration_batches": 2})
+
+
+def test_qat_produces_a_real_int8_model(pruned_then_qat):
     import onnx
     import onnxruntime as ort
-    r = run_spec({"data": {"name": "digits", "limit": 300, "val_limit": 100, "test_limit": 150},
-                  "model": {"from_run": tiny_base["run_id"]}, "method": {"name": "qat", "params": {
-                      "epochs": 1, "format": "qdq", "calibration_batches": 2}}, "measure": MEASURE}, session_home)
+    _, r = pruned_then_qat
     assert r["precision"] == "int8" and r["int8_format"] == "qdq" and r["method"] == "qat"
     assert any(h["phase"] == "qat" for h in r["history"]) and r["qat"]["batch_norms_folded"] > 10
     m = onnx.load(r["onnx"])
-    ops = {n.op_type for n in m.graph.node}
-    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in m.graph.node}
     int8_weights = [i for i in m.graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 4]
     assert len(int8_weights) >= 15                             # every conv's weights stored as int8
     assert r["onnx_bytes"] < 0.4 * r["fp32_onnx_bytes"]
@@ -176,15 +189,11 @@ def test_qat_produces_a_real_int8_model(tiny_base, session_home):
     assert sum(r["phase_seconds"].values()) <= r["finished"] - r["started"] + 0.5
 
 
-def test_pruned_then_int8_keeps_the_channel_savings(tiny_base, session_home):
+def test_pruned_then_int8_keeps_the_channel_savings(pruned_then_qat, tiny_base):
     import onnx
     from engine import export
-    r = run_spec({"data": {"name": "digits", "limit": 300, "val_limit": 100, "test_limit": 100},
-                  "model": {"from_run": tiny_base["run_id"]}, "method": {"name": "pipeline", "params": {"steps": [
-                      {"name": "prune_structured", "params": {"ratio": 0.5, "finetune_epochs": 0}},
-                      {"name": "quantize_int8", "params": {"calibration_batches": 2, "format": "qdq"}}]}},
-                  "measure": MEASURE}, session_home)
-    pruned_model, _ = export.load_model(Path(r["checkpoint"]).parents[1] / r["pipeline_runs"][0] / "model.pt")
+    pruned, r = pruned_then_qat
+    pruned_model, _ = export.load_model(pruned["checkpoint"])
     base_model, _ = export.load_model(tiny_base["checkpoint"])
 
     def conv_shapes(model):
@@ -193,7 +202,7 @@ def test_pruned_then_int8_keeps_the_channel_savings(tiny_base, session_home):
                          if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 4)
     assert int8_shapes == conv_shapes(pruned_model)                    # the INT8 convs are the pruned ones
     assert sum(a * b for a, b in int8_shapes) < 0.5 * sum(a * b for a, b in conv_shapes(base_model))
-    assert r["macs"] < 0.5 * tiny_base["macs"] and r["precision"] == "int8" and r["int8_agreement"] is not None
+    assert r["macs"] == pruned["macs"] < 0.5 * tiny_base["macs"]
 
 
 # -- data limits ---------------------------------------------------------------------------------
@@ -213,3 +222,25 @@ def test_phase_summary_says_where_the_time_went():
     from engine import results
     text = results.phase_summary({"data": 1.0, "train": 6.0, "method": 0.0, "evaluate": 3.0})
     assert text.startswith("Where the time went: training 6.0 s (60 %) · test set 3.0 s (30 %)")
+
+
+# -- the bench's INT8 formats table, on tiny settings ---------------------------------------------------
+def test_bench_int8_table_compares_every_format_with_both_quantisers_defaults():
+    from bench import int8_formats as bench_int8
+    data = data_mod.load(DataSpec(name="digits", val_limit=50, test_limit=120, batch_size=32))
+    res = bench_int8.run(_small_net(data), data, batches=2, rounds=2, runs=4, log=lambda m: None)
+    rows = {r["name"].split(" (auto")[0]: r for r in res["rows"]}
+    expected = {"FP32 (ONNX Runtime)", "ONNX Runtime quantize_static defaults",
+                *[f"ours: {f}" for f in ("qdq", "qdq_reduce_range", "qdq_s8s8", "qoperator")]}
+    if int8_cpu.openvino_available():
+        expected |= {"FP32 (OpenVINO)", "ours: openvino", "OpenVINO + NNCF defaults"}
+    assert set(rows) == expected
+    assert sum("(auto here)" in r["name"] for r in res["rows"]) == 1
+    for name, r in rows.items():
+        assert r["images"] == 120 and 0 <= r["agreement"] <= 1 and r["latency_ms"] > 0
+        assert ("speedup" in r) == (not name.startswith("FP32"))
+    assert rows["FP32 (ONNX Runtime)"]["agreement"] > 0.98          # ONNX Runtime FP32 is the same model
+    assert rows["ours: qdq_s8s8"]["agreement"] > 0.9
+    text = bench_int8.section(res, "tiny digits net")
+    assert text.startswith("### INT8 formats (tiny digits net)") and text.count("\n| ") == len(rows) + 1
+    assert ("met" in text or "missed by" in text) and f"picks **{res['cpu']['auto_format']}**" in text
