@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=None, help="int8: timed calls per contender per round (default 40)")
     p.add_argument("--skip", default="", help="comma list of sections to skip: efficiency,methods,queue,pages,tour,photos")
     a = p.parse_args(argv)
-    gpu = a.machine != "cpu"
+    gpu = a.machine in ("gpu", "gpu-bases")
     if gpu and not torch.cuda.is_available():
         print(f"error: `bench {a.machine}` needs a CUDA device", file=sys.stderr)
         return 2
