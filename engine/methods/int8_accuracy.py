@@ -38,6 +38,7 @@ def layer_sqnr(fp32_path: Path, qdq_path: Path, reader: int8_formats.Calibration
                 wanted.append(_activation_quantizer(node.input[0], producer, {})[0])
     acts = _activations(fp32_path, wanted, feeds)
     consts = {i.name: numpy_helper.to_array(i) for i in qdq.graph.initializer}
+    fp32_consts = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(fp32_path)).graph.initializer}
     out: dict[str, float] = {}
     for node in qdq.graph.node:
         if node.op_type not in int8_formats.QUANTIZABLE_OPS:
@@ -46,8 +47,8 @@ def layer_sqnr(fp32_path: Path, qdq_path: Path, reader: int8_formats.Calibration
             x_name, fq_input = _activation_quantizer(node.input[0], producer, consts)
             w = _dequantized(node.input[1], producer, consts)
             b = _dequantized(node.input[2], producer, consts) if len(node.input) > 2 and node.input[2] else None
-            w32 = _float_of(node.input[1], producer, consts, fp32_path)
-            b32 = _float_of(node.input[2], producer, consts, fp32_path) if b is not None else None
+            w32 = _float_of(node.input[1], producer, fp32_consts)
+            b32 = _float_of(node.input[2], producer, fp32_consts) if b is not None else None
         except KeyError:    # a layer left unquantised, or a pattern not read here: no error to rank it by
             out[node.name] = math.inf
             continue
@@ -88,27 +89,15 @@ def _activations(fp32_path: Path, names: list[str], feeds: list[dict[str, Any]])
     return acts
 
 
-_FP32_CONSTS: dict[str, dict[str, Any]] = {}
-
-
-def _float_of(name: str, producer: dict, consts: dict, fp32_path: Path):
-    """The FP32 value of a weight or bias the QDQ model quantised (read from the FP32 file)."""
-    import onnx
-    from onnx import numpy_helper
-    key = str(fp32_path)
-    if key not in _FP32_CONSTS:
-        _FP32_CONSTS.clear()
-        _FP32_CONSTS[key] = {i.name: numpy_helper.to_array(i) for i in onnx.load(key).graph.initializer}
+def _float_of(name: str, producer: dict, fp32_consts: dict):
+    """The FP32 value (from the FP32 file's constants) of a weight or bias the QDQ model quantised."""
     dq = producer.get(name)
     source = name
     if dq is not None and dq.op_type == "DequantizeLinear":
         source = dq.input[0]
         q = producer.get(source)
-        source = q.input[0] if q is not None and q.op_type == "QuantizeLinear" else source
-        for suffix in ("_quantized",):
-            if source.endswith(suffix):
-                source = source[: -len(suffix)]
-    return _FP32_CONSTS[key].get(source)
+        source = q.input[0] if q is not None and q.op_type == "QuantizeLinear" else source.removesuffix("_quantized")
+    return fp32_consts.get(source)
 
 
 def _dequantized(name: str, producer: dict, consts: dict):

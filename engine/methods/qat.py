@@ -18,6 +18,7 @@ import torch.nn as nn
 from torch.ao.quantization import FakeQuantize, MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver
 from torch.nn.utils import parametrize
 
+from ..errors import SpecError
 from . import Param, register
 from .quantize import INT8_PARAMS, check_int8_params, resolve_format, static_int8
 
@@ -121,6 +122,12 @@ def detach(model: nn.Module, state: dict[str, Any]) -> None:
             del m.train
 
 
+def check_qat(params: dict, spec: Any) -> None:
+    check_int8_params(params, spec)
+    if getattr(getattr(spec, "train", None), "devices", 1) > 1:   # the fake quantisers live in this process's model (hooks, parametrisations)
+        raise SpecError("train.devices", "qat fine-tunes in one process; set train.devices to 1")
+
+
 @register("qat", family="quantization", params=[
     Param("epochs", "int", 2, "fine-tuning epochs with fake INT8", low=1, high=1000),
     Param("lr", "float", None, "learning rate of the fine-tuning (blank: a tenth of the training rate)",
@@ -129,7 +136,7 @@ def detach(model: nn.Module, state: dict[str, Any]) -> None:
 ], help="Quantisation-aware training: fine-tune a few epochs with fake INT8 inputs and weights (torch.ao "
         "FakeQuantize, batch norm frozen and folded as exported), then export a real INT8 model in the chosen "
         "format; measured like quantize_int8, against which it is the slower but more faithful choice.",
-   torch_output=False, check=check_int8_params)
+   torch_output=False, check=check_qat)
 def qat(model, ctx, params):
     fmt = resolve_format(params["format"], "method.params.format")
     model = model.to("cpu")

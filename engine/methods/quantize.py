@@ -207,6 +207,7 @@ def static_int8(model: nn.Module, ctx, params: dict[str, Any], fmt: str, method:
                                  "weights": "int7 (reduce_range)" if fmt == "qdq_reduce_range" else "int8",
                                  "activations": "int8" if s8 else "uint8", "calibration": calibration,
                                  "calibration_batches": batches, "cpu": int8_cpu.this_cpu(),
+                                 "bias_correction": "NNCF fast bias correction" if fmt == "openvino" else None,
                                  "preprocessed": skipped is None, **({"preprocess_error": skipped} if skipped else {})}
     if limit is not None:
         summary = limit.summary()
