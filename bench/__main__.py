@@ -132,7 +132,8 @@ def int8_block(a: argparse.Namespace, cifar: str, cmd: str) -> int:
     from engine.runner import run_spec
     # ResNet-20 (41 MMACs): 4 epochs on 10,000 images train in a few minutes on 2 cores; ResNet-18 (556 MMACs,
     # the model) took over 10 minutes for 2 epochs on 5,000 on a loaded machine: pass --arch resnet18.
-    data_spec = {"name": "cifar10", "path": cifar, "limit": a.limit or 10000, "test_limit": a.test_limit or 1000}
+    data_spec = {"name": "cifar10", "path": cifar, "limit": a.limit or 10000, "val_limit": 1000,
+                 "test_limit": a.test_limit or 1000}
     if a.from_checkpoint:
         model, _ = export.load_model(a.from_checkpoint)
         about = f"{Path(a.from_checkpoint).name} on CIFAR-10, {data_spec['test_limit']} test images"
