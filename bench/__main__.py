@@ -1,6 +1,7 @@
 """``python -m bench cpu|gpu``: regenerate that machine's section of docs/BENCHMARKS.md from scratch.
 ``python -m bench gpu-bases``: train the literature's CIFAR-10 bases and write their block of the GPU section.
-``python -m bench runtimes``: the CPU base and its structured-50 % result in every runtime (bench/runtimes.py)."""
+``python -m bench runtimes``: the CPU base and its structured-50 % result in every runtime (bench/runtimes.py).
+``python -m bench int8``: the "INT8 formats" block of the CPU section (bench.int8_formats)."""
 from __future__ import annotations
 
 import argparse
@@ -14,11 +15,11 @@ from pathlib import Path
 import torch
 
 from engine import data as data_mod
-from engine import presets, settings
+from engine import export, presets, settings
 from engine.spec import DataSpec
 from engine.store import Store
 
-from . import efficiency, gpu_bases, methods_table, report
+from . import efficiency, gpu_bases, int8_formats, methods_table, report
 
 ROOT = Path(__file__).resolve().parent.parent
 BUDGET_S = 1800  # `make bench` on 2 CPU cores, all sections
@@ -127,13 +128,40 @@ def literature_bases(cifar: str, cmd: str) -> int:
     return 0
 
 
+def int8_block(a: argparse.Namespace, cifar: str, cmd: str) -> int:
+    """Train a CIFAR-10 base (or take --from-checkpoint), then write the "INT8 formats" block of the CPU section."""
+    from engine.runner import run_spec
+    # ResNet-20 (41 MMACs): 4 epochs on 10,000 images train in a few minutes on 2 cores; ResNet-18 (556 MMACs,
+    # the issue's model) took over 10 minutes for 2 epochs on 5,000 on a loaded machine: pass --arch resnet18.
+    data_spec = {"name": "cifar10", "path": cifar, "limit": a.limit or 10000, "val_limit": 1000,
+                 "test_limit": a.test_limit or 1000}
+    if a.from_checkpoint:
+        model, _ = export.load_model(a.from_checkpoint)
+        about = f"{Path(a.from_checkpoint).name} on CIFAR-10, {data_spec['test_limit']} test images"
+    else:
+        store_root = Path(tempfile.mkdtemp(prefix="slimbench-int8-"))
+        os.environ["SLIMBENCH_HOME"] = str(store_root)
+        arch, epochs = a.arch or "resnet20", a.base_epochs or 4
+        log(f"int8: training the {arch} base ({epochs} epochs on {data_spec['limit']} images)")
+        base = run_spec({"data": data_spec, "model": {"arch": arch}, "train": {"epochs": epochs},
+                         "measure": {"onnx": False, "latency_runs": 3, "warmup_runs": 1, "paired_rounds": 0}},
+                        Store(store_root))
+        model, _ = export.load_model(base["checkpoint"])
+        about = (f"CIFAR-10 {arch} base, {epochs} epochs on {data_spec['limit']:,} images, top-1 "
+                 f"{base['accuracy']:.3f}")
+    data = data_mod.load(DataSpec(**data_spec))
+    res = int8_formats.run(model, data, rounds=a.rounds or 7, runs=a.runs or 40, log=log)
+    log(f"wrote {report.write_block('cpu', 'int8-formats', int8_formats.section(res, about), cmd)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["runtimes"]:   # its own options (python -m bench runtimes --help)
         from . import runtimes
         return runtimes.main(argv[1:])
     p = argparse.ArgumentParser(prog="python -m bench")
-    p.add_argument("machine", choices=["cpu", "gpu", "gpu-bases", "runtimes"])
+    p.add_argument("machine", choices=["cpu", "gpu", "gpu-bases", "runtimes", "int8"])
     p.add_argument("--cifar", default=None, help="CIFAR-10 zip (default: ../shared/datasets/cifar10-small.zip "
                                                  "for cpu, cifar10.zip for gpu)")
     p.add_argument("--limit", type=int, default=None, help="cap on training images")
@@ -141,16 +169,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--base-epochs", type=int, default=None)
     p.add_argument("--finetune-epochs", type=int, default=None)
     p.add_argument("--student-epochs", type=int, default=None)
+    p.add_argument("--arch", default=None, help="int8: the base's architecture (default resnet20)")
+    p.add_argument("--from-checkpoint", default=None, help="int8: a CIFAR-10 model.pt to quantise instead of training one")
+    p.add_argument("--rounds", type=int, default=None, help="int8: interleaved timing rounds (default 7)")
+    p.add_argument("--runs", type=int, default=None, help="int8: timed calls per contender per round (default 40)")
     p.add_argument("--skip", default="", help="comma list of sections to skip: efficiency,methods,queue,pages,tour,photos")
     a = p.parse_args(argv)
-    gpu = a.machine != "cpu"
+    gpu = a.machine in ("gpu", "gpu-bases")
     if gpu and not torch.cuda.is_available():
         print(f"error: `bench {a.machine}` needs a CUDA device", file=sys.stderr)
         return 2
-    cifar = a.cifar or settings.cifar10() or str(SHARED / ("cifar10.zip" if gpu else "cifar10-small.zip"))
+    full = gpu or (a.machine == "int8" and (SHARED / "cifar10.zip").is_file())
+    cifar = a.cifar or settings.cifar10() or str(SHARED / ("cifar10.zip" if full else "cifar10-small.zip"))
     if not Path(cifar).is_file():
         print(f"error: CIFAR-10 zip not found: {cifar} (pass --cifar)", file=sys.stderr)
         return 2
+    if a.machine == "int8":
+        return int8_block(a, cifar, f"python -m bench {' '.join(argv or sys.argv[1:])}")
     if a.machine == "gpu-bases":
         return literature_bases(cifar, f"python -m bench {' '.join(argv or sys.argv[1:])}")
     # CPU: the methods table starts from the Quick tour's base (Fashion-MNIST at 16 px, ResNet-20, >= 0.85;

@@ -249,6 +249,23 @@ FIELDS: tuple[Field, ...] = (
           "ONNX Runtime, equal to int8_speedup)", "%.2fx"),
     Field("int8_speedup", "INT8 x faster than fp32 ORT", "x", "the quantised model against the same model in "
           "fp32, both in ONNX Runtime and timed interleaved: the gain of quantisation alone", "%.2fx"),
+    Field("int8_agreement", "INT8 agrees with its FP32", _FRACTION, "share of test images on which the INT8 "
+          "model's top-1 answer equals its own FP32 model's (the model it was quantised from, run in PyTorch): "
+          "the fidelity of quantisation alone; target ≥ 0.97", "%.4f", card=True, compare=148),
+    Field("int8_format", "INT8 format", kind="text", card=True,
+          help="qdq (U8S8), qdq_reduce_range (7-bit weights), qdq_s8s8, qoperator (ONNX Runtime) or openvino "
+               "(NNCF, run by OpenVINO); method.params.format auto picks it from int8_cpu"),
+    Field("int8_cpu", "CPU INT8 level", kind="text", card=True,
+          help="the timing CPU's INT8 instructions from /proc/cpuinfo: amx, vnni (no U8S8 saturation), avx512 or "
+               "avx2 (U8S8 can saturate: reduce_range, S8S8 or OpenVINO keep accuracy); int8_cpu_note says what "
+               "it implies"),
+    Field("int8_fp32_layers", "layers kept FP32", kind="json", card=True,
+          help="the layers an INT8 accuracy limit (max_drop_pt) left in FP32, the most sensitive (lowest SQNR) "
+               "first; empty: every layer is INT8"),
+    Field("int8_val_drop_pt", "INT8 validation drop (pt)", "points", "accuracy lost to INT8 on the validation "
+          "split where max_drop_pt was set (negative: gained)", "%+.2f"),
+    Field("int8_limit_met", "INT8 limit met", kind="bool", help="whether the INT8 model kept within max_drop_pt; "
+          "false: no count of FP32 layers met it, and the smallest drop found was kept"),
     Field("speedup_vs_eager_start", "x faster than eager start", "x", "INT8 (ONNX Runtime) against the model it "
           "started from run eagerly in PyTorch, timed interleaved: quantisation and the change of runtime together "
           "(not credited as x faster)", "%.2fx"),
@@ -276,6 +293,11 @@ FIELDS: tuple[Field, ...] = (
           "batched GPU runs (gpu_throughput_batch images) minus what was allocated before them (the weights): "
           "activations and kernel workspace", "%d"),
     Field("train_seconds", "train time (s)", "s", "wall time of the job's training and fine-tuning", "%.1f"),
+    Field("phase_seconds", "time per phase (s)", kind="json", table=False,
+          help="the job's wall seconds by phase: data (loading, the starting model), train (training epochs with "
+               "their validation), method (the rest of the method: cutting, calibrating, searching), evaluate (the "
+               "test set, and the start on it), export (bundle and ONNX files), measure (latency, throughput, "
+               "paired speed-ups)"),
     Field("bn_recalibration_images", "BN re-estimated on", "images",
           "training images (augmented as in training) the batch-norm running statistics were re-estimated on after each cut, "
           "before fine-tuning or scoring (train.bn_recalibration_images); 0: off, or nothing was cut", "%d",
@@ -292,6 +314,8 @@ FIELDS: tuple[Field, ...] = (
     Field("input_size", "input size", "[C, H, W]", "the input the model takes", kind="json", table=False,
           card=True),
     Field("test_images", "test images", help="images the test metrics were computed on", card=True),
+    Field("val_images", "validation images", help="images the best epoch (and an INT8 accuracy limit) was judged "
+          "on (data.val_limit caps them)", card=True),
     Field("method_params", "parameters", kind="json", card=True, help="the method's parameters (defaults filled in)"),
     Field("finished", "finished", "epoch seconds", "when the run finished", kind="time"),
     # -- composed by the views from the columns above --------------------------------------------

@@ -464,3 +464,15 @@ def layer_widths(rec: dict[str, Any]) -> pd.DataFrame:
             for n, w in (rec.get("layer_widths") or {}).items()
             if isinstance(w, (list, tuple)) and len(w) == 2 and _num(w[0]) and _num(w[1])]
     return pd.DataFrame(rows, columns=["layer", "before", "after", "kept"])
+
+
+PHASE_LABELS = {"data": "data", "train": "training", "method": "compressing", "evaluate": "test set",
+                "export": "export", "measure": "timing"}
+
+
+def phase_summary(phases: dict) -> str:
+    """Where a finished job's wall time went (its record's phase_seconds), largest share first."""
+    total = sum(v for v in phases.values() if isinstance(v, (int, float))) or 1.0
+    parts = sorted(((PHASE_LABELS.get(k, k), v) for k, v in phases.items() if isinstance(v, (int, float))),
+                   key=lambda kv: -kv[1])
+    return "Where the time went: " + " · ".join(f"{name} {v:.1f} s ({100 * v / total:.0f} %)" for name, v in parts)

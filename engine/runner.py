@@ -339,6 +339,8 @@ def _run(spec: JobSpec, store: Store, run_id: str, run_dir: Path, progress, canc
     log.info("data %s: %d train / %d val / %d test images, %d classes, input %s", data.name, len(data.train),
              len(data.val), len(data.test), data.num_classes, data.input_shape)
     model, arch, small, base_record, parent, data = _starting_model(spec, store, data)
+    clock = _PhaseClock(t_start)
+    clock.lap("data")
     fresh = spec.model.arch or (spec.model.file and not spec.model.file.endswith(".pt2") and not spec.model.weights)
     # an ONNX model is never changed in place (its methods make new ones): it is its own untouched copy
     base = None if fresh else model if isinstance(model, onnx_models.OnnxModel) else copy.deepcopy(model).eval()
@@ -351,6 +353,7 @@ def _run(spec: JobSpec, store: Store, run_id: str, run_dir: Path, progress, canc
     out = method.fn(model, ctx, spec.method.params)
     if cancelled():
         raise Cancelled()
+    clock.lap("method")
 
     progress(phase="evaluate")
     record: dict[str, Any] = {"run_id": run_id, "status": "done", "name": spec.name, "experiment": spec.experiment,
@@ -369,11 +372,13 @@ def _run(spec: JobSpec, store: Store, run_id: str, run_dir: Path, progress, canc
     record["test_set_hash"] = test_set_hash(data.test)
     record["data_path"] = _data_path(spec.data)
     record.update(_against_start(ctx, logits, ys))
+    clock.lap("evaluate")
     progress(phase="export")
     if lease is not None:  # the model files go straight to the run folder: only while this attempt holds it
         store.check_lease(run_id, lease)
     record.update(rt.save(ctx, run_dir, {k: record[k] for k in TEST_METRICS}))
     record["compressed_bytes"] = measure.deflated_bytes(record["checkpoint"])
+    clock.lap("export")
     progress(phase="measure")
     if rt.module is None:  # no PyTorch graph (a user's ONNX model): counted on its ONNX graph
         record.update(rt.static_metrics(data.input_shape))
@@ -387,6 +392,9 @@ def _run(spec: JobSpec, store: Store, run_id: str, run_dir: Path, progress, canc
     if spec.measure.deploy:
         progress(phase="measure:deploy")
         record.update(_deploy(ctx, rt, record))
+    clock.lap("measure")
+    record["phase_seconds"] = clock.phases(ctx.train_seconds)
+    record["val_images"] = len(data.val)
     if ctx.recipe is not None:
         record["recipe"] = {**ctx.recipe, "zero_init_residual": spec.train.zero_init_residual}
     record.update(ctx.extra)
@@ -396,6 +404,26 @@ def _run(spec: JobSpec, store: Store, run_id: str, run_dir: Path, progress, canc
     # Strict JSON: an undefined figure (e.g. ROC AUC of a one-class test set) is null, never NaN.
     record = _finite(json.loads(json.dumps(record, default=_json_default)))
     return record, model_card(record, data)
+
+
+class _PhaseClock:
+    """Wall seconds of a job's phases, each lap the time since the last."""
+
+    def __init__(self, start: float):
+        self.last, self.laps = start, {}
+
+    def lap(self, name: str) -> None:
+        now = time.time()
+        self.laps[name], self.last = now - self.last, now
+
+    def phases(self, train_seconds: float) -> dict[str, float]:
+        """data, train (the method's training epochs, validation included), method (the rest of the method:
+        cutting, calibrating, searching), evaluate (the test set, and the start on it), export, measure."""
+        laps = dict(self.laps)
+        method = laps.pop("method", 0.0)
+        train = min(train_seconds, method)
+        return {k: round(v, 3) for k, v in {"data": laps.get("data", 0.0), "train": train, "method": method - train,
+                                            **{k: laps.get(k, 0.0) for k in ("evaluate", "export", "measure")}}.items()}
 
 
 def model_card(record: dict[str, Any], data: data_mod.DataBundle) -> dict[str, Any]:

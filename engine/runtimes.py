@@ -1,7 +1,7 @@
 """What a method's result is to the runner: a model under some runtime, behind one small contract.
 
 A method returns a PyTorch model (the runner wraps it in ``TorchRuntime``) or a ``Runtime`` of
-its own (``methods.quantize.Int8Model``: INT8 under ONNX Runtime). The runner then evaluates,
+its own (``methods.quantize.Int8Model``: INT8 under ONNX Runtime or OpenVINO, by its format). The runner then evaluates,
 saves and measures every result the same way: ``predict`` gives its test logits, ``save`` writes
 its artefacts, ``timing`` is what latency and throughput time (``measure.measure_model``), and
 ``reference`` is what its own speed-up is timed against, interleaved. Further runtimes (ONNX

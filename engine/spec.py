@@ -33,6 +33,7 @@ class DataSpec:
     image_size: int | None = None    # None: the dataset's native size (image folders: capped at 224 px)
     val_fraction: float = 0.1        # carved from train, seeded
     limit: int | None = None         # cap on train images (quick runs)
+    val_limit: int | None = None     # cap on validation images (quick runs; the best epoch is chosen on them)
     test_limit: int | None = None    # cap on test images (quick runs)
     batch_size: int | None = None    # the global batch (split across train.devices); None: 64 on CPU, 512 on CUDA
     augment: bool = True
@@ -167,7 +168,7 @@ class JobSpec:
             raise SpecError("data.image_size", f"must be between 4 and 1024 pixels, got {d.image_size}")
         if not 0.0 <= d.val_fraction < 1.0:
             raise SpecError("data.val_fraction", f"must be in [0, 1), got {d.val_fraction}")
-        for name in ("limit", "test_limit"):
+        for name in ("limit", "val_limit", "test_limit"):
             v = getattr(d, name)
             if v is not None and v < 1:
                 raise SpecError(f"data.{name}", f"must be a positive number of images, got {v}")

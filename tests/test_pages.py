@@ -23,7 +23,7 @@ from engine.errors import SpecError
 from engine.store import FINAL_STATES, Store
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY_DATA = {"dataset": "digits", "limit": 300, "test_limit": 120}
+TINY_DATA = {"dataset": "digits", "limit": 300, "val_limit": 90, "test_limit": 120}
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +103,7 @@ def launched(ws):
     at.run()
     at.number_input(key="limit").set_value(TINY_DATA["limit"])
     at.number_input(key="test_limit").set_value(TINY_DATA["test_limit"])
+    at.number_input(key="val_limit").set_value(TINY_DATA["val_limit"])
     at.selectbox(key="arch").set_value("resnet18")
     at.number_input(key="base_epochs").set_value(1)
     m = quick_method()
@@ -150,7 +151,7 @@ def test_every_page_renders_on_an_empty_workspace(tmp_path, monkeypatch):
 def test_experiments_launch_runs_jobs_to_done(launched, ws):
     base = launched["rows"][0]["record"]
     assert base["method"] == "baseline" and base["dataset"] == "digits"
-    assert base["test_images"] == TINY_DATA["test_limit"]
+    assert base["test_images"] == TINY_DATA["test_limit"] and base["val_images"] == TINY_DATA["val_limit"]
     if launched["method"]:
         child = launched["rows"][1]
         assert child["parent"] == launched["ids"][0]
@@ -508,6 +509,8 @@ def test_jobs_page_shows_progress_curves_log_and_cancels(launched, ws):
     record = Store(ws).get(launched["ids"][0])["record"]
     shown = {m.label: m.value for m in at.metric}
     assert shown["Accuracy"] == f"{record['accuracy']:.4f}" and {"Size", "MACs", "Latency"} <= set(shown)
+    phases = next(c.value for c in at.caption if c.value.startswith("Where the time went"))
+    assert "training" in phases and "test set" in phases and "timing" in phases   # the record's phase_seconds
     link = next(e.proto for e in at.get("page_link") if "Compare" in e.proto.label)
     assert link.query_string == f"run={launched['ids'][0]}"
 

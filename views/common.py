@@ -38,7 +38,7 @@ def app_pages() -> list:
 # Widget values that survive a visit to another page (Streamlit drops the state of the widgets a run
 # does not draw, so an experiment half set up was lost on a look at Jobs). Only widgets whose
 # choices do not depend on the runs there are: a remembered value stays a valid one.
-KEPT_WIDGETS = {"data_source", "dataset", "cifar_path", "data_path", "limit", "test_limit", "image_size",
+KEPT_WIDGETS = {"data_source", "dataset", "cifar_path", "data_path", "limit", "val_limit", "test_limit", "image_size",
                 "batch_size", "base_kind", "arch", "base_epochs", "ck_epochs", "methods", "chain", "epochs", "device",
                 "onnx", "latency_runs", "preset", "axis", "log_x", "front", "f_text", "w_size", "w_macs",
                 "w_latency", "w_drop", "w_best", "img_source", "n_samples", "cam", "exp_experiment", "exp_group",

@@ -428,15 +428,19 @@ with tab_custom:
         data["path"] = st.text_input("Folder or zip on this server", key="data_path",
                                      placeholder="/data/my-images or /data/my-images.zip").strip()
         data_problem = imagefolder_summary(data["path"], data["path"]) if data["path"] else "enter a dataset path"
-    c1, c2, c3, c4 = st.columns(4)
+    c1, c2, c2v, c3, c4 = st.columns(5)
     limit = c1.number_input("Train images (0 = all)", 0, 10_000_000, 2000, step=500, key="limit")
     test_limit = c2.number_input("Test images (0 = all)", 0, 10_000_000, 1000, step=500, key="test_limit")
+    val_limit = c2v.number_input("Validation images (0 = all)", 0, 10_000_000, 1000, step=500, key="val_limit",
+                                 help="Images the best epoch (and an INT8 accuracy limit) is judged on, drawn from "
+                                      "the validation split; a quick run bounds every split.")
     image_size = c3.number_input("Image size (0 = native)", 0, 1024, 0, step=8, key="image_size",
                                  help=f"Side in pixels every image is resized to. 0: the images' own size, capped at "
                                       f"{data_mod.NATIVE_SIDE_LIMIT} px (camera photos are decoded reduced); set a "
                                       "size to train larger.")
     batch = c4.number_input("Batch size", 1, 65536, 64, step=32, key="batch_size")
-    data.update({k: int(v) for k, v in (("limit", limit), ("test_limit", test_limit), ("image_size", image_size))
+    data.update({k: int(v) for k, v in (("limit", limit), ("val_limit", val_limit), ("test_limit", test_limit),
+                                          ("image_size", image_size))
                  if v}, batch_size=int(batch))
     if data["name"] in ("imagefolder", "cifar10") and not data_problem:
         data_problem = decoding_memory(data)

@@ -196,6 +196,8 @@ if all_rows:
                         help="CPU, batch 1, median")
             m[4].page_link("views/compare.py", label="Against its base on Compare", icon=":material/compare_arrows:",
                            query_params={"run": job_id})
+            if rec.get("phase_seconds"):
+                st.caption(results.phase_summary(rec["phase_seconds"]))
         curves = results.curves(store.events(job_id))
         if curves.empty:
             st.caption("No training curves yet (they appear once the job trains).")

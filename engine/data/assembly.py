@@ -43,9 +43,11 @@ def load(spec: DataSpec, device_type: str = "cpu") -> DataBundle:
         test = test.subset(torch.randperm(len(test), generator=torch.Generator().manual_seed(7))[:spec.test_limit])
     held_out = len(val) > 0
     if not held_out:  # no validation requested: select on a slice of train, never on test
-        val = train.subset(torch.arange(min(len(train), 1000)))
+        val = train.subset(torch.arange(min(len(train), 1000, spec.val_limit or 1000)))
         notes = [*notes, f"no validation split (val_fraction {spec.val_fraction}): the best epoch is chosen on "
                          f"{len(val)} training images"]
+    elif spec.val_limit is not None and spec.val_limit < len(val):  # val is a seeded random draw already
+        val = val.subset(torch.arange(spec.val_limit))
     mean, std = channel_stats(train.x[:20000])
     batch = spec.batch_size or default_batch_size(device_type)
     bundle = DataBundle(spec.name, train, val, test, classes, mean, std, batch,

@@ -1,10 +1,12 @@
-"""Lower-precision weights: INT8 through ONNX Runtime's static quantiser, and fp16/bf16 for GPUs.
+"""Lower-precision weights: static INT8 (ONNX Runtime or OpenVINO + NNCF), and fp16/bf16 for GPUs.
 
 ``quantize_int8`` exports the FP32 model to ONNX, calibrates activation ranges on training
-batches, and writes an INT8 model (per-channel weight scales) that ONNX Runtime runs with real
-integer kernels. Its accuracy, file size and speed are measured on that INT8 model itself: the
-returned ``Int8Model`` is a ``runtimes.Runtime``, which the runner evaluates, saves and measures
-as it does a PyTorch model.
+batches, and writes an INT8 model (per-channel weight scales) in the format this CPU runs fast and
+faithfully (engine.int8_cpu; methods.int8_formats), optionally keeping the layers with the largest
+quantisation error in FP32 until the drop on the validation split fits (methods.int8_accuracy).
+Its accuracy, file size and speed are measured on that INT8 model itself: the returned
+``Int8Model`` is a ``runtimes.Runtime``, which the runner evaluates, saves and measures as it does a
+PyTorch model, and which also records its top-1 agreement with its own FP32 model.
 """
 from __future__ import annotations
 
@@ -16,43 +18,17 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .. import export, measure, onnx_models, runtimes
+from .. import export, int8_cpu, measure, onnx_models, runtimes
 from .. import training as training_mod  # the class below has a `training` flag
-from . import Param, register
+from ..errors import SpecError
+from . import Param, int8_accuracy, int8_formats, register
 
 
-class _Calibration:
-    """onnxruntime CalibrationDataReader over the first ``batches`` training batches (no augmentation)."""
-
-    def __init__(self, data, input_name: str, batches: int):
-        self.input_name, self.batches, self.data = input_name, batches, data
-        self.rewind()
-
-    def rewind(self) -> None:
-        loader = self.data.loader("train", "cpu", train=False)
-        self._it = (x for i, (x, _) in enumerate(loader) if i < self.batches)
-
-    def get_next(self) -> dict[str, Any] | None:
-        x = next(self._it, None)
-        return None if x is None else {self.input_name: x.numpy()}
-
-
-def quantize_onnx(fp32_path: Path, out_path: Path, data, batches: int, fmt: str, per_channel: bool) -> str | None:
-    """Static INT8 of the FP32 ONNX file; returns why the optional pre-processing was skipped, or None."""
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-    prepped = fp32_path.with_name("prepped.onnx")
-    skipped = None
-    try:  # folds BN into convs and infers shapes: better quantisation; optional
-        quant_pre_process(str(fp32_path), str(prepped), skip_symbolic_shape=True)
-        source = prepped
-    except Exception as e:  # quantised all the same, but the record says so (accuracy may suffer)
-        source, skipped = fp32_path, f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
-    import onnx
-    name = onnx.load(str(source), load_external_data=False).graph.input[0].name
-    quantize_static(str(source), str(out_path), _Calibration(data, name, batches),
-                    quant_format=QuantFormat.QDQ if fmt == "qdq" else QuantFormat.QOperator,
-                    per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+def quantize_onnx(fp32_path: Path, out_path: Path, data, batches: int, fmt: str, per_channel: bool,
+                  calibration: str = "minmax", exclude: tuple[str, ...] = ()) -> str | None:
+    """Static INT8 of the FP32 ONNX file in ``fmt``; returns why the optional pre-processing was skipped, or None."""
+    source, skipped = int8_formats.preprocess(fp32_path, fp32_path.with_name("prepped.onnx"))
+    int8_formats.quantize(source, out_path, fmt, data, batches, calibration, per_channel, exclude)
     return skipped
 
 
@@ -66,30 +42,36 @@ def bundle_bytes(model: nn.Module, ctx) -> int:
 
 
 class Int8Model:
-    """The INT8 ONNX model of a run, as a ``runtimes.Runtime``: it predicts and is timed on the CPU under
-    ONNX Runtime, saves an INT8 bundle, and its parameters and MACs are counted on the fp32 model it
-    was made from, against which (in fp32 under the same runtime) its own speed-up is timed."""
+    """The INT8 ONNX model of a run, as a ``runtimes.Runtime``: it predicts and is timed on the CPU in its
+    format's runtime (ONNX Runtime, or OpenVINO), saves an INT8 bundle, and its parameters and MACs are
+    counted on the fp32 model it was made from, against which (in fp32 under the same runtime) its own
+    speed-up is timed and its top-1 answers are compared (``int8_agreement``)."""
 
     device = torch.device("cpu")
 
     def __init__(self, onnx_bytes: bytes, fp32: nn.Module | None, fp32_onnx: bytes, fp32_size_bytes: int,
-                 threads: int | None = None, fp32_is_start: bool = True):
+                 threads: int | None = None, fp32_is_start: bool = True, fmt: str = "qdq", method: str = "quantize_int8"):
         self.onnx_bytes, self.module, self.fp32_is_start = onnx_bytes, fp32, fp32_is_start
-        self.fp32_onnx, self.fp32_size_bytes = fp32_onnx, fp32_size_bytes
-        # ONNX Runtime fixes its threads per session: the spec's timing threads, as PyTorch gets them
+        self.fp32_onnx, self.fp32_size_bytes, self.fmt, self.method = fp32_onnx, fp32_size_bytes, fmt, method
+        # The runtime fixes its threads per session: the spec's timing threads, as PyTorch gets them
         self.threads = measure.timing_threads(threads)
-        self.runner = export.OnnxRunner(onnx_bytes, threads=self.threads)
+        self.runner = int8_formats.runner(onnx_bytes, fmt, self.threads)
+        self.agreement: float | None = None
 
     @classmethod
     def from_bundle(cls, bundle: dict[str, Any], fp32: nn.Module, ctx, fp32_is_start: bool) -> "Int8Model":
-        """Rebuild from a finished quantize_int8 run's bundle and the FP32 model it was made from
+        """Rebuild from a finished INT8 run's bundle and the FP32 model it was made from
         (``fp32_is_start``: that model is the rebuilding run's own start)."""
         with tempfile.TemporaryDirectory(dir=ctx.run_dir) as tmp:
             path = Path(tmp) / "fp32.onnx"
             export.export_onnx(fp32, ctx.input_shape, path)
             fp32_onnx = path.read_bytes()
+        extra = bundle.get("extra", {})
+        fmt = extra.get("int8_format", "qdq")   # bundles from before formats were chosen: ONNX Runtime U8S8
+        if fmt == "openvino" and not int8_cpu.openvino_available():
+            fmt = "qdq_s8s8"   # NNCF's QDQ file runs in ONNX Runtime too (with its S8S8 kernels)
         return cls(bundle["onnx"].numpy().tobytes(), fp32, fp32_onnx, bundle_bytes(fp32, ctx),
-                   ctx.spec.measure.threads, fp32_is_start)
+                   ctx.spec.measure.threads, fp32_is_start, fmt, extra.get("method", "quantize_int8"))
 
     training = False  # inference only; eval()/train() exist so training.predict can drive it
 
@@ -103,7 +85,11 @@ class Int8Model:
         return self.runner(x)
 
     def predict(self, data, cancelled) -> tuple[torch.Tensor, torch.Tensor]:
-        return training_mod.predict(self, data.loader("test", self.device), self.device, cancelled)
+        logits, ys = training_mod.predict(self, data.loader("test", self.device), self.device, cancelled)
+        fp32_logits, _ = training_mod.predict(self.module.to("cpu").eval(), data.loader("test", self.device),
+                                              self.device, cancelled)
+        self.agreement = (logits.argmax(1) == fp32_logits.argmax(1)).float().mean().item() if len(ys) else None
+        return logits, ys
 
     def save(self, ctx, run_dir: Path, metrics: dict[str, Any]) -> dict[str, Any]:
         """Save the INT8 bundle and ONNX file; ``metrics`` are this model's test metrics (the runner's)."""
@@ -111,8 +97,8 @@ class Int8Model:
         bundle = export.make_onnx_bundle(self.onnx_bytes, arch=ctx.arch, num_classes=ctx.data.num_classes,
                                          small_input=ctx.small_input, meta=ctx.data.meta(),
                                          metrics={k: metrics[k] for k in ("accuracy", "top5", "roc_auc")},
-                                         extra={"run_id": ctx.run_id, "method": "quantize_int8",
-                                                "params": ctx.spec.method.params,
+                                         extra={"run_id": ctx.run_id, "method": self.method,
+                                                "params": ctx.spec.method.params, "int8_format": self.fmt,
                                                 "parent": ctx.spec.model.from_run})
         out["checkpoint"] = str(run_dir / "model.pt")
         out["size_bytes"] = export.save_bundle(bundle, run_dir / "model.pt")
@@ -123,7 +109,12 @@ class Int8Model:
         out["fp32_onnx_bytes"] = len(self.fp32_onnx)
         out["size_ratio_vs_fp32"] = out["size_bytes"] / self.fp32_size_bytes
         out["precision"] = "int8"
-        out["runtime"] = "onnxruntime CPU (INT8 kernels)"
+        out["runtime"] = int8_formats.runtime_name(self.fmt)
+        out["int8_format"] = self.fmt
+        out["int8_agreement"] = self.agreement
+        cpu = int8_cpu.this_cpu()
+        out["int8_cpu"] = cpu["level"]
+        out["int8_cpu_note"] = cpu["note"]
         return out
 
     def timing(self, device: str) -> "Int8Model | None":
@@ -137,21 +128,67 @@ class Int8Model:
     def reference(self) -> runtimes.Reference:
         # The FP32 model under the same runtime, timed interleaved with the INT8 one: the fair
         # reference for the INT8 speed-up.
-        return runtimes.Reference(export.OnnxRunner(self.fp32_onnx, threads=self.threads), "int8_speedup",
+        return runtimes.Reference(int8_formats.runner(self.fp32_onnx, self.fmt, self.threads), "int8_speedup",
                                   "fp32_onnx_latency_ms", of_start=self.fp32_is_start)
 
 
-@register("quantize_int8", family="quantization", params=[
-    Param("calibration_batches", "int", 8, "training batches used to calibrate activation ranges", low=1, high=10000),
-    Param("format", "str", "qdq", "qdq: QuantizeLinear/DequantizeLinear pairs (fused by the runtime); "
-          "qoperator: integer operators (QLinearConv, ...)", choices=("qdq", "qoperator")),
+def resolve_format(fmt: str, where: str) -> str:
+    """``auto``: the format this CPU runs fast and faithfully (engine.int8_cpu); OpenVINO asked for where it
+    is not installed is refused, naming ``where``."""
+    if fmt == "auto":
+        return int8_cpu.this_cpu()["auto_format"]
+    if fmt == "openvino" and not int8_cpu.openvino_available():
+        raise SpecError(where, "openvino: OpenVINO and NNCF are not installed on this machine "
+                               "(pip install openvino nncf), or use an ONNX Runtime format")
+    return fmt
+
+
+def check_calibration(fmt: str, calibration: str, where: str) -> None:
+    if fmt == "openvino" and calibration == "entropy":
+        raise SpecError(where, "entropy calibration is ONNX Runtime's; with format openvino use minmax or percentile")
+
+
+def check_int8_params(params: dict, spec: Any) -> None:
+    """Before anything runs: the format exists on this machine and takes the calibration asked for."""
+    check_calibration(resolve_format(params["format"], "method.params.format"), params["calibration"],
+                      "method.params.calibration")
+
+
+INT8_PARAMS = [
+    Param("calibration_batches", "int", 8, "training batches used to calibrate activation ranges (the "
+          "calibration-set size: batches x data.batch_size images)", low=1, high=10000),
+    Param("format", "str", "auto", "auto: the fastest format that stays faithful on this CPU (AVX2-only: "
+          "OpenVINO if installed, else qdq_reduce_range; VNNI/AMX: qdq). qdq: U8S8 QuantizeLinear/"
+          "DequantizeLinear pairs; qdq_reduce_range: U8S8 with 7-bit weights (no saturation without VNNI); "
+          "qdq_s8s8: int8 activations too; qoperator: integer operators (QLinearConv, ...); openvino: NNCF "
+          "quantisation run by OpenVINO", choices=("auto", *int8_formats.FORMATS)),
+    Param("calibration", "str", "minmax", "how activation ranges are set from the calibration images: "
+          "minmax, entropy (ONNX Runtime only) or percentile (clips outliers)", choices=int8_formats.CALIBRATIONS),
     Param("per_channel", "bool", True, "one weight scale per output channel (more accurate) instead of per tensor"),
-], help="Post-training static INT8 with ONNX Runtime: calibrate on training batches, quantise weights per "
-        "channel; accuracy and speed are measured on the INT8 model itself.",
-   torch_output=False)
+]
+
+
+@register("quantize_int8", family="quantization", params=[
+    *INT8_PARAMS,
+    Param("max_drop_pt", "float", None, "maximum accuracy drop on the validation split, in points: the layers "
+          "with the largest quantisation error stay FP32 until the drop fits (blank: quantise every layer)",
+          low=0, high=100, optional=True),
+], help="Post-training static INT8 (ONNX Runtime, or OpenVINO + NNCF): calibrate on training batches, quantise "
+        "weights per channel, optionally keep the most sensitive layers FP32 under an accuracy limit; accuracy, "
+        "agreement with the FP32 model and speed are measured on the INT8 model itself.",
+   torch_output=False, check=check_int8_params)
 def quantize_int8(model, ctx, params):
-    onnx = isinstance(model, onnx_models.OnnxModel)  # a user's ONNX model: quantised as it is
-    model = model.to("cpu").eval()
+    fmt = resolve_format(params["format"], "method.params.format")
+    check_calibration(fmt, params["calibration"], "method.params.calibration")
+    # a user's ONNX model is quantised as it is (no PyTorch graph to export)
+    return static_int8(model.to("cpu").eval(), ctx, params, fmt)
+
+
+def static_int8(model: nn.Module, ctx, params: dict[str, Any], fmt: str, method: str = "quantize_int8") -> "Int8Model":
+    """Static INT8 of ``model`` in ``fmt`` under ``params`` (INT8_PARAMS, plus max_drop_pt), recorded under
+    ``ctx.extra["quantization"]``."""
+    batches, calibration = params["calibration_batches"], params["calibration"]
+    onnx = isinstance(model, onnx_models.OnnxModel)
     with tempfile.TemporaryDirectory(dir=ctx.run_dir) as tmp:
         fp32_path, int8_path = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         if onnx:
@@ -159,20 +196,72 @@ def quantize_int8(model, ctx, params):
         else:
             export.export_onnx(model, ctx.input_shape, fp32_path)
         ctx.progress(phase="calibrate")
-        skipped = quantize_onnx(fp32_path, int8_path, ctx.data, params["calibration_batches"], params["format"],
-                                params["per_channel"])
-        fp32_bytes, int8_bytes = fp32_path.read_bytes(), int8_path.read_bytes()
+        source, skipped = int8_formats.preprocess(fp32_path, Path(tmp) / "prepped.onnx")
+
+        def make(excluded: list[str]) -> bytes:
+            int8_formats.quantize(source, int8_path, fmt, ctx.data, batches, calibration, params["per_channel"],
+                                  excluded)
+            return int8_path.read_bytes()
+        int8_bytes = make([])
+        limit = None
+        if params.get("max_drop_pt") is not None:
+            limit = _accuracy_limited(model, ctx, params, fmt, source, Path(tmp), make, int8_bytes)
+            int8_bytes = limit.best_bytes
+        fp32_bytes = fp32_path.read_bytes()
     if skipped:
         ctx.log.warning("ONNX Runtime's pre-processing (BN folding, shape inference) failed, quantised without "
                         "it: %s", skipped)
-    ctx.extra["quantization"] = {"format": params["format"], "per_channel": params["per_channel"],
-                                 "weights": "int8", "activations": "uint8",
-                                 "calibration_batches": params["calibration_batches"],
+    s8 = fmt in ("qdq_s8s8", "openvino")
+    ctx.extra["quantization"] = {"format": fmt, "format_asked": params.get("format", fmt),
+                                 "runtime": int8_formats.runtime_name(fmt), "per_channel": params["per_channel"],
+                                 "weights": "int7 (reduce_range)" if fmt == "qdq_reduce_range" else "int8",
+                                 "activations": "int8" if s8 else "uint8", "calibration": calibration,
+                                 "calibration_batches": batches, "cpu": int8_cpu.this_cpu(),
+                                 "bias_correction": "NNCF fast bias correction" if fmt == "openvino" else None,
                                  "preprocessed": skipped is None, **({"preprocess_error": skipped} if skipped else {})}
+    if limit is not None:
+        summary = limit.summary()
+        ctx.extra["quantization"]["accuracy_limit"] = summary
+        ctx.extra["int8_fp32_layers"] = summary["kept_fp32"]
+        ctx.extra["int8_val_drop_pt"] = summary["val_drop_pt"]
+        ctx.extra["int8_limit_met"] = summary["met"]
+        if not summary["met"]:
+            ctx.log.warning("INT8 accuracy limit of %.2f pt not met: the best found drops %.2f pt on the validation "
+                            "split with %d layers in FP32", summary["max_drop_pt"], summary["val_drop_pt"],
+                            len(summary["kept_fp32"]))
     if onnx:
         return Int8Model(int8_bytes, None, fp32_bytes, onnx_models.bundle_bytes(fp32_bytes, ctx),
-                         ctx.spec.measure.threads)
-    return Int8Model(int8_bytes, model, fp32_bytes, bundle_bytes(model, ctx), ctx.spec.measure.threads)
+                         ctx.spec.measure.threads, fmt=fmt, method=method)
+    return Int8Model(int8_bytes, model, fp32_bytes, bundle_bytes(model, ctx), ctx.spec.measure.threads, fmt=fmt,
+                     method=method)
+
+
+def _accuracy_limited(model: nn.Module, ctx, params: dict[str, Any], fmt: str, source: Path, tmp: Path, make,
+                      int8_bytes: bytes) -> int8_accuracy.Search:
+    """Keep the noisiest layers FP32 until the validation drop is at most ``max_drop_pt``."""
+    ctx.progress(phase="int8:sensitivity")
+    fp32_acc = int8_accuracy.accuracy(model, ctx.data, "val")
+    qdq = tmp / "ranking.onnx"
+    if fmt.startswith("qdq"):    # rank on the very model the search starts from
+        qdq.write_bytes(int8_bytes)
+    else:                        # no QDQ pairs to read (qoperator) or another quantiser (NNCF): an S8S8 proxy
+        int8_formats.quantize(source, qdq, "qdq_s8s8", ctx.data, params["calibration_batches"],
+                              params["calibration"] if params["calibration"] != "entropy" else "minmax",
+                              params["per_channel"])
+    reader = int8_formats.Calibration(ctx.data, int8_formats.input_name(source), params["calibration_batches"])
+    order = int8_accuracy.ranked(int8_accuracy.layer_sqnr(source, qdq, reader))
+    ctx.progress(phase="int8:accuracy-limit")
+
+    def score(b: bytes) -> float:
+        return int8_accuracy.accuracy(int8_formats.runner(b, fmt, None), ctx.data, "val")
+    first = {"done": False}
+
+    def make_once(excluded: list[str]) -> bytes:   # the all-INT8 model is made already
+        if not excluded and not first["done"]:
+            first["done"] = True
+            return int8_bytes
+        return make(excluded)
+    return int8_accuracy.search(make_once, score, order, fp32_acc, params["max_drop_pt"], ctx.cancelled)
 
 
 @register("half", family="quantization", params=[

@@ -1,0 +1,131 @@
+"""The INT8 formats Slimbench can make from an FP32 ONNX file, and the runtime each one runs in.
+
+ONNX Runtime formats (``quantize_static``; they differ in how the integer kernels multiply):
+- ``qdq``: uint8 activations x int8 weights (U8S8) as QuantizeLinear/DequantizeLinear pairs; fastest,
+  but on CPUs without VNNI its kernels can saturate (see engine.int8_cpu);
+- ``qdq_reduce_range``: U8S8 with 7-bit weights, which cannot saturate; faithful on AVX2-only CPUs;
+- ``qdq_s8s8``: int8 activations and weights;
+- ``qoperator``: U8S8 as integer operators (QLinearConv, ...).
+``openvino``: NNCF quantises the same ONNX file (with its fast bias correction) and OpenVINO runs it.
+Every format's result is an ONNX file with its quantisation in it; the runner of that format runs it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from .. import export
+
+ORT_FORMATS = ("qdq", "qdq_reduce_range", "qdq_s8s8", "qoperator")
+FORMATS = (*ORT_FORMATS, "openvino")
+CALIBRATIONS = ("minmax", "entropy", "percentile")
+QUANTIZABLE_OPS = ("Conv", "Gemm", "MatMul", "ConvTranspose")   # the layers that can be kept FP32
+RUNTIME_NAMES = {"openvino": "OpenVINO CPU (INT8 kernels)"}   # else ONNX Runtime
+
+
+def runtime_name(fmt: str) -> str:
+    return RUNTIME_NAMES.get(fmt, "onnxruntime CPU (INT8 kernels)")
+
+
+class Calibration:
+    """onnxruntime CalibrationDataReader over the first ``batches`` training batches (no augmentation)."""
+
+    def __init__(self, data, input_name: str, batches: int, split: str = "train"):
+        self.input_name, self.batches, self.data, self.split = input_name, batches, data, split
+        self.rewind()
+
+    def rewind(self) -> None:
+        loader = self.data.loader(self.split, "cpu", train=False)
+        self._it = (x for i, (x, _) in enumerate(loader) if i < self.batches)
+
+    def get_next(self) -> dict[str, Any] | None:
+        x = next(self._it, None)
+        return None if x is None else {self.input_name: x.numpy()}
+
+    def arrays(self) -> list[Any]:
+        self.rewind()
+        return [batch[self.input_name] for batch in iter(self.get_next, None)]
+
+
+def preprocess(fp32_path: Path, out_path: Path) -> tuple[Path, str | None]:
+    """ONNX Runtime's pre-processing (folds BN into convs, infers shapes): (file to quantise, why it was
+    skipped or None). Optional: a model it cannot process is quantised as exported, and the record says so."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+    try:
+        quant_pre_process(str(fp32_path), str(out_path), skip_symbolic_shape=True)
+        return out_path, None
+    except Exception as e:
+        return fp32_path, f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+
+
+def input_name(path: Path) -> str:
+    import onnx
+    return onnx.load(str(path), load_external_data=False).graph.input[0].name
+
+
+def quantizable_nodes(path: Path) -> list[str]:
+    """Names of the nodes whose weights are quantised (what can be kept FP32), in graph order."""
+    import onnx
+    return [n.name for n in onnx.load(str(path), load_external_data=False).graph.node
+            if n.op_type in QUANTIZABLE_OPS]
+
+
+def quantize(source: Path, out_path: Path, fmt: str, data, batches: int, calibration: str = "minmax",
+             per_channel: bool = True, exclude: Sequence[str] = ()) -> None:
+    """Write the INT8 model of ``source`` (pre-processed FP32 ONNX) in ``fmt`` to ``out_path``, calibrated on
+    ``batches`` training batches, the nodes named in ``exclude`` left in FP32."""
+    reader = Calibration(data, input_name(source), batches)
+    if fmt == "openvino":
+        _quantize_nncf(source, out_path, reader, calibration, exclude)
+        return
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    s8 = fmt == "qdq_s8s8"
+    quantize_static(str(source), str(out_path), reader,
+                    quant_format=QuantFormat.QOperator if fmt == "qoperator" else QuantFormat.QDQ,
+                    per_channel=per_channel, reduce_range=fmt == "qdq_reduce_range",
+                    activation_type=QuantType.QInt8 if s8 else QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    nodes_to_exclude=list(exclude),
+                    calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                                      "percentile": CalibrationMethod.Percentile}[calibration])
+
+
+def _quantize_nncf(source: Path, out_path: Path, reader: Calibration, calibration: str,
+                   exclude: Sequence[str]) -> None:
+    import logging
+
+    import nncf
+    import onnx
+    nncf.set_log_level(logging.ERROR)   # per-node INFO lines and progress bars would flood the run's log
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+    arrays = reader.arrays()
+    estimator = {"minmax": RangeEstimatorParametersSet.MINMAX,
+                 "percentile": RangeEstimatorParametersSet.MEAN_QUANTILE}[calibration]
+    model = nncf.quantize(onnx.load(str(source)), nncf.Dataset(arrays, lambda x: {reader.input_name: x}),
+                          subset_size=len(arrays),   # dataset items: batches
+                          ignored_scope=nncf.IgnoredScope(names=list(exclude), validate=False) if exclude else None,
+                          advanced_parameters=AdvancedQuantizationParameters(
+                              activations_range_estimator_params=estimator))
+    onnx.save(model, str(out_path))
+
+
+class OpenVinoRunner:
+    """An ONNX model compiled by OpenVINO for the CPU, as a callable: float batch -> float32 logits."""
+
+    def __init__(self, onnx_bytes: bytes, threads: int | None = None):
+        import openvino as ov
+        core = ov.Core()
+        config = {"PERFORMANCE_HINT": "LATENCY", **({"INFERENCE_NUM_THREADS": int(threads)} if threads else {})}
+        self.compiled = core.compile_model(core.read_model(onnx_bytes), "CPU", config)
+        self.request = self.compiled.create_infer_request()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.detach().to("cpu", torch.float32).contiguous().numpy()
+        return torch.from_numpy(self.request.infer({0: x})[0].copy()).float()
+
+
+def runner(onnx_bytes: bytes, fmt: str, threads: int | None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The runtime that runs a model of ``fmt`` (its FP32 reference runs there too: same-runtime speed-ups)."""
+    return OpenVinoRunner(onnx_bytes, threads) if fmt == "openvino" else export.OnnxRunner(onnx_bytes, threads=threads)
