@@ -20,11 +20,13 @@ def cubic_sparsity(final: float, k: int, n: int, initial: float = 0.0) -> float:
 
 
 def update_steps(total_steps: int, prune_end: float, interval: int) -> list[int]:
-    """The optimiser steps (1-based) after which the masks are updated: n = end // interval evenly
-    spaced updates ending at ``prune_end`` of the training steps (at least one)."""
+    """The optimiser steps (1-based) after which the masks are updated: every ``interval`` steps up to
+    ``prune_end`` of the training steps (Zhu & Gupta's t_0 + k dt); one update at that point when
+    the training is shorter than one interval."""
     end = max(1, round(prune_end * total_steps))
-    n = max(1, end // max(1, interval))
-    return [max(1, round(end * k / n)) for k in range(1, n + 1)]
+    if end < interval:
+        return [end]
+    return [k * interval for k in range(1, end // interval + 1)]
 
 
 @torch.no_grad()
