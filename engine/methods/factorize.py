@@ -27,7 +27,7 @@ from .. import measure
 from ..spec import SpecError
 from . import MIN_MAC_SAVING, Param, register
 from . import rewrites
-from .lowrank import output_sizes, replace, thin_svd
+from .lowrank import decompose, output_sizes, replace
 
 MODES = ("depthwise_separable", "asymmetric")          # the factorisations (they save MACs)
 REWRITES = ("pool_to_conv", "relu_activation")          # the layer swaps (they save no MACs)
@@ -53,23 +53,10 @@ def depthwise_separable(m: nn.Conv2d) -> nn.Sequential:
     return nn.Sequential(dw, pw).to(m.weight.device)
 
 
-@torch.no_grad()
 def asymmetric(m: nn.Conv2d, mid: int) -> nn.Sequential:
-    c_out, c_in, kh, kw = m.weight.shape
-    mat = m.weight.detach().double().permute(1, 2, 0, 3).reshape(c_in * kh, c_out * kw)  # (i,h) x (o,w)
-    u, s, vh = thin_svd(mat)
-    mid = min(mid, len(s))
-    root = s[:mid].sqrt()
-    vert = (u[:, :mid] * root).T.reshape(mid, c_in, kh, 1)
-    horiz = (root[:, None] * vh[:mid]).reshape(mid, c_out, kw).permute(1, 0, 2).reshape(c_out, mid, 1, kw)
-    a = nn.Conv2d(c_in, mid, (kh, 1), (m.stride[0], 1), (m.padding[0], 0), (m.dilation[0], 1), bias=False)
-    b = nn.Conv2d(mid, c_out, (1, kw), (1, m.stride[1]), (0, m.padding[1]), (1, m.dilation[1]),
-                  bias=m.bias is not None)
-    a.weight.copy_(vert.to(m.weight.dtype))
-    b.weight.copy_(horiz.to(m.weight.dtype))
-    if m.bias is not None:
-        b.bias.copy_(m.bias)
-    return nn.Sequential(a, b).to(m.weight.device)
+    """N x 1 (C_in -> mid) then 1 x N (mid -> C_out): the spatial decomposition of lowrank_svd at rank
+    ``mid`` (capped at the full rank)."""
+    return decompose(m, mid, "spatial")
 
 
 def rewrite(model: nn.Module, input_shape: tuple[int, ...], mode: str, mid_ratio: float) -> dict[str, Any]:
