@@ -161,7 +161,7 @@ def _teacher_as_trained(ctx, run_id: str, field: str = "method.params.teacher") 
           low=0.0, high=1.0),
     Param("beta", "float", 1000.0, "at / kd_at: weight of the attention-transfer term (the paper's 1000, for "
           "CIFAR's 32 px maps); each pair's term is a mean over its H x W positions, so small maps weigh more: on "
-          "8 px digits 100 matched the plain student and 1000 fell 22 pt below it", low=0.0, high=1e6),
+          "8 px digits 100 trained a better student than 1000", low=0.0, high=1e6),
 ], help="Train a fresh student architecture to match a teacher (the starting model or any run): Hinton et al. "
         "2015's soft targets (kd, T 2, alpha 0.7), or attention transfer (Zagoruyko & Komodakis 2017: at, "
         "beta 1000) on the stage outputs of equal resolution.")
