@@ -11,6 +11,7 @@ import torch.nn as nn
 from engine import data as D, models, training
 from engine.context import Context
 from engine.errors import SpecError
+from engine.methods import validate
 from engine.spec import DataSpec, JobSpec
 
 DIGITS = DataSpec(name="digits", limit=256, test_limit=200)
@@ -143,8 +144,7 @@ def test_lowrank_refuses_a_truncation_that_changes_almost_nothing(tmp_path, monk
     net = models.build("resnet18", 10, small_input=True)   # untrained: a flat spectrum, full rank at 0.999
     ctx = context(net, tmp_path)
     monkeypatch.setattr(ctx, "fit", lambda *a, **k: pytest.fail("trained before refusing"))
-    params = {"energy": 0.999, "rank_ratio": None, "orthogonal_reg": 0.0, "sv_sparsity": 0.0, "reg_epochs": 2,
-              "finetune_epochs": 1}
+    params = validate("lowrank_svd", {"route": "one_shot", "energy": 0.999})
     with pytest.raises(SpecError, match="rank_ratio 0.25") as e:
         lowrank_svd(net, ctx, params)
     assert e.value.field == "method.params.energy"

@@ -23,7 +23,7 @@ def spec(base_id: str, method: str, params: dict | None = None, **extra) -> dict
 def runs(tiny_base, session_home):
     b = tiny_base["run_id"]
     out = {"base": tiny_base}
-    out["lowrank"] = run_spec(spec(b, "lowrank_svd", {"rank_ratio": 0.25, "orthogonal_reg": 0.01, "sv_sparsity": 1e-4,
+    out["lowrank"] = run_spec(spec(b, "lowrank_svd", {"route": "svd_reg", "rank_ratio": 0.25, "orthogonal_reg": 0.01, "sv_sparsity": 1e-4,
                                                       "reg_epochs": 1, "finetune_epochs": 1}), session_home)
     out["int8"] = run_spec(spec(b, "quantize_int8", {"calibration_batches": 2}), session_home)
     return out

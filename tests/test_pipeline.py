@@ -19,7 +19,7 @@ from conftest import ROOT
 
 DATA = {"name": "digits", "limit": 200, "test_limit": 120, "batch_size": 32}
 MEASURE = {"onnx": False, "latency_runs": 3, "warmup_runs": 1, "batch_size": 8}
-STEPS = [{"name": "lowrank_svd", "params": {"energy": 0.6, "finetune_epochs": 0}},
+STEPS = [{"name": "lowrank_svd", "params": {"route": "one_shot", "energy": 0.6, "finetune_epochs": 0}},
          {"name": "distill", "params": {"student": "mobilenet_v3_small", "epochs": 1}},
          {"name": "quantize_int8", "params": {"calibration_batches": 2}}]
 
@@ -108,7 +108,7 @@ def test_a_failed_step_is_named_in_the_pipelines_error(runs, monkeypatch):
     def boom(model, ctx, params):
         raise RuntimeError("boom in the student")
     monkeypatch.setitem(METHODS, "distill", dataclasses.replace(METHODS["distill"], fn=boom))
-    steps = [{"name": "lowrank_svd", "params": {"energy": 0.6, "finetune_epochs": 0}}, {"name": "distill"}]
+    steps = [{"name": "lowrank_svd", "params": {"route": "one_shot", "energy": 0.6, "finetune_epochs": 0}}, {"name": "distill"}]
     with pytest.raises(JobFailed) as e:
         run_spec(spec({"from_run": base["run_id"]}, "pipeline", {"steps": steps}), store)
     failed = store.list(state=("failed",))

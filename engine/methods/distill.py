@@ -15,8 +15,10 @@ import torch.nn.functional as F
 from .. import models
 from ..spec import SpecError
 from . import Param, register
+from .attention import FeatureTap, at_loss, pair_stages
 
-LOSSES = ("kd", "mse_softmax", "mse_ce")
+LOSSES = ("kd", "mse_softmax", "mse_ce", "at", "kd_at")
+FEATURE_LOSSES = ("at", "kd_at")  # attention transfer: the logit term, plus beta/2 x the maps' distance
 
 
 # --------------------------------------------------------------------------------------------
@@ -47,8 +49,14 @@ def mse_ce_loss(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, T: float = 2.
     return alpha * mse_softmax_loss(s, t, y, T) + (1 - alpha) * F.cross_entropy(s, y, label_smoothing=smoothing)
 
 
+def ce_loss(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, T: float = 2.0, alpha: float = 0.7,
+            smoothing: float = 0.0) -> torch.Tensor:
+    """Cross-entropy on the labels only (attention transfer's logit term in the paper)."""
+    return F.cross_entropy(s, y, label_smoothing=smoothing)
+
+
 LOSS_FNS: dict[str, Callable[..., torch.Tensor]] = {"kd": kd_loss, "mse_softmax": mse_softmax_loss,
-                                                    "mse_ce": mse_ce_loss}
+                                                    "mse_ce": mse_ce_loss, "at": ce_loss, "kd_at": kd_loss}
 
 
 # --------------------------------------------------------------------------------------------
@@ -66,6 +74,15 @@ def _student_params() -> list[Param]:
 
 def _check_student(params: dict, spec: Any) -> None:
     models.check_width(params["student"], params["width"], "method.params.width")
+
+
+def _check_distill(params: dict, spec: Any) -> None:
+    _check_student(params, spec)
+    devices = getattr(getattr(spec, "train", None), "devices", 1) or 1
+    if params["loss"] in FEATURE_LOSSES and devices > 1:
+        # the feature taps live in this process; a DDP rank's pickled student would fill its own copy
+        raise SpecError("method.params.loss", f"{params['loss']} reads the student's feature maps in this process "
+                                              "and trains on one device: set train.devices to 1, or loss kd")
 
 
 def build_student(ctx, params: dict[str, Any]) -> nn.Module:
@@ -129,31 +146,51 @@ def _teacher_as_trained(ctx, run_id: str, field: str = "method.params.teacher") 
     return teacher
 
 
-@register("distill", family="distillation", check=_check_student, params=[
+@register("distill", family="distillation", check=_check_distill, params=[
     *_student_params(),
     Param("teacher", "run", None, "run id of the teacher (default: the starting model, model.from_run)",
           optional=True),
     Param("loss", "str", "kd", "kd: Hinton soft targets + CE; mse_softmax: T² x squared distance of the softmax "
           "outputs (labels unused; its pull weakens with many classes, whose probabilities are small); "
-          "mse_ce: softmax MSE + CE", choices=LOSSES),
+          "mse_ce: softmax MSE + CE; at: attention transfer (Zagoruyko & Komodakis 2017), CE + beta/2 x the "
+          "distance of the unit-norm attention maps (channel mean of squared activations) at each resolution "
+          "student and teacher share, stage output paired with stage output; kd_at: kd + that term",
+          choices=LOSSES),
     Param("T", "float", 2.0, "softmax temperature for kd and the MSE losses", low=0.0, high=100.0, low_open=True),
     Param("alpha", "float", 0.7, "weight of the teacher term; the label cross-entropy gets 1 - alpha",
           low=0.0, high=1.0),
-], help="Train a fresh student architecture to match a teacher (the starting model or any run).")
+    Param("beta", "float", 1000.0, "at / kd_at: weight of the attention-transfer term (the paper's 1000, for "
+          "CIFAR's 32 px maps); each pair's term is a mean over its H x W positions, so small maps weigh more: on "
+          "8 px digits 100 trained a better student than 1000", low=0.0, high=1e6),
+], help="Train a fresh student architecture to match a teacher (the starting model or any run): Hinton et al. "
+        "2015's soft targets (kd, T 2, alpha 0.7), or attention transfer (Zagoruyko & Komodakis 2017: at, "
+        "beta 1000) on the stage outputs of equal resolution.")
 def distill(model, ctx, params):
     teacher = load_teacher(ctx, params["teacher"])
     student = build_student(ctx, params)
     loss = LOSS_FNS[params["loss"]]
-    T, alpha = params["T"], params["alpha"]
+    T, alpha, beta = params["T"], params["alpha"], params["beta"]
+    taps = None
+    if params["loss"] in FEATURE_LOSSES:
+        pairs = pair_stages(student, teacher, ctx.input_shape)
+        ctx.extra["attention_pairs"] = [f"{s} <- {t}" for s, t in pairs]
+        taps = FeatureTap(student, [s for s, _ in pairs]), FeatureTap(teacher, [t for _, t in pairs])
 
     def loss_fn(logits: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             t = teacher(x).float()
         # the label term smooths as plain training does, so distill vs compact compares the teacher only
-        return loss(logits.float(), t, y, T, alpha, ctx.spec.train.label_smoothing)
+        out = loss(logits.float(), t, y, T, alpha, ctx.spec.train.label_smoothing)
+        if taps is not None:  # the student's maps are from this very forward pass, the teacher's from above
+            out = out + at_loss(taps[0].maps(), taps[1].maps(), beta)
+        return out
 
     ctx.extra["teacher_run"] = params["teacher"] or (ctx.spec.model.from_run or None)
-    ctx.fit(student, epochs=params["epochs"], phase="distill", loss_fn=loss_fn)
+    try:
+        ctx.fit(student, epochs=params["epochs"], phase="distill", loss_fn=loss_fn)
+    finally:
+        for tap in taps or ():
+            tap.remove()  # the student is saved and exported: no hook may stay on it
     return student
 
 

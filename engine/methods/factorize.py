@@ -10,6 +10,10 @@
   its truncated SVD is the least-squares best init (exact when C_mid reaches the full rank).
 
 A conv is only rewritten when the new pair has fewer MACs; then the model is fine-tuned.
+
+Two more rewrites share the method (``engine.methods.rewrites``): ``pool_to_conv`` (a 3 x 3 stride-2
+convolution for each down-sampling pool) and ``relu_activation`` (ReLU for SiLU/Hardswish/GELU/Mish);
+each refuses a net without such a layer, and is fine-tuned and measured like the two above.
 """
 from __future__ import annotations
 
@@ -22,9 +26,11 @@ import torch.nn as nn
 from .. import measure
 from ..spec import SpecError
 from . import MIN_MAC_SAVING, Param, register
-from .lowrank import output_sizes, replace, thin_svd
+from . import rewrites
+from .lowrank import decompose, output_sizes, replace
 
-MODES = ("depthwise_separable", "asymmetric")
+MODES = ("depthwise_separable", "asymmetric")          # the factorisations (they save MACs)
+REWRITES = ("pool_to_conv", "relu_activation")          # the layer swaps (they save no MACs)
 
 
 def candidate(m: nn.Module) -> bool:
@@ -47,23 +53,10 @@ def depthwise_separable(m: nn.Conv2d) -> nn.Sequential:
     return nn.Sequential(dw, pw).to(m.weight.device)
 
 
-@torch.no_grad()
 def asymmetric(m: nn.Conv2d, mid: int) -> nn.Sequential:
-    c_out, c_in, kh, kw = m.weight.shape
-    mat = m.weight.detach().double().permute(1, 2, 0, 3).reshape(c_in * kh, c_out * kw)  # (i,h) x (o,w)
-    u, s, vh = thin_svd(mat)
-    mid = min(mid, len(s))
-    root = s[:mid].sqrt()
-    vert = (u[:, :mid] * root).T.reshape(mid, c_in, kh, 1)
-    horiz = (root[:, None] * vh[:mid]).reshape(mid, c_out, kw).permute(1, 0, 2).reshape(c_out, mid, 1, kw)
-    a = nn.Conv2d(c_in, mid, (kh, 1), (m.stride[0], 1), (m.padding[0], 0), (m.dilation[0], 1), bias=False)
-    b = nn.Conv2d(mid, c_out, (1, kw), (1, m.stride[1]), (0, m.padding[1]), (1, m.dilation[1]),
-                  bias=m.bias is not None)
-    a.weight.copy_(vert.to(m.weight.dtype))
-    b.weight.copy_(horiz.to(m.weight.dtype))
-    if m.bias is not None:
-        b.bias.copy_(m.bias)
-    return nn.Sequential(a, b).to(m.weight.device)
+    """N x 1 (C_in -> mid) then 1 x N (mid -> C_out): the spatial decomposition of lowrank_svd at rank
+    ``mid`` (capped at the full rank)."""
+    return decompose(m, mid, "spatial")
 
 
 def rewrite(model: nn.Module, input_shape: tuple[int, ...], mode: str, mid_ratio: float) -> dict[str, Any]:
@@ -112,14 +105,19 @@ def require_saving(model: nn.Module, ctx, params: dict, report: dict[str, Any], 
 
 @register("factorize", family="factorization", params=[
     Param("mode", "str", "depthwise_separable", "depthwise_separable: k x k -> depthwise k x k + pointwise 1 x 1; "
-          "asymmetric: N x N -> N x 1 then 1 x N", choices=MODES),
+          "asymmetric: N x N -> N x 1 then 1 x N; pool_to_conv: each stride-2 max/average pool -> a 3 x 3 "
+          "stride-2 conv, started as a 3 x 3 average (Springenberg et al. 2015); relu_activation: SiLU, "
+          "Hardswish, GELU, Mish -> ReLU", choices=MODES + REWRITES),
     Param("mid_ratio", "float", 1.0, "asymmetric only: channels between the N x 1 and 1 x N convs, as a share "
           "of the output channels", low=0.0, high=4.0, low_open=True),
     Param("finetune_epochs", "int", 2, "fine-tuning epochs after the rewrite", low=0, high=1000),
 ], help="Rewrite k x k convolutions as depthwise-separable or asymmetric (N x 1 + 1 x N) pairs, initialised by "
-        "SVD from the original weights, then fine-tune.")
+        "SVD from the original weights; or replace down-sampling pools by 3 x 3 stride-2 convolutions "
+        "(pool_to_conv), or costly activations by ReLU (relu_activation); then fine-tune.")
 def factorize(model, ctx, params):
     model.to("cpu")
+    if params["mode"] in REWRITES:
+        return swap_layers(model, ctx, params)
     total = measure.count_macs(model, ctx.input_shape)["macs"]
     report = rewrite(model, ctx.input_shape, params["mode"], params["mid_ratio"])
     require_saving(model, ctx, params, report, total)
@@ -128,5 +126,21 @@ def factorize(model, ctx, params):
     ctx.extra["factorized_layers"] = report
     ctx.extra["factorize_macs_saved"] = sum(r["macs_before"] - r["macs_after"] for r in report.values())
     if params["finetune_epochs"] > 0 and report:
+        ctx.finetune(model, epochs=params["finetune_epochs"])
+    return model
+
+
+def swap_layers(model, ctx, params):
+    """pool_to_conv / relu_activation: refused (before training) where the net has no such layer."""
+    total = measure.count_macs(model, ctx.input_shape)["macs"]
+    if params["mode"] == "pool_to_conv":
+        report = rewrites.pool_to_conv(model, ctx.input_shape, ctx.arch)
+    else:
+        report = rewrites.relu_activation(model, ctx.arch)
+    ctx.log.info("factorize (%s): %d layers replaced", params["mode"], len(report))
+    ctx.recalibrate(model, "rewrite")
+    ctx.extra["factorized_layers"] = report
+    ctx.extra["factorize_macs_saved"] = total - measure.count_macs(model, ctx.input_shape)["macs"]
+    if params["finetune_epochs"] > 0:
         ctx.finetune(model, epochs=params["finetune_epochs"])
     return model
