@@ -9,6 +9,11 @@ RESULT = "result.json"
 CARD = "card.json"
 LOG = "log"
 SPEC = "spec.json"
+# Made on request from the bundle (engine.portable): a program plain PyTorch loads, and which one it is.
+PT2 = "model.pt2"
+TORCHSCRIPT = "model.torchscript.pt"
+PORTABLE_NOTE = "portable.json"
+DERIVED = (PT2, TORCHSCRIPT, PORTABLE_NOTE)
 # What a finished run shows; removed again when a run does not finish, so none is ever half-done.
 ARTIFACTS = (CHECKPOINT, ONNX, RESULT, CARD)
 TEMP_GLOB = ".*.tmp*"  # atomic writes go to ".<name>.<pid>.tmp" first, then are renamed
@@ -16,7 +21,7 @@ TEMP_GLOB = ".*.tmp*"  # atomic writes go to ".<name>.<pid>.tmp" first, then are
 
 def remove_artifacts(run_dir: Path) -> None:
     """Drop a run's result files and temp files, so a run that did not finish shows none."""
-    for name in ARTIFACTS:
+    for name in ARTIFACTS + DERIVED:
         (run_dir / name).unlink(missing_ok=True)
     for tmp in run_dir.glob(TEMP_GLOB):
         tmp.unlink(missing_ok=True)
