@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -107,7 +108,10 @@ def make(bundle_path: Path, out_dir: Path) -> Portable:
         return Portable(layout.PT2, "torch.export")
     try:
         data = _scripted(model, x, extra)
-        _check(torch.jit.load(io.BytesIO(data)), x, want)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            scripted = torch.jit.load(io.BytesIO(data))
+        _check(scripted, x, want)
     except Exception as e:
         return Portable(None, None, f"{why.removesuffix(', so this is TorchScript')}; TorchScript failed too "
                                     f"({_first_line(e)})")
@@ -124,10 +128,12 @@ def _exported(model: nn.Module, x: torch.Tensor, extra: dict[str, str]) -> bytes
 
 
 def _scripted(model: nn.Module, x: torch.Tensor, extra: dict[str, str]) -> bytes:
-    with torch.no_grad():
+    # TorchScript is deprecated in favour of torch.export; it is only the fallback where export failed.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
         traced = torch.jit.trace(model, (x,), check_trace=False)
-    buf = io.BytesIO()
-    torch.jit.save(traced, buf, _extra_files=extra)
+        buf = io.BytesIO()
+        torch.jit.save(traced, buf, _extra_files=extra)
     return buf.getvalue()
 
 

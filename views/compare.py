@@ -243,6 +243,72 @@ else:
     runs(view)
 
 
+# -- downloads ------------------------------------------------------------------------------------
+def program(run_id: str) -> portable.Portable:
+    """The run's model as a file plain PyTorch loads: made from its bundle on first view (about a second),
+    then read back from the run folder."""
+    with st.spinner("Writing the model as a program plain PyTorch loads ..."):
+        return portable.ensure(store.run_dir(run_id))
+
+
+def file_sizes(run_id: str, rec: dict, base_id: str, made: portable.Portable) -> list[model_card.FileSize]:
+    """The run's files against its base's, the portable program included where both have one."""
+    prog = None
+    if made.file and (store.run_dir(run_id) / made.file).is_file():
+        base_prog = store.run_dir(base_id) / made.file
+        prog = (made.file, (store.run_dir(run_id) / made.file).stat().st_size,
+                base_prog.stat().st_size if base_prog.is_file() and base_id != run_id else None)
+    return model_card.file_sizes(rec, by_id.get(base_id, rec), prog)
+
+
+def downloads(run_id: str, rec: dict, row: pd.Series, prefix: str, who: str = "") -> None:
+    """The run's files: the bundle, its ONNX file, the program plain PyTorch loads, and the model card
+    (Markdown, HTML, JSON); a file not smaller than its base's says so on its button."""
+    made = program(run_id)
+    sizes = {f.label: f for f in file_sizes(run_id, rec, row["base_id"], made)}
+
+    def size_note(label: str) -> tuple[str, str]:
+        f = sizes.get(label)
+        if f is None or not f.not_smaller:
+            return "", ""
+        return " · not smaller than base", f"Not smaller than its base's ({f.ratio:.2f}x)" + (f": {f.why}" if f.why else "")
+
+    d = st.columns(3)
+    with d[0]:
+        mark, note = size_note("model.pt")
+        download(run_id, "checkpoint", ("Winner's checkpoint (.pt)" if who else "Checkpoint bundle (.pt)") + mark,
+                 key=f"{prefix}_pt", note=note + " Loads with Slimbench (engine.export.load_model).")
+    with d[1]:
+        mark, note = size_note("model.onnx")
+        download(run_id, "onnx", ("Winner's ONNX model" if who else "ONNX model (.onnx)") + mark, key=f"{prefix}_onnx",
+                 note=note)
+    with d[2]:
+        kind = "torchscript" if made.kind == "TorchScript" else "pt2"
+        mark, note = size_note(made.file or "")
+        label = f"{who}PyTorch program (.pt2)" if kind == "pt2" else f"{who}TorchScript (.pt)"
+        download(run_id, kind, label + mark, key=f"{prefix}_pt2",
+                 note=f"Loads with plain PyTorch, no Slimbench: {made.load_code(f'{run_id}-{made.file}')}"
+                      + (f". {made.note}" if made.note else "") + (f". {note}" if note else ""),
+                 missing=f"no portable program: {made.note}")
+    if made.kind == "TorchScript":
+        st.caption(f"TorchScript, not a torch.export program: {md_text(made.note)}.")
+    blocks = model_card.blocks(rec, by_id, card(run_id), made, list(sizes.values()))
+    title = f"Model card: {rec.get('name') or run_id}"
+    c = st.columns(3)
+    c[0].download_button(f"{who}Model card (Markdown)", key=f"{prefix}_card_md", on_click="ignore",
+                         data=lambda: model_card.to_markdown(blocks), file_name=f"{run_id}-model-card.md",
+                         mime="text/markdown", icon=":material/description:",
+                         help="what was done, the recipe, metrics with 95 % intervals, warnings, files, the machine")
+    c[1].download_button(f"{who}Model card (HTML)", key=f"{prefix}_card_html", on_click="ignore",
+                         data=lambda: model_card.to_html(blocks, title), file_name=f"{run_id}-model-card.html",
+                         mime="text/html", icon=":material/article:", help="the same card, to open in a browser")
+    with c[2]:
+        download(run_id, "card", f"{who}Model card (JSON)", key=f"{prefix}_card")
+    if not who:
+        with st.expander("Read the model card", icon=":material/description:"):
+            st.markdown(model_card.to_markdown(blocks, escape=md_text))
+
+
 # -- winner ---------------------------------------------------------------------------------------
 @st.fragment
 def winner(view: pd.DataFrame) -> None:
@@ -361,71 +427,6 @@ def artefact_sizes(rec: dict, row: pd.Series, against_base: bool) -> str:
                  " model.onnx stores every weight, zeros included: sparsity shows in the deflated size."
                  if rec.get("onnx_bytes") is not None else "")
     return "; ".join(parts) + "." + onnx_note if parts else ""
-
-
-def program(run_id: str) -> portable.Portable:
-    """The run's model as a file plain PyTorch loads: made from its bundle on first view (about a second),
-    then read back from the run folder."""
-    with st.spinner("Writing the model as a program plain PyTorch loads ..."):
-        return portable.ensure(store.run_dir(run_id))
-
-
-def file_sizes(run_id: str, rec: dict, base_id: str, made: portable.Portable) -> list[model_card.FileSize]:
-    """The run's files against its base's, the portable program included where both have one."""
-    prog = None
-    if made.file and (store.run_dir(run_id) / made.file).is_file():
-        base_prog = store.run_dir(base_id) / made.file
-        prog = (made.file, (store.run_dir(run_id) / made.file).stat().st_size,
-                base_prog.stat().st_size if base_prog.is_file() and base_id != run_id else None)
-    return model_card.file_sizes(rec, by_id.get(base_id, rec), prog)
-
-
-def downloads(run_id: str, rec: dict, row: pd.Series, prefix: str, who: str = "") -> None:
-    """The run's files: the bundle, its ONNX file, the program plain PyTorch loads, and the model card
-    (Markdown, HTML, JSON); a file not smaller than its base's says so on its button."""
-    made = program(run_id)
-    sizes = {f.label: f for f in file_sizes(run_id, rec, row["base_id"], made)}
-
-    def size_note(label: str) -> tuple[str, str]:
-        f = sizes.get(label)
-        if f is None or not f.not_smaller:
-            return "", ""
-        return " · not smaller than base", f"Not smaller than its base's ({f.ratio:.2f}x)" + (f": {f.why}" if f.why else "")
-
-    d = st.columns(3)
-    with d[0]:
-        mark, note = size_note("model.pt")
-        download(run_id, "checkpoint", ("Winner's checkpoint (.pt)" if who else "Checkpoint bundle (.pt)") + mark,
-                 key=f"{prefix}_pt", note=note + " Loads with Slimbench (engine.export.load_model).")
-    with d[1]:
-        mark, note = size_note("model.onnx")
-        download(run_id, "onnx", ("Winner's ONNX model" if who else "ONNX model (.onnx)") + mark, key=f"{prefix}_onnx",
-                 note=note)
-    with d[2]:
-        kind = "torchscript" if made.kind == "TorchScript" else "pt2"
-        mark, note = size_note(made.file or "")
-        label = f"{who}PyTorch program (.pt2)" if kind == "pt2" else f"{who}TorchScript (.pt)"
-        download(run_id, kind, label + mark, key=f"{prefix}_pt2",
-                 note=f"Loads with plain PyTorch, no Slimbench: {made.load_code(f'{run_id}-{made.file}')}"
-                      + (f". {made.note}" if made.note else "") + (f". {note}" if note else ""),
-                 missing=f"no portable program: {made.note}")
-    if made.kind == "TorchScript":
-        st.caption(f"TorchScript, not a torch.export program: {md_text(made.note)}.")
-    blocks = model_card.blocks(rec, by_id, card(run_id), made, list(sizes.values()))
-    title = f"Model card: {rec.get('name') or run_id}"
-    c = st.columns(3)
-    c[0].download_button(f"{who}Model card (Markdown)", key=f"{prefix}_card_md", on_click="ignore",
-                         data=lambda: model_card.to_markdown(blocks), file_name=f"{run_id}-model-card.md",
-                         mime="text/markdown", icon=":material/description:",
-                         help="what was done, the recipe, metrics with 95 % intervals, warnings, files, the machine")
-    c[1].download_button(f"{who}Model card (HTML)", key=f"{prefix}_card_html", on_click="ignore",
-                         data=lambda: model_card.to_html(blocks, title), file_name=f"{run_id}-model-card.html",
-                         mime="text/html", icon=":material/article:", help="the same card, to open in a browser")
-    with c[2]:
-        download(run_id, "card", f"{who}Model card (JSON)", key=f"{prefix}_card")
-    if not who:
-        with st.expander("Read the model card", icon=":material/description:"):
-            st.markdown(model_card.to_markdown(blocks, escape=md_text))
 
 
 def latency_help(rec: dict, row: pd.Series) -> str:
