@@ -284,7 +284,8 @@ def custom_plan(*, data: dict, model: dict, steps: list[tuple[str, list[dict[str
     start: dict[str, Any] = dict(model)
     prefix = f"{name}: " if name else ""
     if model.get("arch") or model.get("checkpoint"):
-        label = (f"baseline {model['arch']}" if model.get("arch") else
+        label = (f"baseline {model['arch']}" + (" from ImageNet weights" if model.get("pretrained") else "")
+                 if model.get("arch") else
                  f"{Path(model['checkpoint']).stem} " + ("fine-tuned" if base_train.get("epochs") else "as given"))
         specs.append({"name": prefix + label, "data": data, "model": dict(model),
                       "method": {"name": "baseline", "params": {}}, "train": dict(base_train),

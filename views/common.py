@@ -42,7 +42,8 @@ def app_pages() -> list:
 KEPT_WIDGETS = {"data_source", "dataset", "cifar_path", "data_path", "limit", "test_limit", "image_size",
                 "batch_size", "base_kind", "arch", "base_epochs", "ck_epochs", "methods", "chain", "epochs", "device",
                 "onnx", "latency_runs", "preset", "axis", "log_x", "front", "f_text", "w_size", "w_macs",
-                "w_latency", "w_drop", "w_best", "img_source", "n_samples", "cam", "exp_experiment", "exp_group"}
+                "w_latency", "w_drop", "w_best", "img_source", "n_samples", "cam", "exp_experiment", "exp_group",
+                "exp_tab", "init_weights", "pretrained_source", "pretrained_path", "freeze_backbone"}
 KEPT_PREFIXES = ("p.", "sweep.", "sweep_values.")  # a method's parameters and sweeps
 
 

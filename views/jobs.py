@@ -55,9 +55,9 @@ def queue_table() -> None:
                                 "state": text(width=75),
                                 "progress": st.column_config.ProgressColumn("progress", min_value=0, max_value=1,
                                                                             format="percent", width=90),
-                                "activity": text(width=240, help="a live job's phase, epoch, the time its "
+                                "activity": text(width=400, help="a live job's phase, epoch, the time its "
                                                                  "phase has left and its speed; a finished "
-                                                                 "job's run time"),
+                                                                 "job's run time (whole under Job details)"),
                                 "error": text(width="medium")})
 
 
@@ -105,7 +105,9 @@ if all_rows:
             else:
                 st.toast(f"{job_id} queued again")
                 st.rerun()  # the whole page: the queue table and this panel poll again
-        c3.markdown(f"**{row['state']}**" + (f" — {md_text(row['error'])}" if row.get("error") else ""))
+        doing = activity(row, results.job_progress(row))  # whole here: the table's cell may cut it
+        c3.markdown(f"**{row['state']}**" + (f" · {md_text(doing)}" if doing else "")
+                    + (f" — {md_text(row['error'])}" if row.get("error") else ""))
         rec = row.get("record") or {}
         if row["state"] == "done" and rec:
             m = st.columns([1, 1, 1, 1, 2], vertical_alignment="center")
