@@ -96,7 +96,6 @@ def check_start_classes(spec: JobSpec, start_classes: int | None = None) -> None
 # user report in issue 25 (3 classes x 30 images) ended at chance (0.333). ImageNet features transfer
 # with tens of images per class, so the warning points at pretrained weights.
 SCRATCH_MIN_PER_CLASS = 100
-MIN_STEPS = 100   # optimisation steps below which even enough data is barely trained on
 # Training images of the built-in sets before validation is carved out (digits: scikit-learn's 1,797
 # minus the seeded 20 % test split; the others: their official training splits).
 BUILTIN_TRAIN_IMAGES = {"digits": 1797 - 1797 // 5, "fashion-mnist": 60_000, "cifar10": 50_000}
@@ -121,20 +120,16 @@ def train_images(d: DataSpec) -> tuple[int, int] | None:
     return int(n * (1 - d.val_fraction)), classes
 
 
-def scratch_warning(d: DataSpec, epochs: int, batch_size: int) -> str | None:
-    """Why training an architecture from random weights on ``d`` would likely learn little (None when
-    the data and steps look enough): too few images per class, or too few optimisation steps."""
+def scratch_warning(d: DataSpec) -> str | None:
+    """Why training an architecture from random weights on ``d`` would likely learn little: too few
+    images per class (None when there are enough, or they cannot be counted from a listing)."""
     counted = train_images(d)
     if counted is None or counted[1] < 1:
         return None
     n, classes = counted
     per_class = n / classes
-    steps = epochs * max(1, -(-n // max(1, batch_size)))
     if per_class < SCRATCH_MIN_PER_CLASS:
         return (f"about {per_class:.0f} training images per class ({n} images, {classes} classes) is too few to train "
                 f"from random weights: below ~{SCRATCH_MIN_PER_CLASS} per class such nets stay near chance "
                 f"(1/{classes} = {1 / classes:.2f}). Start from ImageNet weights with a frozen backbone")
-    if steps < MIN_STEPS:
-        return (f"{epochs} epoch(s) of {n} images at batch {batch_size} are only {steps} optimisation steps, too few "
-                f"for random weights to learn much (aim for {MIN_STEPS}+: more epochs), or start from ImageNet weights")
     return None

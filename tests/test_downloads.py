@@ -46,7 +46,7 @@ def test_pt2_loads_in_plain_torch_with_the_bundles_top1(tiny_base, tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     out = json.loads(p.stdout.strip().splitlines()[-1])
     assert not out["slimbench_loaded"]
-    assert out["accuracy"] == pytest.approx(tiny_base["accuracy"], abs=1e-9)   # the same answers as the bundle
+    assert out["accuracy"] == pytest.approx(tiny_base["accuracy"], abs=1e-6)   # float32 mean; one image is 3e-3
     assert out["meta"]["class_names"] == [str(c) for c in range(10)] and len(out["meta"]["mean"]) >= 1
 
 

@@ -125,10 +125,12 @@ INIT_WEIGHTS = {"random (train from scratch)": False, "ImageNet state dict (tran
 
 @st.cache_data(show_spinner="Reading the weights ...", max_entries=8)
 def imagenet_fit(path: str, mtime: float, arch: str) -> tuple[int, list[str]]:
-    """(tensors transferred, names left fresh) of an ImageNet state dict on ``arch``; SpecError if it does not fit."""
+    """(tensors transferred, names besides the head left fresh) of an ImageNet state dict on ``arch``;
+    SpecError if it does not fit."""
     model = models.build(arch, 10, False)
     skipped = models.load_imagenet_weights(model, path)
-    return len(model.state_dict()) - len(skipped), skipped
+    head = models.classifier_layer(model)[0] + "."   # a new head by design, not a misfit
+    return len(model.state_dict()) - len(skipped), [k for k in skipped if not k.startswith(head)]
 
 
 def pretrained_panel(arch: str) -> tuple[str | None, str | None]:
@@ -420,7 +422,7 @@ with tab_custom:
                     "them; untick to fine-tune every layer.")
         if not data_problem and not model.get("pretrained"):
             try:
-                why = validation.scratch_warning(DataSpec(**data), base_train["epochs"], int(batch))
+                why = validation.scratch_warning(DataSpec(**data))
             except (TypeError, ValueError):  # a half-typed dataset: the launch check names the field
                 why = None
             if why:

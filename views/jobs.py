@@ -105,6 +105,7 @@ if all_rows:
             else:
                 st.toast(f"{job_id} queued again")
                 st.rerun()  # the whole page: the queue table and this panel poll again
+        row["last_event"] = store.last_events([job_id]).get(job_id)
         doing = activity(row, results.job_progress(row))  # whole here: the table's cell may cut it
         c3.markdown(f"**{row['state']}**" + (f" · {md_text(doing)}" if doing else "")
                     + (f" — {md_text(row['error'])}" if row.get("error") else ""))
