@@ -269,7 +269,7 @@ def blocks(rec: dict[str, Any], by_id: dict[str, dict[str, Any]], card: dict[str
         out.append(Para("This run did not train (it was scored, cut or converted as it came)."))
 
     out.append(Heading(2, "Files"))
-    out.append(Bullets(tuple(f.sentence() for f in sizes or [])))
+    out.append(Bullets(tuple(f.sentence() for f in sizes)) if sizes else Para("No file sizes were recorded."))
 
     out.append(Heading(2, "Inputs"))
     names = card.get("class_names") or []

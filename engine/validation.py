@@ -92,7 +92,7 @@ def check_start_classes(spec: JobSpec, start_classes: int | None = None) -> None
 # -- too little data to train from random weights ---------------------------------------------------
 # Training images per class below which a net trained from random weights stays near chance or far
 # below what the data allows: `python -m bench.small_data` (ResNet-20 from scratch on Fashion-MNIST,
-# the same 300 optimisation steps at every size) measured the curve quoted in the warning, and the
+# the same 200 optimisation steps at every size) measured the curve quoted in the warning, and the
 # user report in issue 25 (3 classes x 30 images) ended at chance (0.333). ImageNet features transfer
 # with tens of images per class, so the warning points at pretrained weights.
 SCRATCH_MIN_PER_CLASS = 100
@@ -102,8 +102,8 @@ BUILTIN_TRAIN_IMAGES = {"digits": 1797 - 1797 // 5, "fashion-mnist": 60_000, "ci
 
 
 def train_images(d: DataSpec) -> tuple[int, int] | None:
-    """(training images after validation is held out, classes) of dataset ``d`` from its listing alone,
-    ``data.limit`` applied; None where that cannot be told without loading the data."""
+    """(training images, classes) of dataset ``d`` from its listing alone, as ``data.load`` splits it
+    (validation held out, then ``data.limit``); None where that cannot be told without loading the data."""
     classes = dataset_classes(d)
     if classes is None:
         return None
@@ -115,9 +115,8 @@ def train_images(d: DataSpec) -> tuple[int, int] | None:
         except (data.DataError, TypeError):
             return None
         n = counts["train"] if "train" in counts else counts.get("all", 0) - counts.get("all", 0) // 5
-    if d.limit:
-        n = min(n, d.limit)
-    return int(n * (1 - d.val_fraction)), classes
+    n -= int(round(n * d.val_fraction))   # held out for validation first; data.limit caps what is left
+    return (min(n, d.limit) if d.limit else n), classes
 
 
 def scratch_warning(d: DataSpec) -> str | None:

@@ -62,10 +62,10 @@ def texts(at: AppTest, kind: str) -> str:
 def test_scratch_warning_counts_images_per_class(tmp_path):
     folder = tiny_folder(tmp_path / "imgs")
     why = validation.scratch_warning(DataSpec(name="imagefolder", path=str(folder)))
-    # 90 images, 18 held out for testing, 10 % of the rest for validation: 64 to train on, 21 a class
-    assert why and why.startswith("about 21 training images per class (64 images, 3 classes)") and "ImageNet" in why
+    # 90 images, 18 held out for testing, 7 of the rest for validation: 65 to train on, 22 a class
+    assert why and why.startswith("about 22 training images per class (65 images, 3 classes)") and "ImageNet" in why
     assert validation.scratch_warning(DataSpec(name="digits")) is None                 # 1,294 images, 129 a class
-    assert "about 45 training images per class" in validation.scratch_warning(DataSpec(name="digits", limit=500))
+    assert "about 50 training images per class" in validation.scratch_warning(DataSpec(name="digits", limit=500))
     assert validation.scratch_warning(DataSpec(name="imagefolder", path=str(tmp_path / "missing"))) is None
 
 
@@ -81,7 +81,7 @@ def test_experiments_transfer_learning_from_a_local_imagenet_state_dict(tmp_path
     at.number_input(key="base_epochs").set_value(1)
     at.run()
     assert not at.exception, [e.value for e in at.exception]
-    assert "About 21 training images per class" in texts(at, "warning")      # too few to train from scratch
+    assert "About 22 training images per class" in texts(at, "warning")      # too few to train from scratch
     assert "Start from ImageNet weights with a frozen backbone" in texts(at, "warning")
 
     at.radio(key="init_weights").set_value("ImageNet state dict (transfer learning)")

@@ -255,9 +255,10 @@ def file_sizes(run_id: str, rec: dict, base_id: str, made: portable.Portable) ->
     """The run's files against its base's, the portable program included where both have one."""
     prog = None
     if made.file and (store.run_dir(run_id) / made.file).is_file():
+        base_made = program(base_id) if base_id != run_id else None   # its base's, to compare sizes with
         base_prog = store.run_dir(base_id) / made.file
         prog = (made.file, (store.run_dir(run_id) / made.file).stat().st_size,
-                base_prog.stat().st_size if base_prog.is_file() and base_id != run_id else None)
+                base_prog.stat().st_size if base_made and base_made.file == made.file and base_prog.is_file() else None)
     return model_card.file_sizes(rec, by_id.get(base_id, rec), prog)
 
 
