@@ -54,13 +54,13 @@ def _md(text: str) -> str:
     return _MD_SPECIAL.sub(r"\\\1", " ".join(str(text).split()))
 
 
-def to_markdown(blocks: Iterable[Block], escape: Callable[[str], str] = _md) -> str:
+def to_markdown(blocks: Iterable[Block], escape: Callable[[str], str] = _md, heading_offset: int = 0) -> str:
     """The card as Markdown; ``escape`` makes a text literal (a page rendering it passes one that also
-    covers its renderer's own syntax)."""
+    covers its renderer's own syntax); ``heading_offset`` lowers every heading (a card inside a page)."""
     out: list[str] = []
     for b in blocks:
         if isinstance(b, Heading):
-            out.append("#" * b.level + " " + escape(b.text))
+            out.append("#" * min(6, b.level + heading_offset) + " " + escape(b.text))
         elif isinstance(b, Para):
             out.append(escape(b.text))
         elif isinstance(b, Bullets):
@@ -171,6 +171,19 @@ def chain(run_id: str, by_id: dict[str, dict[str, Any]]) -> list[dict[str, Any]]
     return out[::-1]
 
 
+def origin_of(base: dict[str, Any]) -> str:
+    """Where a chain's first model came from, from its spec's model section."""
+    m = (base.get("spec") or {}).get("model") or {}
+    if m.get("pretrained"):
+        return (f"{m.get('arch')} from the ImageNet weights in {m['pretrained']}, a new head for these classes"
+                + (", backbone frozen" if m.get("freeze_backbone") else ", every layer trained"))
+    if m.get("checkpoint"):
+        return f"from the checkpoint {m['checkpoint']}"
+    if m.get("arch"):
+        return f"{m['arch']} trained from random weights"
+    return "its own base"
+
+
 def _pct(v: Any, spec: str = ".2f") -> str:
     return f"{100 * v:{spec}} %" if _num(v) else "—"
 
@@ -202,8 +215,7 @@ def blocks(rec: dict[str, Any], by_id: dict[str, dict[str, Any]], card: dict[str
     items = []
     for s in steps:
         params = ", ".join(f"{k}={v}" for k, v in (s.get("method_params") or {}).items()) or "defaults"
-        origin = "" if s is not base else (" (its own base: trained from a fresh architecture or an uploaded "
-                                           "checkpoint)")
+        origin = f" ({origin_of(s)})" if s is base else ""
         items.append(f"{s.get('method')} ({params}) → run {s['run_id']}{origin}")
     out.append(Bullets(tuple(items)))
     if len(steps) > 1:

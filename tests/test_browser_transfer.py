@@ -75,6 +75,8 @@ def test_transfer_learning_from_experiments_then_a_pt2_and_a_card(tmp_path, page
 
         page.goto(f"{url}/compare?run={run_id}")
         page.get_by_role("heading", name="Run details").wait_for(timeout=60_000)
+        # made from the bundle on this first view (seconds on a loaded machine), then offered
+        page.get_by_role("button", name="PyTorch program (.pt2)").wait_for(timeout=120_000)
         saved = download(page, "PyTorch program (.pt2)")
         x = torch.randn(4, 3, 16, 16)
         torch.save(x, tmp_path / "x.pt")
@@ -87,4 +89,5 @@ def test_transfer_learning_from_experiments_then_a_pt2_and_a_card(tmp_path, page
         page.get_by_text("Read the model card").click()
         page.get_by_role("heading", name=re.compile("Model card: baseline resnet18 from ImageNet weights")).wait_for()
         page.get_by_text(re.compile(r"Wilson interval over \d+ test images")).first.wait_for()
+        page.get_by_text(re.compile(r"from the ImageNet weights in .*backbone frozen")).first.wait_for()
         shot(page, "compare-model-card")

@@ -307,7 +307,7 @@ def downloads(run_id: str, rec: dict, row: pd.Series, prefix: str, who: str = ""
         download(run_id, "card", f"{who}Model card (JSON)", key=f"{prefix}_card")
     if not who:
         with st.expander("Read the model card", icon=":material/description:"):
-            st.markdown(model_card.to_markdown(blocks, escape=md_text))
+            st.markdown(model_card.to_markdown(blocks, escape=md_text, heading_offset=2))
 
 
 # -- winner ---------------------------------------------------------------------------------------
