@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
         for k in args.per_class:
             r = run(args.arch, k, args.steps, home=Path(tmp))
             ci = r["ci"] or [math.nan, math.nan]
-            print(f"{args.arch} from scratch, {k:4d} images/class, {r['epochs']:3d} epochs: accuracy "
+            print(f"{args.arch} from scratch, {k:4d} images/class, {args.steps} steps ({r['epochs']} epochs): accuracy "
                   f"{r['accuracy']:.3f} (95 % CI {ci[0]:.3f}-{ci[1]:.3f}); chance 0.100", flush=True)
 
 

@@ -272,13 +272,14 @@ def downloads(run_id: str, rec: dict, row: pd.Series, prefix: str, who: str = ""
         f = sizes.get(label)
         if f is None or not f.not_smaller:
             return "", ""
-        return " · not smaller than base", f"Not smaller than its base's ({f.ratio:.2f}x)" + (f": {f.why}" if f.why else "")
+        return " · not smaller than base", f"Not smaller than its base's ({f.ratio:.2f}x)" + (f": {f.why}." if f.why else ".")
 
     d = st.columns(3)
     with d[0]:
         mark, note = size_note("model.pt")
         download(run_id, "checkpoint", ("Winner's checkpoint (.pt)" if who else "Checkpoint bundle (.pt)") + mark,
-                 key=f"{prefix}_pt", note=note + " Loads with Slimbench (engine.export.load_model).")
+                 key=f"{prefix}_pt",
+                 note=" ".join(filter(None, (note, "Loads with Slimbench (engine.export.load_model)."))))
     with d[1]:
         mark, note = size_note("model.onnx")
         download(run_id, "onnx", ("Winner's ONNX model" if who else "ONNX model (.onnx)") + mark, key=f"{prefix}_onnx",
@@ -288,23 +289,24 @@ def downloads(run_id: str, rec: dict, row: pd.Series, prefix: str, who: str = ""
         mark, note = size_note(made.file or "")
         label = f"{who}PyTorch program (.pt2)" if kind == "pt2" else f"{who}TorchScript (.pt)"
         download(run_id, kind, label + mark, key=f"{prefix}_pt2",
-                 note=f"Loads with plain PyTorch, no Slimbench: {made.load_code(f'{run_id}-{made.file}')}"
-                      + (f". {made.note}" if made.note else "") + (f". {note}" if note else ""),
-                 missing=f"no portable program: {made.note}")
+                 note=f"Loads with plain PyTorch, no Slimbench: {md_text(made.load_code(f'{run_id}-{made.file}'))}"
+                      + (f". {md_text(made.note)}" if made.note else "") + (f". {note}" if note else ""),
+                 missing=f"no portable program: {md_text(made.note)}")
     if made.kind == "TorchScript":
         st.caption(f"TorchScript, not a torch.export program: {md_text(made.note)}.")
     blocks = model_card.blocks(rec, by_id, card(run_id), made, list(sizes.values()))
     title = f"Model card: {rec.get('name') or run_id}"
     c = st.columns(3)
-    c[0].download_button(f"{who}Model card (Markdown)", key=f"{prefix}_card_md", on_click="ignore",
+    card_label = f"{who}model card" if who else "Model card"
+    c[0].download_button(f"{card_label} (Markdown)", key=f"{prefix}_card_md", on_click="ignore",
                          data=lambda: model_card.to_markdown(blocks), file_name=f"{run_id}-model-card.md",
                          mime="text/markdown", icon=":material/description:",
                          help="what was done, the recipe, metrics with 95 % intervals, warnings, files, the machine")
-    c[1].download_button(f"{who}Model card (HTML)", key=f"{prefix}_card_html", on_click="ignore",
+    c[1].download_button(f"{card_label} (HTML)", key=f"{prefix}_card_html", on_click="ignore",
                          data=lambda: model_card.to_html(blocks, title), file_name=f"{run_id}-model-card.html",
                          mime="text/html", icon=":material/article:", help="the same card, to open in a browser")
     with c[2]:
-        download(run_id, "card", f"{who}Model card (JSON)", key=f"{prefix}_card")
+        download(run_id, "card", f"{card_label} (JSON)", key=f"{prefix}_card")
     if not who:
         with st.expander("Read the model card", icon=":material/description:"):
             st.markdown(model_card.to_markdown(blocks, escape=md_text, heading_offset=2))
