@@ -67,6 +67,11 @@ def test_scratch_warning_counts_images_per_class(tmp_path):
     assert validation.scratch_warning(DataSpec(name="digits")) is None                 # 1,294 images, 129 a class
     assert "about 50 training images per class" in validation.scratch_warning(DataSpec(name="digits", limit=500))
     assert validation.scratch_warning(DataSpec(name="imagefolder", path=str(tmp_path / "missing"))) is None
+    # the case: 3 epochs at batch 64 are 6 steps over these 65 images
+    assert "; 3 epoch(s) at batch 64 are only 6 optimisation steps" in validation.scratch_warning(
+        DataSpec(name="imagefolder", path=str(folder)), 3, 64)
+    assert validation.scratch_warning(DataSpec(name="digits"), 3, 64) is None             # 3 x 21 = 63 steps
+    assert "only 21 optimisation steps" in validation.scratch_warning(DataSpec(name="digits"), 1, 64)
 
 
 def test_experiments_transfer_learning_from_a_local_imagenet_state_dict(tmp_path, monkeypatch):

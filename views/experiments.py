@@ -422,7 +422,7 @@ with tab_custom:
                     "them; untick to fine-tune every layer.")
         if not data_problem and not model.get("pretrained"):
             try:
-                why = validation.scratch_warning(DataSpec(**data))
+                why = validation.scratch_warning(DataSpec(**data), base_train["epochs"], int(batch))
             except (TypeError, ValueError):  # a half-typed dataset: the launch check names the field
                 why = None
             if why:
