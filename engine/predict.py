@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from . import export, layout
-from .data import load, load_pil, preprocess_image
+from .data import decode_image, load, load_pil, preprocess_image
 from .spec import DataSpec
 from .store import Store, check_run_id
 
@@ -63,6 +63,41 @@ class Predictor:
         p, idx = probs.topk(min(k, len(probs)))
         top = [(self.class_names[i], float(v)) for v, i in zip(p.tolist(), idx.tolist())]
         return Prediction(top, int(idx[0]), statistics.median(times))
+
+
+# How far an image may sit from the training images before the page says so. Inputs are normalised
+# with the training set's per-channel mean and std, so its pixels have mean 0 and std 1 there: an image
+# whose mean is over 1.5 of those stds off (a white-background photo for a black-background set), whose
+# contrast is under a quarter or over 3x the training set's, or that is in colour where the model only
+# ever saw grey, is unlike what the model learnt from; its answers say little.
+FAR_MEAN = 1.5
+CONTRAST_RANGE = (0.25, 3.0)
+COLOUR_SATURATION = 0.15    # mean (max - min) over R, G, B of a pixel, 0-1: above this an image is in colour
+
+
+def far_from_training(raw: bytes, meta: dict[str, Any]) -> list[str]:
+    """Why an image looks unlike the training images of a model with bundle ``meta`` (empty if it does not):
+    its brightness and contrast against the training set's (its normalisation), and colour on a grey model."""
+    size = int(meta["input_size"][-1])
+    t = decode_image(raw, size).float() / 255.0
+    out = []
+    if int(meta.get("channels", 3)) == 1 and t.shape[0] == 3:
+        sat = (t.max(0).values - t.min(0).values).mean().item()
+        if sat > COLOUR_SATURATION:
+            out.append(f"it is in colour (saturation {sat:.2f}) while the model was trained on grey images")
+    x = preprocess_image(raw, meta)[0]
+    grey = int(meta.get("channels", 3)) == 1
+    means = x.mean((1, 2))
+    c = int(means.abs().argmax())
+    where = "" if grey else f" ({'RGB'[c]} channel)"
+    if abs(means[c].item()) > FAR_MEAN:
+        out.append(f"its mean brightness{where} is {means[c].item():+.1f} training-set standard deviations from the "
+                   f"training images' mean (beyond ±{FAR_MEAN:g})")
+    contrast = x.std((1, 2)).mean().item()
+    if not CONTRAST_RANGE[0] <= contrast <= CONTRAST_RANGE[1]:
+        out.append(f"its contrast is {contrast:.2f}x the training images' (outside "
+                   f"{CONTRAST_RANGE[0]:g}-{CONTRAST_RANGE[1]:g}x)")
+    return out
 
 
 def load_path(path: str, run_id: str | None = None, trust_code: bool = False) -> Predictor:

@@ -287,7 +287,8 @@ def custom_plan(*, data: dict, model: dict, steps: list[tuple[str, list[dict[str
             label = f"{Path(given).stem} " + ("fine-tuned" if base_train.get("epochs") else "as given")
         else:
             path, _, builder = file.rpartition(":")
-            label = f"baseline {model['arch']}" if model.get("arch") else f"baseline {Path(path).name}:{builder}"
+            label = (f"baseline {model['arch']}" + (" from ImageNet weights" if model.get("pretrained") else "")
+                     if model.get("arch") else f"baseline {Path(path).name}:{builder}")
         specs.append({"name": prefix + label, "data": data, "model": dict(model),
                       "method": {"name": "baseline", "params": {}}, "train": dict(base_train),
                       "measure": dict(measure)})

@@ -20,6 +20,28 @@ from .store import Store
 TEST_SET = ["dataset", "num_classes", "test_images", "test_set_hash"]
 
 
+# Methods whose run is an analysis of its start, not a model of its own (sensitivity returns its start
+# unchanged): shown apart from the models, never on the front or as a winner.
+ANALYSES = ("sensitivity",)
+
+
+def is_analysis(rec: dict[str, Any]) -> bool:
+    return rec.get("method") in ANALYSES
+
+
+def pipeline_steps(recs: Iterable[dict[str, Any]]) -> dict[str, str]:
+    """Step run id -> the pipeline run that ran it (``pipeline_runs``): a pipeline is one row, its
+    steps (each a run of its own, the last one the pipeline's model again) are listed under it."""
+    return {step: r["run_id"] for r in recs if r and r.get("run_id")
+            for step in r.get("pipeline_runs") or [] if isinstance(step, str)}
+
+
+def pipeline_summary(rec: dict[str, Any]) -> str:
+    """A pipeline's steps in order, e.g. "2 steps: prune_structured → quantize_int8"; "" for other runs."""
+    steps = [s.get("method") for s in rec.get("pipeline_steps") or [] if isinstance(s, dict)]
+    return f"{len(steps)} steps: " + " → ".join(map(str, steps)) if steps else ""
+
+
 def columns() -> list[str]:
     """The results table's columns, from the record schema (read when called: fields added later count)."""
     return [f.name for f in record.table_fields()]

@@ -19,7 +19,9 @@ from engine.store import Store, check_run_id
 ARTIFACT_FILES = {"checkpoint": ("model.pt", "application/octet-stream"),
                   "onnx": ("model.onnx", "application/octet-stream"),
                   "openvino": ("model.xml", "application/zip"),   # with its weights, model.bin: one zip
-                  "card": ("card.json", "application/json")}
+                  "card": ("card.json", "application/json"),
+                  "pt2": ("model.pt2", "application/octet-stream"),
+                  "torchscript": ("model.torchscript.pt", "application/octet-stream")}
 
 
 # (file, title, icon, url path); the first is the default page at "/".
@@ -42,7 +44,8 @@ KEPT_WIDGETS = {"data_source", "dataset", "cifar_path", "data_path", "limit", "v
                 "batch_size", "base_kind", "arch", "base_epochs", "ck_epochs", "methods", "chain", "epochs", "device",
                 "onnx", "latency_runs", "preset", "axis", "log_x", "front", "f_text", "w_size", "w_macs",
                 "w_latency", "w_drop", "w_best", "img_source", "n_samples", "cam", "exp_experiment", "exp_group",
-                "jobs_hide_cancelled"}
+                "jobs_hide_cancelled", "exp_tab", "init_weights", "pretrained_source", "pretrained_path",
+                "freeze_backbone"}
 KEPT_PREFIXES = ("p.", "sweep.", "sweep_values.")  # a method's parameters and sweeps
 
 
@@ -218,15 +221,16 @@ def artifact_path(run_id: str, kind: str) -> Path | None:
     return path
 
 
-def download(run_id: str, kind: str, label: str, key: str) -> None:
-    """A download button for one artifact, or a note that it does not exist; bytes read only on click."""
+def download(run_id: str, kind: str, label: str, key: str, note: str = "", missing: str = "") -> None:
+    """A download button for one artifact, or a note that it does not exist; bytes read only on click.
+    ``note`` (e.g. that it is not smaller than its base's) goes into its help; ``missing``: why there is none."""
     path = artifact_path(run_id, kind)
     if path is None:
-        st.button(label, key=key, disabled=True, help=f"this run has no {ARTIFACT_FILES[kind][0]}")
+        st.button(label, key=key, disabled=True, help=missing or f"this run has no {ARTIFACT_FILES[kind][0]}")
         return
     st.download_button(label, data=lambda p=path: p.read_bytes(), file_name=f"{run_id}-{path.name}",
                        mime=ARTIFACT_FILES[kind][1], key=key, on_click="ignore",
-                       help=f"{path.name}, {fmt_bytes(path.stat().st_size)}")
+                       help=f"{path.name}, {fmt_bytes(path.stat().st_size)}" + (f". {note}" if note else ""))
 
 
 # The runtime a run records as its fastest with a file to ship -> the artifact that ships it.

@@ -12,7 +12,7 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from engine import jobs, presets, record, results, sweeps, tracking
+from engine import jobs, model_card, portable, presets, record, results, sweeps, tracking
 from engine.spec import SpecError
 from views import share
 from views.common import (card, download, download_best, fmt_bytes, fmt_count, fmt_ms, fmt_value, get_store, md_text,
@@ -70,6 +70,16 @@ view = view.assign(delta_ci=np.where(view["delta_ci_low"].notna(), (100 * view["
                    x_faster_range=np.where(view["x_faster_low"].notna(), view["x_faster_low"].map("{:.2f}".format)
                                            + "–" + view["x_faster_high"].map("{:.2f}x".format), ""))
 
+# A pipeline is one row (its steps, runs of their own, are listed under the table) and an analysis is
+# no model: both stay off the plot, the table, the front and the winner.
+step_of = results.pipeline_steps(by_id.values())
+is_step = view["run_id"].isin(list(step_of))
+is_analysis = view["method"].isin(results.ANALYSES)
+view = view.assign(steps=[results.pipeline_summary(by_id[r]) for r in view["run_id"]])
+analyses, steps_view = view[is_analysis & ~is_step], view[is_step]
+view = view[~is_step & ~is_analysis]
+
+
 
 def column_config() -> dict:
     """Every column's header, format and help, from the record schema."""
@@ -87,7 +97,8 @@ def column_config() -> dict:
     return {f.name: one(f) for f in record.FIELDS}
 
 
-COLUMN_CONFIG = column_config()
+COLUMN_CONFIG = column_config() | {"steps": st.column_config.TextColumn(
+    "pipeline steps", help="a pipeline's steps in order; each is a run of its own, listed under the table")}
 
 
 def shown(df: pd.DataFrame) -> pd.DataFrame:
@@ -155,6 +166,8 @@ def runs_table(view: pd.DataFrame) -> None:
                                 "inference memory, .onnx and deflated sizes, training time, GPU figures ...")
     at = default.index("sparsity")
     cols = default[:at] + added + default[at:]
+    if view["steps"].astype(bool).any():  # pipelines in view: what each ran, beside its name
+        cols.insert(cols.index("name") + 1 if "name" in cols else 0, "steps")
     st.dataframe(shown(view[cols]), hide_index=True, width="stretch", height=min(420, 38 + 35 * len(view)),
                  column_config=COLUMN_CONFIG)
     a, b = st.columns(2)
@@ -169,6 +182,7 @@ def runs_table(view: pd.DataFrame) -> None:
                            "confidence intervals and paired speed-ups, each run's recipe, the machines it was "
                            "measured on and the published points")
 
+    pipeline_steps(view)
 
 def report(view: pd.DataFrame, filters: str) -> bytes:
     """The current view as a self-contained HTML report; built on Streamlit's download thread when the button
@@ -177,7 +191,99 @@ def report(view: pd.DataFrame, filters: str) -> bytes:
     return share.report_html(view, by_id, specs, include_chance, filters).encode()
 
 
-runs(view)
+def pipeline_steps(view: pd.DataFrame) -> None:
+    """Each pipeline in view, its steps expandable: every step is a run of its own (the last one is the
+    pipeline's model, measured again as the pipeline's row)."""
+    for rid, name in zip(view["run_id"], view["name"]):
+        ids = [s for s in by_id[rid].get("pipeline_runs") or [] if s in by_id]
+        if not ids:
+            continue
+        with st.expander(f"Pipeline {md_text(name or rid)}: {md_text(results.pipeline_summary(by_id[rid]))}",
+                         icon=":material/account_tree:"):
+            st.dataframe(shown(df.set_index("run_id").loc[ids].reset_index()[STEP_COLUMNS]), hide_index=True,
+                         width="stretch",
+                         column_config=COLUMN_CONFIG, key=f"steps_{rid}")
+
+
+STEP_COLUMNS = ["name", "method", "accuracy", "delta_accuracy", "size_bytes", "macs", "latency_ms", "runtime", "run_id"]
+
+
+detailed = pd.concat([view, steps_view])
+if view.empty:
+    st.info("No model in view: the runs that match are sensitivity analyses or pipeline steps (below).")
+else:
+    runs(view)
+
+
+# -- downloads ------------------------------------------------------------------------------------
+def program(run_id: str) -> portable.Portable:
+    """The run's model as a file plain PyTorch loads: made from its bundle on first view (about a second),
+    then read back from the run folder."""
+    with st.spinner("Writing the model as a program plain PyTorch loads ..."):
+        return portable.ensure(store.run_dir(run_id))
+
+
+def file_sizes(run_id: str, rec: dict, base_id: str, made: portable.Portable) -> list[model_card.FileSize]:
+    """The run's files against its base's, the portable program included where both have one."""
+    prog = None
+    if made.file and (store.run_dir(run_id) / made.file).is_file():
+        base_made = program(base_id) if base_id != run_id else None   # its base's, to compare sizes with
+        base_prog = store.run_dir(base_id) / made.file
+        prog = (made.file, (store.run_dir(run_id) / made.file).stat().st_size,
+                base_prog.stat().st_size if base_made and base_made.file == made.file and base_prog.is_file() else None)
+    return model_card.file_sizes(rec, by_id.get(base_id, rec), prog)
+
+
+def downloads(run_id: str, rec: dict, row: pd.Series, prefix: str, who: str = "") -> None:
+    """The run's files: the bundle, its ONNX file, the program plain PyTorch loads, and the model card
+    (Markdown, HTML, JSON); a file not smaller than its base's says so on its button."""
+    made = program(run_id)
+    sizes = {f.label: f for f in file_sizes(run_id, rec, row["base_id"], made)}
+
+    def size_note(label: str) -> tuple[str, str]:
+        f = sizes.get(label)
+        if f is None or not f.not_smaller:
+            return "", ""
+        return " · not smaller than base", f"Not smaller than its base's ({f.ratio:.2f}x)" + (f": {f.why}." if f.why else ".")
+
+    d = st.columns(4)
+    with d[0]:
+        mark, note = size_note("model.pt")
+        download(run_id, "checkpoint", ("Winner's checkpoint (.pt)" if who else "Checkpoint bundle (.pt)") + mark,
+                 key=f"{prefix}_pt",
+                 note=" ".join(filter(None, (note, "Loads with Slimbench (engine.export.load_model)."))))
+    with d[1]:
+        mark, note = size_note("model.onnx")
+        download(run_id, "onnx", ("Winner's ONNX model" if who else "ONNX model (.onnx)") + mark, key=f"{prefix}_onnx",
+                 note=note)
+    with d[2]:
+        kind = "torchscript" if made.kind == "TorchScript" else "pt2"
+        mark, note = size_note(made.file or "")
+        label = f"{who}PyTorch program (.pt2)" if kind == "pt2" else f"{who}TorchScript (.pt)"
+        download(run_id, kind, label + mark, key=f"{prefix}_pt2",
+                 note=f"Loads with plain PyTorch, no Slimbench: {md_text(made.load_code(f'{run_id}-{made.file}'))}"
+                      + (f". {md_text(made.note)}" if made.note else "") + (f". {note}" if note else ""),
+                 missing=f"no portable program: {md_text(made.note)}")
+    with d[3]:
+        download_best(run_id, rec, key=f"{prefix}_best")
+    if made.kind == "TorchScript":
+        st.caption(f"TorchScript, not a torch.export program: {md_text(made.note)}.")
+    blocks = model_card.blocks(rec, by_id, card(run_id), made, list(sizes.values()))
+    title = f"Model card: {rec.get('name') or run_id}"
+    c = st.columns(3)
+    card_label = f"{who}model card" if who else "Model card"
+    c[0].download_button(f"{card_label} (Markdown)", key=f"{prefix}_card_md", on_click="ignore",
+                         data=lambda: model_card.to_markdown(blocks), file_name=f"{run_id}-model-card.md",
+                         mime="text/markdown", icon=":material/description:",
+                         help="what was done, the recipe, metrics with 95 % intervals, warnings, files, the machine")
+    c[1].download_button(f"{card_label} (HTML)", key=f"{prefix}_card_html", on_click="ignore",
+                         data=lambda: model_card.to_html(blocks, title), file_name=f"{run_id}-model-card.html",
+                         mime="text/html", icon=":material/article:", help="the same card, to open in a browser")
+    with c[2]:
+        download(run_id, "card", f"{card_label} (JSON)", key=f"{prefix}_card")
+    if not who:
+        with st.expander("Read the model card", icon=":material/description:"):
+            st.markdown(model_card.to_markdown(blocks, escape=md_text, heading_offset=2))
 
 
 # -- winner ---------------------------------------------------------------------------------------
@@ -212,30 +318,32 @@ def winner(view: pd.DataFrame) -> None:
                        + f", {fmt_bytes(w['size_bytes'])}, {fmt_count(w['macs'])} MACs"
                        + ("" if np.isnan(w["latency_ms"]) else f", {fmt_ms(w['latency_ms'])}")
                        + f" — best of {len(ranked)} run(s) meeting the limits", icon=":material/trophy:")
-            k = st.columns(3)
-            with k[0]:
-                download(w["run_id"], "checkpoint", "Winner's checkpoint (.pt)", key="w_dl_pt")
-            with k[1]:
-                download(w["run_id"], "onnx", "Winner's ONNX model", key="w_dl_onnx")
-            with k[2]:
-                download_best(w["run_id"], by_id[w["run_id"]], key="w_dl_best")
+            downloads(w["run_id"], by_id[w["run_id"]], w, "w_dl", who="Winner's ")
             if len(ranked) > 1:
                 st.dataframe(shown(ranked[["name", "method", "accuracy", "delta_accuracy", "size_bytes", "macs",
                                            "latency_ms", "run_id"]].head(10)), hide_index=True, width="stretch", column_config=COLUMN_CONFIG,
                              key="w_ranked")
 
 
-winner(view)
+if not view.empty:
+    winner(view)
 
 
 # -- sensitivity ----------------------------------------------------------------------------------
 @st.fragment
-def sensitivity(view: pd.DataFrame) -> None:
-    """Sensitivity runs in view: their curves, suggested ratios, and a form queueing the pruning job."""
-    sens = [(rid, results.sensitivity_curves(by_id[rid])) for rid in view["run_id"] if by_id[rid].get("sensitivity")]
+def sensitivity(analyses: pd.DataFrame) -> None:
+    """Sensitivity analyses in view (apart from the models: an analysis returns its start unchanged):
+    their curves, suggested ratios, and a form queueing the pruning job."""
+    sens = [(rid, results.sensitivity_curves(by_id[rid])) for rid in analyses["run_id"] if by_id[rid].get("sensitivity")]
     sens = [(rid, s) for rid, s in sens if not s.empty]
+    if not analyses.empty:
+        st.subheader("Sensitivity analyses")
+        st.caption("Analyses of a model, not models of their own: they are kept out of the table, the plot and the "
+                   "winner above.")
+        st.dataframe(analyses.assign(analysed=analyses["base_id"])[["name", "run_id", "analysed", "arch", "dataset"]],
+                     hide_index=True, width="stretch", key="analyses",
+                     column_config={"analysed": st.column_config.TextColumn("analysed model (base run)")})
     if sens:
-        st.subheader("Sensitivity")
         labels = {rid: f"{by_id[rid].get('name') or rid} · {rid}" for rid, _ in sens}
         pick = st.selectbox("Sensitivity analysis run", list(labels), format_func=labels.get, key="sens_run")
         curves = dict(sens)[pick]
@@ -280,7 +388,7 @@ def sensitivity(view: pd.DataFrame) -> None:
                             st.page_link("views/jobs.py", label="Watch it on Jobs", icon=":material/arrow_forward:")
 
 
-sensitivity(view)
+sensitivity(analyses)
 
 
 # -- one run --------------------------------------------------------------------------------------
@@ -419,15 +527,7 @@ def details(view: pd.DataFrame) -> None:
     c[4].metric("Parameters", fmt_count(rec.get("params")),
                 help=f"{rec['params']:,}" if rec.get("params") else None)
 
-    d = st.columns(4)
-    with d[0]:
-        download(run_id, "checkpoint", "Checkpoint bundle (.pt)", key="dl_pt")
-    with d[1]:
-        download(run_id, "onnx", "ONNX model (.onnx)", key="dl_onnx")
-    with d[2]:
-        download_best(run_id, rec, key="dl_best")
-    with d[3]:
-        download(run_id, "card", "Model card (JSON)", key="dl_card")
+    downloads(run_id, rec, row, "dl")
 
     runtimes_section(run_id, rec)
 
@@ -518,4 +618,5 @@ def details(view: pd.DataFrame) -> None:
             b.plotly_chart(fig, key="confusion", config={"displayModeBar": False})
 
 
-details(view)
+if not detailed.empty:
+    details(detailed)

@@ -8,7 +8,8 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from engine import data as data_mod, export, import_weights, jobs, methods, models, onnx_models, presets, user_models
+from engine import (data as data_mod, export, import_weights, jobs, methods, models, onnx_models, presets,
+                    user_models, validation)
 from engine.spec import DataSpec, SpecError
 from views.common import (accept_upload, device_text, discard_upload, done_runs, get_store, md_text, refused_upload,
                           run_label, save_upload, startable_runs, upload_limit_mb, uploader_key)
@@ -65,7 +66,9 @@ def starts_from(model: dict[str, Any]) -> str:
         return f"job {int(src[len(presets.REF_PREFIX):]) + 1} of this plan"
     if model.get("file"):
         return Path(model["file"].rpartition(":")[0] if ".py:" in model["file"] else model["file"]).name
-    return f"new {model['arch']}" if model.get("arch") else src or model.get("checkpoint") or ""
+    if model.get("arch"):
+        return f"new {model['arch']}" + (" from ImageNet weights" if model.get("pretrained") else "")
+    return src or model.get("checkpoint") or ""
 
 
 @st.cache_data(show_spinner="Reading the checkpoint…", max_entries=8)
@@ -209,6 +212,57 @@ def own_model_panel(up, base_train: dict[str, Any]) -> tuple[dict[str, Any], str
     return {"file": f"{path}:{builder}", "builder_kwargs": kwargs or None, "trust_code": True}, None
 
 
+INIT_WEIGHTS = {"random (train from scratch)": False, "ImageNet state dict (transfer learning)": True}
+
+
+@st.cache_data(show_spinner="Reading the weights ...", max_entries=8)
+def imagenet_fit(path: str, mtime: float, arch: str) -> tuple[int, list[str]]:
+    """(tensors transferred, names besides the head left fresh) of an ImageNet state dict on ``arch``;
+    SpecError if it does not fit."""
+    model = models.build(arch, 10, False)
+    skipped = models.load_imagenet_weights(model, path)
+    head = models.classifier_layer(model)[0] + "."   # a new head by design, not a misfit
+    return len(model.state_dict()) - len(skipped), [k for k in skipped if not k.startswith(head)]
+
+
+def pretrained_panel(arch: str) -> tuple[str | None, str | None]:
+    """(path of the chosen ImageNet state dict, None) once one fits ``arch``; else (None, the problem)."""
+    src = st.radio("State dict from", ["Path on this server", "Upload"], horizontal=True, key="pretrained_source")
+    if src == "Upload":
+        up = st.file_uploader(f"torchvision ImageNet weights for {arch} (torch.save(model.state_dict()))",
+                              type=["pt", "pth", "bin"], key=uploader_key("pretrained"),
+                              help=f"Never unpickled as code. Up to {upload_limit_mb():,} MB.")
+        if up is None:
+            refused = refused_upload("pretrained")
+            if refused:
+                st.error(md_text(refused) + " Upload another file.")
+            return None, refused or "upload the ImageNet state dict first"
+        accept_upload("pretrained")
+        path, name = save_upload(up, "weights"), up.name
+    else:
+        typed = st.text_input("File on this server", key="pretrained_path",
+                              placeholder="/models/resnet18-f37072fd.pth").strip()
+        if not typed:
+            return None, "enter the path of the ImageNet state dict"
+        path, name = Path(typed).expanduser(), typed
+        if not path.is_file():
+            st.error(md_text(f"{typed}: no such file on this server."))
+            return None, f"{typed}: no such file"
+    try:
+        used, skipped = imagenet_fit(str(path), path.stat().st_mtime, arch)
+    except SpecError as e:
+        problem = upload_problem(name, e).replace(str(path), name)
+        if src == "Upload":  # a file that fits no such net leaves the workspace at once
+            discard_upload("pretrained", up, path, problem)
+        st.error(md_text(problem))
+        return None, problem
+    st.success(md_text(f"{name}: {used} tensors of {arch} come from ImageNet; a new head for this dataset's classes"
+                       + (f" and {len(skipped)} tensor(s) that do not fit ({', '.join(skipped[:3])}"
+                          f"{' …' if len(skipped) > 3 else ''}) start fresh." if skipped else " starts fresh.")),
+               icon=":material/move_down:")
+    return str(path), None
+
+
 def upload_problem(name: str, error: Exception) -> str:
     """The reason an upload is refused, naming it once."""
     return str(error) if name in str(error) else f"{name}: {error}"
@@ -293,7 +347,9 @@ st.toggle("Log finished runs to MLflow", key="track_mlflow",
                "and card as artefacts, pipeline steps nested) to MLFLOW_TRACKING_URI as the dashboard's worker sees "
                "it, else ./mlruns beside it; nothing is sent anywhere else. A store that cannot be reached leaves "
                "the run finished and says why on Compare. `python -m engine mlflow` exports past runs.")
-tab_preset, tab_custom = st.tabs(["Presets", "Custom experiment"])
+# A keyed tab set remembers the open tab: unkeyed, the success message a launch adds above it made it a
+# new element, which opened on Presets again.
+tab_preset, tab_custom = st.tabs(["Presets", "Custom experiment"], key="exp_tab", on_change="rerun")
 
 # -- presets ------------------------------------------------------------------------------------
 with tab_preset:
@@ -455,6 +511,26 @@ with tab_custom:
         c1, c2 = st.columns(2)
         model["arch"] = c1.selectbox("Architecture", list(models.ARCHS), key="arch")
         base_train["epochs"] = int(c2.number_input("Baseline epochs", 1, 10000, 3, key="base_epochs"))
+        weights = st.radio("Initial weights", list(INIT_WEIGHTS), horizontal=True, key="init_weights",
+                           help="Transfer learning: start from a torchvision ImageNet state dict on this machine "
+                                "(nothing is downloaded), with a new classifier head for this dataset's classes.")
+        if INIT_WEIGHTS[weights]:
+            pretrained, weights_problem = pretrained_panel(model["arch"])
+            data_problem = data_problem or weights_problem
+            if pretrained:
+                model["pretrained"] = pretrained
+                st.session_state.setdefault("freeze_backbone", True)  # kept widget: default via state, not value=
+                model["freeze_backbone"] = st.checkbox(
+                    "Freeze the backbone: train only the new head (and any layer the weights do not fit)",
+                    key="freeze_backbone", help="With few images per class a frozen backbone cannot overfit "
+                    "them; untick to fine-tune every layer.")
+        if not data_problem and not model.get("pretrained"):
+            try:
+                why = validation.scratch_warning(DataSpec(**data), base_train["epochs"], int(batch))
+            except (TypeError, ValueError):  # a half-typed dataset: the launch check names the field
+                why = None
+            if why:
+                st.warning(md_text(why[0].upper() + why[1:] + "."), icon=":material/model_training:")
     elif base_kind == "A finished run":
         runs = startable_runs()  # an INT8 ONNX Runtime model cannot be trained further
         if not runs:

@@ -105,10 +105,11 @@ def queue_table() -> None:
                                 "id": text(width=165), "state": text(width=75),
                                 "progress": st.column_config.ProgressColumn("progress", min_value=0, max_value=1,
                                                                             format="percent", width=90),
-                                "activity": text(width=360, help="a live job's phase (loading data, training "
+                                "activity": text(width=400, help="a live job's phase (loading data, training "
                                                                  "epoch k/n, fine-tuning, calibrating, measuring, "
                                                                  "exporting), the time that phase (not the job) has "
-                                                                 "left and its speed; a finished job's run time"),
+                                                                 "left and its speed; a finished job's run time "
+                                                                 "(whole under Job details)"),
                                 "error": text(width="medium")})
     chosen = [st.session_state["jobs_order"][i] for i in selected_rows() if i < len(shown)]
     stoppable = [j for j in chosen if by_id[j]["state"] in ("queued", "running")]
@@ -185,7 +186,10 @@ if all_rows:
             else:
                 st.toast(f"{job_id} queued again")
                 st.rerun()  # the whole page: the queue table and this panel poll again
-        c3.markdown(f"**{row['state']}**" + (f" — {md_text(row['error'])}" if row.get("error") else ""))
+        row["last_event"] = store.last_events([job_id]).get(job_id)
+        doing = activity(row, results.job_progress(row))  # whole here: the table's cell may cut it
+        c3.markdown(f"**{row['state']}**" + (f" · {md_text(doing)}" if doing else "")
+                    + (f" — {md_text(row['error'])}" if row.get("error") else ""))
         rec = row.get("record") or {}
         if row["state"] == "done" and rec:
             m = st.columns([1, 1, 1, 1, 2], vertical_alignment="center")

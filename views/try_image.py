@@ -41,6 +41,10 @@ if not chosen:
     st.warning("Choose at least one model.")
     st.stop()
 ref_id = chosen[0]
+ref_name = by_id[ref_id].get("name") or by_id[ref_id].get("method") or ref_id
+if len(chosen) > 1:
+    st.caption(f"Reference: **{md_text(ref_name)}** (`{ref_id}`), the first model chosen: every other model is marked "
+               "as agreeing with its top-1 answer or differing from it. Reorder the models to change it.")
 
 source = st.radio("Images", ["Upload", "Test-set samples"], horizontal=True, key="img_source")
 images: list[tuple[str, bytes, str | None]] = []  # (title, bytes, true class where known)
@@ -91,6 +95,13 @@ def cam_overlay(root: str, run_id: str, digest: str, _raw: bytes, index: int) ->
     return saliency.overlay(np.asarray(load_pil(_raw)), cam)
 
 
+@st.cache_data(show_spinner=False, max_entries=512)
+def unlike_training(root: str, run_id: str, digest: str, _raw: bytes) -> list[str]:
+    """How the image differs from model ``run_id``'s training images: brightness and contrast against its
+    normalisation, colour on a grey model."""
+    return predict.far_from_training(_raw, predictor(root, run_id).meta)
+
+
 def show(name: str, raw: bytes, truth: str | None) -> None:
     """One image: its thumbnail, then each model's answer side by side."""
     digest = hashlib.sha256(raw).hexdigest()
@@ -104,6 +115,10 @@ def show(name: str, raw: bytes, truth: str | None) -> None:
     c2.markdown(f"#### {md_text(name)}")
     c2.caption(f"{w}x{h} px" + (f", reduced to {predict.WORKING_SIDE} px on its longer side before each model "
                                 "resizes it to its input" if max(w, h) > predict.WORKING_SIDE else ""))
+    far = unlike_training(str(store.root), ref_id, digest, raw) if ref_id in models else []
+    if far:
+        c2.warning(f"Unlike the images {md_text(ref_name)} was trained on: " + "; ".join(far) + ". Its answers on it "
+                   "say little about its accuracy.", icon=":material/travel_explore:")
     cols = st.columns(len(models))
     preds = {}
     for col, (rid, pred) in zip(cols, models.items()):
@@ -118,9 +133,11 @@ def show(name: str, raw: bytes, truth: str | None) -> None:
             if truth is not None:
                 verdict.append(":green[right]" if out.top[0][0] == truth else ":red[wrong]")
             if rid != ref_id and ref_id in preds:
-                verdict.append(":green[:material/check_circle: agrees with reference]"
+                verdict.append(f":green[:material/check_circle: agrees with {md_text(ref_name)}]"
                                if out.index == preds[ref_id].index
-                               else ":red[:material/cancel: differs from reference]")
+                               else f":red[:material/cancel: differs from {md_text(ref_name)}]")
+            elif rid == ref_id and len(models) > 1:
+                verdict.append("reference")
             st.markdown(f"**{md_text(by_id[rid].get('name') or by_id[rid].get('method'))}**  \n"
                         f"`{rid}` · {fmt_ms(out.latency_ms)}" + "".join(f" · {v}" for v in verdict))
             st.dataframe(pd.DataFrame(out.top, columns=["class", "probability"]), hide_index=True, width="stretch",
