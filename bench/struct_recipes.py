@@ -44,9 +44,11 @@ def main() -> None:
     ap.add_argument("--base-epochs", type=int, default=4)
     ap.add_argument("--seeds", type=int, default=1)
     ap.add_argument("--only", nargs="*", default=None, help="variants to run (default: all)")
+    ap.add_argument("--base", default=None, help="id of a base this command trained before (reused)")
     a = ap.parse_args()
     store = Store()
-    base = run_spec(JobSpec.from_dict({"name": "struct recipes: base", "data": DATA, "model": {"arch": "resnet20"},
+    base = (store.get(a.base) or {}).get("record") if a.base else None
+    base = base or run_spec(JobSpec.from_dict({"name": "struct recipes: base", "data": DATA, "model": {"arch": "resnet20"},
                                        "method": {"name": "baseline"}, "train": {"epochs": a.base_epochs},
                                        "measure": MEASURE}), store)
     print(json.dumps({"variant": "base", "accuracy": base["accuracy"], "macs": base["macs"]}), flush=True)

@@ -58,7 +58,7 @@ def sparsify(ctx, model: nn.Module, mode: str, epochs: int, reg: float, lr: floa
     ctx.extra.update({"sparse_learning": mode, "sparse_epochs": epochs, "sparse_reg": reg,
                       "weak_channel_norm_share_before": before, "weak_channel_norm_share_after": after})
     ctx.log.info("sparse learning (%s, %d epochs): the weakest %.0f %% of channels carry %.4f of the squared "
-                 "squared norm, was %.4f", mode, epochs, 100 * ratio, after, before)
+                 "group norms, was %.4f", mode, epochs, 100 * ratio, after, before)
 
 
 @torch.no_grad()
