@@ -25,8 +25,10 @@ FT = 2
 VARIANTS: dict[str, dict] = {
     "defaults": {},
     "l2": {"criterion": "l2"},
-    "lamp global": {"criterion": "lamp", "allocation": "global"},
-    "l1 global": {"allocation": "global"},
+    # a global ranking cuts where channels are cheap or expensive by its own scores: compared at the MACs
+    # the uniform cut of 0.5 keeps (0.253 of the base's), not at the same ratio
+    "lamp global": {"criterion": "lamp", "allocation": "global", "target_macs": 0.253},
+    "l1 global": {"allocation": "global", "target_macs": 0.253},
     "bn_scale": {"criterion": "bn_scale"},
     "taylor": {"criterion": "taylor"},
     "steps 2": {"steps": 2, "finetune_epochs": FT // 2},
