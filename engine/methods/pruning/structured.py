@@ -204,7 +204,6 @@ def prune_structured(model, ctx, params):
     if params["sparse_learning"] != "off":
         sparsify(ctx, model, params["sparse_learning"], params["sparse_epochs"], params["sparse_reg"],
                  params["finetune_lr"], params["ratio"])
-        ctx.recalibrate(model, "sparse learning")
     if params["criterion"] == "taylor" and (params["target_macs"], params["max_loss"]) != (None, None):
         accumulate_gradients(model, ctx.data, ctx.device, params["grad_batches"])  # searches rank as pruning will
 
