@@ -135,19 +135,23 @@ def quick_tour() -> list[dict[str, Any]]:
 
 def cpu_thorough() -> list[dict[str, Any]]:
     """Fashion-MNIST at 28 px (20,000 training images, full test set), CIFAR ResNet-20: a 15-epoch base
-    (>= 0.90), then every method at a practitioner's settings (``THOROUGH_PARAMS``). About 35 minutes
-    on 2 CPU cores: base ~15 x 29 s, the methods ~43 epoch-equivalents, measurement ~10 s a job."""
-    return _plan("CPU, thorough", dict(THOROUGH_DATA), QUICK_ARCH, {"epochs": THOROUGH_BASE_EPOCHS, "device": "cpu"},
-                 {"epochs": 2, "device": "cpu"}, dict(THOROUGH_MEASURE), _thorough_params)
+    (>= 0.90), then every method at a practitioner's settings (``THOROUGH_PARAMS``), and a control for
+    each structured, low-rank, factorisation and distillation result. About an hour on 2 CPU cores:
+    base ~15 x 29 s, the methods ~43 epoch-equivalents, the six controls ~120 epochs of nets with a
+    quarter to two thirds of the base's MACs (~55 epoch-equivalents), measurement ~10 s a job."""
+    return with_controls(_plan("CPU, thorough", dict(THOROUGH_DATA), QUICK_ARCH,
+                               {"epochs": THOROUGH_BASE_EPOCHS, "device": "cpu"}, {"epochs": 2, "device": "cpu"},
+                               dict(THOROUGH_MEASURE), _thorough_params), "CPU, thorough")
 
 
 def cifar10_resnet18_gpu(path: str | None = None) -> list[dict[str, Any]]:
-    """Full CIFAR-10, ResNet-18 (small-input stem) on CUDA: 30-epoch base, method defaults."""
+    """Full CIFAR-10, ResNet-18 (small-input stem) on CUDA: 30-epoch base, method defaults, each
+    structured, low-rank, factorisation and distillation result with its control."""
     path = path or settings.cifar10() or str(SHARED_CIFAR10)
     data = {"name": "cifar10", "path": path, "batch_size": 256}
     measure = {"onnx": True, "latency_runs": 30, "warmup_runs": 5}
-    return _plan("CIFAR-10 ResNet-18", data, "resnet18", {"epochs": 30, "device": "cuda"},
-                 {"epochs": 5, "device": "cuda"}, measure, _default_params)
+    return with_controls(_plan("CIFAR-10 ResNet-18", data, "resnet18", {"epochs": 30, "device": "cuda"},
+                               {"epochs": 5, "device": "cuda"}, measure, _default_params), "CIFAR-10 ResNet-18")
 
 
 def cifar10_literature(path: str | None = None, *, epochs: dict[str, int] | None = None, device: str = "cuda",
@@ -197,7 +201,9 @@ PRESETS: dict[str, Preset] = {
         f"Fashion-MNIST, {QUICK_DATA['limit']:,} training images at {QUICK_DATA['image_size']} px, scored on the "
         f"full 10,000-image test set; CIFAR ResNet-20 base trained {QUICK_BASE_EPOCHS} epochs on CPU; every "
         "registered method with 1-epoch fine-tunes; distillation and its plain control train a half-width "
-        f"ResNet-20 for {QUICK_STUDENT['epochs']} epochs each.",
+        f"ResNet-20 for {QUICK_STUDENT['epochs']} epochs each. No controls: each would train a smaller net "
+        "from scratch for the 7 epochs its run's weights had, which would double the tour; \"CPU, thorough\" "
+        "has them.",
         "cpu", 510, "estimated from its parts timed alone on 2 CPU cores, ResNet-20 at 16 px training at "
         "~1,800 img/s, plus ~10 s of process start and measurement per job"),
     "CPU, thorough": Preset(
@@ -205,9 +211,10 @@ PRESETS: dict[str, Preset] = {
         f"Fashion-MNIST at full 28 px, {THOROUGH_DATA['limit']:,} training images, full test set; CIFAR ResNet-20 "
         f"base trained {THOROUGH_BASE_EPOCHS} epochs on CPU; pruning in 3 steps with 2 fine-tune epochs each "
         f"(structured 50 %, unstructured 80 %), SFP and slimming with several epochs, students "
-        f"{THOROUGH_STUDENT['epochs']} epochs.",
-        "cpu", 2100, "estimated: ResNet-20 at 28 px trains ~630 img/s alone on 2 CPU cores, ~58 epoch-"
-        "equivalents of 18,000 images in all, plus measurement"),
+        f"{THOROUGH_STUDENT['epochs']} epochs; each structured, low-rank, factorisation and distillation result "
+        "gets its control (the same family scaled to its MACs, trained from scratch with its epoch budget).",
+        "cpu", 3700, "estimated: ResNet-20 at 28 px trains ~630 img/s alone on 2 CPU cores, ~58 epoch-"
+        "equivalents of 18,000 images for the base and methods and ~55 for the six controls, plus measurement"),
     "CIFAR-10, literature setting (GPU)": Preset(
         "CIFAR-10 literature", cifar10_literature,
         "Full CIFAR-10 (50,000 training images, 10,000 test) at 32 px on CUDA, batch 512, the default recipe: "
@@ -218,9 +225,10 @@ PRESETS: dict[str, Preset] = {
     "CIFAR-10 ResNet-18 (GPU)": Preset(
         "CIFAR-10 ResNet-18", cifar10_resnet18_gpu,
         "Full CIFAR-10 at 32 px on CUDA, batch 256; ResNet-18 (small-input stem) base trained 30 epochs; "
-        "every registered method at its defaults (5-epoch fine-tunes).",
-        "cuda", 900, "estimated: ~2.3 s a ResNet-18 epoch on an H100, 30 base epochs and ~13 jobs of "
-        "5 fine-tune epochs, plus measurement"),
+        "every registered method at its defaults (5-epoch fine-tunes), each structured, low-rank, factorisation "
+        "and distillation result with its control.",
+        "cuda", 1150, "estimated: ~2.3 s a ResNet-18 epoch on an H100, 30 base epochs and ~13 jobs of "
+        "5 fine-tune epochs, six controls of ~35 epochs at about half the MACs, plus measurement"),
 }
 
 
@@ -335,16 +343,19 @@ def resolve(specs: list[dict[str, Any]], ids: list[str] | str) -> list[dict[str,
     return out
 
 
-def with_controls(plan: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def with_controls(plan: list[dict[str, Any]], label: str | None = None) -> list[dict[str, Any]]:
     """``plan`` with a control job appended for each structured, low-rank, factorisation or distillation
     job: the same start and data, trained from scratch to that job's MACs with its epoch budget
-    (method ``control``, ``of_run = ref(i)``). Appended at the end, so every earlier ref(i) still holds."""
+    (method ``control``, ``of_run = ref(i)``). Appended at the end, so every earlier ref(i) still holds.
+    With a preset's ``label`` a control is named "<label>: control of <method>", as the preset's jobs are."""
     from .methods import control  # imports torch: only where controls are asked for
     out = copy.deepcopy(plan)
     for i, s in enumerate(plan):
         if not control.controllable(s.get("method") or {}):
             continue
-        out.append({"name": f"control of {s.get('name') or s['method']['name']}", "data": copy.deepcopy(s["data"]),
+        name = f"{label}: control of {s['method']['name']}" if label else \
+            f"control of {s.get('name') or s['method']['name']}"
+        out.append({"name": name, "data": copy.deepcopy(s["data"]),
                     "model": copy.deepcopy(s["model"]), "method": {"name": "control", "params": {"of_run": ref(i)}},
                     "train": copy.deepcopy(s.get("train", {})), "measure": copy.deepcopy(s.get("measure", {})),
                     **{k: s[k] for k in ("experiment", "group") if k in s}})

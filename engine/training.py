@@ -2,6 +2,8 @@
 
 - ``loss_fn(logits, y, x) -> loss``       replaces the criterion (e.g. distillation)
 - ``regularizer(model) -> loss``         added to the loss each step (e.g. BN-scale L1, orthogonality)
+- ``after_backward(model)``              runs between backward and the optimiser step, on unscaled
+                                         gradients (e.g. torch-pruning's group-norm sparse learning)
 - ``after_step(model)``                  runs after each optimiser step (e.g. re-apply masks)
 - ``on_epoch_end(model, epoch)``         runs after each epoch, before validation (e.g. soft pruning)
 """
@@ -121,6 +123,7 @@ def fit(model: nn.Module, data, cfg: TrainSpec, *, epochs: int | None = None, lr
         loss_fn: Callable[..., torch.Tensor] | None = None,
         regularizer: Callable[[nn.Module], torch.Tensor] | None = None,
         after_step: Callable[[nn.Module], None] | None = None,
+        after_backward: Callable[[nn.Module], None] | None = None,
         on_epoch_end: Callable[[nn.Module, int], None] | None = None,
         keep_best: bool = True) -> FitResult:
     """Train ``model`` in place; afterwards it holds the weights of the best validation epoch.
@@ -191,10 +194,15 @@ def fit(model: nn.Module, data, cfg: TrainSpec, *, epochs: int | None = None, lr
                 opt.zero_grad(set_to_none=True)
                 if scaler is not None:
                     scaler.scale(loss).backward()
+                    if after_backward is not None:
+                        scaler.unscale_(opt)  # the hook adds to true gradients, not loss-scaled ones
+                        after_backward(model)
                     scaler.step(opt)
                     scaler.update()
                 else:
                     loss.backward()
+                    if after_backward is not None:
+                        after_backward(model)
                     opt.step()
                 sched.step()
                 step += 1

@@ -234,3 +234,31 @@ def test_compare_flags_a_chance_level_run_and_keeps_it_from_the_winner(tmp_path,
         shot(page, "compare-chance-level")
         page.get_by_text("Include runs at chance level", exact=False).click()
         page.locator('[data-testid="stAlertContentSuccess"]').filter(has_text="shirt").wait_for(timeout=30_000)
+
+
+def test_compare_shows_the_control_verdict_and_the_published_points(tmp_path, page, monkeypatch):
+    """Compare in Chromium over a CIFAR-10 ResNet-56 study (synthetic records): on the MACs axis the
+    literature's points are drawn beside our runs, the base's gap to the published base is flagged, and a
+    pruned run's details say whether it beat its control (and a factorised one's that it did not)."""
+    from test_controls import insert_controlled_study
+    monkeypatch.setenv("SLIMBENCH_NO_AUTOSTART", "1")
+    home = tmp_path / "ws"
+    insert_controlled_study(home)
+    with streamlit_server(home) as (url, _):
+        page.goto(url + "/compare")
+        page.get_by_role("heading", name="Compare").wait_for(timeout=60_000)
+        page.locator('[data-testid="stRadio"]').filter(has_text="Accuracy against").get_by_text(
+            "MACs", exact=True).click()
+        chart = page.locator(".js-plotly-plot").filter(has_text="published (literature)")
+        chart.wait_for(timeout=30_000)
+        # every published point is a marker of that trace: more than one paper's result is drawn
+        points = chart.locator(".scatterlayer .trace").filter(has=page.locator("path.point")).last.locator("path.point")
+        assert points.count() >= 5
+        page.get_by_text(re.compile(r"4\.3 pt below the published base \(94\.37 %\)")).first.wait_for(timeout=30_000)
+        shot(page, "compare-literature")
+        pick(page, "Run", "pruned · pruned")
+        page.locator('[data-testid="stAlertContentSuccess"]').filter(has_text="Against its control").filter(
+            has_text="beats its control by 1.8 pt").wait_for(timeout=30_000)
+        pick(page, "Run", "fact · fact")
+        page.locator('[data-testid="stAlertContentInfo"]').filter(has_text="does not beat its control").wait_for(
+            timeout=30_000)

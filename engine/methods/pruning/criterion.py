@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch_pruning as tp
 
-CHANNEL_CRITERIA = ("l1", "l2", "bn_scale", "taylor")
+CHANNEL_CRITERIA = ("l1", "l2", "lamp", "bn_scale", "taylor")
 WEIGHT_NORMS = ("l1", "l2")
 
 
@@ -22,6 +22,8 @@ def channel_importance(name: str) -> tp.importance.Importance:
         return tp.importance.GroupMagnitudeImportance(p=1)
     if name == "l2":
         return tp.importance.GroupMagnitudeImportance(p=2)
+    if name == "lamp":      # Lee et al. 2021: each score over the sum of those at least as large in its
+        return tp.importance.LAMPImportance(p=2)  # layer; within a layer it ranks as l2, across layers fairly
     if name == "bn_scale":  # Network Slimming: |gamma| of the batch norms in the group
         return tp.importance.BNScaleImportance()
     if name == "taylor":    # first-order Taylor |w * dL/dw| (Molchanov et al. 2019); needs .grad

@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from ... import measure, training, user_models
 from ...spec import SpecError
-from .. import Param, register
+from .. import Param, recovery, register
 from . import report, surgery
 from .criterion import OUT_CHANNEL_FNS, bn_scale_magnitude, is_depthwise
 from .schedule import bisect_decreasing, nearest_index
@@ -29,7 +29,7 @@ PARAMS = (
     Param("target_macs", "float", 0.5, "share of the base MACs the shrunk network keeps", low=0.02, high=1,
           high_open=True),
     Param("epochs", "int", 3, "training epochs with the penalty", low=0, high=10000),
-    Param("finetune_epochs", "int", 1, "recovery epochs after the channels are removed", low=0, high=1000),
+    *recovery.params(epochs=1),
     Param("expand", "bool", False, "widen the shrunk network uniformly back to the base MACs and retrain it "
           "from scratch for train.epochs"),
 )
@@ -152,7 +152,7 @@ def slimming(model, ctx, params):
     threshold, share = shrink_to_macs(model, shape, params["target_macs"])
     ctx.log.info("removed channels with |gamma| < %.4g: %.3f of the base MACs", threshold, share)
     ctx.recalibrate(model, "shrink")
-    ctx.finetune(model, params["finetune_epochs"], phase="finetune")
+    recovery.Recovery(ctx, params)(model)
     extra = {"target_macs": params["target_macs"], "gamma_threshold": threshold, "shrunk_mac_share": share}
     if params["expand"]:
         extra["shrunk_widths"] = surgery.widths(model)

@@ -15,7 +15,7 @@ zeroing, which the removal follows, takes the shifts now.
 from __future__ import annotations
 
 from ... import training
-from .. import Param, register
+from .. import Param, recovery, register
 from . import report, surgery
 from .criterion import FilterNorm
 from .structured import MAX_RATIO
@@ -23,11 +23,11 @@ from .structured import MAX_RATIO
 PARAMS = (
     Param("ratio", "float", 0.3, "share of each layer's filters zeroed before training and at every epoch end, "
           "and removed at the end", low=0, high=MAX_RATIO, low_open=True),
-    Param("epochs", "int", 3, "training epochs with soft pruning (at the fine-tuning learning rate)", low=1,
+    Param("epochs", "int", 3, "training epochs with soft pruning (at finetune_lr)", low=1,
           high=10000),
-    Param("finetune_epochs", "int", 1, "fine-tuning epochs after the zeroed filters are removed (the last "
-          "zeroing has had no epoch to recover from; SFP's long schedules need none, short ones do)",
-          low=0, high=10000),
+    # after the removal: the last zeroing has had no epoch to recover from (SFP's long schedules need
+    # no fine-tune, short ones do); finetune_lr is the soft-pruning phase's rate too
+    *recovery.params(epochs=1),
 )
 
 
@@ -66,7 +66,8 @@ def soft_filter_pruning(model, ctx, params):
 
     soft_prune(model.to(ctx.device), -1)  # as He et al.: the first epoch already trains the pruned shape
     # the last epoch, as SFP keeps it: an earlier one was validated with shifts the removal drops
-    ctx.finetune(model, params["epochs"], phase="soft_prune", on_epoch_end=soft_prune, keep_best=False)
+    ctx.finetune(model, params["epochs"], lr=params["finetune_lr"], phase="soft_prune", on_epoch_end=soft_prune,
+                 keep_best=False)
     for n in recalibrated:
         ctx.count_recalibration("each zeroing", n)
     # Every epoch (hence the kept best one) ended with a zeroing, so the lowest-norm filters now
@@ -78,8 +79,7 @@ def soft_filter_pruning(model, ctx, params):
         were_zero += int(surgery.zero_channels(group).sum())
         group.prune()
     ctx.recalibrate(model, "removal")
-    if params["finetune_epochs"]:
-        ctx.finetune(model, params["finetune_epochs"])
+    recovery.Recovery(ctx, params)(model)
     ctx.extra.update(report.against_base(ctx, model))
     ctx.extra.update({"channel_ratio": params["ratio"], "zeroed_per_epoch": zeroed,
                       "recovered_per_epoch": recovered, "removed_were_zero": were_zero / max(1, removed)})

@@ -7,10 +7,11 @@ import torch.nn as nn
 
 from ... import measure, training
 from ...spec import SpecError
-from .. import Param, register
+from .. import Param, recovery, register
 from . import report, surgery
 from .criterion import CHANNEL_CRITERIA, accumulate_gradients, channel_importance
 from .schedule import bisect_decreasing, largest_passing
+from .sparse_learning import SPARSE_MODES, sparsify
 
 MAX_RATIO = 0.9           # every layer keeps at least a tenth of its channels
 MAC_TOLERANCE = 0.05      # a MAC target counts as met within +-5 % of it
@@ -34,10 +35,24 @@ PARAMS = (
           "analyse keep every channel)", choices=ALLOCATIONS),
     Param("sensitivity_run", "run", None, "allocation=sensitivity: the finished sensitivity run whose suggested "
           "per-layer ratios are applied", optional=True, run_method="sensitivity"),
-    Param("criterion", "str", "l1", "channel importance: l1/l2 norm of the coupled weights, bn_scale (|gamma|), "
-          "taylor (|w * dL/dw| on a few training batches)", choices=CHANNEL_CRITERIA),
-    Param("steps", "int", 1, "prune -> fine-tune rounds reaching the ratio linearly", low=1, high=50),
-    Param("finetune_epochs", "int", 1, "recovery epochs after each round", low=0, high=1000),
+    Param("criterion", "str", "l1", "channel importance of a coupled group: l1/l2, its weights' magnitude "
+          "(Li et al. 2017; DepGraph, Fang et al. 2023, ranks by the group L2 norm); lamp, l2 scaled as LAMP "
+          "(Lee et al. 2021) so a global ranking compares layers fairly (within a layer it ranks as l2); "
+          "bn_scale, |gamma| of its batch norms (Network Slimming, Liu et al. 2017); taylor, |w * dL/dw| on a "
+          "few training batches (Molchanov et al. 2019)", choices=CHANNEL_CRITERIA),
+    Param("steps", "int", 1, "iterative pruning (Han et al. 2015; Molchanov et al. 2019): cut -> recover "
+          "rounds reaching the ratio linearly, each followed by finetune_epochs", low=1, high=50),
+    Param("round_to", "int", None, "keep a multiple of this many channels in every pruned layer (8 or 16: "
+          "vector units and ONNX Runtime kernels run unaligned widths slowly); the kept count is rounded up, "
+          "so a layer narrower than round_to stays whole", low=2, high=256, optional=True),
+    Param("sparse_learning", "str", "off", "a sparsity-inducing training phase before the cut (DepGraph's "
+          "'+SL'): group_norm, DepGraph's group-norm regulariser (Fang et al. 2023); growing_reg, GReg's "
+          "growing L2 penalty (Wang et al. 2021); both torch-pruning's", choices=SPARSE_MODES),
+    Param("sparse_epochs", "int", 1, "epochs of sparse learning (at the fine-tune learning rate)", low=1,
+          high=10000),
+    Param("sparse_reg", "float", 5e-4, "regularisation coefficient of sparse learning (DepGraph's CIFAR "
+          "setting: 5e-4; for growing_reg, its increment every 10 steps)", low=0, high=1, low_open=True),
+    *recovery.params(epochs=1),
     Param("grad_batches", "int", 8, "training batches whose gradients the taylor criterion sums", low=1, high=100000),
 )
 
@@ -53,10 +68,11 @@ def check_params(params: dict, spec: Any) -> None:
         raise SpecError("method.params.sensitivity_run", "is only used with allocation=sensitivity")
 
 
-def prune_once(model: nn.Module, input_shape, importance, ratio: float, global_ranking: bool) -> None:
+def prune_once(model: nn.Module, input_shape, importance, ratio: float, global_ranking: bool,
+               round_to: int | None = None) -> None:
     """Remove ``ratio`` of the channels in one step (what a budget search probes)."""
-    surgery.prune_step(surgery.make_pruner(model, input_shape, importance, ratio,
-                                           global_ranking=global_ranking, max_ratio=MAX_RATIO))
+    surgery.prune_step(surgery.make_pruner(model, input_shape, importance, ratio, global_ranking=global_ranking,
+                                           max_ratio=MAX_RATIO, round_to=round_to))
 
 
 def meet_macs(model: nn.Module, input_shape, prune: Callable[[nn.Module, float], None], hi: float,
@@ -144,9 +160,10 @@ def scaled(ratios: dict[str, float], s: float) -> dict[str, float]:
 
 
 def prune_to_ratios(model: nn.Module, input_shape, importance, ratios: dict[str, float],
-                    initial: dict[str, int], done: float) -> None:
+                    initial: dict[str, int], done: float, round_to: int | None = None) -> None:
     """Bring every listed group to ``done`` (0..1) of its own ratio: at ``done`` = 1 exactly
-    int(ratio * initial channels) are gone, as in the sensitivity analysis that suggested it."""
+    int(ratio * initial channels) are gone, as in the sensitivity analysis that suggested it (with
+    ``round_to``, the kept count rounded up to a multiple of it)."""
     groups = {g.root: g for g in surgery.score_groups(model, input_shape, importance)}
     plan = {}
     for name, r in ratios.items():
@@ -156,7 +173,9 @@ def prune_to_ratios(model: nn.Module, input_shape, importance, ratios: dict[str,
         if name not in groups:
             raise SpecError("method.params.criterion", f"layer {name} should lose {r:.0%} of its channels but "
                                                        "this criterion cannot rank them; use l1, l2 or taylor")
-        keep = initial[name] - cut
+        keep = surgery.aligned_keep(initial[name] - cut, initial[name], round_to or 1)
+        if keep >= len(groups[name].scores):
+            continue
         plan[name] = (groups[name].handler, surgery.lowest(groups[name].scores, len(groups[name].scores) - keep))
     surgery.apply_plan(model, input_shape, plan)
 
@@ -169,14 +188,22 @@ def require_bn(model: nn.Module, criterion: str, arch: str) -> None:
 
 @register("prune_structured", family="pruning", params=PARAMS, check=check_params,
           help="Channel pruning that physically removes filters, keeping residual adds, batch norms, depthwise "
-               "groups and concatenations consistent with torch-pruning's dependency graph. The cut is uniform "
-               "per layer, global, or per layer as a sensitivity run suggested. Fewer MACs, parameters and "
-               "real latency; the classifier's outputs are unchanged.")
+               "groups and concatenations consistent with torch-pruning's dependency graph (DepGraph, Fang et al. "
+               "2023). The recipe: optional sparse learning (group-norm or growing regularisation), then the cut "
+               "ranked by a criterion (group L1/L2, LAMP, BN scale, Taylor), uniform per layer, global, or per "
+               "layer as a sensitivity run suggested, in one or several rounds, each followed by batch-norm "
+               "recalibration and a recovery fine-tune (its own learning rate and cosine schedule, optionally "
+               "distilled from the uncompressed start). Fewer MACs, parameters and real latency; the "
+               "classifier's outputs are unchanged.")
 def prune_structured(model, ctx, params):
     surgery.check_supported(ctx.arch, "prune_structured", model)
     require_bn(model, params["criterion"], ctx.arch)
-    shape, steps, allocation = ctx.input_shape, params["steps"], params["allocation"]
+    shape, steps, allocation, round_to = ctx.input_shape, params["steps"], params["allocation"], params["round_to"]
     importance = channel_importance(params["criterion"])
+    recover = recovery.Recovery(ctx, params)   # its teacher is the start, taken before anything changes
+    if params["sparse_learning"] != "off":
+        sparsify(ctx, model, params["sparse_learning"], params["sparse_epochs"], params["sparse_reg"],
+                 params["finetune_lr"], params["ratio"])
     if params["criterion"] == "taylor" and (params["target_macs"], params["max_loss"]) != (None, None):
         accumulate_gradients(model, ctx.data, ctx.device, params["grad_batches"])  # searches rank as pruning will
 
@@ -192,8 +219,8 @@ def prune_structured(model, ctx, params):
         initial = {g.root: len(g.scores) for g in surgery.score_groups(model, shape, channel_importance("l1"))}
         ratios = suggested_ratios(ctx, params["sensitivity_run"], initial)
         top = MAX_RATIO / min(r for r in ratios.values() if r > 0)   # every pruned layer at the cap
-        scale = budget(lambda m, s: prune_to_ratios(m, shape, importance, scaled(ratios, s), initial, 1.0), top,
-                       "scaling of the suggested ratios (layers judged too sensitive stay whole)")
+        scale = budget(lambda m, s: prune_to_ratios(m, shape, importance, scaled(ratios, s), initial, 1.0, round_to),
+                       top, "scaling of the suggested ratios (layers judged too sensitive stay whole)")
         if scale is not None:
             ratios = scaled(ratios, scale)
             ctx.extra["sensitivity_scale"] = scale
@@ -202,14 +229,14 @@ def prune_structured(model, ctx, params):
         ratio = None
 
         def prune(k: int) -> None:
-            prune_to_ratios(model, shape, importance, ratios, initial, (k + 1) / steps)
+            prune_to_ratios(model, shape, importance, ratios, initial, (k + 1) / steps, round_to)
     else:
         global_ranking = allocation == "global"
-        ratio = budget(lambda m, r: prune_once(m, shape, importance, r, global_ranking), MAX_RATIO,
+        ratio = budget(lambda m, r: prune_once(m, shape, importance, r, global_ranking, round_to), MAX_RATIO,
                        f"{allocation} channel pruning")
         if ratio is None:
             ratio = params["ratio"]
-        pruner = surgery.make_pruner(model, shape, importance, ratio, steps, global_ranking, MAX_RATIO)
+        pruner = surgery.make_pruner(model, shape, importance, ratio, steps, global_ranking, MAX_RATIO, round_to)
 
         def prune(k: int) -> None:
             surgery.prune_step(pruner)
@@ -222,9 +249,10 @@ def prune_structured(model, ctx, params):
         model.zero_grad(set_to_none=True)
         ctx.recalibrate(model, f"cut {k + 1}/{steps}")
         ctx.log.info("step %d/%d: %d MACs", k + 1, steps, measure.count_macs(model, shape)["macs"])
-        ctx.finetune(model, params["finetune_epochs"], phase=f"finetune {k + 1}/{steps}")
+        recover(model, phase=f"finetune {k + 1}/{steps}")
     ctx.extra.update(report.against_base(ctx, model))
-    ctx.extra.update({"channel_ratio": ratio, "criterion": params["criterion"], "allocation": allocation})
+    ctx.extra.update({"channel_ratio": ratio, "criterion": params["criterion"], "allocation": allocation,
+                      "round_to": round_to, "steps": steps})
     if allocation == "sensitivity":
         ctx.extra["sensitivity_run"] = params["sensitivity_run"]
     return model

@@ -102,20 +102,33 @@ def group_layers(group: tp.Group, model: nn.Module) -> list[str]:
 
 
 def make_pruner(model: nn.Module, input_shape: tuple[int, ...], importance: tp.importance.Importance,
-                ratio: float, steps: int = 1, global_ranking: bool = False, max_ratio: float = 1.0
-                ) -> tp.pruner.BasePruner:
+                ratio: float, steps: int = 1, global_ranking: bool = False, max_ratio: float = 1.0,
+                round_to: int | None = None) -> tp.pruner.BasePruner:
     """Pruning of ``ratio`` of the channels, reached in ``steps`` equal steps: of each group's (local),
-    or of all channels ranked together (``global_ranking``; no group loses more than ``max_ratio``)."""
-    return tp.pruner.BasePruner(model, example_input(model, input_shape), importance, pruning_ratio=ratio,
-                                iterative_steps=steps, ignored_layers=protected(model),
-                                global_pruning=global_ranking, max_pruning_ratio=max_ratio,
-                                root_module_types=list(ROOT_TYPES), unwrapped_parameters=loose_parameters(model))
+    or of all channels ranked together (``global_ranking``; no group loses more than ``max_ratio``).
+    With ``round_to`` every group keeps a multiple of it (torch-pruning rounds the kept count down)."""
+    pruner = tp.pruner.BasePruner(model, example_input(model, input_shape), importance, pruning_ratio=ratio,
+                                  iterative_steps=steps, ignored_layers=protected(model),
+                                  global_pruning=global_ranking, max_pruning_ratio=max_ratio,
+                                  root_module_types=list(ROOT_TYPES), unwrapped_parameters=loose_parameters(model))
+    # Rounded here, not by torch-pruning's own round_to: it rounds the kept count *down*, which takes a
+    # 16-channel layer asked to keep 8 with round_to=16 to 0 channels (and past max_ratio).
+    pruner.slimbench_round_to = round_to or 1
+    return pruner
+
+
+def aligned_keep(keep: int, n: int, round_to: int) -> int:
+    """``keep`` rounded up to a multiple of ``round_to`` (never above ``n``, the current width): a
+    layer is never cut more than asked, and one narrower than ``round_to`` is left whole."""
+    return min(n, -(-keep // round_to) * round_to)
 
 
 def selected_groups(pruner: tp.pruner.BasePruner) -> Iterator[tp.Group]:
     """The groups (with the channels to drop) of the pruner's next step. No group keeps fewer than
     ``max_pruning_ratio`` allows of its initial width, nor fewer than one channel: torch-pruning checks
-    that cap only before a step, so one global step could take a layer from 64 channels to 2."""
+    that cap only before a step, so one global step could take a layer from 64 channels to 2. With the
+    pruner's ``slimbench_round_to`` every group keeps a multiple of it (``aligned_keep``)."""
+    r = getattr(pruner, "slimbench_round_to", 1)
     for group in pruner.step(interactive=True):
         module, handler = root_of(group)
         out = pruner.DG.is_out_channel_pruning_fn(handler)
@@ -123,7 +136,8 @@ def selected_groups(pruner: tp.pruner.BasePruner) -> Iterator[tp.Group]:
         idxs = list(group[0].idxs)
         if n is not None:
             init = (pruner.layer_init_out_ch if out else pruner.layer_init_in_ch).get(module) or n
-            allowed = n - max(1, math.ceil(init * (1 - pruner.max_pruning_ratio) - 1e-9))
+            floor = max(1, math.ceil(init * (1 - pruner.max_pruning_ratio) - 1e-9))
+            allowed = n - aligned_keep(max(n - len(idxs), floor), n, r)
             if allowed <= 0:
                 continue
             if len(idxs) > allowed:  # drop only the least important of the chosen channels
