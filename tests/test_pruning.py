@@ -4,6 +4,7 @@ params refused with the field named."""
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -118,7 +119,8 @@ acc = training.evaluate(model, d, "test")["accuracy"]
 print(json.dumps({{"acc": acc, "widths": [m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)]}}))
 """
     p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                       env={"PATH": "/usr/bin:/bin"})
+                       env={"PATH": "/usr/bin:/bin",   # the same thread count: another sums convs in another order
+                            **{k: os.environ[k] for k in ("OMP_NUM_THREADS",) if k in os.environ}})
     assert p.returncode == 0, p.stderr[-2000:]
     out = json.loads(p.stdout.strip().splitlines()[-1])
     assert out["acc"] == pytest.approx(resnet_half["accuracy"], abs=1e-6)
