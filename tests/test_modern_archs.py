@@ -76,6 +76,52 @@ def test_pruning_a_vit_narrows_each_mlp_and_keeps_the_residual_width():
 
 
 @pytest.mark.fast
+@pytest.mark.parametrize("arch", ["vit_cifar", "vit_b_16"])
+def test_head_pruning_removes_whole_heads_and_the_bundle_rebuilds_them(arch):
+    from engine.attention import HeadAttention
+    from engine.methods.pruning import heads
+    side = 32 if arch == "vit_cifar" else 224
+    shape, x = (3, side, side), torch.randn(1, 3, side, side)
+    vit = models.build(arch, 10).eval()
+    count = measure.count_macs if arch == "vit_cifar" else (lambda m, _s: {"macs": measure.count_params(m)})
+    with torch.no_grad():  # (ViT-B/16's 17 GMACs are counted in 6 s: its parameters stand in for them)
+        before, macs = vit(x), count(vit, shape)["macs"]
+    initial = heads.make_prunable(vit)  # nn.MultiheadAttention -> HeadAttention: the same network
+    with torch.no_grad():
+        torch.testing.assert_close(vit(x), before, rtol=1e-4, atol=1e-4)
+    assert count(vit, shape)["macs"] == macs  # the attention products are counted as before
+    attn = vit.encoder.layers[0].self_attention
+    n, d = attn.num_heads, attn.head_dim
+    with torch.no_grad():  # make head 1 the least important of the first block: it is one to go
+        for lin in (attn.q, attn.k, attn.v):
+            lin.weight[d:2 * d] *= 1e-3
+    drop = torch.argsort(heads.head_scores(attn, "l1"))[:n - heads.kept(n, 0.34)].tolist()
+    survivors = [i for i in range(n) if i not in drop]
+    q_before = attn.q.weight.detach().reshape(n, d, -1).clone()
+    heads.prune_heads(vit, initial, 0.34, "l1")
+    assert 1 in drop and set(heads.head_counts(vit).values()) == {heads.kept(n, 0.34)} and heads.kept(n, 0.34) < n
+    assert isinstance(attn, HeadAttention) and attn.q.out_features == len(survivors) * d
+    torch.testing.assert_close(attn.q.weight.detach(), q_before[survivors].reshape(len(survivors) * d, -1))
+    assert vit.encoder.layers[0].mlp[3].out_features == attn.embed_dim  # the residual stream keeps its width
+    assert count(vit, shape)["macs"] < macs
+    man = export.manifest(vit)
+    assert man["encoder.layers.encoder_layer_0.self_attention"]["num_heads"] == heads.kept(n, 0.34)
+    fresh = export.apply_manifest(models.build(arch, 10), man)
+    fresh.load_state_dict(vit.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.eval()(x), vit(x))
+
+
+@pytest.mark.fast
+def test_head_ratio_is_refused_on_a_net_without_attention_and_when_it_removes_no_head():
+    from engine.methods.pruning.structured import require_heads
+    with pytest.raises(SpecError, match="head_ratio.*resnet20 has none"):
+        require_heads(models.build("resnet20", 10), 0.5, "resnet20")
+    with pytest.raises(SpecError, match="head_ratio.*rounds down to none removed"):
+        require_heads(models.build("vit_cifar", 10), 0.2, "vit_cifar")  # 0.2 of 3 heads
+    assert require_heads(models.build("resnet20", 10), 0.0, "resnet20") == {}
+
+@pytest.mark.fast
 def test_convnext_layer_scale_and_layer_norms_shrink_with_their_channels_and_rebuild():
     net = models.build("convnext_tiny", 10, small_input=True).eval()
     x = torch.randn(1, 3, 32, 32)

@@ -8,7 +8,7 @@ import torch.nn as nn
 from ... import measure, training
 from ...spec import SpecError
 from .. import Param, register
-from . import report, surgery
+from . import heads, report, surgery
 from .criterion import CHANNEL_CRITERIA, accumulate_gradients, channel_importance
 from .schedule import bisect_decreasing, largest_passing
 
@@ -34,6 +34,10 @@ PARAMS = (
           "analyse keep every channel)", choices=ALLOCATIONS),
     Param("sensitivity_run", "run", None, "allocation=sensitivity: the finished sensitivity run whose suggested "
           "per-layer ratios are applied", optional=True, run_method="sensitivity"),
+    Param("head_ratio", "float", 0.0, "vision transformers: share of each block's attention heads removed "
+          "whole (rounded down, one always stays), ranked by the criterion, alongside the MLP channels; a "
+          "target_macs or max_loss search then sizes the channel cut with these heads gone",
+          low=0, high=MAX_RATIO),
     Param("criterion", "str", "l1", "channel importance: l1/l2 norm of the coupled weights, bn_scale (|gamma|), "
           "taylor (|w * dL/dw| on a few training batches)", choices=CHANNEL_CRITERIA),
     Param("steps", "int", 1, "prune -> fine-tune rounds reaching the ratio linearly", low=1, high=50),
@@ -53,8 +57,26 @@ def check_params(params: dict, spec: Any) -> None:
         raise SpecError("method.params.sensitivity_run", "is only used with allocation=sensitivity")
 
 
-def prune_once(model: nn.Module, input_shape, importance, ratio: float, global_ranking: bool) -> None:
-    """Remove ``ratio`` of the channels in one step (what a budget search probes)."""
+def require_heads(model: nn.Module, head_ratio: float, arch: str) -> dict[str, int]:
+    """Each attention's head count (attentions made head-prunable) when heads are to go, else {}."""
+    if not head_ratio:
+        return {}
+    if not heads.attentions(model):
+        raise SpecError("method.params.head_ratio", f"removes attention heads of a vision transformer; {arch} "
+                        "has none (set 0)")
+    initial = heads.make_prunable(model)
+    if all(heads.kept(n, head_ratio) == n for n in initial.values()):
+        raise SpecError("method.params.head_ratio", f"{head_ratio:g} of {min(initial.values())} heads rounds "
+                        "down to none removed; raise it")
+    return initial
+
+
+def prune_once(model: nn.Module, input_shape, importance, ratio: float, global_ranking: bool,
+               head_plan: tuple[dict[str, int], float, str] | None = None) -> None:
+    """Remove ``ratio`` of the channels in one step (what a budget search probes), and the heads of
+    ``head_plan`` (initial head counts, share, criterion) if given."""
+    if head_plan:
+        heads.prune_heads(model, *head_plan)
     surgery.prune_step(surgery.make_pruner(model, input_shape, importance, ratio,
                                            global_ranking=global_ranking, max_ratio=MAX_RATIO))
 
@@ -176,6 +198,8 @@ def prune_structured(model, ctx, params):
     surgery.check_supported(ctx.arch, "prune_structured", model)
     require_bn(model, params["criterion"], ctx.arch)
     shape, steps, allocation = ctx.input_shape, params["steps"], params["allocation"]
+    head_ratio, initial_heads = params["head_ratio"], require_heads(model, params["head_ratio"], ctx.arch)
+    head_plan = (initial_heads, head_ratio, params["criterion"]) if initial_heads else None
     importance = channel_importance(params["criterion"])
     if params["criterion"] == "taylor" and (params["target_macs"], params["max_loss"]) != (None, None):
         accumulate_gradients(model, ctx.data, ctx.device, params["grad_batches"])  # searches rank as pruning will
@@ -192,7 +216,12 @@ def prune_structured(model, ctx, params):
         initial = {g.root: len(g.scores) for g in surgery.score_groups(model, shape, channel_importance("l1"))}
         ratios = suggested_ratios(ctx, params["sensitivity_run"], initial)
         top = MAX_RATIO / min(r for r in ratios.values() if r > 0)   # every pruned layer at the cap
-        scale = budget(lambda m, s: prune_to_ratios(m, shape, importance, scaled(ratios, s), initial, 1.0), top,
+        def probe(m: nn.Module, s: float) -> None:
+            if head_plan:
+                heads.prune_heads(m, *head_plan)
+            prune_to_ratios(m, shape, importance, scaled(ratios, s), initial, 1.0)
+
+        scale = budget(probe, top,
                        "scaling of the suggested ratios (layers judged too sensitive stay whole)")
         if scale is not None:
             ratios = scaled(ratios, scale)
@@ -205,7 +234,7 @@ def prune_structured(model, ctx, params):
             prune_to_ratios(model, shape, importance, ratios, initial, (k + 1) / steps)
     else:
         global_ranking = allocation == "global"
-        ratio = budget(lambda m, r: prune_once(m, shape, importance, r, global_ranking), MAX_RATIO,
+        ratio = budget(lambda m, r: prune_once(m, shape, importance, r, global_ranking, head_plan), MAX_RATIO,
                        f"{allocation} channel pruning")
         if ratio is None:
             ratio = params["ratio"]
@@ -218,6 +247,8 @@ def prune_structured(model, ctx, params):
             raise training.Cancelled()
         if params["criterion"] == "taylor":
             accumulate_gradients(model, ctx.data, ctx.device, params["grad_batches"])
+        if head_plan:
+            heads.prune_heads(model, initial_heads, head_ratio * (k + 1) / steps, params["criterion"])
         prune(k)
         model.zero_grad(set_to_none=True)
         ctx.recalibrate(model, f"cut {k + 1}/{steps}")
@@ -225,6 +256,8 @@ def prune_structured(model, ctx, params):
         ctx.finetune(model, params["finetune_epochs"], phase=f"finetune {k + 1}/{steps}")
     ctx.extra.update(report.against_base(ctx, model))
     ctx.extra.update({"channel_ratio": ratio, "criterion": params["criterion"], "allocation": allocation})
+    if head_plan:
+        ctx.extra.update({"head_ratio": head_ratio, "attention_heads": heads.head_counts(model)})
     if allocation == "sensitivity":
         ctx.extra["sensitivity_run"] = params["sensitivity_run"]
     return model
