@@ -137,8 +137,10 @@ def test_convnext_layer_scale_and_layer_norms_shrink_with_their_channels_and_reb
 
 
 # -- end to end on a tiny configuration -----------------------------------------------------------
-DATA = {"name": "digits", "limit": 64, "test_limit": 32, "image_size": 32, "batch_size": 16}
-MEASURE = {"latency_runs": 2, "warmup_runs": 1, "paired_rounds": 0, "batch_size": 4}
+# A small validation split (nothing here is judged on one) and no deployment runtimes (test_runtimes.py times
+# those): what is left is the chain itself, a few seconds a job.
+DATA = {"name": "digits", "limit": 32, "test_limit": 16, "val_fraction": 0.02, "image_size": 32, "batch_size": 16}
+MEASURE = {"latency_runs": 2, "warmup_runs": 1, "paired_rounds": 0, "batch_size": 4, "deploy": False}
 
 
 # The transformer here: the convolutional ones are trained, pruned and quantised the same way (the CIFAR
@@ -153,11 +155,15 @@ def test_baseline_prune_quantize_and_reload_each_modern_arch(arch, session_home)
                          "train": {"epochs": 1}, "measure": {**MEASURE, "onnx": onnx}}, Store(session_home))
 
     base = job({"arch": arch}, "baseline")
-    pruned = job({"from_run": base["run_id"]}, "prune_structured", {"ratio": 0.3, "finetune_epochs": 0}, onnx=True)
+    # MLP channels and attention heads (a third of 3: one per block) go together.
+    pruned = job({"from_run": base["run_id"]}, "prune_structured",
+                 {"ratio": 0.3, "head_ratio": 0.34, "finetune_epochs": 0}, onnx=True)
     int8 = job({"from_run": pruned["run_id"]}, "quantize_int8", {"calibration_batches": 1})
     assert pruned["macs"] < base["macs"] and pruned["params"] < base["params"]
     model, bundle = export.load_model(pruned["checkpoint"])
     assert bundle["arch"] == arch and measure.count_params(model) == pruned["params"]
+    assert [b.self_attention.num_heads for b in model.encoder.layers] == [2] * 6
+    assert set(pruned["attention_heads"].values()) == {2} and pruned["head_ratio"] == 0.34
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         ours = model.eval()(x).numpy()
