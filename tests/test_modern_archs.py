@@ -120,6 +120,10 @@ def test_head_ratio_is_refused_on_a_net_without_attention_and_when_it_removes_no
     with pytest.raises(SpecError, match="head_ratio.*rounds down to none removed"):
         require_heads(models.build("vit_cifar", 10), 0.2, "vit_cifar")  # 0.2 of 3 heads
     assert require_heads(models.build("resnet20", 10), 0.0, "resnet20") == {}
+    from engine.validation import check_spec  # an arch known when queued is refused then
+    with pytest.raises(SpecError, match="head_ratio.*resnet20 has none"):
+        check_spec({"data": {"name": "digits"}, "model": {"arch": "resnet20"},
+                    "method": {"name": "prune_structured", "params": {"head_ratio": 0.5}}})
 
 @pytest.mark.fast
 def test_convnext_layer_scale_and_layer_norms_shrink_with_their_channels_and_rebuild():

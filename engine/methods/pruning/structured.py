@@ -5,7 +5,7 @@ from typing import Any, Callable
 
 import torch.nn as nn
 
-from ... import measure, training
+from ... import measure, models, training
 from ...spec import SpecError
 from .. import Param, register
 from . import heads, report, surgery
@@ -55,6 +55,10 @@ def check_params(params: dict, spec: Any) -> None:
                         "sensitivity run")
     if not by_sensitivity and params["sensitivity_run"] is not None:
         raise SpecError("method.params.sensitivity_run", "is only used with allocation=sensitivity")
+    arch = spec.model.arch if spec is not None else None
+    if params["head_ratio"] and arch in models.ARCHS and models.ARCHS[arch].family != "vit":
+        raise SpecError("method.params.head_ratio", f"removes attention heads of a vision transformer; {arch} has "
+                        "none (set 0)")  # a run's or checkpoint's arch is known only when the job starts
 
 
 def require_heads(model: nn.Module, head_ratio: float, arch: str) -> dict[str, int]:
