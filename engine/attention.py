@@ -57,5 +57,12 @@ class HeadAttention(nn.Module):
         weights = torch.softmax(q @ k.transpose(-2, -1) * d ** -0.5, dim=-1)
         return self.out_proj((weights @ v).transpose(1, 2).reshape(b, n, h * d)), None
 
+    def consistent(self) -> bool:
+        """Whether the projections fit the head count and size (a manifest could say otherwise)."""
+        inner, e = self.num_heads * self.head_dim, self.embed_dim
+        return all(isinstance(lin, nn.Linear) and (lin.in_features, lin.out_features) == (e, inner)
+                   for lin in (self.q, self.k, self.v)) and isinstance(self.out_proj, nn.Linear) \
+            and (self.out_proj.in_features, self.out_proj.out_features) == (inner, e)
+
     def extra_repr(self) -> str:
         return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, head_dim={self.head_dim}"

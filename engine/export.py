@@ -147,6 +147,10 @@ def apply_manifest(model: nn.Module, man: dict[str, dict[str, Any]]) -> nn.Modul
             parent[idx] = new
         else:
             setattr(parent, leaf, new)
+    for name, m in model.named_modules():
+        if isinstance(m, HeadAttention) and not m.consistent():
+            raise BundleError(f"manifest layer {name!r} has {m.num_heads} heads of {m.head_dim} on a {m.embed_dim}-wide "
+                              "stream, which its q/k/v/out_proj layers do not match")
     return model
 
 

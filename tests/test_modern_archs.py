@@ -108,6 +108,10 @@ def test_head_pruning_removes_whole_heads_and_the_bundle_rebuilds_them(arch):
     assert man["encoder.layers.encoder_layer_0.self_attention"]["num_heads"] == heads.kept(n, 0.34)
     fresh = export.apply_manifest(models.build(arch, 10), man)
     fresh.load_state_dict(vit.state_dict())
+    bad = {**man, "encoder.layers.encoder_layer_0.self_attention": {**man["encoder.layers.encoder_layer_0.self_attention"],
+                                                                   "num_heads": n}}
+    with pytest.raises(export.BundleError, match="heads of .* do not match"):  # a damaged bundle, named
+        export.apply_manifest(models.build(arch, 10), bad)
     with torch.no_grad():
         torch.testing.assert_close(fresh.eval()(x), vit(x))
 
