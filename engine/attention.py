@@ -19,7 +19,7 @@ class HeadAttention(nn.Module):
 
     def __init__(self, embed_dim: int, num_heads: int, head_dim: int, bias: bool = True):
         super().__init__()
-        self.embed_dim, self.num_heads, self.head_dim = embed_dim, num_heads, head_dim
+        self.embed_dim, self.num_heads, self.head_dim, self.has_bias = embed_dim, num_heads, head_dim, bias
         inner = num_heads * head_dim
         self.q = nn.Linear(embed_dim, inner, bias)
         self.k = nn.Linear(embed_dim, inner, bias)
@@ -58,11 +58,19 @@ class HeadAttention(nn.Module):
         return self.out_proj((weights @ v).transpose(1, 2).reshape(b, n, h * d)), None
 
     def consistent(self) -> bool:
-        """Whether the projections fit the head count and size (a manifest could say otherwise)."""
+        """Whether the projections fit the head count and size (a manifest could say otherwise). A
+        projection may be a Sequential of Linears (low-rank factors in its place)."""
         inner, e = self.num_heads * self.head_dim, self.embed_dim
-        return all(isinstance(lin, nn.Linear) and (lin.in_features, lin.out_features) == (e, inner)
-                   for lin in (self.q, self.k, self.v)) and isinstance(self.out_proj, nn.Linear) \
-            and (self.out_proj.in_features, self.out_proj.out_features) == (inner, e)
+        return all(_features(p) == want for p, want in ((self.q, (e, inner)), (self.k, (e, inner)),
+                                                         (self.v, (e, inner)), (self.out_proj, (inner, e))))
 
     def extra_repr(self) -> str:
         return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, head_dim={self.head_dim}"
+
+
+def _features(m: nn.Module) -> tuple[int, int] | None:
+    """(in, out) features of a Linear or of a chain of Linears; None for anything else."""
+    chain = list(m) if isinstance(m, nn.Sequential) else [m]
+    if not chain or not all(isinstance(x, nn.Linear) for x in chain):
+        return None
+    return chain[0].in_features, chain[-1].out_features

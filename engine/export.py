@@ -77,7 +77,7 @@ def describe(m: nn.Module) -> dict[str, Any] | None:
                 "bias": m.bias is not None}
     if isinstance(m, HeadAttention):  # a pruned ViT's attention: its head count and size (its Linears follow)
         return {"type": "HeadAttention", "embed_dim": m.embed_dim, "num_heads": m.num_heads,
-                "head_dim": m.head_dim, "bias": m.q.bias is not None}
+                "head_dim": m.head_dim, "bias": m.has_bias}
     if isinstance(m, nn.Sequential):
         return {"type": "Sequential", "length": len(m)}
     if isinstance(m, nn.Identity):

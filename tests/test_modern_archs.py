@@ -117,6 +117,24 @@ def test_head_pruning_removes_whole_heads_and_the_bundle_rebuilds_them(arch):
 
 
 @pytest.mark.fast
+def test_a_head_pruned_vit_can_be_factorised_and_rebuilds_but_not_the_other_way_round():
+    from engine.methods import lowrank
+    from engine.methods.pruning import heads
+    from engine.methods.pruning.structured import require_heads
+    vit = models.build("vit_cifar", 10).eval()
+    heads.prune_heads(vit, heads.make_prunable(vit), 0.34, "l1")
+    plan = lowrank.plan_ranks(vit, (3, 32, 32), None, 0.25)
+    assert "encoder.layers.encoder_layer_0.self_attention.q" in plan  # called as a layer now: factorisable
+    lowrank.apply_plan(vit, plan)
+    fresh = export.apply_manifest(models.build("vit_cifar", 10), export.manifest(vit))
+    fresh.load_state_dict(vit.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.eval()(x), vit(x))
+    with pytest.raises(SpecError, match="head_ratio.*factorised"):
+        require_heads(vit, 0.5, "vit_cifar")
+
+@pytest.mark.fast
 def test_head_ratio_is_refused_on_a_net_without_attention_and_when_it_removes_no_head():
     from engine.methods.pruning.structured import require_heads
     with pytest.raises(SpecError, match="head_ratio.*resnet20 has none"):

@@ -69,6 +69,11 @@ def require_heads(model: nn.Module, head_ratio: float, arch: str) -> dict[str, i
         raise SpecError("method.params.head_ratio", f"removes attention heads of a vision transformer; {arch} "
                         "has none (set 0)")
     initial = heads.make_prunable(model)
+    factored = [n for n, a in heads.attentions(model).items()
+                if not all(type(p) is nn.Linear for p in (a.q, a.k, a.v, a.out_proj))]
+    if factored:
+        raise SpecError("method.params.head_ratio", f"{factored[0]}'s projections were factorised (a low-rank or "
+                        "factorize run), so its heads cannot be cut whole; remove heads before factorising")
     if all(heads.kept(n, head_ratio) == n for n in initial.values()):
         raise SpecError("method.params.head_ratio", f"{head_ratio:g} of {min(initial.values())} heads rounds "
                         "down to none removed; raise it")
