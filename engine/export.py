@@ -24,6 +24,7 @@ import torch.nn as nn
 from torchvision.models.convnext import LayerNorm2d
 
 from . import models, user_models
+from .attention import HeadAttention
 from .spec import SpecError
 
 FORMAT = "slimbench-bundle"
@@ -74,6 +75,9 @@ def describe(m: nn.Module) -> dict[str, Any] | None:
         return {"type": type(m).__name__ if type(m) in (nn.LayerNorm, LayerNorm2d) else "LayerNorm",
                 "num_features": m.normalized_shape[0], "eps": float(m.eps), "affine": m.elementwise_affine,
                 "bias": m.bias is not None}
+    if isinstance(m, HeadAttention):  # a pruned ViT's attention: its head count and size (its Linears follow)
+        return {"type": "HeadAttention", "embed_dim": m.embed_dim, "num_heads": m.num_heads,
+                "head_dim": m.head_dim, "bias": m.has_bias}
     if isinstance(m, nn.Sequential):
         return {"type": "Sequential", "length": len(m)}
     if isinstance(m, nn.Identity):
@@ -106,6 +110,8 @@ def _make(d: dict[str, Any]) -> nn.Module:
         return BATCHNORMS[t](d["num_features"], d["eps"], d["momentum"], d["affine"])
     if t in LAYERNORMS:
         return LAYERNORMS[t](d["num_features"], d["eps"], d["affine"], bias=d["bias"])
+    if t == "HeadAttention":
+        return HeadAttention(d["embed_dim"], d["num_heads"], d["head_dim"], d["bias"])
     if t == "Parameter":
         return nn.Parameter(torch.zeros(d["shape"]))
     if t == "Sequential":
@@ -141,6 +147,10 @@ def apply_manifest(model: nn.Module, man: dict[str, dict[str, Any]]) -> nn.Modul
             parent[idx] = new
         else:
             setattr(parent, leaf, new)
+    for name, m in model.named_modules():
+        if isinstance(m, HeadAttention) and not m.consistent():
+            raise BundleError(f"manifest layer {name!r} has {m.num_heads} heads of {m.head_dim} on a {m.embed_dim}-wide "
+                              "stream, which its q/k/v/out_proj layers do not match")
     return model
 
 
@@ -420,7 +430,7 @@ def _check_layer(name: Any, d: Any) -> None:
     kind = d.get("type")
     ints = {"Conv2d": ("in_channels", "out_channels", "groups"), "Linear": ("in_features", "out_features"),
             **{bn: ("num_features",) for bn in (*BATCHNORMS, *LAYERNORMS)}, "Sequential": (), "Identity": (),
-            "Parameter": ()}
+            "Parameter": (), "HeadAttention": ("embed_dim", "num_heads", "head_dim")}
     if kind not in ints:
         raise _damaged(f"{at} has unknown type {kind!r}")
     for field in ints[kind]:
@@ -445,7 +455,7 @@ def _check_layer(name: Any, d: Any) -> None:
                 _int_in(v, low, MAX_GEOMETRY, f"{at} {field}")
         if d["in_channels"] % d["groups"] or d["out_channels"] % d["groups"]:
             raise _damaged(f"{at} groups {d['groups']} does not divide its channels")
-    if kind in ("Conv2d", "Linear") and not isinstance(d.get("bias"), bool):
+    if kind in ("Conv2d", "Linear", "HeadAttention") and not isinstance(d.get("bias"), bool):
         raise _damaged(f"{at} bias is {d.get('bias')!r}, expected true or false")
     if kind in BATCHNORMS and not (isinstance(d.get("eps"), float) and isinstance(d.get("affine"), bool)
                                       and (d.get("momentum") is None or isinstance(d.get("momentum"), float))):

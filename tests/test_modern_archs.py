@@ -76,6 +76,78 @@ def test_pruning_a_vit_narrows_each_mlp_and_keeps_the_residual_width():
 
 
 @pytest.mark.fast
+@pytest.mark.parametrize("arch", ["vit_cifar", "vit_b_16"])
+def test_head_pruning_removes_whole_heads_and_the_bundle_rebuilds_them(arch):
+    from engine.attention import HeadAttention
+    from engine.methods.pruning import heads
+    side = 32 if arch == "vit_cifar" else 224
+    shape, x = (3, side, side), torch.randn(1, 3, side, side)
+    vit = models.build(arch, 10).eval()
+    count = measure.count_macs if arch == "vit_cifar" else (lambda m, _s: {"macs": measure.count_params(m)})
+    with torch.no_grad():  # (ViT-B/16's 17 GMACs are counted in 6 s: its parameters stand in for them)
+        before, macs = vit(x), count(vit, shape)["macs"]
+    initial = heads.make_prunable(vit)  # nn.MultiheadAttention -> HeadAttention: the same network
+    with torch.no_grad():
+        torch.testing.assert_close(vit(x), before, rtol=1e-4, atol=1e-4)
+    assert count(vit, shape)["macs"] == macs  # the attention products are counted as before
+    attn = vit.encoder.layers[0].self_attention
+    n, d = attn.num_heads, attn.head_dim
+    with torch.no_grad():  # make head 1 the least important of the first block: it is one to go
+        for lin in (attn.q, attn.k, attn.v):
+            lin.weight[d:2 * d] *= 1e-3
+    drop = torch.argsort(heads.head_scores(attn, "l1"))[:n - heads.kept(n, 0.34)].tolist()
+    survivors = [i for i in range(n) if i not in drop]
+    q_before = attn.q.weight.detach().reshape(n, d, -1).clone()
+    heads.prune_heads(vit, initial, 0.34, "l1")
+    assert 1 in drop and set(heads.head_counts(vit).values()) == {heads.kept(n, 0.34)} and heads.kept(n, 0.34) < n
+    assert isinstance(attn, HeadAttention) and attn.q.out_features == len(survivors) * d
+    torch.testing.assert_close(attn.q.weight.detach(), q_before[survivors].reshape(len(survivors) * d, -1))
+    assert vit.encoder.layers[0].mlp[3].out_features == attn.embed_dim  # the residual stream keeps its width
+    assert count(vit, shape)["macs"] < macs
+    man = export.manifest(vit)
+    assert man["encoder.layers.encoder_layer_0.self_attention"]["num_heads"] == heads.kept(n, 0.34)
+    fresh = export.apply_manifest(models.build(arch, 10), man)
+    fresh.load_state_dict(vit.state_dict())
+    bad = {**man, "encoder.layers.encoder_layer_0.self_attention": {**man["encoder.layers.encoder_layer_0.self_attention"],
+                                                                   "num_heads": n}}
+    with pytest.raises(export.BundleError, match="heads of .* do not match"):  # a damaged bundle, named
+        export.apply_manifest(models.build(arch, 10), bad)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.eval()(x), vit(x))
+
+
+@pytest.mark.fast
+def test_a_head_pruned_vit_can_be_factorised_and_rebuilds_but_not_the_other_way_round():
+    from engine.methods import lowrank
+    from engine.methods.pruning import heads
+    from engine.methods.pruning.structured import require_heads
+    vit = models.build("vit_cifar", 10).eval()
+    heads.prune_heads(vit, heads.make_prunable(vit), 0.34, "l1")
+    plan = lowrank.plan_ranks(vit, (3, 32, 32), None, 0.25)
+    assert "encoder.layers.encoder_layer_0.self_attention.q" in plan  # called as a layer now: factorisable
+    lowrank.apply_plan(vit, plan)
+    fresh = export.apply_manifest(models.build("vit_cifar", 10), export.manifest(vit))
+    fresh.load_state_dict(vit.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.eval()(x), vit(x))
+    with pytest.raises(SpecError, match="head_ratio.*factorised"):
+        require_heads(vit, 0.5, "vit_cifar")
+
+@pytest.mark.fast
+def test_head_ratio_is_refused_on_a_net_without_attention_and_when_it_removes_no_head():
+    from engine.methods.pruning.structured import require_heads
+    with pytest.raises(SpecError, match="head_ratio.*resnet20 has none"):
+        require_heads(models.build("resnet20", 10), 0.5, "resnet20")
+    with pytest.raises(SpecError, match="head_ratio.*rounds down to none removed"):
+        require_heads(models.build("vit_cifar", 10), 0.2, "vit_cifar")  # 0.2 of 3 heads
+    assert require_heads(models.build("resnet20", 10), 0.0, "resnet20") == {}
+    from engine.validation import check_spec  # an arch known when queued is refused then
+    with pytest.raises(SpecError, match="head_ratio.*resnet20 has none"):
+        check_spec({"data": {"name": "digits"}, "model": {"arch": "resnet20"},
+                    "method": {"name": "prune_structured", "params": {"head_ratio": 0.5}}})
+
+@pytest.mark.fast
 def test_convnext_layer_scale_and_layer_norms_shrink_with_their_channels_and_rebuild():
     net = models.build("convnext_tiny", 10, small_input=True).eval()
     x = torch.randn(1, 3, 32, 32)
@@ -91,8 +163,10 @@ def test_convnext_layer_scale_and_layer_norms_shrink_with_their_channels_and_reb
 
 
 # -- end to end on a tiny configuration -----------------------------------------------------------
-DATA = {"name": "digits", "limit": 64, "test_limit": 32, "image_size": 32, "batch_size": 16}
-MEASURE = {"latency_runs": 2, "warmup_runs": 1, "paired_rounds": 0, "batch_size": 4}
+# A small validation split (nothing here is judged on one) and no deployment runtimes (test_runtimes.py times
+# those): what is left is the chain itself, a few seconds a job.
+DATA = {"name": "digits", "limit": 32, "test_limit": 16, "val_fraction": 0.02, "image_size": 32, "batch_size": 16}
+MEASURE = {"latency_runs": 2, "warmup_runs": 1, "paired_rounds": 0, "batch_size": 4, "deploy": False}
 
 
 # The transformer here: the convolutional ones are trained, pruned and quantised the same way (the CIFAR
@@ -107,11 +181,15 @@ def test_baseline_prune_quantize_and_reload_each_modern_arch(arch, session_home)
                          "train": {"epochs": 1}, "measure": {**MEASURE, "onnx": onnx}}, Store(session_home))
 
     base = job({"arch": arch}, "baseline")
-    pruned = job({"from_run": base["run_id"]}, "prune_structured", {"ratio": 0.3, "finetune_epochs": 0}, onnx=True)
+    # MLP channels and attention heads (a third of 3: one per block) go together.
+    pruned = job({"from_run": base["run_id"]}, "prune_structured",
+                 {"ratio": 0.3, "head_ratio": 0.34, "finetune_epochs": 0}, onnx=True)
     int8 = job({"from_run": pruned["run_id"]}, "quantize_int8", {"calibration_batches": 1})
     assert pruned["macs"] < base["macs"] and pruned["params"] < base["params"]
     model, bundle = export.load_model(pruned["checkpoint"])
     assert bundle["arch"] == arch and measure.count_params(model) == pruned["params"]
+    assert [b.self_attention.num_heads for b in model.encoder.layers] == [2] * 6
+    assert set(pruned["attention_heads"].values()) == {2} and pruned["head_ratio"] == 0.34
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         ours = model.eval()(x).numpy()

@@ -5,10 +5,10 @@ from typing import Any, Callable
 
 import torch.nn as nn
 
-from ... import measure, training
+from ... import measure, models, training
 from ...spec import SpecError
 from .. import Param, recovery, register
-from . import report, surgery
+from . import heads, report, surgery
 from .criterion import CHANNEL_CRITERIA, accumulate_gradients, channel_importance
 from .schedule import bisect_decreasing, largest_passing
 from .sparse_learning import SPARSE_MODES, sparsify
@@ -35,6 +35,10 @@ PARAMS = (
           "analyse keep every channel)", choices=ALLOCATIONS),
     Param("sensitivity_run", "run", None, "allocation=sensitivity: the finished sensitivity run whose suggested "
           "per-layer ratios are applied", optional=True, run_method="sensitivity"),
+    Param("head_ratio", "float", 0.0, "vision transformers: share of each block's attention heads removed "
+          "whole (rounded down, one always stays), ranked by the criterion, alongside the MLP channels; a "
+          "target_macs or max_loss search then sizes the channel cut with these heads gone",
+          low=0, high=MAX_RATIO),
     Param("criterion", "str", "l1", "channel importance of a coupled group: l1/l2, its weights' magnitude "
           "(Li et al. 2017; DepGraph, Fang et al. 2023, ranks by the group L2 norm); lamp, l2 scaled as LAMP "
           "(Lee et al. 2021) so a global ranking compares layers fairly (within a layer it ranks as l2); "
@@ -66,11 +70,37 @@ def check_params(params: dict, spec: Any) -> None:
                         "sensitivity run")
     if not by_sensitivity and params["sensitivity_run"] is not None:
         raise SpecError("method.params.sensitivity_run", "is only used with allocation=sensitivity")
+    arch = spec.model.arch if spec is not None else None
+    if params["head_ratio"] and arch in models.ARCHS and models.ARCHS[arch].family != "vit":
+        raise SpecError("method.params.head_ratio", f"removes attention heads of a vision transformer; {arch} has "
+                        "none (set 0)")  # a run's or checkpoint's arch is known only when the job starts
+
+
+def require_heads(model: nn.Module, head_ratio: float, arch: str) -> dict[str, int]:
+    """Each attention's head count (attentions made head-prunable) when heads are to go, else {}."""
+    if not head_ratio:
+        return {}
+    if not heads.attentions(model):
+        raise SpecError("method.params.head_ratio", f"removes attention heads of a vision transformer; {arch} "
+                        "has none (set 0)")
+    initial = heads.make_prunable(model)
+    factored = [n for n, a in heads.attentions(model).items()
+                if not all(type(p) is nn.Linear for p in (a.q, a.k, a.v, a.out_proj))]
+    if factored:
+        raise SpecError("method.params.head_ratio", f"{factored[0]}'s projections were factorised (a low-rank or "
+                        "factorize run), so its heads cannot be cut whole; remove heads before factorising")
+    if all(heads.kept(n, head_ratio) == n for n in initial.values()):
+        raise SpecError("method.params.head_ratio", f"{head_ratio:g} of {min(initial.values())} heads rounds "
+                        "down to none removed; raise it")
+    return initial
 
 
 def prune_once(model: nn.Module, input_shape, importance, ratio: float, global_ranking: bool,
-               round_to: int | None = None) -> None:
-    """Remove ``ratio`` of the channels in one step (what a budget search probes)."""
+               round_to: int | None = None, head_plan: tuple[dict[str, int], float, str] | None = None) -> None:
+    """Remove ``ratio`` of the channels in one step (what a budget search probes), and the heads of
+    ``head_plan`` (initial head counts, share, criterion) if given."""
+    if head_plan:
+        heads.prune_heads(model, *head_plan)
     surgery.prune_step(surgery.make_pruner(model, input_shape, importance, ratio, global_ranking=global_ranking,
                                            max_ratio=MAX_RATIO, round_to=round_to))
 
@@ -199,6 +229,8 @@ def prune_structured(model, ctx, params):
     surgery.check_supported(ctx.arch, "prune_structured", model)
     require_bn(model, params["criterion"], ctx.arch)
     shape, steps, allocation, round_to = ctx.input_shape, params["steps"], params["allocation"], params["round_to"]
+    head_ratio, initial_heads = params["head_ratio"], require_heads(model, params["head_ratio"], ctx.arch)
+    head_plan = (initial_heads, head_ratio, params["criterion"]) if initial_heads else None
     importance = channel_importance(params["criterion"])
     recover = recovery.Recovery(ctx, params)   # its teacher is the start, taken before anything changes
     if params["sparse_learning"] != "off":
@@ -219,8 +251,14 @@ def prune_structured(model, ctx, params):
         initial = {g.root: len(g.scores) for g in surgery.score_groups(model, shape, channel_importance("l1"))}
         ratios = suggested_ratios(ctx, params["sensitivity_run"], initial)
         top = MAX_RATIO / min(r for r in ratios.values() if r > 0)   # every pruned layer at the cap
-        scale = budget(lambda m, s: prune_to_ratios(m, shape, importance, scaled(ratios, s), initial, 1.0, round_to),
-                       top, "scaling of the suggested ratios (layers judged too sensitive stay whole)")
+
+        def probe(m: nn.Module, s: float) -> None:
+            if head_plan:
+                heads.prune_heads(m, *head_plan)
+            prune_to_ratios(m, shape, importance, scaled(ratios, s), initial, 1.0, round_to)
+
+        scale = budget(probe, top,
+                       "scaling of the suggested ratios (layers judged too sensitive stay whole)")
         if scale is not None:
             ratios = scaled(ratios, scale)
             ctx.extra["sensitivity_scale"] = scale
@@ -232,8 +270,8 @@ def prune_structured(model, ctx, params):
             prune_to_ratios(model, shape, importance, ratios, initial, (k + 1) / steps, round_to)
     else:
         global_ranking = allocation == "global"
-        ratio = budget(lambda m, r: prune_once(m, shape, importance, r, global_ranking, round_to), MAX_RATIO,
-                       f"{allocation} channel pruning")
+        ratio = budget(lambda m, r: prune_once(m, shape, importance, r, global_ranking, round_to, head_plan),
+                       MAX_RATIO, f"{allocation} channel pruning")
         if ratio is None:
             ratio = params["ratio"]
         pruner = surgery.make_pruner(model, shape, importance, ratio, steps, global_ranking, MAX_RATIO, round_to)
@@ -245,6 +283,8 @@ def prune_structured(model, ctx, params):
             raise training.Cancelled()
         if params["criterion"] == "taylor":
             accumulate_gradients(model, ctx.data, ctx.device, params["grad_batches"])
+        if head_plan:
+            heads.prune_heads(model, initial_heads, head_ratio * (k + 1) / steps, params["criterion"])
         prune(k)
         model.zero_grad(set_to_none=True)
         ctx.recalibrate(model, f"cut {k + 1}/{steps}")
@@ -253,6 +293,8 @@ def prune_structured(model, ctx, params):
     ctx.extra.update(report.against_base(ctx, model))
     ctx.extra.update({"channel_ratio": ratio, "criterion": params["criterion"], "allocation": allocation,
                       "round_to": round_to, "steps": steps})
+    if head_plan:
+        ctx.extra.update({"head_ratio": head_ratio, "attention_heads": heads.head_counts(model)})
     if allocation == "sensitivity":
         ctx.extra["sensitivity_run"] = params["sensitivity_run"]
     return model

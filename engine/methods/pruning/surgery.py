@@ -51,12 +51,13 @@ def protected(model: nn.Module) -> list[nn.Module]:
     """Layers whose outputs must keep their size: the classifier, and in a vision transformer every
     layer writing to the residual stream (patch embedding, attention, the MLPs' second Linear): its width
     is fixed by the class token and position embeddings, which are parameters, not layers, and which
-    neither the dependency graph nor the bundle's manifest tracks. What remains is each block's MLP width."""
+    neither the dependency graph nor the bundle's manifest tracks. What remains is each block's MLP width;
+    attention heads are removed whole by ``heads``, so no layer of the attention is a channel group."""
     keep = [models.classifier_layer(model)[1]]
     if isinstance(model, VisionTransformer):
         keep.append(model.conv_proj)
         for block in model.encoder.layers:
-            keep += [block.self_attention, block.mlp[3]]
+            keep += [*block.self_attention.modules(), block.mlp[3]]
     return keep
 
 
