@@ -140,9 +140,11 @@ FIELDS: tuple[Field, ...] = (
     Field("search_front", "search Pareto front", kind="json", table=False,
           help="trials no other beats on both validation accuracy and cost, cheapest first; only these carry a "
                "test_accuracy, read after the search ended"),
-    Field("search_trial_list", "search trials", kind="json", table=False,
+    Field("search_trial_list", "search trial list", kind="json", table=False,
           help="every trial: state, recipe, child run, validation accuracy and drop, cost and its share of the "
                "start's, why it was stopped"),
+    Field("search_closest", "closest trials", kind="json", table=False,
+          help="without a winner: the trials that came closest to the limit, each with what bound it"),
     # -- accuracy --------------------------------------------------------------------------------
     Field("accuracy", "accuracy", _FRACTION, "top-1 on the test split", "%.4f", card=True, compare=60,
           cli=Cli("acc", 7, ".4f", commands=("runs", "compare"))),

@@ -1,6 +1,6 @@
 """autocompress: search methods and pipelines for the cheapest model within an accuracy limit.
 
-Optuna's TPE sampler (single objective, with the accuracy limit and any target as constraints) draws
+Optuna's TPE sampler (single objective, with the accuracy limit and any target as trial constraints) draws
 a recipe per trial from ``search_space``; each trial runs as a normal child run of the search (its
 own record, bundle and downloads). Honest selection: a trial is judged by its model's accuracy on the
 VALIDATION split, scored here against the start's on the same split; the test accuracy every run
@@ -94,11 +94,12 @@ def autocompress(model, ctx, params):
                  f" <= 1/{target:g} of the start's" if target else "")
 
     storage = JournalStorage(JournalFileBackend(str(ctx.run_dir / JOURNAL)))
-    sampler = optuna.samplers.TPESampler(seed=params["seed"], constraints_func=_constraints(limit, target))
     pruner = optuna.pruners.ThresholdPruner(lower=base_val - (limit + params["prune_margin_pt"]) / 100)
-    study = optuna.create_study(study_name=STUDY, storage=storage, sampler=sampler, pruner=pruner,
+    study = optuna.create_study(study_name=STUDY, storage=storage, pruner=pruner,
                                 direction="maximize" if target else "minimize", load_if_exists=True)
-    _fail_interrupted(study)
+    # Seeded past the trials it already has: a resumed search does not redraw its first recipes.
+    study.sampler = optuna.samplers.TPESampler(seed=params["seed"] + len(study.trials))
+    _fail_interrupted(ctx, study)
     done = _finished(study)
     left = params["trials"] - len(done)
     used = float(study.user_attrs.get("seconds_used", 0.0))
@@ -121,6 +122,7 @@ def autocompress(model, ctx, params):
             trial.set_user_attr("repeat_of", repeat.number)
             if repeat.state == optuna.trial.TrialState.PRUNED:
                 raise optuna.TrialPruned(repeat.user_attrs.get("why", "as the trial it repeats"))
+            _constrain(trial, limit, target)
             return repeat.value
         bound = _proxy_refusal(d.proxy, params["objective"], target)
         if bound:
@@ -140,20 +142,24 @@ def autocompress(model, ctx, params):
     return _conclude(ctx, study, model, base_val, limit, target, params)
 
 
-def _constraints(limit: float, target: float | None):
-    def constraints(frozen: Any) -> list[float]:   # <= 0: met (Optuna's convention)
-        drop = frozen.user_attrs.get("drop_pt", math.inf)
-        ratio = frozen.user_attrs.get("cost_ratio", math.inf)
-        return [drop - limit] + ([ratio - 1 / target] if target else [])
-    return constraints
+def _constrain(trial: Any, limit: float, target: float | None) -> None:
+    """The limit (and target) as Optuna constraints (<= 0: met), which the TPE sampler steers by."""
+    trial.set_constraint("drop_over_limit_pt", trial.user_attrs["drop_pt"] - limit)
+    if target:
+        trial.set_constraint("cost_over_target", trial.user_attrs["cost_ratio"] - 1 / target)
 
 
-def _fail_interrupted(study: Any) -> None:
-    """A trial still RUNNING in the journal belonged to a search process that died: mark it failed."""
+def _fail_interrupted(ctx, study: Any) -> None:
+    """A trial still RUNNING in the journal belonged to a search process that died: mark it failed. Where
+    its child run had finished, the same recipe is queued with that run to adopt: scored, not run again."""
     from optuna.trial import TrialState
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         study._storage.set_trial_user_attr(t._trial_id, "why", "interrupted: the search process stopped while it ran")
         study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        child = t.user_attrs.get("run_id")
+        row = ctx.store.get(child) if child else None
+        if row is not None and row["state"] == "done":
+            study.enqueue_trial(t.params, user_attrs={"adopt_run": child})
 
 
 def _finished(study: Any) -> list[Any]:
@@ -193,10 +199,12 @@ def _run_trial(ctx, trial: Any, d: Any, base_val: float, limit: float, key: str,
                 stop.append(f"stopped after its fine-tune: validation accuracy {ev['val_acc']:.4f}, {drop:.2f} pt "
                             f"below the start's, past the {limit:g} pt limit by more than the margin")
 
-    child = new_run_id()
+    adopt = trial.user_attrs.get("adopt_run")   # an interrupted trial's finished run (see _fail_interrupted)
+    child = adopt or new_run_id()
     trial.set_user_attr("run_id", child)
     try:
-        record = ctx.run_child(spec, run_id=child, echo=echo, stop=lambda: bool(stop))
+        record = _record(ctx, adopt) if adopt else ctx.run_child(spec, run_id=child, echo=echo,
+                                                                 stop=lambda: bool(stop))
     except Cancelled:
         if not stop:            # the search itself was cancelled
             raise
@@ -211,6 +219,7 @@ def _run_trial(ctx, trial: Any, d: Any, base_val: float, limit: float, key: str,
     trial.set_user_attr("drop_pt", 100 * (base_val - val))
     trial.set_user_attr("cost", cost)
     trial.set_user_attr("cost_ratio", cost / start_cost if cost else math.inf)
+    _constrain(trial, limit, target)
     return val if target else trial.user_attrs["cost_ratio"]
 
 
@@ -265,8 +274,9 @@ def select(trials: list[dict[str, Any]], limit: float, target: float | None) -> 
         over = max(0.0, t["drop_pt"] - limit)
         short = max(0.0, t["cost_ratio"] * target - 1) * 100 if target else 0.0
         return over + short
-    closest = sorted(scored, key=distance)[:3]
-    return None, [{**t, "bound_by": "; ".join(misses(t))} for t in closest]
+    closest = [{**t, "bound_by": "; ".join(misses(t))} for t in sorted(scored, key=distance)]
+    unscored = [{**t, "bound_by": t["why"]} for t in trials if t not in scored and t["why"]]
+    return None, (closest + unscored)[:3]
 
 
 def _conclude(ctx, study: Any, model, base_val: float, limit: float, target: float | None, params: dict):
@@ -282,12 +292,10 @@ def _conclude(ctx, study: Any, model, base_val: float, limit: float, target: flo
         "search_front": front,
         "search_start_val_accuracy": base_val,
         "search_winner": winner["run_id"] if winner else None,
-        "search_selected_on": "validation",
     })
     what = f"{params['objective']}" + (f" at most 1/{target:g} of the start's" if target else " minimised")
     if winner is None:
-        near = "; ".join(f"trial {t['trial']} ({t['recipe']}): {t['bound_by']}" for t in closest) or \
-               "no trial was scored (all refused, stopped or failed)"
+        near = "; ".join(f"trial {t['trial']} ({t['recipe']}): {t['bound_by']}" for t in closest) or "none ran"
         ctx.extra["search_why"] = (f"no trial met the limit ({limit:g} pt on validation, {what}); closest: {near}. "
                                    "The search's model is its start, unchanged")
         ctx.extra["search_closest"] = closest
