@@ -236,7 +236,8 @@ def val_accuracy(ctx, record: dict[str, Any]) -> float:
 
 def _summary(t: Any) -> dict[str, Any]:
     a = t.user_attrs
-    return {"trial": t.number, "state": t.state.name.lower(), "recipe": a.get("recipe"), "run_id": a.get("run_id"),
+    return {"trial": t.number, "state": t.state.name.lower(), "recipe": a.get("recipe"), "params": t.params,
+            "run_id": a.get("run_id"),
             "val_accuracy": a.get("val_accuracy"), "drop_pt": a.get("drop_pt"), "cost": a.get("cost"),
             "cost_ratio": a.get("cost_ratio"), "why": a.get("why"), "repeat_of": a.get("repeat_of")}
 
