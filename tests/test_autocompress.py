@@ -20,7 +20,9 @@ from engine.store import Store
 from conftest import ROOT
 
 DATA = {"name": "digits", "limit": 200, "test_limit": 120, "batch_size": 32}
-MEASURE = {"onnx": False, "deploy": False, "latency_runs": 3, "warmup_runs": 1, "batch_size": 8}
+# The searches here minimise size: nothing is timed beyond the minimum a record needs
+MEASURE = {"onnx": False, "deploy": False, "latency_runs": 3, "warmup_runs": 1, "batch_size": 8, "paired_rounds": 0,
+           "threads": 1}
 # target 1: every trial smaller than the start meets the budget, and the most accurate (on validation) wins
 SEARCH = {"max_drop_pt": 100.0, "objective": "size", "target": 1.0, "trials": 2, "space": ["unstructured", "distill"], "seed": 3}
 
@@ -101,6 +103,7 @@ def test_impossible_limit_ends_with_the_closest_trials(ws):
     assert all("refused before training" in t["why"] for t in rec["search_trial_list"])
 
 
+@pytest.mark.fast
 def test_select_prefers_validation_and_reports_bounds():
     trials = [{"trial": 0, "val_accuracy": 0.9, "drop_pt": 0.5, "cost_ratio": 0.5, "recipe": "a", "why": None},
               {"trial": 1, "val_accuracy": 0.8, "drop_pt": 10.5, "cost_ratio": 0.1, "recipe": "b", "why": None}]
@@ -153,3 +156,32 @@ def test_killed_search_resumes_without_repeating_a_trial(ws, tmp_path):
     assert len(drawn) == len(set(drawn)), drawn               # and no recipe ran twice
     done = {x["id"] for x in store.list() if x["parent"] == search_id and x["state"] == "done"}
     assert done == set(ran)
+
+
+@pytest.mark.fast
+def test_a_trial_whose_fine_tune_ends_past_the_limit_is_stopped_with_why():
+    """Optuna's ThresholdPruner sees each phase's last validation score; past limit + margin, the child run
+    is told to stop (before INT8, export and timing) and the trial is recorded as pruned, with why."""
+    import types
+
+    import optuna
+
+    from engine.errors import Cancelled
+    from engine.methods.search_space import Draw
+    seen = []
+
+    def run_child(spec, *, run_id, echo, stop):
+        echo(phase="finetune:val", epoch=1, epochs=2, val_acc=0.10)   # mid-phase: not judged yet
+        seen.append(stop())
+        echo(phase="finetune:val", epoch=2, epochs=2, val_acc=0.50)   # 40 pt below: past 1 pt + 3 pt margin
+        seen.append(stop())
+        raise Cancelled()
+    ctx = types.SimpleNamespace(spec=types.SimpleNamespace(name="s", to_dict=dict), progress=lambda **_: None,
+                                run_child=run_child)
+    study = optuna.create_study(pruner=optuna.pruners.ThresholdPruner(lower=0.90 - (1.0 + 3.0) / 100))
+    trial = study.ask()
+    with pytest.raises(optuna.TrialPruned):
+        autocompress._run_trial(ctx, trial, Draw({"name": "prune_unstructured", "params": {}}, "r", {}),
+                                base_val=0.90, limit=1.0, key="size_bytes", start_cost=1.0, target=None)
+    assert seen == [False, True]
+    assert trial.user_attrs["why"].startswith("stopped after its fine-tune") and "40.00 pt" in trial.user_attrs["why"]
