@@ -132,13 +132,16 @@ def autocompress(model, ctx, params):
         return _run_trial(ctx, trial, d, base_val, limit, key, start[key], target)
 
     t0 = time.monotonic()
+
+    def spent(study: Any, _trial: Any = None) -> None:   # after every trial: a killed search keeps its clock
+        study.set_user_attr("seconds_used", used + time.monotonic() - t0)
     try:
         if left > 0 and (timeout is None or timeout > 0):
             counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
             study.optimize(objective, n_trials=left, timeout=timeout, catch=(JobFailed,),
-                           callbacks=[optuna.study.MaxTrialsCallback(params["trials"], states=counted)])
+                           callbacks=[optuna.study.MaxTrialsCallback(params["trials"], states=counted), spent])
     finally:
-        study.set_user_attr("seconds_used", used + time.monotonic() - t0)
+        spent(study)
     return _conclude(ctx, study, model, base_val, limit, target, params)
 
 
