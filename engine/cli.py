@@ -434,6 +434,59 @@ def cmd_presets(a: argparse.Namespace) -> int:
     return 0
 
 
+@command("autocompress", "search methods and pipelines (Optuna) for the smallest / fastest model within an "
+         "accuracy limit on the validation split; each trial is a child run; --resume continues a stopped search")
+@arg("--from-run", default=None, help="the finished run to compress (its data, training and timing settings apply)")
+@arg("--max-drop-pt", type=float, default=1.0, help="validation accuracy the search may lose, in points")
+@arg("--objective", default="size", help="size, macs or latency (CPU batch 1)")
+@arg("--target", type=float, default=None, help="a budget instead of a minimum: the objective at most 1/TARGET of "
+     "the start's (4 = 4x smaller)")
+@arg("--trials", type=int, default=12, help="search budget in trials")
+@arg("--minutes", type=float, default=None, help="search budget in wall time")
+@arg("--space", default=None, help="comma-separated candidates (default: all): prune_int8, lowrank_int8, "
+     "unstructured, distill")
+@arg("--finetune-epochs", type=int, default=1, help="the short fine-tune of each trial")
+@arg("--seed", type=int, default=0, help="the sampler's seed")
+@arg("--resume", default=None, metavar="RUN", help="continue the search run RUN from its finished trials")
+def cmd_autocompress(a: argparse.Namespace) -> int:
+    from .runner import run_spec
+    store = Store()
+    if a.resume:
+        row = store.get(a.resume)
+        if row is None or (row["spec"] or {}).get("method", {}).get("name") != "autocompress":
+            raise SpecError("--resume", f"no autocompress run {a.resume!r} in {store.root}")
+        if row["state"] == "done":
+            raise SpecError("--resume", f"run {a.resume} has finished; start a new search")
+        spec, run_id = row["spec"], a.resume
+    else:
+        if not a.from_run:
+            raise SpecError("--from-run", "give the finished run to compress (or --resume RUN)")
+        base = store.get(a.from_run)
+        if base is None or base["state"] != "done":
+            raise SpecError("--from-run", f"no finished run {a.from_run!r} in {store.root}")
+        params: dict[str, Any] = {"max_drop_pt": a.max_drop_pt, "objective": a.objective, "target": a.target,
+                                  "trials": a.trials, "minutes": a.minutes, "finetune_epochs": a.finetune_epochs,
+                                  "seed": a.seed}
+        if a.space:
+            params["space"] = [c.strip() for c in a.space.split(",") if c.strip()]
+        spec = {k: v for k, v in base["spec"].items() if k in ("data", "train", "measure", "experiment", "group")}
+        spec.update({"model": {"from_run": a.from_run}, "method": {"name": "autocompress", "params": params},
+                     "name": f"autocompress of {a.from_run}"})
+        run_id = None
+    try:
+        rec = run_spec(spec, store, run_id=run_id, echo=_Echo())
+    except JobFailed as e:
+        print(f"error: job failed: {e}", file=sys.stderr)
+        return 1
+    except Cancelled:
+        print("cancelled", file=sys.stderr)
+        return 130
+    print(f"{rec['search_trials']} trial(s), {rec['search_killed']} stopped or refused. {rec['search_why']}",
+          file=sys.stderr)
+    print(json.dumps(rec))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m engine", description="Slimbench engine")
     sub = parser.add_subparsers(dest="command", required=True)

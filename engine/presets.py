@@ -117,6 +117,8 @@ def _plan(name: str, data: dict, arch: str, base_train: dict, child_train: dict,
     for m in sorted(registry.values(), key=lambda m: (m.family, m.name)):
         if m.name == "baseline" or m.family == "control":  # a control needs its run: with_controls adds it
             continue
+        if m.family == "search":  # a search runs many jobs of its own: launched alone (engine autocompress)
+            continue
         specs.append({"name": f"{name}: {m.name}", "data": copy.deepcopy(data), "model": {"from_run": BASE},
                       "method": {"name": m.name, "params": param_fn(m)}, "train": dict(child_train),
                       "measure": dict(measure)})

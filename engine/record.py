@@ -123,6 +123,28 @@ FIELDS: tuple[Field, ...] = (
           "the compressed model's weights went through along its chain (see control_epochs_counted)", "%d"),
     Field("control_epochs_counted", "control budget counted", kind="text",
           help="how the control's epoch budget was counted: each run of the compressed run's chain and its epochs"),
+    # -- auto-compress (method autocompress) -----------------------------------------------------
+    Field("search_trials", "search trials", "trials", "trials the search finished or stopped (resumed ones "
+          "included; refused and stopped ones count against the budget)", "%d"),
+    Field("search_killed", "trials stopped", "trials", "trials refused before training (a MACs/size proxy over "
+          "the target), stopped after a fine-tune past the accuracy limit, or failed; why in search_trial_list",
+          "%d"),
+    Field("search_winner", "search winner", kind="text",
+          help="the trial run the search chose (this run's model): the cheapest (or, with a target, the most "
+               "accurate) within the limit, judged on the validation split only; blank: no trial met the limit"),
+    Field("search_why", "why this one", kind="text",
+          help="the winner's recipe and figures, or 'no trial met the limit' with the closest trials and what "
+               "bound each"),
+    Field("search_start_val_accuracy", "start's validation accuracy", _FRACTION,
+          "the start's top-1 on the validation split: what every trial's drop is measured against", "%.4f"),
+    Field("search_front", "search Pareto front", kind="json", table=False,
+          help="trials no other beats on both validation accuracy and cost, cheapest first; only these carry a "
+               "test_accuracy, read after the search ended"),
+    Field("search_trial_list", "search trial list", kind="json", table=False,
+          help="every trial: state, recipe, child run, validation accuracy and drop, cost and its share of the "
+               "start's, why it was stopped"),
+    Field("search_closest", "closest trials", kind="json", table=False,
+          help="without a winner: the trials that came closest to the limit, each with what bound it"),
     # -- accuracy --------------------------------------------------------------------------------
     Field("accuracy", "accuracy", _FRACTION, "top-1 on the test split", "%.4f", card=True, compare=60,
           cli=Cli("acc", 7, ".4f", commands=("runs", "compare"))),

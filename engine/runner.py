@@ -52,8 +52,11 @@ def load_run_model(store: Store, run_id: str, field: str = "model.from_run") -> 
 def _child_runner(store: Store, parent: str, cancelled: Callable[[], bool]) -> Callable[..., dict[str, Any]]:
     """``ctx.run_child``: a spec run as a child of run ``parent`` (its own run row, record and artifacts)."""
     def run_child(spec: dict[str, Any] | JobSpec, *, run_id: str | None = None,
-                  echo: Callable[..., None] | None = None) -> dict[str, Any]:
-        return run_spec(spec, store, run_id=run_id, echo=echo, cancelled=cancelled, parent=parent)
+                  echo: Callable[..., None] | None = None,
+                  stop: Callable[[], bool] | None = None) -> dict[str, Any]:
+        # ``stop``: the parent ends this child alone (a search pruning a trial); Cancelled is raised either way
+        halt = cancelled if stop is None else (lambda: cancelled() or stop())
+        return run_spec(spec, store, run_id=run_id, echo=echo, cancelled=halt, parent=parent)
     return run_child
 
 

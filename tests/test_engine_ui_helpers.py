@@ -231,7 +231,7 @@ def test_quick_tour_has_a_baseline_and_every_registered_method():
     plan = presets.quick_tour()
     assert plan[0]["method"]["name"] == "baseline" and plan[0]["model"] == {"arch": presets.QUICK_ARCH}
     # a control needs the run it controls: presets.with_controls adds those, not the registry walk
-    assert {s["method"]["name"] for s in plan[1:]} == set(reg) - {"baseline", "control"}
+    assert {s["method"]["name"] for s in plan[1:]} == set(reg) - {"baseline", "control", "autocompress"}
     for s in plan[1:]:
         assert s["model"] == {"from_run": presets.BASE} and s["train"]["epochs"] == 1
         own = presets.QUICK_OVERRIDES.get(s["method"]["name"], {})

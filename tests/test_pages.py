@@ -357,7 +357,7 @@ def test_presets_tab_lists_every_registered_method(ws, monkeypatch):
     table = at.dataframe[0].value
     assert len(table) == len(ok) and table["method"].iloc[0] == "baseline"
     assert set(table["method"]) | {p.split(":")[1].strip() for p in problems} >= {
-        n for n in methods.METHODS if n not in ("baseline", "control")}   # controls: presets.with_controls
+        n for n in methods.METHODS if n not in ("baseline", "control", "autocompress")}   # controls: with_controls
     assert not at.button(key="launch_preset").disabled
     import torch
     for gpu_preset in ("CIFAR-10 ResNet-18 (GPU)", "CIFAR-10, literature setting (GPU)"):

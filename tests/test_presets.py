@@ -31,7 +31,7 @@ def test_quick_tour_trains_a_resnet20_base_and_a_fair_student_pair():
     assert base["model"] == {"arch": "resnet20"} and base["train"]["epochs"] == presets.QUICK_BASE_EPOCHS
     assert "test_limit" not in base["data"]  # scored on the full test set
     by = {s["method"]["name"]: s for s in plan[1:]}
-    assert set(by) == set(methods.load_all()) - {"baseline", "control"}  # with_controls adds controls
+    assert set(by) == set(methods.load_all()) - {"baseline", "control", "autocompress"}  # controls: with_controls
     # distill and its plain control: the same student, width and epochs
     assert by["distill"]["method"]["params"] == {**by["compact"]["method"]["params"], **{
         k: v for k, v in by["distill"]["method"]["params"].items() if k not in by["compact"]["method"]["params"]}}

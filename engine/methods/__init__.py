@@ -98,7 +98,8 @@ METHODS: dict[str, Method] = {}
 MIN_MAC_SAVING = 0.05
 
 # Modules that register methods; imported lazily so that `import engine` stays light.
-_MODULES = ("baseline", "pruning", "lowrank", "distill", "factorize", "quantize", "qat", "runtime", "pipeline", "control")
+_MODULES = ("baseline", "pruning", "lowrank", "distill", "factorize", "quantize", "qat", "runtime", "pipeline", "control",
+            "autocompress")
 
 
 def register(name: str, *, params: tuple[Param, ...] | list[Param] = (), help: str = "",

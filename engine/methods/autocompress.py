@@ -1,0 +1,335 @@
+"""autocompress: search methods and pipelines for the cheapest model within an accuracy limit.
+
+Optuna's TPE sampler (single objective, with the accuracy limit and any target as trial constraints) draws
+a recipe per trial from ``search_space``; each trial runs as a normal child run of the search (its
+own record, bundle and downloads). Honest selection: a trial is judged by its model's accuracy on the
+VALIDATION split, scored here against the start's on the same split; the test accuracy every run
+records is read only at the end, for the trials on the final Pareto front, and steers nothing.
+
+Cheap first: a trial whose model cannot meet a MACs or size target (known before training, see
+``search_space``) is refused untrained; a trial whose fine-tune ends more than ``prune_margin_pt``
+beyond the limit is stopped there (Optuna's ThresholdPruner), before INT8, export and timing.
+Both are recorded with why.
+
+Resume: the study is a journal file in the search's run folder. A search restarted on the same run
+(``python -m engine autocompress --resume RUN``, or a job retried) keeps its finished trials, marks
+the one that was running when it died as failed, runs only the trials left of its budget, and never
+runs a recipe a finished trial already ran.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import export, layout, training
+from ..errors import Cancelled, JobFailed
+from ..spec import SpecError
+from ..store import new_run_id
+from . import Param, register
+from .quantize import Int8Model
+from .search_space import CANDIDATES, draw
+
+OBJECTIVES = {"size": "size_bytes", "macs": "macs", "latency": "latency_ms"}
+STUDY = "autocompress"
+JOURNAL = "study.journal"
+TARGET_SLACK = 1.05       # a structured cut meets its MAC target within 5 %: a proxy this close still trains
+
+
+def _check(params: dict, spec: Any) -> None:
+    if params["trials"] == 0:
+        raise SpecError("method.params.trials", "a search budget of 0 trials runs nothing; give at least 1")
+    if params["minutes"] is not None and params["minutes"] <= 0:
+        raise SpecError("method.params.minutes", "a search budget of 0 minutes runs nothing; leave it out or give "
+                        "a positive number")
+    space = params["space"]
+    if not space or not all(isinstance(c, str) for c in space):
+        raise SpecError("method.params.space", f"give one or more of {', '.join(CANDIDATES)}")
+    unknown = [c for c in space if c not in CANDIDATES]
+    if unknown:
+        raise SpecError("method.params.space", f"unknown candidate {unknown[0]!r}; valid: {', '.join(CANDIDATES)}")
+    if spec is not None and not spec.model.from_run:
+        raise SpecError("model.from_run", "autocompress starts from a finished run (its record has the start's "
+                        "size, MACs and latency the search compares with)")
+
+
+@register("autocompress", family="search", check=_check, params=[
+    Param("max_drop_pt", "float", 1.0, "accuracy the search may lose, in points of VALIDATION accuracy against the "
+          "start", low=0.0, high=100.0),
+    Param("objective", "str", "size", "what to minimise, or what target bounds: size (model.pt bytes), macs, or "
+          "latency (CPU batch 1, the record's latency_ms)", choices=tuple(OBJECTIVES)),
+    Param("target", "float", None, "a budget to meet instead of a cost to minimise: the objective must fall to "
+          "1/target of the start's (4 = 4x smaller); then the most accurate trial within it wins",
+          low=1.0, high=1e6, optional=True),
+    Param("trials", "int", 12, "search budget: trials (finished or stopped) in all, resumed ones included",
+          low=0, high=10000),
+    Param("minutes", "float", None, "search budget in wall time; no new trial starts after it", low=0.0,
+          high=1e6, optional=True),
+    Param("space", "list", list(CANDIDATES), f"the candidates searched: {', '.join(CANDIDATES)}"),
+    Param("finetune_epochs", "int", 1, "the short fine-tune each trial gets (a student's training epochs)",
+          low=1, high=1000),
+    Param("prune_margin_pt", "float", 3.0, "stop a trial whose fine-tune ends more than this many points beyond "
+          "the limit, before INT8, export and timing", low=0.0, high=100.0),
+    Param("seed", "int", 0, "the sampler's seed", low=0, high=2**31 - 1),
+], help="Search methods and pipelines (structured pruning -> INT8, low-rank -> INT8, unstructured pruning, "
+        "distillation) with Optuna for the smallest / fastest model within an accuracy limit on the validation "
+        "split; each trial is a linked child run, the winner is this run's model.")
+def autocompress(model, ctx, params):
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    start = _record(ctx, ctx.spec.model.from_run)   # its size, MACs and latency: what trials compare with
+    key = OBJECTIVES[params["objective"]]
+    if not start.get(key):
+        raise SpecError("method.params.objective", f"the start run has no {key} to compare with")
+    base_val = ctx.evaluate(ctx.base_copy(), "val")["accuracy"]
+    limit, target = params["max_drop_pt"], params["target"]
+    ctx.log.info("autocompress: start val accuracy %.4f, limit %.2f pt, objective %s%s", base_val, limit, key,
+                 f" <= 1/{target:g} of the start's" if target else "")
+
+    storage = JournalStorage(JournalFileBackend(str(ctx.run_dir / JOURNAL)))
+    pruner = optuna.pruners.ThresholdPruner(lower=base_val - (limit + params["prune_margin_pt"]) / 100)
+    study = optuna.create_study(study_name=STUDY, storage=storage, pruner=pruner,
+                                direction="maximize" if target else "minimize", load_if_exists=True)
+    # Seeded past the trials it already has: a resumed search does not redraw its first recipes.
+    study.sampler = optuna.samplers.TPESampler(seed=params["seed"] + len(study.trials))
+    _fail_interrupted(ctx, study)
+    done = _finished(study)
+    left = params["trials"] - len(done)
+    used = float(study.user_attrs.get("seconds_used", 0.0))
+    timeout = None if params["minutes"] is None else max(0.0, params["minutes"] * 60 - used)
+    ctx.log.info("autocompress: %d trial(s) finished before, %d left", len(done), max(left, 0))
+
+    shape, small = ctx.input_shape, ctx.small_input
+    start_params = sum(p.numel() for p in ctx.base.parameters())
+
+    def objective(trial: Any) -> float:
+        candidate = trial.suggest_categorical("candidate", list(params["space"]))
+        d = draw(trial, candidate, params["finetune_epochs"], start["macs"], start_params,
+                 ctx.data.num_classes, shape, small)
+        trial.set_user_attr("recipe", d.recipe)
+        trial.set_user_attr("method", d.method)
+        repeat = _same_recipe(study, trial)
+        if repeat is not None:   # TPE drew a recipe a finished trial ran: reuse it, never run it twice
+            for k, v in repeat.user_attrs.items():
+                trial.set_user_attr(k, v)
+            trial.set_user_attr("repeat_of", repeat.number)
+            if repeat.state == optuna.trial.TrialState.PRUNED:
+                raise optuna.TrialPruned(repeat.user_attrs.get("why", "as the trial it repeats"))
+            _constrain(trial, limit, target)
+            return repeat.value
+        bound = _proxy_refusal(d.proxy, params["objective"], target)
+        if bound:
+            trial.set_user_attr("why", bound)
+            trial.set_user_attr("proxy", d.proxy)
+            raise optuna.TrialPruned(bound)
+        return _run_trial(ctx, trial, d, base_val, limit, key, start[key], target)
+
+    t0 = time.monotonic()
+
+    def spent(study: Any, _trial: Any = None) -> None:   # after every trial: a killed search keeps its clock
+        study.set_user_attr("seconds_used", used + time.monotonic() - t0)
+    try:
+        if left > 0 and (timeout is None or timeout > 0):
+            counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+            study.optimize(objective, n_trials=left, timeout=timeout, catch=(JobFailed,),
+                           callbacks=[optuna.study.MaxTrialsCallback(params["trials"], states=counted), spent])
+    finally:
+        spent(study)
+    return _conclude(ctx, study, model, base_val, limit, target, params)
+
+
+def _constrain(trial: Any, limit: float, target: float | None) -> None:
+    """The limit (and target) as Optuna constraints (<= 0: met), which the TPE sampler steers by."""
+    trial.set_constraint("drop_over_limit_pt", trial.user_attrs["drop_pt"] - limit)
+    if target:
+        trial.set_constraint("cost_over_target", trial.user_attrs["cost_ratio"] - 1 / target)
+
+
+def _fail_interrupted(ctx, study: Any) -> None:
+    """A trial still RUNNING in the journal belonged to a search process that died: mark it failed. Where
+    its child run had finished, the same recipe is queued with that run to adopt: scored, not run again."""
+    from optuna.trial import TrialState
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study._storage.set_trial_user_attr(t._trial_id, "why", "interrupted: the search process stopped while it ran")
+        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        child = t.user_attrs.get("run_id")
+        row = ctx.store.get(child) if child else None
+        if row is not None and row["state"] == "done":
+            study.enqueue_trial(t.params, user_attrs={"adopt_run": child})
+
+
+def _finished(study: Any) -> list[Any]:
+    from optuna.trial import TrialState
+    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+
+
+def _same_recipe(study: Any, trial: Any) -> Any:
+    return next((t for t in _finished(study) if t.params == trial.params and "repeat_of" not in t.user_attrs), None)
+
+
+def _proxy_refusal(proxy: dict[str, float], objective: str, target: float | None) -> str:
+    """Why a trial cannot meet the target, from what its recipe says before training ('' = it may)."""
+    share = proxy.get(objective)
+    if target is None or share is None or share <= TARGET_SLACK / target:
+        return ""
+    return (f"refused before training: its {objective} would be {share:.1%} of the start's, over the target "
+            f"1/{target:g} = {1 / target:.1%}")
+
+
+def _run_trial(ctx, trial: Any, d: Any, base_val: float, limit: float, key: str, start_cost: float,
+               target: float | None) -> float:
+    import optuna
+    spec = ctx.spec.to_dict()
+    spec["method"] = d.method
+    spec["name"] = f"{ctx.spec.name or 'autocompress'} · trial {trial.number}: {d.recipe}"
+    stop: list[str] = []
+    steps = [0]
+
+    def echo(**ev: Any) -> None:
+        ctx.progress(**{**ev, "phase": f"trial {trial.number}: {ev.get('phase', '')}"})
+        if ev.get("phase", "").endswith(":val") and ev.get("epoch") == ev.get("epochs") and "val_acc" in ev:
+            steps[0] += 1
+            trial.report(ev["val_acc"], steps[0])
+            if trial.should_prune() and not stop:
+                drop = 100 * (base_val - ev["val_acc"])
+                stop.append(f"stopped after its fine-tune: validation accuracy {ev['val_acc']:.4f}, {drop:.2f} pt "
+                            f"below the start's, past the {limit:g} pt limit by more than the margin")
+
+    adopt = trial.user_attrs.get("adopt_run")   # an interrupted trial's finished run (see _fail_interrupted)
+    child = adopt or new_run_id()
+    trial.set_user_attr("run_id", child)
+    try:
+        record = _record(ctx, adopt) if adopt else ctx.run_child(spec, run_id=child, echo=echo,
+                                                                 stop=lambda: bool(stop))
+    except Cancelled:
+        if not stop:            # the search itself was cancelled
+            raise
+        trial.set_user_attr("why", stop[0])
+        raise optuna.TrialPruned(stop[0]) from None
+    except JobFailed as e:
+        trial.set_user_attr("why", f"failed: {e}")
+        raise
+    val = val_accuracy(ctx, record)
+    cost = record.get(key)
+    trial.set_user_attr("val_accuracy", val)
+    trial.set_user_attr("drop_pt", 100 * (base_val - val))
+    trial.set_user_attr("cost", cost)
+    trial.set_user_attr("cost_ratio", cost / start_cost if cost else math.inf)
+    _constrain(trial, limit, target)
+    return val if target else trial.user_attrs["cost_ratio"]
+
+
+def val_accuracy(ctx, record: dict[str, Any]) -> float:
+    """Top-1 of a finished child's model on the search's VALIDATION split (never the test split)."""
+    bundle = export.read_bundle(record["checkpoint"])
+    if bundle.get("kind") == export.ONNX_INT8:   # an INT8 pipeline: its ONNX model, the FP32 step before it
+        fp32 = ctx.load_run(record["pipeline_runs"][-2], "method")[0].to("cpu").eval()
+        model = Int8Model.from_bundle(bundle, fp32, ctx, fp32_is_start=False)
+        logits, ys = training.predict(model, ctx.data.loader("val", model.device), model.device, ctx.cancelled)
+        return float((logits.argmax(1) == ys).float().mean())
+    return float(ctx.evaluate(export.model_from_bundle(bundle, trust_code=True), "val")["accuracy"])
+
+
+def _summary(t: Any) -> dict[str, Any]:
+    a = t.user_attrs
+    return {"trial": t.number, "state": t.state.name.lower(), "recipe": a.get("recipe"), "params": t.params,
+            "run_id": a.get("run_id"),
+            "val_accuracy": a.get("val_accuracy"), "drop_pt": a.get("drop_pt"), "cost": a.get("cost"),
+            "cost_ratio": a.get("cost_ratio"), "why": a.get("why"), "repeat_of": a.get("repeat_of")}
+
+
+def pareto(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Scored trials no other scored trial beats on both validation accuracy and cost, cheapest first."""
+    scored = [t for t in trials if t["val_accuracy"] is not None and t.get("repeat_of") is None]
+
+    def beaten(t: dict[str, Any]) -> bool:
+        return any(o["val_accuracy"] >= t["val_accuracy"] and o["cost_ratio"] <= t["cost_ratio"]
+                   and (o["val_accuracy"] > t["val_accuracy"] or o["cost_ratio"] < t["cost_ratio"]) for o in scored)
+    return sorted((t for t in scored if not beaten(t)), key=lambda t: t["cost_ratio"])
+
+
+def select(trials: list[dict[str, Any]], limit: float, target: float | None) -> tuple[dict | None, list[dict]]:
+    """(winner, closest): the winner meets the limit (and target) on VALIDATION figures only; without one,
+    the three scored trials that came closest, each with what bound it."""
+    scored = [t for t in trials if t["val_accuracy"] is not None and t.get("repeat_of") is None]
+
+    def misses(t: dict[str, Any]) -> list[str]:
+        out = []
+        if t["drop_pt"] > limit:
+            out.append(f"accuracy: lost {t['drop_pt']:.2f} pt on validation, over the {limit:g} pt limit")
+        if target and t["cost_ratio"] > 1 / target:
+            out.append(f"budget: {1 / t['cost_ratio']:.2f}x below the start, short of {target:g}x")
+        return out
+
+    ok = [t for t in scored if not misses(t)]
+    if ok:
+        key = (lambda t: (-t["val_accuracy"], t["cost_ratio"])) if target else \
+              (lambda t: (t["cost_ratio"], -t["val_accuracy"]))
+        return min(ok, key=key), []
+
+    def distance(t: dict[str, Any]) -> float:   # points over the limit plus the budget's shortfall in %
+        over = max(0.0, t["drop_pt"] - limit)
+        short = max(0.0, t["cost_ratio"] * target - 1) * 100 if target else 0.0
+        return over + short
+    closest = [{**t, "bound_by": "; ".join(misses(t))} for t in sorted(scored, key=distance)]
+    unscored = [{**t, "bound_by": t["why"]} for t in trials if t not in scored and t["why"]]
+    return None, (closest + unscored)[:3]
+
+
+def _conclude(ctx, study: Any, model, base_val: float, limit: float, target: float | None, params: dict):
+    trials = [_summary(t) for t in study.get_trials(deepcopy=False)]
+    winner, closest = select(trials, limit, target)
+    # Only now, the search over, is the test split read: for the front's runs (the winner is among them).
+    front = [{**t, "test_accuracy": _test_accuracy(ctx, t["run_id"])} for t in pareto(trials)]
+    stopped = [t for t in trials if t["state"] in ("pruned", "fail")]
+    ctx.extra.update({
+        "search_trials": sum(t["state"] in ("complete", "pruned") for t in trials),
+        "search_killed": len(stopped),
+        "search_trial_list": trials,
+        "search_front": front,
+        "search_start_val_accuracy": base_val,
+        "search_winner": winner["run_id"] if winner else None,
+    })
+    what = f"{params['objective']}" + (f" at most 1/{target:g} of the start's" if target else " minimised")
+    if winner is None:
+        near = "; ".join(f"trial {t['trial']} ({t['recipe']}): {t['bound_by']}" for t in closest) or "none ran"
+        ctx.extra["search_why"] = (f"no trial met the limit ({limit:g} pt on validation, {what}); closest: {near}. "
+                                   "The search's model is its start, unchanged")
+        ctx.extra["search_closest"] = closest
+        ctx.log.warning("autocompress: %s", ctx.extra["search_why"])
+        return model
+    ctx.extra["search_why"] = (f"trial {winner['trial']}: {winner['recipe']}; {_change(winner['drop_pt'])} against the "
+                               f"start on validation (limit: {limit:g} pt lost), {params['objective']} "
+                               f"{winner['cost_ratio']:.3f}x the start's ({what}). Chosen on the validation split; "
+                               "only the final Pareto front was scored on the test split")
+    return _load_winner(ctx, winner["run_id"])
+
+
+def _change(drop_pt: float) -> str:
+    return f"lost {drop_pt:.2f} pt" if drop_pt >= 0 else f"gained {-drop_pt:.2f} pt"
+
+
+def _record(ctx, run_id: str) -> dict[str, Any]:
+    row = ctx.store.get(run_id)
+    rec = row["record"] if row else None
+    return json.loads(rec) if isinstance(rec, str) else (rec or {})
+
+
+def _test_accuracy(ctx, run_id: str) -> float | None:
+    return _record(ctx, run_id).get("accuracy")
+
+
+def _load_winner(ctx, run_id: str):
+    bundle = export.read_bundle(Path(ctx.store.run_dir(run_id)) / layout.CHECKPOINT)
+    ctx.set_arch(bundle["arch"], bool(bundle["arch_kwargs"]["small_input"]))
+    if bundle.get("kind") == export.ONNX_INT8:
+        fp32 = ctx.load_run(_record(ctx, run_id)["pipeline_runs"][-2], "method")[0].to("cpu").eval()
+        return Int8Model.from_bundle(bundle, fp32, ctx, fp32_is_start=False)
+    return export.model_from_bundle(bundle, trust_code=True).to(torch.device("cpu"))

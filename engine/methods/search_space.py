@@ -1,0 +1,85 @@
+"""What auto-compress searches over: a few method recipes whose knobs come from the registry.
+
+Each candidate is one method or pipeline (prune_structured -> quantize_int8, lowrank_svd ->
+quantize_int8, prune_unstructured, distill into a student). A knob's search range is the
+registry ``Param``'s own range, narrowed to the part worth trying (keeping half the MACs is worth a
+trial, keeping 0.1 % is not) and never wider than the registry allows, so every recipe a trial draws
+passes the method's own validation.
+
+A candidate may also say, before anything trains, what share of the start's MACs or size its model
+will have (``proxy``): the search refuses a trial that cannot meet a MACs or size target without
+training it. Where that share is only known after the cut (low-rank ranks follow the singular values;
+a structured cut's parameter count depends on which channels go) the proxy says nothing and the trial
+trains.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .. import measure, models
+from . import Param, get
+
+CANDIDATES = ("prune_int8", "lowrank_int8", "unstructured", "distill")
+STUDENTS = ("mobilenet_v3_small", "mobilenet_v2")   # students that are much smaller than the usual bases
+
+
+def _param(method: str, name: str) -> Param:
+    return next(p for p in get(method).params if p.name == name)
+
+
+def bounds(method: str, name: str, lo: float, hi: float) -> tuple[float, float]:
+    """The registry range of ``method``'s ``name`` narrowed to [lo, hi] (open ends stay open)."""
+    p = _param(method, name)
+    eps = 1e-6
+    low = lo if p.low is None else max(lo, p.low + (eps if p.low_open else 0.0))
+    high = hi if p.high is None else min(hi, p.high - (eps if p.high_open else 0.0))
+    if low > high:
+        raise AssertionError(f"{method}.{name}: [{lo}, {hi}] lies outside the registry's {p.range_text()}")
+    return low, high
+
+
+def _choices(method: str, name: str, wanted: tuple[str, ...]) -> list[str]:
+    allowed = _param(method, name).choices
+    return [c for c in wanted if c in allowed]
+
+
+@dataclass(frozen=True)
+class Draw:
+    method: dict[str, Any]          # {"name", "params"}: the child run's method
+    recipe: str                     # one line a person reads: what the trial ran
+    proxy: dict[str, float]         # known before training: {"macs": share of the start's, "size": ...}
+
+
+def draw(trial: Any, candidate: str, finetune_epochs: int, start_macs: float, start_params: float,
+         num_classes: int, input_shape: tuple[int, int, int], small_input: bool) -> Draw:
+    """The recipe ``trial`` (an optuna.Trial) picks for ``candidate``."""
+    int8 = {"name": "quantize_int8", "params": {}}
+    if candidate == "prune_int8":
+        keep = trial.suggest_float("prune.target_macs", *bounds("prune_structured", "target_macs", 0.1, 0.9))
+        step = {"name": "prune_structured", "params": {"target_macs": keep, "finetune_epochs": finetune_epochs}}
+        return Draw({"name": "pipeline", "params": {"steps": [step, int8]}},
+                    f"prune_structured keeping {keep:.0%} of MACs, {finetune_epochs} epoch fine-tune -> INT8",
+                    {"macs": keep})
+    if candidate == "lowrank_int8":
+        energy = trial.suggest_float("lowrank.energy", *bounds("lowrank_svd", "energy", 0.5, 0.99))
+        step = {"name": "lowrank_svd", "params": {"energy": energy, "finetune_epochs": finetune_epochs}}
+        return Draw({"name": "pipeline", "params": {"steps": [step, int8]}},
+                    f"lowrank_svd keeping {energy:.0%} of the energy, {finetune_epochs} epoch fine-tune -> INT8", {})
+    if candidate == "unstructured":
+        amount = trial.suggest_float("unstructured.amount", *bounds("prune_unstructured", "amount", 0.3, 0.95))
+        # Zeros are stored and counted dense: the model keeps the start's MACs and file size.
+        return Draw({"name": "prune_unstructured", "params": {"amount": amount, "finetune_epochs": finetune_epochs}},
+                    f"prune_unstructured zeroing {amount:.0%} of weights, {finetune_epochs} epoch fine-tune",
+                    {"macs": 1.0, "size": 1.0})
+    if candidate == "distill":
+        student = trial.suggest_categorical("distill.student", _choices("distill", "student", STUDENTS))
+        width = trial.suggest_float("distill.width", *bounds("distill", "width", 0.25, 1.0))
+        net = models.build(student, num_classes, small_input=small_input, width=width)
+        macs = measure.count_macs(net, input_shape)["macs"]
+        params = sum(p.numel() for p in net.parameters())
+        return Draw({"name": "distill", "params": {"student": student, "width": width, "epochs": finetune_epochs}},
+                    f"distill into {student} x{width:.2f}, {finetune_epochs} epoch(s)",
+                    {"macs": macs / start_macs, "size": params / start_params})
+    raise AssertionError(f"unknown candidate {candidate}")
+

@@ -1,0 +1,187 @@
+"""autocompress: a tiny Optuna search on digits finishes within its budget, chooses on the validation split
+only, resumes after a kill without repeating a trial, and ends an impossible search with the closest trials."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from engine import methods, runtimes
+from engine.methods import autocompress
+from engine.runner import run_spec
+from engine.spec import SpecError
+from engine.store import Store
+
+from conftest import ROOT
+
+DATA = {"name": "digits", "limit": 200, "test_limit": 120, "batch_size": 32}
+# The searches here minimise size: nothing is timed beyond the minimum a record needs
+MEASURE = {"onnx": False, "deploy": False, "latency_runs": 3, "warmup_runs": 1, "batch_size": 8, "paired_rounds": 0,
+           "threads": 1}
+# target 1: every trial smaller than the start meets the budget, and the most accurate (on validation) wins
+SEARCH = {"max_drop_pt": 100.0, "objective": "size", "target": 1.0, "trials": 2, "space": ["unstructured", "distill"], "seed": 3}
+
+
+def search_spec(base_id: str, **params) -> dict:
+    return {"data": DATA, "model": {"from_run": base_id}, "train": {"epochs": 1}, "measure": MEASURE,
+            "method": {"name": "autocompress", "params": {**SEARCH, **params}}}
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    store = Store(tmp_path_factory.mktemp("autocompress-ws"))
+    base = run_spec({"data": DATA, "model": {"arch": "resnet18"}, "method": {"name": "baseline"},
+                     "train": {"epochs": 1}, "measure": MEASURE}, store)
+    return store, base
+
+
+@pytest.fixture(scope="module")
+def searched(ws):
+    store, base = ws
+    return run_spec(search_spec(base["run_id"]), store)
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("params, field", [({"trials": 0}, "method.params.trials"),
+                                           ({"minutes": 0}, "method.params.minutes"),
+                                           ({"space": ["nas"]}, "method.params.space")])
+def test_a_search_budget_of_zero_is_refused_up_front(params, field):
+    with pytest.raises(SpecError) as e:
+        methods.validate("autocompress", params)
+    assert e.value.field == field
+
+
+def test_search_finishes_within_budget_with_linked_trials(ws, searched):
+    store, _ = ws
+    trials = searched["search_trial_list"]
+    assert searched["search_trials"] == len(trials) == SEARCH["trials"]
+    for t in trials:  # each trial is a normal run, a child of the search
+        assert store.get(t["run_id"])["parent"] == searched["run_id"]
+    winner = next(t for t in trials if t["run_id"] == searched["search_winner"])
+    eligible = [t for t in trials if t["val_accuracy"] is not None and t["cost_ratio"] <= 1.0]
+    assert winner["val_accuracy"] == max(t["val_accuracy"] for t in eligible)
+    # The search's model is the winner's: same size and architecture in its own record.
+    assert searched["arch"] == store.get(winner["run_id"])["record"]["arch"]
+    # Test accuracy is read only for the final front, after the search; the trial list never carries it.
+    assert all("test_accuracy" not in t for t in trials)
+    assert searched["search_front"] and all(t["test_accuracy"] is not None for t in searched["search_front"])
+    assert "validation" in searched["search_why"]
+
+
+def test_selection_ignores_test_accuracy(ws, searched, monkeypatch):
+    """The same search with every trial's test accuracy scrambled (each test answer moved to the next class)
+    draws the same recipes and chooses the same one: the test split steers nothing."""
+    store, base = ws
+
+    def scrambled(self, data, cancelled):
+        logits, ys = real(self, data, cancelled)
+        return logits.roll(1, dims=1), ys
+    real = runtimes.TorchRuntime.predict
+    monkeypatch.setattr(runtimes.TorchRuntime, "predict", scrambled)
+    again = run_spec(search_spec(base["run_id"]), store)
+    first, second = searched["search_trial_list"], again["search_trial_list"]
+    assert [t["recipe"] for t in second] == [t["recipe"] for t in first]
+    assert [store.get(t["run_id"])["record"]["accuracy"] for t in second] != \
+           [store.get(t["run_id"])["record"]["accuracy"] for t in first]
+    winner = lambda rec: next(t["recipe"] for t in rec["search_trial_list"] if t["run_id"] == rec["search_winner"])  # noqa: E731
+    assert winner(again) == winner(searched)
+
+
+def test_impossible_limit_ends_with_the_closest_trials(ws):
+    store, base = ws
+    rec = run_spec(search_spec(base["run_id"], max_drop_pt=0.0, objective="macs", target=1e5), store)
+    assert rec["search_winner"] is None
+    assert rec["search_why"].startswith("no trial met the limit")
+    assert rec["search_closest"] and all(t["bound_by"] for t in rec["search_closest"])
+    # A MACs target no candidate can reach is refused before training: no trial run was made.
+    assert rec["search_killed"] == 2 and all(t["run_id"] is None for t in rec["search_trial_list"])
+    assert all("refused before training" in t["why"] for t in rec["search_trial_list"])
+
+
+@pytest.mark.fast
+def test_select_prefers_validation_and_reports_bounds():
+    trials = [{"trial": 0, "val_accuracy": 0.9, "drop_pt": 0.5, "cost_ratio": 0.5, "recipe": "a", "why": None},
+              {"trial": 1, "val_accuracy": 0.8, "drop_pt": 10.5, "cost_ratio": 0.1, "recipe": "b", "why": None}]
+    winner, _ = autocompress.select(trials, limit=1.0, target=None)
+    assert winner["trial"] == 0
+    winner, closest = autocompress.select(trials, limit=1.0, target=4.0)
+    # closeness: points over the limit (9.5) against percent short of the budget (100): trial 1 first
+    assert winner is None and [t["trial"] for t in closest] == [1, 0]
+    assert "accuracy" in closest[0]["bound_by"] and "budget" in closest[1]["bound_by"]
+    assert [t["trial"] for t in autocompress.pareto(trials)] == [1, 0]
+
+
+def test_killed_search_resumes_without_repeating_a_trial(ws, tmp_path):
+    store, base = ws
+    spec = tmp_path / "search.json"
+    spec.write_text(json.dumps(search_spec(base["run_id"], trials=2, space=["unstructured"], target=None)))
+    env = {**os.environ, "SLIMBENCH_HOME": str(store.root), "OMP_NUM_THREADS": "1"}
+    p = subprocess.Popen([sys.executable, "-m", "engine", "run", str(spec)], cwd=ROOT, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
+    search_id = None
+    deadline = time.time() + 300
+    try:  # kill the search once its first trial has finished
+        while time.time() < deadline and p.poll() is None:
+            rows = [r for r in store.list() if (r["spec"] or {}).get("method", {}).get("name") == "autocompress"
+                    and r["state"] == "running"]
+            if rows:
+                search_id = rows[0]["id"]
+                kids = [r for r in store.list() if r["parent"] == search_id and r["state"] == "done"]
+                if kids:
+                    break
+            time.sleep(0.5)
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+    assert search_id, "the search never finished a trial"
+    before = {r["id"] for r in store.list() if r["parent"] == search_id and r["state"] == "done"}
+    assert len(before) == 1
+
+    r = subprocess.run([sys.executable, "-m", "engine", "autocompress", "--resume", search_id], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rec = json.loads(r.stdout.strip().splitlines()[-1])
+    assert rec["run_id"] == search_id and rec["search_trials"] == 2
+    finished = [t for t in rec["search_trial_list"] if t["state"] in ("complete", "pruned")]
+    assert len(finished) == 2
+    ran = [t["run_id"] for t in finished if t["repeat_of"] is None]
+    assert len(ran) == len(set(ran))                          # no run counted twice
+    assert before <= set(ran)                                  # the trials done before the kill were kept
+    drawn = [json.dumps(t["params"], sort_keys=True) for t in finished if t["repeat_of"] is None]
+    assert len(drawn) == len(set(drawn)), drawn               # and no recipe ran twice
+    done = {x["id"] for x in store.list() if x["parent"] == search_id and x["state"] == "done"}
+    assert done == set(ran)
+
+
+@pytest.mark.fast
+def test_a_trial_whose_fine_tune_ends_past_the_limit_is_stopped_with_why():
+    """Optuna's ThresholdPruner sees each phase's last validation score; past limit + margin, the child run
+    is told to stop (before INT8, export and timing) and the trial is recorded as pruned, with why."""
+    import types
+
+    import optuna
+
+    from engine.errors import Cancelled
+    from engine.methods.search_space import Draw
+    seen = []
+
+    def run_child(spec, *, run_id, echo, stop):
+        echo(phase="finetune:val", epoch=1, epochs=2, val_acc=0.10)   # mid-phase: not judged yet
+        seen.append(stop())
+        echo(phase="finetune:val", epoch=2, epochs=2, val_acc=0.50)   # 40 pt below: past 1 pt + 3 pt margin
+        seen.append(stop())
+        raise Cancelled()
+    ctx = types.SimpleNamespace(spec=types.SimpleNamespace(name="s", to_dict=dict), progress=lambda **_: None,
+                                run_child=run_child)
+    study = optuna.create_study(pruner=optuna.pruners.ThresholdPruner(lower=0.90 - (1.0 + 3.0) / 100))
+    trial = study.ask()
+    with pytest.raises(optuna.TrialPruned):
+        autocompress._run_trial(ctx, trial, Draw({"name": "prune_unstructured", "params": {}}, "r", {}),
+                                base_val=0.90, limit=1.0, key="size_bytes", start_cost=1.0, target=None)
+    assert seen == [False, True]
+    assert trial.user_attrs["why"].startswith("stopped after its fine-tune") and "40.00 pt" in trial.user_attrs["why"]
