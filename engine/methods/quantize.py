@@ -86,8 +86,12 @@ class Int8Model:
 
     def predict(self, data, cancelled) -> tuple[torch.Tensor, torch.Tensor]:
         logits, ys = training_mod.predict(self, data.loader("test", self.device), self.device, cancelled)
-        fp32_logits, _ = training_mod.predict(self.module.to("cpu").eval(), data.loader("test", self.device),
-                                              self.device, cancelled)
+        if self.module is not None:
+            fp32_logits, _ = training_mod.predict(self.module.to("cpu").eval(), data.loader("test", self.device),
+                                                  self.device, cancelled)
+        else:   # a user's ONNX model has no PyTorch graph: its own FP32 graph is what INT8 must agree with
+            fp32 = export.OnnxRunner(self.fp32_onnx, threads=self.threads)
+            fp32_logits = torch.cat([fp32(x) for x, _ in data.loader("test", "cpu")]) if len(ys) else logits
         self.agreement = (logits.argmax(1) == fp32_logits.argmax(1)).float().mean().item() if len(ys) else None
         return logits, ys
 
