@@ -165,3 +165,15 @@ def test_compare_offers_the_program_and_card_and_marks_files_not_smaller(tmp_pat
     assert (Path(tmp_path / "ws") / "runs" / "child" / layout.PT2).is_file()
     card_text = plain(next(m.value for m in at.markdown if "Model card: pruned" in plain(m.value)))
     assert "model.onnx is not smaller than its base's" in card_text and "torch.export.load" in card_text
+
+
+@pytest.mark.fast
+def test_programs_made_from_several_threads_at_once_are_all_torch_export(tmp_path):
+    """The dashboard renders in threads: exports at once broke each other and fell back to TorchScript."""
+    from concurrent.futures import ThreadPoolExecutor
+    dirs = [tmp_path / f"run{i}" for i in range(3)]
+    for d in dirs:
+        small_bundle(d / layout.CHECKPOINT)
+    with ThreadPoolExecutor(len(dirs)) as pool:
+        made = list(pool.map(portable.ensure, dirs))
+    assert [m.kind for m in made] == ["torch.export"] * len(dirs), [m.note for m in made]
