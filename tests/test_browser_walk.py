@@ -143,13 +143,13 @@ def test_the_first_hour(tmp_path, page):
             winner.filter(has_text=trained["id"]).filter(has_text="best of 1 run(s)").wait_for(timeout=60_000)
             page.get_by_text("Include runs at chance level").click()
             winner.filter(has_text=untrained["id"]).filter(has_text="best of 2 run(s)").wait_for(timeout=60_000)
-            winner.first.scroll_into_view_if_needed()
-            shot(page, "4-compare-chance-winner")
             page.get_by_text("Include runs at chance level").click()
             winner.filter(has_text=trained["id"]).wait_for(timeout=60_000)
 
             # -- the winner's .pt2 in a Python without Slimbench, and its readable card
             page.get_by_role("button", name="Winner's PyTorch program (.pt2)").wait_for(timeout=120_000)
+            page.get_by_text("Pick the winner").scroll_into_view_if_needed()
+            shot(page, "4-compare-winner")
             saved = download(page, "Winner's PyTorch program (.pt2)")
             model, _ = load_model(store.run_dir(trained["id"]) / layout.CHECKPOINT)
             x = torch.randn(4, *model_input(store, trained["id"]))
