@@ -34,13 +34,15 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def streamlit_server(home: Path, env: dict | None = None, log: Path | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
+def streamlit_server(home: Path, env: dict | None = None, log: Path | None = None,
+                     script: Path = ROOT / "serve.py") -> Iterator[tuple[str, subprocess.Popen]]:
     """`streamlit run serve.py` (the dashboard behind its Host/Origin guard, as `make run`) on 127.0.0.1 and a
-    free port; yields (base URL, process) once healthy."""
+    free port; yields (base URL, process) once healthy. ``script``: another entry that serves the dashboard
+    (a test's, adding what it needs)."""
     port = free_port()
     full_env = {**os.environ, "SLIMBENCH_HOME": str(home), **(env or {})}
     out = open(log, "wb") if log else subprocess.DEVNULL
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "serve.py"),
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(script),
                              "--server.address", "127.0.0.1", "--server.port", str(port), "--server.headless", "true",
                              "--browser.gatherUsageStats", "false"],  # the rest from .streamlit/config.toml, as `make run`
                             cwd=ROOT, env=full_env, stdout=out, stderr=subprocess.STDOUT)

@@ -208,8 +208,8 @@ def blocks(rec: dict[str, Any], by_id: dict[str, dict[str, Any]], card: dict[str
     what = (f"Run {rec['run_id']}: {rec.get('method')} on {rec.get('arch')}, "
             f"{rec.get('num_classes')} classes of {rec.get('dataset')}"
             + (f" (from {rec['data_path']})" if rec.get("data_path") else "") + ".")
-    labels = [f"{k} {rec[k]}" for k in ("experiment", "group") if rec.get(k)]
-    out.append(Para(what + (" " + ", ".join(labels) + "." if labels else "")))
+    labels = ", ".join(f"{k} {rec[k]}" for k in ("experiment", "group") if rec.get(k))
+    out.append(Para(what + (f" {labels[0].upper()}{labels[1:]}." if labels else "")))   # a sentence of its own
 
     out.append(Heading(2, "What was done"))
     items = []

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +27,10 @@ META_FILE = "slimbench.json"    # the extra file inside the program: how to feed
 CHECK_BATCH = 8                 # random inputs the saved file is compared with the bundle's model on
 MAX_BATCH = 4096                # the exported program's batch axis is dynamic up to this
 TOLERANCE = 1e-3                # max |logit difference| (relative to the logits' scale) the saved file may show
+# torch.export swaps process-wide dispatch modes while it traces: two exports at once in one process (the
+# dashboard renders sessions and reruns in threads) break each other ("Trying to pop empty mode stack",
+# "fake tensor in the exported program's constants") and both fell back to TorchScript. One at a time.
+_MAKING = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -53,8 +58,12 @@ def ensure(run_dir: Path) -> Portable:
         return done
     if not (run_dir / layout.CHECKPOINT).is_file():
         return Portable(None, None, "this run has no checkpoint (model.pt) to convert")
-    result = make(run_dir / layout.CHECKPOINT, run_dir)
-    export.atomic_write_bytes(run_dir / layout.PORTABLE_NOTE, json.dumps(asdict(result)).encode())
+    with _MAKING:
+        done = _read_note(run_dir)             # made by another thread while this one waited
+        if done is not None and (done.file is None or (run_dir / done.file).is_file()):
+            return done
+        result = make(run_dir / layout.CHECKPOINT, run_dir)
+        export.atomic_write_bytes(run_dir / layout.PORTABLE_NOTE, json.dumps(asdict(result)).encode())
     return result
 
 

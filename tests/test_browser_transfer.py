@@ -1,12 +1,9 @@
 """In Chromium: transfer learning from a local ImageNet state dict, set up on Experiments and run to the
-end (issue 25, item 4); the Custom-experiment tab stays open after Launch (item 6); the run's .pt2
-loads in a fresh Python with plain torch, and its readable model card opens (item 5)."""
+end (issue 25, item 4); the Custom-experiment tab stays open after Launch (item 6); its readable model
+card says where the weights came from (item 5). A .pt2 loaded in plain torch: tests/test_browser_walk.py."""
 from __future__ import annotations
 
-import json
 import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,22 +14,14 @@ from bench.pages import CHROMIUM, streamlit_server
 from engine import layout
 from engine.export import load_model
 from engine.store import Store
-from test_browser import SHOTS, browser_type_launch_args, download, fill_number, shot  # noqa: F401 (a fixture)
+from test_browser import SHOTS, browser_type_launch_args, fill_number, shot  # noqa: F401 (a fixture)
 from test_transfer_ui import imagenet_weights, tiny_folder
 
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs /usr/bin/chromium")]
 JOB_TIMEOUT_S = 420
 
-PLAIN_TORCH = """
-import json, sys
-import torch
-model = torch.export.load(sys.argv[1]).module()
-x = torch.load(sys.argv[2])
-print(json.dumps({"top1": model(x).argmax(1).tolist(), "engine": "engine" in sys.modules}))
-"""
 
-
-def test_transfer_learning_from_experiments_then_a_pt2_and_a_card(tmp_path, page):
+def test_transfer_learning_from_experiments_then_its_card(tmp_path, page):
     folder = tiny_folder(tmp_path / "imgs")
     weights = imagenet_weights(tmp_path / "resnet18-imagenet.pth")
     home = tmp_path / "ws"
@@ -75,18 +64,7 @@ def test_transfer_learning_from_experiments_then_a_pt2_and_a_card(tmp_path, page
 
         page.goto(f"{url}/compare?run={run_id}")
         page.get_by_role("heading", name="Run details").wait_for(timeout=60_000)
-        # made from the bundle on this first view (seconds on a loaded machine), then offered
-        page.get_by_role("button", name="PyTorch program (.pt2)").wait_for(timeout=120_000)
-        saved = download(page, "PyTorch program (.pt2)")
-        x = torch.randn(4, 3, 16, 16)
-        torch.save(x, tmp_path / "x.pt")
-        p = subprocess.run([sys.executable, "-c", PLAIN_TORCH, str(saved), str(tmp_path / "x.pt")], cwd=tmp_path,
-                           capture_output=True, text=True, timeout=300)
-        assert p.returncode == 0, p.stderr[-2000:]
-        out = json.loads(p.stdout.strip().splitlines()[-1])
-        with torch.no_grad():
-            assert out == {"top1": model(x).argmax(1).tolist(), "engine": False}
-        page.get_by_text("Read the model card").click()
+        page.get_by_text("Read the model card").click(timeout=120_000)   # after the .pt2 is made (a loaded machine: s)
         page.get_by_role("heading", name=re.compile("Model card: baseline resnet18 from ImageNet weights")).wait_for()
         page.get_by_text(re.compile(r"Wilson interval over \d+ test images")).first.wait_for()
         page.get_by_text(re.compile(r"from the ImageNet weights in .*backbone frozen")).first.wait_for()

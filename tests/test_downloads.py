@@ -93,7 +93,8 @@ def card_records() -> dict[str, dict]:
              "parent": "base", "method_params": {"amount": 0.9}, "accuracy": 0.34, "accuracy_ci95": [0.29, 0.39],
              "start_accuracy": 0.9, "delta_accuracy_ci95": [-0.6, -0.5], "mcnemar_p": 1e-9, "agreement": 0.3,
              "flips_to_wrong": 0.6, "flips_to_right": 0.04,
-             "sparsity": 0.9, "size_bytes": 9_000_000, "compressed_bytes": 8_000_000, "history": []}
+             "sparsity": 0.9, "size_bytes": 9_000_000, "compressed_bytes": 8_000_000, "history": [],
+             "experiment": "shoes May", "group": "pruning"}
     return {"base": base, "child": child}
 
 
@@ -110,6 +111,7 @@ def test_model_card_says_what_was_done_with_intervals_flags_and_sizes():
                                                                                              "std": [0.25] * 3}},
                                made, sizes)
     md = model_card.to_markdown(blocks)
+    assert "classes of digits. Experiment shoes May, group pruning." in md         # its labels, a sentence
     assert "prune\\_unstructured (amount=0.9) → run child" in md                 # what was done, along the chain
     assert "baseline (defaults) → run base (resnet18 from the ImageNet weights in /w/r18.pth" in md
     assert "29.00 to 39.00 %" in md and "-56.00 pt" in md and "-60.00 to -50.00 pt" in md   # metrics with CIs
@@ -165,3 +167,15 @@ def test_compare_offers_the_program_and_card_and_marks_files_not_smaller(tmp_pat
     assert (Path(tmp_path / "ws") / "runs" / "child" / layout.PT2).is_file()
     card_text = plain(next(m.value for m in at.markdown if "Model card: pruned" in plain(m.value)))
     assert "model.onnx is not smaller than its base's" in card_text and "torch.export.load" in card_text
+
+
+@pytest.mark.fast
+def test_programs_made_from_several_threads_at_once_are_all_torch_export(tmp_path):
+    """The dashboard renders in threads: exports at once broke each other and fell back to TorchScript."""
+    from concurrent.futures import ThreadPoolExecutor
+    dirs = [tmp_path / f"run{i}" for i in range(3)]
+    for d in dirs:
+        small_bundle(d / layout.CHECKPOINT)
+    with ThreadPoolExecutor(len(dirs)) as pool:
+        made = list(pool.map(portable.ensure, dirs))
+    assert [m.kind for m in made] == ["torch.export"] * len(dirs), [m.note for m in made]
