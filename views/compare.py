@@ -166,6 +166,8 @@ def runs_table(view: pd.DataFrame) -> None:
                                 "inference memory, .onnx and deflated sizes, training time, GPU figures ...")
     at = default.index("sparsity")
     cols = default[:at] + added + default[at:]
+    # labels nobody set are a column of "None": shown only once some run in view has one
+    cols = [c for c in cols if c not in ("experiment", "group") or view[c].notna().any()]
     if view["steps"].astype(bool).any():  # pipelines in view: what each ran, beside its name
         cols.insert(cols.index("name") + 1 if "name" in cols else 0, "steps")
     st.dataframe(shown(view[cols]), hide_index=True, width="stretch", height=min(420, 38 + 35 * len(view)),
