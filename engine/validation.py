@@ -105,7 +105,10 @@ def starts_from_onnx(spec: JobSpec, store) -> bool:
         if row is None or not isinstance(row.get("spec"), dict) or \
                 (row["spec"].get("method") or {}).get("name") not in ("baseline", None):
             return False  # only an "as given" run of an ONNX model is one (INT8 runs are refused as starts anyway)
-        m = JobSpec.from_dict(row["spec"]).model
+        try:
+            m = JobSpec.from_dict(row["spec"]).model
+        except SpecError:   # a run recorded without a whole spec (older, or made by hand) is no ONNX start
+            return False
     if not m.checkpoint:
         return False
     try:

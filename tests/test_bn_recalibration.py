@@ -115,7 +115,8 @@ def test_soft_filter_pruning_lets_zeroed_filters_grow_back(tmp_path, monkeypatch
             on_epoch_end(m, epoch)
         return real_fit(model, *a, on_epoch_end=hook, **kw)
     monkeypatch.setattr(ctx, "fit", fit)
-    out = soft_filter.soft_filter_pruning(net, ctx, {"ratio": 0.3, "epochs": 2, "finetune_epochs": 0})
+    params = validate("soft_filter_pruning", {"ratio": 0.3, "epochs": 2, "finetune_epochs": 0}, None)
+    out = soft_filter.soft_filter_pruning(net, ctx, params)   # with the recipe's defaults filled in
     groups_per_zeroing = len(zeroed_at) // 3
     before_training = torch.stack(zeroed_at[:groups_per_zeroing]).any(0)   # zeroed before epoch 1
     assert before_training.any()

@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from bench.pages import CHROMIUM, CHROMIUM_ARGS
+from bench.pages import CHROMIUM
 from bench.synthetic import insert_synthetic_runs
 from engine import results
 from engine.store import Store
 from views import share
+
+from test_browser import browser_type_launch_args  # noqa: F401 (a fixture: Debian's Chromium)
 
 HOSTILE = '<img src=x onerror="document.title=\'pwned\'">'
 
@@ -58,22 +60,19 @@ def test_the_report_holds_plots_table_recipes_machines_and_published_points(repo
 
 @pytest.mark.browser
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs /usr/bin/chromium")
-def test_the_report_opens_offline_in_chromium_with_its_plots_drawn(report, tmp_path):
-    from playwright.sync_api import sync_playwright
+def test_the_report_opens_offline_in_chromium_with_its_plots_drawn(report, tmp_path, page):
+    # pytest-playwright's page (Debian's Chromium, as every browser test): a second sync_playwright() in the
+    # same session finds the plugin's event loop running and refuses
     path = tmp_path / "slimbench-report.html"
     path.write_text(report[0], encoding="utf-8")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page()
-        outside, errors = [], []
-        page.route("**/*", lambda route: (outside.append(route.request.url), route.abort())
-                   if not route.request.url.startswith("file://") else route.continue_())
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(path.as_uri())
-        page.wait_for_function("document.querySelectorAll('.js-plotly-plot .main-svg').length >= 4", timeout=30_000)
-        for plot in page.locator(".js-plotly-plot").all():
-            assert plot.locator("svg.main-svg").count() >= 1 and plot.locator("g.point, path.point").count() > 0
-        assert page.locator("table.runs tbody tr").count() == 7
-        assert page.title() == "Slimbench report"                     # the hostile name ran nothing
-        browser.close()
+    outside, errors = [], []
+    page.route("**/*", lambda route: (outside.append(route.request.url), route.abort())
+               if not route.request.url.startswith("file://") else route.continue_())
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(path.as_uri())
+    page.wait_for_function("document.querySelectorAll('.js-plotly-plot .main-svg').length >= 4", timeout=30_000)
+    for plot in page.locator(".js-plotly-plot").all():
+        assert plot.locator("svg.main-svg").count() >= 1 and plot.locator("g.point, path.point").count() > 0
+    assert page.locator("table.runs tbody tr").count() == 7
+    assert page.title() == "Slimbench report"                     # the hostile name ran nothing
     assert outside == [] and errors == []
