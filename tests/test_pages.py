@@ -366,7 +366,8 @@ def test_presets_tab_lists_every_registered_method(ws, monkeypatch):
         assert presets.describe(gpu_preset, Store(), at_once) in texts(at, "caption")
         if not torch.cuda.is_available():
             assert at.button(key="launch_preset").disabled and "cannot be launched here" in texts(at, "warning")
-    assert "3 jobs**: one base model each" in texts(at, "markdown")
+    if presets.check(presets.cifar10_literature())[0]:   # CIFAR-10 is on this machine (../shared or SLIMBENCH_CIFAR10)
+        assert "3 jobs**: one base model each" in texts(at, "markdown")
 
 
 @pytest.mark.fast

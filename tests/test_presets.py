@@ -16,7 +16,10 @@ def test_every_preset_validates_and_says_its_data_model_and_time(tmp_path):
     for name, p in presets.PRESETS.items():
         plan = p()
         ok, problems = presets.check(plan)
-        assert ok and not problems, (name, problems)
+        # CIFAR-10 lives beside the checkout (../shared/datasets) or at SLIMBENCH_CIFAR10: where it is not,
+        # the only problem a GPU preset may have is saying so
+        absent = [q for q in problems if "data.path: not found" in q and "cifar10" in q]
+        assert (ok or absent) and problems == absent, (name, problems)
         text = presets.describe(name, store)
         assert plan[0]["data"]["name"].replace("cifar10", "CIFAR-10").replace("fashion-mnist", "Fashion-MNIST") in text
         # no history in a fresh workspace: said so, with the estimate for the machine it was sized on
