@@ -55,6 +55,21 @@ def _cpu_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=N
 _CPU_ATTENTION = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops}
 
 
+def forward_once(model: nn.Module, input_shape: tuple[int, ...], hooks: list) -> None:
+    """One zero image through ``model`` in eval mode, for what forward ``hooks`` record; the hooks are
+    removed and the model's train/eval mode restored however it ends."""
+    was_training = model.training
+    model.eval()
+    try:
+        p = next(model.parameters())
+        with torch.no_grad():
+            model(torch.zeros((1, *input_shape), device=p.device, dtype=p.dtype))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+
+
 def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, Any]:
     """Dense MACs/FLOPs for one image, and 'sparse' MACs that skip exactly-zero weights."""
     model = model.eval()

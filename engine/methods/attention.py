@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import measure
 from ..spec import SpecError
 
 
@@ -32,15 +33,7 @@ def stage_outputs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[tuple[
                 if isinstance(out, torch.Tensor) and out.dim() == 4 and out.shape[2] * out.shape[3] > 1:
                     last[tuple(out.shape[2:])] = name
             hooks.append(m.register_forward_hook(hook))
-    was_training = model.training
-    model.eval()
-    try:
-        p = next(model.parameters())
-        model(torch.zeros((1, *input_shape), device=p.device, dtype=p.dtype))
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
+    measure.forward_once(model, input_shape, hooks)
     return last
 
 

@@ -56,15 +56,7 @@ def io_sizes(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, tuple[
             def hook(mod, inp, out, name=name):
                 sizes[name] = (tuple(inp[0].shape[2:]), tuple(out.shape[2:]))
             hooks.append(m.register_forward_hook(hook))
-    was_training = model.training
-    model.eval()
-    try:
-        p = next(model.parameters())
-        model(torch.zeros((1, *input_shape), device=p.device, dtype=p.dtype))
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
+    measure.forward_once(model, input_shape, hooks)
     return sizes
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from .. import measure
 from ..spec import SpecError
 from .lowrank import replace
 
@@ -33,15 +34,7 @@ def _inputs(model: nn.Module, input_shape: tuple[int, ...], kinds: tuple[type, .
     shapes: dict[str, tuple] = {}
     hooks = [m.register_forward_hook(lambda mod, i, o, n=n: shapes.__setitem__(n, (tuple(i[0].shape), tuple(o.shape))))
              for n, m in model.named_modules() if isinstance(m, kinds)]
-    was_training = model.training
-    model.eval()
-    try:
-        p = next(model.parameters())
-        model(torch.zeros((1, *input_shape), device=p.device, dtype=p.dtype))
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
+    measure.forward_once(model, input_shape, hooks)
     return shapes
 
 
