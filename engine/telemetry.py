@@ -137,7 +137,7 @@ class Sampler:
         self._lock = threading.Lock()
         self._procs: dict[int, psutil.Process] = {}
         self._last: dict[str, Any] | None = None
-        self._cpu = (time.monotonic(), psutil.cpu_times())
+        self._cpu: tuple[float, Any] | None = None  # (monotonic, cpu_times) of the previous sample
 
     def sample(self) -> dict[str, Any]:
         """A new sample, or the latest one if it is under ``min_interval`` old: one shared sampler
@@ -148,10 +148,12 @@ class Sampler:
             mono = time.monotonic()
             if self._last is not None and mono - self._last["mono"] < self.min_interval:
                 return self._last["snap"]
-            (t0, before), after = self._cpu, psutil.cpu_times()
+            prev, after = self._cpu, psutil.cpu_times()
             self._cpu = (mono, after)
             sysm, gpu = system_snapshot(), gpu_snapshot()
-            sysm["cpu_pct"] = busy_pct(before, after) if mono - t0 <= self.max_gap else None
+            # the first sample has no interval of its own (one from the constructor could be microseconds)
+            sysm["cpu_pct"] = (busy_pct(prev[1], after) if prev is not None and mono - prev[0] <= self.max_gap
+                               else None)
             now = time.time()
             point = {"ts": now, "cpu_pct": sysm["cpu_pct"], "ram_pct": sysm["ram_pct"]}
             for g in gpu["gpus"]:
