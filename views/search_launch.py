@@ -22,6 +22,11 @@ def _param(name: str) -> methods.Param:
     return next(p for p in methods.get(searches.METHOD).params if p.name == name)
 
 
+def kept(key: str, default: Any) -> None:
+    """A kept widget's default goes through session state, not value= (views.common.KEPT_PREFIXES)."""
+    st.session_state.setdefault(key, default)
+
+
 def panel(store, launch: Callable[[list[dict[str, Any]]], None]) -> None:
     st.caption("Give the accuracy you may lose and what to minimise (or a budget to meet); the search tries "
                "pruning, low-rank, distillation and INT8 recipes (Optuna TPE), each trial a run of its own, chosen "
@@ -40,8 +45,9 @@ def panel(store, launch: Callable[[list[dict[str, Any]]], None]) -> None:
 
     c1, c2 = st.columns(2)
     with c1:
+        kept("ac_limit", 1.0)
         limit = st.number_input("Accuracy limit: points it may lose on the validation split", min_value=0.0,
-                                value=1.0, step=0.5, format="%g", key="ac_limit", help=_param("max_drop_pt").help)
+                                step=0.5, format="%g", key="ac_limit", help=_param("max_drop_pt").help)
         slots["method.params.max_drop_pt"] = st.empty()
     with c2:
         objective = st.selectbox("Objective", list(OBJECTIVES), format_func=OBJECTIVES.get, key="ac_objective",
@@ -56,32 +62,38 @@ def panel(store, launch: Callable[[list[dict[str, Any]]], None]) -> None:
     target = None
     with c2:
         if goal == "Meet a budget":
-            target = st.number_input("Times smaller / cheaper than the start (N)", min_value=1.0, value=4.0, step=0.5,
+            kept("ac_target", 4.0)
+            target = st.number_input("Times smaller / cheaper than the start (N)", min_value=1.0, step=0.5,
                                      format="%g", key="ac_target", help=_param("target").help)
         slots["method.params.target"] = st.empty()
 
     c1, c2 = st.columns(2)
     with c1:
-        trials = st.number_input("Search budget: trials", min_value=0, value=12, step=1, key="ac_trials",
+        kept("ac_trials", 12)
+        trials = st.number_input("Search budget: trials", min_value=0, step=1, key="ac_trials",
                                  help=_param("trials").help)
         slots["method.params.trials"] = st.empty()
     with c2:
         minutes = None
         if st.checkbox("Also a wall-time budget", key="ac_use_minutes"):
-            minutes = st.number_input("Search budget: minutes", min_value=0.0, value=20.0, step=5.0, format="%g",
+            kept("ac_minutes", 20.0)
+            minutes = st.number_input("Search budget: minutes", min_value=0.0, step=5.0, format="%g",
                                       key="ac_minutes", help=_param("minutes").help)
         slots["method.params.minutes"] = st.empty()
-    st.session_state.setdefault("ac_space", list(CANDIDATE_HELP))  # kept widget: default via state
+    kept("ac_space", list(CANDIDATE_HELP))
     space = st.multiselect("Candidates searched", list(CANDIDATE_HELP), key="ac_space",
                            format_func=lambda c: f"{c}: {CANDIDATE_HELP.get(c, c)}")
     slots["method.params.space"] = st.empty()
     with st.expander("Search settings"):
         c1, c2, c3 = st.columns(3)
-        finetune = c1.number_input("Fine-tune epochs per trial", min_value=1, value=1, key="ac_finetune",
+        kept("ac_finetune", 1)
+        kept("ac_margin", 3.0)
+        kept("ac_seed", 0)
+        finetune = c1.number_input("Fine-tune epochs per trial", min_value=1, key="ac_finetune",
                                    help=_param("finetune_epochs").help)
-        margin = c2.number_input("Stop a trial this many points past the limit", min_value=0.0, value=3.0,
+        margin = c2.number_input("Stop a trial this many points past the limit", min_value=0.0,
                                  format="%g", key="ac_margin", help=_param("prune_margin_pt").help)
-        seed = c3.number_input("Sampler seed", min_value=0, value=0, key="ac_seed", help=_param("seed").help)
+        seed = c3.number_input("Sampler seed", min_value=0, key="ac_seed", help=_param("seed").help)
         slots["method.params.finetune_epochs"] = st.empty()
 
     params = {"max_drop_pt": float(limit), "objective": objective, "target": target, "trials": int(trials),
