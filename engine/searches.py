@@ -138,41 +138,44 @@ def searches_of(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in rows if is_search(r)]
 
 
-def made_by_search(records: dict[str, dict[str, Any]], methods_of: dict[str, str]) -> dict[str, str]:
+def made_by_search(rows: Iterable[dict[str, Any]]) -> dict[str, str]:
     """Run id -> the search whose trial it is (or a step of a trial's pipeline), for every run a search
-    made; ``methods_of``: run id -> method name of every run known (finished or not)."""
+    made. ``rows``: the store's rows (finished or not): their ``parent`` column is the run that ran them
+    (a trial's record names its start as parent instead, which its base-relative figures follow)."""
+    parent = {r["id"]: r.get("parent") for r in rows}
+    method = {r["id"]: r.get("method") for r in rows}
     out: dict[str, str] = {}
-    for run_id in records:
-        seen, cur = set(), records[run_id].get("parent")
+    for run_id in parent:
+        seen, cur = set(), parent[run_id]
         while cur and cur not in seen:
             seen.add(cur)
-            if methods_of.get(cur) == METHOD:
+            if method.get(cur) == METHOD:
                 out[run_id] = cur
                 break
-            cur = (records.get(cur) or {}).get("parent")
+            cur = parent.get(cur)
     return out
 
 
-def hand_made(records: dict[str, dict[str, Any]], search: Search) -> list[dict[str, Any]]:
-    """Finished runs on the search's start (its descendants and the start itself) that no search made:
-    presets and hand-set methods, the runs its front is drawn against. Pipeline steps are left out
-    (the pipeline's own row stands for them)."""
+def hand_made(records: dict[str, dict[str, Any]], rows: list[dict[str, Any]], search: Search) -> list[dict[str, Any]]:
+    """Finished runs descending from the search's start that no search made: presets and hand-set
+    methods, the runs its front is drawn against. Pipeline steps are left out (the pipeline's own row
+    stands for them); ``rows``: the store's rows, whose parents say which runs a search made."""
     if not search.start_id:
         return []
-    methods_of = {rid: r.get("method") for rid, r in records.items()}
-    by_search = made_by_search(records, methods_of)
+    by_search = made_by_search(rows)
+    parent = {r["id"]: r.get("parent") for r in rows}
     steps = {s for r in records.values() for s in r.get("pipeline_runs") or [] if isinstance(s, str)}
 
     def descends(rid: str) -> bool:
-        seen, cur = set(), rid
+        seen, cur = set(), parent.get(rid)
         while cur and cur not in seen:
             if cur == search.start_id:
                 return True
             seen.add(cur)
-            cur = (records.get(cur) or {}).get("parent")
+            cur = parent.get(cur)
         return False
-    return [r for rid, r in records.items() if rid not in by_search and rid not in steps and rid != search.run_id
-            and r.get("method") != METHOD and rid != search.start_id and descends(rid)]
+    return [r for rid, r in records.items() if rid not in by_search and rid not in steps
+            and r.get("method") != METHOD and descends(rid)]
 
 
 def cost_ratio(rec: dict[str, Any], start: dict[str, Any], objective: str) -> float | None:

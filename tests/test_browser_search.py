@@ -57,6 +57,7 @@ def test_a_search_page_updates_live_while_its_trials_run(tmp_path, page):
         page.get_by_text(re.compile(r"^Winner")).first.wait_for(timeout=240_000)
         assert trials_shown(page) == TRIALS
         page.get_by_text("Test set read only for the final front", exact=False).wait_for()
+        page.set_viewport_size({"width": 1400, "height": 2600})   # the whole page in one screenshot
         shot(page, "search")
     with store.connect() as db:   # the worker this server's job started
         pids = [r[0] for r in db.execute("SELECT pid FROM workers WHERE pid IS NOT NULL").fetchall()]

@@ -4,6 +4,7 @@ no trial within the limit, and live from a running search's journal; the Experim
 one (a budget of 0 refused under its field, nothing queued); Compare grouping the trials under it."""
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -21,14 +22,17 @@ BASE_SIZE, BASE_MACS = 44_000_000, 36_000_000
 
 
 def _run(store: Store, run_id: str, method: str, parent: str | None, state: str = "done", params=None,
-         **rec) -> str:
+         start: str | None = None, **rec) -> str:
+    """A run of ``method`` that ``parent`` ran; ``start``: the run it starts from where that differs (a trial
+    starts from the search's start, as its spec and record say, while the search ran it)."""
+    start = start or parent
     spec = {"name": rec.get("name", run_id), "data": DATA, "train": {"epochs": 1},
-            "model": {"from_run": parent} if parent else {"arch": "resnet18"},
+            "model": {"from_run": start} if start else {"arch": "resnet18"},
             "method": {"name": method, "params": params or {}}}
     store.create(spec, state=state, run_id=run_id, parent=parent, created=time.time())
     if state == "done":
         store.update(run_id, record={"run_id": run_id, "method": method, "arch": "resnet18", "dataset": "digits",
-                                     "parent": parent, "finished": time.time(), "params": 1000, **rec},
+                                     "parent": start, "finished": time.time(), "params": 1000, **rec},
                      finished=time.time())
     return run_id
 
@@ -64,7 +68,7 @@ def insert_study(home: Path, winner: bool = True) -> dict:
     _run(store, sid, "autocompress", base, params=params, name="my search", accuracy=0.95 if not winner else 0.94,
          size_bytes=BASE_SIZE // 4, macs=BASE_MACS, **extra)
     for t, acc, ratio in ((t0, 0.94, 0.25), (t1, 0.91, 0.1)):
-        _run(store, t, "prune_unstructured", sid, name=f"my search · trial {t[-1]}", accuracy=acc,
+        _run(store, t, "prune_unstructured", sid, start=base, name=f"my search · trial {t[-1]}", accuracy=acc,
              size_bytes=int(BASE_SIZE * ratio), macs=BASE_MACS, latency_ms=3.0)
     return {"base": base, "hand": hand, "search": sid, "trials": [t0, t1]}
 
@@ -116,6 +120,9 @@ def test_a_finished_search_shows_its_winner_front_and_stopped_trials(ws):
     specs = " ".join(charts.values())
     assert "hand-made runs" in specs and "limit: 1 pt below the start" in specs and "VALIDATION" in specs
     assert any("Winner" in str(b.proto) for b in at.get("download_button") + at.get("button"))
+    hand = next(json.loads(spec) for spec in charts.values() if "hand-made runs" in spec)
+    drawn = next(t for t in hand["data"] if t["name"] == "hand-made runs")
+    assert [c[0] for c in drawn["customdata"]] == ["hand pruned"]      # not the search's own trials
 
 
 def test_a_search_without_a_winner_says_so_with_the_closest_trials(ws):

@@ -79,7 +79,7 @@ is_step = view["run_id"].isin(list(step_of))
 @st.cache_data(show_spinner=False, max_entries=4)
 def trials_of_searches(root: str, version: tuple) -> dict[str, str]:
     """Run id -> the auto-compress search that made it, for every finished trial (a running search's too)."""
-    return searches.made_by_search(by_id, {r["id"]: r.get("method") for r in store.list()})
+    return searches.made_by_search(store.list())
 
 
 search_of = trials_of_searches(str(store.root), store.done_version())

@@ -25,7 +25,7 @@ if not rows:
     st.page_link("views/experiments.py", label="Experiments", icon=":material/science:")
     st.stop()
 
-labels = {r["id"]: f"{run_label(r)} · {r['state']}" for r in rows}
+labels = {r["id"]: run_label(r) for r in rows}
 linked = st.query_params.get("run")   # /search?run=ID: Jobs and Compare link a search here
 if linked and linked not in labels:
     st.warning(f"Run {md_text(linked)} is no auto-compress search in this workspace; showing the newest.")
@@ -181,7 +181,7 @@ def front_section(s: searches.Search) -> None:
 
 def hand_made_section(s: searches.Search) -> None:
     recs = {r["run_id"]: r for r in results.records(store)}
-    others = searches.hand_made(recs, s)
+    others = searches.hand_made(recs, store.list(), s)
     st.markdown("**The front against the hand-made runs on the same start**")
     fig = search_plots.against_hand_made(s, others)
     if fig is None:

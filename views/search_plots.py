@@ -52,15 +52,29 @@ def trials_figure(s: searches.Search) -> go.Figure | None:
         fig.add_trace(go.Scatter(x=[best["cost_ratio"]], y=[best["val_accuracy"]], mode="markers",
                                  name="winner" if s.done else "best so far", hoverinfo="skip",
                                  marker=dict(symbol="star", size=20, color=WIN, line=dict(width=1, color=START))))
+    ys = [t["val_accuracy"] for t in scored]
     if s.start_val is not None:
         fig.add_trace(go.Scatter(x=[1.0], y=[s.start_val], mode="markers", name="start", marker=dict(
             symbol="diamond", size=12, color=START), hovertemplate="the start: validation %{y:.4f}<extra></extra>"))
-        fig.add_hline(y=s.start_val - s.limit / 100, line=dict(color=LIMIT, dash="dash"),
-                      annotation_text=f"limit: {s.limit:g} pt below the start", annotation_position="bottom left")
+        ys.append(s.start_val)
+        limit = s.start_val - s.limit / 100
+        if limit > 0:   # a limit below 0 % bounds nothing: no line, and the axis stays on the points
+            fig.add_hline(y=limit, line=dict(color=LIMIT, dash="dash"), annotation_position="bottom left",
+                          annotation_text=f"limit: {s.limit:g} pt below the start")
+            ys.append(limit)
     if s.target:
         fig.add_vline(x=1 / s.target, line=dict(color=LIMIT, dash="dot"),
                       annotation_text=f"target 1/{s.target:g}", annotation_position="top left")
-    return _layout(fig, s, "accuracy on the VALIDATION split")
+    fig = _layout(fig, s, "accuracy on the VALIDATION split")
+    fig.update_yaxes(range=_padded(ys))
+    return fig
+
+
+def _padded(ys: list[float]) -> list[float]:
+    """A y range around ``ys`` with a margin, inside [0, 1]."""
+    lo, hi = min(ys), max(ys)
+    pad = max(0.02, (hi - lo) * 0.1)
+    return [max(0.0, lo - pad), min(1.0, hi + pad)]
 
 
 def against_hand_made(s: searches.Search, others: list[dict[str, Any]]) -> go.Figure | None:
@@ -90,4 +104,8 @@ def against_hand_made(s: searches.Search, others: list[dict[str, Any]]) -> go.Fi
         fig.add_trace(go.Scatter(x=[1.0], y=[s.start["accuracy"]], mode="markers", name="start",
                                  marker=dict(symbol="diamond", size=12, color=START),
                                  hovertemplate="the start: test %{y:.4f}<extra></extra>"))
-    return _layout(fig, s, "accuracy on the TEST split")
+    fig = _layout(fig, s, "accuracy on the TEST split")
+    ys = [r["accuracy"] for r, _ in hand] + [t["test_accuracy"] for t in front] + \
+        ([s.start["accuracy"]] if s.start.get("accuracy") is not None else [])
+    fig.update_yaxes(range=_padded(ys))
+    return fig
