@@ -159,7 +159,13 @@ def test_a_running_search_is_read_from_its_journal(ws):
 def test_the_experiments_tab_refuses_a_zero_budget_and_queues_a_search(ws):
     ids = insert_study(ws)
     at = page("experiments")
-    at.selectbox(key="search_start").set_value(ids["base"])
+    assert not any(w.key == "search_start" for w in at.selectbox)      # drawn only in its open tab
+    at.session_state["exp_tab"] = "Auto-compress"
+    at.run()
+    start = at.selectbox(key="search_start")
+    assert any(ids["base"] in o for o in start.options)              # labelled "name · id"
+    assert not any(t in o for t in ids["trials"] for o in start.options)  # a search's trials: its row stands for them
+    start.set_value(ids["base"])
     at.number_input(key="ac_trials").set_value(0)
     at.run()
     assert any("method.params.trials" in plain(e.value) and "0 trials" in plain(e.value) for e in at.error)
@@ -186,4 +192,4 @@ def test_compare_groups_a_searchs_trials_under_it(ws):
     assert ids["search"] in set(runs["run_id"]) and not set(ids["trials"]) & set(runs["run_id"])
     trials = table(at, "winner")
     assert set(trials["run_id"]) == set(ids["trials"]) and trials["winner"].sum() == 1
-    assert any("Search my search" in e.proto.label for e in at.expander)
+    assert any("Trials of the auto-compress search my search" in e.proto.label for e in at.expander)

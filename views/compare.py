@@ -226,8 +226,9 @@ def search_trials(trials: pd.DataFrame) -> None:
         row = store.get(sid) or {}
         winner = (by_id.get(sid) or {}).get("search_winner")
         state = "" if row.get("state") == "done" else f" ({row.get('state')})"
-        with st.expander(f"Search {md_text(row.get('name') or sid)}{state}: {len(group)} trial(s)"
-                         + (f", winner {winner}" if winner else ""), icon=":material/travel_explore:"):
+        with st.expander(f"Trials of the auto-compress search {md_text(row.get('name') or sid)}{state}: "
+                         f"{len(group)} trial(s)" + (f", winner {winner}" if winner else ""),
+                         icon=":material/travel_explore:"):
             st.page_link("views/search.py", label="Its trials against the objective, the front and the winner",
                          icon=":material/travel_explore:", query_params={"run": sid})
             table = group.assign(winner=group["run_id"] == winner)[["winner", *STEP_COLUMNS]]

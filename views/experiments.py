@@ -384,7 +384,8 @@ with tab_preset:
 
 # -- auto-compress ------------------------------------------------------------------------------
 with tab_search:
-    search_launch.panel(store, launch)
+    if tab_search.open:   # drawn only when shown: its check reads the start run's spec and data on every rerun
+        search_launch.panel(store, launch)
 
 
 # -- custom -------------------------------------------------------------------------------------

@@ -32,7 +32,8 @@ def panel(store, launch: Callable[[list[dict[str, Any]]], None]) -> None:
                "pruning, low-rank, distillation and INT8 recipes (Optuna TPE), each trial a run of its own, chosen "
                "on the validation split. Its page shows the trials live.")
     slots: dict[str, Any] = {}
-    runs = startable_runs()
+    made = searches.made_by_search(store.list())   # a search's trials: its own row (the winner's model) stands for them
+    runs = [r for r in startable_runs() if r["id"] not in made]
     if not runs:
         st.info("No finished PyTorch run to start from yet: train a base (a preset, or Custom experiment; an "
                 "uploaded checkpoint becomes a run there too), then search from it.")

@@ -10,17 +10,18 @@ from engine import searches
 from views.common import plot_text
 
 FRONT, LIMIT, START, WIN = "#2563eb", "#dc2626", "#111827", "#f59e0b"
+SHARE_TICKS = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10]   # labelled as shares
 CANDIDATE_COLOURS = ("#0ea5e9", "#8b5cf6", "#10b981", "#f97316", "#64748b")
 
 
 def _axis_title(s: searches.Search) -> str:
-    return f"{searches.COST_LABELS[s.objective]} ÷ the start's (log; left is cheaper)"
+    return f"{searches.COST_LABELS[s.objective]} as a share of the start's (log; left is cheaper)"
 
 
 def _layout(fig: go.Figure, s: searches.Search, y_title: str) -> go.Figure:
     fig.update_layout(height=430, margin=dict(l=10, r=10, t=30, b=10), legend=dict(orientation="h", y=-0.2),
                       hovermode="closest")
-    fig.update_xaxes(type="log", title=_axis_title(s))
+    fig.update_xaxes(type="log", title=_axis_title(s), tickvals=SHARE_TICKS, tickformat=".1~%")
     fig.update_yaxes(title=y_title, tickformat=".0%")
     return fig
 
