@@ -193,3 +193,26 @@ def test_compare_groups_a_searchs_trials_under_it(ws):
     trials = table(at, "winner")
     assert set(trials["run_id"]) == set(ids["trials"]) and trials["winner"].sum() == 1
     assert any("Trials of the auto-compress search my search" in e.proto.label for e in at.expander)
+
+
+@pytest.mark.fast
+def test_a_launch_is_refused_for_an_objective_its_start_never_measured(tmp_path):
+    from engine.spec import SpecError
+    store = Store(tmp_path / "ws")
+    base = _run(store, "20260101-000000-base00", "baseline", None, accuracy=0.9, size_bytes=BASE_SIZE, macs=BASE_MACS)
+    params = {"objective": "latency", "trials": 2}
+    with pytest.raises(SpecError) as e:
+        searches.check_launch(store, base, params)
+    assert e.value.field == "method.params.objective" and "latency_ms" in str(e.value)
+    spec = searches.check_launch(store, base, {**params, "objective": "size"})
+    assert spec["model"] == {"from_run": base} and spec["data"] == DATA
+
+
+def test_jobs_links_a_search_and_its_trials_to_the_search_page(ws):
+    ids = insert_study(ws)
+    at = page("jobs")
+    for job in (ids["search"], ids["trials"][0]):
+        at.selectbox(key="job_select").set_value(job)
+        at.run()
+        links = [str(e.proto) for e in at.get("page_link")]
+        assert any(f"run={ids['search']}" in link and "search" in link for link in links), links
