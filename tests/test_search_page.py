@@ -216,3 +216,8 @@ def test_jobs_links_a_search_and_its_trials_to_the_search_page(ws):
         at.run()
         links = [str(e.proto) for e in at.get("page_link")]
         assert any(f"run={ids['search']}" in link and "search" in link for link in links), links
+
+
+def test_the_search_page_without_a_search_says_where_to_start_one(ws):
+    at = page("search")
+    assert "No auto-compress search yet" in text(at) and not at.error
