@@ -221,3 +221,26 @@ def test_jobs_links_a_search_and_its_trials_to_the_search_page(ws):
 def test_the_search_page_without_a_search_says_where_to_start_one(ws):
     at = page("search")
     assert "No auto-compress search yet" in text(at) and not at.error
+
+
+def test_hostile_names_on_the_search_page_and_tab_are_text(ws):
+    """A search, its trials' recipes and its start named with Markdown/HTML show as text (test_security's check)."""
+    from test_security import HOSTILE, _assert_no_live_markup
+    ids = insert_study(ws)
+    store = Store(ws)
+    for rid in (ids["search"], ids["base"]):
+        row = store.get(rid)
+        store.update(rid, name=HOSTILE, record={**row["record"], "name": HOSTILE})
+    rec = store.get(ids["search"])["record"]
+    trials = [{**t, "recipe": HOSTILE} for t in rec["search_trial_list"]]
+    store.update(ids["search"], record={**rec, "search_trial_list": trials, "search_why": HOSTILE,
+                                        "search_front": [{**t, "test_accuracy": 0.9} for t in trials[:2]]})
+    at = page("search", ids["search"])
+    _assert_no_live_markup(at, HOSTILE)
+    specs = [chart.proto.spec for chart in at.get("plotly_chart")]
+    assert specs and not any("<img src=x>" in s for s in specs)
+    at = page("experiments")
+    at.session_state["exp_tab"] = "Auto-compress"
+    at.run()
+    link = next(e.proto.label for e in at.get("page_link") if "latest search" in e.proto.label)
+    assert plain(link).endswith(f"{HOSTILE} · {ids['search']}") and "](" not in link   # escaped: no live link

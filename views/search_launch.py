@@ -114,5 +114,5 @@ def panel(store, launch: Callable[[list[dict[str, Any]]], None]) -> None:
             launch([spec])
     latest = searches.searches_of(store.list(limit=50))
     if latest:
-        st.page_link("views/search.py", label=f"Watch the latest search: {run_label(latest[0])}",
+        st.page_link("views/search.py", label=f"Watch the latest search: {md_text(run_label(latest[0]))}",
                      icon=":material/travel_explore:", query_params={"run": latest[0]["id"]})
