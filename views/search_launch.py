@@ -35,13 +35,15 @@ def panel(store, launch: Callable[[list[dict[str, Any]]], None]) -> None:
     made = searches.made_by_search(store.list())   # a search's trials: its own row (the winner's model) stands for them
     runs = [r for r in startable_runs() if r["id"] not in made]
     if not runs:
-        st.info("No finished PyTorch run to start from yet: train a base (a preset, or Custom experiment; an "
-                "uploaded checkpoint becomes a run there too), then search from it.")
+        st.info("No finished PyTorch run to start from yet: train a base (a preset, or Custom experiment), then "
+                "search from it. From an uploaded checkpoint: on Custom experiment, start from *Upload a "
+                "checkpoint* and choose the method `autocompress`.")
         return
     labels = {r["id"]: run_label(r) for r in runs}
     start = st.selectbox("Start from the finished run", list(labels), format_func=labels.get, key="search_start",
-                         help="its data, training and timing settings apply to every trial; an uploaded "
-                              "checkpoint is listed once its run (Custom experiment, Upload a checkpoint) is done")
+                         help="its data, training and timing settings apply to every trial")
+    st.caption("From an uploaded checkpoint: on **Custom experiment**, start from *Upload a checkpoint* and choose "
+               "the method `autocompress`: the checkpoint is scored as a run of its own, then searched from.")
     slots["model.from_run"] = st.empty()
 
     c1, c2 = st.columns(2)
