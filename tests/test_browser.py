@@ -156,7 +156,8 @@ def test_main_flow(server, page):
         assert (SHOTS / f"page-{name}.png").stat().st_size > 10_000
 
 
-@pytest.mark.parametrize("path, heading", [("/compare", "Compare"), ("/try", "Try an image")])
+@pytest.mark.parametrize("path, heading", [("/compare", "Compare"), ("/try", "Try an image"),
+                                          ("/search", "Auto-compress search")])
 def test_a_deep_link_as_a_fresh_servers_first_visit_opens_inside_the_app(tmp_path, page, path, heading):
     """A fresh server's first visit by a deep link comes up inside the app: its navigation, sidebar
     and title (with a pages/ folder beside dashboard.py, Streamlit served it as the page file alone)."""
@@ -164,7 +165,7 @@ def test_a_deep_link_as_a_fresh_servers_first_visit_opens_inside_the_app(tmp_pat
         page.goto(url + path)
         page.get_by_role("heading", name=heading).wait_for(timeout=60_000)
         nav = page.locator('[data-testid="stSidebarNav"]')
-        for title in ("Experiments", "Jobs", "Compare", "Try an image", "Hardware"):
+        for title in ("Experiments", "Jobs", "Compare", "Search", "Try an image", "Hardware"):
             nav.get_by_text(title, exact=True).wait_for()
         assert nav.get_by_text("common", exact=True).count() == 0
         page.locator('[data-testid="stSidebar"]').get_by_text("Queued").first.wait_for()

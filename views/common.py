@@ -28,6 +28,7 @@ ARTIFACT_FILES = {"checkpoint": ("model.pt", "application/octet-stream"),
 PAGES = (("views/experiments.py", "Experiments", ":material/science:", ""),
          ("views/jobs.py", "Jobs", ":material/pending_actions:", "jobs"),
          ("views/compare.py", "Compare", ":material/scatter_plot:", "compare"),
+         ("views/search.py", "Search", ":material/travel_explore:", "search"),
          ("views/try_image.py", "Try an image", ":material/image_search:", "try"),
          ("views/hardware.py", "Hardware", ":material/memory:", "hardware"))
 
@@ -46,7 +47,7 @@ KEPT_WIDGETS = {"data_source", "dataset", "cifar_path", "data_path", "limit", "v
                 "w_latency", "w_drop", "w_best", "img_source", "n_samples", "cam", "exp_experiment", "exp_group",
                 "jobs_hide_cancelled", "exp_tab", "init_weights", "pretrained_source", "pretrained_path",
                 "freeze_backbone"}
-KEPT_PREFIXES = ("p.", "sweep.", "sweep_values.")  # a method's parameters and sweeps
+KEPT_PREFIXES = ("p.", "sweep.", "sweep_values.", "ac_")  # a method's parameters and sweeps; a search's settings
 
 
 def keep_widget_state() -> None:

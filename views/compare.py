@@ -12,7 +12,7 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from engine import jobs, model_card, portable, presets, record, results, sweeps, tracking
+from engine import jobs, model_card, portable, presets, record, results, searches, sweeps, tracking
 from engine.spec import SpecError
 from views import share
 from views.common import (card, download, download_best, fmt_bytes, fmt_count, fmt_ms, fmt_value, get_store, md_text,
@@ -74,10 +74,21 @@ view = view.assign(delta_ci=np.where(view["delta_ci_low"].notna(), (100 * view["
 # no model: both stay off the plot, the table, the front and the winner.
 step_of = results.pipeline_steps(by_id.values())
 is_step = view["run_id"].isin(list(step_of))
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def trials_of_searches(root: str, version: tuple) -> dict[str, str]:
+    """Run id -> the auto-compress search that made it, for every finished trial (a running search's too)."""
+    return searches.made_by_search(store.list())
+
+
+search_of = trials_of_searches(str(store.root), store.done_version())
+is_trial = view["run_id"].isin(list(search_of))
 is_analysis = view["method"].isin(results.ANALYSES)
 view = view.assign(steps=[results.pipeline_summary(by_id[r]) for r in view["run_id"]])
-analyses, steps_view = view[is_analysis & ~is_step], view[is_step]
-view = view[~is_step & ~is_analysis]
+analyses, steps_view = view[is_analysis & ~is_step], view[is_step & ~is_trial]
+trials_view = view[is_trial & ~is_step]
+view = view[~is_step & ~is_analysis & ~is_trial]
 
 
 
@@ -185,6 +196,7 @@ def runs_table(view: pd.DataFrame) -> None:
                            "measured on and the published points")
 
     pipeline_steps(view)
+    search_trials(trials_view)
 
 def report(view: pd.DataFrame, filters: str) -> bytes:
     """The current view as a self-contained HTML report; built on Streamlit's download thread when the button
@@ -205,6 +217,23 @@ def pipeline_steps(view: pd.DataFrame) -> None:
             st.dataframe(shown(df.set_index("run_id").loc[ids].reset_index()[STEP_COLUMNS]), hide_index=True,
                          width="stretch",
                          column_config=COLUMN_CONFIG, key=f"steps_{rid}")
+
+
+def search_trials(trials: pd.DataFrame) -> None:
+    """Each auto-compress search's trials grouped under it, collapsed (a search is one row above, its model
+    the winner's); its page shows them against the objective, live while it runs."""
+    for sid, group in trials.groupby(trials["run_id"].map(search_of), sort=False):
+        row = store.get(sid) or {}
+        winner = (by_id.get(sid) or {}).get("search_winner")
+        state = "" if row.get("state") == "done" else f" ({row.get('state')})"
+        with st.expander(f"Trials of the auto-compress search {md_text(row.get('name') or sid)}{state}: "
+                         f"{len(group)} trial(s)" + (f", winner {winner}" if winner else ""),
+                         icon=":material/travel_explore:"):
+            st.page_link("views/search.py", label="Its trials against the objective, the front and the winner",
+                         icon=":material/travel_explore:", query_params={"run": sid})
+            table = group.assign(winner=group["run_id"] == winner)[["winner", *STEP_COLUMNS]]
+            st.dataframe(shown(table), hide_index=True, width="stretch", column_config=COLUMN_CONFIG,
+                         key=f"trials_{sid}")
 
 
 STEP_COLUMNS = ["name", "method", "accuracy", "delta_accuracy", "size_bytes", "macs", "latency_ms", "runtime", "run_id"]
@@ -530,6 +559,11 @@ def details(view: pd.DataFrame) -> None:
                 help=f"{rec['params']:,}" if rec.get("params") else None)
 
     downloads(run_id, rec, row, "dl")
+    if rec.get("method") == searches.METHOD or run_id in search_of:
+        sid = search_of.get(run_id, run_id)
+        st.page_link("views/search.py", label="A trial of an auto-compress search: see the search" if sid != run_id
+                     else "The search: its trials, front and winner", icon=":material/travel_explore:",
+                     query_params={"run": sid})
 
     runtimes_section(run_id, rec)
 

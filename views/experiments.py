@@ -11,6 +11,7 @@ import streamlit as st
 from engine import (data as data_mod, export, import_weights, jobs, methods, models, onnx_models, presets,
                     user_models, validation)
 from engine.spec import DataSpec, SpecError
+from views import search_launch
 from views.common import (accept_upload, device_text, discard_upload, done_runs, get_store, md_text, refused_upload,
                           run_label, save_upload, startable_runs, upload_limit_mb, uploader_key)
 
@@ -349,7 +350,8 @@ st.toggle("Log finished runs to MLflow", key="track_mlflow",
                "the run finished and says why on Compare. `python -m engine mlflow` exports past runs.")
 # A keyed tab set remembers the open tab: unkeyed, the success message a launch adds above it made it a
 # new element, which opened on Presets again.
-tab_preset, tab_custom = st.tabs(["Presets", "Custom experiment"], key="exp_tab", on_change="rerun")
+tab_preset, tab_custom, tab_search = st.tabs(["Presets", "Custom experiment", "Auto-compress"], key="exp_tab",
+                                             on_change="rerun")
 
 # -- presets ------------------------------------------------------------------------------------
 with tab_preset:
@@ -379,6 +381,12 @@ with tab_preset:
             st.warning(f"Left out: {md_text(p)}")
         if st.button(f"Launch {name}", type="primary", key="launch_preset", disabled=not ok or needs_gpu):
             launch(ok)
+
+# -- auto-compress ------------------------------------------------------------------------------
+with tab_search:
+    if tab_search.open:   # drawn only when shown: its check reads the start run's spec and data on every rerun
+        search_launch.panel(store, launch)
+
 
 # -- custom -------------------------------------------------------------------------------------
 def param_widget(method: str, p: methods.Param) -> Any:

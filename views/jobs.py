@@ -136,6 +136,10 @@ def queue_table() -> None:
         st.caption(f"Experiment **{md_text(exp)}**: " + estimate.remaining(of_exp, store, status["concurrency"]).text())
 
 
+def method_of(r: dict | None) -> str | None:
+    return ((r or {}).get("spec") or {}).get("method", {}).get("name")
+
+
 def label_of(r: dict) -> str:
     spec = r.get("spec") or {}
     return " / ".join(v for v in (spec.get("experiment"), spec.get("group")) if v)
@@ -202,6 +206,13 @@ if all_rows:
                            query_params={"run": job_id})
             if rec.get("phase_seconds"):
                 st.caption(results.phase_summary(rec["phase_seconds"]))
+        parent = store.get(row["parent"]) if row.get("parent") else None
+        search = job_id if method_of(row) == "autocompress" else \
+            row["parent"] if method_of(parent) == "autocompress" else None
+        if search:
+            st.page_link("views/search.py", icon=":material/travel_explore:", query_params={"run": search},
+                         label="Its trials live: the search's page" if search == job_id else
+                         "A trial of an auto-compress search: the search's page")
         curves = results.curves(store.events(job_id))
         if curves.empty:
             st.caption("No training curves yet (they appear once the job trains).")

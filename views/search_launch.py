@@ -1,0 +1,120 @@
+"""Experiments' Auto-compress tab: a search from a finished run, checked by the engine before anything is
+queued (each refusal shown under the field it names), then queued as a normal job."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import streamlit as st
+
+from engine import methods, searches
+from engine.spec import SpecError
+from views.common import md_text, run_label, startable_runs
+
+CANDIDATE_HELP = {"prune_int8": "structured pruning (channels cut, MACs down) then INT8",
+                  "lowrank_int8": "low-rank SVD of the layers then INT8",
+                  "unstructured": "zeroed weights (sparse, same dense size and MACs)",
+                  "distill": "a small student (MobileNet) trained with knowledge distillation"}
+OBJECTIVES = {"size": "Size in MB (model.pt)", "macs": "MACs per image",
+              "latency": "Latency: CPU, batch 1, as the start was timed"}
+
+
+def _param(name: str) -> methods.Param:
+    return next(p for p in methods.get(searches.METHOD).params if p.name == name)
+
+
+def kept(key: str, default: Any) -> None:
+    """A kept widget's default goes through session state, not value= (views.common.KEPT_PREFIXES)."""
+    st.session_state.setdefault(key, default)
+
+
+def panel(store, launch: Callable[[list[dict[str, Any]]], None]) -> None:
+    st.caption("Give the accuracy you may lose and what to minimise (or a budget to meet); the search tries "
+               "pruning, low-rank, distillation and INT8 recipes (Optuna TPE), each trial a run of its own, chosen "
+               "on the validation split. Its page shows the trials live.")
+    slots: dict[str, Any] = {}
+    made = searches.made_by_search(store.list())   # a search's trials: its own row (the winner's model) stands for them
+    runs = [r for r in startable_runs() if r["id"] not in made]
+    if not runs:
+        st.info("No finished PyTorch run to start from yet: train a base (a preset, or Custom experiment), then "
+                "search from it. From an uploaded checkpoint: on Custom experiment, start from *Upload a "
+                "checkpoint* and choose the method `autocompress`.")
+        return
+    labels = {r["id"]: run_label(r) for r in runs}
+    start = st.selectbox("Start from the finished run", list(labels), format_func=labels.get, key="search_start",
+                         help="its data, training and timing settings apply to every trial")
+    st.caption("From an uploaded checkpoint: on **Custom experiment**, start from *Upload a checkpoint* and choose "
+               "the method `autocompress`: the checkpoint is scored as a run of its own, then searched from.")
+    slots["model.from_run"] = st.empty()
+
+    c1, c2 = st.columns(2)
+    with c1:
+        kept("ac_limit", 1.0)
+        limit = st.number_input("Accuracy limit: points it may lose on the validation split", min_value=0.0,
+                                step=0.5, format="%g", key="ac_limit", help=_param("max_drop_pt").help)
+        slots["method.params.max_drop_pt"] = st.empty()
+    with c2:
+        objective = st.selectbox("Objective", list(OBJECTIVES), format_func=OBJECTIVES.get, key="ac_objective",
+                                 help="what every trial is measured by against the start; energy is not offered: "
+                                      "no CPU here reports it per image")
+        slots["method.params.objective"] = st.empty()
+    c1, c2 = st.columns(2)
+    with c1:
+        goal = st.radio("Goal", ["Minimise it", "Meet a budget"], horizontal=True, key="ac_goal",
+                        help="minimise: the cheapest trial within the limit wins; a budget: the most accurate "
+                             "trial at most 1/N of the start's wins")
+    target = None
+    with c2:
+        if goal == "Meet a budget":
+            kept("ac_target", 4.0)
+            target = st.number_input("Times smaller / cheaper than the start (N)", min_value=1.0, step=0.5,
+                                     format="%g", key="ac_target", help=_param("target").help)
+        slots["method.params.target"] = st.empty()
+
+    c1, c2 = st.columns(2)
+    with c1:
+        kept("ac_trials", 12)
+        trials = st.number_input("Search budget: trials", min_value=0, step=1, key="ac_trials",
+                                 help=_param("trials").help)
+        slots["method.params.trials"] = st.empty()
+    with c2:
+        minutes = None
+        if st.checkbox("Also a wall-time budget", key="ac_use_minutes"):
+            kept("ac_minutes", 20.0)
+            minutes = st.number_input("Search budget: minutes", min_value=0.0, step=5.0, format="%g",
+                                      key="ac_minutes", help=_param("minutes").help)
+        slots["method.params.minutes"] = st.empty()
+    kept("ac_space", list(CANDIDATE_HELP))
+    space = st.multiselect("Candidates searched", list(CANDIDATE_HELP), key="ac_space",
+                           format_func=lambda c: f"{c}: {CANDIDATE_HELP.get(c, c)}")
+    slots["method.params.space"] = st.empty()
+    with st.expander("Search settings"):
+        c1, c2, c3 = st.columns(3)
+        kept("ac_finetune", 1)
+        kept("ac_margin", 3.0)
+        kept("ac_seed", 0)
+        finetune = c1.number_input("Fine-tune epochs per trial", min_value=1, key="ac_finetune",
+                                   help=_param("finetune_epochs").help)
+        margin = c2.number_input("Stop a trial this many points past the limit", min_value=0.0,
+                                 format="%g", key="ac_margin", help=_param("prune_margin_pt").help)
+        seed = c3.number_input("Sampler seed", min_value=0, key="ac_seed", help=_param("seed").help)
+        slots["method.params.finetune_epochs"] = st.empty()
+
+    params = {"max_drop_pt": float(limit), "objective": objective, "target": target, "trials": int(trials),
+              "minutes": minutes, "space": list(space), "finetune_epochs": int(finetune),
+              "prune_margin_pt": float(margin), "seed": int(seed)}
+    problem = None
+    try:
+        spec = searches.check_launch(store, start, params)
+    except SpecError as e:
+        problem = e
+        slot = slots.get(e.field)
+        (slot or st).error(md_text(e), icon=":material/block:")
+    if st.button("Launch the search", type="primary", key="launch_search"):
+        if problem is not None:
+            st.error(f"Nothing was queued: {md_text(problem)}")
+        else:
+            launch([spec])
+    latest = searches.searches_of(store.list(limit=50))
+    if latest:
+        st.page_link("views/search.py", label=f"Watch the latest search: {md_text(run_label(latest[0]))}",
+                     icon=":material/travel_explore:", query_params={"run": latest[0]["id"]})
