@@ -194,25 +194,40 @@ def test_default_sweep_threads_reach_the_cpu_count():
 
 
 @pytest.mark.fast
-def test_runtime_bench_credits_each_runtime_its_own_base_and_marks_the_target():
+def test_runtime_bench_credits_each_runtime_its_own_base_and_marks_the_targets():
     from bench import runtimes as bench_rt
     ms = lambda *v: [x / 1e3 for x in v]   # noqa: E731  (per-round latencies in seconds)
-    timed = {("base", "eager"): {"latency_ms": 4.0, "throughput": 100.0, "latency_rounds": ms(4, 4, 4)},
-             ("pruned", "eager"): {"latency_ms": 2.0, "throughput": 300.0, "latency_rounds": ms(2, 2, 2)},
-             ("base", "onnxruntime"): {"latency_ms": 2.0, "throughput": 200.0, "latency_rounds": ms(2, 2, 2)},
-             ("pruned", "onnxruntime"): {"latency_ms": 0.55, "throughput": 700.0, "latency_rounds": ms(0.5, 0.55, 1)}}
-    rows = bench_rt.rows(timed, {"base": 4_000_000, "pruned": 1_000_000}, 10.0, ["eager", "onnxruntime", "openvino"],
-                         {"openvino": "not available on this machine: the openvino package is not installed"})
+
+    def t(*v):
+        return {"latency_ms": sorted(v)[len(v) // 2], "throughput": 100.0 / v[0], "latency_rounds": ms(*v)}
+    timed = {("base", "eager"): t(4, 4, 4), ("pruned", "eager"): t(2, 2, 2),
+             ("base", "onnxruntime"): t(2, 2, 2), ("pruned", "onnxruntime"): t(0.5, 0.55, 1),
+             ("int8", "onnxruntime"): t(1, 1, 1), ("pruned_int8", "onnxruntime"): t(0.4, 0.4, 0.4)}
+    macs = {"base": 4_000_000, "pruned": 1_000_000, "int8": 4_000_000, "pruned_int8": 1_000_000}
+    agree = {("int8", "onnxruntime"): {"agreement": 0.99, "images": 1000},
+             ("pruned_int8", "onnxruntime"): {"agreement": 0.9, "images": 1000}}
+    rows = bench_rt.rows(timed, macs, 10.0, ["eager", "onnxruntime", "openvino"],
+                         {"openvino": "not available on this machine: the openvino package is not installed"}, agree)
     by = {(r["runtime"], r["model"]): r for r in rows}
-    assert by[("eager", "pruned")]["speedup"] == 2.0 and by[("eager", "pruned")]["realised"] == 0.5
+    assert by[("eager", "structured 50 %")]["speedup"] == 2.0 and by[("eager", "structured 50 %")]["realised"] == 0.5
     # against its own base in ONNX Runtime (2 ms), not the eager one: 2 / 0.55 = 3.64x
-    assert by[("onnxruntime", "pruned")]["speedup"] == pytest.approx(2 / 0.55)
-    assert by[("onnxruntime", "base")]["peak_share"] == pytest.approx(200 * 2 * 4e6 / 1e9 / 10)
-    assert by[("openvino", "both")]["note"].startswith("not available on this machine")
-    text = bench_rt.section({"rows": rows, "macs": {"base": 4_000_000, "pruned": 1_000_000}, "macs_cut": 4.0,
-                             "peak_gflops": 10.0, "rounds": 3, "threads": 1, "load": {"load_avg": 5.0, "loaded": True},
-                             "about": "Base: test", "seconds": 1.0})
-    assert "**0.91** in onnxruntime" in text and "met)" in text and "timed under load: suspect" in text
+    assert by[("onnxruntime", "structured 50 %")]["speedup"] == pytest.approx(2 / 0.55)
+    assert by[("onnxruntime", "base")]["peak_share"] == pytest.approx(50 * 2 * 4e6 / 1e9 / 10)
+    assert by[("openvino", "all")]["note"].startswith("not available on this machine")
+    # INT8 against its own FP32 model in the same runtime: the base's INT8 vs the base, the pruned one's vs pruned
+    assert by[("onnxruntime", "INT8 (auto)")]["speedup"] == 2.0 and by[("onnxruntime", "INT8 (auto)")]["speedup_vs"] == "base"
+    assert by[("onnxruntime", "structured 50 % → INT8")]["speedup"] == pytest.approx(0.55 / 0.4)
+    assert "realised" not in by[("onnxruntime", "structured 50 % → INT8")]
+    assert by[("eager", "INT8 (both)")]["note"] == "INT8 ONNX runs in ONNX Runtime and OpenVINO, not in eager"
+    text = bench_rt.section({"rows": rows, "macs": macs, "macs_cut": 4.0, "peak_gflops": 10.0, "rounds": 3,
+                             "threads": 1, "load": {"load_avg": 5.0, "loaded": True}, "about": "Base: test",
+                             "int8_format": "qdq", "int8_level": "amx", "int8_runtime": "onnxruntime",
+                             "agreement_images": 1000, "seconds": 1.0})
+    assert "**0.91** in onnxruntime" in text and "target ≥ 0.9 — met)" in text and "timed under load: suspect" in text
+    assert "INT8 (auto) (format `qdq`, in onnxruntime" in text and "**2.00x** its own FP32" in text
+    assert "(target ≥ 2.0x — met)" in text and "**99.0 %** on 1,000 test images (target ≥ 97% — met)" in text
+    assert "**1.38x** its own FP32 at batch 1 (target ≥ 2.0x — missed by 0.62x)" in text
+    assert "**90.0 %** on 1,000 test images (target ≥ 97% — missed by 0.070)" in text
 
 
 @pytest.mark.fast
