@@ -48,8 +48,8 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 WHY = {"resnet18": "Why this net: CIFAR ResNet-18 at 32 px (556 MMACs) is compute-bound on a CPU, as deployed "
                    "nets are, and is the net the issue measured 0.96 on by hand; the Quick tour's ResNet-20 at 16 px "
                    "(10 MMACs) spends a batch-1 call mostly on per-call overhead, which no MAC cut removes (it "
-                   "realised 0.46 of its MAC cut). CIFAR ResNet-56 (126 MMACs) trains 3x faster per image but ran at "
-                   "about 60 % of ResNet-18's GFLOP/s at batch 1 in eager (many small layers): less representative",
+                   "realised 0.46 of its MAC cut). CIFAR ResNet-56 (126 MMACs) trains about 3x faster per image, but its "
+                   "56 layers of 16-64 channels are less compute-bound at batch 1 (`--arch resnet56` to see it)",
        "resnet56": "Why this net: CIFAR ResNet-56 at 32 px (126 MMACs), the DepGraph paper's CIFAR pruning net; "
                    "cheaper to train than ResNet-18 (556 MMACs, the default), but its 16-64-channel layers are "
                    "less compute-bound"}
