@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -264,3 +265,27 @@ def test_the_best_runtime_is_the_fastest_that_agrees_with_pytorch():
     assert deploy.best(entries, shippable=True) == "openvino"
     assert deploy.best(entries, device="cuda") == "eager_cuda"
     assert deploy.best({"openvino": {"not_available": "x"}}) is None
+
+
+def test_a_runtime_not_installed_is_not_available_in_the_record_and_on_compare(tiny_base, session_home, tmp_path,
+                                                                                monkeypatch):
+    # the job's process finds an `openvino` that fails to import, as on a machine without the package
+    fake = tmp_path / "no-openvino" / "openvino"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError(\"No module named 'openvino'\")\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(fake.parent), os.environ.get("PYTHONPATH")])))
+    m = {"onnx": True, "latency_runs": 3, "warmup_runs": 1, "verify_images": 100, "paired_rounds": 0, "threads": 1}
+    rec = run_spec({"data": {"name": "digits"}, "model": {"from_run": tiny_base["run_id"]},
+                    "method": {"name": "prune_structured", "params": {"ratio": 0.3, "finetune_epochs": 0}},
+                    "measure": m}, session_home, tmp_path)
+    why = "not available on this machine: the openvino package is not installed"
+    assert rec["deploy"]["openvino"] == {"not_available": why}
+    assert rec["deploy"]["onnxruntime"]["verified"] and rec["best_runtime"] != "openvino"
+    monkeypatch.delenv("PYTHONPATH")
+    at = compare_page(session_home, monkeypatch, lambda home: None)
+    at.selectbox(key="detail_run").set_value(rec["run_id"])
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    table = next(d.value for d in at.dataframe if "runtime" in d.value.columns and "verified" in d.value.columns)
+    row = table.set_index("runtime").loc["openvino"]
+    assert row["note"] == why and row.isna()["latency (ms)"]
