@@ -232,17 +232,18 @@ def test_qat_produces_a_real_int8_model(pruned_then_qat):
     sess = ort.InferenceSession(r["onnx"], providers=["CPUExecutionProvider"])
     assert sess.run(None, {sess.get_inputs()[0].name: np.zeros((2, 3, 8, 8), np.float32)})[0].shape == (2, 10)
     assert 0.9 <= r["int8_agreement"] <= 1.0 and r["int8_speedup"] > 0
-    # the shipped file, loaded again from disk in its format's runtime, gives its FP32 start's answers
-    from engine import export
+    # the shipped file, loaded again from disk in its format's runtime, gives the answers the run scored (its
+    # FP32 twin, fine-tuned with fake quantisation, is not shipped: int8_agreement above is measured against it)
     from engine.methods import int8_formats
-    fp32, _ = export.load_model(pruned["checkpoint"])
     shipped = int8_formats.runner(Path(r["onnx"]).read_bytes(), r["int8_format"], 1)
-    same = total = 0
-    with torch.no_grad():
-        for x, _ in data_mod.load(DataSpec(**QAT_DATA)).loader("test", "cpu", train=False):
-            same += int((shipped(x).argmax(1) == fp32.eval()(x).argmax(1)).sum())
-            total += len(x)
-    assert total == 150 and same / total == pytest.approx(r["int8_agreement"], abs=0.02)
+    import dataclasses
+    meta = torch.load(r["checkpoint"], weights_only=True)["meta"]   # normalised as the model was trained
+    data = dataclasses.replace(data_mod.load(DataSpec(**QAT_DATA)), mean=meta["mean"], std=meta["std"])
+    right = total = 0
+    for x, y in data.loader("test", "cpu", train=False):
+        right += int((shipped(x).argmax(1) == y).sum())
+        total += len(x)
+    assert total == 150 and right / total == pytest.approx(r["accuracy"], abs=0.01)
     assert r["val_images"] == 100 and r["test_images"] == 150   # the limits bound every split
     assert set(r["phase_seconds"]) == {"data", "train", "method", "evaluate", "export", "measure"}
     assert r["phase_seconds"]["train"] > 0 and all(v >= 0 for v in r["phase_seconds"].values())
