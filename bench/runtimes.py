@@ -207,14 +207,14 @@ def verdicts(res: dict[str, Any]) -> list[str]:
     home = res.get("int8_runtime")
     for key in INT8:
         r = next((r for r in table if r.get("key") == key and r["runtime"] == home), None)
-        if r is None:
-            lines.append(f"- {LABELS[key]}: not measured in {home or 'any runtime'}")
+        if r is None or "speedup" not in r or "agreement" not in r:
+            lines.append(f"- {LABELS[key]}: not measured in {home or 'any runtime'} (see its row's note)")
             continue
         lines.append(f"- {LABELS[key]} (format `{res['int8_format']}`, in {home}, the runtime that format ships in): "
                      f"**{r['speedup']:.2f}x** its own FP32 at batch 1 (target ≥ {INT8_SPEEDUP_TARGET:.1f}x — "
                      f"{_verdict(r.get('speedup'), INT8_SPEEDUP_TARGET, '%.2fx')}); top-1 agreement with its FP32 "
                      f"model **{100 * r['agreement']:.1f} %** on {res['agreement_images']:,} test images (target ≥ "
-                     f"{AGREEMENT_TARGET:.0%} — {_verdict(r.get('agreement'), AGREEMENT_TARGET, '%.3f')})")
+                     f"{AGREEMENT_TARGET:.0%} — {_verdict(100 * r['agreement'], 100 * AGREEMENT_TARGET, '%.1f pt')})")
     return lines
 
 
