@@ -195,8 +195,20 @@ def test_default_sweep_threads_reach_the_cpu_count():
 
 
 @pytest.mark.fast
-def test_runtime_bench_credits_each_runtime_its_own_base_and_marks_the_targets():
+def test_runtime_bench_credits_each_runtime_its_own_base_and_marks_the_targets(tmp_path, monkeypatch):
     from bench import runtimes as bench_rt
+    from engine import settings
+    # its data: CIFAR-10's small zip when the limits fit in it, the full one when not, else Fashion-MNIST at 32 px
+    monkeypatch.setattr(bench_rt, "SHARED", tmp_path)
+    monkeypatch.setattr(settings, "cifar10", lambda: None)
+    monkeypatch.setattr(settings, "cifar10_small", lambda: None)
+    spec, where = bench_rt.dataset(32, 4000, 1000)
+    assert spec["name"] == "fashion-mnist" and spec["image_size"] == 32 and "CIFAR-10 was not found" in where
+    for name in ("cifar10.zip", "cifar10-small.zip"):
+        (tmp_path / name).write_bytes(b"")
+    assert bench_rt.dataset(32, 4000, 1000)[0]["path"] == str(tmp_path / "cifar10-small.zip")
+    spec, _ = bench_rt.dataset(32, 20000, 1000)
+    assert spec["path"] == str(tmp_path / "cifar10.zip") and spec["limit"] == 20000 and spec["test_limit"] == 1000
     ms = lambda *v: [x / 1e3 for x in v]   # noqa: E731  (per-round latencies in seconds)
 
     def t(*v):
