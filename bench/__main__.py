@@ -1,6 +1,7 @@
 """``python -m bench cpu|gpu``: regenerate that machine's section of docs/BENCHMARKS.md from scratch.
 ``python -m bench gpu-bases``: train the literature's CIFAR-10 bases and write their block of the GPU section.
-``python -m bench runtimes``: the CPU base and its structured-50 % result in every runtime (bench/runtimes.py).
+``python -m bench runtimes``: a CIFAR ResNet-18 base, its structured-50 % result and both as INT8 in every runtime
+(bench/runtimes.py).
 ``python -m bench int8``: the "INT8 formats" block of the CPU section (bench.int8_formats)."""
 from __future__ import annotations
 
