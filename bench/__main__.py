@@ -1,6 +1,7 @@
 """``python -m bench cpu|gpu``: regenerate that machine's section of docs/BENCHMARKS.md from scratch.
 ``python -m bench gpu-bases``: train the literature's CIFAR-10 bases and write their block of the GPU section.
-``python -m bench runtimes``: the CPU base and its structured-50 % result in every runtime (bench/runtimes.py).
+``python -m bench runtimes``: a CIFAR ResNet-18 base, its structured-50 % result and both as INT8 in every runtime
+(bench/runtimes.py).
 ``python -m bench int8``: the "INT8 formats" block of the CPU section (bench.int8_formats)."""
 from __future__ import annotations
 
@@ -24,6 +25,9 @@ from . import efficiency, gpu_bases, int8_formats, methods_table, report
 ROOT = Path(__file__).resolve().parent.parent
 BUDGET_S = 1800  # `make bench` on 2 CPU cores, all sections
 SHARED = ROOT.parent / "shared" / "datasets"
+# The parts of a machine's section, in order, each between its own markers (report.part): `--skip` keeps a
+# part's previous text instead of dropping it.
+PARTS = ("efficiency", "methods", "queue", "pages", "tour", "photos")
 
 
 def log(msg: str) -> None:
@@ -173,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--from-checkpoint", default=None, help="int8: a CIFAR-10 model.pt to quantise instead of training one")
     p.add_argument("--rounds", type=int, default=None, help="int8: interleaved timing rounds (default 7)")
     p.add_argument("--runs", type=int, default=None, help="int8: timed calls per contender per round (default 40)")
-    p.add_argument("--skip", default="", help="comma list of sections to skip: efficiency,methods,queue,pages,tour,photos")
+    p.add_argument("--skip", default="", help="comma list of sections to skip (their previous text is kept): " + ",".join(PARTS))
     a = p.parse_args(argv)
     gpu = a.machine in ("gpu", "gpu-bases")
     if gpu and not torch.cuda.is_available():
@@ -195,6 +199,10 @@ def main(argv: list[str] | None = None) -> int:
     base_epochs = a.base_epochs or (30 if gpu else presets.QUICK_BASE_EPOCHS)
     arch = "resnet18" if gpu else presets.QUICK_ARCH
     skip = set(filter(None, a.skip.split(",")))
+    if skip - set(PARTS):
+        print(f"error: --skip: unknown section(s) {', '.join(sorted(skip - set(PARTS)))}; choose from "
+              f"{','.join(PARTS)}", file=sys.stderr)
+        return 2
     # Batch 256 on CUDA: at 64 a CIFAR ResNet-18 step is kernel-launch bound (the lr follows the batch).
     cifar_spec = {"name": "cifar10", "path": cifar, **({"batch_size": 256} if gpu else {"limit": 1000, "test_limit": 500})}
     data_spec = dict(cifar_spec) if gpu else dict(presets.QUICK_DATA)
@@ -202,23 +210,29 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cuda" if gpu else "cpu")
     t0 = time.perf_counter()
     cmd = f"make bench{'-gpu' if gpu else ''}" + (f" (python -m bench {' '.join(argv or sys.argv[1:])})")
-    parts: list[str] = []
+    parts: dict[str, str] = {}      # part key -> its text, in PARTS order once written
+    old = report.previous_text()    # a skipped part keeps its text from here
 
-    def write(extra: str = "", done: bool = False) -> Path:
-        """Rewrite this machine's section with everything measured so far: a run stopped by a time
-        limit keeps its finished parts, and says it stopped early."""
+    def write(extra: tuple[str, str] | None = None, done: bool = False) -> Path:
+        """Rewrite this machine's section with everything measured so far (``extra``: a part still running,
+        (key, text)); a skipped part keeps its previous text, and a run stopped by a time limit keeps its
+        finished parts and says it stopped early."""
         spent = time.perf_counter() - t0
+        fresh = {**parts, **dict([extra] if extra else [])}
+        body, kept = report.section_body(a.machine, PARTS, fresh, skip, old)
         budget = "" if gpu or skip else (f" (budget {BUDGET_S} s — " + (
             "met" if spent <= BUDGET_S else f"missed by {spent - BUDGET_S:.0f} s") + ")")
         tail = (f"_Whole command: {spent:.0f} s{budget}._" if done else
                 f"_Incomplete: written {time.perf_counter() - t0:.0f} s into the command, which did not finish._")
-        return report.write_section(a.machine, "\n\n".join([*parts, *([extra] if extra else []), tail]), cmd)
+        if kept:
+            tail += f" _Skipped this time, kept from an earlier run: {', '.join(kept)}._"
+        return report.write_section(a.machine, "\n\n".join(filter(None, [body, tail])), cmd, PARTS)
 
     if "efficiency" not in skip:
         log("efficiency")
         # The engine's own batch for this device (data.batch_size unset): its defaults, as a user gets them.
         eff_spec = {k: v for k, v in cifar_spec.items() if k != "batch_size"}
-        parts.append(efficiency_section(device, data_mod.load(DataSpec(**eff_spec), device.type)))
+        parts["efficiency"] = efficiency_section(device, data_mod.load(DataSpec(**eff_spec), device.type))
         write()
     if "methods" not in skip:
         log("methods table")
@@ -229,8 +243,8 @@ def main(argv: list[str] | None = None) -> int:
             return methods_section(res, data_spec, arch, base_epochs, ft, student_epochs, gpu)
         res = methods_table.run(data_spec, base_epochs, ft, student_epochs, Store(store_root), device.type, log=log,
                                 arch=arch,
-                                on_row=lambda r: write(section(r)))
-        parts.append(section(res))
+                                on_row=lambda r: write(("methods", section(r))))
+        parts["methods"] = section(res)
         write()
     if not gpu:
         for key, module, title in (("queue", "bench.queue_load", "Queue throughput"),
@@ -239,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
                                    ("photos", "bench.camera_photos", "Camera photos (memory)")):
             if key not in skip:
                 log(title)
-                parts.append(optional_section(module, title))
+                parts[key] = optional_section(module, title)
                 write()
     path = write(done=True)
     log(f"wrote {path}")

@@ -60,23 +60,50 @@ def _nested(name: str) -> re.Pattern:
     return re.compile(rf"<!-- begin:{re.escape(name)}/([\w-]+) -->.*?<!-- end:{re.escape(name)}/\1 -->", re.S)
 
 
-def render_section(name: str, body: str, command: str, old: str = "") -> str:
-    """Section ``name`` with ``body``; blocks other commands wrote into ``old`` (its previous text) kept."""
+def render_section(name: str, body: str, command: str, old: str = "", own: tuple[str, ...] = ()) -> str:
+    """Section ``name`` with ``body``; blocks other commands wrote into ``old`` (its previous text) kept, but
+    not the section's own parts (``own``: keys), which ``body`` has in place or left out on purpose."""
     stamp = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-    kept = [m.group(0) for m in _nested(name).finditer(old) if m.group(0).split(" -->")[0] not in body]
+    kept = [m.group(0) for m in _nested(name).finditer(old)
+            if m.group(1) not in own and m.group(0).split(" -->")[0] not in body]
     return (f"<!-- begin:{name} -->\n## {name.upper()} benchmarks\n\n"
             f"- Command: `{command}`\n- Machine: {machine()}\n- Versions: {versions()}\n- Date: {stamp}\n\n"
             + "\n\n".join([body.strip(), *kept]) + f"\n<!-- end:{name} -->")
 
 
-def write_section(name: str, body: str, command: str) -> Path:
+def write_section(name: str, body: str, command: str, own: tuple[str, ...] = ()) -> Path:
     text = DOC.read_text() if DOC.is_file() else HEADER
     found = _markers(name).search(text)
-    block = render_section(name, body, command, found.group(0) if found else "")
+    block = render_section(name, body, command, found.group(0) if found else "", own)
     text = text[:found.start()] + block + text[found.end():] if found else text.rstrip() + "\n\n" + block + "\n"
     DOC.parent.mkdir(parents=True, exist_ok=True)
     DOC.write_text(text)
     return DOC
+
+
+def part(name: str, key: str, body: str) -> str:
+    """One part of section ``name`` (a sub-command's text, e.g. ``cpu/queue``) between its own markers, so a
+    later run that skips it (``--skip queue``) puts its previous text back in its place."""
+    return f"<!-- begin:{name}/{key} -->\n{body.strip()}\n<!-- end:{name}/{key} -->"
+
+
+def section_body(name: str, order: list[str], fresh: dict[str, str], skipped: set[str], old: str) -> tuple[str, list[str]]:
+    """Section ``name``'s parts in ``order``: those measured now (``fresh``: key -> text), and each skipped
+    one as it stood in ``old`` (the document's previous text). Returns the body and the keys kept from ``old``."""
+    blocks, kept = [], []
+    for key in order:
+        if key in fresh:
+            blocks.append(part(name, key, fresh[key]))
+        elif key in skipped:
+            found = _markers(f"{name}/{key}").search(old)
+            if found:
+                blocks.append(found.group(0))
+                kept.append(key)
+    return "\n\n".join(blocks), kept
+
+
+def previous_text() -> str:
+    return DOC.read_text() if DOC.is_file() else ""
 
 
 def render_block(name: str, key: str, body: str, command: str) -> str:

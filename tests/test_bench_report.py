@@ -102,3 +102,65 @@ def test_cpu_methods_section_names_its_fashion_mnist_base_and_the_anchors_datase
                            "CIFAR ResNet-20 base "
                            "(top-1 0.900)")
     assert "Published anchors are CIFAR-10 or ImageNet figures" in text and "| s50 | 0.88 |" in text
+
+
+SAMPLE = """# Slimbench benchmarks
+
+<!-- begin:cpu -->
+## CPU benchmarks
+
+- Command: `make bench`
+
+<!-- begin:cpu/efficiency -->
+### Engine efficiency and measurement trust
+
+old efficiency figures
+<!-- end:cpu/efficiency -->
+
+<!-- begin:cpu/methods -->
+### Methods on Fashion-MNIST
+
+old methods table
+<!-- end:cpu/methods -->
+
+<!-- begin:cpu/queue -->
+### Queue throughput
+
+old queue figures
+<!-- end:cpu/queue -->
+
+_Whole command: 900 s._
+
+<!-- begin:cpu/int8-formats -->
+### INT8 formats
+
+int8 block of its own command
+<!-- end:cpu/int8-formats -->
+<!-- end:cpu -->
+
+<!-- begin:gpu -->
+gpu text
+<!-- end:gpu -->
+"""
+
+
+@pytest.mark.fast
+def test_skipped_sections_keep_their_previous_text_in_place(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "DOC", tmp_path / "BENCHMARKS.md")
+    report.DOC.write_text(SAMPLE)
+    monkeypatch.setattr(bench_cli, "optional_section", lambda module, title: f"### {title}\n\nnew {module}")
+    (tmp_path / "cifar.zip").write_bytes(b"")
+    assert bench_cli.main(["cpu", "--cifar", str(tmp_path / "cifar.zip"), "--skip", "efficiency,methods"]) == 0
+    text = report.DOC.read_text()
+    cpu = text[text.index("<!-- begin:cpu -->"):text.index("<!-- end:cpu -->")]
+    # the skipped parts are kept word for word, in their places; the rerun ones are replaced
+    order = ["old efficiency figures", "old methods table", "new bench.queue_load", "new bench.pages",
+             "new bench.quick_tour", "new bench.camera_photos", "int8 block of its own command"]
+    assert [cpu.index(s) for s in order] == sorted(cpu.index(s) for s in order)
+    assert "old queue figures" not in text and cpu.count("<!-- begin:cpu/methods -->") == 1
+    assert "kept from an earlier run: efficiency, methods" in cpu and "900 s" not in cpu
+    assert "gpu text" in text
+    # a skip with nothing to keep leaves the part out; a section name that does not exist is refused
+    body, kept = report.section_body("cpu", ["efficiency", "queue"], {"queue": "q"}, {"efficiency"}, "")
+    assert kept == [] and body == "<!-- begin:cpu/queue -->\nq\n<!-- end:cpu/queue -->"
+    assert bench_cli.main(["cpu", "--cifar", str(tmp_path / "cifar.zip"), "--skip", "tuor"]) == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -194,25 +195,52 @@ def test_default_sweep_threads_reach_the_cpu_count():
 
 
 @pytest.mark.fast
-def test_runtime_bench_credits_each_runtime_its_own_base_and_marks_the_target():
+def test_runtime_bench_credits_each_runtime_its_own_base_and_marks_the_targets(tmp_path, monkeypatch):
     from bench import runtimes as bench_rt
+    from engine import settings
+    # its data: CIFAR-10's small zip when the limits fit in it, the full one when not, else Fashion-MNIST at 32 px
+    monkeypatch.setattr(bench_rt, "SHARED", tmp_path)
+    monkeypatch.setattr(settings, "cifar10", lambda: None)
+    monkeypatch.setattr(settings, "cifar10_small", lambda: None)
+    spec, where = bench_rt.dataset(32, 4000, 1000)
+    assert spec["name"] == "fashion-mnist" and spec["image_size"] == 32 and "CIFAR-10 was not found" in where
+    for name in ("cifar10.zip", "cifar10-small.zip"):
+        (tmp_path / name).write_bytes(b"")
+    assert bench_rt.dataset(32, 4000, 1000)[0]["path"] == str(tmp_path / "cifar10-small.zip")
+    spec, _ = bench_rt.dataset(32, 20000, 1000)
+    assert spec["path"] == str(tmp_path / "cifar10.zip") and spec["limit"] == 20000 and spec["test_limit"] == 1000
     ms = lambda *v: [x / 1e3 for x in v]   # noqa: E731  (per-round latencies in seconds)
-    timed = {("base", "eager"): {"latency_ms": 4.0, "throughput": 100.0, "latency_rounds": ms(4, 4, 4)},
-             ("pruned", "eager"): {"latency_ms": 2.0, "throughput": 300.0, "latency_rounds": ms(2, 2, 2)},
-             ("base", "onnxruntime"): {"latency_ms": 2.0, "throughput": 200.0, "latency_rounds": ms(2, 2, 2)},
-             ("pruned", "onnxruntime"): {"latency_ms": 0.55, "throughput": 700.0, "latency_rounds": ms(0.5, 0.55, 1)}}
-    rows = bench_rt.rows(timed, {"base": 4_000_000, "pruned": 1_000_000}, 10.0, ["eager", "onnxruntime", "openvino"],
-                         {"openvino": "not available on this machine: the openvino package is not installed"})
+
+    def t(*v):
+        return {"latency_ms": sorted(v)[len(v) // 2], "throughput": 100.0 / v[0], "latency_rounds": ms(*v)}
+    timed = {("base", "eager"): t(4, 4, 4), ("pruned", "eager"): t(2, 2, 2),
+             ("base", "onnxruntime"): t(2, 2, 2), ("pruned", "onnxruntime"): t(0.5, 0.55, 1),
+             ("int8", "onnxruntime"): t(1, 1, 1), ("pruned_int8", "onnxruntime"): t(0.4, 0.4, 0.4)}
+    macs = {"base": 4_000_000, "pruned": 1_000_000, "int8": 4_000_000, "pruned_int8": 1_000_000}
+    agree = {("int8", "onnxruntime"): {"agreement": 0.99, "images": 1000},
+             ("pruned_int8", "onnxruntime"): {"agreement": 0.9, "images": 1000}}
+    rows = bench_rt.rows(timed, macs, 10.0, ["eager", "onnxruntime", "openvino"],
+                         {"openvino": "not available on this machine: the openvino package is not installed"}, agree)
     by = {(r["runtime"], r["model"]): r for r in rows}
-    assert by[("eager", "pruned")]["speedup"] == 2.0 and by[("eager", "pruned")]["realised"] == 0.5
+    assert by[("eager", "structured 50 %")]["speedup"] == 2.0 and by[("eager", "structured 50 %")]["realised"] == 0.5
     # against its own base in ONNX Runtime (2 ms), not the eager one: 2 / 0.55 = 3.64x
-    assert by[("onnxruntime", "pruned")]["speedup"] == pytest.approx(2 / 0.55)
-    assert by[("onnxruntime", "base")]["peak_share"] == pytest.approx(200 * 2 * 4e6 / 1e9 / 10)
-    assert by[("openvino", "both")]["note"].startswith("not available on this machine")
-    text = bench_rt.section({"rows": rows, "macs": {"base": 4_000_000, "pruned": 1_000_000}, "macs_cut": 4.0,
-                             "peak_gflops": 10.0, "rounds": 3, "threads": 1, "load": {"load_avg": 5.0, "loaded": True},
-                             "about": "Base: test", "seconds": 1.0})
-    assert "**0.91** in onnxruntime" in text and "met)" in text and "timed under load: suspect" in text
+    assert by[("onnxruntime", "structured 50 %")]["speedup"] == pytest.approx(2 / 0.55)
+    assert by[("onnxruntime", "base")]["peak_share"] == pytest.approx(50 * 2 * 4e6 / 1e9 / 10)
+    assert by[("openvino", "all")]["note"].startswith("not available on this machine")
+    # INT8 against its own FP32 model in the same runtime: the base's INT8 vs the base, the pruned one's vs pruned
+    assert by[("onnxruntime", "INT8 (auto)")]["speedup"] == 2.0 and by[("onnxruntime", "INT8 (auto)")]["speedup_vs"] == "base"
+    assert by[("onnxruntime", "structured 50 % → INT8")]["speedup"] == pytest.approx(0.55 / 0.4)
+    assert "realised" not in by[("onnxruntime", "structured 50 % → INT8")]
+    assert by[("eager", "INT8 (both)")]["note"] == "INT8 ONNX runs in ONNX Runtime and OpenVINO, not in eager"
+    text = bench_rt.section({"rows": rows, "macs": macs, "macs_cut": 4.0, "peak_gflops": 10.0, "rounds": 3,
+                             "threads": 1, "load": {"load_avg": 5.0, "loaded": True}, "about": "Base: test",
+                             "int8_format": "qdq", "int8_level": "amx", "int8_runtime": "onnxruntime",
+                             "agreement_images": 1000, "seconds": 1.0})
+    assert "**0.91** in onnxruntime" in text and "target ≥ 0.9 — met)" in text and "timed under load: suspect" in text
+    assert "INT8 (auto) (format `qdq`, in onnxruntime" in text and "**2.00x** its own FP32" in text
+    assert "(target ≥ 2.0x — met)" in text and "**99.0 %** on 1,000 test images (target ≥ 97% — met)" in text
+    assert "**1.38x** its own FP32 at batch 1 (target ≥ 2.0x — missed by 0.62x)" in text
+    assert "**90.0 %** on 1,000 test images (target ≥ 97% — missed by 7.0 pt)" in text
 
 
 @pytest.mark.fast
@@ -249,3 +277,27 @@ def test_the_best_runtime_is_the_fastest_that_agrees_with_pytorch():
     assert deploy.best(entries, shippable=True) == "openvino"
     assert deploy.best(entries, device="cuda") == "eager_cuda"
     assert deploy.best({"openvino": {"not_available": "x"}}) is None
+
+
+def test_a_runtime_not_installed_is_not_available_in_the_record_and_on_compare(tiny_base, session_home, tmp_path,
+                                                                                monkeypatch):
+    # the job's process finds an `openvino` that fails to import, as on a machine without the package
+    fake = tmp_path / "no-openvino" / "openvino"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError(\"No module named 'openvino'\")\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(fake.parent), os.environ.get("PYTHONPATH")])))
+    m = {"onnx": True, "latency_runs": 3, "warmup_runs": 1, "verify_images": 100, "paired_rounds": 0, "threads": 1}
+    rec = run_spec({"data": {"name": "digits"}, "model": {"from_run": tiny_base["run_id"]},
+                    "method": {"name": "prune_structured", "params": {"ratio": 0.3, "finetune_epochs": 0}},
+                    "measure": m}, session_home, tmp_path)
+    why = "not available on this machine: the openvino package is not installed"
+    assert rec["deploy"]["openvino"] == {"not_available": why}
+    assert rec["deploy"]["onnxruntime"]["verified"] and rec["best_runtime"] != "openvino"
+    monkeypatch.delenv("PYTHONPATH")
+    at = compare_page(session_home, monkeypatch, lambda home: None)
+    at.selectbox(key="detail_run").set_value(rec["run_id"])
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    table = next(d.value for d in at.dataframe if "runtime" in d.value.columns and "verified" in d.value.columns)
+    row = table.set_index("runtime").loc["openvino"]
+    assert row["note"] == why and row.isna()["latency (ms)"]
