@@ -1,0 +1,93 @@
+"""A search's child runs, several at once: each in a process of its own on this machine, or as a Ray task.
+
+The search (``methods.autocompress``) asks the runner's ``ctx.start_child`` for a child; the runner
+hands in what the child runs (a function of its own that calls ``run_spec``), and this module only
+decides where: a forkserver process (own session, killed with the search that started it) or, with
+``SLIMBENCH_BACKEND=ray``, a Ray task with one CPU on the cluster the process is connected to (or
+connects to through ``RAY_ADDRESS``; an unauthenticated remote head is refused as the worker refuses
+it). Either way the child writes its row, events and artifacts into the shared workspace; the search
+reads them from the store. A handle says whether the child is still running and kills it.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+from typing import Any, Callable
+
+from . import settings
+from .errors import SpecError
+from .procs import die_with_parent
+from .ray_auth import unauthenticated_remote
+
+
+class ProcessChild:
+    def __init__(self, proc: multiprocessing.Process):
+        self.proc = proc
+
+    def poll(self) -> int | None:
+        return self.proc.exitcode
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            self.proc.kill()
+        self.proc.join(10)
+
+
+class RayChild:
+    def __init__(self, ref: Any):
+        self.ref = ref
+
+    def poll(self) -> int | None:
+        import ray
+        ready, _ = ray.wait([self.ref], timeout=0)
+        if not ready:
+            return None
+        try:
+            return int(ray.get(self.ref))
+        except ray.exceptions.RayError:   # cancelled, or its worker or node died
+            return -9
+
+    def kill(self) -> None:
+        import ray
+        ray.cancel(self.ref, force=True)
+
+
+def _in_process(target: Callable[..., int], args: tuple, env: dict[str, str], search_pid: int) -> None:
+    os.setsid()   # its own group: killing it takes whatever it started too
+    os.environ.update(env)
+    die_with_parent(os.getppid(), search_pid)   # its parent is the forkserver; the search must live too
+    os._exit(target(*args))
+
+
+def where() -> str:
+    """``ray`` where the worker's backend setting asks for Ray, else ``local``."""
+    return "ray" if settings.backend() == "ray" else "local"
+
+
+def _connect_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise SpecError(settings.BACKEND.name, "ray is not installed: pip install -r requirements-ray.txt") from None
+    if not ray.is_initialized():   # inside a Ray task (a search the Ray backend runs) it already is
+        address = os.environ.get("RAY_ADDRESS") or None
+        if problem := unauthenticated_remote(address, os.environ.get("RAY_AUTH_MODE")):
+            raise SpecError("RAY_AUTH_MODE", problem)
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    return ray
+
+
+def start(target: Callable[..., int], args: tuple, threads: int, home: str) -> ProcessChild | RayChild:
+    """Run ``target(*args)`` (an exit status) beside this process with ``threads`` CPU threads."""
+    env = {settings.HOME.name: home, "OMP_NUM_THREADS": str(threads), settings.JOB_THREADS.name: str(threads)}
+    if where() == "ray":
+        ray = _connect_ray()
+        task = ray.remote(max_retries=0)(target)
+        return RayChild(task.options(num_cpus=threads, num_gpus=0, runtime_env={"env_vars": env}).remote(*args))
+    proc = multiprocessing.get_context("forkserver").Process(target=_in_process, args=(target, args, env, os.getpid()),
+                                                             name="slimbench-trial")
+    proc.start()
+    return ProcessChild(proc)
