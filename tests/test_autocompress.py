@@ -92,13 +92,14 @@ def test_selection_ignores_test_accuracy(ws, searched, monkeypatch):
     assert winner(again) == winner(searched)
 
 
-def test_impossible_limit_ends_with_the_closest_trials(ws):
+@pytest.mark.parametrize("objective, target", [("macs", 1e5), ("size", 100.0)])   # 0 pt and 100x smaller
+def test_impossible_limit_ends_with_the_closest_trials(ws, objective, target):
     store, base = ws
-    rec = run_spec(search_spec(base["run_id"], max_drop_pt=0.0, objective="macs", target=1e5), store)
+    rec = run_spec(search_spec(base["run_id"], max_drop_pt=0.0, objective=objective, target=target), store)
     assert rec["search_winner"] is None
     assert rec["search_why"].startswith("no trial met the limit")
     assert rec["search_closest"] and all(t["bound_by"] for t in rec["search_closest"])
-    # A MACs target no candidate can reach is refused before training: no trial run was made.
+    # A target no candidate can reach is refused before training: no trial run was made.
     assert rec["search_killed"] == 2 and all(t["run_id"] is None for t in rec["search_trial_list"])
     assert all("refused before training" in t["why"] for t in rec["search_trial_list"])
 
@@ -185,3 +186,49 @@ def test_a_trial_whose_fine_tune_ends_past_the_limit_is_stopped_with_why():
                                 base_val=0.90, limit=1.0, key="size_bytes", start_cost=1.0, target=None)
     assert seen == [False, True]
     assert trial.user_attrs["why"].startswith("stopped after its fine-tune") and "40.00 pt" in trial.user_attrs["why"]
+
+
+def test_parallel_search_runs_trials_at_once_and_retimes_them_alone(ws):
+    """Two trials at once, each in a child process: the budget holds, every trial is a linked run, and with
+    objective latency each scored trial's cost is the figure timed again after the search, alone."""
+    store, base = ws
+    rec = run_spec(search_spec(base["run_id"], parallel=2, trials=2, space=["unstructured"], target=None,
+                               objective="latency"), store)
+    trials = rec["search_trial_list"]
+    assert rec["search_parallel"] == 2 and rec["search_where"] == "local"
+    assert rec["search_trials"] == len(trials) == 2
+    runs = [store.get(t["run_id"]) for t in trials]
+    assert all(r["parent"] == rec["run_id"] and r["state"] == "done" for r in runs)
+    assert all(r["pid"] != os.getpid() for r in runs)               # each ran in a process of its own
+    started = sorted(r["started"] for r in runs)
+    assert started[1] < min(r["finished"] for r in runs)             # and the two overlapped
+    assert len({json.dumps(t["params"], sort_keys=True) for t in trials}) == 2
+    for t in trials:
+        assert t["retimed"] and t["latency_during_search_ms"] == store.get(t["run_id"])["record"]["latency_ms"]
+        assert t["cost"] > 0 and t["cost_ratio"] > 0
+    assert "timed again" in rec["search_timing"]
+    assert rec["search_winner"] in {t["run_id"] for t in trials}
+
+
+@pytest.mark.fast
+def test_energy_objective_is_refused_where_it_cannot_be_measured(monkeypatch):
+    from engine import conditions
+    monkeypatch.setattr(conditions, "RAPL_ROOT", conditions.Path("/nonexistent/powercap"))
+    assert "energy" not in autocompress.objectives_here()
+    with pytest.raises(SpecError) as e:
+        methods.validate("autocompress", {"objective": "energy"})
+    assert e.value.field == "method.params.objective"
+    assert "energy is not measurable on this machine (no RAPL counter" in str(e.value)
+
+
+@pytest.mark.fast
+def test_energy_objective_is_offered_where_rapl_is_readable(monkeypatch, tmp_path):
+    from engine import conditions
+    zone = tmp_path / "intel-rapl:0"
+    zone.mkdir()
+    (zone / "energy_uj").write_text("1000\n")
+    (zone / "max_energy_range_uj").write_text("262143328850\n")
+    monkeypatch.setattr(conditions, "RAPL_ROOT", tmp_path)
+    assert "energy" in autocompress.objectives_here()
+    assert methods.validate("autocompress", {"objective": "energy"})["objective"] == "energy"
+    assert autocompress.OBJECTIVES["energy"] == "energy_mj_per_image"
