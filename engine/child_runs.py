@@ -2,7 +2,7 @@
 
 The search (``methods.autocompress``) asks the runner's ``ctx.start_child`` for a child; the runner
 hands in what the child runs (a function of its own that calls ``run_spec``), and this module only
-decides where: a forkserver process (own session, killed with the search that started it) or, with
+decides where: a fresh interpreter (own session, dying with the search that started it) or, with
 ``SLIMBENCH_BACKEND=ray``, a Ray task with one CPU on the cluster the process is connected to (or
 connects to through ``RAY_ADDRESS``; an unauthenticated remote head is refused as the worker refuses
 it). Either way the child writes its row, events and artifacts into the shared workspace; the search
@@ -10,9 +10,13 @@ reads them from the store. A handle says whether the child is still running and 
 """
 from __future__ import annotations
 
-import multiprocessing
+import importlib
+import json
 import os
 import signal
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any, Callable
 
 from . import settings
@@ -22,18 +26,18 @@ from .ray_auth import unauthenticated_remote
 
 
 class ProcessChild:
-    def __init__(self, proc: multiprocessing.Process):
+    def __init__(self, proc: subprocess.Popen):
         self.proc = proc
 
     def poll(self) -> int | None:
-        return self.proc.exitcode
+        return self.proc.poll()
 
     def kill(self) -> None:
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             self.proc.kill()
-        self.proc.join(10)
+        self.proc.wait(10)
 
 
 class RayChild:
@@ -55,11 +59,12 @@ class RayChild:
         ray.cancel(self.ref, force=True)
 
 
-def _in_process(target: Callable[..., int], args: tuple, env: dict[str, str], search_pid: int) -> None:
-    os.setsid()   # its own group: killing it takes whatever it started too
-    os.environ.update(env)
-    die_with_parent(os.getppid(), search_pid)   # its parent is the forkserver; the search must live too
-    os._exit(target(*args))
+def _main(argv: list[str]) -> int:
+    """``python -m engine.child_runs SEARCH_PID MODULE:FUNCTION ARGS_JSON``: the child's own interpreter."""
+    search_pid, target, args = int(argv[0]), argv[1], json.loads(argv[2])
+    die_with_parent(search_pid)
+    module, name = target.split(":")
+    return int(getattr(importlib.import_module(module), name)(*args))
 
 
 def where() -> str:
@@ -80,14 +85,27 @@ def _connect_ray() -> Any:
     return ray
 
 
-def start(target: Callable[..., int], args: tuple, threads: int, home: str) -> ProcessChild | RayChild:
-    """Run ``target(*args)`` (an exit status) beside this process with ``threads`` CPU threads."""
+def start(target: Callable[..., int], args: tuple, threads: int, home: str, log: Path) -> ProcessChild | RayChild:
+    """Run ``target(*args)`` (an exit status) beside this process with ``threads`` CPU threads; a local
+    child's output (a crash before the run could log it) goes to ``log``."""
     env = {settings.HOME.name: home, "OMP_NUM_THREADS": str(threads), settings.JOB_THREADS.name: str(threads)}
     if where() == "ray":
         ray = _connect_ray()
         task = ray.remote(max_retries=0)(target)
         return RayChild(task.options(num_cpus=threads, num_gpus=0, runtime_env={"env_vars": env}).remote(*args))
-    proc = multiprocessing.get_context("forkserver").Process(target=_in_process, args=(target, args, env, os.getpid()),
-                                                             name="slimbench-trial")
-    proc.start()
+    # A fresh interpreter, not a fork of this one (its threads, its torch state) nor a multiprocessing child
+    # (which would import the caller's __main__ again): the same engine, found through PYTHONPATH.
+    here = str(Path(__file__).resolve().parent.parent)
+    paths = [here] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != here]
+    cmd = [sys.executable, "-m", "engine.child_runs", str(os.getpid()), f"{target.__module__}:{target.__name__}",
+           json.dumps(list(args))]
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(cmd, env={**os.environ, **env, "PYTHONPATH": os.pathsep.join(paths)},
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)   # its own group: killing it takes what it started too
     return ProcessChild(proc)
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

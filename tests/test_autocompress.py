@@ -232,3 +232,27 @@ def test_energy_objective_is_offered_where_rapl_is_readable(monkeypatch, tmp_pat
     assert "energy" in autocompress.objectives_here()
     assert methods.validate("autocompress", {"objective": "energy"})["objective"] == "energy"
     assert autocompress.OBJECTIVES["energy"] == "energy_mj_per_image"
+
+
+def test_a_parallel_search_runs_its_trials_as_ray_tasks(ws, monkeypatch):
+    """Under SLIMBENCH_BACKEND=ray, against a real local Ray head (2 CPUs, as tests/test_ray.py starts it): two
+    trials at once as Ray tasks, each a linked child run in the shared workspace, the budget kept, no recipe
+    run twice."""
+    ray = pytest.importorskip("ray", reason="ray is not installed (pip install -r requirements-ray.txt)")
+    store, base = ws
+    head = ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, object_store_memory=80 * 1024**2,
+                    configure_logging=False, log_to_driver=False)
+    try:
+        monkeypatch.setenv("SLIMBENCH_BACKEND", "ray")
+        monkeypatch.setenv("RAY_ADDRESS", head.address_info["gcs_address"])
+        rec = run_spec(search_spec(base["run_id"], parallel=2, trials=2, space=["unstructured"], seed=1), store)
+    finally:
+        ray.shutdown()
+    trials = rec["search_trial_list"]
+    assert rec["search_where"] == "ray" and rec["search_parallel"] == 2
+    assert rec["search_trials"] == len(trials) == 2
+    rows = [store.get(t["run_id"]) for t in trials]
+    assert all(r["state"] == "done" and r["parent"] == rec["run_id"] for r in rows)
+    assert all(r["pid"] != os.getpid() for r in rows)       # run in Ray worker processes
+    assert len({json.dumps(t["params"], sort_keys=True) for t in trials}) == 2
+    assert rec["search_winner"] in {t["run_id"] for t in trials}

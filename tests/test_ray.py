@@ -89,27 +89,3 @@ def test_resource_request_follows_the_spec():
     assert resources_for({"train": {"device": "cuda:0"}}) == {"num_cpus": 1, "num_gpus": 1}
     assert resources_for({"train": {"device": "cpu", "devices": 2}}) == {"num_cpus": 2, "num_gpus": 0}
 
-
-def test_a_parallel_search_runs_its_trials_as_ray_tasks(ray_cluster, tmp_path, monkeypatch):
-    """Auto-compress under SLIMBENCH_BACKEND=ray: two trials at once as Ray tasks on the local head, each a
-    linked child run in the shared workspace, the budget kept and no recipe run twice."""
-    from engine.runner import run_spec
-    data = {"name": "digits", "limit": 100, "test_limit": 50, "batch_size": 32}
-    measure = {**MEASURE, "deploy": False, "paired_rounds": 0, "threads": 1}
-    store = Store(tmp_path / "ws")
-    base = run_spec({"data": data, "model": {"arch": "resnet18"}, "method": {"name": "baseline"},
-                     "train": {"epochs": 1, "device": "cpu"}, "measure": measure}, store)
-    monkeypatch.setenv("SLIMBENCH_BACKEND", "ray")
-    monkeypatch.setenv("RAY_ADDRESS", ray_cluster)
-    rec = run_spec({"data": data, "model": {"from_run": base["run_id"]}, "train": {"epochs": 1, "device": "cpu"},
-                    "measure": measure, "method": {"name": "autocompress", "params": {
-                        "objective": "size", "max_drop_pt": 100.0, "trials": 2, "parallel": 2,
-                        "space": ["unstructured"], "seed": 1}}}, store)
-    trials = rec["search_trial_list"]
-    assert rec["search_where"] == "ray" and rec["search_parallel"] == 2
-    assert rec["search_trials"] == len(trials) == 2
-    rows = [store.get(t["run_id"]) for t in trials]
-    assert all(r["state"] == "done" and r["parent"] == rec["run_id"] for r in rows)
-    assert all(r["pid"] != os.getpid() for r in rows)       # run in Ray worker processes
-    assert len({str(t["params"]) for t in trials}) == 2
-    assert rec["search_winner"] in {t["run_id"] for t in trials}

@@ -16,6 +16,7 @@ import os
 import time
 from typing import Any, Callable
 
+from .. import settings
 from ..errors import Cancelled
 from ..store import new_run_id
 
@@ -23,11 +24,12 @@ POLL_S = 0.5
 
 
 def threads_per_trial(parallel: int, where: str) -> int:
-    """CPU threads each trial gets: this machine's cores split evenly (a Ray task asks for one CPU)."""
+    """CPU threads each trial gets: the search's own share of the cores (the worker's split when it runs as a
+    job, else this machine's) divided evenly; a Ray task asks for one CPU."""
     if where == "ray":
         return 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // parallel)
+    return max(1, (settings.job_threads() or cores) // parallel)
 
 
 class _Running:
@@ -107,8 +109,8 @@ def _follow(ctx, r: _Running, describe_stop: Callable[[float], str]) -> None:
     """The child's new progress: each phase's last validation score goes to the pruner, as in a serial search."""
     for ev in ctx.store.events(r.child, after=r.seq):
         r.seq = ev["seq"]
-        ctx.progress(**{k: v for k, v in ev.items() if k not in ("seq", "ts")},
-                     phase=f"trial {r.trial.number}: {ev.get('phase', '')}")
+        ctx.progress(**{**{k: v for k, v in ev.items() if k not in ("seq", "ts")},
+                        "phase": f"trial {r.trial.number}: {ev.get('phase', '')}"})
         if ev.get("phase", "").endswith(":val") and ev.get("epoch") == ev.get("epochs") and "val_acc" in ev:
             r.steps += 1
             r.trial.report(ev["val_acc"], r.steps)
