@@ -256,3 +256,49 @@ def test_a_parallel_search_runs_its_trials_as_ray_tasks(ws, monkeypatch):
     assert all(r["pid"] != os.getpid() for r in rows)       # run in Ray worker processes
     assert len({json.dumps(t["params"], sort_keys=True) for t in trials}) == 2
     assert rec["search_winner"] in {t["run_id"] for t in trials}
+
+
+@pytest.mark.fast
+def test_a_cancelled_parallel_search_kills_its_running_trials(tmp_path):
+    """Cancelled while two trials run: both trial processes are killed, their runs end cancelled, and the
+    journal records both trials failed with why (a resume then runs them again)."""
+    import types
+
+    import optuna
+
+    from engine.errors import Cancelled
+    from engine.methods import parallel_trials
+    from engine.methods.search_space import Draw
+    store = Store(tmp_path)
+    killed, polls = [], [0]
+
+    class Handle:
+        def __init__(self, run_id):
+            self.run_id = run_id
+
+        def poll(self):
+            polls[0] += 1
+            return None
+
+        def kill(self):
+            killed.append(self.run_id)
+
+    def start_child(spec, *, run_id, threads):
+        store.create(spec, state="running", run_id=run_id)
+        return Handle(run_id)
+    ctx = types.SimpleNamespace(store=store, start_child=start_child, progress=lambda **_: None,
+                                cancelled=lambda: polls[0] >= 2)
+    study = optuna.create_study()
+
+    def prepare(trial):
+        trial.suggest_float("x", 0, 1)
+        return Draw({"name": "baseline", "params": {}}, "r", {})
+    with pytest.raises(Cancelled):
+        parallel_trials.run(ctx, study, parallel=2, threads=1, budget=4, left=4, timeout=None, prepare=prepare,
+                            spec_of=lambda t, d: {"method": d.method}, score=lambda t, r: 0.0,
+                            describe_stop=str, spent=lambda: None)
+    trials = study.get_trials()
+    assert len(trials) == 2 and all(t.state == optuna.trial.TrialState.FAIL for t in trials)
+    assert all(t.user_attrs["why"] == "stopped with the search" for t in trials)
+    assert sorted(killed) == sorted(t.user_attrs["run_id"] for t in trials)
+    assert all(store.get(r)["state"] == "cancelled" for r in killed)

@@ -9,7 +9,7 @@ from bench import autocompress as bench
 
 def rec(run_id, acc, size, lat, best):
     return {"run_id": run_id, "accuracy": acc, "size_bytes": size, "latency_ms": lat, "best_latency_ms": best,
-            "best_runtime": "onnxruntime"}
+            "runtime": "eager", "best_runtime": "onnxruntime"}
 
 
 def result(front_size: int, front_best: float, winner: bool = True) -> dict:
@@ -42,3 +42,11 @@ def test_block_says_which_bound_a_missed_target_failed():
     text = bench.section(result(front_size=2000, front_best=0.5, winner=False))
     assert "**missed**" in text and "size: 2.00x smaller < 4x" in text and "speed" not in text.split("**missed**")[1]
     assert "Winner: none. no trial met the limit" in text
+
+
+@pytest.mark.fast
+def test_an_int8_run_without_deployment_runs_counts_in_its_own_runtime():
+    base = rec("base", 0.9, 4000, 4.0, 2.0)
+    int8 = {"run_id": "q", "accuracy": 0.9, "size_bytes": 1000, "latency_ms": 0.5, "runtime": "onnxruntime-int8"}
+    row = bench.figures("INT8", "preset", int8, base)
+    assert row["x_faster_best"] == 4.0 and row["best_runtime"] == "onnxruntime-int8"
