@@ -34,7 +34,7 @@ def test_block_marks_the_target_met_and_compares_the_winner_with_the_best_preset
     assert "Trials stopped early: 1: trial 1 (distill): stopped after its fine-tune" in text
     # the best preset within 1 pt is INT8 (the structured one lost 5 pt on test): 1.33x faster, the winner 4x
     assert "Best preset within 1 pt (test): INT8: 4.00x smaller, 1.33x faster" in text and "as fast or faster" in text
-    assert "1.5 of 2 min, 2 trial(s)" in text
+    assert "Budget used: 1.5 of 2 min" in text and "2 trial(s) finished or stopped" in text
 
 
 @pytest.mark.fast
