@@ -231,6 +231,9 @@ def test_energy_objective_is_offered_where_rapl_is_readable(monkeypatch, tmp_pat
     monkeypatch.setattr(conditions, "RAPL_ROOT", tmp_path)
     assert "energy" in autocompress.objectives_here()
     assert methods.validate("autocompress", {"objective": "energy"})["objective"] == "energy"
+    with pytest.raises(SpecError) as e:   # the package counter would count the other trials' training
+        methods.validate("autocompress", {"objective": "energy", "parallel": 2})
+    assert e.value.field == "method.params.parallel"
     assert autocompress.OBJECTIVES["energy"] == "energy_mj_per_image"
 
 

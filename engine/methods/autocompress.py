@@ -77,6 +77,9 @@ def _check(params: dict, spec: Any) -> None:
         raise SpecError("method.params.space", f"unknown candidate {unknown[0]!r}; valid: {', '.join(CANDIDATES)}")
     if params["objective"] == "energy" and (why := energy_unmeasurable()):
         raise SpecError("method.params.objective", f"energy is not measurable on this machine ({why})")
+    if params["objective"] == "energy" and params["parallel"] > 1:   # RAPL counts the whole CPU package
+        raise SpecError("method.params.parallel", "objective energy needs trials one at a time: the CPU package's "
+                        "counter would count every trial training meanwhile; give parallel 1")
     if spec is not None and not spec.model.from_run:
         raise SpecError("model.from_run", "autocompress starts from a finished run (its record has the start's "
                         "size, MACs and latency the search compares with)")
