@@ -305,3 +305,36 @@ def test_a_cancelled_parallel_search_kills_its_running_trials(tmp_path):
     assert all(t.user_attrs["why"] == "stopped with the search" for t in trials)
     assert sorted(killed) == sorted(t.user_attrs["run_id"] for t in trials)
     assert all(store.get(r)["state"] == "cancelled" for r in killed)
+
+
+@pytest.mark.fast
+def test_a_resumed_parallel_search_adopts_a_finished_run_and_never_repeats_a_recipe(tmp_path):
+    """Resume in parallel: the interrupted trial whose run had finished is scored from that run (no child
+    started), and a recipe a finished trial ran is taken from it, not run again."""
+    import types
+
+    import optuna
+
+    from engine.methods import parallel_trials
+    from engine.methods.search_space import Draw
+    store = Store(tmp_path)
+    done = store.create({"method": {"name": "baseline"}}, state="done")
+    store.update(done, record={"run_id": done, "size_bytes": 7})
+    started = []
+    ctx = types.SimpleNamespace(store=store, progress=lambda **_: None, cancelled=lambda: False,
+                                start_child=lambda spec, **kw: started.append(kw["run_id"]))
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
+    study.enqueue_trial({"x": 0.25}, user_attrs={"adopt_run": done})
+    study.enqueue_trial({"x": 0.25})     # the same recipe again, once the first has finished
+
+    def prepare(trial):
+        trial.suggest_float("x", 0, 1)
+        twin = next((t for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+                     if t.params == trial.params), None)
+        return twin.value if twin else Draw({"name": "baseline", "params": {}}, "r", {})
+    parallel_trials.run(ctx, study, parallel=1, threads=1, budget=2, left=2, timeout=None, prepare=prepare,
+                        spec_of=lambda t, d: {}, score=lambda t, record: float(record["size_bytes"]),
+                        describe_stop=str, spent=lambda: None)
+    trials = study.get_trials()
+    assert [t.value for t in trials] == [7.0, 7.0] and trials[0].user_attrs["run_id"] == done
+    assert started == []                  # nothing ran: one adopted, one a repeat
