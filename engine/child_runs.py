@@ -85,14 +85,15 @@ def _connect_ray() -> Any:
     return ray
 
 
-def start(target: Callable[..., int], args: tuple, threads: int, home: str, log: Path) -> ProcessChild | RayChild:
-    """Run ``target(*args)`` (an exit status) beside this process with ``threads`` CPU threads; a local
-    child's output (a crash before the run could log it) goes to ``log``."""
+def start(target: Callable[..., int], args: tuple, threads: int, home: str, log: Path,
+          gpus: int = 0) -> ProcessChild | RayChild:
+    """Run ``target(*args)`` (an exit status) beside this process with ``threads`` CPU threads (and, as a Ray
+    task, ``gpus`` GPUs: a CUDA spec's); a local child's output (a crash before the run logs it) goes to ``log``."""
     env = {settings.HOME.name: home, "OMP_NUM_THREADS": str(threads), settings.JOB_THREADS.name: str(threads)}
     if where() == "ray":
         ray = _connect_ray()
         task = ray.remote(max_retries=0)(target)
-        return RayChild(task.options(num_cpus=threads, num_gpus=0, runtime_env={"env_vars": env}).remote(*args))
+        return RayChild(task.options(num_cpus=threads, num_gpus=gpus, runtime_env={"env_vars": env}).remote(*args))
     # A fresh interpreter, not a fork of this one (its threads, its torch state) nor a multiprocessing child
     # (which would import the caller's __main__ again): the same engine, found through PYTHONPATH.
     here = str(Path(__file__).resolve().parent.parent)

@@ -91,8 +91,9 @@ def _child_starter(store: Store, parent: str) -> Callable[..., Any]:
     def start_child(spec: dict[str, Any] | JobSpec, *, run_id: str, threads: int = 1) -> Any:
         spec = check_spec(spec)
         store.create(spec.to_dict(), state="running", run_id=run_id, parent=parent)
+        gpus = 1 if str(spec.train.device).startswith("cuda") else 0
         return child_runs.start(_child_entry, (str(store.root), run_id, parent, threads), threads, str(store.root),
-                                store.run_dir(run_id) / layout.LOG)
+                                store.run_dir(run_id) / layout.LOG, gpus=gpus)
     return start_child
 
 

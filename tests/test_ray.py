@@ -88,4 +88,3 @@ def test_resource_request_follows_the_spec():
     assert resources_for({"train": {"device": "cuda", "devices": 2}}) == {"num_cpus": 1, "num_gpus": 2}
     assert resources_for({"train": {"device": "cuda:0"}}) == {"num_cpus": 1, "num_gpus": 1}
     assert resources_for({"train": {"device": "cpu", "devices": 2}}) == {"num_cpus": 2, "num_gpus": 0}
-
