@@ -2,7 +2,8 @@
 ``python -m bench gpu-bases``: train the literature's CIFAR-10 bases and write their block of the GPU section.
 ``python -m bench runtimes``: a CIFAR ResNet-18 base, its structured-50 % result and both as INT8 in every runtime
 (bench/runtimes.py).
-``python -m bench int8``: the "INT8 formats" block of the CPU section (bench.int8_formats)."""
+``python -m bench int8``: the "INT8 formats" block of the CPU section (bench.int8_formats).
+``python -m bench autocompress [--minutes 20]``: the auto-compress block of the CPU section (bench/autocompress.py)."""
 from __future__ import annotations
 
 import argparse
@@ -164,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["runtimes"]:   # its own options (python -m bench runtimes --help)
         from . import runtimes
         return runtimes.main(argv[1:])
+    if argv[:1] == ["autocompress"]:   # its own options (python -m bench autocompress --help)
+        from . import autocompress
+        return autocompress.main(argv[1:])
     p = argparse.ArgumentParser(prog="python -m bench")
     p.add_argument("machine", choices=["cpu", "gpu", "gpu-bases", "runtimes", "int8"])
     p.add_argument("--cifar", default=None, help="CIFAR-10 zip (default: ../shared/datasets/cifar10-small.zip "

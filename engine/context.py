@@ -8,7 +8,10 @@ family (distillation into a student) calls ``ctx.set_arch``.
 What only the runner can do comes in as callables, so that methods never import it:
 ``ctx.load_run(run_id, field)`` gives a finished run's model and bundle (errors name ``field``), and
 ``ctx.run_child(spec_dict, run_id=..., echo=...)`` runs a spec as a linked child run of this one
-(progress through ``echo``) and returns its result record.
+(progress through ``echo``) and returns its result record; ``ctx.start_child(spec_dict, run_id=...,
+threads=...)`` starts one beside this process instead (a process, or a Ray task under
+``SLIMBENCH_BACKEND=ray``; see ``child_runs``) and returns a handle to poll and kill: its progress,
+record and state are read from the store.
 
 A method whose result is no plain PyTorch model (e.g. an INT8 ONNX Runtime model) returns a
 ``runtimes.Runtime``: it says how the runner predicts with it, saves it and times it.
@@ -42,6 +45,7 @@ class Context:
     small_input: bool
     load_run: Callable[[str, str], tuple[nn.Module, dict[str, Any]]]
     run_child: Callable[..., dict[str, Any]]
+    start_child: Callable[..., Any] | None = None
     base: nn.Module | None = None                  # the starting model, untouched (None for a fresh arch)
     base_record: dict[str, Any] | None = None      # its result record, when it came from a run/bundle
     progress: Callable[..., None] = lambda **_: None

@@ -145,6 +145,13 @@ FIELDS: tuple[Field, ...] = (
                "start's, why it was stopped"),
     Field("search_closest", "closest trials", kind="json", table=False,
           help="without a winner: the trials that came closest to the limit, each with what bound it"),
+    Field("search_parallel", "trials at once", "trials", "trials the search ran at the same time (method "
+          "param parallel)", "%d"),
+    Field("search_where", "trials ran on", kind="text",
+          help="local (child processes or, one at a time, in the search's own process) or ray (Ray tasks)"),
+    Field("search_timing", "how trials were timed", kind="text",
+          help="with objective latency: whether each trial's own timing was used (serial search) or every scored "
+               "trial was timed again alone after a parallel search, against the start"),
     # -- accuracy --------------------------------------------------------------------------------
     Field("accuracy", "accuracy", _FRACTION, "top-1 on the test split", "%.4f", card=True, compare=60,
           cli=Cli("acc", 7, ".4f", commands=("runs", "compare"))),

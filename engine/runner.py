@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from . import data as data_mod
-from . import (deploy, export, import_weights, layout, measure, methods, models, onnx_models, procs, runtimes,
+from . import (child_runs, deploy, export, import_weights, layout, measure, methods, models, onnx_models, procs, runtimes,
                settings, tracking, training, user_models)
 from . import record as record_schema
 from .context import Context
@@ -58,6 +58,43 @@ def _child_runner(store: Store, parent: str, cancelled: Callable[[], bool]) -> C
         halt = cancelled if stop is None else (lambda: cancelled() or stop())
         return run_spec(spec, store, run_id=run_id, echo=echo, cancelled=halt, parent=parent)
     return run_child
+
+
+class _StoreCancelled:
+    """``cancelled()`` of a child run started apart: the store's cancel request, read at most every 0.5 s."""
+
+    def __init__(self, store: Store, run_id: str):
+        self.store, self.run_id, self.next, self.value = store, run_id, 0.0, False
+
+    def __call__(self) -> bool:
+        if not self.value and time.monotonic() >= self.next:
+            self.next = time.monotonic() + 0.5
+            self.value = self.run_id in self.store.cancel_requested([self.run_id])
+        return self.value
+
+
+def _child_entry(home: str, run_id: str, parent: str, threads: int) -> int:
+    """A child run in a process or Ray task of its own (``ctx.start_child``); its row already holds its spec."""
+    torch.set_num_threads(max(1, threads))
+    store = Store(home)
+    try:
+        run_spec(store.get(run_id)["spec"], store, run_id=run_id, parent=parent,
+                 cancelled=_StoreCancelled(store, run_id))
+    except (Cancelled, JobFailed, SpecError):   # recorded in the store by run_spec
+        return 1
+    return 0
+
+
+def _child_starter(store: Store, parent: str) -> Callable[..., Any]:
+    """``ctx.start_child``: a child run's row made now (state running, so no worker claims it), the run
+    itself started in a process or Ray task (``child_runs``); cancel it with ``store.request_cancel``."""
+    def start_child(spec: dict[str, Any] | JobSpec, *, run_id: str, threads: int = 1) -> Any:
+        spec = check_spec(spec)
+        store.create(spec.to_dict(), state="running", run_id=run_id, parent=parent)
+        gpus = 1 if str(spec.train.device).startswith("cuda") else 0
+        return child_runs.start(_child_entry, (str(store.root), run_id, parent, threads), threads, str(store.root),
+                                store.run_dir(run_id) / layout.LOG, gpus=gpus)
+    return start_child
 
 
 def _progress_sink(store: Store, run_id: str, echo: Callable[..., None] | None,
@@ -349,7 +386,8 @@ def _run(spec: JobSpec, store: Store, run_id: str, run_dir: Path, progress, canc
     base = None if fresh else model if isinstance(model, onnx_models.OnnxModel) else copy.deepcopy(model).eval()
     ctx = Context(spec=spec, data=data, device=device, store=store, run_id=run_id, run_dir=run_dir, arch=arch,
                   small_input=small, load_run=functools.partial(load_run_model, store),
-                  run_child=_child_runner(store, run_id, cancelled), base=base, base_record=base_record,
+                  run_child=_child_runner(store, run_id, cancelled), start_child=_child_starter(store, run_id),
+                  base=base, base_record=base_record,
                   progress=progress, cancelled=cancelled, log=log)
     log.info("method %s %s on %s (%s)", method.name, json.dumps(spec.method.params), arch, device)
     progress(phase="method", method=method.name)

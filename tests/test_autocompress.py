@@ -92,13 +92,14 @@ def test_selection_ignores_test_accuracy(ws, searched, monkeypatch):
     assert winner(again) == winner(searched)
 
 
-def test_impossible_limit_ends_with_the_closest_trials(ws):
+@pytest.mark.parametrize("objective, target", [("macs", 1e5), ("size", 100.0)])   # 0 pt and 100x smaller
+def test_impossible_limit_ends_with_the_closest_trials(ws, objective, target):
     store, base = ws
-    rec = run_spec(search_spec(base["run_id"], max_drop_pt=0.0, objective="macs", target=1e5), store)
+    rec = run_spec(search_spec(base["run_id"], max_drop_pt=0.0, objective=objective, target=target), store)
     assert rec["search_winner"] is None
     assert rec["search_why"].startswith("no trial met the limit")
     assert rec["search_closest"] and all(t["bound_by"] for t in rec["search_closest"])
-    # A MACs target no candidate can reach is refused before training: no trial run was made.
+    # A target no candidate can reach is refused before training: no trial run was made.
     assert rec["search_killed"] == 2 and all(t["run_id"] is None for t in rec["search_trial_list"])
     assert all("refused before training" in t["why"] for t in rec["search_trial_list"])
 
@@ -185,3 +186,155 @@ def test_a_trial_whose_fine_tune_ends_past_the_limit_is_stopped_with_why():
                                 base_val=0.90, limit=1.0, key="size_bytes", start_cost=1.0, target=None)
     assert seen == [False, True]
     assert trial.user_attrs["why"].startswith("stopped after its fine-tune") and "40.00 pt" in trial.user_attrs["why"]
+
+
+def test_parallel_search_runs_trials_at_once_and_retimes_them_alone(ws):
+    """Two trials at once, each in a child process: the budget holds, every trial is a linked run, and with
+    objective latency each scored trial's cost is the figure timed again after the search, alone."""
+    store, base = ws
+    rec = run_spec(search_spec(base["run_id"], parallel=2, trials=2, space=["unstructured"], target=None,
+                               objective="latency"), store)
+    trials = rec["search_trial_list"]
+    assert rec["search_parallel"] == 2 and rec["search_where"] == "local"
+    assert rec["search_trials"] == len(trials) == 2
+    runs = [store.get(t["run_id"]) for t in trials]
+    assert all(r["parent"] == rec["run_id"] and r["state"] == "done" for r in runs)
+    assert all(r["pid"] != os.getpid() for r in runs)               # each ran in a process of its own
+    started = sorted(r["started"] for r in runs)
+    assert started[1] < min(r["finished"] for r in runs)             # and the two overlapped
+    assert len({json.dumps(t["params"], sort_keys=True) for t in trials}) == 2
+    for t in trials:
+        assert t["retimed"] and t["latency_during_search_ms"] == store.get(t["run_id"])["record"]["latency_ms"]
+        assert t["cost"] > 0 and t["cost_ratio"] > 0
+    assert "timed again" in rec["search_timing"]
+    assert rec["search_winner"] in {t["run_id"] for t in trials}
+
+
+@pytest.mark.fast
+def test_energy_objective_is_refused_where_it_cannot_be_measured(monkeypatch):
+    from engine import conditions
+    monkeypatch.setattr(conditions, "RAPL_ROOT", conditions.Path("/nonexistent/powercap"))
+    assert "energy" not in autocompress.objectives_here()
+    with pytest.raises(SpecError) as e:
+        methods.validate("autocompress", {"objective": "energy"})
+    assert e.value.field == "method.params.objective"
+    assert "energy is not measurable on this machine (no RAPL counter" in str(e.value)
+
+
+@pytest.mark.fast
+def test_energy_objective_is_offered_where_rapl_is_readable(monkeypatch, tmp_path):
+    from engine import conditions
+    zone = tmp_path / "intel-rapl:0"
+    zone.mkdir()
+    (zone / "energy_uj").write_text("1000\n")
+    (zone / "max_energy_range_uj").write_text("262143328850\n")
+    monkeypatch.setattr(conditions, "RAPL_ROOT", tmp_path)
+    assert "energy" in autocompress.objectives_here()
+    assert methods.validate("autocompress", {"objective": "energy"})["objective"] == "energy"
+    with pytest.raises(SpecError) as e:   # the package counter would count the other trials' training
+        methods.validate("autocompress", {"objective": "energy", "parallel": 2})
+    assert e.value.field == "method.params.parallel"
+    assert autocompress.OBJECTIVES["energy"] == "energy_mj_per_image"
+
+
+def test_a_parallel_search_runs_its_trials_as_ray_tasks(ws, monkeypatch):
+    """Under SLIMBENCH_BACKEND=ray, against a real local Ray head (2 CPUs, as tests/test_ray.py starts it): two
+    trials at once as Ray tasks, each a linked child run in the shared workspace, the budget kept, no recipe
+    run twice."""
+    ray = pytest.importorskip("ray", reason="ray is not installed (pip install -r requirements-ray.txt)")
+    store, base = ws
+    head = ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, object_store_memory=80 * 1024**2,
+                    configure_logging=False, log_to_driver=False)
+    try:
+        monkeypatch.setenv("SLIMBENCH_BACKEND", "ray")
+        monkeypatch.setenv("RAY_ADDRESS", head.address_info["gcs_address"])
+        rec = run_spec(search_spec(base["run_id"], parallel=2, trials=2, space=["unstructured"], seed=1), store)
+    finally:
+        ray.shutdown()
+    trials = rec["search_trial_list"]
+    assert rec["search_where"] == "ray" and rec["search_parallel"] == 2
+    assert rec["search_trials"] == len(trials) == 2
+    rows = [store.get(t["run_id"]) for t in trials]
+    assert all(r["state"] == "done" and r["parent"] == rec["run_id"] for r in rows)
+    assert all(r["pid"] != os.getpid() for r in rows)       # run in Ray worker processes
+    assert len({json.dumps(t["params"], sort_keys=True) for t in trials}) == 2
+    assert rec["search_winner"] in {t["run_id"] for t in trials}
+
+
+@pytest.mark.fast
+def test_a_cancelled_parallel_search_kills_its_running_trials(tmp_path):
+    """Cancelled while two trials run: both trial processes are killed, their runs end cancelled, and the
+    journal records both trials failed with why (a resume then runs them again)."""
+    import types
+
+    import optuna
+
+    from engine.errors import Cancelled
+    from engine.methods import parallel_trials
+    from engine.methods.search_space import Draw
+    store = Store(tmp_path)
+    killed, polls = [], [0]
+
+    class Handle:
+        def __init__(self, run_id):
+            self.run_id = run_id
+
+        def poll(self):
+            polls[0] += 1
+            return None
+
+        def kill(self):
+            killed.append(self.run_id)
+
+    def start_child(spec, *, run_id, threads):
+        store.create(spec, state="running", run_id=run_id)
+        return Handle(run_id)
+    ctx = types.SimpleNamespace(store=store, start_child=start_child, progress=lambda **_: None,
+                                cancelled=lambda: polls[0] >= 2)
+    study = optuna.create_study()
+
+    def prepare(trial):
+        trial.suggest_float("x", 0, 1)
+        return Draw({"name": "baseline", "params": {}}, "r", {})
+    with pytest.raises(Cancelled):
+        parallel_trials.run(ctx, study, parallel=2, threads=1, budget=4, left=4, timeout=None, prepare=prepare,
+                            spec_of=lambda t, d: {"method": d.method}, score=lambda t, r: 0.0,
+                            describe_stop=str, spent=lambda: None)
+    trials = study.get_trials()
+    assert len(trials) == 2 and all(t.state == optuna.trial.TrialState.FAIL for t in trials)
+    assert all(t.user_attrs["why"] == "stopped with the search" for t in trials)
+    assert sorted(killed) == sorted(t.user_attrs["run_id"] for t in trials)
+    assert all(store.get(r)["state"] == "cancelled" for r in killed)
+
+
+@pytest.mark.fast
+def test_a_resumed_parallel_search_adopts_a_finished_run_and_never_repeats_a_recipe(tmp_path):
+    """Resume in parallel: the interrupted trial whose run had finished is scored from that run (no child
+    started), and a recipe a finished trial ran is taken from it, not run again."""
+    import types
+
+    import optuna
+
+    from engine.methods import parallel_trials
+    from engine.methods.search_space import Draw
+    store = Store(tmp_path)
+    done = store.create({"method": {"name": "baseline"}}, state="done")
+    store.update(done, record={"run_id": done, "size_bytes": 7})
+    started = []
+    ctx = types.SimpleNamespace(store=store, progress=lambda **_: None, cancelled=lambda: False,
+                                start_child=lambda spec, **kw: started.append(kw["run_id"]))
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
+    study.enqueue_trial({"x": 0.25}, user_attrs={"adopt_run": done})
+    study.enqueue_trial({"x": 0.25})     # the same recipe again, once the first has finished
+
+    def prepare(trial):
+        trial.suggest_float("x", 0, 1)
+        twin = next((t for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+                     if t.params == trial.params), None)
+        return twin.value if twin else Draw({"name": "baseline", "params": {}}, "r", {})
+    parallel_trials.run(ctx, study, parallel=1, threads=1, budget=2, left=2, timeout=None, prepare=prepare,
+                        spec_of=lambda t, d: {}, score=lambda t, record: float(record["size_bytes"]),
+                        describe_stop=str, spent=lambda: None)
+    trials = study.get_trials()
+    assert [t.value for t in trials] == [7.0, 7.0] and trials[0].user_attrs["run_id"] == done
+    assert started == []                  # nothing ran: one adopted, one a repeat

@@ -15,6 +15,18 @@ Resume: the study is a journal file in the search's run folder. A search restart
 (``python -m engine autocompress --resume RUN``, or a job retried) keeps its finished trials, marks
 the one that was running when it died as failed, runs only the trials left of its budget, and never
 runs a recipe a finished trial already ran.
+
+Parallel (``parallel`` > 1, or any search under ``SLIMBENCH_BACKEND=ray``): trials run as child
+processes or Ray tasks, several at once (``parallel_trials``), with the same budget, pruning,
+no-repeat and resume rules. Latency stays honest by timing the final figures alone: a trial timed in
+its own run may have shared the cores with another trial's training, so with objective ``latency``
+every scored trial is timed again after the search, in this process with no trial running,
+interleaved with the start (``measure.paired_speedup``); selection and the front use those figures
+(``retimed``, with the run's own as ``latency_during_search_ms``), and ``search_timing`` says which
+was done. A serial local search times each trial in its run, with nothing else of the search running.
+
+Energy (objective ``energy``, the records' CPU mJ per image) is offered only where this machine can
+read its RAPL counter (``objectives_here``); elsewhere the spec is refused, saying why.
 """
 from __future__ import annotations
 
@@ -26,18 +38,29 @@ from typing import Any
 
 import torch
 
-from .. import export, layout, training
+from .. import child_runs, conditions, export, layout, measure, runtimes, training
 from ..errors import Cancelled, JobFailed
 from ..spec import SpecError
 from ..store import new_run_id
-from . import Param, register
+from . import Param, parallel_trials, register
 from .quantize import Int8Model
-from .search_space import CANDIDATES, draw
+from .search_space import CANDIDATES, Draw, draw
 
-OBJECTIVES = {"size": "size_bytes", "macs": "macs", "latency": "latency_ms"}
+OBJECTIVES = {"size": "size_bytes", "macs": "macs", "latency": "latency_ms", "energy": "energy_mj_per_image"}
 STUDY = "autocompress"
 JOURNAL = "study.journal"
 TARGET_SLACK = 1.05       # a structured cut meets its MAC target within 5 %: a proxy this close still trains
+
+
+def energy_unmeasurable() -> str | None:
+    """Why this machine cannot measure the energy per image a trial's record would carry (None: it can).
+    The records' energy_mj_per_image comes from the CPU's RAPL counters (root-only on most kernels)."""
+    return conditions.EnergyMeter("cpu").reason
+
+
+def objectives_here() -> list[str]:
+    """The objectives this machine can measure: ``energy`` only where its counter is readable."""
+    return [o for o in OBJECTIVES if o != "energy" or energy_unmeasurable() is None]
 
 
 def _check(params: dict, spec: Any) -> None:
@@ -52,6 +75,11 @@ def _check(params: dict, spec: Any) -> None:
     unknown = [c for c in space if c not in CANDIDATES]
     if unknown:
         raise SpecError("method.params.space", f"unknown candidate {unknown[0]!r}; valid: {', '.join(CANDIDATES)}")
+    if params["objective"] == "energy" and (why := energy_unmeasurable()):
+        raise SpecError("method.params.objective", f"energy is not measurable on this machine ({why})")
+    if params["objective"] == "energy" and params["parallel"] > 1:   # RAPL counts the whole CPU package
+        raise SpecError("method.params.parallel", "objective energy needs trials one at a time: the CPU package's "
+                        "counter would count every trial training meanwhile; give parallel 1")
     if spec is not None and not spec.model.from_run:
         raise SpecError("model.from_run", "autocompress starts from a finished run (its record has the start's "
                         "size, MACs and latency the search compares with)")
@@ -60,8 +88,9 @@ def _check(params: dict, spec: Any) -> None:
 @register("autocompress", family="search", check=_check, params=[
     Param("max_drop_pt", "float", 1.0, "accuracy the search may lose, in points of VALIDATION accuracy against the "
           "start", low=0.0, high=100.0),
-    Param("objective", "str", "size", "what to minimise, or what target bounds: size (model.pt bytes), macs, or "
-          "latency (CPU batch 1, the record's latency_ms)", choices=tuple(OBJECTIVES)),
+    Param("objective", "str", "size", "what to minimise, or what target bounds: size (model.pt bytes), macs, "
+          "latency (CPU batch 1, the record's latency_ms) or energy (CPU mJ per image, the record's "
+          "energy_mj_per_image: only where this machine can read its RAPL counter)", choices=tuple(OBJECTIVES)),
     Param("target", "float", None, "a budget to meet instead of a cost to minimise: the objective must fall to "
           "1/target of the start's (4 = 4x smaller); then the most accurate trial within it wins",
           low=1.0, high=1e6, optional=True),
@@ -75,6 +104,9 @@ def _check(params: dict, spec: Any) -> None:
     Param("prune_margin_pt", "float", 3.0, "stop a trial whose fine-tune ends more than this many points beyond "
           "the limit, before INT8, export and timing", low=0.0, high=100.0),
     Param("seed", "int", 0, "the sampler's seed", low=0, high=2**31 - 1),
+    Param("parallel", "int", 1, "trials run at once, each in a process of its own (a Ray task under "
+          "SLIMBENCH_BACKEND=ray), the cores split between them; with objective latency the scored trials are "
+          "timed again one at a time after the search, against the start", low=1, high=64),
 ], help="Search methods and pipelines (structured pruning -> INT8, low-rank -> INT8, unstructured pruning, "
         "distillation) with Optuna for the smallest / fastest model within an accuracy limit on the validation "
         "split; each trial is a linked child run, the winner is this run's model.")
@@ -98,7 +130,8 @@ def autocompress(model, ctx, params):
     study = optuna.create_study(study_name=STUDY, storage=storage, pruner=pruner,
                                 direction="maximize" if target else "minimize", load_if_exists=True)
     # Seeded past the trials it already has: a resumed search does not redraw its first recipes.
-    study.sampler = optuna.samplers.TPESampler(seed=params["seed"] + len(study.trials))
+    study.sampler = optuna.samplers.TPESampler(seed=params["seed"] + len(study.trials),
+                                               constant_liar=params["parallel"] > 1)
     _fail_interrupted(ctx, study)
     done = _finished(study)
     left = params["trials"] - len(done)
@@ -109,7 +142,8 @@ def autocompress(model, ctx, params):
     shape, small = ctx.input_shape, ctx.small_input
     start_params = sum(p.numel() for p in ctx.base.parameters())
 
-    def objective(trial: Any) -> float:
+    def prepare(trial: Any) -> Any:
+        """The trial's Draw to run; or, decided without a run, its value (a repeat) or TrialPruned."""
         candidate = trial.suggest_categorical("candidate", list(params["space"]))
         d = draw(trial, candidate, params["finetune_epochs"], start["macs"], start_params,
                  ctx.data.num_classes, shape, small)
@@ -129,20 +163,35 @@ def autocompress(model, ctx, params):
             trial.set_user_attr("why", bound)
             trial.set_user_attr("proxy", d.proxy)
             raise optuna.TrialPruned(bound)
-        return _run_trial(ctx, trial, d, base_val, limit, key, start[key], target)
+        return d
+
+    def objective(trial: Any) -> float:
+        d = prepare(trial)
+        return d if not isinstance(d, Draw) else _run_trial(ctx, trial, d, base_val, limit, key, start[key], target)
 
     t0 = time.monotonic()
 
-    def spent(study: Any, _trial: Any = None) -> None:   # after every trial: a killed search keeps its clock
+    def spent(study: Any = study, _trial: Any = None) -> None:   # after every trial: a killed search keeps its clock
         study.set_user_attr("seconds_used", used + time.monotonic() - t0)
+    parallel, where = params["parallel"], child_runs.where()
+    concurrent = parallel > 1 or where == "ray"
     try:
-        if left > 0 and (timeout is None or timeout > 0):
+        if left > 0 and (timeout is None or timeout > 0) and not concurrent:
             counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
             study.optimize(objective, n_trials=left, timeout=timeout, catch=(JobFailed,),
                            callbacks=[optuna.study.MaxTrialsCallback(params["trials"], states=counted), spent])
+        elif left > 0 and (timeout is None or timeout > 0):
+            parallel_trials.run(
+                ctx, study, parallel=parallel, threads=parallel_trials.threads_per_trial(parallel, where),
+                budget=params["trials"], left=left, timeout=timeout, prepare=prepare,
+                spec_of=lambda trial, d: _child_spec(ctx, trial, d),
+                score=lambda trial, record: _score(ctx, trial, record, base_val, limit, key, start[key], target),
+                describe_stop=lambda val: _stop_why(val, base_val, limit), spent=spent)
     finally:
         spent(study)
-    return _conclude(ctx, study, model, base_val, limit, target, params)
+    timing = _timing_note(key, parallel, where)
+    return _conclude(ctx, study, model, base_val, limit, target, params, where, timing,
+                     retime=concurrent and key == "latency_ms")
 
 
 def _constrain(trial: Any, limit: float, target: float | None) -> None:
@@ -183,12 +232,23 @@ def _proxy_refusal(proxy: dict[str, float], objective: str, target: float | None
             f"1/{target:g} = {1 / target:.1%}")
 
 
-def _run_trial(ctx, trial: Any, d: Any, base_val: float, limit: float, key: str, start_cost: float,
-               target: float | None) -> float:
-    import optuna
+def _child_spec(ctx, trial: Any, d: Any) -> dict[str, Any]:
     spec = ctx.spec.to_dict()
     spec["method"] = d.method
     spec["name"] = f"{ctx.spec.name or 'autocompress'} · trial {trial.number}: {d.recipe}"
+    return spec
+
+
+def _stop_why(val_acc: float, base_val: float, limit: float) -> str:
+    drop = 100 * (base_val - val_acc)
+    return (f"stopped after its fine-tune: validation accuracy {val_acc:.4f}, {drop:.2f} pt below the start's, "
+            f"past the {limit:g} pt limit by more than the margin")
+
+
+def _run_trial(ctx, trial: Any, d: Any, base_val: float, limit: float, key: str, start_cost: float,
+               target: float | None) -> float:
+    import optuna
+    spec = _child_spec(ctx, trial, d)
     stop: list[str] = []
     steps = [0]
 
@@ -198,9 +258,7 @@ def _run_trial(ctx, trial: Any, d: Any, base_val: float, limit: float, key: str,
             steps[0] += 1
             trial.report(ev["val_acc"], steps[0])
             if trial.should_prune() and not stop:
-                drop = 100 * (base_val - ev["val_acc"])
-                stop.append(f"stopped after its fine-tune: validation accuracy {ev['val_acc']:.4f}, {drop:.2f} pt "
-                            f"below the start's, past the {limit:g} pt limit by more than the margin")
+                stop.append(_stop_why(ev["val_acc"], base_val, limit))
 
     adopt = trial.user_attrs.get("adopt_run")   # an interrupted trial's finished run (see _fail_interrupted)
     child = adopt or new_run_id()
@@ -216,6 +274,12 @@ def _run_trial(ctx, trial: Any, d: Any, base_val: float, limit: float, key: str,
     except JobFailed as e:
         trial.set_user_attr("why", f"failed: {e}")
         raise
+    return _score(ctx, trial, record, base_val, limit, key, start_cost, target)
+
+
+def _score(ctx, trial: Any, record: dict[str, Any], base_val: float, limit: float, key: str, start_cost: float,
+           target: float | None) -> float:
+    """A finished child's figures on the trial (validation accuracy, drop, cost) and its objective value."""
     val = val_accuracy(ctx, record)
     cost = record.get(key)
     trial.set_user_attr("val_accuracy", val)
@@ -283,8 +347,42 @@ def select(trials: list[dict[str, Any]], limit: float, target: float | None) -> 
     return None, (closest + unscored)[:3]
 
 
-def _conclude(ctx, study: Any, model, base_val: float, limit: float, target: float | None, params: dict):
+def _timing_note(key: str, parallel: int, where: str) -> str | None:
+    if key != "latency_ms":
+        return None
+    if parallel == 1 and where == "local":
+        return ("each trial's latency_ms as its run timed it, one trial at a time: no other trial of this search "
+                "ran meanwhile")
+    return (f"trials ran {parallel} at a time ({where}), so a trial may have been timed while another trained: "
+            "after the search every scored trial was timed again here, alone and interleaved with the start "
+            "(measure.paired_speedup); cost_ratio is that paired figure, latency_during_search_ms the one its "
+            "run recorded")
+
+
+def _retime(ctx, trials: list[dict[str, Any]]) -> None:
+    """Each scored trial timed again in this process with no trial running, against the start (ABBA rounds)."""
+    cfg = ctx.spec.measure
+    cpu = torch.device("cpu")
+    start = runtimes.of(ctx.base_copy().to(cpu).eval(), cpu).timing("cpu")
+    for t in trials:
+        if t["val_accuracy"] is None or t.get("repeat_of") is not None:
+            continue
+        model = _load_model(ctx, t["run_id"])
+        p = measure.paired_speedup(start, runtimes.of(model, cpu).timing("cpu"), ctx.input_shape, cpu,
+                                   cfg.latency_runs, cfg.warmup_runs, cfg.threads, rounds=cfg.paired_rounds or 5)
+        t.update(latency_during_search_ms=t["cost"], cost=p["latency_ms"], cost_ratio=1 / p["speedup"],
+                 retimed=True)
+    for t in trials:   # a repeat carries its original's figures
+        orig = next((o for o in trials if o["trial"] == t.get("repeat_of")), None)
+        if orig is not None and orig.get("retimed"):
+            t.update({k: orig[k] for k in ("latency_during_search_ms", "cost", "cost_ratio", "retimed")})
+
+
+def _conclude(ctx, study: Any, model, base_val: float, limit: float, target: float | None, params: dict,
+              where: str, timing: str | None, retime: bool):
     trials = [_summary(t) for t in study.get_trials(deepcopy=False)]
+    if retime:
+        _retime(ctx, trials)
     winner, closest = select(trials, limit, target)
     # Only now, the search over, is the test split read: for the front's runs (the winner is among them).
     front = [{**t, "test_accuracy": _test_accuracy(ctx, t["run_id"])} for t in pareto(trials)]
@@ -296,6 +394,9 @@ def _conclude(ctx, study: Any, model, base_val: float, limit: float, target: flo
         "search_front": front,
         "search_start_val_accuracy": base_val,
         "search_winner": winner["run_id"] if winner else None,
+        "search_parallel": params["parallel"],
+        "search_where": where,
+        "search_timing": timing,
     })
     what = f"{params['objective']}" + (f" at most 1/{target:g} of the start's" if target else " minimised")
     if winner is None:
@@ -329,6 +430,12 @@ def _test_accuracy(ctx, run_id: str) -> float | None:
 def _load_winner(ctx, run_id: str):
     bundle = export.read_bundle(Path(ctx.store.run_dir(run_id)) / layout.CHECKPOINT)
     ctx.set_arch(bundle["arch"], bool(bundle["arch_kwargs"]["small_input"]))
+    return _load_model(ctx, run_id, bundle)
+
+
+def _load_model(ctx, run_id: str, bundle: dict | None = None):
+    """A trial run's model as it runs: its INT8 ONNX Runtime model, or its PyTorch model, on the CPU."""
+    bundle = bundle or export.read_bundle(Path(ctx.store.run_dir(run_id)) / layout.CHECKPOINT)
     if bundle.get("kind") == export.ONNX_INT8:
         fp32 = ctx.load_run(_record(ctx, run_id)["pipeline_runs"][-2], "method")[0].to("cpu").eval()
         return Int8Model.from_bundle(bundle, fp32, ctx, fp32_is_start=False)
