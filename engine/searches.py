@@ -21,8 +21,11 @@ from .store import Store
 METHOD = "autocompress"
 JOURNAL = "study.journal"      # engine.methods.autocompress.JOURNAL, named here so reading it imports no torch
 STUDY = "autocompress"
-COST_KEYS = {"size": "size_bytes", "macs": "macs", "latency": "latency_ms"}
-COST_LABELS = {"size": "size (model.pt)", "macs": "MACs", "latency": "CPU latency, batch 1"}
+# objective -> the record field each trial is measured by: engine.methods.autocompress.OBJECTIVES, copied so that
+# reading a search imports no torch (tests/test_search_page.py checks the two agree)
+COST_KEYS = {"size": "size_bytes", "macs": "macs", "latency": "latency_ms", "energy": "energy_mj_per_image"}
+COST_LABELS = {"size": "size (model.pt)", "macs": "MACs", "latency": "CPU latency, batch 1",
+               "energy": "CPU energy per image"}
 SETTINGS_FROM_START = ("data", "train", "measure", "experiment", "group")
 
 

@@ -244,3 +244,15 @@ def test_hostile_names_on_the_search_page_and_tab_are_text(ws):
     at.run()
     link = next(e.proto.label for e in at.get("page_link") if "latest search" in e.proto.label)
     assert plain(link).endswith(f"{HOSTILE} · {ids['search']}") and "](" not in link   # escaped: no live link
+
+
+@pytest.mark.fast
+def test_the_pages_objectives_are_the_searchs_own():
+    """engine.searches keeps a torch-free copy of the search's objective table; a new objective must reach both,
+    and the launch tab offers only what this machine can measure."""
+    from engine.methods import autocompress
+    from views import search_launch
+    assert searches.COST_KEYS == autocompress.OBJECTIVES
+    assert set(searches.COST_LABELS) == set(autocompress.OBJECTIVES) == set(search_launch.OBJECTIVES)
+    assert set(autocompress.objectives_here()) <= set(autocompress.OBJECTIVES)
+    assert ("energy" in autocompress.objectives_here()) == (autocompress.energy_unmeasurable() is None)

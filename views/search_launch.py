@@ -7,6 +7,7 @@ from typing import Any, Callable
 import streamlit as st
 
 from engine import methods, searches
+from engine.methods import autocompress
 from engine.spec import SpecError
 from views.common import md_text, run_label, startable_runs
 
@@ -15,7 +16,8 @@ CANDIDATE_HELP = {"prune_int8": "structured pruning (channels cut, MACs down) th
                   "unstructured": "zeroed weights (sparse, same dense size and MACs)",
                   "distill": "a small student (MobileNet) trained with knowledge distillation"}
 OBJECTIVES = {"size": "Size in MB (model.pt)", "macs": "MACs per image",
-              "latency": "Latency: CPU, batch 1, as the start was timed"}
+              "latency": "Latency: CPU, batch 1, as the start was timed",
+              "energy": "Energy per image (CPU package, RAPL)"}
 
 
 def _param(name: str) -> methods.Param:
@@ -53,9 +55,11 @@ def panel(store, launch: Callable[[list[dict[str, Any]]], None]) -> None:
                                 step=0.5, format="%g", key="ac_limit", help=_param("max_drop_pt").help)
         slots["method.params.max_drop_pt"] = st.empty()
     with c2:
-        objective = st.selectbox("Objective", list(OBJECTIVES), format_func=OBJECTIVES.get, key="ac_objective",
-                                 help="what every trial is measured by against the start; energy is not offered: "
-                                      "no CPU here reports it per image")
+        here = [o for o in OBJECTIVES if o in autocompress.objectives_here()]
+        why_not = autocompress.energy_unmeasurable()
+        objective = st.selectbox("Objective", here, format_func=OBJECTIVES.get, key="ac_objective",
+                                 help="what every trial is measured by against the start"
+                                      + (f"; energy is not offered: {why_not}" if why_not else ""))
         slots["method.params.objective"] = st.empty()
     c1, c2 = st.columns(2)
     with c1:
@@ -88,7 +92,7 @@ def panel(store, launch: Callable[[list[dict[str, Any]]], None]) -> None:
                            format_func=lambda c: f"{c}: {CANDIDATE_HELP.get(c, c)}")
     slots["method.params.space"] = st.empty()
     with st.expander("Search settings"):
-        c1, c2, c3 = st.columns(3)
+        c1, c2, c3, c4 = st.columns(4)
         kept("ac_finetune", 1)
         kept("ac_margin", 3.0)
         kept("ac_seed", 0)
@@ -97,11 +101,14 @@ def panel(store, launch: Callable[[list[dict[str, Any]]], None]) -> None:
         margin = c2.number_input("Stop a trial this many points past the limit", min_value=0.0,
                                  format="%g", key="ac_margin", help=_param("prune_margin_pt").help)
         seed = c3.number_input("Sampler seed", min_value=0, key="ac_seed", help=_param("seed").help)
+        kept("ac_parallel", 1)
+        parallel = c4.number_input("Trials at once", min_value=1, key="ac_parallel", help=_param("parallel").help)
         slots["method.params.finetune_epochs"] = st.empty()
+        slots["method.params.parallel"] = st.empty()
 
     params = {"max_drop_pt": float(limit), "objective": objective, "target": target, "trials": int(trials),
               "minutes": minutes, "space": list(space), "finetune_epochs": int(finetune),
-              "prune_margin_pt": float(margin), "seed": int(seed)}
+              "prune_margin_pt": float(margin), "seed": int(seed), "parallel": int(parallel)}
     problem = None
     try:
         spec = searches.check_launch(store, start, params)
