@@ -16,7 +16,7 @@ from engine import jobs, model_card, portable, presets, record, results, sweeps,
 from engine.spec import SpecError
 from views import share
 from views.common import (card, download, download_best, fmt_bytes, fmt_count, fmt_ms, fmt_value, get_store, md_text,
-                          plot_text)
+                          plot_text, plural)
 
 st.title("Compare")
 store = get_store()
@@ -248,7 +248,8 @@ def downloads(run_id: str, rec: dict, row: pd.Series, prefix: str, who: str = ""
             return "", ""
         return " · not smaller than base", f"Not smaller than its base's ({f.ratio:.2f}x)" + (f": {f.why}." if f.why else ".")
 
-    d = st.columns(4)
+    files = st.container(horizontal=True)  # buttons at their own width, wrapping on a narrow page
+    d = [files] * 4
     with d[0]:
         mark, note = size_note("model.pt")
         download(run_id, "checkpoint", ("Winner's checkpoint (.pt)" if who else "Checkpoint bundle (.pt)") + mark,
@@ -272,7 +273,8 @@ def downloads(run_id: str, rec: dict, row: pd.Series, prefix: str, who: str = ""
         st.caption(f"TorchScript, not a torch.export program: {md_text(made.note)}.")
     blocks = model_card.blocks(rec, by_id, card(run_id), made, list(sizes.values()))
     title = f"Model card: {rec.get('name') or run_id}"
-    c = st.columns(3)
+    cards = st.container(horizontal=True)
+    c = [cards] * 3
     card_label = f"{who}model card" if who else "Model card"
     c[0].download_button(f"{card_label} (Markdown)", key=f"{prefix}_card_md", on_click="ignore",
                          data=lambda: model_card.to_markdown(blocks), file_name=f"{run_id}-model-card.md",
@@ -507,7 +509,8 @@ def details(view: pd.DataFrame) -> None:
                           format_func=labels.get, key="detail_run")
     rec = by_id[run_id]
     row = view[view["run_id"] == run_id].iloc[0]
-    c = st.columns(5)
+    tiles = st.container(horizontal=True)  # one row of tiles that wraps on a narrow page, never cutting a number
+    c = [tiles] * 5
     acc_ci = rec.get("accuracy_ci95")
     c[0].metric("Accuracy", fmt_value(rec.get("accuracy"), ".4f"),
                 None if np.isnan(row["delta_accuracy"]) or row["base_id"] == run_id
@@ -538,13 +541,14 @@ def details(view: pd.DataFrame) -> None:
         and not rec.get("flips_to_wrong") and not rec.get("flips_to_right")
     if rec.get("agreement") is not None and not against_itself:
         n_test = rec.get("test_images") or 0
-        f = st.columns([1, 1, 1, 2])
+        tiles = st.container(horizontal=True)  # wraps on a narrow page, never cutting a number
+        f = [tiles] * 4
         f[0].metric("Agrees with its start", f"{100 * rec['agreement']:.1f} %",
                     help="top-1 answers equal to the model this run started from, on the same test images")
         for col, key, label, what in ((f[1], "flips_to_wrong", "Newly wrong", "the starting model was right, this run "
                                        "is wrong"), (f[2], "flips_to_right", "Newly right", "the starting model was "
                                        "wrong, this run is right")):
-            col.metric(label, f"{100 * rec[key]:.1f} %", f"{round(rec[key] * n_test)} images" if n_test else None,
+            col.metric(label, f"{100 * rec[key]:.1f} %", plural(round(rec[key] * n_test), "image") if n_test else None,
                        delta_color="off", delta_arrow="off", help=what)
         if row["delta_ci"]:
             noise = row["delta_ci_low"] <= 0 <= row["delta_ci_high"]
