@@ -99,6 +99,10 @@ def column_config() -> dict:
 
 COLUMN_CONFIG = column_config() | {"steps": st.column_config.TextColumn(
     "pipeline steps", help="a pipeline's steps in order; each is a run of its own, listed under the table")}
+# A long name took the table's width, pushing accuracy and costs out of view: pinned at a fixed width
+# (a double-click on a cell shows all of it), it stays beside them as the table scrolls.
+COLUMN_CONFIG["name"] = st.column_config.TextColumn(record.get("name").label, help=record.get("name").help,
+                                                    width="medium", pinned=True)
 
 
 def shown(df: pd.DataFrame) -> pd.DataFrame:
@@ -171,7 +175,7 @@ def runs_table(view: pd.DataFrame) -> None:
     if view["steps"].astype(bool).any():  # pipelines in view: what each ran, beside its name
         cols.insert(cols.index("name") + 1 if "name" in cols else 0, "steps")
     st.dataframe(shown(view[cols]), hide_index=True, width="stretch", height=min(420, 38 + 35 * len(view)),
-                 column_config=COLUMN_CONFIG)
+                 column_config=COLUMN_CONFIG, placeholder="—")  # "—" for unmeasured, as the tiles; not "None"
     a, b = st.columns(2)
     a.download_button("Download table (CSV)", data=view.to_csv(index=False).encode(),
                       file_name="slimbench-results.csv", mime="text/csv", key="dl_csv", on_click="ignore",

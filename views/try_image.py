@@ -133,9 +133,10 @@ def show(name: str, raw: bytes, truth: str | None) -> None:
             if truth is not None:
                 verdict.append(":green[right]" if out.top[0][0] == truth else ":red[wrong]")
             if rid != ref_id and ref_id in preds:
-                verdict.append(f":green[:material/check_circle: agrees with {md_text(ref_name)}]"
+                # "the reference", named once above: a long run name repeated in every column buried the answer
+                verdict.append(":green[:material/check_circle: agrees with the reference]"
                                if out.index == preds[ref_id].index
-                               else f":red[:material/cancel: differs from {md_text(ref_name)}]")
+                               else ":red[:material/cancel: differs from the reference]")
             elif rid == ref_id and len(models) > 1:
                 verdict.append("reference")
             st.markdown(f"**{md_text(by_id[rid].get('name') or by_id[rid].get('method'))}**  \n"
