@@ -176,7 +176,7 @@ def runs_table(view: pd.DataFrame) -> None:
         cols.insert(cols.index("name") + 1 if "name" in cols else 0, "steps")
     st.dataframe(shown(view[cols]), hide_index=True, width="stretch", height=min(420, 38 + 35 * len(view)),
                  column_config=COLUMN_CONFIG, placeholder="—")  # "—" for unmeasured, as the tiles; not "None"
-    a, b = st.columns(2)
+    a = b = st.container(horizontal=True)  # buttons at their own width, wrapping on a narrow page
     a.download_button("Download table (CSV)", data=view.to_csv(index=False).encode(),
                       file_name="slimbench-results.csv", mime="text/csv", key="dl_csv", on_click="ignore",
                       icon=":material/table:")
