@@ -35,14 +35,15 @@ if df.empty:
     st.stop()
 
 # -- filters ----------------------------------------------------------------------------------
+ALL = "All"  # an empty filter keeps every run; "Choose options" was cut to "Ch" in a narrow column
 with st.container(border=True):
     c1, c2, c3, c4 = st.columns([1, 1, 2, 2])
-    datasets = c1.multiselect("Dataset", sorted(df["dataset"].dropna().unique()), key="f_dataset")
-    archs = c2.multiselect("Architecture", sorted(df["arch"].dropna().unique()), key="f_arch")
-    meths = c3.multiselect("Method", sorted(df["method"].dropna().unique()), key="f_method")
+    datasets = c1.multiselect("Dataset", sorted(df["dataset"].dropna().unique()), key="f_dataset", placeholder=ALL)
+    archs = c2.multiselect("Architecture", sorted(df["arch"].dropna().unique()), key="f_arch", placeholder=ALL)
+    meths = c3.multiselect("Method", sorted(df["method"].dropna().unique()), key="f_method", placeholder=ALL)
     text = c4.text_input("Name or run id contains", key="f_text")
     labelled = [c for c in ("experiment", "group") if df[c].notna().any()]
-    picked = {c: col.multiselect(c.capitalize(), sorted(df[c].dropna().unique()), key=f"f_{c}")
+    picked = {c: col.multiselect(c.capitalize(), sorted(df[c].dropna().unique()), key=f"f_{c}", placeholder=ALL)
               for c, col in zip(labelled, st.columns(2) if labelled else [])}
     include_chance = st.checkbox("Include runs at chance level in the Pareto front and the winner", key="f_chance",
                                  help="a run whose answers are no better than guessing is flagged in the warnings "
@@ -127,7 +128,7 @@ if not chance.empty:
 def runs(view: pd.DataFrame) -> None:
     """The accuracy-vs-cost plot and the table: the table ticks the Pareto front of the plotted axis."""
     axes = results.cost_axes()
-    c1, c2, c3 = st.columns([2, 1, 1])
+    c1 = c2 = c3 = st.container(horizontal=True)  # at their own widths, wrapping: a column cut "Pareto front"
     axis_label = c1.radio("Accuracy against", list(axes), horizontal=True, key="axis")
     st.session_state.setdefault("log_x", True)  # kept widget: default via state, not value=
     log_x = c2.toggle("Log x axis", key="log_x")
