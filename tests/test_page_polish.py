@@ -100,3 +100,49 @@ def test_compare_says_one_image_shows_dashes_and_keeps_a_long_name_narrow(tmp_pa
     assert table.placeholder == "—"  # a run without a measurement reads as the tiles do, not "None"
     name = json.loads(table.columns)["name"]
     assert name["width"] == "medium" and name["pinned"] is True
+
+
+def blocks(node) -> list:
+    """Every block under an AppTest node, depth first."""
+    found = []
+    for child in getattr(node, "children", {}).values():
+        if type(child).__name__ == "Block" or hasattr(child, "children"):
+            found.append(child)
+            found += blocks(child)
+    return found
+
+
+def test_try_an_image_gives_each_model_a_block_of_its_own_width(tmp_path, monkeypatch):
+    """Three models in three page-width columns cut their probabilities off on a narrow page and let a
+    224 px map overlap the next model's answers: each now has a fixed-width block, as many to a row as fit."""
+    import io
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from engine import export, layout, models
+    store = Store(tmp_path / "ws")
+    meta = {"class_names": ["a", "b", "c"], "mean": [0.2], "std": [0.3], "input_size": [1, 16, 16], "channels": 1}
+    for i in range(3):
+        rid = store.create({"name": f"model {i}", "data": {"name": "digits"}, "model": {"arch": "resnet20"},
+                            "method": {"name": "baseline", "params": {}}}, state="done", created=1000.0 + i)
+        store.update(rid, record={"run_id": rid, "name": f"model {i}", "method": "baseline"}, finished=1000.0 + i)
+        torch.manual_seed(i)
+        model = models.build("resnet20", 3, True, 0.25).eval()
+        store.run_dir(rid).mkdir(parents=True, exist_ok=True)
+        export.save_bundle(export.make_bundle(model, arch="resnet20", num_classes=3, small_input=True, meta=meta),
+                           store.run_dir(rid) / layout.CHECKPOINT)
+    at = app(tmp_path / "ws", monkeypatch, "try_image")
+    at.multiselect(key="runs").set_value([r["id"] for r in store.list("done")])
+    buf = io.BytesIO()
+    Image.fromarray(np.arange(256, dtype=np.uint8).reshape(16, 16)).save(buf, format="PNG")
+    at.file_uploader(key="images").set_value([("ramp.png", buf.getvalue(), "image/png")])
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    fixed = [b for b in blocks(at.main) if getattr(getattr(b, "proto", None), "width_config", None)
+             and b.proto.width_config.pixel_width > 0]
+    assert len(fixed) == 3
+    for b in fixed:  # each holds one model's answers and its map, whole
+        assert len(b.dataframe) == 1 and len(b.image) == 1
+        assert b.proto.width_config.pixel_width >= 224  # the map's width

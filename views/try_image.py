@@ -14,6 +14,7 @@ from views.common import done_runs, fmt_ms, get_store, md_text, run_label
 
 st.title("Try an image")
 log = logging.getLogger("slimbench.pages")
+MODEL_PX = 250  # a model's answers: its name, top-5 and a 224 px map; three to a row at 1280 px
 store = get_store()
 
 
@@ -119,7 +120,10 @@ def show(name: str, raw: bytes, truth: str | None) -> None:
     if far:
         c2.warning(f"Unlike the images {md_text(ref_name)} was trained on: " + "; ".join(far) + ". Its answers on it "
                    "say little about its accuracy.", icon=":material/travel_explore:")
-    cols = st.columns(len(models))
+    # one fixed-width block per model, as many to a row as fit: columns squeezed on a narrow page cut the
+    # probabilities off and let the Grad-CAM map overlap the next model's answers
+    row = st.container(horizontal=True)
+    cols = [row.container(width=MODEL_PX) for _ in models]
     preds = {}
     for col, (rid, pred) in zip(cols, models.items()):
         with col:
