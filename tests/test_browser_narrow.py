@@ -1,5 +1,5 @@
-"""At an 800 px wide window (the sidebar open), no number, tile label or button label is cut short on Jobs
-or Compare's run details: their rows of tiles and buttons wrap instead (they were fixed columns, which
+"""At an 800 px wide window (the sidebar open), no number, tile label or button label is cut short on Jobs,
+Compare's run details or Hardware: their rows of tiles and buttons wrap instead (they were fixed columns, which
 cut "0.7200" to "0.7…" and "Cancel selected" to "Ca…"). Screenshots: test-artifacts/narrow-*.png."""
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ def test_a_narrow_window_cuts_no_number_or_button(tmp_path, page):
         page.goto(f"{url}/compare?run={child}")
         page.get_by_role("heading", name="Run details").wait_for(timeout=60_000)
         page.get_by_text("Newly wrong").wait_for(timeout=60_000)
+        page.get_by_role("heading", name="Run details").scroll_into_view_if_needed()
         page.wait_for_timeout(1000)  # tiles settle into their rows
         page.screenshot(path=str(SHOTS / "narrow-compare.png"), full_page=True)
         assert page.evaluate(CUT) == []
@@ -42,4 +43,8 @@ def test_a_narrow_window_cuts_no_number_or_button(tmp_path, page):
         page.get_by_role("button", name="Retry", exact=True).wait_for(timeout=60_000)
         page.wait_for_timeout(1000)
         page.screenshot(path=str(SHOTS / "narrow-jobs.png"), full_page=True)
+        assert page.evaluate(CUT) == []
+        page.goto(f"{url}/hardware")
+        page.get_by_text("Load average (1 / 5 / 15 min)").wait_for(timeout=60_000)
+        page.screenshot(path=str(SHOTS / "narrow-hardware.png"), full_page=True)
         assert page.evaluate(CUT) == []
