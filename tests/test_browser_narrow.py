@@ -26,21 +26,27 @@ def test_a_narrow_window_cuts_no_number_or_button(tmp_path, page):
     _, child = insert_synthetic_runs(store, 2)
     rec = store.get(child)["record"]
     store.update(child, record={**rec, "test_images": 300, "flips_to_wrong": 1 / 300, "flips_to_right": 2 / 300})
-    store.create({"name": "a job", "data": {"name": "digits"}, "model": {"arch": "resnet20"},
-                  "method": {"name": "baseline", "params": {}}}, state="done")
+    job = store.create({"name": "Pipeline: prune 50 % → distil from the ResNet-56 teacher → quantise INT8",
+                        "experiment": "narrow", "data": {"name": "digits"}, "model": {"arch": "resnet20"},
+                        "method": {"name": "baseline", "params": {}}}, state="failed")
+    store.update(job, error="RuntimeError: out of memory; lower data.batch_size")
     SHOTS.mkdir(exist_ok=True)
     page.set_viewport_size({"width": 800, "height": 800})
     with streamlit_server(home, env={"SLIMBENCH_NO_AUTOSTART": "1"}, log=SHOTS / "streamlit-narrow.log") as (url, _):
         page.goto(f"{url}/compare?run={child}")
         page.get_by_role("heading", name="Run details").wait_for(timeout=60_000)
         page.get_by_text("Newly wrong").wait_for(timeout=60_000)
+        for button in ("Download table (CSV)", "Download this view as a report (HTML)", "Checkpoint bundle (.pt)",
+                       "Model card (JSON)"):  # drawn, not their loading placeholders: their labels are checked
+            page.get_by_role("button", name=button).wait_for(timeout=60_000)
         page.get_by_role("heading", name="Run details").scroll_into_view_if_needed()
         page.wait_for_timeout(1000)  # tiles settle into their rows
         page.screenshot(path=str(SHOTS / "narrow-compare.png"), full_page=True)
         assert page.evaluate(CUT) == []
         page.goto(f"{url}/jobs")
         page.get_by_role("heading", name="Job details").wait_for(timeout=60_000)
-        page.get_by_role("button", name="Retry", exact=True).wait_for(timeout=60_000)
+        for button in ("Retry", "Cancel all (0)", "Retry all (1)"):
+            page.get_by_role("button", name=button, exact=True).wait_for(timeout=60_000)
         page.wait_for_timeout(1000)
         page.screenshot(path=str(SHOTS / "narrow-jobs.png"), full_page=True)
         assert page.evaluate(CUT) == []
