@@ -37,9 +37,12 @@ def test_jobs_table_wraps_a_long_job_name_whole(tmp_path, monkeypatch):
     """Names were cut at the job column's width, with no hover text to read the rest (a table cell has none)."""
     from views.jobs import CHARS_PER_LINE, LINE_PX, PAD_PX
     store = Store(tmp_path / "ws")
-    store.create({"name": "short"}, state="queued")
+    store.create({"name": "short", "experiment": "e"}, state="queued")
     at = app(tmp_path / "ws", monkeypatch, "jobs")
     assert at.dataframe[0].proto.row_height == 0  # every name fits: one-line rows, as before
+    # no worker runs: the experiment's time left starts only when one does (it read as if already counting)
+    assert any(c.value.startswith("Experiment **e**: 0/1 job ended") and
+               c.value.endswith("(no worker is running: the time counts from when one starts)") for c in at.caption)
     store.create({"name": LONG}, state="failed")
     at.run()
     table = at.dataframe[0].proto

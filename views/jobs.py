@@ -134,7 +134,9 @@ def queue_table() -> None:
                   on_click=bulk, args=("retry", again),
                   help="every interrupted, failed or cancelled job of this experiment")
         of_exp = [r for r in rows if (r.get("spec") or {}).get("experiment") == exp]
-        st.caption(f"Experiment **{md_text(exp)}**: " + estimate.remaining(of_exp, store, status["concurrency"]).text())
+        waiting = " (no worker is running: the time counts from when one starts)" if live and not status["alive"] else ""
+        st.caption(f"Experiment **{md_text(exp)}**: " + estimate.remaining(of_exp, store, status["concurrency"]).text()
+                   + waiting)
 
 
 SHOWN_COLUMNS = ("job", "state", "progress", "activity", "error", "experiment", "id")
