@@ -117,10 +117,10 @@ def queue_table() -> None:
     retryable = [j for j in chosen if by_id[j]["state"] in jobs.RETRYABLE]
     row = st.container(horizontal=True)  # buttons at their own width, wrapping on a narrow page
     row.button(f"Cancel selected ({len(stoppable)})", key="bulk_cancel", icon=":material/stop:", disabled=not stoppable,
-              on_click=bulk, args=("cancel", stoppable), help="the selected jobs that are queued or running")
+               on_click=bulk, args=("cancel", stoppable), help="the selected jobs that are queued or running")
     row.button(f"Retry selected ({len(retryable)})", key="bulk_retry", icon=":material/replay:", disabled=not retryable,
-              on_click=bulk, args=("retry", retryable), help="the selected jobs that were interrupted, failed or "
-                                                             "cancelled")
+               on_click=bulk, args=("retry", retryable), help="the selected jobs that were interrupted, failed or "
+                                                              "cancelled")
     st.caption("Tick rows in the table to act on several jobs; or act on a whole experiment below.")
     experiments = sorted({e for e in ((r.get("spec") or {}).get("experiment") for r in rows) if e})
     if experiments:
