@@ -158,8 +158,8 @@ class Remaining:
 
     def text(self) -> str:
         if self.finished:
-            return f"all {self.jobs} jobs ended"
-        head = f"{self.done}/{self.jobs} jobs ended"
+            return "its 1 job ended" if self.jobs == 1 else f"all {self.jobs} jobs ended"  # not "all 1 jobs"
+        head = f"{self.done}/{self.jobs} {'job' if self.jobs == 1 else 'jobs'} ended"
         if self.seconds is None:
             return f"{head}; no estimate yet (no history here for what is left)"
         eta = f"about {duration(self.seconds)} left" if not self.unknown else \

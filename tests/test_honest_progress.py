@@ -137,7 +137,7 @@ def test_a_launched_plans_eta_comes_from_progress_and_history(tmp_path):
     left = estimate.remaining(rows, store, now=now)
     assert left.seconds == pytest.approx(40) and left.unknown == 1
     assert "at least 40 s left (1 job(s) have no history here)" in left.text()
-    assert estimate.remaining([{"state": "done", "spec": spec}], store).text() == "all 1 jobs ended"
+    assert estimate.remaining([{"state": "done", "spec": spec}], store).text() == "its 1 job ended"  # not "all 1 jobs"
 
 
 @pytest.mark.fast

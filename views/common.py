@@ -199,6 +199,11 @@ def fmt_ms(v: Any) -> str:
     return f"{us:.1f} µs" if abs(us) >= 1 else f"{us:.3f} µs" if abs(us) >= 0.001 else "< 0.001 µs"
 
 
+def plural(n: int, word: str) -> str:
+    """``plural(1, "image")`` -> "1 image", ``plural(5, "image")`` -> "5 images"."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 def fmt_seconds(s: Any) -> str:
     s = _number(s)
     if s is None:

@@ -16,7 +16,7 @@ from engine import jobs, model_card, portable, presets, record, results, searche
 from engine.spec import SpecError
 from views import share
 from views.common import (card, download, download_best, fmt_bytes, fmt_count, fmt_ms, fmt_value, get_store, md_text,
-                          plot_text)
+                          plot_text, plural)
 
 st.title("Compare")
 store = get_store()
@@ -35,14 +35,15 @@ if df.empty:
     st.stop()
 
 # -- filters ----------------------------------------------------------------------------------
+ALL = "All"  # an empty filter keeps every run; "Choose options" was cut to "Ch" in a narrow column
 with st.container(border=True):
     c1, c2, c3, c4 = st.columns([1, 1, 2, 2])
-    datasets = c1.multiselect("Dataset", sorted(df["dataset"].dropna().unique()), key="f_dataset")
-    archs = c2.multiselect("Architecture", sorted(df["arch"].dropna().unique()), key="f_arch")
-    meths = c3.multiselect("Method", sorted(df["method"].dropna().unique()), key="f_method")
+    datasets = c1.multiselect("Dataset", sorted(df["dataset"].dropna().unique()), key="f_dataset", placeholder=ALL)
+    archs = c2.multiselect("Architecture", sorted(df["arch"].dropna().unique()), key="f_arch", placeholder=ALL)
+    meths = c3.multiselect("Method", sorted(df["method"].dropna().unique()), key="f_method", placeholder=ALL)
     text = c4.text_input("Name or run id contains", key="f_text")
     labelled = [c for c in ("experiment", "group") if df[c].notna().any()]
-    picked = {c: col.multiselect(c.capitalize(), sorted(df[c].dropna().unique()), key=f"f_{c}")
+    picked = {c: col.multiselect(c.capitalize(), sorted(df[c].dropna().unique()), key=f"f_{c}", placeholder=ALL)
               for c, col in zip(labelled, st.columns(2) if labelled else [])}
     include_chance = st.checkbox("Include runs at chance level in the Pareto front and the winner", key="f_chance",
                                  help="a run whose answers are no better than guessing is flagged in the warnings "
@@ -110,6 +111,10 @@ def column_config() -> dict:
 
 COLUMN_CONFIG = column_config() | {"steps": st.column_config.TextColumn(
     "pipeline steps", help="a pipeline's steps in order; each is a run of its own, listed under the table")}
+# A long name took the table's width, pushing accuracy and costs out of view: pinned at a fixed width
+# (a double-click on a cell shows all of it), it stays beside them as the table scrolls.
+COLUMN_CONFIG["name"] = st.column_config.TextColumn(record.get("name").label, help=record.get("name").help,
+                                                    width="medium", pinned=True)
 
 
 def shown(df: pd.DataFrame) -> pd.DataFrame:
@@ -134,7 +139,7 @@ if not chance.empty:
 def runs(view: pd.DataFrame) -> None:
     """The accuracy-vs-cost plot and the table: the table ticks the Pareto front of the plotted axis."""
     axes = results.cost_axes()
-    c1, c2, c3 = st.columns([2, 1, 1])
+    c1 = c2 = c3 = st.container(horizontal=True)  # at their own widths, wrapping: a column cut "Pareto front"
     axis_label = c1.radio("Accuracy against", list(axes), horizontal=True, key="axis")
     st.session_state.setdefault("log_x", True)  # kept widget: default via state, not value=
     log_x = c2.toggle("Log x axis", key="log_x")
@@ -182,8 +187,8 @@ def runs_table(view: pd.DataFrame) -> None:
     if view["steps"].astype(bool).any():  # pipelines in view: what each ran, beside its name
         cols.insert(cols.index("name") + 1 if "name" in cols else 0, "steps")
     st.dataframe(shown(view[cols]), hide_index=True, width="stretch", height=min(420, 38 + 35 * len(view)),
-                 column_config=COLUMN_CONFIG)
-    a, b = st.columns(2)
+                 column_config=COLUMN_CONFIG, placeholder="—")  # "—" for unmeasured, as the tiles; not "None"
+    a = b = st.container(horizontal=True)  # buttons at their own width, wrapping on a narrow page
     a.download_button("Download table (CSV)", data=view.to_csv(index=False).encode(),
                       file_name="slimbench-results.csv", mime="text/csv", key="dl_csv", on_click="ignore",
                       icon=":material/table:")
@@ -277,7 +282,8 @@ def downloads(run_id: str, rec: dict, row: pd.Series, prefix: str, who: str = ""
             return "", ""
         return " · not smaller than base", f"Not smaller than its base's ({f.ratio:.2f}x)" + (f": {f.why}." if f.why else ".")
 
-    d = st.columns(4)
+    files = st.container(horizontal=True)  # buttons at their own width, wrapping on a narrow page
+    d = [files] * 4
     with d[0]:
         mark, note = size_note("model.pt")
         download(run_id, "checkpoint", ("Winner's checkpoint (.pt)" if who else "Checkpoint bundle (.pt)") + mark,
@@ -301,7 +307,8 @@ def downloads(run_id: str, rec: dict, row: pd.Series, prefix: str, who: str = ""
         st.caption(f"TorchScript, not a torch.export program: {md_text(made.note)}.")
     blocks = model_card.blocks(rec, by_id, card(run_id), made, list(sizes.values()))
     title = f"Model card: {rec.get('name') or run_id}"
-    c = st.columns(3)
+    cards = st.container(horizontal=True)
+    c = [cards] * 3
     card_label = f"{who}model card" if who else "Model card"
     c[0].download_button(f"{card_label} (Markdown)", key=f"{prefix}_card_md", on_click="ignore",
                          data=lambda: model_card.to_markdown(blocks), file_name=f"{run_id}-model-card.md",
@@ -536,7 +543,8 @@ def details(view: pd.DataFrame) -> None:
                           format_func=labels.get, key="detail_run")
     rec = by_id[run_id]
     row = view[view["run_id"] == run_id].iloc[0]
-    c = st.columns(5)
+    tiles = st.container(horizontal=True)  # one row of tiles that wraps on a narrow page, never cutting a number
+    c = [tiles] * 5
     acc_ci = rec.get("accuracy_ci95")
     c[0].metric("Accuracy", fmt_value(rec.get("accuracy"), ".4f"),
                 None if np.isnan(row["delta_accuracy"]) or row["base_id"] == run_id
@@ -572,13 +580,14 @@ def details(view: pd.DataFrame) -> None:
         and not rec.get("flips_to_wrong") and not rec.get("flips_to_right")
     if rec.get("agreement") is not None and not against_itself:
         n_test = rec.get("test_images") or 0
-        f = st.columns([1, 1, 1, 2])
+        tiles = st.container(horizontal=True)  # wraps on a narrow page, never cutting a number
+        f = [tiles] * 4
         f[0].metric("Agrees with its start", f"{100 * rec['agreement']:.1f} %",
                     help="top-1 answers equal to the model this run started from, on the same test images")
         for col, key, label, what in ((f[1], "flips_to_wrong", "Newly wrong", "the starting model was right, this run "
                                        "is wrong"), (f[2], "flips_to_right", "Newly right", "the starting model was "
                                        "wrong, this run is right")):
-            col.metric(label, f"{100 * rec[key]:.1f} %", f"{round(rec[key] * n_test)} images" if n_test else None,
+            col.metric(label, f"{100 * rec[key]:.1f} %", plural(round(rec[key] * n_test), "image") if n_test else None,
                        delta_color="off", delta_arrow="off", help=what)
         if row["delta_ci"]:
             noise = row["delta_ci_low"] <= 0 <= row["delta_ci_high"]

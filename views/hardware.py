@@ -39,7 +39,7 @@ def live() -> None:
         st.caption(f"NVIDIA driver {gpu.get('driver', '?')}")
         for g in gpu["gpus"]:
             used, total = g["memory_used_bytes"], g["memory_total_bytes"]
-            c1, c2, c3, c4 = st.columns(4)
+            c1 = c2 = c3 = c4 = st.container(horizontal=True)  # wraps on a narrow page, never cutting a number
             c1.metric(f"GPU {g['index']}: {g['name']}", f"{fmt_bytes(used)} / {fmt_bytes(total)}")
             c2.metric("Utilisation", "—" if g["utilization_pct"] is None else f"{g['utilization_pct']} %")
             c3.metric("Temperature", "—" if g["temperature_c"] is None else f"{g['temperature_c']} °C")
@@ -55,7 +55,7 @@ def live() -> None:
             st.caption("No processes are using the GPU.")
 
     st.subheader("CPU and memory")
-    c1, c2, c3 = st.columns(3)
+    c1 = c2 = c3 = st.container(horizontal=True)  # wraps on a narrow page, never cutting a number
     c1.metric(f"CPU ({sysm['cpu_count']} cores)", "—" if sysm["cpu_pct"] is None else f"{sysm['cpu_pct']:.0f} %",
               help="busy share of all cores since the previous sample (shown from the second sample on)")
     c2.metric("RAM", f"{fmt_bytes(sysm['ram_used_bytes'])} / {fmt_bytes(sysm['ram_total_bytes'])}")

@@ -96,31 +96,32 @@ def queue_table() -> None:
     hidden = int(counts.get("cancelled", 0)) if hide else 0
     st.caption(" · ".join(f"{k}: **{v}**" for k, v in counts.items())
                + (f" · {hidden} cancelled hidden" if hidden else ""))
-    # Fixed widths keep the table inside the page; long names and errors are cut (hover shows them
-    # whole, and the job's details below give the full error).
+    # What matters first (the job, its state, what it does or why it failed) comes first; the
+    # table scrolls sideways to the labels and ids. Long names wrap whole: a glide cell has no hover text.
     text = st.column_config.TextColumn
     st.dataframe(pd.DataFrame(table, columns=["job", "experiment", "id", "state", "progress", "activity", "error"]),
                  hide_index=True, width="stretch", key=table_key(), on_select="rerun", selection_mode="multi-row",
-                 column_config={"job": text(width=180, pinned=True), "experiment": text(width=100),
+                 row_height=row_height([t["job"] for t in table]), column_order=SHOWN_COLUMNS,
+                 column_config={"job": text(width=JOB_WIDTH_PX, pinned=True), "experiment": text(width=110),
                                 "id": text(width=165), "state": text(width=75),
                                 "progress": st.column_config.ProgressColumn("progress", min_value=0, max_value=1,
                                                                             format="percent", width=90),
-                                "activity": text(width=400, help="a live job's phase (loading data, training "
+                                "activity": text(width=240, help="a live job's phase (loading data, training "
                                                                  "epoch k/n, fine-tuning, calibrating, measuring, "
                                                                  "exporting), the time that phase (not the job) has "
                                                                  "left and its speed; a finished job's run time "
                                                                  "(whole under Job details)"),
-                                "error": text(width="medium")})
+                                "error": text(width="medium", help="why it failed (whole under Job details)")})
     chosen = [st.session_state["jobs_order"][i] for i in selected_rows() if i < len(shown)]
     stoppable = [j for j in chosen if by_id[j]["state"] in ("queued", "running")]
     retryable = [j for j in chosen if by_id[j]["state"] in jobs.RETRYABLE]
-    c1, c2, c3 = st.columns([1, 1, 3], vertical_alignment="bottom")
-    c1.button(f"Cancel selected ({len(stoppable)})", key="bulk_cancel", icon=":material/stop:", disabled=not stoppable,
-              on_click=bulk, args=("cancel", stoppable), help="the selected jobs that are queued or running")
-    c2.button(f"Retry selected ({len(retryable)})", key="bulk_retry", icon=":material/replay:", disabled=not retryable,
-              on_click=bulk, args=("retry", retryable), help="the selected jobs that were interrupted, failed or "
-                                                             "cancelled")
-    c3.caption("Tick rows in the table to act on several jobs; or act on a whole experiment below.")
+    row = st.container(horizontal=True)  # buttons at their own width, wrapping on a narrow page
+    row.button(f"Cancel selected ({len(stoppable)})", key="bulk_cancel", icon=":material/stop:", disabled=not stoppable,
+               on_click=bulk, args=("cancel", stoppable), help="the selected jobs that are queued or running")
+    row.button(f"Retry selected ({len(retryable)})", key="bulk_retry", icon=":material/replay:", disabled=not retryable,
+               on_click=bulk, args=("retry", retryable), help="the selected jobs that were interrupted, failed or "
+                                                              "cancelled")
+    st.caption("Tick rows in the table to act on several jobs; or act on a whole experiment below.")
     experiments = sorted({e for e in ((r.get("spec") or {}).get("experiment") for r in rows) if e})
     if experiments:
         e1, e2, e3 = st.columns([2, 1, 1], vertical_alignment="bottom")
@@ -133,7 +134,23 @@ def queue_table() -> None:
                   on_click=bulk, args=("retry", again),
                   help="every interrupted, failed or cancelled job of this experiment")
         of_exp = [r for r in rows if (r.get("spec") or {}).get("experiment") == exp]
-        st.caption(f"Experiment **{md_text(exp)}**: " + estimate.remaining(of_exp, store, status["concurrency"]).text())
+        waiting = " (no worker is running: the time counts from when one starts)" if live and not status["alive"] else ""
+        st.caption(f"Experiment **{md_text(exp)}**: " + estimate.remaining(of_exp, store, status["concurrency"]).text()
+                   + waiting)
+
+
+SHOWN_COLUMNS = ("job", "state", "progress", "activity", "error", "experiment", "id")
+JOB_WIDTH_PX = 260
+# Streamlit wraps a cell's text only in rows taller than 4 rem (64 px); a line of the table's text
+# takes ~20 px and the job column holds ~32 characters of it.
+WRAP_MIN_PX, LINE_PX, PAD_PX, CHARS_PER_LINE, MAX_LINES = 65, 20, 8, 32, 8
+
+
+def row_height(names: list[str]) -> int | None:
+    """Rows tall enough for the longest job name to wrap whole (up to MAX_LINES lines); None, one
+    line, while every name fits on one."""
+    lines = max((-(-len(n) // CHARS_PER_LINE) for n in names), default=1)
+    return None if lines <= 1 else max(WRAP_MIN_PX, PAD_PX + LINE_PX * min(lines, MAX_LINES))
 
 
 def method_of(r: dict | None) -> str | None:
@@ -178,11 +195,11 @@ if all_rows:
         if row is None:
             st.error("This job no longer exists; pick another one.")
             return
-        c1, c2, c3 = st.columns([1, 1, 4])
-        if c1.button("Cancel", key="cancel", disabled=row["state"] in FINAL_STATES, icon=":material/stop:"):
+        bar = st.container(horizontal=True, vertical_alignment="center")  # buttons at their own width
+        if bar.button("Cancel", key="cancel", disabled=row["state"] in FINAL_STATES, icon=":material/stop:"):
             jobs.cancel(job_id, store)
             st.toast(f"Cancel requested for {job_id}")
-        if c2.button("Retry", key="retry", disabled=row["state"] not in jobs.RETRYABLE, icon=":material/replay:"):
+        if bar.button("Retry", key="retry", disabled=row["state"] not in jobs.RETRYABLE, icon=":material/replay:"):
             try:
                 jobs.retry(job_id, store)
             except (ValueError, RuntimeError) as e:
@@ -192,11 +209,13 @@ if all_rows:
                 st.rerun()  # the whole page: the queue table and this panel poll again
         row["last_event"] = store.last_events([job_id]).get(job_id)
         doing = activity(row, results.job_progress(row))  # whole here: the table's cell may cut it
-        c3.markdown(f"**{row['state']}**" + (f" · {md_text(doing)}" if doing else "")
+        doing = "" if doing == row["state"] else doing  # a queued job's activity is "queued": said once
+        bar.markdown(f"**{row['state']}**" + (f" · {md_text(doing)}" if doing else "")
                     + (f" — {md_text(row['error'])}" if row.get("error") else ""))
         rec = row.get("record") or {}
         if row["state"] == "done" and rec:
-            m = st.columns([1, 1, 1, 1, 2], vertical_alignment="center")
+            tiles = st.container(horizontal=True, vertical_alignment="center")  # wraps, never cutting a number
+            m = [tiles] * 5
             m[0].metric("Accuracy", fmt_value(rec.get("accuracy"), ".4f"))
             m[1].metric("Size", fmt_bytes(rec.get("size_bytes")))
             m[2].metric("MACs", fmt_count(rec.get("macs")))

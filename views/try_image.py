@@ -14,6 +14,7 @@ from views.common import done_runs, fmt_ms, get_store, md_text, run_label
 
 st.title("Try an image")
 log = logging.getLogger("slimbench.pages")
+MODEL_PX = 250  # a model's answers: its name, top-5 and a 224 px map; three to a row at 1280 px
 store = get_store()
 
 
@@ -119,7 +120,10 @@ def show(name: str, raw: bytes, truth: str | None) -> None:
     if far:
         c2.warning(f"Unlike the images {md_text(ref_name)} was trained on: " + "; ".join(far) + ". Its answers on it "
                    "say little about its accuracy.", icon=":material/travel_explore:")
-    cols = st.columns(len(models))
+    # one fixed-width block per model, as many to a row as fit: columns squeezed on a narrow page cut the
+    # probabilities off and let the Grad-CAM map overlap the next model's answers
+    row = st.container(horizontal=True)
+    cols = [row.container(width=MODEL_PX) for _ in models]
     preds = {}
     for col, (rid, pred) in zip(cols, models.items()):
         with col:
@@ -133,9 +137,10 @@ def show(name: str, raw: bytes, truth: str | None) -> None:
             if truth is not None:
                 verdict.append(":green[right]" if out.top[0][0] == truth else ":red[wrong]")
             if rid != ref_id and ref_id in preds:
-                verdict.append(f":green[:material/check_circle: agrees with {md_text(ref_name)}]"
+                # "the reference", named once above: a long run name repeated in every column buried the answer
+                verdict.append(":green[:material/check_circle: agrees with the reference]"
                                if out.index == preds[ref_id].index
-                               else f":red[:material/cancel: differs from {md_text(ref_name)}]")
+                               else ":red[:material/cancel: differs from the reference]")
             elif rid == ref_id and len(models) > 1:
                 verdict.append("reference")
             st.markdown(f"**{md_text(by_id[rid].get('name') or by_id[rid].get('method'))}**  \n"

@@ -1,0 +1,56 @@
+"""At an 800 px wide window (the sidebar open), no number, tile label or button label is cut short on Jobs,
+Compare's run details or Hardware: their rows of tiles and buttons wrap instead (they were fixed columns, which
+cut "0.7200" to "0.7…" and "Cancel selected" to "Ca…"). Screenshots: test-artifacts/narrow-*.png."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.pages import CHROMIUM, streamlit_server
+from bench.synthetic import insert_synthetic_runs
+from engine.store import Store
+from test_browser import SHOTS, browser_type_launch_args  # noqa: F401 (a fixture)
+
+pytestmark = [pytest.mark.browser, pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs /usr/bin/chromium")]
+
+# Buttons and metric tiles in the page whose text (or a part of it) is wider than its box: cut by an ellipsis.
+CUT = """() => [...document.querySelectorAll('[data-testid=stMain] button, [data-testid=stMain] [data-testid=stMetric]')]
+  .filter(b => b.offsetParent !== null && [b, ...b.querySelectorAll('*')].some(e => e.scrollWidth > e.clientWidth + 1))
+  .map(b => b.innerText.replace(/\\s+/g, ' ').trim())"""
+
+
+def test_a_narrow_window_cuts_no_number_or_button(tmp_path, page):
+    home = tmp_path / "ws"
+    store = Store(home)
+    _, child = insert_synthetic_runs(store, 2)
+    rec = store.get(child)["record"]
+    store.update(child, record={**rec, "test_images": 300, "flips_to_wrong": 1 / 300, "flips_to_right": 2 / 300})
+    job = store.create({"name": "Pipeline: prune 50 % → distil from the ResNet-56 teacher → quantise INT8",
+                        "experiment": "narrow", "data": {"name": "digits"}, "model": {"arch": "resnet20"},
+                        "method": {"name": "baseline", "params": {}}}, state="failed")
+    store.update(job, error="RuntimeError: out of memory; lower data.batch_size")
+    SHOTS.mkdir(exist_ok=True)
+    page.set_viewport_size({"width": 800, "height": 800})
+    with streamlit_server(home, env={"SLIMBENCH_NO_AUTOSTART": "1"}, log=SHOTS / "streamlit-narrow.log") as (url, _):
+        page.goto(f"{url}/compare?run={child}")
+        page.get_by_role("heading", name="Run details").wait_for(timeout=60_000)
+        page.get_by_text("Newly wrong").wait_for(timeout=60_000)
+        for button in ("Download table (CSV)", "Download this view as a report (HTML)", "Checkpoint bundle (.pt)",
+                       "Model card (JSON)"):  # drawn, not their loading placeholders: their labels are checked
+            page.get_by_role("button", name=button).wait_for(timeout=60_000)
+        page.get_by_role("heading", name="Run details").scroll_into_view_if_needed()
+        page.wait_for_timeout(1000)  # tiles settle into their rows
+        page.screenshot(path=str(SHOTS / "narrow-compare.png"), full_page=True)
+        assert page.evaluate(CUT) == []
+        page.goto(f"{url}/jobs")
+        page.get_by_role("heading", name="Job details").wait_for(timeout=60_000)
+        for button in ("Retry", "Cancel all (0)", "Retry all (1)"):
+            page.get_by_role("button", name=button, exact=True).wait_for(timeout=60_000)
+        page.wait_for_timeout(1000)
+        page.screenshot(path=str(SHOTS / "narrow-jobs.png"), full_page=True)
+        assert page.evaluate(CUT) == []
+        page.goto(f"{url}/hardware")
+        page.get_by_text("Load average (1 / 5 / 15 min)").wait_for(timeout=60_000)
+        page.screenshot(path=str(SHOTS / "narrow-hardware.png"), full_page=True)
+        assert page.evaluate(CUT) == []

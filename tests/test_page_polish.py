@@ -1,0 +1,151 @@
+"""What a demanding user saw wrong walking every page (AppTest): long job names cut on Jobs, the sidebar's
+block written more than once, "None" and "1 images" on Compare, a long name pushing Compare's numbers away."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from bench.synthetic import insert_synthetic_runs
+from conftest import compare_page
+from engine.store import Store
+
+ROOT = Path(__file__).resolve().parent.parent
+LONG = ("Pipeline: prune 50 % → distil from the ResNet-56 teacher → quantise INT8 (per-channel, 512 calibration "
+        "images)")
+
+
+def app(home: Path, monkeypatch, page: str | None = None) -> AppTest:
+    monkeypatch.setenv("SLIMBENCH_HOME", str(home))
+    monkeypatch.setenv("SLIMBENCH_NO_AUTOSTART", "1")
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    at = AppTest.from_file(str(ROOT / "dashboard.py"), default_timeout=120)
+    at.run()
+    if page:
+        at.switch_page(f"views/{page}.py")
+        at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+@pytest.mark.fast
+def test_jobs_table_wraps_a_long_job_name_whole(tmp_path, monkeypatch):
+    """Names were cut at the job column's width, with no hover text to read the rest (a table cell has none)."""
+    from views.jobs import CHARS_PER_LINE, LINE_PX, PAD_PX
+    store = Store(tmp_path / "ws")
+    store.create({"name": "short", "experiment": "e"}, state="queued")
+    at = app(tmp_path / "ws", monkeypatch, "jobs")
+    assert at.dataframe[0].proto.row_height == 0  # every name fits: one-line rows, as before
+    # no worker runs: the experiment's time left starts only when one does (it read as if already counting)
+    assert any(c.value.startswith("Experiment **e**: 0/1 job ended") and
+               c.value.endswith("(no worker is running: the time counts from when one starts)") for c in at.caption)
+    store.create({"name": LONG}, state="failed")
+    at.run()
+    table = at.dataframe[0].proto
+    assert table.row_height > 64  # Streamlit wraps a cell's text only in rows taller than 4 rem
+    assert (table.row_height - PAD_PX) // LINE_PX * CHARS_PER_LINE >= len(LONG)
+    # what a user reads first comes first; labels and ids follow, a sideways scroll away
+    assert list(table.column_order)[:5] == ["job", "state", "progress", "activity", "error"]
+
+
+@pytest.mark.fast
+def test_each_page_writes_the_sidebar_block_once(tmp_path, monkeypatch):
+    """One render of each page draws the sidebar's panel once: one run of it, each of its elements sent
+    once, one heading, one pair of counts and one device line in the tree."""
+    import views.common as common
+    from streamlit.runtime.scriptrunner_utils.script_run_context import ScriptRunContext
+    runs, sent = [], []
+    panel = common.sidebar
+    monkeypatch.setattr(common, "sidebar", lambda busy: (runs.append(busy), panel(busy))[1])
+    enqueue = ScriptRunContext.enqueue
+
+    def recording(self, msg):
+        if msg.HasField("delta") and msg.metadata.delta_path[:1] == [1]:   # 1: the sidebar's root
+            sent.append(tuple(msg.metadata.delta_path))
+        return enqueue(self, msg)
+    monkeypatch.setattr(ScriptRunContext, "enqueue", recording)
+    Store(tmp_path / "ws").create({"name": "waiting"}, state="queued")
+    at = app(tmp_path / "ws", monkeypatch)
+    for page in ("experiments", "jobs", "compare", "try_image", "hardware"):
+        at.switch_page(f"views/{page}.py")
+        runs.clear()
+        sent.clear()
+        at.run()
+        assert not at.exception, (page, [e.value for e in at.exception])
+        assert len(runs) == 1, page
+        assert sent and len(sent) == len(set(sent)), (page, sorted(sent))
+        assert [m.value for m in at.sidebar.markdown].count("### Slimbench") == 1, page
+        assert [m.label for m in at.sidebar.metric] == ["Queued", "Running"], page
+        assert sum("Device:" in c.value for c in at.sidebar.caption) == 1, page
+
+
+def fill_study(home: Path) -> None:
+    """A base and its child, the child with one newly wrong and two newly right answers of 300, no group."""
+    store = Store(home)
+    base, child = insert_synthetic_runs(store, 2)
+    rec = store.get(child)["record"]
+    store.update(child, record={**rec, "name": LONG, "test_images": 300, "agreement": 0.99,
+                                "flips_to_wrong": 1 / 300, "flips_to_right": 2 / 300})
+
+
+def test_compare_says_one_image_shows_dashes_and_keeps_a_long_name_narrow(tmp_path, monkeypatch):
+    at = compare_page(tmp_path / "ws", monkeypatch, fill_study)
+    assert not at.exception, [e.value for e in at.exception]
+    at.selectbox(key="detail_run").set_value("synthetic-0-00001")
+    at.run()
+    flips = {m.label: m.proto.delta for m in at.metric if m.label in ("Newly wrong", "Newly right")}
+    assert flips == {"Newly wrong": "1 image", "Newly right": "2 images"}
+    table = next(d.proto for d in at.dataframe if "accuracy" in d.value.columns)
+    assert table.placeholder == "—"  # a run without a measurement reads as the tiles do, not "None"
+    name = json.loads(table.columns)["name"]
+    assert name["width"] == "medium" and name["pinned"] is True
+
+
+def blocks(node) -> list:
+    """Every block under an AppTest node, depth first."""
+    found = []
+    for child in getattr(node, "children", {}).values():
+        if type(child).__name__ == "Block" or hasattr(child, "children"):
+            found.append(child)
+            found += blocks(child)
+    return found
+
+
+def test_try_an_image_gives_each_model_a_block_of_its_own_width(tmp_path, monkeypatch):
+    """Three models in three page-width columns cut their probabilities off on a narrow page and let a
+    224 px map overlap the next model's answers: each now has a fixed-width block, as many to a row as fit."""
+    import io
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from engine import export, layout, models
+    store = Store(tmp_path / "ws")
+    meta = {"class_names": ["a", "b", "c"], "mean": [0.2], "std": [0.3], "input_size": [1, 16, 16], "channels": 1}
+    for i in range(3):
+        rid = store.create({"name": f"model {i}", "data": {"name": "digits"}, "model": {"arch": "resnet20"},
+                            "method": {"name": "baseline", "params": {}}}, state="done", created=1000.0 + i)
+        store.update(rid, record={"run_id": rid, "name": f"model {i}", "method": "baseline"}, finished=1000.0 + i)
+        torch.manual_seed(i)
+        model = models.build("resnet20", 3, True, 0.25).eval()
+        store.run_dir(rid).mkdir(parents=True, exist_ok=True)
+        export.save_bundle(export.make_bundle(model, arch="resnet20", num_classes=3, small_input=True, meta=meta),
+                           store.run_dir(rid) / layout.CHECKPOINT)
+    at = app(tmp_path / "ws", monkeypatch, "try_image")
+    at.multiselect(key="runs").set_value([r["id"] for r in store.list("done")])
+    buf = io.BytesIO()
+    Image.fromarray(np.arange(256, dtype=np.uint8).reshape(16, 16)).save(buf, format="PNG")
+    at.file_uploader(key="images").set_value([("ramp.png", buf.getvalue(), "image/png")])
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    fixed = [b for b in blocks(at.main) if getattr(getattr(b, "proto", None), "width_config", None)
+             and b.proto.width_config.pixel_width > 0]
+    assert len(fixed) == 3
+    for b in fixed:  # each holds one model's answers and its map, whole
+        assert len(b.dataframe) == 1 and len(b.image) == 1
+        assert b.proto.width_config.pixel_width >= 224  # the map's width
