@@ -137,9 +137,11 @@ def load_program(data: bytes | str | Path, name: str) -> nn.Module:
     try:
         ep = torch.export.load(io.BytesIO(raw))
     except Exception as e:
-        raise UserModelError(f"{name} cannot be read as a torch.export program with torch {torch.__version__} "
-                             f"({_one_line(e)}); programs are read by the torch version that saved them or a "
-                             "compatible one: export it again with this version (torch.export.save)") from None
+        saved = _saved_by(raw)
+        raise UserModelError(f"{name} cannot be read as a torch.export program with torch {torch.__version__}"
+                             + (f" (it was saved by torch {saved})" if saved else "") + f": {_one_line(e)}; programs "
+                             "are read by the torch version that saved them or a compatible one: export it again "
+                             "with this version (torch.export.save)") from None
     model = lift(ep, name)
     set_source(model, {"kind": "program", "name": name})
     return model
@@ -190,15 +192,27 @@ def _check_schema(doc: bytes, name: str) -> None:
     refused naming both, rather than with torch's "error when deserializing"."""
     try:
         from torch._export.serde.schema import SCHEMA_VERSION  # the schema this torch writes and reads
-        saved = json.loads(doc).get("schema_version") or {}
+        meta = json.loads(doc)
+        saved = meta.get("schema_version") or {}
         major, minor = int(saved["major"]), int(saved.get("minor", 0))
     except Exception:  # no schema recorded where expected: torch.export.load says what is wrong
         return
+    by = f"by torch {str(meta['torch_version'])[:40]} " if meta.get("torch_version") else ""
     if major != SCHEMA_VERSION[0]:
         raise UserModelError(f"{name} cannot be read as a torch.export program with torch {torch.__version__}: it was "
-                             f"saved with program schema {major}.{minor} and this torch reads schema "
+                             f"saved {by}with program schema {major}.{minor} and this torch reads schema "
                              f"{SCHEMA_VERSION[0]}.x; programs are read by the torch version that saved them or a "
                              "compatible one: export it again with this version (torch.export.save)")
+
+
+def _saved_by(raw: bytes) -> str | None:
+    """The torch version a program's archive says saved it (None where it does not say)."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(raw))
+        doc = next(archive.read(m) for m in archive.namelist() if "/models/" in m and m.endswith(".json"))
+        return str(json.loads(doc)["torch_version"])[:40]
+    except Exception:
+        return None
 
 
 def _placeholder_shape(ep: torch.export.ExportedProgram, name: str) -> tuple[int, ...]:

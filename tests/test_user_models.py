@@ -310,10 +310,25 @@ def test_a_program_from_another_torch_version_is_refused_with_what_to_do(tmp_pat
             return data
         doc = json.loads(data)
         doc["schema_version"]["major"] += 90  # what a much newer torch.export writes
+        doc["torch_version"] = "9.1.0"
         return json.dumps(doc).encode()
     program = _rewritten(_program(tmp_path, net_file), tmp_path / "newer.pt2", newer)
     with pytest.raises(user_models.UserModelError, match=rf"cannot be read .* torch {re.escape(torch.__version__)}: it "
-                                                         r"was saved with program schema 9\d\.\d+ .*export it again"):
+                                                         r"was saved by torch 9\.1\.0 with program schema 9\d\.\d+ "
+                                                         r".*export it again"):
+        user_models.load_program(program, program.name)
+
+    def older_ops(name: str, data: bytes) -> bytes:  # same schema, a graph this torch cannot rebuild
+        if not name.endswith("models/model.json"):
+            return data
+        doc = json.loads(data)
+        doc["torch_version"] = "2.99.0"
+        for node in doc["graph_module"]["graph"]["nodes"]:
+            node["target"] = node["target"].replace("aten.relu.default", "aten.relu_from_another_torch.default")
+        return json.dumps(doc).encode()
+    program = _rewritten(_program(tmp_path, net_file), tmp_path / "other-ops.pt2", older_ops)
+    with pytest.raises(user_models.UserModelError, match=r"cannot be read as a torch.export program with torch "
+                                                         r".* \(it was saved by torch 2\.99\.0\): .*export it again"):
         user_models.load_program(program, program.name)
 
 
