@@ -342,11 +342,6 @@ def _run(spec: JobSpec, store: Store, run_id: str, run_dir: Path, progress, canc
     log.info("data %s: %d train / %d val / %d test images, %d classes, input %s", data.name, len(data.train),
              len(data.val), len(data.test), data.num_classes, data.input_shape)
     model, arch, small, base_record, parent, data = _starting_model(spec, store, data)
-    # What the spec leaves open (optimizer, weight decay, label smoothing) from the family's recipe: a
-    # ViT trains with AdamW (training.RECIPES); the record's spec holds the choices as resolved.
-    family = models.ARCHS[arch].family if arch in models.ARCHS else None
-    defaults = training.recipe_name(spec.train, family)
-    spec = dataclasses.replace(spec, train=training.resolved(spec.train, family))
     clock = _PhaseClock(t_start)
     clock.lap("data")
     fresh = spec.model.arch or (spec.model.file and not spec.model.file.endswith(".pt2") and not spec.model.weights)
@@ -404,8 +399,7 @@ def _run(spec: JobSpec, store: Store, run_id: str, run_dir: Path, progress, canc
     record["phase_seconds"] = clock.phases(ctx.train_seconds)
     record["val_images"] = len(data.val)
     if ctx.recipe is not None:
-        record["recipe"] = {**ctx.recipe, "zero_init_residual": spec.train.zero_init_residual,
-                            "defaults": f"{defaults} recipe (training.RECIPES)"}
+        record["recipe"] = {**ctx.recipe, "zero_init_residual": spec.train.zero_init_residual}
     record.update(ctx.extra)
     record.update({"spec": spec.to_dict(), "started": t_start, "finished": time.time(),
                    "torch": torch.__version__, "host": platform.node(), "cpu": platform.processor() or platform.machine(),

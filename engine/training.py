@@ -72,6 +72,14 @@ RECIPES: dict[str, dict[str, Any]] = {
 NO_DECAY_NAMES = ("pos_embedding", "pos_embed", "class_token", "cls_token")  # ViT tokens: never decayed
 
 
+def family_of(model: nn.Module | None) -> str | None:
+    """The recipe family of the model being trained: "vit" for a vision transformer (a head-pruned one
+    included), None for any other (the default recipe). Read from the model itself, so that a student
+    of another kind than its teacher trains under its own recipe."""
+    from torchvision.models import VisionTransformer
+    return "vit" if isinstance(model, VisionTransformer) else None
+
+
 def resolved(cfg: TrainSpec, family: str | None = None) -> TrainSpec:
     """``cfg`` with what it leaves open filled in: from ``family``'s recipe where the optimizer is not
     given (a given optimizer keeps the default recipe's other values, as before recipes existed)."""
@@ -86,11 +94,11 @@ def recipe_name(cfg: TrainSpec, family: str | None) -> str:
     return family if cfg.optimizer is None and family in RECIPES else "default"
 
 
-def default_lr(cfg: TrainSpec, batch_size: int) -> float:
+def default_lr(cfg: TrainSpec, batch_size: int, family: str | None = None) -> float:
     """The spec's lr, else the linear scaling rule: SGD 0.1 per 256 images, AdamW 1e-3."""
     if cfg.lr is not None:
         return cfg.lr
-    return 0.1 * batch_size / 256 if resolved(cfg).optimizer == "sgd" else 1e-3
+    return 0.1 * batch_size / 256 if resolved(cfg, family).optimizer == "sgd" else 1e-3
 
 
 def amp_dtype(device: torch.device, amp: str) -> torch.dtype | None:
@@ -111,10 +119,11 @@ def autocast_for(device: torch.device, amp: str):
 
 
 def recipe(cfg: TrainSpec, data, device: torch.device, *, epochs: int | None = None,
-           lr: float | None = None) -> dict[str, Any]:
+           lr: float | None = None, family: str | None = None) -> dict[str, Any]:
     """Every choice ``fit`` makes, resolved from the spec, the data and the device: what the run records
     and its model card shows, so that a result can be reproduced and set beside a published one."""
-    cfg = resolved(cfg)
+    defaults = recipe_name(cfg, family)
+    cfg = resolved(cfg, family)
     world = cfg.devices
     aug = "off"
     if data.augment:
@@ -139,6 +148,7 @@ def recipe(cfg: TrainSpec, data, device: torch.device, *, epochs: int | None = N
         "device": str(device),
         "devices": world,
         "sync_bn": resolve_sync_bn(cfg) if world > 1 else None,
+        "defaults": f"{defaults} recipe (training.RECIPES)",  # where the choices the spec left open came from
     }
 
 
@@ -171,13 +181,14 @@ def fit(model: nn.Module, data, cfg: TrainSpec, *, epochs: int | None = None, lr
     One process; inside a DDP process group (``engine.distributed`` sets it up) each rank trains on its
     slice of every global batch (``engine.ddp``), so N ranks take the steps one device would. Training on ``cfg.devices > 1`` processes is the caller's choice: ``Context.fit`` makes it."""
     device = device or resolve_device(cfg.device)
-    cfg = resolved(cfg)  # a spec the runner did not resolve (no family known): the default recipe
+    family = family_of(model)
+    used = recipe(cfg, data, device, epochs=epochs, lr=lr, family=family)
+    cfg = resolved(cfg, family)  # what the spec leaves open, from the model's recipe (a ViT's: AdamW)
     epochs = cfg.epochs if epochs is None else epochs
     torch.manual_seed(cfg.seed)
     model.to(device)
     if epochs <= 0:  # before the memory-format switch, which only a finished training undoes: a model
         return FitResult(float("nan"), -1, 0.0, [])  # left channels_last was timed unlike its base
-    used = recipe(cfg, data, device, epochs=epochs, lr=lr)
     channels_last = used["channels_last"]
     if channels_last:
         model.to(memory_format=torch.channels_last)

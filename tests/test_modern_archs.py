@@ -183,7 +183,7 @@ def test_baseline_prune_quantize_and_reload_each_modern_arch(arch, session_home)
     base = job({"arch": arch}, "baseline")
     # trained from scratch under the ViT recipe, recorded as such (the spec gave no optimizer)
     assert base["recipe"]["optimizer"] == "adamw" and base["recipe"]["label_smoothing"] == 0.1
-    assert base["recipe"]["defaults"].startswith("vit recipe") and base["spec"]["train"]["optimizer"] == "adamw"
+    assert base["recipe"]["defaults"].startswith("vit recipe") and base["spec"]["train"]["optimizer"] is None
     # MLP channels and attention heads (a third of 3: one per block) go together.
     pruned = job({"from_run": base["run_id"]}, "prune_structured",
                  {"ratio": 0.3, "head_ratio": 0.34, "finetune_epochs": 0}, onnx=True)
@@ -239,7 +239,7 @@ def test_slimming_refuses_what_it_cannot_do_on_modern_nets_before_any_training()
 @pytest.mark.fast
 def test_a_vit_trains_under_the_small_vit_recipe_unless_the_spec_chooses_the_optimizer():
     from engine.spec import TrainSpec
-    from engine.training import param_groups, resolved
+    from engine.training import family_of, param_groups, resolved
     vit = resolved(TrainSpec(), "vit")
     assert (vit.optimizer, vit.weight_decay, vit.label_smoothing) == ("adamw", 0.05, 0.1)
     cnn = resolved(TrainSpec(), "resnet")
@@ -249,6 +249,7 @@ def test_a_vit_trains_under_the_small_vit_recipe_unless_the_spec_chooses_the_opt
     partly = resolved(TrainSpec(label_smoothing=0.0, weight_decay=0.1), "vit")  # what is given is kept
     assert (partly.optimizer, partly.weight_decay, partly.label_smoothing) == ("adamw", 0.1, 0.0)
     model = models.build("vit_cifar", 10)
+    assert family_of(model) == "vit" and family_of(models.build("resnet20", 10)) is None  # a student's own kind
     decayed, kept = param_groups(model, 0.05)
     names = {id(p): n for n, p in model.named_parameters()}
     spared = {names[id(p)] for p in kept["params"]}
