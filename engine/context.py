@@ -84,7 +84,7 @@ class Context:
                  **hooks: Any) -> training.FitResult:
         """Recovery training after compression: a tenth of the training learning rate by default."""
         if lr is None:
-            lr = training.default_lr(self.spec.train, self.data.batch_size) / 10
+            lr = training.default_lr(self.spec.train, self.data.batch_size, training.family_of(model)) / 10
         return self.fit(model, epochs=epochs, lr=lr, phase=phase, **hooks)
 
     def recalibrate(self, model: nn.Module, after: str) -> int:

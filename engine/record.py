@@ -335,7 +335,8 @@ FIELDS: tuple[Field, ...] = (
           help="how the job trained, every choice resolved: optimizer, peak lr and epochs of each phase (train, "
                "finetune, ...), global batch and batch per device, schedule and warm-up, weight decay and what it "
                "applies to, label smoothing, augmentation, autocast dtype, channels_last, torch.compile, zero-init "
-               "of residual blocks, device, DDP devices and SyncBatchNorm; blank for a job that trained nothing"),
+               "of residual blocks, device, DDP devices and SyncBatchNorm, and the family recipe the choices the spec "
+               "left open came from (defaults: a ViT's is AdamW); blank for a job that trained nothing"),
     # -- where and on what -----------------------------------------------------------------------
     Field("device", "trained on", kind="text", card=True,
           help="the device the job trained and evaluated on; timings name theirs (latency_device, gpu_name)"),

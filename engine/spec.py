@@ -64,11 +64,11 @@ class MethodSpec:
 @dataclass
 class TrainSpec:
     epochs: int = 3
-    optimizer: str = "sgd"           # sgd | adamw
+    optimizer: str | None = None     # sgd | adamw; None: the architecture family's recipe (training.RECIPES)
     lr: float | None = None          # None: sgd 0.1 x batch/256, adamw 1e-3; fine-tunes use a tenth
     momentum: float = 0.9
-    weight_decay: float = 5e-4
-    label_smoothing: float = 0.0
+    weight_decay: float | None = None    # None: the recipe's (sgd 5e-4; ViTs from scratch, AdamW 0.05)
+    label_smoothing: float | None = None  # None: the recipe's (sgd 0; ViTs 0.1)
     warmup_epochs: float = 0.5
     amp: str = "auto"                # auto | bf16 | fp16 | off; bf16/fp16 need CUDA (auto: bf16 there, off on CPU)
     channels_last: bool | None = None  # None: on for CUDA
@@ -193,15 +193,15 @@ class JobSpec:
 
         if t.epochs < 0 or t.epochs > 10000:
             raise SpecError("train.epochs", f"must be between 0 and 10000, got {t.epochs}")
-        if t.optimizer not in ("sgd", "adamw"):
+        if t.optimizer not in (None, "sgd", "adamw"):
             raise SpecError("train.optimizer", f"unknown optimizer {short_repr(t.optimizer)}; valid: sgd, adamw")
         if t.lr is not None and not 0 < t.lr <= 10:
             raise SpecError("train.lr", f"must be in (0, 10], got {t.lr}")
         if not 0 <= t.momentum < 1:
             raise SpecError("train.momentum", f"must be in [0, 1), got {t.momentum}")
-        if not 0 <= t.weight_decay < 1:
+        if t.weight_decay is not None and not 0 <= t.weight_decay < 1:
             raise SpecError("train.weight_decay", f"must be in [0, 1), got {t.weight_decay}")
-        if not 0 <= t.label_smoothing < 1:
+        if t.label_smoothing is not None and not 0 <= t.label_smoothing < 1:
             raise SpecError("train.label_smoothing", f"must be in [0, 1), got {t.label_smoothing}")
         warmup_max = max(t.epochs, 1)
         if not 0 <= t.warmup_epochs <= warmup_max:

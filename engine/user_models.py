@@ -137,9 +137,11 @@ def load_program(data: bytes | str | Path, name: str) -> nn.Module:
     try:
         ep = torch.export.load(io.BytesIO(raw))
     except Exception as e:
-        raise UserModelError(f"{name} cannot be read as a torch.export program with torch {torch.__version__} "
-                             f"({_one_line(e)}); programs are read by the torch version that saved them or a "
-                             "compatible one: export it again with this version (torch.export.save)") from None
+        saved = _saved_by(raw)
+        raise UserModelError(f"{name} cannot be read as a torch.export program with torch {torch.__version__}"
+                             + (f" (it was saved by torch {saved})" if saved else "") + f": {_one_line(e)}; programs "
+                             "are read by the torch version that saved them or a compatible one: export it again "
+                             "with this version (torch.export.save)") from None
     model = lift(ep, name)
     set_source(model, {"kind": "program", "name": name})
     return model
@@ -190,15 +192,27 @@ def _check_schema(doc: bytes, name: str) -> None:
     refused naming both, rather than with torch's "error when deserializing"."""
     try:
         from torch._export.serde.schema import SCHEMA_VERSION  # the schema this torch writes and reads
-        saved = json.loads(doc).get("schema_version") or {}
+        meta = json.loads(doc)
+        saved = meta.get("schema_version") or {}
         major, minor = int(saved["major"]), int(saved.get("minor", 0))
     except Exception:  # no schema recorded where expected: torch.export.load says what is wrong
         return
+    by = f"by torch {str(meta['torch_version'])[:40]} " if meta.get("torch_version") else ""
     if major != SCHEMA_VERSION[0]:
         raise UserModelError(f"{name} cannot be read as a torch.export program with torch {torch.__version__}: it was "
-                             f"saved with program schema {major}.{minor} and this torch reads schema "
+                             f"saved {by}with program schema {major}.{minor} and this torch reads schema "
                              f"{SCHEMA_VERSION[0]}.x; programs are read by the torch version that saved them or a "
                              "compatible one: export it again with this version (torch.export.save)")
+
+
+def _saved_by(raw: bytes) -> str | None:
+    """The torch version a program's archive says saved it (None where it does not say)."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(raw))
+        doc = next(archive.read(m) for m in archive.namelist() if "/models/" in m and m.endswith(".json"))
+        return str(json.loads(doc)["torch_version"])[:40]
+    except Exception:
+        return None
 
 
 def _placeholder_shape(ep: torch.export.ExportedProgram, name: str) -> tuple[int, ...]:
@@ -256,14 +270,23 @@ def lift(ep: torch.export.ExportedProgram, name: str) -> fx.GraphModule:
             continue
         if node.op != "call_function":
             continue
-        module, path = _layer_of(node, lifter, aten)
+        if _flattens(node, aten):  # core ATen's flatten: a view to [batch, C*H*W] with the count baked in
+            node.target, node.args = aten.flatten.using_ints, (node.args[0], 1)
+            continue
+        module, path, x = _layer_of(node, lifter, aten)
         if module is None or path in made:
             continue
         made[path] = module
         with graph.inserting_before(node):
-            new = graph.call_module(path, (node.args[0],))
-        new.meta = dict(node.meta)
-        node.replace_all_uses_with(new)
+            new = graph.call_module(path, (x,))
+        if node.target == aten._native_batch_norm_legit_no_training.default:  # core ATen: (out, mean, rstd)
+            new.meta = dict(next(iter(node.users)).meta)
+            for item in list(node.users):
+                item.replace_all_uses_with(new)
+                graph.erase_node(item)
+        else:
+            new.meta = dict(node.meta)
+            node.replace_all_uses_with(new)
         graph.erase_node(node)
     graph.eliminate_dead_code()
     root = nn.Module()
@@ -302,40 +325,64 @@ def _install(root: nn.Module, target: str, obj: Any) -> None:
         setattr(mod, leaf, obj)
 
 
-def _layer_of(node: fx.Node, lifter: _Lifter, aten: Any) -> tuple[nn.Module | None, str | None]:
-    """The real layer an ATen call with the program's own weights is, and the module path it goes under."""
+def _layer_of(node: fx.Node, lifter: _Lifter, aten: Any) -> tuple[nn.Module | None, str | None, Any]:
+    """The real layer an ATen call with the program's own weights is, the module path it goes under and
+    its input. Both spellings are read: the training IR's ``conv2d`` / ``linear`` / ``batch_norm`` and the
+    core ATen a program has after ``run_decompositions()`` (``convolution``, ``addmm`` / ``mm`` of a
+    transposed weight, ``_native_batch_norm_legit_no_training``)."""
     args = list(node.args)
-    if node.target == aten.conv2d.default:
+    none = (None, None, None)
+    if node.target in (aten.conv2d.default, aten.convolution.default):
         weight, bias = args[1], args[2] if len(args) > 2 else None
+        if node.target == aten.convolution.default:
+            stride, padding, dilation, transposed, output_padding, groups = args[3:9]
+            if transposed or any(output_padding):
+                return none
+        else:
+            stride, padding, dilation, groups = (args + [None] * 7)[3:7]
         path = lifter.owner([weight, bias])
         w = lifter.tensor(weight)
         if path is None or w is None or w.dim() != 4:
-            return None, None
-        stride, padding, dilation, groups = (args + [None] * 7)[3:7]
+            return none
         conv = nn.Conv2d(w.shape[1] * (groups or 1), w.shape[0], tuple(w.shape[2:]), tuple(stride or (1, 1)),
                          tuple(padding or (0, 0)), tuple(dilation or (1, 1)), groups or 1, bias=bias is not None)
         conv.weight = _param(w)
         if bias is not None:
             conv.bias = _param(lifter.tensor(bias))
-        return conv, path
-    if node.target == aten.linear.default:
-        weight, bias = args[1], args[2] if len(args) > 2 else None
+        return conv, path, args[0]
+    if node.target in (aten.linear.default, aten.addmm.default, aten.mm.default):
+        if node.target == aten.linear.default:
+            x, weight, bias = args[0], args[1], args[2] if len(args) > 2 else None
+            w = lifter.tensor(weight)
+        else:
+            bias, x, wt = (args[0], args[1], args[2]) if node.target == aten.addmm.default else (None, *args[:2])
+            if node.kwargs or not _transposed(wt, aten) or len(wt.users) != 1:  # beta / alpha scale: not a Linear
+                return none
+            weight = wt.args[0]
+            w = lifter.tensor(weight)
         path = lifter.owner([weight, bias])
-        w = lifter.tensor(weight)
         if path is None or w is None or w.dim() != 2:
-            return None, None
+            return none
+        b = lifter.tensor(bias) if bias is not None else None
+        if bias is not None and (b is None or b.dim() != 1):
+            return none
         lin = nn.Linear(w.shape[1], w.shape[0], bias=bias is not None)
         lin.weight = _param(w)
-        if bias is not None:
-            lin.bias = _param(lifter.tensor(bias))
-        return lin, path
-    if node.target == aten.batch_norm.default:
+        if b is not None:
+            lin.bias = _param(b)
+        return lin, path, x
+    if node.target in (aten.batch_norm.default, aten._native_batch_norm_legit_no_training.default):
         x, weight, bias, mean, var = args[:5]
-        momentum, eps = args[6], args[7]
+        if node.target == aten.batch_norm.default:
+            momentum, eps = args[6], args[7]
+        else:  # used only through getitem(…, 0): the normalised tensor
+            momentum, eps = args[5], args[6]
+            if any(u.op != "call_function" or u.args[1] != 0 for u in node.users):
+                return none
         path = lifter.owner([weight, bias, mean, var])
         val = getattr(x, "meta", {}).get("val")
         if path is None or mean is None or weight is None or val is None or val.dim() not in (2, 4):
-            return None, None
+            return none
         m = lifter.tensor(mean)
         bn = (nn.BatchNorm2d if val.dim() == 4 else nn.BatchNorm1d)(m.shape[0], eps=eps, momentum=momentum)
         bn.weight, bn.bias = _param(lifter.tensor(weight)), _param(lifter.tensor(bias))
@@ -344,8 +391,35 @@ def _layer_of(node: fx.Node, lifter: _Lifter, aten: Any) -> tuple[nn.Module | No
         counter = f"{path}.num_batches_tracked"
         if counter in dict(lifter.gm.named_buffers()):
             bn.num_batches_tracked.copy_(lifter.gm.get_buffer(counter))
-        return bn, path
-    return None, None
+        return bn, path, x
+    return none
+
+
+def _flattens(node: fx.Node, aten: Any) -> bool:
+    """``node`` reshapes a batch to ``[batch, everything else]`` with the size of everything else written
+    as a number (as ``run_decompositions()`` spells ``torch.flatten(x, 1)``): once a method removes
+    channels that number is wrong, while ``flatten`` follows."""
+    if node.target not in (aten.view.default, aten.reshape.default, aten._unsafe_view.default) or len(node.args) != 2:
+        return False
+    x, shape = node.args
+    val = getattr(x, "meta", {}).get("val") if isinstance(x, fx.Node) else None
+    if val is None or val.dim() < 2 or not isinstance(shape, (list, tuple)) or len(shape) != 2:
+        return False
+    rest = 1
+    for d in val.shape[1:]:
+        if not isinstance(d, int):
+            return False
+        rest *= d
+    return isinstance(shape[1], int) and shape[1] == rest  # then the first is the batch, whatever spells it
+
+
+def _transposed(node: Any, aten: Any) -> bool:
+    """``node`` is a 2-D weight's transpose (``permute(w, [1, 0])`` or ``t(w)``), as core ATen spells a Linear."""
+    if not isinstance(node, fx.Node) or node.op != "call_function":
+        return False
+    if node.target == aten.t.default:
+        return True
+    return node.target == aten.permute.default and list(node.args[1]) == [1, 0]
 
 
 def _param(t: torch.Tensor) -> nn.Parameter:

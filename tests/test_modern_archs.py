@@ -181,6 +181,9 @@ def test_baseline_prune_quantize_and_reload_each_modern_arch(arch, session_home)
                          "train": {"epochs": 1}, "measure": {**MEASURE, "onnx": onnx}}, Store(session_home))
 
     base = job({"arch": arch}, "baseline")
+    # trained from scratch under the ViT recipe, recorded as such (the spec gave no optimizer)
+    assert base["recipe"]["optimizer"] == "adamw" and base["recipe"]["label_smoothing"] == 0.1
+    assert base["recipe"]["defaults"].startswith("vit recipe") and base["spec"]["train"]["optimizer"] is None
     # MLP channels and attention heads (a third of 3: one per block) go together.
     pruned = job({"from_run": base["run_id"]}, "prune_structured",
                  {"ratio": 0.3, "head_ratio": 0.34, "finetune_epochs": 0}, onnx=True)
@@ -231,3 +234,24 @@ def test_slimming_refuses_what_it_cannot_do_on_modern_nets_before_any_training()
     with pytest.raises(SpecError, match="grouped convolutions") as e:
         slimming(models.build("regnet_y_400mf", 10, small_input=True), ctx, {"expand": True})
     assert e.value.field == "method.params.expand"
+
+
+@pytest.mark.fast
+def test_a_vit_trains_under_the_small_vit_recipe_unless_the_spec_chooses_the_optimizer():
+    from engine.spec import TrainSpec
+    from engine.training import family_of, param_groups, resolved
+    vit = resolved(TrainSpec(), "vit")
+    assert (vit.optimizer, vit.weight_decay, vit.label_smoothing) == ("adamw", 0.05, 0.1)
+    cnn = resolved(TrainSpec(), "resnet")
+    assert (cnn.optimizer, cnn.weight_decay, cnn.label_smoothing) == ("sgd", 5e-4, 0.0)
+    chosen = resolved(TrainSpec(optimizer="sgd"), "vit")  # a given optimizer: the default recipe's other values
+    assert (chosen.optimizer, chosen.weight_decay, chosen.label_smoothing) == ("sgd", 5e-4, 0.0)
+    partly = resolved(TrainSpec(label_smoothing=0.0, weight_decay=0.1), "vit")  # what is given is kept
+    assert (partly.optimizer, partly.weight_decay, partly.label_smoothing) == ("adamw", 0.1, 0.0)
+    model = models.build("vit_cifar", 10)
+    assert family_of(model) == "vit" and family_of(models.build("resnet20", 10)) is None  # a student's own kind
+    decayed, kept = param_groups(model, 0.05)
+    names = {id(p): n for n, p in model.named_parameters()}
+    spared = {names[id(p)] for p in kept["params"]}
+    assert {"class_token", "encoder.pos_embedding"} <= spared and kept["weight_decay"] == 0.0
+    assert all(p.ndim > 1 for p in decayed["params"]) and not spared & {names[id(p)] for p in decayed["params"]}

@@ -80,6 +80,7 @@ def test_the_run_records_its_recipe_and_the_model_card_shows_it(tmp_path):
     record = runner.run_spec(spec, store)
     recipe = record["recipe"]
     assert recipe["zero_init_residual"] is True and recipe["label_smoothing"] == 0.05
+    assert recipe["optimizer"] == "sgd nesterov" and recipe["defaults"] == "default recipe (training.RECIPES)"
     assert recipe["phases"] == [{"phase": "train", "epochs": 1, "lr": pytest.approx(0.025)}]
     assert recipe["batch_size"] == 64 and recipe["devices"] == 1 and recipe["device"] == "cpu"
     card = json.loads((store.run_dir(record["run_id"]) / layout.CARD).read_text())

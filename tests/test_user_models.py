@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import re
 import textwrap
 import zipfile
@@ -13,12 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine import export, layout, predict, results, runner, user_models
+from engine import export, predict, runner, user_models
 from engine.errors import JobFailed, SpecError
 
 REFUSED = (SpecError, JobFailed)  # refused by the spec check, or by the job before any training
 from engine.store import Store
-from tests.conftest import cli, uploader
+from tests.conftest import cli, compare_page, uploader
 
 NET = textwrap.dedent('''
     import torch
@@ -100,43 +99,63 @@ def _chain(store: Store, start: dict) -> list[dict]:
     return [base, pruned, int8]
 
 
-def _compared(store: Store, chain: list[dict]) -> None:
-    """Compare's table: each step of the chain measured against the base it started from."""
-    table = results.table(results.records(store)).set_index("run_id")
+def _on_compare(store: Store, chain: list[dict], monkeypatch, tmp_path: Path) -> dict[str, Path]:
+    """Compare lists each step of the chain with its numbers, measured against the base it started from;
+    its Checkpoint button for each step serves the bundle, written to ``tmp_path`` as a user's download."""
+    from streamlit.runtime.media_file_manager import MediaFileManager
+    served: dict[str, object] = {}  # deferred file id -> the callable the button runs on click
+    add = MediaFileManager.add_deferred
+
+    def remember(self, data_callable, *args, **kwargs):
+        file_id = add(self, data_callable, *args, **kwargs)
+        served[file_id] = data_callable
+        return file_id
+    monkeypatch.setattr(MediaFileManager, "add_deferred", remember)
+    at = compare_page(store.root, monkeypatch, lambda home: None)
+    assert not at.exception, [e.value for e in at.exception]
+    table = at.dataframe[0].value.set_index("run_id")
     base, pruned, int8 = (r["run_id"] for r in chain)
+    for rec in chain:
+        row = table.loc[rec["run_id"]]
+        assert row["accuracy"] == pytest.approx(rec["accuracy"]) and row["macs"] == rec["macs"]
     assert set(table.loc[[pruned, int8], "base_id"]) == {base}
     assert table.loc[pruned, "x_fewer_macs"] > 2 and table.loc[int8, "runtime"] == "ONNX Runtime INT8"
-
-
-def _downloaded(store: Store, run_id: str, to: Path) -> Path:
-    path = to / f"{run_id}.pt"
-    shutil.copy(store.run_dir(run_id) / layout.CHECKPOINT, path)
-    return path
+    paths = {}
+    for rec in chain[1:]:
+        at.selectbox(key="detail_run").set_value(rec["run_id"])
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        button = next(b for b in at.get("download_button") if b.proto.label == "Checkpoint bundle (.pt)")
+        paths[rec["run_id"]] = tmp_path / f"{rec['run_id']}-downloaded.pt"
+        paths[rec["run_id"]].write_bytes(served[button.proto.deferred_file_id]())
+    return paths
 
 
 def _same_answers(a, b, shape=(3, 8, 8)) -> None:
-    x = torch.randn(5, *shape)
+    x = torch.randn(5, *shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.allclose(a(x), b(x), atol=1e-5)
 
 
 def test_a_python_file_model_trains_prunes_quantises_and_reloads_only_while_its_file_is_unchanged(
-        home, tmp_path, net_file):
+        home, tmp_path, net_file, monkeypatch):
     store = Store()
     base, pruned, int8 = _chain(store, {"file": f"{net_file}:build", "builder_kwargs": {"width": 16},
                                         "trust_code": True})
     assert base["arch"] == pruned["arch"] == "tiny_resnet.py:build"
     assert pruned["params"] < 0.5 * base["params"] and pruned["macs"] < 0.5 * base["macs"]
     assert int8["precision"] == "int8" and int8["accuracy"] is not None
-    _compared(store, [base, pruned, int8])
-    path = _downloaded(store, pruned["run_id"], tmp_path)
+    downloads = _on_compare(store, [base, pruned, int8], monkeypatch, tmp_path)
+    path = downloads[pruned["run_id"]]
     with pytest.raises(export.BundleError, match="runs that file's code"):  # no opt-in, no code run
         export.load_model(path)
     model, bundle = export.load_model(path, trust_code=True)
     assert bundle["source"]["sha256"] == user_models.sha256(net_file) and bundle["source"]["builder"] == "build"
     assert model.blocks[0].conv1.out_channels == 8  # half of 16: the pruned shape, rebuilt from the manifest
     _same_answers(model, predict.load_run(pruned["run_id"], store).model)
-    assert predict.load_path(str(_downloaded(store, int8["run_id"], tmp_path))).bundle["kind"] == export.ONNX_INT8
+    int8_model = predict.load_path(str(downloads[int8["run_id"]]))
+    assert int8_model.bundle["kind"] == export.ONNX_INT8
+    _same_answers(int8_model.logits, predict.load_run(int8["run_id"], store).logits)
 
     net_file.write_text(NET + "\n# edited\n")
     with pytest.raises(export.BundleError, match="has changed since this model was made"):
@@ -145,29 +164,40 @@ def test_a_python_file_model_trains_prunes_quantises_and_reloads_only_while_its_
         runner.run_spec(spec({"from_run": pruned["run_id"]}, "prune_structured", {"ratio": 0.2}), store)
 
 
-def _program(tmp_path: Path, net_file: Path, shape=(3, 8, 8), builder="build", dynamic=True) -> Path:
+def _program(tmp_path: Path, net_file: Path, shape=(3, 8, 8), builder="build", dynamic=True,
+             core_aten=False) -> Path:
     source = user_models.python_source(net_file, builder, {"width": 16} if builder == "build" else {})
     net = user_models.build_python(source, 10, trust_code=True).eval()
     x = torch.randn(2 if dynamic else 1, *shape)
     ep = torch.export.export(net, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},) if dynamic else None)
-    path = tmp_path / f"{builder}-{shape[-1]}-{dynamic}.pt2"
+    if core_aten:
+        ep = ep.run_decompositions()
+    path = tmp_path / f"{builder}-{shape[-1]}-{dynamic}{'-core' if core_aten else ''}.pt2"
     torch.export.save(ep, path)
     return path
 
 
-def test_a_torch_export_program_goes_through_the_chain_without_running_user_code(home, tmp_path, net_file):
-    program = _program(tmp_path, net_file)
+@pytest.mark.parametrize("core_aten", [False, True], ids=["training-ir", "core-aten"])
+def test_a_torch_export_program_goes_through_the_chain_without_running_user_code(home, tmp_path, net_file, monkeypatch,
+                                                                                  core_aten):
+    """As exported (conv2d, linear, batch_norm) and after run_decompositions() (convolution, addmm of a
+    transposed weight, _native_batch_norm_legit_no_training): both are lifted to real layers."""
+    program = _program(tmp_path, net_file, core_aten=core_aten)
     net_file.unlink()  # the program needs no Python file
+    lifted = user_models.load_program(program, program.name)
+    assert user_models.unlifted_layers(lifted) == []
+    assert isinstance(lifted.get_submodule("stem.1"), torch.nn.BatchNorm2d)  # trains with batch statistics
     store = Store()
     base, pruned, int8 = _chain(store, {"file": str(program), "normalisation": "dataset"})
     assert base["arch"] == program.name and base.get("start_accuracy") is not None  # a trained start: scored first
     assert pruned["macs"] < 0.5 * base["macs"]
     assert int8["precision"] == "int8"
-    _compared(store, [base, pruned, int8])
-    path = _downloaded(store, pruned["run_id"], tmp_path)
-    model, bundle = export.load_model(path)  # no trust needed: a graph of ATen operators
+    downloads = _on_compare(store, [base, pruned, int8], monkeypatch, tmp_path)
+    model, bundle = export.load_model(downloads[pruned["run_id"]])  # no trust needed: a graph of ATen operators
     assert bundle["source"]["kind"] == "program"
     _same_answers(model, predict.load_run(pruned["run_id"], store).model)
+    _same_answers(predict.load_path(str(downloads[int8["run_id"]])).logits,
+                  predict.load_run(int8["run_id"], store).logits)
     # the bundle's program is its structure, weights zeroed (they are the state dict's, packed where sparse)
     structure = user_models.program_from_bundle(bundle["source"]["program"].numpy().tobytes(), program.name)
     assert all(not p.any() for p in structure.parameters())
@@ -280,10 +310,25 @@ def test_a_program_from_another_torch_version_is_refused_with_what_to_do(tmp_pat
             return data
         doc = json.loads(data)
         doc["schema_version"]["major"] += 90  # what a much newer torch.export writes
+        doc["torch_version"] = "9.1.0"
         return json.dumps(doc).encode()
     program = _rewritten(_program(tmp_path, net_file), tmp_path / "newer.pt2", newer)
     with pytest.raises(user_models.UserModelError, match=rf"cannot be read .* torch {re.escape(torch.__version__)}: it "
-                                                         r"was saved with program schema 9\d\.\d+ .*export it again"):
+                                                         r"was saved by torch 9\.1\.0 with program schema 9\d\.\d+ "
+                                                         r".*export it again"):
+        user_models.load_program(program, program.name)
+
+    def older_ops(name: str, data: bytes) -> bytes:  # same schema, a graph this torch cannot rebuild
+        if not name.endswith("models/model.json"):
+            return data
+        doc = json.loads(data)
+        doc["torch_version"] = "2.99.0"
+        for node in doc["graph_module"]["graph"]["nodes"]:
+            node["target"] = node["target"].replace("aten.relu.default", "aten.relu_from_another_torch.default")
+        return json.dumps(doc).encode()
+    program = _rewritten(_program(tmp_path, net_file), tmp_path / "other-ops.pt2", older_ops)
+    with pytest.raises(user_models.UserModelError, match=r"cannot be read as a torch.export program with torch "
+                                                         r".* \(it was saved by torch 2\.99\.0\): .*export it again"):
         user_models.load_program(program, program.name)
 
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .. import models
+from .. import models, training
 from ..spec import SpecError
 from . import Param, register
 from .attention import FeatureTap, at_loss, pair_stages
@@ -180,7 +180,7 @@ def distill(model, ctx, params):
         with torch.no_grad():
             t = teacher(x).float()
         # the label term smooths as plain training does, so distill vs compact compares the teacher only
-        out = loss(logits.float(), t, y, T, alpha, ctx.spec.train.label_smoothing)
+        out = loss(logits.float(), t, y, T, alpha, training.resolved(ctx.spec.train, training.family_of(student)).label_smoothing)
         if taps is not None:  # the student's maps are from this very forward pass, the teacher's from above
             out = out + at_loss(taps[0].maps(), taps[1].maps(), beta)
         return out

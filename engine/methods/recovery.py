@@ -14,6 +14,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from .. import training
 from . import Param
 from .distill import kd_loss, load_teacher
 
@@ -54,7 +55,7 @@ class Recovery:
         if self.teacher is None:
             return None
         teacher, T, alpha = self.teacher, self.p["finetune_T"], self.p["finetune_kd"]
-        smoothing = self.ctx.spec.train.label_smoothing
+        smoothing = training.resolved(self.ctx.spec.train, training.family_of(teacher)).label_smoothing  # its own kind
 
         def loss(logits: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
             with torch.no_grad():
