@@ -40,6 +40,25 @@ def pipeline_runs(home):
 
 
 @pytest.mark.fast
+def test_a_search_is_logged_with_its_trials_nested(home, tmp_path):
+    """An auto-compress search's trials are its child runs in MLflow too (the issue: nested runs for pipelines
+    and searches), while the run it started from stays out of it."""
+    from mlflow.tracking import MlflowClient
+
+    from test_search_page import insert_study
+    made = insert_study(home)
+    uri = (tmp_path / "mlruns").as_uri()
+    mid = tracking.log_run(Store(home), made["search"], uri)
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_run(mid).info.experiment_id
+    nested = client.search_runs([exp], filter_string=f"tags.mlflow.parentRunId = '{mid}'")
+    assert sorted(r.data.tags[tracking.TAG] for r in nested) == sorted(made["trials"])
+    assert client.get_run(mid).data.params["method.name"] == "autocompress"
+    logged = {r.data.tags[tracking.TAG] for r in client.search_runs([exp])}
+    assert made["base"] not in logged and made["hand"] not in logged
+
+
+@pytest.mark.fast
 def test_a_pipeline_is_logged_with_its_steps_nested_and_reads_back(pipeline_runs, tmp_path):
     from mlflow.tracking import MlflowClient
     store, top, steps = pipeline_runs
