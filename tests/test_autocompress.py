@@ -190,10 +190,11 @@ def test_a_trial_whose_fine_tune_ends_past_the_limit_is_stopped_with_why():
 
 def test_parallel_search_runs_trials_at_once_and_retimes_them_alone(ws):
     """Two trials at once, each in a child process: the budget holds, every trial is a linked run, and with
-    objective latency each scored trial's cost is the figure timed again after the search, alone."""
+    objective latency each scored trial's cost is the figure timed again after the search, alone, in the
+    runtime and at the batch the search was given (ONNX Runtime, batch 4)."""
     store, base = ws
     rec = run_spec(search_spec(base["run_id"], parallel=2, trials=2, space=["unstructured"], target=None,
-                               objective="latency"), store)
+                               objective="latency", runtime="onnxruntime", batch=4), store)
     trials = rec["search_trial_list"]
     assert rec["search_parallel"] == 2 and rec["search_where"] == "local"
     assert rec["search_trials"] == len(trials) == 2
@@ -204,10 +205,61 @@ def test_parallel_search_runs_trials_at_once_and_retimes_them_alone(ws):
     assert started[1] < min(r["finished"] for r in runs)             # and the two overlapped
     assert len({json.dumps(t["params"], sort_keys=True) for t in trials}) == 2
     for t in trials:
-        assert t["retimed"] and t["latency_during_search_ms"] == store.get(t["run_id"])["record"]["latency_ms"]
-        assert t["cost"] > 0 and t["cost_ratio"] > 0
-    assert "timed again" in rec["search_timing"]
+        assert t["retimed"] and t["runtime"] == "onnxruntime"
+        assert t["latency_during_search_ms"] > 0 and t["cost"] > 0 and t["cost_ratio"] > 0
+        assert t["cost"] != t["latency_during_search_ms"]            # timed twice: during the search and alone
+    assert "timed again" in rec["search_timing"] and "batch 4 in onnxruntime" in rec["search_timing"]
+    assert (rec["search_latency_runtime"], rec["search_latency_batch"], rec["search_start_runtime"]) == \
+        ("onnxruntime", 4, "onnxruntime")
     assert rec["search_winner"] in {t["run_id"] for t in trials}
+
+
+@pytest.mark.fast
+def test_a_latency_runtime_this_machine_lacks_is_refused_up_front_with_deploys_reason(monkeypatch):
+    from engine import deploy
+    monkeypatch.setattr(deploy.OpenVino, "available", lambda self, device: "not available on this machine: "
+                        "the openvino package is not installed")
+    with pytest.raises(SpecError) as e:
+        methods.validate("autocompress", {"objective": "latency", "runtime": "openvino"})
+    assert e.value.field == "method.params.runtime" and "openvino package is not installed" in str(e.value)
+    methods.validate("autocompress", {"objective": "latency", "runtime": "onnxruntime", "batch": 8})
+    for params, field in (({"runtime": "onnxruntime"}, "method.params.runtime"), ({"batch": 8}, "method.params.batch")):
+        with pytest.raises(SpecError) as e:    # a runtime or batch only the latency objective would use
+            methods.validate("autocompress", {"objective": "size", **params})
+        assert e.value.field == field
+
+
+@pytest.mark.fast
+def test_the_latency_judge_times_each_model_in_its_fastest_runtime_at_the_batch(ws, tmp_path, monkeypatch):
+    """runtime best: the start's fastest runtime chosen once (each against eager), then a model timed in every
+    runtime here against the start in that one, at the batch given, and judged in its fastest."""
+    import copy
+    import types
+
+    from engine import export, measure
+    from engine.methods.search_latency import LatencyJudge, here
+    store, base = ws
+    model, _ = export.load_model(store.get(base["run_id"])["record"]["checkpoint"])
+    calls = []
+    real = measure.paired_speedup
+
+    def spy(*a, batch=1, **kw):
+        p = real(*a, batch=batch, **kw)
+        calls.append((batch, p["speedup"]))
+        return p
+    monkeypatch.setattr(measure, "paired_speedup", spy)
+    cfg = types.SimpleNamespace(latency_runs=4, warmup_runs=1, threads=1, paired_rounds=1)
+    ctx = types.SimpleNamespace(spec=types.SimpleNamespace(measure=cfg), input_shape=(3, 8, 8), run_dir=tmp_path,
+                                log=types.SimpleNamespace(warning=lambda *a: None),
+                                base_copy=lambda: copy.deepcopy(model))
+    judge = LatencyJudge(ctx, "best", 3)
+    out = judge.time(model)
+    judge.close()
+    n = len(here())
+    assert n >= 2 and judge.start_runtime in here() and out["runtime"] in here()
+    assert {b for b, _ in calls} == {3} and len(calls) == (n - 1) + n
+    assert out["speedup"] == max(s for _, s in calls[n - 1:])
+    assert not any(tmp_path.iterdir())                               # its exported models are removed
 
 
 @pytest.mark.fast
