@@ -390,3 +390,74 @@ def test_a_resumed_parallel_search_adopts_a_finished_run_and_never_repeats_a_rec
     trials = study.get_trials()
     assert [t.value for t in trials] == [7.0, 7.0] and trials[0].user_attrs["run_id"] == done
     assert started == []                  # nothing ran: one adopted, one a repeat
+
+
+def test_a_killed_parallel_search_resumes_keeping_its_finished_trials_and_repeating_none(ws, tmp_path):
+    """A parallel search killed (SIGKILL) once a trial has finished, then resumed: the finished trial is kept,
+    no recipe runs twice, and the trial that was running is adopted (its run had finished) or failed with why,
+    its run ended cancelled: no child run is left running."""
+    store, base = ws
+    spec = tmp_path / "search.json"
+    spec.write_text(json.dumps(search_spec(base["run_id"], trials=2, parallel=2, space=["unstructured"], target=None,
+                                           seed=5)))
+    env = {**os.environ, "SLIMBENCH_HOME": str(store.root), "OMP_NUM_THREADS": "1"}
+    p = subprocess.Popen([sys.executable, "-m", "engine", "run", str(spec)], cwd=ROOT, env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    search_id, deadline = None, time.time() + 300
+    try:  # kill the search once one of its two trials has finished
+        while time.time() < deadline and p.poll() is None:
+            rows = [r for r in store.list() if (r["spec"] or {}).get("method", {}).get("name") == "autocompress"
+                    and r["state"] == "running" and (r["spec"]["method"]["params"].get("parallel") == 2)]
+            if rows:
+                search_id = rows[0]["id"]
+                if any(r["parent"] == search_id and r["state"] == "done" for r in store.list()):
+                    break
+            time.sleep(0.3)
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+    assert search_id, "the search never finished a trial"
+    before = {r["id"] for r in store.list() if r["parent"] == search_id and r["state"] == "done"}
+    assert before
+
+    r = subprocess.run([sys.executable, "-m", "engine", "autocompress", "--resume", search_id], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rec = json.loads(r.stdout.strip().splitlines()[-1])
+    assert rec["run_id"] == search_id and rec["search_trials"] == 2 and rec["search_parallel"] == 2
+    finished = [t for t in rec["search_trial_list"] if t["state"] in ("complete", "pruned")]
+    ran = [t["run_id"] for t in finished if t["repeat_of"] is None]
+    assert len(finished) == 2 and len(ran) == len(set(ran))          # no run counted twice
+    assert before <= set(ran)                                          # the trials done before the kill were kept
+    drawn = [json.dumps(t["params"], sort_keys=True) for t in finished if t["repeat_of"] is None]
+    assert len(drawn) == len(set(drawn)), drawn                        # and no recipe ran twice
+    interrupted = [t for t in rec["search_trial_list"] if t["state"] == "fail"]
+    assert all(t["why"].startswith("interrupted") for t in interrupted)
+    kids = [x for x in store.list() if x["parent"] == search_id]
+    assert not [x for x in kids if x["state"] == "running"]            # none left running as an orphan
+    assert {x["id"] for x in kids if x["state"] == "done"} == set(ran)
+    for t in interrupted:   # its run: adopted (it had finished) or ended cancelled with why
+        row = store.get(t["run_id"])
+        assert row["id"] in ran or (row["state"] == "cancelled" and "interrupted" in row["error"])
+
+
+@pytest.mark.fast
+def test_a_trial_run_whose_search_died_stops_itself_and_says_why(tmp_path):
+    """A trial started apart (a process or a Ray task) watches its search: once the search's row is silent past
+    SLIMBENCH_STALE_S (its process killed) or ended, the trial stops and records why, not an orphan run."""
+    from engine import runner
+    store = Store(tmp_path)
+    search = store.create({"method": {"name": "autocompress"}}, state="running")
+    store.update(search, heartbeat=time.time())
+    assert not runner._StoreCancelled(store, "none", search)()        # a live search: the trial runs on
+    store.update(search, heartbeat=time.time() - 60)
+    halt = runner._StoreCancelled(store, "none", search)
+    assert halt() and "no heartbeat for 60 s" in halt.why and "orphan" in halt.why
+    child = store.create({"data": DATA, "model": {"arch": "resnet18"}, "method": {"name": "baseline"},
+                          "train": {"epochs": 1}, "measure": MEASURE}, state="running", parent=search)
+    assert runner._child_entry(str(store.root), child, search, 1) == 1
+    row = store.get(child)
+    assert row["state"] == "cancelled" and f"its search {search} stopped" in row["error"]
+    store.update(search, state="cancelled")
+    halt = runner._StoreCancelled(store, "none", search)
+    assert halt() and "ended (cancelled)" in halt.why

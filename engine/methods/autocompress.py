@@ -232,7 +232,9 @@ def _constrain(trial: Any, limit: float, target: float | None) -> None:
 
 def _fail_interrupted(ctx, study: Any) -> None:
     """A trial still RUNNING in the journal belonged to a search process that died: mark it failed. Where
-    its child run had finished, the same recipe is queued with that run to adopt: scored, not run again."""
+    its child run had finished, the same recipe is queued with that run to adopt: scored, not run again;
+    where its run still shows running (it died with the search, or is an orphan yet to notice), it is
+    asked to stop and ended cancelled, with why."""
     from optuna.trial import TrialState
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         study._storage.set_trial_user_attr(t._trial_id, "why", "interrupted: the search process stopped while it ran")
@@ -241,6 +243,10 @@ def _fail_interrupted(ctx, study: Any) -> None:
         row = ctx.store.get(child) if child else None
         if row is not None and row["state"] == "done":
             study.enqueue_trial(t.params, user_attrs={"adopt_run": child})
+        elif row is not None and row["state"] == "running":   # died with the search, or an orphan not yet stopped
+            ctx.store.request_cancel(child, "")
+            ctx.store.end_without_result(child, "cancelled", "interrupted: its search stopped while it ran; the "
+                                         "resumed search does not adopt an unfinished trial")
 
 
 def _finished(study: Any) -> list[Any]:
