@@ -142,7 +142,7 @@ FIELDS: tuple[Field, ...] = (
                "test_accuracy, read after the search ended"),
     Field("search_trial_list", "search trial list", kind="json", table=False,
           help="every trial: state, recipe, child run, validation accuracy and drop, cost and its share of the "
-               "start's, why it was stopped"),
+               "start's (objective latency: the runtime it was timed in), why it was stopped"),
     Field("search_closest", "closest trials", kind="json", table=False,
           help="without a winner: the trials that came closest to the limit, each with what bound it"),
     Field("search_parallel", "trials at once", "trials", "trials the search ran at the same time (method "
