@@ -438,8 +438,11 @@ def cmd_presets(a: argparse.Namespace) -> int:
          "accuracy limit on the validation split; each trial is a child run; --resume continues a stopped search")
 @arg("--from-run", default=None, help="the finished run to compress (its data, training and timing settings apply)")
 @arg("--max-drop-pt", type=float, default=1.0, help="validation accuracy the search may lose, in points")
-@arg("--objective", default="size", help="size, macs, latency (CPU batch 1) or energy (CPU mJ per image, where "
-     "this machine can read its RAPL counter)")
+@arg("--objective", default="size", help="size, macs, latency (CPU, at --batch in --runtime) or energy (CPU mJ per "
+     "image, where this machine can read its RAPL counter)")
+@arg("--runtime", default="eager", help="with --objective latency: the runtime each model and the start are timed in: "
+     "eager, onnxruntime, openvino, or best (each model's fastest here)")
+@arg("--batch", type=int, default=1, help="with --objective latency: the batch each model is timed at")
 @arg("--target", type=float, default=None, help="a budget instead of a minimum: the objective at most 1/TARGET of "
      "the start's (4 = 4x smaller)")
 @arg("--trials", type=int, default=12, help="search budget in trials")
@@ -469,7 +472,7 @@ def cmd_autocompress(a: argparse.Namespace) -> int:
             raise SpecError("--from-run", f"no finished run {a.from_run!r} in {store.root}")
         params: dict[str, Any] = {"max_drop_pt": a.max_drop_pt, "objective": a.objective, "target": a.target,
                                   "trials": a.trials, "minutes": a.minutes, "finetune_epochs": a.finetune_epochs,
-                                  "seed": a.seed, "parallel": a.parallel}
+                                  "seed": a.seed, "parallel": a.parallel, "runtime": a.runtime, "batch": a.batch}
         if a.space:
             params["space"] = [c.strip() for c in a.space.split(",") if c.strip()]
         spec = {k: v for k, v in base["spec"].items() if k in ("data", "train", "measure", "experiment", "group")}

@@ -264,8 +264,8 @@ def energy_fields(joules: float | None, images: int, meter: conditions.EnergyMet
 @torch.no_grad()
 def paired_speedup(ref: Callable[[torch.Tensor], Any], cand: Callable[[torch.Tensor], Any],
                    input_shape: tuple[int, ...], device: torch.device, runs: int = 30, warmup: int = 5,
-                   threads: int | None = None, rounds: int = 5) -> dict[str, Any]:
-    """How many times faster ``cand`` is than ``ref`` at batch 1, timed interleaved.
+                   threads: int | None = None, rounds: int = 5, batch: int = 1) -> dict[str, Any]:
+    """How many times faster ``cand`` is than ``ref`` at batch ``batch`` (1 unless told), timed interleaved.
 
     Latencies measured minutes apart differ by tens of percent on shared machines (other tenants,
     clock changes). Here each of ``rounds`` rounds times ref, cand, cand, ref in blocks (ABBA), so a
@@ -283,7 +283,7 @@ def paired_speedup(ref: Callable[[torch.Tensor], Any], cand: Callable[[torch.Ten
         threads = 1
     load: dict[str, Any] = {}
     with cpu_threads(device, threads), conditions.probe(timing_threads(threads) if device.type == "cpu" else 1, load):
-        x = torch.randn((1, *input_shape), device=device)
+        x = torch.randn((batch, *input_shape), device=device)
         for f in fns:
             time_runs(lambda: f(x), 0, warmup, device)
         samples: tuple[list[float], list[float]] = ([], [])

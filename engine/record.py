@@ -142,7 +142,7 @@ FIELDS: tuple[Field, ...] = (
                "test_accuracy, read after the search ended"),
     Field("search_trial_list", "search trial list", kind="json", table=False,
           help="every trial: state, recipe, child run, validation accuracy and drop, cost and its share of the "
-               "start's, why it was stopped"),
+               "start's (objective latency: the runtime it was timed in), why it was stopped"),
     Field("search_closest", "closest trials", kind="json", table=False,
           help="without a winner: the trials that came closest to the limit, each with what bound it"),
     Field("search_parallel", "trials at once", "trials", "trials the search ran at the same time (method "
@@ -150,8 +150,17 @@ FIELDS: tuple[Field, ...] = (
     Field("search_where", "trials ran on", kind="text",
           help="local (child processes or, one at a time, in the search's own process) or ray (Ray tasks)"),
     Field("search_timing", "how trials were timed", kind="text",
-          help="with objective latency: whether each trial's own timing was used (serial search) or every scored "
-               "trial was timed again alone after a parallel search, against the start"),
+          help="with objective latency: the runtime and batch, and whether each trial was timed as it ended (serial "
+               "search) or every scored trial was timed again alone after a parallel search, against the start"),
+    Field("search_latency_runtime", "search latency runtime", kind="text",
+          help="with objective latency: the runtime every model was timed in (method param runtime: eager, "
+               "onnxruntime, openvino, or best: each model's fastest here; the runtime each trial ran in is in "
+               "search_trial_list); blank for other objectives"),
+    Field("search_latency_batch", "search latency batch", "images", "with objective latency: the batch every "
+          "model was timed at (method param batch)", "%d"),
+    Field("search_start_runtime", "start's runtime", kind="text",
+          help="with objective latency: the runtime the start was timed in, against which every trial's speed-up "
+               "is taken (with runtime best: the start's fastest here)"),
     # -- accuracy --------------------------------------------------------------------------------
     Field("accuracy", "accuracy", _FRACTION, "top-1 on the test split", "%.4f", card=True, compare=60,
           cli=Cli("acc", 7, ".4f", commands=("runs", "compare"))),

@@ -61,26 +61,50 @@ def _child_runner(store: Store, parent: str, cancelled: Callable[[], bool]) -> C
 
 
 class _StoreCancelled:
-    """``cancelled()`` of a child run started apart: the store's cancel request, read at most every 0.5 s."""
+    """``cancelled()`` of a child run started apart, read at most every 0.5 s: the store's cancel request, or
+    its search gone (``search_gone``), ``why`` then saying so. A search that dies (killed, its machine lost)
+    cancels nothing itself: its Ray tasks would run on to the end as orphans, so each trial watches it."""
 
-    def __init__(self, store: Store, run_id: str):
-        self.store, self.run_id, self.next, self.value = store, run_id, 0.0, False
+    def __init__(self, store: Store, run_id: str, parent: str | None = None):
+        self.store, self.run_id, self.parent, self.next, self.value, self.why = store, run_id, parent, 0.0, False, ""
 
     def __call__(self) -> bool:
         if not self.value and time.monotonic() >= self.next:
             self.next = time.monotonic() + 0.5
             self.value = self.run_id in self.store.cancel_requested([self.run_id])
+            if not self.value and self.parent:
+                self.why = search_gone(self.store, self.parent)
+                self.value = bool(self.why)
         return self.value
+
+
+def search_gone(store: Store, search_id: str) -> str:
+    """Why the search ``search_id`` no longer runs ('' = it does): it ended, or its row is still running but
+    silent past ``settings.stale_s()`` (its process died: the same test the queue marks dead jobs by)."""
+    row = store.get(search_id)
+    if row is None:
+        return f"its search {search_id} no longer exists"
+    if row["state"] != "running":
+        return f"its search {search_id} ended ({row['state']}) while this trial ran"
+    silent = time.time() - (row["heartbeat"] or time.time())
+    if silent > settings.stale_s():
+        return (f"its search {search_id} stopped: no heartbeat for {silent:.0f} s (its process died), so this "
+                "trial stopped rather than run on as an orphan")
+    return ""
 
 
 def _child_entry(home: str, run_id: str, parent: str, threads: int) -> int:
     """A child run in a process or Ray task of its own (``ctx.start_child``); its row already holds its spec."""
     torch.set_num_threads(max(1, threads))
     store = Store(home)
+    halt = _StoreCancelled(store, run_id, parent)
     try:
-        run_spec(store.get(run_id)["spec"], store, run_id=run_id, parent=parent,
-                 cancelled=_StoreCancelled(store, run_id))
-    except (Cancelled, JobFailed, SpecError):   # recorded in the store by run_spec
+        run_spec(store.get(run_id)["spec"], store, run_id=run_id, parent=parent, cancelled=halt)
+    except Cancelled:   # recorded in the store by run_spec; why, where its search went
+        if halt.why:
+            store.update(run_id, error=halt.why)
+        return 1
+    except (JobFailed, SpecError):   # recorded in the store by run_spec
         return 1
     return 0
 

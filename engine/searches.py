@@ -24,9 +24,19 @@ STUDY = "autocompress"
 # objective -> the record field each trial is measured by: engine.methods.autocompress.OBJECTIVES, copied so that
 # reading a search imports no torch (tests/test_search_page.py checks the two agree)
 COST_KEYS = {"size": "size_bytes", "macs": "macs", "latency": "latency_ms", "energy": "energy_mj_per_image"}
-COST_LABELS = {"size": "size (model.pt)", "macs": "MACs", "latency": "CPU latency, batch 1",
+COST_LABELS = {"size": "size (model.pt)", "macs": "MACs", "latency": "CPU latency",
                "energy": "CPU energy per image"}
 SETTINGS_FROM_START = ("data", "train", "measure", "experiment", "group")
+
+
+def cost_label(params: dict[str, Any]) -> str:
+    """What a search's objective measures, as its params set it (latency: at which batch, in which runtime)."""
+    objective = params.get("objective") or "size"
+    if objective != "latency":
+        return COST_LABELS[objective]
+    runtime = params.get("runtime") or "eager"
+    where = "each model's fastest runtime here" if runtime == "best" else runtime
+    return f"CPU latency at batch {params.get('batch') or 1} in {where}"
 
 
 def is_search(row: dict[str, Any] | None) -> bool:
@@ -47,10 +57,15 @@ class Search:
     why: str | None = None
     closest: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
+    timing: str | None = None           # how latency was timed (the record's search_timing), once done
 
     @property
     def objective(self) -> str:
         return self.params.get("objective") or "size"
+
+    @property
+    def cost_label(self) -> str:
+        return cost_label(self.params)
 
     @property
     def limit(self) -> float:
@@ -90,7 +105,8 @@ def load(store: Store, run_id: str) -> Search:
     if row["state"] == "done" and rec.get("search_trial_list") is not None:
         return Search(run_id, row["state"], params, start_id, start, rec.get("search_start_val_accuracy"),
                       list(rec["search_trial_list"]), list(rec.get("search_front") or []), rec.get("search_winner"),
-                      rec.get("search_why"), list(rec.get("search_closest") or []), row.get("error"))
+                      rec.get("search_why"), list(rec.get("search_closest") or []), row.get("error"),
+                      rec.get("search_timing"))
     trials, start_val = journal_trials(store.run_dir(run_id) / JOURNAL)
     from .methods.autocompress import pareto
     return Search(run_id, row["state"], params, start_id, start, start_val, trials, pareto(trials),
@@ -124,7 +140,7 @@ def trial_row(t: Any) -> dict[str, Any]:
     a = t.user_attrs
     return {"trial": t.number, "state": t.state.name.lower(), "recipe": a.get("recipe"), "params": t.params,
             "run_id": a.get("run_id"), "val_accuracy": a.get("val_accuracy"), "drop_pt": a.get("drop_pt"),
-            "cost": a.get("cost"), "cost_ratio": a.get("cost_ratio"), "why": a.get("why"),
+            "cost": a.get("cost"), "cost_ratio": a.get("cost_ratio"), "runtime": a.get("runtime"), "why": a.get("why"),
             "repeat_of": a.get("repeat_of")}
 
 

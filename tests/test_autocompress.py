@@ -190,10 +190,11 @@ def test_a_trial_whose_fine_tune_ends_past_the_limit_is_stopped_with_why():
 
 def test_parallel_search_runs_trials_at_once_and_retimes_them_alone(ws):
     """Two trials at once, each in a child process: the budget holds, every trial is a linked run, and with
-    objective latency each scored trial's cost is the figure timed again after the search, alone."""
+    objective latency each scored trial's cost is the figure timed again after the search, alone, in the
+    runtime and at the batch the search was given (ONNX Runtime, batch 4)."""
     store, base = ws
     rec = run_spec(search_spec(base["run_id"], parallel=2, trials=2, space=["unstructured"], target=None,
-                               objective="latency"), store)
+                               objective="latency", runtime="onnxruntime", batch=4), store)
     trials = rec["search_trial_list"]
     assert rec["search_parallel"] == 2 and rec["search_where"] == "local"
     assert rec["search_trials"] == len(trials) == 2
@@ -204,10 +205,61 @@ def test_parallel_search_runs_trials_at_once_and_retimes_them_alone(ws):
     assert started[1] < min(r["finished"] for r in runs)             # and the two overlapped
     assert len({json.dumps(t["params"], sort_keys=True) for t in trials}) == 2
     for t in trials:
-        assert t["retimed"] and t["latency_during_search_ms"] == store.get(t["run_id"])["record"]["latency_ms"]
-        assert t["cost"] > 0 and t["cost_ratio"] > 0
-    assert "timed again" in rec["search_timing"]
+        assert t["retimed"] and t["runtime"] == "onnxruntime"
+        assert t["latency_during_search_ms"] > 0 and t["cost"] > 0 and t["cost_ratio"] > 0
+        assert t["cost"] != t["latency_during_search_ms"]            # timed twice: during the search and alone
+    assert "timed again" in rec["search_timing"] and "batch 4 in onnxruntime" in rec["search_timing"]
+    assert (rec["search_latency_runtime"], rec["search_latency_batch"], rec["search_start_runtime"]) == \
+        ("onnxruntime", 4, "onnxruntime")
     assert rec["search_winner"] in {t["run_id"] for t in trials}
+
+
+@pytest.mark.fast
+def test_a_latency_runtime_this_machine_lacks_is_refused_up_front_with_deploys_reason(monkeypatch):
+    from engine import deploy
+    monkeypatch.setattr(deploy.OpenVino, "available", lambda self, device: "not available on this machine: "
+                        "the openvino package is not installed")
+    with pytest.raises(SpecError) as e:
+        methods.validate("autocompress", {"objective": "latency", "runtime": "openvino"})
+    assert e.value.field == "method.params.runtime" and "openvino package is not installed" in str(e.value)
+    methods.validate("autocompress", {"objective": "latency", "runtime": "onnxruntime", "batch": 8})
+    for params, field in (({"runtime": "onnxruntime"}, "method.params.runtime"), ({"batch": 8}, "method.params.batch")):
+        with pytest.raises(SpecError) as e:    # a runtime or batch only the latency objective would use
+            methods.validate("autocompress", {"objective": "size", **params})
+        assert e.value.field == field
+
+
+@pytest.mark.fast
+def test_the_latency_judge_times_each_model_in_its_fastest_runtime_at_the_batch(ws, tmp_path, monkeypatch):
+    """runtime best: the start's fastest runtime chosen once (each against eager), then a model timed in every
+    runtime here against the start in that one, at the batch given, and judged in its fastest."""
+    import copy
+    import types
+
+    from engine import export, measure
+    from engine.methods.search_latency import LatencyJudge, here
+    store, base = ws
+    model, _ = export.load_model(store.get(base["run_id"])["record"]["checkpoint"])
+    calls = []
+    real = measure.paired_speedup
+
+    def spy(*a, batch=1, **kw):
+        p = real(*a, batch=batch, **kw)
+        calls.append((batch, p["speedup"]))
+        return p
+    monkeypatch.setattr(measure, "paired_speedup", spy)
+    cfg = types.SimpleNamespace(latency_runs=4, warmup_runs=1, threads=1, paired_rounds=1)
+    ctx = types.SimpleNamespace(spec=types.SimpleNamespace(measure=cfg), input_shape=(3, 8, 8), run_dir=tmp_path,
+                                log=types.SimpleNamespace(warning=lambda *a: None),
+                                base_copy=lambda: copy.deepcopy(model))
+    judge = LatencyJudge(ctx, "best", 3)
+    out = judge.time(model)
+    judge.close()
+    n = len(here())
+    assert n >= 2 and judge.start_runtime in here() and out["runtime"] in here()
+    assert {b for b, _ in calls} == {3} and len(calls) == (n - 1) + n
+    assert out["speedup"] == max(s for _, s in calls[n - 1:])
+    assert not any(tmp_path.iterdir())                               # its exported models are removed
 
 
 @pytest.mark.fast
@@ -338,3 +390,74 @@ def test_a_resumed_parallel_search_adopts_a_finished_run_and_never_repeats_a_rec
     trials = study.get_trials()
     assert [t.value for t in trials] == [7.0, 7.0] and trials[0].user_attrs["run_id"] == done
     assert started == []                  # nothing ran: one adopted, one a repeat
+
+
+def test_a_killed_parallel_search_resumes_keeping_its_finished_trials_and_repeating_none(ws, tmp_path):
+    """A parallel search killed (SIGKILL) once a trial has finished, then resumed: the finished trial is kept,
+    no recipe runs twice, and the trial that was running is adopted (its run had finished) or failed with why,
+    its run ended cancelled: no child run is left running."""
+    store, base = ws
+    spec = tmp_path / "search.json"
+    spec.write_text(json.dumps(search_spec(base["run_id"], trials=2, parallel=2, space=["unstructured"], target=None,
+                                           seed=5)))
+    env = {**os.environ, "SLIMBENCH_HOME": str(store.root), "OMP_NUM_THREADS": "1"}
+    p = subprocess.Popen([sys.executable, "-m", "engine", "run", str(spec)], cwd=ROOT, env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    search_id, deadline = None, time.time() + 300
+    try:  # kill the search once one of its two trials has finished
+        while time.time() < deadline and p.poll() is None:
+            rows = [r for r in store.list() if (r["spec"] or {}).get("method", {}).get("name") == "autocompress"
+                    and r["state"] == "running" and (r["spec"]["method"]["params"].get("parallel") == 2)]
+            if rows:
+                search_id = rows[0]["id"]
+                if any(r["parent"] == search_id and r["state"] == "done" for r in store.list()):
+                    break
+            time.sleep(0.3)
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+    assert search_id, "the search never finished a trial"
+    before = {r["id"] for r in store.list() if r["parent"] == search_id and r["state"] == "done"}
+    assert before
+
+    r = subprocess.run([sys.executable, "-m", "engine", "autocompress", "--resume", search_id], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rec = json.loads(r.stdout.strip().splitlines()[-1])
+    assert rec["run_id"] == search_id and rec["search_trials"] == 2 and rec["search_parallel"] == 2
+    finished = [t for t in rec["search_trial_list"] if t["state"] in ("complete", "pruned")]
+    ran = [t["run_id"] for t in finished if t["repeat_of"] is None]
+    assert len(finished) == 2 and len(ran) == len(set(ran))          # no run counted twice
+    assert before <= set(ran)                                          # the trials done before the kill were kept
+    drawn = [json.dumps(t["params"], sort_keys=True) for t in finished if t["repeat_of"] is None]
+    assert len(drawn) == len(set(drawn)), drawn                        # and no recipe ran twice
+    interrupted = [t for t in rec["search_trial_list"] if t["state"] == "fail"]
+    assert all(t["why"].startswith("interrupted") for t in interrupted)
+    kids = [x for x in store.list() if x["parent"] == search_id]
+    assert not [x for x in kids if x["state"] == "running"]            # none left running as an orphan
+    assert {x["id"] for x in kids if x["state"] == "done"} == set(ran)
+    for t in interrupted:   # its run: adopted (it had finished) or ended cancelled with why
+        row = store.get(t["run_id"])
+        assert row["id"] in ran or (row["state"] == "cancelled" and "interrupted" in row["error"])
+
+
+@pytest.mark.fast
+def test_a_trial_run_whose_search_died_stops_itself_and_says_why(tmp_path):
+    """A trial started apart (a process or a Ray task) watches its search: once the search's row is silent past
+    SLIMBENCH_STALE_S (its process killed) or ended, the trial stops and records why, not an orphan run."""
+    from engine import runner
+    store = Store(tmp_path)
+    search = store.create({"method": {"name": "autocompress"}}, state="running")
+    store.update(search, heartbeat=time.time())
+    assert not runner._StoreCancelled(store, "none", search)()        # a live search: the trial runs on
+    store.update(search, heartbeat=time.time() - 60)
+    halt = runner._StoreCancelled(store, "none", search)
+    assert halt() and "no heartbeat for 60 s" in halt.why and "orphan" in halt.why
+    child = store.create({"data": DATA, "model": {"arch": "resnet18"}, "method": {"name": "baseline"},
+                          "train": {"epochs": 1}, "measure": MEASURE}, state="running", parent=search)
+    assert runner._child_entry(str(store.root), child, search, 1) == 1
+    row = store.get(child)
+    assert row["state"] == "cancelled" and f"its search {search} stopped" in row["error"]
+    store.update(search, state="cancelled")
+    halt = runner._StoreCancelled(store, "none", search)
+    assert halt() and "ended (cancelled)" in halt.why

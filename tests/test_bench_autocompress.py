@@ -15,7 +15,7 @@ def rec(run_id, acc, size, lat, best):
 def result(front_size: int, front_best: float, winner: bool = True) -> dict:
     base = rec("base", 0.90, 4000, 4.0, 2.0)
     trials = [{"trial": 0, "state": "complete", "recipe": "prune -> INT8", "run_id": "t0", "drop_pt": 0.4,
-               "why": None},
+               "cost_ratio": 0.25, "why": None},
               {"trial": 1, "state": "pruned", "recipe": "distill", "run_id": "t1", "drop_pt": None,
                "why": "stopped after its fine-tune: 9 pt below"}]
     search = {"search_front": [trials[0]], "search_trial_list": trials, "search_trials": 2,
@@ -35,6 +35,23 @@ def test_block_marks_the_target_met_and_compares_the_winner_with_the_best_preset
     # the best preset within 1 pt is INT8 (the structured one lost 5 pt on test): 1.33x faster, the winner 4x
     assert "Best preset within 1 pt (test): INT8: 4.00x smaller, 1.33x faster" in text and "as fast or faster" in text
     assert "Budget used: 1.5 of 2 min" in text and "2 trial(s) finished or stopped" in text
+    assert "x faster (search, paired)" in text                     # the search's own figure: 1 / its cost ratio
+    assert text.split("| trial 0: prune -> INT8 |")[1].splitlines()[0].endswith("| 4 |")
+
+
+@pytest.mark.fast
+def test_the_bench_searches_latency_at_batch_1_in_the_best_runtime(monkeypatch, tmp_path):
+    """How the target is judged: batch 1, each model in its fastest runtime."""
+    specs = []
+
+    def fake_run_spec(spec, store):
+        specs.append(spec)
+        return {"run_id": f"r{len(specs)}", "accuracy": 0.9, "search_front": []}
+    monkeypatch.setattr(bench, "run_spec", fake_run_spec)
+    bench.run(None, minutes=1.0, base_epochs=1, limit=100, trials=2, parallel=1, dataset="digits")
+    params = specs[-1]["method"]["params"]
+    assert specs[-1]["method"]["name"] == "autocompress"
+    assert (params["objective"], params["runtime"], params["batch"]) == ("latency", "best", 1)
 
 
 @pytest.mark.fast

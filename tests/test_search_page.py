@@ -43,15 +43,17 @@ def trial(n: int, run_id: str | None, state: str, val=None, drop=None, ratio=Non
             "cost_ratio": ratio, "why": why, "repeat_of": None}
 
 
-def insert_study(home: Path, winner: bool = True) -> dict:
-    """A base, a hand-made pruned run from it, and a finished search with three trials (one stopped)."""
+def insert_study(home: Path, winner: bool = True, params_over: dict | None = None, rec_over: dict | None = None) -> dict:
+    """A base, a hand-made pruned run from it, and a finished search with three trials (one stopped);
+    ``params_over`` / ``rec_over``: its params and record fields changed."""
     store = Store(home)
     base = _run(store, "20260101-000000-base00", "baseline", None, name="base", accuracy=0.95,
                 size_bytes=BASE_SIZE, macs=BASE_MACS, latency_ms=3.0)
     hand = _run(store, "20260101-000001-hand00", "prune_structured", base, name="hand pruned", accuracy=0.93,
                 size_bytes=BASE_SIZE // 2, macs=BASE_MACS // 2, latency_ms=2.0)
     sid = "20260101-000002-srch00"
-    params = {"max_drop_pt": 1.0 if winner else 0.0, "objective": "size", "trials": 3, "space": ["unstructured", "distill"]}
+    params = {"max_drop_pt": 1.0 if winner else 0.0, "objective": "size", "trials": 3, "space": ["unstructured", "distill"],
+              **(params_over or {})}
     t0, t1 = f"{sid[:-2]}t0", f"{sid[:-2]}t1"
     trials = [trial(0, t0, "complete", 0.945, 0.5, 0.25), trial(1, t1, "complete", 0.90, 5.0, 0.1, cand="distill"),
               trial(2, None, "pruned", why="stopped after its fine-tune: validation accuracy 0.5000, 45 pt below")]
@@ -65,6 +67,7 @@ def insert_study(home: Path, winner: bool = True) -> dict:
                      "closest: trial 0 (recipe 0): accuracy: lost 0.50 pt on validation, over the 0 pt limit",
                      search_closest=[{**trials[0], "bound_by": "accuracy: lost 0.50 pt on validation, over the 0 pt "
                                       "limit"}])
+    extra.update(rec_over or {})
     _run(store, sid, "autocompress", base, params=params, name="my search", accuracy=0.95 if not winner else 0.94,
          size_bytes=BASE_SIZE // 4, macs=BASE_MACS, **extra)
     for t, acc, ratio in ((t0, 0.94, 0.25), (t1, 0.91, 0.1)):
@@ -183,6 +186,42 @@ def test_the_experiments_tab_refuses_a_zero_budget_and_queues_a_search(ws):
     assert queued[0]["spec"]["method"]["params"]["trials"] == 2
     data = queued[0]["spec"]["data"]                              # the start's data: trials compare on its splits
     assert {k: data[k] for k in DATA} == DATA
+
+
+def test_the_experiments_tab_offers_the_latency_runtime_and_batch(ws):
+    ids = insert_study(ws)
+    at = page("experiments")
+    at.session_state["exp_tab"] = "Auto-compress"
+    at.run()
+    at.selectbox(key="search_start").set_value(ids["base"])
+    at.run()
+    assert not any(w.key == "ac_runtime" for w in at.selectbox)      # asked only for the latency objective
+    objective = at.selectbox(key="ac_objective")
+    assert any("Latency: CPU, at a batch, in a runtime you choose" in o for o in objective.options)
+    objective.set_value("latency")
+    at.run()
+    at.selectbox(key="ac_runtime").set_value("onnxruntime")
+    at.number_input(key="ac_batch").set_value(4)
+    at.number_input(key="ac_trials").set_value(2)
+    at.run()
+    at.button(key="launch_search").click()
+    at.run()
+    params = Store(ws).list("queued")[0]["spec"]["method"]["params"]
+    assert (params["objective"], params["runtime"], params["batch"]) == ("latency", "onnxruntime", 4)
+
+
+def test_a_latency_search_page_says_which_runtime_and_batch_it_timed_in(ws):
+    timing = "each trial timed as it ended, one trial at a time, at batch 2 in best (each model's fastest runtime here)"
+    ids = insert_study(ws, params_over={"objective": "latency", "runtime": "best", "batch": 2},
+                       rec_over={"search_timing": timing})
+    store = Store(ws)
+    rec = store.get(ids["search"])["record"]
+    store.update(ids["search"], record={**rec, "search_front": [{**t, "runtime": "openvino"} for t in rec["search_front"]]})
+    at = page("search", ids["search"])
+    shown = text(at)
+    assert "CPU latency at batch 2 in each model's fastest runtime here" in shown
+    assert f"Latency timing: {timing}" in shown
+    assert set(table(at, "timed in")["timed in"]) == {"openvino"}
 
 
 def test_compare_groups_a_searchs_trials_under_it(ws):

@@ -38,7 +38,7 @@ state_at_start = next(r["state"] for r in rows if r["id"] == run_id)
 
 def budget_text(s: searches.Search) -> str:
     p = s.params
-    what = searches.COST_LABELS[s.objective]
+    what = s.cost_label
     goal = f"{what} at most 1/{s.target:g} of the start's, most accurate wins" if s.target else f"{what} minimised"
     budget = " and ".join(x for x in (f"{p['trials']} trials", p.get("minutes") and f"{p['minutes']:g} min") if x)
     return (f"Limit **{s.limit:g} pt** of validation accuracy · objective: {goal} · budget: {budget} · "
@@ -55,6 +55,8 @@ def live() -> None:
     if (s.state in FINAL_STATES) != (state_at_start in FINAL_STATES):
         st.rerun()   # it ended (or a retry brought it back): the whole page, polling as its state calls for
     st.caption(budget_text(s))
+    if s.timing:
+        st.caption(f"Latency timing: {md_text(s.timing)}")
     scored = [t for t in s.trials if t.get("val_accuracy") is not None and t.get("repeat_of") is None]
     running = [t for t in s.trials if t["state"] == "running"]
     c = st.columns(5)
@@ -175,6 +177,7 @@ def front_section(s: searches.Search) -> None:
     st.dataframe(pd.DataFrame([{"trial": t["trial"], "recipe": t.get("recipe"),
                                 "validation accuracy": t.get("val_accuracy"), "drop (pt)": t.get("drop_pt"),
                                 f"{s.objective} ÷ start": t.get("cost_ratio"), "test accuracy": t.get("test_accuracy"),
+                                **({"timed in": t.get("runtime")} if s.objective == "latency" else {}),
                                 "winner": t.get("run_id") == s.winner, "run": t.get("run_id")} for t in s.front]),
                  hide_index=True, width="stretch", key="search_front", column_config=number_formats(s))
 

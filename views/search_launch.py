@@ -7,7 +7,7 @@ from typing import Any, Callable
 import streamlit as st
 
 from engine import methods, searches
-from engine.methods import autocompress
+from engine.methods import autocompress, search_latency
 from engine.spec import SpecError
 from views.common import md_text, run_label, startable_runs
 
@@ -16,8 +16,12 @@ CANDIDATE_HELP = {"prune_int8": "structured pruning (channels cut, MACs down) th
                   "unstructured": "zeroed weights (sparse, same dense size and MACs)",
                   "distill": "a small student (MobileNet) trained with knowledge distillation"}
 OBJECTIVES = {"size": "Size in MB (model.pt)", "macs": "MACs per image",
-              "latency": "Latency: CPU, batch 1, as the start was timed",
+              "latency": "Latency: CPU, at a batch, in a runtime you choose",
               "energy": "Energy per image (CPU package, RAPL)"}
+
+
+RUNTIME_LABELS = {"eager": "PyTorch eager", "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO",
+                  "best": "Best: each model's fastest runtime here"}
 
 
 def _param(name: str) -> methods.Param:
@@ -61,6 +65,21 @@ def panel(store, launch: Callable[[list[dict[str, Any]]], None]) -> None:
                                  help="what every trial is measured by against the start"
                                       + (f"; energy is not offered: {why_not}" if why_not else ""))
         slots["method.params.objective"] = st.empty()
+    runtime, batch = "eager", 1
+    if objective == "latency":
+        c1, c2 = st.columns(2)
+        with c1:
+            missing = {r: search_latency.unavailable(r) for r in search_latency.RUNTIMES}
+            offered = [r for r in search_latency.RUNTIMES if not missing[r]]
+            kept("ac_runtime", "best" if "best" in offered else offered[0])
+            runtime = st.selectbox("Timed in the runtime", offered, format_func=RUNTIME_LABELS.get, key="ac_runtime",
+                                   help=_param("runtime").help + "".join(
+                                       f"; {r} is not offered: {why}" for r, why in missing.items() if why))
+            slots["method.params.runtime"] = st.empty()
+        with c2:
+            kept("ac_batch", 1)
+            batch = st.number_input("At batch", min_value=1, step=1, key="ac_batch", help=_param("batch").help)
+            slots["method.params.batch"] = st.empty()
     c1, c2 = st.columns(2)
     with c1:
         goal = st.radio("Goal", ["Minimise it", "Meet a budget"], horizontal=True, key="ac_goal",
@@ -108,7 +127,8 @@ def panel(store, launch: Callable[[list[dict[str, Any]]], None]) -> None:
 
     params = {"max_drop_pt": float(limit), "objective": objective, "target": target, "trials": int(trials),
               "minutes": minutes, "space": list(space), "finetune_epochs": int(finetune),
-              "prune_margin_pt": float(margin), "seed": int(seed), "parallel": int(parallel)}
+              "prune_margin_pt": float(margin), "seed": int(seed), "parallel": int(parallel),
+              "runtime": runtime, "batch": int(batch)}
     problem = None
     try:
         spec = searches.check_launch(store, start, params)

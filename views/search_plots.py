@@ -15,7 +15,7 @@ CANDIDATE_COLOURS = ("#0ea5e9", "#8b5cf6", "#10b981", "#f97316", "#64748b")
 
 
 def _axis_title(s: searches.Search) -> str:
-    return f"{searches.COST_LABELS[s.objective]} as a share of the start's (log; left is cheaper)"
+    return f"{s.cost_label} as a share of the start's (log; left is cheaper)"
 
 
 def _layout(fig: go.Figure, s: searches.Search, y_title: str) -> go.Figure:

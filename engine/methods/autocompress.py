@@ -16,14 +16,21 @@ Resume: the study is a journal file in the search's run folder. A search restart
 the one that was running when it died as failed, runs only the trials left of its budget, and never
 runs a recipe a finished trial already ran.
 
+Latency (objective ``latency``) is "latency at batch ``batch`` in runtime ``runtime`` on this
+machine": each scored trial's model is timed in this process in that runtime (eager, onnxruntime,
+openvino, or ``best``: the fastest here, per model), interleaved with the start in the same runtime
+(``search_latency``, on ``measure.paired_speedup``); its cost_ratio is 1 / that speed-up. A runtime this
+machine lacks is refused up front with deploy's reason.
+
 Parallel (``parallel`` > 1, or any search under ``SLIMBENCH_BACKEND=ray``): trials run as child
 processes or Ray tasks, several at once (``parallel_trials``), with the same budget, pruning,
-no-repeat and resume rules. Latency stays honest by timing the final figures alone: a trial timed in
-its own run may have shared the cores with another trial's training, so with objective ``latency``
-every scored trial is timed again after the search, in this process with no trial running,
-interleaved with the start (``measure.paired_speedup``); selection and the front use those figures
-(``retimed``, with the run's own as ``latency_during_search_ms``), and ``search_timing`` says which
-was done. A serial local search times each trial in its run, with nothing else of the search running.
+no-repeat and resume rules. Latency stays honest by timing the final figures alone: a trial timed
+during the search may have shared the cores with another trial's training, so with objective
+``latency`` every scored trial is timed again after the search, in the same runtime and at the same
+batch, with no trial running; selection and the front use those figures (``retimed``, with the first
+as ``latency_during_search_ms``), and ``search_timing`` says which was done. A serial local search
+times each trial as it ends, with nothing else of the search running. A trial run whose search
+process died stops itself (``runner``: it watches its search's heartbeat), so no orphan runs on.
 
 Energy (objective ``energy``, the records' CPU mJ per image) is offered only where this machine can
 read its RAPL counter (``objectives_here``); elsewhere the spec is refused, saying why.
@@ -38,11 +45,11 @@ from typing import Any
 
 import torch
 
-from .. import child_runs, conditions, export, layout, measure, runtimes, training
+from .. import child_runs, conditions, export, layout, training
 from ..errors import Cancelled, JobFailed
 from ..spec import SpecError
 from ..store import new_run_id
-from . import Param, parallel_trials, register
+from . import Param, parallel_trials, register, search_latency
 from .quantize import Int8Model
 from .search_space import CANDIDATES, Draw, draw
 
@@ -80,6 +87,14 @@ def _check(params: dict, spec: Any) -> None:
     if params["objective"] == "energy" and params["parallel"] > 1:   # RAPL counts the whole CPU package
         raise SpecError("method.params.parallel", "objective energy needs trials one at a time: the CPU package's "
                         "counter would count every trial training meanwhile; give parallel 1")
+    if params["objective"] == "latency" and (why := search_latency.unavailable(params["runtime"])):
+        raise SpecError("method.params.runtime", f"{params['runtime']} cannot time the trials: {why}")
+    if params["objective"] != "latency" and params["runtime"] != "eager":
+        raise SpecError("method.params.runtime", "a runtime is chosen for the latency objective only; with "
+                        f"objective {params['objective']} leave runtime at eager")
+    if params["objective"] != "latency" and params["batch"] != 1:
+        raise SpecError("method.params.batch", "a batch is chosen for the latency objective only; with "
+                        f"objective {params['objective']} leave batch at 1")
     if spec is not None and not spec.model.from_run:
         raise SpecError("model.from_run", "autocompress starts from a finished run (its record has the start's "
                         "size, MACs and latency the search compares with)")
@@ -89,7 +104,7 @@ def _check(params: dict, spec: Any) -> None:
     Param("max_drop_pt", "float", 1.0, "accuracy the search may lose, in points of VALIDATION accuracy against the "
           "start", low=0.0, high=100.0),
     Param("objective", "str", "size", "what to minimise, or what target bounds: size (model.pt bytes), macs, "
-          "latency (CPU batch 1, the record's latency_ms) or energy (CPU mJ per image, the record's "
+          "latency (CPU, at batch `batch` in runtime `runtime`, timed against the start) or energy (CPU mJ per image, the record's "
           "energy_mj_per_image: only where this machine can read its RAPL counter)", choices=tuple(OBJECTIVES)),
     Param("target", "float", None, "a budget to meet instead of a cost to minimise: the objective must fall to "
           "1/target of the start's (4 = 4x smaller); then the most accurate trial within it wins",
@@ -107,6 +122,10 @@ def _check(params: dict, spec: Any) -> None:
     Param("parallel", "int", 1, "trials run at once, each in a process of its own (a Ray task under "
           "SLIMBENCH_BACKEND=ray), the cores split between them; with objective latency the scored trials are "
           "timed again one at a time after the search, against the start", low=1, high=64),
+    Param("runtime", "str", "eager", "objective latency: the runtime each model is timed in, the start in the same "
+          "one: eager (PyTorch), onnxruntime, openvino, or best (the fastest here, per model, as Compare's "
+          "'latency, best runtime'); an INT8 trial runs in its own INT8 runtime", choices=search_latency.RUNTIMES),
+    Param("batch", "int", 1, "objective latency: the batch each model is timed at", low=1, high=4096),
 ], help="Search methods and pipelines (structured pruning -> INT8, low-rank -> INT8, unstructured pruning, "
         "distillation) with Optuna for the smallest / fastest model within an accuracy limit on the validation "
         "split; each trial is a linked child run, the winner is this run's model.")
@@ -118,7 +137,7 @@ def autocompress(model, ctx, params):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     start = _record(ctx, ctx.spec.model.from_run)   # its size, MACs and latency: what trials compare with
     key = OBJECTIVES[params["objective"]]
-    if not start.get(key):
+    if key != "latency_ms" and not start.get(key):
         raise SpecError("method.params.objective", f"the start run has no {key} to compare with")
     base_val = ctx.evaluate(ctx.base_copy(), "val")["accuracy"]
     limit, target = params["max_drop_pt"], params["target"]
@@ -139,6 +158,10 @@ def autocompress(model, ctx, params):
     timeout = None if params["minutes"] is None else max(0.0, params["minutes"] * 60 - used)
     ctx.log.info("autocompress: %d trial(s) finished before, %d left", len(done), max(left, 0))
 
+    judge = search_latency.LatencyJudge(ctx, params["runtime"], params["batch"]) if key == "latency_ms" else None
+    if judge is not None:
+        ctx.log.info("autocompress: latency at batch %d in %s (the start: %s)", params["batch"], params["runtime"],
+                     judge.start_runtime)
     shape, small = ctx.input_shape, ctx.small_input
     start_params = sum(p.numel() for p in ctx.base.parameters())
 
@@ -167,7 +190,8 @@ def autocompress(model, ctx, params):
 
     def objective(trial: Any) -> float:
         d = prepare(trial)
-        return d if not isinstance(d, Draw) else _run_trial(ctx, trial, d, base_val, limit, key, start[key], target)
+        return d if not isinstance(d, Draw) else _run_trial(ctx, trial, d, base_val, limit, key, start.get(key),
+                                                            target, judge)
 
     t0 = time.monotonic()
 
@@ -175,23 +199,28 @@ def autocompress(model, ctx, params):
         study.set_user_attr("seconds_used", used + time.monotonic() - t0)
     parallel, where = params["parallel"], child_runs.where()
     concurrent = parallel > 1 or where == "ray"
-    try:
-        if left > 0 and (timeout is None or timeout > 0) and not concurrent:
-            counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-            study.optimize(objective, n_trials=left, timeout=timeout, catch=(JobFailed,),
-                           callbacks=[optuna.study.MaxTrialsCallback(params["trials"], states=counted), spent])
-        elif left > 0 and (timeout is None or timeout > 0):
-            parallel_trials.run(
-                ctx, study, parallel=parallel, threads=parallel_trials.threads_per_trial(parallel, where),
-                budget=params["trials"], left=left, timeout=timeout, prepare=prepare,
-                spec_of=lambda trial, d: _child_spec(ctx, trial, d),
-                score=lambda trial, record: _score(ctx, trial, record, base_val, limit, key, start[key], target),
-                describe_stop=lambda val: _stop_why(val, base_val, limit), spent=spent)
+    try:   # the judge's exported models go with it, however the search ends
+        try:
+            if left > 0 and (timeout is None or timeout > 0) and not concurrent:
+                counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+                study.optimize(objective, n_trials=left, timeout=timeout, catch=(JobFailed,),
+                               callbacks=[optuna.study.MaxTrialsCallback(params["trials"], states=counted), spent])
+            elif left > 0 and (timeout is None or timeout > 0):
+                parallel_trials.run(
+                    ctx, study, parallel=parallel, threads=parallel_trials.threads_per_trial(parallel, where),
+                    budget=params["trials"], left=left, timeout=timeout, prepare=prepare,
+                    spec_of=lambda trial, d: _child_spec(ctx, trial, d),
+                    score=lambda trial, record: _score(ctx, trial, record, base_val, limit, key, start.get(key), target,
+                                                       judge),
+                    describe_stop=lambda val: _stop_why(val, base_val, limit), spent=spent)
+        finally:
+            spent(study)
+        timing = _timing_note(key, parallel, where, params)
+        return _conclude(ctx, study, model, base_val, limit, target, params, where, timing,
+                         judge=judge, retime=concurrent and judge is not None)
     finally:
-        spent(study)
-    timing = _timing_note(key, parallel, where)
-    return _conclude(ctx, study, model, base_val, limit, target, params, where, timing,
-                     retime=concurrent and key == "latency_ms")
+        if judge is not None:
+            judge.close()
 
 
 def _constrain(trial: Any, limit: float, target: float | None) -> None:
@@ -203,7 +232,9 @@ def _constrain(trial: Any, limit: float, target: float | None) -> None:
 
 def _fail_interrupted(ctx, study: Any) -> None:
     """A trial still RUNNING in the journal belonged to a search process that died: mark it failed. Where
-    its child run had finished, the same recipe is queued with that run to adopt: scored, not run again."""
+    its child run had finished, the same recipe is queued with that run to adopt: scored, not run again;
+    where its run still shows running (it died with the search, or is an orphan yet to notice), it is
+    asked to stop and ended cancelled, with why."""
     from optuna.trial import TrialState
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         study._storage.set_trial_user_attr(t._trial_id, "why", "interrupted: the search process stopped while it ran")
@@ -212,6 +243,10 @@ def _fail_interrupted(ctx, study: Any) -> None:
         row = ctx.store.get(child) if child else None
         if row is not None and row["state"] == "done":
             study.enqueue_trial(t.params, user_attrs={"adopt_run": child})
+        elif row is not None and row["state"] == "running":   # died with the search, or an orphan not yet stopped
+            ctx.store.request_cancel(child, "")
+            ctx.store.end_without_result(child, "cancelled", "interrupted: its search stopped while it ran; the "
+                                         "resumed search does not adopt an unfinished trial")
 
 
 def _finished(study: Any) -> list[Any]:
@@ -245,8 +280,8 @@ def _stop_why(val_acc: float, base_val: float, limit: float) -> str:
             f"past the {limit:g} pt limit by more than the margin")
 
 
-def _run_trial(ctx, trial: Any, d: Any, base_val: float, limit: float, key: str, start_cost: float,
-               target: float | None) -> float:
+def _run_trial(ctx, trial: Any, d: Any, base_val: float, limit: float, key: str, start_cost: float | None,
+               target: float | None, judge: Any = None) -> float:
     import optuna
     spec = _child_spec(ctx, trial, d)
     stop: list[str] = []
@@ -274,18 +309,25 @@ def _run_trial(ctx, trial: Any, d: Any, base_val: float, limit: float, key: str,
     except JobFailed as e:
         trial.set_user_attr("why", f"failed: {e}")
         raise
-    return _score(ctx, trial, record, base_val, limit, key, start_cost, target)
+    return _score(ctx, trial, record, base_val, limit, key, start_cost, target, judge)
 
 
-def _score(ctx, trial: Any, record: dict[str, Any], base_val: float, limit: float, key: str, start_cost: float,
-           target: float | None) -> float:
-    """A finished child's figures on the trial (validation accuracy, drop, cost) and its objective value."""
+def _score(ctx, trial: Any, record: dict[str, Any], base_val: float, limit: float, key: str,
+           start_cost: float | None, target: float | None, judge: Any = None) -> float:
+    """A finished child's figures on the trial (validation accuracy, drop, cost) and its objective value;
+    with ``judge`` (objective latency) its model timed now, in the chosen runtime, against the start."""
     val = val_accuracy(ctx, record)
-    cost = record.get(key)
     trial.set_user_attr("val_accuracy", val)
     trial.set_user_attr("drop_pt", 100 * (base_val - val))
-    trial.set_user_attr("cost", cost)
-    trial.set_user_attr("cost_ratio", cost / start_cost if cost else math.inf)
+    if judge is not None:
+        timed = judge.time(_load_model(ctx, trial.user_attrs["run_id"]))
+        trial.set_user_attr("cost", timed["latency_ms"])
+        trial.set_user_attr("cost_ratio", 1 / timed["speedup"])
+        trial.set_user_attr("runtime", timed["runtime"])
+    else:
+        cost = record.get(key)
+        trial.set_user_attr("cost", cost)
+        trial.set_user_attr("cost_ratio", cost / start_cost if cost and start_cost else math.inf)
     _constrain(trial, limit, target)
     return val if target else trial.user_attrs["cost_ratio"]
 
@@ -306,7 +348,8 @@ def _summary(t: Any) -> dict[str, Any]:
     return {"trial": t.number, "state": t.state.name.lower(), "recipe": a.get("recipe"), "params": t.params,
             "run_id": a.get("run_id"),
             "val_accuracy": a.get("val_accuracy"), "drop_pt": a.get("drop_pt"), "cost": a.get("cost"),
-            "cost_ratio": a.get("cost_ratio"), "why": a.get("why"), "repeat_of": a.get("repeat_of")}
+            "cost_ratio": a.get("cost_ratio"), "runtime": a.get("runtime"), "why": a.get("why"),
+            "repeat_of": a.get("repeat_of")}
 
 
 def pareto(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -347,42 +390,40 @@ def select(trials: list[dict[str, Any]], limit: float, target: float | None) -> 
     return None, (closest + unscored)[:3]
 
 
-def _timing_note(key: str, parallel: int, where: str) -> str | None:
+def _timing_note(key: str, parallel: int, where: str, params: dict) -> str | None:
     if key != "latency_ms":
         return None
+    how = (f"at batch {params['batch']} in {params['runtime']}"
+           + (" (each model's fastest runtime here)" if params["runtime"] == "best" else "")
+           + ", interleaved with the start in the same runtime (measure.paired_speedup); cost_ratio is 1 / that "
+           "speed-up")
     if parallel == 1 and where == "local":
-        return ("each trial's latency_ms as its run timed it, one trial at a time: no other trial of this search "
-                "ran meanwhile")
+        return f"each trial timed as it ended, one trial at a time (no other trial of this search ran meanwhile), {how}"
     return (f"trials ran {parallel} at a time ({where}), so a trial may have been timed while another trained: "
-            "after the search every scored trial was timed again here, alone and interleaved with the start "
-            "(measure.paired_speedup); cost_ratio is that paired figure, latency_during_search_ms the one its "
-            "run recorded")
+            f"after the search every scored trial was timed again here, alone, {how}; latency_during_search_ms "
+            "is the figure taken during the search")
 
 
-def _retime(ctx, trials: list[dict[str, Any]]) -> None:
-    """Each scored trial timed again in this process with no trial running, against the start (ABBA rounds)."""
-    cfg = ctx.spec.measure
-    cpu = torch.device("cpu")
-    start = runtimes.of(ctx.base_copy().to(cpu).eval(), cpu).timing("cpu")
+def _retime(ctx, trials: list[dict[str, Any]], judge: Any) -> None:
+    """Each scored trial timed again in this process with no trial running, in the search's runtime and at its
+    batch, against the start (ABBA rounds)."""
     for t in trials:
         if t["val_accuracy"] is None or t.get("repeat_of") is not None:
             continue
-        model = _load_model(ctx, t["run_id"])
-        p = measure.paired_speedup(start, runtimes.of(model, cpu).timing("cpu"), ctx.input_shape, cpu,
-                                   cfg.latency_runs, cfg.warmup_runs, cfg.threads, rounds=cfg.paired_rounds or 5)
+        p = judge.time(_load_model(ctx, t["run_id"]))
         t.update(latency_during_search_ms=t["cost"], cost=p["latency_ms"], cost_ratio=1 / p["speedup"],
-                 retimed=True)
+                 runtime=p["runtime"], retimed=True)
     for t in trials:   # a repeat carries its original's figures
         orig = next((o for o in trials if o["trial"] == t.get("repeat_of")), None)
         if orig is not None and orig.get("retimed"):
-            t.update({k: orig[k] for k in ("latency_during_search_ms", "cost", "cost_ratio", "retimed")})
+            t.update({k: orig[k] for k in ("latency_during_search_ms", "cost", "cost_ratio", "runtime", "retimed")})
 
 
 def _conclude(ctx, study: Any, model, base_val: float, limit: float, target: float | None, params: dict,
-              where: str, timing: str | None, retime: bool):
+              where: str, timing: str | None, judge: Any, retime: bool):
     trials = [_summary(t) for t in study.get_trials(deepcopy=False)]
     if retime:
-        _retime(ctx, trials)
+        _retime(ctx, trials, judge)
     winner, closest = select(trials, limit, target)
     # Only now, the search over, is the test split read: for the front's runs (the winner is among them).
     front = [{**t, "test_accuracy": _test_accuracy(ctx, t["run_id"])} for t in pareto(trials)]
@@ -397,6 +438,9 @@ def _conclude(ctx, study: Any, model, base_val: float, limit: float, target: flo
         "search_parallel": params["parallel"],
         "search_where": where,
         "search_timing": timing,
+        "search_latency_runtime": params["runtime"] if judge is not None else None,
+        "search_latency_batch": params["batch"] if judge is not None else None,
+        "search_start_runtime": judge.start_runtime if judge is not None else None,
     })
     what = f"{params['objective']}" + (f" at most 1/{target:g} of the start's" if target else " minimised")
     if winner is None:
