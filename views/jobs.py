@@ -248,9 +248,13 @@ if all_rows:
             st.error("This job no longer exists; pick another one.")
             return
         bar = st.container(horizontal=True, vertical_alignment="center")  # buttons at their own width
-        if bar.button("Cancel", key="cancel", disabled=row["state"] in FINAL_STATES, icon=":material/stop:"):
-            jobs.cancel(job_id, store)
-            st.toast(f"Cancel requested for {job_id}")
+        if bar.button("Cancel", key="cancel", disabled=row["state"] in FINAL_STATES, icon=":material/stop:",
+                      help="a search's running trials stop with it"):
+            rows = job_rows()
+            ids = job_groups.with_live_trials([job_id], rows, job_groups.trial_owner(rows))
+            jobs.cancel_many(ids, store)
+            st.toast(f"Cancel requested for {job_id}" + (f" and its {len(ids) - 1} live trial(s)" if len(ids) > 1
+                                                         else ""))
         if bar.button("Retry", key="retry", disabled=row["state"] not in jobs.RETRYABLE, icon=":material/replay:"):
             try:
                 jobs.retry(job_id, store)
