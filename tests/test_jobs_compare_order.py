@@ -5,15 +5,27 @@ name; a number keeps its unit on its line."""
 from __future__ import annotations
 
 import pytest
+import streamlit as st
 
 from conftest import plain
 from engine import jobs, record
 from engine.store import Store
-from test_search_page import _run, insert_study, page, ws  # noqa: F401 (ws: a fixture)
+from test_search_page import _run, insert_study, page
 from views import job_groups
 from views.common import keep_units
 
 LIVE = "20260101-000010-live00"
+
+
+@pytest.fixture()
+def ws(tmp_path, monkeypatch):
+    """An empty workspace the pages read (no worker starts), with Streamlit's caches emptied."""
+    home = tmp_path / "ws"
+    monkeypatch.setenv("SLIMBENCH_HOME", str(home))
+    monkeypatch.setenv("SLIMBENCH_NO_AUTOSTART", "1")
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    return home
 
 
 def live_search(home) -> list[str]:

@@ -117,7 +117,8 @@ def queue_table() -> None:
                                                                  "(whole under Job details)"),
                                 "error": text(width="medium", help="why it failed (whole under Job details)")})
     if folded:
-        search_trials([(by_id[s], p) for s, p in searched.items() if by_id[s] in shown])
+        in_table = {r["id"] for r in shown}
+        search_trials([(by_id[s], p) for s, p in searched.items() if s in in_table])
     chosen = [st.session_state["jobs_order"][i] for i in selected_rows() if i < len(shown)]
     stoppable = [j for j in chosen if by_id[j]["state"] in ("queued", "running")]
     retryable = [j for j in chosen if by_id[j]["state"] in jobs.RETRYABLE]
