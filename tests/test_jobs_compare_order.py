@@ -48,6 +48,8 @@ def test_jobs_folds_a_searchs_trials_under_its_row_and_cancels_them_with_it(ws):
     assert queue.loc[LIVE, "activity"] == "1/8 trials ended · 2 running"
     assert queue.loc[LIVE, "progress"] == pytest.approx(1 / 8)
     assert queue.loc["20260101-000002-srch00", "activity"] == "3/3 trials ended"   # from the finished record
+    # jobs running with nothing queued (a CLI's, say) need no worker: no "0 job(s) are queued" warning
+    assert not any("no worker is running" in w.value for w in at.warning)
     folded = next(e for e in at.expander if "Trials of the search live search" in e.proto.label)
     assert "1/8 trials ended · 2 running" in folded.proto.label
     assert set(folded.dataframe[0].value["id"]) == set(trials)
@@ -78,8 +80,10 @@ def test_a_cancel_of_a_search_takes_only_its_own_live_trials(tmp_path):
 def test_the_job_select_shortens_a_long_name_and_writes_it_whole(ws):
     name = ("Pipeline: prune 50 % → distil from the ResNet-56 teacher → quantise INT8 (per-channel, 512 "
             "calibration images)")
+    Store(ws).create({"name": "waiting"}, state="queued")
     job = Store(ws).create({"name": name}, state="failed")
     at = page("jobs")
+    assert any(w.value == "1 job(s) are queued but no worker is running." for w in at.warning)
     select = at.selectbox(key="job_select")
     assert select.value == job
     label = next(o for o in select.options if o.endswith(job))
@@ -101,3 +105,9 @@ def test_a_number_keeps_its_unit_on_its_line():
     assert keep_units("plus ~10 s of start, 8 min, 1 h 02 min, 50 % at 16 px, ~1,800 img/s") == (
         "plus ~10\u00a0s of start, 8\u00a0min, 1\u00a0h 02\u00a0min, 50\u00a0% at 16\u00a0px, ~1,800\u00a0img/s")
     assert keep_units("ResNet-20 3 sizes, 2 CPU cores") == "ResNet-20 3 sizes, 2 CPU cores"   # no unit: unchanged
+
+
+def test_experiments_keeps_the_presets_estimate_with_its_unit(ws):
+    at = page("experiments")
+    caption = next(c.value for c in at.caption if "Sized for" in c.value)
+    assert "~10\u00a0s" in caption and "~10 s" not in caption

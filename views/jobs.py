@@ -23,7 +23,7 @@ if stuck and status["queued"] == len(stuck) and not status["running"]:
     # a worker would claim nothing: each queued job needs a run that was interrupted
     st.warning(f"{len(stuck)} queued job(s) cannot start: " + "; ".join(f"{job} is {why}" for job, why in stuck.items()),
                icon=":material/pause_circle:")
-elif active and not status["alive"]:
+elif status["queued"] and not status["alive"]:  # running jobs alone may be a CLI's: no worker needed
     c1, c2 = st.columns([3, 1])
     c1.warning(f"{status['queued']} job(s) are queued but no worker is running.")
     if c2.button("Start worker", key="start_worker", type="primary"):
