@@ -84,6 +84,7 @@ def test_the_job_select_shortens_a_long_name_and_writes_it_whole(ws):
     job = Store(ws).create({"name": name}, state="failed")
     at = page("jobs")
     assert any(w.value == "1 job(s) are queued but no worker is running." for w in at.warning)
+    assert not any(t.key == "jobs_show_trials" for t in at.toggle)   # no search: no trials to show
     select = at.selectbox(key="job_select")
     assert select.value == job
     label = next(o for o in select.options if o.endswith(job))

@@ -8,7 +8,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from engine import estimate, jobs, results
+from engine import estimate, jobs, results, searches
 from engine.store import FINAL_STATES
 from views import job_groups, plan
 from views.common import fmt_bytes, fmt_count, fmt_ms, fmt_seconds, fmt_value, follow_activity, get_store, md_text
@@ -222,9 +222,10 @@ def activity(r: dict, p: dict) -> str:
 
 st.session_state.setdefault("jobs_hide_cancelled", True)  # a kept widget: its default goes through state
 st.toggle("Hide cancelled jobs", key="jobs_hide_cancelled", on_change=reset_selection)
-st.toggle("Show search trials in the table", key="jobs_show_trials", on_change=reset_selection,
-          help="an auto-compress search's trials are runs of their own; folded under the table by default, the "
-               "search's row showing how many of its budget have ended")
+if any(searches.is_search(r) for r in job_rows()):  # offered only where there are trials to show
+    st.toggle("Show search trials in the table", key="jobs_show_trials", on_change=reset_selection,
+              help="an auto-compress search's trials are runs of their own; folded under the table by default, "
+                   "the search's row showing how many of its budget have ended")
 queue_table()
 
 st.divider()
