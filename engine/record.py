@@ -71,11 +71,11 @@ FIELDS: tuple[Field, ...] = (
     # -- what ran --------------------------------------------------------------------------------
     Field("run_id", "run_id", kind="text", compare=180, card=True, help="the run's id (its folder under runs/)"),
     Field("name", "name", kind="text", compare=10, card=True, help="the job's name"),
-    Field("experiment", "experiment", kind="text", compare=6, card=True,
+    Field("experiment", "experiment", kind="text", compare=52, card=True,
           help="the experiment the job was launched under (spec field experiment); blank for none"),
-    Field("group", "group", kind="text", compare=8, card=True,
+    Field("group", "group", kind="text", compare=54, card=True,
           help="the group within the experiment (spec field group); blank for none"),
-    Field("method", "method", kind="text", compare=30, card=True, help="the registered method that made the model"),
+    Field("method", "method", kind="text", compare=12, card=True, help="the registered method that made the model"),
     Field("arch", "arch", kind="text", compare=40, card=True, help="the model's architecture"),
     Field("dataset", "dataset", kind="text", compare=50, card=True, help="the data it was trained and tested on"),
     Field("data_path", "data path", kind="text", card=True,
@@ -89,14 +89,14 @@ FIELDS: tuple[Field, ...] = (
           help="the run this one started from (none: a fresh architecture or a checkpoint)"),
     Field("base_id", "base run", kind="text", source="base", compare=190,
           help="the root of the run's parent chain, what every base-relative column compares with"),
-    Field("chance_level", "chance level", kind="bool", source="base", compare=12, more=False,
+    Field("chance_level", "chance level", kind="bool", source="base", compare=56, more=False,
           help="its answers are no better than guessing: the accuracy's 95% interval reaches 1 / classes or the "
                "most common class's share, or over 90% of its answers are one class. Kept off the Pareto front "
                "and out of the winner unless asked for"),
-    Field("flags", "warnings", kind="text", source="base", compare=14, more=False,
+    Field("flags", "warnings", kind="text", source="base", compare=57, more=False,
           help="what would make this run's figures mislead: chance level (why), or a base still learning when it "
                "stopped (every run of its chain then mixes extra training into Δ accuracy)"),
-    Field("control_verdict", "vs its control", kind="text", source="base", compare=16, more=False,
+    Field("control_verdict", "vs its control", kind="text", source="base", compare=58, more=False,
           help="did compressing beat simply training a smaller net? A compressed run's accuracy against its "
                "control (method control: the same family scaled to its MACs, trained from scratch with the same "
                "epoch budget), paired on the same test images, with the 95% interval; on a control's own row, the "
@@ -162,14 +162,14 @@ FIELDS: tuple[Field, ...] = (
           help="with objective latency: the runtime the start was timed in, against which every trial's speed-up "
                "is taken (with runtime best: the start's fastest here)"),
     # -- accuracy --------------------------------------------------------------------------------
-    Field("accuracy", "accuracy", _FRACTION, "top-1 on the test split", "%.4f", card=True, compare=60,
+    Field("accuracy", "accuracy", _FRACTION, "top-1 on the test split", "%.4f", card=True, compare=14,
           cli=Cli("acc", 7, ".4f", commands=("runs", "compare"))),
     Field("accuracy_ci95", "accuracy 95% CI", _FRACTION, "[low, high] Wilson interval of the accuracy over the "
           "test images", kind="json", table=False, card=True),
     Field("delta_accuracy", "Δ accuracy (pt)", _FRACTION,
           "accuracy minus the base's on the same test images, shown in points (-1.5 = 1.5 points lost): each job "
           "also scores the model it started from (summed along a chain of runs); blank where the test sets differ",
-          "%+.1f", source="base", compare=70, cli=Cli("Δ pt", 6, "+.1f", scale=100), shown_scale=100),
+          "%+.1f", source="base", compare=16, cli=Cli("Δ pt", 6, "+.1f", scale=100), shown_scale=100),
     Field("delta_ci_low", "Δ CI low (pt)", _FRACTION, "low end of Δ accuracy's 95% interval, shown in points",
           "%+.1f", source="base", cli=Cli("Δ 95% CI pt", 13, "+.1f", scale=100, to="delta_ci_high"), shown_scale=100),
     Field("delta_ci_high", "Δ CI high (pt)", _FRACTION, "high end of Δ accuracy's 95% interval, shown in points",
@@ -189,7 +189,7 @@ FIELDS: tuple[Field, ...] = (
     # -- size and compute ------------------------------------------------------------------------
     Field("size_bytes", "size .pt (bytes)", "bytes", "the checkpoint bundle's file size (model.pt, as "
           "downloaded; an INT8 run's holds its INT8 ONNX model). Zeros of unstructured pruning are stored dense",
-          "%d", card=True, compare=90, cost_axis="size", cli=Cli("size MB", 8, ".2f", scale=1e-6, commands=("runs",))),
+          "%d", card=True, compare=20, cost_axis="size", cli=Cli("size MB", 8, ".2f", scale=1e-6, commands=("runs",))),
     Field("onnx_bytes", "size .onnx (bytes)", "bytes", "the run's ONNX file (model.onnx, as downloaded): fp32 with "
           "every zero stored, or INT8 for quantize_int8; blank where none was written (measure.onnx off, or the "
           "export failed)", "%d", card=True, compare=92),
@@ -197,7 +197,7 @@ FIELDS: tuple[Field, ...] = (
           "compression of zip and gzip; their default level saves ~0.3 % more): what unstructured sparsity saves in "
           "transfer and storage", "%d", card=True, compare=94),
     Field("x_smaller", "x smaller (.pt)", "x", "the base's model.pt size ÷ this run's", "%.2fx", source="base",
-          compare=100, cli=Cli("x smaller .pt", 13, ".2f")),
+          compare=22, cli=Cli("x smaller .pt", 13, ".2f")),
     Field("x_smaller_onnx", "x smaller (.onnx)", "x", "the base's model.onnx size ÷ this run's (blank where either "
           "has none)", "%.2fx", source="base", compare=102),
     Field("x_smaller_compressed", "x smaller (deflated .pt)", "x", "the base's deflated model.pt size ÷ this run's: "
@@ -206,17 +206,17 @@ FIELDS: tuple[Field, ...] = (
     Field("params", "params", "parameters", "parameters of the model (dense count)", "%d", card=True,
           compare=170, cost_axis="params"),
     Field("macs", "MACs", "MACs", "multiply-accumulates per image (torchvision's 'GFLOPS' are MACs)", "%d",
-          card=True, compare=110, cost_axis="macs", cli=Cli("MMACs", 9, ".1f", scale=1e-6, commands=("runs",))),
+          card=True, compare=24, cost_axis="macs", cli=Cli("MMACs", 9, ".1f", scale=1e-6, commands=("runs",))),
     Field("x_fewer_macs", "x fewer MACs", "x", "base MACs ÷ this run's MACs", "%.2fx", source="base",
-          compare=120, cli=Cli("x fewer MACs", 12, ".2f")),
+          compare=33, cli=Cli("x fewer MACs", 12, ".2f")),
     Field("flops", "FLOPs", "FLOPs", "floating-point operations per image, 2 per MAC", "%d", card=True),
     Field("sparsity", "sparsity", _FRACTION, "share of exactly-zero conv/linear weights", "%.3f", card=True,
           compare=160),
     # -- speed and memory ------------------------------------------------------------------------
     Field("latency_ms", "latency (ms)", "ms", "CPU (latency_device; cpu_model, threads), batch 1, median", "%.3f",
-          card=True, compare=130,
+          card=True, compare=26,
           cost_axis="latency", cli=Cli("lat ms", 7, ".2f", commands=("runs",))),
-    Field("runtime", "timed in", kind="text", source="base", compare=135,
+    Field("runtime", "timed in", kind="text", source="base", compare=31,
           help="what ran the model when it was timed (PyTorch eager, with its precision, or ONNX Runtime INT8): "
                "latencies compare only within one runtime"),
     Field("x_faster", "x faster", "x",
@@ -224,8 +224,8 @@ FIELDS: tuple[Field, ...] = (
           "in the same runtime (paired_speedup), where 'paired' is ticked (multiplied along a chain), else base latency ÷ this latency from separate "
           "jobs. An INT8 step counts against its own model in fp32 under ONNX Runtime, so the change of runtime "
           "is not credited to quantisation (the runtime method measures that)", "%.2fx", source="base",
-          compare=140, cli=Cli("x faster", 9, ".2f", mark=("x_faster_paired", "p"))),
-    Field("x_faster_paired", "paired", kind="bool", source="base", compare=145, more=False,
+          compare=28, cli=Cli("x faster", 9, ".2f", mark=("x_faster_paired", "p"))),
+    Field("x_faster_paired", "paired", kind="bool", source="base", compare=29, more=False,
           help="x faster is the product of each step's paired_speedup: timed interleaved with the model the step "
                "started from, in the same runtime (an INT8 step: against that model in fp32 under ONNX Runtime), "
                "which cancels slow drift of the machine"),
@@ -358,14 +358,14 @@ FIELDS: tuple[Field, ...] = (
     Field("method_params", "parameters", kind="json", card=True, help="the method's parameters (defaults filled in)"),
     Field("finished", "finished", "epoch seconds", "when the run finished", kind="time"),
     # -- composed by the views from the columns above --------------------------------------------
-    Field("pareto", "Pareto", kind="bool", source="view", table=False, compare=20,
+    Field("pareto", "Pareto", kind="bool", source="view", table=False, compare=32,
           help="on the Pareto front of accuracy against the chosen cost: no run in view is both cheaper and "
                "more accurate"),
-    Field("delta_ci", "Δ 95% CI (pt)", kind="text", source="view", table=False, compare=80,
+    Field("delta_ci", "Δ 95% CI (pt)", kind="text", source="view", table=False, compare=18,
           help="where Δ accuracy would lie with another draw of test images: from the answers that flipped "
                "against the base in this run's job (paired). An interval spanning 0 means the difference is "
                "within test-set noise. Blank for the base and for chains of runs"),
-    Field("x_faster_range", "x faster range", kind="text", source="view", table=False, compare=150,
+    Field("x_faster_range", "x faster range", kind="text", source="view", table=False, compare=30,
           help="the slowest and fastest of the paired rounds (multiplied along a chain of runs): a range that "
                "spans 1x means the speed-up is within timing noise"),
 )

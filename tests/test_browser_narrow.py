@@ -1,6 +1,6 @@
 """At an 800 px wide window (the sidebar open), no number, tile label or button label is cut short on Jobs,
 Compare's run details or Hardware: their rows of tiles and buttons wrap instead (they were fixed columns, which
-cut "0.7200" to "0.7…" and "Cancel selected" to "Ca…"). Screenshots: test-artifacts/narrow-*.png."""
+cut "0.7200" to "0.7…" and "Cancel selected" to "Ca…"); no word of Compare's filter labels breaks ("Architectu|re"). Screenshots: test-artifacts/narrow-*.png."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,6 +18,14 @@ pytestmark = [pytest.mark.browser, pytest.mark.skipif(not Path(CHROMIUM).exists(
 CUT = """() => [...document.querySelectorAll('[data-testid=stMain] button, [data-testid=stMain] [data-testid=stMetric]')]
   .filter(b => b.offsetParent !== null && [b, ...b.querySelectorAll('*')].some(e => e.scrollWidth > e.clientWidth + 1))
   .map(b => b.innerText.replace(/\\s+/g, ' ').trim())"""
+
+# Words of the widget labels in the page that break across lines (a column too narrow: "Architectu|re").
+BROKEN_WORDS = """() => [...document.querySelectorAll('[data-testid=stMain] [data-testid=stWidgetLabel] p')]
+  .filter(p => p.offsetParent !== null && p.firstChild && p.firstChild.nodeType === 3)
+  .flatMap(p => { const t = p.firstChild, out = []; let i = 0;
+    for (const w of t.data.split(' ')) { const r = document.createRange(); r.setStart(t, i); r.setEnd(t, i + w.length);
+      if (w && r.getClientRects().length > 1) out.push(w); i += w.length + 1; }
+    return out; })"""
 
 
 def test_a_narrow_window_cuts_no_number_or_button(tmp_path, page):
@@ -43,6 +51,7 @@ def test_a_narrow_window_cuts_no_number_or_button(tmp_path, page):
         page.wait_for_timeout(1000)  # tiles settle into their rows
         page.screenshot(path=str(SHOTS / "narrow-compare.png"), full_page=True)
         assert page.evaluate(CUT) == []
+        assert page.evaluate(BROKEN_WORDS) == []   # the filters' labels, "Architecture" first
         page.goto(f"{url}/jobs")
         page.get_by_role("heading", name="Job details").wait_for(timeout=60_000)
         for button in ("Retry", "Cancel all (0)", "Retry all (1)"):

@@ -199,6 +199,15 @@ def fmt_ms(v: Any) -> str:
     return f"{us:.1f} µs" if abs(us) >= 1 else f"{us:.3f} µs" if abs(us) >= 0.001 else "< 0.001 µs"
 
 
+# a number and its unit ("~10 s", "8 min", "50 %", "16 px") broke across lines in a narrow caption
+_NUMBER_UNIT = re.compile(r"(?<=\d) (?=(?:s|ms|min|h|px|%|MB|GB|img/s|epochs?|images?|cores?)(?![\w/]))")
+
+
+def keep_units(text: str) -> str:
+    """``text`` with a no-break space between each number and its unit, so that a line never ends on "~10"."""
+    return _NUMBER_UNIT.sub("\u00a0", text)
+
+
 def plural(n: int, word: str) -> str:
     """``plural(1, "image")`` -> "1 image", ``plural(5, "image")`` -> "5 images"."""
     return f"{n} {word}" if n == 1 else f"{n} {word}s"

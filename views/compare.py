@@ -37,11 +37,12 @@ if df.empty:
 # -- filters ----------------------------------------------------------------------------------
 ALL = "All"  # an empty filter keeps every run; "Choose options" was cut to "Ch" in a narrow column
 with st.container(border=True):
-    c1, c2, c3, c4 = st.columns([1, 1, 2, 2])
+    # "Architecture" broke mid-word in a sixth of an 800 px page: its column is wider, the text box's label shorter
+    c1, c2, c3, c4 = st.columns([1.1, 1.5, 1.7, 1.9])
     datasets = c1.multiselect("Dataset", sorted(df["dataset"].dropna().unique()), key="f_dataset", placeholder=ALL)
     archs = c2.multiselect("Architecture", sorted(df["arch"].dropna().unique()), key="f_arch", placeholder=ALL)
     meths = c3.multiselect("Method", sorted(df["method"].dropna().unique()), key="f_method", placeholder=ALL)
-    text = c4.text_input("Name or run id contains", key="f_text")
+    text = c4.text_input("Name or run id", key="f_text", placeholder="contains …")
     labelled = [c for c in ("experiment", "group") if df[c].notna().any()]
     picked = {c: col.multiselect(c.capitalize(), sorted(df[c].dropna().unique()), key=f"f_{c}", placeholder=ALL)
               for c, col in zip(labelled, st.columns(2) if labelled else [])}

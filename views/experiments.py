@@ -12,8 +12,8 @@ from engine import (data as data_mod, export, import_weights, jobs, methods, mod
                     user_models, validation)
 from engine.spec import DataSpec, SpecError
 from views import search_launch
-from views.common import (accept_upload, device_text, discard_upload, done_runs, get_store, md_text, refused_upload,
-                          run_label, save_upload, startable_runs, upload_limit_mb, uploader_key)
+from views.common import (accept_upload, device_text, discard_upload, done_runs, get_store, keep_units, md_text,
+                          refused_upload, run_label, save_upload, startable_runs, upload_limit_mb, uploader_key)
 
 st.title("Experiments")
 st.caption("Train a base model, compress it with any registered method, and queue the jobs. "
@@ -356,7 +356,7 @@ tab_preset, tab_custom, tab_search = st.tabs(["Presets", "Custom experiment", "A
 # -- presets ------------------------------------------------------------------------------------
 with tab_preset:
     name = st.selectbox("Preset", list(presets.PRESETS), key="preset")
-    st.caption(md_text(presets.describe(name, store, jobs.worker_status(store)["concurrency"])),
+    st.caption(keep_units(md_text(presets.describe(name, store, jobs.worker_status(store)["concurrency"]))),
                help="What this preset trains on, with which settings, and how long it takes on this machine: "
                     "estimated from the runs finished here (the same job, else the same method and data at other "
                     "settings), else the estimate for the machine it was sized on, labelled as such.")

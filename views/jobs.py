@@ -1,15 +1,16 @@
 """Jobs: the live queue (running first, cancelled hidden unless asked; each job's phase in words with its
-ETA), the launched plan's overall ETA and end notice, cancel / retry of one job, the ticked rows or a whole
-experiment, and a job's curves and log."""
+ETA; an auto-compress search one row with its trials against its budget, the trials folded under it), the
+launched plan's overall ETA and end notice, cancel / retry of one job, the ticked rows or a whole experiment
+(a search cancelled with its running trials), and a job's curves and log."""
 from __future__ import annotations
 
 import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from engine import estimate, jobs, results
+from engine import estimate, jobs, results, searches
 from engine.store import FINAL_STATES
-from views import plan
+from views import job_groups, plan
 from views.common import fmt_bytes, fmt_count, fmt_ms, fmt_seconds, fmt_value, follow_activity, get_store, md_text
 
 st.title("Jobs")
@@ -22,7 +23,7 @@ if stuck and status["queued"] == len(stuck) and not status["running"]:
     # a worker would claim nothing: each queued job needs a run that was interrupted
     st.warning(f"{len(stuck)} queued job(s) cannot start: " + "; ".join(f"{job} is {why}" for job, why in stuck.items()),
                icon=":material/pause_circle:")
-elif active and not status["alive"]:
+elif status["queued"] and not status["alive"]:  # running jobs alone may be a CLI's: no worker needed
     c1, c2 = st.columns([3, 1])
     c1.warning(f"{status['queued']} job(s) are queued but no worker is running.")
     if c2.button("Start worker", key="start_worker", type="primary"):
@@ -41,10 +42,11 @@ def job_rows(limit: int = 300) -> list[dict]:
 STATE_ORDER = {"running": 0, "queued": 1}   # what is moving first, then the rest newest first
 
 
-def ordered(rows: list[dict], hide_cancelled: bool) -> list[dict]:
+def ordered(rows: list[dict], hide_cancelled: bool, folded: dict[str, str] | None = None) -> list[dict]:
     """Running jobs first, then queued ones, then the others, each newest first (rows come newest first
-    and the sort is stable); cancelled ones left out when ``hide_cancelled``."""
-    shown = [r for r in rows if not (hide_cancelled and r["state"] == "cancelled")]
+    and the sort is stable); cancelled ones left out when ``hide_cancelled``, and the runs ``folded`` names
+    (a search's trials, listed under the table instead)."""
+    shown = [r for r in rows if not (hide_cancelled and r["state"] == "cancelled") and r["id"] not in (folded or {})]
     return sorted(shown, key=lambda r: STATE_ORDER.get(r["state"], 2))
 
 
@@ -63,7 +65,8 @@ def selected_rows() -> list[int]:
 
 
 def bulk(action: str, ids: list[str]) -> None:
-    """Cancel or retry ``ids`` (a button's callback); what happened shows as a toast on the next run."""
+    """Cancel or retry ``ids`` (a button's callback; a cancel's ids carry each search's live trials, see
+    ``job_groups.with_live_trials``); what happened shows as a toast on the next run."""
     outcome = (jobs.cancel_many if action == "cancel" else jobs.retry_many)(ids, store)
     ok = [j for j, why in outcome.items() if why is None]
     refused = {j: why for j, why in outcome.items() if why is not None}
@@ -85,13 +88,14 @@ def queue_table() -> None:
         return
     hide = st.session_state.get("jobs_hide_cancelled", True)
     by_id = {r["id"]: r for r in rows}
+    owner = job_groups.trial_owner(rows)
+    folded = {} if st.session_state.get("jobs_show_trials") else owner
+    searched = {s: job_groups.progress(by_id[s], rows, owner) for s in dict.fromkeys(owner.values()) if s in by_id}
     # While rows are selected the order is held (the selection names rows by position); cells still update.
     held = st.session_state.get("jobs_order") if selected_rows() else None
-    shown = [by_id[j] for j in held if j in by_id] if held else ordered(rows, hide)
+    shown = [by_id[j] for j in held if j in by_id] if held else ordered(rows, hide, folded)
     st.session_state["jobs_order"] = [r["id"] for r in shown]
-    table = [{"job": r.get("name") or r.get("method") or "", "experiment": label_of(r), "id": r["id"],
-              "state": r["state"], "progress": p["progress"], "activity": activity(r, p), "error": r.get("error") or ""}
-             for r, p in ((r, results.job_progress(r)) for r in shown)]
+    table = [cells(r, results.job_progress(r), searched.get(r["id"]), r["id"] in owner) for r in shown]
     counts = pd.Series([r["state"] for r in rows]).value_counts()
     hidden = int(counts.get("cancelled", 0)) if hide else 0
     st.caption(" · ".join(f"{k}: **{v}**" for k, v in counts.items())
@@ -112,12 +116,16 @@ def queue_table() -> None:
                                                                  "left and its speed; a finished job's run time "
                                                                  "(whole under Job details)"),
                                 "error": text(width="medium", help="why it failed (whole under Job details)")})
+    if folded:
+        in_table = {r["id"] for r in shown}
+        search_trials([(by_id[s], p) for s, p in searched.items() if s in in_table])
     chosen = [st.session_state["jobs_order"][i] for i in selected_rows() if i < len(shown)]
     stoppable = [j for j in chosen if by_id[j]["state"] in ("queued", "running")]
     retryable = [j for j in chosen if by_id[j]["state"] in jobs.RETRYABLE]
     row = st.container(horizontal=True)  # buttons at their own width, wrapping on a narrow page
     row.button(f"Cancel selected ({len(stoppable)})", key="bulk_cancel", icon=":material/stop:", disabled=not stoppable,
-               on_click=bulk, args=("cancel", stoppable), help="the selected jobs that are queued or running")
+               on_click=bulk, args=("cancel", job_groups.with_live_trials(stoppable, rows, owner)),
+               help="the selected jobs that are queued or running; a search's running trials stop with it")
     row.button(f"Retry selected ({len(retryable)})", key="bulk_retry", icon=":material/replay:", disabled=not retryable,
                on_click=bulk, args=("retry", retryable), help="the selected jobs that were interrupted, failed or "
                                                               "cancelled")
@@ -129,7 +137,8 @@ def queue_table() -> None:
         live = jobs.matching(store, experiment=exp, states=("queued", "running"))
         again = jobs.matching(store, experiment=exp, states=jobs.RETRYABLE)
         e2.button(f"Cancel all ({len(live)})", key="bulk_cancel_experiment", disabled=not live,
-                  on_click=bulk, args=("cancel", live), help="every queued or running job of this experiment")
+                  on_click=bulk, args=("cancel", job_groups.with_live_trials(live, rows, owner)),
+                  help="every queued or running job of this experiment, a search's trials included")
         e3.button(f"Retry all ({len(again)})", key="bulk_retry_experiment", disabled=not again,
                   on_click=bulk, args=("retry", again),
                   help="every interrupted, failed or cancelled job of this experiment")
@@ -137,6 +146,32 @@ def queue_table() -> None:
         waiting = " (no worker is running: the time counts from when one starts)" if live and not status["alive"] else ""
         st.caption(f"Experiment **{md_text(exp)}**: " + estimate.remaining(of_exp, store, status["concurrency"]).text()
                    + waiting)
+
+
+def cells(r: dict, p: dict, search: job_groups.SearchProgress | None, trial: bool) -> dict:
+    """One table row; a search with trials shows how many of its budget have ended as its progress, and
+    a trial (shown when asked) says whose it is."""
+    name = r.get("name") or r.get("method") or ""
+    progress, doing = p["progress"], activity(r, p)
+    if search is not None:
+        progress = search.fraction if search.fraction is not None else progress
+        doing = " · ".join(x for x in (search.text(), doing if r["state"] in ("running", "queued") else "") if x)
+    return {"job": ("↳ " if trial else "") + name, "experiment": label_of(r), "id": r["id"], "state": r["state"],
+            "progress": progress, "activity": doing, "error": r.get("error") or ""}
+
+
+def search_trials(groups: list[tuple[dict, job_groups.SearchProgress]]) -> None:
+    """Each search's trials folded under the table, one expander a search (newest first)."""
+    for s, p in groups:
+        with st.expander(f"Trials of the search {md_text(s.get('name') or s['id'])}: {p.text()}",
+                         icon=":material/travel_explore:"):
+            st.page_link("views/search.py", label="Its trials against the objective, live: the search's page",
+                         icon=":material/travel_explore:", query_params={"run": s["id"]})
+            rows = [cells(r, results.job_progress(r), None, False) for r in p.trials]
+            st.dataframe(pd.DataFrame(rows, columns=["job", "state", "progress", "activity", "error", "id"]),
+                         hide_index=True, width="stretch", key=f"trials_{s['id']}",
+                         column_config={"progress": st.column_config.ProgressColumn("progress", min_value=0,
+                                                                                    max_value=1, format="percent")})
 
 
 SHOWN_COLUMNS = ("job", "state", "progress", "activity", "error", "experiment", "id")
@@ -151,6 +186,17 @@ def row_height(names: list[str]) -> int | None:
     line, while every name fits on one."""
     lines = max((-(-len(n) // CHARS_PER_LINE) for n in names), default=1)
     return None if lines <= 1 else max(WRAP_MIN_PX, PAD_PX + LINE_PX * min(lines, MAX_LINES))
+
+
+SELECT_CHARS = 40   # what the Job select shows of a name at 800 px, its id beside it
+
+
+def short(name: str) -> str:
+    """``name`` cut at a word to fit the Job select (the page writes it whole under the select)."""
+    if len(name) <= SELECT_CHARS:
+        return name
+    cut = name[:SELECT_CHARS - 1].rsplit(" ", 1)[0].rstrip(" ,;:·→-")
+    return (cut or name[:SELECT_CHARS - 1]) + "…"
 
 
 def method_of(r: dict | None) -> str | None:
@@ -176,16 +222,24 @@ def activity(r: dict, p: dict) -> str:
 
 st.session_state.setdefault("jobs_hide_cancelled", True)  # a kept widget: its default goes through state
 st.toggle("Hide cancelled jobs", key="jobs_hide_cancelled", on_change=reset_selection)
+if any(searches.is_search(r) for r in job_rows()):  # offered only where there are trials to show
+    st.toggle("Show search trials in the table", key="jobs_show_trials", on_change=reset_selection,
+              help="an auto-compress search's trials are runs of their own; folded under the table by default, "
+                   "the search's row showing how many of its budget have ended")
 queue_table()
 
 st.divider()
 st.subheader("Job details")
 all_rows = job_rows()
 if all_rows:
-    labels = {r["id"]: f"{r.get('name') or r.get('method')} · {r['id']}" for r in all_rows}
+    names = {r["id"]: str(r.get("name") or r.get("method") or "") for r in all_rows}
+    labels = {j: f"{short(n)} · {j}" for j, n in names.items()}
     default = next((i for i, r in enumerate(all_rows) if r["state"] == "running"), 0)
-    job_id = st.selectbox("Job", list(labels), index=default, format_func=labels.get, key="job_select")
+    job_id = st.selectbox("Job", list(labels), index=default, format_func=labels.get, key="job_select",
+                          help="a long name is shortened here and written whole under the list")
     selected = next(r for r in all_rows if r["id"] == job_id)
+    if short(names[job_id]) != names[job_id]:  # the select cuts its text at its width: the name whole, wrapping
+        st.markdown(f"**{md_text(names[job_id])}**")
 
     # A finished job's curves and log no longer change: poll only while it can still move (a retry
     # reruns the page, so polling resumes when it brings the job back to life).
@@ -196,9 +250,13 @@ if all_rows:
             st.error("This job no longer exists; pick another one.")
             return
         bar = st.container(horizontal=True, vertical_alignment="center")  # buttons at their own width
-        if bar.button("Cancel", key="cancel", disabled=row["state"] in FINAL_STATES, icon=":material/stop:"):
-            jobs.cancel(job_id, store)
-            st.toast(f"Cancel requested for {job_id}")
+        if bar.button("Cancel", key="cancel", disabled=row["state"] in FINAL_STATES, icon=":material/stop:",
+                      help="a search's running trials stop with it"):
+            rows = job_rows()
+            ids = job_groups.with_live_trials([job_id], rows, job_groups.trial_owner(rows))
+            jobs.cancel_many(ids, store)
+            st.toast(f"Cancel requested for {job_id}" + (f" and its {len(ids) - 1} live trial(s)" if len(ids) > 1
+                                                         else ""))
         if bar.button("Retry", key="retry", disabled=row["state"] not in jobs.RETRYABLE, icon=":material/replay:"):
             try:
                 jobs.retry(job_id, store)
