@@ -1,7 +1,8 @@
 """``python -m bench cpu|gpu``: regenerate that machine's section of docs/BENCHMARKS.md from scratch.
 ``python -m bench gpu-bases``: train the literature's CIFAR-10 bases and write their block of the GPU section.
 ``python -m bench runtimes``: the CPU base and its structured-50 % result in every runtime (bench/runtimes.py).
-``python -m bench int8``: the "INT8 formats" block of the CPU section (bench.int8_formats)."""
+``python -m bench int8``: the "INT8 formats" block of the CPU section (bench.int8_formats).
+``python -m bench recipes-cpu``: every method's recipe with its control on the CPU base (bench/recipes_cpu.py)."""
 from __future__ import annotations
 
 import argparse
@@ -160,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["runtimes"]:   # its own options (python -m bench runtimes --help)
         from . import runtimes
         return runtimes.main(argv[1:])
+    if argv[:1] == ["recipes-cpu"]:
+        from . import recipes_cpu
+        return recipes_cpu.main(argv[1:])
     p = argparse.ArgumentParser(prog="python -m bench")
     p.add_argument("machine", choices=["cpu", "gpu", "gpu-bases", "runtimes", "int8"])
     p.add_argument("--cifar", default=None, help="CIFAR-10 zip (default: ../shared/datasets/cifar10-small.zip "
