@@ -118,6 +118,8 @@ def test_quick_tour_section_judges_every_row_and_pairs_kd_with_plain(tmp_path, m
     assert "Distilled vs the same student trained plainly" in text and "McNemar p" in text
     assert text.count("\n| ") == 1 + 3   # the header, then a row per job
     assert quick_tour.ANCHORS["distill"] in text and "CIFAR-10" in text
+    compact_row = next(ln for ln in text.splitlines() if ln.startswith("| compact |"))
+    assert f"| {recs[0]['macs'] / recs[2]['macs']:.2f} |" in compact_row   # the MAC cut beside its Δ
 
 
 @pytest.mark.fast
