@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bench import recipes_cpu as rc
-from engine import export, literature, measure, models, presets
-from engine.methods import lowrank
+from engine import export, literature, methods, models, presets
 
 pytestmark = pytest.mark.fast
 
@@ -22,13 +21,12 @@ def test_every_recipe_is_a_valid_spec_on_the_tour_data(tmp_path):
         assert spec.method.name == r.method and spec.train.device == "cpu"
 
 
-def test_lowrank_recipe_cuts_resnet20_at_least_2_8x_at_the_tour_resolution():
-    net = models.build(presets.QUICK_ARCH, 10, small_input=True)
-    shape = (3, presets.QUICK_DATA["image_size"], presets.QUICK_DATA["image_size"])
-    plan = lowrank.plan_ranks(net, shape, None, rc.LOWRANK_RANK_RATIO, "channel")
-    total = measure.count_macs(net, shape)["macs"]
-    saved = sum(p["macs_before"] - p["macs_after"] for p in plan.values())
-    assert total / (total - saved) >= 2.8
+def test_trp_truncates_as_often_per_epoch_as_the_tour_whatever_the_image_count():
+    default = next(p.default for p in methods.get("lowrank_svd").params if p.name == "trp_interval")
+    assert rc.trp_interval(None) == default          # the tour's own data: the method's default
+    assert rc.trp_interval(10000) == 7 and rc.trp_interval(100) == 1
+    lowrank = next(r for r in rc.recipes(3, 3, 10000) if r.key == "lowrank")
+    assert lowrank.params["trp_interval"] == 7 and lowrank.params["reg_epochs"] == 2
 
 
 def test_each_cited_published_point_exists_and_names_its_source():
