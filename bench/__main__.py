@@ -3,7 +3,8 @@
 ``python -m bench runtimes``: a CIFAR ResNet-18 base, its structured-50 % result and both as INT8 in every runtime
 (bench/runtimes.py).
 ``python -m bench int8``: the "INT8 formats" block of the CPU section (bench.int8_formats).
-``python -m bench autocompress [--minutes 20]``: the auto-compress block of the CPU section (bench/autocompress.py)."""
+``python -m bench autocompress [--minutes 20]``: the auto-compress block of the CPU section (bench/autocompress.py).
+``python -m bench recipes-cpu``: every method's recipe with its control on the CPU base (bench/recipes_cpu.py)."""
 from __future__ import annotations
 
 import argparse
@@ -168,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["autocompress"]:   # its own options (python -m bench autocompress --help)
         from . import autocompress
         return autocompress.main(argv[1:])
+    if argv[:1] == ["recipes-cpu"]:
+        from . import recipes_cpu
+        return recipes_cpu.main(argv[1:])
     p = argparse.ArgumentParser(prog="python -m bench")
     p.add_argument("machine", choices=["cpu", "gpu", "gpu-bases", "runtimes", "int8"])
     p.add_argument("--cifar", default=None, help="CIFAR-10 zip (default: ../shared/datasets/cifar10-small.zip "

@@ -84,9 +84,13 @@ def judge(res: dict[str, Any], kd: Callable[[Store, dict, dict], dict] = kd_vs_p
         row: dict[str, Any] = {"method": r["method"], "state": r["state"], "anchor": ANCHORS.get(r["method"], "–")}
         if r["state"] == "done" and rec.get("accuracy") is not None:
             ci = rec.get("delta_accuracy_ci95")
+            # the MAC cut beside each Δ: a row that compressed 1.07x and one that compressed 2.9x are
+            # different answers (the low-rank row moved from one to the other when TRP became the default)
+            macs = rec.get("macs")
             row.update(accuracy=rec["accuracy"], chance=at_chance(rec),
                        delta=None if r is base else rec["accuracy"] - base["record"]["accuracy"],
-                       delta_ci=ci if r is not base else None)
+                       delta_ci=ci if r is not base else None,
+                       macs_x=base["record"]["macs"] / macs if macs and base["record"].get("macs") else None)
             if r is base:
                 row["learning"] = results.still_learning(rec)
         out.append(row)
@@ -130,16 +134,17 @@ def render(j: dict[str, Any], plan: list[dict[str, Any]]) -> str:
                      f"{kd['p']:.3g}; KD ≥ plain within the CI — {'met' if holds else 'missed'})")
     lines += ["", "Published anchors are **CIFAR-10** (or ImageNet) figures from long schedules, set beside the row "
               "for the direction and size of its Δ, not its top-1 (Fashion-MNIST is easier).", "",
-              "| method | top-1 | Δ vs base (pt) | Δ 95% CI (pt) | converged | at chance | published anchor |",
-              "|---|---|---|---|---|---|---|"]
+              "| method | top-1 | Δ vs base (pt) | Δ 95% CI (pt) | x fewer MACs | converged | at chance | published anchor |",
+              "|---|---|---|---|---|---|---|---|"]
     for r in j["rows"]:
         if "accuracy" not in r:
-            lines.append(f"| {r['method']} | {r['state']} | – | – | – | – | {r['anchor']} |")
+            lines.append(f"| {r['method']} | {r['state']} | – | – | – | – | – | {r['anchor']} |")
             continue
         d = "–" if r["delta"] is None else f"{100 * r['delta']:+.2f}"
         ci = f"{100 * r['delta_ci'][0]:+.1f} to {100 * r['delta_ci'][1]:+.1f}" if r.get("delta_ci") else "–"
         conv = ("yes" if not r["learning"] else "no") if "learning" in r else "–"
-        lines.append(f"| {r['method']} | {r['accuracy']:.4f} | {d} | {ci} | {conv} | "
+        macs_x = f"{r['macs_x']:.2f}" if r.get("macs_x") else "–"
+        lines.append(f"| {r['method']} | {r['accuracy']:.4f} | {d} | {ci} | {macs_x} | {conv} | "
                      f"{'**yes**' if r['chance'] else 'no'} | {r['anchor']} |")
     return "\n".join(lines)
 
