@@ -365,7 +365,7 @@ def test_fashion_mnist_baseline_runs_through_the_same_code(home, tmp_path):
 def test_cifar10_zip_baseline_runs_through_the_same_code(home, tmp_path):
     if not CIFAR_SMALL.is_file():
         pytest.skip(f"{CIFAR_SMALL} not present")
-    r = run_spec({"data": {"name": "cifar10", "path": str(CIFAR_SMALL), "limit": 500, "test_limit": 300},
+    r = run_spec({"data": {"name": "cifar10", "path": str(CIFAR_SMALL), "limit": 200, "test_limit": 100},
                   "model": {"arch": "resnet18"}, "train": {"epochs": 1},
                   "measure": {"latency_runs": 5}}, home, tmp_path)
     assert r["input_size"] == [3, 32, 32] and r["num_classes"] == 10 and r["small_input"] is True
@@ -496,9 +496,9 @@ def test_gpu_measurement_runs_where_cuda_exists():
 
 def test_the_same_spec_trains_the_same_model_in_two_processes(tmp_path):
     """train.seed fixes the fresh architecture's initial weights too: two processes, one model."""
-    spec = {"data": {"name": "digits", "limit": 300, "test_limit": 100}, "model": {"arch": "resnet18"},
+    spec = {"data": {"name": "digits", "limit": 96, "test_limit": 32, "batch_size": 32}, "model": {"arch": "resnet18"},
             "method": {"name": "baseline"}, "train": {"epochs": 1, "device": "cpu"},
-            "measure": {"onnx": False, "latency_runs": 3, "warmup_runs": 1}}
+            "measure": {"onnx": False, "deploy": False, "latency_runs": 3, "warmup_runs": 1}}
     a, b = (run_spec(spec, tmp_path / f"ws{i}", tmp_path) for i in (1, 2))
     untimed = lambda r: [{k: v for k, v in h.items() if k != "seconds"} for h in r["history"]]  # noqa: E731
     assert a["accuracy"] == b["accuracy"] and untimed(a) == untimed(b)
