@@ -357,7 +357,7 @@ def test_fashion_mnist_baseline_runs_through_the_same_code(home, tmp_path):
         pytest.skip("dataset-fashion-mnist is not installed (make test installs it as root)")
     r = run_spec({"data": {"name": "fashion-mnist", "limit": 1000, "test_limit": 500, "image_size": 16},
                   "model": {"arch": "resnet18"}, "train": {"epochs": 2},
-                  "measure": {"latency_runs": 5}}, home, tmp_path)
+                  "measure": {"latency_runs": 5, "onnx": False, "deploy": False}}, home, tmp_path)
     assert r["dataset"] == "fashion-mnist" and r["input_size"] == [3, 16, 16] and r["test_images"] == 500
     assert r["accuracy"] > 0.4  # far above chance (0.1) after two short epochs
 
@@ -365,9 +365,9 @@ def test_fashion_mnist_baseline_runs_through_the_same_code(home, tmp_path):
 def test_cifar10_zip_baseline_runs_through_the_same_code(home, tmp_path):
     if not CIFAR_SMALL.is_file():
         pytest.skip(f"{CIFAR_SMALL} not present")
-    r = run_spec({"data": {"name": "cifar10", "path": str(CIFAR_SMALL), "limit": 500, "test_limit": 300},
+    r = run_spec({"data": {"name": "cifar10", "path": str(CIFAR_SMALL), "limit": 200, "test_limit": 100},
                   "model": {"arch": "resnet18"}, "train": {"epochs": 1},
-                  "measure": {"latency_runs": 5}}, home, tmp_path)
+                  "measure": {"latency_runs": 5, "onnx": False, "deploy": False}}, home, tmp_path)
     assert r["input_size"] == [3, 32, 32] and r["num_classes"] == 10 and r["small_input"] is True
     assert 0.0 < r["accuracy"] <= 1.0 and r["size_bytes"] > 0
 
@@ -496,9 +496,9 @@ def test_gpu_measurement_runs_where_cuda_exists():
 
 def test_the_same_spec_trains_the_same_model_in_two_processes(tmp_path):
     """train.seed fixes the fresh architecture's initial weights too: two processes, one model."""
-    spec = {"data": {"name": "digits", "limit": 300, "test_limit": 100}, "model": {"arch": "resnet18"},
+    spec = {"data": {"name": "digits", "limit": 96, "test_limit": 32, "batch_size": 32}, "model": {"arch": "resnet18"},
             "method": {"name": "baseline"}, "train": {"epochs": 1, "device": "cpu"},
-            "measure": {"onnx": False, "latency_runs": 3, "warmup_runs": 1}}
+            "measure": {"onnx": False, "deploy": False, "latency_runs": 3, "warmup_runs": 1}}
     a, b = (run_spec(spec, tmp_path / f"ws{i}", tmp_path) for i in (1, 2))
     untimed = lambda r: [{k: v for k, v in h.items() if k != "seconds"} for h in r["history"]]  # noqa: E731
     assert a["accuracy"] == b["accuracy"] and untimed(a) == untimed(b)
