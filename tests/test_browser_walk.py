@@ -89,7 +89,7 @@ def test_the_first_hour(tmp_path, page):
             box = page.locator('[data-testid="stSelectbox"]').filter(has_text="Preset").first
             box.click()
             page.get_by_role("option", name=first_hour.NAME, exact=True).click()
-            page.get_by_text(re.compile(r"About \d+ (s|min), from 2 finished runs on this machine")).wait_for(
+            page.get_by_text(re.compile(r"About \d+\s(s|min), from 2 finished runs on this machine")).wait_for(
                 timeout=60_000)
             shot(page, "1-preset")
             page.get_by_role("button", name=re.compile("Launch First hour")).click()
