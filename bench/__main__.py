@@ -4,7 +4,8 @@
 (bench/runtimes.py).
 ``python -m bench int8``: the "INT8 formats" block of the CPU section (bench.int8_formats).
 ``python -m bench autocompress [--minutes 20]``: the auto-compress block of the CPU section (bench/autocompress.py).
-``python -m bench recipes-cpu``: every method's recipe with its control on the CPU base (bench/recipes_cpu.py)."""
+``python -m bench recipes-cpu``: every method's recipe with its control on the CPU base (bench/recipes_cpu.py).
+``python -m bench rewind-ab``: recovery at the start's training rate vs a tenth of it (bench/rewind_ab.py)."""
 from __future__ import annotations
 
 import argparse
@@ -169,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["autocompress"]:   # its own options (python -m bench autocompress --help)
         from . import autocompress
         return autocompress.main(argv[1:])
+    if argv[:1] == ["rewind-ab"]:
+        from . import rewind_ab
+        return rewind_ab.main(argv[1:])
     if argv[:1] == ["recipes-cpu"]:
         from . import recipes_cpu
         return recipes_cpu.main(argv[1:])

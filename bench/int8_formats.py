@@ -16,7 +16,7 @@ from typing import Any, Callable
 import torch
 
 from engine import export, int8_cpu, measure
-from engine.methods import int8_formats
+from engine.methods import int8_auto, int8_formats, quantize
 
 AGREEMENT_TARGET = 0.97
 SPEEDUP_TARGET = 2.0
@@ -50,14 +50,16 @@ def contenders(model: torch.nn.Module, data, tmp: Path, batches: int, threads: i
         out["FP32 (OpenVINO)"] = {"fn": int8_formats.OpenVinoRunner(fp32, threads), "runtime": "OpenVINO",
                                   "format": "fp32", "reference": None}
     missing = [] if ov else ["OpenVINO + NNCF (not installed)"]
+    defaults = {p.name: p.default for p in quantize.INT8_PARAMS}   # ours: as quantize_int8 makes it by default
     for fmt in int8_formats.FORMATS:
         if fmt == "openvino" and not ov:
             continue
         log(f"int8: ours, {fmt}")
         path = tmp / f"{fmt}.onnx"
-        int8_formats.quantize(source, path, fmt, data, batches)
+        int8_formats.quantize(source, path, fmt, data, batches, defaults["calibration"], defaults["per_channel"],
+                              int8_formats.first_and_last(source) if defaults["keep_first_last_fp32"] else [])
         runtime = "OpenVINO" if fmt == "openvino" else "ONNX Runtime"
-        out[f"ours: {fmt}" + (" (auto here)" if fmt == auto else "")] = {
+        out[f"ours: {fmt}" + (" (auto tries first)" if fmt == auto else "")] = {
             "fn": int8_formats.runner(path.read_bytes(), fmt, threads), "runtime": runtime, "format": fmt,
             "reference": f"FP32 ({runtime})"}
     log("int8: ONNX Runtime quantize_static defaults")
@@ -147,8 +149,9 @@ def _target(value: float | None, target: float, fmt: str) -> str:
 def section(res: dict[str, Any], about: str) -> str:
     cpu = res["cpu"]
     lines = [f"### INT8 formats ({about})", "",
-             f"CPU INT8 level: **{cpu['level']}** ({cpu['note']}); `format: auto` picks **{cpu['auto_format']}** "
-             f"here. Calibration: {res['batches']} training batches of {res['batch_size']}. Timed at batch 1 on "
+             f"CPU INT8 level: **{cpu['level']}** ({cpu['note']}); `format: auto` tries "
+             f"**{', '.join(int8_auto.candidates('minmax', cpu))}** here, fastest first, and keeps the first whose "
+             f"validation agreement with FP32 is ≥ {AGREEMENT_TARGET:.0%}. Ours: quantize_int8's defaults (percentile calibration, first and last layers FP32). Calibration: {res['batches']} training batches of {res['batch_size']}. Timed at batch 1 on "
              f"{res['threads']} thread(s), {res['rounds']} interleaved rounds of {res['runs']} calls each; speed-up: "
              f"median of per-round ratios against the FP32 model in the same runtime (min-max in brackets). "
              f"Targets: agreement with FP32 ≥ {AGREEMENT_TARGET:.0%}, speed-up ≥ {SPEEDUP_TARGET:.1f}x.", "",

@@ -10,6 +10,7 @@ papers' CIFAR-10: Δ and ratios are comparable in direction with the published p
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from engine import literature, presets, runner
+from engine import literature, presets, recovery_lr, runner
 from engine.methods import control
 from engine.store import Store
 from engine.validation import check_spec
@@ -31,6 +32,7 @@ STRUCT_MACS_KEPT = 1 / 2.1  # the issue's ~2.1x fewer MACs (DepGraph / ResRep / 
 TRUNCATIONS_PER_EPOCH = 21   # lowrank_svd's trp_interval 20 on the Quick tour's 27,000 images at batch 64
 # The issue's structured targets first, so a run stopped early has answered them.
 RUN_ORDER = ("structured", "sfp", "lowrank", "kd", "plain", "int8", "small5x", "unstructured")
+LOWRANK_MACS_KEPT = 0.35    # TRP's rank floor: ~2.86x fewer MACs, beside TRP's published ResNet-20 2.84x
 SFP_RATIO = 0.3             # SFP's filter share that cuts a CIFAR ResNet-20 ~2.1x (both sides of each conv)
 
 
@@ -64,29 +66,41 @@ def trp_interval(limit: int | None) -> int:
     return max(1, round(n / 64 / TRUNCATIONS_PER_EPOCH))
 
 
-def recipes(epochs: int, student_epochs: int, data_limit: int | None = None) -> list[Recipe]:
+def recipes(epochs: int, student_epochs: int, data_limit: int | None = None,
+            rewind_lr: float | None = None) -> list[Recipe]:
     """The issue's target list at ``epochs`` of training per method (students: ``student_epochs``;
-    ``data_limit``: training images, which sets TRP's truncation interval)."""
+    ``data_limit``: training images, which sets TRP's truncation interval; ``rewind_lr``: the base's
+    training rate, ``recovery_lr.recorded_training_lr``).
+
+    Every row that fine-tunes after a cut names its rate, ``rewind_lr`` (learning-rate rewinding, Renda et
+    al. 2020; Le & Hua 2021: the engine's default, ``engine.recovery_lr``), so that a run made when the
+    default was a tenth is never reused by ``--resume`` as if it were this row."""
     student = {k: v for k, v in presets.QUICK_STUDENT.items() if k != "epochs"}
-    struct = {"target_macs": STRUCT_MACS_KEPT, "finetune_epochs": epochs}
+    lr = {"finetune_lr": rewind_lr} if rewind_lr else {}
+    struct = {"target_macs": STRUCT_MACS_KEPT, "finetune_epochs": epochs, **lr}
+    rewind = f", fine-tune at the training LR {rewind_lr:g} (LR rewinding)" if rewind_lr else ""
+    lowrank = {"route": "trp", "decomposition": "channel", "target_macs": LOWRANK_MACS_KEPT,
+               "reg_epochs": max(1, epochs - 1), "trp_interval": trp_interval(data_limit),
+               "finetune_epochs": max(1, epochs - 1), **lr}   # and its TRP phase: reg_lr defaults to finetune_lr
     return [
-        Recipe("structured", "structured L1, uniform, ~2.1x fewer MACs", "prune_structured", struct,
+        Recipe("structured", f"structured L1, uniform, ~2.1x fewer MACs{rewind}", "prune_structured", struct,
                Target("≥ 2.1x fewer MACs at Δ ≥ −0.3 pt (ResNet-56 target)", "delta", -0.3, min_macs_x=2.0),
                ("DepGraph (plain group-norm)", "resnet56")),
         Recipe("sfp", f"soft filter pruning {SFP_RATIO:.0%} of filters", "soft_filter_pruning",
-               {"ratio": SFP_RATIO, "epochs": epochs, "finetune_epochs": 1},
+               {"ratio": SFP_RATIO, "epochs": epochs, "finetune_epochs": 1, **lr},
                Target("2.1x fewer MACs at Δ ≥ −0.5 pt", "delta", -0.5, min_macs_x=2.0),
                ("SFP (pretrained + fine-tune)", "resnet56")),
         Recipe("unstructured", "unstructured 90 %, gradual (Zhu & Gupta)", "prune_unstructured",
-               {"amount": 0.9, "schedule": "gradual", "finetune_epochs": epochs},
+               {"amount": 0.9, "schedule": "gradual", "finetune_epochs": epochs, **lr},
                Target("90 % sparsity at Δ ≥ −0.5 pt", "delta", -0.5),
                anchor=quick_tour.ANCHORS["prune_unstructured"]),
-        # TRP at its default energy 0.9: applied at every truncation, the kept energy compounds and the
-        # ranks fall while it trains (the Quick tour's base: rank share 0.80 -> 0.29 over 21 truncations,
-        # 3.2x fewer MACs at -3.4 pt, where a fixed 30 % rank from the start lost 7.4 pt at 2.89x)
-        Recipe("lowrank", "low-rank TRP (channel), energy 0.9", "lowrank_svd",
-               {"route": "trp", "decomposition": "channel", "reg_epochs": max(1, epochs - 1),
-                "trp_interval": trp_interval(data_limit), "finetune_epochs": 1},
+        # TRP (Xu et al. 2020): nuclear norm 3e-4 and truncation every 20 steps as the paper; energy 0.9 with a
+        # rank floor at 0.35 of the MACs (target_macs, ~2.86x: TRP's ResNet-20 point is 2.84x) where the paper
+        # runs 164 epochs at e 0.99, so the ranks fall within the budget and stop instead of compounding to 3.2x
+        # (-3.36 pt). Both phases at the base's training rate: the TRP phase at a tenth scored -2.42 pt, at the
+        # rate -1.00; 2 + 2 epochs (3 + 1: -1.27; 2 + 1: -1.65). Log in docs/BENCHMARKS.md "TRP on the base".
+        Recipe("lowrank", f"low-rank TRP (channel), energy 0.9, held at {LOWRANK_MACS_KEPT:g} of the MACs{rewind}",
+               "lowrank_svd", lowrank,
                Target("≥ 2.8x fewer MACs at Δ ≥ −1.1 pt", "delta", -1.1, min_macs_x=2.8),
                ("TRP (channel)", "resnet20")),
         Recipe("kd", f"KD (T=2) → ResNet-20 x{student['width']}", "distill",
@@ -97,10 +111,15 @@ def recipes(epochs: int, student_epochs: int, data_limit: int | None = None) -> 
                {**student, "epochs": student_epochs}, Target("reference for KD", "none", 0.0)),
         Recipe("int8", "INT8 static (ONNX Runtime)", "quantize_int8", {},
                Target("Δ within ±0.3 pt", "abs_delta", 0.3), ("INT8 PTQ (torchvision)", "resnet18")),
-        Recipe("small5x", "structured ~2.1x → INT8", "pipeline",
+        Recipe("small5x", f"structured ~2.1x{rewind} → INT8", "pipeline",
                {"steps": [{"name": "prune_structured", "params": struct}, {"name": "quantize_int8", "params": {}}]},
                Target("≥ 5x smaller at Δ ≥ −1 pt", "delta", -1.0, min_size_x=5.0)),
     ]
+
+
+def rewind_lr(base: dict) -> float | None:
+    """The rate the base trained at, as the engine's recovery default reads it (None if not recorded)."""
+    return recovery_lr.recorded_training_lr(base)
 
 
 def spec(name: str, data: dict, model: dict, method: str, params: dict, epochs: int = 1) -> dict:
@@ -109,36 +128,79 @@ def spec(name: str, data: dict, model: dict, method: str, params: dict, epochs: 
                        "train": {"epochs": epochs, "device": "cpu"}, "measure": dict(MEASURE)})
 
 
+# -- resuming --------------------------------------------------------------------------------------
+LABELS = ("name", "experiment", "group")   # a job's labels: they do not change what it computes
+
+
+def same_job(a: dict, b: dict) -> bool:
+    """Two specs compute the same thing: equal in every field but their labels (compared through JSON,
+    as the store keeps them)."""
+    def canon(d: dict) -> str:
+        return json.dumps({k: v for k, v in d.items() if k not in LABELS}, sort_keys=True)
+    return canon(json.loads(json.dumps(a))) == canon(b)
+
+
+def finished_run(store: Store, job) -> dict | None:
+    """The latest finished run in ``store`` whose spec is ``job``'s (a checked spec), else None."""
+    want = job.to_dict()
+    return next((r for r in store.list(state="done") if r.get("record") and same_job(want, r["spec"])), None)
+
+
+def reuse_note(row: dict) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(row["finished"])) if row.get("finished") else "an earlier run"
+    return f"reused run {row['id']} from {when}"
+
+
+def run_job(job, store: Store, resume: bool) -> tuple[dict, dict, str | None]:
+    """(record, store row, reuse note): the finished run of the same spec when ``resume`` finds one,
+    else a new run."""
+    row = finished_run(store, job) if resume else None
+    if row is not None:
+        return row["record"], row, reuse_note(row)
+    rec = runner.run_spec(job, store)
+    return rec, store.get(rec["run_id"]), None
+
+
 def run(data: dict, base_epochs: int, epochs: int, student_epochs: int, store: Store, base_id: str | None = None,
         only: set[str] | None = None, log: Callable[[str], None] = print,
-        on_row: Callable[[dict], None] | None = None) -> dict[str, Any]:
+        on_row: Callable[[dict], None] | None = None, resume: bool = False) -> dict[str, Any]:
     """Base (or the finished run ``base_id``), each recipe, then each controllable result's control.
-    ``on_row(result)`` after every job, so a run stopped early keeps what it finished."""
+    ``on_row(result)`` after every job, so a run stopped early keeps what it finished. ``resume``: a
+    job whose exact spec already has a finished run in ``store`` reuses it instead of running again,
+    so a table can be assembled from parts run at different times (each reuse is noted in its row)."""
     t0 = time.perf_counter()
     base_row = store.get(base_id) if base_id else None
+    if base_id and (base_row is None or base_row["state"] != "done" or not base_row.get("record")):
+        raise SystemExit(f"--base {base_id}: no finished run of that id in {store.root}")
+    reused: dict[str, str] = {}
     if base_row is None:
-        base_row = store.get(runner.run_spec(spec("recipes-cpu: base", data, {"arch": presets.QUICK_ARCH},
-                                                  "baseline", {}, base_epochs), store)["run_id"])
+        _, base_row, note = run_job(spec("recipes-cpu: base", data, {"arch": presets.QUICK_ARCH}, "baseline", {},
+                                         base_epochs), store, resume)
+        if note:
+            reused["base"] = note
     base = base_row["record"]
     log(f"base {base['run_id']}: top-1 {base['accuracy']:.4f} ({time.perf_counter() - t0:.0f} s)")
     res: dict[str, Any] = {"base": base, "base_row": base_row, "rows": {}, "controls": {}, "failed": {},
+                           "reused": reused,
                            "settings": {"base_epochs": base_epochs, "epochs": epochs, "student_epochs": student_epochs,
-                                        "data": data}}
-    todo = [r for r in recipes(epochs, student_epochs, data.get("limit")) if not only or r.key in only]
+                                        "data": data, "rewind_lr": rewind_lr(base)}}
+    todo = [r for r in recipes(epochs, student_epochs, data.get("limit"), rewind_lr(base)) if not only or r.key in only]
     res["pending"] = [r.key for r in todo]
     for r in sorted(todo, key=lambda r: RUN_ORDER.index(r.key)):
         res["pending"].remove(r.key)
         t = time.perf_counter()
         try:
-            rec = runner.run_spec(spec(f"recipes-cpu: {r.label}", data, {"from_run": base["run_id"]}, r.method,
-                                       r.params), store)
+            rec, row, note = run_job(spec(f"recipes-cpu: {r.label}", data, {"from_run": base["run_id"]}, r.method,
+                                          r.params), store, resume)
         except Exception as e:  # a failing method is a finding: the table says so instead of vanishing
             res["failed"][r.key] = str(e)
             log(f"{r.key}: FAILED {e}")
             continue
-        res["rows"][r.key] = row = store.get(rec["run_id"])
+        res["rows"][r.key] = row
+        if note:
+            reused[r.key] = note
         log(f"{r.key}: top-1 {rec['accuracy']:.4f}, {base['macs'] / rec['macs']:.2f}x fewer MACs "
-            f"({time.perf_counter() - t:.0f} s)")
+            f"({note or f'{time.perf_counter() - t:.0f} s'})")
         if on_row:
             on_row(res)
         if not control.controllable(row["spec"]["method"]):
@@ -146,15 +208,17 @@ def run(data: dict, base_epochs: int, epochs: int, student_epochs: int, store: S
         # right after its row: a run stopped by a time limit leaves rows with their controls
         t = time.perf_counter()
         try:
-            rec = runner.run_spec(spec(f"recipes-cpu: control of {r.label}", data, {"from_run": base["run_id"]},
-                                       "control", {"of_run": row["id"]}), store)
+            rec, _, note = run_job(spec(f"recipes-cpu: control of {r.label}", data, {"from_run": base["run_id"]},
+                                        "control", {"of_run": row["id"]}), store, resume)
         except Exception as e:
             res["failed"][f"control of {r.key}"] = str(e)
             log(f"control of {r.key}: FAILED {e}")
             continue
         res["controls"][r.key] = rec
+        if note:
+            reused[f"control of {r.key}"] = note
         log(f"control of {r.key}: {rec['control_arch']} x{rec['control_width']:.3f}, top-1 {rec['accuracy']:.4f}, "
-            f"compressed − control {rec['control_delta_pt']:+.2f} pt ({time.perf_counter() - t:.0f} s)")
+            f"compressed − control {rec['control_delta_pt']:+.2f} pt ({note or f'{time.perf_counter() - t:.0f} s'})")
         if on_row:
             on_row(res)
     res["wall_s"] = time.perf_counter() - t0
@@ -215,7 +279,7 @@ def ci_text(ci: list[float] | None, scale: float = 100) -> str:
 def section(res: dict[str, Any], store: Store) -> str:
     base, s = res["base"], res["settings"]
     data = s["data"]
-    rows = res["rows"]
+    rows, reused = res["rows"], res.get("reused", {})
     kd = quick_tour.kd_vs_plain(store, rows["kd"], rows["plain"]) if {"kd", "plain"} <= set(rows) else None
     kd_pt = 100 * kd["delta"] if kd else None
     lines = ["### Recipes with their controls (issue 19, CPU rows)", "",
@@ -227,7 +291,7 @@ def section(res: dict[str, Any], store: Store) -> str:
              f"Fashion-MNIST images at {data.get('image_size', 28)} px (the Quick tour's base"
              f"{'' if data.get('limit') == presets.QUICK_DATA['limit'] else ', on fewer images'}), top-1 "
              f"**{base['accuracy']:.4f}** on {data.get('test_limit') or 'all 10,000'} test images; "
-             f"{base['macs'] / 1e6:.1f} M MACs.",
+             f"{base['macs'] / 1e6:.1f} M MACs" + (f" ({reused['base']})." if "base" in reused else "."),
              f"- Each method trains {s['epochs']} epoch(s) after (or while) it compresses; students "
              f"{s['student_epochs']} epochs. Δ vs base: paired over the same test images (95 % CI). Size = saved "
              "bundle bytes (INT8: its ONNX bytes).",
@@ -238,7 +302,7 @@ def section(res: dict[str, Any], store: Store) -> str:
              "MACs ratio, epochs, top-1) | compressed − control (pt, 95% CI) | verdict | published point | "
              "target | met? |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in recipes(s["epochs"], s["student_epochs"], data.get("limit")):
+    for r in recipes(s["epochs"], s["student_epochs"], data.get("limit"), s.get("rewind_lr")):
         if r.key in res["failed"]:
             lines.append(f"| {r.label} | failed: {res['failed'][r.key]} | – | – | – | – | – | – | – | – | "
                          f"{r.target.text} | not run |")
@@ -262,10 +326,13 @@ def section(res: dict[str, Any], store: Store) -> str:
         else:
             c_text, c_delta = ("not controllable (MACs unchanged)" if r.method in ("prune_unstructured", "quantize_int8")
                                else "–"), "–"
+        if f"control of {r.key}" in reused:
+            c_text += f"; {reused[f'control of {r.key}']}"
         if r.key == "kd" and kd:
             c_text = (c_text if ctrl else "") + (f"; vs plain student (same epochs): {kd_pt:+.2f} pt "
                                                  f"({ci_text(kd['ci95'])})")
-        lines.append(f"| {r.label} | {rec['accuracy']:.4f} | {100 * (rec['accuracy'] - base['accuracy']):+.2f} | "
+        label = f"{r.label} ({reused[r.key]})" if r.key in reused else r.label
+        lines.append(f"| {label} | {rec['accuracy']:.4f} | {100 * (rec['accuracy'] - base['accuracy']):+.2f} | "
                      f"{ci_text(rec.get('delta_accuracy_ci95'))} | {macs_x:.2f} | {size_x:.2f} | {c_text} | {c_delta} | "
                      f"{control_verdict(ctrl)} | {published(r, macs_x)} | {r.target.text} | "
                      f"{judge(r, rec, base, kd_pt)} |")
@@ -290,9 +357,14 @@ def main(argv: list[str]) -> int:
     p.add_argument("--test-limit", type=int, default=None, help="test images (default: all 10,000)")
     p.add_argument("--workspace", default=None, help="store to use (default: a new temporary one)")
     p.add_argument("--base", default=None, help="id of a finished base run in --workspace to start from")
+    p.add_argument("--resume", action="store_true", help="with --workspace: a recipe, control or base whose exact "
+                   "spec already has a finished run there is reused (its row says so) instead of run again, so the "
+                   "table can be assembled from parts run at different times")
     p.add_argument("--only", default="", help="comma list of recipes: " + ",".join(r.key for r in recipes(1, 1)))
     p.add_argument("--no-write", action="store_true", help="print the section instead of writing BENCHMARKS.md")
     a = p.parse_args(argv)
+    if a.resume and not a.workspace:
+        p.error("--resume reuses runs in --workspace: name one (a new temporary workspace has none)")
     home = Path(a.workspace or tempfile.mkdtemp(prefix="slimbench-recipes-"))
     os.environ["SLIMBENCH_HOME"] = str(home)
     data = dict(presets.QUICK_DATA)
@@ -311,7 +383,8 @@ def main(argv: list[str]) -> int:
         if not a.no_write:
             report.write_block("cpu", "recipes", section(res, store), cmd)
 
-    res = run(data, a.base_epochs, a.epochs, a.student_epochs, store, a.base, only or None, log, on_row=write)
+    res = run(data, a.base_epochs, a.epochs, a.student_epochs, store, a.base, only or None, log, on_row=write,
+              resume=a.resume)
     write(res)
     if a.no_write:
         print(section(res, store))

@@ -134,16 +134,36 @@ def write_block(name: str, key: str, body: str, command: str) -> Path:
     return DOC
 
 
-def table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
-    """Markdown table; columns = [(key, header)]; floats formatted compactly."""
-    def fmt(v) -> str:
-        if v is None:
-            return "–"
-        if isinstance(v, float):
-            return f"{v:.4g}" if abs(v) < 1e4 else f"{v:,.0f}"
-        if isinstance(v, int):
-            return f"{v:,}"
-        return str(v)
-    out = ["| " + " | ".join(h for _, h in columns) + " |", "|" + "---|" * len(columns)]
-    out += ["| " + " | ".join(fmt(r.get(k)) for k, _ in columns) + " |" for r in rows]
+def compact(v) -> str:
+    """A cell with no unit of its own: floats to 4 significant digits, "–" for nothing measured."""
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.4g}" if abs(v) < 1e4 else f"{v:,.0f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def times(v) -> str:
+    """A ratio (x smaller, x faster) as the prose around the tables writes it: 3.42x."""
+    return "–" if v is None else f"{v:.2f}x"
+
+
+def points(v) -> str:
+    """An accuracy difference in percentage points, as the prose writes it: 0.07 pt (-0.43 pt: gained)."""
+    return "–" if v is None else f"{v:.2f} pt"
+
+
+def top1(v) -> str:
+    """A top-1 accuracy as a fraction, to the fourth digit the other tables show: 0.8857."""
+    return "–" if v is None else f"{v:.4f}"
+
+
+def table(rows: list[dict], columns: list[tuple]) -> str:
+    """Markdown table; columns = [(key, header)] or [(key, header, formatter)]; without a formatter floats are
+    formatted compactly (``compact``)."""
+    fmts = [c[2] if len(c) > 2 else compact for c in columns]
+    out = ["| " + " | ".join(c[1] for c in columns) + " |", "|" + "---|" * len(columns)]
+    out += ["| " + " | ".join(f(r.get(c[0])) for c, f in zip(columns, fmts)) + " |" for r in rows]
     return "\n".join(out)

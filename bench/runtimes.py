@@ -204,18 +204,50 @@ def verdicts(res: dict[str, Any]) -> list[str]:
         f"**{best['realised']:.2f}** in {best['runtime']} ({best['speedup']:.2f}x at {res['macs_cut']:.2f}x fewer "
         f"MACs; target ≥ {TARGET} — {_verdict(best['realised'], TARGET, '%.2f')})" if best else
         "not measured: no runtime ran the pruned model")]
-    home = res.get("int8_runtime")
     for key in INT8:
+        fmt = res["int8_format"] if key == "int8" else res.get("pruned_int8_format") or res["int8_format"]
+        home = "openvino" if fmt == "openvino" else "onnxruntime"
         r = next((r for r in table if r.get("key") == key and r["runtime"] == home), None)
         if r is None or "speedup" not in r or "agreement" not in r:
             lines.append(f"- {LABELS[key]}: not measured in {home or 'any runtime'} (see its row's note)")
             continue
-        lines.append(f"- {LABELS[key]} (format `{res['int8_format']}`, in {home}, the runtime that format ships in): "
+        kept = res.get(f"{key}_fp32_layers") or []
+        lines.append(f"- {LABELS[key]} (format `{fmt}`, in {home}, the runtime that format ships in"
+                     + (f", {len(kept)} layer(s) kept FP32 besides the first and last: {_layers(kept)}" if kept else "")
+                     + "): "
                      f"**{r['speedup']:.2f}x** its own FP32 at batch 1 (target ≥ {INT8_SPEEDUP_TARGET:.1f}x — "
                      f"{_verdict(r.get('speedup'), INT8_SPEEDUP_TARGET, '%.2fx')}); top-1 agreement with its FP32 "
                      f"model **{100 * r['agreement']:.1f} %** on {res['agreement_images']:,} test images (target ≥ "
                      f"{AGREEMENT_TARGET:.0%} — {_verdict(100 * r['agreement'], 100 * AGREEMENT_TARGET, '%.1f pt')})")
     return lines
+
+
+def _module(node: str) -> str:
+    """An exported ONNX node's name as its PyTorch module's: ``/layer4/layer4.0/downsample/downsample.0/Conv``
+    -> ``layer4.0.downsample.0`` (each scope repeats its parent's last name for a Sequential's child)."""
+    scopes = node.strip("/").split("/")[:-1]
+    if not scopes:
+        return node
+    path: list[str] = []
+    for scope in scopes:
+        if path and scope.startswith(path[-1] + "."):
+            path[-1] = scope
+        else:
+            path.append(scope)
+    return ".".join(path)
+
+
+def _layers(names: list[str]) -> str:
+    return ", ".join(f"`{_module(n)}`" for n in names)
+
+
+def _fp32_kept(res: dict[str, Any], key: str) -> str:
+    kept = res.get(f"{key}_fp32_layers") or []
+    if not kept:
+        return ""
+    share = res.get(f"{key}_fp32_mac_share")
+    return (f" with {len(kept)} layer(s) kept FP32 to reach the 97 % agreement floor on the validation split"
+            + (f" ({share:.0%} of its MACs)" if share is not None else "") + f": {_layers(kept)}")
 
 
 def section(res: dict[str, Any]) -> str:
@@ -224,8 +256,10 @@ def section(res: dict[str, Any]) -> str:
         "### Runtimes",
         "",
         f"{res['about']}. Structured pruning: `prune_structured` ratio 0.5, {res['macs_cut']:.2f}x fewer MACs "
-        f"({res['macs']['base']:,} → {res['macs']['pruned']:,}). INT8: `quantize_int8` with `format: auto`, which is "
-        f"`{res['int8_format']}` on this CPU ({res['int8_level']}), of the base and of the pruned model. Every model × "
+        f"({res['macs']['base']:,} → {res['macs']['pruned']:,}). INT8: `quantize_int8` with `format: auto`, which chose "
+        f"`{res['int8_format']}` on this CPU ({res['int8_level']}) for the base ({res.get('int8_reason') or 'no reason recorded'}), "
+        f"and `{res.get('pruned_int8_format') or res['int8_format']}` for the pruned model"
+        f"{_fp32_kept(res, 'pruned_int8')} ({res.get('pruned_int8_reason') or 'no reason recorded'}). Every model × "
         f"runtime pair was timed in one interleaved run ({res['rounds']} rounds, order reversed every other round) on "
         f"{res['threads']} thread(s); x faster: median of the per-round ratios against the model named, in the same "
         f"runtime. Share of matmul peak: throughput × 2 × MACs ÷ the measured {res['peak_gflops']:.0f} GFLOP/s of a "
@@ -305,6 +339,12 @@ def run(base_run: str | None, arch: str, epochs: int, limit: int, test_images: i
     return {"rows": rows(timed, macs, peak, names, missing, agree), "macs": macs,
             "macs_cut": macs["base"] / macs["pruned"], "peak_gflops": peak, "rounds": rounds, "threads": threads,
             "load": timed["_load"], "about": about, "int8_format": fmt, "int8_level": int8["int8"].get("int8_cpu"),
+            "int8_reason": int8["int8"].get("int8_format_reason"),
+            "pruned_int8_format": int8["pruned_int8"].get("int8_format"),
+            "pruned_int8_reason": int8["pruned_int8"].get("int8_format_reason"),
+            **{f"{k}_fp32_layers": r.get("int8_fp32_layers") or [] for k, r in int8.items()},
+            **{f"{k}_fp32_mac_share": ((r.get("quantization") or {}).get("auto") or {}).get("fp32_mac_share")
+               for k, r in int8.items()},
             "int8_runtime": "openvino" if fmt == "openvino" else "onnxruntime",
             "agreement_images": next(iter(agree.values()))["images"] if agree else 0,
             "seconds": time.perf_counter() - t0}

@@ -54,22 +54,29 @@ class _Echo:
             print(msg, file=sys.stderr, flush=True)
 
 
+def _run_here(spec: Any, store: Store | None = None,
+              run_id: str | None = None) -> tuple[dict[str, Any] | None, int]:
+    """Run ``spec`` (a dict or JobSpec) here, its progress on stderr: (its record, 0), or (None, the exit status)
+    with why on stderr when it failed or was cancelled."""
+    from .runner import run_spec  # checks the spec against the registries before it creates a run
+    try:
+        return run_spec(spec, store, run_id=run_id, echo=_Echo()), 0
+    except JobFailed as e:
+        print(f"error: job failed: {e}", file=sys.stderr)
+        return None, 1
+    except Cancelled:
+        print("cancelled", file=sys.stderr)
+        return None, 130
+
+
 @command("run", "run a job spec in the foreground; the last stdout line is the result record (JSON)")
 @arg("spec", help="path to a JSON job spec ('-' for stdin)")
 @label_args
 def cmd_run(a: argparse.Namespace) -> int:
-    from .runner import run_spec  # checks the spec against the registries before it creates a run
-    spec = read_spec(a)
-    try:
-        record = run_spec(spec, echo=_Echo())
-    except JobFailed as e:
-        print(f"error: job failed: {e}", file=sys.stderr)
-        return 1
-    except Cancelled:
-        print("cancelled", file=sys.stderr)
-        return 130
-    print(json.dumps(record))
-    return 0
+    record, code = _run_here(read_spec(a))
+    if record is not None:
+        print(json.dumps(record))
+    return code
 
 
 def input_shape(size: int, model: Any = None, arch: str = "") -> tuple[int, int, int]:
@@ -448,14 +455,17 @@ def cmd_presets(a: argparse.Namespace) -> int:
 @arg("--trials", type=int, default=12, help="search budget in trials")
 @arg("--minutes", type=float, default=None, help="search budget in wall time")
 @arg("--space", default=None, help="comma-separated candidates (default: all): prune_int8, lowrank_int8, "
-     "unstructured, distill")
-@arg("--finetune-epochs", type=int, default=1, help="the short fine-tune of each trial")
+     "quantize_int8, unstructured, distill")
+@arg("--finetune-epochs", type=int, default=1, help="the short fine-tune of each trial (the cheap proxy)")
+@arg("--promote", type=int, default=2, help="trials on or near the proxies' front run again with the full recipe "
+     "(0: none)")
+@arg("--full-epochs", type=int, default=3, help="the full recipe's fine-tune epochs, KD-assisted where the method "
+     "has a distillation-assisted fine-tune")
 @arg("--seed", type=int, default=0, help="the sampler's seed")
 @arg("--parallel", type=int, default=1, help="trials at once, each a process of its own (Ray tasks under "
      "SLIMBENCH_BACKEND=ray); with --objective latency the trials are timed again alone after the search")
 @arg("--resume", default=None, metavar="RUN", help="continue the search run RUN from its finished trials")
 def cmd_autocompress(a: argparse.Namespace) -> int:
-    from .runner import run_spec
     store = Store()
     if a.resume:
         row = store.get(a.resume)
@@ -472,21 +482,16 @@ def cmd_autocompress(a: argparse.Namespace) -> int:
             raise SpecError("--from-run", f"no finished run {a.from_run!r} in {store.root}")
         params: dict[str, Any] = {"max_drop_pt": a.max_drop_pt, "objective": a.objective, "target": a.target,
                                   "trials": a.trials, "minutes": a.minutes, "finetune_epochs": a.finetune_epochs,
-                                  "seed": a.seed, "parallel": a.parallel, "runtime": a.runtime, "batch": a.batch}
+                                  "promote": a.promote, "full_epochs": a.full_epochs, "seed": a.seed, "parallel": a.parallel, "runtime": a.runtime, "batch": a.batch}
         if a.space:
             params["space"] = [c.strip() for c in a.space.split(",") if c.strip()]
         spec = {k: v for k, v in base["spec"].items() if k in ("data", "train", "measure", "experiment", "group")}
         spec.update({"model": {"from_run": a.from_run}, "method": {"name": "autocompress", "params": params},
                      "name": f"autocompress of {a.from_run}"})
         run_id = None
-    try:
-        rec = run_spec(spec, store, run_id=run_id, echo=_Echo())
-    except JobFailed as e:
-        print(f"error: job failed: {e}", file=sys.stderr)
-        return 1
-    except Cancelled:
-        print("cancelled", file=sys.stderr)
-        return 130
+    rec, code = _run_here(spec, store, run_id)
+    if rec is None:
+        return code
     print(f"{rec['search_trials']} trial(s), {rec['search_killed']} stopped or refused. {rec['search_why']}",
           file=sys.stderr)
     print(json.dumps(rec))

@@ -27,7 +27,7 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from . import distributed, training
+from . import distributed, recovery_lr, training
 from .data import DataBundle
 from .spec import JobSpec
 from .store import Store
@@ -59,6 +59,7 @@ class Context:
     recalibrated: dict[str, int] = field(default_factory=dict)   # after which cut -> how many times
     recalibration_images: int = 0                                   # images the statistics came from
     recipe: dict[str, Any] | None = None           # how it trained (training.recipe), with each fit's phase
+    recovery: recovery_lr.RecoveryLr | None = None  # the rate of the last recovery fine-tune, and why
 
     # -- training helpers --------------------------------------------------------------------
     def fit(self, model: nn.Module, epochs: int | None = None, lr: float | None = None, phase: str = "train",
@@ -81,11 +82,19 @@ class Context:
         return res
 
     def finetune(self, model: nn.Module, epochs: int, lr: float | None = None, phase: str = "finetune",
-                 **hooks: Any) -> training.FitResult:
-        """Recovery training after compression: a tenth of the training learning rate by default."""
-        if lr is None:
-            lr = training.default_lr(self.spec.train, self.data.batch_size, training.family_of(model)) / 10
-        return self.fit(model, epochs=epochs, lr=lr, phase=phase, **hooks)
+                 policy: str = recovery_lr.DEFAULT_POLICY, **hooks: Any) -> training.FitResult:
+        """Recovery training after compression at ``lr`` (a method's ``finetune_lr``), else at the rate
+        ``policy`` gives (``recovery_lr``: by default the start's own training rate where its record says
+        it, a tenth of the training rate where not); the record says which and why."""
+        self.recovery = recovery_lr.resolve(lr, self.base_record, self.spec.train, self.data.batch_size,
+                                            training.family_of(model), policy)
+        return self.fit(model, epochs=epochs, lr=self.recovery.lr, phase=phase, **hooks)
+
+    def training_lr(self) -> float | None:
+        """The peak rate this job's model was trained at: its own training phase's (a base, a control, a
+        student), else its start's, carried along so that a chain of compressions rewinds to it."""
+        own = recovery_lr.recorded_training_lr({"recipe": self.recipe}) if self.recipe else None
+        return own if own is not None else recovery_lr.recorded_training_lr(self.base_record)
 
     def recalibrate(self, model: nn.Module, after: str) -> int:
         """Re-estimate the batch-norm statistics of a model just cut (``after`` names the cut, for
@@ -104,11 +113,12 @@ class Context:
 
     def notes(self) -> list[str]:
         """What the method did to the model beyond its parameters, for the record's notes."""
+        notes = [self.recovery.why] if self.recovery else []
         if not self.recalibrated:
-            return []
+            return notes
         where = ", ".join(k if n == 1 else f"{k} (x{n})" for k, n in self.recalibrated.items())
-        return [f"batch-norm statistics re-estimated on {self.recalibration_images} training images (augmented as in training) "
-                f"after every cut, before fine-tuning or scoring: {where}"]
+        return notes + [f"batch-norm statistics re-estimated on {self.recalibration_images} training images "
+                        f"(augmented as in training) after every cut, before fine-tuning or scoring: {where}"]
 
     def evaluate(self, model: nn.Module, split: str = "val", full: bool = False) -> dict[str, Any]:
         model.to(self.device)

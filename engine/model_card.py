@@ -214,13 +214,17 @@ def blocks(rec: dict[str, Any], by_id: dict[str, dict[str, Any]], card: dict[str
     out.append(Heading(2, "What was done"))
     items = []
     for s in steps:
-        params = ", ".join(f"{k}={v}" for k, v in (s.get("method_params") or {}).items()) or "defaults"
+        # an option left unset (None) means its default: "None" would read as a value
+        params = ", ".join(f"{k}={v}" for k, v in (s.get("method_params") or {}).items() if v is not None) \
+            or "defaults"
         origin = f" ({origin_of(s)})" if s is base else ""
         items.append(f"{s.get('method')} ({params}) → run {s['run_id']}{origin}")
     out.append(Bullets(tuple(items)))
-    if len(steps) > 1:
+    if len(steps) > 2:   # with one step after the base, its start is the base: no second run to name
         out.append(Para(f"Every comparison below is against the base, run {base['run_id']}, unless it says its start "
                         f"(run {rec.get('parent')})."))
+    elif len(steps) == 2:
+        out.append(Para(f"Every comparison below is against the base, run {base['run_id']}."))
 
     out.append(Heading(2, "Metrics"))
     n = rec.get("test_images")

@@ -147,12 +147,28 @@ def _runner(data: bytes, name: str, threads: int | None = None) -> export.OnnxRu
 def static_metrics(data: bytes, input_shape: tuple[int, ...]) -> dict[str, Any]:
     """Parameters (float initialisers), their sparsity, and MACs of Conv / Gemm / MatMul for one image."""
     import onnx
-    from onnx import numpy_helper, shape_inference
+    from onnx import numpy_helper
     model = onnx.load_from_string(data)
     floats = [numpy_helper.to_array(t) for t in model.graph.initializer
               if t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)]
     params = int(sum(a.size for a in floats))
     nonzero = int(sum(np.count_nonzero(a) for a in floats))
+    per_node = [n for _, n in _macs_by_node(model, input_shape)]
+    macs, counted = sum(n or 0 for n in per_node), None not in per_node
+    out = {"params": params, "nonzero_params": nonzero, "sparsity": 1 - nonzero / params if params else 0.0}
+    if counted:
+        out.update(macs=int(macs), flops=int(2 * macs), sparse_macs=int(macs))
+    return out
+
+
+def node_macs(data: bytes, input_shape: tuple[int, ...]) -> dict[str, int | None]:
+    """Node name -> its multiply-accumulates for one image (0: an op that does none; None: shapes unknown)."""
+    import onnx
+    return dict(_macs_by_node(onnx.load_from_string(data), input_shape))
+
+
+def _macs_by_node(model, input_shape: tuple[int, ...]) -> list[tuple[str, int | None]]:
+    from onnx import shape_inference
     inp = next(i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer})
     for d, v in zip(inp.type.tensor_type.shape.dim, (1, *input_shape)):
         d.ClearField("dim_param")
@@ -166,17 +182,7 @@ def static_metrics(data: bytes, input_shape: tuple[int, ...]) -> dict[str, Any]:
     except Exception:  # counted where shapes are known; a graph that defeats inference counts none
         pass
     inits = {t.name: list(t.dims) for t in model.graph.initializer}
-    macs, counted = 0, True
-    for node in model.graph.node:
-        n = _node_macs(node, shapes, inits)
-        if n is None:
-            counted = False
-        else:
-            macs += n
-    out = {"params": params, "nonzero_params": nonzero, "sparsity": 1 - nonzero / params if params else 0.0}
-    if counted:
-        out.update(macs=int(macs), flops=int(2 * macs), sparse_macs=int(macs))
-    return out
+    return [(node.name or f"#{i}", _node_macs(node, shapes, inits)) for i, node in enumerate(model.graph.node)]
 
 
 def _node_macs(node, shapes: dict[str, list], inits: dict[str, list]) -> int | None:

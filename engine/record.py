@@ -142,7 +142,9 @@ FIELDS: tuple[Field, ...] = (
                "test_accuracy, read after the search ended"),
     Field("search_trial_list", "search trial list", kind="json", table=False,
           help="every trial: state, recipe, child run, validation accuracy and drop, cost and its share of the "
-               "start's (objective latency: the runtime it was timed in), why it was stopped"),
+               "start's (objective latency: the runtime it was timed in, the start's side of that pair, runtimes "
+               "refused for disagreeing with eager), why it was stopped, the proxy trial a full recipe was "
+               "promoted from"),
     Field("search_closest", "closest trials", kind="json", table=False,
           help="without a winner: the trials that came closest to the limit, each with what bound it"),
     Field("search_parallel", "trials at once", "trials", "trials the search ran at the same time (method "
@@ -159,8 +161,12 @@ FIELDS: tuple[Field, ...] = (
     Field("search_latency_batch", "search latency batch", "images", "with objective latency: the batch every "
           "model was timed at (method param batch)", "%d"),
     Field("search_start_runtime", "start's runtime", kind="text",
-          help="with objective latency: the runtime the start was timed in, against which every trial's speed-up "
-               "is taken (with runtime best: the start's fastest here)"),
+          help="with objective latency: the start's fastest runtime here (with runtime best; else the runtime "
+               "chosen). Each trial's speed-up is paired with the start in the trial's own runtime "
+               "(start_runtime in search_trial_list), never across runtimes"),
+    Field("search_runtime_agreement", "runtime agreement", kind="json", table=False,
+          help="with objective latency: per runtime, the start's top-1 agreement with eager on a few hundred "
+               "validation images; a runtime under the threshold is refused (refused: why) and judges no model"),
     # -- accuracy --------------------------------------------------------------------------------
     Field("accuracy", "accuracy", _FRACTION, "top-1 on the test split", "%.4f", card=True, compare=14,
           cli=Cli("acc", 7, ".4f", commands=("runs", "compare"))),
@@ -292,14 +298,23 @@ FIELDS: tuple[Field, ...] = (
           "the fidelity of quantisation alone; target ≥ 0.97", "%.4f", card=True, compare=148),
     Field("int8_format", "INT8 format", kind="text", card=True,
           help="qdq (U8S8), qdq_reduce_range (7-bit weights), qdq_s8s8, qoperator (ONNX Runtime) or openvino "
-               "(NNCF, run by OpenVINO); method.params.format auto picks it from int8_cpu"),
+               "(NNCF, run by OpenVINO); method.params.format auto picks the fastest on this CPU whose "
+               "validation agreement meets 0.97 (int8_format_reason)"),
+    Field("int8_val_agreement", "INT8 val agreement", _FRACTION, "share of validation images on which the INT8 "
+          "model's top-1 equals its FP32 model's, measured while format auto chose the format", "%.4f"),
+    Field("int8_format_reason", "why this INT8 format", kind="text", card=True,
+          help="format auto: the format kept and why (the fastest meeting the agreement floor; where none did with "
+               "every layer INT8, the one meeting it with the fewest MACs kept FP32, or the most faithful found "
+               "where no count of FP32 layers met it), with each format tried and its validation agreement"),
     Field("int8_cpu", "CPU INT8 level", kind="text", card=True,
           help="the timing CPU's INT8 instructions from /proc/cpuinfo: amx, vnni (no U8S8 saturation), avx512 or "
                "avx2 (U8S8 can saturate: reduce_range, S8S8 or OpenVINO keep accuracy); int8_cpu_note says what "
                "it implies"),
     Field("int8_fp32_layers", "layers kept FP32", kind="json", card=True,
-          help="the layers an INT8 accuracy limit (max_drop_pt) left in FP32, the most sensitive (lowest SQNR) "
-               "first; empty: every layer is INT8"),
+          help="the layers left in FP32 besides the first and last (keep_first_last_fp32), the most sensitive "
+               "(lowest SQNR) first: by format auto where no format met the 0.97 agreement floor with every layer "
+               "INT8 (int8_format_reason says why), then by an accuracy limit (max_drop_pt); empty: every layer is "
+               "INT8"),
     Field("int8_val_drop_pt", "INT8 validation drop (pt)", "points", "accuracy lost to INT8 on the validation "
           "split where max_drop_pt was set (negative: gained)", "%+.2f"),
     Field("int8_limit_met", "INT8 limit met", kind="bool", help="whether the INT8 model kept within max_drop_pt; "
@@ -340,6 +355,16 @@ FIELDS: tuple[Field, ...] = (
           "training images (augmented as in training) the batch-norm running statistics were re-estimated on after each cut, "
           "before fine-tuning or scoring (train.bn_recalibration_images); 0: off, or nothing was cut", "%d",
           card=True),
+    Field("training_lr", "training lr", help="the peak learning rate the model's weights were trained at: its own "
+          "training phase's (a base, a control, a student), else its start's, carried along a chain of "
+          "compressions; blank where no run says it (an imported model). A recovery fine-tune rewinds to it", format="%g",
+          card=True),
+    Field("recovery_lr", "recovery lr", help="the learning rate of the recovery fine-tune after the cut (the last, "
+          "where there were several)", format="%g", card=True),
+    Field("recovery_lr_source", "recovery lr from", kind="text", card=True,
+          help="why recovery_lr: finetune_lr (set by the job), rewind (the start's training_lr: learning-rate "
+               "rewinding, Renda et al. 2020, the default) or tenth (a tenth of the training rate: the start's record "
+               "names no training rate, or the method's policy, e.g. QAT's)"),
     Field("recipe", "training recipe", kind="json", table=False, card=True,
           help="how the job trained, every choice resolved: optimizer, peak lr and epochs of each phase (train, "
                "finetune, ...), global batch and batch per device, schedule and warm-up, weight decay and what it "

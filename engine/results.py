@@ -316,6 +316,39 @@ def timed_under_load(r: dict[str, Any]) -> str | None:
     return f"timed under load{load}: {', '.join(what)} taken with the load average above the CPU count"
 
 
+def times_faster(x: float) -> str:
+    """A speed-up in the words a reader takes in at a glance: 1.3 -> "1.30x faster", 0.8 -> "1.25x slower"."""
+    return f"{x:.2f}x faster" if x >= 1 else f"{1 / x:.2f}x slower"
+
+
+def speed_tile(r: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
+    """What Compare's latency tile says for record ``r`` (``row``: its line of ``table``): ``label``,
+    ``delta`` (the speed-up, or None) and ``how`` (where that speed-up comes from).
+
+    The tile's value is the run's own median latency, timed alone in its job. Set beside the base's,
+    timed by another job minutes apart, it can point the other way from the paired speed-up (one
+    interleaved pair, in the same runtime), so the delta is the paired figure wherever one exists: along
+    the chain to the base, else the record's own ``paired_speedup`` against its start; the ratio of two
+    jobs' latencies only where neither was timed, and then it says so."""
+    if row.get("base_id") == r.get("run_id"):
+        return {"label": "Latency (its job)", "delta": None, "how": "the base: the runs below are measured "
+                "against it"}
+    if row.get("x_faster_paired") and _num(row.get("x_faster")):
+        return {"label": "Latency (its job)", "delta": f"{times_faster(row['x_faster'])}, paired",
+                "how": "speed-up over the base timed interleaved with the model each step started from, in the "
+                       "same runtime (multiplied along the chain)"}
+    own = step_speedup(r)
+    if _num(own) and own > 0:
+        return {"label": "Latency (its job)", "delta": f"{times_faster(own)} than its start, paired",
+                "how": "speed-up over the model this run started from, timed interleaved with it in this run's "
+                       "job; no paired figure reaches the base along its chain"}
+    if _num(row.get("x_faster")) and row["x_faster"] > 0:
+        return {"label": "Latency (its job)", "delta": f"{times_faster(row['x_faster'])}, separate jobs",
+                "how": "no paired timing: the base's latency ÷ this run's, each timed by its own job (minutes "
+                       "apart, so machine load can sway it)"}
+    return {"label": "Latency (its job)", "delta": None, "how": "no speed-up against the base: it was not timed"}
+
+
 def runtime(r: dict[str, Any]) -> str:
     """What ran the model when it was timed: its latencies compare only within one runtime."""
     if r.get("runtime"):

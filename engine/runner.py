@@ -30,7 +30,7 @@ from .devices import resolve_device
 from .errors import Cancelled, JobFailed, LeaseLost
 from .spec import DataSpec, JobSpec, SpecError
 from .store import Store, disk_full_reason, is_disk_full
-from .validation import check_spec
+from .validation import check_spec, refuse_on_onnx
 
 log = logging.getLogger("slimbench.run")
 TEST_METRICS = ("accuracy", "accuracy_ci95", "top5", "roc_auc", "per_class_accuracy", "confusion")
@@ -283,7 +283,9 @@ def _starting_model(spec: JobSpec, store: Store, data: data_mod.DataBundle):
                         f"{list(data.input_shape)}; set data.image_size to {meta['input_size'][-1]}")
     if not meta.get("input_size") and onnx is None:  # an imported model: no input size recorded: check this one fits
         models.check_input_fits(model, bundle["arch"], data.input_shape, "model.checkpoint")
-    return model, bundle["arch"], bool(kw.get("small_input")), {**bundle.get("metrics", {})}, parent, \
+    # a run of this workspace: its whole record (how it trained: the recovery rate rewinds to it); a bundle: its metrics
+    start = (store.get(parent) or {}).get("record") if parent else None
+    return model, bundle["arch"], bool(kw.get("small_input")), start or {**bundle.get("metrics", {})}, parent, \
         _with_start_preprocessing(data, meta)
 
 
@@ -301,12 +303,7 @@ def _onnx_start(spec: JobSpec, store: Store) -> tuple[onnx_models.OnnxModel, dic
         return None  # the PyTorch loader says what is wrong with it
     if bundle.get("kind") != export.ONNX_FP32:
         return None
-    if spec.method.name not in onnx_models.METHODS:
-        raise SpecError("method.name", f"{spec.method.name} {onnx_models.WHY_NOT}; on an ONNX model: "
-                        f"{', '.join(onnx_models.METHODS)}")
-    if spec.method.name == "baseline" and spec.train.epochs:
-        raise SpecError("train.epochs", "an ONNX model cannot be trained here (it has no PyTorch weights): set 0 to "
-                        "score and measure it as given")
+    refuse_on_onnx(spec)
     try:
         return onnx_models.OnnxModel.from_bundle(bundle, spec.measure.threads), bundle
     except export.BundleError as e:
@@ -428,7 +425,10 @@ def _run(spec: JobSpec, store: Store, run_id: str, run_dir: Path, progress, canc
                               "input_size": list(data.input_shape), "parent": parent,
                               "device": str(device), "train_seconds": ctx.train_seconds,
                               "best_val_acc": ctx.best_val_acc, "best_val_phase": ctx.best_val_phase, "history": ctx.history,
-                              "notes": [*data.notes, *ctx.notes()], "bn_recalibration_images": ctx.recalibration_images}
+                              "notes": [*data.notes, *ctx.notes()], "bn_recalibration_images": ctx.recalibration_images,
+                              "training_lr": ctx.training_lr()}
+    if ctx.recovery is not None:
+        record.update({"recovery_lr": ctx.recovery.lr, "recovery_lr_source": ctx.recovery.source})
     rt = runtimes.of(out, device)
     logits, ys = rt.predict(data, cancelled)
     metrics = training.classification_metrics(logits, ys, data.num_classes, full=True)

@@ -214,6 +214,27 @@ def spec_for(start_row: dict[str, Any], params: dict[str, Any], name: str | None
     return spec
 
 
+def default_start(rows: list[dict[str, Any]]) -> str | None:
+    """The start a new search is offered first among ``rows`` (finished runs, newest first): the newest trained
+    base (a ``baseline`` run: trained, or a model scored as given), else the newest run that is neither a search
+    nor an analysis of its start. A search's model is its winner, already searched; offered, never preferred."""
+    from . import methods
+    from .results import ANALYSES
+
+    def method(r: dict[str, Any]) -> str | None:
+        return ((r.get("spec") or {}).get("method") or {}).get("name")
+
+    def family(r: dict[str, Any]) -> str | None:
+        m = methods.load_all().get(method(r) or "baseline")
+        return m.family if m else None
+    for ok in (lambda r: family(r) == "baseline",
+               lambda r: method(r) != METHOD and method(r) not in ANALYSES):
+        found = next((r["id"] for r in rows if ok(r)), None)
+        if found:
+            return found
+    return rows[0]["id"] if rows else None
+
+
 def check_launch(store: Store, start_id: str | None, params: dict[str, Any]) -> dict[str, Any]:
     """The checked spec of a search from ``start_id`` with ``params``; SpecError naming the field that
     stops it (the engine's own checks, then what the start run must have for the chosen objective)."""

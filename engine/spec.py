@@ -65,7 +65,7 @@ class MethodSpec:
 class TrainSpec:
     epochs: int = 3
     optimizer: str | None = None     # sgd | adamw; None: the architecture family's recipe (training.RECIPES)
-    lr: float | None = None          # None: sgd 0.1 x batch/256, adamw 1e-3; fine-tunes use a tenth
+    lr: float | None = None          # None: sgd 0.1 x batch/256, adamw 1e-3; recovery: engine.recovery_lr
     momentum: float = 0.9
     weight_decay: float | None = None    # None: the recipe's (sgd 5e-4; ViTs from scratch, AdamW 0.05)
     label_smoothing: float | None = None  # None: the recipe's (sgd 0; ViTs 0.1)

@@ -119,9 +119,13 @@ def starts_from_onnx(spec: JobSpec, store) -> bool:
 
 def check_onnx_start(spec: JobSpec, store) -> None:
     """Refuse, when queued, a method that needs PyTorch weights on an ONNX model (the runner refuses it too)."""
+    if (spec.model.from_run or spec.model.checkpoint) and starts_from_onnx(spec, store):
+        refuse_on_onnx(spec)
+
+
+def refuse_on_onnx(spec: JobSpec) -> None:
+    """Refuse (SpecError) a method needing PyTorch weights, or training, on a spec that starts from ONNX."""
     from . import onnx_models
-    if not (spec.model.from_run or spec.model.checkpoint) or not starts_from_onnx(spec, store):
-        return
     if spec.method.name not in onnx_models.METHODS:
         raise SpecError("method.name", f"{spec.method.name} {onnx_models.WHY_NOT}; on an ONNX model: "
                         f"{', '.join(onnx_models.METHODS)}")

@@ -10,6 +10,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from engine import methods, runtimes
 from engine.methods import autocompress
@@ -17,14 +18,14 @@ from engine.runner import run_spec
 from engine.spec import SpecError
 from engine.store import Store
 
-from conftest import ROOT
+from conftest import ROOT, SMALL_DATA, SMALL_MEASURE, adopt_run
 
-DATA = {"name": "digits", "limit": 200, "test_limit": 120, "batch_size": 32}
-# The searches here minimise size: nothing is timed beyond the minimum a record needs
-MEASURE = {"onnx": False, "deploy": False, "latency_runs": 3, "warmup_runs": 1, "batch_size": 8, "paired_rounds": 0,
-           "threads": 1}
+# The data and measurement of the shared small base (conftest): the searches here minimise size, so nothing
+# is timed beyond the minimum a record needs
+DATA, MEASURE = SMALL_DATA, SMALL_MEASURE
 # target 1: every trial smaller than the start meets the budget, and the most accurate (on validation) wins
-SEARCH = {"max_drop_pt": 100.0, "objective": "size", "target": 1.0, "trials": 2, "space": ["unstructured", "distill"], "seed": 3}
+SEARCH = {"max_drop_pt": 100.0, "objective": "size", "target": 1.0, "trials": 2, "space": ["unstructured", "distill"], "seed": 3,
+          "promote": 0}   # promotion (the full recipe for the best proxies) has its own test
 
 
 def search_spec(base_id: str, **params) -> dict:
@@ -33,11 +34,10 @@ def search_spec(base_id: str, **params) -> dict:
 
 
 @pytest.fixture(scope="module")
-def ws(tmp_path_factory):
+def ws(tmp_path_factory, small_base):
+    """A workspace of the module's own, holding the session's small base (trained on DATA with MEASURE)."""
     store = Store(tmp_path_factory.mktemp("autocompress-ws"))
-    base = run_spec({"data": DATA, "model": {"arch": "resnet18"}, "method": {"name": "baseline"},
-                     "train": {"epochs": 1}, "measure": MEASURE}, store)
-    return store, base
+    return store, adopt_run(*small_base, store)
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +117,33 @@ def test_select_prefers_validation_and_reports_bounds():
     assert [t["trial"] for t in autocompress.pareto(trials)] == [1, 0]
 
 
+
+@pytest.mark.fast
+@pytest.mark.parametrize("drop, says", [(0.004, "kept the start's accuracy (Δ 0.00 pt)"),
+                                        (-0.0049, "kept the start's accuracy (Δ 0.00 pt)"),
+                                        (0.4321, "lost 0.43 pt (Δ -0.43 pt)"),
+                                        (-0.25, "gained 0.25 pt (Δ +0.25 pt)")])
+def test_the_winner_sentence_never_says_lost_or_gained_0_pt(drop, says, monkeypatch):
+    """The winner's why, as the record keeps it and the search page shows it: accuracies in %, the change in
+    signed points, and a change that rounds to 0.00 read as kept."""
+    import types
+
+    import optuna
+    study = optuna.create_study()
+    study.add_trial(optuna.trial.create_trial(
+        params={}, distributions={}, value=0.5,
+        user_attrs={"recipe": "r", "run_id": "t0", "val_accuracy": 0.9 - drop / 100, "drop_pt": drop,
+                    "cost_ratio": 0.5}))
+    ctx = types.SimpleNamespace(extra={}, store=types.SimpleNamespace(get=lambda _: None),
+                                log=types.SimpleNamespace(warning=lambda *_: None))
+    monkeypatch.setattr(autocompress, "_load_winner", lambda ctx, run_id: run_id)
+    assert autocompress._conclude(ctx, study, None, base_val=0.9, limit=1.0, target=None,
+                                  params={"objective": "size", "parallel": 1, "runtime": "eager", "batch": 1},
+                                  where="local", timing=None, judge=None, retime=False) == "t0"
+    why = ctx.extra["search_why"]
+    assert f"validation accuracy {100 * (0.9 - drop / 100):.2f} % against the start's 90.00 %: {says}" in why
+    assert "0.00 pt (Δ" not in why and "-0.00" not in why
+
 def test_killed_search_resumes_without_repeating_a_trial(ws, tmp_path):
     store, base = ws
     spec = tmp_path / "search.json"
@@ -186,6 +213,7 @@ def test_a_trial_whose_fine_tune_ends_past_the_limit_is_stopped_with_why():
                                 base_val=0.90, limit=1.0, key="size_bytes", start_cost=1.0, target=None)
     assert seen == [False, True]
     assert trial.user_attrs["why"].startswith("stopped after its fine-tune") and "40.00 pt" in trial.user_attrs["why"]
+    assert "validation accuracy 50.00 %" in trial.user_attrs["why"]         # as the search page writes accuracy
 
 
 def test_parallel_search_runs_trials_at_once_and_retimes_them_alone(ws):
@@ -229,12 +257,26 @@ def test_a_latency_runtime_this_machine_lacks_is_refused_up_front_with_deploys_r
         assert e.value.field == field
 
 
-@pytest.mark.fast
-def test_the_latency_judge_times_each_model_in_its_fastest_runtime_at_the_batch(ws, tmp_path, monkeypatch):
-    """runtime best: the start's fastest runtime chosen once (each against eager), then a model timed in every
-    runtime here against the start in that one, at the batch given, and judged in its fastest."""
+def judge_ctx(model, tmp_path, rounds: int = 1, runs: int = 4):
+    """What LatencyJudge reads of a run's context: measure settings, input shape, validation images, the start."""
     import copy
     import types
+
+    import torch
+    images = torch.randn(64, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    cfg = types.SimpleNamespace(latency_runs=runs, warmup_runs=1, threads=1, paired_rounds=rounds)
+    data = types.SimpleNamespace(loader=lambda split, device, limit=None, batch_size=None: [(images, None)])
+    return types.SimpleNamespace(spec=types.SimpleNamespace(measure=cfg), input_shape=(3, 8, 8), run_dir=tmp_path,
+                                 log=types.SimpleNamespace(warning=lambda *a: None), data=data,
+                                 base_copy=lambda: copy.deepcopy(model))
+
+
+@pytest.mark.fast
+def test_the_latency_judge_times_each_model_in_its_fastest_runtime_at_the_batch(ws, tmp_path, monkeypatch):
+    """runtime best: the start's fastest runtime found once (each against eager); then a model is timed in every
+    runtime here, each against the start exported to that SAME runtime, at the batch given, and judged in the
+    runtime where it ran fastest, with the speed-up paired there."""
+    import copy
 
     from engine import export, measure
     from engine.methods.search_latency import LatencyJudge, here
@@ -243,23 +285,81 @@ def test_the_latency_judge_times_each_model_in_its_fastest_runtime_at_the_batch(
     calls = []
     real = measure.paired_speedup
 
-    def spy(*a, batch=1, **kw):
-        p = real(*a, batch=batch, **kw)
-        calls.append((batch, p["speedup"]))
+    def spy(ref, cand, *a, batch=1, **kw):
+        p = real(ref, cand, *a, batch=batch, **kw)
+        calls.append({"batch": batch, "ref": ref, "cand": cand, **p})
         return p
     monkeypatch.setattr(measure, "paired_speedup", spy)
-    cfg = types.SimpleNamespace(latency_runs=4, warmup_runs=1, threads=1, paired_rounds=1)
-    ctx = types.SimpleNamespace(spec=types.SimpleNamespace(measure=cfg), input_shape=(3, 8, 8), run_dir=tmp_path,
-                                log=types.SimpleNamespace(warning=lambda *a: None),
-                                base_copy=lambda: copy.deepcopy(model))
-    judge = LatencyJudge(ctx, "best", 3)
-    out = judge.time(model)
+    judge = LatencyJudge(judge_ctx(model, tmp_path), "best", 3)
+    trial = copy.deepcopy(model)        # the start's own dense net, as a trial that compressed nothing
+    out = judge.time(trial)
     judge.close()
     n = len(here())
     assert n >= 2 and judge.start_runtime in here() and out["runtime"] in here()
-    assert {b for b, _ in calls} == {3} and len(calls) == (n - 1) + n
-    assert out["speedup"] == max(s for _, s in calls[n - 1:])
+    assert all(a >= 0.97 for a in judge.agreement.values()) and not judge.start_refused
+    assert {c["batch"] for c in calls} == {3} and len(calls) == (n - 1) + n
+    trial_calls = calls[n - 1:]
+    for c, rt in zip(trial_calls, out["timed"]):       # every pair: start and trial in one runtime
+        assert c["ref"] is judge.start_fns[rt]
+        assert out["timed"][rt]["start_runtime"] == rt and c["speedup"] == out["timed"][rt]["speedup"]
+    chosen = next(c for c, rt in zip(trial_calls, out["timed"]) if rt == out["runtime"])
+    assert out["runtime"] == out["start_runtime"] and chosen["ref"] is judge.start_fns[out["runtime"]]
+    assert out["speedup"] == chosen["speedup"]                     # the median of that pair's per-round ratios
+    assert out["latency_ms"] == min(t["latency_ms"] for t in out["timed"].values())
     assert not any(tmp_path.iterdir())                               # its exported models are removed
+
+
+class _Slow(torch.nn.Module):
+    """A model whose call takes at least ``ms`` (so runtimes' speeds are known), answering as ``net``."""
+
+    def __init__(self, net, ms: float):
+        super().__init__()
+        self.net, self.ms = net, ms
+
+    def forward(self, x):
+        time.sleep(self.ms / 1000)
+        return self.net(x)
+
+
+@pytest.mark.fast
+def test_a_dense_trial_reads_1x_not_the_runtime_gain_and_a_disagreeing_runtime_is_refused(tmp_path, monkeypatch):
+    """Runtimes of known speed (sleep-based): eager 12 ms a call, ONNX Runtime 3 ms (a 4x runtime gain), OpenVINO
+    2 ms but answering wrongly. A trial that is the start's dense net is judged in ONNX Runtime against the start
+    in ONNX Runtime: ~1x, not 4x; OpenVINO is refused for the start and the trial, its agreement recorded."""
+    import copy
+
+    import torch
+
+    from engine import deploy
+    from engine.methods import search_latency
+    from engine.methods.search_latency import LatencyJudge
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 10))
+    start = _Slow(net, 12.0)
+
+    def predictor_for(name, model, shape, folder, threads, device="cpu"):
+        inner = model.net
+        if name == "onnxruntime" and not getattr(inner, "broken", False):
+            return _Slow(inner, 3.0)
+        return lambda x: (time.sleep(0.002), inner(x).roll(1, dims=1))[1]   # fast, and every answer moved
+    monkeypatch.setattr(deploy, "predictor_for", predictor_for)
+    monkeypatch.setattr(search_latency, "here", lambda: ["eager", "onnxruntime", "openvino"])
+    judge = LatencyJudge(judge_ctx(start, tmp_path, rounds=3, runs=12), "best", 1)
+    try:
+        assert judge.start_refused["openvino"]["agreement"] < 0.97 and "openvino" not in judge.usable
+        assert "agreed with eager on" in judge.start_refused["openvino"]["why"]
+        assert judge.agreement["onnxruntime"] == 1.0 and judge.start_runtime == "onnxruntime"
+        out = judge.time(_Slow(net, 12.0))
+        broken = copy.deepcopy(net)
+        broken.broken = True                  # a trial whose ONNX Runtime export answers wrongly
+        out_broken = judge.time(_Slow(broken, 12.0))
+    finally:
+        judge.close()
+    assert out["runtime"] == out["start_runtime"] == "onnxruntime"
+    assert 0.7 < out["speedup"] < 1.4, out["speedup"]                # the same net: no gain credited to it
+    assert out["timed"]["eager"]["speedup"] < 1.4                    # eager against eager: ~1x too
+    assert set(out["timed"]) == {"eager", "onnxruntime"} and "openvino" not in out["refused"]   # never offered
+    assert out_broken["runtime"] == "eager" and set(out_broken["timed"]) == {"eager"}
+    assert out_broken["agreement"]["onnxruntime"] < 0.97 and "onnxruntime" in out_broken["refused"]
 
 
 @pytest.mark.fast
@@ -461,3 +561,24 @@ def test_a_trial_run_whose_search_died_stops_itself_and_says_why(tmp_path):
     store.update(search, state="cancelled")
     halt = runner._StoreCancelled(store, "none", search)
     assert halt() and "ended (cancelled)" in halt.why
+
+
+def test_cheap_proxies_first_then_the_best_gets_the_full_recipe(ws):
+    """The plain INT8 of the start is tried first; after the short-fine-tune trials, the best tunable one is run
+    again with the full recipe (full_epochs), inside the same trial budget, and both are on the trial list."""
+    store, base = ws
+    rec = run_spec(search_spec(base["run_id"], trials=3, promote=1, full_epochs=2, target=None,
+                               space=["quantize_int8", "unstructured"]), store)
+    trials = rec["search_trial_list"]
+    assert rec["search_trials"] == len(trials) == 3
+    first = trials[0]
+    assert first["params"] == {"candidate": "quantize_int8"} and first["val_accuracy"] is not None
+    assert store.get(first["run_id"])["record"]["method"] == "quantize_int8"
+    promoted = [t for t in trials if t["promoted_from"] is not None]
+    assert len(promoted) == 1
+    full, = promoted
+    proxy = trials[full["promoted_from"]]
+    assert proxy["params"]["candidate"] == "unstructured" and full["params"] == proxy["params"]
+    assert full["trial"] > proxy["trial"] and "full recipe of trial" in full["recipe"]
+    method = lambda t: store.get(t["run_id"])["spec"]["method"]["params"]  # noqa: E731
+    assert method(proxy)["finetune_epochs"] == 1 and method(full)["finetune_epochs"] == 2

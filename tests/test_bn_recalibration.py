@@ -85,37 +85,51 @@ def test_sensitivity_scores_each_probe_on_recalibrated_statistics(tmp_path, monk
     assert "sensitivity probes (x4)" in ctx.notes()[0]
 
 
-@pytest.mark.fast
-def test_soft_filter_pruning_lets_zeroed_filters_grow_back(tmp_path, monkeypatch):
-    """He et al.: a filter zeroed at one epoch end keeps its gradient and is non-zero after the next
-    epoch's training (so it may escape the next zeroing)."""
-    from engine.methods.pruning import soft_filter, surgery
-    torch.manual_seed(0)
-    net = models.build("resnet18", 10, small_input=True)
-    with torch.no_grad():  # a trained net's shifts: at init (0) a zeroed filter feeds ReLU exactly 0, no gradient
+def trained_like_resnet(seed: int = 0) -> nn.Module:
+    """A CIFAR ResNet-20 whose batch norms carry a trained net's non-zero shifts and statistics: at init
+    (shift 0) a silenced channel feeds ReLU exactly 0 and gets no gradient, and the removal has no
+    constant to lose."""
+    torch.manual_seed(seed)
+    net = models.build("resnet20", 10, small_input=True)
+    with torch.no_grad():
         for m in net.modules():
             if isinstance(m, nn.BatchNorm2d):
-                m.bias.uniform_(0.1, 0.5)
-    ctx = context(net, tmp_path)
-    first = next(m for m in net.modules() if isinstance(m, nn.Conv2d) and m.out_channels == 128)
+                m.bias.uniform_(0.1, 0.5), m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2)
+    return net
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("zero", ["bn_scale", "filter"])
+def test_soft_filter_pruning_lets_zeroed_filters_grow_back(tmp_path, monkeypatch, zero):
+    """He et al.: a channel zeroed at one epoch end keeps its gradient and is non-zero after the next
+    epoch's training (so it may escape the next zeroing). Zeroed is the filter or, by default, its
+    batch-norm scale."""
+    from engine.methods.pruning import soft_filter, surgery
+    net = trained_like_resnet()
+    ctx = context(net, tmp_path, arch="resnet20")
+    first = next(m for m in net.modules() if isinstance(m, nn.Conv2d) and m.out_channels == 64)
+    bn = next(b for b in net.modules() if isinstance(b, nn.BatchNorm2d) and b.num_features == 64)
+
+    def live() -> torch.Tensor:
+        return first.weight.detach().flatten(1).ne(0).any(1) if zero == "filter" else bn.weight.detach().ne(0)
     zeroed_at: list[torch.Tensor] = []
     real = surgery.zero_group
 
-    def spy(group, shift=True):
-        n = real(group, shift)
-        zeroed_at.append(first.weight.detach().flatten(1).eq(0).all(1).clone())
+    def spy(group, shift=True, scale_only=False):
+        n = real(group, shift, scale_only)
+        zeroed_at.append(~live())
         return n
     monkeypatch.setattr(surgery, "zero_group", spy)
     after_epoch: list[torch.Tensor] = []
     real_fit = ctx.fit
 
-    def fit(model, *a, on_epoch_end=None, **kw):  # look at the filters just before each zeroing
+    def fit(model, *a, on_epoch_end=None, **kw):  # look at the channels just before each zeroing
         def hook(m, epoch):
-            after_epoch.append(first.weight.detach().flatten(1).ne(0).any(1).clone())
+            after_epoch.append(live().clone())
             on_epoch_end(m, epoch)
         return real_fit(model, *a, on_epoch_end=hook, **kw)
     monkeypatch.setattr(ctx, "fit", fit)
-    params = validate("soft_filter_pruning", {"ratio": 0.3, "epochs": 2, "finetune_epochs": 0}, None)
+    params = validate("soft_filter_pruning", {"ratio": 0.3, "epochs": 2, "finetune_epochs": 0, "zero": zero}, None)
     out = soft_filter.soft_filter_pruning(net, ctx, params)   # with the recipe's defaults filled in
     groups_per_zeroing = len(zeroed_at) // 3
     before_training = torch.stack(zeroed_at[:groups_per_zeroing]).any(0)   # zeroed before epoch 1
@@ -123,6 +137,41 @@ def test_soft_filter_pruning_lets_zeroed_filters_grow_back(tmp_path, monkeypatch
     assert (before_training & after_epoch[0]).any()          # some of them are non-zero after training
     assert ctx.extra["removed_were_zero"] == 1.0
     assert out(torch.zeros(2, 3, 8, 8)).shape == (2, 10)
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("zero", ["bn_scale", "filter"])
+def test_soft_filter_pruning_hard_cut_removes_the_last_zeroed_and_changes_no_output(tmp_path, monkeypatch, zero):
+    """The model just before the hard cut (after the last zeroing and its recalibration) and just
+    after it, before the cut's own recalibration re-samples the statistics, give the same logits:
+    exactly the channels zeroed last go, and nothing else changes."""
+    from engine.methods.pruning import soft_filter
+    net = trained_like_resnet(1)
+    ctx = context(net, tmp_path, arch="resnet20")
+    before: list[nn.Module] = []
+    real_finetune, real_recalibrate = ctx.finetune, ctx.recalibrate
+
+    def finetune(model, *a, **kw):  # the soft phase: keep the zeroed model it leaves
+        r = real_finetune(model, *a, **kw)
+        before.append(copy.deepcopy(model).eval())
+        return r
+    x = next(iter(ctx.data.loader("test", torch.device("cpu"))))[0][:32]
+    logits: dict[str, torch.Tensor] = {}
+
+    def recalibrate(model, after):
+        if after == "removal":
+            with torch.no_grad():
+                logits["zeroed"], logits["cut"] = before[0](x), model.eval()(x)
+        return real_recalibrate(model, after)
+    monkeypatch.setattr(ctx, "finetune", finetune)
+    monkeypatch.setattr(ctx, "recalibrate", recalibrate)
+    params = validate("soft_filter_pruning", {"ratio": 0.3, "epochs": 1, "finetune_epochs": 0, "zero": zero}, None)
+    out = soft_filter.soft_filter_pruning(net, ctx, params)
+    assert ctx.extra["removed_channels"] == ctx.extra["zeroed_per_epoch"][-1] > 0
+    assert ctx.extra["removed_were_zero"] == 1.0
+    assert sum(p.numel() for p in out.parameters()) < sum(p.numel() for p in before[0].parameters())
+    assert logits["zeroed"].abs().max() > 0.1    # a real network's logits, not a dead one's
+    torch.testing.assert_close(logits["cut"], logits["zeroed"], rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.fast

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-from bench.pages import CHROMIUM, CHROMIUM_ARGS, streamlit_server
+from bench.pages import CHROMIUM, streamlit_server
 from engine import results
 from engine.export import read_bundle
 from engine.store import Store
@@ -19,11 +19,6 @@ pytestmark = [pytest.mark.browser, pytest.mark.skipif(not Path(CHROMIUM).exists(
 ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "test-artifacts"
 JOB_TIMEOUT_MS = 420_000
-
-
-@pytest.fixture(scope="session")
-def browser_type_launch_args(browser_type_launch_args):
-    return {**browser_type_launch_args, "executable_path": CHROMIUM, "args": CHROMIUM_ARGS}
 
 
 @pytest.fixture(scope="module")
@@ -224,7 +219,7 @@ def test_compare_flags_a_chance_level_run_and_keeps_it_from_the_winner(tmp_path,
     insert_study(home)
     with streamlit_server(home) as (url, _):
         page.goto(url + "/compare")
-        page.get_by_text(re.compile(r"1 run\(s\) in view answer at chance level")).wait_for(timeout=60_000)
+        page.get_by_text(re.compile(r"1 run in view answers at chance level")).wait_for(timeout=60_000)
         page.get_by_text("Pick the winner", exact=False).first.click()
         pick(page, "best by", "size (smallest)")
         # the alert first shows the default objective's winner: wait for the rerun that ranks by size

@@ -12,18 +12,13 @@ import pytest
 import torch
 import torch.nn as nn
 
-from bench.pages import CHROMIUM, CHROMIUM_ARGS, streamlit_server
+from bench.pages import CHROMIUM, streamlit_server
 from engine.store import Store
 from views.common import fmt_ms
 
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs /usr/bin/chromium")]
 SHOTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 JOB_TIMEOUT_S = 180
-
-
-@pytest.fixture(scope="session")
-def browser_type_launch_args(browser_type_launch_args):
-    return {**browser_type_launch_args, "executable_path": CHROMIUM, "args": CHROMIUM_ARGS}
 
 
 def onnx_bytes(tmp_path: Path) -> bytes:

@@ -15,14 +15,15 @@ from engine.runner import run_spec
 from engine.store import Store
 
 from test_autocompress import MEASURE
-from test_browser import SHOTS, browser_type_launch_args, shot  # noqa: F401 (a fixture)
+from test_browser import SHOTS, shot
 
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs /usr/bin/chromium")]
 TRIALS = 3
 # The smallest search that still has several trials to watch: a CIFAR ResNet-20 (0.27 M parameters) on a
 # few digits, one candidate (unstructured pruning, no INT8 export), MACs minimised within a loose limit.
 DATA = {"name": "digits", "limit": 150, "val_limit": 60, "test_limit": 60, "batch_size": 32}
-SEARCH = {"max_drop_pt": 100.0, "objective": "macs", "trials": TRIALS, "space": ["unstructured"], "seed": 3}
+SEARCH = {"max_drop_pt": 100.0, "objective": "macs", "trials": TRIALS, "space": ["unstructured"], "seed": 3,
+          "promote": 0}
 
 
 def trials_shown(page) -> int:

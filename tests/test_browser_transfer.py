@@ -14,7 +14,7 @@ from bench.pages import CHROMIUM, streamlit_server
 from engine import layout
 from engine.export import load_model
 from engine.store import Store
-from test_browser import SHOTS, browser_type_launch_args, fill_number, shot  # noqa: F401 (a fixture)
+from test_browser import SHOTS, fill_number, shot
 from test_transfer_ui import imagenet_weights, tiny_folder
 
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs /usr/bin/chromium")]

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import compare_page, run_spec
+from conftest import compare_page, run_here, run_spec
 from engine import cli as engine_cli
 from engine import conditions, deploy, measure, models, results, sweeps
 from engine.spec import JobSpec, SpecError
@@ -145,9 +145,9 @@ def test_bad_deploy_settings_are_refused_naming_the_field():
 def test_a_pruned_run_is_deployed_and_timed_against_its_start_in_the_same_runtime(tiny_base, session_home, tmp_path,
                                                                                    capsys, monkeypatch):
     m = {"onnx": True, "latency_runs": 5, "warmup_runs": 1, "verify_images": 300, "paired_rounds": 2, "threads": 1}
-    rec = run_spec({"data": {"name": "digits"}, "model": {"from_run": tiny_base["run_id"]},
+    rec = run_here({"data": {"name": "digits"}, "model": {"from_run": tiny_base["run_id"]},
                     "method": {"name": "prune_structured", "params": {"ratio": 0.5, "finetune_epochs": 0}},
-                    "measure": m}, session_home, tmp_path)
+                    "measure": m}, session_home)
     dep = rec["deploy"]
     for name in ("eager", "onnxruntime", "openvino"):
         assert dep[name]["verified"] and dep[name]["verified_images"] == 300, (name, dep[name])
@@ -241,6 +241,17 @@ def test_runtime_bench_credits_each_runtime_its_own_base_and_marks_the_targets(t
     assert "(target ≥ 2.0x — met)" in text and "**99.0 %** on 1,000 test images (target ≥ 97% — met)" in text
     assert "**1.38x** its own FP32 at batch 1 (target ≥ 2.0x — missed by 0.62x)" in text
     assert "**90.0 %** on 1,000 test images (target ≥ 97% — missed by 7.0 pt)" in text
+    assert "kept FP32" not in text   # every layer but the first and last is INT8
+    # format auto kept layers FP32 for the pruned model: the section and its verdict name them
+    text = bench_rt.section({"rows": rows, "macs": macs, "macs_cut": 4.0, "peak_gflops": 10.0, "rounds": 3,
+                             "threads": 1, "load": {"load_avg": 0.5}, "about": "Base: test", "int8_format": "qdq",
+                             "int8_level": "amx", "int8_runtime": "onnxruntime", "agreement_images": 1000,
+                             "seconds": 1.0, "pruned_int8_format": "qdq_s8s8", "pruned_int8_reason": "why",
+                             "pruned_int8_fp32_layers": ["/layer4/layer4.0/conv2/Conv", "/2/Conv"],
+                             "pruned_int8_fp32_mac_share": 0.25})
+    assert ("`qdq_s8s8` for the pruned model with 2 layer(s) kept FP32 to reach the 97 % agreement floor on the "
+            "validation split (25% of its MACs): `layer4.0.conv2`, `2` (why)") in text
+    assert "in onnxruntime, the runtime that format ships in, 2 layer(s) kept FP32 besides the first and last" in text
 
 
 @pytest.mark.fast

@@ -9,6 +9,8 @@ from engine.spec import JobSpec, SpecError
 from engine.store import Store
 from engine.validation import check_spec
 
+from conftest import adopt_run
+
 DATA = {"name": "digits", "limit": 200, "test_limit": 100, "batch_size": 32}
 MEASURE = {"onnx": False, "latency_runs": 3, "warmup_runs": 1, "batch_size": 8}
 
@@ -18,9 +20,15 @@ def spec(model: dict, method: str, params: dict) -> JobSpec:
                        "train": {"epochs": 1}, "measure": MEASURE})
 
 
-def test_distill_and_compact_train_the_requested_student_and_chain(tmp_path):
+@pytest.fixture()
+def started(tmp_path, small_base):
+    """A fresh workspace holding the session's small trained ResNet-18 (conftest): (store, its record)."""
     store = Store(tmp_path / "ws")
-    base = run_spec(spec({"arch": "resnet18"}, "baseline", {}), store)
+    return store, adopt_run(*small_base, store)
+
+
+def test_distill_and_compact_train_the_requested_student_and_chain(started):
+    store, base = started
     student = "mobilenet_v3_small"
     n_params = measure.count_params(models.build(student, 10, True))
     kd = run_spec(spec({"from_run": base["run_id"]}, "distill", {"student": student, "epochs": 1}), store)
@@ -54,9 +62,8 @@ def test_bad_distill_params_name_the_field(params, field):
     assert e.value.field == field
 
 
-def test_width_multiplier_shrinks_the_student_and_its_bundle_rebuilds_it(tmp_path):
-    store = Store(tmp_path / "ws")
-    base = run_spec(spec({"arch": "resnet18"}, "baseline", {}), store)
+def test_width_multiplier_shrinks_the_student_and_its_bundle_rebuilds_it(started):
+    store, base = started
     full = measure.count_params(models.build("mobilenet_v2", 10, True))
     half = run_spec(spec({"from_run": base["run_id"]}, "distill", {"student": "mobilenet_v2", "width": 0.5,
                                                                   "epochs": 1}), store)

@@ -90,7 +90,8 @@ def card_records() -> dict[str, dict]:
             "torch": "2.x", "input_size": [3, 8, 8],
             "spec": {"model": {"arch": "resnet18", "pretrained": "/w/r18.pth", "freeze_backbone": True}}}
     child = {**base, "run_id": "child", "name": "<script>x</script> | pruned", "method": "prune_unstructured",
-             "parent": "base", "method_params": {"amount": 0.9}, "accuracy": 0.34, "accuracy_ci95": [0.29, 0.39],
+             "parent": "base", "method_params": {"amount": 0.9, "target_macs": None}, "accuracy": 0.34,
+             "accuracy_ci95": [0.29, 0.39],
              "start_accuracy": 0.9, "delta_accuracy_ci95": [-0.6, -0.5], "mcnemar_p": 1e-9, "agreement": 0.3,
              "flips_to_wrong": 0.6, "flips_to_right": 0.04,
              "sparsity": 0.9, "size_bytes": 9_000_000, "compressed_bytes": 8_000_000, "history": [],
@@ -113,6 +114,7 @@ def test_model_card_says_what_was_done_with_intervals_flags_and_sizes():
     md = model_card.to_markdown(blocks)
     assert "classes of digits. Experiment shoes May, group pruning." in md         # its labels, a sentence
     assert "prune\\_unstructured (amount=0.9) → run child" in md                 # what was done, along the chain
+    assert "None" not in md and "against the base, run base." in md   # unset options left out; one start named
     assert "baseline (defaults) → run base (resnet18 from the ImageNet weights in /w/r18.pth" in md
     assert "29.00 to 39.00 %" in md and "-56.00 pt" in md and "-60.00 to -50.00 pt" in md   # metrics with CIs
     assert "At chance level" in md and "Its base base may be under-trained" in md

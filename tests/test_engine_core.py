@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from bench.synthetic import insert_synthetic_runs
-from conftest import CIFAR_SMALL, ROOT, cli, run_spec
+from conftest import CIFAR_SMALL, ROOT, cli, cli_here, run_here, run_spec
 from engine import data as D
 from engine.data import assembly
 from engine import export, measure, models, settings
@@ -105,11 +105,11 @@ def test_bundle_carries_its_metadata(digits_base):
 
 
 def test_runs_lists_the_run(digits_base, session_home):
-    p = cli("runs", "--json", home=session_home)
+    p = cli_here("runs", "--json", home=session_home)
     assert p.returncode == 0
     ids = [r["id"] for r in json.loads(p.stdout)]
     assert digits_base["run_id"] in ids
-    p = cli("runs", home=session_home)
+    p = cli_here("runs", home=session_home)
     assert digits_base["run_id"] in p.stdout
 
 
@@ -117,7 +117,7 @@ def test_compare_prints_the_base_relative_table_and_pareto_front(home, tmp_path)
     from engine import results
     insert_synthetic_runs(Store(home), 30)                         # SYNTHETIC rows: table logic only
     expected = results.table(results.records(Store(home)))
-    p = cli("compare", "--axis", "macs", "--csv", str(tmp_path / "t.csv"), home=home)
+    p = cli_here("compare", "--axis", "macs", "--csv", str(tmp_path / "t.csv"), home=home)
     assert p.returncode == 0, p.stderr
     got = pd.read_csv(tmp_path / "t.csv").set_index("run_id")
     front = set(got.index[got["pareto"]])
@@ -132,9 +132,9 @@ def test_compare_prints_the_base_relative_table_and_pareto_front(home, tmp_path)
     for run_id, r in derived.iterrows():
         assert f"{100 * r.delta_ci_low:+.1f}..{100 * r.delta_ci_high:+.1f}" in lines[run_id]
     one = e["method"].iloc[0]
-    p = cli("compare", "--json", "--method", one, home=home)
+    p = cli_here("compare", "--json", "--method", one, home=home)
     assert {r["method"] for r in json.loads(p.stdout)} == {one}
-    assert cli("compare", "--axis", "speed", home=home).returncode == 2
+    assert cli_here("compare", "--axis", "speed", home=home).returncode == 2
 
 
 def test_winners_meet_every_limit_and_rank_by_the_objective():
@@ -161,19 +161,19 @@ def test_compare_names_the_winner_within_deployment_limits(home):
     t = results.table(results.records(Store(home)))
     ok = t[(t["size_bytes"] <= 20e6) & (t["latency_ms"] <= 10) & (t["delta_accuracy"] >= -0.1)]
     best = ok.sort_values(["macs", "accuracy"], ascending=[True, False]).iloc[0]
-    p = cli("compare", "--best", "macs", "--max-size-mb", "20", "--max-latency-ms", "10", "--max-drop-pt", "10",
+    p = cli_here("compare", "--best", "macs", "--max-size-mb", "20", "--max-latency-ms", "10", "--max-drop-pt", "10",
             home=home)
     assert p.returncode == 0, p.stderr
     last = p.stdout.strip().splitlines()[-1]
     assert last.startswith(f"winner by macs ({len(ok)} run(s) meet the limits): {best.run_id} ")
-    assert cli("compare", "--max-size-mb", "0.001", home=home).returncode == 1      # nothing that small
-    assert cli("compare", "--best", "speed", home=home).returncode == 2
+    assert cli_here("compare", "--max-size-mb", "0.001", home=home).returncode == 1      # nothing that small
+    assert cli_here("compare", "--best", "speed", home=home).returncode == 2
 
 
 # -- profile -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("arch,params_m,gmacs", [("resnet18", 11.69, 1.81), ("mobilenet_v2", 3.50, 0.30)])
 def test_profile_matches_torchvision_published_figures(arch, params_m, gmacs, home):
-    p = cli("profile", arch, "--input-size", "224", "--num-classes", "1000", home=home)
+    p = cli_here("profile", arch, "--input-size", "224", "--num-classes", "1000", home=home)
     assert p.returncode == 0, p.stderr
     r = json.loads(p.stdout)
     assert r["params"] / 1e6 == pytest.approx(params_m, rel=0.01)
@@ -210,7 +210,7 @@ def test_every_arch_builds_and_runs_on_32px(arch):
 def test_bad_specs_exit_2_naming_the_field(spec, field, hint, home, tmp_path):
     path = tmp_path / "spec.json"
     path.write_text(json.dumps(spec))
-    p = cli("run", str(path), home=home)
+    p = cli_here("run", str(path), home=home)   # refused before any work (a fresh process: the test below)
     assert p.returncode == 2, p.stderr
     assert field in p.stderr and hint in p.stderr
     assert not (home / "runs").exists() or not any((home / "runs").iterdir()), "no work may start"
@@ -238,17 +238,17 @@ def test_measure_reports_a_bundle_and_its_paired_speedup_over_another(digits_bas
     assert r["size_bytes"] == path.stat().st_size and r["threads"] == 1 and r["latency_ms"] > 0
     lo, hi = r["paired_speedup_range"]
     assert 0 < lo <= r["paired_speedup"] <= hi and r["against_latency_ms"] > 0
-    missing = cli("measure", str(tmp_path / "nope.pt"), home=home)
+    missing = cli_here("measure", str(tmp_path / "nope.pt"), home=home)
     assert missing.returncode == 2 and "checkpoint not found" in missing.stderr
     other = tmp_path / "other.pt"
     export.save_bundle(export.make_bundle(small, arch="mobilenet_v3_small", num_classes=10, small_input=True,
                                           meta={**meta, "input_size": [3, 16, 16]}), other)
-    mismatch = cli("measure", str(path), "--against", str(other), home=home)
+    mismatch = cli_here("measure", str(path), "--against", str(other), home=home)
     assert mismatch.returncode == 2 and "--against" in mismatch.stderr
 
 
 def test_profile_rejects_unknown_arch(home):
-    p = cli("profile", "resnet9000", home=home)
+    p = cli_here("profile", "resnet9000", home=home)
     assert p.returncode == 2 and "resnet18" in p.stderr
 
 
@@ -352,22 +352,22 @@ def test_zip_slip_archive_is_refused(home, tmp_path):
         D.load(JobSpec.from_dict({"data": {"name": "imagefolder", "path": str(z)}, "model": {"arch": "resnet18"}}).data)
 
 
-def test_fashion_mnist_baseline_runs_through_the_same_code(home, tmp_path):
+def test_fashion_mnist_baseline_runs_through_the_same_code(home):
     if not Path(settings.FASHION_MNIST.default, "train-images-idx3-ubyte.gz").is_file():
         pytest.skip("dataset-fashion-mnist is not installed (make test installs it as root)")
-    r = run_spec({"data": {"name": "fashion-mnist", "limit": 1000, "test_limit": 500, "image_size": 16},
+    r = run_here({"data": {"name": "fashion-mnist", "limit": 1000, "test_limit": 500, "image_size": 16},
                   "model": {"arch": "resnet18"}, "train": {"epochs": 2},
-                  "measure": {"latency_runs": 5, "onnx": False, "deploy": False}}, home, tmp_path)
+                  "measure": {"latency_runs": 5, "onnx": False, "deploy": False}}, home)
     assert r["dataset"] == "fashion-mnist" and r["input_size"] == [3, 16, 16] and r["test_images"] == 500
     assert r["accuracy"] > 0.4  # far above chance (0.1) after two short epochs
 
 
-def test_cifar10_zip_baseline_runs_through_the_same_code(home, tmp_path):
+def test_cifar10_zip_baseline_runs_through_the_same_code(home):
     if not CIFAR_SMALL.is_file():
         pytest.skip(f"{CIFAR_SMALL} not present")
-    r = run_spec({"data": {"name": "cifar10", "path": str(CIFAR_SMALL), "limit": 200, "test_limit": 100},
+    r = run_here({"data": {"name": "cifar10", "path": str(CIFAR_SMALL), "limit": 200, "test_limit": 100},
                   "model": {"arch": "resnet18"}, "train": {"epochs": 1},
-                  "measure": {"latency_runs": 5, "onnx": False, "deploy": False}}, home, tmp_path)
+                  "measure": {"latency_runs": 5, "onnx": False, "deploy": False}}, home)
     assert r["input_size"] == [3, 32, 32] and r["num_classes"] == 10 and r["small_input"] is True
     assert 0.0 < r["accuracy"] <= 1.0 and r["size_bytes"] > 0
 

@@ -8,7 +8,7 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from conftest import ROOT, cli
+from conftest import ROOT, cli_here
 from engine import jobs
 from engine.errors import SpecError
 from engine.spec import MAX_NAME_CHARS, JobSpec
@@ -36,21 +36,21 @@ def test_cli_submit_labels_jobs_and_jobs_and_runs_filter_by_them(home, tmp_path)
     ids = {}
     for exp, group in (("shoes", "prune"), ("shoes", "distil"), (None, None)):
         extra = [*(["--experiment", exp] if exp else []), *(["--group", group] if group else [])]
-        p = cli("submit", str(path), "--no-worker", *extra, home=home)
+        p = cli_here("submit", str(path), "--no-worker", *extra, home=home)
         assert p.returncode == 0, p.stderr
         ids[(exp, group)] = p.stdout.strip()
     store = Store(home)
     assert store.get(ids[("shoes", "prune")])["spec"]["group"] == "prune"
     assert store.get(ids[(None, None)])["spec"]["experiment"] == "from the file"   # the spec's own, kept
 
-    listed = json.loads(cli("jobs", "--json", "--experiment", "shoes", home=home).stdout)
+    listed = json.loads(cli_here("jobs", "--json", "--experiment", "shoes", home=home).stdout)
     assert {r["id"] for r in listed} == {ids[("shoes", "prune")], ids[("shoes", "distil")]}
     assert {(r["experiment"], r["group"]) for r in listed} == {("shoes", "prune"), ("shoes", "distil")}
-    text = cli("jobs", "--group", "distil", home=home).stdout
+    text = cli_here("jobs", "--group", "distil", home=home).stdout
     assert ids[("shoes", "distil")] in text and "shoes / distil" in text and ids[("shoes", "prune")] not in text
-    runs = cli("runs", "--state", "queued", "--experiment", "from the file", "--json", home=home)
+    runs = cli_here("runs", "--state", "queued", "--experiment", "from the file", "--json", home=home)
     assert [r["id"] for r in json.loads(runs.stdout)] == [ids[(None, None)]]
-    p = cli("submit", str(path), "--no-worker", "--group", "g" * (MAX_NAME_CHARS + 1), home=home)
+    p = cli_here("submit", str(path), "--no-worker", "--group", "g" * (MAX_NAME_CHARS + 1), home=home)
     assert p.returncode == 2 and "group" in p.stderr
     for job in ids.values():
         jobs.cancel(job, store)

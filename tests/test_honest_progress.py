@@ -9,7 +9,7 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from conftest import ROOT, cli
+from conftest import ROOT, cli_here
 from engine import estimate, jobs, phases, presets, procs, results
 from engine.store import Store
 from engine.validation import check_spec
@@ -146,24 +146,24 @@ def test_cli_cancels_and_retries_several_jobs_or_a_whole_experiment(home, tmp_pa
     store = Store(home)
     shoes = [jobs.submit({**SPEC, "experiment": "shoes"}, store) for _ in range(3)]
     other = jobs.submit({**SPEC, "experiment": "hats"}, store)
-    p = cli("cancel", "--experiment", "shoes", home=home)
+    p = cli_here("cancel", "--experiment", "shoes", home=home)
     assert p.returncode == 0, p.stderr
     assert p.stdout.split() == [w for j in shoes for w in ("cancel", "requested:", j)]
     assert [store.get(j)["state"] for j in shoes] == ["cancelled"] * 3 and store.get(other)["state"] == "queued"
 
-    p = cli("retry", shoes[0], shoes[1], "nope", home=home)
+    p = cli_here("retry", shoes[0], shoes[1], "nope", home=home)
     assert p.returncode == 1 and p.stdout.split() == shoes[:2]
     assert "cannot retry nope: no job 'nope'" in p.stderr
     assert [store.get(j)["state"] for j in shoes] == ["queued", "queued", "cancelled"]
-    p = cli("retry", "--experiment", "shoes", home=home)     # the one still cancelled
+    p = cli_here("retry", "--experiment", "shoes", home=home)     # the one still cancelled
     assert p.returncode == 0 and p.stdout.split() == [shoes[2]]
 
-    p = cli("cancel", other, shoes[0], home=home)
+    p = cli_here("cancel", other, shoes[0], home=home)
     assert p.returncode == 0 and store.get(other)["state"] == "cancelled"
-    p = cli("cancel", other, home=home)
+    p = cli_here("cancel", other, home=home)
     assert p.returncode == 1 and f"cannot cancel {other}: job {other} is already cancelled" in p.stderr
     for args in ((), (other, "--experiment", "hats")):
-        p = cli("cancel", *args, home=home)
+        p = cli_here("cancel", *args, home=home)
         assert p.returncode == 2 and "ID:" in p.stderr
     jobs.cancel_many(shoes, store)
 
@@ -252,7 +252,9 @@ def test_a_custom_experiment_says_how_long_it_takes_here_before_launch(home, mon
     def said() -> str:
         return next(str(c.value) for c in at.caption if str(c.value).startswith("How long on this machine"))
     assert "no estimate from history" in said()
+    assert any(e.proto.label == "Launch queues **1 job**" for e in at.expander)    # not "1 job(s)"
     at.button(key="launch_custom").click().run()               # the same job, run here once: 40 s
+    assert any(str(s.value).startswith("Queued 1 job: ") for s in at.success)
     store = Store(home)
     (job,) = [r["id"] for r in store.list()]
     store.update(job, state="done", started=time.time() - 40, finished=time.time(), host=procs.host())

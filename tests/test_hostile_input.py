@@ -527,7 +527,7 @@ def test_records_are_strict_json_when_a_metric_is_undefined(home, tmp_path):
 
 
 def test_cli_output_paths_and_too_small_inputs_are_clear_errors(home, tmp_path):
-    from conftest import cli
+    from conftest import cli_here
     net = models.build("resnet18", 10, small_input=True)
     torch.save(net.state_dict(), tmp_path / "w.pth")
     for args, message in ((("import", str(tmp_path / "w.pth"), "-o", str(tmp_path / "no" / "x.pt")), "does not exist"),
@@ -535,6 +535,6 @@ def test_cli_output_paths_and_too_small_inputs_are_clear_errors(home, tmp_path):
                           (("compare", "--csv", str(tmp_path / "no" / "x.csv")), "does not exist"),
                           (("compare", "--max-size-mb", "-5"), "must not be negative"),
                           (("profile", "squeezenet1_1", "--input-size", "8"), "cannot take 8x8")):
-        p = cli(*args, home=home)
+        p = cli_here(*args, home=home)
         assert p.returncode == 2 and message in p.stderr and "Traceback" not in p.stderr, (args, p.stderr[-500:])
     assert not list(tmp_path.glob(".*.tmp"))  # no temp file left behind by a failed write

@@ -12,7 +12,7 @@ import torch
 from engine import data as data_mod, export, import_weights, models, presets, runner, training
 from engine.spec import DataSpec, JobSpec
 from engine.store import Store
-from tests.conftest import cli
+from tests.conftest import cli, cli_here
 
 QUICK_MEASURE = {"onnx": False, "latency_runs": 5, "warmup_runs": 1, "paired_rounds": 1}
 
@@ -134,9 +134,9 @@ def test_cli_import_writes_a_bundle_and_refuses_bad_input(tmp_path):
     assert summary["arch"] == "squeezenet1_1" and summary["num_classes"] == 3 and summary["size_bytes"] == out.stat().st_size
     model, b = export.load_model(out)
     assert b["meta"]["class_names"] == ["a", "b", "c"] and b["meta"]["std"] == [0.25] * 3
-    bad = cli("import", str(weights), "--norm", "0.5/0", home=tmp_path / "ws")
+    bad = cli_here("import", str(weights), "--norm", "0.5/0", home=tmp_path / "ws")
     assert bad.returncode == 2 and "--norm" in bad.stderr and "positive" in bad.stderr
-    ambiguous = cli("import", str(weights), home=tmp_path / "ws")
+    ambiguous = cli_here("import", str(weights), home=tmp_path / "ws")
     assert ambiguous.returncode == 2 and "small-input stem" in ambiguous.stderr
 
 
@@ -146,17 +146,17 @@ def test_an_imported_bundle_is_timed_at_the_size_given_or_recorded(tmp_path):
     weights = saved(tmp_path, models.build("squeezenet1_1", 3, small_input=False))
     home = tmp_path / "ws"
     plain, sized = tmp_path / "plain.pt", tmp_path / "sized.pt"
-    assert cli("import", str(weights), "--small-input", "no", "-o", str(plain), home=home).returncode == 0
-    unknown = cli("measure", str(plain), "--runs", "2", "--batch-size", "2", home=home)
+    assert cli_here("import", str(weights), "--small-input", "no", "-o", str(plain), home=home).returncode == 0
+    unknown = cli_here("measure", str(plain), "--runs", "2", "--batch-size", "2", home=home)
     assert unknown.returncode == 2 and "--input-size" in unknown.stderr and "does not record" in unknown.stderr
     timed = cli("measure", str(plain), "--input-size", "64", "--runs", "2", "--batch-size", "2", home=home)
     assert timed.returncode == 0, timed.stderr
     out = json.loads(timed.stdout)
     assert out["input_size"] == [3, 64, 64] and out["latency_ms"] > 0 and out["macs"] > 0
 
-    too_small = cli("import", str(weights), "--small-input", "no", "--input-size", "8", "-o", str(sized), home=home)
+    too_small = cli_here("import", str(weights), "--small-input", "no", "--input-size", "8", "-o", str(sized), home=home)
     assert too_small.returncode == 2 and "cannot take 8x8" in too_small.stderr and not sized.exists()
-    p = cli("import", str(weights), "--small-input", "no", "--input-size", "64", "-o", str(sized), home=home)
+    p = cli_here("import", str(weights), "--small-input", "no", "--input-size", "64", "-o", str(sized), home=home)
     assert p.returncode == 0, p.stderr
     assert export.read_bundle(sized)["meta"]["input_size"] == [3, 64, 64]
     recorded = cli("measure", str(sized), "--runs", "2", "--batch-size", "2", home=home)
@@ -166,7 +166,7 @@ def test_an_imported_bundle_is_timed_at_the_size_given_or_recorded(tmp_path):
 @pytest.mark.parametrize("classes", ["a,b,", "a,,b", "a,a,b", ""])
 def test_import_refuses_empty_or_repeated_class_names(tmp_path, classes):
     weights = saved(tmp_path, models.build("squeezenet1_1", 3, small_input=False))
-    p = cli("import", str(weights), "--small-input", "no", "--classes", classes, "-o", str(tmp_path / "x.pt"),
+    p = cli_here("import", str(weights), "--small-input", "no", "--classes", classes, "-o", str(tmp_path / "x.pt"),
             home=tmp_path / "ws")
     assert p.returncode == 2 and "--classes" in p.stderr and "non-empty and distinct" in p.stderr
     assert not (tmp_path / "x.pt").exists()

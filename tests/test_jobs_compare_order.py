@@ -5,7 +5,6 @@ name; a number keeps its unit on its line."""
 from __future__ import annotations
 
 import pytest
-import streamlit as st
 
 from conftest import plain
 from engine import jobs, record
@@ -15,17 +14,6 @@ from views import job_groups
 from views.common import keep_units
 
 LIVE = "20260101-000010-live00"
-
-
-@pytest.fixture()
-def ws(tmp_path, monkeypatch):
-    """An empty workspace the pages read (no worker starts), with Streamlit's caches emptied."""
-    home = tmp_path / "ws"
-    monkeypatch.setenv("SLIMBENCH_HOME", str(home))
-    monkeypatch.setenv("SLIMBENCH_NO_AUTOSTART", "1")
-    st.cache_resource.clear()
-    st.cache_data.clear()
-    return home
 
 
 def live_search(home) -> list[str]:
@@ -40,8 +28,8 @@ def live_search(home) -> list[str]:
     return trials
 
 
-def test_jobs_folds_a_searchs_trials_under_its_row_and_cancels_them_with_it(ws):
-    trials = live_search(ws)
+def test_jobs_folds_a_searchs_trials_under_its_row_and_cancels_them_with_it(page_ws):
+    trials = live_search(page_ws)
     at = page("jobs")
     queue = at.dataframe[0].value.set_index("id")
     assert LIVE in queue.index and not set(trials) & set(queue.index)
@@ -60,7 +48,7 @@ def test_jobs_folds_a_searchs_trials_under_its_row_and_cancels_them_with_it(ws):
 
     at.selectbox(key="job_select").set_value(LIVE).run()
     at.button(key="cancel").click().run()
-    flagged = Store(ws).cancel_requested([LIVE, *trials])
+    flagged = Store(page_ws).cancel_requested([LIVE, *trials])
     assert set(flagged) == {LIVE, *trials[1:]}    # the finished trial is left alone
 
 
@@ -77,13 +65,13 @@ def test_a_cancel_of_a_search_takes_only_its_own_live_trials(tmp_path):
     assert jobs.cancel_many(ids, store) == dict.fromkeys(ids)
 
 
-def test_the_job_select_shortens_a_long_name_and_writes_it_whole(ws):
+def test_the_job_select_shortens_a_long_name_and_writes_it_whole(page_ws):
     name = ("Pipeline: prune 50 % → distil from the ResNet-56 teacher → quantise INT8 (per-channel, 512 "
             "calibration images)")
-    Store(ws).create({"name": "waiting"}, state="queued")
-    job = Store(ws).create({"name": name}, state="failed")
+    Store(page_ws).create({"name": "waiting"}, state="queued")
+    job = Store(page_ws).create({"name": name}, state="failed")
     at = page("jobs")
-    assert any(w.value == "1 job(s) are queued but no worker is running." for w in at.warning)
+    assert any(w.value == "1 job is queued but no worker is running: start one to run it." for w in at.warning)
     assert not any(t.key == "jobs_show_trials" for t in at.toggle)   # no search: no trials to show
     select = at.selectbox(key="job_select")
     assert select.value == job
@@ -92,8 +80,8 @@ def test_the_job_select_shortens_a_long_name_and_writes_it_whole(ws):
     assert any(name in plain(m.value) for m in at.markdown)
 
 
-def test_compare_puts_accuracy_and_the_costs_beside_the_name(ws):
-    insert_study(ws)
+def test_compare_puts_accuracy_and_the_costs_beside_the_name(page_ws):
+    insert_study(page_ws)
     at = page("compare")
     first = ["name", "method", "accuracy", "delta_accuracy", "delta_ci", "size_bytes", "x_smaller", "macs",
              "latency_ms", "x_faster"]
@@ -108,7 +96,7 @@ def test_a_number_keeps_its_unit_on_its_line():
     assert keep_units("ResNet-20 3 sizes, 2 CPU cores") == "ResNet-20 3 sizes, 2 CPU cores"   # no unit: unchanged
 
 
-def test_experiments_keeps_the_presets_estimate_with_its_unit(ws):
+def test_experiments_keeps_the_presets_estimate_with_its_unit(page_ws):
     at = page("experiments")
     caption = next(c.value for c in at.caption if "Sized for" in c.value)
     assert "~10\u00a0s" in caption and "~10 s" not in caption

@@ -2,11 +2,12 @@
 Δ accuracy in points, runtimes on the latency plot, latency text, and inference memory of a real net."""
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 
-from conftest import cli, compare_page, plain
+from conftest import cli_here, compare_page, plain
 from engine import record, results
 from engine.store import Store
 
@@ -155,16 +156,16 @@ def insert_study(home) -> None:
 @pytest.mark.fast
 def test_cli_compare_keeps_a_chance_run_off_the_front_and_the_ranking(home):
     insert_study(home)
-    p = cli("compare", "--axis", "size", home=home)
+    p = cli_here("compare", "--axis", "size", home=home)
     assert p.returncode == 0, p.stderr
     starred = {line.split()[1] for line in p.stdout.splitlines() if line.startswith("* ")}
     assert starred == {"base", "pruned"}
     flagged = [line for line in p.stdout.splitlines() if line.startswith("! ")]
     assert len(flagged) == 1 and flagged[0].startswith("! shirt chance level: 100 % of its answers are class 6")
     assert "its base base may be under-trained" in flagged[0] and "--include-chance lets it in" in flagged[0]
-    p = cli("compare", "--best", "size", home=home)
+    p = cli_here("compare", "--best", "size", home=home)
     assert p.stdout.strip().splitlines()[-1].startswith("winner by size (2 run(s) meet the limits): pruned ")
-    p = cli("compare", "--best", "size", "--include-chance", home=home)
+    p = cli_here("compare", "--best", "size", "--include-chance", home=home)
     assert p.stdout.strip().splitlines()[-1].startswith("winner by size (3 run(s) meet the limits): shirt ")
 
 
@@ -172,8 +173,15 @@ def test_compare_flags_a_chance_run_and_keeps_it_from_the_winner(tmp_path, monke
     at = compare_page(tmp_path / "ws", monkeypatch, insert_study)
     assert not at.exception, [e.value for e in at.exception]
     warning = "\n".join(plain(str(w.value)) for w in at.warning)
-    assert "1 run(s) in view answer at chance level" in warning and "100 % of its answers are class 6" in warning
+    assert "1 run in view answers at chance level: shirt: 100 % of its answers are class 6" in warning
+    chance = next(plain(str(w.value)) for w in at.warning if "at chance level" in str(w.value))
+    assert "under-trained" not in chance and "It is kept off the Pareto front" in chance   # only why it is at chance
     table = at.dataframe[0].value.set_index("run_id")
+    formats = {c: v.get("type_config", {}).get("format")
+               for c, v in json.loads(at.dataframe[0].proto.columns).items()}
+    assert formats["size_bytes"] == formats["macs"] == "localized"   # 44,000,000 grouped, not 44000000
+    plot = json.loads(at.get("plotly_chart")[0].proto.spec)["layout"]
+    assert plot["legend"]["orientation"] == "h"     # below the plot: beside it, a narrow page had a sliver of plot
     assert table.loc["shirt", "chance_level"] and not table.loc["pruned", "chance_level"]
     assert not table.loc["shirt", "pareto"]                          # smallest, yet off the front
     assert "its base base may be under-trained" in table.loc["pruned", "flags"]   # carried from the base
@@ -196,7 +204,7 @@ def test_compare_flags_a_chance_run_and_keeps_it_from_the_winner(tmp_path, monke
     assert not at.exception, [e.value for e in at.exception]
     assert any('"error_x"' in str(c.proto.spec) for c in at.get("plotly_chart"))   # median-to-p90 bars
     tiles = {m.label: m.value for m in at.metric}
-    assert tiles["Latency"] == "1.05 s"
+    assert tiles["Latency (its job)"] == "1.05 s"
     at.selectbox(key="detail_run").set_value("shirt")
     at.run()
     assert "At chance level" in "\n".join(plain(str(e.value)) for e in at.error)

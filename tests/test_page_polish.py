@@ -10,7 +10,7 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from bench.synthetic import insert_synthetic_runs
-from conftest import compare_page
+from conftest import compare_page, plain
 from engine.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -149,3 +149,74 @@ def test_try_an_image_gives_each_model_a_block_of_its_own_width(tmp_path, monkey
     for b in fixed:  # each holds one model's answers and its map, whole
         assert len(b.dataframe) == 1 and len(b.image) == 1
         assert b.proto.width_config.pixel_width >= 224  # the map's width
+
+
+def fill_paired(home: Path) -> None:
+    """A base and three runs timed by their own jobs SLOWER than the base's job timed it: one paired 1.3x
+    faster against the base, one never paired, and one paired only against its start, the never-paired run
+    (so no paired figure reaches the base along its chain)."""
+    store = Store(home)
+    base, paired, indirect, unpaired = insert_synthetic_runs(store, 4)
+    for rid in (base, paired, indirect, unpaired):
+        rec = store.get(rid)["record"]
+        keep = {k: v for k, v in rec.items() if not k.startswith("paired")}
+        store.update(rid, record={**keep, "latency_ms": 1.0 if rid == base else 1.2})
+    rec = store.get(paired)["record"]
+    store.update(paired, record={**rec, "paired_ref": base, "paired_speedup": 1.3, "paired_speedup_range": [1.2, 1.4]})
+    rec = store.get(indirect)["record"]
+    store.update(indirect, record={**rec, "parent": unpaired, "paired_ref": unpaired, "paired_speedup": 1.25})
+
+
+def test_compare_latency_tile_prefers_the_paired_speed_up_and_says_what_it_is(tmp_path, monkeypatch):
+    """Its own job timed the run slower than the base's job timed the base, while one interleaved pair found it
+    1.3x faster: the tile's speed-up is the paired one and says so, a run never paired says "separate jobs",
+    and a ratio below 1 reads "slower", never "0.83x faster"."""
+    at = compare_page(tmp_path / "ws", monkeypatch, fill_paired)
+    assert not at.exception, [e.value for e in at.exception]
+    runs = {r["id"]: r for r in Store(tmp_path / "ws").list("done")}
+    names = sorted(runs)                                 # insert_synthetic_runs: base first, then its children
+    tiles = {}
+    for rid in names:
+        at.selectbox(key="detail_run").set_value(rid)
+        at.run()
+        tile = next(m for m in at.metric if m.label.startswith("Latency"))
+        tiles[rid] = (tile.label, tile.value, tile.proto.delta, tile.proto.help)
+    base, paired, indirect, unpaired = (tiles[r] for r in names)
+    assert {t[0] for t in tiles.values()} == {"Latency (its job)"}
+    assert base[2] == "" and paired[1] == "1.20 ms"
+    assert paired[2] == "1.30x faster, paired" and "interleaved" in paired[3] and "1.20–1.40x" in paired[3]
+    assert indirect[2] == "1.25x faster than its start, paired"
+    assert unpaired[2] == "1.20x slower, separate jobs" and "each timed by its own job" in unpaired[3]
+    assert not any("0." in (t[2] or "") and "faster" in (t[2] or "") for t in tiles.values())
+
+
+LONG_EXPERIMENT = "Quick tour on Fashion-MNIST 16 px: ResNet-20 base, every preset method with its control, December"
+
+
+@pytest.mark.fast
+def test_a_long_option_name_is_elided_in_the_middle_and_given_in_full_in_the_help():
+    from views.common import OPTION_CHARS, elide, full_names_help
+    short = elide(LONG_EXPERIMENT)
+    assert len(short) <= OPTION_CHARS and short.startswith("Quick tour on Fashion") and short.endswith("December")
+    assert " … " in short and elide("short name") == "short name"
+    assert len(elide("x" * 500)) == OPTION_CHARS
+    text = full_names_help("Experiment names", ["short name", LONG_EXPERIMENT, "[a](javascript:x) " * 5])
+    assert LONG_EXPERIMENT in plain(text) and "short name" not in text and "](javascript" not in text
+    assert full_names_help("Group names", ["a", "b"]) is None
+
+
+def fill_long_experiment(home: Path) -> None:
+    store = Store(home)
+    for rid, exp in zip(insert_synthetic_runs(store, 2), (LONG_EXPERIMENT, "short")):
+        store.update(rid, record={**store.get(rid)["record"], "experiment": exp})
+
+
+def test_compare_filter_shows_a_long_experiment_name_whole_in_its_help(tmp_path, monkeypatch):
+    at = compare_page(tmp_path / "ws", monkeypatch, fill_long_experiment)
+    assert not at.exception, [e.value for e in at.exception]
+    box = at.multiselect(key="f_experiment")
+    assert all(len(o) <= 48 for o in box.options) and any(o.endswith("December") for o in box.options)
+    assert LONG_EXPERIMENT in plain(box.help)
+    box.select(LONG_EXPERIMENT)
+    at.run()
+    assert set(at.dataframe[0].value["experiment"]) == {LONG_EXPERIMENT}     # the filter keeps the full value

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import subprocess
@@ -613,7 +614,7 @@ def test_compare_table_plot_filters_and_downloads(launched, ws):
     labels = {b.label for b in at.get("download_button")}
     assert {"Checkpoint bundle (.pt)", "Model card (JSON)", "Download table (CSV)"} <= labels
     assert at.button(key="dl_onnx").disabled  # this run was launched without ONNX: nothing to serve
-    assert {m.label for m in at.metric} >= {"Accuracy", "Size (.pt)", "Latency", "MACs", "Parameters"}
+    assert {m.label for m in at.metric} >= {"Accuracy", "Size (.pt)", "Latency (its job)", "MACs", "Parameters"}
     size = next(m for m in at.metric if m.label == "Size (.pt)")      # every artefact's size in its help
     assert "model.pt:" in size.help and "model.pt deflated (zip):" in size.help
     assert "Agrees with its start" not in {m.label for m in at.metric}      # a fresh base started from nothing
@@ -763,7 +764,8 @@ def test_hardware_page_live_panels(ws):
         assert "No NVIDIA GPU / driver" in texts(at, "info")
     time.sleep(1.1)  # the sampler takes at most one sample a second, whoever asks
     at.run()  # a second sample: the rolling chart appears, and CPU use over a real interval
-    assert at.get("plotly_chart")
+    chart = json.loads(at.get("plotly_chart")[0].proto.spec)["layout"]
+    assert chart["xaxis"]["title"]["text"] == "time (UTC)" and chart["xaxis"]["tickformat"] == "%H:%M:%S"
     cpu = next(m for m in at.metric if m.label.startswith("CPU ("))
     assert cpu.value.endswith(" %") and 0 <= float(cpu.value[:-2]) <= 100
 

@@ -15,7 +15,7 @@ from engine.spec import JobSpec, SpecError
 from engine.store import Store
 from engine.validation import check_spec
 
-from conftest import ROOT
+from conftest import ROOT, adopt_run
 
 DATA = {"name": "digits", "limit": 200, "test_limit": 120, "batch_size": 32}
 MEASURE = {"onnx": False, "latency_runs": 3, "warmup_runs": 1, "batch_size": 8}
@@ -30,9 +30,9 @@ def spec(model: dict, method: str, params: dict | None = None) -> JobSpec:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, small_base):
     store = Store(tmp_path_factory.mktemp("pipeline-ws"))
-    base = run_spec(spec({"arch": "resnet18"}, "baseline"), store)
+    base = adopt_run(*small_base, store)   # ResNet-18, one epoch on DATA's 200 images (conftest)
     pipe = run_spec(spec({"from_run": base["run_id"]}, "pipeline", {"steps": STEPS}), store)
     return store, base, pipe
 
@@ -50,6 +50,10 @@ def test_three_steps_make_three_linked_runs(runs):
     # The effects carry through: low-rank layers, then the student arch, then an INT8 file.
     assert records[0]["lowrank_layers"] and records[0]["params"] < base["params"]
     assert records[1]["arch"] == records[2]["arch"] == pipe["arch"] == "mobilenet_v3_small"
+    # The training rate a later recovery would rewind to is carried along: the base's through the low-rank
+    # step (no fine-tune, so no recovery rate), the student's own from the step that trained it onwards.
+    assert records[0]["training_lr"] == base["recipe"]["phases"][0]["lr"] and "recovery_lr" not in records[0]
+    assert records[2]["training_lr"] == pipe["training_lr"] == records[1]["recipe"]["phases"][0]["lr"]
     # A 1.5M-parameter student carries relatively more graph/scale overhead than ResNet-18, whose INT8 file
     # is checked against the 0.3x bound in test_methods_e2e; here it is a third of FP32 at most.
     assert records[2]["size_bytes"] <= 0.34 * records[2]["fp32_size_bytes"]

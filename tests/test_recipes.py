@@ -134,6 +134,14 @@ def test_gradual_pruning_reaches_ninety_percent_while_it_fine_tunes(tmp_path):
     assert len(sched) > 2 and sched == sorted(sched) and sched[-1] == pytest.approx(0.9)
     assert abs(measure.sparsity(out) - 0.9) < 0.005
     assert [h["phase"] for h in ctx.history] == ["gradual pruning"] * 2
+    # the ramp spans both epochs, not a one-shot cut at the end: an update at every scheduled step up to
+    # prune_end (0.75) of the training, the last in the second epoch, then a quarter of the steps of
+    # recovery at the final sparsity, and the batch-norm statistics re-estimated after it
+    per_epoch = len(ctx.data.loader("train"))
+    steps = update_steps(2 * per_epoch, 0.75, 1)
+    assert len(sched) == len(steps) and steps[0] <= per_epoch < steps[-1] <= 0.75 * 2 * per_epoch
+    assert sched[len([s for s in steps if s <= per_epoch]) - 1] < 0.9 * 0.99  # epoch 1 ends below the target
+    assert ctx.recalibrated.get("gradual pruning") == 1
 
 
 @pytest.mark.fast

@@ -87,3 +87,16 @@ def test_section_marks_the_setting_the_controls_and_a_failed_row(tmp_path):
     # the table keeps its columns: no stray pipe inside a cell
     widths = {ln.count(" | ") for ln in lines.values()}
     assert len(widths) == 1
+
+
+
+def test_every_row_that_fine_tunes_after_a_cut_names_the_base_training_rate():
+    """Named, not left to the default: a run made when the default was a tenth must not be reused by
+    --resume as this row."""
+    base = {"recipe": {"phases": [{"phase": "train", "epochs": 6, "lr": 0.025}]}}
+    assert rc.rewind_lr(base) == 0.025 and rc.rewind_lr({}) is None
+    rows = {r.key: r for r in rc.recipes(3, 3, None, rc.rewind_lr(base))}
+    takes = [k for k, r in rows.items() if any(p.name == "finetune_lr" for p in methods.get(r.method).params)]
+    assert set(takes) == {"structured", "sfp", "unstructured", "lowrank"}
+    assert all(rows[k].params["finetune_lr"] == 0.025 for k in takes)
+    assert rows["small5x"].params["steps"][0]["params"]["finetune_lr"] == 0.025

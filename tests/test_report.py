@@ -14,7 +14,6 @@ from engine import results
 from engine.store import Store
 from views import share
 
-from test_browser import browser_type_launch_args  # noqa: F401 (a fixture: Debian's Chromium)
 
 HOSTILE = '<img src=x onerror="document.title=\'pwned\'">'
 

@@ -5,11 +5,11 @@ one (a budget of 0 refused under its field, nothing queued); Compare grouping th
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
 import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from conftest import plain
@@ -56,12 +56,13 @@ def insert_study(home: Path, winner: bool = True, params_over: dict | None = Non
               **(params_over or {})}
     t0, t1 = f"{sid[:-2]}t0", f"{sid[:-2]}t1"
     trials = [trial(0, t0, "complete", 0.945, 0.5, 0.25), trial(1, t1, "complete", 0.90, 5.0, 0.1, cand="distill"),
-              trial(2, None, "pruned", why="stopped after its fine-tune: validation accuracy 0.5000, 45 pt below")]
+              trial(2, None, "pruned", why="stopped after its fine-tune: validation accuracy 50.00 %, 45 pt below")]
     front = [{**trials[1], "test_accuracy": 0.91}, {**trials[0], "test_accuracy": 0.94}]
     extra = {"search_trials": 3, "search_killed": 1, "search_trial_list": trials, "search_front": front,
              "search_start_val_accuracy": 0.95}
     if winner:
-        extra.update(search_winner=t0, search_why="trial 0: recipe 0; lost 0.50 pt against the start on validation")
+        extra.update(search_winner=t0, search_why="trial 0: recipe 0; validation accuracy 94.50 % against the "
+                     "start's 95.00 %: lost 0.50 pt (Δ -0.50 pt) (limit: 1 pt lost)")
     else:
         extra.update(search_winner=None, search_why="no trial met the limit (0 pt on validation, size minimised); "
                      "closest: trial 0 (recipe 0): accuracy: lost 0.50 pt on validation, over the 0 pt limit",
@@ -72,18 +73,9 @@ def insert_study(home: Path, winner: bool = True, params_over: dict | None = Non
          size_bytes=BASE_SIZE // 4, macs=BASE_MACS, **extra)
     for t, acc, ratio in ((t0, 0.94, 0.25), (t1, 0.91, 0.1)):
         _run(store, t, "prune_unstructured", sid, start=base, name=f"my search · trial {t[-1]}", accuracy=acc,
+             params={"amount": 0.75, "schedule": None},
              size_bytes=int(BASE_SIZE * ratio), macs=BASE_MACS, latency_ms=3.0)
     return {"base": base, "hand": hand, "search": sid, "trials": [t0, t1]}
-
-
-@pytest.fixture()
-def ws(tmp_path, monkeypatch):
-    home = tmp_path / "ws"
-    monkeypatch.setenv("SLIMBENCH_HOME", str(home))
-    monkeypatch.setenv("SLIMBENCH_NO_AUTOSTART", "1")
-    st.cache_resource.clear()
-    st.cache_data.clear()
-    return home
 
 
 def page(name: str, run: str | None = None) -> AppTest:
@@ -108,14 +100,15 @@ def text(at: AppTest) -> str:
                      for e in getattr(at, kind))
 
 
-def test_a_finished_search_shows_its_winner_front_and_stopped_trials(ws):
-    ids = insert_study(ws)
+def test_a_finished_search_shows_its_winner_front_and_stopped_trials(page_ws):
+    ids = insert_study(page_ws)
     at = page("search", ids["search"])
     shown = text(at)
     assert "Winner" in shown and "trial 0: recipe 0" in shown
     assert "Test set read only for the final front" in shown
+    assert "No control for this recipe" in shown and "None:" not in shown   # words, not a Python None
     front = table(at, "test accuracy")
-    assert list(front["test accuracy"]) == [0.91, 0.94] and list(front["winner"]) == [False, True]
+    assert list(front["test accuracy"]) == pytest.approx([91, 94]) and list(front["winner"]) == [False, True]
     stopped = table(at, "why")
     assert "stopped after its fine-tune" in stopped["why"].iloc[0]
     charts = {c.proto.id: c.proto.spec for c in at.get("plotly_chart")}
@@ -128,21 +121,56 @@ def test_a_finished_search_shows_its_winner_front_and_stopped_trials(ws):
     assert [c[0] for c in drawn["customdata"]] == ["hand pruned"]      # not the search's own trials
 
 
-def test_a_search_without_a_winner_says_so_with_the_closest_trials(ws):
-    ids = insert_study(ws, winner=False)
+def test_the_search_page_writes_accuracy_in_percent_and_differences_in_points(page_ws):
+    """One format on the page: the tile, the sentences, the tables and both plots give accuracy in %, and
+    differences in pt (no fraction such as 0.9450 beside a 94 % axis)."""
+    ids = insert_study(page_ws)
+    at = page("search", ids["search"])
+    assert at.metric[4].value == "95.00 %"
+    shown = text(at)
+    assert "validation accuracy 94.50 % against the start's 95.00 %: lost 0.50 pt (Δ -0.50 pt)" in shown
+    for d in at.dataframe:
+        formats = {c: json.loads(d.proto.columns).get(c, {}).get("type_config", {}).get("format")
+                   for c in ("validation accuracy", "test accuracy", "drop (pt)") if c in d.value.columns}
+        assert all(f == ("%.2f pt" if c == "drop (pt)" else "%.2f %%") for c, f in formats.items()), formats
+        for c in formats.keys() - {"drop (pt)"}:
+            assert d.value[c].dropna().between(1, 100).all()                 # percent, not a fraction
+    for chart in at.get("plotly_chart"):
+        fig = json.loads(chart.proto.spec)
+        assert fig["layout"]["yaxis"]["ticksuffix"] == " %" and "tickformat" not in fig["layout"]["yaxis"]
+        ys = [y for trace in fig["data"] for y in trace.get("y") or []]
+        assert ys and all(1 < y <= 100 for y in ys)
+        assert not any(".4f" in (trace.get("hovertemplate") or "") for trace in fig["data"])
+    trials = json.loads(next(c.proto.spec for c in at.get("plotly_chart") if "VALIDATION" in c.proto.spec))
+    hover = [cd[2] for trace in trials["data"] for cd in trace.get("customdata") or [] if len(cd) > 2]
+    assert "(lost 0.50 pt (Δ -0.50 pt))" in hover
+
+def test_a_drop_rounding_to_zero_reads_0_and_unset_options_are_left_out(page_ws):
+    t0 = "20260101-000002-srcht0"
+    front = [{**trial(0, t0, "complete", 0.95, -1e-9, 0.25), "test_accuracy": 0.94}]
+    ids = insert_study(page_ws, rec_over={"search_front": front})
+    at = page("search", ids["search"])
+    drop = table(at, "test accuracy")["drop (pt)"].iloc[0]
+    assert drop == 0 and not math.copysign(1, drop) < 0          # 0.00, never "-0.00"
+    recipe = json.loads(at.json[0].proto.body)
+    assert recipe["params"] == {"amount": 0.75}                     # no "schedule": null
+
+
+def test_a_search_without_a_winner_says_so_with_the_closest_trials(page_ws):
+    ids = insert_study(page_ws, winner=False)
     at = page("search", ids["search"])
     assert "No trial met the limit" in text(at)
     closest = table(at, "bound by")
     assert "over the 0 pt limit" in closest["bound by"].iloc[0]
 
 
-def test_a_running_search_is_read_from_its_journal(ws):
+def test_a_running_search_is_read_from_its_journal(page_ws):
     """Live: the trials come from the Optuna journal the running search appends to."""
     import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
-    ids = insert_study(ws)
-    store = Store(ws)
+    ids = insert_study(page_ws)
+    store = Store(page_ws)
     sid = _run(store, "20260101-000009-live00", "autocompress", ids["base"], state="running",
                params={"objective": "size", "trials": 5}, name="live search")
     storage = JournalStorage(JournalFileBackend(str(store.run_dir(sid) / searches.JOURNAL)))
@@ -159,8 +187,8 @@ def test_a_running_search_is_read_from_its_journal(ws):
     assert len(at.get("plotly_chart")) == 1
 
 
-def test_the_experiments_tab_refuses_a_zero_budget_and_queues_a_search(ws):
-    ids = insert_study(ws)
+def test_the_experiments_tab_refuses_a_zero_budget_and_queues_a_search(page_ws):
+    ids = insert_study(page_ws)
     at = page("experiments")
     assert not any(w.key == "search_start" for w in at.selectbox)      # drawn only in its open tab
     at.session_state["exp_tab"] = "Auto-compress"
@@ -175,12 +203,12 @@ def test_the_experiments_tab_refuses_a_zero_budget_and_queues_a_search(ws):
     at.button(key="launch_search").click()
     at.run()
     assert any("Nothing was queued" in plain(e.value) for e in at.error)
-    assert not Store(ws).list("queued")
+    assert not Store(page_ws).list("queued")
     at.number_input(key="ac_trials").set_value(2)
     at.run()
     at.button(key="launch_search").click()
     at.run()
-    queued = Store(ws).list("queued")
+    queued = Store(page_ws).list("queued")
     assert [r["spec"]["method"]["name"] for r in queued] == ["autocompress"]
     assert queued[0]["spec"]["model"]["from_run"] == ids["base"]
     assert queued[0]["spec"]["method"]["params"]["trials"] == 2
@@ -188,8 +216,29 @@ def test_the_experiments_tab_refuses_a_zero_budget_and_queues_a_search(ws):
     assert {k: data[k] for k in DATA} == DATA
 
 
-def test_the_experiments_tab_offers_the_latency_runtime_and_batch(ws):
-    ids = insert_study(ws)
+def test_the_experiments_tab_starts_from_the_newest_trained_base_not_the_newest_search(page_ws):
+    ids = insert_study(page_ws)                 # the search and the hand-pruned run are newer than the base
+    at = page("experiments")
+    at.session_state["exp_tab"] = "Auto-compress"
+    at.run()
+    start = at.selectbox(key="search_start")
+    assert any(ids["search"] in o for o in start.options)       # still offered, only not first
+    assert start.value == ids["base"]
+
+
+@pytest.mark.fast
+def test_the_default_start_prefers_a_base_then_any_model_but_a_search_or_an_analysis():
+    def row(run_id, method):
+        return {"id": run_id, "spec": {"method": {"name": method}}}
+    search, sens, pruned, base = (row("s", "autocompress"), row("a", "sensitivity"), row("p", "prune_structured"),
+                                  row("b", "baseline"))
+    assert searches.default_start([search, sens, pruned, base]) == "b"          # newest first
+    assert searches.default_start([search, sens, pruned]) == "p"
+    assert searches.default_start([search]) == "s" and searches.default_start([]) is None
+    assert searches.default_start([search, {"id": "u", "spec": {}}]) == "u"     # no method: a base as given
+
+def test_the_experiments_tab_offers_the_latency_runtime_and_batch(page_ws):
+    ids = insert_study(page_ws)
     at = page("experiments")
     at.session_state["exp_tab"] = "Auto-compress"
     at.run()
@@ -206,15 +255,15 @@ def test_the_experiments_tab_offers_the_latency_runtime_and_batch(ws):
     at.run()
     at.button(key="launch_search").click()
     at.run()
-    params = Store(ws).list("queued")[0]["spec"]["method"]["params"]
+    params = Store(page_ws).list("queued")[0]["spec"]["method"]["params"]
     assert (params["objective"], params["runtime"], params["batch"]) == ("latency", "onnxruntime", 4)
 
 
-def test_a_latency_search_page_says_which_runtime_and_batch_it_timed_in(ws):
+def test_a_latency_search_page_says_which_runtime_and_batch_it_timed_in(page_ws):
     timing = "each trial timed as it ended, one trial at a time, at batch 2 in best (each model's fastest runtime here)"
-    ids = insert_study(ws, params_over={"objective": "latency", "runtime": "best", "batch": 2},
+    ids = insert_study(page_ws, params_over={"objective": "latency", "runtime": "best", "batch": 2},
                        rec_over={"search_timing": timing})
-    store = Store(ws)
+    store = Store(page_ws)
     rec = store.get(ids["search"])["record"]
     store.update(ids["search"], record={**rec, "search_front": [{**t, "runtime": "openvino"} for t in rec["search_front"]]})
     at = page("search", ids["search"])
@@ -224,14 +273,14 @@ def test_a_latency_search_page_says_which_runtime_and_batch_it_timed_in(ws):
     assert set(table(at, "timed in")["timed in"]) == {"openvino"}
 
 
-def test_compare_groups_a_searchs_trials_under_it(ws):
-    ids = insert_study(ws)
+def test_compare_groups_a_searchs_trials_under_it(page_ws):
+    ids = insert_study(page_ws)
     at = page("compare")
     runs = at.dataframe[0].value
     assert ids["search"] in set(runs["run_id"]) and not set(ids["trials"]) & set(runs["run_id"])
     trials = table(at, "winner")
     assert set(trials["run_id"]) == set(ids["trials"]) and trials["winner"].sum() == 1
-    assert any("Trials of the auto-compress search my search" in e.proto.label for e in at.expander)
+    assert any("Trials of the auto-compress search my search: 2 trials, winner" in e.proto.label for e in at.expander)
 
 
 @pytest.mark.fast
@@ -247,9 +296,10 @@ def test_a_launch_is_refused_for_an_objective_its_start_never_measured(tmp_path)
     assert spec["model"] == {"from_run": base} and spec["data"] == DATA
 
 
-def test_jobs_links_a_search_and_its_trials_to_the_search_page(ws):
-    ids = insert_study(ws)
+def test_jobs_links_a_search_and_its_trials_to_the_search_page(page_ws):
+    ids = insert_study(page_ws)
     at = page("jobs")
+    assert at.selectbox(key="job_select").value == ids["search"]   # the table's first row, not a newer hidden trial
     for job in (ids["search"], ids["trials"][0]):
         at.selectbox(key="job_select").set_value(job)
         at.run()
@@ -257,16 +307,16 @@ def test_jobs_links_a_search_and_its_trials_to_the_search_page(ws):
         assert any(f"run={ids['search']}" in link and "search" in link for link in links), links
 
 
-def test_the_search_page_without_a_search_says_where_to_start_one(ws):
+def test_the_search_page_without_a_search_says_where_to_start_one(page_ws):
     at = page("search")
     assert "No auto-compress search yet" in text(at) and not at.error
 
 
-def test_hostile_names_on_the_search_page_and_tab_are_text(ws):
+def test_hostile_names_on_the_search_page_and_tab_are_text(page_ws):
     """A search, its trials' recipes and its start named with Markdown/HTML show as text (test_security's check)."""
     from test_security import HOSTILE, _assert_no_live_markup
-    ids = insert_study(ws)
-    store = Store(ws)
+    ids = insert_study(page_ws)
+    store = Store(page_ws)
     for rid in (ids["search"], ids["base"]):
         row = store.get(rid)
         store.update(rid, name=HOSTILE, record={**row["record"], "name": HOSTILE})

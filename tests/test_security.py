@@ -373,12 +373,6 @@ def pixel_server():
     server.shutdown()
 
 
-@pytest.fixture(scope="session")
-def browser_type_launch_args(browser_type_launch_args):
-    from bench.pages import CHROMIUM, CHROMIUM_ARGS
-    return {**browser_type_launch_args, "executable_path": CHROMIUM, "args": CHROMIUM_ARGS}
-
-
 @pytest.mark.browser
 def test_no_request_reaches_a_pixel_server_from_hostile_names(tmp_path, page, pixel_server, monkeypatch):
     """In Chromium: a zip whose class folders are Markdown images/links, and a failed job whose name and error

@@ -136,6 +136,35 @@ def md_text(value: Any) -> str:
     return _MARKDOWN_PUNCTUATION.sub(r"\\\1", text)
 
 
+# What a full-width multiselect shows of an option at an 800 px window with the sidebar open: its list clips a
+# longer name at its edge (no ellipsis, no tooltip), and a selected chip cuts it short.
+OPTION_CHARS = 48
+
+
+def elide(text: Any, n: int = OPTION_CHARS) -> str:
+    """``text`` cut to ``n`` characters in the middle, so both ends (where names tend to differ) stay readable:
+    "Quick tour on Fashion-MNIST 16 px: … its control, December"."""
+    text = " ".join(str(text).split())
+    if len(text) <= n:
+        return text
+    room = n - 3                                   # " … "
+    head, tail = text[:(room + 1) // 2], text[len(text) - room // 2:]
+    # end on whole words where that costs at most a third of a side: the ends tell similar names apart
+    if text[len(head)] != " " and head.rfind(" ") > len(head) * 2 // 3:
+        head = head[:head.rfind(" ")]
+    if text[len(text) - len(tail) - 1] != " " and 0 <= tail.find(" ") < len(tail) // 3:
+        tail = tail[tail.find(" ") + 1:]
+    return f"{head.rstrip()} … {tail.lstrip()}"
+
+
+def full_names_help(what: str, names: Any, n: int = OPTION_CHARS) -> str | None:
+    """A widget's help listing in full the ``names`` that ``elide`` cuts short (None when none is)."""
+    long = [x for x in names if len(" ".join(str(x).split())) > n]
+    if not long:
+        return None
+    return f"{what} shortened in the list, in full:\n\n" + "\n".join(f"- {md_text(x)}" for x in long)
+
+
 def plot_text(value: Any) -> Any:
     """A user's string as literal text in a Plotly label or hover: Plotly reads a subset of HTML there
     (``<a href>`` makes a live link), and shows entities as the characters they stand for."""

@@ -15,8 +15,8 @@ import streamlit as st
 from engine import jobs, model_card, portable, presets, record, results, searches, sweeps, tracking
 from engine.spec import SpecError
 from views import share
-from views.common import (card, download, download_best, fmt_bytes, fmt_count, fmt_ms, fmt_value, get_store, md_text,
-                          plot_text, plural)
+from views.common import (card, download, download_best, elide, fmt_bytes, fmt_count, fmt_ms, fmt_value,
+                          full_names_help, get_store, md_text, plot_text, plural)
 
 st.title("Compare")
 store = get_store()
@@ -44,8 +44,13 @@ with st.container(border=True):
     meths = c3.multiselect("Method", sorted(df["method"].dropna().unique()), key="f_method", placeholder=ALL)
     text = c4.text_input("Name or run id", key="f_text", placeholder="contains …")
     labelled = [c for c in ("experiment", "group") if df[c].notna().any()]
-    picked = {c: col.multiselect(c.capitalize(), sorted(df[c].dropna().unique()), key=f"f_{c}", placeholder=ALL)
-              for c, col in zip(labelled, st.columns(2) if labelled else [])}
+    # experiment and group names are the user's and can be long: a row of their own each, the middle of a
+    # long one elided and the full names in the help, chips wrapping onto more rows
+    picked = {}
+    for c in labelled:
+        options = sorted(df[c].dropna().unique())
+        picked[c] = st.multiselect(c.capitalize(), options, key=f"f_{c}", placeholder=ALL, format_func=elide,
+                                   wrap=True, help=full_names_help(f"{c.capitalize()} names", options))
     include_chance = st.checkbox("Include runs at chance level in the Pareto front and the winner", key="f_chance",
                                  help="a run whose answers are no better than guessing is flagged in the warnings "
                                       "column and left out of both unless this is ticked")
@@ -106,7 +111,8 @@ def column_config() -> dict:
             return cc.DatetimeColumn(f.label, help=help)
         if f.kind in ("text", "json"):
             return cc.TextColumn(f.label, help=help)
-        return cc.NumberColumn(f.label, format=f.format, help=help)
+        # counts (bytes, MACs, parameters) run to 7+ digits: grouped (2,551,424), not one unbroken string
+        return cc.NumberColumn(f.label, format="localized" if f.format == "%d" else f.format, help=help)
     return {f.name: one(f) for f in record.FIELDS}
 
 
@@ -126,12 +132,14 @@ def shown(df: pd.DataFrame) -> pd.DataFrame:
 
 chance = view[view["chance_level"].fillna(False).astype(bool)]
 if not chance.empty:
-    st.warning(f"{len(chance)} run(s) in view answer at chance level (see the warnings column: "
-               + "; ".join(md_text(f"{n or rid}: {why}") for n, rid, why in
-                           zip(chance["name"].head(3), chance["run_id"].head(3), chance["flags"].head(3)))
-               + ("; …" if len(chance) > 3 else "") + "). "
-               + ("They are included in the Pareto front and the winner, as asked." if include_chance else
-                  "They are kept off the Pareto front and out of the winner; tick the box above to include them."),
+    many = len(chance) > 1   # each run's own reason, not its other warnings (those are in the warnings column)
+    st.warning(f"{len(chance)} {'runs' if many else 'run'} in view {'answer' if many else 'answers'} at chance level: "
+               + "; ".join(md_text(f"{n or rid}: {results.chance_level(by_id[rid])}") for n, rid in
+                           zip(chance["name"].head(3), chance["run_id"].head(3)))
+               + ("; …" if len(chance) > 3 else "") + ". "
+               + (f"{'They are' if many else 'It is'} included in the Pareto front and the winner, as asked."
+                  if include_chance else f"{'They are' if many else 'It is'} kept off the Pareto front and out of the "
+                  "winner; tick the box above to include them."),
                icon=":material/casino:")
 
 
@@ -233,7 +241,7 @@ def search_trials(trials: pd.DataFrame) -> None:
         winner = (by_id.get(sid) or {}).get("search_winner")
         state = "" if row.get("state") == "done" else f" ({row.get('state')})"
         with st.expander(f"Trials of the auto-compress search {md_text(row.get('name') or sid)}{state}: "
-                         f"{len(group)} trial(s)" + (f", winner {winner}" if winner else ""),
+                         f"{len(group)} {'trial' if len(group) == 1 else 'trials'}" + (f", winner {winner}" if winner else ""),
                          icon=":material/travel_explore:"):
             st.page_link("views/search.py", label="Its trials against the objective, the front and the winner",
                          icon=":material/travel_explore:", query_params={"run": sid})
@@ -446,14 +454,15 @@ def artefact_sizes(rec: dict, row: pd.Series, against_base: bool) -> str:
     return "; ".join(parts) + "." + onnx_note if parts else ""
 
 
-def latency_help(rec: dict, row: pd.Series) -> str:
-    """Where and how the latency was timed, and what its speed-up is against."""
+def latency_help(rec: dict, row: pd.Series, how: str) -> str:
+    """Where and how the latency was timed, and where its speed-up comes from (``how``)."""
     where = f"{rec.get('latency_device') or 'cpu'}".upper() + (f" ({rec['cpu_model']}" if rec.get("cpu_model") else "")
     where += (f", {rec['threads']} threads)" if rec.get("threads") else ")") if rec.get("cpu_model") else ""
-    text = f"{where}, batch 1, median"
+    text = (f"This run's median latency at batch 1, timed alone in its own job: {where}. Set beside the base's "
+            f"latency from another job it can disagree with a paired speed-up, which is why the speed-up shown is "
+            f"the paired one wherever it exists. Speed-up: {how}")
     if row["x_faster_paired"]:
-        text += ("; x faster: timed interleaved with the model each step started from, in the same runtime"
-                 + (f", paired rounds ranged {row['x_faster_range']}" if row["x_faster_range"] else ""))
+        text += f", paired rounds ranged {row['x_faster_range']}" if row["x_faster_range"] else ""
     if rec.get("int8_speedup"):
         text += f"; INT8 is {rec['int8_speedup']:.2f}x faster than its start in fp32 ONNX Runtime"
     if rec.get("speedup_vs_eager_start"):
@@ -556,9 +565,9 @@ def details(view: pd.DataFrame) -> None:
                 None if np.isnan(row["x_smaller"]) or row["base_id"] == run_id
                 else f"{row['x_smaller']:.2f}x smaller (.pt)",
                 delta_color="off", delta_arrow="off", help=artefact_sizes(rec, row, row["base_id"] != run_id))
-    c[2].metric("Latency", fmt_ms(rec.get("latency_ms")),
-                None if np.isnan(row["x_faster"]) or row["base_id"] == run_id else f"{row['x_faster']:.2f}x faster",
-                delta_color="off", delta_arrow="off", help=latency_help(rec, row))
+    speed = results.speed_tile(rec, row.to_dict())
+    c[2].metric(speed["label"], fmt_ms(rec.get("latency_ms")), speed["delta"], delta_color="off", delta_arrow="off",
+                help=latency_help(rec, row, speed["how"]))
     c[3].metric("MACs", fmt_count(rec.get("macs")),
                 None if np.isnan(row["x_fewer_macs"]) or row["base_id"] == run_id
                 else f"{row['x_fewer_macs']:.2f}x fewer",

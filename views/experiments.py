@@ -13,7 +13,7 @@ from engine import (data as data_mod, export, import_weights, jobs, methods, mod
 from engine.spec import DataSpec, SpecError
 from views import search_launch
 from views.common import (accept_upload, device_text, discard_upload, done_runs, get_store, keep_units, md_text,
-                          refused_upload, run_label, save_upload, startable_runs, upload_limit_mb, uploader_key)
+                          plural, refused_upload, run_label, save_upload, startable_runs, upload_limit_mb, uploader_key)
 
 st.title("Experiments")
 st.caption("Train a base model, compress it with any registered method, and queue the jobs. "
@@ -110,15 +110,8 @@ def checkpoint_panel(ck) -> str:
     small = c2.radio("Stem", stems, horizontal=True, key="ck_stem",
                      format_func=lambda v: "small-input (3x3 stride 1)" if v else "standard (ImageNet)",
                      help="Weights show a 7x7 vs 3x3 first conv but not a stride, so some architectures ask.")
-    norm_label = st.radio("Inputs were normalised with", list(NORMS), horizontal=True, key="ck_norm",
-                          help="Feeding a model inputs normalised otherwise than in its training costs accuracy "
+    norm = normalisation_input("Feeding a model inputs normalised otherwise than in its training costs accuracy "
                                "silently; say how it was trained.")
-    norm: Any = NORMS[norm_label]
-    if norm is None:
-        c1, c2 = st.columns(2)
-        mean = c1.text_input("Mean per channel", "0.5, 0.5, 0.5", key="ck_mean")
-        std = c2.text_input("Std per channel", "0.5, 0.5, 0.5", key="ck_std")
-        norm = import_weights.parse_normalisation(f"{mean}/{std}")
     # One bundle per description of the upload, named like it (jobs are labelled by the file's name).
     out = path.parent / f"{arch}-{'small' if small else 'std'}-{norm_key(norm)}" / f"{path.stem}.pt"
     if not out.is_file():
@@ -141,15 +134,8 @@ def onnx_panel(ck, path: Path) -> str:
         discard_upload("ckpt", ck, path, upload_problem(ck.name, e))
     st.info(md_text(f"ONNX model, {described}. It is scored and measured as given, quantised to INT8 and tried on "
                     "images; methods that change PyTorch weights cannot run on it."))
-    norm_label = st.radio("Inputs were normalised with", list(NORMS), horizontal=True, key="ck_norm",
-                          help="An ONNX graph does not say how its inputs were normalised; inputs normalised "
+    norm = normalisation_input("An ONNX graph does not say how its inputs were normalised; inputs normalised "
                                "otherwise than in its training cost accuracy silently.")
-    norm: Any = NORMS[norm_label]
-    if norm is None:
-        c1, c2 = st.columns(2)
-        mean = c1.text_input("Mean per channel", "0.5, 0.5, 0.5", key="ck_mean")
-        std = c2.text_input("Std per channel", "0.5, 0.5, 0.5", key="ck_std")
-        norm = import_weights.parse_normalisation(f"{mean}/{std}")
     out = path.parent / f"onnx-{norm_key(norm)}" / f"{path.stem}.pt"
     if not out.is_file():
         bundle = onnx_models.to_bundle(path, norm=import_weights.normalisation(norm))
@@ -272,6 +258,17 @@ def upload_problem(name: str, error: Exception) -> str:
 NORMS = {"this dataset's own mean/std (as Slimbench trains)": "dataset", "ImageNet's": "imagenet", "custom": None}
 
 
+def normalisation_input(why: str) -> Any:
+    """How the uploaded model's inputs were normalised, as the user says (``why``: the radio's help)."""
+    norm: Any = NORMS[st.radio("Inputs were normalised with", list(NORMS), horizontal=True, key="ck_norm", help=why)]
+    if norm is None:
+        c1, c2 = st.columns(2)
+        mean = c1.text_input("Mean per channel", "0.5, 0.5, 0.5", key="ck_mean")
+        std = c2.text_input("Std per channel", "0.5, 0.5, 0.5", key="ck_std")
+        norm = import_weights.parse_normalisation(f"{mean}/{std}")
+    return norm
+
+
 def norm_key(norm: Any) -> str:
     import hashlib
     return norm if isinstance(norm, str) else hashlib.sha256(repr(norm).encode()).hexdigest()[:8]
@@ -319,7 +316,7 @@ def decoding_memory(data: dict[str, Any]) -> str | None:
 
 if st.session_state.pop("just_launched", False):  # once, right after a launch
     ids = st.session_state["launched"]
-    st.success(f"Queued {len(ids)} job(s): {', '.join(ids[:6])}{' ...' if len(ids) > 6 else ''}",
+    st.success(f"Queued {plural(len(ids), 'job')}: {', '.join(ids[:6])}{' ...' if len(ids) > 6 else ''}",
                icon=":material/rocket_launch:")
     st.page_link("views/jobs.py", label="Watch them on Jobs", icon=":material/arrow_forward:")
 
@@ -635,7 +632,7 @@ with tab_custom:
                                              or model.get("file")):
         preview = presets.custom_plan(data=data, model=model, steps=steps, base_train=base_train, chain=chain,
                                       train={"epochs": int(epochs), "device": device}, measure=measure)
-        with st.expander(f"Launch queues **{len(preview)} job(s)**"):
+        with st.expander(f"Launch queues **{plural(len(preview), 'job')}**"):
             st.dataframe(plan_table(preview), hide_index=True, width="stretch", key="custom_plan")
         took = presets.estimate_plan(preview, store, jobs.worker_status(store)["concurrency"])
         st.caption(f"How long on this machine: {took.text()}", help="From the runs finished here: the same job, "

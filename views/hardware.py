@@ -80,6 +80,9 @@ def live() -> None:
         fig = px.line(long, x="time", y="percent", color="series", height=300, range_y=[0, 100],
                       title="Last minutes")
         fig.update_layout(margin=dict(l=10, r=10, t=40, b=10), legend_title_text="")
+        # samples are in UTC and seconds apart: whole seconds, no date line, and the zone named
+        fig.update_xaxes(title_text="time (UTC)", tickformat="%H:%M:%S", hoverformat="%H:%M:%S")
+        fig.update_yaxes(title_text="% of capacity")
         st.plotly_chart(fig, key="history", config={"displayModeBar": False})
     else:
         st.caption("The chart fills in as samples arrive (every 2 s).")

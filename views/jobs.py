@@ -11,7 +11,8 @@ import streamlit as st
 from engine import estimate, jobs, results, searches
 from engine.store import FINAL_STATES
 from views import job_groups, plan
-from views.common import fmt_bytes, fmt_count, fmt_ms, fmt_seconds, fmt_value, follow_activity, get_store, md_text
+from views.common import (fmt_bytes, fmt_count, fmt_ms, fmt_seconds, fmt_value, follow_activity, get_store, md_text,
+                          plural)
 
 st.title("Jobs")
 store = get_store()
@@ -21,11 +22,13 @@ active = status["queued"] + status["running"] > 0
 stuck = jobs.stuck_jobs(store)
 if stuck and status["queued"] == len(stuck) and not status["running"]:
     # a worker would claim nothing: each queued job needs a run that was interrupted
-    st.warning(f"{len(stuck)} queued job(s) cannot start: " + "; ".join(f"{job} is {why}" for job, why in stuck.items()),
+    st.warning(f"{plural(len(stuck), 'queued job')} cannot start: " + "; ".join(f"{job} is {why}" for job, why in stuck.items()),
                icon=":material/pause_circle:")
 elif status["queued"] and not status["alive"]:  # running jobs alone may be a CLI's: no worker needed
     c1, c2 = st.columns([3, 1])
-    c1.warning(f"{status['queued']} job(s) are queued but no worker is running.")
+    n = status["queued"]
+    c1.warning(f"{plural(n, 'job')} {'is' if n == 1 else 'are'} queued but no worker is running: start one to run "
+               f"{'it' if n == 1 else 'them'}.")
     if c2.button("Start worker", key="start_worker", type="primary"):
         jobs.ensure_worker(store)
         st.rerun()
@@ -234,7 +237,10 @@ all_rows = job_rows()
 if all_rows:
     names = {r["id"]: str(r.get("name") or r.get("method") or "") for r in all_rows}
     labels = {j: f"{short(n)} · {j}" for j, n in names.items()}
-    default = next((i for i, r in enumerate(all_rows) if r["state"] == "running"), 0)
+    # a running job, else the newest; of those the table shows (not a search's trial or a cancelled job it hides)
+    in_table = set(st.session_state.get("jobs_order") or []) or set(labels)
+    default = next((i for i, r in enumerate(all_rows) if r["state"] == "running" and r["id"] in in_table),
+                   next((i for i, r in enumerate(all_rows) if r["id"] in in_table), 0))
     job_id = st.selectbox("Job", list(labels), index=default, format_func=labels.get, key="job_select",
                           help="a long name is shortened here and written whole under the list")
     selected = next(r for r in all_rows if r["id"] == job_id)

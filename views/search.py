@@ -9,10 +9,11 @@ import pandas as pd
 import streamlit as st
 
 from engine import jobs, results, searches
+from engine.accuracy_text import change, percent, points
 from engine.spec import SpecError
 from engine.store import FINAL_STATES
 from views import search_plots
-from views.common import download, download_best, fmt_seconds, fmt_value, get_store, md_text, run_label
+from views.common import download, download_best, fmt_seconds, get_store, md_text, run_label
 
 st.title("Auto-compress search")
 store = get_store()
@@ -59,13 +60,14 @@ def live() -> None:
         st.caption(f"Latency timing: {md_text(s.timing)}")
     scored = [t for t in s.trials if t.get("val_accuracy") is not None and t.get("repeat_of") is None]
     running = [t for t in s.trials if t["state"] == "running"]
-    c = st.columns(5)
+    tiles = st.container(horizontal=True)   # tiles that wrap on a narrow page, never cutting a number
+    c = [tiles] * 5
     c[0].metric("State", s.state)
     c[1].metric("Trials", f"{sum(t['state'] in ('complete', 'pruned') for t in s.trials)} / {s.params['trials']}",
                 help="finished or stopped, against the budget (a resumed search counts its earlier trials)")
     c[2].metric("Scored", len(scored), help="trials whose model was scored on the validation split")
     c[3].metric("Stopped or refused", len(s.stopped))
-    c[4].metric("Start, validation", fmt_value(s.start_val, ".4f"),
+    c[4].metric("Start, validation", percent(s.start_val),
                 help="the start's top-1 on the validation split, which every trial's drop is measured against")
     if s.state == "queued":
         st.info("Queued: the search starts when the worker picks it up.", icon=":material/hourglass_top:")
@@ -88,7 +90,7 @@ def live() -> None:
         best = s.best_so_far()
         if best:
             st.success(f"Best so far: trial {best['trial']}, {md_text(best['recipe'])}: validation accuracy "
-                       f"{best['val_accuracy']:.4f} ({searches_change(best['drop_pt'])}), {s.objective} "
+                       f"{percent(best['val_accuracy'])} ({change(best['drop_pt'])}), {s.objective} "
                        f"{best['cost_ratio']:.3f}x the start's.", icon=":material/trending_up:")
         elif scored:
             st.warning("No trial within the limit yet.", icon=":material/trending_flat:")
@@ -96,8 +98,9 @@ def live() -> None:
     trials_table(s)
 
 
-def searches_change(drop_pt: float) -> str:
-    return f"lost {drop_pt:.2f} pt" if drop_pt >= 0 else f"gained {-drop_pt:.2f} pt"
+def pct(acc: float | None) -> float | None:
+    """A top-1 fraction as the tables show it: in percent (the tiles', sentences' and plots' unit)."""
+    return None if acc is None else 100 * acc
 
 
 def conclusion(s: searches.Search) -> None:
@@ -106,7 +109,8 @@ def conclusion(s: searches.Search) -> None:
         if s.closest:
             st.markdown("**The closest trials and what bound them**")
             st.dataframe(pd.DataFrame([{"trial": t["trial"], "recipe": t.get("recipe"),
-                                        "validation accuracy": t.get("val_accuracy"), "drop (pt)": t.get("drop_pt"),
+                                        "validation accuracy": pct(t.get("val_accuracy")),
+                                        "drop (pt)": points(t.get("drop_pt")),
                                         f"{s.objective} ÷ start": t.get("cost_ratio"), "bound by": t.get("bound_by")}
                                        for t in s.closest]), hide_index=True, width="stretch", key="search_closest",
                          column_config=number_formats(s))
@@ -118,12 +122,16 @@ def conclusion(s: searches.Search) -> None:
     a, b = st.columns([3, 2])
     with a:
         st.markdown("**Why this one: its recipe**")
-        st.json((win.get("spec") or {}).get("method") or {}, expanded=2)
+        method = (win.get("spec") or {}).get("method") or {}
+        # an option left unset (null) means its default: shown, it reads as a value
+        st.json({**method, "params": {k: v for k, v in (method.get("params") or {}).items() if v is not None}},
+                expanded=2)
     with b:
         st.markdown("**Its control**")
         control_section(s.winner, win)
     st.markdown("**Downloads of the winner**")
-    d = st.columns(3)
+    files = st.container(horizontal=True)   # buttons at their own width, wrapping on a narrow page (as Compare's)
+    d = [files] * 3
     with d[0]:
         download(s.winner, "checkpoint", "Winner's checkpoint (.pt)", key="search_dl_pt",
                  note="Loads with Slimbench (engine.export.load_model).")
@@ -148,9 +156,9 @@ def control_section(winner: str, win: dict) -> None:
     elif mine:
         st.caption(f"Its control is {mine[-1]['state']} (job {mine[-1]['id']}).")
     elif not control.controllable((win.get("spec") or {}).get("method") or {}):
-        st.caption("None: a control (the same family trained from scratch at the winner's MACs) is trained for "
-                   "structured, low-rank, factorisation or distillation results that end in a PyTorch model; "
-                   "this recipe is not one.")
+        st.caption("No control for this recipe: a control (the same family trained from scratch at the winner's "
+                   "MACs) is trained only for structured, low-rank, factorisation or distillation results that end "
+                   "in a PyTorch model.")
     else:
         st.caption("Not trained yet: the same family scaled to the winner's MACs, trained from scratch with the "
                    "same epoch budget, tells whether compressing beat simply training a smaller net.")
@@ -165,8 +173,9 @@ def control_section(winner: str, win: dict) -> None:
 
 def number_formats(s: searches.Search) -> dict:
     num = st.column_config.NumberColumn
-    return {"validation accuracy": num(format="%.4f"), "test accuracy": num(format="%.4f"),
-            "drop (pt)": num(format="%+.2f", help="validation accuracy lost against the start, in points"),
+    return {"validation accuracy": num(format="%.2f %%"), "test accuracy": num(format="%.2f %%"),
+            "drop (pt)": num(format="%.2f pt", help="validation accuracy lost against the start, in points "
+                                                    "(negative: gained)"),
             f"{s.objective} ÷ start": num(format="%.3f", help=f"the trial's {s.objective} over the start's")}
 
 
@@ -175,8 +184,10 @@ def front_section(s: searches.Search) -> None:
     st.caption("Test set read only for the final front: the search chose on the validation split, and only once "
                "it ended were the front's models scored on the test split. These test accuracies steered nothing.")
     st.dataframe(pd.DataFrame([{"trial": t["trial"], "recipe": t.get("recipe"),
-                                "validation accuracy": t.get("val_accuracy"), "drop (pt)": t.get("drop_pt"),
-                                f"{s.objective} ÷ start": t.get("cost_ratio"), "test accuracy": t.get("test_accuracy"),
+                                "validation accuracy": pct(t.get("val_accuracy")),
+                                "drop (pt)": points(t.get("drop_pt")),
+                                f"{s.objective} ÷ start": t.get("cost_ratio"),
+                                "test accuracy": pct(t.get("test_accuracy")),
                                 **({"timed in": t.get("runtime")} if s.objective == "latency" else {}),
                                 "winner": t.get("run_id") == s.winner, "run": t.get("run_id")} for t in s.front]),
                  hide_index=True, width="stretch", key="search_front", column_config=number_formats(s))
@@ -212,7 +223,8 @@ def trials_table(s: searches.Search) -> None:
         return
     with st.expander(f"Every trial ({len(s.trials)})", icon=":material/list:"):
         st.dataframe(pd.DataFrame([{"trial": t["trial"], "state": t["state"], "recipe": t.get("recipe"),
-                                    "validation accuracy": t.get("val_accuracy"), "drop (pt)": t.get("drop_pt"),
+                                    "validation accuracy": pct(t.get("val_accuracy")),
+                                    "drop (pt)": points(t.get("drop_pt")),
                                     f"{s.objective} ÷ start": t.get("cost_ratio"),
                                     "repeat of": t.get("repeat_of"), "run": t.get("run_id")} for t in s.trials]),
                      hide_index=True, width="stretch", key="search_all", column_config=number_formats(s))

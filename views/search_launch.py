@@ -15,6 +15,9 @@ CANDIDATE_HELP = {"prune_int8": "structured pruning (channels cut, MACs down) th
                   "lowrank_int8": "low-rank SVD of the layers then INT8",
                   "unstructured": "zeroed weights (sparse, same dense size and MACs)",
                   "distill": "a small student (MobileNet) trained with knowledge distillation"}
+# what a chip shows: short enough to fit whole beside the others at 800 px; CANDIDATE_HELP in the field's help
+CANDIDATE_LABELS = {"prune_int8": "structured pruning → INT8", "lowrank_int8": "low-rank SVD → INT8",
+                    "unstructured": "unstructured (zeroed weights)", "distill": "distilled student"}
 OBJECTIVES = {"size": "Size in MB (model.pt)", "macs": "MACs per image",
               "latency": "Latency: CPU, at a batch, in a runtime you choose",
               "energy": "Energy per image (CPU package, RAPL)"}
@@ -47,7 +50,9 @@ def panel(store, launch: Callable[[list[dict[str, Any]]], None]) -> None:
         return
     labels = {r["id"]: run_label(r) for r in runs}
     start = st.selectbox("Start from the finished run", list(labels), format_func=labels.get, key="search_start",
-                         help="its data, training and timing settings apply to every trial")
+                         index=list(labels).index(searches.default_start(runs)),
+                         help="its data, training and timing settings apply to every trial; offered first: the "
+                              "newest trained base")
     st.caption("From an uploaded checkpoint: on **Custom experiment**, start from *Upload a checkpoint* and choose "
                "the method `autocompress`: the checkpoint is scored as a run of its own, then searched from.")
     slots["model.from_run"] = st.empty()
@@ -107,8 +112,9 @@ def panel(store, launch: Callable[[list[dict[str, Any]]], None]) -> None:
                                       key="ac_minutes", help=_param("minutes").help)
         slots["method.params.minutes"] = st.empty()
     kept("ac_space", list(CANDIDATE_HELP))
-    space = st.multiselect("Candidates searched", list(CANDIDATE_HELP), key="ac_space",
-                           format_func=lambda c: f"{c}: {CANDIDATE_HELP.get(c, c)}")
+    space = st.multiselect("Candidates searched", list(CANDIDATE_HELP), key="ac_space", wrap=True,
+                           format_func=lambda c: CANDIDATE_LABELS.get(c, c),
+                           help="\n".join(f"- **{CANDIDATE_LABELS[c]}** (`{c}`): {why}" for c, why in CANDIDATE_HELP.items()))
     slots["method.params.space"] = st.empty()
     with st.expander("Search settings"):
         c1, c2, c3, c4 = st.columns(4)

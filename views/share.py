@@ -86,7 +86,8 @@ def cost_figure(view: pd.DataFrame, cost: str, axis_label: str, log_x: bool = Tr
                           "<extra></extra>"))
         lo, hi = min(lo, published["accuracy"].min()), max(hi, published["accuracy"].max())
     fig.update_yaxes(range=[max(0.0, lo - 0.05), min(1.0, hi + 0.05) + 0.01])
-    fig.update_layout(margin=dict(l=10, r=10, t=10, b=10), legend=dict(orientation="v"))
+    # the legend below, as the search page's: beside the plot it left a narrow page a sliver of plot
+    fig.update_layout(margin=dict(l=10, r=10, t=10, b=10), legend=dict(orientation="h", y=-0.2))
     return fig, plot_df, published
 
 

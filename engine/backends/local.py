@@ -9,31 +9,15 @@ from __future__ import annotations
 import multiprocessing
 from multiprocessing import forkserver
 import os
-import signal
 
 from .. import settings
 from ..devices import gpu_count
 from ..jobproc import job_process
+from ..launch.local import ProcessHandle
 from ..store import Store
 
 PRELOAD = ["engine.backends.forkserver_guard", "engine.jobproc", "engine.runner", "engine.validation",
            "sklearn.datasets", "sklearn.metrics"]
-
-
-class LocalHandle:
-    def __init__(self, job_id: str, proc: multiprocessing.Process):
-        self.job_id, self.proc = job_id, proc
-
-    def poll(self) -> int | None:
-        return self.proc.exitcode
-
-    def kill(self) -> None:
-        """The whole process group (the job calls setsid): a DDP job's extra ranks go with it."""
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            self.proc.kill()
-        self.proc.join(10)
 
 
 class LocalBackend:
@@ -56,11 +40,11 @@ class LocalBackend:
             env["CUDA_VISIBLE_DEVICES"] = str(slot % self.gpus)
         return env
 
-    def start(self, job_id: str, slot: int, lease: str) -> LocalHandle:
+    def start(self, job_id: str, slot: int, lease: str) -> ProcessHandle:
         proc = self.ctx.Process(target=job_process, args=(str(self.store.root), job_id, self.job_env(slot), lease),
                                 name=f"slimbench-job-{job_id}")
         proc.start()
-        return LocalHandle(job_id, proc)
+        return ProcessHandle(proc)   # the job calls setsid: killing its group takes a DDP job's extra ranks too
 
     def close(self) -> None:
         pass

@@ -8,19 +8,14 @@ must share the workspace filesystem and have Slimbench installed (`pip install -
 """
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from .. import settings
-from ..errors import SpecError
 from ..jobproc import run_job
+from ..launch import ray as ray_tasks
+from ..launch.ray import TaskHandle
 from ..ray_auth import own_addresses, unauthenticated_remote  # noqa: F401 (re-exported)
 from ..store import Store
-
-try:
-    import ray
-except ImportError:  # optional extra: requirements-ray.txt
-    ray = None
 
 
 def _run_job_task(job_id: str, home: str, threads: int, lease: str) -> int:
@@ -38,58 +33,24 @@ def resources_for(spec: dict[str, Any]) -> dict[str, float]:
     return {"num_cpus": 1, "num_gpus": devices} if wants_cuda else {"num_cpus": devices, "num_gpus": 0}
 
 
-class RayHandle:
-    def __init__(self, ref):
-        self.ref = ref
-
-    def poll(self) -> int | None:
-        ready, _ = ray.wait([self.ref], timeout=0)
-        if not ready:
-            return None
-        try:
-            return int(ray.get(self.ref))
-        except ray.exceptions.TaskCancelledError:
-            return -9
-        except ray.exceptions.RayError:  # the Ray worker or its node died
-            return -9
-
-    def kill(self) -> None:
-        ray.cancel(self.ref, force=True)
-
-
 class RayBackend:
     name = "ray"
 
     def __init__(self, store: Store, concurrency: int):
-        if ray is None:
-            raise SpecError(settings.BACKEND.name, "ray is not installed: pip install -r requirements-ray.txt")
         self.store, self.concurrency = store, concurrency
-        self.started_ray = False
-        if not ray.is_initialized():
-            address = os.environ.get("RAY_ADDRESS") or None
-            if problem := unauthenticated_remote(address, os.environ.get("RAY_AUTH_MODE")):
-                raise SpecError("RAY_AUTH_MODE", problem)
-            ray.init(address=address, include_dashboard=False,
-                     log_to_driver=False, configure_logging=False)
-            self.started_ray = True
-        self.runtime_env = {"env_vars": {settings.HOME.name: str(store.root)}}
-        self.task = ray.remote(max_retries=0)(_run_job_task)
+        self.started_ray = ray_tasks.connect()
+        self.env = {settings.HOME.name: str(store.root)}
 
-    @staticmethod
-    def cluster_concurrency() -> int:
-        """Jobs the cluster can hold at once: its GPUs if it has any, else its CPUs."""
-        res = ray.cluster_resources()
-        return max(1, int(res.get("GPU", 0)) or int(res.get("CPU", 1)))
+    cluster_concurrency = staticmethod(ray_tasks.capacity)
 
-    def start(self, job_id: str, slot: int, lease: str) -> RayHandle:
-        row = self.store.get(job_id)
-        req = resources_for(row["spec"])
-        ref = self.task.options(runtime_env=self.runtime_env, **req).remote(job_id, str(self.store.root),
-                                                                            int(req["num_cpus"]), lease)
-        self.store.add_event(job_id, {"phase": "scheduled", "backend": "ray", "task_id": ref.task_id().hex(), **req},
-                             lease=lease)
-        return RayHandle(ref)
+    def start(self, job_id: str, slot: int, lease: str) -> TaskHandle:
+        req = resources_for(self.store.get(job_id)["spec"])
+        handle = ray_tasks.submit(_run_job_task, (job_id, str(self.store.root), int(req["num_cpus"]), lease),
+                                  env=self.env, **req)
+        self.store.add_event(job_id, {"phase": "scheduled", "backend": "ray", "task_id": handle.ref.task_id().hex(),
+                                      **req}, lease=lease)
+        return handle
 
     def close(self) -> None:
         if self.started_ray:
-            ray.shutdown()
+            ray_tasks.disconnect()

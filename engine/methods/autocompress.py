@@ -9,7 +9,11 @@ records is read only at the end, for the trials on the final Pareto front, and s
 Cheap first: a trial whose model cannot meet a MACs or size target (known before training, see
 ``search_space``) is refused untrained; a trial whose fine-tune ends more than ``prune_margin_pt``
 beyond the limit is stopped there (Optuna's ThresholdPruner), before INT8, export and timing.
-Both are recorded with why.
+Both are recorded with why. The start as plain INT8 (no knob, no training) is the first trial. Trials get
+a short fine-tune (``finetune_epochs``); then the ``promote`` best of them on or near their front (by
+validation accuracy and cost) run again with the full recipe (``full_epochs``, KD-assisted where the
+method has a distillation-assisted fine-tune), inside the same trial budget and, with a time budget, in
+its last ``1 - PROXY_SHARE``; budget they leave goes to more short trials.
 
 Resume: the study is a journal file in the search's run folder. A search restarted on the same run
 (``python -m engine autocompress --resume RUN``, or a job retried) keeps its finished trials, marks
@@ -18,8 +22,10 @@ runs a recipe a finished trial already ran.
 
 Latency (objective ``latency``) is "latency at batch ``batch`` in runtime ``runtime`` on this
 machine": each scored trial's model is timed in this process in that runtime (eager, onnxruntime,
-openvino, or ``best``: the fastest here, per model), interleaved with the start in the same runtime
-(``search_latency``, on ``measure.paired_speedup``); its cost_ratio is 1 / that speed-up. A runtime this
+openvino, or ``best``: the fastest here, per model), interleaved with the start exported to the SAME
+runtime (``search_latency``, on ``measure.paired_speedup``); its cost_ratio is 1 / that speed-up, so a
+runtime's own gain is never credited to compression. ``best`` never judges a model in a runtime whose
+top-1 answers disagree with eager's (agreement recorded, the runtime refused with why). A runtime this
 machine lacks is refused up front with deploy's reason.
 
 Parallel (``parallel`` > 1, or any search under ``SLIMBENCH_BACKEND=ray``): trials run as child
@@ -46,16 +52,19 @@ from typing import Any
 import torch
 
 from .. import child_runs, conditions, export, layout, training
+from ..accuracy_text import change, percent
 from ..errors import Cancelled, JobFailed
 from ..spec import SpecError
 from ..store import new_run_id
 from . import Param, parallel_trials, register, search_latency
 from .quantize import Int8Model
-from .search_space import CANDIDATES, Draw, draw
+from .search_space import CANDIDATES, FULL_KD, TUNED, Draw, draw
 
 OBJECTIVES = {"size": "size_bytes", "macs": "macs", "latency": "latency_ms", "energy": "energy_mj_per_image"}
 STUDY = "autocompress"
 JOURNAL = "study.journal"
+LATENCY_ATTRS = ("start_runtime", "start_latency_ms", "runtime_agreement", "runtimes_refused")
+PROXY_SHARE = 0.6         # with promotions and a time budget: the short-fine-tune trials start within this share
 TARGET_SLACK = 1.05       # a structured cut meets its MAC target within 5 %: a proxy this close still trains
 
 
@@ -126,7 +135,13 @@ def _check(params: dict, spec: Any) -> None:
           "one: eager (PyTorch), onnxruntime, openvino, or best (the fastest here, per model, as Compare's "
           "'latency, best runtime'); an INT8 trial runs in its own INT8 runtime", choices=search_latency.RUNTIMES),
     Param("batch", "int", 1, "objective latency: the batch each model is timed at", low=1, high=4096),
-], help="Search methods and pipelines (structured pruning -> INT8, low-rank -> INT8, unstructured pruning, "
+    Param("promote", "int", 2, "cheap proxies first: after the short-fine-tune trials, this many of those on or "
+          "nearest the Pareto front are run again with the full recipe (full_epochs, KD-assisted where the method "
+          "has a distillation-assisted fine-tune); they count in the trials budget and start only within the "
+          f"time budget, whose last {1 - PROXY_SHARE:.0%} is kept for them; 0: no promotion", low=0, high=1000),
+    Param("full_epochs", "int", 3, "the full recipe's fine-tune epochs (a student's training epochs) for a "
+          "promoted trial", low=1, high=1000),
+], help="Search methods and pipelines (structured pruning -> INT8, low-rank -> INT8, INT8, unstructured pruning, "
         "distillation) with Optuna for the smallest / fastest model within an accuracy limit on the validation "
         "split; each trial is a linked child run, the winner is this run's model.")
 def autocompress(model, ctx, params):
@@ -141,7 +156,7 @@ def autocompress(model, ctx, params):
         raise SpecError("method.params.objective", f"the start run has no {key} to compare with")
     base_val = ctx.evaluate(ctx.base_copy(), "val")["accuracy"]
     limit, target = params["max_drop_pt"], params["target"]
-    ctx.log.info("autocompress: start val accuracy %.4f, limit %.2f pt, objective %s%s", base_val, limit, key,
+    ctx.log.info("autocompress: start val accuracy %s, limit %.2f pt, objective %s%s", percent(base_val), limit, key,
                  f" <= 1/{target:g} of the start's" if target else "")
 
     storage = JournalStorage(JournalFileBackend(str(ctx.run_dir / JOURNAL)))
@@ -151,6 +166,9 @@ def autocompress(model, ctx, params):
     # Seeded past the trials it already has: a resumed search does not redraw its first recipes.
     study.sampler = optuna.samplers.TPESampler(seed=params["seed"] + len(study.trials),
                                                constant_liar=params["parallel"] > 1)
+    if not study.trials and "quantize_int8" in params["space"]:
+        # The cheapest honest win first: the start as INT8 (no knob, no training), a point every front should beat.
+        study.enqueue_trial({"candidate": "quantize_int8"})
     _fail_interrupted(ctx, study)
     done = _finished(study)
     left = params["trials"] - len(done)
@@ -168,8 +186,12 @@ def autocompress(model, ctx, params):
     def prepare(trial: Any) -> Any:
         """The trial's Draw to run; or, decided without a run, its value (a repeat) or TrialPruned."""
         candidate = trial.suggest_categorical("candidate", list(params["space"]))
-        d = draw(trial, candidate, params["finetune_epochs"], start["macs"], start_params,
-                 ctx.data.num_classes, shape, small)
+        source = trial.user_attrs.get("promoted_from")   # a promoted trial: the full recipe of a proxy trial's draw
+        d = draw(trial, candidate, params["full_epochs"] if source is not None else params["finetune_epochs"],
+                 start["macs"], start_params, ctx.data.num_classes, shape, small,
+                 kd=FULL_KD if source is not None else 0.0)
+        if source is not None:
+            d = Draw(d.method, f"{d.recipe} (full recipe of trial {source})", d.proxy)
         trial.set_user_attr("recipe", d.recipe)
         trial.set_user_attr("method", d.method)
         repeat = _same_recipe(study, trial)
@@ -199,20 +221,47 @@ def autocompress(model, ctx, params):
         study.set_user_attr("seconds_used", used + time.monotonic() - t0)
     parallel, where = params["parallel"], child_runs.where()
     concurrent = parallel > 1 or where == "ray"
+    counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+    def run_phase(budget: int, n: int, seconds: float | None) -> None:
+        """Up to ``n`` trials, no more than ``budget`` finished in all, none started after ``seconds``."""
+        if n <= 0 or (seconds is not None and seconds <= 0):
+            return
+        if not concurrent:
+            study.optimize(objective, n_trials=n, timeout=seconds, catch=(JobFailed,),
+                           callbacks=[optuna.study.MaxTrialsCallback(budget, states=counted), spent])
+        else:
+            parallel_trials.run(
+                ctx, study, parallel=parallel, threads=parallel_trials.threads_per_trial(parallel, where),
+                budget=budget, left=n, timeout=seconds, prepare=prepare,
+                spec_of=lambda trial, d: _child_spec(ctx, trial, d),
+                score=lambda trial, record: _score(ctx, trial, record, base_val, limit, key, start.get(key), target,
+                                                   judge),
+                describe_stop=lambda val: _stop_why(val, base_val, limit), spent=spent)
+
+    # Cheap proxies first: short-fine-tune trials, then the few on or near their front get the full recipe.
+    promote = min(params["promote"], max(0, params["trials"] - 1))
+    proxy_budget = params["trials"] - promote
+    promoted_done = sum("promoted_from" in t.user_attrs for t in done)
+    proxy_left = 0 if promoted_done else proxy_budget - (len(done) - promoted_done)
+    proxy_seconds = None if timeout is None else \
+        (timeout if not promote else params["minutes"] * 60 * PROXY_SHARE - used)
     try:   # the judge's exported models go with it, however the search ends
         try:
-            if left > 0 and (timeout is None or timeout > 0) and not concurrent:
-                counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-                study.optimize(objective, n_trials=left, timeout=timeout, catch=(JobFailed,),
-                               callbacks=[optuna.study.MaxTrialsCallback(params["trials"], states=counted), spent])
-            elif left > 0 and (timeout is None or timeout > 0):
-                parallel_trials.run(
-                    ctx, study, parallel=parallel, threads=parallel_trials.threads_per_trial(parallel, where),
-                    budget=params["trials"], left=left, timeout=timeout, prepare=prepare,
-                    spec_of=lambda trial, d: _child_spec(ctx, trial, d),
-                    score=lambda trial, record: _score(ctx, trial, record, base_val, limit, key, start.get(key), target,
-                                                       judge),
-                    describe_stop=lambda val: _stop_why(val, base_val, limit), spent=spent)
+            t_phase = time.monotonic()
+            run_phase(proxy_budget, proxy_left, proxy_seconds)
+            chosen = _promotions(study, promote, limit + params["prune_margin_pt"], target)
+            for t in chosen:
+                study.enqueue_trial(t.params, user_attrs={"promoted_from": t.number})
+            if chosen:
+                ctx.log.info("autocompress: full recipe for trial(s) %s", ", ".join(str(t.number) for t in chosen))
+            left_now = params["trials"] - len(_finished(study))
+            rest = None if timeout is None else timeout - (time.monotonic() - t_phase)
+            run_phase(params["trials"], min(left_now, len(chosen) + _waiting(study)), rest)
+            # Budget the promotions did not use (fewer trials qualified, or they ended early): more proxy trials.
+            left_now = params["trials"] - len(_finished(study))
+            rest = None if timeout is None else timeout - (time.monotonic() - t_phase)
+            run_phase(params["trials"], left_now, rest)
         finally:
             spent(study)
         timing = _timing_note(key, parallel, where, params)
@@ -221,6 +270,35 @@ def autocompress(model, ctx, params):
     finally:
         if judge is not None:
             judge.close()
+
+
+def _waiting(study: Any) -> int:
+    from optuna.trial import TrialState
+    return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+
+
+def _promotions(study: Any, n: int, within_pt: float, target: float | None) -> list[Any]:
+    """The ``n`` proxy trials that get the full recipe: scored, with a fine-tune to lengthen, not past the limit
+    by more than the margin (nor, with a target, over its budget), not promoted already; the front first, then
+    the next front (non-dominated sorting on validation accuracy and cost), cheapest first within each."""
+    from optuna.trial import TrialState
+    taken = {t.user_attrs["promoted_from"] for t in study.get_trials(deepcopy=False)
+             if "promoted_from" in t.user_attrs and t.state != TrialState.FAIL}
+    pool = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if "promoted_from" not in t.user_attrs and "repeat_of" not in t.user_attrs and t.number not in taken
+            and t.params.get("candidate") in TUNED and t.user_attrs.get("drop_pt", math.inf) <= within_pt
+            and (not target or t.user_attrs.get("cost_ratio", math.inf) <= TARGET_SLACK / target)]
+    out: list[Any] = []
+    n -= len(taken)   # a resumed search: those promoted before count
+    while pool and len(out) < n:
+        layer = [t for t in pool if not any(
+            o.user_attrs["val_accuracy"] >= t.user_attrs["val_accuracy"] and o.user_attrs["cost_ratio"]
+            <= t.user_attrs["cost_ratio"] and (o.user_attrs["val_accuracy"] > t.user_attrs["val_accuracy"]
+                                               or o.user_attrs["cost_ratio"] < t.user_attrs["cost_ratio"])
+            for o in pool)]
+        out += sorted(layer, key=lambda t: t.user_attrs["cost_ratio"])[:n - len(out)]
+        pool = [t for t in pool if t not in layer]
+    return out
 
 
 def _constrain(trial: Any, limit: float, target: float | None) -> None:
@@ -242,7 +320,8 @@ def _fail_interrupted(ctx, study: Any) -> None:
         child = t.user_attrs.get("run_id")
         row = ctx.store.get(child) if child else None
         if row is not None and row["state"] == "done":
-            study.enqueue_trial(t.params, user_attrs={"adopt_run": child})
+            study.enqueue_trial(t.params, user_attrs={"adopt_run": child, **(
+                {"promoted_from": t.user_attrs["promoted_from"]} if "promoted_from" in t.user_attrs else {})})
         elif row is not None and row["state"] == "running":   # died with the search, or an orphan not yet stopped
             ctx.store.request_cancel(child, "")
             ctx.store.end_without_result(child, "cancelled", "interrupted: its search stopped while it ran; the "
@@ -255,7 +334,10 @@ def _finished(study: Any) -> list[Any]:
 
 
 def _same_recipe(study: Any, trial: Any) -> Any:
-    return next((t for t in _finished(study) if t.params == trial.params and "repeat_of" not in t.user_attrs), None)
+    """A finished trial that ran ``trial``'s recipe: the same draw at the same stage (proxy or full recipe)."""
+    full = "promoted_from" in trial.user_attrs
+    return next((t for t in _finished(study) if t.params == trial.params and "repeat_of" not in t.user_attrs
+                 and ("promoted_from" in t.user_attrs) == full), None)
 
 
 def _proxy_refusal(proxy: dict[str, float], objective: str, target: float | None) -> str:
@@ -276,7 +358,7 @@ def _child_spec(ctx, trial: Any, d: Any) -> dict[str, Any]:
 
 def _stop_why(val_acc: float, base_val: float, limit: float) -> str:
     drop = 100 * (base_val - val_acc)
-    return (f"stopped after its fine-tune: validation accuracy {val_acc:.4f}, {drop:.2f} pt below the start's, "
+    return (f"stopped after its fine-tune: validation accuracy {percent(val_acc)}, {drop:.2f} pt below the start's, "
             f"past the {limit:g} pt limit by more than the margin")
 
 
@@ -320,10 +402,8 @@ def _score(ctx, trial: Any, record: dict[str, Any], base_val: float, limit: floa
     trial.set_user_attr("val_accuracy", val)
     trial.set_user_attr("drop_pt", 100 * (base_val - val))
     if judge is not None:
-        timed = judge.time(_load_model(ctx, trial.user_attrs["run_id"]))
-        trial.set_user_attr("cost", timed["latency_ms"])
-        trial.set_user_attr("cost_ratio", 1 / timed["speedup"])
-        trial.set_user_attr("runtime", timed["runtime"])
+        for k, v in _timed_attrs(judge.time(_load_model(ctx, trial.user_attrs["run_id"]))).items():
+            trial.set_user_attr(k, v)
     else:
         cost = record.get(key)
         trial.set_user_attr("cost", cost)
@@ -332,15 +412,30 @@ def _score(ctx, trial: Any, record: dict[str, Any], base_val: float, limit: floa
     return val if target else trial.user_attrs["cost_ratio"]
 
 
+def _timed_attrs(timed: dict[str, Any]) -> dict[str, Any]:
+    """A trial's latency figures as the trial list keeps them: the speed-up paired against the start in the
+    runtime it ran fastest in (``start_runtime``: the start's side of that pair), and the runtimes refused."""
+    return {"cost": timed["latency_ms"], "cost_ratio": 1 / timed["speedup"], "runtime": timed["runtime"],
+            "start_runtime": timed["start_runtime"], "start_latency_ms": timed["start_latency_ms"],
+            "runtime_agreement": timed["agreement"],
+            "runtimes_refused": {n: r["why"] for n, r in timed["refused"].items()}}
+
+
 def val_accuracy(ctx, record: dict[str, Any]) -> float:
     """Top-1 of a finished child's model on the search's VALIDATION split (never the test split)."""
     bundle = export.read_bundle(record["checkpoint"])
-    if bundle.get("kind") == export.ONNX_INT8:   # an INT8 pipeline: its ONNX model, the FP32 step before it
-        fp32 = ctx.load_run(record["pipeline_runs"][-2], "method")[0].to("cpu").eval()
-        model = Int8Model.from_bundle(bundle, fp32, ctx, fp32_is_start=False)
+    if bundle.get("kind") == export.ONNX_INT8:   # its ONNX model, with the FP32 model it was made from
+        model = Int8Model.from_bundle(bundle, _int8_source(ctx, record), ctx, fp32_is_start=False)
         logits, ys = training.predict(model, ctx.data.loader("val", model.device), model.device, ctx.cancelled)
         return float((logits.argmax(1) == ys).float().mean())
     return float(ctx.evaluate(export.model_from_bundle(bundle, trust_code=True), "val")["accuracy"])
+
+
+def _int8_source(ctx, record: dict[str, Any]):
+    """The FP32 model an INT8 trial was quantised from: a pipeline's step before INT8, else the search's start."""
+    steps = record.get("pipeline_runs") or []
+    fp32 = ctx.load_run(steps[-2], "method")[0] if len(steps) >= 2 else ctx.base_copy()
+    return fp32.to("cpu").eval()
 
 
 def _summary(t: Any) -> dict[str, Any]:
@@ -349,7 +444,7 @@ def _summary(t: Any) -> dict[str, Any]:
             "run_id": a.get("run_id"),
             "val_accuracy": a.get("val_accuracy"), "drop_pt": a.get("drop_pt"), "cost": a.get("cost"),
             "cost_ratio": a.get("cost_ratio"), "runtime": a.get("runtime"), "why": a.get("why"),
-            "repeat_of": a.get("repeat_of")}
+            "repeat_of": a.get("repeat_of"), "promoted_from": a.get("promoted_from"), **{k: a[k] for k in LATENCY_ATTRS if k in a}}
 
 
 def pareto(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -394,9 +489,11 @@ def _timing_note(key: str, parallel: int, where: str, params: dict) -> str | Non
     if key != "latency_ms":
         return None
     how = (f"at batch {params['batch']} in {params['runtime']}"
-           + (" (each model's fastest runtime here)" if params["runtime"] == "best" else "")
-           + ", interleaved with the start in the same runtime (measure.paired_speedup); cost_ratio is 1 / that "
-           "speed-up")
+           + (" (each model in the runtime where it runs fastest here, an FP32 runtime only where its top-1 "
+              f"agreed with eager on >= {search_latency.AGREEMENT_MIN:.0%} of {search_latency.AGREEMENT_IMAGES} "
+              "validation images)" if params["runtime"] == "best" else "")
+           + ", interleaved with the start exported to that same runtime (measure.paired_speedup: median of "
+           "per-round ratios); cost_ratio is 1 / that speed-up")
     if parallel == 1 and where == "local":
         return f"each trial timed as it ended, one trial at a time (no other trial of this search ran meanwhile), {how}"
     return (f"trials ran {parallel} at a time ({where}), so a trial may have been timed while another trained: "
@@ -410,13 +507,14 @@ def _retime(ctx, trials: list[dict[str, Any]], judge: Any) -> None:
     for t in trials:
         if t["val_accuracy"] is None or t.get("repeat_of") is not None:
             continue
-        p = judge.time(_load_model(ctx, t["run_id"]))
-        t.update(latency_during_search_ms=t["cost"], cost=p["latency_ms"], cost_ratio=1 / p["speedup"],
-                 runtime=p["runtime"], retimed=True)
+        during = t["cost"]
+        t.update(_timed_attrs(judge.time(_load_model(ctx, t["run_id"]))), latency_during_search_ms=during,
+                 retimed=True)
     for t in trials:   # a repeat carries its original's figures
         orig = next((o for o in trials if o["trial"] == t.get("repeat_of")), None)
         if orig is not None and orig.get("retimed"):
-            t.update({k: orig[k] for k in ("latency_during_search_ms", "cost", "cost_ratio", "runtime", "retimed")})
+            t.update({k: orig[k] for k in ("latency_during_search_ms", "cost", "cost_ratio", "runtime", "retimed",
+                                           *LATENCY_ATTRS) if k in orig})
 
 
 def _conclude(ctx, study: Any, model, base_val: float, limit: float, target: float | None, params: dict,
@@ -441,6 +539,9 @@ def _conclude(ctx, study: Any, model, base_val: float, limit: float, target: flo
         "search_latency_runtime": params["runtime"] if judge is not None else None,
         "search_latency_batch": params["batch"] if judge is not None else None,
         "search_start_runtime": judge.start_runtime if judge is not None else None,
+        "search_runtime_agreement": None if judge is None else {
+            n: {"agreement": a, **({"refused": judge.start_refused[n]["why"]} if n in judge.start_refused else {})}
+            for n, a in judge.agreement.items()},
     })
     what = f"{params['objective']}" + (f" at most 1/{target:g} of the start's" if target else " minimised")
     if winner is None:
@@ -450,15 +551,12 @@ def _conclude(ctx, study: Any, model, base_val: float, limit: float, target: flo
         ctx.extra["search_closest"] = closest
         ctx.log.warning("autocompress: %s", ctx.extra["search_why"])
         return model
-    ctx.extra["search_why"] = (f"trial {winner['trial']}: {winner['recipe']}; {_change(winner['drop_pt'])} against the "
-                               f"start on validation (limit: {limit:g} pt lost), {params['objective']} "
+    ctx.extra["search_why"] = (f"trial {winner['trial']}: {winner['recipe']}; validation accuracy "
+                               f"{percent(winner['val_accuracy'])} against the start's {percent(base_val)}: "
+                               f"{change(winner['drop_pt'])} (limit: {limit:g} pt lost), {params['objective']} "
                                f"{winner['cost_ratio']:.3f}x the start's ({what}). Chosen on the validation split; "
                                "only the final Pareto front was scored on the test split")
     return _load_winner(ctx, winner["run_id"])
-
-
-def _change(drop_pt: float) -> str:
-    return f"lost {drop_pt:.2f} pt" if drop_pt >= 0 else f"gained {-drop_pt:.2f} pt"
 
 
 def _record(ctx, run_id: str) -> dict[str, Any]:
@@ -481,6 +579,5 @@ def _load_model(ctx, run_id: str, bundle: dict | None = None):
     """A trial run's model as it runs: its INT8 ONNX Runtime model, or its PyTorch model, on the CPU."""
     bundle = bundle or export.read_bundle(Path(ctx.store.run_dir(run_id)) / layout.CHECKPOINT)
     if bundle.get("kind") == export.ONNX_INT8:
-        fp32 = ctx.load_run(_record(ctx, run_id)["pipeline_runs"][-2], "method")[0].to("cpu").eval()
-        return Int8Model.from_bundle(bundle, fp32, ctx, fp32_is_start=False)
+        return Int8Model.from_bundle(bundle, _int8_source(ctx, _record(ctx, run_id)), ctx, fp32_is_start=False)
     return export.model_from_bundle(bundle, trust_code=True).to(torch.device("cpu"))

@@ -28,6 +28,7 @@ from ..spec import SpecError
 from . import MIN_MAC_SAVING, Param, register
 from . import rewrites
 from .lowrank import decompose, output_sizes, replace
+from .recovery import RECOVERY_LR_DEFAULT
 
 MODES = ("depthwise_separable", "asymmetric")          # the factorisations (they save MACs)
 REWRITES = ("pool_to_conv", "relu_activation")          # the layer swaps (they save no MACs)
@@ -111,6 +112,8 @@ def require_saving(model: nn.Module, ctx, params: dict, report: dict[str, Any], 
     Param("mid_ratio", "float", 1.0, "asymmetric only: channels between the N x 1 and 1 x N convs, as a share "
           "of the output channels", low=0.0, high=4.0, low_open=True),
     Param("finetune_epochs", "int", 2, "fine-tuning epochs after the rewrite", low=0, high=1000),
+    Param("finetune_lr", "float", None, "learning rate of the fine-tune after the rewrite (blank: the recovery "
+          "default, " + RECOVERY_LR_DEFAULT + ")", low=0, high=10, low_open=True, optional=True),
 ], help="Rewrite k x k convolutions as depthwise-separable or asymmetric (N x 1 + 1 x N) pairs, initialised by "
         "SVD from the original weights; or replace down-sampling pools by 3 x 3 stride-2 convolutions "
         "(pool_to_conv), or costly activations by ReLU (relu_activation); then fine-tune.")
@@ -126,7 +129,7 @@ def factorize(model, ctx, params):
     ctx.extra["factorized_layers"] = report
     ctx.extra["factorize_macs_saved"] = sum(r["macs_before"] - r["macs_after"] for r in report.values())
     if params["finetune_epochs"] > 0 and report:
-        ctx.finetune(model, epochs=params["finetune_epochs"])
+        ctx.finetune(model, epochs=params["finetune_epochs"], lr=params["finetune_lr"])
     return model
 
 
@@ -142,5 +145,5 @@ def swap_layers(model, ctx, params):
     ctx.extra["factorized_layers"] = report
     ctx.extra["factorize_macs_saved"] = total - measure.count_macs(model, ctx.input_shape)["macs"]
     if params["finetune_epochs"] > 0:
-        ctx.finetune(model, epochs=params["finetune_epochs"])
+        ctx.finetune(model, epochs=params["finetune_epochs"], lr=params["finetune_lr"])
     return model

@@ -179,9 +179,12 @@ def accuracy(fn: Callable[[torch.Tensor], torch.Tensor], data, split: str = "val
 
 @dataclass
 class Search:
-    """What the search tried: each count of FP32 layers with its drop (points), and the choice."""
+    """What the search tried: each count of FP32 layers with its drop (points), and the choice. ``metric``
+    names the score: ``accuracy`` (the drop from the FP32 model's), or ``agreement`` with the FP32 model's
+    top-1 (``fp32_accuracy`` 1.0: the drop is the share of answers that changed)."""
     max_drop_pt: float
     fp32_accuracy: float
+    metric: str = "accuracy"
     tried: list[dict[str, Any]] = field(default_factory=list)
     best: dict[str, Any] | None = None
     best_bytes: bytes = b""
@@ -192,7 +195,7 @@ class Search:
 
     def consider(self, excluded: list[str], acc: float, onnx_bytes: bytes) -> bool:
         drop = round(100 * (self.fp32_accuracy - acc), 4)
-        entry = {"fp32_layers": len(excluded), "val_accuracy": acc, "drop_pt": drop}
+        entry = {"fp32_layers": len(excluded), f"val_{self.metric}": acc, "drop_pt": drop}
         self.tried.append(entry)
         better = (self.best is None or (drop <= self.max_drop_pt and
                                         (self.best["drop_pt"] > self.max_drop_pt or len(excluded) < len(self.best["kept_fp32"])))
@@ -204,15 +207,16 @@ class Search:
     def summary(self) -> dict[str, Any]:
         assert self.best is not None
         return {"max_drop_pt": self.max_drop_pt, "met": self.met, "val_fp32_accuracy": self.fp32_accuracy,
-                "val_int8_accuracy": self.best["val_accuracy"], "val_drop_pt": self.best["drop_pt"],
+                "val_int8_accuracy": self.best[f"val_{self.metric}"], "val_drop_pt": self.best["drop_pt"],
                 "kept_fp32": self.best["kept_fp32"], "tried": self.tried}
 
 
 def search(make: Callable[[list[str]], bytes], score: Callable[[bytes], float], order: list[str],
-           fp32_accuracy: float, max_drop_pt: float, cancelled: Callable[[], bool] = lambda: False) -> Search:
+           fp32_accuracy: float, max_drop_pt: float, cancelled: Callable[[], bool] = lambda: False,
+           metric: str = "accuracy") -> Search:
     """Fewest of ``order``'s first layers kept FP32 (``make(excluded)`` -> INT8 bytes, ``score`` -> val
-    accuracy) so that the drop from ``fp32_accuracy`` is at most ``max_drop_pt`` points."""
-    s = Search(max_drop_pt, fp32_accuracy)
+    ``metric``) so that the drop from ``fp32_accuracy`` is at most ``max_drop_pt`` points."""
+    s = Search(max_drop_pt, fp32_accuracy, metric)
 
     def attempt(k: int) -> bool:
         b = make(order[:k])

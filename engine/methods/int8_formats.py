@@ -11,6 +11,7 @@ Every format's result is an ONNX file with its quantisation in it; the runner of
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -37,8 +38,17 @@ class Calibration:
         self.rewind()
 
     def rewind(self) -> None:
-        loader = self.data.loader(self.split, "cpu", train=False)
-        self._it = (x for i, (x, _) in enumerate(loader) if i < self.batches)
+        self._it = self._full_batches()
+
+    def _full_batches(self):
+        """The first ``batches`` batches, without a shorter last one: ONNX Runtime's histogram calibrators
+        (percentile, entropy) stack the batches into one array and fail on a ragged one."""
+        size = None
+        for i, (x, _) in enumerate(self.data.loader(self.split, "cpu", train=False)):
+            if i >= self.batches or (size is not None and len(x) != size):
+                return
+            size = len(x)
+            yield x
 
     def get_next(self) -> dict[str, Any] | None:
         x = next(self._it, None)
@@ -72,6 +82,12 @@ def quantizable_nodes(path: Path) -> list[str]:
             if n.op_type in QUANTIZABLE_OPS]
 
 
+def first_and_last(path: Path) -> list[str]:
+    """The first and last quantisable nodes (stem and classifier): kept FP32 by ``keep_first_last_fp32``."""
+    nodes = quantizable_nodes(path)
+    return list(dict.fromkeys([nodes[0], nodes[-1]])) if nodes else []
+
+
 def quantize(source: Path, out_path: Path, fmt: str, data, batches: int, calibration: str = "minmax",
              per_channel: bool = True, exclude: Sequence[str] = ()) -> None:
     """Write the INT8 model of ``source`` (pre-processed FP32 ONNX) in ``fmt`` to ``out_path``, calibrated on
@@ -80,6 +96,21 @@ def quantize(source: Path, out_path: Path, fmt: str, data, batches: int, calibra
     if fmt == "openvino":
         _quantize_nncf(source, out_path, reader, calibration, exclude)
         return
+    try:
+        _quantize_ort(source, out_path, fmt, reader, calibration, per_channel, exclude)
+    except ValueError as e:
+        # ONNX Runtime's histogram calibrators (percentile, entropy) cannot bin an activation whose range is
+        # (almost) zero, e.g. a dead channel of a tiny or barely trained net: min-max calibrates it instead.
+        if calibration == "minmax" or "bins" not in str(e):
+            raise
+        logging.getLogger("slimbench.run").warning("INT8: %s calibration failed (%s); calibrated with minmax",
+                                                   calibration, str(e).splitlines()[0][:120])
+        reader.rewind()
+        _quantize_ort(source, out_path, fmt, reader, "minmax", per_channel, exclude)
+
+
+def _quantize_ort(source: Path, out_path: Path, fmt: str, reader: Calibration, calibration: str,
+                  per_channel: bool, exclude: Sequence[str]) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     s8 = fmt == "qdq_s8s8"
     quantize_static(str(source), str(out_path), reader,

@@ -20,7 +20,11 @@ Three routes to the ranks:
   with a nuclear-norm penalty (sum of singular values; its gradient is U V^T) and, every
   ``trp_interval`` steps, replace each weight by its truncated SVD at ``energy``: training goes on
   in the full shape but on low-rank weights, so each truncation finds a spectrum already pushed
-  into fewer values and the ranks fall during training. Then the cut at ``energy`` and the fine-tune.
+  into fewer values and the ranks fall during training. With ``target_macs`` the ranks stop falling
+  where the cut would keep that share of the MACs (``RankFloor``). Then the cut at those ranks (or at
+  ``energy``) and the fine-tune. The TRP phase's learning rate (``reg_lr``) matters most: from the Quick
+  tour's base, 2.88x at -2.42 pt with it at a tenth of the training rate, -1.00 pt at the rate itself
+  (the paper trains at the normal schedule; docs/BENCHMARKS.md "TRP on the Quick tour base").
 - ``svd_reg`` (Yang et al. 2020, "Learning low-rank deep neural networks via singular vector
   orthogonality regularization and singular value sparsification"): train in explicit
   W = U diag(s) V form with an orthogonality penalty on U and V and an L1 penalty on s, which
@@ -37,7 +41,7 @@ import torch.nn.functional as F
 
 from .. import measure
 from ..spec import SpecError
-from . import MIN_MAC_SAVING, Param, register
+from . import MIN_MAC_SAVING, Param, recovery, register
 
 DECOMPOSITIONS = ("channel", "spatial")
 ROUTES = ("trp", "svd_reg", "one_shot")
@@ -181,8 +185,10 @@ def replace(model: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def plan_ranks(model: nn.Module, input_shape: tuple[int, ...], energy: float | None,
-               rank_ratio: float | None, decomposition: str = "channel") -> dict[str, dict[str, Any]]:
-    """Per eligible layer: chosen rank, full rank, and the params/MACs before and after.
+               rank_ratio: float | None, decomposition: str = "channel",
+               ranks: dict[str, int] | None = None) -> dict[str, dict[str, Any]]:
+    """Per eligible layer: chosen rank (``ranks[name]`` where given, else by energy / rank_ratio), full
+    rank, and the params/MACs before and after.
 
     Only layers where the factors have fewer MACs than the original are listed.
     """
@@ -192,7 +198,7 @@ def plan_ranks(model: nn.Module, input_shape: tuple[int, ...], energy: float | N
         if not eligible(m, decomposition) or name not in sizes:
             continue
         s = singular_values(weight_matrix(m, decomposition).detach().double())
-        rank = choose_rank(s, energy, rank_ratio)
+        rank = ranks[name] if ranks and name in ranks else choose_rank(s, energy, rank_ratio)
         cost = factor_cost(m, rank, decomposition, sizes[name])
         if cost["macs_after"] >= cost["macs_before"]:
             continue
@@ -221,24 +227,65 @@ def rank_share(model: nn.Module, names: list[str], energy: float | None, rank_ra
 # TRP: nuclear-norm training with periodic truncation (Xu et al. 2020)
 # --------------------------------------------------------------------------------------------
 @torch.no_grad()
-def truncate_in_place(layer: nn.Module, energy: float | None, rank_ratio: float | None,
-                      decomposition: str) -> tuple[int, int]:
-    """Replace ``layer``'s weight by its truncated SVD (same shape, lower rank); (rank kept, full rank)."""
+def truncate_in_place(layer: nn.Module, rank: int, decomposition: str) -> None:
+    """Replace ``layer``'s weight by its best rank-``rank`` approximation (same shape, lower rank)."""
     mat = weight_matrix(layer, decomposition).detach().double()
     u, s, vh = thin_svd(mat)
-    rank = choose_rank(s, energy, rank_ratio)
     low = (u[:, :rank] * s[:rank]) @ vh[:rank]
     layer.weight.copy_(matrix_to_weight(low, tuple(layer.weight.shape), decomposition).to(layer.weight.dtype))
-    return rank, len(s)
+
+
+class RankFloor:
+    """``target_macs`` for TRP: the ranks fall with each truncation until the cut at them would keep
+    ``target`` of the model's MACs, then stay there (a rank floor) for the rest of the training and
+    for the cut. At energy 0.9 the truncations compound and overshoot (the Quick tour's base: 3.2x
+    fewer MACs where TRP's published ResNet-20 point is 2.84x); the floor stops them at the target.
+    The truncation that would cross the target is taken only part of the way, each layer's rank the
+    same fraction of its step down, the smallest fraction that reaches the target."""
+
+    def __init__(self, model: nn.Module, input_shape: tuple[int, ...], names: list[str], decomposition: str,
+                 target: float):
+        sizes = io_sizes(model, input_shape)
+        self.total = measure.count_macs(model, input_shape)["macs"]
+        # a layer's cost depends on its shape only: computed once, so the hook needs no model walk
+        self.costs = {n: [factor_cost(model.get_submodule(n), r, decomposition, sizes[n])
+                          for r in range(min(weight_matrix(model.get_submodule(n), decomposition).shape) + 1)]
+                      for n in names}
+        self.target = target
+        self.held: dict[str, int] | None = None
+
+    def kept(self, ranks: dict[str, int]) -> float:
+        """Share of the model's MACs the cut at ``ranks`` keeps (a layer only factorised where cheaper)."""
+        saved = sum(max(0, c[r]["macs_before"] - c[r]["macs_after"]) for n, r in ranks.items()
+                    for c in (self.costs[n],))
+        return (self.total - saved) / self.total
+
+    def ranks(self, previous: dict[str, int], proposed: dict[str, int]) -> dict[str, int]:
+        """The ranks to truncate at, given the last truncation's and this one's by energy."""
+        if self.held is not None:
+            return self.held
+        if self.kept(proposed) > self.target:
+            return proposed
+
+        def part(t: float) -> dict[str, int]:
+            return {n: max(proposed[n], round(previous[n] - t * (previous[n] - proposed[n]))) for n in proposed}
+        lo, hi = 0.0, 1.0                      # kept(part(hi)) <= target throughout
+        for _ in range(30):
+            mid = (lo + hi) / 2
+            lo, hi = (lo, mid) if self.kept(part(mid)) <= self.target else (mid, hi)
+        self.held = part(hi)
+        return self.held
 
 
 def trp_training(model: nn.Module, ctx, names: list[str], decomposition: str, energy: float | None,
-                 rank_ratio: float | None, nuclear_reg: float, interval: int, epochs: int) -> list[float]:
+                 rank_ratio: float | None, nuclear_reg: float, interval: int, epochs: int,
+                 lr: float | None = None, floor: RankFloor | None = None) -> list[float]:
     """Train with ``nuclear_reg`` x the nuclear norm of every layer's matrix, truncating every weight at
-    ``energy`` every ``interval`` steps. Returns the mean rank share (rank / full rank) after each
-    truncation: the ranks the training has reached."""
+    ``energy`` every ``interval`` steps (not below ``floor``'s ranks once it holds). Returns the mean
+    rank share (rank / full rank) after each truncation: the ranks the training has reached."""
     shares: list[float] = []
     steps = [0]
+    ranks: dict[str, int] = {}
 
     # Both hooks take the model (a DDP rank gets its own pickled copy), never ctx.
     def nuclear(m: nn.Module) -> torch.Tensor:
@@ -249,13 +296,20 @@ def trp_training(model: nn.Module, ctx, names: list[str], decomposition: str, en
         steps[0] += 1
         if steps[0] % interval:
             return
-        kept = [truncate_in_place(m.get_submodule(n), energy, rank_ratio, decomposition) for n in names]
-        shares.append(sum(r / full for r, full in kept) / max(1, len(kept)))
+        spectra = {n: singular_values(weight_matrix(m.get_submodule(n), decomposition).detach().double())
+                   for n in names}
+        proposed = {n: choose_rank(s, energy, rank_ratio) for n, s in spectra.items()}
+        chosen = floor.ranks(ranks or {n: len(s) for n, s in spectra.items()}, proposed) if floor else proposed
+        for n in names:
+            truncate_in_place(m.get_submodule(n), chosen[n], decomposition)
+        ranks.update(chosen)
+        shares.append(sum(chosen[n] / len(spectra[n]) for n in names) / max(1, len(names)))
 
     # the last epoch: the cut below relies on what the truncations did, and an earlier epoch's weights
     # were truncated fewer times
-    ctx.finetune(model, epochs=epochs, phase="lowrank-trp", regularizer=nuclear if nuclear_reg > 0 else None,
-                 after_step=truncate_every_interval, keep_best=False)
+    ctx.finetune(model, epochs=epochs, lr=lr, phase="lowrank-trp",
+                 regularizer=nuclear if nuclear_reg > 0 else None, after_step=truncate_every_interval,
+                 keep_best=False)
     return shares
 
 
@@ -309,7 +363,7 @@ class SVDParametrised(nn.Module):
 
 
 def regularised_training(model: nn.Module, ctx, names: list[str], orthogonal_reg: float, sv_sparsity: float,
-                         epochs: int, decomposition: str = "channel") -> None:
+                         epochs: int, decomposition: str = "channel", lr: float | None = None) -> None:
     for name in names:
         replace(model, name, SVDParametrised(model.get_submodule(name), decomposition))
     svd_layers = [model.get_submodule(n) for n in names]
@@ -321,7 +375,8 @@ def regularised_training(model: nn.Module, ctx, names: list[str], orthogonal_reg
     try:
         # keep the last epoch: the most accurate one is the least regularised, and the spectrum cut
         # below relies on what the penalty did
-        ctx.finetune(model, epochs=epochs, phase="lowrank-regularised", regularizer=regularizer, keep_best=False)
+        ctx.finetune(model, epochs=epochs, lr=lr, phase="lowrank-regularised", regularizer=regularizer,
+                     keep_best=False)
     finally:  # back to plain layers whatever happened, so the model stays exportable
         for name, layer in zip(names, svd_layers):
             replace(model, name, layer.to_plain())
@@ -358,6 +413,10 @@ def _check(params: dict, spec: Any) -> None:
     if params["route"] != "one_shot" and params["reg_epochs"] < 1:
         raise SpecError("method.params.reg_epochs", f"route {params['route']} trains before the cut: "
                                                     "reg_epochs must be >= 1 (or route one_shot)")
+    if params["target_macs"] is not None and (params["route"] != "trp" or params["rank_ratio"] is not None):
+        raise SpecError("method.params.target_macs", "target_macs sets where TRP's falling ranks stop: route trp "
+                                                     "at an energy share only (not with rank_ratio, not "
+                                                     f"route {params['route']})")
     if params["route"] == "svd_reg" and params["orthogonal_reg"] == 0 and params["sv_sparsity"] == 0:
         raise SpecError("method.params.sv_sparsity", "route svd_reg with orthogonal_reg 0 and sv_sparsity 0 "
                                                      "trains without its penalties and lowers no rank")
@@ -379,20 +438,29 @@ DEFAULT_ENERGY = 0.9
           low_open=True, optional=True),
     Param("rank_ratio", "float", None, "keep this share of each layer's full rank instead of an energy share",
           low=0.0, high=1.0, low_open=True, optional=True),
-    Param("reg_epochs", "int", 2, "trp / svd_reg: training epochs before the cut (fine-tuning learning rate)",
-          low=0, high=1000),
-    Param("nuclear_reg", "float", 1e-3, "trp: weight of the nuclear norm (sum of singular values) of every "
-          "layer's matrix in the loss; 0 = truncation only", low=0.0, high=1.0),
-    Param("trp_interval", "int", 20, "trp: optimiser steps between truncations", low=1, high=100000),
+    Param("reg_epochs", "int", 2, "trp / svd_reg: training epochs before the cut", low=0, high=1000),
+    Param("reg_lr", "float", None, "trp / svd_reg: learning rate of the training before the cut (default: "
+          "finetune_lr; Xu et al. 2020 train TRP at the normal schedule's rate)", low=0, high=10, low_open=True,
+          optional=True),
+    Param("nuclear_reg", "float", 3e-4, "trp: weight of the nuclear norm (sum of singular values) of every "
+          "layer's matrix in the loss (3e-4: Xu et al. 2020's CIFAR-10 ResNet-20 setting); 0 = truncation only",
+          low=0.0, high=1.0),
+    Param("trp_interval", "int", 20, "trp: optimiser steps between truncations (Xu et al. 2020's period m)",
+          low=1, high=100000),
+    Param("target_macs", "float", None, "trp: share of the model's MACs the cut keeps, e.g. 0.35 for ~2.9x "
+          "fewer: the ranks fall with each truncation at energy until the cut would reach it, then hold there "
+          "(a rank floor) for the rest of the training and the cut; unset: they fall as far as energy takes them",
+          low=0.0, high=1.0, low_open=True, high_open=True, optional=True),
     Param("orthogonal_reg", "float", 1e-2, "svd_reg: weight of the orthogonality penalty on U and V",
           low=0.0, high=100.0),
     Param("sv_sparsity", "float", 0.3, "svd_reg: weight of the L1 penalty on the singular values", low=0.0,
           high=1.0),
-    Param("finetune_epochs", "int", 1, "fine-tuning epochs after the cut", low=0, high=1000),
+    *recovery.params(epochs=1),
 ], help="Low-rank factorisation by truncated SVD: each conv becomes two thinner ones (channel: k x k + 1 x 1; "
         "spatial: k x 1 + 1 x k), a linear two linears, where that saves MACs. Default route: Trained Rank "
-        "Pruning (Xu et al. 2020), nuclear-norm training that truncates the weights every trp_interval steps, "
-        "then the cut at energy 0.9 and a fine-tune; svd_reg trains with Yang et al. 2020's orthogonality + "
+        "Pruning (Xu et al. 2020: nuclear weight 3e-4, period 20, trained at the normal rate), nuclear-norm "
+        "training that truncates the weights every trp_interval steps (their ranks held once the cut reaches "
+        "target_macs, if set), then the cut at those ranks or energy 0.9 and a fine-tune; svd_reg trains with Yang et al. 2020's orthogonality + "
         "singular-value sparsity penalties instead; one_shot cuts the weights as they are. A cut that would "
         "remove under 5 % of the MACs is refused.")
 def lowrank_svd(model, ctx, params):
@@ -413,15 +481,26 @@ def lowrank_svd(model, ctx, params):
     else:
         ctx.log.info("low-rank: energy %g on the starting weights would remove %.1f%% of the MACs; %s training "
                      "follows", energy, 100 * saved_share(model, ctx.input_shape, before), route)
+    recover = recovery.Recovery(ctx, params)   # its teacher, if any, is the start: loaded before training
+    reg_lr = params["reg_lr"] if params["reg_lr"] is not None else params["finetune_lr"]
+    floor = None
     if route == "trp":
+        if params["target_macs"] is not None:
+            floor = RankFloor(model, ctx.input_shape, names, dec, params["target_macs"])
         shares = trp_training(model, ctx, names, dec, energy, ratio, params["nuclear_reg"], params["trp_interval"],
-                              params["reg_epochs"])
+                              params["reg_epochs"], reg_lr, floor)
         ctx.extra["trp_rank_share"] = shares
     elif route == "svd_reg":
         regularised_training(model, ctx, names, params["orthogonal_reg"], params["sv_sparsity"],
-                             params["reg_epochs"], dec)
+                             params["reg_epochs"], dec, reg_lr)
     model.to("cpu")
-    plan = plan_ranks(model, ctx.input_shape, energy, ratio, dec)
+    held = floor.held if floor else None
+    if floor:
+        ctx.extra["lowrank_target_reached"] = held is not None
+        if held is None:
+            ctx.log.warning("low-rank: TRP's ranks did not fall to target_macs %g during training; the cut is at "
+                            "energy %g", params["target_macs"], energy)
+    plan = plan_ranks(model, ctx.input_shape, energy, ratio, dec, held)
     share_after = rank_share(model, names, energy, ratio, dec)
     if route != "one_shot":
         require_saving(model, ctx.input_shape, energy, ratio, plan, f" after {route} training", dec)
@@ -436,7 +515,7 @@ def lowrank_svd(model, ctx, params):
     ctx.extra["lowrank_layers"] = plan
     ctx.extra["lowrank_params_saved"] = sum(p["params_before"] - p["params_after"] for p in plan.values())
     ctx.extra["lowrank_macs_saved"] = sum(p["macs_before"] - p["macs_after"] for p in plan.values())
-    if params["finetune_epochs"] > 0 and plan:
-        ctx.finetune(model, epochs=params["finetune_epochs"])
+    if plan:
+        recover(model)
     return model
 

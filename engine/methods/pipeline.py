@@ -89,7 +89,11 @@ def pipeline(model, ctx, params):
         run_ids.append(record["run_id"])
         ctx.train_seconds += record.get("train_seconds") or 0.0
         summary.append({"step": i + 1, "method": step["name"], "run_id": record["run_id"], "arch": record["arch"],
-                        **{k: record.get(k) for k in ("accuracy", "params", "macs", "size_bytes", "latency_ms")}})
+                        **{k: record.get(k) for k in ("accuracy", "params", "macs", "size_bytes", "latency_ms",
+                                                      "recovery_lr", "recovery_lr_source")}})
+        # the steps' recovery rate (the last that fine-tuned) and the training rate they carried along
+        ctx.extra.update({k: record[k] for k in ("recovery_lr", "recovery_lr_source", "training_lr")
+                          if record.get(k) is not None})
     ctx.extra["pipeline_runs"] = run_ids
     ctx.extra["pipeline_steps"] = summary
 

@@ -18,6 +18,7 @@ import torch.nn as nn
 from torch.ao.quantization import FakeQuantize, MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver
 from torch.nn.utils import parametrize
 
+from .. import recovery_lr
 from ..errors import SpecError
 from . import Param, register
 from .quantize import INT8_PARAMS, check_int8_params, resolve_format, static_int8
@@ -138,11 +139,12 @@ def check_qat(params: dict, spec: Any) -> None:
         "format; measured like quantize_int8, against which it is the slower but more faithful choice.",
    torch_output=False, check=check_qat)
 def qat(model, ctx, params):
-    fmt = resolve_format(params["format"], "method.params.format")
+    fmt = resolve_format(params["format"], "method.params.format", params["calibration"])
     model = model.to("cpu")
     state = attach(model, fmt, params["per_channel"])
     try:
-        ctx.finetune(model, params["epochs"], params["lr"], phase="qat")
+        # QAT starts from a trained net it does not cut: it stays at the small rate, not a rewound one
+        ctx.finetune(model, params["epochs"], params["lr"], phase="qat", policy=recovery_lr.TENTH)
     finally:
         detach(model, state)
     model = model.to("cpu").eval()

@@ -21,7 +21,7 @@ import torch.nn as nn
 from .. import export, int8_cpu, measure, onnx_models, runtimes
 from .. import training as training_mod  # the class below has a `training` flag
 from ..errors import SpecError
-from . import Param, int8_accuracy, int8_formats, register
+from . import Param, equalize, int8_accuracy, int8_auto, int8_formats, register
 
 
 def quantize_onnx(fp32_path: Path, out_path: Path, data, batches: int, fmt: str, per_channel: bool,
@@ -136,11 +136,12 @@ class Int8Model:
                                   "fp32_onnx_latency_ms", of_start=self.fp32_is_start)
 
 
-def resolve_format(fmt: str, where: str) -> str:
-    """``auto``: the format this CPU runs fast and faithfully (engine.int8_cpu); OpenVINO asked for where it
-    is not installed is refused, naming ``where``."""
+def resolve_format(fmt: str, where: str, calibration: str = "minmax") -> str:
+    """``auto``: the fastest format on this CPU that takes ``calibration`` (engine.int8_cpu; quantize_int8
+    checks its agreement and moves on where it falls short, methods.int8_auto); OpenVINO asked for where it is
+    not installed is refused, naming ``where``."""
     if fmt == "auto":
-        return int8_cpu.this_cpu()["auto_format"]
+        return int8_auto.candidates(calibration)[0]
     if fmt == "openvino" and not int8_cpu.openvino_available():
         raise SpecError(where, "openvino: OpenVINO and NNCF are not installed on this machine "
                                "(pip install openvino nncf), or use an ONNX Runtime format")
@@ -154,26 +155,39 @@ def check_calibration(fmt: str, calibration: str, where: str) -> None:
 
 def check_int8_params(params: dict, spec: Any) -> None:
     """Before anything runs: the format exists on this machine and takes the calibration asked for."""
-    check_calibration(resolve_format(params["format"], "method.params.format"), params["calibration"],
-                      "method.params.calibration")
+    check_calibration(resolve_format(params["format"], "method.params.format", params["calibration"]),
+                      params["calibration"], "method.params.calibration")
 
 
 INT8_PARAMS = [
     Param("calibration_batches", "int", 8, "training batches used to calibrate activation ranges (the "
           "calibration-set size: batches x data.batch_size images)", low=1, high=10000),
-    Param("format", "str", "auto", "auto: the fastest format that stays faithful on this CPU (AVX2-only: "
-          "OpenVINO if installed, else qdq_reduce_range; VNNI/AMX: qdq). qdq: U8S8 QuantizeLinear/"
+    Param("format", "str", "auto", "auto: the fastest format on this CPU whose top-1 agrees with the FP32 "
+          "model's on >= 97 % of the validation images, the formats tried fastest first (VNNI/AMX: qdq, "
+          "qdq_reduce_range, openvino, qdq_s8s8; AVX2-only: openvino, qdq_reduce_range, qdq, qdq_s8s8); where none reaches "
+          "97 % with every layer INT8, each format's most sensitive layers are kept FP32 until it does and the "
+          "model with the fewest FP32 MACs is kept (int8_fp32_layers), else the most faithful found "
+          "(int8_format_reason says which and why; qat takes the first). qdq: U8S8 QuantizeLinear/"
           "DequantizeLinear pairs; qdq_reduce_range: U8S8 with 7-bit weights (no saturation without VNNI); "
           "qdq_s8s8: int8 activations too; qoperator: integer operators (QLinearConv, ...); openvino: NNCF "
           "quantisation run by OpenVINO", choices=("auto", *int8_formats.FORMATS)),
-    Param("calibration", "str", "minmax", "how activation ranges are set from the calibration images: "
-          "minmax, entropy (ONNX Runtime only) or percentile (clips outliers)", choices=int8_formats.CALIBRATIONS),
+    Param("calibration", "str", "percentile", "how activation ranges are set from the calibration images: "
+          "percentile (the default: clips the rare outliers that widen minmax ranges as the calibration set "
+          "grows; measured best on the runtimes bench's ResNet-18, see README), minmax, or entropy (ONNX Runtime "
+          "only; no better than minmax there, and slowest)", choices=int8_formats.CALIBRATIONS),
     Param("per_channel", "bool", True, "one weight scale per output channel (more accurate) instead of per tensor"),
+    Param("keep_first_last_fp32", "bool", True, "leave the first and last quantisable layers (stem convolution, "
+          "classifier) in FP32: they hold a small share of the MACs (0.3 % of CIFAR ResNet-18's) and a large "
+          "share of the INT8 error (measured: +0.9-1.0 pt agreement on the runtimes bench's ResNet-18, see README)"),
 ]
 
 
 @register("quantize_int8", family="quantization", params=[
     *INT8_PARAMS,
+    Param("equalize", "bool", False, "cross-layer equalisation first (Nagel et al. 2019): fold batch-norms, "
+          "rescale each pair of convolutions joined by a ReLU so their channel ranges match (an exact rescaling; "
+          "ReLU6 becomes ReLU). Off by default: on a MobileNetV2 trained on digits it lowered agreement by 0.3-1.4 pt "
+          "(README); worth trying where depthwise channel ranges differ widely"),
     Param("max_drop_pt", "float", None, "maximum accuracy drop on the validation split, in points: the layers "
           "with the largest quantisation error stay FP32 until the drop fits (blank: quantise every layer)",
           low=0, high=100, optional=True),
@@ -182,34 +196,59 @@ INT8_PARAMS = [
         "agreement with the FP32 model and speed are measured on the INT8 model itself.",
    torch_output=False, check=check_int8_params)
 def quantize_int8(model, ctx, params):
-    fmt = resolve_format(params["format"], "method.params.format")
-    check_calibration(fmt, params["calibration"], "method.params.calibration")
+    fmt = params["format"]
+    if fmt != "auto":   # auto: chosen by validation agreement in static_int8
+        fmt = resolve_format(fmt, "method.params.format")
+        check_calibration(fmt, params["calibration"], "method.params.calibration")
     # a user's ONNX model is quantised as it is (no PyTorch graph to export)
     return static_int8(model.to("cpu").eval(), ctx, params, fmt)
 
 
 def static_int8(model: nn.Module, ctx, params: dict[str, Any], fmt: str, method: str = "quantize_int8") -> "Int8Model":
     """Static INT8 of ``model`` in ``fmt`` under ``params`` (INT8_PARAMS, plus max_drop_pt), recorded under
-    ``ctx.extra["quantization"]``."""
+    ``ctx.extra["quantization"]``. ``fmt`` "auto": the fastest format here whose validation agreement with
+    ``model`` meets the floor (methods.int8_auto), the choice and its reason recorded."""
     batches, calibration = params["calibration_batches"], params["calibration"]
     onnx = isinstance(model, onnx_models.OnnxModel)
+    equalized = None
+    if params.get("equalize") and not onnx:
+        equalized = equalize.equalize(model)
     with tempfile.TemporaryDirectory(dir=ctx.run_dir) as tmp:
         fp32_path, int8_path = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         if onnx:
             fp32_path.write_bytes(model.onnx_bytes)
-        else:
-            export.export_onnx(model, ctx.input_shape, fp32_path)
+        else:   # the equalised model is what is quantised; agreement is still against the model as given
+            export.export_onnx(equalized.model if equalized else model, ctx.input_shape, fp32_path)
         ctx.progress(phase="calibrate")
         source, skipped = int8_formats.preprocess(fp32_path, Path(tmp) / "prepped.onnx")
 
-        def make(excluded: list[str]) -> bytes:
-            int8_formats.quantize(source, int8_path, fmt, ctx.data, batches, calibration, params["per_channel"],
-                                  excluded)
+        edges = int8_formats.first_and_last(source) if params.get("keep_first_last_fp32") else []
+
+        def make_in(f: str, excluded: list[str]) -> bytes:
+            int8_formats.quantize(source, int8_path, f, ctx.data, batches, calibration, params["per_channel"],
+                                  [*edges, *excluded])
             return int8_path.read_bytes()
-        int8_bytes = make([])
+        choice = None
+        kept: list[str] = []   # layers format auto kept FP32 to meet the agreement floor
+        if fmt == "auto":
+            ctx.progress(phase="int8:auto")
+            fp32_top1, predict = int8_auto.top1(model, ctx.data), int8_auto.runner_top1(ctx.data)
+            choice = int8_auto.choose(int8_auto.candidates(calibration), lambda f: make_in(f, []), fp32_top1, predict)
+            if choice.agreement is not None and choice.agreement < int8_auto.AGREEMENT_FLOOR:
+                ctx.progress(phase="int8:keep-fp32")
+                choice = int8_auto.keep_fp32(
+                    choice, make_in, lambda f, raw: _sensitivity_order(ctx, params, f, source, Path(tmp), raw, edges),
+                    fp32_top1, predict, onnx_models.node_macs(source.read_bytes(), tuple(ctx.input_shape)),
+                    cancelled=ctx.cancelled)
+            fmt, int8_bytes, kept = choice.format, choice.onnx_bytes, choice.kept_fp32
+        else:
+            int8_bytes = make_in(fmt, [])
+
+        def make(excluded: list[str]) -> bytes:
+            return make_in(fmt, [*kept, *excluded])
         limit = None
         if params.get("max_drop_pt") is not None:
-            limit = _accuracy_limited(model, ctx, params, fmt, source, Path(tmp), make, int8_bytes)
+            limit = _accuracy_limited(model, ctx, params, fmt, source, Path(tmp), make, int8_bytes, [*edges, *kept])
             int8_bytes = limit.best_bytes
         fp32_bytes = fp32_path.read_bytes()
     if skipped:
@@ -220,13 +259,27 @@ def static_int8(model: nn.Module, ctx, params: dict[str, Any], fmt: str, method:
                                  "runtime": int8_formats.runtime_name(fmt), "per_channel": params["per_channel"],
                                  "weights": "int7 (reduce_range)" if fmt == "qdq_reduce_range" else "int8",
                                  "activations": "int8" if s8 else "uint8", "calibration": calibration,
-                                 "calibration_batches": batches, "cpu": int8_cpu.this_cpu(),
+                                 "calibration_batches": batches, "cpu": int8_cpu.this_cpu(), "kept_fp32_edges": edges,
                                  "bias_correction": "NNCF fast bias correction" if fmt == "openvino" else None,
                                  "preprocessed": skipped is None, **({"preprocess_error": skipped} if skipped else {})}
+    if params.get("equalize"):
+        ctx.extra["quantization"]["equalization"] = (
+            {"pairs": equalized.pairs, "batch_norms_folded": equalized.folded_bn,
+             "relu6_to_relu": equalized.relu6_swapped, "iterations": equalized.iterations} if equalized else
+            "skipped: an ONNX model has no PyTorch layers to rescale")
+    if choice is not None:
+        ctx.extra["quantization"]["auto"] = choice.summary()
+        ctx.extra["int8_val_agreement"] = choice.agreement
+        ctx.extra["int8_format_reason"] = choice.reason
+        if choice.searches:
+            ctx.extra["int8_fp32_layers"] = choice.kept_fp32
+            ctx.log.warning("INT8 format auto: %s", choice.reason)
+        elif choice.agreement is not None and choice.agreement < int8_auto.AGREEMENT_FLOOR:
+            ctx.log.warning("INT8 format auto: %s", choice.reason)
     if limit is not None:
         summary = limit.summary()
         ctx.extra["quantization"]["accuracy_limit"] = summary
-        ctx.extra["int8_fp32_layers"] = summary["kept_fp32"]
+        ctx.extra["int8_fp32_layers"] = [*kept, *summary["kept_fp32"]]
         ctx.extra["int8_val_drop_pt"] = summary["val_drop_pt"]
         ctx.extra["int8_limit_met"] = summary["met"]
         if not summary["met"]:
@@ -241,19 +294,12 @@ def static_int8(model: nn.Module, ctx, params: dict[str, Any], fmt: str, method:
 
 
 def _accuracy_limited(model: nn.Module, ctx, params: dict[str, Any], fmt: str, source: Path, tmp: Path, make,
-                      int8_bytes: bytes) -> int8_accuracy.Search:
-    """Keep the noisiest layers FP32 until the validation drop is at most ``max_drop_pt``."""
+                      int8_bytes: bytes, edges: list[str]) -> int8_accuracy.Search:
+    """Keep the noisiest layers FP32 until the validation drop is at most ``max_drop_pt`` (``edges``: the
+    layers FP32 already)."""
     ctx.progress(phase="int8:sensitivity")
     fp32_acc = int8_accuracy.accuracy(model, ctx.data, "val")
-    qdq = tmp / "ranking.onnx"
-    if fmt.startswith("qdq"):    # rank on the very model the search starts from
-        qdq.write_bytes(int8_bytes)
-    else:                        # no QDQ pairs to read (qoperator) or another quantiser (NNCF): an S8S8 proxy
-        int8_formats.quantize(source, qdq, "qdq_s8s8", ctx.data, params["calibration_batches"],
-                              params["calibration"] if params["calibration"] != "entropy" else "minmax",
-                              params["per_channel"])
-    reader = int8_formats.Calibration(ctx.data, int8_formats.input_name(source), params["calibration_batches"])
-    order = int8_accuracy.ranked(int8_accuracy.layer_sqnr(source, qdq, reader))
+    order = _sensitivity_order(ctx, params, fmt, source, tmp, int8_bytes, edges)
     ctx.progress(phase="int8:accuracy-limit")
 
     def score(b: bytes) -> float:
@@ -266,6 +312,21 @@ def _accuracy_limited(model: nn.Module, ctx, params: dict[str, Any], fmt: str, s
             return int8_bytes
         return make(excluded)
     return int8_accuracy.search(make_once, score, order, fp32_acc, params["max_drop_pt"], ctx.cancelled)
+
+
+def _sensitivity_order(ctx, params: dict[str, Any], fmt: str, source: Path, tmp: Path, int8_bytes: bytes,
+                       skip: list[str]) -> list[str]:
+    """The quantised layers of ``int8_bytes`` (in ``fmt``), the largest quantisation error (lowest SQNR) first,
+    less ``skip`` (the layers FP32 already)."""
+    qdq = tmp / "ranking.onnx"
+    if fmt.startswith("qdq"):    # rank on the very model the search starts from
+        qdq.write_bytes(int8_bytes)
+    else:                        # no QDQ pairs to read (qoperator) or another quantiser (NNCF): an S8S8 proxy
+        int8_formats.quantize(source, qdq, "qdq_s8s8", ctx.data, params["calibration_batches"],
+                              params["calibration"] if params["calibration"] != "entropy" else "minmax",
+                              params["per_channel"], skip)
+    reader = int8_formats.Calibration(ctx.data, int8_formats.input_name(source), params["calibration_batches"])
+    return [n for n in int8_accuracy.ranked(int8_accuracy.layer_sqnr(source, qdq, reader)) if n not in skip]
 
 
 @register("half", family="quantization", params=[

@@ -1,12 +1,18 @@
 """Auto-compress's latency objective: "latency at batch b in a chosen runtime on this machine".
 
 A trial's model is exported to the chosen runtime (``engine.deploy``: eager PyTorch, ONNX Runtime,
-OpenVINO) and timed at batch ``batch`` interleaved with the start in the same runtime
-(``measure.paired_speedup``, the engine's one paired timer), so the runtime's own gain is never credited
-to compression. ``best`` times every runtime available here and keeps the fastest, per model, as
-Compare's "latency, best runtime" does; the start's fastest runtime is chosen once, and every trial is
-judged against the start there. An INT8 trial runs in its own INT8 runtime (its format's: ONNX Runtime
-or OpenVINO), whatever was chosen: that is the only runtime its model has.
+OpenVINO) and timed at batch ``batch`` interleaved with the start exported to the SAME runtime
+(``measure.paired_speedup``, the engine's one paired timer: ABBA rounds, median of per-round ratios),
+so a runtime's own gain is never credited to compression. ``best`` times the trial in every runtime
+here, each against the start in that runtime, and keeps the runtime where the trial itself is
+fastest; its speed-up is the one paired there. An INT8 trial has one runtime, its format's (ONNX
+Runtime or OpenVINO), and is paired with the FP32 start in that same engine.
+
+An exported model that answers differently from eager is not the model the search scored: each FP32
+model's top-1 in every runtime is compared with its eager top-1 on ``AGREEMENT_IMAGES`` validation
+images, and a runtime agreeing on fewer than ``AGREEMENT_MIN`` of them is refused for that model,
+with the agreement and why recorded (``refused``). INT8 models are not checked here: their accuracy
+is the validation accuracy the trial is scored on.
 """
 from __future__ import annotations
 
@@ -21,6 +27,11 @@ import torch.nn as nn
 from .. import deploy, measure, runtimes
 
 RUNTIMES = ("eager", "onnxruntime", "openvino", "best")
+AGREEMENT_IMAGES = 256
+# A few hundred images: one or two near-tie flips of an FP32 export must not refuse a runtime; a broken
+# export (a wrong layout, a dropped op) disagrees on far more than 3 %.
+AGREEMENT_MIN = 0.97
+INT8_ENGINE = {"openvino": "openvino"}   # an INT8 format -> the FP32 runtime it runs in (others: onnxruntime)
 
 
 def unavailable(runtime: str) -> str | None:
@@ -35,9 +46,21 @@ def here() -> list[str]:
     return [r for r in RUNTIMES if r != "best" and deploy.DEPLOYMENTS[r].available("cpu") is None]
 
 
+def int8_engine(fmt: str) -> str:
+    """The FP32 runtime an INT8 model of format ``fmt`` runs in: where the start is timed against it."""
+    return INT8_ENGINE.get(fmt, "onnxruntime")
+
+
+@torch.no_grad()
+def top1_agreement(reference: Callable, predictor: Callable, images: torch.Tensor) -> float:
+    """Share of ``images`` whose top-1 from ``predictor`` equals ``reference``'s."""
+    return deploy.agreement(reference(images).float(), predictor, images)["agreement"]
+
+
 class LatencyJudge:
-    """Times models at ``batch`` in ``runtime`` against the start (exported there once). ``time(model)``:
-    its latency_ms, x faster than the start (``speedup``), the runtime it ran in, and the start's latency."""
+    """Times models at ``batch`` in ``runtime`` against the start exported to the same runtime.
+    ``time(model)``: its latency_ms, x faster than the start in that runtime (``speedup``), the runtime, the
+    start's latency there, every runtime's paired figures (``timed``) and the runtimes refused (``refused``)."""
 
     def __init__(self, ctx, runtime: str, batch: int):
         cfg = ctx.spec.measure
@@ -48,46 +71,89 @@ class LatencyJudge:
         self.folder = Path(tempfile.mkdtemp(prefix="search-latency-", dir=ctx.run_dir))
         self.names = here() if runtime == "best" else [runtime]
         self.log = ctx.log
+        self.images = next(iter(ctx.data.loader("val", "cpu", limit=AGREEMENT_IMAGES,
+                                                batch_size=AGREEMENT_IMAGES)))[0]
         start = ctx.base_copy().to("cpu").eval()
-        fns = self._predictors(start, "start")
-        if not fns:
-            raise RuntimeError(f"the start could not run in {runtime}")
-        self.start_runtime = next(iter(fns))
-        if len(fns) > 1:   # best: the start's fastest runtime, each timed against eager at this batch
-            eager = fns.get("eager", start)
-            speed = {n: (1.0 if n == "eager" else self._paired(eager, fn)["speedup"]) for n, fn in fns.items()}
+        # Every runtime the start loads in times it; one whose answers differ from eager is not offered to trials.
+        self.start_fns, self.start_refused, self.agreement = self._predictors(start, "start", keep_refused=True)
+        usable = [n for n in self.start_fns if n not in self.start_refused]
+        if not usable:
+            raise RuntimeError(f"the start could not run in {runtime}: "
+                               + "; ".join(f"{n}: {r['why']}" for n, r in self.start_refused.items()))
+        # The start's own fastest runtime (each against eager, paired): reported, and what Compare's "best" means.
+        self.start_runtime = usable[0]
+        if len(usable) > 1:
+            eager = self.start_fns.get("eager", start)
+            speed = {n: (1.0 if n == "eager" else self._paired(eager, self.start_fns[n])["speedup"]) for n in usable}
             self.start_runtime = max(speed, key=speed.get)
-        self.start_fn = fns[self.start_runtime]
+        self.usable = usable
 
-    def _predictors(self, model: Any, tag: str) -> dict[str, Callable[[torch.Tensor], Any]]:
-        if not isinstance(model, nn.Module):   # an INT8 runtime of its own
-            return {f"int8 {getattr(model, 'fmt', 'onnx')}": runtimes.of(model, torch.device("cpu")).timing("cpu")}
+    def _predictors(self, model: nn.Module, tag: str, keep_refused: bool = False) -> tuple[
+            dict[str, Callable[[torch.Tensor], Any]], dict[str, dict[str, Any]], dict[str, float]]:
+        """``model`` loaded in each runtime of the judge's (the start's usable ones for a trial), those refused
+        ({runtime: {"agreement", "why"}}) and each exported runtime's top-1 agreement with eager.
+        ``keep_refused``: refused ones stay loaded (the start's: an INT8 trial in that engine is still timed
+        against it)."""
         out: dict[str, Callable[[torch.Tensor], Any]] = {}
-        for name in self.names:
+        refused: dict[str, dict[str, Any]] = {}
+        agreed: dict[str, float] = {}
+        for name in self.names if tag == "start" else self.usable:
             folder = self.folder / f"{tag}-{name}"
             folder.mkdir(parents=True, exist_ok=True)
             try:
-                out[name] = model if name == "eager" else deploy.predictor_for(name, model, self.shape, folder,
-                                                                                self.threads)
+                fn = model if name == "eager" else deploy.predictor_for(name, model, self.shape, folder, self.threads)
             except Exception as e:   # a graph this runtime cannot take: the others still judge it
                 self.log.warning("autocompress: %s could not run %s: %s", name, tag, str(e).splitlines()[0][:200])
-        return out
+                continue
+            if name != "eager":
+                agree = top1_agreement(model, fn, self.images)
+                agreed[name] = agree
+                if agree < AGREEMENT_MIN:
+                    why = (f"{name} agreed with eager on {agree:.1%} of {len(self.images)} validation images' top-1, "
+                           f"under {AGREEMENT_MIN:.0%}: not timed as this model")
+                    self.log.warning("autocompress: %s refused for %s: %s", name, tag, why)
+                    refused[name] = {"agreement": agree, "why": why}
+                    if not keep_refused:
+                        continue
+            out[name] = fn
+        return out, refused, agreed
 
     def _paired(self, ref: Callable, cand: Callable) -> dict[str, Any]:
         return measure.paired_speedup(ref, cand, self.shape, torch.device("cpu"), self.runs, self.warmup,
                                       self.threads_cfg, rounds=self.rounds, batch=self.batch)
 
     def time(self, model: Any, tag: str = "trial") -> dict[str, Any]:
-        fns = self._predictors(model, tag)
-        if not fns:
-            raise RuntimeError(f"no runtime of {', '.join(self.names)} could run this model")
-        timed = {n: self._paired(self.start_fn, fn) for n, fn in fns.items()}
-        name = max(timed, key=lambda n: timed[n]["speedup"])
+        """``model`` timed in each runtime it may run in, each against the start in that runtime; judged in the
+        runtime where it is fastest, with the speed-up paired there."""
+        refused: dict[str, dict[str, Any]] = {}
+        agreed: dict[str, float] = {}
+        if isinstance(model, nn.Module):
+            fns, refused, agreed = self._predictors(model.to("cpu").eval(), tag)
+            pairs = {n: (n, fn) for n, fn in fns.items()}
+        else:   # an INT8 runtime of its own, paired with the FP32 start in the same engine
+            fmt = getattr(model, "fmt", "qdq")
+            engine = int8_engine(fmt)
+            if engine not in self.start_fns:
+                raise RuntimeError(f"the start does not run in {engine}, the runtime of this INT8 model ({fmt})")
+            fn = runtimes.of(model, torch.device("cpu")).timing("cpu")
+            pairs = {f"int8 {engine}": (engine, fn)}
+        if not pairs:
+            raise RuntimeError(f"no runtime of {', '.join(self.usable)} could run this model faithfully: "
+                               + "; ".join(f"{n}: {r['why']}" for n, r in refused.items()))
+        try:
+            timed = {n: {**self._paired(self.start_fns[start_rt], fn), "start_runtime": start_rt}
+                     for n, (start_rt, fn) in pairs.items()}
+        finally:
+            for n in self.names:
+                shutil.rmtree(self.folder / f"{tag}-{n}", ignore_errors=True)
+        name = min(timed, key=lambda n: timed[n]["latency_ms"])   # the model's fastest runtime
         p = timed[name]
-        for n in fns:
-            shutil.rmtree(self.folder / f"{tag}-{n}", ignore_errors=True)
         return {"latency_ms": p["latency_ms"], "speedup": p["speedup"], "runtime": name,
-                "start_latency_ms": p["ref_latency_ms"]}
+                "start_runtime": p["start_runtime"], "start_latency_ms": p["ref_latency_ms"],
+                "timed": {n: {"speedup": t["speedup"], "latency_ms": t["latency_ms"],
+                              "start_latency_ms": t["ref_latency_ms"], "start_runtime": t["start_runtime"]}
+                          for n, t in timed.items()},
+                "agreement": agreed, "refused": refused}
 
     def close(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)

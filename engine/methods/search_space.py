@@ -1,7 +1,7 @@
 """What auto-compress searches over: a few method recipes whose knobs come from the registry.
 
 Each candidate is one method or pipeline (prune_structured -> quantize_int8, lowrank_svd ->
-quantize_int8, prune_unstructured, distill into a student). A knob's search range is the
+quantize_int8, quantize_int8 alone, prune_unstructured, distill into a student). A knob's search range is the
 registry ``Param``'s own range, narrowed to the part worth trying (keeping half the MACs is worth a
 trial, keeping 0.1 % is not) and never wider than the registry allows, so every recipe a trial draws
 passes the method's own validation.
@@ -20,7 +20,11 @@ from typing import Any
 from .. import measure, models
 from . import Param, get
 
-CANDIDATES = ("prune_int8", "lowrank_int8", "unstructured", "distill")
+CANDIDATES = ("prune_int8", "lowrank_int8", "quantize_int8", "unstructured", "distill")
+TUNED = ("prune_int8", "lowrank_int8", "unstructured", "distill")   # candidates with a fine-tune to lengthen
+# The full recipe's distillation-assisted fine-tune (recovery.py: Hinton KD with the start as teacher), where the
+# method has one: the weight of Tian et al. 2020's benchmark.
+FULL_KD = 0.9
 STUDENTS = ("mobilenet_v3_small", "mobilenet_v2")   # students that are much smaller than the usual bases
 
 
@@ -52,15 +56,20 @@ class Draw:
 
 
 def draw(trial: Any, candidate: str, finetune_epochs: int, start_macs: float, start_params: float,
-         num_classes: int, input_shape: tuple[int, int, int], small_input: bool) -> Draw:
-    """The recipe ``trial`` (an optuna.Trial) picks for ``candidate``."""
+         num_classes: int, input_shape: tuple[int, int, int], small_input: bool, kd: float = 0.0) -> Draw:
+    """The recipe ``trial`` (an optuna.Trial) picks for ``candidate``; ``kd`` > 0: a distillation-assisted
+    fine-tune of that weight where the method has one (structured pruning)."""
     int8 = {"name": "quantize_int8", "params": {}}
     if candidate == "prune_int8":
         keep = trial.suggest_float("prune.target_macs", *bounds("prune_structured", "target_macs", 0.1, 0.9))
-        step = {"name": "prune_structured", "params": {"target_macs": keep, "finetune_epochs": finetune_epochs}}
+        step = {"name": "prune_structured", "params": {"target_macs": keep, "finetune_epochs": finetune_epochs,
+                                                       **({"finetune_kd": kd} if kd else {})}}
         return Draw({"name": "pipeline", "params": {"steps": [step, int8]}},
-                    f"prune_structured keeping {keep:.0%} of MACs, {finetune_epochs} epoch fine-tune -> INT8",
-                    {"macs": keep})
+                    f"prune_structured keeping {keep:.0%} of MACs, {finetune_epochs} epoch"
+                    + (f" KD-assisted (weight {kd:g})" if kd else "") + " fine-tune -> INT8", {"macs": keep})
+    if candidate == "quantize_int8":
+        # The cheapest candidate: no knob, no training; the start as INT8 in the format fastest on this CPU.
+        return Draw(int8, "quantize_int8 of the start (format auto)", {"macs": 1.0})
     if candidate == "lowrank_int8":
         energy = trial.suggest_float("lowrank.energy", *bounds("lowrank_svd", "energy", 0.5, 0.99))
         step = {"name": "lowrank_svd", "params": {"energy": energy, "finetune_epochs": finetune_epochs}}

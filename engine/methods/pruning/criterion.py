@@ -79,6 +79,34 @@ class FilterNorm(tp.importance.Importance):
         return None if total is None else total.sqrt()
 
 
+def is_channel_norm(dep) -> bool:
+    """Whether a group's dependency is an affine batch norm normalising the group's channels."""
+    m = dep.target.module
+    return isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine and dep.handler == tp.prune_batchnorm_out_channels
+
+
+def channel_norms(group: tp.Group) -> list[tuple[nn.modules.batchnorm._BatchNorm, list[int]]]:
+    """(batch norm, indices) of every batch norm normalising the group's channels."""
+    return [(dep.target.module, list(idxs)) for dep, idxs in group if is_channel_norm(dep)]
+
+
+class ScaleNorm(tp.importance.Importance):
+    """SFP's L2 criterion where a batch norm follows the filters: the L2 norm of the channel's BN
+    scales (gamma) over the coupled batch norms. BN divides out the filter's own norm, so gamma is
+    what scales the channel; where no batch norm follows, the filters' L2 norm (``FilterNorm``)."""
+
+    @torch.no_grad()
+    def __call__(self, group: tp.Group) -> torch.Tensor | None:
+        if not channel_norms(group):
+            return FilterNorm()(group)
+        total = torch.zeros(len(group[0].idxs), device=group[0].dep.target.module.weight.device)
+        for i, (dep, idxs) in enumerate(group):
+            if is_channel_norm(dep):
+                total.scatter_add_(0, torch.tensor(group[i].root_idxs, device=total.device),
+                                   dep.target.module.weight.detach()[list(idxs)].float().pow(2))
+        return total.sqrt()
+
+
 def weight_scales(weights: list[torch.Tensor], norm: str) -> list[torch.Tensor]:
     """Each layer's mean |w| (``l1``) or RMS (``l2``): what its scores are divided by so that layers
     with different weight scales compete fairly in one global ranking."""

@@ -17,6 +17,7 @@ from torchvision.models import VisionTransformer
 
 from ... import export, models, user_models
 from ...spec import SpecError
+from . import criterion
 from .criterion import is_depthwise, producing_filters
 
 # Families whose graphs torch-pruning 1.6 cannot keep consistent, with the reason shown to the user.
@@ -156,23 +157,35 @@ def prune_step(pruner: tp.pruner.BasePruner) -> None:
 
 
 @torch.no_grad()
-def zero_group(group: tp.Group, shift: bool = True) -> int:
-    """Zero the producing filters of the group's selected channels (soft pruning); returns how many.
+def zero_group(group: tp.Group, shift: bool = True, scale_only: bool = False) -> int:
+    """Zero the group's selected channels (soft pruning); returns how many.
 
-    With ``shift`` the batch norms after them get a zero shift and running mean too: otherwise a
-    zeroed channel still emits the constant ``beta - gamma * mean / std`` and removing it changes
-    the network. Only before a removal, though: a channel that emits exactly 0 into a ReLU gets no
-    gradient (ReLU's is 0 there), so its filter could never grow back, and soft pruning would be
-    hard pruning with extra steps. (Measured: with the shift zeroed at every epoch end, not one of
-    870 zeroed ResNet-18 filters recovered over two epochs; with filters alone, 65 and 25 did.)
+    Normally the producing filters are zeroed. With ``scale_only`` a group with batch norms has their
+    scales (gamma) zeroed instead and keeps its filters: BN divides a filter by its batch standard
+    deviation, so a zeroed filter's first small update comes back at full strength (its gradient
+    at variance 0 is amplified ~1/sqrt(eps), ~316x); a zero gamma grows back only as fast as its
+    gradient says the channel is worth, and keeps it silent meanwhile.
+
+    With ``shift`` the filters, scales, shifts and running means all go to zero: otherwise a
+    silenced channel still emits the constant ``beta - gamma * mean / std`` (``beta`` once gamma
+    is 0) and removing it changes the network. Only before a removal, though: a channel that emits
+    exactly 0 into a ReLU gets no gradient (ReLU's is 0 there), so it could never grow back.
+    (Measured: with the shift zeroed at every epoch end, not one of 870 zeroed ResNet-18 filters
+    recovered over two epochs; with filters alone, 65 and 25 did.)
     """
-    for layer, idxs, _ in producing_filters(group):
-        layer.weight[idxs] = 0
-        if layer.bias is not None:
-            layer.bias[idxs] = 0
+    norms = criterion.channel_norms(group) if scale_only and not shift else []
+    for bn, idxs in norms:
+        bn.weight[idxs] = 0
+    if not norms:
+        for layer, idxs, _ in producing_filters(group):
+            layer.weight[idxs] = 0
+            if layer.bias is not None:
+                layer.bias[idxs] = 0
     for dep, idxs in group if shift else ():
         bn = dep.target.module
         if isinstance(bn, nn.modules.batchnorm._BatchNorm) and dep.handler == tp.prune_batchnorm_out_channels:
+            if bn.weight is not None:
+                bn.weight[idxs] = 0
             if bn.bias is not None:
                 bn.bias[idxs] = 0
             if bn.running_mean is not None:

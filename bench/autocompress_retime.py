@@ -1,0 +1,92 @@
+"""bench autocompress's closing measurement: every model it compares, in every runtime, timed in ONE interleaved run.
+
+Latencies recorded by different jobs minutes apart are not comparable on a shared machine (the last search's
+"fastest runtime" column mixed them). Here the base, every Pareto-front model and every preset's run are loaded
+in each CPU runtime that runs here (eager PyTorch, ONNX Runtime, OpenVINO; an INT8 model in its own INT8 runtime)
+and timed at batch 1 in rounds that visit every (model, runtime) contender, forward then backward
+(``bench.int8_formats.interleaved``). Each model's speed-up is the median of its per-round ratios against the base:
+in the same runtime (an INT8 model: the FP32 base in the engine it runs in), and from the model's fastest runtime
+against the base's fastest. An FP32 export whose top-1 disagrees with eager on the agreement images is refused as
+in the search (``search_latency.AGREEMENT_MIN``) and is never a model's fastest.
+"""
+from __future__ import annotations
+
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from engine import deploy, export, int8_cpu, measure
+from engine.methods import int8_formats, search_latency
+
+from . import int8_formats as int8_bench
+from .runtimes import contenders
+
+RUNTIMES = ("eager", "onnxruntime", "openvino")
+
+
+def int8_runner(checkpoint: str | Path, threads: int) -> tuple[Callable, str]:
+    """An INT8 run's model as it runs (its ONNX file in its format's runtime) and that runtime's name."""
+    bundle = export.read_bundle(checkpoint)
+    fmt = bundle.get("extra", {}).get("int8_format", "qdq")
+    if fmt == "openvino" and not int8_cpu.openvino_available():
+        fmt = "qdq_s8s8"   # NNCF's QDQ file runs in ONNX Runtime too
+    return int8_formats.runner(bundle["onnx"].numpy().tobytes(), fmt, threads), search_latency.int8_engine(fmt)
+
+
+def is_int8(checkpoint: str | Path) -> bool:
+    return export.read_bundle(checkpoint).get("kind") == export.ONNX_INT8
+
+
+def ratios(timed: dict, ref: tuple[str, str], key: tuple[str, str]) -> float:
+    """Median over rounds of ref's latency / key's: how many times faster ``key`` is, paired round by round."""
+    return statistics.median(b / m for b, m in zip(timed[ref], timed[key]))
+
+
+def retime(checkpoints: dict[str, str], base: str, shape: tuple[int, ...], images: torch.Tensor, threads: int,
+           rounds: int = 7, runs: int = 40) -> dict[str, Any]:
+    """``checkpoints``: {label: checkpoint path}, ``base`` one of the labels. Per label: each runtime's median
+    latency and paired x faster than the base in the same runtime, its fastest runtime and its x faster there
+    than the base in the base's fastest; FP32 runtimes refused for disagreeing with eager, with why."""
+    int8 = {k: p for k, p in checkpoints.items() if is_int8(p)}
+    models = {k: export.load_model(p)[0].to("cpu").eval() for k, p in checkpoints.items() if k not in int8}
+    out: dict[str, Any] = {"models": {}, "missing": {}, "rounds": rounds, "threads": threads}
+    with tempfile.TemporaryDirectory() as tmp:
+        fns, missing = contenders(models, shape, Path(tmp), threads,
+                                  [r for r in RUNTIMES if deploy.DEPLOYMENTS[r].available("cpu") is None])
+        out["missing"].update(missing)
+        refused: dict[str, dict[str, str]] = {}
+        with measure.cpu_threads(torch.device("cpu"), threads):
+            for (label, rt), fn in list(fns.items()):
+                if rt == "eager":
+                    continue
+                agree = search_latency.top1_agreement(models[label], fn, images)
+                if agree < search_latency.AGREEMENT_MIN:
+                    refused.setdefault(label, {})[rt] = (f"top-1 agreed with eager on {agree:.1%} of {len(images)} "
+                                                         f"images, under {search_latency.AGREEMENT_MIN:.0%}")
+                    del fns[(label, rt)]
+        engine_of = {}
+        for label, path in int8.items():
+            fn, engine = int8_runner(path, threads)
+            fns[(label, f"int8 {engine}")] = fn
+            engine_of[label] = engine
+        timed = int8_bench.interleaved(fns, shape, rounds, runs, threads)
+    fastest_base = min((k for k in timed if k[0] == base), key=lambda k: statistics.median(timed[k]))
+    out.update(base_fastest=fastest_base[1], base_latency_ms=statistics.median(timed[fastest_base]) * 1e3)
+    for label in checkpoints:
+        mine = {k: v for k, v in timed.items() if k[0] == label}
+        if not mine:
+            continue
+        per = {}
+        for (_, rt), lat in mine.items():
+            same = engine_of.get(label, rt)   # an INT8 model: the base in the engine it runs in
+            per[rt] = {"latency_ms": statistics.median(lat) * 1e3, "vs": same,
+                       "x_faster": ratios(timed, (base, same), (label, rt)) if (base, same) in timed else None}
+        best = min(mine, key=lambda k: statistics.median(timed[k]))
+        out["models"][label] = {"runtimes": per, "fastest": best[1],
+                                "x_faster_same": per[best[1]]["x_faster"],
+                                "x_faster_vs_base_fastest": ratios(timed, fastest_base, best),
+                                "refused": refused.get(label, {})}
+    return out

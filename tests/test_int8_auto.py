@@ -1,0 +1,217 @@
+"""INT8 that agrees with its FP32 model: ``format: auto`` keeps the fastest format meeting the agreement floor
+(or says why none did), the calibration settings reach the scales, and cross-layer equalisation is an exact
+rescaling of the FP32 model."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+
+from engine import data as data_mod
+from engine.methods import equalize, int8_auto, int8_formats, quantize
+from engine.spec import DataSpec
+
+from test_int8 import _ctx, _sensitive_model, _small_net
+
+
+# -- the choice, on made-up agreements ------------------------------------------------------------------
+@pytest.mark.fast
+def test_auto_keeps_the_fastest_format_meeting_the_floor_or_the_most_faithful_and_says_why():
+    fp32 = torch.arange(100) % 10
+
+    def predicting(agreements):   # format -> share of the 100 answers equal to fp32's
+        def predict(raw, fmt):
+            wrong = round(100 * (1 - agreements[fmt]))
+            return torch.cat([(fp32[:wrong] + 1) % 10, fp32[wrong:]])
+        return predict
+    made = []
+
+    def make(fmt):
+        made.append(fmt)
+        return fmt.encode()
+    c = int8_auto.choose(["fast", "middle", "slow"], make, fp32, predicting({"fast": 0.90, "middle": 0.98, "slow": 1.0}))
+    assert (c.format, c.agreement, c.onnx_bytes) == ("middle", 0.98, b"middle") and made == ["fast", "middle"]
+    assert "faster fast agreed less" in c.reason and [t["val_agreement"] for t in c.tried] == [0.90, 0.98]
+
+    c = int8_auto.choose(["fast", "middle", "slow"], make, fp32, predicting({"fast": 0.80, "middle": 0.95, "slow": 0.90}))
+    assert c.format == "middle" and c.onnx_bytes == b"middle" and c.agreement == 0.95
+    assert c.reason.startswith("middle: no format reached the 97% agreement floor") and "fast 80.0%" in c.reason
+
+
+@pytest.mark.fast
+def test_auto_tries_formats_fastest_first_for_the_cpu_and_the_calibration():
+    vnni, avx2 = {"level": "amx"}, {"level": "avx2"}
+    assert int8_auto.candidates("minmax", vnni, openvino=True)[0] == "qdq"
+    assert int8_auto.candidates("minmax", avx2, openvino=True)[0] == "openvino"
+    assert "openvino" not in int8_auto.candidates("entropy", avx2, openvino=True)   # entropy is ONNX Runtime's
+    assert "qoperator" not in int8_auto.candidates("minmax", vnni, openvino=True)   # slower than FP32 where measured
+
+
+# -- on real INT8 models -------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def digits():
+    return data_mod.load(DataSpec(name="digits", val_limit=150, test_limit=150, batch_size=64))
+
+
+@pytest.fixture(scope="module")
+def small_net(digits):
+    return _small_net(digits)
+
+
+def test_auto_picks_a_format_meeting_the_agreement_floor(tmp_path, monkeypatch, digits, small_net):
+    monkeypatch.setattr(quantize, "bundle_bytes", lambda model, ctx: 1)
+    net = small_net
+    ctx = _ctx(tmp_path, digits)
+    params = {"calibration_batches": 2, "calibration": "percentile", "per_channel": True, "max_drop_pt": None,
+              "keep_first_last_fp32": True}
+    model = quantize.static_int8(net, ctx, params, "auto")
+    auto = ctx.extra["quantization"]["auto"]
+    assert model.fmt == ctx.extra["quantization"]["format"] == auto["format"] == auto["tried"][-1]["format"]
+    assert ctx.extra["int8_val_agreement"] >= int8_auto.AGREEMENT_FLOOR and "meets the 97% floor" in \
+        ctx.extra["int8_format_reason"]
+    assert auto["tried"][0]["format"] == int8_auto.candidates("percentile")[0]
+    # the stem and the classifier stayed FP32: their weights are not dequantised INT8, the middle conv's is
+    import onnx
+    graph = onnx.load_from_string(model.onnx_bytes).graph
+    dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    weights = {n.name: n.input[1] for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul")}
+    edges = ctx.extra["quantization"]["kept_fp32_edges"]
+    assert edges == ["/0/Conv", "/6/Gemm"] and all(weights[e] not in dequantized for e in edges)
+    assert weights["/2/Conv"] in dequantized
+    # the agreement recorded is the shipped model's own
+    assert ctx.extra["int8_val_agreement"] == pytest.approx(float(
+        (int8_auto.top1(model, digits) == int8_auto.top1(net, digits)).float().mean()))
+
+
+def test_auto_keeps_the_sensitive_layer_fp32_when_no_format_meets_the_floor(tmp_path, monkeypatch, digits):
+    monkeypatch.setattr(quantize, "bundle_bytes", lambda model, ctx: 1)
+    net = _sensitive_model(digits)   # one outlier weight: per-tensor INT8 wipes out conv2 in every format
+    warnings = []
+    ctx = _ctx(tmp_path, digits)
+    ctx.log = type("Log", (), {"warning": staticmethod(lambda msg, *a: warnings.append(msg % a))})
+    params = {"calibration_batches": 2, "calibration": "minmax", "per_channel": False, "max_drop_pt": None}
+    model = quantize.static_int8(net, ctx, params, "auto")
+    auto = ctx.extra["quantization"]["auto"]
+    tried = auto["tried"]
+    assert [t["format"] for t in tried] == int8_auto.candidates("minmax")                   # every one tried
+    assert max(t["val_agreement"] for t in tried) < int8_auto.AGREEMENT_FLOOR                # none met it all-INT8
+    # each format searched; the kept model meets the floor on val with the outlier layer FP32, and says so
+    assert [s["format"] for s in auto["keep_fp32"]] == [t["format"] for t in tried]
+    assert ctx.extra["int8_fp32_layers"] == auto["kept_fp32"] == ["/2/Conv"]
+    assert ctx.extra["int8_val_agreement"] >= int8_auto.AGREEMENT_FLOOR and model.fmt == auto["format"]
+    assert 0 < auto["fp32_mac_share"] < 1
+    assert ctx.extra["int8_format_reason"].startswith(f"{model.fmt} with 1 layer(s) kept FP32")
+    assert warnings and "kept FP32" in warnings[0]
+    # the shipped model is that one: conv2 computes in FP32 (its weight is not dequantised INT8) and agrees
+    import onnx
+    graph = onnx.load_from_string(model.onnx_bytes).graph
+    dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    assert next(n for n in graph.node if n.name == "/2/Conv").input[1] not in dequantized
+    assert float((int8_auto.top1(model, digits) == int8_auto.top1(net, digits)).double().mean()) == \
+        ctx.extra["int8_val_agreement"]
+
+
+@pytest.mark.fast
+def test_keep_fp32_keeps_the_fewest_fp32_macs_or_says_the_floor_is_unreachable():
+    fp32 = torch.arange(100) % 10
+    layers = ["a", "b", "c"]
+    macs = {"a": 10, "b": 80, "c": 10, "add": 0}
+
+    def predicting(agreement):   # (format, layers kept FP32) -> share of the answers equal to fp32's
+        def predict(raw, fmt):
+            wrong = round(100 * (1 - agreement(fmt, raw.decode().split(",")[1:])))
+            return torch.cat([(fp32[:wrong] + 1) % 10, fp32[wrong:]])
+        return predict
+
+    def make(fmt, excluded):
+        return ",".join([fmt, *excluded]).encode()
+
+    def run(agreement):
+        predict = predicting(agreement)
+        first = int8_auto.choose(["fast", "slow"], lambda f: make(f, []), fp32, predict)
+        return int8_auto.keep_fp32(first, make, lambda fmt, raw: list(layers), fp32, predict, macs)
+    # fast needs a and b FP32 (90 % of the MACs), slow only a (10 %): slow is kept
+    c = run(lambda fmt, kept: 0.98 if (kept[:2] == ["a", "b"] or (fmt == "slow" and kept)) else 0.90)
+    assert (c.format, c.kept_fp32, c.fp32_mac_share, c.onnx_bytes) == ("slow", ["a"], 0.1, b"slow,a")
+    assert [s["kept_fp32"] for s in c.searches] == [["a", "b"], ["a"]] and c.agreement == 0.98
+    assert c.reason.startswith("slow with 1 layer(s) kept FP32 (10.0% of the MACs)")
+    # both need the same FP32 layers: the faster format is kept
+    assert run(lambda fmt, kept: 0.98 if kept else 0.90).format == "fast"
+    # no count of FP32 layers reaches the floor: the most faithful found is kept, and the reason says so
+    c = run(lambda fmt, kept: 0.90 + 0.01 * len(kept) + (0.02 if fmt == "slow" else 0))
+    assert (c.format, c.kept_fp32, c.agreement) == ("slow", layers, 0.95)
+    assert "the 97% agreement floor was not reached" in c.reason and "kept the most faithful, 95.0%" in c.reason
+
+
+def _activation_scales(path) -> dict[str, float]:
+    """QuantizeLinear scales of the activations (not the weights) of a QDQ model."""
+    import onnx
+    from onnx import numpy_helper
+    m = onnx.load(str(path))
+    consts = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    return {n.input[0]: float(consts[n.input[1]]) for n in m.graph.node
+            if n.op_type == "QuantizeLinear" and n.input[0] not in consts}
+
+
+@pytest.mark.parametrize("change", [{"calibration": "percentile"}, {"batches": 1}])
+def test_the_calibration_settings_set_the_activation_scales(tmp_path, digits, small_net, change):
+    net = small_net
+    fp32 = tmp_path / "fp32.onnx"
+    from engine import export
+    export.export_onnx(net, digits.input_shape, fp32)
+    scales = []
+    for i, kw in enumerate(({"calibration": "minmax", "batches": 3}, {"calibration": "minmax", "batches": 3, **change})):
+        out = tmp_path / f"{i}.onnx"
+        int8_formats.quantize(fp32, out, "qdq", digits, kw["batches"], kw["calibration"])
+        scales.append(_activation_scales(out))
+    assert scales[0].keys() == scales[1].keys() and len(scales[0]) >= 3
+    assert scales[0] != scales[1]
+    if "calibration" in change:   # percentile clips the outliers minmax keeps: no scale grows
+        assert all(scales[1][k] <= scales[0][k] + 1e-9 for k in scales[0])
+
+
+# -- cross-layer equalisation ----------------------------------------------------------------------------
+@pytest.mark.fast
+def test_cross_layer_equalisation_is_an_exact_rescaling_that_evens_the_ranges():
+    from engine.cifar_nets import mobilenet_v2_cifar
+    torch.manual_seed(0)
+    net = mobilenet_v2_cifar(10, 0.25)
+    for m in net.modules():   # batch-norms as a trained net has them, so folding them matters
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.2)
+            m.running_var.uniform_(0.3, 3)
+            m.weight.data.uniform_(0.1, 4)
+    net.eval()
+    relu = copy.deepcopy(net)
+    equalize._fold_and_swap(relu)       # what CLE starts from: BN folded, ReLU6 -> ReLU
+    done = equalize.equalize(net)
+    assert done.pairs >= 10 and done.folded_bn >= 20 and done.relu6_swapped >= 10 and done.iterations >= 1
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        ref, got = relu(x), done.model(x)
+    assert torch.allclose(ref, got, atol=1e-5 * float(ref.abs().max()))
+    assert net.features[1].conv[0][2].__class__ is nn.ReLU6   # the model given is left as it was
+    # every equalised pair now has matching channel ranges
+    for a, b in equalize._pairs(done.model):
+        r1 = a.weight.abs().amax(dim=(1, 2, 3))
+        r2 = b.weight.abs().amax(dim=(1, 2, 3)) if b.groups > 1 else b.weight.abs().amax(dim=(0, 2, 3))
+        assert torch.allclose(r1, r2, rtol=0.05)
+    # before CLE they did not
+    a, b = equalize._pairs(relu)[0]
+    assert not torch.allclose(a.weight.abs().amax(dim=(1, 2, 3)), b.weight.abs().amax(dim=(1, 2, 3)), rtol=0.05)
+
+
+@pytest.mark.fast
+def test_calibration_drops_a_short_last_batch_which_histogram_calibrators_cannot_stack():
+    """200 images at batch 32 end in a batch of 8: percentile/entropy calibration failed on it."""
+    import torch
+    from engine.methods.int8_formats import Calibration
+
+    class Data:
+        def loader(self, split, device, train):
+            return [(torch.zeros(n, 3, 8, 8), torch.zeros(n)) for n in (32, 32, 8)]
+    sizes = [b.shape[0] for b in Calibration(Data(), "x", batches=8).arrays()]
+    assert sizes == [32, 32]
+    assert [b.shape[0] for b in Calibration(Data(), "x", batches=1).arrays()] == [32]
