@@ -1,6 +1,7 @@
 """Presets say what they use and how long they take; the benches that run them write their sections."""
 from __future__ import annotations
 
+import re
 
 import pytest
 
@@ -43,6 +44,29 @@ def test_quick_tour_trains_a_resnet20_base_and_a_fair_student_pair():
     # TRP keeps its own 2 training epochs (1 cost 0.55 pt at the same 3.2x; docs/BENCHMARKS.md)
     trp_default = next(p.default for p in methods.get("lowrank_svd").params if p.name == "reg_epochs")
     assert by["lowrank_svd"]["method"]["params"]["reg_epochs"] == trp_default == 2
+
+
+@pytest.mark.fast
+def test_quick_tour_cuts_match_their_anchors_and_get_their_measured_recovery():
+    """A row with a published anchor cuts as many MACs as the anchor states (within 5 %), and gets the
+    recovery epochs measured to bring it near it (docs/BENCHMARKS.md, "The Quick tour's rows")."""
+    by = {s["method"]["name"]: s["method"]["params"] for s in presets.quick_tour()[1:]}
+    kept = {"prune_structured": presets.QUICK_STRUCT_MACS_KEPT, "lowrank_svd": presets.QUICK_LOWRANK_MACS_KEPT}
+    for name, share in kept.items():
+        assert by[name]["target_macs"] == share and by[name]["finetune_epochs"] == 2, name
+        cuts = [float(x) for x in re.findall(r"(\d+\.\d+)x", quick_tour.ANCHORS[name])]
+        assert any(abs(c * share - 1) <= 0.05 for c in cuts), (name, cuts)
+    # the pipeline's structured step is the structured row's own recipe, then INT8
+    assert by["pipeline"]["steps"] == [{"name": "prune_structured", "params": by["prune_structured"]},
+                                       {"name": "quantize_int8", "params": {}}]
+    # SFP at its default share (30 % of every layer's filters: 2.11x on this ResNet-20, as the ResNet-56 anchor)
+    sfp_ratio = next(p.default for p in methods.get("soft_filter_pruning").params if p.name == "ratio")
+    assert "ratio" not in by["soft_filter_pruning"] and sfp_ratio == 0.3 and "30 %" in quick_tour.ANCHORS[
+        "soft_filter_pruning"] and "2.11x" in quick_tour.ANCHORS["soft_filter_pruning"]
+    assert by["soft_filter_pruning"]["epochs"] == 2 and by["soft_filter_pruning"]["finetune_epochs"] == 1
+    # the preset's description says the cuts it makes
+    uses = presets.PRESETS["Quick tour (CPU)"].uses
+    assert f"{1 / presets.QUICK_STRUCT_MACS_KEPT:.1f}x" in uses and f"{1 / presets.QUICK_LOWRANK_MACS_KEPT:.1f}x" in uses
 
 
 @pytest.mark.fast
