@@ -654,3 +654,23 @@ def test_cheap_proxies_first_then_the_best_gets_the_full_recipe(ws):
     assert full["trial"] > proxy["trial"] and "full recipe of trial" in full["recipe"]
     method = lambda t: store.get(t["run_id"])["spec"]["method"]["params"]  # noqa: E731
     assert method(proxy)["finetune_epochs"] == 1 and method(full)["finetune_epochs"] == 2
+
+
+def test_a_seeded_recipe_runs_first_with_its_full_fine_tune(ws):
+    """seeded (the default): the measured recipe (search_space.SEEDS[0]: structured to 1/2.1 of the MACs -> INT8)
+    is the first trial of a space holding its candidate, with full_epochs and no KD, saying what it was seeded on,
+    and is never promoted; a seed the budget leaves no room for stays queued, unrun."""
+    from engine.methods.search_space import SEEDS
+    store, base = ws
+    rec = run_spec(search_spec(base["run_id"], trials=1, promote=0, full_epochs=2, target=None,
+                               space=["prune_int8"]), store)
+    trials = rec["search_trial_list"]
+    ran = [t for t in trials if t["state"] in ("complete", "pruned")]
+    assert rec["search_trials"] == len(ran) == 1
+    seeded, = ran
+    assert seeded["params"] == SEEDS[0].params and seeded["seeded"] == SEEDS[0].why
+    assert "(seeded: " in seeded["recipe"] and seeded["val_accuracy"] is not None and seeded["promoted_from"] is None
+    step = store.get(seeded["run_id"])["spec"]["method"]["params"]["steps"][0]
+    assert step["name"] == "prune_structured" and step["params"]["finetune_epochs"] == 2
+    assert not step["params"].get("finetune_kd") and abs(step["params"]["target_macs"] - 1 / 2.1) < 1e-9
+    assert all(t["state"] == "waiting" and t["run_id"] is None for t in trials if t not in ran)

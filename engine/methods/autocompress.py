@@ -10,7 +10,7 @@ Cheap first: a trial whose model cannot meet a MACs or size target (known before
 ``search_space``) is refused untrained; a trial whose fine-tune ends more than ``prune_margin_pt``
 beyond the limit is stopped there (Optuna's ThresholdPruner), before INT8, export and timing.
 Both are recorded with why. The start as plain INT8 (no knob, no training) is the first trial; then (``seeded``)
-the recipes measured to work (``search_space.SEEDS``: structured pruning to ~1/2.1 of the MACs -> INT8) with
+the recipes measured to work (``search_space.SEEDS``: structured pruning to 1/2.1 and to 35 % of the MACs -> INT8) with
 their full fine-tune (``full_epochs``, at the rewound rate, no KD: as measured), which are never promoted. Trials get
 a short fine-tune (``finetune_epochs``); then the ``promote`` best of them on or near their front (by
 validation accuracy and cost) run again with the full recipe (``full_epochs``, KD-assisted where the
@@ -174,17 +174,20 @@ def autocompress(model, ctx, params):
     # Seeded past the trials it already has: a resumed search does not redraw its first recipes.
     study.sampler = optuna.samplers.TPESampler(seed=params["seed"] + len(study.trials),
                                                constant_liar=params["parallel"] > 1)
-    fresh = not study.trials
-    if fresh and "quantize_int8" in params["space"]:
+    if not study.trials and "quantize_int8" in params["space"]:
         # The cheapest honest win first: the start as INT8 (no knob, no training), a point every front should beat.
         study.enqueue_trial({"candidate": "quantize_int8"})
-    if fresh and params["seeded"]:
-        # Then the recipes measured to work, with their full fine-tune: measured within the budget, not left to
-        # a 1-epoch proxy surviving the kill and a promotion.
-        for seed in SEEDS:
-            if seed.params["candidate"] in params["space"]:
-                study.enqueue_trial(dict(seed.params), user_attrs={"seeded": seed.why})
     _fail_interrupted(ctx, study)
+    if params["seeded"]:
+        # Then the recipes measured to work, with their full fine-tune: measured within the budget, not left to
+        # a 1-epoch proxy surviving the kill and a promotion. A resumed search queues one again only where no trial
+        # of it finished, waits, or was adopted (an interrupted one whose run had not finished failed).
+        for seed in SEEDS:
+            if seed.params["candidate"] in params["space"] and not any(
+                    "seeded" in t.user_attrs and t.state != optuna.trial.TrialState.FAIL
+                    and (t.params or t.system_attrs.get("fixed_params")) == seed.params   # a waiting one: fixed
+                    for t in study.get_trials(deepcopy=False)):
+                study.enqueue_trial(dict(seed.params), user_attrs={"seeded": seed.why})
     done = _finished(study)
     left = params["trials"] - len(done)
     used = float(study.user_attrs.get("seconds_used", 0.0))
@@ -210,7 +213,7 @@ def autocompress(model, ctx, params):
         if source is not None:
             d = Draw(d.method, f"{d.recipe} (full recipe of trial {source})", d.proxy)
         elif seeded is not None:
-            d = Draw(d.method, f"{d.recipe} (seeded: {seeded})", d.proxy)
+            d = Draw(d.method, f"{d.recipe} (seeded: a measured recipe)", d.proxy)
         trial.set_user_attr("recipe", d.recipe)
         trial.set_user_attr("method", d.method)
         repeat = _same_recipe(study, trial)
@@ -466,7 +469,8 @@ def _summary(t: Any) -> dict[str, Any]:
             "run_id": a.get("run_id"),
             "val_accuracy": a.get("val_accuracy"), "drop_pt": a.get("drop_pt"), "cost": a.get("cost"),
             "cost_ratio": a.get("cost_ratio"), "runtime": a.get("runtime"), "why": a.get("why"),
-            "repeat_of": a.get("repeat_of"), "promoted_from": a.get("promoted_from"), "seeded": a.get("seeded"), **{k: a[k] for k in LATENCY_ATTRS if k in a}}
+            "repeat_of": a.get("repeat_of"), "promoted_from": a.get("promoted_from"), "seeded": a.get("seeded"),
+            **{k: a[k] for k in LATENCY_ATTRS if k in a}}
 
 
 def pareto(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
