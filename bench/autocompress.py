@@ -4,8 +4,9 @@ docs/BENCHMARKS.md's CPU section.
 Trains the Quick tour's base (``engine.presets.quick_tour()``'s data, architecture and measurement),
 runs the hand-made presets on it (structured pruning to 50 % of the MACs, INT8, and the two chained),
 then one auto-compress search minimising batch-1 CPU latency in the best runtime (each trial paired with
-the base in the trial's fastest runtime) within 1 pt of validation accuracy, for ``--minutes`` of wall
-time: short-fine-tune trials first, then the few on or near their front with the full recipe. Last, the
+the base in the trial's fastest runtime; an INT8 trial's file in ONNX Runtime and in OpenVINO) within 1 pt of
+validation accuracy, for ``--minutes`` of wall time: the start as INT8 and the seeded recipes (``search_space.SEEDS``)
+first, short-fine-tune trials next, then the few on or near their front with the full recipe. Last, the
 base, the front and the presets are timed again in one interleaved run in every runtime here
 (``autocompress_retime``), so every speed-up in the table is paired. The block gives the budget used, the
 trials run and stopped (and why), that table, the winner against the best preset, the issue's CPU target
@@ -126,14 +127,16 @@ def section(res: dict[str, Any]) -> str:
              "- Selection on the validation split; only the front was scored on the test split (accuracy column).",
              f"- Table timing: after the search, the base, the front and the presets were timed again in one "
              f"interleaved run ({rt['rounds']} rounds visiting every model × runtime, forward then backward, batch 1, "
-             f"{rt['threads']} thread(s)) in every runtime here ({', '.join(RUNTIMES)}; an INT8 model in its own INT8 "
-             "runtime). \"x faster, same runtime\": median of the per-round ratios against the base in the model's "
-             "fastest runtime (an INT8 model: the FP32 base in the engine it runs in); \"x faster vs the base's "
+             f"{rt['threads']} thread(s)) in every runtime here ({', '.join(RUNTIMES)}; an INT8 model's file in each "
+             "INT8 runtime here, refused where its top-1 disagrees with its own format's runtime). \"x faster, same "
+             "runtime\": median of the per-round ratios against the base in the model's fastest runtime (an INT8 "
+             "model: the FP32 base in the runtime it runs in); \"x faster vs the base's "
              f"fastest\": the model in its fastest runtime against the base in the base's ({rt['base_fastest']}), "
              "how the target is judged."
              + (" Runtimes that could not run here: " + "; ".join(f"{k}: {v}" for k, v in rt["missing"].items()) + "."
                 if rt["missing"] else "")
-             + (" Refused (outputs disagree with eager): " + "; ".join(refused) + "." if refused else ""),
+             + (" Refused (outputs disagree with eager, or an INT8 file's with its own runtime): "
+                + "; ".join(refused) + "." if refused else ""),
              "", report.table([base_row, *front, *rows],
                               [("model", "model"), ("kind", "kind"), ("accuracy", "test top-1", report.top1),
                                ("drop_pt", "test drop", report.points), ("val_drop_pt", "val drop", report.points),

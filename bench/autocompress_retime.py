@@ -2,12 +2,14 @@
 
 Latencies recorded by different jobs minutes apart are not comparable on a shared machine (the last search's
 "fastest runtime" column mixed them). Here the base, every Pareto-front model and every preset's run are loaded
-in each CPU runtime that runs here (eager PyTorch, ONNX Runtime, OpenVINO; an INT8 model in its own INT8 runtime)
-and timed at batch 1 in rounds that visit every (model, runtime) contender, forward then backward
-(``bench.int8_formats.interleaved``). Each model's speed-up is the median of its per-round ratios against the base:
-in the same runtime (an INT8 model: the FP32 base in the engine it runs in), and from the model's fastest runtime
-against the base's fastest. An FP32 export whose top-1 disagrees with eager on the agreement images is refused as
-in the search (``search_latency.AGREEMENT_MIN``) and is never a model's fastest.
+in each CPU runtime that runs here (eager PyTorch, ONNX Runtime, OpenVINO; an INT8 model's ONNX file in each INT8
+runtime here, ONNX Runtime and OpenVINO, whatever format made it: ``int8_formats.runner_in``) and timed at batch 1
+in rounds that visit every (model, runtime) contender, forward then backward (``bench.int8_formats.interleaved``).
+Each model's speed-up is the median of its per-round ratios against the base: in the same runtime (an INT8 model:
+the FP32 base in the runtime it runs in), and from the model's fastest runtime against the base's fastest. As in
+the search (``search_latency``, ``AGREEMENT_MIN``), an FP32 export whose top-1 disagrees with eager on the agreement
+images, or an INT8 file whose top-1 in another runtime disagrees with its own format's runtime (where its accuracy
+was measured), is refused and is never a model's fastest.
 """
 from __future__ import annotations
 
@@ -27,13 +29,23 @@ from .runtimes import contenders
 RUNTIMES = ("eager", "onnxruntime", "openvino")
 
 
-def int8_runner(checkpoint: str | Path, threads: int) -> tuple[Callable, str]:
-    """An INT8 run's model as it runs (its ONNX file in its format's runtime) and that runtime's name."""
+def int8_runners(checkpoint: str | Path, threads: int, runtimes: list[str]) -> tuple[dict[str, Callable], str,
+                                                                                      dict[str, str]]:
+    """An INT8 run's ONNX file loaded in each of ``runtimes`` that runs INT8 ONNX ({runtime: predictor}), its home
+    runtime (its format's, where its accuracy was measured; always loaded) and why the others did not load."""
     bundle = export.read_bundle(checkpoint)
     fmt = bundle.get("extra", {}).get("int8_format", "qdq")
     if fmt == "openvino" and not int8_cpu.openvino_available():
         fmt = "qdq_s8s8"   # NNCF's QDQ file runs in ONNX Runtime too
-    return int8_formats.runner(bundle["onnx"].numpy().tobytes(), fmt, threads), search_latency.int8_engine(fmt)
+    raw, home = bundle["onnx"].numpy().tobytes(), int8_formats.home(fmt)
+    out, missing = {home: int8_formats.runner_in(home, raw, threads)}, {}
+    for rt in runtimes:
+        if rt in int8_formats.INT8_RUNTIMES and rt != home:
+            try:
+                out[rt] = int8_formats.runner_in(rt, raw, threads)
+            except Exception as e:   # said in the block; its home runtime still times it
+                missing[rt] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+    return out, home, missing
 
 
 def is_int8(checkpoint: str | Path) -> bool:
@@ -67,11 +79,22 @@ def retime(checkpoints: dict[str, str], base: str, shape: tuple[int, ...], image
                     refused.setdefault(label, {})[rt] = (f"top-1 agreed with eager on {agree:.1%} of {len(images)} "
                                                          f"images, under {search_latency.AGREEMENT_MIN:.0%}")
                     del fns[(label, rt)]
-        engine_of = {}
+        here = [r for r in RUNTIMES if deploy.DEPLOYMENTS[r].available("cpu") is None]
+        engine_of: dict[tuple[str, str], str] = {}   # (INT8 label, its key's runtime) -> the FP32 runtime it pairs with
         for label, path in int8.items():
-            fn, engine = int8_runner(path, threads)
-            fns[(label, f"int8 {engine}")] = fn
-            engine_of[label] = engine
+            loaded, home, failed = int8_runners(path, threads, here)
+            out["missing"].update({f"{rt}/{label}": why for rt, why in failed.items()})
+            with measure.cpu_threads(torch.device("cpu"), threads):
+                for rt, fn in loaded.items():
+                    if rt != home:
+                        agree = search_latency.top1_agreement(loaded[home], fn, images)
+                        if agree < search_latency.AGREEMENT_MIN:
+                            refused.setdefault(label, {})[f"int8 {rt}"] = (
+                                f"top-1 agreed with its own runtime ({home}) on {agree:.1%} of {len(images)} images, "
+                                f"under {search_latency.AGREEMENT_MIN:.0%}")
+                            continue
+                    fns[(label, f"int8 {rt}")] = fn
+                    engine_of[(label, f"int8 {rt}")] = rt
         timed = int8_bench.interleaved(fns, shape, rounds, runs, threads)
     fastest_base = min((k for k in timed if k[0] == base), key=lambda k: statistics.median(timed[k]))
     out.update(base_fastest=fastest_base[1], base_latency_ms=statistics.median(timed[fastest_base]) * 1e3)
@@ -81,7 +104,7 @@ def retime(checkpoints: dict[str, str], base: str, shape: tuple[int, ...], image
             continue
         per = {}
         for (_, rt), lat in mine.items():
-            same = engine_of.get(label, rt)   # an INT8 model: the base in the engine it runs in
+            same = engine_of.get((label, rt), rt)   # an INT8 model: the base in the runtime it runs in
             per[rt] = {"latency_ms": statistics.median(lat) * 1e3, "vs": same,
                        "x_faster": ratios(timed, (base, same), (label, rt)) if (base, same) in timed else None}
         best = min(mine, key=lambda k: statistics.median(timed[k]))

@@ -43,7 +43,7 @@ INT8_SPEEDUP_TARGET = 2.0     # INT8 ÷ its own FP32, same runtime, batch 1
 AGREEMENT_TARGET = 0.97       # INT8 top-1 equal to its FP32 model's
 FP32 = ("base", "pruned")
 INT8 = {"int8": "base", "pruned_int8": "pruned"}      # INT8 model -> the FP32 model it was made from
-INT8_RUNTIMES = ("onnxruntime", "openvino")           # the runtimes an INT8 ONNX file runs in
+INT8_RUNTIMES = int8_formats.INT8_RUNTIMES           # the runtimes an INT8 ONNX file runs in
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 WHY = {"resnet18": "Why this net: CIFAR ResNet-18 at 32 px (556 MMACs) is compute-bound on a CPU, as deployed "
                    "nets are, and is the net the issue measured 0.96 on by hand; the Quick tour's ResNet-20 at 16 px "
@@ -118,8 +118,7 @@ def int8_contenders(onnx: dict[str, bytes], threads: int, missing: dict[str, str
             continue
         for name, raw in onnx.items():
             try:
-                out[(name, rt)] = (int8_formats.OpenVinoRunner(raw, threads) if rt == "openvino"
-                                   else export.OnnxRunner(raw, threads=threads))
+                out[(name, rt)] = int8_formats.runner_in(rt, raw, threads)
             except Exception as e:   # said in the table, the others still timed
                 missing[f"{rt}/{name}"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
     return out

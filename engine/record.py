@@ -143,8 +143,9 @@ FIELDS: tuple[Field, ...] = (
     Field("search_trial_list", "search trial list", kind="json", table=False,
           help="every trial: state, recipe, child run, validation accuracy and drop, cost and its share of the "
                "start's (objective latency: the runtime it was timed in, the start's side of that pair, runtimes "
-               "refused for disagreeing with eager), why it was stopped, the proxy trial a full recipe was "
-               "promoted from"),
+               "refused for disagreeing with the model's own answers: eager's, or an INT8 model's in its format's "
+               "runtime), why it was stopped, the proxy trial a full recipe was promoted from, and, for a seeded "
+               "trial, the measurement it was seeded on"),
     Field("search_closest", "closest trials", kind="json", table=False,
           help="without a winner: the trials that came closest to the limit, each with what bound it"),
     Field("search_parallel", "trials at once", "trials", "trials the search ran at the same time (method "

@@ -362,6 +362,78 @@ def test_a_dense_trial_reads_1x_not_the_runtime_gain_and_a_disagreeing_runtime_i
     assert out_broken["agreement"]["onnxruntime"] < 0.97 and "onnxruntime" in out_broken["refused"]
 
 
+def _int8_of(net, tmp_path, fmt="qdq"):
+    """A real INT8 model (``quantize.Int8Model``) of ``net`` on 3x8x8 inputs, calibrated on random images."""
+    import types
+
+    from engine import export
+    from engine.methods import int8_formats
+    from engine.methods.quantize import Int8Model
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    fp32 = tmp_path / "fp32.onnx"
+    export.export_onnx(net, (3, 8, 8), fp32)
+    batches = [(torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(i)), None) for i in range(2)]
+    data = types.SimpleNamespace(loader=lambda split, device, train=False: batches)
+    int8_formats.quantize(fp32, tmp_path / "int8.onnx", fmt, data, batches=2)
+    return Int8Model((tmp_path / "int8.onnx").read_bytes(), net, fp32.read_bytes(), 1, threads=1, fmt=fmt)
+
+
+@pytest.mark.fast
+def test_an_int8_trial_is_timed_in_every_int8_runtime_against_the_start_there(tmp_path, monkeypatch):
+    """runtime best: an INT8 model's ONNX file is timed in ONNX Runtime and in OpenVINO, each paired with the FP32
+    start exported to that same runtime, and judged where it is fastest; a runtime whose top-1 disagrees with the
+    model's own runtime (where its accuracy was measured) is refused with why. Under eager it is timed in its
+    format's own runtime only, against the start exported there."""
+    from engine import measure, models
+    from engine.methods import int8_formats, search_latency
+    from engine.methods.search_latency import LatencyJudge
+    if "openvino" not in search_latency.here():
+        pytest.skip("OpenVINO does not run here: nothing to time an INT8 file in beside ONNX Runtime")
+    net = models.build("resnet20", 10, small_input=True, width=0.25).eval()
+    int8 = _int8_of(net, tmp_path / "q")
+    calls = []
+    real = measure.paired_speedup
+
+    def spy(ref, cand, *a, **kw):
+        p = real(ref, cand, *a, **kw)
+        calls.append({"ref": ref, "cand": cand, **p})
+        return p
+    monkeypatch.setattr(measure, "paired_speedup", spy)
+    judge = LatencyJudge(judge_ctx(net, tmp_path), "best", 1)
+    try:
+        calls.clear()
+        out = judge.time(int8)
+        assert set(out["timed"]) == {"int8 onnxruntime", "int8 openvino"} and not out["refused"]
+        assert len(calls) == 2
+        for c, name in zip(calls, out["timed"]):     # each paired with the FP32 start in its own runtime
+            rt = name.removeprefix("int8 ")
+            assert out["timed"][name]["start_runtime"] == rt and c["ref"] is judge.start_fns[rt]
+        assert out["runtime"] == min(out["timed"], key=lambda n: out["timed"][n]["latency_ms"])
+        assert out["agreement"]["int8 openvino"] >= search_latency.AGREEMENT_MIN
+
+        real_in = int8_formats.runner_in
+
+        def shifted(rt, raw, threads):   # OpenVINO answering every image with another class
+            fn = real_in(rt, raw, threads)
+            return (lambda x: fn(x).roll(1, dims=1)) if rt == "openvino" else fn
+        monkeypatch.setattr(int8_formats, "runner_in", shifted)
+        wrong = judge.time(int8)
+    finally:
+        judge.close()
+    assert set(wrong["timed"]) == {"int8 onnxruntime"} and wrong["runtime"] == "int8 onnxruntime"
+    assert wrong["agreement"]["int8 openvino"] < search_latency.AGREEMENT_MIN
+    assert "agreed with its own runtime (onnxruntime)" in wrong["refused"]["int8 openvino"]["why"]
+
+    eager = LatencyJudge(judge_ctx(net, tmp_path), "eager", 1)
+    try:
+        assert set(eager.start_fns) == {"eager"}
+        home = eager.time(int8)
+    finally:
+        eager.close()
+    assert set(home["timed"]) == {"int8 onnxruntime"} and home["start_runtime"] == "onnxruntime"
+    assert not any(tmp_path.glob("search-latency-*"))
+
+
 @pytest.mark.fast
 def test_energy_objective_is_refused_where_it_cannot_be_measured(monkeypatch):
     from engine import conditions
@@ -582,3 +654,23 @@ def test_cheap_proxies_first_then_the_best_gets_the_full_recipe(ws):
     assert full["trial"] > proxy["trial"] and "full recipe of trial" in full["recipe"]
     method = lambda t: store.get(t["run_id"])["spec"]["method"]["params"]  # noqa: E731
     assert method(proxy)["finetune_epochs"] == 1 and method(full)["finetune_epochs"] == 2
+
+
+def test_a_seeded_recipe_runs_first_with_its_full_fine_tune(ws):
+    """seeded (the default): the measured recipe (search_space.SEEDS[0]: structured to 1/2.1 of the MACs -> INT8)
+    is the first trial of a space holding its candidate, with full_epochs and no KD, saying what it was seeded on,
+    and is never promoted; a seed the budget leaves no room for stays queued, unrun."""
+    from engine.methods.search_space import SEEDS
+    store, base = ws
+    rec = run_spec(search_spec(base["run_id"], trials=1, promote=0, full_epochs=2, target=None,
+                               space=["prune_int8"]), store)
+    trials = rec["search_trial_list"]
+    ran = [t for t in trials if t["state"] in ("complete", "pruned")]
+    assert rec["search_trials"] == len(ran) == 1
+    seeded, = ran
+    assert seeded["params"] == SEEDS[0].params and seeded["seeded"] == SEEDS[0].why
+    assert "(seeded: " in seeded["recipe"] and seeded["val_accuracy"] is not None and seeded["promoted_from"] is None
+    step = store.get(seeded["run_id"])["spec"]["method"]["params"]["steps"][0]
+    assert step["name"] == "prune_structured" and step["params"]["finetune_epochs"] == 2
+    assert not step["params"].get("finetune_kd") and abs(step["params"]["target_macs"] - 1 / 2.1) < 1e-9
+    assert all(t["state"] == "waiting" and t["run_id"] is None for t in trials if t not in ran)

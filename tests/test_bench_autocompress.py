@@ -56,7 +56,8 @@ def test_block_marks_the_target_met_and_compares_the_winner_with_the_best_preset
     # the table's speed-ups come from the closing re-timing: same runtime, and vs the base's fastest (named)
     assert "x faster vs the base's fastest (onnxruntime)" in text and "one interleaved run (7 rounds" in text
     assert row_of(text, "trial 0: prune -> INT8")[-4:] == ["int8 onnxruntime", "3.00x", "4.00x", "4.00x"]
-    assert "Refused (outputs disagree with eager): base: openvino: top-1 agreed" in text
+    assert ("Refused (outputs disagree with eager, or an INT8 file's with its own runtime): base: openvino: top-1 "
+            "agreed") in text
     # INT8 4x smaller 1.33x faster: the front model (5x, 4x) matches it; the structured preset lost 5 pt on
     # test, outside the 1-pt limit, so it is no answer and is not compared
     dom = text.split("- Front dominates the presets kept within 1 pt")[1].splitlines()[0]
@@ -95,9 +96,13 @@ def test_the_bench_searches_latency_at_batch_1_in_the_best_runtime_and_retimes_a
 
 
 def test_the_closing_retiming_pairs_every_model_with_the_base_in_one_run(tmp_path, monkeypatch):
-    """A tiny real net in every runtime here, a copy of it, and an "INT8" model (its ONNX Runtime predictor
-    standing in for an INT8 file) in one interleaved run: the base against itself reads exactly 1x in each
-    runtime, the copy ~1x in its fastest, and the INT8 model is paired with the base in ONNX Runtime, its engine."""
+    """A tiny real net in every runtime here, a copy of it, and two "INT8" models (the net's ONNX Runtime and
+    OpenVINO predictors standing in for an INT8 file loaded in each) in one interleaved run: the base against
+    itself reads exactly 1x in each runtime, the copy ~1x in its fastest, and an INT8 model is timed in each INT8
+    runtime, paired with the base in that same runtime; one whose OpenVINO answers differ from its own runtime's
+    is refused there, with why, and timed in ONNX Runtime only."""
+    import statistics
+
     import torch
 
     from bench import autocompress_retime as rt
@@ -107,11 +112,25 @@ def test_the_closing_retiming_pairs_every_model_with_the_base_in_one_run(tmp_pat
     net = models.build("resnet20", 10, small_input=True, width=0.25).eval()
     path = tmp_path / "model.pt"
     export.save_bundle(export.make_bundle(net, arch="resnet20", num_classes=10, small_input=True, meta={}), path)
-    int8 = tmp_path / "int8.pt"
+    int8, bad = tmp_path / "int8.pt", tmp_path / "bad.pt"
     int8.write_bytes(b"")
-    ort = deploy.predictor_for("onnxruntime", net, (3, 8, 8), tmp_path, 1)
-    monkeypatch.setattr(rt, "is_int8", lambda p: p == str(int8))
-    monkeypatch.setattr(rt, "int8_runner", lambda p, threads: (ort, "onnxruntime"))
+    bad.write_bytes(b"")
+    here = search_latency.here()
+    int8_here = [r for r in ("onnxruntime", "openvino") if r in here]
+    loaded = {}
+    for r in int8_here:
+        (tmp_path / r).mkdir()
+        loaded[r] = deploy.predictor_for(r, net, (3, 8, 8), tmp_path / r, 1)
+    seen_runtimes = []
+
+    def runners(p, threads, runtimes):
+        seen_runtimes.append(list(runtimes))
+        fns = dict(loaded)
+        if p == str(bad) and "openvino" in fns:
+            fns["openvino"] = lambda x: loaded["openvino"](x).roll(1, dims=1)
+        return fns, "onnxruntime", {}
+    monkeypatch.setattr(rt, "is_int8", lambda p: p in (str(int8), str(bad)))
+    monkeypatch.setattr(rt, "int8_runners", runners)
     seen = {}
     real = rt.int8_bench.interleaved
 
@@ -119,9 +138,9 @@ def test_the_closing_retiming_pairs_every_model_with_the_base_in_one_run(tmp_pat
         seen.update(real(fns, *a, **kw))
         return seen
     monkeypatch.setattr(rt.int8_bench, "interleaved", spy)
-    out = rt.retime({"base": str(path), "copy": str(path), "int8": str(int8)}, "base", (3, 8, 8),
+    out = rt.retime({"base": str(path), "copy": str(path), "int8": str(int8), "bad": str(bad)}, "base", (3, 8, 8),
                     torch.randn(32, 3, 8, 8), 1, rounds=3, runs=8)
-    here = search_latency.here()
+    assert seen_runtimes and all(set(r) == set(here) for r in seen_runtimes)
     base = out["models"]["base"]
     assert set(base["runtimes"]) == set(here) and not base["refused"]
     assert all(r["x_faster"] == 1.0 for r in base["runtimes"].values()) and base["x_faster_vs_base_fastest"] == 1.0
@@ -129,10 +148,17 @@ def test_the_closing_retiming_pairs_every_model_with_the_base_in_one_run(tmp_pat
     copy = out["models"]["copy"]
     assert 0.5 < copy["x_faster_same"] < 2.0
     q = out["models"]["int8"]
-    assert q["fastest"] == "int8 onnxruntime" and q["runtimes"]["int8 onnxruntime"]["vs"] == "onnxruntime"
-    import statistics
-    assert q["x_faster_same"] == statistics.median(
-        b / m for b, m in zip(seen[("base", "onnxruntime")], seen[("int8", "int8 onnxruntime")]))
+    assert set(q["runtimes"]) == {f"int8 {r}" for r in int8_here} and not q["refused"]
+    for name, r in q["runtimes"].items():      # each INT8 runtime paired with the base in the same runtime
+        assert r["vs"] == name.removeprefix("int8 ")
+        assert r["x_faster"] == statistics.median(
+            b / m for b, m in zip(seen[("base", r["vs"])], seen[("int8", name)]))
+    assert q["fastest"] == min(q["runtimes"], key=lambda n: q["runtimes"][n]["latency_ms"])
+    assert q["x_faster_same"] == q["runtimes"][q["fastest"]]["x_faster"]
+    wrong = out["models"]["bad"]
+    assert set(wrong["runtimes"]) == {"int8 onnxruntime"}
+    if "openvino" in int8_here:
+        assert "agreed with its own runtime (onnxruntime)" in wrong["refused"]["int8 openvino"]
 
 
 @pytest.mark.fast

@@ -9,7 +9,9 @@ records is read only at the end, for the trials on the final Pareto front, and s
 Cheap first: a trial whose model cannot meet a MACs or size target (known before training, see
 ``search_space``) is refused untrained; a trial whose fine-tune ends more than ``prune_margin_pt``
 beyond the limit is stopped there (Optuna's ThresholdPruner), before INT8, export and timing.
-Both are recorded with why. The start as plain INT8 (no knob, no training) is the first trial. Trials get
+Both are recorded with why. The start as plain INT8 (no knob, no training) is the first trial; then (``seeded``)
+the recipes measured to work (``search_space.SEEDS``: structured pruning to 1/2.1 and to 35 % of the MACs -> INT8) with
+their full fine-tune (``full_epochs``, at the rewound rate, no KD: as measured), which are never promoted. Trials get
 a short fine-tune (``finetune_epochs``); then the ``promote`` best of them on or near their front (by
 validation accuracy and cost) run again with the full recipe (``full_epochs``, KD-assisted where the
 method has a distillation-assisted fine-tune), inside the same trial budget and, with a time budget, in
@@ -24,8 +26,10 @@ Latency (objective ``latency``) is "latency at batch ``batch`` in runtime ``runt
 machine": each scored trial's model is timed in this process in that runtime (eager, onnxruntime,
 openvino, or ``best``: the fastest here, per model), interleaved with the start exported to the SAME
 runtime (``search_latency``, on ``measure.paired_speedup``); its cost_ratio is 1 / that speed-up, so a
-runtime's own gain is never credited to compression. ``best`` never judges a model in a runtime whose
-top-1 answers disagree with eager's (agreement recorded, the runtime refused with why). A runtime this
+runtime's own gain is never credited to compression. An INT8 trial's file is timed under ``best`` in each INT8
+runtime here (ONNX Runtime and OpenVINO), each against the FP32 start in that runtime. ``best`` never judges a
+model in a runtime whose top-1 answers disagree with the model's own (an FP32 model's eager answers, an INT8 model's
+in its format's runtime): agreement recorded, the runtime refused with why. A runtime this
 machine lacks is refused up front with deploy's reason.
 
 Parallel (``parallel`` > 1, or any search under ``SLIMBENCH_BACKEND=ray``): trials run as child
@@ -58,7 +62,7 @@ from ..spec import SpecError
 from ..store import new_run_id
 from . import Param, parallel_trials, register, search_latency
 from .quantize import Int8Model
-from .search_space import CANDIDATES, FULL_KD, TUNED, Draw, draw
+from .search_space import CANDIDATES, FULL_KD, SEEDS, TUNED, Draw, draw
 
 OBJECTIVES = {"size": "size_bytes", "macs": "macs", "latency": "latency_ms", "energy": "energy_mj_per_image"}
 STUDY = "autocompress"
@@ -133,14 +137,18 @@ def _check(params: dict, spec: Any) -> None:
           "timed again one at a time after the search, against the start", low=1, high=64),
     Param("runtime", "str", "eager", "objective latency: the runtime each model is timed in, the start in the same "
           "one: eager (PyTorch), onnxruntime, openvino, or best (the fastest here, per model, as Compare's "
-          "'latency, best runtime'); an INT8 trial runs in its own INT8 runtime", choices=search_latency.RUNTIMES),
+          "'latency, best runtime'); an INT8 trial runs in ONNX Runtime and OpenVINO (under best: each here, against "
+          "the start in each; under eager: its format's own)", choices=search_latency.RUNTIMES),
     Param("batch", "int", 1, "objective latency: the batch each model is timed at", low=1, high=4096),
     Param("promote", "int", 2, "cheap proxies first: after the short-fine-tune trials, this many of those on or "
           "nearest the Pareto front are run again with the full recipe (full_epochs, KD-assisted where the method "
           "has a distillation-assisted fine-tune); they count in the trials budget and start only within the "
           f"time budget, whose last {1 - PROXY_SHARE:.0%} is kept for them; 0: no promotion", low=0, high=1000),
     Param("full_epochs", "int", 3, "the full recipe's fine-tune epochs (a student's training epochs) for a "
-          "promoted trial", low=1, high=1000),
+          "promoted or seeded trial", low=1, high=1000),
+    Param("seeded", "bool", True, "run the recipes measured to work first, with the full recipe's fine-tune "
+          "(full_epochs), right after the start as INT8: " + "; ".join(s.why for s in SEEDS) + " (a candidate "
+          "left out of space is not seeded); they count in the trials budget. false: only what the sampler draws"),
 ], help="Search methods and pipelines (structured pruning -> INT8, low-rank -> INT8, INT8, unstructured pruning, "
         "distillation) with Optuna for the smallest / fastest model within an accuracy limit on the validation "
         "split; each trial is a linked child run, the winner is this run's model.")
@@ -170,6 +178,16 @@ def autocompress(model, ctx, params):
         # The cheapest honest win first: the start as INT8 (no knob, no training), a point every front should beat.
         study.enqueue_trial({"candidate": "quantize_int8"})
     _fail_interrupted(ctx, study)
+    if params["seeded"]:
+        # Then the recipes measured to work, with their full fine-tune: measured within the budget, not left to
+        # a 1-epoch proxy surviving the kill and a promotion. A resumed search queues one again only where no trial
+        # of it finished, waits, or was adopted (an interrupted one whose run had not finished failed).
+        for seed in SEEDS:
+            if seed.params["candidate"] in params["space"] and not any(
+                    "seeded" in t.user_attrs and t.state != optuna.trial.TrialState.FAIL
+                    and (t.params or t.system_attrs.get("fixed_params")) == seed.params   # a waiting one: fixed
+                    for t in study.get_trials(deepcopy=False)):
+                study.enqueue_trial(dict(seed.params), user_attrs={"seeded": seed.why})
     done = _finished(study)
     left = params["trials"] - len(done)
     used = float(study.user_attrs.get("seconds_used", 0.0))
@@ -187,11 +205,15 @@ def autocompress(model, ctx, params):
         """The trial's Draw to run; or, decided without a run, its value (a repeat) or TrialPruned."""
         candidate = trial.suggest_categorical("candidate", list(params["space"]))
         source = trial.user_attrs.get("promoted_from")   # a promoted trial: the full recipe of a proxy trial's draw
-        d = draw(trial, candidate, params["full_epochs"] if source is not None else params["finetune_epochs"],
+        seeded = trial.user_attrs.get("seeded")           # a seeded trial: a measured recipe, its full fine-tune
+        full = source is not None or seeded is not None
+        d = draw(trial, candidate, params["full_epochs"] if full else params["finetune_epochs"],
                  start["macs"], start_params, ctx.data.num_classes, shape, small,
                  kd=FULL_KD if source is not None else 0.0)
         if source is not None:
             d = Draw(d.method, f"{d.recipe} (full recipe of trial {source})", d.proxy)
+        elif seeded is not None:
+            d = Draw(d.method, f"{d.recipe} (seeded: a measured recipe)", d.proxy)
         trial.set_user_attr("recipe", d.recipe)
         trial.set_user_attr("method", d.method)
         repeat = _same_recipe(study, trial)
@@ -286,6 +308,7 @@ def _promotions(study: Any, n: int, within_pt: float, target: float | None) -> l
              if "promoted_from" in t.user_attrs and t.state != TrialState.FAIL}
     pool = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
             if "promoted_from" not in t.user_attrs and "repeat_of" not in t.user_attrs and t.number not in taken
+            and "seeded" not in t.user_attrs   # a seeded trial ran its full recipe already
             and t.params.get("candidate") in TUNED and t.user_attrs.get("drop_pt", math.inf) <= within_pt
             and (not target or t.user_attrs.get("cost_ratio", math.inf) <= TARGET_SLACK / target)]
     out: list[Any] = []
@@ -320,8 +343,8 @@ def _fail_interrupted(ctx, study: Any) -> None:
         child = t.user_attrs.get("run_id")
         row = ctx.store.get(child) if child else None
         if row is not None and row["state"] == "done":
-            study.enqueue_trial(t.params, user_attrs={"adopt_run": child, **(
-                {"promoted_from": t.user_attrs["promoted_from"]} if "promoted_from" in t.user_attrs else {})})
+            study.enqueue_trial(t.params, user_attrs={"adopt_run": child, **{
+                k: t.user_attrs[k] for k in ("promoted_from", "seeded") if k in t.user_attrs}})
         elif row is not None and row["state"] == "running":   # died with the search, or an orphan not yet stopped
             ctx.store.request_cancel(child, "")
             ctx.store.end_without_result(child, "cancelled", "interrupted: its search stopped while it ran; the "
@@ -334,10 +357,12 @@ def _finished(study: Any) -> list[Any]:
 
 
 def _same_recipe(study: Any, trial: Any) -> Any:
-    """A finished trial that ran ``trial``'s recipe: the same draw at the same stage (proxy or full recipe)."""
-    full = "promoted_from" in trial.user_attrs
+    """A finished trial that ran ``trial``'s recipe: the same draw at the same stage (proxy, full recipe of a
+    proxy, or seeded)."""
+    def stage(attrs: dict) -> str:
+        return "promoted" if "promoted_from" in attrs else "seeded" if "seeded" in attrs else "proxy"
     return next((t for t in _finished(study) if t.params == trial.params and "repeat_of" not in t.user_attrs
-                 and ("promoted_from" in t.user_attrs) == full), None)
+                 and stage(t.user_attrs) == stage(trial.user_attrs)), None)
 
 
 def _proxy_refusal(proxy: dict[str, float], objective: str, target: float | None) -> str:
@@ -444,7 +469,8 @@ def _summary(t: Any) -> dict[str, Any]:
             "run_id": a.get("run_id"),
             "val_accuracy": a.get("val_accuracy"), "drop_pt": a.get("drop_pt"), "cost": a.get("cost"),
             "cost_ratio": a.get("cost_ratio"), "runtime": a.get("runtime"), "why": a.get("why"),
-            "repeat_of": a.get("repeat_of"), "promoted_from": a.get("promoted_from"), **{k: a[k] for k in LATENCY_ATTRS if k in a}}
+            "repeat_of": a.get("repeat_of"), "promoted_from": a.get("promoted_from"), "seeded": a.get("seeded"),
+            **{k: a[k] for k in LATENCY_ATTRS if k in a}}
 
 
 def pareto(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:

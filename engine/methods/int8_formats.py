@@ -7,7 +7,11 @@ ONNX Runtime formats (``quantize_static``; they differ in how the integer kernel
 - ``qdq_s8s8``: int8 activations and weights;
 - ``qoperator``: U8S8 as integer operators (QLinearConv, ...).
 ``openvino``: NNCF quantises the same ONNX file (with its fast bias correction) and OpenVINO runs it.
-Every format's result is an ONNX file with its quantisation in it; the runner of that format runs it.
+Every format's result is an ONNX file with its quantisation in it; the runner of that format runs it (its
+home runtime, ``home``). The same file can also load in the other runtime of ``INT8_RUNTIMES`` (OpenVINO reads
+QDQ pairs as INT8; ONNX Runtime runs NNCF's QDQ file with its own kernels): ``runner_in`` loads it there, e.g. to
+time an INT8 model where it runs fastest. Whether it loads (``qoperator``'s integer operators may not) and answers
+as in its home runtime is for the caller to check.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from .. import export
 ORT_FORMATS = ("qdq", "qdq_reduce_range", "qdq_s8s8", "qoperator")
 FORMATS = (*ORT_FORMATS, "openvino")
 CALIBRATIONS = ("minmax", "entropy", "percentile")
+INT8_RUNTIMES = ("onnxruntime", "openvino")   # the runtimes an INT8 ONNX file runs in
 QUANTIZABLE_OPS = ("Conv", "Gemm", "MatMul", "ConvTranspose")   # the layers that can be kept FP32
 RUNTIME_NAMES = {"openvino": "OpenVINO CPU (INT8 kernels)"}   # else ONNX Runtime
 
@@ -157,6 +162,19 @@ class OpenVinoRunner:
         return torch.from_numpy(self.request.infer({0: x})[0].copy()).float()
 
 
+def home(fmt: str) -> str:
+    """The runtime a model of ``fmt`` is made for and scored in (one of ``INT8_RUNTIMES``)."""
+    return "openvino" if fmt == "openvino" else "onnxruntime"
+
+
+def runner_in(runtime: str, onnx_bytes: bytes, threads: int | None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """An INT8 ONNX file loaded in ``runtime`` (one of ``INT8_RUNTIMES``), whichever format made it."""
+    if runtime not in INT8_RUNTIMES:
+        raise ValueError(f"an INT8 ONNX file runs in {' or '.join(INT8_RUNTIMES)}, not in {runtime!r}")
+    return OpenVinoRunner(onnx_bytes, threads) if runtime == "openvino" else export.OnnxRunner(onnx_bytes,
+                                                                                                threads=threads)
+
+
 def runner(onnx_bytes: bytes, fmt: str, threads: int | None) -> Callable[[torch.Tensor], torch.Tensor]:
     """The runtime that runs a model of ``fmt`` (its FP32 reference runs there too: same-runtime speed-ups)."""
-    return OpenVinoRunner(onnx_bytes, threads) if fmt == "openvino" else export.OnnxRunner(onnx_bytes, threads=threads)
+    return runner_in(home(fmt), onnx_bytes, threads)

@@ -5,14 +5,19 @@ OpenVINO) and timed at batch ``batch`` interleaved with the start exported to th
 (``measure.paired_speedup``, the engine's one paired timer: ABBA rounds, median of per-round ratios),
 so a runtime's own gain is never credited to compression. ``best`` times the trial in every runtime
 here, each against the start in that runtime, and keeps the runtime where the trial itself is
-fastest; its speed-up is the one paired there. An INT8 trial has one runtime, its format's (ONNX
-Runtime or OpenVINO), and is paired with the FP32 start in that same engine.
+fastest; its speed-up is the one paired there.
 
-An exported model that answers differently from eager is not the model the search scored: each FP32
+An INT8 trial's ONNX file runs in ONNX Runtime and in OpenVINO whatever format made it
+(``int8_formats.runner_in``); under ``best`` it is timed in each of them that runs here, each paired with the
+FP32 start in that same runtime (OpenVINO understands QDQ INT8: the same file ran 1.7x faster there than in
+ONNX Runtime on ResNet-18, ``python -m bench runtimes``). Under ``onnxruntime`` or ``openvino`` it is timed
+there; under ``eager``, where no INT8 runs, in its format's own runtime (``int8_formats.home``).
+
+An exported model that answers differently from the model the search scored is not that model: each FP32
 model's top-1 in every runtime is compared with its eager top-1 on ``AGREEMENT_IMAGES`` validation
-images, and a runtime agreeing on fewer than ``AGREEMENT_MIN`` of them is refused for that model,
-with the agreement and why recorded (``refused``). INT8 models are not checked here: their accuracy
-is the validation accuracy the trial is scored on.
+images, and an INT8 model's in every runtime with its top-1 in its format's own runtime (where its validation
+accuracy was measured); a runtime agreeing on fewer than ``AGREEMENT_MIN`` of them is refused for that model,
+with the agreement and why recorded (``refused``).
 """
 from __future__ import annotations
 
@@ -25,13 +30,13 @@ import torch
 import torch.nn as nn
 
 from .. import deploy, measure, runtimes
+from . import int8_formats
 
 RUNTIMES = ("eager", "onnxruntime", "openvino", "best")
 AGREEMENT_IMAGES = 256
 # A few hundred images: one or two near-tie flips of an FP32 export must not refuse a runtime; a broken
 # export (a wrong layout, a dropped op) disagrees on far more than 3 %.
 AGREEMENT_MIN = 0.97
-INT8_ENGINE = {"openvino": "openvino"}   # an INT8 format -> the FP32 runtime it runs in (others: onnxruntime)
 
 
 def unavailable(runtime: str) -> str | None:
@@ -47,8 +52,8 @@ def here() -> list[str]:
 
 
 def int8_engine(fmt: str) -> str:
-    """The FP32 runtime an INT8 model of format ``fmt`` runs in: where the start is timed against it."""
-    return INT8_ENGINE.get(fmt, "onnxruntime")
+    """The runtime an INT8 model of format ``fmt`` is made for (where it is scored): its reference answers."""
+    return int8_formats.home(fmt)
 
 
 @torch.no_grad()
@@ -73,7 +78,7 @@ class LatencyJudge:
         self.log = ctx.log
         self.images = next(iter(ctx.data.loader("val", "cpu", limit=AGREEMENT_IMAGES,
                                                 batch_size=AGREEMENT_IMAGES)))[0]
-        start = ctx.base_copy().to("cpu").eval()
+        start = self.start = ctx.base_copy().to("cpu").eval()
         # Every runtime the start loads in times it; one whose answers differ from eager is not offered to trials.
         self.start_fns, self.start_refused, self.agreement = self._predictors(start, "start", keep_refused=True)
         usable = [n for n in self.start_fns if n not in self.start_refused]
@@ -118,6 +123,64 @@ class LatencyJudge:
             out[name] = fn
         return out, refused, agreed
 
+    def _start_in(self, name: str) -> Callable | None:
+        """The start as timed in runtime ``name``: as loaded at the start (a refused runtime too: an INT8 model
+        there is still paired with it), else exported now (an INT8 model's own runtime under ``eager``)."""
+        if name not in self.start_fns:
+            folder = self.folder / f"start-{name}"
+            folder.mkdir(parents=True, exist_ok=True)
+            try:
+                self.start_fns[name] = deploy.predictor_for(name, self.start, self.shape, folder, self.threads)
+            except Exception as e:   # said; an INT8 model is then timed in its other runtimes only
+                self.log.warning("autocompress: %s could not run the start: %s", name, str(e).splitlines()[0][:200])
+                return None
+        return self.start_fns[name]
+
+    def int8_runtimes(self, fmt: str) -> list[str]:
+        """Where an INT8 model of format ``fmt`` is timed: under ``best`` every INT8 runtime here; under a chosen
+        runtime that runs INT8, that one; under ``eager`` (no INT8 there) the format's own runtime."""
+        if self.runtime == "best":
+            return [r for r in int8_formats.INT8_RUNTIMES if r in self.names]
+        return [self.runtime] if self.runtime in int8_formats.INT8_RUNTIMES else [int8_formats.home(fmt)]
+
+    def _int8_predictors(self, model: Any) -> tuple[dict[str, tuple[str, Callable]], dict[str, dict[str, Any]],
+                                                    dict[str, float]]:
+        """An INT8 model in each runtime it is timed in ({"int8 <runtime>": (runtime of the start it is paired
+        with, predictor)}), those refused and each non-home runtime's top-1 agreement with its home runtime's
+        answers (what its validation accuracy was measured on)."""
+        fmt = getattr(model, "fmt", "qdq")
+        home = int8_formats.home(fmt)
+        raw = getattr(model, "onnx_bytes", None)
+        pairs: dict[str, tuple[str, Callable]] = {}
+        refused: dict[str, dict[str, Any]] = {}
+        agreed: dict[str, float] = {}
+        for rt in self.int8_runtimes(fmt):
+            name = f"int8 {rt}"
+            if self._start_in(rt) is None:
+                continue
+            if rt == home:
+                fn = runtimes.of(model, torch.device("cpu")).timing("cpu")
+            else:
+                if raw is None:   # no ONNX file to load elsewhere: its own runtime only
+                    continue
+                try:
+                    fn = int8_formats.runner_in(rt, raw, self.threads)
+                except Exception as e:   # a file this runtime cannot take: its own runtime still times it
+                    self.log.warning("autocompress: %s could not run this INT8 model: %s", rt,
+                                     str(e).splitlines()[0][:200] if str(e) else type(e).__name__)
+                    continue
+                agree = top1_agreement(model, fn, self.images)
+                agreed[name] = agree
+                if agree < AGREEMENT_MIN:
+                    why = (f"the INT8 model in {rt} agreed with its own runtime ({home}) on {agree:.1%} of "
+                           f"{len(self.images)} validation images' top-1, under {AGREEMENT_MIN:.0%}: not timed as "
+                           "this model")
+                    self.log.warning("autocompress: %s refused: %s", name, why)
+                    refused[name] = {"agreement": agree, "why": why}
+                    continue
+            pairs[name] = (rt, fn)
+        return pairs, refused, agreed
+
     def _paired(self, ref: Callable, cand: Callable) -> dict[str, Any]:
         return measure.paired_speedup(ref, cand, self.shape, torch.device("cpu"), self.runs, self.warmup,
                                       self.threads_cfg, rounds=self.rounds, batch=self.batch)
@@ -130,16 +193,14 @@ class LatencyJudge:
         if isinstance(model, nn.Module):
             fns, refused, agreed = self._predictors(model.to("cpu").eval(), tag)
             pairs = {n: (n, fn) for n, fn in fns.items()}
-        else:   # an INT8 runtime of its own, paired with the FP32 start in the same engine
-            fmt = getattr(model, "fmt", "qdq")
-            engine = int8_engine(fmt)
-            if engine not in self.start_fns:
-                raise RuntimeError(f"the start does not run in {engine}, the runtime of this INT8 model ({fmt})")
-            fn = runtimes.of(model, torch.device("cpu")).timing("cpu")
-            pairs = {f"int8 {engine}": (engine, fn)}
+        else:   # INT8: in each INT8 runtime it is timed in, paired with the FP32 start in that same runtime
+            pairs, refused, agreed = self._int8_predictors(model)
         if not pairs:
-            raise RuntimeError(f"no runtime of {', '.join(self.usable)} could run this model faithfully: "
-                               + "; ".join(f"{n}: {r['why']}" for n, r in refused.items()))
+            tried = (self.usable if isinstance(model, nn.Module)
+                     else self.int8_runtimes(getattr(model, "fmt", "qdq")))
+            raise RuntimeError(f"no runtime of {', '.join(tried)} could run this model faithfully"
+                               + (": " + "; ".join(f"{n}: {r['why']}" for n, r in refused.items()) if refused
+                                  else " (nor the start there)"))
         try:
             timed = {n: {**self._paired(self.start_fns[start_rt], fn), "start_runtime": start_rt}
                      for n, (start_rt, fn) in pairs.items()}
