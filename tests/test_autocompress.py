@@ -410,6 +410,11 @@ def test_an_int8_trial_is_timed_in_every_int8_runtime_against_the_start_there(tm
             assert out["timed"][name]["start_runtime"] == rt and c["ref"] is judge.start_fns[rt]
         assert out["runtime"] == min(out["timed"], key=lambda n: out["timed"][n]["latency_ms"])
         assert out["agreement"]["int8 openvino"] >= search_latency.AGREEMENT_MIN
+        # The speed-up that counts is against the start at ITS fastest: chained through the start's own ratio.
+        won = out["timed"][out["runtime"]]["start_runtime"]
+        assert out["vs_start_runtime"] == judge.start_runtime
+        assert out["speedup"] == pytest.approx(out["speedup_same_runtime"] * judge.start_speed[won]
+                                               / judge.start_speed[judge.start_runtime])
 
         real_in = int8_formats.runner_in
 

@@ -519,7 +519,8 @@ def _timing_note(key: str, parallel: int, where: str, params: dict) -> str | Non
               f"agreed with eager on >= {search_latency.AGREEMENT_MIN:.0%} of {search_latency.AGREEMENT_IMAGES} "
               "validation images)" if params["runtime"] == "best" else "")
            + ", interleaved with the start exported to that same runtime (measure.paired_speedup: median of "
-           "per-round ratios); cost_ratio is 1 / that speed-up")
+           "per-round ratios), under best chained to the start in its own fastest runtime; cost_ratio is 1 / that "
+           "speed-up")
     if parallel == 1 and where == "local":
         return f"each trial timed as it ended, one trial at a time (no other trial of this search ran meanwhile), {how}"
     return (f"trials ran {parallel} at a time ({where}), so a trial may have been timed while another trained: "
