@@ -26,6 +26,7 @@ from typing import Any
 
 from engine import data as data_mod
 from engine import measure, presets
+from engine import models as models_mod
 from engine.methods import search_latency
 from engine.spec import DataSpec
 from engine.runner import run_spec
@@ -37,12 +38,15 @@ SMALLER, FASTER, LIMIT_PT = 4.0, 2.0, 1.0   # the issue's CPU target
 # "Dominates or equals": a front model matches a preset within one test split's and one re-timing's noise.
 EQUAL_PT, EQUAL_RATIO = 0.2, 0.05
 RUNTIMES = autocompress_retime.RUNTIMES
+FLOOR, FLOOR_WIDTH = "floor probe: the base's architecture at 1/8 width", 0.125
+# The hand-made presets the search must match: the Quick tour's own structured recipe (its anchor's 2.1x fewer
+# MACs, 3 fine-tune epochs at the rewound LR), INT8, and the two chained.
+_STRUCT = presets.QUICK_OVERRIDES["prune_structured"]
 PRESETS = {
-    "structured 50 % MACs": {"name": "prune_structured", "params": {"target_macs": 0.5, "finetune_epochs": 1}},
+    f"structured {1 / _STRUCT['target_macs']:.1f}x fewer MACs": {"name": "prune_structured", "params": dict(_STRUCT)},
     "INT8": {"name": "quantize_int8", "params": {}},
-    "structured 50 % -> INT8": {"name": "pipeline", "params": {"steps": [
-        {"name": "prune_structured", "params": {"target_macs": 0.5, "finetune_epochs": 1}},
-        {"name": "quantize_int8", "params": {}}]}},
+    f"structured {1 / _STRUCT['target_macs']:.1f}x -> INT8": {"name": "pipeline", "params": {"steps": [
+        {"name": "prune_structured", "params": dict(_STRUCT)}, {"name": "quantize_int8", "params": {}}]}},
 }
 
 
@@ -91,6 +95,24 @@ def dominated_by(preset: dict[str, Any], front: list[dict[str, Any]]) -> dict[st
                 and (f["x_smaller"] or 0) >= (preset["x_smaller"] or 0) * (1 - EQUAL_RATIO)
                 and (f["x_faster_best"] or 0) >= (preset["x_faster_best"] or 0) * (1 - EQUAL_RATIO))
     return next((f for f in front if ok(f)), None)
+
+
+def floor_line(rt: dict[str, Any], base: dict[str, Any]) -> list[str]:
+    """Why speed may be out of reach: how much faster the base's architecture at 1/8 width runs than the base
+    (each in its fastest runtime, from the same interleaved re-timing). Below the speed target, the per-call cost
+    of the net's layers, not its MACs, sets batch-1 latency here, and no width cut can reach the target."""
+    f = rt["models"].get(FLOOR)
+    if not f or not f.get("x_faster_vs_base_fastest"):
+        return []
+    x = f["x_faster_vs_base_fastest"]
+    cut = base["macs"] / rt["floor_macs"] if base.get("macs") and rt.get("floor_macs") else None
+    verdict = (f"below the {FASTER:g}x target: at batch 1 here the per-call cost of the net's layers, not its MACs, "
+               "sets the latency, so no width cut of this depth (pruning, low-rank of the same layers) can reach it; "
+               "only fewer layers (a shallower student) or larger batches could"
+               if x < FASTER else f"above the {FASTER:g}x target: width cuts are not bounded by per-call cost here")
+    return [f"- Why (speed): the base's architecture at 1/8 width (untrained, timed only"
+            + (f"; {cut:.0f}x fewer MACs" if cut else "") + f") runs **{x:.2f}x** faster than the base in "
+            f"{f['fastest']} (same interleaved re-timing): {verdict}."]
 
 
 def section(res: dict[str, Any]) -> str:
@@ -167,6 +189,7 @@ def section(res: dict[str, Any]) -> str:
     else:
         near = min(front or rows, key=lambda r: (len(target_misses(r)), -(r["x_faster_best"] or 0)))
         lines.append(f"{head}: **missed**; closest: {near['model']}: " + "; ".join(target_misses(near)) + ".")
+        lines += floor_line(rt, base)
     # a preset outside the accuracy limit is no answer to the question asked, so the front need not beat it
     eligible = [r for r in rows if r["drop_pt"] is not None and r["drop_pt"] <= LIMIT_PT]
     outside = [r["model"] for r in rows if r not in eligible]
@@ -220,9 +243,17 @@ def retime_all(base: dict[str, Any], done: dict[str, dict], search: dict[str, An
                    **{f"trial {t['trial']}: {t['recipe']}": fronts[t["run_id"]]["checkpoint"]
                       for t in search["search_front"]}}
     n = search_latency.AGREEMENT_IMAGES
-    images = next(iter(data_mod.load(DataSpec(**data)).loader("test", "cpu", limit=n, batch_size=n)))[0]
-    return autocompress_retime.retime(checkpoints, "base", tuple(base["input_size"]), images,
-                                      measure.timing_threads(presets.QUICK_MEASURE.get("threads")))
+    loaded = data_mod.load(DataSpec(**data))
+    images = next(iter(loaded.loader("test", "cpu", limit=n, batch_size=n)))[0]
+    shape = tuple(base["input_size"])
+    # The per-call floor: the base's architecture at 1/8 width (untrained: timed only, never a candidate). If even
+    # it is not FASTER x quicker than the base, no width cut of this depth can be, at batch 1 in these runtimes.
+    floor = models_mod.build(presets.QUICK_ARCH, loaded.num_classes, small_input=True, width=FLOOR_WIDTH)
+    out = autocompress_retime.retime(checkpoints, "base", shape, images,
+                                     measure.timing_threads(presets.QUICK_MEASURE.get("threads")),
+                                     extra={FLOOR: floor})
+    out["floor_macs"] = measure.count_macs(floor, shape)["macs"]
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -58,12 +58,14 @@ def ratios(timed: dict, ref: tuple[str, str], key: tuple[str, str]) -> float:
 
 
 def retime(checkpoints: dict[str, str], base: str, shape: tuple[int, ...], images: torch.Tensor, threads: int,
-           rounds: int = 7, runs: int = 40) -> dict[str, Any]:
-    """``checkpoints``: {label: checkpoint path}, ``base`` one of the labels. Per label: each runtime's median
+           rounds: int = 7, runs: int = 40, extra: dict[str, torch.nn.Module] | None = None) -> dict[str, Any]:
+    """``checkpoints``: {label: checkpoint path}, ``base`` one of the labels; ``extra``: {label: FP32 module} timed
+    alongside (no checkpoint: e.g. a probe of the runtime's per-call floor). Per label: each runtime's median
     latency and paired x faster than the base in the same runtime, its fastest runtime and its x faster there
     than the base in the base's fastest; FP32 runtimes refused for disagreeing with eager, with why."""
     int8 = {k: p for k, p in checkpoints.items() if is_int8(p)}
     models = {k: export.load_model(p)[0].to("cpu").eval() for k, p in checkpoints.items() if k not in int8}
+    models.update({k: m.to("cpu").eval() for k, m in (extra or {}).items()})
     out: dict[str, Any] = {"models": {}, "missing": {}, "rounds": rounds, "threads": threads}
     with tempfile.TemporaryDirectory() as tmp:
         fns, missing = contenders(models, shape, Path(tmp), threads,
@@ -98,7 +100,7 @@ def retime(checkpoints: dict[str, str], base: str, shape: tuple[int, ...], image
         timed = int8_bench.interleaved(fns, shape, rounds, runs, threads)
     fastest_base = min((k for k in timed if k[0] == base), key=lambda k: statistics.median(timed[k]))
     out.update(base_fastest=fastest_base[1], base_latency_ms=statistics.median(timed[fastest_base]) * 1e3)
-    for label in checkpoints:
+    for label in [*checkpoints, *(extra or {})]:
         mine = {k: v for k, v in timed.items() if k[0] == label}
         if not mine:
             continue

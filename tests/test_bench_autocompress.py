@@ -72,6 +72,16 @@ def test_block_says_which_bound_a_missed_target_failed_and_by_how_much():
     assert "speed: 1.50x faster (fastest runtime vs the base's) < 2x (short by 0.50x)" in verdict
     assert "accuracy" not in verdict
     assert "Winner: none. no trial met the limit" in text
+    assert "Why (speed)" not in text   # no floor probe timed: no reason claimed
+    res = result(front_size=2000, front_best=1.5, winner=False)
+    res["base"]["macs"] = 6400
+    res["retimed"]["models"][bench.FLOOR] = timed("onnxruntime", 1.7, 1.7)
+    res["retimed"]["floor_macs"] = 100
+    why = bench.section(res).split("- Why (speed): ")[1].splitlines()[0]
+    assert "64x fewer MACs" in why and "**1.70x** faster than the base in onnxruntime" in why
+    assert "below the 2x target" in why and "no width cut" in why
+    res["retimed"]["models"][bench.FLOOR] = timed("onnxruntime", 3.0, 3.0)
+    assert "above the 2x target" in bench.section(res).split("- Why (speed): ")[1]
     # 2x smaller: smaller than the INT8 preset (4x), so the front does not dominate it
     dom = text.split("- Front dominates the presets kept within 1 pt")[1].splitlines()[0]
     assert "**missed**" in dom and "INT8 not matched by any front model" in dom
@@ -98,7 +108,7 @@ def test_the_bench_searches_latency_at_batch_1_in_the_best_runtime_and_retimes_a
 def test_the_closing_retiming_pairs_every_model_with_the_base_in_one_run(tmp_path, monkeypatch):
     """A tiny real net in every runtime here, a copy of it, and two "INT8" models (the net's ONNX Runtime and
     OpenVINO predictors standing in for an INT8 file loaded in each) in one interleaved run: the base against
-    itself reads exactly 1x in each runtime, the copy ~1x in its fastest, and an INT8 model is timed in each INT8
+    itself reads exactly 1x in each runtime, the copy (passed as a module, as the floor probe is) ~1x in its fastest, and an INT8 model is timed in each INT8
     runtime, paired with the base in that same runtime; one whose OpenVINO answers differ from its own runtime's
     is refused there, with why, and timed in ONNX Runtime only."""
     import statistics
@@ -138,8 +148,9 @@ def test_the_closing_retiming_pairs_every_model_with_the_base_in_one_run(tmp_pat
         seen.update(real(fns, *a, **kw))
         return seen
     monkeypatch.setattr(rt.int8_bench, "interleaved", spy)
-    out = rt.retime({"base": str(path), "copy": str(path), "int8": str(int8), "bad": str(bad)}, "base", (3, 8, 8),
-                    torch.randn(32, 3, 8, 8), 1, rounds=3, runs=8)
+    out = rt.retime({"base": str(path), "int8": str(int8), "bad": str(bad)}, "base", (3, 8, 8),
+                    torch.randn(32, 3, 8, 8), 1, rounds=3, runs=8,
+                    extra={"copy": models.build("resnet20", 10, small_input=True, width=0.25)})   # a module, no file
     assert seen_runtimes and all(set(r) == set(here) for r in seen_runtimes)
     base = out["models"]["base"]
     assert set(base["runtimes"]) == set(here) and not base["refused"]
