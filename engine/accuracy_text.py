@@ -40,8 +40,12 @@ def target_digits(value: float, target: float, digits: int = 2, most: int = 6) -
 
 def target_value(value: float, target: float, digits: int = 2) -> str:
     """``value`` as a target mark shows it beside ``target``: ``digits`` decimals, more where fewer would round a
-    miss up to the target (0.8967 against 0.9: "0.897", never "0.90")."""
-    return f"{value:.{target_digits(value, target, digits)}f}"
+    miss up to the target (0.8967 against 0.9: "0.897", never "0.90"); a miss too close to show in six decimals
+    reads "< 0.900000"."""
+    d = target_digits(value, target, digits)
+    if value < target and round(value, d) >= round(target, d):
+        return f"< {target:.{d}f}"
+    return f"{value:.{d}f}"
 
 
 def target_mark(value: float | None, target: float, digits: int = 2, unit: str = "") -> str:

@@ -249,8 +249,8 @@ def test_runtime_bench_credits_each_runtime_its_own_base_and_marks_the_targets(t
                              "seconds": 1.0, "pruned_int8_format": "qdq_s8s8", "pruned_int8_reason": "why",
                              "pruned_int8_fp32_layers": ["/layer4/layer4.0/conv2/Conv", "/2/Conv"],
                              "pruned_int8_fp32_mac_share": 0.25})
-    assert ("`qdq_s8s8` for the pruned model with 2 layer(s) kept FP32 to reach the 97 % agreement floor on the "
-            "validation split (25% of its MACs): `layer4.0.conv2`, `2` (why)") in text
+    assert ("`qdq_s8s8` for the pruned model with 2 layer(s) kept FP32 to reach the 97 % agreement floor at 95 % "
+            "confidence on the validation split (25% of its MACs): `layer4.0.conv2`, `2` (why)") in text
     assert "in onnxruntime, the runtime that format ships in, 2 layer(s) kept FP32 besides the first and last" in text
 
 
