@@ -243,8 +243,9 @@ def _fp32_kept(res: dict[str, Any], key: str) -> str:
     if not kept:
         return ""
     share = res.get(f"{key}_fp32_mac_share")
-    return (f" with {len(kept)} layer(s) kept FP32 to reach the 97 % agreement floor at 95 % confidence on the "
-            "validation split"
+    met = res.get(f"{key}_floor_met", True)
+    return (f" with {len(kept)} layer(s) kept FP32 " + ("to reach" if met else "trying for, and **not reaching**,")
+            + " the 97 % agreement floor at 95 % confidence on the validation split"
             + (f" ({share:.0%} of its MACs)" if share is not None else "") + f": {_layers(kept)}")
 
 
@@ -342,6 +343,8 @@ def run(base_run: str | None, arch: str, epochs: int, limit: int, test_images: i
             "pruned_int8_reason": int8["pruned_int8"].get("int8_format_reason"),
             **{f"{k}_fp32_layers": r.get("int8_fp32_layers") or [] for k, r in int8.items()},
             **{f"{k}_fp32_mac_share": ((r.get("quantization") or {}).get("auto") or {}).get("fp32_mac_share")
+               for k, r in int8.items()},
+            **{f"{k}_floor_met": ((r.get("quantization") or {}).get("auto") or {}).get("met", True)
                for k, r in int8.items()},
             "int8_runtime": "openvino" if fmt == "openvino" else "onnxruntime",
             "agreement_images": next(iter(agree.values()))["images"] if agree else 0,
