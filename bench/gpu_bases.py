@@ -7,6 +7,7 @@ from typing import Any, Callable
 
 from engine import data as data_mod
 from engine import presets, runner
+from engine.accuracy_text import target_mark
 from engine.spec import DataSpec
 from engine.store import Store
 from engine.validation import check_spec
@@ -44,8 +45,7 @@ def section(res: dict[str, Any], data: dict[str, Any]) -> str:
              "| base | epochs | top-1 | target | verdict | train (s) | train img/s | job wall (s) | trained on |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
-        verdict = "–" if r["met"] is None else ("met" if r["met"] else
-                                                f"missed by {100 * (r['target'] - r['accuracy']):.2f} pt")
+        verdict = "–" if r["met"] is None else target_mark(100 * r["accuracy"], 100 * r["target"], unit=" pt")
         target = f"{100 * r['target']:.1f} %" if r["target"] is not None else "–"
         ips = f"{r['train_ips']:,.0f}" if r["train_ips"] else "–"
         lines.append(f"| {r['arch']} | {r['epochs']} | {100 * r['accuracy']:.2f} % | {target} | {verdict} | "

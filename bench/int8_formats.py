@@ -16,6 +16,7 @@ from typing import Any, Callable
 import torch
 
 from engine import export, int8_cpu, measure
+from engine.accuracy_text import target_mark, target_value
 from engine.methods import int8_auto, int8_formats, quantize
 
 AGREEMENT_TARGET = 0.97
@@ -140,10 +141,8 @@ def run(model: torch.nn.Module, data, batches: int = 8, threads: int = 1, rounds
             "runs": runs, "batches": batches, "batch_size": data.batch_size}
 
 
-def _target(value: float | None, target: float, fmt: str) -> str:
-    if value is None:
-        return "–"
-    return "met" if value >= target else f"missed by {fmt % (target - value)}"
+def _target(value: float | None, target: float, digits: int, unit: str = "") -> str:
+    return "–" if value is None else target_mark(value, target, digits, unit)
 
 
 def section(res: dict[str, Any], about: str) -> str:
@@ -151,7 +150,8 @@ def section(res: dict[str, Any], about: str) -> str:
     lines = [f"### INT8 formats ({about})", "",
              f"CPU INT8 level: **{cpu['level']}** ({cpu['note']}); `format: auto` tries "
              f"**{', '.join(int8_auto.candidates('minmax', cpu))}** here, fastest first, and keeps the first whose "
-             f"validation agreement with FP32 is ≥ {AGREEMENT_TARGET:.0%}. Ours: quantize_int8's defaults (percentile calibration, first and last layers FP32). Calibration: {res['batches']} training batches of {res['batch_size']}. Timed at batch 1 on "
+             f"validation agreement with FP32 is ≥ {AGREEMENT_TARGET:.0%} at {int8_auto.CONFIDENCE:.0%} confidence (the "
+             f"one-sided Wilson lower bound of its agreement). Ours: quantize_int8's defaults (percentile calibration, first and last layers FP32). Calibration: {res['batches']} training batches of {res['batch_size']}. Timed at batch 1 on "
              f"{res['threads']} thread(s), {res['rounds']} interleaved rounds of {res['runs']} calls each; speed-up: "
              f"median of per-round ratios against the FP32 model in the same runtime (min-max in brackets). "
              f"Targets: agreement with FP32 ≥ {AGREEMENT_TARGET:.0%}, speed-up ≥ {SPEEDUP_TARGET:.1f}x.", "",
@@ -161,9 +161,9 @@ def section(res: dict[str, Any], about: str) -> str:
         sp = (f"{r['speedup']:.2f}x ({r['speedup_min']:.2f}-{r['speedup_max']:.2f})" if "speedup" in r else "–")
         ref = "speedup" in r
         lines.append(f"| {r['name']} | {r['runtime']} | {r['format']} | {r['accuracy']:.4f} | "
-                     f"{100 * r['agreement']:.1f} % | {r['latency_ms']:.3f} | {sp} | "
-                     f"{_target(r['agreement'], AGREEMENT_TARGET, '%.3f') if ref else '–'} | "
-                     f"{_target(r.get('speedup'), SPEEDUP_TARGET, '%.2fx') if ref else '–'} |")
+                     f"{target_value(100 * r['agreement'], 100 * AGREEMENT_TARGET, 1)} % | {r['latency_ms']:.3f} | {sp} | "
+                     f"{_target(100 * r['agreement'], 100 * AGREEMENT_TARGET, 1, ' pt') if ref else '–'} | "
+                     f"{_target(r.get('speedup'), SPEEDUP_TARGET, 2, 'x') if ref else '–'} |")
     if res["missing"]:
         lines += ["", "Not measured here: " + ", ".join(res["missing"]) + "."]
     lines += ["", f"Agreement and top-1 on {res['rows'][0]['images']:,} test images."]

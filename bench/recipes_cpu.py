@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from engine import literature, presets, recovery_lr, runner
+from engine.accuracy_text import target_mark
 from engine.methods import control
 from engine.store import Store
 from engine.validation import check_spec
@@ -259,14 +260,14 @@ def judge(r: Recipe, rec: dict, base: dict, kd_vs_plain_pt: float | None) -> str
     if size_x < t.min_size_x:
         short.append(f"{size_x:.2f}x < {t.min_size_x:g}x smaller")
     if t.kind == "delta" and d < t.bound:
-        short.append(f"Δ missed by {t.bound - d:.2f} pt")
+        short.append(f"Δ {target_mark(d, t.bound, unit=' pt')}")
     elif t.kind == "abs_delta" and abs(d) > t.bound:
         short.append(f"Δ outside ±{t.bound:g} pt by {abs(d) - t.bound:.2f} pt")
     elif t.kind == "vs_plain":
         if kd_vs_plain_pt is None:
             return "not judged (no plain student)"
         if kd_vs_plain_pt < t.bound:
-            short.append(f"KD − plain {kd_vs_plain_pt:+.2f} pt, missed by {t.bound - kd_vs_plain_pt:.2f} pt")
+            short.append(f"KD − plain {kd_vs_plain_pt:+.2f} pt, {target_mark(kd_vs_plain_pt, t.bound, unit=' pt')}")
     elif t.kind == "none":
         return "–"
     return "met" if not short else "missed: " + "; ".join(short)

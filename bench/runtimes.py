@@ -30,6 +30,7 @@ from typing import Any, Callable
 import torch
 
 from engine import conditions, deploy, export, measure, settings
+from engine.accuracy_text import target_mark, target_value
 from engine import data as data_mod
 from engine.methods import int8_formats
 from engine.runner import run_spec
@@ -187,12 +188,6 @@ COLUMNS = [("runtime", "runtime"), ("model", "model"), ("latency_ms", "latency b
            ("realised", "speed-up ÷ MAC cut"), ("agreement", "INT8 agrees with its FP32"), ("note", "note")]
 
 
-def _verdict(value: float | None, target: float, fmt: str) -> str:
-    if value is None:
-        return "not measured"
-    return "met" if value >= target else f"missed by {fmt % (target - value)}"
-
-
 def verdicts(res: dict[str, Any]) -> list[str]:
     """The three targets, each met or missed by how much: the pruned model's realised share of its MAC cut in
     its fastest batch-1 runtime; each INT8 model's speed-up and agreement in its format's own runtime."""
@@ -200,8 +195,8 @@ def verdicts(res: dict[str, Any]) -> list[str]:
     pruned = [r for r in table if r.get("realised") is not None]
     best = min(pruned, key=lambda r: r["latency_ms"]) if pruned else None
     lines = ["- Realised speed-up ÷ MAC reduction at batch 1, structured 50 %, in its fastest runtime: " + (
-        f"**{best['realised']:.2f}** in {best['runtime']} ({best['speedup']:.2f}x at {res['macs_cut']:.2f}x fewer "
-        f"MACs; target ≥ {TARGET} — {_verdict(best['realised'], TARGET, '%.2f')})" if best else
+        f"**{target_value(best['realised'], TARGET)}** in {best['runtime']} ({best['speedup']:.2f}x at "
+        f"{res['macs_cut']:.2f}x fewer MACs; target ≥ {TARGET} — {target_mark(best['realised'], TARGET)})" if best else
         "not measured: no runtime ran the pruned model")]
     for key in INT8:
         fmt = res["int8_format"] if key == "int8" else res.get("pruned_int8_format") or res["int8_format"]
@@ -214,10 +209,12 @@ def verdicts(res: dict[str, Any]) -> list[str]:
         lines.append(f"- {LABELS[key]} (format `{fmt}`, in {home}, the runtime that format ships in"
                      + (f", {len(kept)} layer(s) kept FP32 besides the first and last: {_layers(kept)}" if kept else "")
                      + "): "
-                     f"**{r['speedup']:.2f}x** its own FP32 at batch 1 (target ≥ {INT8_SPEEDUP_TARGET:.1f}x — "
-                     f"{_verdict(r.get('speedup'), INT8_SPEEDUP_TARGET, '%.2fx')}); top-1 agreement with its FP32 "
-                     f"model **{100 * r['agreement']:.1f} %** on {res['agreement_images']:,} test images (target ≥ "
-                     f"{AGREEMENT_TARGET:.0%} — {_verdict(100 * r['agreement'], 100 * AGREEMENT_TARGET, '%.1f pt')})")
+                     f"**{target_value(r['speedup'], INT8_SPEEDUP_TARGET)}x** its own FP32 at batch 1 (target ≥ "
+                     f"{INT8_SPEEDUP_TARGET:.1f}x — {target_mark(r.get('speedup'), INT8_SPEEDUP_TARGET, unit='x')}); "
+                     f"top-1 agreement with its FP32 model "
+                     f"**{target_value(100 * r['agreement'], 100 * AGREEMENT_TARGET, 1)} %** on "
+                     f"{res['agreement_images']:,} test images (target ≥ {AGREEMENT_TARGET:.0%} — "
+                     f"{target_mark(100 * r['agreement'], 100 * AGREEMENT_TARGET, 1, ' pt')})")
     return lines
 
 
@@ -245,7 +242,9 @@ def _fp32_kept(res: dict[str, Any], key: str) -> str:
     if not kept:
         return ""
     share = res.get(f"{key}_fp32_mac_share")
-    return (f" with {len(kept)} layer(s) kept FP32 to reach the 97 % agreement floor on the validation split"
+    met = res.get(f"{key}_floor_met", True)
+    return (f" with {len(kept)} layer(s) kept FP32 " + ("to reach" if met else "trying for, and **not reaching**,")
+            + " the 97 % agreement floor at 95 % confidence on the validation split"
             + (f" ({share:.0%} of its MACs)" if share is not None else "") + f": {_layers(kept)}")
 
 
@@ -343,6 +342,8 @@ def run(base_run: str | None, arch: str, epochs: int, limit: int, test_images: i
             "pruned_int8_reason": int8["pruned_int8"].get("int8_format_reason"),
             **{f"{k}_fp32_layers": r.get("int8_fp32_layers") or [] for k, r in int8.items()},
             **{f"{k}_fp32_mac_share": ((r.get("quantization") or {}).get("auto") or {}).get("fp32_mac_share")
+               for k, r in int8.items()},
+            **{f"{k}_floor_met": ((r.get("quantization") or {}).get("auto") or {}).get("met", True)
                for k, r in int8.items()},
             "int8_runtime": "openvino" if fmt == "openvino" else "onnxruntime",
             "agreement_images": next(iter(agree.values()))["images"] if agree else 0,

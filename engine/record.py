@@ -300,21 +300,24 @@ FIELDS: tuple[Field, ...] = (
     Field("int8_format", "INT8 format", kind="text", card=True,
           help="qdq (U8S8), qdq_reduce_range (7-bit weights), qdq_s8s8, qoperator (ONNX Runtime) or openvino "
                "(NNCF, run by OpenVINO); method.params.format auto picks the fastest on this CPU whose "
-               "validation agreement meets 0.97 (int8_format_reason)"),
+               "validation agreement meets 0.97 at 95 % confidence (its one-sided Wilson lower bound; "
+               "int8_format_reason)"),
     Field("int8_val_agreement", "INT8 val agreement", _FRACTION, "share of validation images on which the INT8 "
-          "model's top-1 equals its FP32 model's, measured while format auto chose the format", "%.4f"),
+          "model's top-1 equals its FP32 model's, measured while format auto chose the format (the floor is judged "
+          "on its 95 % lower bound: quantization.auto records the images, the count and the bound)", "%.4f"),
     Field("int8_format_reason", "why this INT8 format", kind="text", card=True,
           help="format auto: the format kept and why (the fastest meeting the agreement floor; where none did with "
                "every layer INT8, the one meeting it with the fewest MACs kept FP32, or the most faithful found "
-               "where no count of FP32 layers met it), with each format tried and its validation agreement"),
+               "where no count of FP32 layers met it), with each format tried and its validation agreement and, where the floor was judged on it, its 95 % lower "
+               "bound"),
     Field("int8_cpu", "CPU INT8 level", kind="text", card=True,
           help="the timing CPU's INT8 instructions from /proc/cpuinfo: amx, vnni (no U8S8 saturation), avx512 or "
                "avx2 (U8S8 can saturate: reduce_range, S8S8 or OpenVINO keep accuracy); int8_cpu_note says what "
                "it implies"),
     Field("int8_fp32_layers", "layers kept FP32", kind="json", card=True,
           help="the layers left in FP32 besides the first and last (keep_first_last_fp32), the most sensitive "
-               "(lowest SQNR) first: by format auto where no format met the 0.97 agreement floor with every layer "
-               "INT8 (int8_format_reason says why), then by an accuracy limit (max_drop_pt); empty: every layer is "
+               "(lowest SQNR) first: by format auto where no format met the 0.97 agreement floor (at 95 % "
+               "confidence) with every layer INT8 (int8_format_reason says why), then by an accuracy limit (max_drop_pt); empty: every layer is "
                "INT8"),
     Field("int8_val_drop_pt", "INT8 validation drop (pt)", "points", "accuracy lost to INT8 on the validation "
           "split where max_drop_pt was set (negative: gained)", "%+.2f"),

@@ -5,6 +5,8 @@ import pytest
 
 from bench import __main__ as bench_cli  # noqa: F401  (the command itself must at least import)
 from bench import methods_table, report
+from bench import runtimes as bench_rt
+from engine.accuracy_text import target_mark, target_value
 
 BASE = {"label": "base", "method": "baseline", "accuracy": 0.90, "size_bytes": 40e6, "macs": 500e6, "latency_ms": 5.0}
 
@@ -164,3 +166,32 @@ def test_skipped_sections_keep_their_previous_text_in_place(tmp_path, monkeypatc
     body, kept = report.section_body("cpu", ["efficiency", "queue"], {"queue": "q"}, {"efficiency"}, "")
     assert kept == [] and body == "<!-- begin:cpu/queue -->\nq\n<!-- end:cpu/queue -->"
     assert bench_cli.main(["cpu", "--cifar", str(tmp_path / "cifar.zip"), "--skip", "tuor"]) == 2
+
+
+@pytest.mark.fast
+def test_target_marks_never_round_a_miss_into_a_pass_or_read_missed_by_nothing():
+    """The runtimes block read "**0.90** ... target ≥ 0.9 — missed by 0.00" for 0.8967: a miss shows the digits
+    that tell it from the target."""
+    assert (target_value(0.8967, 0.9), target_mark(0.8967, 0.9)) == ("0.897", "missed by 0.003")
+    assert (target_value(96.96, 97, 1), target_mark(96.96, 97, 1, " pt")) == ("96.96", "missed by 0.04 pt")
+    assert (target_value(95.5, 97, 1), target_mark(95.5, 97, 1, " pt")) == ("95.5", "missed by 1.5 pt")
+    assert (target_value(0.9, 0.9), target_mark(0.9, 0.9)) == ("0.90", "met")          # the floor itself meets it
+    assert (target_value(0.91234, 0.9), target_mark(0.91234, 0.9)) == ("0.91", "met")  # a pass keeps its digits
+    assert target_mark(1.996, 2.0, unit="x") == "missed by 0.004x"
+    assert target_mark(0.9 - 1e-9, 0.9) == "missed by less than 0.000001" and target_mark(None, 0.9) == "not measured"
+    for value in (0.85, 0.895, 0.8967, 0.89949, 0.89999, 0.8999999):   # never "0.00", never the target's own digits
+        mark, shown = target_mark(value, 0.9), target_value(value, 0.9)
+        assert float(mark.removeprefix("missed by ").removeprefix("less than ")) > 0, mark
+        assert float(shown.removeprefix("< ")) < 0.9 or shown == "< 0.900000", shown
+
+    def res(realised, agreement):
+        row = {"runtime": "onnxruntime", "latency_ms": 1.0, "realised": realised, "speedup": 3.5}
+        int8 = [{"key": k, "runtime": "onnxruntime", "latency_ms": 1.0, "speedup": 1.996, "agreement": agreement}
+                for k in ("int8", "pruned_int8")]
+        return {"rows": [row, *int8], "macs_cut": 3.99, "int8_format": "qdq", "agreement_images": 1000}
+    lines = bench_rt.verdicts(res(0.8967, 0.9696))
+    assert "**0.897** in onnxruntime" in lines[0] and "target ≥ 0.9 — missed by 0.003)" in lines[0]
+    assert "**1.996x** its own FP32 at batch 1 (target ≥ 2.0x — missed by 0.004x)" in lines[1]
+    assert "**96.96 %** on 1,000 test images (target ≥ 97% — missed by 0.04 pt)" in lines[2]
+    assert "**0.90** in onnxruntime" in bench_rt.verdicts(res(0.9, 0.97))[0] and "— met)" in bench_rt.verdicts(
+        res(0.9, 0.97))[0]

@@ -249,9 +249,16 @@ def test_runtime_bench_credits_each_runtime_its_own_base_and_marks_the_targets(t
                              "seconds": 1.0, "pruned_int8_format": "qdq_s8s8", "pruned_int8_reason": "why",
                              "pruned_int8_fp32_layers": ["/layer4/layer4.0/conv2/Conv", "/2/Conv"],
                              "pruned_int8_fp32_mac_share": 0.25})
-    assert ("`qdq_s8s8` for the pruned model with 2 layer(s) kept FP32 to reach the 97 % agreement floor on the "
-            "validation split (25% of its MACs): `layer4.0.conv2`, `2` (why)") in text
+    assert ("`qdq_s8s8` for the pruned model with 2 layer(s) kept FP32 to reach the 97 % agreement floor at 95 % "
+            "confidence on the validation split (25% of its MACs): `layer4.0.conv2`, `2` (why)") in text
     assert "in onnxruntime, the runtime that format ships in, 2 layer(s) kept FP32 besides the first and last" in text
+    text = bench_rt.section({"rows": rows, "macs": macs, "macs_cut": 4.0, "peak_gflops": 10.0, "rounds": 3,
+                             "threads": 1, "load": {"load_avg": 0.5}, "about": "Base: test", "int8_format": "qdq",
+                             "int8_level": "amx", "int8_runtime": "onnxruntime", "agreement_images": 1000,
+                             "seconds": 1.0, "pruned_int8_format": "qdq_s8s8", "pruned_int8_reason": "why",
+                             "pruned_int8_fp32_layers": ["/2/Conv"], "pruned_int8_fp32_mac_share": 0.25,
+                             "pruned_int8_floor_met": False})
+    assert "with 1 layer(s) kept FP32 trying for, and **not reaching**, the 97 % agreement floor" in text
 
 
 @pytest.mark.fast

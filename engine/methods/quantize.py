@@ -163,7 +163,8 @@ INT8_PARAMS = [
     Param("calibration_batches", "int", 8, "training batches used to calibrate activation ranges (the "
           "calibration-set size: batches x data.batch_size images)", low=1, high=10000),
     Param("format", "str", "auto", "auto: the fastest format on this CPU whose top-1 agrees with the FP32 "
-          "model's on >= 97 % of the validation images, the formats tried fastest first (VNNI/AMX: qdq, "
+          "model's on >= 97 % of the validation images, shown at 95 % confidence (the one-sided Wilson lower bound "
+          "of its agreement: 492 of 500 images, 979 of 1,000), the formats tried fastest first (VNNI/AMX: qdq, "
           "qdq_reduce_range, openvino, qdq_s8s8; AVX2-only: openvino, qdq_reduce_range, qdq, qdq_s8s8); where none reaches "
           "97 % with every layer INT8, each format's most sensitive layers are kept FP32 until it does and the "
           "model with the fewest FP32 MACs is kept (int8_fp32_layers), else the most faithful found "
@@ -234,7 +235,7 @@ def static_int8(model: nn.Module, ctx, params: dict[str, Any], fmt: str, method:
             ctx.progress(phase="int8:auto")
             fp32_top1, predict = int8_auto.top1(model, ctx.data), int8_auto.runner_top1(ctx.data)
             choice = int8_auto.choose(int8_auto.candidates(calibration), lambda f: make_in(f, []), fp32_top1, predict)
-            if choice.agreement is not None and choice.agreement < int8_auto.AGREEMENT_FLOOR:
+            if not choice.met:
                 ctx.progress(phase="int8:keep-fp32")
                 choice = int8_auto.keep_fp32(
                     choice, make_in, lambda f, raw: _sensitivity_order(ctx, params, f, source, Path(tmp), raw, edges),
@@ -274,7 +275,7 @@ def static_int8(model: nn.Module, ctx, params: dict[str, Any], fmt: str, method:
         if choice.searches:
             ctx.extra["int8_fp32_layers"] = choice.kept_fp32
             ctx.log.warning("INT8 format auto: %s", choice.reason)
-        elif choice.agreement is not None and choice.agreement < int8_auto.AGREEMENT_FLOOR:
+        elif not choice.met:
             ctx.log.warning("INT8 format auto: %s", choice.reason)
     if limit is not None:
         summary = limit.summary()
