@@ -110,7 +110,7 @@ def floor_line(rt: dict[str, Any], base: dict[str, Any]) -> list[str]:
                "sets the latency, so no width cut of this depth (pruning, low-rank of the same layers) can reach it; "
                "only fewer layers (a shallower student) or larger batches could"
                if x < FASTER else f"above the {FASTER:g}x target: width cuts are not bounded by per-call cost here")
-    return [f"- Why (speed): the base's architecture at 1/8 width (untrained, timed only"
+    return ["- Why (speed): the base's architecture at 1/8 width (untrained, timed only"
             + (f"; {cut:.0f}x fewer MACs" if cut else "") + f") runs **{x:.2f}x** faster than the base in "
             f"{f['fastest']} (same interleaved re-timing): {verdict}."]
 
