@@ -10,7 +10,8 @@ ResNet-20's). The other conv/linear layers are pruned correspondingly harder, so
 the share of *all* conv/linear weights that is zero and the measured sparsity (``engine.measure.sparsity``,
 over exactly those tensors) equals the request. ``keep_dense`` ``none`` makes every layer prunable; in
 ``global`` scope the ranking then decides how much of the ends goes. ``layer_sparsity`` in the record shows
-what each layer kept.
+what each layer kept. Measured on the recipes-cpu row (90 % gradual, 3 epochs, base 0.8887): ends -1.80 pt,
+none -2.07 pt, a +0.27 pt difference within noise (docs/BENCHMARKS.md, Investigations, 2026-12-02).
 
 The fine-tune (either schedule) runs at ``finetune_lr``, by default the start's own training rate
 (``engine.recovery_lr``): from the Quick tour's base (0.8857), 90 % gradual over 3 epochs scored -2.08 pt
