@@ -142,6 +142,49 @@ def test_gradual_pruning_reaches_ninety_percent_while_it_fine_tunes(tmp_path):
     assert len(sched) == len(steps) and steps[0] <= per_epoch < steps[-1] <= 0.75 * 2 * per_epoch
     assert sched[len([s for s in steps if s <= per_epoch]) - 1] < 0.9 * 0.99  # epoch 1 ends below the target
     assert ctx.recalibrated.get("gradual pruning") == 1
+    # keep_dense ends (the default): the stem conv and the classifier stay dense, the rest is pruned harder
+    # so that 90 % of all conv/linear weights are still zero
+    layer = ctx.extra["layer_sparsity"]
+    assert ctx.extra["dense_layers"] == ["conv1", "fc"] and layer["conv1"] == 0 and layer["fc"] == 0
+    rest = [m.weight for n, m in out.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and n not in ("conv1", "fc")]
+    zeros, size = sum(int((w == 0).sum()) for w in rest), sum(w.numel() for w in rest)
+    ends = out.conv1.weight.numel() + out.fc.weight.numel()
+    assert zeros / size == pytest.approx(0.9 * (size + ends) / size, abs=0.005) and zeros / size > 0.9
+    assert (out.conv1.weight != 0).all() and (out.fc.weight != 0).all()
+
+
+@pytest.mark.fast
+def test_keep_dense_finds_the_stem_and_classifier_by_running_the_net():
+    """The first and last conv/linear a forward pass calls, whatever order the modules were defined in;
+    the probe leaves batch-norm statistics and the training mode as they were."""
+    from engine.methods.pruning.unstructured import end_layers, split_dense
+
+    class Reordered(nn.Module):   # the head is defined first, the stem last
+        def __init__(self):
+            super().__init__()
+            self.head = nn.Linear(8, 10)
+            self.body = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+            self.stem = nn.Conv2d(3, 8, 3, padding=1)
+
+        def forward(self, x):
+            return self.head(self.body(self.stem(x)).mean((2, 3)))
+
+    net = Reordered().train()
+    stats = net.body[1].running_mean.clone()
+    assert end_layers(net, (3, 8, 8)) == ["stem", "head"]
+    assert net.training and torch.equal(net.body[1].running_mean, stats)
+    assert end_layers(models.build("mobilenet_v2", 10, True), (3, 32, 32)) == ["features.0.0", "classifier.1"]
+    # the pruned layers' own sparsity makes `amount` of all conv/linear weights zero
+    pruned, dense, within = split_dense(net, (3, 8, 8), {"keep_dense": "ends", "amount": 0.3})
+    sizes = {"stem": 216, "body.0": 576, "head": 80}
+    assert [n for n, _ in pruned] == ["body.0"] and dense == ["stem", "head"]
+    assert within == pytest.approx(0.3 * sum(sizes.values()) / sizes["body.0"])
+    pruned, dense, within = split_dense(net, (3, 8, 8), {"keep_dense": "none", "amount": 0.3})
+    assert len(pruned) == 3 and dense == [] and within == 0.3
+    # keeping the ends dense where they hold too much of the net to reach the amount is refused, not rounded
+    with pytest.raises(SpecError) as e:
+        split_dense(net, (3, 8, 8), {"keep_dense": "ends", "amount": 0.7})
+    assert e.value.field == "method.params.keep_dense" and "keep_dense to none" in str(e.value)
 
 
 @pytest.mark.fast
