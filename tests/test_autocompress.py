@@ -275,7 +275,7 @@ def judge_ctx(model, tmp_path, rounds: int = 1, runs: int = 4):
 def test_the_latency_judge_times_each_model_in_its_fastest_runtime_at_the_batch(ws, tmp_path, monkeypatch):
     """runtime best: the start's fastest runtime found once (each against eager); then a model is timed in every
     runtime here, each against the start exported to that SAME runtime, at the batch given, and judged in the
-    runtime where it ran fastest, with the speed-up paired there."""
+    runtime where it ran fastest, with the speed-up paired there (chained to the start's fastest runtime)."""
     import copy
 
     from engine import export, measure
@@ -304,7 +304,10 @@ def test_the_latency_judge_times_each_model_in_its_fastest_runtime_at_the_batch(
         assert out["timed"][rt]["start_runtime"] == rt and c["speedup"] == out["timed"][rt]["speedup"]
     chosen = next(c for c, rt in zip(trial_calls, out["timed"]) if rt == out["runtime"])
     assert out["runtime"] == out["start_runtime"] and chosen["ref"] is judge.start_fns[out["runtime"]]
-    assert out["speedup"] == chosen["speedup"]                     # the median of that pair's per-round ratios
+    assert out["speedup_same_runtime"] == chosen["speedup"]        # the median of that pair's per-round ratios
+    # against the start at ITS fastest: that pair chained with the start's own ratio between the two runtimes
+    assert out["speedup"] == pytest.approx(chosen["speedup"] * judge.start_speed[out["runtime"]]
+                                           / judge.start_speed[judge.start_runtime])
     assert out["latency_ms"] == min(t["latency_ms"] for t in out["timed"].values())
     assert not any(tmp_path.iterdir())                               # its exported models are removed
 
