@@ -4,6 +4,8 @@ too; the Job select shortens a long name and writes it whole; Compare puts accur
 name; a number keeps its unit on its line."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from conftest import plain
@@ -99,4 +101,6 @@ def test_a_number_keeps_its_unit_on_its_line():
 def test_experiments_keeps_the_presets_estimate_with_its_unit(page_ws):
     at = page("experiments")
     caption = next(c.value for c in at.caption if "Sized for" in c.value)
-    assert "~10\u00a0s" in caption and "~10 s" not in caption
+    # every number keeps its unit (a no-break space between them), and there is at least one such figure
+    assert re.search(r"\d\u00a0(s|min|px)\b", caption)
+    assert not re.search(r"\d (s|min|px)\b", caption), caption
