@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass, field
+from statistics import NormalDist
 from typing import Any, Callable
 
 import torch
@@ -36,7 +37,7 @@ from . import int8_accuracy, int8_formats
 
 AGREEMENT_FLOOR = 0.97     # issue 20's target: INT8 top-1 equal to its FP32 model's on >= 97 % of images
 CONFIDENCE = 0.95          # the floor must hold at this one-sided confidence on the validation images
-Z = 1.6448536269514722     # the standard normal's CONFIDENCE quantile (one-sided 95 %)
+Z = NormalDist().inv_cdf(CONFIDENCE)   # the standard normal's one-sided CONFIDENCE quantile
 
 
 def min_images(floor: float = AGREEMENT_FLOOR) -> int:
