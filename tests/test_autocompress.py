@@ -682,3 +682,27 @@ def test_a_seeded_recipe_runs_first_with_its_full_fine_tune(ws):
     assert step["name"] == "prune_structured" and step["params"]["finetune_epochs"] == 2
     assert not step["params"].get("finetune_kd") and abs(step["params"]["target_macs"] - 1 / 2.1) < 1e-9
     assert all(t["state"] == "waiting" and t["run_id"] is None for t in trials if t not in ran)
+
+
+@pytest.mark.fast
+def test_aligned_seed_is_run_for_latency_only_and_its_draw_asks_for_round_to():
+    """The aligned cut (round_to 8) is seeded into latency searches only, and a drawn round_to reaches the
+    structured step's params (1: no round_to key, so the method keeps its own default)."""
+    import optuna
+
+    from engine.methods.search_space import ALIGN, SEEDS, draw, seeds_for
+    space = ["prune_int8", "quantize_int8"]
+    aligned = [s for s in SEEDS if s.params.get("prune.round_to", 1) > 1]
+    assert aligned and all(s in seeds_for("latency", space) for s in aligned)
+    assert not any(s in seeds_for("size", space) for s in aligned)
+    assert seeds_for("latency", ["quantize_int8"]) == []          # a candidate left out of space is not seeded
+    assert 1 in ALIGN and 8 in ALIGN
+
+    def step(align):
+        t = optuna.trial.FixedTrial({"candidate": "prune_int8", "prune.target_macs": 0.4, "prune.round_to": align})
+        d = draw(t, "prune_int8", 2, 1e6, 1e5, 10, (1, 16, 16), True)
+        return d.method["params"]["steps"][0]["params"], d.recipe
+    p8, r8 = step(8)
+    p1, r1 = step(1)
+    assert p8["round_to"] == 8 and "multiples of 8" in r8
+    assert "round_to" not in p1 and "multiples" not in r1
