@@ -155,3 +155,18 @@ def test_greedy_keeps_the_block_that_matters_though_ties_go_to_it(session_home, 
     assert r["removed_blocks"] == idle[:2]                     # the idle ones, in network order on the tie
     assert set(r["block_probes"][1]["val_accuracy"]) == set(names) - {idle[0]}
     assert r["residual_blocks"] == [len(block_names(net)), len(block_names(net)) - 2]
+
+
+@pytest.mark.fast
+def test_a_block_pruned_resnet20_is_controlled_by_the_resnet_of_its_own_depth():
+    from engine.methods import control
+    net = models.build("resnet20", 10, small_input=True)
+    order = blocks.uniform_order(net, blocks.removable(net, SHAPE))
+    for k, arch in ((3, "resnet14"), (6, "resnet8")):
+        cut = blocks.without(net, order[:k])
+        depth = control.cifar_resnet_depth(cut)
+        assert f"resnet{depth}" == arch
+        target = measure.count_macs(cut, SHAPE)["macs"]
+        c_arch, width, macs = control.match_macs("resnet20", target, 10, True, SHAPE, depth)
+        assert (c_arch, macs) == (arch, target) and width == pytest.approx(1.0, abs=0.01)
+    assert control.candidates("resnet20", control.cifar_resnet_depth(net))[0] == "resnet20"  # uncut: its own
