@@ -2,7 +2,8 @@
 
 ``python -m bench.block_pruning --base BASE.pt --run LABEL=RUN_DIR_OR_CHECKPOINT ...`` (data: the Quick tour's,
 ``engine.presets.QUICK_DATA``). For each FP32 model, its test top-1 minus the base's on the same images with the
-paired 95 % interval (Bonett & Price; McNemar's p), as ``bench.quick_tour.kd_vs_plain`` pairs two students; an
+paired 95 % interval (Bonett & Price; McNemar's p), as ``bench.quick_tour.kd_vs_plain`` pairs two students (and
+``--pair A:B`` any two FP32 models, e.g. a block-pruned net against its from-scratch control); an
 INT8 model (an ONNX Runtime bundle) is paired by its own job, so its record's interval is reported. Then the base
 and every model in every CPU runtime here, at batch 1, in one interleaved run (``bench.autocompress_retime``):
 its fastest runtime and x faster than the base's fastest. Prints one JSON object.
@@ -40,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.block_pruning")
     p.add_argument("--base", required=True, help="the starting checkpoint bundle")
     p.add_argument("--run", action="append", default=[], help="LABEL=run folder or checkpoint (repeatable)")
+    p.add_argument("--pair", action="append", default=[], help="A:B, two FP32 labels: A minus B, paired (e.g. a "
+                   "block-pruned model against its from-scratch control)")
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--runs", type=int, default=40, help="timed calls per contender and round")
     args = p.parse_args(argv)
@@ -62,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
                                    "params": measure.count_params(model), "bytes": Path(path).stat().st_size}
         out["accuracy"][label] = paired(right["base"], right[label]) if label != "base" else {
             "accuracy": float(right[label].float().mean())}
+    out["pairs"] = {pair: paired(right[pair.split(":")[1]], right[pair.split(":")[0]]) for pair in args.pair}
     n = search_latency.AGREEMENT_IMAGES
     images = next(iter(data.loader("test", "cpu", limit=n, batch_size=n)))[0]
     out["retimed"] = autocompress_retime.retime(checkpoints, "base", tuple(data.input_shape), images,

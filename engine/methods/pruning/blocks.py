@@ -2,12 +2,15 @@
 
 A residual block whose shortcut is the identity (no downsampling projection: same input and output
 shape) computes ``x + f(x)``; without it the net computes ``x``, so it can be dropped whole and the
-rest still fits (Veit et al. 2016, "Residual Networks Behave Like Ensembles of Relatively Shallow
-Networks", NeurIPS: deleting a single such block of a trained ResNet barely changes its error). Fewer
-layers cut latency at batch 1 where channel pruning cannot: on a small net each layer's call cost,
-not its arithmetic, dominates (Elkerdawy et al. 2020, "To filter prune, or to layer prune, that is
-the question", ACCV: layer pruning gives lower latency than filter pruning at matched accuracy; Chen &
-Zhao 2018, "Shallowing deep networks: layer-wise pruning based on feature representations", TPAMI).
+rest still fits (Veit et al., "Residual Networks Behave Like Ensembles of Relatively Shallow Networks",
+NeurIPS 2016, arXiv 1605.06431: their lesion study finds the paths of a trained ResNet do not strongly
+depend on each other, so single blocks can be deleted at test time). Fewer layers cut latency at batch 1
+where channel pruning cannot: on a small net each layer's call cost, not its arithmetic, dominates
+(Elkerdawy et al., "To Filter Prune, or to Layer Prune, That Is The Question", ACCV 2020, arXiv
+2007.05667: layer pruning reaches higher latency reduction than filter pruning at similar accuracy; Chen &
+Zhao, "Shallowing Deep Networks: Layer-wise Pruning based on Feature Representations", TPAMI 41(12) 2019,
+doi 10.1109/TPAMI.2018.2874634, who fine-tune the shallower net distilled from the original, as
+``finetune_kd`` does).
 
 Blocks are ranked by what removing them costs on a few hundred held-out validation images, each probe
 with its batch-norm statistics re-estimated as the cut model will have them:
