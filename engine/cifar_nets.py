@@ -1,10 +1,11 @@
 """The CIFAR benchmark nets of the pruning literature, built natively for 32x32 inputs.
 
-- ResNet-20/32/56/110 (He et al. 2016, section 4.2): a 3x3 stem of 16 channels, then three stages
-  of ``n`` basic blocks at 16/32/64 channels (depth = 6n + 2). Shortcuts that change shape are a
-  1x1 convolution + BN ("option B"), as in Torch-Pruning's and chenyaofo's CIFAR models: the
-  paper's zero-padding shortcut ("option A") cannot be pruned channel-wise. ResNet-20 is 0.27 M
-  params / 40.8 M MACs, ResNet-56 0.86 M / 125.5 M.
+- ResNet-8/14/20/32/56/110 (He et al. 2016, section 4.2; 8 and 14 are the depths a block-pruned
+  ResNet-20 reaches): a 3x3 stem of 16 channels, then three stages of ``n`` basic blocks at
+  16/32/64 channels (depth = 6n + 2). Shortcuts that change shape are a 1x1 convolution + BN
+  ("option B"), as in Torch-Pruning's and chenyaofo's CIFAR models: the paper's zero-padding
+  shortcut ("option A") cannot be pruned channel-wise. ResNet-20 is 0.27 M params / 40.8 M MACs,
+  ResNet-56 0.86 M / 125.5 M.
 - VGG-16-BN as in HRank/DepGraph: 13 conv layers, then Linear(512, 512) + BN + ReLU + Linear
   (15.0 M params, 313.7 M MACs).
 - MobileNetV2 with the CIFAR strides (kuangliu, chenyaofo): stride-1 stem and first 24-channel

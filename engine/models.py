@@ -136,7 +136,7 @@ ARCHS: dict[str, Arch] = {a.name: a for a in [
     Arch("efficientnet_v2_s", _first_conv_stride1("features.0.0"), "efficientnet"),
     Arch("vit_cifar", None, "vit", cifar_nets.vit_cifar),
     # The CIFAR literature's benchmark nets (DepGraph, HRank, SFP, FPGM, ResRep, TRP, ShrinkBench).
-    *(Arch(f"resnet{d}", None, "cifar_resnet", cifar_nets.resnet(d), True) for d in (20, 32, 56, 110)),
+    *(Arch(f"resnet{d}", None, "cifar_resnet", cifar_nets.resnet(d), True) for d in (8, 14, 20, 32, 56, 110)),
     Arch("vgg16_bn_cifar", None, "vgg", cifar_nets.vgg16_bn, True),
     Arch("mobilenet_v2_cifar", None, "mobilenet", cifar_nets.mobilenet_v2_cifar, True),
 ]}

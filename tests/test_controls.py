@@ -86,7 +86,8 @@ def test_width_search_lands_within_tolerance_and_refuses_archs_without_width():
 
 @pytest.mark.fast
 def test_cifar_resnets_fall_back_on_depth_nearest_first():
-    assert control.candidates("resnet56") == ["resnet56", "resnet32", "resnet20", "resnet110"]
+    assert control.candidates("resnet56") == ["resnet56", "resnet32", "resnet20", "resnet14", "resnet8",
+                                                "resnet110"]
     assert control.candidates("mobilenet_v2_cifar") == ["mobilenet_v2_cifar"]
 
 

@@ -39,8 +39,8 @@ def test_the_policy_rewinds_to_the_recorded_training_rate_and_falls_back_to_a_te
 
 
 @pytest.mark.fast
-@pytest.mark.parametrize("method", ["prune_structured", "slimming", "soft_filter_pruning", "prune_unstructured",
-                                    "lowrank_svd", "factorize"])
+@pytest.mark.parametrize("method", ["prune_structured", "prune_blocks", "slimming", "soft_filter_pruning",
+                                    "prune_unstructured", "lowrank_svd", "factorize"])
 def test_every_method_that_fine_tunes_after_a_cut_takes_finetune_lr_defaulting_to_the_policy(method):
     from engine.errors import SpecError
     from engine.methods import get

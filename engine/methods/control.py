@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .. import measure, models, stats, training
+from .. import cifar_nets, measure, models, stats, training
 from ..spec import SpecError
 from . import Param, load_all, makes_torch_model, register
 from .distill import _teacher_as_trained
@@ -44,15 +44,23 @@ def controllable(method: dict[str, Any]) -> bool:
     return m is not None and m.family in FAMILIES and m.name not in NOT_CONTROLLED
 
 
-def candidates(arch: str) -> list[str]:
+def candidates(arch: str, depth: int | None = None) -> list[str]:
     """The architectures a control may take: the run's own, scaled in width; for a CIFAR ResNet also
-    the other depths of its family (nearest depth first), where width alone misses the MACs."""
+    the other depths of its family (nearest depth first), where width alone misses the MACs. ``depth``:
+    the compressed model's own depth where whole blocks were removed (``prune_blocks``): that depth of the
+    family, where registered, is tried first, so a ResNet-20 less 3 blocks is controlled by a ResNet-14."""
     own = models.ARCHS[arch]
     if own.family != "cifar_resnet":
         return [arch]
-    depth = lambda a: int(a.removeprefix("resnet"))  # noqa: E731
+    depth_of = lambda a: int(a.removeprefix("resnet"))  # noqa: E731
     same = [a for a, s in models.ARCHS.items() if s.family == own.family and s.native]
-    return sorted(same, key=lambda a: (a != arch, abs(depth(a) - depth(arch))))
+    return sorted(same, key=lambda a: (depth_of(a) != depth, a != arch, abs(depth_of(a) - depth_of(arch))))
+
+
+def cifar_resnet_depth(model: torch.nn.Module) -> int:
+    """A CIFAR ResNet's depth as built (6n + 2 for n basic blocks per stage; 2 + 2 per block left after
+    ``prune_blocks``): its weighted layers on the main path."""
+    return 2 + 2 * sum(isinstance(m, cifar_nets.BasicBlock) for m in model.modules())
 
 
 def dense_macs(arch: str, width: float, num_classes: int, small_input: bool, input_shape: tuple[int, ...]) -> int:
@@ -66,7 +74,7 @@ def dense_macs(arch: str, width: float, num_classes: int, small_input: bool, inp
 
 
 def match_macs(arch: str, target: int, num_classes: int, small_input: bool,
-               input_shape: tuple[int, ...]) -> tuple[str, float, int]:
+               input_shape: tuple[int, ...], depth: int | None = None) -> tuple[str, float, int]:
     """(arch, width, MACs) of the control nearest ``target`` MACs within ``TOLERANCE``: per candidate
     architecture, the width is bisected on ``measure.count_macs`` (MACs grow with width, in steps as
     channel counts round), and the nearer of the two widths around the target is kept."""
@@ -81,7 +89,7 @@ def match_macs(arch: str, target: int, num_classes: int, small_input: bool,
         return cache[a, w]
 
     tried = []
-    for a in candidates(arch):
+    for a in candidates(arch, depth):
         lo, hi = WIDTHS
         if not macs(a, lo) <= target <= macs(a, hi):
             tried.append(f"{a} spans {macs(a, lo):,}-{macs(a, hi):,}")
@@ -152,7 +160,8 @@ def control(model, ctx, params):
     if arch not in models.ARCHS:
         raise SpecError(FIELD, f"run {run_id}'s architecture {arch} is not one Slimbench builds")
     target = int(measure.count_macs(compressed.to("cpu"), ctx.input_shape)["macs"])
-    c_arch, width, c_macs = match_macs(arch, target, ctx.data.num_classes, small, ctx.input_shape)
+    depth = cifar_resnet_depth(compressed) if models.ARCHS[arch].family == "cifar_resnet" else None
+    c_arch, width, c_macs = match_macs(arch, target, ctx.data.num_classes, small, ctx.input_shape, depth)
     epochs, how = epoch_budget(ctx.store, run_id)
     if epochs < 1:
         raise SpecError(FIELD, f"run {run_id} records no training epochs to match ({how})")
