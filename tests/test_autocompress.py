@@ -706,3 +706,35 @@ def test_aligned_seed_is_run_for_latency_only_and_its_draw_asks_for_round_to():
     p1, r1 = step(1)
     assert p8["round_to"] == 8 and "multiples of 8" in r8
     assert "round_to" not in p1 and "multiples" not in r1
+
+
+@pytest.mark.fast
+def test_block_pruning_candidate_chains_int8_and_its_seed_keeps_its_own_epochs():
+    """blocks_int8 draws prune_blocks at a MAC share -> INT8 with no pre-training proxy (whole blocks: the share is
+    known after the cut); a seed naming its epochs (the block cut's measured 8) carries them."""
+    import optuna
+
+    from engine.methods.search_space import SEEDS, draw
+    t = optuna.trial.FixedTrial({"candidate": "blocks_int8", "blocks.target_macs": 0.31})
+    d = draw(t, "blocks_int8", 5, 1e6, 1e5, 10, (3, 16, 16), True, kd=0.9)
+    blocks, int8 = d.method["params"]["steps"]
+    assert blocks["name"] == "prune_blocks" and int8["name"] == "quantize_int8" and d.proxy == {}
+    assert blocks["params"] == {"target_macs": 0.31, "finetune_epochs": 5, "finetune_kd": 0.9}
+    seed = next(s for s in SEEDS if s.params["candidate"] == "blocks_int8")
+    assert seed.epochs and seed.epochs > 3 and f"{seed.epochs} fine-tune epochs" in seed.why
+
+
+def test_a_seed_with_its_own_epochs_runs_them(ws):
+    """The block-pruning seed runs first in a space holding its candidate, with its own fine-tune epochs (not
+    full_epochs), and its child run's model is shallower than the start."""
+    from engine.methods.search_space import SEEDS
+    seed = next(s for s in SEEDS if s.params["candidate"] == "blocks_int8")
+    store, base = ws
+    rec = run_spec(search_spec(base["run_id"], trials=1, promote=0, full_epochs=2, target=None,
+                               space=["blocks_int8"]), store)
+    ran, = [t for t in rec["search_trial_list"] if t["state"] in ("complete", "pruned")]
+    assert ran["params"] == seed.params and ran["seeded"] == seed.why
+    child = store.get(ran["run_id"])
+    step = child["spec"]["method"]["params"]["steps"][0]
+    assert step["name"] == "prune_blocks" and step["params"]["finetune_epochs"] == seed.epochs != 2
+    assert child["record"]["macs"] < base["macs"]

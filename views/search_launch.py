@@ -12,11 +12,14 @@ from engine.spec import SpecError
 from views.common import md_text, run_label, startable_runs
 
 CANDIDATE_HELP = {"prune_int8": "structured pruning (channels cut, MACs down) then INT8",
+                  "blocks_int8": "whole residual blocks removed (a shallower net: fewer layers, faster at batch 1) "
+                                 "then INT8",
                   "lowrank_int8": "low-rank SVD of the layers then INT8",
                   "unstructured": "zeroed weights (sparse, same dense size and MACs)",
                   "distill": "a small student (MobileNet) trained with knowledge distillation"}
 # what a chip shows: short enough to fit whole beside the others at 800 px; CANDIDATE_HELP in the field's help
-CANDIDATE_LABELS = {"prune_int8": "structured pruning → INT8", "lowrank_int8": "low-rank SVD → INT8",
+CANDIDATE_LABELS = {"prune_int8": "structured pruning → INT8", "blocks_int8": "block pruning → INT8",
+                    "lowrank_int8": "low-rank SVD → INT8",
                     "unstructured": "unstructured (zeroed weights)", "distill": "distilled student"}
 OBJECTIVES = {"size": "Size in MB (model.pt)", "macs": "MACs per image",
               "latency": "Latency: CPU, at a batch, in a runtime you choose",

@@ -10,9 +10,10 @@ Cheap first: a trial whose model cannot meet a MACs or size target (known before
 ``search_space``) is refused untrained; a trial whose fine-tune ends more than ``prune_margin_pt``
 beyond the limit is stopped there (Optuna's ThresholdPruner), before INT8, export and timing.
 Both are recorded with why. The start as plain INT8 (no knob, no training) is the first trial; then (``seeded``)
-the recipes measured to work (``search_space.SEEDS``: structured pruning to 1/2.1 and to 35 % of the MACs -> INT8, and
-for latency an aligned 39.5 % cut) with
-their full fine-tune (``full_epochs``, at the rewound rate, no KD: as measured), which are never promoted. Trials get
+the recipes measured to work (``search_space.SEEDS``: structured pruning to 1/2.1 and to 35 % of the MACs -> INT8, for
+latency an aligned 39.5 % cut, and block pruning to a ResNet-8's 31 % -> INT8) with
+their full fine-tune (``full_epochs``, or the seed's own epochs where its measurement needed more; at the rewound
+rate, no KD: as measured), which are never promoted. Trials get
 a short fine-tune (``finetune_epochs``); then the ``promote`` best of them on or near their front (by
 validation accuracy and cost) run again with the full recipe (``full_epochs``, KD-assisted where the
 method has a distillation-assisted fine-tune), inside the same trial budget and, with a time budget, in
@@ -148,7 +149,7 @@ def _check(params: dict, spec: Any) -> None:
     Param("full_epochs", "int", 3, "the full recipe's fine-tune epochs (a student's training epochs) for a "
           "promoted or seeded trial", low=1, high=1000),
     Param("seeded", "bool", True, "run the recipes measured to work first, with the full recipe's fine-tune "
-          "(full_epochs), right after the start as INT8: " + "; ".join(
+          "(full_epochs, or the epochs the recipe names), right after the start as INT8: " + "; ".join(
               s.why + ("" if set(OBJECTIVES) <= set(s.objectives) else f" (objective {', '.join(s.objectives)} only)")
               for s in SEEDS) + " (a candidate "
           "left out of space is not seeded); they count in the trials budget. false: only what the sampler draws"),
@@ -190,7 +191,8 @@ def autocompress(model, ctx, params):
                     "seeded" in t.user_attrs and t.state != optuna.trial.TrialState.FAIL
                     and (t.params or t.system_attrs.get("fixed_params")) == seed.params   # a waiting one: fixed
                     for t in study.get_trials(deepcopy=False)):
-                study.enqueue_trial(dict(seed.params), user_attrs={"seeded": seed.why})
+                study.enqueue_trial(dict(seed.params), user_attrs={"seeded": seed.why, **(
+                    {"seed_epochs": seed.epochs} if seed.epochs else {})})
     done = _finished(study)
     left = params["trials"] - len(done)
     used = float(study.user_attrs.get("seconds_used", 0.0))
@@ -210,7 +212,8 @@ def autocompress(model, ctx, params):
         source = trial.user_attrs.get("promoted_from")   # a promoted trial: the full recipe of a proxy trial's draw
         seeded = trial.user_attrs.get("seeded")           # a seeded trial: a measured recipe, its full fine-tune
         full = source is not None or seeded is not None
-        d = draw(trial, candidate, params["full_epochs"] if full else params["finetune_epochs"],
+        epochs = trial.user_attrs.get("seed_epochs") or (params["full_epochs"] if full else params["finetune_epochs"])
+        d = draw(trial, candidate, epochs,
                  start["macs"], start_params, ctx.data.num_classes, shape, small,
                  kd=FULL_KD if source is not None else 0.0)
         if source is not None:
