@@ -70,6 +70,10 @@ QUICK_OVERRIDES: dict[str, dict[str, Any]] = {
     # TRP (channel): its own 2 training epochs (the 1-epoch floor halved them), its ranks held at 0.35 of
     # the MACs (unheld, energy 0.9 compounds to 3.2x), 2 fine-tune epochs: -1.01 pt at 2.88x.
     "lowrank_svd": {"reg_epochs": 2, "target_macs": QUICK_LOWRANK_MACS_KEPT, "finetune_epochs": 2},
+    # Block (layer) pruning: 3 of ResNet-20's 7 identity blocks, greedy (it removed one per stage: ResNet-14's
+    # layout, 1.53x fewer MACs), 1 fine-tune epoch at the rewound rate: -1.42 pt (-1.86 to -0.98); 3 epochs
+    # +0.02 (-0.37 to +0.41) but ~2 more ResNet-14 epochs (docs/BENCHMARKS.md, "Block pruning").
+    "prune_blocks": {"blocks": 3},
 }
 QUICK_MEASURE = {"onnx": True, "latency_runs": 10, "warmup_runs": 2, "paired_rounds": 3}
 
@@ -232,9 +236,10 @@ PRESETS: dict[str, Preset] = {
         f"and its plain control train a half-width ResNet-20 for {QUICK_STUDENT['epochs']} epochs each. No "
         "controls: each would train a smaller net from scratch for the epochs its run's weights had (the base's "
         "and the method's), which would double the tour; \"CPU, thorough\" has them.",
-        "cpu", 582, "the whole tour measured at 486 s through the queue on 2 CPU cores (load average 1.8) "
+        "cpu", 607, "the whole tour measured at 486 s through the queue on 2 CPU cores (load average 1.8) "
         "before its structured and low-rank rows grew, plus ~96 s for their extra epochs (each scaled from "
-        "its epoch time against the base's on the same machine)"),
+        "its epoch time against the base's on the same machine), plus ~25 s for the block-pruning row (a "
+        "ResNet-14 fine-tune epoch at ~0.65 of a base epoch, its 18 probes and its measurement; estimated)"),
     "CPU, thorough": Preset(
         "CPU, thorough", cpu_thorough,
         f"Fashion-MNIST at full 28 px, {THOROUGH_DATA['limit']:,} training images, full test set; CIFAR ResNet-20 "
