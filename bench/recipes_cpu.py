@@ -35,6 +35,9 @@ TRUNCATIONS_PER_EPOCH = 21   # lowrank_svd's trp_interval 20 on the Quick tour's
 RUN_ORDER = ("structured", "sfp", "lowrank", "kd", "plain", "int8", "small5x", "unstructured")
 LOWRANK_MACS_KEPT = 0.35    # TRP's rank floor: ~2.86x fewer MACs, beside TRP's published ResNet-20 2.84x
 SFP_RATIO = 0.3             # SFP's filter share that cuts a CIFAR ResNet-20 ~2.1x (both sides of each conv)
+# The one verified published unstructured point on a CIFAR-10 ResNet-20 in literature.csv (69.1 % sparsity, not 90 %:
+# DPF's ResNet-20 table, Lin et al. 2020, could not be read from a stored source; BENCHMARKS Investigations 2026-12-02)
+UNSTRUCTURED_SAME_NET = "Dynamic Network Surgery 69.1 % sparse (Distiller)"
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,9 @@ class Recipe:
     target: Target
     literature: tuple[str, str] | None = None   # (method, net) in literature.csv; nearest MAC reduction kept
     anchor: str = ""                             # a cited figure where literature.csv has no row
+    # literature.csv methods whose points on the run's own net are drawn beside the target's published point
+    # (the issue's targets are set on other nets: ResNet-56 and ResNet-18 where the CPU base is a ResNet-20)
+    same_net: tuple[str, ...] = ()
     parent: str | None = None                    # key of the recipe this one starts from (default: the base)
     meta: dict = field(default_factory=dict)
 
@@ -90,11 +96,11 @@ def recipes(epochs: int, student_epochs: int, data_limit: int | None = None,
         Recipe("sfp", f"soft filter pruning {SFP_RATIO:.0%} of filters", "soft_filter_pruning",
                {"ratio": SFP_RATIO, "epochs": epochs, "finetune_epochs": 1, **lr},
                Target("2.1x fewer MACs at Δ ≥ −0.5 pt", "delta", -0.5, min_macs_x=2.0),
-               ("SFP (pretrained + fine-tune)", "resnet56")),
+               ("SFP (pretrained + fine-tune)", "resnet56"), same_net=("SFP",)),
         Recipe("unstructured", "unstructured 90 %, gradual (Zhu & Gupta)", "prune_unstructured",
                {"amount": 0.9, "schedule": "gradual", "finetune_epochs": epochs, **lr},
                Target("90 % sparsity at Δ ≥ −0.5 pt", "delta", -0.5),
-               anchor=quick_tour.ANCHORS["prune_unstructured"]),
+               anchor=quick_tour.ANCHORS["prune_unstructured"], same_net=(UNSTRUCTURED_SAME_NET,)),
         # TRP (Xu et al. 2020): nuclear norm 3e-4 and truncation every 20 steps as the paper; energy 0.9 with a
         # rank floor at 0.35 of the MACs (target_macs, ~2.86x: TRP's ResNet-20 point is 2.84x) where the paper
         # runs 164 epochs at e 0.99, so the ranks fall within the budget and stop instead of compounding to 3.2x
@@ -237,16 +243,35 @@ def control_verdict(ctrl: dict | None) -> str:
     return "does not (control better)" if hi < 0 else "does not (tie within CI)"
 
 
-def published(r: Recipe, macs_x: float | None) -> str:
-    """The literature.csv point for the recipe's (method, net) nearest our MAC reduction, with its cite."""
-    if r.literature is None:
-        return r.anchor or "–"
-    pts = [p for p in literature.points() if (p.method, p.net) == r.literature]
-    if not pts:
-        return "–"
-    p = min(pts, key=lambda p: abs(p.mac_reduction - (macs_x or 1.0)))
+def point_text(p: literature.Point) -> str:
     macs = f", {p.mac_reduction:g}x fewer MACs" if p.mac_reduction > 1 else ""
     return f"{p.method}, {p.net} {p.dataset}: {p.base_acc:.2f} → {p.result_acc:.2f} % ({p.delta_pt:+.2f} pt{macs}; {p.source})"
+
+
+def nearest(pts: list[literature.Point], macs_x: float | None) -> literature.Point | None:
+    return min(pts, key=lambda p: abs(p.mac_reduction - (macs_x or 1.0))) if pts else None
+
+
+def same_net_points(r: Recipe, net: str | None, macs_x: float | None) -> list[literature.Point]:
+    """Per method in ``r.same_net``: its CIFAR-10 point on ``net`` (the run's own) nearest our MAC reduction;
+    none where ``net`` is the target's own net (that point is already drawn)."""
+    if not net or (r.literature and r.literature[1] == net):
+        return []
+    found = (nearest([p for p in literature.matching(net, "cifar10") if p.method == m], macs_x) for m in r.same_net)
+    return [p for p in found if p is not None]
+
+
+def published(r: Recipe, macs_x: float | None, net: str | None = None) -> str:
+    """The literature.csv point for the recipe's (method, net) nearest our MAC reduction, with its cite; then,
+    where the run's own ``net`` differs from the target's, the same method's points on ``net``."""
+    target = None
+    if r.literature is not None:
+        target = nearest([p for p in literature.points() if (p.method, p.net) == r.literature], macs_x)
+    text = point_text(target) if target else (r.anchor if r.literature is None and r.anchor else "–")
+    own = same_net_points(r, net, macs_x)
+    if own:
+        text += f"; on our net ({net}): " + "; ".join(point_text(p) for p in own)
+    return text
 
 
 def judge(r: Recipe, rec: dict, base: dict, kd_vs_plain_pt: float | None) -> str:
@@ -335,7 +360,8 @@ def section(res: dict[str, Any], store: Store) -> str:
         label = f"{r.label} ({reused[r.key]})" if r.key in reused else r.label
         lines.append(f"| {label} | {rec['accuracy']:.4f} | {100 * (rec['accuracy'] - base['accuracy']):+.2f} | "
                      f"{ci_text(rec.get('delta_accuracy_ci95'))} | {macs_x:.2f} | {size_x:.2f} | {c_text} | {c_delta} | "
-                     f"{control_verdict(ctrl)} | {published(r, macs_x)} | {r.target.text} | "
+                     f"{control_verdict(ctrl)} | {published(r, macs_x, base.get('arch') or presets.QUICK_ARCH)} | "
+                     f"{r.target.text} | "
                      f"{judge(r, rec, base, kd_pt)} |")
     struct_keys = [k for k in ("structured", "sfp") if k in res["controls"]]
     beats = [k for k in struct_keys if control_verdict(res["controls"][k]).startswith("**beats")]
