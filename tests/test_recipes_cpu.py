@@ -42,6 +42,17 @@ def test_each_cited_published_point_exists_and_names_its_source():
     assert "2.11x" in rc.published(sfp, 2.1)
 
 
+def test_sfp_row_is_he_et_al_schedule_and_gradual_unstructured_gets_its_longer_ramp():
+    sfp_default = {p.name: p.default for p in methods.get("soft_filter_pruning").params}
+    for epochs in (2, 3):
+        r = {x.key: x for x in rc.recipes(epochs, 3)}
+        # every SFP epoch soft-prunes and the hard cut ends it (He et al.; the method's own default): no fine-tune
+        assert r["sfp"].params["finetune_epochs"] == sfp_default["finetune_epochs"] == 0
+        assert r["sfp"].params["epochs"] > r["structured"].params["finetune_epochs"]
+        assert r["unstructured"].params["finetune_epochs"] == rc.UNSTRUCTURED_EPOCHS * epochs > epochs
+        assert f"over {rc.UNSTRUCTURED_EPOCHS * epochs} epochs" in r["unstructured"].label
+
+
 def test_rows_whose_target_is_on_another_net_also_show_the_published_points_on_ours():
     recipes = {r.key: r for r in rc.recipes(1, 1)}
     for key in ("sfp", "unstructured"):
