@@ -327,7 +327,8 @@ def section(res: dict[str, Any], store: Store) -> str:
              f"{'' if data.get('limit') == presets.QUICK_DATA['limit'] else ', on fewer images'}), top-1 "
              f"**{base['accuracy']:.4f}** on {data.get('test_limit') or 'all 10,000'} test images; "
              f"{base['macs'] / 1e6:.1f} M MACs" + (f" ({reused['base']})." if "base" in reused else "."),
-             f"- Each method trains {s['epochs']} epoch(s) after (or while) it compresses; students "
+             f"- Each method trains {s['epochs']} epoch(s) after (or while) it compresses (soft filter pruning "
+             f"{s['epochs'] + 1}, all soft; gradual unstructured {UNSTRUCTURED_EPOCHS * s['epochs']}: the labels say); students "
              f"{s['student_epochs']} epochs. Δ vs base: paired over the same test images (95 % CI). Size = saved "
              "bundle bytes (INT8: its ONNX bytes).",
              "- Control: the same family scaled in width (or depth) to the row's MACs (±5 %), trained from scratch "
