@@ -63,7 +63,9 @@ def test_quick_tour_cuts_match_their_anchors_and_get_their_measured_recovery():
     sfp_ratio = next(p.default for p in methods.get("soft_filter_pruning").params if p.name == "ratio")
     assert "ratio" not in by["soft_filter_pruning"] and sfp_ratio == 0.3 and "30 %" in quick_tour.ANCHORS[
         "soft_filter_pruning"] and "2.11x" in quick_tour.ANCHORS["soft_filter_pruning"]
-    assert by["soft_filter_pruning"]["epochs"] == 1 and by["soft_filter_pruning"]["finetune_epochs"] == 1
+    # He et al.'s schedule (the method's default): every epoch soft-prunes, none fine-tunes after the hard cut
+    sfp_ft = next(p.default for p in methods.get("soft_filter_pruning").params if p.name == "finetune_epochs")
+    assert by["soft_filter_pruning"]["epochs"] == 2 and by["soft_filter_pruning"]["finetune_epochs"] == sfp_ft == 0
     # the preset's description says the cuts it makes
     uses = presets.PRESETS["Quick tour (CPU)"].uses
     assert f"{1 / presets.QUICK_STRUCT_MACS_KEPT:.1f}x" in uses and f"{1 / presets.QUICK_LOWRANK_MACS_KEPT:.1f}x" in uses

@@ -176,6 +176,8 @@ def test_structured_refuses_unsupported_arch(session_home, tmp_path):
 def test_soft_filter_pruning_removes_exactly_the_zeroed_filters(base):
     r = run_method(base["model"], "soft_filter_pruning", {"ratio": 0.3, "epochs": 1})
     assert r["removed_were_zero"] == 1.0 and r["zeroed_per_epoch"][0] > 0
+    # He et al.'s schedule by default: the hard cut ends the soft epochs, nothing trains after it
+    assert [p["phase"] for p in r["recipe"]["phases"]] == ["soft_prune"]
     assert r["pruned_channels"] > 0 and r["macs"] < 0.75 * base["macs"] and r["params"] < base["params"]
     before, after = convs(base["checkpoint"]), convs(r["checkpoint"])
     assert after["layer2.0.conv1"].out_channels < before["layer2.0.conv1"].out_channels

@@ -42,6 +42,35 @@ def test_each_cited_published_point_exists_and_names_its_source():
     assert "2.11x" in rc.published(sfp, 2.1)
 
 
+def test_sfp_row_is_he_et_al_schedule_and_gradual_unstructured_gets_its_longer_ramp():
+    sfp_default = {p.name: p.default for p in methods.get("soft_filter_pruning").params}
+    for epochs in (2, 3):
+        r = {x.key: x for x in rc.recipes(epochs, 3)}
+        # every SFP epoch soft-prunes and the hard cut ends it (He et al.; the method's own default): no fine-tune
+        assert r["sfp"].params["finetune_epochs"] == sfp_default["finetune_epochs"] == 0
+        assert r["sfp"].params["epochs"] > r["structured"].params["finetune_epochs"]
+        assert r["unstructured"].params["finetune_epochs"] == rc.UNSTRUCTURED_EPOCHS * epochs > epochs
+        assert f"over {rc.UNSTRUCTURED_EPOCHS * epochs} epochs" in r["unstructured"].label
+
+
+def test_rows_whose_target_is_on_another_net_also_show_the_published_points_on_ours():
+    recipes = {r.key: r for r in rc.recipes(1, 1)}
+    for key in ("sfp", "unstructured"):
+        r = recipes[key]
+        own = rc.same_net_points(r, presets.QUICK_ARCH, 2.1)
+        assert own and all(p.net == presets.QUICK_ARCH and p.dataset == "cifar10" for p in own), key
+        text = rc.published(r, 2.1, presets.QUICK_ARCH)
+        assert f"on our net ({presets.QUICK_ARCH})" in text and all(p.source in text for p in own)
+        assert text.startswith(rc.published(r, 2.1))        # the target's point (or anchor) stays first
+    # SFP: the ResNet-20 row nearest our MAC reduction (ShrinkBench's 42.2 % fewer FLOPs, 1.73x, at 2.1x)
+    sfp_own = rc.same_net_points(recipes["sfp"], presets.QUICK_ARCH, 2.1)
+    rows = [p for p in literature.matching(presets.QUICK_ARCH, "cifar10") if p.method == "SFP"]
+    assert sfp_own == [max(rows, key=lambda p: p.mac_reduction)]
+    # where the run's net is the target's own, nothing is drawn twice; a net without points adds nothing
+    assert rc.same_net_points(recipes["sfp"], "resnet56", 2.1) == []
+    assert rc.published(recipes["sfp"], 2.1, "mobilenet_v2_cifar") == rc.published(recipes["sfp"], 2.1)
+
+
 @pytest.mark.parametrize("ci, verdict", [([0.2, 1.5], "**beats control**"), ([-0.4, 0.9], "does not (tie within CI)"),
                                          ([-2.0, -0.3], "does not (control better)")])
 def test_a_row_beats_its_control_only_when_the_paired_interval_is_above_zero(ci, verdict):
