@@ -98,7 +98,7 @@ def recipes(epochs: int, student_epochs: int, data_limit: int | None = None,
         # default). epochs + 1: the 4 epochs this row had as 3 soft + 1 fine-tune (-0.64 pt), all soft: +0.22;
         # 3 soft + 0: -0.59. Log in docs/BENCHMARKS.md "unstructured 90 % and SFP on the recipes-cpu base".
         Recipe("sfp", f"soft filter pruning {SFP_RATIO:.0%} of filters, {epochs + 1} soft epochs, hard cut at the end"
-                      f"{rewind}", "soft_filter_pruning",
+                      f"{rewind.replace('fine-tune at', 'trained at')}", "soft_filter_pruning",
                {"ratio": SFP_RATIO, "epochs": epochs + 1, "finetune_epochs": 0, **lr},
                Target("2.1x fewer MACs at Δ ≥ −0.5 pt", "delta", -0.5, min_macs_x=2.0),
                ("SFP (pretrained + fine-tune)", "resnet56"), same_net=("SFP",)),
