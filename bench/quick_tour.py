@@ -31,6 +31,8 @@ ANCHORS = {
                            "(−0.24 pt) at 2.11x fewer FLOPs",
     "lowrank_svd": "CIFAR-10 ResNet-20, TRP channel: 91.74 → 90.50 % (−1.24 pt) at 2.17x fewer FLOPs; at ~2.9x only "
                    "the spatial form is published: −1.12 pt at 2.84x",
+    "prune_blocks": "CIFAR-10 ResNet-56, layer pruning (SR-init, arXiv 2303.07677 abstract): −0.56 pt at 63.98 % fewer "
+                    "parameters",
     "quantize_int8": "ImageNet ResNet-18 PTQ: −0.26 pt, 3.97x smaller (torchvision); no CIFAR ResNet-20 figure",
     "distill": "CIFAR-10 ResNet-18 student: KD +0.61 pt over plain (peterliht)",
     "compact": "CIFAR-10 MobileNetV2 x1.0 → x0.5 trained plainly (full schedule): −0.91 pt at 3.15x fewer MACs "
