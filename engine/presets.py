@@ -238,10 +238,9 @@ PRESETS: dict[str, Preset] = {
         f"and its plain control train a half-width ResNet-20 for {QUICK_STUDENT['epochs']} epochs each. No "
         "controls: each would train a smaller net from scratch for the epochs its run's weights had (the base's "
         "and the method's), which would double the tour; \"CPU, thorough\" has them.",
-        "cpu", 607, "the whole tour measured at 486 s through the queue on 2 CPU cores (load average 1.8) "
-        "before its structured and low-rank rows grew, plus ~96 s for their extra epochs (each scaled from "
-        "its epoch time against the base's on the same machine), plus ~25 s for the block-pruning row (a "
-        "ResNet-14 fine-tune epoch at ~0.65 of a base epoch, its 18 probes and its measurement; estimated)"),
+        "cpu", 1188, "the whole tour measured at 1188 s through the queue on a 2-core AMD EPYC with nothing else "
+        "running (bench cpu, 2026-12-02; jobs run one at a time): the base 165 s, the runtime row 172 s (most of "
+        "it torch.compile), low-rank 134 s, every other row 9-88 s"),
     "CPU, thorough": Preset(
         "CPU, thorough", cpu_thorough,
         f"Fashion-MNIST at full 28 px, {THOROUGH_DATA['limit']:,} training images, full test set; CIFAR ResNet-20 "
