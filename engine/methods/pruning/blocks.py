@@ -163,20 +163,23 @@ class Prober:
         return acc
 
 
+def _first_enough(order: list[str], enough: Callable[[list[str]], bool]) -> list[str]:
+    """The shortest head of ``order`` that is ``enough`` (all of it if none is), asking in order of length."""
+    k = next(i for i in range(1, len(order) + 1) if enough(order[:i]) or i == len(order))
+    return order[:k]
+
+
 def removal_order(model: nn.Module, names: list[str], criterion: str, probe: Prober,
                   enough: Callable[[list[str]], bool]) -> tuple[list[str], list[dict[str, Any]]]:
     """Blocks in the order ``criterion`` removes them, until ``enough(removed)``; and the probes
     (per removal step: each candidate's validation accuracy without it)."""
     if criterion == "uniform":
-        order = uniform_order(model, names)
-        k = next(i for i in range(1, len(order) + 1) if enough(order[:i]) or i == len(order))
-        return order[:k], []
+        return _first_enough(uniform_order(model, names), enough), []
     steps: list[dict[str, Any]] = []
     if criterion == "oneshot":
         accs = {n: probe([], n) for n in names}
-        ranked = sorted(names, key=lambda n: -accs[n])      # stable: network order on a tie
-        k = next(i for i in range(1, len(ranked) + 1) if enough(ranked[:i]) or i == len(ranked))
-        return ranked[:k], [{"removed": ranked[:k], "val_accuracy": accs}]
+        ranked = _first_enough(sorted(names, key=lambda n: -accs[n]), enough)   # stable: network order on a tie
+        return ranked, [{"removed": ranked, "val_accuracy": accs}]
     removed: list[str] = []
     left = list(names)
     while left:
