@@ -283,6 +283,26 @@ def published(r: Recipe, macs_x: float | None, net: str | None = None) -> str:
     return text
 
 
+def verdict_text(r: Recipe, ctrl: dict | None, macs_x: float | None) -> str:
+    """The control verdict and, where our method has one, the published pruned − scratch figure beside it."""
+    published_gap = literature.counterpart_text(r.method, macs_x, cite=False) if ctrl else None
+    return control_verdict(ctrl) + (f"; {published_gap}" if published_gap else "")
+
+
+def published_scratch_line() -> str:
+    """The target's published counterpart: every verified structured pair (MACs cut) of Liu et al. 2019, pruned weights
+    fine-tuned − the same net from scratch, and how many of them beat the same-epochs scratch net."""
+    pairs = [q for q in literature.scratch_pairs() if q.fine_tuned.mac_reduction > 1]
+    if not pairs:
+        return ""
+    beats = sum("Scratch-E" in q.scratch and q.gap_pt("Scratch-E") > 0 for q in pairs)
+    each = "; ".join(f"{q.stem.split(': ', 1)[-1]} on {q.fine_tuned.dataset} "
+                     f"{' / '.join(f'{q.gap_pt(k):+.2f}' for k in q.scratch)} pt ({' / '.join(q.scratch)})" for q in pairs)
+    return (f"- Published counterpart (Liu et al. 2019, pruned weights fine-tuned − the same net trained from scratch): "
+            f"{each}; {beats} of {len(pairs)} verified structured pairs beat even Scratch-E (the same epochs; point "
+            f"estimates, no intervals) ({'; '.join(sorted({q.fine_tuned.source for q in pairs}))}).")
+
+
 def judge(r: Recipe, rec: dict, base: dict, kd_vs_plain_pt: float | None) -> str:
     """Met, or missed and by how much, against the recipe's target."""
     t = r.target
@@ -370,13 +390,15 @@ def section(res: dict[str, Any], store: Store) -> str:
         label = f"{r.label} ({reused[r.key]})" if r.key in reused else r.label
         lines.append(f"| {label} | {rec['accuracy']:.4f} | {100 * (rec['accuracy'] - base['accuracy']):+.2f} | "
                      f"{ci_text(rec.get('delta_accuracy_ci95'))} | {macs_x:.2f} | {size_x:.2f} | {c_text} | {c_delta} | "
-                     f"{control_verdict(ctrl)} | {published(r, macs_x, base.get('arch') or presets.QUICK_ARCH)} | "
+                     f"{verdict_text(r, ctrl, macs_x)} | {published(r, macs_x, base.get('arch') or presets.QUICK_ARCH)} | "
                      f"{r.target.text} | "
                      f"{judge(r, rec, base, kd_pt)} |")
     struct_keys = [k for k in ("structured", "sfp") if k in res["controls"]]
     beats = [k for k in struct_keys if control_verdict(res["controls"][k]).startswith("**beats")]
     lines += ["", f"- Every structured row beats its control: **{'met' if struct_keys and beats == struct_keys else 'missed'}** "
               f"({len(beats)} of {len(struct_keys)}: {', '.join(struct_keys) or 'none run'})"]
+    if struct_keys and (line := published_scratch_line()):
+        lines.append(line)
     if res.get("pending"):
         lines.append(f"- **Partial: the command had not run these yet when this was written:** "
                      f"{', '.join(res['pending'])}")

@@ -212,6 +212,13 @@ def control_verdict(c: dict[str, Any]) -> str:
     return f"does not beat its control: {d:+.1f} pt, within test-set noise ({interval})"
 
 
+def control_counterpart(method: str | None, x_fewer_macs: float | None) -> str | None:
+    """Beside a run's control verdict: the published pruned − scratch figure nearest its method and MAC cut
+    (``engine.literature``, Liu et al. 2019), or None where the literature has none for the method."""
+    macs_x = float(x_fewer_macs) if _num(x_fewer_macs) else None
+    return literature.counterpart_text(method or "", macs_x)
+
+
 def literature_points(df: pd.DataFrame) -> pd.DataFrame:
     """The published points (``engine.literature``) for the bases in ``df`` whose arch and dataset the
     literature has, placed on our MAC axis: x = our base's MACs ÷ the published MAC reduction, y = the

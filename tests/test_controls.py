@@ -161,6 +161,9 @@ def test_results_table_words_each_runs_verdict_against_its_control(home):
     assert df.loc["fact", "control_verdict"].startswith("does not beat its control: -0.2 pt, within test-set noise")
     assert df.loc["ctl-pruned", "control_verdict"] == "control of pruned"
     assert pd.isna(df.loc["base", "control_verdict"])
+    # beside the verdict: the published pruned − scratch figure for a structured cut, none for a factorised one
+    assert "Liu et al. 2019" in results.control_counterpart("prune_structured", df.loc["pruned", "x_fewer_macs"])
+    assert results.control_counterpart("factorize", df.loc["fact", "x_fewer_macs"]) is None
     pts = results.literature_points(df.reset_index())
     assert set(pts["net"]) == {"resnet56"} and len(pts) >= 5
     assert (pts["macs"] * pts["mac_reduction"]).round().eq(125_485_706).all()
@@ -181,7 +184,8 @@ def test_compare_shows_the_control_verdict_and_the_published_points(tmp_path, mo
     assert "4.3 pt below the published base (94.37 %)" in "\n".join(plain(str(w.value)) for w in at.warning)
     at.selectbox(key="detail_run").set_value("pruned")
     at.run()
-    assert "Against its control" in "\n".join(plain(str(s.value)) for s in at.success)
+    verdict = "\n".join(plain(str(s.value)) for s in at.success)
+    assert "Against its control" in verdict and "Liu et al. 2019" in verdict and "pruned − scratch" in verdict
     at.selectbox(key="detail_run").set_value("fact")
     at.run()
     assert "does not beat its control" in "\n".join(plain(str(s.value)) for s in at.info)

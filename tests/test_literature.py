@@ -49,3 +49,34 @@ def test_a_row_without_a_source_is_refused(tmp_path, monkeypatch):
             literature.points()
     finally:
         literature.points.cache_clear()
+
+
+def test_pruned_vs_scratch_rows_pair_up_and_cite_their_source():
+    pairs = {q.stem: q for q in literature.scratch_pairs()}
+    b = pairs["Liu et al. 2019: L1-norm filter pruning ResNet-34-B"]
+    assert b.fine_tuned.family == "pruning" and {p.family for p in b.scratch.values()} == {"scratch"}
+    assert set(b.scratch) == {"Scratch-E", "Scratch-B"} and "rethinking-network-pruning" in b.fine_tuned.source
+    assert b.gap_pt("Scratch-E") == pytest.approx(b.fine_tuned.result_acc - b.scratch["Scratch-E"].result_acc)
+    for q in pairs.values():
+        assert all(p.source == q.fine_tuned.source and p.net == q.fine_tuned.net for p in q.scratch.values())
+    # our uniform L1 cut meets the nearest L1-norm pair by MAC reduction; a method without a counterpart gets none
+    assert literature.scratch_counterpart("prune_structured", 2.1) == b
+    assert literature.scratch_counterpart("prune_structured", 1.1).stem.endswith("ResNet-34-A")
+    assert literature.scratch_counterpart("lowrank_svd", 2.1) is None
+    text = literature.counterpart_text("soft_filter_pruning", 2.1)
+    assert "fine-tuned 72.29 vs Scratch-E 72.55 / Scratch-B 72.84 %" in text and "another method" in text
+    assert b.fine_tuned.source in text and b.fine_tuned.source not in literature.counterpart_text(
+        "prune_structured", 2.1, cite=False)
+
+
+def test_a_scratch_row_without_its_fine_tuned_row_is_refused(tmp_path, monkeypatch):
+    bad = tmp_path / "literature.csv"
+    header = literature.TABLE.read_text().splitlines()[0]
+    bad.write_text(header + "\nX (Scratch-E),scratch,resnet34,imagenet,73,72,1.2,s,src,read\n")
+    monkeypatch.setattr(literature, "TABLE", bad)
+    literature.points.cache_clear()
+    try:
+        with pytest.raises(ValueError, match="needs a fine-tuned row 'X \\(fine-tuned\\)'"):
+            literature.points()
+    finally:
+        literature.points.cache_clear()

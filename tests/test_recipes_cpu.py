@@ -113,6 +113,12 @@ def test_section_marks_the_setting_the_controls_and_a_failed_row(tmp_path):
     assert "tie within CI" in lines[rc.recipes(2, 3)[1].label]
     assert "failed: method.params.rank_ratio" in text
     assert "Every structured row beats its control: **missed** (1 of 2" in text
+    # beside each control verdict and the target line: the published pruned − scratch figure (Liu et al. 2019)
+    pair = literature.scratch_counterpart("prune_structured", 1000 / 476)
+    assert f"pruned − scratch {pair.gap_pt('Scratch-E'):+.2f}" in lines[rc.recipes(2, 3)[0].label]
+    assert "another method" in lines[rc.recipes(2, 3)[1].label]
+    target = next(ln for ln in text.splitlines() if ln.startswith("- Published counterpart (Liu et al. 2019"))
+    assert "0 of 2 verified structured pairs beat even Scratch-E" in target and pair.fine_tuned.source in target
     # the table keeps its columns: no stray pipe inside a cell
     widths = {ln.count(" | ") for ln in lines.values()}
     assert len(widths) == 1

@@ -616,9 +616,11 @@ def details(view: pd.DataFrame) -> None:
 
     verdict = row.get("control_verdict")
     if isinstance(verdict, str) and verdict and not rec.get("control_of"):
+        published = results.control_counterpart(rec.get("method"), row["x_fewer_macs"])
         (st.success if verdict.startswith("beats") else st.info)(
             f"Against its control (the same family scaled to its MACs, trained from scratch with the same epoch "
-            f"budget): {md_text(verdict)}.", icon=":material/balance:")
+            f"budget): {md_text(verdict)}." + (f"  \n{md_text(published[0].upper() + published[1:])}." if published else ""),
+            icon=":material/balance:")
     if why := results.chance_level(rec):
         st.error(f"At chance level: {md_text(why)}. Its answers are no better than guessing, so its size and speed "
                  "say nothing about a useful model; it is kept off the Pareto front and out of the winner unless "
