@@ -205,7 +205,9 @@ def fit(model: nn.Module, data, cfg: TrainSpec, *, epochs: int | None = None, lr
         opt = torch.optim.SGD(groups, lr=base_lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
     else:
         opt = torch.optim.AdamW(groups, lr=base_lr)
-    train_loader = ddp.shard(data.loader("train", device, train=True))  # global batch split across ranks
+    # train.seed drives the batch order and augmentation draws (mixed with data.seed), as it does the global
+    # RNG above (fresh weights, dropout); every rank draws the same order, then takes its slice of each batch.
+    train_loader = ddp.shard(data.loader("train", device, train=True, train_seed=cfg.seed))
     net = ddp.wrap(model, device)  # forward/backward through DDP when distributed
     if cfg.compile:  # compiled once per fit: a pruned model has new shapes, so each fine-tune compiles again
         net = torch.compile(net)
