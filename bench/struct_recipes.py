@@ -6,8 +6,9 @@ channels and recovers with the same fine-tune budget; prints one JSON line per v
 (test accuracy on 2,000 images, its Wilson interval, MACs kept) and a summary of the mean Δ against
 the engine's defaults. Short on purpose: it ranks choices on a small base, it is not the benchmark.
 
-Measured 2026-11-30 (one thread on a 2-core machine shared by eight; one seed: train.seed left the
-results identical, so a second seed would repeat the first), base 0.7945, ratio 0.5 (3.96x fewer
+Measured 2026-11-30 (one thread on a 2-core machine shared by eight; one seed: train.seed then left
+the results identical, so a second seed would have repeated the first; since b8a28a3 it sets the
+fine-tune's batch order and augmentation, and `--seeds N` gives N real replicates), base 0.7945, ratio 0.5 (3.96x fewer
 MACs), test accuracy on 2,000 images (its 95 % interval is about +-2 pt; paired differences are
 tighter, but under 1 pt is noise):
 

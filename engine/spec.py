@@ -37,7 +37,7 @@ class DataSpec:
     test_limit: int | None = None    # cap on test images (quick runs)
     batch_size: int | None = None    # the global batch (split across train.devices); None: 64 on CPU, 512 on CUDA
     augment: bool = True
-    seed: int = 0
+    seed: int = 0                    # which images form the validation split (train.seed: what training draws)
 
 
 @dataclass
@@ -77,7 +77,7 @@ class TrainSpec:
     sync_bn: bool | None = None      # None: on with devices > 1 (BatchNorm over the global batch)
     device: str = "auto"             # auto | cpu | cuda | cuda:N
     devices: int = 1                 # >1: DistributedDataParallel, data.batch_size split across them
-    seed: int = 0
+    seed: int = 0                    # everything random in training: fresh weights, batch order, augmentation, dropout
     bn_recalibration_images: int = 512  # after every cut: batch-norm statistics re-estimated on these; 0 = off
 
 

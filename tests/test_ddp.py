@@ -26,7 +26,7 @@ def test_the_ranks_split_each_of_one_devices_batches_between_them():
     ids = Split(data.train.x, torch.arange(n))  # labels replaced by image indices, to see who got what
 
     def loader():
-        ld = data.loader("train", "cpu", train=True, batch_size=16)
+        ld = data.loader("train", "cpu", train=True, batch_size=16, train_seed=3)  # as fit builds it on every rank
         ld.split = ids
         return ld
     single = list(loader())
