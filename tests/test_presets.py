@@ -66,6 +66,8 @@ def test_quick_tour_cuts_match_their_anchors_and_get_their_measured_recovery():
     # He et al.'s schedule (the method's default): every epoch soft-prunes, none fine-tunes after the hard cut
     sfp_ft = next(p.default for p in methods.get("soft_filter_pruning").params if p.name == "finetune_epochs")
     assert by["soft_filter_pruning"]["epochs"] == 2 and by["soft_filter_pruning"]["finetune_epochs"] == sfp_ft == 0
+    # ... and so does the thorough preset's, its epochs all soft
+    assert "finetune_epochs" not in presets.THOROUGH_PARAMS["soft_filter_pruning"] and sfp_ft == 0
     # the preset's description says the cuts it makes
     uses = presets.PRESETS["Quick tour (CPU)"].uses
     assert f"{1 / presets.QUICK_STRUCT_MACS_KEPT:.1f}x" in uses and f"{1 / presets.QUICK_LOWRANK_MACS_KEPT:.1f}x" in uses
