@@ -76,6 +76,10 @@ QUICK_OVERRIDES: dict[str, dict[str, Any]] = {
     # layout, 1.53x fewer MACs), 1 fine-tune epoch at the rewound rate: -1.42 pt (-1.86 to -0.98); 3 epochs
     # +0.02 (-0.37 to +0.41) but ~2 more ResNet-14 epochs (docs/BENCHMARKS.md, "Block pruning").
     "prune_blocks": {"blocks": 3},
+    # No torch.compile here: compiling (in its child process) was most of the row's 172 s of the measured 1188 s
+    # tour, for a figure the tour does not judge; the row keeps eager vs ONNX Runtime, and `python -m bench
+    # runtimes` measures compile.
+    "runtime": {"compile": False},
 }
 QUICK_MEASURE = {"onnx": True, "latency_runs": 10, "warmup_runs": 2, "paired_rounds": 3}
 
