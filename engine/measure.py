@@ -24,7 +24,7 @@ from torch.utils._pytree import tree_leaves
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
-from . import conditions
+from . import conditions, settings
 
 
 def count_params(model: nn.Module) -> int:
@@ -211,8 +211,10 @@ def timing_lock(root: Path | str | None) -> Iterator[float]:
 
 
 def timing_threads(threads: int | None) -> int:
-    """The CPU threads a timing uses: as given, else all physical cores (for PyTorch and ONNX Runtime alike)."""
-    return threads or psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    """The CPU threads a timing uses: as given, else the job's share of the cores where a worker runs jobs at
+    once (SLIMBENCH_JOB_THREADS: a timing on more would take the cores the other jobs train on), else all
+    physical cores (for PyTorch and ONNX Runtime alike)."""
+    return threads or settings.job_threads() or psutil.cpu_count(logical=False) or os.cpu_count() or 1
 
 
 @contextmanager

@@ -242,9 +242,10 @@ PRESETS: dict[str, Preset] = {
         f"and its plain control train a half-width ResNet-20 for {QUICK_STUDENT['epochs']} epochs each. No "
         "controls: each would train a smaller net from scratch for the epochs its run's weights had (the base's "
         "and the method's), which would double the tour; \"CPU, thorough\" has them.",
-        "cpu", 1188, "the whole tour measured at 1188 s through the queue on a 2-core AMD EPYC with nothing else "
+        "cpu", 1040, "the whole tour measured at 1188 s through the queue on a 2-core AMD EPYC with nothing else "
         "running (bench cpu, 2026-12-02; jobs run one at a time): the base 165 s, the runtime row 172 s (most of "
-        "it torch.compile), low-rank 134 s, every other row 9-88 s"),
+        "it torch.compile, which the row no longer runs: taken as ~150 s less, not yet re-timed), low-rank 134 s, "
+        "every other row 9-88 s; two jobs at a time (the default on 2 cores since) not yet timed there"),
     "CPU, thorough": Preset(
         "CPU, thorough", cpu_thorough,
         f"Fashion-MNIST at full 28 px, {THOROUGH_DATA['limit']:,} training images, full test set; CIFAR ResNet-20 "
