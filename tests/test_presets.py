@@ -44,6 +44,8 @@ def test_quick_tour_trains_a_resnet20_base_and_a_fair_student_pair():
     # TRP keeps its own 2 training epochs (1 cost 0.55 pt at the same 3.2x; docs/BENCHMARKS.md)
     trp_default = next(p.default for p in methods.get("lowrank_svd").params if p.name == "reg_epochs")
     assert by["lowrank_svd"]["method"]["params"]["reg_epochs"] == trp_default == 2
+    # the runtime row times eager and ONNX Runtime only: compiling was most of its time (`bench runtimes` compiles)
+    assert by["runtime"]["method"]["params"]["compile"] is False
 
 
 @pytest.mark.fast
