@@ -214,7 +214,11 @@ def timing_threads(threads: int | None) -> int:
     """The CPU threads a timing uses: as given, else the job's share of the cores where a worker runs jobs at
     once (SLIMBENCH_JOB_THREADS: a timing on more would take the cores the other jobs train on), else all
     physical cores (for PyTorch and ONNX Runtime alike)."""
-    return threads or settings.job_threads() or psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    if threads:
+        return threads
+    physical = psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    share = settings.job_threads()   # the worker's split counts logical CPUs: never more than the physical cores
+    return min(share, physical) if share else physical
 
 
 @contextmanager

@@ -52,3 +52,5 @@ def test_a_job_times_on_its_share_of_the_threads(monkeypatch):
     alone = measure.timing_threads(None)   # all physical cores
     monkeypatch.setenv("SLIMBENCH_JOB_THREADS", "1")   # what the worker gives each of two jobs on 2 cores
     assert measure.timing_threads(None) == 1 and measure.timing_threads(3) == 3 and alone >= 1
+    monkeypatch.setenv("SLIMBENCH_JOB_THREADS", "512")   # a share of logical CPUs: capped at the physical cores
+    assert measure.timing_threads(None) == alone
