@@ -12,7 +12,7 @@ from typing import Any, Callable
 import torch
 
 from engine import data as data_mod
-from engine import jobs, presets, results, runner, stats, training
+from engine import estimate, jobs, presets, results, runner, stats, training
 from engine.spec import DataSpec
 from engine.store import FINAL_STATES, Store
 
@@ -55,7 +55,32 @@ def run(plan: list[dict[str, Any]] | None = None, timeout_s: float = 1800) -> di
         time.sleep(2)
     wall = time.perf_counter() - t0
     return {"wall_s": wall, "problems": problems, "store": store, "rows": [store.get(i) for i in ids],
-            "load": os.getloadavg()}
+            "load": os.getloadavg(), "concurrency": jobs.default_concurrency(),
+            "parents": [estimate.plan_parent(s) for s in plan]}
+
+
+def job_seconds(rec: dict[str, Any]) -> float | None:
+    """A job's wall seconds from its record's per-phase times (None where it recorded none)."""
+    phases = rec.get("phase_seconds") or {}
+    vals = [v for v in phases.values() if isinstance(v, (int, float))]
+    return sum(vals) if vals else None
+
+
+def top_phases(rec: dict[str, Any], n: int = 2) -> str:
+    """The ``n`` phases that cost the job most: "train 120 · measure 31"."""
+    phases = [(k, v) for k, v in (rec.get("phase_seconds") or {}).items() if isinstance(v, (int, float))]
+    return " · ".join(f"{results.PHASE_LABELS.get(k, k)} {v:.0f}" for k, v in sorted(phases, key=lambda kv: -kv[1])[:n])
+
+
+def critical_path(seconds: list[float | None], parents: list[int | None]) -> tuple[float, list[int]]:
+    """The longest chain of jobs (each after the job it starts from): its seconds and its jobs, first to last.
+    No number of concurrent jobs makes the tour shorter than this."""
+    chain: list[tuple[float, list[int]]] = []
+    for i, s in enumerate(seconds):
+        p = parents[i] if i < len(parents) else None
+        before = chain[p] if p is not None and p < i else (0.0, [])
+        chain.append((before[0] + (s or 0.0), [*before[1], i]))
+    return max(chain, key=lambda c: c[0], default=(0.0, []))
 
 
 def at_chance(rec: dict[str, Any]) -> bool:
@@ -88,7 +113,8 @@ def judge(res: dict[str, Any], kd: Callable[[Store, dict, dict], dict] = kd_vs_p
     out = []
     for r in rows:
         rec = r.get("record") or {}
-        row: dict[str, Any] = {"method": r["method"], "state": r["state"], "anchor": ANCHORS.get(r["method"], "–")}
+        row: dict[str, Any] = {"method": r["method"], "state": r["state"], "anchor": ANCHORS.get(r["method"], "–"),
+                               "seconds": job_seconds(rec), "phases": top_phases(rec)}
         if r["state"] == "done" and rec.get("accuracy") is not None:
             ci = rec.get("delta_accuracy_ci95")
             # the MAC cut beside each Δ: a row that compressed 1.07x and one that compressed 2.9x are
@@ -103,8 +129,12 @@ def judge(res: dict[str, Any], kd: Callable[[Store, dict, dict], dict] = kd_vs_p
         out.append(row)
     by = {r["method"]: r for r in rows if r["state"] == "done"}
     kd_res = kd(res["store"], by["distill"], by["compact"]) if {"distill", "compact"} <= set(by) else None
+    parents = res.get("parents") or [None if r is base else rows.index(base) for r in rows]
+    path_s, path = critical_path([r["seconds"] for r in out], parents)
     return {"rows": out, "base": out[rows.index(base)], "kd": kd_res, "wall_s": res["wall_s"],
-            "problems": res["problems"], "load": res.get("load")}
+            "problems": res["problems"], "load": res.get("load"), "concurrency": res.get("concurrency"),
+            "critical_s": path_s, "critical": [out[i]["method"] for i in path],
+            "jobs_s": sum(r["seconds"] or 0.0 for r in out)}
 
 
 def render(j: dict[str, Any], plan: list[dict[str, Any]]) -> str:
@@ -125,6 +155,12 @@ def render(j: dict[str, Any], plan: list[dict[str, Any]]) -> str:
              "epochs; the settings are `engine.presets.quick_tour()`'s",
              f"- Done: {len(j['rows']) - len(failed)}/{len(j['rows'])}"]
     lines += [f"- Not done: {r['method']} ({r['state']})" for r in failed]
+    if j.get("critical"):
+        at_once = j.get("concurrency")
+        lines.append(f"- Where the time goes (each job's wall seconds: its record's per-phase times, without the "
+                     f"worker's process start): jobs **{j['jobs_s']:.0f} s** in all; critical path "
+                     f"**{' → '.join(j['critical'])} {j['critical_s']:.0f} s** (no number of jobs at a time beats it)"
+                     + (f"; {at_once} job{'s' if at_once != 1 else ''} at a time here" if at_once else ""))
     lines += [f"- Left out of the plan: {p}" for p in j["problems"]]
     if "accuracy" in b:
         ok = b["accuracy"] >= MIN_BASE
@@ -141,17 +177,20 @@ def render(j: dict[str, Any], plan: list[dict[str, Any]]) -> str:
                      f"{kd['p']:.3g}; KD ≥ plain within the CI — {'met' if holds else 'missed'})")
     lines += ["", "Published anchors are **CIFAR-10** (or ImageNet) figures from long schedules, set beside the row "
               "for the direction and size of its Δ, not its top-1 (Fashion-MNIST is easier).", "",
-              "| method | top-1 | Δ vs base (pt) | Δ 95% CI (pt) | x fewer MACs | converged | at chance | published anchor |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| method | job s | largest phases (s) | top-1 | Δ vs base (pt) | Δ 95% CI (pt) | x fewer MACs | converged | "
+              "at chance | published anchor |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in j["rows"]:
+        secs = f"{r['seconds']:.0f}" if r.get("seconds") is not None else "–"
+        head = f"| {r['method']} | {secs} | {r.get('phases') or '–'} |"
         if "accuracy" not in r:
-            lines.append(f"| {r['method']} | {r['state']} | – | – | – | – | – | {r['anchor']} |")
+            lines.append(f"{head} {r['state']} | – | – | – | – | – | {r['anchor']} |")
             continue
         d = "–" if r["delta"] is None else f"{100 * r['delta']:+.2f}"
         ci = f"{100 * r['delta_ci'][0]:+.1f} to {100 * r['delta_ci'][1]:+.1f}" if r.get("delta_ci") else "–"
         conv = ("yes" if not r["learning"] else "no") if "learning" in r else "–"
         macs_x = f"{r['macs_x']:.2f}" if r.get("macs_x") else "–"
-        lines.append(f"| {r['method']} | {r['accuracy']:.4f} | {d} | {ci} | {macs_x} | {conv} | "
+        lines.append(f"{head} {r['accuracy']:.4f} | {d} | {ci} | {macs_x} | {conv} | "
                      f"{'**yes**' if r['chance'] else 'no'} | {r['anchor']} |")
     return "\n".join(lines)
 

@@ -24,7 +24,7 @@ from torch.utils._pytree import tree_leaves
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
-from . import conditions
+from . import conditions, settings
 
 
 def count_params(model: nn.Module) -> int:
@@ -184,9 +184,41 @@ def activation_peak_bytes(model: nn.Module, x: torch.Tensor) -> int:
     return x.untyped_storage().nbytes() + tracker.peak
 
 
+TIMING_LOCK = "timing.lock"
+
+
+@contextmanager
+def timing_lock(root: Path | str | None) -> Iterator[float]:
+    """Hold the workspace's timing lock (``root``/timing.lock) while timing: jobs that run at once take turns
+    here, so one job's latency runs never share the cores with another's (two timings at once each see the
+    other as load and skew both sides of a paired ratio differently). Yields the seconds it waited. None
+    (no workspace), or a platform without ``fcntl``: no lock."""
+    try:
+        import fcntl
+    except ImportError:   # Windows: no advisory locks of this kind; jobs there run one at a time by default
+        fcntl = None
+    if root is None or fcntl is None:
+        yield 0.0
+        return
+    path = Path(root) / TIMING_LOCK
+    t0 = time.perf_counter()
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)   # released when the file closes, also if the process dies
+        try:
+            yield time.perf_counter() - t0
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def timing_threads(threads: int | None) -> int:
-    """The CPU threads a timing uses: as given, else all physical cores (for PyTorch and ONNX Runtime alike)."""
-    return threads or psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    """The CPU threads a timing uses: as given, else the job's share of the cores where a worker runs jobs at
+    once (SLIMBENCH_JOB_THREADS: a timing on more would take the cores the other jobs train on), else all
+    physical cores (for PyTorch and ONNX Runtime alike)."""
+    if threads:
+        return threads
+    physical = psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    share = settings.job_threads()   # the worker's split counts logical CPUs: never more than the physical cores
+    return min(share, physical) if share else physical
 
 
 @contextmanager

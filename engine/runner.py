@@ -445,18 +445,21 @@ def _run(spec: JobSpec, store: Store, run_id: str, run_dir: Path, progress, canc
     record["compressed_bytes"] = measure.deflated_bytes(record["checkpoint"])
     clock.lap("export")
     progress(phase="measure")
-    if rt.module is None:  # no PyTorch graph (a user's ONNX model): counted on its ONNX graph
-        record.update(rt.static_metrics(data.input_shape))
-        record.update(measure.measure_speed(rt.timing("cpu"), data.input_shape, torch.device("cpu"),
-                                           spec.measure.batch_size, spec.measure.latency_runs,
-                                           spec.measure.warmup_runs, spec.measure.threads))
-        record["cpu_model"] = measure.cpu_model()
-    else:
-        record.update(measure.measure_model(rt.module, data.input_shape, spec.measure, timing=rt.timing))
-    record.update(_paired(ctx, rt, parent))
-    if spec.measure.deploy:
-        progress(phase="measure:deploy")
-        record.update(_deploy(ctx, rt, record))
+    with measure.timing_lock(store.root) as waited:   # concurrent jobs of this workspace time one at a time
+        if waited >= 1:
+            log.info("waited %.1f s for another job's timing to finish", waited)
+        if rt.module is None:  # no PyTorch graph (a user's ONNX model): counted on its ONNX graph
+            record.update(rt.static_metrics(data.input_shape))
+            record.update(measure.measure_speed(rt.timing("cpu"), data.input_shape, torch.device("cpu"),
+                                               spec.measure.batch_size, spec.measure.latency_runs,
+                                               spec.measure.warmup_runs, spec.measure.threads))
+            record["cpu_model"] = measure.cpu_model()
+        else:
+            record.update(measure.measure_model(rt.module, data.input_shape, spec.measure, timing=rt.timing))
+        record.update(_paired(ctx, rt, parent))
+        if spec.measure.deploy:
+            progress(phase="measure:deploy")
+            record.update(_deploy(ctx, rt, record))
     clock.lap("measure")
     record["phase_seconds"] = clock.phases(ctx.train_seconds)
     record["val_images"] = len(data.val)

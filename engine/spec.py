@@ -83,7 +83,7 @@ class TrainSpec:
 
 @dataclass
 class MeasureSpec:
-    threads: int | None = None       # CPU threads for timing; None: all cores
+    threads: int | None = None       # CPU threads for timing; None: the job's share of the cores
     latency_runs: int = 30
     warmup_runs: int = 5
     batch_size: int = 64             # throughput batch on CPU

@@ -44,6 +44,8 @@ def test_quick_tour_trains_a_resnet20_base_and_a_fair_student_pair():
     # TRP keeps its own 2 training epochs (1 cost 0.55 pt at the same 3.2x; docs/BENCHMARKS.md)
     trp_default = next(p.default for p in methods.get("lowrank_svd").params if p.name == "reg_epochs")
     assert by["lowrank_svd"]["method"]["params"]["reg_epochs"] == trp_default == 2
+    # the runtime row times eager and ONNX Runtime only: compiling was most of its time (`bench runtimes` compiles)
+    assert by["runtime"]["method"]["params"]["compile"] is False
 
 
 @pytest.mark.fast
@@ -151,6 +153,23 @@ def test_quick_tour_section_judges_every_row_and_pairs_kd_with_plain(tmp_path, m
     assert quick_tour.ANCHORS["distill"] in text and "CIFAR-10" in text
     compact_row = next(ln for ln in text.splitlines() if ln.startswith("| compact |"))
     assert f"| {recs[0]['macs'] / recs[2]['macs']:.2f} |" in compact_row   # the MAC cut beside its Δ
+    # where the time goes: each row's wall seconds from its record's phases, and the longest chain of jobs
+    secs = [sum(r["phase_seconds"].values()) for r in recs]
+    assert compact_row.startswith(f"| compact | {secs[2]:.0f} | ")
+    slow = max((1, 2), key=lambda i: secs[i])
+    assert j["critical"] == ["baseline", j["rows"][slow]["method"]]
+    assert j["critical_s"] == pytest.approx(secs[0] + secs[slow])
+    assert f"critical path **baseline → {j['rows'][slow]['method']} {secs[0] + secs[slow]:.0f} s**" in text
+
+
+@pytest.mark.fast
+def test_the_critical_path_follows_each_job_after_the_one_it_starts_from():
+    # a base, two children of it, a grandchild of the cheap child: the chain base -> cheap -> grandchild wins
+    assert quick_tour.critical_path([10, 5, 8, 4], [None, 0, 0, 1]) == (19, [0, 1, 3])
+    assert quick_tour.critical_path([10, None], [None, 0])[0] == 10   # a job with no record adds nothing
+    assert quick_tour.job_seconds({"phase_seconds": {"train": 2.5, "measure": 1.0}}) == 3.5
+    assert quick_tour.job_seconds({}) is None
+    assert quick_tour.top_phases({"phase_seconds": {"data": 1, "train": 9, "measure": 4}}) == "training 9 · timing 4"
 
 
 @pytest.mark.fast

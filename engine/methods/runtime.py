@@ -115,7 +115,7 @@ def runtime(model, ctx, params):
     if isinstance(model, onnx_models.OnnxModel):
         return _onnx_runtimes(model, ctx, params)
     model = model.to("cpu").eval()
-    cfg, shape = ctx.spec.measure, ctx.input_shape
+    shape = ctx.input_shape
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(dir=ctx.run_dir) as tmp:
@@ -129,24 +129,9 @@ def runtime(model, ctx, params):
                 onnx_bytes = onnx_path.read_bytes()
             except Exception as e:
                 onnx_error = f"ONNX export failed: {str(e).splitlines()[0][:300]}"
-        for dev in devices:
-            if ctx.cancelled():
-                break
-            ctx.progress(phase=f"runtime:eager_{dev}")
-            m = model.to(dev)
-            batch = cfg.batch_size if dev == "cpu" else cfg.gpu_batch_size
-            results[f"eager_{dev}"] = _speed_keys(measure.measure_speed(
-                m, shape, torch.device(dev), batch, cfg.latency_runs, cfg.warmup_runs, cfg.threads))
-            ctx.progress(phase=f"runtime:compile_{dev}")
-            results[f"compile_{dev}"] = compiled_speed(bundle_path, dev, shape, cfg, params) if params["compile"] \
-                else {"skipped": "compile=false"}
-            ctx.progress(phase=f"runtime:onnxruntime_{dev}")
-            if not params["onnx"]:
-                results[f"onnxruntime_{dev}"] = {"skipped": "onnx=false"}
-            elif onnx_bytes is None:
-                results[f"onnxruntime_{dev}"] = {"skipped": onnx_error}
-            else:
-                results[f"onnxruntime_{dev}"] = onnx_speed(onnx_bytes, dev, shape, cfg, model)
+        # as the runner's measure phase: concurrent jobs of the workspace time one at a time
+        with measure.timing_lock(getattr(ctx.store, "root", None)):
+            results.update(_time_runtimes(model, ctx, params, devices, bundle_path, onnx_bytes, onnx_error))
         if "cuda" not in devices:
             for name in ("eager_cuda", "compile_cuda", "onnxruntime_cuda"):
                 results[name] = {"skipped": "no CUDA device on this machine"}
@@ -156,6 +141,31 @@ def runtime(model, ctx, params):
     if ran:
         ctx.extra["fastest_runtime"] = min(ran, key=lambda k: ran[k]["latency_ms"])
     return model
+
+
+def _time_runtimes(model, ctx, params, devices, bundle_path, onnx_bytes, onnx_error) -> dict[str, Any]:
+    """Each back-end's speed on each device (eager, torch.compile, ONNX Runtime)."""
+    cfg, shape = ctx.spec.measure, ctx.input_shape
+    results: dict[str, Any] = {}
+    for dev in devices:
+        if ctx.cancelled():
+            break
+        ctx.progress(phase=f"runtime:eager_{dev}")
+        m = model.to(dev)
+        batch = cfg.batch_size if dev == "cpu" else cfg.gpu_batch_size
+        results[f"eager_{dev}"] = _speed_keys(measure.measure_speed(
+            m, shape, torch.device(dev), batch, cfg.latency_runs, cfg.warmup_runs, cfg.threads))
+        ctx.progress(phase=f"runtime:compile_{dev}")
+        results[f"compile_{dev}"] = compiled_speed(bundle_path, dev, shape, cfg, params) if params["compile"] \
+            else {"skipped": "compile=false"}
+        ctx.progress(phase=f"runtime:onnxruntime_{dev}")
+        if not params["onnx"]:
+            results[f"onnxruntime_{dev}"] = {"skipped": "onnx=false"}
+        elif onnx_bytes is None:
+            results[f"onnxruntime_{dev}"] = {"skipped": onnx_error}
+        else:
+            results[f"onnxruntime_{dev}"] = onnx_speed(onnx_bytes, dev, shape, cfg, model)
+    return results
 
 
 def _onnx_runtimes(model: onnx_models.OnnxModel, ctx, params) -> onnx_models.OnnxModel:
