@@ -469,6 +469,7 @@ def test_energy_objective_is_offered_where_rapl_is_readable(monkeypatch, tmp_pat
     assert autocompress.OBJECTIVES["energy"] == "energy_mj_per_image"
 
 
+@pytest.mark.xdist_group("ray")  # one local Ray head at a time (tests/test_ray.py starts one too)
 def test_a_parallel_search_runs_its_trials_as_ray_tasks(ws, monkeypatch):
     """Under SLIMBENCH_BACKEND=ray, against a real local Ray head (2 CPUs, as tests/test_ray.py starts it): two
     trials at once as Ray tasks, each a linked child run in the shared workspace, the budget kept, no recipe
