@@ -29,8 +29,9 @@ _SESSION_HOME = Path(settings.test_home()) / (XDIST_WORKER or "") if settings.te
 
 def pytest_configure(config):
     """Under xdist, each worker (and the jobs its tests start) gets its share of the cores as torch threads:
-    on 2 cores, two one-thread workers finish the suite's small-tensor work far sooner than one two-thread
-    process, and two two-thread workers would only fight over the cores."""
+    two two-thread workers would ask 2 cores for 4 threads, and threads beyond the free cores cost dearly (while
+    other work shared the box, a test subset took 3.5-4.5x as long in one two-thread process as in two one-thread
+    workers; docs/BENCHMARKS.md, 2026-12-02)."""
     if XDIST_WORKER:
         workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
         threads = str(max(1, (os.cpu_count() or 1) // workers))
