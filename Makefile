@@ -23,8 +23,11 @@ $(STAMP): $(REQS) pyproject.toml
 run: setup
 	$(VENV)/bin/streamlit run serve.py --server.port $(PORT)
 
+# Two pytest-xdist workers with one torch thread each (tests/conftest.py); tests that share a resource run
+# on one worker (`--dist loadgroup`: the browser tests, the Ray tests, a module's shared fixture).
+TEST_WORKERS ?= 2
 test: setup
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 test-fast: setup
 	$(PY) -m pytest -m fast

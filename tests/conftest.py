@@ -19,8 +19,45 @@ SHARED_DATASETS = ROOT.parent / "shared" / "datasets"
 CIFAR_SMALL = Path(settings.cifar10_small() or SHARED_DATASETS / "cifar10-small.zip")
 ARTIFACTS = ROOT / "test-artifacts"
 
-# Every test process (and the subprocesses it starts) uses a throwaway workspace.
-_SESSION_HOME = Path(settings.test_home()) if settings.test_home() else None
+# pytest-xdist's worker name ("gw0", "gw1"; unset in a plain run): `make test` runs two workers.
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+
+# Every test process (and the subprocesses it starts) uses a throwaway workspace; under xdist one per worker,
+# so that a worker's session runs never show up in the other's listings.
+_SESSION_HOME = Path(settings.test_home()) / (XDIST_WORKER or "") if settings.test_home() else None
+
+
+def pytest_configure(config):
+    """Under xdist, each worker (and the jobs its tests start) gets its share of the cores as torch threads:
+    two two-thread workers would ask 2 cores for 4 threads, and threads beyond the free cores cost dearly (while
+    other work shared the box, a test subset took 3.5-4.5x as long in one two-thread process as in two one-thread
+    workers; docs/BENCHMARKS.md, 2026-12-02)."""
+    if XDIST_WORKER:
+        workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+        threads = str(max(1, (os.cpu_count() or 1) // workers))
+        os.environ["OMP_NUM_THREADS"] = threads
+        import torch  # only here: a plain run leaves torch's default threads alone
+        torch.set_num_threads(int(threads))
+
+
+def _uses_module_fixture(item) -> bool:
+    info = getattr(item, "_fixtureinfo", None)  # pytest's own record of the fixtures an item uses
+    return bool(info) and any(d.scope == "module" for defs in info.name2fixturedefs.values() for d in defs)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups (`--dist loadgroup`)
+def pytest_collection_modifyitems(config, items):
+    """xdist groups (one worker runs a group's tests, one after another), besides those a test names itself
+    (`xdist_group`, e.g. "ray"): the browser tests, each starting Chromium, a dashboard server and its worker
+    (two such stacks at once on 2 cores miss their waits) and writing fixed names in test-artifacts/; and the
+    tests of a module that share a module-scoped fixture (a trained run, a search), built once, not per worker."""
+    for item in items:
+        if item.get_closest_marker("xdist_group"):
+            continue
+        if item.get_closest_marker("browser"):
+            item.add_marker(pytest.mark.xdist_group("browser"))
+        elif _uses_module_fixture(item):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,8 @@ from engine.store import Store
 from conftest import ROOT
 
 ray = pytest.importorskip("ray", reason="ray is not installed (pip install -r requirements-ray.txt)")
+# Under xdist, one worker runs every test that starts a local Ray head (its ports and /tmp/ray session files).
+pytestmark = pytest.mark.xdist_group("ray")
 
 MEASURE = {"onnx": False, "latency_runs": 5, "warmup_runs": 1}
 JOB = {"data": {"name": "digits", "limit": 100, "test_limit": 50}, "model": {"arch": "resnet18"},
