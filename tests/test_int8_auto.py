@@ -191,10 +191,17 @@ def test_auto_keeps_the_sensitive_layer_fp32_when_no_format_meets_the_floor(tmp_
     assert max(t["val_agreement"] for t in tried) < int8_auto.AGREEMENT_FLOOR                # none met it all-INT8
     # each format searched; the kept model meets the floor on val with the outlier layer FP32, and says so
     assert [s["format"] for s in auto["keep_fp32"]] == [t["format"] for t in tried]
-    assert ctx.extra["int8_fp32_layers"] == auto["kept_fp32"] == ["/2/Conv"]
+    # The outlier layer goes FP32 first (lowest SQNR). Whether a second must follow turns on one of the 144
+    # validation answers (1 layer: lower bound 0.9695 with ONNX Runtime 1.32, just under the 0.97 floor), so
+    # the test asks for the order and for the fewest layers the floor allowed, not for an exact count.
+    kept = auto["kept_fp32"]
+    assert ctx.extra["int8_fp32_layers"] == kept and kept[0] == "/2/Conv"
+    chosen = next(s for s in auto["keep_fp32"] if s["format"] == auto["format"])
+    assert chosen["tried"][-1]["fp32_layers"] == len(kept) and chosen["tried"][-1]["val_agreement_low"] >= \
+        int8_auto.AGREEMENT_FLOOR > max(t["val_agreement_low"] for t in chosen["tried"][:-1])
     assert ctx.extra["int8_val_agreement"] >= int8_auto.AGREEMENT_FLOOR and model.fmt == auto["format"]
     assert 0 < auto["fp32_mac_share"] < 1
-    assert ctx.extra["int8_format_reason"].startswith(f"{model.fmt} with 1 layer(s) kept FP32")
+    assert ctx.extra["int8_format_reason"].startswith(f"{model.fmt} with {len(kept)} layer(s) kept FP32")
     assert warnings and "kept FP32" in warnings[0]
     # the shipped model is that one: conv2 computes in FP32 (its weight is not dequantised INT8) and agrees
     import onnx
