@@ -30,18 +30,18 @@ PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
 
 def default_concurrency() -> int:
-    """One job per GPU; on CPU one job per 4 cores, but at least two where there are two cores: each job gets
-    its share of the threads (``backends.local``), and on a 2-core AMD EPYC two 1-thread jobs finished a set of
-    Quick-tour-sized jobs many times sooner than one 2-thread job at a time, whose threads stall each other
-    once anything else wants a core (``python -m bench.concurrency``; docs/BENCHMARKS.md, "Concurrency on CPU")."""
+    """One job per GPU; on CPU one job per 4 cores (at least one), each on its share of the threads
+    (``backends.local``). Two 1-thread jobs at once won on a *loaded* 2-core box (``python -m bench.concurrency``),
+    but a lone job then trains on one thread: the Quick tour's base, which every other row waits for, ran over
+    7.5 min alone on 1 thread on the quiet box where it took 165 s on 2 (docs/BENCHMARKS.md, "Concurrency on CPU").
+    SLIMBENCH_WORKER_CONCURRENCY=2 runs two at once."""
     configured = settings.worker_concurrency()
     if configured:
         return configured
     gpus = gpu_count()
     if gpus:
         return gpus
-    cores = os.cpu_count() or 1
-    return max(min(2, cores), cores // 4)
+    return max(1, (os.cpu_count() or 1) // 4)
 
 
 # -- queue operations ------------------------------------------------------------------------------

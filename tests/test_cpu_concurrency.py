@@ -36,14 +36,14 @@ def test_a_second_timing_waits_for_the_first_and_none_means_no_lock(tmp_path):
 
 
 @pytest.mark.fast
-@pytest.mark.parametrize("cores, expected", [(1, 1), (2, 2), (4, 2), (8, 2), (16, 4)])
-def test_cpu_default_runs_two_jobs_on_two_cores_and_the_setting_overrides(monkeypatch, cores, expected):
+@pytest.mark.parametrize("cores, expected", [(1, 1), (2, 1), (4, 1), (8, 2), (16, 4)])
+def test_cpu_default_runs_one_job_per_four_cores_and_the_setting_overrides(monkeypatch, cores, expected):
     monkeypatch.delenv("SLIMBENCH_WORKER_CONCURRENCY", raising=False)
     monkeypatch.setattr(jobs, "gpu_count", lambda: 0)
     monkeypatch.setattr(jobs.os, "cpu_count", lambda: cores)
     assert jobs.default_concurrency() == expected
-    monkeypatch.setenv("SLIMBENCH_WORKER_CONCURRENCY", "1")
-    assert jobs.default_concurrency() == 1
+    monkeypatch.setenv("SLIMBENCH_WORKER_CONCURRENCY", "2")
+    assert jobs.default_concurrency() == 2
 
 
 @pytest.mark.fast
