@@ -33,7 +33,7 @@ HEARTBEAT_S = Setting("SLIMBENCH_HEARTBEAT_S", "2", "Seconds between heartbeats 
 STALE_S = Setting("SLIMBENCH_STALE_S", "15", "Seconds without a heartbeat after which a running job is marked "
                   "interrupted and a worker counts as dead.")
 WORKER_CONCURRENCY = Setting("SLIMBENCH_WORKER_CONCURRENCY", None, "Jobs a worker runs at once (>= 1). Unset: one "
-                             "per GPU, else one per 4 CPU cores (at least 2 on 2 or more), or what a Ray cluster holds.")
+                             "per GPU, else one per 4 CPU cores, or what a Ray cluster holds.")
 WORKER_IDLE_EXIT = Setting("SLIMBENCH_WORKER_IDLE_EXIT", "600", "Seconds an automatically started worker waits "
                            "with nothing to do before it exits.")
 WORKER_ID = Setting("SLIMBENCH_WORKER_ID", None, "Set by whoever starts a worker: the id of the placeholder row it "
