@@ -247,7 +247,8 @@ PRESETS: dict[str, Preset] = {
         "cpu", 1040, "the whole tour measured at 1188 s through the queue on a 2-core AMD EPYC with nothing else "
         "running (bench cpu, 2026-12-02; jobs run one at a time): the base 165 s, the runtime row 172 s (most of "
         "it torch.compile, which the row no longer runs: taken as ~150 s less, not yet re-timed), low-rank 134 s, "
-        "every other row 9-88 s; two jobs at a time (the default on 2 cores since) not yet timed there"),
+        "every other row 9-88 s; two 1-thread jobs at a time left the base alone on one thread for over 7.5 min, "
+        "so the default stays one at a time"),
     "CPU, thorough": Preset(
         "CPU, thorough", cpu_thorough,
         f"Fashion-MNIST at full 28 px, {THOROUGH_DATA['limit']:,} training images, full test set; CIFAR ResNet-20 "
