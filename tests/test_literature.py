@@ -38,17 +38,21 @@ def test_matching_and_base_gap():
     assert literature.base_gap_pt(0.90, "resnet56", "fashion-mnist") is None
 
 
-def test_a_row_without_a_source_is_refused(tmp_path, monkeypatch):
+def _refused(tmp_path, monkeypatch, row: str, match: str) -> None:
+    """A table of the real header and ``row`` is refused on load with ``match``."""
     bad = tmp_path / "literature.csv"
-    header = literature.TABLE.read_text().splitlines()[0]
-    bad.write_text(header + "\nX,pruning,resnet20,cifar10,92,91,2,s,,read\n")
+    bad.write_text(literature.TABLE.read_text().splitlines()[0] + "\n" + row + "\n")
     monkeypatch.setattr(literature, "TABLE", bad)
     literature.points.cache_clear()
     try:
-        with pytest.raises(ValueError, match="cite its source"):
+        with pytest.raises(ValueError, match=match):
             literature.points()
     finally:
         literature.points.cache_clear()
+
+
+def test_a_row_without_a_source_is_refused(tmp_path, monkeypatch):
+    _refused(tmp_path, monkeypatch, "X,pruning,resnet20,cifar10,92,91,2,s,,read", "cite its source")
 
 
 def test_pruned_vs_scratch_rows_pair_up_and_cite_their_source():
@@ -70,13 +74,5 @@ def test_pruned_vs_scratch_rows_pair_up_and_cite_their_source():
 
 
 def test_a_scratch_row_without_its_fine_tuned_row_is_refused(tmp_path, monkeypatch):
-    bad = tmp_path / "literature.csv"
-    header = literature.TABLE.read_text().splitlines()[0]
-    bad.write_text(header + "\nX (Scratch-E),scratch,resnet34,imagenet,73,72,1.2,s,src,read\n")
-    monkeypatch.setattr(literature, "TABLE", bad)
-    literature.points.cache_clear()
-    try:
-        with pytest.raises(ValueError, match="needs a fine-tuned row 'X \\(fine-tuned\\)'"):
-            literature.points()
-    finally:
-        literature.points.cache_clear()
+    _refused(tmp_path, monkeypatch, "X (Scratch-E),scratch,resnet34,imagenet,73,72,1.2,s,src,read",
+             "needs a fine-tuned row 'X \\(fine-tuned\\)'")
