@@ -319,6 +319,10 @@ FIELDS: tuple[Field, ...] = (
                "(lowest SQNR) first: by format auto where no format met the 0.97 agreement floor (at 95 % "
                "confidence) with every layer INT8 (int8_format_reason says why), then by an accuracy limit (max_drop_pt); empty: every layer is "
                "INT8"),
+    Field("int8_fp32_weight_share", "FP32 weights' share of INT8 file", _FRACTION, "share of the INT8 ONNX file's "
+          "bytes that are FP32 weights: the first and last layers (keep_first_last_fp32), int8_fp32_layers, and any "
+          "layer its quantiser left FP32 (quantization.weight_storage names them; NNCF's skipped squeeze-and-excitation "
+          "layers are stored INT8 and computed FP32, listed there as int8_weight_only)", "%.3f", card=True),
     Field("int8_val_drop_pt", "INT8 validation drop (pt)", "points", "accuracy lost to INT8 on the validation "
           "split where max_drop_pt was set (negative: gained)", "%+.2f"),
     Field("int8_limit_met", "INT8 limit met", kind="bool", help="whether the INT8 model kept within max_drop_pt; "

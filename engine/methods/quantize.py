@@ -263,6 +263,10 @@ def static_int8(model: nn.Module, ctx, params: dict[str, Any], fmt: str, method:
                                  "calibration_batches": batches, "cpu": int8_cpu.this_cpu(), "kept_fp32_edges": edges,
                                  "bias_correction": "NNCF fast bias correction" if fmt == "openvino" else None,
                                  "preprocessed": skipped is None, **({"preprocess_error": skipped} if skipped else {})}
+    # what the file holds, not what was asked: a quantiser may leave layers FP32 of its own accord
+    storage = int8_formats.weight_storage(int8_bytes)
+    ctx.extra["quantization"]["weight_storage"] = storage
+    ctx.extra["int8_fp32_weight_share"] = storage["fp32_share"]
     if params.get("equalize"):
         ctx.extra["quantization"]["equalization"] = (
             {"pairs": equalized.pairs, "batch_norms_folded": equalized.folded_bn,
