@@ -203,6 +203,65 @@ def test_an_openvino_int8_artefact_loads_in_openvino_and_agrees_with_pytorch(tmp
     assert total == 200 and same / total >= 0.95
 
 
+class _SqueezeExcite(nn.Module):
+    """MobileNetV3's squeeze-and-excitation: channel weights from the pooled features, Hardsigmoid-gated."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Conv2d(channels, channels // 2, 1), nn.Conv2d(channels // 2, channels, 1)
+
+    def forward(self, x):
+        s = nn.functional.adaptive_avg_pool2d(x, 1)
+        return x * nn.functional.hardsigmoid(self.fc2(nn.functional.relu(self.fc1(s))))
+
+
+@pytest.mark.skipif(not int8_cpu.openvino_available(), reason="OpenVINO + NNCF not installed")
+def test_openvino_stores_the_se_layers_nncf_skips_in_int8_and_says_what_stays_fp32(tmp_path, monkeypatch):
+    """NNCF leaves squeeze-and-excitation blocks FP32 (its SE_BLOCK pattern): their weights are stored INT8
+    and dequantised to an FP32 computation, and the record names what the file holds."""
+    import onnx
+
+    from engine.methods import int8_formats
+    monkeypatch.setattr(quantize, "bundle_bytes", lambda model, ctx: 1)
+    data = data_mod.load(DataSpec(name="digits", val_limit=100, test_limit=200, batch_size=64))
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(data.input_shape[0], 32, 3, padding=1), nn.ReLU(), _SqueezeExcite(32),
+                        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), _SqueezeExcite(64),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, data.num_classes))
+    opt = torch.optim.Adam(net.parameters(), 3e-3)
+    for _ in range(4):
+        for x, y in data.loader("train", "cpu", train=False):
+            opt.zero_grad()
+            nn.functional.cross_entropy(net(x), y).backward()
+            opt.step()
+    net.eval()
+    params = {"calibration_batches": 4, "calibration": "minmax", "per_channel": True, "format": "openvino",
+              "max_drop_pt": None, "keep_first_last_fp32": True}
+    ctx = _ctx(tmp_path, data)
+    model = quantize.static_int8(net, ctx, params, "openvino")
+    storage = ctx.extra["quantization"]["weight_storage"]
+    se = [f"/{i}/fc{j}/Conv" for i in (2, 5) for j in (1, 2)]
+    assert sorted(storage["int8_weight_only"]) == se                     # NNCF skipped them: INT8 storage only
+    assert storage["fp32"] == ctx.extra["quantization"]["kept_fp32_edges"] == ["/0/Conv", "/8/Gemm"]
+    graph = onnx.load_from_string(model.onnx_bytes).graph
+    fp32_bytes = sum(4 * int(np.prod(t.dims)) for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT
+                     and t.name.endswith("weight"))
+    assert storage["fp32_bytes"] == fp32_bytes > 0
+    assert ctx.extra["int8_fp32_weight_share"] == pytest.approx(fp32_bytes / len(model.onnx_bytes))
+    # the SE layers' weights the file holds are int8, and the model still answers as PyTorch does in OpenVINO
+    int8 = {t.name for t in graph.initializer if t.data_type == onnx.TensorProto.INT8}
+    convs = {n.name: n for n in graph.node}
+    producers = {o: n for n in graph.node for o in n.output}
+    assert all(producers[convs[name].input[1]].input[0] in int8 for name in se)
+    run = int8_formats.runner(model.onnx_bytes, "openvino", 1)
+    same = total = 0
+    with torch.no_grad():
+        for x, _ in data.loader("test", "cpu", train=False):
+            same += int((run(x).argmax(1) == net(x).argmax(1)).sum())
+            total += len(x)
+    assert total == 200 and same / total >= 0.95
+
+
 # -- QAT on a pruned model, end to end: a real INT8 model that keeps the channel savings ------------------
 QAT_DATA = {"name": "digits", "limit": 300, "val_limit": 100, "test_limit": 150}
 

@@ -55,10 +55,13 @@ def test_three_steps_make_three_linked_runs(runs):
     assert records[0]["training_lr"] == base["recipe"]["phases"][0]["lr"] and "recovery_lr" not in records[0]
     assert records[2]["training_lr"] == pipe["training_lr"] == records[1]["recipe"]["phases"][0]["lr"]
     # A 1.5M-parameter student carries relatively more graph/scale overhead than ResNet-18, whose INT8 file
-    # is checked against the 0.3x bound in test_methods_e2e;
-    # here it was a third of FP32 at most in earlier runs; on 2026-12-02 (fresh venv: onnxruntime 1.32, torch 2.14)
-    # it measured 0.504 with no layer kept FP32, cause not yet found. The bound holds the file well under FP32.
-    assert records[2]["size_bytes"] <= 0.55 * records[2]["fp32_size_bytes"]
+    # is checked against the 0.3x bound in test_methods_e2e: 0.27-0.31 of FP32 in every format (QDQ: int32 biases
+    # and the scales 0.026, the graph 0.032). The 0.504 of 2026-12-02 is the openvino format's size (auto takes it
+    # where qdq and qdq_reduce_range miss the agreement floor): NNCF left the squeeze-and-excitation blocks FP32,
+    # 30 % of this net's weights; their weights are now stored INT8 (int8_formats.weights_to_int8).
+    assert records[2]["size_bytes"] <= 0.34 * records[2]["fp32_size_bytes"]
+    q = records[2]["quantization"]   # FP32 weights only where asked: the first and last layers, and auto's
+    assert set(q["weight_storage"]["fp32"]) == {*q["kept_fp32_edges"], *(records[2].get("int8_fp32_layers") or [])}
     # The pipeline's own result is the last step's INT8 model, measured again on the same test set.
     assert pipe["precision"] == "int8" and pipe["accuracy"] == pytest.approx(records[2]["accuracy"], abs=1e-6)
     assert export.read_bundle(pipe["checkpoint"])["kind"] == export.ONNX_INT8
