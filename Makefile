@@ -23,15 +23,20 @@ $(STAMP): $(REQS) pyproject.toml
 run: setup
 	$(VENV)/bin/streamlit run serve.py --server.port $(PORT)
 
-# One process by default. `make test TEST_WORKERS=2` runs pytest-xdist workers with one torch thread each
-# (tests/conftest.py; tests sharing a resource stay on one worker, `--dist loadgroup`). On the 2-core AMD EPYC
-# two workers took 41.3 min against 43.6 serial, and the extra load made a browser wait and a timing test fail.
+# One process, one torch thread (OMP_NUM_THREADS=1; a test's jobs inherit it). The suite's models are tiny and
+# its jobs, workers, servers and browsers run beside the test process: on the 2-core AMD EPYC the whole suite took
+# 29.0 min on one thread (with a helper's tests beside it) against 43.6 min on torch's default two (loaded), and
+# three heavy files (test_jobs, test_engine_core, test_browser) 447 s against 513 s on a near-idle box
+# (docs/BENCHMARKS.md). `make test TEST_WORKERS=2` runs pytest-xdist workers instead (tests/conftest.py gives
+# each its share of the cores; tests sharing a resource stay on one worker, `--dist loadgroup`); two workers
+# took 41.3 min against 43.6 serial, and their extra load made a browser wait and a timing test fail.
 TEST_WORKERS ?= 0
+TEST_THREADS ?= 1
 test: setup
-	$(PY) -m pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup)
+	OMP_NUM_THREADS=$(TEST_THREADS) $(PY) -m pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup)
 
 test-fast: setup
-	$(PY) -m pytest -m fast
+	OMP_NUM_THREADS=$(TEST_THREADS) $(PY) -m pytest -m fast
 
 bench: setup
 	$(PY) -m bench cpu
