@@ -163,8 +163,8 @@ def quick_tour() -> list[dict[str, Any]]:
     and TRP's 2 epochs), and the half-width ResNet-20 student (``QUICK_STUDENT``) trained 3 epochs with and
     without distillation.
 
-    Sized to finish in under 10 minutes on a quiet 2-core CPU with a base >= 0.85 whose last epoch gains
-    < 1 pt (``bench.quick_tour`` times it through the real queue and judges every row).
+    A base >= 0.85 whose last epoch gains < 1 pt; aimed at under 10 minutes on a quiet 2-core CPU, measured at
+    14.8 (``bench.quick_tour`` times it through the real queue and judges every row: docs/BENCHMARKS.md).
     """
     return _plan("Quick tour", dict(QUICK_DATA), QUICK_ARCH, {"epochs": QUICK_BASE_EPOCHS, "device": "cpu"},
                  {"epochs": 1, "device": "cpu"}, dict(QUICK_MEASURE), _quick_params)
@@ -244,11 +244,11 @@ PRESETS: dict[str, Preset] = {
         f"and its plain control train a half-width ResNet-20 for {QUICK_STUDENT['epochs']} epochs each. No "
         "controls: each would train a smaller net from scratch for the epochs its run's weights had (the base's "
         "and the method's), which would double the tour; \"CPU, thorough\" has them.",
-        "cpu", 1040, "the whole tour measured at 1188 s through the queue on a 2-core AMD EPYC with nothing else "
-        "running (bench cpu, 2026-12-02; jobs run one at a time): the base 165 s, the runtime row 172 s (most of "
-        "it torch.compile, which the row no longer runs: taken as ~150 s less, not yet re-timed), low-rank 134 s, "
-        "every other row 9-88 s; two 1-thread jobs at a time left the base alone on one thread for over 7.5 min, "
-        "so the default stays one at a time"),
+        "cpu", 889, "the whole tour measured at 889 s through the queue on a 2-core AMD EPYC with nothing else "
+        "running (bench cpu, 2026-12-02 18:40, jobs one at a time; 879 s of it in the jobs): the base 145 s, low-rank "
+        "119 s (their chain, 264 s, is the critical path), structured 84 s, the pipeline 83 s, every other row 8-61 s; "
+        "two 1-thread jobs at a time left the base alone on one thread for over 7.5 min, so the default stays one "
+        "at a time"),
     "CPU, thorough": Preset(
         "CPU, thorough", cpu_thorough,
         f"Fashion-MNIST at full 28 px, {THOROUGH_DATA['limit']:,} training images, full test set; CIFAR ResNet-20 "
