@@ -96,19 +96,24 @@ def test_layers_rank_by_their_lowest_sqnr():
 
 
 # -- accuracy-limited PTQ on a model made sensitive -------------------------------------------------
+def _fit(net: nn.Module, data, epochs: int) -> nn.Module:
+    """Adam on the training split (no augmentation) for a few seconds; returns ``net`` in eval mode."""
+    opt = torch.optim.Adam(net.parameters(), 3e-3)
+    for _ in range(epochs):
+        for x, y in data.loader("train", "cpu", train=False):
+            opt.zero_grad()
+            nn.functional.cross_entropy(net(x), y).backward()
+            opt.step()
+    return net.eval()
+
+
 def _small_net(data) -> nn.Module:
     """A small conv net trained on digits for a few seconds."""
     torch.manual_seed(0)
     c = data.input_shape[0]
     net = nn.Sequential(nn.Conv2d(c, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
                         nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(64, data.num_classes))
-    opt = torch.optim.Adam(net.parameters(), 3e-3)
-    for _ in range(6):
-        for x, y in data.loader("train", "cpu", train=False):
-            opt.zero_grad()
-            nn.functional.cross_entropy(net(x), y).backward()
-            opt.step()
-    return net.eval()
+    return _fit(net, data, epochs=6)
 
 
 def _sensitive_model(data) -> nn.Module:
@@ -228,13 +233,7 @@ def test_openvino_stores_the_se_layers_nncf_skips_in_int8_and_says_what_stays_fp
     net = nn.Sequential(nn.Conv2d(data.input_shape[0], 32, 3, padding=1), nn.ReLU(), _SqueezeExcite(32),
                         nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), _SqueezeExcite(64),
                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, data.num_classes))
-    opt = torch.optim.Adam(net.parameters(), 3e-3)
-    for _ in range(4):
-        for x, y in data.loader("train", "cpu", train=False):
-            opt.zero_grad()
-            nn.functional.cross_entropy(net(x), y).backward()
-            opt.step()
-    net.eval()
+    _fit(net, data, epochs=4)
     params = {"calibration_batches": 4, "calibration": "minmax", "per_channel": True, "format": "openvino",
               "max_drop_pt": None, "keep_first_last_fp32": True}
     ctx = _ctx(tmp_path, data)
