@@ -121,3 +121,12 @@ def test_bad_params_are_rejected_naming_the_field(method, params, field):
     with pytest.raises(SpecError) as e:
         check_spec(spec("20260101-000000-abcdef", method, params))
     assert e.value.field == field, str(e.value)
+
+
+def test_half_auto_is_float16_on_cuda_and_bfloat16_on_cpu_and_an_asked_type_is_kept():
+    from engine.methods.quantize import half_dtype
+    assert half_dtype("auto", torch.device("cuda"))[0] == "float16"
+    name, why = half_dtype("auto", torch.device("cpu"))
+    assert name == "bfloat16" and "float16 convolution" in why
+    assert half_dtype("float16", torch.device("cpu")) == ("float16", "asked for")
+

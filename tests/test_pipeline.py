@@ -91,7 +91,7 @@ print(json.dumps(out))
 
 def test_every_bundle_reloads_in_a_fresh_process_with_its_accuracy(runs):
     store, base, pipe = runs
-    half = run_spec(spec({"from_run": base["run_id"]}, "half", {"dtype": "bfloat16"}), store)
+    half = run_spec(spec({"from_run": base["run_id"]}, "half", {}), store)   # dtype auto: bfloat16 on a CPU
     asym = run_spec(spec({"from_run": base["run_id"]}, "factorize", {"mode": "asymmetric", "finetune_epochs": 0}),
                    store)
     children = [store.get(i)["record"] for i in pipe["pipeline_runs"]]
@@ -109,6 +109,7 @@ def test_every_bundle_reloads_in_a_fresh_process_with_its_accuracy(runs):
         assert acc == pytest.approx(r["accuracy"], abs=1e-6), (r["method"], acc, r["accuracy"])
     assert asym["factorized_layers"] and asym["macs"] < base["macs"]
     assert half["size_bytes"] < 0.6 * base["size_bytes"]
+    assert half["precision"] == "bfloat16" and "auto on CPU" in half["half_note"]
 
 
 def test_a_failed_step_is_named_in_the_pipelines_error(runs, monkeypatch):
