@@ -94,6 +94,20 @@ def test_one_shot_energy_that_saves_almost_nothing_is_refused_before_training(tm
 
 
 @pytest.mark.fast
+def test_a_trp_cut_that_saves_almost_nothing_does_not_suggest_trp_again():
+    net = small_resnet()
+    shape = (3, 16, 16)
+    plan = L.plan_ranks(net, shape, 0.9999, None, "channel")
+    msgs = {}
+    for route in ("one_shot", "trp", "svd_reg"):
+        with pytest.raises(SpecError, match="almost unchanged") as e:
+            L.require_saving(net, shape, 0.9999, None, plan, "" if route == "one_shot" else f" after {route} training",
+                             "channel", route)
+        msgs[route] = str(e.value)
+    assert "route trp" in msgs["one_shot"] and "route trp" in msgs["svd_reg"]
+    assert "route trp" not in msgs["trp"] and "reg_epochs" in msgs["trp"]
+
+@pytest.mark.fast
 def test_spatial_decomposition_is_exact_at_full_rank_and_costs_what_the_plan_says():
     torch.manual_seed(0)
     conv = nn.Conv2d(5, 7, 3, stride=2, padding=1, bias=True)

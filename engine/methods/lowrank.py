@@ -391,7 +391,8 @@ def saved_share(model: nn.Module, input_shape: tuple[int, ...], plan: dict[str, 
 
 
 def require_saving(model: nn.Module, input_shape: tuple[int, ...], energy: float | None, ratio: float | None,
-                   plan: dict[str, dict[str, Any]], when: str = "", decomposition: str = "channel") -> None:
+                   plan: dict[str, dict[str, Any]], when: str = "", decomposition: str = "channel",
+                   route: str = "one_shot") -> None:
     """Refuse a truncation that saves under MIN_MAC_SAVING of the model's MACs (energy 0.9 one-shot
     saved 0-9 % on every architecture tried, the same bar as factorize's): the field named, what it
     would change, what to set instead."""
@@ -400,11 +401,14 @@ def require_saving(model: nn.Module, input_shape: tuple[int, ...], energy: float
         return
     field, value = ("rank_ratio", ratio) if ratio is not None else ("energy", energy)
     alt = saved_share(model, input_shape, plan_ranks(model, input_shape, None, 0.25, decomposition))
+    # After TRP's own training, suggesting route trp would send the user round in a circle.
+    other = {"trp": "more reg_epochs or a stronger nuclear_reg, so TRP lowers the ranks further",
+             "svd_reg": "a stronger sv_sparsity, or route trp, which lowers the ranks while it trains"}.get(
+        route, "route trp, which lowers the ranks while it trains")
     raise SpecError(f"method.params.{field}", f"{field} {value:g} would decompose {len(plan)} layer(s) "
                     f"({decomposition}) and remove {share:.1%} of the MACs{when} (under {MIN_MAC_SAVING:.0%}: "
                     f"the model would come back almost unchanged); keep fewer singular values, e.g. rank_ratio "
-                    f"0.25 ({alt:.0%} of the MACs), a lower energy, or route trp, which lowers the ranks while "
-                    f"it trains")
+                    f"0.25 ({alt:.0%} of the MACs), a lower energy, or {other}")
 
 
 def _check(params: dict, spec: Any) -> None:
@@ -503,7 +507,7 @@ def lowrank_svd(model, ctx, params):
     plan = plan_ranks(model, ctx.input_shape, energy, ratio, dec, held)
     share_after = rank_share(model, names, energy, ratio, dec)
     if route != "one_shot":
-        require_saving(model, ctx.input_shape, energy, ratio, plan, f" after {route} training", dec)
+        require_saving(model, ctx.input_shape, energy, ratio, plan, f" after {route} training", dec, route)
     apply_plan(model, plan)
     ctx.log.info("low-rank (%s, %s): %d layers decomposed", route, dec, len(plan))
     ctx.recalibrate(model, "truncation")
