@@ -220,3 +220,30 @@ def test_compare_filter_shows_a_long_experiment_name_whole_in_its_help(tmp_path,
     box.select(LONG_EXPERIMENT)
     at.run()
     assert set(at.dataframe[0].value["experiment"]) == {LONG_EXPERIMENT}     # the filter keeps the full value
+
+
+def fill_unnamed(home: Path) -> None:
+    """A named base and its child run without a name (`python -m engine run` of a spec with none), the child at
+    chance level (every answer class 1). Names of both kinds in one column: all None stayed None."""
+    store = Store(home)
+    base, child = insert_synthetic_runs(store, 2)
+    rec = store.get(child)["record"]
+    store.update(child, record={**rec, "name": None, "accuracy": 0.1,
+                                "confusion": [[0, 5] + [0] * 8 for _ in range(10)]})
+
+
+def test_an_unnamed_run_reads_by_its_id_never_as_nan(tmp_path, monkeypatch):
+    """pandas 3 keeps a missing name as NaN, which is truthy: `name or run_id` gave "nan · RUN" in the run
+    picker, "nan: 93 % of its answers are class 1" in the chance warning and "Pipeline nan" above its steps."""
+    from engine import results
+    at = compare_page(tmp_path / "ws", monkeypatch, fill_unnamed)
+    assert not at.exception, [e.value for e in at.exception]
+    base, child = sorted(r["id"] for r in Store(tmp_path / "ws").list("done"))
+    names = results.table(results.records(Store(tmp_path / "ws"))).set_index("run_id")["name"]
+    assert names[base] == "synthetic #0" and names[child] is None
+    picker = at.selectbox(key="detail_run")
+    assert sorted(picker.options) == [f"synthetic #0 · {base}", f"{child} · {child}"]
+    chance = [w.value.replace("\\", "") for w in at.warning if "chance level" in w.value]  # Markdown escapes
+    assert chance and f"{child}: " in chance[0]
+    shown = " ".join(str(e.value) for e in (*at.warning, *at.markdown, *at.caption, *at.success))
+    assert "nan" not in shown.replace("nance", "")  # "nance" as in "finance"; no word here has "nan" otherwise
