@@ -345,3 +345,20 @@ def test_the_pages_objectives_are_the_searchs_own():
     assert set(searches.COST_LABELS) == set(autocompress.OBJECTIVES) == set(search_launch.OBJECTIVES)
     assert set(autocompress.objectives_here()) <= set(autocompress.OBJECTIVES)
     assert ("energy" in autocompress.objectives_here()) == (autocompress.energy_unmeasurable() is None)
+
+
+def test_a_repeated_trial_is_counted_so_the_tiles_add_up(page_ws):
+    """TPE drew trial 0's recipe again as trial 3: its result is reused, nothing trains. The tiles read
+    "Trials 4 / 4", "Scored 2", "Stopped or refused 1" and nowhere the fourth; a Repeats tile names it."""
+    store = Store(page_ws)
+    ids = insert_study(page_ws, params_over={"trials": 4})
+    rec = store.get(ids["search"])["record"]
+    trials = rec["search_trial_list"] + [{**rec["search_trial_list"][0], "trial": 3, "repeat_of": 0}]
+    store.update(ids["search"], record={**rec, "search_trials": 4, "search_trial_list": trials})
+    at = page("search", ids["search"])
+    tiles = {m.label: m.value for m in at.metric}
+    assert tiles["Trials"] == "4 / 4" and tiles["Scored"] == "2" and tiles["Stopped or refused"] == "1"
+    assert tiles["Repeats"] == "1"
+    assert "trial 3 = trial 0" in next(m.proto.help for m in at.metric if m.label == "Repeats")
+    done = int(tiles["Trials"].split(" / ")[0])
+    assert done == sum(int(tiles[k]) for k in ("Scored", "Stopped or refused", "Repeats"))
