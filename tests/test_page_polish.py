@@ -242,7 +242,8 @@ def test_an_unnamed_run_reads_by_its_id_never_as_nan(tmp_path, monkeypatch):
     names = results.table(results.records(Store(tmp_path / "ws"))).set_index("run_id")["name"]
     assert names[base] == "synthetic #0" and names[child] is None
     picker = at.selectbox(key="detail_run")
-    assert sorted(picker.options) == [f"synthetic #0 · {base}", f"{child} · {child}"]
+    method = Store(tmp_path / "ws").get(child)["record"]["method"]
+    assert sorted(picker.options) == sorted([f"synthetic #0 · {base}", f"{method} · {child}"])  # as Jobs names it
     chance = [w.value.replace("\\", "") for w in at.warning if "chance level" in w.value]  # Markdown escapes
     assert chance and f"{child}: " in chance[0]
     shown = " ".join(str(e.value) for e in (*at.warning, *at.markdown, *at.caption, *at.success))

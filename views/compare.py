@@ -545,7 +545,7 @@ def sweep_charts(sw: dict | None) -> None:
 def details(view: pd.DataFrame) -> None:
     """One run: its metrics against its base, downloads, agreement, layer widths, per-class accuracy."""
     st.subheader("Run details")
-    labels = {rid: f"{n or rid} · {rid}" for rid, n in zip(view["run_id"], view["name"])}
+    labels = {rid: f"{n or m} · {rid}" for rid, n, m in zip(view["run_id"], view["name"], view["method"])}  # as Jobs
     linked = st.query_params.get("run")  # /compare?run=ID (Jobs links a finished job here) opens on that run
     if linked and linked not in labels:
         st.warning(f"Run {md_text(linked)} is not among the runs shown: it is unfinished, unknown, or filtered out above.")
