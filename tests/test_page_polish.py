@@ -248,3 +248,29 @@ def test_an_unnamed_run_reads_by_its_id_never_as_nan(tmp_path, monkeypatch):
     assert chance and f"{child}: " in chance[0]
     shown = " ".join(str(e.value) for e in (*at.warning, *at.markdown, *at.caption, *at.success))
     assert "nan" not in shown.replace("nance", "")  # "nance" as in "finance"; no word here has "nan" otherwise
+
+
+def fill_deployed(home: Path) -> None:
+    """A base and its child, the child timed in eager PyTorch only: no energy counter, never compiled."""
+    store = Store(home)
+    base, child = insert_synthetic_runs(store, 2)
+    rec = store.get(child)["record"]
+    store.update(child, record={**rec, "best_runtime": "eager", "energy_mj_per_image": None, "flips_to_wrong": 0.01,
+                                "flips_to_right": 0.02, "deploy": {"eager": {
+        "latency_ms": 1.5, "throughput": 700.0, "energy_mj_per_image": None, "agreement": 1.0, "verified": True,
+        "loaded": False, "compile_seconds": None, "energy_source": "not available: no RAPL counter"}}})
+
+
+def test_the_runtimes_and_record_tables_write_a_dash_for_what_was_not_measured(tmp_path, monkeypatch):
+    """Run details' runtimes table read "None" under energy and compile time, and every recorded measurement
+    "None" for an unset field, where the results table and the tiles write "—"."""
+    at = compare_page(tmp_path / "ws", monkeypatch, fill_deployed)
+    assert not at.exception, [e.value for e in at.exception]
+    at.selectbox(key="detail_run").set_value("synthetic-0-00001")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    runtimes = next(d for d in at.dataframe if "img/s" in d.value.columns)
+    assert runtimes.value["energy (mJ/image)"].isna().all() and runtimes.proto.placeholder == "—"
+    fields = next(d.value for d in at.dataframe if list(d.value.columns) == ["field", "value"])
+    shown = dict(zip(fields["field"], fields["value"]))
+    assert shown["energy_mj_per_image"] == "—" and "None" not in set(shown.values())

@@ -501,7 +501,7 @@ def runtimes_section(run_id: str, rec: dict) -> None:
                        + (f", {rec['speedup_per_mac_cut']:.2f} of its {rec['start_x_fewer_macs']:.2f}x MAC cut"
                           if rec.get("speedup_per_mac_cut") else "")
                        + ". Agreement: top-1 equal to PyTorch's on the test images checked (verified: ≥ 99.5 %).")
-            st.dataframe(table, hide_index=True, width="stretch", key="runtime_table",
+            st.dataframe(table, hide_index=True, width="stretch", key="runtime_table", placeholder="—",  # not "None"
                          column_config={"agrees with PyTorch": st.column_config.NumberColumn(format="percent"),
                                         "latency (ms)": st.column_config.NumberColumn(format="%.3f"),
                                         "img/s": st.column_config.NumberColumn(format="%.0f"),
@@ -635,7 +635,8 @@ def details(view: pd.DataFrame) -> None:
         for k in ("started", "finished"):  # epoch seconds, shown as a date
             if isinstance(scalars.get(k), float):
                 scalars[k] = pd.Timestamp(scalars[k], unit="s").strftime("%Y-%m-%d %H:%M:%S UTC")
-        st.dataframe(pd.DataFrame({"field": list(scalars), "value": [str(v) for v in scalars.values()]}),
+        st.dataframe(pd.DataFrame({"field": list(scalars),  # unset reads "—" as in the other tables, not "None"
+                                   "value": ["—" if v is None else str(v) for v in scalars.values()]}),
                      hide_index=True, width="stretch", key="record_fields")
 
     widths = results.layer_widths(rec)
