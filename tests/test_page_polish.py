@@ -274,3 +274,19 @@ def test_the_runtimes_and_record_tables_write_a_dash_for_what_was_not_measured(t
     fields = next(d.value for d in at.dataframe if list(d.value.columns) == ["field", "value"])
     shown = dict(zip(fields["field"], fields["value"]))
     assert shown["energy_mj_per_image"] == "—" and "None" not in set(shown.values())
+
+
+def test_compares_log_axis_labels_each_tick_in_full(tmp_path, monkeypatch):
+    """Sizes from 123 kB to 1.1 MB were labelled "2 3 4 5 6 7 8 9 1M" (Plotly's log axis under a decade or two):
+    a bare "2" for 200 kB. Every tick now carries its value: "200k", "500k", "1M"."""
+    from views.share import log_ticks
+    assert log_ticks([122_729, 1_138_815]) == ([1e5, 2e5, 5e5, 1e6], ["100k", "200k", "500k", "1M"])
+    assert log_ticks([0.11, 6.2])[1] == ["0.1", "0.2", "0.5", "1", "2", "5"]   # latency in ms: no "100m"
+    at = compare_page(tmp_path / "ws", monkeypatch, fill_study)
+    assert not at.exception, [e.value for e in at.exception]
+    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    axis = spec["layout"]["xaxis"]
+    assert axis["type"] == "log" and axis["tickmode"] == "array" and len(axis["tickvals"]) >= 2
+    assert all(t[-1] in "kMG" for t in axis["ticktext"])   # sizes are bytes: every tick is kB or more here
+    sizes = [r["record"]["size_bytes"] for r in Store(tmp_path / "ws").list("done")]
+    assert min(axis["tickvals"]) <= min(sizes) * 1.5 and max(axis["tickvals"]) >= max(sizes) / 1.5

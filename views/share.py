@@ -12,7 +12,7 @@ import html
 import json
 import math
 import time
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
@@ -31,6 +31,30 @@ RECIPE_KEYS = ("method", "method_params", "recipe", "parent", "epochs", "optimiz
 def _text(value: Any) -> Any:
     """A user's string as literal text in a Plotly label (it reads a subset of HTML there)."""
     return html.escape(value, quote=False) if isinstance(value, str) else value
+
+
+def _tick_text(v: float) -> str:
+    """200000 -> "200k", 1e6 -> "1M", 0.2 -> "0.2": the whole value, its unit in the axis title."""
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if v >= scale:
+            return f"{v / scale:g}{suffix}"
+    return f"{v:g}"
+
+
+def log_ticks(values: Iterable[float]) -> tuple[list[float], list[str]]:
+    """Ticks at 1, 2 and 5 times the powers of ten that span ``values``, each labelled in full. Plotly labels a
+    log axis spanning under a decade or two "2 3 4 … 9 1M": a bare "2" read as 2 bytes, not 200 kB."""
+    vals = [float(v) for v in values if _num(v) and v > 0]
+    if not vals:
+        return [], []
+    lo, hi = min(vals), max(vals)
+    ticks = [m * 10.0 ** e for e in range(math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 1)
+             for m in (1, 2, 5)]
+    inside = [t for t in ticks if lo / 1.5 <= t <= hi * 1.5]
+    if len(inside) < 2:  # a narrow range: the nearest tick either side
+        inside = [max(t for t in ticks if t <= lo), min(t for t in ticks if t >= hi)]
+    inside = sorted(set(round(t, 12) for t in inside))
+    return inside, [_tick_text(t) for t in inside]
 
 
 def cost_figure(view: pd.DataFrame, cost: str, axis_label: str, log_x: bool = True, show_front: bool = True,
@@ -86,6 +110,10 @@ def cost_figure(view: pd.DataFrame, cost: str, axis_label: str, log_x: bool = Tr
                           "<extra></extra>"))
         lo, hi = min(lo, published["accuracy"].min()), max(hi, published["accuracy"].max())
     fig.update_yaxes(range=[max(0.0, lo - 0.05), min(1.0, hi + 0.05) + 0.01])
+    if log_x:
+        xs = list(plot_df[cost]) + (list(published["macs"]) if published is not None and not published.empty else [])
+        tickvals, ticktext = log_ticks(xs)
+        fig.update_xaxes(tickmode="array", tickvals=tickvals, ticktext=ticktext)
     # the legend below, as the search page's: beside the plot it left a narrow page a sliver of plot
     fig.update_layout(margin=dict(l=10, r=10, t=10, b=10), legend=dict(orientation="h", y=-0.2))
     return fig, plot_df, published
