@@ -362,3 +362,26 @@ def test_a_repeated_trial_is_counted_so_the_tiles_add_up(page_ws):
     assert "trial 3 = trial 0" in next(m.proto.help for m in at.metric if m.label == "Repeats")
     done = int(tiles["Trials"].split(" / ")[0])
     assert done == sum(int(tiles[k]) for k in ("Scored", "Stopped or refused", "Repeats"))
+
+
+def test_the_experiments_tab_offers_every_candidate_of_the_engine_and_searches_all_by_default(page_ws):
+    """The tab offered five of the engine's six candidates: INT8 alone, the start in INT8 that the search tries
+    first (the point every recipe should beat), could be neither chosen nor searched from the dashboard, while
+    `python -m engine autocompress` searched it by default."""
+    from engine import methods
+    from engine.methods import autocompress
+    ids = insert_study(page_ws)
+    at = page("experiments")
+    at.session_state["exp_tab"] = "Auto-compress"
+    at.run()
+    space = at.multiselect(key="ac_space")
+    assert len(space.options) == len(autocompress.CANDIDATES) and "INT8 alone" in space.options
+    cli_default = next(p.default for p in methods.get("autocompress").params if p.name == "space")
+    assert list(space.value) == list(autocompress.CANDIDATES) == list(cli_default)
+    at.selectbox(key="search_start").set_value(ids["base"])
+    at.number_input(key="ac_trials").set_value(2)
+    at.run()
+    at.button(key="launch_search").click()
+    at.run()
+    queued = Store(page_ws).list("queued")
+    assert queued[0]["spec"]["method"]["params"]["space"] == list(cli_default)
