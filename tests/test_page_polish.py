@@ -290,3 +290,19 @@ def test_compares_log_axis_labels_each_tick_in_full(tmp_path, monkeypatch):
     assert all(t[-1] in "kMG" for t in axis["ticktext"])   # sizes are bytes: every tick is kB or more here
     sizes = [r["record"]["size_bytes"] for r in Store(tmp_path / "ws").list("done")]
     assert min(axis["tickvals"]) <= min(sizes) * 1.5 and max(axis["tickvals"]) >= max(sizes) / 1.5
+
+
+def test_retry_all_of_an_experiment_leaves_a_searchs_stopped_trials_to_the_search(tmp_path, monkeypatch):
+    """A finished search stopped one trial on purpose (cancelled); with one failed job beside it, "Retry all" read
+    (2) and would have rerun that trial alone, outside its search. It reads (1) and queues the failed job only."""
+    store = Store(tmp_path / "ws")
+    search = store.create({"name": "my search", "experiment": "e", "method": {"name": "autocompress"}}, state="done")
+    trial = store.create({"name": "my search · trial 1", "experiment": "e",
+                          "method": {"name": "prune_unstructured"}}, state="cancelled", parent=search)
+    failed = store.create({"name": "lowrank", "experiment": "e", "method": {"name": "lowrank_svd"}}, state="failed")
+    at = app(tmp_path / "ws", monkeypatch, "jobs")
+    button = at.button(key="bulk_retry_experiment")
+    assert button.label == "Retry all (1)" and "left to the search" in button.help
+    button.click()
+    at.run()
+    assert store.get(failed)["state"] == "queued" and store.get(trial)["state"] == "cancelled"
