@@ -240,8 +240,12 @@ def search_trials(trials: pd.DataFrame) -> None:
         row = store.get(sid) or {}
         winner = (by_id.get(sid) or {}).get("search_winner")
         state = "" if row.get("state") == "done" else f" ({row.get('state')})"
+        # the finished models in view, of the trials it ran: "1 trial" read as if a 3-trial search had run one
+        ran = (by_id.get(sid) or {}).get("search_trials")
+        count = (f"{len(group)} {'model' if len(group) == 1 else 'models'} from its {ran} trials"
+                 if isinstance(ran, int) and ran > len(group) else f"{len(group)} {'trial' if len(group) == 1 else 'trials'}")
         with st.expander(f"Trials of the auto-compress search {md_text(row.get('name') or sid)}{state}: "
-                         f"{len(group)} {'trial' if len(group) == 1 else 'trials'}" + (f", winner {winner}" if winner else ""),
+                         f"{count}" + (f", winner {winner}" if winner else ""),
                          icon=":material/travel_explore:"):
             st.page_link("views/search.py", label="Its trials against the objective, the front and the winner",
                          icon=":material/travel_explore:", query_params={"run": sid})
