@@ -58,10 +58,12 @@ def log_ticks(values: Iterable[float]) -> tuple[list[float], list[str]]:
 
 
 def cost_figure(view: pd.DataFrame, cost: str, axis_label: str, log_x: bool = True, show_front: bool = True,
-                include_chance: bool = False, height: int = 460) -> tuple[go.Figure | None, pd.DataFrame, pd.DataFrame | None]:
+                include_chance: bool = False, height: int = 460,
+                template: str | None = None) -> tuple[go.Figure | None, pd.DataFrame, pd.DataFrame | None]:
     """Accuracy against ``cost`` for the runs in ``view``: points by method, the Pareto front per test set,
     and on the MACs axis the published points. Returns (figure or None when no run has both values, the
-    plotted rows, the published points drawn or None)."""
+    plotted rows, the published points drawn or None). ``template``: plotly's (None: the default, Streamlit's
+    inside the dashboard)."""
     view = view.assign(pareto=results.pareto_mask(view, cost, include_chance=include_chance))
     scaled = {f.name: view[f.name] * f.shown_scale for f in record.FIELDS if f.shown_scale != 1 and f.name in view}
     plot_df = view.assign(**scaled).dropna(subset=[cost, "accuracy"])
@@ -76,7 +78,7 @@ def cost_figure(view: pd.DataFrame, cost: str, axis_label: str, log_x: bool = Tr
     # On the latency axis the symbol is the runtime: ONNX Runtime INT8 and PyTorch eager are different
     # engines, and their latencies are not one scale a point can move along.
     fig = px.scatter(plot_df, x=cost, y="accuracy", color="method", symbol="runtime" if latency else "arch",
-                     log_x=log_x, hover_name="name", height=height,
+                     log_x=log_x, hover_name="name", height=height, template=template,
                      error_x="latency_spread" if latency else None,
                      error_x_minus="no_spread" if latency else None,
                      hover_data={"run_id": True, "method_params": True, "x_smaller": ":.2f", "x_faster": ":.2f",
@@ -209,7 +211,10 @@ def report_html(view: pd.DataFrame, by_id: dict[str, dict[str, Any]], specs: dic
     view = view.assign(pareto_macs=results.pareto_mask(view, "macs", include_chance=include_chance))
     plots, first = [], True
     for label, cost in results.cost_axes().items():
-        fig, _, _ = cost_figure(view, cost, label, log_x=True, show_front=True, include_chance=include_chance)
+        # Inside the dashboard the default template is Streamlit's, whose colours are placeholders ("#000001"
+        # ...) that only its page fills in: the file drew every method in black. A template of plotly's own.
+        fig, _, _ = cost_figure(view, cost, label, log_x=True, show_front=True, include_chance=include_chance,
+                                template="plotly_white")
         if fig is None:
             continue
         # plotly.js goes into the file once, with the first plot: the file then opens offline.
