@@ -195,6 +195,9 @@ def table(recs: Iterable[dict[str, Any]]) -> pd.DataFrame:
     for f in fields:
         if f.numeric:
             df[f.name] = pd.to_numeric(df[f.name], errors="coerce")
+        elif f.kind == "text":  # pandas 3 stores a missing string as NaN, which is truthy: `name or run_id`
+            # then showed "nan" for every unnamed run (Compare's run picker, warnings, pipeline titles)
+            df[f.name] = df[f.name].astype(object).where(df[f.name].notna(), None)
     return df
 
 

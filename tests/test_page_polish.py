@@ -220,3 +220,89 @@ def test_compare_filter_shows_a_long_experiment_name_whole_in_its_help(tmp_path,
     box.select(LONG_EXPERIMENT)
     at.run()
     assert set(at.dataframe[0].value["experiment"]) == {LONG_EXPERIMENT}     # the filter keeps the full value
+
+
+def fill_unnamed(home: Path) -> None:
+    """A named base and its child run without a name (`python -m engine run` of a spec with none), the child at
+    chance level (every answer class 1). Names of both kinds in one column: all None stayed None."""
+    store = Store(home)
+    base, child = insert_synthetic_runs(store, 2)
+    rec = store.get(child)["record"]
+    store.update(child, record={**rec, "name": None, "accuracy": 0.1,
+                                "confusion": [[0, 5] + [0] * 8 for _ in range(10)]})
+
+
+def test_an_unnamed_run_reads_by_its_id_never_as_nan(tmp_path, monkeypatch):
+    """pandas 3 keeps a missing name as NaN, which is truthy: `name or run_id` gave "nan · RUN" in the run
+    picker, "nan: 93 % of its answers are class 1" in the chance warning and "Pipeline nan" above its steps."""
+    from engine import results
+    at = compare_page(tmp_path / "ws", monkeypatch, fill_unnamed)
+    assert not at.exception, [e.value for e in at.exception]
+    base, child = sorted(r["id"] for r in Store(tmp_path / "ws").list("done"))
+    names = results.table(results.records(Store(tmp_path / "ws"))).set_index("run_id")["name"]
+    assert names[base] == "synthetic #0" and names[child] is None
+    picker = at.selectbox(key="detail_run")
+    method = Store(tmp_path / "ws").get(child)["record"]["method"]
+    assert sorted(picker.options) == sorted([f"synthetic #0 · {base}", f"{method} · {child}"])  # as Jobs names it
+    chance = [w.value.replace("\\", "") for w in at.warning if "chance level" in w.value]  # Markdown escapes
+    assert chance and f"{child}: " in chance[0]
+    shown = " ".join(str(e.value) for e in (*at.warning, *at.markdown, *at.caption, *at.success))
+    assert "nan" not in shown.replace("nance", "")  # "nance" as in "finance"; no word here has "nan" otherwise
+
+
+def fill_deployed(home: Path) -> None:
+    """A base and its child, the child timed in eager PyTorch only: no energy counter, never compiled."""
+    store = Store(home)
+    base, child = insert_synthetic_runs(store, 2)
+    rec = store.get(child)["record"]
+    store.update(child, record={**rec, "best_runtime": "eager", "energy_mj_per_image": None, "flips_to_wrong": 0.01,
+                                "flips_to_right": 0.02, "deploy": {"eager": {
+        "latency_ms": 1.5, "throughput": 700.0, "energy_mj_per_image": None, "agreement": 1.0, "verified": True,
+        "loaded": False, "compile_seconds": None, "energy_source": "not available: no RAPL counter"}}})
+
+
+def test_the_runtimes_and_record_tables_write_a_dash_for_what_was_not_measured(tmp_path, monkeypatch):
+    """Run details' runtimes table read "None" under energy and compile time, and every recorded measurement
+    "None" for an unset field, where the results table and the tiles write "—"."""
+    at = compare_page(tmp_path / "ws", monkeypatch, fill_deployed)
+    assert not at.exception, [e.value for e in at.exception]
+    at.selectbox(key="detail_run").set_value("synthetic-0-00001")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    runtimes = next(d for d in at.dataframe if "img/s" in d.value.columns)
+    assert runtimes.value["energy (mJ/image)"].isna().all() and runtimes.proto.placeholder == "—"
+    fields = next(d.value for d in at.dataframe if list(d.value.columns) == ["field", "value"])
+    shown = dict(zip(fields["field"], fields["value"]))
+    assert shown["energy_mj_per_image"] == "—" and "None" not in set(shown.values())
+
+
+def test_compares_log_axis_labels_each_tick_in_full(tmp_path, monkeypatch):
+    """Sizes from 123 kB to 1.1 MB were labelled "2 3 4 5 6 7 8 9 1M" (Plotly's log axis under a decade or two):
+    a bare "2" for 200 kB. Every tick now carries its value: "200k", "500k", "1M"."""
+    from views.share import log_ticks
+    assert log_ticks([122_729, 1_138_815]) == ([1e5, 2e5, 5e5, 1e6], ["100k", "200k", "500k", "1M"])
+    assert log_ticks([0.11, 6.2])[1] == ["0.1", "0.2", "0.5", "1", "2", "5"]   # latency in ms: no "100m"
+    at = compare_page(tmp_path / "ws", monkeypatch, fill_study)
+    assert not at.exception, [e.value for e in at.exception]
+    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    axis = spec["layout"]["xaxis"]
+    assert axis["type"] == "log" and axis["tickmode"] == "array" and len(axis["tickvals"]) >= 2
+    assert all(t[-1] in "kMG" for t in axis["ticktext"])   # sizes are bytes: every tick is kB or more here
+    sizes = [r["record"]["size_bytes"] for r in Store(tmp_path / "ws").list("done")]
+    assert min(axis["tickvals"]) <= min(sizes) * 1.5 and max(axis["tickvals"]) >= max(sizes) / 1.5
+
+
+def test_retry_all_of_an_experiment_leaves_a_searchs_stopped_trials_to_the_search(tmp_path, monkeypatch):
+    """A finished search stopped one trial on purpose (cancelled); with one failed job beside it, "Retry all" read
+    (2) and would have rerun that trial alone, outside its search. It reads (1) and queues the failed job only."""
+    store = Store(tmp_path / "ws")
+    search = store.create({"name": "my search", "experiment": "e", "method": {"name": "autocompress"}}, state="done")
+    trial = store.create({"name": "my search · trial 1", "experiment": "e",
+                          "method": {"name": "prune_unstructured"}}, state="cancelled", parent=search)
+    failed = store.create({"name": "lowrank", "experiment": "e", "method": {"name": "lowrank_svd"}}, state="failed")
+    at = app(tmp_path / "ws", monkeypatch, "jobs")
+    button = at.button(key="bulk_retry_experiment")
+    assert button.label == "Retry all (1)" and "left to the search" in button.help
+    button.click()
+    at.run()
+    assert store.get(failed)["state"] == "queued" and store.get(trial)["state"] == "cancelled"

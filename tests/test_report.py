@@ -75,3 +75,18 @@ def test_the_report_opens_offline_in_chromium_with_its_plots_drawn(report, tmp_p
     assert page.locator("table.runs tbody tr").count() == 7
     assert page.title() == "Slimbench report"                     # the hostile name ran nothing
     assert outside == [] and errors == []
+
+
+@pytest.mark.fast
+def test_the_report_made_in_the_dashboard_draws_its_methods_in_colour(tmp_path, monkeypatch):
+    """In the dashboard plotly's default template is Streamlit's, whose colourway is placeholders ("#000001" ...)
+    that only Streamlit's page replaces: the downloaded file drew every method in near-black."""
+    import plotly.io as pio
+    from streamlit.elements import plotly_chart  # noqa: F401  (registers and selects the "streamlit" template)
+    assert pio.templates.default == "streamlit"
+    store = Store(tmp_path / "ws")
+    insert_synthetic_runs(store, 4, seed=1)
+    recs = results.records(store)
+    html = share.report_html(results.table(recs), {r["run_id"]: r for r in recs},
+                             {r["id"]: r["spec"] for r in store.list("done")})
+    assert "#000001" not in html and '"colorway":["#636efa"' in html   # plotly_white's colours

@@ -280,7 +280,9 @@ def test_compare_groups_a_searchs_trials_under_it(page_ws):
     assert ids["search"] in set(runs["run_id"]) and not set(ids["trials"]) & set(runs["run_id"])
     trials = table(at, "winner")
     assert set(trials["run_id"]) == set(ids["trials"]) and trials["winner"].sum() == 1
-    assert any("Trials of the auto-compress search my search: 2 trials, winner" in e.proto.label for e in at.expander)
+    # 3 trials ran, one stopped before it made a model: "2 trials" read as if the search had run two
+    assert any("Trials of the auto-compress search my search: 2 models from its 3 trials, winner" in e.proto.label
+               for e in at.expander)
 
 
 @pytest.mark.fast
@@ -345,3 +347,43 @@ def test_the_pages_objectives_are_the_searchs_own():
     assert set(searches.COST_LABELS) == set(autocompress.OBJECTIVES) == set(search_launch.OBJECTIVES)
     assert set(autocompress.objectives_here()) <= set(autocompress.OBJECTIVES)
     assert ("energy" in autocompress.objectives_here()) == (autocompress.energy_unmeasurable() is None)
+
+
+def test_a_repeated_trial_is_counted_so_the_tiles_add_up(page_ws):
+    """TPE drew trial 0's recipe again as trial 3: its result is reused, nothing trains. The tiles read
+    "Trials 4 / 4", "Scored 2", "Stopped or refused 1" and nowhere the fourth; a Repeats tile names it."""
+    store = Store(page_ws)
+    ids = insert_study(page_ws, params_over={"trials": 4})
+    rec = store.get(ids["search"])["record"]
+    trials = rec["search_trial_list"] + [{**rec["search_trial_list"][0], "trial": 3, "repeat_of": 0}]
+    store.update(ids["search"], record={**rec, "search_trials": 4, "search_trial_list": trials})
+    at = page("search", ids["search"])
+    tiles = {m.label: m.value for m in at.metric}
+    assert tiles["Trials"] == "4 / 4" and tiles["Scored"] == "2" and tiles["Stopped or refused"] == "1"
+    assert tiles["Repeats"] == "1"
+    assert "trial 3 = trial 0" in next(m.proto.help for m in at.metric if m.label == "Repeats")
+    done = int(tiles["Trials"].split(" / ")[0])
+    assert done == sum(int(tiles[k]) for k in ("Scored", "Stopped or refused", "Repeats"))
+
+
+def test_the_experiments_tab_offers_every_candidate_of_the_engine_and_searches_all_by_default(page_ws):
+    """The tab offered five of the engine's six candidates: INT8 alone, the start in INT8 that the search tries
+    first (the point every recipe should beat), could be neither chosen nor searched from the dashboard, while
+    `python -m engine autocompress` searched it by default."""
+    from engine import methods
+    from engine.methods import autocompress
+    ids = insert_study(page_ws)
+    at = page("experiments")
+    at.session_state["exp_tab"] = "Auto-compress"
+    at.run()
+    space = at.multiselect(key="ac_space")
+    assert len(space.options) == len(autocompress.CANDIDATES) and "INT8 alone" in space.options
+    cli_default = next(p.default for p in methods.get("autocompress").params if p.name == "space")
+    assert list(space.value) == list(autocompress.CANDIDATES) == list(cli_default)
+    at.selectbox(key="search_start").set_value(ids["base"])
+    at.number_input(key="ac_trials").set_value(2)
+    at.run()
+    at.button(key="launch_search").click()
+    at.run()
+    queued = Store(page_ws).list("queued")
+    assert queued[0]["spec"]["method"]["params"]["space"] == list(cli_default)

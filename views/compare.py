@@ -240,8 +240,12 @@ def search_trials(trials: pd.DataFrame) -> None:
         row = store.get(sid) or {}
         winner = (by_id.get(sid) or {}).get("search_winner")
         state = "" if row.get("state") == "done" else f" ({row.get('state')})"
+        # the finished models in view, of the trials it ran: "1 trial" read as if a 3-trial search had run one
+        ran = (by_id.get(sid) or {}).get("search_trials")
+        count = (f"{len(group)} {'model' if len(group) == 1 else 'models'} from its {ran} trials"
+                 if isinstance(ran, int) and ran > len(group) else f"{len(group)} {'trial' if len(group) == 1 else 'trials'}")
         with st.expander(f"Trials of the auto-compress search {md_text(row.get('name') or sid)}{state}: "
-                         f"{len(group)} {'trial' if len(group) == 1 else 'trials'}" + (f", winner {winner}" if winner else ""),
+                         f"{count}" + (f", winner {winner}" if winner else ""),
                          icon=":material/travel_explore:"):
             st.page_link("views/search.py", label="Its trials against the objective, the front and the winner",
                          icon=":material/travel_explore:", query_params={"run": sid})
@@ -501,7 +505,7 @@ def runtimes_section(run_id: str, rec: dict) -> None:
                        + (f", {rec['speedup_per_mac_cut']:.2f} of its {rec['start_x_fewer_macs']:.2f}x MAC cut"
                           if rec.get("speedup_per_mac_cut") else "")
                        + ". Agreement: top-1 equal to PyTorch's on the test images checked (verified: ≥ 99.5 %).")
-            st.dataframe(table, hide_index=True, width="stretch", key="runtime_table",
+            st.dataframe(table, hide_index=True, width="stretch", key="runtime_table", placeholder="—",  # not "None"
                          column_config={"agrees with PyTorch": st.column_config.NumberColumn(format="percent"),
                                         "latency (ms)": st.column_config.NumberColumn(format="%.3f"),
                                         "img/s": st.column_config.NumberColumn(format="%.0f"),
@@ -545,7 +549,7 @@ def sweep_charts(sw: dict | None) -> None:
 def details(view: pd.DataFrame) -> None:
     """One run: its metrics against its base, downloads, agreement, layer widths, per-class accuracy."""
     st.subheader("Run details")
-    labels = {rid: f"{n or rid} · {rid}" for rid, n in zip(view["run_id"], view["name"])}
+    labels = {rid: f"{n or m} · {rid}" for rid, n, m in zip(view["run_id"], view["name"], view["method"])}  # as Jobs
     linked = st.query_params.get("run")  # /compare?run=ID (Jobs links a finished job here) opens on that run
     if linked and linked not in labels:
         st.warning(f"Run {md_text(linked)} is not among the runs shown: it is unfinished, unknown, or filtered out above.")
@@ -635,7 +639,8 @@ def details(view: pd.DataFrame) -> None:
         for k in ("started", "finished"):  # epoch seconds, shown as a date
             if isinstance(scalars.get(k), float):
                 scalars[k] = pd.Timestamp(scalars[k], unit="s").strftime("%Y-%m-%d %H:%M:%S UTC")
-        st.dataframe(pd.DataFrame({"field": list(scalars), "value": [str(v) for v in scalars.values()]}),
+        st.dataframe(pd.DataFrame({"field": list(scalars),  # unset reads "—" as in the other tables, not "None"
+                                   "value": ["—" if v is None else str(v) for v in scalars.values()]}),
                      hide_index=True, width="stretch", key="record_fields")
 
     widths = results.layer_widths(rec)

@@ -138,13 +138,16 @@ def queue_table() -> None:
         e1, e2, e3 = st.columns([2, 1, 1], vertical_alignment="bottom")
         exp = e1.selectbox("All jobs of experiment", experiments, key="bulk_experiment")
         live = jobs.matching(store, experiment=exp, states=("queued", "running"))
-        again = jobs.matching(store, experiment=exp, states=jobs.RETRYABLE)
+        # a search's trials are the search's to rerun (a retry of the search continues it): one it stopped on
+        # purpose, retried alone, would run outside it and be counted here as one more job to retry
+        again = [j for j in jobs.matching(store, experiment=exp, states=jobs.RETRYABLE) if j not in owner]
         e2.button(f"Cancel all ({len(live)})", key="bulk_cancel_experiment", disabled=not live,
                   on_click=bulk, args=("cancel", job_groups.with_live_trials(live, rows, owner)),
                   help="every queued or running job of this experiment, a search's trials included")
         e3.button(f"Retry all ({len(again)})", key="bulk_retry_experiment", disabled=not again,
                   on_click=bulk, args=("retry", again),
-                  help="every interrupted, failed or cancelled job of this experiment")
+                  help="every interrupted, failed or cancelled job of this experiment; a search's trials are "
+                       "left to the search (retrying it continues it from its finished trials)")
         of_exp = [r for r in rows if (r.get("spec") or {}).get("experiment") == exp]
         waiting = " (no worker is running: the time counts from when one starts)" if live and not status["alive"] else ""
         st.caption(f"Experiment **{md_text(exp)}**: " + estimate.remaining(of_exp, store, status["concurrency"]).text()

@@ -60,13 +60,20 @@ def live() -> None:
         st.caption(f"Latency timing: {md_text(s.timing)}")
     scored = [t for t in s.trials if t.get("val_accuracy") is not None and t.get("repeat_of") is None]
     running = [t for t in s.trials if t["state"] == "running"]
+    # a trial that drew a recipe already scored reuses that trial's result: without a tile of its own, 3 trials
+    # read as 1 scored + 1 stopped, the third nowhere (a repeat of a stopped trial is stopped, and counted there)
+    repeats = [t for t in s.trials if t.get("repeat_of") is not None and t not in s.stopped]
     tiles = st.container(horizontal=True)   # tiles that wrap on a narrow page, never cutting a number
-    c = [tiles] * 5
+    c = [tiles] * 6
     c[0].metric("State", s.state)
     c[1].metric("Trials", f"{sum(t['state'] in ('complete', 'pruned') for t in s.trials)} / {s.params['trials']}",
                 help="finished or stopped, against the budget (a resumed search counts its earlier trials)")
     c[2].metric("Scored", len(scored), help="trials whose model was scored on the validation split")
     c[3].metric("Stopped or refused", len(s.stopped))
+    if repeats:
+        c[5].metric("Repeats", len(repeats), help="trials whose drawn recipe had already been tried: the earlier "
+                    "trial's result is reused, nothing is trained again (" + ", ".join(
+                        f"trial {t['trial']} = trial {t['repeat_of']}" for t in repeats) + ")")
     c[4].metric("Start, validation", percent(s.start_val),
                 help="the start's top-1 on the validation split, which every trial's drop is measured against")
     if s.state == "queued":

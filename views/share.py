@@ -12,7 +12,7 @@ import html
 import json
 import math
 import time
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
@@ -33,11 +33,37 @@ def _text(value: Any) -> Any:
     return html.escape(value, quote=False) if isinstance(value, str) else value
 
 
+def _tick_text(v: float) -> str:
+    """200000 -> "200k", 1e6 -> "1M", 0.2 -> "0.2": the whole value, its unit in the axis title."""
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if v >= scale:
+            return f"{v / scale:g}{suffix}"
+    return f"{v:g}"
+
+
+def log_ticks(values: Iterable[float]) -> tuple[list[float], list[str]]:
+    """Ticks at 1, 2 and 5 times the powers of ten that span ``values``, each labelled in full. Plotly labels a
+    log axis spanning under a decade or two "2 3 4 … 9 1M": a bare "2" read as 2 bytes, not 200 kB."""
+    vals = [float(v) for v in values if _num(v) and v > 0]
+    if not vals:
+        return [], []
+    lo, hi = min(vals), max(vals)
+    ticks = [m * 10.0 ** e for e in range(math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 1)
+             for m in (1, 2, 5)]
+    inside = [t for t in ticks if lo / 1.5 <= t <= hi * 1.5]
+    if len(inside) < 2:  # a narrow range: the nearest tick either side
+        inside = [max(t for t in ticks if t <= lo), min(t for t in ticks if t >= hi)]
+    inside = sorted(set(round(t, 12) for t in inside))
+    return inside, [_tick_text(t) for t in inside]
+
+
 def cost_figure(view: pd.DataFrame, cost: str, axis_label: str, log_x: bool = True, show_front: bool = True,
-                include_chance: bool = False, height: int = 460) -> tuple[go.Figure | None, pd.DataFrame, pd.DataFrame | None]:
+                include_chance: bool = False, height: int = 460,
+                template: str | None = None) -> tuple[go.Figure | None, pd.DataFrame, pd.DataFrame | None]:
     """Accuracy against ``cost`` for the runs in ``view``: points by method, the Pareto front per test set,
     and on the MACs axis the published points. Returns (figure or None when no run has both values, the
-    plotted rows, the published points drawn or None)."""
+    plotted rows, the published points drawn or None). ``template``: plotly's (None: the default, Streamlit's
+    inside the dashboard)."""
     view = view.assign(pareto=results.pareto_mask(view, cost, include_chance=include_chance))
     scaled = {f.name: view[f.name] * f.shown_scale for f in record.FIELDS if f.shown_scale != 1 and f.name in view}
     plot_df = view.assign(**scaled).dropna(subset=[cost, "accuracy"])
@@ -52,7 +78,7 @@ def cost_figure(view: pd.DataFrame, cost: str, axis_label: str, log_x: bool = Tr
     # On the latency axis the symbol is the runtime: ONNX Runtime INT8 and PyTorch eager are different
     # engines, and their latencies are not one scale a point can move along.
     fig = px.scatter(plot_df, x=cost, y="accuracy", color="method", symbol="runtime" if latency else "arch",
-                     log_x=log_x, hover_name="name", height=height,
+                     log_x=log_x, hover_name="name", height=height, template=template,
                      error_x="latency_spread" if latency else None,
                      error_x_minus="no_spread" if latency else None,
                      hover_data={"run_id": True, "method_params": True, "x_smaller": ":.2f", "x_faster": ":.2f",
@@ -86,6 +112,10 @@ def cost_figure(view: pd.DataFrame, cost: str, axis_label: str, log_x: bool = Tr
                           "<extra></extra>"))
         lo, hi = min(lo, published["accuracy"].min()), max(hi, published["accuracy"].max())
     fig.update_yaxes(range=[max(0.0, lo - 0.05), min(1.0, hi + 0.05) + 0.01])
+    if log_x:
+        xs = list(plot_df[cost]) + (list(published["macs"]) if published is not None and not published.empty else [])
+        tickvals, ticktext = log_ticks(xs)
+        fig.update_xaxes(tickmode="array", tickvals=tickvals, ticktext=ticktext)
     # the legend below, as the search page's: beside the plot it left a narrow page a sliver of plot
     fig.update_layout(margin=dict(l=10, r=10, t=10, b=10), legend=dict(orientation="h", y=-0.2))
     return fig, plot_df, published
@@ -181,7 +211,10 @@ def report_html(view: pd.DataFrame, by_id: dict[str, dict[str, Any]], specs: dic
     view = view.assign(pareto_macs=results.pareto_mask(view, "macs", include_chance=include_chance))
     plots, first = [], True
     for label, cost in results.cost_axes().items():
-        fig, _, _ = cost_figure(view, cost, label, log_x=True, show_front=True, include_chance=include_chance)
+        # Inside the dashboard the default template is Streamlit's, whose colours are placeholders ("#000001"
+        # ...) that only its page fills in: the file drew every method in black. A template of plotly's own.
+        fig, _, _ = cost_figure(view, cost, label, log_x=True, show_front=True, include_chance=include_chance,
+                                template="plotly_white")
         if fig is None:
             continue
         # plotly.js goes into the file once, with the first plot: the file then opens offline.
