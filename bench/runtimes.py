@@ -262,7 +262,8 @@ def section(res: dict[str, Any]) -> str:
         f"{res['threads']} thread(s); x faster: median of the per-round ratios against the model named, in the same "
         f"runtime. Share of matmul peak: throughput × 2 × MACs ÷ the measured {res['peak_gflops']:.0f} GFLOP/s of a "
         f"2048² fp32 matmul on the same threads (INT8 rows too: their MACs against the FP32 peak). Load average while "
-        f"timed: {load.get('load_avg') or 0:.2f} on {os.cpu_count()} CPUs, CPU share {load.get('cpu_share') or 0:.2f}"
+        f"timed: {load.get('load_avg') or 0:.2f} on {os.cpu_count()} CPUs, CPU share {load.get('cpu_share') or 0:.2f}, "
+        f"other processes {load.get('others_cpu') or 0:.2f} cores"
         + (" — **timed under load: suspect**" if load.get("loaded") else "") + ".",
         "",
         report.table(res["rows"], COLUMNS),

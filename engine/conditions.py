@@ -3,8 +3,10 @@
 A latency taken while other processes fight for the cores says little about the model: on a loaded
 2-core machine a 2-thread eager latency came out 11x its 1-thread one, and a 3.99x MAC cut was
 recorded as 1.32x faster. So every timing records the load average and the share of the timing's
-threads this process really got, and a figure taken with the load above the core count is flagged
-(``loaded``). Energy comes from counters the hardware keeps (RAPL on Intel/AMD CPUs, NVML on NVIDIA
+threads this process really got, and a figure taken while the cores were not free is flagged
+(``loaded``): the load average above the core count, or other processes' CPU use during the timing itself
+(the load average trails by a minute: a run timed on a box where tests had just started read 0.78 and was
+not flagged while its eager latencies came out ~60x the same model's timed alone). Energy comes from counters the hardware keeps (RAPL on Intel/AMD CPUs, NVML on NVIDIA
 GPUs), never from an estimate: where neither can be read the record says why.
 """
 from __future__ import annotations
@@ -47,28 +49,52 @@ def contended(threads: int) -> str | None:
     return None
 
 
+def busy_seconds() -> float | None:
+    """CPU seconds every process has used so far, all cores together (/proc/stat via psutil; time stolen by
+    a hypervisor counts, since it is not ours either); None where the platform does not say."""
+    try:
+        t = psutil.cpu_times()
+    except (OSError, AttributeError):
+        return None
+    idle = t.idle + getattr(t, "iowait", 0.0)
+    return sum(t) - idle - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)  # guest is inside user
+
+
+OTHERS_SLACK = 0.25   # cores' worth of other processes' use tolerated (a dashboard, a worker's heartbeat)
+
+
+def others_took_cores(others: float | None, threads: int) -> bool:
+    """Other processes used more of the cores than ``threads`` timing threads left them."""
+    return others is not None and others > max(0, cores() - threads) + OTHERS_SLACK
+
+
 @contextmanager
 def probe(threads: int, out: dict[str, Any], prefix: str = "") -> Iterator[None]:
     """Record in ``out`` the load and CPU share of the code run inside: ``load_avg`` (the highest
     1-minute load average seen at its start and end), ``cpu_share`` (this process's CPU seconds ÷
-    wall seconds × ``threads``: 1.0 = it had every thread's core all the time; None for spans
-    under 0.2 s, too short for the kernel's tick count) and ``loaded`` (the
-    load average was above the number of CPUs, so the figure is suspect)."""
+    wall seconds × ``threads``: 1.0 = it had every thread's core all the time), ``others_cpu`` (the
+    cores' worth of CPU other processes used meanwhile) and ``loaded`` (the load average was above the
+    number of CPUs, or other processes took cores the timing's threads needed: the figure is suspect).
+    The shares are None for spans under 0.2 s, too short for the kernel's tick count."""
     proc = psutil.Process()
     before = load_average()
-    cpu0, t0 = sum(proc.cpu_times()[:2]), time.perf_counter()
+    cpu0, busy0, t0 = sum(proc.cpu_times()[:2]), busy_seconds(), time.perf_counter()
     try:
         yield
     finally:
         wall = time.perf_counter() - t0
         cpu = sum(proc.cpu_times()[:2]) - cpu0
+        busy1 = busy_seconds()
         after = load_average()
         seen = [v for v in (before, after) if v is not None]
         load = max(seen) if seen else None
         out[f"{prefix}load_avg"] = load
         # CPU time is counted in clock ticks (~10 ms): a share over a shorter span would be noise
-        out[f"{prefix}cpu_share"] = min(1.0, cpu / (wall * max(1, threads))) if wall >= 0.2 else None
-        out[f"{prefix}loaded"] = bool(load is not None and load > cores())
+        long_enough = wall >= 0.2
+        out[f"{prefix}cpu_share"] = min(1.0, cpu / (wall * max(1, threads))) if long_enough else None
+        others = (max(0.0, (busy1 - busy0 - cpu) / wall) if long_enough and None not in (busy0, busy1) else None)
+        out[f"{prefix}others_cpu"] = others
+        out[f"{prefix}loaded"] = bool((load is not None and load > cores()) or others_took_cores(others, threads))
 
 
 def _rapl_packages() -> list[Path]:

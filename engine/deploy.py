@@ -229,7 +229,7 @@ def compiled_in_child(bundle_path: Path, images: torch.Tensor, reference: torch.
 
 
 TIMING = ("latency_ms", "latency_p90_ms", "latency_cv", "throughput", "throughput_batch", "threads", "load_avg",
-          "cpu_share", "loaded", "energy_mj_per_image", "energy_source")
+          "cpu_share", "others_cpu", "loaded", "energy_mj_per_image", "energy_source")
 KEPT = (*TIMING, "agreement", "verified_images", "verified", "max_abs_diff", "compile_seconds")
 
 

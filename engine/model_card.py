@@ -312,9 +312,11 @@ def blocks(rec: dict[str, Any], by_id: dict[str, dict[str, Any]], card: dict[str
                ("Python", rec.get("python"))]
     if _num(rec.get("load_avg")):  # a latency means little without the load it was timed under
         machine.insert(4, ("load while timed", f"{rec['load_avg']:.2f} (1-minute load average)"
-                           + (": above the CPU count, the timings are suspect" if rec.get("loaded") else "")))
+                           + ("; the cores were not free, the timings are suspect" if rec.get("loaded") else "")))
     if _num(rec.get("cpu_share")):
         machine.insert(5, ("CPU share while timed", f"{rec['cpu_share']:.2f} of the timing threads' time"))
+    if _num(rec.get("others_cpu")):
+        machine.insert(6, ("other processes while timed", f"{rec['others_cpu']:.2f} cores' worth of CPU"))
     # a header of its own: Markdown has no table without one, and an empty one drew a blank first row
     out.append(Table(("machine", "value"), tuple((k, str(v)) for k, v in machine if v not in (None, ""))))
     return out

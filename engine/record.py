@@ -278,14 +278,19 @@ FIELDS: tuple[Field, ...] = (
           "of its start and end)", "%.2f"),
     Field("cpu_share", "CPU share while timed", _FRACTION, "this process's CPU time ÷ (wall time × timing "
           "threads) while latency_ms was timed: well below 1, it waited for its cores", "%.2f"),
-    Field("loaded", "timed under load", kind="bool", help="the load average was above the number of CPUs while "
+    Field("others_cpu", "other processes' CPU while timed", "cores", "cores' worth of CPU time other processes "
+          "used while latency_ms was timed (system-wide busy time less this process's, hypervisor steal included)",
+          "%.2f"),
+    Field("loaded", "timed under load", kind="bool", help="the load average was above the number of CPUs, or other "
+          "processes took cores the timing threads needed (others_cpu above the CPUs left free + 0.25), while "
           "latency_ms was timed: the figure is suspect (also in Compare's warnings)"),
     Field("paired_threads", "paired threads", "threads", "CPU threads the paired speed-up was timed on", "%d"),
     Field("paired_threads_fallback", "paired fallback", kind="text",
           help="why the paired speed-up was timed on 1 thread instead of threads: the load left too few free "
                "cores, where threads waiting for a core skew each side differently"),
     Field("paired_loaded", "paired under load", kind="bool",
-          help="the load average was above the number of CPUs while the paired speed-up was timed"),
+          help="the load average was above the number of CPUs, or other processes took cores the timing threads "
+               "needed, while the paired speed-up was timed"),
     Field("latency_p90_ms", "latency p90 (ms)", "ms", "CPU, batch 1, 90th percentile", "%.3f"),
     Field("latency_cv", "latency CV", "", "spread of the repeated latency measurements (standard deviation ÷ "
           "mean); above ~0.1 the machine was busy while this run was timed", "%.3f"),

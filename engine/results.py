@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterable
 
 import pandas as pd
 
-from . import literature, phases, record
+from . import conditions, literature, phases, record
 from .stats import wilson
 from .store import Store
 
@@ -315,7 +315,7 @@ def flags(r: dict[str, Any], base: dict[str, Any]) -> list[str]:
 
 
 def timed_under_load(r: dict[str, Any]) -> str | None:
-    """Which of the run's timings were taken with the load average above the CPU count (None: none)."""
+    """Which of the run's timings were taken while the cores were not free (None: none)."""
     what = [name for key, name in (("loaded", "latency"), ("paired_loaded", "paired speed-up"),
                                    ("deploy_paired_loaded", "same-runtime speed-up")) if r.get(key)]
     what += [f"{k} latency" for k, v in sorted((r.get("deploy") or {}).items())
@@ -323,7 +323,10 @@ def timed_under_load(r: dict[str, Any]) -> str | None:
     if not what:
         return None
     load = f" (load {r['load_avg']:.2f})" if isinstance(r.get("load_avg"), (int, float)) else ""
-    return f"timed under load{load}: {', '.join(what)} taken with the load average above the CPU count"
+    others = (f", other processes using {r['others_cpu']:.2f} cores" if isinstance(r.get("others_cpu"), (int, float))
+              and r["others_cpu"] > conditions.OTHERS_SLACK else "")
+    return (f"timed under load{load}{others}: {', '.join(what)} taken while other processes held cores it needed "
+            "(the load average above the CPU count, or their CPU use during the timing)")
 
 
 def times_faster(x: float) -> str:

@@ -137,8 +137,10 @@ def test_the_cards_machine_table_says_the_load_its_latency_was_timed_under():
     assert machine.split("\n")[2].startswith("| machine | value |")
     assert "| load while timed | 0.78 (1-minute load average) |" in machine and "suspect" not in machine
     assert "| CPU share while timed | 0.61 of the timing threads' time |" in machine
-    busy = model_card.to_markdown(model_card.blocks({**by_id["base"], "load_avg": 5.67, "loaded": True}, by_id))
-    assert "5.67 (1-minute load average): above the CPU count, the timings are suspect" in busy
+    busy = model_card.to_markdown(model_card.blocks({**by_id["base"], "load_avg": 0.78, "loaded": True,
+                                                     "others_cpu": 1.4}, by_id))
+    assert "0.78 (1-minute load average); the cores were not free, the timings are suspect" in busy
+    assert "| other processes while timed | 1.40 cores' worth of CPU |" in busy
     assert "load while timed" not in model_card.to_markdown(model_card.blocks(by_id["base"], by_id))  # none recorded
 
 

@@ -542,7 +542,8 @@ def sweep_charts(sw: dict | None) -> None:
     fig.update_layout(margin=dict(l=10, r=10, t=40, b=10))
     b.plotly_chart(fig, key="sweep_batches", config={"displayModeBar": False})
     if any(p.get("loaded") for p in sw["by_threads"] + sw["by_batch"]):
-        st.caption("Some points were timed with the load average above the CPU count: their figures are suspect.")
+        st.caption("Some points were timed while other processes held cores they needed (the load average above the "
+                   "CPU count, or their CPU use during the timing): their figures are suspect.")
 
 
 @st.fragment
