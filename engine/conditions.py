@@ -37,16 +37,31 @@ def load_average() -> float | None:
         return None
 
 
-def contended(threads: int) -> str | None:
+def contended(threads: int, sample_s: float = 0.2) -> str | None:
     """Why a timing with ``threads`` threads would not get its cores now (None: it would): the load
-    average already fills the cores that the timing would need. The paired timer then falls back to
+    average already fills the cores that the timing would need, or other processes used them over the
+    last ``sample_s`` seconds (the load average trails by a minute). The paired timer then falls back to
     one thread, whose ratio stays fair under contention."""
-    load = load_average()
-    if load is None or threads <= 1:
+    if threads <= 1:
         return None
-    if load + threads > cores() + 0.5:
+    load = load_average()
+    if load is not None and load + threads > cores() + 0.5:
         return f"load average {load:.2f} on {cores()} CPUs leaves fewer than {threads} free"
+    others = others_now(sample_s)
+    if others_took_cores(others, threads):
+        return f"other processes used {others:.2f} of {cores()} CPUs just before timing, leaving fewer than {threads} free"
     return None
+
+
+def others_now(sample_s: float) -> float | None:
+    """Cores' worth of CPU other processes use over the next ``sample_s`` seconds (this process sleeps)."""
+    own = psutil.Process()
+    busy0, cpu0, t0 = busy_seconds(), sum(own.cpu_times()[:2]), time.perf_counter()
+    time.sleep(sample_s)
+    busy1, cpu1 = busy_seconds(), sum(own.cpu_times()[:2])
+    if None in (busy0, busy1):
+        return None
+    return max(0.0, (busy1 - busy0 - (cpu1 - cpu0)) / (time.perf_counter() - t0))
 
 
 def busy_seconds() -> float | None:

@@ -114,6 +114,9 @@ def test_a_timing_while_other_processes_take_the_cores_is_flagged_though_the_loa
     with conditions.probe(1, out):
         time.sleep(0.25)
     assert out["others_cpu"] > conditions.cores() and out["loaded"] is True
+    monkeypatch.setattr(conditions, "load_average", lambda: 0.0)
+    if conditions.cores() >= 2:   # the paired timer's fall-back sees them too, before it starts
+        assert "other processes used" in conditions.contended(2, sample_s=0.05)
     monkeypatch.setattr(conditions, "busy_seconds", lambda: 5.0)   # nobody else: not flagged
     with conditions.probe(conditions.cores(), out):
         time.sleep(0.25)
