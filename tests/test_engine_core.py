@@ -481,12 +481,14 @@ def test_a_job_from_a_run_records_its_paired_speedup_over_it(digits_base, sessio
     from engine import runner
     spec = JobSpec.from_dict({"data": {"name": "digits"}, "model": {"from_run": digits_base["run_id"]},
                               "method": {"name": "prune_structured", "params": {"ratio": 0.5, "finetune_epochs": 0}},
-                              "measure": {"onnx": False, "latency_runs": 10, "warmup_runs": 1, "paired_rounds": 2}})
+                              "measure": {"onnx": False, "deploy": False, "batch_size": 8, "latency_runs": 10,
+                                          "warmup_runs": 1, "paired_rounds": 2}})
     r = runner.run_spec(spec, Store())
     assert r["paired_ref"] == digits_base["run_id"] and r["paired_speedup"] > 0
     lo, hi = r["paired_speedup_range"]
     assert lo <= r["paired_speedup"] <= hi
-    off = runner.run_spec(spec.replace(measure={"onnx": False, "latency_runs": 3, "paired_rounds": 0}), Store())
+    off = runner.run_spec(spec.replace(measure={"onnx": False, "deploy": False, "batch_size": 8, "latency_runs": 3,
+                                                "paired_rounds": 0}), Store())
     assert "paired_speedup" not in off
 
 
