@@ -13,7 +13,7 @@ from engine.spec import SpecError
 from engine.store import Store
 
 DATA = {"name": "digits", "limit": 300, "test_limit": 150, "batch_size": 32}
-MEASURE = {"onnx": False, "latency_runs": 3, "warmup_runs": 1, "batch_size": 8, "paired_rounds": 0}
+MEASURE = {"onnx": False, "deploy": False, "latency_runs": 3, "warmup_runs": 1, "batch_size": 8, "paired_rounds": 0}
 
 
 def spec(model: dict, method: str, params: dict, epochs: int = 1) -> dict:

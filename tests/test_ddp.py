@@ -14,7 +14,7 @@ from engine.store import Store
 
 from conftest import run_spec
 
-MEASURE = {"onnx": False, "latency_runs": 5, "warmup_runs": 1}
+MEASURE = {"onnx": False, "deploy": False, "latency_runs": 3, "warmup_runs": 1, "batch_size": 8}
 
 
 @pytest.mark.fast

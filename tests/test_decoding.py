@@ -105,9 +105,11 @@ def test_decoded_memory_is_estimated_and_a_folder_too_big_is_refused_before_deco
 
 
 def test_a_job_on_camera_photos_stays_within_its_memory_bound():
-    """`make bench`'s camera-photo row, at the scale of 3 photos (the bench trains on 200)."""
+    """`make bench`'s camera-photo row, at the scale of 3 photos (the bench trains on 200). The job decodes and
+    trains as the bench's does; it skips the bench's export to every runtime and times at batch 8 (most of its
+    seconds, and not what this checks: the photos' decoding)."""
     from bench import camera_photos
-    r = camera_photos.run(n_images=3)
+    r = camera_photos.run(n_images=3, measure={"deploy": False, "batch_size": 8})
     assert r["returncode"] == 0, r["error"]
     assert r["within_bound"] and 0 < r["peak_rss_mb"] <= camera_photos.BOUND_MB, \
         {k: v for k, v in r.items() if k != "log"}

@@ -12,7 +12,7 @@ from engine.validation import check_spec
 from conftest import adopt_run
 
 DATA = {"name": "digits", "limit": 200, "test_limit": 100, "batch_size": 32}
-MEASURE = {"onnx": False, "latency_runs": 3, "warmup_runs": 1, "batch_size": 8}
+MEASURE = {"onnx": False, "deploy": False, "paired_rounds": 0, "latency_runs": 3, "warmup_runs": 1, "batch_size": 8}
 
 
 def spec(model: dict, method: str, params: dict) -> JobSpec:

@@ -18,15 +18,18 @@ from engine.validation import check_spec
 from conftest import ROOT, adopt_run
 
 DATA = {"name": "digits", "limit": 200, "test_limit": 120, "batch_size": 32}
-MEASURE = {"onnx": False, "latency_runs": 3, "warmup_runs": 1, "batch_size": 8}
+# No export to every runtime (nothing here reads it). The pipeline keeps the default paired rounds (its INT8 step's
+# paired speed-ups are checked); the runs that only reload or fail time nothing paired.
+MEASURE = {"onnx": False, "deploy": False, "latency_runs": 3, "warmup_runs": 1, "batch_size": 8}
+UNPAIRED = {**MEASURE, "paired_rounds": 0}
 STEPS = [{"name": "lowrank_svd", "params": {"route": "one_shot", "energy": 0.6, "finetune_epochs": 0}},
          {"name": "distill", "params": {"student": "mobilenet_v3_small", "epochs": 1}},
          {"name": "quantize_int8", "params": {"calibration_batches": 2}}]
 
 
-def spec(model: dict, method: str, params: dict | None = None) -> JobSpec:
+def spec(model: dict, method: str, params: dict | None = None, measure: dict = MEASURE) -> JobSpec:
     return check_spec({"data": DATA, "model": model, "method": {"name": method, "params": params or {}},
-                       "train": {"epochs": 1}, "measure": MEASURE})
+                       "train": {"epochs": 1}, "measure": measure})
 
 
 @pytest.fixture(scope="module")
@@ -91,9 +94,9 @@ print(json.dumps(out))
 
 def test_every_bundle_reloads_in_a_fresh_process_with_its_accuracy(runs):
     store, base, pipe = runs
-    half = run_spec(spec({"from_run": base["run_id"]}, "half", {}), store)   # dtype auto: bfloat16 on a CPU
-    asym = run_spec(spec({"from_run": base["run_id"]}, "factorize", {"mode": "asymmetric", "finetune_epochs": 0}),
-                   store)
+    half = run_spec(spec({"from_run": base["run_id"]}, "half", {}, UNPAIRED), store)   # dtype auto: bfloat16 on a CPU
+    asym = run_spec(spec({"from_run": base["run_id"]}, "factorize", {"mode": "asymmetric", "finetune_epochs": 0},
+                         UNPAIRED), store)
     children = [store.get(i)["record"] for i in pipe["pipeline_runs"]]
     records = [json.loads(r) if isinstance(r, str) else r for r in children] + [pipe, half, asym]
     job = [[r["checkpoint"], r["spec"]["data"]] for r in records]
@@ -120,7 +123,7 @@ def test_a_failed_step_is_named_in_the_pipelines_error(runs, monkeypatch):
     monkeypatch.setitem(METHODS, "distill", dataclasses.replace(METHODS["distill"], fn=boom))
     steps = [{"name": "lowrank_svd", "params": {"route": "one_shot", "energy": 0.6, "finetune_epochs": 0}}, {"name": "distill"}]
     with pytest.raises(JobFailed) as e:
-        run_spec(spec({"from_run": base["run_id"]}, "pipeline", {"steps": steps}), store)
+        run_spec(spec({"from_run": base["run_id"]}, "pipeline", {"steps": steps}, UNPAIRED), store)
     failed = store.list(state=("failed",))
     pipe = next(r for r in failed if r["method"] == "pipeline")
     step = next(r for r in failed if r["method"] == "distill")

@@ -13,7 +13,8 @@ from engine.spec import DataSpec, JobSpec, SpecError, TrainSpec
 from engine.store import Store
 
 BASE = {"data": {"name": "digits", "limit": 100}, "model": {"arch": "resnet20"}, "method": {"name": "baseline"},
-        "train": {"epochs": 1, "device": "cpu"}, "measure": {"onnx": False, "latency_runs": 3, "paired_rounds": 0}}
+        "train": {"epochs": 1, "device": "cpu"},
+        "measure": {"onnx": False, "deploy": False, "latency_runs": 3, "batch_size": 8, "paired_rounds": 0}}
 
 
 def _with(section: str, **values) -> dict:
