@@ -6,8 +6,8 @@ recorded as 1.32x faster. So every timing records the load average and the share
 threads this process really got, and a figure taken while the cores were not free is flagged
 (``loaded``): the load average above the core count, or other processes' CPU use during the timing itself
 (the load average trails by a minute: a run timed on a box where tests had just started read 0.78 and was
-not flagged while its eager latencies came out ~60x the same model's timed alone). Energy comes from counters the hardware keeps (RAPL on Intel/AMD CPUs, NVML on NVIDIA
-GPUs), never from an estimate: where neither can be read the record says why.
+not flagged while its eager latencies came out ~60x the same model's timed alone). Energy comes from
+counters the hardware keeps (RAPL on Intel/AMD CPUs, NVML on NVIDIA GPUs), never from an estimate: where neither can be read the record says why.
 """
 from __future__ import annotations
 
@@ -59,9 +59,12 @@ def others_now(sample_s: float) -> float | None:
     busy0, cpu0, t0 = busy_seconds(), sum(own.cpu_times()[:2]), time.perf_counter()
     time.sleep(sample_s)
     busy1, cpu1 = busy_seconds(), sum(own.cpu_times()[:2])
-    if None in (busy0, busy1):
-        return None
-    return max(0.0, (busy1 - busy0 - (cpu1 - cpu0)) / (time.perf_counter() - t0))
+    return _others(busy0, busy1, cpu1 - cpu0, time.perf_counter() - t0)
+
+
+def _others(busy0: float | None, busy1: float | None, own_cpu: float, wall: float) -> float | None:
+    """Cores' worth of CPU the other processes used between two ``busy_seconds`` readings ``wall`` apart."""
+    return None if None in (busy0, busy1) else max(0.0, (busy1 - busy0 - own_cpu) / wall)
 
 
 def busy_seconds() -> float | None:
@@ -107,7 +110,7 @@ def probe(threads: int, out: dict[str, Any], prefix: str = "") -> Iterator[None]
         # CPU time is counted in clock ticks (~10 ms): a share over a shorter span would be noise
         long_enough = wall >= 0.2
         out[f"{prefix}cpu_share"] = min(1.0, cpu / (wall * max(1, threads))) if long_enough else None
-        others = (max(0.0, (busy1 - busy0 - cpu) / wall) if long_enough and None not in (busy0, busy1) else None)
+        others = _others(busy0, busy1, cpu, wall) if long_enough else None
         out[f"{prefix}others_cpu"] = others
         out[f"{prefix}loaded"] = bool((load is not None and load > cores()) or others_took_cores(others, threads))
 
