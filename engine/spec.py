@@ -70,7 +70,8 @@ class TrainSpec:
     weight_decay: float | None = None    # None: the recipe's (sgd 5e-4; ViTs from scratch, AdamW 0.05)
     label_smoothing: float | None = None  # None: the recipe's (sgd 0; ViTs 0.1)
     warmup_epochs: float = 0.5
-    amp: str = "auto"                # auto | bf16 | fp16 | off; bf16/fp16 need CUDA (auto: bf16 there, off on CPU)
+    amp: str = "auto"                # auto | bf16 | fp16 | off; fp16 needs CUDA (auto: bf16 on CUDA and on CPUs
+    #                                  with native bf16, AVX-512 BF16 / AMX; fp32 on other CPUs)
     channels_last: bool | None = None  # None: on for CUDA
     compile: bool = False            # torch.compile the training model; `make bench-gpu` measures whether it pays
     zero_init_residual: bool = False  # ResNets from scratch: last BN of each block at 0 (slower in short runs)
@@ -221,8 +222,8 @@ class JobSpec:
         if d.batch_size is not None and d.batch_size < 2 * t.devices:
             raise SpecError("data.batch_size", f"is the global batch, split across train.devices ({t.devices}); "
                             f"BatchNorm needs at least 2 images per device: use at least {2 * t.devices}")
-        if t.device == "cpu" and t.amp in ("bf16", "fp16"):
-            raise SpecError("train.amp", f"{t.amp} autocast is CUDA-only and train.device is cpu: use auto or off")
+        if t.device == "cpu" and t.amp == "fp16":
+            raise SpecError("train.amp", "fp16 autocast is CUDA-only and train.device is cpu: use auto, bf16 or off")
         if t.sync_bn and t.devices == 1:
             raise SpecError("train.sync_bn", "synchronises BatchNorm across DDP processes, and train.devices is 1: "
                                              "leave it unset, or set train.devices above 1")

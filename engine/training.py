@@ -105,10 +105,26 @@ def default_lr(cfg: TrainSpec, batch_size: int, family: str | None = None) -> fl
     return 0.1 * batch_size / 256 if resolved(cfg, family).optimizer == "sgd" else 1e-3
 
 
+def native_bf16_cpu() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AVX-512 BF16 or AMX), where oneDNN's bfloat16
+    convolutions beat float32; elsewhere PyTorch emulates them, slower than float32."""
+    cpu = torch.cpu
+    return bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
+                or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
+
+
 def amp_dtype(device: torch.device, amp: str) -> torch.dtype | None:
-    """The autocast dtype of ``train.amp`` on ``device``; None: full FP32 (always on the CPU)."""
-    if device.type != "cuda" or amp == "off":
+    """The autocast dtype of ``train.amp`` on ``device``; None: full FP32.
+
+    ``auto``: bfloat16 on CUDA that has it (else float16), and bfloat16 on a CPU that multiplies it in
+    hardware: a CIFAR ResNet-20 at 16 px trained 1.4x (2 threads) to 1.6x (1 thread) faster per step
+    with bfloat16 autocast than in float32 on an AVX-512 BF16 EPYC. Weights, optimizer state and
+    evaluation stay float32. Elsewhere on a CPU ``auto`` is float32."""
+    if amp == "off":
         return None
+    if device.type != "cuda":
+        return torch.bfloat16 if amp == "bf16" or (amp == "auto" and device.type == "cpu" and native_bf16_cpu()) \
+            else None
     if amp == "fp16" or (amp == "auto" and not torch.cuda.is_bf16_supported()):
         return torch.float16
     return torch.bfloat16
@@ -119,7 +135,7 @@ def autocast_for(device: torch.device, amp: str):
     if dtype is None:
         return nullcontext(), None
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-    return torch.autocast("cuda", dtype=dtype), scaler
+    return torch.autocast(device.type, dtype=dtype), scaler
 
 
 def recipe(cfg: TrainSpec, data, device: torch.device, *, epochs: int | None = None,
@@ -179,12 +195,14 @@ def fit(model: nn.Module, data, cfg: TrainSpec, *, epochs: int | None = None, lr
         after_step: Callable[[nn.Module], None] | None = None,
         after_backward: Callable[[nn.Module], None] | None = None,
         on_epoch_end: Callable[[nn.Module, int], None] | None = None,
-        keep_best: bool = True) -> FitResult:
+        keep_best: bool = True, amp: str | None = None) -> FitResult:
     """Train ``model`` in place; afterwards it holds the weights of the best validation epoch.
 
     One process; inside a DDP process group (``engine.distributed`` sets it up) each rank trains on its
     slice of every global batch (``engine.ddp``), so N ranks take the steps one device would. Training on ``cfg.devices > 1`` processes is the caller's choice: ``Context.fit`` makes it."""
     device = device or resolve_device(cfg.device)
+    if amp is not None:  # a method that must train in float32 (QAT simulates INT8 arithmetic)
+        cfg = dataclasses.replace(cfg, amp=amp)
     family = family_of(model)
     used = recipe(cfg, data, device, epochs=epochs, lr=lr, family=family)
     cfg = resolved(cfg, family)  # what the spec leaves open, from the model's recipe (a ViT's: AdamW)
@@ -244,8 +262,8 @@ def fit(model: nn.Module, data, cfg: TrainSpec, *, epochs: int | None = None, lr
                 with amp_ctx:
                     logits = net(x)
                     loss = loss_fn(logits, y, x) if loss_fn else criterion(logits, y)
-                    if regularizer is not None:
-                        loss = loss + regularizer(model)
+                if regularizer is not None:  # on the float32 weights, outside autocast: products of weights
+                    loss = loss + regularizer(model)  # (TRP's W Wᵀ, norms) would lose precision in 16 bits
                 opt.zero_grad(set_to_none=True)
                 if scaler is not None:
                     scaler.scale(loss).backward()

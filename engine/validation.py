@@ -51,9 +51,9 @@ def check_gpu_options(spec: JobSpec) -> None:
     machine's CPU (``engine.spec`` refuses it where the device is ``cpu``; a ``cuda`` device this machine
     lacks is refused when queued, ``jobs._enqueue``, and by ``resolve_device`` before any data loads)."""
     t = spec.train
-    if t.amp in ("bf16", "fp16") and t.device == "auto" and not gpu_count():
-        raise SpecError("train.amp", f"{t.amp} autocast is CUDA-only and this machine has no CUDA device (train.device "
-                                     "auto trains on the CPU): use auto or off")
+    if t.amp == "fp16" and t.device == "auto" and not gpu_count():
+        raise SpecError("train.amp", "fp16 autocast is CUDA-only and this machine has no CUDA device (train.device "
+                                     "auto trains on the CPU): use auto, bf16 or off")
 
 
 # Datasets whose classes are fixed; image folders are counted from their listing.

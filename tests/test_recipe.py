@@ -23,7 +23,6 @@ def _with(section: str, **values) -> dict:
 
 @pytest.mark.fast
 @pytest.mark.parametrize("spec, field, words", [
-    (_with("train", amp="bf16"), "train.amp", "CUDA-only"),
     (_with("train", amp="fp16"), "train.amp", "CUDA-only"),
     (_with("train", sync_bn=True), "train.sync_bn", "train.devices is 1"),
     ({**_with("train", zero_init_residual=True), "model": {"from_run": "20990101-000000-000000"}},
@@ -39,11 +38,12 @@ def test_options_that_cannot_work_here_are_refused_naming_the_field(spec, field,
 @pytest.mark.fast
 def test_gpu_autocast_is_refused_where_auto_would_train_on_the_cpu(monkeypatch):
     monkeypatch.setattr(validation, "gpu_count", lambda: 0)
-    spec = _with("train", device="auto", amp="bf16")
+    spec = _with("train", device="auto", amp="fp16")
     with pytest.raises(SpecError) as e:
         validation.check_spec(spec)
     assert e.value.field == "train.amp" and "no CUDA device" in str(e.value)
-    validation.check_spec(_with("train", device="auto", amp="auto"))  # auto: off on the CPU, accepted
+    validation.check_spec(_with("train", device="auto", amp="auto"))  # auto: bf16 or fp32 on the CPU, accepted
+    validation.check_spec(_with("train", device="auto", amp="bf16"))  # CPU autocast has bf16
     monkeypatch.setattr(validation, "gpu_count", lambda: 1)
     validation.check_spec(spec)  # a GPU to train on: accepted
 
@@ -55,11 +55,51 @@ def test_the_recipe_resolves_every_choice_for_the_device():
     r = training.recipe(TrainSpec(devices=2), data, torch.device("cpu"), epochs=4)
     assert r["lr"] == pytest.approx(0.1 * 64 / 256) and r["epochs"] == 4
     assert r["batch_size"] == 64 and r["batch_per_device"] == 32 and r["sync_bn"] is True
-    assert r["amp"] == "off (fp32)" and r["channels_last"] is False and r["compile"] is False
+    assert r["amp"] == ("bfloat16" if training.native_bf16_cpu() else "off (fp32)")
+    assert r["channels_last"] is False and r["compile"] is False
     assert r["optimizer"] == "sgd nesterov" and r["label_smoothing"] == 0.0
     assert r["augmentation"] == "random crop (zero pad 1 px)"  # digits: no flip (it would change the digit)
     one = training.recipe(TrainSpec(lr=0.3, sync_bn=None), data, torch.device("cpu"))
     assert one["lr"] == 0.3 and one["sync_bn"] is None and one["devices"] == 1
+    assert training.recipe(TrainSpec(amp="off"), data, torch.device("cpu"))["amp"] == "off (fp32)"
+    assert training.recipe(TrainSpec(amp="bf16"), data, torch.device("cpu"))["amp"] == "bfloat16"
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize("native, expected", [(True, torch.bfloat16), (False, None)])
+def test_cpu_autocast_is_bf16_only_where_the_cpu_multiplies_it_natively(monkeypatch, native, expected):
+    monkeypatch.setattr(training, "native_bf16_cpu", lambda: native)
+    cpu = torch.device("cpu")
+    assert training.amp_dtype(cpu, "auto") is expected
+    assert training.amp_dtype(cpu, "bf16") is torch.bfloat16 and training.amp_dtype(cpu, "off") is None
+    ctx, scaler = training.autocast_for(cpu, "auto")
+    assert scaler is None  # bfloat16 has float32's range: no loss scaling
+    with ctx:
+        out = torch.nn.Linear(4, 4)(torch.randn(2, 4))
+    assert out.dtype == (expected or torch.float32)
+
+
+@pytest.mark.fast
+def test_a_regulariser_and_the_amp_override_train_in_float32(monkeypatch):
+    """The regulariser sees float32 weights outside autocast, and ``amp='off'`` (QAT's) trains in float32
+    even where the spec's auto would pick bfloat16."""
+    monkeypatch.setattr(training, "native_bf16_cpu", lambda: True)
+    data = data_mod.load(DataSpec(name="digits", limit=100, image_size=8))
+    seen = []
+
+    def reg(model):
+        w = next(model.parameters())
+        seen.append((torch.is_autocast_enabled("cpu"), (w @ w.flatten(1).T).dtype if w.dim() == 2 else w.dtype))
+        return w.float().pow(2).sum() * 0
+
+    def build():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 10))
+
+    res = training.fit(build(), data, TrainSpec(epochs=1), device=torch.device("cpu"), regularizer=reg)
+    assert res.recipe["amp"] == "bfloat16" and seen and all(s == (False, torch.float32) for s in seen)
+    off = training.fit(build(), data, TrainSpec(epochs=1), device=torch.device("cpu"), amp="off")
+    assert off.recipe["amp"] == "off (fp32)"
 
 
 @pytest.mark.fast

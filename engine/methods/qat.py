@@ -144,7 +144,8 @@ def qat(model, ctx, params):
     state = attach(model, fmt, params["per_channel"])
     try:
         # QAT starts from a trained net it does not cut: it stays at the small rate, not a rewound one
-        ctx.finetune(model, params["epochs"], params["lr"], phase="qat", policy=recovery_lr.TENTH)
+        ctx.finetune(model, params["epochs"], params["lr"], phase="qat", policy=recovery_lr.TENTH,
+                     amp="off")  # float32: the fake quantisers simulate INT8 arithmetic, not bfloat16
     finally:
         detach(model, state)
     model = model.to("cpu").eval()
