@@ -306,3 +306,12 @@ def test_retry_all_of_an_experiment_leaves_a_searchs_stopped_trials_to_the_searc
     button.click()
     at.run()
     assert store.get(failed)["state"] == "queued" and store.get(trial)["state"] == "cancelled"
+
+
+@pytest.mark.fast
+def test_floats_shown_to_four_significant_digits_everywhere_in_a_parameter_tree():
+    from views.common import short_floats
+    params = {"target_macs": 1 / 2.1, "steps": 3, "widths": [0.123456, 2.0], "name": "l1", "kd": None}
+    assert short_floats(params) == {"target_macs": 0.4762, "steps": 3, "widths": [0.1235, 2.0], "name": "l1",
+                                    "kd": None}
+    assert params["target_macs"] == 1 / 2.1  # the plan's own values are untouched

@@ -180,6 +180,18 @@ def _number(v: Any) -> float | None:
     return float(v)
 
 
+def short_floats(params: Any) -> Any:
+    """Parameters as a reader takes them in: floats to 4 significant digits (a MAC target of 1/2.1 reads
+    0.4762, not 0.47619047619047616); the job itself keeps the exact values."""
+    if isinstance(params, float):
+        return float(f"{params:.4g}")
+    if isinstance(params, dict):
+        return {k: short_floats(v) for k, v in params.items()}
+    if isinstance(params, (list, tuple)):
+        return [short_floats(v) for v in params]
+    return params
+
+
 def fmt_bytes(n: Any) -> str:
     """Decimal units (1 MB = 10^6 bytes), as the size limits on Compare and the CLI take them."""
     n = _number(n)

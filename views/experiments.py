@@ -13,7 +13,8 @@ from engine import (data as data_mod, export, import_weights, jobs, methods, mod
 from engine.spec import DataSpec, SpecError
 from views import search_launch
 from views.common import (accept_upload, device_text, discard_upload, done_runs, get_store, keep_units, md_text,
-                          plural, refused_upload, run_label, save_upload, startable_runs, upload_limit_mb, uploader_key)
+                          plural, refused_upload, run_label, save_upload, short_floats, startable_runs, upload_limit_mb,
+                          uploader_key)
 
 st.title("Experiments")
 st.caption("Train a base model, compress it with any registered method, and queue the jobs. "
@@ -57,7 +58,8 @@ def launch(plan: list[dict[str, Any]], again: bool = False) -> None:
 
 def plan_table(plan: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame([{"job": s.get("name"), "method": s["method"]["name"],
-                          "params": json.dumps(s["method"]["params"]) if s["method"]["params"] else "defaults",
+                          "params": json.dumps(short_floats(s["method"]["params"])) if s["method"]["params"]
+                          else "defaults",
                           "starts from": starts_from(s["model"])} for s in plan])
 
 

@@ -77,12 +77,12 @@ def live() -> None:
         series = [c for c in points.columns if c.endswith("_pct")]
         long = points.melt(id_vars="time", value_vars=series, var_name="series", value_name="percent")
         long["series"] = long["series"].map(series_name)
-        fig = px.line(long, x="time", y="percent", color="series", height=300, range_y=[0, 100],
-                      title="Last minutes")
+        fig = px.line(long, x="time", y="percent", color="series", height=300, range_y=[0, 104],
+                      title="Last minutes")  # headroom: a series at 100 % drawn on the frame's edge was half hidden
         fig.update_layout(margin=dict(l=10, r=10, t=40, b=10), legend_title_text="")
         # samples are in UTC and seconds apart: whole seconds, no date line, and the zone named
         fig.update_xaxes(title_text="time (UTC)", tickformat="%H:%M:%S", hoverformat="%H:%M:%S")
-        fig.update_yaxes(title_text="% of capacity")
+        fig.update_yaxes(title_text="% of capacity", tickvals=[0, 25, 50, 75, 100])
         st.plotly_chart(fig, key="history", config={"displayModeBar": False})
     else:
         st.caption("The chart fills in as samples arrive (every 2 s).")

@@ -145,10 +145,11 @@ def show(name: str, raw: bytes, truth: str | None) -> None:
                 verdict.append("reference")
             st.markdown(f"**{md_text(by_id[rid].get('name') or by_id[rid].get('method'))}**  \n"
                         f"`{rid}` · {fmt_ms(out.latency_ms)}" + "".join(f" · {v}" for v in verdict))
-            st.dataframe(pd.DataFrame(out.top, columns=["class", "probability"]), hide_index=True, width="stretch",
-                         key=f"top_{name}_{rid}",
-                         column_config={"probability": st.column_config.ProgressColumn(min_value=0, max_value=1,
-                                                                                       format="percent")})
+            top = pd.DataFrame(out.top, columns=["class", "probability"])
+            top["probability"] *= 100  # one decimal for every row: "percent" printed 0 to 2 as it saw fit
+            st.dataframe(top, hide_index=True, width="stretch", key=f"top_{name}_{rid}",
+                         column_config={"probability": st.column_config.ProgressColumn(min_value=0, max_value=100,
+                                                                                       format="%.1f %%")})
             if show_cam and pred.is_torch:
                 st.image(cam_overlay(str(store.root), rid, digest, raw, out.index),
                          caption=f"Grad-CAM for “{md_text(out.top[0][0])}”", width=224)
