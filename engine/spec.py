@@ -70,9 +70,9 @@ class TrainSpec:
     weight_decay: float | None = None    # None: the recipe's (sgd 5e-4; ViTs from scratch, AdamW 0.05)
     label_smoothing: float | None = None  # None: the recipe's (sgd 0; ViTs 0.1)
     warmup_epochs: float = 0.5
-    amp: str = "auto"                # auto | bf16 | fp16 | off; fp16 needs CUDA (auto: bf16 on CUDA and on CPUs
-    #                                  with native bf16, AVX-512 BF16 / AMX; fp32 on other CPUs)
-    channels_last: bool | None = None  # None: on for CUDA and for CPU bfloat16 autocast
+    amp: str = "auto"                # auto | bf16 | fp16 | off; fp16 needs CUDA (auto: bf16 on CUDA, fp32 on CPU;
+    #                                  bf16 on CPU: opt-in, faster on AVX-512 BF16 / AMX, training.amp_dtype)
+    channels_last: bool | None = None  # None: on for CUDA and for CPU bf16 autocast
     compile: bool = False            # torch.compile the training model; `make bench-gpu` measures whether it pays
     zero_init_residual: bool = False  # ResNets from scratch: last BN of each block at 0 (slower in short runs)
     sync_bn: bool | None = None      # None: on with devices > 1 (BatchNorm over the global batch)

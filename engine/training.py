@@ -105,41 +105,19 @@ def default_lr(cfg: TrainSpec, batch_size: int, family: str | None = None) -> fl
     return 0.1 * batch_size / 256 if resolved(cfg, family).optimizer == "sgd" else 1e-3
 
 
-def native_bf16_cpu() -> bool:
-    """Whether this CPU multiplies bfloat16 in hardware (AVX-512 BF16 or AMX), where oneDNN's bfloat16
-    convolutions beat float32; elsewhere PyTorch emulates them, slower than float32."""
-    cpu = torch.cpu
-    return bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
-                or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
+def amp_dtype(device: torch.device, amp: str) -> torch.dtype | None:
+    """The autocast dtype of ``train.amp`` on ``device``; None: full FP32.
 
-
-def dense_convnet(model: nn.Module | None) -> bool:
-    """A convolutional net without grouped (depthwise) convolutions or attention: the kind whose training
-    bfloat16 autocast speeds up on a CPU. Timed per training step on a 2-core AVX-512 BF16 EPYC, batch 64,
-    bfloat16 (+ channels_last) against float32: CIFAR ResNet-18 at 32 px 2.07x, ResNet-20 at 16 px 1.58x
-    (1.26x for a whole ``fit`` epoch, evaluation included); MobileNetV2 1.06x and MobileNetV3-small 0.89x
-    (oneDNN's bfloat16 depthwise convolutions are no faster), a ViT 1.01x."""
-    if model is None:
-        return False
-    convs = [m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)]
-    attention = any(isinstance(m, nn.MultiheadAttention) or type(m).__name__.endswith("Attention")
-                    for m in model.modules())
-    return bool(convs) and not attention and all(c.groups == 1 for c in convs)
-
-
-def amp_dtype(device: torch.device, amp: str, model: nn.Module | None = None) -> torch.dtype | None:
-    """The autocast dtype of ``train.amp`` on ``device`` for ``model``; None: full FP32.
-
-    ``auto``: bfloat16 on CUDA that has it (else float16); on a CPU, bfloat16 where the CPU multiplies it
-    in hardware (AVX-512 BF16 / AMX) and the model is a dense convnet (``dense_convnet``: where it pays),
-    else float32. Weights, optimizer state and evaluation stay float32."""
+    ``auto``: bfloat16 on CUDA that has it (else float16), float32 on a CPU. ``bf16`` on a CPU is an
+    opt-in: on a 2-core AVX-512 BF16 EPYC it trained the Quick tour's ResNet-20 base 1.27x faster (with
+    channels_last; ResNet-18 steps 2.07x, MobileNets 0.89-1.06x, a ViT 1.01x), but the base scored lower on
+    the test set: 0.8837 against 0.8866 on average over 4 runs each, -0.26 and -0.29 pt at the same seed
+    (docs/BENCHMARKS.md, investigations): accuracy first by default.
+    Weights, optimizer state and evaluation stay float32 either way."""
     if amp == "off":
         return None
     if device.type != "cuda":
-        if amp == "bf16":
-            return torch.bfloat16
-        auto = amp == "auto" and device.type == "cpu" and native_bf16_cpu() and dense_convnet(model)
-        return torch.bfloat16 if auto else None
+        return torch.bfloat16 if amp == "bf16" else None
     if amp == "fp16" or (amp == "auto" and not torch.cuda.is_bf16_supported()):
         return torch.float16
     return torch.bfloat16
@@ -153,16 +131,16 @@ def autocast_for(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype), scaler
 
 
-def channels_last_for(cfg: TrainSpec, device: torch.device, model: nn.Module | None) -> bool:
+def channels_last_for(cfg: TrainSpec, device: torch.device) -> bool:
     """``train.channels_last``, else on for CUDA and for a CPU training in bfloat16 (with it ResNet-20's
-    bfloat16 step went from 1.35x to 1.58x float32's speed)."""
+    bfloat16 step went from 1.35x to 1.58x float32's speed on an AVX-512 BF16 EPYC)."""
     if cfg.channels_last is not None:
         return cfg.channels_last
-    return device.type == "cuda" or (device.type == "cpu" and amp_dtype(device, cfg.amp, model) == torch.bfloat16)
+    return device.type == "cuda" or (device.type == "cpu" and amp_dtype(device, cfg.amp) == torch.bfloat16)
 
 
 def recipe(cfg: TrainSpec, data, device: torch.device, *, epochs: int | None = None,
-           lr: float | None = None, family: str | None = None, model: nn.Module | None = None) -> dict[str, Any]:
+           lr: float | None = None, family: str | None = None) -> dict[str, Any]:
     """Every choice ``fit`` makes, resolved from the spec, the data and the device: what the run records
     and its model card shows, so that a result can be reproduced and set beside a published one."""
     defaults = recipe_name(cfg, family)
@@ -171,7 +149,7 @@ def recipe(cfg: TrainSpec, data, device: torch.device, *, epochs: int | None = N
     aug = "off"
     if data.augment:
         aug = f"random crop (zero pad {max(1, data.image_size // 8)} px)" + (" + horizontal flip" if data.flip else "")
-    dtype = amp_dtype(device, cfg.amp, model)
+    dtype = amp_dtype(device, cfg.amp)
     return {
         "optimizer": "sgd nesterov" if cfg.optimizer == "sgd" and cfg.momentum > 0 else cfg.optimizer,
         "momentum": cfg.momentum if cfg.optimizer == "sgd" else None,
@@ -186,7 +164,7 @@ def recipe(cfg: TrainSpec, data, device: torch.device, *, epochs: int | None = N
         "label_smoothing": cfg.label_smoothing,
         "augmentation": aug,
         "amp": str(dtype).replace("torch.", "") if dtype is not None else "off (fp32)",
-        "channels_last": channels_last_for(cfg, device, model),
+        "channels_last": channels_last_for(cfg, device),
         "compile": cfg.compile,
         "device": str(device),
         "devices": world,
@@ -227,7 +205,7 @@ def fit(model: nn.Module, data, cfg: TrainSpec, *, epochs: int | None = None, lr
     if amp is not None:  # a method that must train in float32 (QAT simulates INT8 arithmetic)
         cfg = dataclasses.replace(cfg, amp=amp)
     family = family_of(model)
-    used = recipe(cfg, data, device, epochs=epochs, lr=lr, family=family, model=model)
+    used = recipe(cfg, data, device, epochs=epochs, lr=lr, family=family)
     cfg = resolved(cfg, family)  # what the spec leaves open, from the model's recipe (a ViT's: AdamW)
     epochs = cfg.epochs if epochs is None else epochs
     torch.manual_seed(cfg.seed)
@@ -265,7 +243,7 @@ def fit(model: nn.Module, data, cfg: TrainSpec, *, epochs: int | None = None, lr
             return 0.5 * (1 + math.cos(math.pi * t))
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-        amp_ctx, scaler = autocast_for(device, amp_dtype(device, cfg.amp, model))
+        amp_ctx, scaler = autocast_for(device, amp_dtype(device, cfg.amp))
         criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         best_acc, best_epoch, best_state = -1.0, -1, None
         history: list[dict] = []

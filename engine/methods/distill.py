@@ -115,7 +115,7 @@ def load_teacher(ctx, run_id: str | None) -> nn.Module:
     else:
         teacher = _teacher_as_trained(ctx, run_id)
     teacher = teacher.to(ctx.device).eval()
-    if training.channels_last_for(ctx.spec.train, ctx.device, teacher):  # batches arrive channels_last: match
+    if training.channels_last_for(ctx.spec.train, ctx.device):  # batches arrive channels_last: match
         teacher.to(memory_format=torch.channels_last)
     for p in teacher.parameters():
         p.requires_grad_(False)
