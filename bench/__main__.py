@@ -70,7 +70,9 @@ def efficiency_section(device: torch.device, data) -> str:
     sh = efficiency.inference_share_of_peak(device)
     lines.append(f"- Inference, CIFAR ResNet-18 batch 64: {sh['images_per_s']:.0f} img/s = {sh['gflops_achieved']:.1f} "
                  f"GFLOP/s, **{100 * sh['share']:.0f}%** of this device's measured dense-matmul peak "
-                 f"({sh['peak_gflops']:.0f} GFLOP/s, 2048² fp32 matmul)")
+                 f"({sh['peak_gflops']:.0f} GFLOP/s, 2048² fp32 matmul; the two timed in {sh['rounds']} alternating "
+                 f"rounds, median of the per-round shares, {100 * sh['share_range'][0]:.0f}-"
+                 f"{100 * sh['share_range'][1]:.0f}%)")
     ref = efficiency.reference_run(device)
     lines.append(f"- Reference job, `python -m engine run` end to end (ResNet-18 on digits, 3 epochs, {device.type}; "
                  f"process start, training, measurement, ONNX export, store): **{ref['wall_s']:.0f} s** wall, of which "
@@ -232,17 +234,20 @@ def main(argv: list[str] | None = None) -> int:
 
     def write(extra: tuple[str, str] | None = None, done: bool = False) -> Path:
         """Rewrite this machine's section with everything measured so far (``extra``: a part still running,
-        (key, text)); a skipped part keeps its previous text, and a run stopped by a time limit keeps its
-        finished parts and says it stopped early."""
+        (key, text)); a skipped part keeps its previous text, and so does, until the run reaches it, a part
+        not measured yet (a run killed mid-way loses no earlier result); a run stopped by a time limit keeps
+        its finished parts and says it stopped early."""
         spent = time.perf_counter() - t0
         fresh = {**parts, **dict([extra] if extra else [])}
-        body, kept = report.section_body(a.machine, PARTS, fresh, skip, old)
+        body, kept, waiting = report.progress_body(a.machine, list(PARTS), fresh, skip, old, done)
         budget = "" if gpu or skip else (f" (budget {BUDGET_S} s — " + (
             "met" if spent <= BUDGET_S else f"missed by {spent - BUDGET_S:.0f} s") + ")")
         tail = (f"_Whole command: {spent:.0f} s{budget}._" if done else
                 f"_Incomplete: written {time.perf_counter() - t0:.0f} s into the command, which did not finish._")
         if kept:
             tail += f" _Skipped this time, kept from an earlier run: {', '.join(kept)}._"
+        if waiting:
+            tail += f" _Not re-measured yet, shown from an earlier run: {', '.join(waiting)}._"
         return report.write_section(a.machine, "\n\n".join(filter(None, [body, tail])), cmd, PARTS)
 
     if "efficiency" not in skip:

@@ -102,6 +102,16 @@ def section_body(name: str, order: list[str], fresh: dict[str, str], skipped: se
     return "\n\n".join(blocks), kept
 
 
+def progress_body(name: str, order: list[str], fresh: dict[str, str], skipped: set[str], old: str,
+                  done: bool) -> tuple[str, list[str], list[str]]:
+    """``section_body`` for a run still going (``done`` False): a part it has not reached yet keeps its text
+    from ``old`` too, so a run killed mid-way loses no earlier result. Returns the body, the skipped parts
+    kept and the parts shown from an earlier run while they wait."""
+    pending = set() if done else {k for k in order if k not in fresh and k not in skipped}
+    body, kept = section_body(name, order, fresh, skipped | pending, old)
+    return body, [k for k in kept if k not in pending], [k for k in kept if k in pending]
+
+
 def previous_text() -> str:
     return DOC.read_text() if DOC.is_file() else ""
 

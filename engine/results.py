@@ -191,14 +191,19 @@ def table(recs: Iterable[dict[str, Any]]) -> pd.DataFrame:
         row["gpu_x_faster"] = gpu_paired if not math.isnan(gpu_paired) and r["run_id"] != base["run_id"] \
             else _ratio(base.get("gpu_latency_ms"), r.get("gpu_latency_ms"))
         rows.append(row)
-    df = pd.DataFrame(rows, columns=[f.name for f in fields])
+    raw = pd.DataFrame(rows, columns=[f.name for f in fields])
+    cols = {}
     for f in fields:
+        col = raw[f.name]
         if f.numeric:
-            df[f.name] = pd.to_numeric(df[f.name], errors="coerce")
+            col = pd.to_numeric(col, errors="coerce")
         elif f.kind == "text":  # pandas 3 stores a missing string as NaN, which is truthy: `name or run_id`
             # then showed "nan" for every unnamed run (Compare's run picker, warnings, pipeline titles)
-            df[f.name] = df[f.name].astype(object).where(df[f.name].notna(), None)
-    return df
+            col = col.astype(object).where(col.notna(), None)
+        cols[f.name] = col
+    # built at once: assigning ~100 columns one by one left a fragmented frame, and every later
+    # `assign` on Compare warned (PerformanceWarning) and copied it
+    return pd.DataFrame(cols, index=raw.index)
 
 
 def control_verdict(c: dict[str, Any]) -> str:

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import io
 import math
+import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn as nn
@@ -216,6 +218,12 @@ def test_synthetic_rows_are_labelled(tmp_path):
     assert len(recs) == 20 and all(r["synthetic"] and r["name"].startswith("synthetic") for r in recs)
     df = results.table(recs)
     assert (df["base_id"] == ids[0]).all()
+    # one block per dtype, not one per column: Compare's assigns on a fragmented table warned and copied it
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pd.errors.PerformanceWarning)
+        for i in range(3):
+            df = df.assign(**{f"extra{i}": range(len(df))})
+    assert df["name"].map(type).eq(str).all() and df["accuracy"].dtype.kind == "f"
 
 
 # -- presets ----------------------------------------------------------------------------------------
