@@ -144,14 +144,11 @@ def inference_share_of_peak(device: torch.device, arch: str = "resnet18", batch:
     model = models.build(arch, 10, True).to(device).eval()
     flops = measure.count_macs(model, (3, 32, 32))["flops"]
     x = torch.randn(batch, 3, 32, 32, device=device)
-    a, b = (torch.randn(n, n, device=device) for _ in range(2))
     ips, peaks = [], []
     with torch.no_grad():
-        for _ in range(2):  # warm both
-            model(x), a @ b
-        for _ in range(rounds):
-            ips.append(batch / statistics.median(measure.time_runs(lambda: model(x), 3, 0, device)))
-            peaks.append(2 * n ** 3 / statistics.median(measure.time_runs(lambda: a @ b, 3, 0, device)) / 1e9)
+        for r in range(rounds):
+            ips.append(batch / statistics.median(measure.time_runs(lambda: model(x), 3, 2 if r == 0 else 0, device)))
+            peaks.append(matmul_peak_gflops(device, n))
     shares = [flops * i / 1e9 / p for i, p in zip(ips, peaks)]
     return {"images_per_s": statistics.median(ips), "gflops_achieved": flops * statistics.median(ips) / 1e9,
             "peak_gflops": statistics.median(peaks), "share": statistics.median(shares),
