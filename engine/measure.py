@@ -80,7 +80,7 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, Any]
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
     try:
-        with FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION) as fc:
+        with FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION) as fc, torch.no_grad():
             model(x)
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
