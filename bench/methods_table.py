@@ -146,6 +146,7 @@ def _derive(rows: list[dict], base: dict) -> None:
         lo_hi = ([math.prod(x[0] for x in ranges), math.prod(x[1] for x in ranges)]
                  if r is not base and paired and all(ranges) else None)
         r["x_faster_spread"] = f"{lo_hi[0]:.2f}-{lo_hi[1]:.2f}" if lo_hi else "separate"
+        _shipped(r, base)
         r["gpu_x_faster"] = (r.get("gpu_paired_speedup") if r is not base else 1.0) or (
             base["gpu_latency_ms"] / r["gpu_latency_ms"] if r.get("gpu_latency_ms") and base.get("gpu_latency_ms")
             else None)
@@ -158,11 +159,31 @@ def _derive(rows: list[dict], base: dict) -> None:
         r["mmacs"] = r["macs"] / 1e6 if r.get("macs") else None
 
 
+def _shipped(r: dict, base: dict) -> None:
+    """Where the row's FP32 model ships (the fastest runtime with a download that gives PyTorch's answers,
+    ``engine.deploy``), its batch-1 latency there, and its paired speed-up over the base exported to the
+    same runtime: the figure a user deploying it gets, with the runtime's own gain never credited."""
+    deployed = r.get("deploy") if isinstance(r.get("deploy"), dict) else {}
+    name = r.get("deploy_paired_runtime") if r is not base else r.get("best_artefact_runtime")
+    entry = deployed.get(name) if name else None
+    r["ships_in"] = RUNTIME_LABELS.get(name, name) if entry else None
+    r["shipped_latency_ms"] = entry.get("latency_ms") if entry else None
+    r["x_faster_shipped"] = (1.0 if r is base else r.get("deploy_paired_speedup")) if entry else None
+    spread = r.get("deploy_paired_speedup_range")
+    r["x_faster_shipped_spread"] = (f"{spread[0]:.2f}-{spread[1]:.2f}" if entry and r is not base and spread
+                                    and None not in spread else None)
+
+
+RUNTIME_LABELS = {"eager": "PyTorch eager", "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO",
+                  "compile": "torch.compile"}
+
 COLUMNS = [("label", "method / setting"), ("accuracy", "top-1"), ("d_acc_pt", "Δ acc (pt)"),
            ("agree_pct", "agrees w/ start (%)"), ("d_ci_pt", "Δ vs start, 95% CI (pt)"), ("mparams", "params (M)"),
            ("size_mb", "size (MB)"), ("x_smaller", "x smaller"), ("mmacs", "MACs (M)"), ("x_fewer_macs", "x fewer MACs"),
            ("sparsity", "sparsity"), ("latency_ms", "CPU lat b1 (ms)"), ("x_faster", "x faster"),
-           ("x_faster_spread", "x faster, paired min-max"), ("throughput", "CPU img/s"), ("wall_s", "wall (s)"),
+           ("x_faster_spread", "x faster, paired min-max"), ("ships_in", "ships in (fastest runtime)"),
+           ("shipped_latency_ms", "lat b1 there (ms)"), ("x_faster_shipped", "x faster there (base there too)"),
+           ("x_faster_shipped_spread", "there, paired min-max"), ("throughput", "CPU img/s"), ("wall_s", "wall (s)"),
            ("anchor", "published anchor")]
 GPU_COLUMNS = COLUMNS[:-3] + [("gpu_latency_ms", "GPU lat b1 (ms)"), ("gpu_x_faster", "GPU x faster"),
                               ("gpu_throughput", "GPU img/s b256"), ("train_seconds", "train (s)"),
@@ -176,10 +197,12 @@ def claims(result: dict) -> list[tuple[str, str, str]]:
     out = []
     distilled = next((r for r in rows.values() if r.get("method") == "distill"), None)
     plain = next((r for r in rows.values() if r.get("method") == "compact"), None)
-    if plain:
-        x = plain["x_faster"]
-        out.append(("compact architecture ~4x faster than the base (CPU, batch 1)", f"{target_value(x, 4)}x",
-                    target_mark(x, 4, unit="x")))
+    if plain:   # judged where it ships when it was deployed: eager batch 1 on a small net is mostly overhead
+        x, there = plain["x_faster"], plain.get("x_faster_shipped")
+        figure = (f"{target_value(there, 4)}x in {plain['ships_in']} (eager: {x:.2f}x)" if there
+                  else f"{target_value(x, 4)}x (eager)")
+        out.append(("compact architecture ~4x faster than the base (CPU, batch 1)", figure,
+                    target_mark(there or x, 4, unit="x")))
     if distilled and plain:
         d = 100 * (distilled["accuracy"] - plain["accuracy"])
         out.append(("distillation vs training the student plainly (either can win)", f"{d:+.2f} pt for KD",
@@ -201,6 +224,11 @@ def claims(result: dict) -> list[tuple[str, str, str]]:
     for r in struct:
         out.append((f"{r['label']}: realised speed-up ÷ MAC reduction", f"{r['x_faster']:.2f}x / {r['x_fewer_macs']:.2f}x "
                     f"= {r['x_faster'] / r['x_fewer_macs']:.2f}", "(1.0 = latency follows MACs)"))
+        if r.get("x_faster_shipped"):   # the deployment issue's target: >= 0.9 of the cut in the best runtime
+            share = r["x_faster_shipped"] / r["x_fewer_macs"]
+            out.append((f"{r['label']}: realised speed-up ÷ MAC reduction in {r['ships_in']} (target ≥ 0.9)",
+                        f"{r['x_faster_shipped']:.2f}x / {r['x_fewer_macs']:.2f}x = {share:.2f}",
+                        target_mark(share, 0.9)))
     rt = next((r for r in rows.values() if r.get("method") == "runtime"), None)
     if rt and isinstance(rt.get("runtimes"), dict):
         for name, v in rt["runtimes"].items():  # keys are "<backend>_<device>", e.g. compile_cpu
