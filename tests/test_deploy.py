@@ -81,6 +81,18 @@ def test_deploying_and_counting_macs_run_no_forward_with_autograd_on(tmp_path):
 
 
 @pytest.mark.fast
+def test_the_verification_images_are_the_first_test_images_as_the_model_takes_them():
+    from engine import data as data_mod
+    from engine import runner
+    from engine.spec import DataSpec
+    data = data_mod.load(DataSpec(name="digits", test_limit=300))
+    first = torch.cat([x for x, _ in data.loader("test", "cpu", batch_size=256)])
+    assert torch.equal(runner._test_images(data, 270), first[:270])    # across a batch boundary
+    assert torch.equal(runner._test_images(data, 1000), first)          # more than there are: all of them
+    assert runner._test_images(data, 0).numel() == 0
+
+
+@pytest.mark.fast
 def test_a_runtime_that_is_not_installed_is_recorded_not_available(tmp_path, monkeypatch):
     real_import = builtins.__import__
 
