@@ -175,18 +175,18 @@ def key(name: str, device: str) -> str:
 
 
 @torch.no_grad()
-def reference_logits(model: nn.Module, images: torch.Tensor, batch: int = 64) -> torch.Tensor:
-    """PyTorch's logits for the verification images, in batches and without autograd: one forward over a
-    thousand images with its graph kept grew a CIFAR ResNet-18 job by ~4.6 GB."""
+def reference_logits(model: nn.Module | Predictor, images: torch.Tensor, batch: int = 64) -> torch.Tensor:
+    """``model``'s float logits for ``images`` on the CPU, in batches and without autograd (PyTorch's reference
+    and each runtime's answers alike): one forward over a thousand images with its graph kept grew a CIFAR
+    ResNet-18 job by ~4.6 GB."""
     if not len(images):
         return torch.empty(0)
-    return torch.cat([model(images[i:i + batch]).float() for i in range(0, len(images), batch)])
+    return torch.cat([model(images[i:i + batch]).float().cpu() for i in range(0, len(images), batch)])
 
 
-@torch.no_grad()
 def agreement(reference: torch.Tensor, predictor: Predictor, images: torch.Tensor, batch: int = 64) -> dict[str, Any]:
     """Top-1 agreement and the largest |logit difference| of ``predictor`` against PyTorch's logits."""
-    got = torch.cat([predictor(images[i:i + batch]).float().cpu() for i in range(0, len(images), batch)])
+    got = reference_logits(predictor, images, batch)
     agree = (got.argmax(1) == reference.argmax(1)).float().mean().item()
     return {"agreement": agree, "verified_images": len(images), "verified": agree >= AGREEMENT_TARGET,
             "max_abs_diff": (got - reference).abs().max().item()}
