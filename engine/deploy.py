@@ -178,10 +178,11 @@ def key(name: str, device: str) -> str:
 def reference_logits(model: nn.Module | Predictor, images: torch.Tensor, batch: int = 64) -> torch.Tensor:
     """``model``'s float logits for ``images`` on the CPU, in batches and without autograd (PyTorch's reference
     and each runtime's answers alike): one forward over a thousand images with its graph kept grew a CIFAR
-    ResNet-18 job by ~4.6 GB."""
+    ResNet-18 job by ~4.6 GB. ``images`` may be held in float16 (the runner's verification set); each batch
+    is fed as float32."""
     if not len(images):
         return torch.empty(0)
-    return torch.cat([model(images[i:i + batch]).float().cpu() for i in range(0, len(images), batch)])
+    return torch.cat([model(images[i:i + batch].float()).float().cpu() for i in range(0, len(images), batch)])
 
 
 def agreement(reference: torch.Tensor, predictor: Predictor, images: torch.Tensor, batch: int = 64) -> dict[str, Any]:

@@ -33,8 +33,8 @@ def plan(tmp_path: Path, model: torch.nn.Module) -> deploy.Plan:
     from engine import export
     onnx = tmp_path / "model.onnx"
     export.export_onnx(model, SHAPE, onnx)
-    torch.manual_seed(1)
-    return deploy.Plan(model=model, input_shape=SHAPE, folder=tmp_path, images=torch.randn(200, *SHAPE), cfg=CFG,
+    torch.manual_seed(1)   # float16 images, as the runner holds its verification set (runner._test_images)
+    return deploy.Plan(model=model, input_shape=SHAPE, folder=tmp_path, images=torch.randn(200, *SHAPE).half(), cfg=CFG,
                        onnx_path=onnx)
 
 
@@ -87,8 +87,10 @@ def test_the_verification_images_are_the_first_test_images_as_the_model_takes_th
     from engine.spec import DataSpec
     data = data_mod.load(DataSpec(name="digits", test_limit=300))
     first = torch.cat([x for x, _ in data.loader("test", "cpu", batch_size=256)])
-    assert torch.equal(runner._test_images(data, 270), first[:270])    # across a batch boundary
-    assert torch.equal(runner._test_images(data, 1000), first)          # more than there are: all of them
+    held = runner._test_images(data, 270)
+    assert held.dtype == torch.float16                                   # half the memory of float32
+    assert torch.equal(held, first[:270].half())                         # across a batch boundary
+    assert torch.equal(runner._test_images(data, 1000), first.half())   # more than there are: all of them
     assert runner._test_images(data, 0).numel() == 0
 
 
