@@ -5,6 +5,11 @@ row followed by its control (the same family scaled to its MACs, trained from sc
 beside the published row from ``engine/literature.csv`` and the issue's target, met or missed. Rows whose
 estimate no longer fits ``--minutes`` are not started and are listed as pending.
 
+A part cut short finishes in a later call: ``--workspace $OUT/ws`` in the first (ResNet-56 and ResNet-20 bundles are a
+few MB), then ``--workspace ws --resume`` with it carried back reuses every finished job (the base included) and runs
+only what is missing. (``--base-checkpoint`` starts from a bundle too, but the control method cannot count a
+checkpoint's epochs, so its controls train short; the part says so.)
+
 It writes the ``gpu/literature`` block of docs/BENCHMARKS.md after every row, one sub-part per net, keeping the
 other nets' text from earlier runs; ``--device cpu --tiny`` rehearses a part in well under a minute on CPU into a
 scratch file (``--out``) or the terminal (``--no-write``). The machinery is ``bench.recipe_table``'s, shared
@@ -164,14 +169,20 @@ def pace(base_row: dict, base_epochs: int | None, wall_s: float | None, arch: st
 def estimator(p: dict[str, Any], base: dict) -> Callable[[Recipe, dict | None], float]:
     """A job's estimated seconds: its epochs x the base's seconds per epoch x the MAC share each trains at (never
     under MIN_TIME_SHARE), plus its fixed costs. A control trains from scratch for the base's epochs plus the row's
-    at the row's measured MAC share."""
+    at the row's measured MAC share, or at the time share a cut net of this part was measured to train at, where
+    that is more: a row that trained only at its cut MACs (structured: one phase below the base's MACs) records it
+    in ``p["observed_share"]`` (its training seconds ÷ its epochs x the base's seconds per epoch). A narrower net of
+    the same depth is launch-bound on a GPU much as the base is, so MACs alone would promise a control too soon."""
     def estimate(r: Recipe, row: dict | None) -> float:
         if row is None:
             work = sum(ep * max(MIN_TIME_SHARE, share) for ep, share in r.cost)
             return work * p["s_epoch"] + r.overheads * p["overhead_s"]
-        share = row["record"]["macs"] / base["macs"]
+        rec = row["record"]
+        if len(r.cost) == 1 and r.cost[0][1] < 1 and rec.get("train_seconds") and p["s_epoch"]:
+            p["observed_share"] = round(rec["train_seconds"] / (r.cost[0][0] * p["s_epoch"]), 3)
+        share = max(MIN_TIME_SHARE, rec["macs"] / base["macs"], p.get("observed_share", 0.0))
         epochs = p["base_epochs"] + sum(ep for ep, _ in r.cost)
-        return epochs * max(MIN_TIME_SHARE, share) * p["s_epoch"] + p["overhead_s"]
+        return epochs * share * p["s_epoch"] + p["overhead_s"]
     return estimate
 
 
@@ -270,11 +281,18 @@ def part_text(part: str, res: dict[str, Any], store: Store, cmd: str) -> str:
     kd_note = (f"; teacher (our base) {100 * teacher:.2f} %: "
                f"{'meets' if teacher >= TEACHER_BAR else 'below'} the {TEACHER_BAR:.0%} bar")
     lines = [f"#### {part} (CIFAR-10)", "", base_line(part, res),
-             f"- Pace: {p['s_epoch']:.2f} s a base epoch, {p['overhead_s']:.0f} s a job ({p['how']}); each job started "
-             f"only if its estimate fit what was left of {s['minutes']} min.", ""]
+             f"- Pace: {p['s_epoch']:.2f} s a base epoch, {p['overhead_s']:.0f} s a job ({p['how']})"
+             + (f"; a cut net trained at {p['observed_share']:.2f} of the base's epoch time (its controls estimated at "
+                "that)" if p.get("observed_share") else "")
+             + f"; each job started only if its estimate fit what was left of {s['minutes']} min.", ""]
     lines += table_lines(recipes(part, s["scale"], s["rewind_lr"]), res, kd, part, kd_note)
     lines.append("")
-    if STRUCTURED[part]:   # the issue's "every structured row beats its control", on this net's rows
+    if not s["base_epochs"] and res["controls"]:
+        lines.append("- **Controls short of their budget**: the base did not train here, so each control trained "
+                     "only its row's own epochs, not the base's as well (`control_epochs`; the control method cannot "
+                     "count a checkpoint's training): no \"beats its control\" verdict of this part answers the issue. "
+                     "Finish a part in a later call with `--workspace W --resume` instead, W carried from the first.")
+    elif STRUCTURED[part]:   # the issue's "every structured row beats its control", on this net's rows
         lines += structured_controls_line(res, STRUCTURED[part])
     waiting = [k for k in res["pending"] if k not in res["skipped"]]
     if res["skipped"]:

@@ -136,16 +136,21 @@ def run_rows(todo: list[Recipe], res: dict[str, Any], data: dict, store: Store, 
     res["pending"] = [k for r in todo for k in ([r.key] + ([f"control of {r.key}"] if has_control(r) else []))]
 
     def attempt(key: str, job_of: Callable[[], Any], est: float | None) -> tuple[dict, dict] | None:
-        if budget is not None and est is not None and not budget.fits(est):
-            res["skipped"][key] = f"estimated {est:.0f} s, {max(0.0, budget.left()):.0f} s left"
-            log(f"{key}: not started ({res['skipped'][key]}): pending")
-            return None
-        res["pending"].remove(key)
         t = time.perf_counter()
         try:
-            rec, row, note = run_job(job_of(), store, resume)
+            job = job_of()
+            # a job --resume will reuse costs nothing: only one that would run must fit
+            if budget is not None and est is not None and not budget.fits(est) and not (
+                    resume and finished_run(store, job)):
+                res["skipped"][key] = f"estimated {est:.0f} s, {max(0.0, budget.left()):.0f} s left"
+                log(f"{key}: not started ({res['skipped'][key]}): pending")
+                return None
+            res["pending"].remove(key)
+            rec, row, note = run_job(job, store, resume)
         except Exception as e:  # a failing method is a finding: the table says so instead of vanishing
             res["failed"][key] = str(e)
+            if key in res["pending"]:
+                res["pending"].remove(key)
             log(f"{key}: FAILED {e}")
             return None
         if note:

@@ -60,6 +60,11 @@ def test_estimates_follow_the_documented_arithmetic():
     assert est(sfp, None) == pytest.approx(lit.EPOCHS["resnet56"]["sfp"] * 2.0 + 20)   # soft: full MACs
     # a control: base epochs + the row's, at the row's measured MAC share
     assert est(struct, fake_row("s", macs=700)) == pytest.approx((90 + n) * 0.7 * 2.0 + 20)
+    # a cut net measured training at the base's pace (launch-bound): its control and the next are estimated at that
+    slow = fake_row("s", macs=476)
+    slow["record"]["train_seconds"] = n * 2.0 * 0.9
+    assert est(struct, slow) == pytest.approx((90 + n) * 0.9 * 2.0 + 20) and pace["observed_share"] == 0.9
+    assert est(sfp, fake_row("f", macs=476)) == pytest.approx((90 + lit.EPOCHS["resnet56"]["sfp"]) * 0.9 * 2.0 + 20)
     int8 = next(r for r in lit.recipes("resnet18") if r.key == "int8")
     assert est(int8, None) == pytest.approx(2 * 20)
 
@@ -187,3 +192,10 @@ def test_one_part_end_to_end_on_cpu_writes_a_scratch_file_not_the_benchmarks(tmp
     assert "checkpoint base.pt, scored as it is" in text and "not trained here" in text
     assert "**Pending (not started" in text and "lowrank (estimated" in text   # 0.6 s left: nothing fits
     assert len(Store(tmp_path / "ws").list()) == store_runs + 1                # the base scored, nothing else
+    # the route across sessions: the same workspace with --resume reuses the trained base, the row and its control
+    rc = lit.main(["--part", "resnet20", "--device", "cpu", "--tiny", "--limit", "160", "--test-limit", "100",
+                   "--cifar", str(CIFAR_SMALL), "--workspace", str(tmp_path / "ws"), "--out", str(out), "--resume",
+                   "--minutes", "0.01"])
+    assert rc == 0 and len(Store(tmp_path / "ws").list()) == store_runs + 1  # nothing ran: all reused, past the deadline
+    text = out.read_text()
+    assert "Pending" not in text and text.count("reused run") == 3 and "trained 1 epochs" in text
