@@ -6,6 +6,9 @@ target Δ, met or missed.
 
 The rows are CPU-sized schedules (a few epochs) of the papers' recipes, on an easier dataset than the
 papers' CIFAR-10: Δ and ratios are comparable in direction with the published points, not equal.
+
+Running, resuming, judging and the table rows are ``bench.recipe_table``'s, shared with ``bench.literature``
+(the GPU rows on the literature's nets); this module keeps its recipes, its base and its prose.
 """
 from __future__ import annotations
 
