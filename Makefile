@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 REQS  := requirements.txt requirements-ray.txt
 PORT  ?= 8501
 
-.PHONY: setup run test test-fast bench bench-gpu bench-gpu-bases clean
+.PHONY: setup run test test-fast bench bench-gpu bench-gpu-bases bench-gpu-literature clean
 
 setup: $(STAMP)
 	@bash scripts/setup_debian.sh
@@ -48,6 +48,11 @@ bench-gpu: setup
 # The literature's CIFAR-10 bases (ResNet-18/56/20), sized for one 9-minute GPU call.
 bench-gpu-bases: setup
 	$(PY) -m bench gpu-bases
+
+# Issue 19's literature table, one net per 9-minute GPU call: make bench-gpu-literature PART=resnet56 (resnet18, resnet20).
+PART ?= resnet56
+bench-gpu-literature: setup
+	$(PY) -m bench literature --part $(PART)
 
 clean:
 	rm -rf $(VENV) workspace test-artifacts .pytest_cache *.egg-info

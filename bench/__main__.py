@@ -5,6 +5,8 @@
 ``python -m bench int8``: the "INT8 formats" block of the CPU section (bench.int8_formats).
 ``python -m bench autocompress [--minutes 20]``: the auto-compress block of the CPU section (bench/autocompress.py).
 ``python -m bench recipes-cpu``: every method's recipe with its control on the CPU base (bench/recipes_cpu.py).
+``python -m bench literature --part resnet56|resnet18|resnet20``: issue 19's GPU literature table, one net per
+device call (bench/literature.py).
 ``python -m bench rewind-ab``: recovery at the start's training rate vs a tenth of it (bench/rewind_ab.py)."""
 from __future__ import annotations
 
@@ -186,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["recipes-cpu"]:
         from . import recipes_cpu
         return recipes_cpu.main(argv[1:])
+    if argv[:1] == ["literature"]:   # its own options (python -m bench literature --help)
+        from . import literature
+        return literature.main(argv[1:])
     p = argparse.ArgumentParser(prog="python -m bench")
     p.add_argument("machine", choices=["cpu", "gpu", "gpu-bases", "runtimes", "int8"])
     p.add_argument("--cifar", default=None, help="CIFAR-10 zip (default: ../shared/datasets/cifar10-small.zip "

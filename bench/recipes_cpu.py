@@ -6,29 +6,28 @@ target Δ, met or missed.
 
 The rows are CPU-sized schedules (a few epochs) of the papers' recipes, on an easier dataset than the
 papers' CIFAR-10: Δ and ratios are comparable in direction with the published points, not equal.
+
+Running, resuming, judging and the table rows are ``bench.recipe_table``'s, shared with ``bench.literature``
+(the GPU rows on the literature's nets); this module keeps its recipes, its base and its prose.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from engine import literature, presets, recovery_lr, runner
-from engine.accuracy_text import target_mark
-from engine.methods import control
+from engine import presets, recovery_lr, runner  # noqa: F401  (runner: tests stub runner.run_spec through here)
 from engine.store import Store
-from engine.validation import check_spec
 
 from . import quick_tour, report
+from .recipe_table import (MEASURE, Recipe, Target, control_verdict, finished_run, judge, new_result,  # noqa: F401
+                           published, run_job, run_rows, same_net_points, spec, structured_controls_line,
+                           table_lines)
 
-# Accuracy only: no speed is claimed, so the latency probes are the smallest the measurement allows.
-MEASURE = {"onnx": False, "latency_runs": 2, "warmup_runs": 1, "paired_rounds": 0}
 STRUCT_MACS_KEPT = 1 / 2.1  # the issue's ~2.1x fewer MACs (DepGraph / ResRep / SFP on ResNet-56)
 TRUNCATIONS_PER_EPOCH = 21   # lowrank_svd's trp_interval 20 on the Quick tour's 27,000 images at batch 64
 # The issue's structured targets first, so a run stopped early has answered them.
@@ -39,32 +38,6 @@ SFP_RATIO = 0.3             # SFP's filter share that cuts a CIFAR ResNet-20 ~2.
 # DPF's ResNet-20 table, Lin et al. 2020, could not be read from a stored source; BENCHMARKS Investigations 2026-12-02)
 UNSTRUCTURED_SAME_NET = "Dynamic Network Surgery 69.1 % sparse (Distiller)"
 UNSTRUCTURED_EPOCHS = 2     # the gradual 90 % row trains this many times --epochs (it prunes while it trains)
-
-
-@dataclass(frozen=True)
-class Target:
-    """The issue's target for a row: ``kind`` names what is compared, ``bound`` in points."""
-    text: str
-    kind: str          # "delta" (Δ vs base ≥ bound), "abs_delta" (|Δ| ≤ bound), "vs_plain" (KD − plain ≥ bound)
-    bound: float
-    min_macs_x: float = 1.0
-    min_size_x: float = 1.0
-
-
-@dataclass(frozen=True)
-class Recipe:
-    key: str
-    label: str
-    method: str
-    params: dict
-    target: Target
-    literature: tuple[str, str] | None = None   # (method, net) in literature.csv; nearest MAC reduction kept
-    anchor: str = ""                             # a cited figure where literature.csv has no row
-    # literature.csv methods whose points on the run's own net are drawn beside the target's published point
-    # (the issue's targets are set on other nets: ResNet-56 and ResNet-18 where the CPU base is a ResNet-20)
-    same_net: tuple[str, ...] = ()
-    parent: str | None = None                    # key of the recipe this one starts from (default: the base)
-    meta: dict = field(default_factory=dict)
 
 
 def trp_interval(limit: int | None) -> int:
@@ -138,45 +111,6 @@ def rewind_lr(base: dict) -> float | None:
     return recovery_lr.recorded_training_lr(base)
 
 
-def spec(name: str, data: dict, model: dict, method: str, params: dict, epochs: int = 1) -> dict:
-    """A job on CPU; ``epochs`` is train.epochs (only the base trains by it: methods carry their own)."""
-    return check_spec({"name": name, "data": data, "model": model, "method": {"name": method, "params": params},
-                       "train": {"epochs": epochs, "device": "cpu"}, "measure": dict(MEASURE)})
-
-
-# -- resuming --------------------------------------------------------------------------------------
-LABELS = ("name", "experiment", "group")   # a job's labels: they do not change what it computes
-
-
-def same_job(a: dict, b: dict) -> bool:
-    """Two specs compute the same thing: equal in every field but their labels (compared through JSON,
-    as the store keeps them)."""
-    def canon(d: dict) -> str:
-        return json.dumps({k: v for k, v in d.items() if k not in LABELS}, sort_keys=True)
-    return canon(json.loads(json.dumps(a))) == canon(b)
-
-
-def finished_run(store: Store, job) -> dict | None:
-    """The latest finished run in ``store`` whose spec is ``job``'s (a checked spec), else None."""
-    want = job.to_dict()
-    return next((r for r in store.list(state="done") if r.get("record") and same_job(want, r["spec"])), None)
-
-
-def reuse_note(row: dict) -> str:
-    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(row["finished"])) if row.get("finished") else "an earlier run"
-    return f"reused run {row['id']} from {when}"
-
-
-def run_job(job, store: Store, resume: bool) -> tuple[dict, dict, str | None]:
-    """(record, store row, reuse note): the finished run of the same spec when ``resume`` finds one,
-    else a new run."""
-    row = finished_run(store, job) if resume else None
-    if row is not None:
-        return row["record"], row, reuse_note(row)
-    rec = runner.run_spec(job, store)
-    return rec, store.get(rec["run_id"]), None
-
-
 def run(data: dict, base_epochs: int, epochs: int, student_epochs: int, store: Store, base_id: str | None = None,
         only: set[str] | None = None, log: Callable[[str], None] = print,
         on_row: Callable[[dict], None] | None = None, resume: bool = False) -> dict[str, Any]:
@@ -196,139 +130,13 @@ def run(data: dict, base_epochs: int, epochs: int, student_epochs: int, store: S
             reused["base"] = note
     base = base_row["record"]
     log(f"base {base['run_id']}: top-1 {base['accuracy']:.4f} ({time.perf_counter() - t0:.0f} s)")
-    res: dict[str, Any] = {"base": base, "base_row": base_row, "rows": {}, "controls": {}, "failed": {},
-                           "reused": reused,
-                           "settings": {"base_epochs": base_epochs, "epochs": epochs, "student_epochs": student_epochs,
-                                        "data": data, "rewind_lr": rewind_lr(base)}}
+    res = new_result(base, base_row, {"base_epochs": base_epochs, "epochs": epochs, "student_epochs": student_epochs,
+                                      "data": data, "rewind_lr": rewind_lr(base)}, reused)
     todo = [r for r in recipes(epochs, student_epochs, data.get("limit"), rewind_lr(base)) if not only or r.key in only]
-    res["pending"] = [r.key for r in todo]
-    for r in sorted(todo, key=lambda r: RUN_ORDER.index(r.key)):
-        res["pending"].remove(r.key)
-        t = time.perf_counter()
-        try:
-            rec, row, note = run_job(spec(f"recipes-cpu: {r.label}", data, {"from_run": base["run_id"]}, r.method,
-                                          r.params), store, resume)
-        except Exception as e:  # a failing method is a finding: the table says so instead of vanishing
-            res["failed"][r.key] = str(e)
-            log(f"{r.key}: FAILED {e}")
-            continue
-        res["rows"][r.key] = row
-        if note:
-            reused[r.key] = note
-        log(f"{r.key}: top-1 {rec['accuracy']:.4f}, {base['macs'] / rec['macs']:.2f}x fewer MACs "
-            f"({note or f'{time.perf_counter() - t:.0f} s'})")
-        if on_row:
-            on_row(res)
-        if not control.controllable(row["spec"]["method"]):
-            continue
-        # right after its row: a run stopped by a time limit leaves rows with their controls
-        t = time.perf_counter()
-        try:
-            rec, _, note = run_job(spec(f"recipes-cpu: control of {r.label}", data, {"from_run": base["run_id"]},
-                                        "control", {"of_run": row["id"]}), store, resume)
-        except Exception as e:
-            res["failed"][f"control of {r.key}"] = str(e)
-            log(f"control of {r.key}: FAILED {e}")
-            continue
-        res["controls"][r.key] = rec
-        if note:
-            reused[f"control of {r.key}"] = note
-        log(f"control of {r.key}: {rec['control_arch']} x{rec['control_width']:.3f}, top-1 {rec['accuracy']:.4f}, "
-            f"compressed − control {rec['control_delta_pt']:+.2f} pt ({note or f'{time.perf_counter() - t:.0f} s'})")
-        if on_row:
-            on_row(res)
+    run_rows(sorted(todo, key=lambda r: RUN_ORDER.index(r.key)), res, data, store, name="recipes-cpu", resume=resume,
+             log=log, on_row=on_row)
     res["wall_s"] = time.perf_counter() - t0
     return res
-
-
-# -- judging --------------------------------------------------------------------------------------
-def control_verdict(ctrl: dict | None) -> str:
-    """"beats control" only where the paired 95 % interval of compressed − control lies above 0."""
-    if ctrl is None:
-        return "–"
-    lo, hi = ctrl["control_delta_ci95_pt"]
-    if lo > 0:
-        return "**beats control**"
-    return "does not (control better)" if hi < 0 else "does not (tie within CI)"
-
-
-def point_text(p: literature.Point) -> str:
-    macs = f", {p.mac_reduction:g}x fewer MACs" if p.mac_reduction > 1 else ""
-    return f"{p.method}, {p.net} {p.dataset}: {p.base_acc:.2f} → {p.result_acc:.2f} % ({p.delta_pt:+.2f} pt{macs}; {p.source})"
-
-
-def nearest(pts: list[literature.Point], macs_x: float | None) -> literature.Point | None:
-    return min(pts, key=lambda p: abs(p.mac_reduction - (macs_x or 1.0))) if pts else None
-
-
-def same_net_points(r: Recipe, net: str | None, macs_x: float | None) -> list[literature.Point]:
-    """Per method in ``r.same_net``: its CIFAR-10 point on ``net`` (the run's own) nearest our MAC reduction;
-    none where ``net`` is the target's own net (that point is already drawn)."""
-    if not net or (r.literature and r.literature[1] == net):
-        return []
-    found = (nearest([p for p in literature.matching(net, "cifar10") if p.method == m], macs_x) for m in r.same_net)
-    return [p for p in found if p is not None]
-
-
-def published(r: Recipe, macs_x: float | None, net: str | None = None) -> str:
-    """The literature.csv point for the recipe's (method, net) nearest our MAC reduction, with its cite; then,
-    where the run's own ``net`` differs from the target's, the same method's points on ``net``."""
-    target = None
-    if r.literature is not None:
-        target = nearest([p for p in literature.points() if (p.method, p.net) == r.literature], macs_x)
-    text = point_text(target) if target else (r.anchor if r.literature is None and r.anchor else "–")
-    own = same_net_points(r, net, macs_x)
-    if own:
-        text += f"; on our net ({net}): " + "; ".join(point_text(p) for p in own)
-    return text
-
-
-def verdict_text(r: Recipe, ctrl: dict | None, macs_x: float | None) -> str:
-    """The control verdict and, where our method has one, the published pruned − scratch figure beside it."""
-    published_gap = literature.counterpart_text(r.method, macs_x, cite=False) if ctrl else None
-    return control_verdict(ctrl) + (f"; {published_gap}" if published_gap else "")
-
-
-def published_scratch_line() -> str:
-    """The target's published counterpart: every verified structured pair (MACs cut) of Liu et al. 2019, pruned weights
-    fine-tuned − the same net from scratch, and how many of them beat the same-epochs scratch net."""
-    pairs = [q for q in literature.scratch_pairs() if q.fine_tuned.mac_reduction > 1]
-    if not pairs:
-        return ""
-    beats = sum("Scratch-E" in q.scratch and q.gap_pt("Scratch-E") > 0 for q in pairs)
-    each = "; ".join(f"{q.stem.split(': ', 1)[-1]} on {q.fine_tuned.dataset} "
-                     f"{' / '.join(f'{q.gap_pt(k):+.2f}' for k in q.scratch)} pt ({' / '.join(q.scratch)})" for q in pairs)
-    return (f"- Published counterpart (Liu et al. 2019, pruned weights fine-tuned − the same net trained from scratch): "
-            f"{each}; {beats} of {len(pairs)} verified structured pairs beat even Scratch-E (the same epochs; point "
-            f"estimates, no intervals) ({'; '.join(sorted({q.fine_tuned.source for q in pairs}))}).")
-
-
-def judge(r: Recipe, rec: dict, base: dict, kd_vs_plain_pt: float | None) -> str:
-    """Met, or missed and by how much, against the recipe's target."""
-    t = r.target
-    d = round(100 * (rec["accuracy"] - base["accuracy"]), 2)   # judged as printed: 2 decimals
-    macs_x, size_x = base["macs"] / rec["macs"], base["size_bytes"] / rec["size_bytes"]
-    short = []
-    if macs_x < t.min_macs_x * 0.98:   # "~2.1x": the MAC search lands within its ±5 %
-        short.append(f"{macs_x:.2f}x < {t.min_macs_x:g}x fewer MACs")
-    if size_x < t.min_size_x:
-        short.append(f"{size_x:.2f}x < {t.min_size_x:g}x smaller")
-    if t.kind == "delta" and d < t.bound:
-        short.append(f"Δ {target_mark(d, t.bound, unit=' pt')}")
-    elif t.kind == "abs_delta" and abs(d) > t.bound:
-        short.append(f"Δ outside ±{t.bound:g} pt by {abs(d) - t.bound:.2f} pt")
-    elif t.kind == "vs_plain":
-        if kd_vs_plain_pt is None:
-            return "not judged (no plain student)"
-        if kd_vs_plain_pt < t.bound:
-            short.append(f"KD − plain {kd_vs_plain_pt:+.2f} pt, {target_mark(kd_vs_plain_pt, t.bound, unit=' pt')}")
-    elif t.kind == "none":
-        return "–"
-    return "met" if not short else "missed: " + "; ".join(short)
-
-
-def ci_text(ci: list[float] | None, scale: float = 100) -> str:
-    return f"{scale * ci[0]:+.2f} to {scale * ci[1]:+.2f}" if ci else "–"
 
 
 def section(res: dict[str, Any], store: Store) -> str:
@@ -336,7 +144,6 @@ def section(res: dict[str, Any], store: Store) -> str:
     data = s["data"]
     rows, reused = res["rows"], res.get("reused", {})
     kd = quick_tour.kd_vs_plain(store, rows["kd"], rows["plain"]) if {"kd", "plain"} <= set(rows) else None
-    kd_pt = 100 * kd["delta"] if kd else None
     lines = ["### Recipes with their controls (issue 19, CPU rows)", "",
              "**Not the papers' setting**: Fashion-MNIST at 16 px on a CIFAR ResNet-20, short CPU schedules; the "
              "published points are CIFAR-10 ResNet-20/56/18 (ImageNet for INT8) after hundreds of epochs. Δ and "
@@ -353,52 +160,10 @@ def section(res: dict[str, Any], store: Store) -> str:
              "bundle bytes (INT8: its ONNX bytes).",
              "- Control: the same family scaled in width (or depth) to the row's MACs (±5 %), trained from scratch "
              "for the epochs the row's weights had (base + method); \"compressed − control\" is paired over the "
-             "same test images, and the row beats its control only where that interval lies above 0.", "",
-             "| row | top-1 | Δ vs base (pt) | Δ 95% CI (pt) | x fewer MACs | x smaller | control (arch, width, "
-             "MACs ratio, epochs, top-1) | compressed − control (pt, 95% CI) | verdict | published point | "
-             "target | met? |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in recipes(s["epochs"], s["student_epochs"], data.get("limit"), s.get("rewind_lr")):
-        if r.key in res["failed"]:
-            lines.append(f"| {r.label} | failed: {res['failed'][r.key]} | – | – | – | – | – | – | – | – | "
-                         f"{r.target.text} | not run |")
-            continue
-        row = rows.get(r.key)
-        if row is None:
-            continue
-        rec = row["record"]
-        macs_x, size_x = base["macs"] / rec["macs"], base["size_bytes"] / rec["size_bytes"]
-        ctrl = res["controls"].get(r.key)
-        if ctrl:
-            c_text = (f"{ctrl['control_arch']} x{ctrl['control_width']:.3f}, {ctrl['control_macs_ratio']:.3f}, "
-                      f"{ctrl['control_epochs']} ep, {ctrl['accuracy']:.4f}")
-            c_delta = f"{ctrl['control_delta_pt']:+.2f} ({ci_text(ctrl['control_delta_ci95_pt'], 1)})"
-        elif f"control of {r.key}" in res["failed"]:
-            c_text, c_delta = f"failed: {res['failed'][f'control of {r.key}']}", "–"
-        elif r.key == "small5x" and "structured" in res["controls"]:
-            c_text, c_delta = "its structured step's (row 1): INT8 keeps the architecture", "–"
-        elif r.key == "kd" and kd:
-            c_text, c_delta = "–", "–"
-        else:
-            c_text, c_delta = ("not controllable (MACs unchanged)" if r.method in ("prune_unstructured", "quantize_int8")
-                               else "–"), "–"
-        if f"control of {r.key}" in reused:
-            c_text += f"; {reused[f'control of {r.key}']}"
-        if r.key == "kd" and kd:
-            c_text = (c_text if ctrl else "") + (f"; vs plain student (same epochs): {kd_pt:+.2f} pt "
-                                                 f"({ci_text(kd['ci95'])})")
-        label = f"{r.label} ({reused[r.key]})" if r.key in reused else r.label
-        lines.append(f"| {label} | {rec['accuracy']:.4f} | {100 * (rec['accuracy'] - base['accuracy']):+.2f} | "
-                     f"{ci_text(rec.get('delta_accuracy_ci95'))} | {macs_x:.2f} | {size_x:.2f} | {c_text} | {c_delta} | "
-                     f"{verdict_text(r, ctrl, macs_x)} | {published(r, macs_x, base.get('arch') or presets.QUICK_ARCH)} | "
-                     f"{r.target.text} | "
-                     f"{judge(r, rec, base, kd_pt)} |")
-    struct_keys = [k for k in ("structured", "sfp") if k in res["controls"]]
-    beats = [k for k in struct_keys if control_verdict(res["controls"][k]).startswith("**beats")]
-    lines += ["", f"- Every structured row beats its control: **{'met' if struct_keys and beats == struct_keys else 'missed'}** "
-              f"({len(beats)} of {len(struct_keys)}: {', '.join(struct_keys) or 'none run'})"]
-    if struct_keys and (line := published_scratch_line()):
-        lines.append(line)
+             "same test images, and the row beats its control only where that interval lies above 0.", ""]
+    lines += table_lines(recipes(s["epochs"], s["student_epochs"], data.get("limit"), s.get("rewind_lr")), res, kd,
+                         base.get("arch") or presets.QUICK_ARCH)
+    lines += ["", *structured_controls_line(res)]
     if res.get("pending"):
         lines.append(f"- **Partial: the command had not run these yet when this was written:** "
                      f"{', '.join(res['pending'])}")

@@ -112,8 +112,9 @@ def progress_body(name: str, order: list[str], fresh: dict[str, str], skipped: s
     return body, [k for k in kept if k not in pending], [k for k in kept if k in pending]
 
 
-def previous_text() -> str:
-    return DOC.read_text() if DOC.is_file() else ""
+def previous_text(doc: Path | None = None) -> str:
+    doc = doc or DOC
+    return doc.read_text() if doc.is_file() else ""
 
 
 def render_block(name: str, key: str, body: str, command: str) -> str:
@@ -136,12 +137,14 @@ def put_block(text: str, name: str, key: str, block: str, command: str) -> str:
     return text[:end].rstrip() + "\n\n" + block + "\n" + text[end:]
 
 
-def write_block(name: str, key: str, body: str, command: str) -> Path:
-    """Write one command's block into section ``name``; the section's own command keeps it when it reruns."""
-    text = DOC.read_text() if DOC.is_file() else HEADER
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    DOC.write_text(put_block(text, name, key, render_block(name, key, body, command), command))
-    return DOC
+def write_block(name: str, key: str, body: str, command: str, doc: Path | None = None) -> Path:
+    """Write one command's block into section ``name``; the section's own command keeps it when it reruns.
+    ``doc``: another file than docs/BENCHMARKS.md (a rehearsal's scratch copy)."""
+    doc = doc or DOC
+    text = doc.read_text() if doc.is_file() else HEADER
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text(put_block(text, name, key, render_block(name, key, body, command), command))
+    return doc
 
 
 def compact(v) -> str:

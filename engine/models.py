@@ -85,6 +85,33 @@ def _vgg_small(m: nn.Module) -> None:
     m.classifier = nn.Sequential(nn.Linear(512, 512), nn.ReLU(True), nn.Dropout(0.5), nn.Linear(512, num_classes))
 
 
+class _WidthResNet(tvm.ResNet):
+    """torchvision's ResNet with every stage's channels (stem, the four stages, the classifier's input) scaled by
+    ``width``: the ResNet-18 control of a structured cut (the same family at the cut's MACs, ``methods.control``).
+    At width 1 ``build`` keeps torchvision's own class, so earlier bundles load as they were."""
+
+    def __init__(self, block: type, layers: list[int], num_classes: int, width: float):
+        self._width, self._stem_done = width, False
+        super().__init__(block, layers, num_classes=num_classes)
+        self.fc = nn.Linear(self._c(512) * block.expansion, num_classes)
+
+    def _c(self, channels: int) -> int:
+        return max(1, round(channels * self._width))
+
+    def _make_layer(self, block, planes, blocks, stride=1, dilate=False):
+        if not self._stem_done:   # the stem was built at 64 channels just before the first stage: rebuild it
+            self._stem_done, self.inplanes = True, self._c(64)
+            self.conv1 = nn.Conv2d(3, self.inplanes, kernel_size=7, stride=2, padding=3, bias=False)
+            self.bn1 = self._norm_layer(self.inplanes)
+        return super()._make_layer(block, self._c(planes), blocks, stride, dilate)
+
+
+def _resnet18(num_classes: int = 1000, width_mult: float = 1.0, **kwargs: Any) -> nn.Module:
+    if width_mult == 1.0:
+        return tvm.resnet18(weights=None, num_classes=num_classes, **kwargs)
+    return _WidthResNet(tvm.resnet.BasicBlock, [2, 2, 2, 2], num_classes, width_mult)
+
+
 @dataclass(frozen=True)
 class Arch:
     name: str
@@ -107,7 +134,8 @@ class Arch:
 
 
 ARCHS: dict[str, Arch] = {a.name: a for a in [
-    Arch("resnet18", _resnet_stem, "resnet"),
+    # a width multiplier too (_WidthResNet): the control of a ResNet-18 structured cut is a narrower ResNet-18
+    Arch("resnet18", _resnet_stem, "resnet", width=True, tv_builder=_resnet18),
     Arch("resnet34", _resnet_stem, "resnet"),
     Arch("resnet50", _resnet_stem, "resnet"),
     Arch("mobilenet_v2", _first_conv_stride1("features.0.0"), "mobilenet"),

@@ -74,13 +74,13 @@ def test_control_refuses_other_data(chain):
 @pytest.mark.fast
 def test_width_search_lands_within_tolerance_and_refuses_archs_without_width():
     shape = (3, 32, 32)
-    for arch, share in (("resnet56", 0.47),):
+    for arch, share in (("resnet56", 0.47), ("resnet18", 0.5)):   # resnet18: _WidthResNet
         target = int(share * control.dense_macs(arch, 1.0, 10, True, shape))
         a, w, macs = control.match_macs(arch, target, 10, True, shape)
         assert abs(macs / target - 1) <= control.TOLERANCE
         assert macs == measure.count_macs(models.build(a, 10, True, w), shape)["macs"]  # what the record measures
     with pytest.raises(SpecError) as e:
-        control.match_macs("resnet18", 10**6, 10, True, shape)
+        control.match_macs("resnet34", 10**6, 10, True, shape)
     assert e.value.field == "method.params.of_run" and "no width multiplier" in str(e.value)
 
 
