@@ -18,11 +18,16 @@ CANDIDATE_HELP = {"prune_int8": "structured pruning (channels cut, MACs down) th
                   "quantize_int8": "the start as it is, in INT8 (no training): tried first, the point every "
                                    "other recipe should beat",
                   "unstructured": "zeroed weights (sparse, same dense size and MACs)",
-                  "distill": "a small student (MobileNet) trained with knowledge distillation"}
+                  "distill": "a small student (MobileNet) trained with knowledge distillation",
+                  "prune": "structured pruning alone (FP32, no INT8): for a device where INT8 runs no faster",
+                  "blocks": "block pruning alone (FP32, no INT8)",
+                  "lowrank": "low-rank SVD alone (FP32, no INT8)"}
 # what a chip shows: short enough to fit whole beside the others at 800 px; CANDIDATE_HELP in the field's help
 CANDIDATE_LABELS = {"prune_int8": "structured pruning → INT8", "blocks_int8": "block pruning → INT8",
                     "lowrank_int8": "low-rank SVD → INT8", "quantize_int8": "INT8 alone",
-                    "unstructured": "unstructured (zeroed weights)", "distill": "distilled student"}
+                    "unstructured": "unstructured (zeroed weights)", "distill": "distilled student",
+                    "prune": "structured pruning (FP32)", "blocks": "block pruning (FP32)",
+                    "lowrank": "low-rank SVD (FP32)"}
 OBJECTIVES = {"size": "Size in MB (model.pt)", "macs": "MACs per image",
               "latency": "Latency: CPU, at a batch, in a runtime you choose",
               "energy": "Energy per image (CPU package, RAPL)"}
@@ -116,9 +121,9 @@ def panel(store, launch: Callable[[list[dict[str, Any]]], None]) -> None:
             minutes = st.number_input("Search budget: minutes", min_value=0.0, step=5.0, format="%g",
                                       key="ac_minutes", help=_param("minutes").help)
         slots["method.params.minutes"] = st.empty()
-    # the engine's candidates, in its order and all by default, as `python -m engine autocompress` (the page
+    # the engine's candidates, in its order, its default space chosen, as `python -m engine autocompress` (the page
     # offered five of six: INT8 alone, which the search tries first, could not be chosen)
-    kept("ac_space", list(autocompress.CANDIDATES))
+    kept("ac_space", list(autocompress.DEFAULT_SPACE))
     space = st.multiselect("Candidates searched", list(autocompress.CANDIDATES), key="ac_space", wrap=True,
                            format_func=lambda c: CANDIDATE_LABELS.get(c, c),
                            help="\n".join(f"- **{CANDIDATE_LABELS[c]}** (`{c}`): {why}" for c, why in CANDIDATE_HELP.items()))
