@@ -61,7 +61,7 @@ def test_on_cuda_int8_candidates_become_their_fp32_cuts_and_int8_alone_is_left_o
     assert search_space.for_device(list(search_space.DEFAULT_SPACE), "cpu") == (list(search_space.DEFAULT_SPACE), {})
     # The seeds keep their cuts and epochs, without INT8, and say so; on the CPU they are as measured.
     cpu = search_space.seeds_for("latency", list(search_space.DEFAULT_SPACE))
-    gpu = search_space.seeds_for("latency", space, "cuda")
+    gpu = search_space.seeds_for("latency", space)
     assert [s.params["candidate"] for s in gpu] == [search_space.FP32_OF[s.params["candidate"]] for s in cpu]
     assert [{**s.params, "candidate": 0} for s in gpu] == [{**s.params, "candidate": 0} for s in cpu]
     assert [s.epochs for s in gpu] == [s.epochs for s in cpu]

@@ -69,7 +69,7 @@ from ..accuracy_text import change, percent
 from ..errors import Cancelled, JobFailed
 from ..spec import SpecError
 from ..store import new_run_id
-from . import Param, parallel_trials, register, search_latency
+from . import Param, int8_formats, parallel_trials, register, search_latency
 from .quantize import Int8Model
 from .search_space import (CANDIDATES, DEFAULT_SPACE, DEVICES, FULL_KD, SEEDS, TUNED, Draw, draw, for_device,
                            seeds_for)
@@ -163,6 +163,10 @@ def _check(params: dict, spec: Any) -> None:
           "'latency, best runtime'); an INT8 trial runs in ONNX Runtime and OpenVINO (under best: each here, against "
           "the start in each; under eager: its format's own)", choices=search_latency.RUNTIMES),
     Param("batch", "int", 1, "objective latency: the batch each model is timed at", low=1, high=4096),
+    Param("int8_format", "str", "auto", "the INT8 step's format in every candidate that ends in INT8: auto "
+          "(quantize_int8's own choice: the fastest format on this CPU whose answers agree with the FP32 model's, "
+          "trying the next, then keeping layers FP32, where one falls short: minutes on a barely trained model) or "
+          "one format", choices=("auto", *int8_formats.FORMATS)),
     Param("device", "str", "cpu", "objective latency: where every model is timed: cpu, or cuda (this machine's GPU: "
           "runtime eager (PyTorch on CUDA), onnxruntime (its CUDA provider) or best of the two; INT8 is left out "
           "there, since ONNX Runtime's CUDA provider does not speed INT8 up: each INT8 candidate is searched as its "
@@ -215,7 +219,7 @@ def autocompress(model, ctx, params):
         # Then the recipes measured to work, with their full fine-tune: measured within the budget, not left to
         # a 1-epoch proxy surviving the kill and a promotion. A resumed search queues one again only where no trial
         # of it finished, waits, or was adopted (an interrupted one whose run had not finished failed).
-        for seed in seeds_for(params["objective"], space, device):
+        for seed in seeds_for(params["objective"], space):
             if not any(
                     "seeded" in t.user_attrs and t.state != optuna.trial.TrialState.FAIL
                     and (t.params or t.system_attrs.get("fixed_params")) == seed.params   # a waiting one: fixed
@@ -245,7 +249,7 @@ def autocompress(model, ctx, params):
         epochs = trial.user_attrs.get("seed_epochs") or (params["full_epochs"] if full else params["finetune_epochs"])
         d = draw(trial, candidate, epochs,
                  start["macs"], start_params, ctx.data.num_classes, shape, small,
-                 kd=FULL_KD if source is not None else 0.0)
+                 kd=FULL_KD if source is not None else 0.0, int8_format=params["int8_format"])
         if source is not None:
             d = Draw(d.method, f"{d.recipe} (full recipe of trial {source})", d.proxy)
         elif seeded is not None:

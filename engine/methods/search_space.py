@@ -110,15 +110,16 @@ SEEDS = (
 )
 
 
-def seeds_for(objective: str, space: list[str] | tuple[str, ...], device: str = "cpu") -> list[Seed]:
-    """The seeds a search minimising ``objective`` over the candidates ``space`` runs first. On a device where
-    INT8 is left out (``for_device``), a seed ending in INT8 is seeded as its FP32 cut, and says so."""
+def seeds_for(objective: str, space: list[str] | tuple[str, ...]) -> list[Seed]:
+    """The seeds a search minimising ``objective`` over the candidates ``space`` runs first. A seed ending in INT8
+    whose candidate is not searched but whose FP32 cut is (``prune`` for ``prune_int8``: a latency search on a GPU,
+    ``for_device``) is seeded as that cut, with its measured epochs, and says so."""
     out = []
     for s in SEEDS:
-        fp32 = FP32_OF.get(s.params["candidate"]) if device != "cpu" else None
-        if fp32 is not None:
-            s = Seed({**s.params, "candidate": fp32}, f"{s.why} (seeded here without its INT8 step: on {device} "
-                     "INT8 is left out)", s.objectives, s.epochs)
+        fp32 = FP32_OF.get(s.params["candidate"])
+        if s.params["candidate"] not in space and fp32 in space:
+            s = Seed({**s.params, "candidate": fp32}, f"{s.why} (seeded here without its INT8 step: INT8 is not "
+                     "searched here)", s.objectives, s.epochs)
         if s.params["candidate"] in space and objective in s.objectives:
             out.append(s)
     return out
@@ -178,19 +179,22 @@ def _cut(trial: Any, kind: str, finetune_epochs: int, kd: float) -> tuple[dict[s
 
 
 def draw(trial: Any, candidate: str, finetune_epochs: int, start_macs: float, start_params: float,
-         num_classes: int, input_shape: tuple[int, int, int], small_input: bool, kd: float = 0.0) -> Draw:
+         num_classes: int, input_shape: tuple[int, int, int], small_input: bool, kd: float = 0.0,
+         int8_format: str = "auto") -> Draw:
     """The recipe ``trial`` (an optuna.Trial) picks for ``candidate``; ``kd`` > 0: a distillation-assisted
-    fine-tune of that weight where the method has one (structured pruning)."""
-    int8 = {"name": "quantize_int8", "params": {}}
+    fine-tune of that weight where the method has one (structured pruning); ``int8_format``: the INT8 step's
+    format (auto: quantize_int8's own choice, the fastest here that agrees with the FP32 model)."""
+    int8 = {"name": "quantize_int8", "params": {} if int8_format == "auto" else {"format": int8_format}}
     if candidate == "quantize_int8":
         # The cheapest candidate: no knob, no training; the start as INT8 in the format fastest on this CPU.
-        return Draw(int8, "quantize_int8 of the start (format auto)", {"macs": 1.0})
+        return Draw(int8, f"quantize_int8 of the start (format {int8_format})", {"macs": 1.0})
     if candidate in FP32_OF or candidate in FP32_OF.values():
         # A cut, then INT8 (prune_int8, ...), or the same cut alone (prune, ...): the same knobs, the same names.
         step, recipe, proxy = _cut(trial, candidate.removesuffix("_int8"), finetune_epochs, kd)
         if candidate in FP32_OF.values():
             return Draw(step, recipe + " (FP32, no INT8)", proxy)
-        return Draw({"name": "pipeline", "params": {"steps": [step, int8]}}, recipe + " -> INT8", proxy)
+        return Draw({"name": "pipeline", "params": {"steps": [step, int8]}},
+                    recipe + " -> INT8" + ("" if int8_format == "auto" else f" ({int8_format})"), proxy)
     if candidate == "unstructured":
         amount = trial.suggest_float("unstructured.amount", *bounds("prune_unstructured", "amount", 0.3, 0.95))
         # Zeros are stored and counted dense: the model keeps the start's MACs and file size.
