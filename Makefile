@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 REQS  := requirements.txt requirements-ray.txt
 PORT  ?= 8501
 
-.PHONY: setup run test test-fast bench bench-gpu bench-gpu-bases clean
+.PHONY: setup run test test-fast bench bench-gpu bench-gpu-bases bench-gpu-autocompress clean
 
 setup: $(STAMP)
 	@bash scripts/setup_debian.sh
@@ -48,6 +48,10 @@ bench-gpu: setup
 # The literature's CIFAR-10 bases (ResNet-18/56/20), sized for one 9-minute GPU call.
 bench-gpu-bases: setup
 	$(PY) -m bench gpu-bases
+
+# Issue 21's GPU targets (auto-compress from the literature ResNet-18 base), sized for one 9-minute GPU call.
+bench-gpu-autocompress: setup
+	$(PY) -m bench autocompress --gpu
 
 clean:
 	rm -rf $(VENV) workspace test-artifacts .pytest_cache *.egg-info
