@@ -225,6 +225,7 @@ def run(a: argparse.Namespace, store: Store) -> dict[str, Any]:
     return {"base": base, "about": about, "size": size, "speed": speed, "presets": done, "skipped": skipped,
             "closing": closing, "fronts": fronts, "device": a.device,
             "device_name": search_latency.device_name(a.device), "batch": a.batch, "runtime": a.runtime,
+            "runtimes": {r: search_latency.unavailable(r, a.device) for r in ("eager", "onnxruntime", "openvino")},
             "minutes": a.minutes,
             "seconds": clock.used(), "parts": dict(clock.parts),
             "settings": {"size_s": size_s, "speed_s": speed_s, "est_int8": est_int8, "est_fp32": est_fp32,
@@ -303,6 +304,16 @@ def size_part(res: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _runtimes(res: dict[str, Any]) -> str:
+    """Which runtimes could time models on the device here, and why the others could not."""
+    rts = res.get("runtimes") or {}
+    if not rts:
+        return ""
+    ok = [r for r, why in rts.items() if why is None]
+    return (f" Runtimes on {res['device']} here: {', '.join(ok) or 'none'}"
+            + "".join(f"; {r}: {why}" for r, why in rts.items() if why is not None) + ".")
+
+
 def speed_part(res: dict[str, Any]) -> list[str]:
     base, s, closing = res["base"], res["speed"], res["closing"]
     rows = []
@@ -323,7 +334,8 @@ def speed_part(res: dict[str, Any]) -> list[str]:
              "seeded cuts without INT8, FP32: INT8 is left out, ONNX Runtime's CUDA provider does not speed QDQ INT8 "
              "up), the seeded cuts first; "
              + _budget(s, res["settings"]["speed_s"]) + ".",
-             f"- Timing: {s.get('search_timing') or '–'}. The base's own runtime: {s.get('search_start_runtime')}.",
+             f"- Timing: {s.get('search_timing') or '–'}. The base's own runtime: {s.get('search_start_runtime')}."
+             + _runtimes(res),
              "", report.table(rows, [("model", "front model"), ("runtime", "timed in"), ("ms", "latency (ms)"),
                                      ("base_ms", "base there (ms)"), ("x", "x faster (search, paired)", report.times),
                                      ("again", "x faster (closing re-timing)", report.times),

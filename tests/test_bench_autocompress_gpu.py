@@ -40,6 +40,8 @@ def _result(size_winner=True, speed_winner=True, presets=True):
     return {"base": base, "about": "Base: ResNet-18.", "size": size, "speed": speed, "presets": done,
             "skipped": skipped, "closing": closing, "fronts": fronts, "device": "cuda",
             "device_name": "cuda (NVIDIA H200)", "batch": 1, "runtime": "best", "minutes": 8.0, "seconds": 470.0,
+            "runtimes": {"eager": None, "onnxruntime": None,
+                         "openvino": "not available on this machine: OpenVINO does not run on cuda"},
             "parts": {"base": 100.0, "size search": 150.0, "latency search": 180.0, "presets": 30.0, "closing": 10.0},
             "settings": {"size_s": 120.0, "speed_s": 150.0, "full_epochs": 5, "finetune_epochs": 1}}
 
@@ -55,6 +57,7 @@ def test_the_gpu_block_marks_both_targets_and_sets_the_presets_beside_the_winner
     assert "**met**" in speed and "2.00x faster than the base on cuda" in speed
     assert "| trial 0: blocks 31% (FP32, no INT8) | onnxruntime_cuda | 0.5 | 1 | 2.00x | 2.10x |" in text
     assert "INT8 is left out" in text and "on cuda (NVIDIA H200) at batch 1, runtime best" in text
+    assert "Runtimes on cuda here: eager, onnxruntime; openvino: not available on this machine" in text
     assert "| INT8 | 0.9390 | 0.10 pt | 3.91x | – | INT8: not timed on the GPU |" in text
     assert "Smallest preset within 1 pt (test): INT8, 3.91x smaller; the size search's winner: 8.49x (as small" in text
     assert (f"Speed on the GPU (closing re-timing, each paired with the base): {bench.FP32_PRESET} 1.30x in "
