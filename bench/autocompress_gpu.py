@@ -51,7 +51,7 @@ import tempfile
 import time
 import types
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -154,8 +154,36 @@ def judge_for(base: dict[str, Any], data: dict[str, Any], a: argparse.Namespace,
     return search_latency.LatencyJudge(ctx, a.runtime, a.batch, a.device)
 
 
-def run(a: argparse.Namespace, store: Store) -> dict[str, Any]:
+def _error(e: BaseException) -> str:
+    msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
+
+
+def run(a: argparse.Namespace, store: Store, emit: Callable[[dict[str, Any]], None] = lambda res: None
+        ) -> dict[str, Any]:
+    """The bench; ``emit(res)`` after each part with what is measured so far (a call stopped by its time limit keeps
+    it). A search, preset or the closing re-timing that fails is recorded with its error and the rest still runs:
+    one device call must not lose (a) to a fault in (b)."""
     clock = Clock(a.minutes)
+    res: dict[str, Any] = {"device": a.device, "device_name": search_latency.device_name(a.device), "batch": a.batch,
+                           "runtime": a.runtime, "minutes": a.minutes, "parts": clock.parts, "errors": {},
+                           "runtimes": {r: search_latency.unavailable(r, a.device)
+                                        for r in ("eager", "onnxruntime", "openvino")},
+                           "presets": {}, "skipped": {}, "closing": {}, "fronts": {}}
+
+    def done(part: str, t: float) -> None:
+        clock.part(part, t)
+        res["seconds"] = clock.used()
+        emit(res)
+
+    def attempt(part: str, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except Exception as e:   # said in the block; the other parts still run
+            res["errors"][part] = _error(e)
+            log(f"{part} failed: {res['errors'][part]}")
+            return None
+
     t = time.perf_counter()
     if a.base_run:
         row = store.get(a.base_run)
@@ -174,33 +202,39 @@ def run(a: argparse.Namespace, store: Store) -> dict[str, Any]:
                  + "".join(f", {k.replace('_', ' ')} {data[k]}" for k in ("limit", "val_limit", "test_limit",
                                                                         "image_size") if data.get(k))
                  + f"): test top-1 {base['accuracy']:.4f}, trained in {base.get('train_seconds') or 0:.0f} s.")
-    clock.part("base", t)
-    searches_s = max(0.0, clock.left() - CLOSING_S)
     full, ft = a.full_epochs, a.finetune_epochs
     est_int8, est_fp32 = (trial_estimate(base, base_epochs, full, int8) for int8 in (True, False))
+    res.update(base=base, about=about, settings={"full_epochs": full, "finetune_epochs": ft, "est_int8": est_int8,
+                                                 "est_fp32": est_fp32, "size_trials": a.size_trials,
+                                                 "latency_trials": a.latency_trials})
+    done("base", t)
+    searches_s = max(0.0, clock.left() - CLOSING_S)
     common = {"finetune_epochs": ft, "full_epochs": full, "promote": 0, "seeded": True, "int8_format": a.int8_format}
 
-    size_s = max(1.0, SIZE_SHARE * searches_s - est_int8)
+    size_s = res["settings"]["size_s"] = max(1.0, SIZE_SHARE * searches_s - est_int8)
     log(f"(a) size search: {size_s:.0f} s, at most {a.size_trials} trials (a trial ~{est_int8:.0f} s)")
     t = time.perf_counter()
-    size = search(store, base, data, a, "size within 1 pt", {
+    size = res["size"] = attempt("size search", lambda: search(store, base, data, a, "size within 1 pt", {
         **common, "objective": "size", "target": SMALLER, "max_drop_pt": SIZE_LIMIT_PT, "trials": a.size_trials,
-        "minutes": size_s / 60, "space": SIZE_SPACE})
-    clock.part("size search", t)
+        "minutes": size_s / 60, "space": SIZE_SPACE}))
+    res["fronts"].update(fronts(store, size))
+    done("size search", t)
 
-    speed_s = max(1.0, clock.left() - CLOSING_S - est_fp32)
+    speed_s = res["settings"]["speed_s"] = max(1.0, clock.left() - CLOSING_S - est_fp32)
     log(f"(b) latency search on {a.device}: {speed_s:.0f} s, at most {a.latency_trials} trials")
     t = time.perf_counter()
-    speed = search(store, base, data, a, f"latency on {a.device} within 0.5 pt", {
-        **common, "objective": "latency", "device": a.device, "runtime": a.runtime, "batch": a.batch,
-        "max_drop_pt": SPEED_LIMIT_PT, "trials": a.latency_trials, "minutes": speed_s / 60, "space": SPEED_SPACE})
-    clock.part("latency search", t)
+    speed = res["speed"] = attempt("latency search", lambda: search(
+        store, base, data, a, f"latency on {a.device} within 0.5 pt", {
+            **common, "objective": "latency", "device": a.device, "runtime": a.runtime, "batch": a.batch,
+            "max_drop_pt": SPEED_LIMIT_PT, "trials": a.latency_trials, "minutes": speed_s / 60,
+            "space": SPEED_SPACE}))
+    res["fronts"].update(fronts(store, speed))
+    done("latency search", t)
 
-    # The presets, each only if what is left covers it: estimated from the searches' own trials (seconds a trial).
-    per_trial = {s: s_rec["search_seconds"] / max(1, s_rec.get("search_trials") or 0)
-                 for s, s_rec in (("size", size), ("speed", speed))}
-    done: dict[str, dict[str, Any]] = {}
-    skipped: dict[str, str] = {}
+    # The presets, each only if what is left covers it: estimated from the searches' own trials (seconds a trial;
+    # the base's estimate where a search failed).
+    per_trial = {k: rec["search_seconds"] / max(1, rec.get("search_trials") or 0) if rec else est
+                 for k, rec, est in (("size", size, est_int8), ("speed", speed, est_fp32))}
     start = {"data": data, "model": {"from_run": base["run_id"]}, "train": {"epochs": 1, "device": a.device},
              "measure": measuring(a)}
     t = time.perf_counter()
@@ -208,29 +242,30 @@ def run(a: argparse.Namespace, store: Store) -> dict[str, Any]:
         need = per_trial["speed" if label == FP32_PRESET else "size"]
         left = clock.left() - CLOSING_S
         if a.no_presets or left < need:
-            skipped[label] = ("not run: --no-presets" if a.no_presets else
-                              f"not run: {max(0.0, left):.0f} s of the budget left, ~{need:.0f} s needed "
-                              "(a trial of the search it compares with)")
+            res["skipped"][label] = ("not run: --no-presets" if a.no_presets else
+                                     f"not run: {max(0.0, left):.0f} s of the budget left, ~{need:.0f} s needed "
+                                     "(a trial of the search it compares with)")
             continue
         log(f"preset: {label}")
-        done[label] = run_spec(check_spec({**start, "name": f"autocompress bench (GPU): {label}",
-                                           "method": with_format(PRESETS[label], a.int8_format)}), store)
-    clock.part("presets", t)
+        rec = attempt(f"preset {label}", lambda label=label: run_spec(check_spec({
+            **start, "name": f"autocompress bench (GPU): {label}",
+            "method": with_format(PRESETS[label], a.int8_format)}), store))
+        if rec is not None:
+            res["presets"][label] = rec
+        else:
+            res["skipped"][label] = f"failed: {res['errors'][f'preset {label}']}"
+    done("presets", t)
 
     t = time.perf_counter()
-    closing = closing_times(base, data, a, speed, done.get(FP32_PRESET), store)
-    fronts = {tr["run_id"]: store.get(tr["run_id"])["record"]
-              for s in (size, speed) for tr in s["search_front"]}
-    clock.part("closing", t)
-    return {"base": base, "about": about, "size": size, "speed": speed, "presets": done, "skipped": skipped,
-            "closing": closing, "fronts": fronts, "device": a.device,
-            "device_name": search_latency.device_name(a.device), "batch": a.batch, "runtime": a.runtime,
-            "runtimes": {r: search_latency.unavailable(r, a.device) for r in ("eager", "onnxruntime", "openvino")},
-            "minutes": a.minutes,
-            "seconds": clock.used(), "parts": dict(clock.parts),
-            "settings": {"size_s": size_s, "speed_s": speed_s, "est_int8": est_int8, "est_fp32": est_fp32,
-                         "full_epochs": full, "finetune_epochs": ft, "size_trials": a.size_trials,
-                         "latency_trials": a.latency_trials}}
+    res["closing"] = attempt("closing re-timing", lambda: closing_times(
+        base, data, a, speed or {}, res["presets"].get(FP32_PRESET), store)) or {}
+    done("closing", t)
+    return res
+
+
+def fronts(store: Store, rec: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """The records of a search's front runs (test accuracy, size), by run id."""
+    return {t["run_id"]: store.get(t["run_id"])["record"] for t in (rec or {}).get("search_front") or []}
 
 
 def closing_times(base: dict[str, Any], data: dict[str, Any], a: argparse.Namespace, speed: dict[str, Any],
@@ -273,7 +308,20 @@ def _budget(s: dict[str, Any], given_s: float) -> str:
             f"stopped early or failed: {_stopped(s)}")
 
 
+def _missing(res: dict[str, Any], key: str, part: str, title: str) -> list[str] | None:
+    """A part's lines when it did not finish: failed (its error) or not reached (the command stopped first)."""
+    if key not in res:
+        return [title, "", f"- Not reached: the command stopped before the {part} (written "
+                f"{res.get('seconds', 0):.0f} s into it)."]
+    if res[key] is None:
+        return [title, "", f"- **Failed**: {res['errors'].get(part, '?')}."]
+    return None
+
+
 def size_part(res: dict[str, Any]) -> list[str]:
+    title = f"#### (a) >= {SMALLER:g}x smaller within {SIZE_LIMIT_PT:g} pt"
+    if (gone := _missing(res, "size", "size search", title)) is not None:
+        return gone
     base, s = res["base"], res["size"]
     rows = []
     for t in s["search_front"]:
@@ -281,7 +329,7 @@ def size_part(res: dict[str, Any]) -> list[str]:
         rows.append({"model": f"trial {t['trial']}: {t['recipe']}", "val_drop": t["drop_pt"],
                      "acc": rec.get("accuracy"), "drop": _drop(base, rec), "x": _smaller(base, rec),
                      "mb": rec.get("size_bytes", 0) / 1e6, "win": t["run_id"] == s["search_winner"]})
-    lines = [f"#### (a) >= {SMALLER:g}x smaller within {SIZE_LIMIT_PT:g} pt", "",
+    lines = [title, "",
              f"- Search: objective size (model.pt bytes) with target {SMALLER:g} (the most accurate trial at most "
              f"1/{SMALLER:g} of the base's file wins) within {SIZE_LIMIT_PT:g} pt of validation accuracy; candidates "
              f"{', '.join(SIZE_SPACE)} (INT8 alone is at most 4x smaller: not searched), the seeded recipes first "
@@ -315,6 +363,9 @@ def _runtimes(res: dict[str, Any]) -> str:
 
 
 def speed_part(res: dict[str, Any]) -> list[str]:
+    title = f"#### (b) The fastest model on the GPU within {SPEED_LIMIT_PT:g} pt"
+    if (gone := _missing(res, "speed", "latency search", title)) is not None:
+        return gone
     base, s, closing = res["base"], res["speed"], res["closing"]
     rows = []
     for t in s["search_front"]:
@@ -326,7 +377,7 @@ def speed_part(res: dict[str, Any]) -> list[str]:
                      "x": 1 / t["cost_ratio"] if t.get("cost_ratio") else None,
                      "again": again["speedup"] if again else None, "val_drop": t["drop_pt"],
                      "drop": _drop(base, rec), "smaller": _smaller(base, rec), "win": win})
-    lines = [f"#### (b) The fastest model on the GPU within {SPEED_LIMIT_PT:g} pt", "",
+    lines = [title, "",
              f"- Search: objective latency on {res['device_name']} at batch {res['batch']}, runtime {res['runtime']}"
              + (" (PyTorch eager on CUDA or ONNX Runtime's CUDA provider, each model in its faster one)"
                 if res["runtime"] == "best" and res["device"] == "cuda" else "")
@@ -378,7 +429,8 @@ def presets_part(res: dict[str, Any]) -> list[str]:
                                       ("runtime", "timed in")]), ""]
         ok = [r for r in rows if r["drop"] is not None and r["drop"] <= SIZE_LIMIT_PT]
         small = max(ok, key=lambda r: r["x"] or 0, default=None)
-        size_win = next((t for t in res["size"]["search_front"] if t["run_id"] == res["size"]["search_winner"]), None)
+        sized = res.get("size") or {"search_front": [], "search_winner": None}
+        size_win = next((t for t in sized["search_front"] if t["run_id"] == sized["search_winner"]), None)
         won = _smaller(base, res["fronts"][size_win["run_id"]]) if size_win else None
         if small is not None:
             lines.append(f"- Smallest preset within {SIZE_LIMIT_PT:g} pt (test): {small['model']}, "
@@ -400,12 +452,18 @@ def section(res: dict[str, Any]) -> str:
     """The ``gpu/autocompress`` block from a finished bench (``run``'s result)."""
     parts = ", ".join(f"{k} {v:.0f} s" for k, v in res["parts"].items())
     rehearsal = res["device"] != "cuda"
+    finished = "closing" in res["parts"]
+    other = {k: v for k, v in res.get("errors", {}).items() if k in ("closing re-timing",)}
     lines = ["### Auto-compress (GPU)", "",
              *([f"**CPU rehearsal** (`--device cpu`, tiny settings): the GPU path run on {res['device_name']}; its "
                 "figures say nothing about a GPU.", ""] if rehearsal else []),
              f"{res['about']} Device: {res['device_name']}.",
-             f"- Budget: {res['minutes']:g} min for the whole command; used {res['seconds'] / 60:.1f} min ({parts}).",
-             "", *size_part(res), "", *speed_part(res), "", *presets_part(res)]
+             f"- Budget: {res['minutes']:g} min for the whole command; used {res['seconds'] / 60:.1f} min ({parts})"
+             + ("." if finished else "; **incomplete**: written as the command went, it did not finish."),
+             *[f"- {k} **failed**: {v}." for k, v in other.items()],
+             "", *size_part(res), "", *speed_part(res),
+             "", *(presets_part(res) if "presets" in res["parts"] else
+                   ["#### The hand-made presets on the same base", "", "- Not reached: the command stopped first."])]
     return "\n".join(lines)
 
 
@@ -459,14 +517,24 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     home = os.environ.get("SLIMBENCH_HOME")
     store = Store(Path(home) if home else Path(tempfile.mkdtemp(prefix="slimbench-autocompress-gpu-")))
-    body = section(run(a, store))
+    cmd = ("python -m bench autocompress " + " ".join(argv if argv is not None else sys.argv[2:])).strip()
+    to_doc = a.device == "cuda" and not a.no_write   # the rehearsal never writes docs/BENCHMARKS.md
+
+    def emit(res: dict[str, Any]) -> None:
+        """The block as measured so far, written where it goes: a call stopped by its time limit keeps it."""
+        body = section(res)
+        if a.out:
+            Path(a.out).write_text(body + "\n")
+        if to_doc:
+            report.write_block("gpu", "autocompress", body, cmd)
+
+    res = run(a, store, emit)
+    body = section(res)
+    emit(res)
     if a.out:
-        Path(a.out).write_text(body + "\n")
         log(f"wrote {a.out}")
-    if a.no_write or a.device != "cuda":
-        if not a.out:
-            print(body)
-        return 0
-    cmd = "python -m bench autocompress " + " ".join(argv if argv is not None else sys.argv[2:])
-    log(f"wrote {report.write_block('gpu', 'autocompress', body, cmd.strip())}")
-    return 0
+    if to_doc:
+        log(f"wrote {report.DOC}")
+    elif not a.out:
+        print(body)
+    return 1 if res["errors"] else 0

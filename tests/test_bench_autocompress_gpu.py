@@ -80,6 +80,23 @@ def test_the_gpu_block_says_by_how_much_a_target_was_missed_and_which_presets_di
 
 
 @pytest.mark.fast
+def test_a_failed_search_or_a_call_stopped_midway_still_gives_a_block_saying_so():
+    """One device call: a fault in the latency search must not lose the size search, and a call killed by its
+    time limit keeps the block written so far (``emit`` after every part), marked incomplete."""
+    failed = _result()
+    failed["speed"], failed["errors"] = None, {"latency search": "RuntimeError: CUDA error: out of memory"}
+    text = bench.section(failed)
+    assert "**met** by trial 0: prune 48% -> INT8" in text                       # (a) kept
+    assert "#### (b) The fastest model on the GPU within 0.5 pt\n\n- **Failed**: RuntimeError: CUDA error" in text
+    midway = _result()
+    del midway["speed"]
+    midway["parts"] = {"base": 100.0, "size search": 150.0}
+    text = bench.section(midway)
+    assert "**incomplete**" in text and "Not reached: the command stopped before the latency search" in text
+    assert "**met** by trial 0" in text and "- Not reached: the command stopped first." in text
+
+
+@pytest.mark.fast
 def test_without_cuda_the_gpu_bench_is_refused_and_points_to_the_rehearsal(monkeypatch, capsys):
     import torch
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
