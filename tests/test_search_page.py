@@ -273,6 +273,15 @@ def test_a_latency_search_page_says_which_runtime_and_batch_it_timed_in(page_ws)
     assert set(table(at, "timed in")["timed in"]) == {"openvino"}
 
 
+def test_a_gpu_latency_search_page_says_it_timed_on_the_gpu(page_ws):
+    timing = "each trial timed as it ended, one trial at a time, on cuda (NVIDIA H200), at batch 1 in best"
+    ids = insert_study(page_ws, params_over={"objective": "latency", "runtime": "best", "batch": 1, "device": "cuda"},
+                       rec_over={"search_timing": timing, "search_latency_device": "cuda (NVIDIA H200)"})
+    shown = text(page("search", ids["search"]))
+    assert "GPU (cuda) latency at batch 1 in each model's fastest runtime here" in shown and "CPU latency" not in shown
+    assert f"Latency timing: {timing}" in shown
+
+
 def test_compare_groups_a_searchs_trials_under_it(page_ws):
     ids = insert_study(page_ws)
     at = page("compare")
