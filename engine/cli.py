@@ -452,6 +452,8 @@ def cmd_presets(a: argparse.Namespace) -> int:
 @arg("--batch", type=int, default=1, help="with --objective latency: the batch each model is timed at")
 @arg("--device", default="cpu", help="with --objective latency: where every model is timed: cpu, or cuda (eager on "
      "CUDA or ONNX Runtime's CUDA provider; INT8 is left out there)")
+@arg("--int8-format", default="auto", help="the INT8 step's format in every candidate ending in INT8 (auto: "
+     "quantize_int8's own choice on this CPU; or qdq, qdq_reduce_range, qdq_s8s8, qoperator, openvino)")
 @arg("--target", type=float, default=None, help="a budget instead of a minimum: the objective at most 1/TARGET of "
      "the start's (4 = 4x smaller)")
 @arg("--trials", type=int, default=12, help="search budget in trials")
@@ -487,7 +489,7 @@ def cmd_autocompress(a: argparse.Namespace) -> int:
         params: dict[str, Any] = {"max_drop_pt": a.max_drop_pt, "objective": a.objective, "target": a.target,
                                   "trials": a.trials, "minutes": a.minutes, "finetune_epochs": a.finetune_epochs,
                                   "promote": a.promote, "full_epochs": a.full_epochs, "seed": a.seed, "parallel": a.parallel, "runtime": a.runtime, "batch": a.batch,
-                                  "device": a.device,
+                                  "device": a.device, "int8_format": a.int8_format,
                                   "seeded": not a.no_seeded}
         if a.space:
             params["space"] = [c.strip() for c in a.space.split(",") if c.strip()]
