@@ -34,6 +34,10 @@ batch 512 on 45,000 images):
   MACs, blocks to ~31 %, each -> INT8) and one or two 1-epoch draws: ``--size-trials 5``; (b) its 4 seeds (the same
   cuts, FP32, and the aligned 39.5 % cut, ~100 s) and three or four draws: ``--latency-trials 8``. Promotion is
   off (``promote`` 0): the seeds are full recipes already, and a 40 % reserve for promotions would idle here.
+- INT8 calibration: quantize_int8's default 8 training batches would be 4,096 images at batch 512, and ONNX
+  Runtime's percentile calibration holds every activation of every calibration image in memory before its
+  histograms (~1.2 M floats, ~4.7 MB, an image for this net: ~19 GB and minutes of numpy per INT8 trial), so
+  ``--calibration-batches 1``: 512 images, as many as the CPU searches calibrate on (8 batches of 64).
 - The presets run only if the budget left covers them (each ~ one trial of its search: ~35 s with INT8, ~25 s
   without), else the block says they were not run.
 Measurement of every run: ONNX export on, deploy off (the search's judge times what it compares), 40 timed calls
@@ -121,11 +125,13 @@ def trial_estimate(base: dict[str, Any], base_epochs: int, epochs: int, int8: bo
     return epochs * train / max(1, base_epochs) + overhead * (2 if int8 else 1)
 
 
-def with_format(method: dict[str, Any], fmt: str) -> dict[str, Any]:
-    """A preset's method with its INT8 step in format ``fmt`` (auto: as the preset has it)."""
+def with_int8(method: dict[str, Any], fmt: str, batches: int) -> dict[str, Any]:
+    """A preset's method with its INT8 step as the searches' (format ``fmt``, auto: the preset's own; ``batches``
+    calibration batches)."""
     def step(m: dict[str, Any]) -> dict[str, Any]:
-        if m["name"] == "quantize_int8" and fmt != "auto":
-            return {**m, "params": {**m["params"], "format": fmt}}
+        if m["name"] == "quantize_int8":
+            return {**m, "params": {**m["params"], "calibration_batches": batches,
+                                    **({} if fmt == "auto" else {"format": fmt})}}
         if m["name"] == "pipeline":
             return {**m, "params": {**m["params"], "steps": [step(s) for s in m["params"]["steps"]]}}
         return m
@@ -205,11 +211,15 @@ def run(a: argparse.Namespace, store: Store, emit: Callable[[dict[str, Any]], No
     full, ft = a.full_epochs, a.finetune_epochs
     est_int8, est_fp32 = (trial_estimate(base, base_epochs, full, int8) for int8 in (True, False))
     res.update(base=base, about=about, settings={"full_epochs": full, "finetune_epochs": ft, "est_int8": est_int8,
+                                                 "int8": f"format {a.int8_format}, calibrated on "
+                                                         f"{a.calibration_batches} training batch(es) of "
+                                                         f"{data.get('batch_size') or 64}",
                                                  "est_fp32": est_fp32, "size_trials": a.size_trials,
                                                  "latency_trials": a.latency_trials})
     done("base", t)
     searches_s = max(0.0, clock.left() - CLOSING_S)
-    common = {"finetune_epochs": ft, "full_epochs": full, "promote": 0, "seeded": True, "int8_format": a.int8_format}
+    common = {"finetune_epochs": ft, "full_epochs": full, "promote": 0, "seeded": True, "int8_format": a.int8_format,
+              "int8_calibration_batches": a.calibration_batches}
 
     size_s = res["settings"]["size_s"] = max(1.0, SIZE_SHARE * searches_s - est_int8)
     log(f"(a) size search: {size_s:.0f} s, at most {a.size_trials} trials (a trial ~{est_int8:.0f} s)")
@@ -249,7 +259,7 @@ def run(a: argparse.Namespace, store: Store, emit: Callable[[dict[str, Any]], No
         log(f"preset: {label}")
         rec = attempt(f"preset {label}", lambda label=label: run_spec(check_spec({
             **start, "name": f"autocompress bench (GPU): {label}",
-            "method": with_format(PRESETS[label], a.int8_format)}), store))
+            "method": with_int8(PRESETS[label], a.int8_format, a.calibration_batches)}), store))
         if rec is not None:
             res["presets"][label] = rec
         else:
@@ -334,7 +344,8 @@ def size_part(res: dict[str, Any]) -> list[str]:
              f"1/{SMALLER:g} of the base's file wins) within {SIZE_LIMIT_PT:g} pt of validation accuracy; candidates "
              f"{', '.join(SIZE_SPACE)} (INT8 alone is at most 4x smaller: not searched), the seeded recipes first "
              f"with {res['settings']['full_epochs']} fine-tune epochs (block pruning: its own 8), draws with "
-             f"{res['settings']['finetune_epochs']}; " + _budget(s, res["settings"]["size_s"]) + ".",
+             f"{res['settings']['finetune_epochs']}; INT8 {res['settings'].get('int8', 'as quantize_int8 defaults')}; "
+             + _budget(s, res["settings"]["size_s"]) + ".",
              "- Chosen on the validation split; only the front was scored on the test split.", "",
              report.table(rows, [("model", "front model"), ("val_drop", "val drop", report.points),
                                  ("acc", "test top-1", report.top1), ("drop", "test drop", report.points),
@@ -415,7 +426,9 @@ def presets_part(res: dict[str, Any]) -> list[str]:
     re-timing, where the latency winner and the FP32 preset were paired with the base in one judge)."""
     base, closing = res["base"], res["closing"]
     where = "the GPU" if res["device"] == "cuda" else res["device"]
-    lines = ["#### The hand-made presets on the same base", ""]
+    lines = ["#### The hand-made presets on the same base", "",
+             f"The CPU block's presets (`bench.autocompress.PRESETS`), their INT8 steps as the searches' "
+             f"({res['settings'].get('int8', 'quantize_int8 defaults')}).", ""]
     rows = []
     for label, rec in res["presets"].items():
         timed = closing.get(label)
@@ -487,6 +500,8 @@ def parser() -> argparse.ArgumentParser:
                    help="the latency search's runtime (best: each model's faster of eager and ONNX Runtime on CUDA)")
     p.add_argument("--int8-format", default="auto", choices=("auto", *int8_formats.FORMATS),
                    help="the INT8 step's format (auto: quantize_int8's own choice on this CPU)")
+    p.add_argument("--calibration-batches", type=int, default=1,
+                   help="the INT8 step's calibration batches (1 = 512 images at batch 512; see the docstring)")
     p.add_argument("--latency-runs", type=int, default=None, help="tiny settings: timed calls per model (default 40)")
     p.add_argument("--size-trials", type=int, default=5)
     p.add_argument("--latency-trials", type=int, default=8)

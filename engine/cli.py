@@ -454,6 +454,8 @@ def cmd_presets(a: argparse.Namespace) -> int:
      "CUDA or ONNX Runtime's CUDA provider; INT8 is left out there)")
 @arg("--int8-format", default="auto", help="the INT8 step's format in every candidate ending in INT8 (auto: "
      "quantize_int8's own choice on this CPU; or qdq, qdq_reduce_range, qdq_s8s8, qoperator, openvino)")
+@arg("--int8-calibration-batches", type=int, default=None, help="the INT8 step's calibration batches (default: "
+     "quantize_int8's)")
 @arg("--target", type=float, default=None, help="a budget instead of a minimum: the objective at most 1/TARGET of "
      "the start's (4 = 4x smaller)")
 @arg("--trials", type=int, default=12, help="search budget in trials")
@@ -490,6 +492,7 @@ def cmd_autocompress(a: argparse.Namespace) -> int:
                                   "trials": a.trials, "minutes": a.minutes, "finetune_epochs": a.finetune_epochs,
                                   "promote": a.promote, "full_epochs": a.full_epochs, "seed": a.seed, "parallel": a.parallel, "runtime": a.runtime, "batch": a.batch,
                                   "device": a.device, "int8_format": a.int8_format,
+                                  "int8_calibration_batches": a.int8_calibration_batches,
                                   "seeded": not a.no_seeded}
         if a.space:
             params["space"] = [c.strip() for c in a.space.split(",") if c.strip()]

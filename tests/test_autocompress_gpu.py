@@ -81,6 +81,13 @@ def test_an_fp32_cut_candidate_runs_the_method_alone_with_the_same_knobs():
         assert b.method["params"]["steps"][1]["name"] == "quantize_int8"
         assert "no INT8" in a.recipe and a.recipe.replace(" (FP32, no INT8)", " -> INT8") == b.recipe
     assert set(search_space.FP32_OF.values()) <= set(search_space.TUNED)
+    # the INT8 step's format and calibration batches, where the search sets them (the GPU bench: 1 batch of 512)
+    step = search_space.draw(trial, "prune_int8", *args, int8_format="qdq", int8_batches=1).method["params"]["steps"][1]
+    assert step == {"name": "quantize_int8", "params": {"format": "qdq", "calibration_batches": 1}}
+    methods.validate("autocompress", {"int8_format": "qdq", "int8_calibration_batches": 1})
+    with pytest.raises(SpecError) as e:
+        methods.validate("autocompress", {"int8_calibration_batches": 0})
+    assert e.value.field == "method.params.int8_calibration_batches"
     # every candidate the page may offer is valid in the spec, and the default space is unchanged
     methods.validate("autocompress", {"space": list(search_space.CANDIDATES)})
     default = next(p.default for p in methods.get("autocompress").params if p.name == "space")

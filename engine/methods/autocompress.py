@@ -167,6 +167,9 @@ def _check(params: dict, spec: Any) -> None:
           "(quantize_int8's own choice: the fastest format on this CPU whose answers agree with the FP32 model's, "
           "trying the next, then keeping layers FP32, where one falls short: minutes on a barely trained model) or "
           "one format", choices=("auto", *int8_formats.FORMATS)),
+    Param("int8_calibration_batches", "int", None, "the INT8 step's calibration batches (blank: quantize_int8's "
+          "default, 8 training batches: 4,096 images at batch 512, whose every activation ONNX Runtime's percentile "
+          "calibration holds in memory at once)", low=1, high=10000, optional=True),
     Param("device", "str", "cpu", "objective latency: where every model is timed: cpu, or cuda (this machine's GPU: "
           "runtime eager (PyTorch on CUDA), onnxruntime (its CUDA provider) or best of the two; INT8 is left out "
           "there, since ONNX Runtime's CUDA provider does not speed INT8 up: each INT8 candidate is searched as its "
@@ -249,7 +252,8 @@ def autocompress(model, ctx, params):
         epochs = trial.user_attrs.get("seed_epochs") or (params["full_epochs"] if full else params["finetune_epochs"])
         d = draw(trial, candidate, epochs,
                  start["macs"], start_params, ctx.data.num_classes, shape, small,
-                 kd=FULL_KD if source is not None else 0.0, int8_format=params["int8_format"])
+                 kd=FULL_KD if source is not None else 0.0, int8_format=params["int8_format"],
+                 int8_batches=params["int8_calibration_batches"])
         if source is not None:
             d = Draw(d.method, f"{d.recipe} (full recipe of trial {source})", d.proxy)
         elif seeded is not None:

@@ -180,11 +180,13 @@ def _cut(trial: Any, kind: str, finetune_epochs: int, kd: float) -> tuple[dict[s
 
 def draw(trial: Any, candidate: str, finetune_epochs: int, start_macs: float, start_params: float,
          num_classes: int, input_shape: tuple[int, int, int], small_input: bool, kd: float = 0.0,
-         int8_format: str = "auto") -> Draw:
+         int8_format: str = "auto", int8_batches: int | None = None) -> Draw:
     """The recipe ``trial`` (an optuna.Trial) picks for ``candidate``; ``kd`` > 0: a distillation-assisted
     fine-tune of that weight where the method has one (structured pruning); ``int8_format``: the INT8 step's
-    format (auto: quantize_int8's own choice, the fastest here that agrees with the FP32 model)."""
-    int8 = {"name": "quantize_int8", "params": {} if int8_format == "auto" else {"format": int8_format}}
+    format (auto: quantize_int8's own choice, the fastest here that agrees with the FP32 model); ``int8_batches``:
+    its calibration batches (None: quantize_int8's default)."""
+    int8 = {"name": "quantize_int8", "params": {**({} if int8_format == "auto" else {"format": int8_format}),
+                                                **({} if int8_batches is None else {"calibration_batches": int8_batches})}}
     if candidate == "quantize_int8":
         # The cheapest candidate: no knob, no training; the start as INT8 in the format fastest on this CPU.
         return Draw(int8, f"quantize_int8 of the start (format {int8_format})", {"macs": 1.0})
