@@ -9,8 +9,10 @@ CUDA or ONNX Runtime's CUDA provider, each model in its faster one, paired again
 (``search_space.INT8_ON_CUDA``); the fastest model within the limit wins, with its paired speed-up against the
 base on the GPU. Then, if the budget left allows (estimated from the searches' own trials), the hand-made presets
 of the CPU block (``bench.autocompress.PRESETS``: structured to 1/2.1 of the MACs, INT8, and the two chained) on the
-same base; a preset that does not fit is listed as not run. Last, one closing re-timing on the GPU: the base, the
-latency winner and the FP32 preset, each paired against the base in one judge (``search_latency.LatencyJudge``).
+same base; a preset that does not fit is listed as not run. Last, one closing re-timing on the GPU: the latency
+winner and the FP32 preset, each paired against the base in one judge (``search_latency.LatencyJudge``, the
+search's own). A part that fails is recorded with its error and the others still run; the block is written after
+every part, so a call stopped by its time limit keeps what it measured (marked incomplete).
 Writes the ``gpu/autocompress`` block of docs/BENCHMARKS.md (``bench.report.write_block``).
 
 ``--device cpu`` is the CPU rehearsal of the same path with tiny settings (``--limit``, ``--image-size``, ...): the
@@ -23,7 +25,7 @@ batch 512 on 45,000 images):
 - CIFAR-10 load ~10 s; the base: 40 epochs x ~2 s = ~80 s, and its measurement (CPU and GPU latency, ONNX export;
   deploy off) ~15 s: ~105 s. ``--base-run`` saves it.
 - The closing re-timing (the judge loading the base in eager CUDA and ONNX Runtime CUDA, its agreement on 256 images,
-  each model paired in 5 ABBA rounds) ~15 s, and reading the results: ``CLOSING_S`` = 30 s is kept back.
+  two models each paired in 5 ABBA rounds) ~15 s, and reading the results: ``CLOSING_S`` = 30 s is kept back.
 - That leaves ~345 s for the searches, ``SIZE_SHARE`` 45 % to (a) (~155 s), the rest and whatever (a) left to (b)
   (~190 s), each search's minutes less one trial's estimate (the overrun).
 - A trial: the fine-tune on the GPU (a pruned net is faster than the base: <= 2 s an epoch), its run's own
