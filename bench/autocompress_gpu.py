@@ -18,6 +18,10 @@ Writes the ``gpu/autocompress`` block of docs/BENCHMARKS.md (``bench.report.writ
 ``--device cpu`` is the CPU rehearsal of the same path with tiny settings (``--limit``, ``--image-size``, ...): the
 block goes to ``--out`` or stdout, never to docs/BENCHMARKS.md.
 
+On a device machine only ``$OUT`` comes back: ``--out $OUT/autocompress-gpu.md`` writes the block there as it would
+stand in docs/BENCHMARKS.md (its markers, and the device's machine, versions and date), after every part; here,
+``--take FILE`` then lands it in docs/BENCHMARKS.md, running nothing (a rehearsal's block is refused).
+
 Budget arithmetic for the default ``--minutes 8`` (480 s of the 9-minute call; the rest covers the interpreter, its
 imports and a trial that overruns its search's budget: a search starts no trial after its minutes, one running
 then finishes). Estimates for an H200 with 16 cores, from ``presets.cifar10_literature`` (ResNet-18 ~2 s an epoch at
@@ -511,12 +515,35 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--full-epochs", type=int, default=5, help="a seeded trial's fine-tune")
     p.add_argument("--no-presets", action="store_true", help="do not run the hand-made presets")
     p.add_argument("--no-write", action="store_true", help="print the block instead of writing BENCHMARKS.md")
-    p.add_argument("--out", default=None, help="write the block to this file (not BENCHMARKS.md)")
+    p.add_argument("--out", default=None, help="write the block to this file (as it would stand in BENCHMARKS.md, "
+                   "stamped with this machine; a device call: $OUT/autocompress-gpu.md)")
+    p.add_argument("--take", default=None, metavar="FILE", help="run nothing: land the block a device call wrote "
+                   "with --out into docs/BENCHMARKS.md")
     return p
+
+
+def take(source: Path) -> str | None:
+    """Put the ``gpu/autocompress`` block a device call wrote (``--out``) into docs/BENCHMARKS.md as it stands there
+    (its stamp names the device's machine); None, or why it was refused."""
+    found = report._markers("gpu/autocompress").search(source.read_text()) if source.is_file() else None
+    if not found:
+        return f"{source} has no gpu/autocompress block"
+    if "**CPU rehearsal**" in found.group(0):
+        return f"{source} holds a CPU rehearsal's block: its figures say nothing about a GPU"
+    text = report.previous_text() or report.HEADER
+    report.DOC.write_text(report.put_block(text, "gpu", "autocompress", found.group(0), "python -m bench autocompress --gpu"))
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
     a = parser().parse_args(argv)
+    if a.take:
+        why = take(Path(a.take))
+        if why:
+            print(f"error: --take: {why}", file=sys.stderr)
+            return 2
+        log(f"wrote {report.DOC}")
+        return 0
     for name, v, lo, hi in (("--minutes", a.minutes, 0.05, 1e4), ("--base-epochs", a.base_epochs, 1, 1000),
                             ("--size-trials", a.size_trials, 1, 1000), ("--latency-trials", a.latency_trials, 1, 1000),
                             ("--full-epochs", a.full_epochs, 1, 1000), ("--finetune-epochs", a.finetune_epochs, 1, 1000),
@@ -540,8 +567,8 @@ def main(argv: list[str] | None = None) -> int:
     def emit(res: dict[str, Any]) -> None:
         """The block as measured so far, written where it goes: a call stopped by its time limit keeps it."""
         body = section(res)
-        if a.out:
-            Path(a.out).write_text(body + "\n")
+        if a.out:   # with its markers and this machine's stamp: what --take lands in BENCHMARKS.md
+            Path(a.out).write_text(report.render_block("gpu", "autocompress", body, cmd) + "\n")
         if to_doc:
             report.write_block("gpu", "autocompress", body, cmd)
 
