@@ -414,8 +414,9 @@ def speed_part(res: dict[str, Any]) -> list[str]:
     head = f"- Target (the fastest GPU model within {SPEED_LIMIT_PT:g} pt)"
     if win is not None and (win["x"] or 0) > 1:
         lines.append(f"{head}: **met** by {win['model']}: {win['x']:.2f}x faster than the base on {res['device']} (paired, "
-                     f"{win['runtime']} against the base at its fastest), val drop {win['val_drop']:.2f} pt, test drop "
-                     f"{win['drop']:.2f} pt.")
+                     f"{win['runtime']} against the base at its fastest"
+                     + (f"; {win['again']:.2f}x in the closing re-timing" if win["again"] else "")
+                     + f"), val drop {win['val_drop']:.2f} pt, test drop {win['drop']:.2f} pt.")
     elif win is not None:
         lines.append(f"{head}: **missed**: the winner, {win['model']}, is not faster than the base "
                      f"({win['x']:.2f}x); on this GPU at batch {res['batch']} none of the cuts within the limit ran faster.")
