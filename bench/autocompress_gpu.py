@@ -26,7 +26,8 @@ Budget arithmetic for the default ``--minutes 8`` (480 s of the 9-minute call; t
 imports and a trial that overruns its search's budget: a search starts no trial after its minutes, one running
 then finishes). Estimates for an H200 with 16 cores, from ``presets.cifar10_literature`` (ResNet-18 ~2 s an epoch at
 batch 512 on 45,000 images):
-- CIFAR-10 load ~10 s; the base: 40 epochs x ~2 s = ~80 s, and its measurement (CPU and GPU latency, ONNX export;
+- CIFAR-10 load: decoding the 60,000 JPEGs once took 27.6 s on the 2-core development box (then a 177 MB tensor
+  cache, read in no time by every later run of the process), say ~20 s there; the base: 40 epochs x ~2 s = ~80 s, and its measurement (CPU and GPU latency, ONNX export;
   deploy off) ~15 s: ~105 s. ``--base-run`` saves it.
 - The closing re-timing (the judge loading the base in eager CUDA and ONNX Runtime CUDA, its agreement on 256 images,
   two models each paired in 5 ABBA rounds) ~15 s, and reading the results: ``CLOSING_S`` = 30 s is kept back.
