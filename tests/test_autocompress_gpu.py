@@ -176,3 +176,48 @@ def test_on_a_gpu_the_judge_pairs_eager_and_onnxruntime_cuda_for_real(tmp_path):
     assert 0.5 < same["speedup_same_runtime"] < 2.0           # the start against itself: ~1x
     assert small["latency_ms"] > 0 and small["runtime"].endswith("_cuda")
     assert search_latency.device_name("cuda").startswith("cuda (")
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory, small_base):
+    """A workspace of the module's own, holding the session's small base (conftest's, trained on digits)."""
+    from engine.store import Store
+
+    from conftest import adopt_run
+    store = Store(tmp_path_factory.mktemp("autocompress-gpu-ws"))
+    return store, adopt_run(*small_base, store)
+
+
+def test_a_search_with_device_cuda_times_on_cuda_searches_fp32_cuts_and_says_so(ws, monkeypatch):
+    """The search's wiring, CUDA faked at the edges (as above): with device cuda and the default space, the start as
+    INT8 is not tried, the INT8 seeds run as their FP32 cuts, every pair is timed on cuda, and the record names the
+    device, the runtimes (eager_cuda) and why INT8 was left out."""
+    from conftest import SMALL_DATA, SMALL_MEASURE
+    from engine.runner import run_spec
+    store, base = ws
+    pairs = []
+    real_paired = measure.paired_speedup
+
+    def paired(ref, cand, shape, device, *a, **kw):
+        pairs.append(device.type)
+        return real_paired(ref, cand, shape, torch.device("cpu"), *a, **kw)
+    monkeypatch.setattr(autocompress, "cuda_here", lambda: True)     # the search's check only: its runs stay CPU
+    real_name = search_latency.device_name
+    monkeypatch.setattr(search_latency, "device_name", lambda d: "cuda (Fake GPU)" if d == "cuda" else real_name(d))
+    monkeypatch.setattr(deploy.Eager, "load", lambda self, artefact, model, device, threads: (lambda x: model(x)))
+    monkeypatch.setattr(measure, "paired_speedup", paired)
+    monkeypatch.setattr(search_latency, "here", lambda device="cpu": ["eager"])
+    rec = run_spec({"data": SMALL_DATA, "model": {"from_run": base["run_id"]}, "train": {"epochs": 1, "device": "cpu"},
+                    "measure": SMALL_MEASURE, "method": {"name": "autocompress", "params": {
+                        "objective": "latency", "device": "cuda", "runtime": "best", "max_drop_pt": 100.0,
+                        "trials": 1, "promote": 0, "full_epochs": 1}}}, store)
+    ran = [t for t in rec["search_trial_list"] if t["state"] in ("complete", "pruned")]
+    assert len(ran) == 1 and ran[0]["params"]["candidate"] == "prune"          # the first seed, its FP32 cut
+    assert "without its INT8 step" in ran[0]["seeded"] and "no INT8" in ran[0]["recipe"]
+    assert store.get(ran[0]["run_id"])["spec"]["method"]["name"] == "prune_structured"
+    assert not any((t["params"] or {}).get("candidate") in ("quantize_int8", "prune_int8")
+                   for t in rec["search_trial_list"])
+    assert pairs and set(pairs) == {"cuda"}
+    assert rec["search_latency_device"] == "cuda (Fake GPU)" and rec["search_start_runtime"] == "eager_cuda"
+    assert ran[0]["runtime"] == "eager_cuda" and ran[0]["start_runtime"] == "eager_cuda"
+    assert "on cuda (Fake GPU)" in rec["search_timing"] and "quantize_int8: left out" in rec["search_timing"]

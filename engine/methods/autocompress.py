@@ -88,6 +88,11 @@ def energy_unmeasurable() -> str | None:
     return conditions.EnergyMeter("cpu").reason
 
 
+def cuda_here() -> bool:
+    """Whether this machine has a CUDA device to time a latency search on (``device`` cuda)."""
+    return torch.cuda.is_available()
+
+
 def objectives_here() -> list[str]:
     """The objectives this machine can measure: ``energy`` only where its counter is readable."""
     return [o for o in OBJECTIVES if o != "energy" or energy_unmeasurable() is None]
@@ -114,7 +119,7 @@ def _check(params: dict, spec: Any) -> None:
     if params["objective"] != "latency" and device != "cpu":
         raise SpecError("method.params.device", "a device is chosen for the latency objective only; with "
                         f"objective {params['objective']} leave device at cpu")
-    if device == "cuda" and not torch.cuda.is_available():
+    if device == "cuda" and not cuda_here():
         raise SpecError("method.params.device", "device cuda: this machine has no CUDA device "
                         "(torch.cuda.is_available() is false); time on cpu, or run the search on a machine with a GPU")
     if params["objective"] == "latency" and (why := search_latency.unavailable(params["runtime"], device)):
