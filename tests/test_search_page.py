@@ -259,6 +259,41 @@ def test_the_experiments_tab_offers_the_latency_runtime_and_batch(page_ws):
     assert (params["objective"], params["runtime"], params["batch"]) == ("latency", "onnxruntime", 4)
 
 
+def test_the_experiments_tab_offers_the_gpu_only_where_cuda_is(page_ws, monkeypatch):
+    """Timed on: asked only on a machine with CUDA; choosing the GPU offers its runtimes (no OpenVINO) and queues
+    device cuda. Without CUDA nothing is asked and the search times on the CPU."""
+    from engine.methods import autocompress, search_latency
+    ids = insert_study(page_ws)
+
+    def open_latency():
+        at = page("experiments")
+        at.session_state["exp_tab"] = "Auto-compress"
+        at.run()
+        at.selectbox(key="search_start").set_value(ids["base"])
+        at.selectbox(key="ac_objective").set_value("latency")
+        at.run()
+        return at
+    at = open_latency()
+    if not autocompress.cuda_here():
+        assert not any(w.key == "ac_device" for w in at.radio)
+    real = search_latency.unavailable
+    monkeypatch.setattr(autocompress, "cuda_here", lambda: True)
+    monkeypatch.setattr(search_latency, "unavailable", lambda r, device="cpu": (
+        ("not available on this machine: OpenVINO does not run on cuda" if r == "openvino" else None)
+        if device == "cuda" else real(r, device)))
+    at = open_latency()
+    at.radio(key="ac_device").set_value("cuda")
+    at.run()
+    assert "openvino" not in at.selectbox(key="ac_runtime").options
+    at.selectbox(key="ac_runtime").set_value("onnxruntime")
+    at.number_input(key="ac_trials").set_value(2)
+    at.run()
+    at.button(key="launch_search").click()
+    at.run()
+    params = Store(page_ws).list("queued")[0]["spec"]["method"]["params"]
+    assert (params["objective"], params["runtime"], params["device"]) == ("latency", "onnxruntime", "cuda")
+
+
 def test_a_latency_search_page_says_which_runtime_and_batch_it_timed_in(page_ws):
     timing = "each trial timed as it ended, one trial at a time, at batch 2 in best (each model's fastest runtime here)"
     ids = insert_study(page_ws, params_over={"objective": "latency", "runtime": "best", "batch": 2},

@@ -33,6 +33,7 @@ OBJECTIVES = {"size": "Size in MB (model.pt)", "macs": "MACs per image",
               "energy": "Energy per image (CPU package, RAPL)"}
 
 
+DEVICE_LABELS = {"cpu": "CPU", "cuda": "GPU (CUDA; INT8 left out)"}
 RUNTIME_LABELS = {"eager": "PyTorch eager", "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO",
                   "best": "Best: each model's fastest runtime here"}
 
@@ -80,12 +81,18 @@ def panel(store, launch: Callable[[list[dict[str, Any]]], None]) -> None:
                                  help="what every trial is measured by against the start"
                                       + (f"; energy is not offered: {why_not}" if why_not else ""))
         slots["method.params.objective"] = st.empty()
-    runtime, batch = "eager", 1
+    runtime, batch, device = "eager", 1, "cpu"
     if objective == "latency":
+        if autocompress.cuda_here():   # the GPU is offered only where this machine has one
+            device = st.radio("Timed on", list(search_latency.DEVICES), horizontal=True, key="ac_device",
+                              format_func=DEVICE_LABELS.get, help=_param("device").help)
+            slots["method.params.device"] = st.empty()
         c1, c2 = st.columns(2)
         with c1:
-            missing = {r: search_latency.unavailable(r) for r in search_latency.RUNTIMES}
+            missing = {r: search_latency.unavailable(r, device) for r in search_latency.RUNTIMES}
             offered = [r for r in search_latency.RUNTIMES if not missing[r]]
+            if st.session_state.get("ac_runtime") not in offered:   # e.g. openvino, then the GPU chosen
+                st.session_state.pop("ac_runtime", None)
             kept("ac_runtime", "best" if "best" in offered else offered[0])
             runtime = st.selectbox("Timed in the runtime", offered, format_func=RUNTIME_LABELS.get, key="ac_runtime",
                                    help=_param("runtime").help + "".join(
@@ -146,7 +153,7 @@ def panel(store, launch: Callable[[list[dict[str, Any]]], None]) -> None:
     params = {"max_drop_pt": float(limit), "objective": objective, "target": target, "trials": int(trials),
               "minutes": minutes, "space": list(space), "finetune_epochs": int(finetune),
               "prune_margin_pt": float(margin), "seed": int(seed), "parallel": int(parallel),
-              "runtime": runtime, "batch": int(batch)}
+              "runtime": runtime, "batch": int(batch), "device": device}
     problem = None
     try:
         spec = searches.check_launch(store, start, params)
