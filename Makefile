@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 REQS  := requirements.txt requirements-ray.txt
 PORT  ?= 8501
 
-.PHONY: setup run test test-fast bench bench-gpu bench-gpu-bases bench-gpu-literature clean
+.PHONY: setup run test test-fast bench bench-gpu bench-gpu-bases bench-gpu-literature bench-gpu-autocompress clean
 
 setup: $(STAMP)
 	@bash scripts/setup_debian.sh
@@ -53,6 +53,10 @@ bench-gpu-bases: setup
 PART ?= resnet56
 bench-gpu-literature: setup
 	$(PY) -m bench literature --part $(PART)
+
+# Issue 21's GPU targets (auto-compress from the literature ResNet-18 base), sized for one 9-minute GPU call.
+bench-gpu-autocompress: setup
+	$(PY) -m bench autocompress --gpu
 
 clean:
 	rm -rf $(VENV) workspace test-artifacts .pytest_cache *.egg-info

@@ -4,6 +4,7 @@
 (bench/runtimes.py).
 ``python -m bench int8``: the "INT8 formats" block of the CPU section (bench.int8_formats).
 ``python -m bench autocompress [--minutes 20]``: the auto-compress block of the CPU section (bench/autocompress.py).
+``python -m bench autocompress --gpu``: the auto-compress block of the GPU section (bench/autocompress_gpu.py).
 ``python -m bench recipes-cpu``: every method's recipe with its control on the CPU base (bench/recipes_cpu.py).
 ``python -m bench literature --part resnet56|resnet18|resnet20``: issue 19's GPU literature table, one net per
 device call (bench/literature.py).

@@ -1,5 +1,5 @@
 """``python -m bench autocompress [--minutes 20] [--base-epochs N]``: the auto-compress block of
-docs/BENCHMARKS.md's CPU section.
+docs/BENCHMARKS.md's CPU section. ``--gpu``: the GPU block instead (``bench.autocompress_gpu``).
 
 Trains the Quick tour's base (``engine.presets.quick_tour()``'s data, architecture and measurement),
 runs the hand-made presets on it (structured pruning to 50 % of the MACs, INT8, and the two chained),
@@ -257,6 +257,9 @@ def retime_all(base: dict[str, Any], done: dict[str, dict], search: dict[str, An
 
 
 def main(argv: list[str] | None = None) -> int:
+    if "--gpu" in (argv if argv is not None else sys.argv[2:]):   # issue 21's GPU targets: a bench of its own
+        from . import autocompress_gpu
+        return autocompress_gpu.main(argv if argv is not None else sys.argv[2:])
     p = argparse.ArgumentParser(prog="python -m bench autocompress")
     p.add_argument("--minutes", type=float, default=20.0, help="the search's wall-time budget")
     p.add_argument("--base-epochs", type=int, default=presets.QUICK_BASE_EPOCHS)

@@ -445,17 +445,23 @@ def cmd_presets(a: argparse.Namespace) -> int:
          "accuracy limit on the validation split; each trial is a child run; --resume continues a stopped search")
 @arg("--from-run", default=None, help="the finished run to compress (its data, training and timing settings apply)")
 @arg("--max-drop-pt", type=float, default=1.0, help="validation accuracy the search may lose, in points")
-@arg("--objective", default="size", help="size, macs, latency (CPU, at --batch in --runtime) or energy (CPU mJ per "
+@arg("--objective", default="size", help="size, macs, latency (at --batch in --runtime on --device) or energy (CPU mJ per "
      "image, where this machine can read its RAPL counter)")
 @arg("--runtime", default="eager", help="with --objective latency: the runtime each model and the start are timed in: "
      "eager, onnxruntime, openvino, or best (each model's fastest here)")
 @arg("--batch", type=int, default=1, help="with --objective latency: the batch each model is timed at")
+@arg("--device", default="cpu", help="with --objective latency: where every model is timed: cpu, or cuda (eager on "
+     "CUDA or ONNX Runtime's CUDA provider; INT8 is left out there)")
+@arg("--int8-format", default="auto", help="the INT8 step's format in every candidate ending in INT8 (auto: "
+     "quantize_int8's own choice on this CPU; or qdq, qdq_reduce_range, qdq_s8s8, qoperator, openvino)")
+@arg("--int8-calibration-batches", type=int, default=None, help="the INT8 step's calibration batches (default: "
+     "quantize_int8's)")
 @arg("--target", type=float, default=None, help="a budget instead of a minimum: the objective at most 1/TARGET of "
      "the start's (4 = 4x smaller)")
 @arg("--trials", type=int, default=12, help="search budget in trials")
 @arg("--minutes", type=float, default=None, help="search budget in wall time")
-@arg("--space", default=None, help="comma-separated candidates (default: all): prune_int8, lowrank_int8, "
-     "quantize_int8, unstructured, distill")
+@arg("--space", default=None, help="comma-separated candidates (default: prune_int8, blocks_int8, lowrank_int8, "
+     "quantize_int8, unstructured, distill; also prune, blocks, lowrank: the same cuts without INT8)")
 @arg("--finetune-epochs", type=int, default=1, help="the short fine-tune of each trial (the cheap proxy)")
 @arg("--promote", type=int, default=2, help="trials on or near the proxies' front run again with the full recipe "
      "(0: none)")
@@ -485,6 +491,8 @@ def cmd_autocompress(a: argparse.Namespace) -> int:
         params: dict[str, Any] = {"max_drop_pt": a.max_drop_pt, "objective": a.objective, "target": a.target,
                                   "trials": a.trials, "minutes": a.minutes, "finetune_epochs": a.finetune_epochs,
                                   "promote": a.promote, "full_epochs": a.full_epochs, "seed": a.seed, "parallel": a.parallel, "runtime": a.runtime, "batch": a.batch,
+                                  "device": a.device, "int8_format": a.int8_format,
+                                  "int8_calibration_batches": a.int8_calibration_batches,
                                   "seeded": not a.no_seeded}
         if a.space:
             params["space"] = [c.strip() for c in a.space.split(",") if c.strip()]

@@ -157,10 +157,15 @@ FIELDS: tuple[Field, ...] = (
                "search) or every scored trial was timed again alone after a parallel search, against the start"),
     Field("search_latency_runtime", "search latency runtime", kind="text",
           help="with objective latency: the runtime every model was timed in (method param runtime: eager, "
-               "onnxruntime, openvino, or best: each model's fastest here; the runtime each trial ran in is in "
+               "onnxruntime, openvino, or best: each model's fastest here, on search_latency_device; the runtime each "
+               "trial ran in is in "
                "search_trial_list); blank for other objectives"),
     Field("search_latency_batch", "search latency batch", "images", "with objective latency: the batch every "
           "model was timed at (method param batch)", "%d"),
+    Field("search_latency_device", "search latency device", kind="text",
+          help="with objective latency: the device every model and the start were timed on (method param device): "
+               "cpu (with the CPU's model) or cuda (with the GPU's name); on cuda the runtimes are named "
+               "eager_cuda and onnxruntime_cuda, and INT8 is left out of the search (search_timing says how)"),
     Field("search_start_runtime", "start's runtime", kind="text",
           help="with objective latency: the start's fastest runtime here (with runtime best; else the runtime "
                "chosen). Each trial's speed-up is paired with the start in the trial's own runtime "

@@ -30,13 +30,15 @@ SETTINGS_FROM_START = ("data", "train", "measure", "experiment", "group")
 
 
 def cost_label(params: dict[str, Any]) -> str:
-    """What a search's objective measures, as its params set it (latency: at which batch, in which runtime)."""
+    """What a search's objective measures, as its params set it (latency: on which device, at which batch, in which
+    runtime)."""
     objective = params.get("objective") or "size"
     if objective != "latency":
         return COST_LABELS[objective]
     runtime = params.get("runtime") or "eager"
     where = "each model's fastest runtime here" if runtime == "best" else runtime
-    return f"CPU latency at batch {params.get('batch') or 1} in {where}"
+    device = "GPU (cuda)" if params.get("device") == "cuda" else "CPU"
+    return f"{device} latency at batch {params.get('batch') or 1} in {where}"
 
 
 def is_search(row: dict[str, Any] | None) -> bool:

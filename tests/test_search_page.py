@@ -259,6 +259,41 @@ def test_the_experiments_tab_offers_the_latency_runtime_and_batch(page_ws):
     assert (params["objective"], params["runtime"], params["batch"]) == ("latency", "onnxruntime", 4)
 
 
+def test_the_experiments_tab_offers_the_gpu_only_where_cuda_is(page_ws, monkeypatch):
+    """Timed on: asked only on a machine with CUDA; choosing the GPU offers its runtimes (no OpenVINO) and queues
+    device cuda. Without CUDA nothing is asked and the search times on the CPU."""
+    from engine.methods import autocompress, search_latency
+    ids = insert_study(page_ws)
+
+    def open_latency():
+        at = page("experiments")
+        at.session_state["exp_tab"] = "Auto-compress"
+        at.run()
+        at.selectbox(key="search_start").set_value(ids["base"])
+        at.selectbox(key="ac_objective").set_value("latency")
+        at.run()
+        return at
+    at = open_latency()
+    if not autocompress.cuda_here():
+        assert not any(w.key == "ac_device" for w in at.radio)
+    real = search_latency.unavailable
+    monkeypatch.setattr(autocompress, "cuda_here", lambda: True)
+    monkeypatch.setattr(search_latency, "unavailable", lambda r, device="cpu": (
+        ("not available on this machine: OpenVINO does not run on cuda" if r == "openvino" else None)
+        if device == "cuda" else real(r, device)))
+    at = open_latency()
+    at.radio(key="ac_device").set_value("cuda")
+    at.run()
+    assert "openvino" not in at.selectbox(key="ac_runtime").options
+    at.selectbox(key="ac_runtime").set_value("onnxruntime")
+    at.number_input(key="ac_trials").set_value(2)
+    at.run()
+    at.button(key="launch_search").click()
+    at.run()
+    params = Store(page_ws).list("queued")[0]["spec"]["method"]["params"]
+    assert (params["objective"], params["runtime"], params["device"]) == ("latency", "onnxruntime", "cuda")
+
+
 def test_a_latency_search_page_says_which_runtime_and_batch_it_timed_in(page_ws):
     timing = "each trial timed as it ended, one trial at a time, at batch 2 in best (each model's fastest runtime here)"
     ids = insert_study(page_ws, params_over={"objective": "latency", "runtime": "best", "batch": 2},
@@ -271,6 +306,15 @@ def test_a_latency_search_page_says_which_runtime_and_batch_it_timed_in(page_ws)
     assert "CPU latency at batch 2 in each model's fastest runtime here" in shown
     assert f"Latency timing: {timing}" in shown
     assert set(table(at, "timed in")["timed in"]) == {"openvino"}
+
+
+def test_a_gpu_latency_search_page_says_it_timed_on_the_gpu(page_ws):
+    timing = "each trial timed as it ended, one trial at a time, on cuda (NVIDIA H200), at batch 1 in best"
+    ids = insert_study(page_ws, params_over={"objective": "latency", "runtime": "best", "batch": 1, "device": "cuda"},
+                       rec_over={"search_timing": timing, "search_latency_device": "cuda (NVIDIA H200)"})
+    shown = text(page("search", ids["search"]))
+    assert "GPU (cuda) latency at batch 1 in each model's fastest runtime here" in shown and "CPU latency" not in shown
+    assert f"Latency timing: {timing}" in shown
 
 
 def test_compare_groups_a_searchs_trials_under_it(page_ws):
@@ -366,7 +410,7 @@ def test_a_repeated_trial_is_counted_so_the_tiles_add_up(page_ws):
     assert done == sum(int(tiles[k]) for k in ("Scored", "Stopped or refused", "Repeats"))
 
 
-def test_the_experiments_tab_offers_every_candidate_of_the_engine_and_searches_all_by_default(page_ws):
+def test_the_experiments_tab_offers_every_candidate_of_the_engine_and_searches_its_default_space(page_ws):
     """The tab offered five of the engine's six candidates: INT8 alone, the start in INT8 that the search tries
     first (the point every recipe should beat), could be neither chosen nor searched from the dashboard, while
     `python -m engine autocompress` searched it by default."""
@@ -379,7 +423,9 @@ def test_the_experiments_tab_offers_every_candidate_of_the_engine_and_searches_a
     space = at.multiselect(key="ac_space")
     assert len(space.options) == len(autocompress.CANDIDATES) and "INT8 alone" in space.options
     cli_default = next(p.default for p in methods.get("autocompress").params if p.name == "space")
-    assert list(space.value) == list(autocompress.CANDIDATES) == list(cli_default)
+    # the default space is the engine's (its FP32 cuts, for a GPU latency search, are offered, not chosen)
+    assert list(space.value) == list(autocompress.DEFAULT_SPACE) == list(cli_default)
+    assert {"structured pruning (FP32)", "block pruning (FP32)", "low-rank SVD (FP32)"} <= set(space.options)
     at.selectbox(key="search_start").set_value(ids["base"])
     at.number_input(key="ac_trials").set_value(2)
     at.run()

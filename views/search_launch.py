@@ -18,16 +18,22 @@ CANDIDATE_HELP = {"prune_int8": "structured pruning (channels cut, MACs down) th
                   "quantize_int8": "the start as it is, in INT8 (no training): tried first, the point every "
                                    "other recipe should beat",
                   "unstructured": "zeroed weights (sparse, same dense size and MACs)",
-                  "distill": "a small student (MobileNet) trained with knowledge distillation"}
+                  "distill": "a small student (MobileNet) trained with knowledge distillation",
+                  "prune": "structured pruning alone (FP32, no INT8): for a device where INT8 runs no faster",
+                  "blocks": "block pruning alone (FP32, no INT8)",
+                  "lowrank": "low-rank SVD alone (FP32, no INT8)"}
 # what a chip shows: short enough to fit whole beside the others at 800 px; CANDIDATE_HELP in the field's help
 CANDIDATE_LABELS = {"prune_int8": "structured pruning → INT8", "blocks_int8": "block pruning → INT8",
                     "lowrank_int8": "low-rank SVD → INT8", "quantize_int8": "INT8 alone",
-                    "unstructured": "unstructured (zeroed weights)", "distill": "distilled student"}
+                    "unstructured": "unstructured (zeroed weights)", "distill": "distilled student",
+                    "prune": "structured pruning (FP32)", "blocks": "block pruning (FP32)",
+                    "lowrank": "low-rank SVD (FP32)"}
 OBJECTIVES = {"size": "Size in MB (model.pt)", "macs": "MACs per image",
               "latency": "Latency: CPU, at a batch, in a runtime you choose",
               "energy": "Energy per image (CPU package, RAPL)"}
 
 
+DEVICE_LABELS = {"cpu": "CPU", "cuda": "GPU (CUDA; INT8 left out)"}
 RUNTIME_LABELS = {"eager": "PyTorch eager", "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO",
                   "best": "Best: each model's fastest runtime here"}
 
@@ -75,12 +81,18 @@ def panel(store, launch: Callable[[list[dict[str, Any]]], None]) -> None:
                                  help="what every trial is measured by against the start"
                                       + (f"; energy is not offered: {why_not}" if why_not else ""))
         slots["method.params.objective"] = st.empty()
-    runtime, batch = "eager", 1
+    runtime, batch, device = "eager", 1, "cpu"
     if objective == "latency":
+        if autocompress.cuda_here():   # the GPU is offered only where this machine has one
+            device = st.radio("Timed on", list(search_latency.DEVICES), horizontal=True, key="ac_device",
+                              format_func=DEVICE_LABELS.get, help=_param("device").help)
+            slots["method.params.device"] = st.empty()
         c1, c2 = st.columns(2)
         with c1:
-            missing = {r: search_latency.unavailable(r) for r in search_latency.RUNTIMES}
+            missing = {r: search_latency.unavailable(r, device) for r in search_latency.RUNTIMES}
             offered = [r for r in search_latency.RUNTIMES if not missing[r]]
+            if st.session_state.get("ac_runtime") not in offered:   # e.g. openvino, then the GPU chosen
+                st.session_state.pop("ac_runtime", None)
             kept("ac_runtime", "best" if "best" in offered else offered[0])
             runtime = st.selectbox("Timed in the runtime", offered, format_func=RUNTIME_LABELS.get, key="ac_runtime",
                                    help=_param("runtime").help + "".join(
@@ -116,9 +128,9 @@ def panel(store, launch: Callable[[list[dict[str, Any]]], None]) -> None:
             minutes = st.number_input("Search budget: minutes", min_value=0.0, step=5.0, format="%g",
                                       key="ac_minutes", help=_param("minutes").help)
         slots["method.params.minutes"] = st.empty()
-    # the engine's candidates, in its order and all by default, as `python -m engine autocompress` (the page
+    # the engine's candidates, in its order, its default space chosen, as `python -m engine autocompress` (the page
     # offered five of six: INT8 alone, which the search tries first, could not be chosen)
-    kept("ac_space", list(autocompress.CANDIDATES))
+    kept("ac_space", list(autocompress.DEFAULT_SPACE))
     space = st.multiselect("Candidates searched", list(autocompress.CANDIDATES), key="ac_space", wrap=True,
                            format_func=lambda c: CANDIDATE_LABELS.get(c, c),
                            help="\n".join(f"- **{CANDIDATE_LABELS[c]}** (`{c}`): {why}" for c, why in CANDIDATE_HELP.items()))
@@ -141,7 +153,7 @@ def panel(store, launch: Callable[[list[dict[str, Any]]], None]) -> None:
     params = {"max_drop_pt": float(limit), "objective": objective, "target": target, "trials": int(trials),
               "minutes": minutes, "space": list(space), "finetune_epochs": int(finetune),
               "prune_margin_pt": float(margin), "seed": int(seed), "parallel": int(parallel),
-              "runtime": runtime, "batch": int(batch)}
+              "runtime": runtime, "batch": int(batch), "device": device}
     problem = None
     try:
         spec = searches.check_launch(store, start, params)

@@ -34,6 +34,13 @@ model in a runtime whose top-1 answers disagree with the model's own (an FP32 mo
 in its format's runtime): agreement recorded, the runtime refused with why. A runtime this
 machine lacks is refused up front with deploy's reason.
 
+Latency on the GPU (``device`` cuda): the start and every trial are timed the same way on this machine's CUDA device,
+in PyTorch eager there or ONNX Runtime's CUDA execution provider (``best``: the faster of the two per model), paired
+as on the CPU. INT8 is left out of such a search (``search_space.for_device``: an INT8 candidate runs as its FP32
+cut, INT8 alone is dropped, and the record's ``search_timing`` says so): ONNX Runtime's CUDA provider does not speed
+QDQ INT8 up, and an INT8 file timed on the CPU would not be comparable with GPU figures. ``device`` cuda on a
+machine without CUDA is refused up front. The record names the device (``search_latency_device``).
+
 Parallel (``parallel`` > 1, or any search under ``SLIMBENCH_BACKEND=ray``): trials run as child
 processes or Ray tasks, several at once (``parallel_trials``), with the same budget, pruning,
 no-repeat and resume rules. Latency stays honest by timing the final figures alone: a trial timed
@@ -62,9 +69,10 @@ from ..accuracy_text import change, percent
 from ..errors import Cancelled, JobFailed
 from ..spec import SpecError
 from ..store import new_run_id
-from . import Param, parallel_trials, register, search_latency
+from . import Param, int8_formats, parallel_trials, register, search_latency
 from .quantize import Int8Model
-from .search_space import CANDIDATES, FULL_KD, SEEDS, TUNED, Draw, draw, seeds_for
+from .search_space import (CANDIDATES, DEFAULT_SPACE, DEVICES, FULL_KD, SEEDS, TUNED, Draw, draw, for_device,
+                           seeds_for)
 
 OBJECTIVES = {"size": "size_bytes", "macs": "macs", "latency": "latency_ms", "energy": "energy_mj_per_image"}
 STUDY = "autocompress"
@@ -78,6 +86,11 @@ def energy_unmeasurable() -> str | None:
     """Why this machine cannot measure the energy per image a trial's record would carry (None: it can).
     The records' energy_mj_per_image comes from the CPU's RAPL counters (root-only on most kernels)."""
     return conditions.EnergyMeter("cpu").reason
+
+
+def cuda_here() -> bool:
+    """Whether this machine has a CUDA device to time a latency search on (``device`` cuda)."""
+    return torch.cuda.is_available()
 
 
 def objectives_here() -> list[str]:
@@ -102,8 +115,19 @@ def _check(params: dict, spec: Any) -> None:
     if params["objective"] == "energy" and params["parallel"] > 1:   # RAPL counts the whole CPU package
         raise SpecError("method.params.parallel", "objective energy needs trials one at a time: the CPU package's "
                         "counter would count every trial training meanwhile; give parallel 1")
-    if params["objective"] == "latency" and (why := search_latency.unavailable(params["runtime"])):
-        raise SpecError("method.params.runtime", f"{params['runtime']} cannot time the trials: {why}")
+    device = params["device"]
+    if params["objective"] != "latency" and device != "cpu":
+        raise SpecError("method.params.device", "a device is chosen for the latency objective only; with "
+                        f"objective {params['objective']} leave device at cpu")
+    if device == "cuda" and not cuda_here():
+        raise SpecError("method.params.device", "device cuda: this machine has no CUDA device "
+                        "(torch.cuda.is_available() is false); time on cpu, or run the search on a machine with a GPU")
+    if params["objective"] == "latency" and (why := search_latency.unavailable(params["runtime"], device)):
+        raise SpecError("method.params.runtime", f"{params['runtime']} cannot time the trials"
+                        + (f" on {device}" if device != "cpu" else "") + f": {why}")
+    if not for_device(space, device)[0]:
+        raise SpecError("method.params.space", f"nothing left to search on {device}: "
+                        + "; ".join(f"{c}: {why}" for c, why in for_device(space, device)[1].items()))
     if params["objective"] != "latency" and params["runtime"] != "eager":
         raise SpecError("method.params.runtime", "a runtime is chosen for the latency objective only; with "
                         f"objective {params['objective']} leave runtime at eager")
@@ -119,7 +143,7 @@ def _check(params: dict, spec: Any) -> None:
     Param("max_drop_pt", "float", 1.0, "accuracy the search may lose, in points of VALIDATION accuracy against the "
           "start", low=0.0, high=100.0),
     Param("objective", "str", "size", "what to minimise, or what target bounds: size (model.pt bytes), macs, "
-          "latency (CPU, at batch `batch` in runtime `runtime`, timed against the start) or energy (CPU mJ per image, the record's "
+          "latency (at batch `batch` in runtime `runtime` on `device`, timed against the start) or energy (CPU mJ per image, the record's "
           "energy_mj_per_image: only where this machine can read its RAPL counter)", choices=tuple(OBJECTIVES)),
     Param("target", "float", None, "a budget to meet instead of a cost to minimise: the objective must fall to "
           "1/target of the start's (4 = 4x smaller); then the most accurate trial within it wins",
@@ -128,7 +152,9 @@ def _check(params: dict, spec: Any) -> None:
           low=0, high=10000),
     Param("minutes", "float", None, "search budget in wall time; no new trial starts after it", low=0.0,
           high=1e6, optional=True),
-    Param("space", "list", list(CANDIDATES), f"the candidates searched: {', '.join(CANDIDATES)}"),
+    Param("space", "list", list(DEFAULT_SPACE), f"the candidates searched: {', '.join(CANDIDATES)} (prune, blocks "
+          "and lowrank: the cuts of prune_int8, blocks_int8 and lowrank_int8 without INT8, FP32; not searched by "
+          "default; with device cuda every INT8 candidate is searched as its FP32 cut and quantize_int8 is left out)"),
     Param("finetune_epochs", "int", 1, "the short fine-tune each trial gets (a student's training epochs)",
           low=1, high=1000),
     Param("prune_margin_pt", "float", 3.0, "stop a trial whose fine-tune ends more than this many points beyond "
@@ -142,6 +168,17 @@ def _check(params: dict, spec: Any) -> None:
           "'latency, best runtime'); an INT8 trial runs in ONNX Runtime and OpenVINO (under best: each here, against "
           "the start in each; under eager: its format's own)", choices=search_latency.RUNTIMES),
     Param("batch", "int", 1, "objective latency: the batch each model is timed at", low=1, high=4096),
+    Param("int8_format", "str", "auto", "the INT8 step's format in every candidate that ends in INT8: auto "
+          "(quantize_int8's own choice: the fastest format on this CPU whose answers agree with the FP32 model's, "
+          "trying the next, then keeping layers FP32, where one falls short: minutes on a barely trained model) or "
+          "one format", choices=("auto", *int8_formats.FORMATS)),
+    Param("int8_calibration_batches", "int", None, "the INT8 step's calibration batches (blank: quantize_int8's "
+          "default, 8 training batches: 4,096 images at batch 512, whose every activation ONNX Runtime's percentile "
+          "calibration holds in memory at once)", low=1, high=10000, optional=True),
+    Param("device", "str", "cpu", "objective latency: where every model is timed: cpu, or cuda (this machine's GPU: "
+          "runtime eager (PyTorch on CUDA), onnxruntime (its CUDA provider) or best of the two; INT8 is left out "
+          "there, since ONNX Runtime's CUDA provider does not speed INT8 up: each INT8 candidate is searched as its "
+          "FP32 cut, quantize_int8 not at all; refused where this machine has no CUDA device)", choices=DEVICES),
     Param("promote", "int", 2, "cheap proxies first: after the short-fine-tune trials, this many of those on or "
           "nearest the Pareto front are run again with the full recipe (full_epochs, KD-assisted where the method "
           "has a distillation-assisted fine-tune); they count in the trials budget and start only within the "
@@ -170,6 +207,10 @@ def autocompress(model, ctx, params):
     limit, target = params["max_drop_pt"], params["target"]
     ctx.log.info("autocompress: start val accuracy %s, limit %.2f pt, objective %s%s", percent(base_val), limit, key,
                  f" <= 1/{target:g} of the start's" if target else "")
+    device = params["device"] if key == "latency_ms" else "cpu"
+    space, changed = for_device(params["space"], device)
+    for c, why in changed.items():
+        ctx.log.info("autocompress: %s %s", c, why)
 
     storage = JournalStorage(JournalFileBackend(str(ctx.run_dir / JOURNAL)))
     pruner = optuna.pruners.ThresholdPruner(lower=base_val - (limit + params["prune_margin_pt"]) / 100)
@@ -178,7 +219,7 @@ def autocompress(model, ctx, params):
     # Seeded past the trials it already has: a resumed search does not redraw its first recipes.
     study.sampler = optuna.samplers.TPESampler(seed=params["seed"] + len(study.trials),
                                                constant_liar=params["parallel"] > 1)
-    if not study.trials and "quantize_int8" in params["space"]:
+    if not study.trials and "quantize_int8" in space:
         # The cheapest honest win first: the start as INT8 (no knob, no training), a point every front should beat.
         study.enqueue_trial({"candidate": "quantize_int8"})
     _fail_interrupted(ctx, study)
@@ -186,7 +227,7 @@ def autocompress(model, ctx, params):
         # Then the recipes measured to work, with their full fine-tune: measured within the budget, not left to
         # a 1-epoch proxy surviving the kill and a promotion. A resumed search queues one again only where no trial
         # of it finished, waits, or was adopted (an interrupted one whose run had not finished failed).
-        for seed in seeds_for(params["objective"], params["space"]):
+        for seed in seeds_for(params["objective"], space):
             if not any(
                     "seeded" in t.user_attrs and t.state != optuna.trial.TrialState.FAIL
                     and (t.params or t.system_attrs.get("fixed_params")) == seed.params   # a waiting one: fixed
@@ -199,23 +240,25 @@ def autocompress(model, ctx, params):
     timeout = None if params["minutes"] is None else max(0.0, params["minutes"] * 60 - used)
     ctx.log.info("autocompress: %d trial(s) finished before, %d left", len(done), max(left, 0))
 
-    judge = search_latency.LatencyJudge(ctx, params["runtime"], params["batch"]) if key == "latency_ms" else None
+    judge = search_latency.LatencyJudge(ctx, params["runtime"], params["batch"], device) \
+        if key == "latency_ms" else None
     if judge is not None:
-        ctx.log.info("autocompress: latency at batch %d in %s (the start: %s)", params["batch"], params["runtime"],
-                     judge.start_runtime)
+        ctx.log.info("autocompress: latency at batch %d in %s on %s (the start: %s)", params["batch"],
+                     params["runtime"], search_latency.device_name(device), judge.label(judge.start_runtime))
     shape, small = ctx.input_shape, ctx.small_input
     start_params = sum(p.numel() for p in ctx.base.parameters())
 
     def prepare(trial: Any) -> Any:
         """The trial's Draw to run; or, decided without a run, its value (a repeat) or TrialPruned."""
-        candidate = trial.suggest_categorical("candidate", list(params["space"]))
+        candidate = trial.suggest_categorical("candidate", list(space))
         source = trial.user_attrs.get("promoted_from")   # a promoted trial: the full recipe of a proxy trial's draw
         seeded = trial.user_attrs.get("seeded")           # a seeded trial: a measured recipe, its full fine-tune
         full = source is not None or seeded is not None
         epochs = trial.user_attrs.get("seed_epochs") or (params["full_epochs"] if full else params["finetune_epochs"])
         d = draw(trial, candidate, epochs,
                  start["macs"], start_params, ctx.data.num_classes, shape, small,
-                 kd=FULL_KD if source is not None else 0.0)
+                 kd=FULL_KD if source is not None else 0.0, int8_format=params["int8_format"],
+                 int8_batches=params["int8_calibration_batches"])
         if source is not None:
             d = Draw(d.method, f"{d.recipe} (full recipe of trial {source})", d.proxy)
         elif seeded is not None:
@@ -292,7 +335,7 @@ def autocompress(model, ctx, params):
             run_phase(params["trials"], left_now, rest)
         finally:
             spent(study)
-        timing = _timing_note(key, parallel, where, params)
+        timing = _timing_note(key, parallel, where, params, changed)
         return _conclude(ctx, study, model, base_val, limit, target, params, where, timing,
                          judge=judge, retime=concurrent and judge is not None)
     finally:
@@ -517,16 +560,22 @@ def select(trials: list[dict[str, Any]], limit: float, target: float | None) -> 
     return None, (closest + unscored)[:3]
 
 
-def _timing_note(key: str, parallel: int, where: str, params: dict) -> str | None:
+def _timing_note(key: str, parallel: int, where: str, params: dict, changed: dict[str, str] | None = None
+                 ) -> str | None:
     if key != "latency_ms":
         return None
-    how = (f"at batch {params['batch']} in {params['runtime']}"
+    device = params.get("device", "cpu")
+    gpu = device != "cpu"
+    how = (f"on {search_latency.device_name(device)}, at batch {params['batch']} in {params['runtime']}"
+           + (" (PyTorch eager on CUDA or ONNX Runtime's CUDA provider with I/O binding; inputs made on the GPU, every "
+              "call synchronised)" if gpu else "")
            + (" (each model in the runtime where it runs fastest here, an FP32 runtime only where its top-1 "
               f"agreed with eager on >= {search_latency.AGREEMENT_MIN:.0%} of {search_latency.AGREEMENT_IMAGES} "
               "validation images)" if params["runtime"] == "best" else "")
            + ", interleaved with the start exported to that same runtime (measure.paired_speedup: median of "
            "per-round ratios), under best chained to the start in its own fastest runtime; cost_ratio is 1 / that "
-           "speed-up")
+           "speed-up"
+           + ("".join(f"; {c}: {why}" for c, why in (changed or {}).items()) if gpu else ""))
     if parallel == 1 and where == "local":
         return f"each trial timed as it ended, one trial at a time (no other trial of this search ran meanwhile), {how}"
     return (f"trials ran {parallel} at a time ({where}), so a trial may have been timed while another trained: "
@@ -571,9 +620,11 @@ def _conclude(ctx, study: Any, model, base_val: float, limit: float, target: flo
         "search_timing": timing,
         "search_latency_runtime": params["runtime"] if judge is not None else None,
         "search_latency_batch": params["batch"] if judge is not None else None,
-        "search_start_runtime": judge.start_runtime if judge is not None else None,
+        "search_start_runtime": judge.label(judge.start_runtime) if judge is not None else None,
+        "search_latency_device": search_latency.device_name(judge.device) if judge is not None else None,
         "search_runtime_agreement": None if judge is None else {
-            n: {"agreement": a, **({"refused": judge.start_refused[n]["why"]} if n in judge.start_refused else {})}
+            judge.label(n): {"agreement": a, **({"refused": judge.start_refused[n]["why"]}
+                                                 if n in judge.start_refused else {})}
             for n, a in judge.agreement.items()},
     })
     what = f"{params['objective']}" + (f" at most 1/{target:g} of the start's" if target else " minimised")

@@ -1,4 +1,4 @@
-"""Auto-compress's latency objective: "latency at batch b in a chosen runtime on this machine".
+"""Auto-compress's latency objective: "latency at batch b in a chosen runtime on this machine's CPU or GPU".
 
 A trial's model is exported to the chosen runtime (``engine.deploy``: eager PyTorch, ONNX Runtime,
 OpenVINO) and timed at batch ``batch`` interleaved with the start exported to the SAME runtime
@@ -19,9 +19,16 @@ model's top-1 in every runtime is compared with its eager top-1 on ``AGREEMENT_I
 images, and an INT8 model's in every runtime with its top-1 in its format's own runtime (where its validation
 accuracy was measured); a runtime agreeing on fewer than ``AGREEMENT_MIN`` of them is refused for that model,
 with the agreement and why recorded (``refused``).
+
+On the GPU (``device`` cuda) the runtimes are deploy's CUDA ones: PyTorch eager on CUDA and ONNX Runtime's CUDA
+execution provider with I/O binding (input and output stay on the GPU), ``best`` choosing between them; inputs are
+made on the GPU and every call is synchronised (``measure.time_runs``), so no host copy is timed. The agreement
+reference stays each model's eager answers on the CPU. INT8 models are not timed there (``search_space.INT8_ON_CUDA``:
+the search leaves INT8 out on cuda); the judge refuses one rather than time it on another device.
 """
 from __future__ import annotations
 
+import copy
 import shutil
 import tempfile
 from pathlib import Path
@@ -40,16 +47,26 @@ AGREEMENT_IMAGES = 256
 AGREEMENT_MIN = 0.97
 
 
-def unavailable(runtime: str) -> str | None:
-    """Why ``runtime`` cannot time a model on this machine's CPU (deploy's reason), None where it can."""
+DEVICES = ("cpu", "cuda")
+
+
+def unavailable(runtime: str, device: str = "cpu") -> str | None:
+    """Why ``runtime`` cannot time a model on this machine's ``device`` (deploy's reason), None where it can."""
     if runtime == "best":
-        return None if here() else "no runtime runs on this machine's CPU"
-    return deploy.DEPLOYMENTS[runtime].available("cpu")
+        return None if here(device) else f"no runtime runs on this machine's {device}"
+    return deploy.DEPLOYMENTS[runtime].available(device)
 
 
-def here() -> list[str]:
-    """The runtimes ``best`` chooses among on this machine."""
-    return [r for r in RUNTIMES if r != "best" and deploy.DEPLOYMENTS[r].available("cpu") is None]
+def here(device: str = "cpu") -> list[str]:
+    """The runtimes ``best`` chooses among on this machine's ``device``."""
+    return [r for r in RUNTIMES if r != "best" and deploy.DEPLOYMENTS[r].available(device) is None]
+
+
+def device_name(device: str) -> str:
+    """The device latency is taken on, as a record says it: ``cpu (<model>)`` or ``cuda (<GPU name>)``."""
+    if device == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "cuda"
+    return f"cpu ({measure.cpu_model()})"
 
 
 def int8_engine(fmt: str) -> str:
@@ -68,14 +85,14 @@ class LatencyJudge:
     ``time(model)``: its latency_ms, x faster than the start in that runtime (``speedup``), the runtime, the
     start's latency there, every runtime's paired figures (``timed``) and the runtimes refused (``refused``)."""
 
-    def __init__(self, ctx, runtime: str, batch: int):
+    def __init__(self, ctx, runtime: str, batch: int, device: str = "cpu"):
         cfg = ctx.spec.measure
-        self.shape, self.batch, self.runtime = ctx.input_shape, batch, runtime
+        self.shape, self.batch, self.runtime, self.device = ctx.input_shape, batch, runtime, device
         self.runs, self.warmup, self.threads_cfg = cfg.latency_runs, cfg.warmup_runs, cfg.threads
         self.rounds = cfg.paired_rounds or 5
         self.threads = measure.timing_threads(cfg.threads)
         self.folder = Path(tempfile.mkdtemp(prefix="search-latency-", dir=ctx.run_dir))
-        self.names = here() if runtime == "best" else [runtime]
+        self.names = (here() if device == "cpu" else here(device)) if runtime == "best" else [runtime]
         self.log = ctx.log
         self.images = next(iter(ctx.data.loader("val", "cpu", limit=AGREEMENT_IMAGES,
                                                 batch_size=AGREEMENT_IMAGES)))[0]
@@ -94,9 +111,21 @@ class LatencyJudge:
     def _start_speed(self, name: str) -> float:
         """How much faster the start runs in runtime ``name`` than in eager (paired), measured once."""
         if name not in self.start_speed:
-            eager = self.start_fns.get("eager", self.start)
+            eager = self.start_fns["eager"] if "eager" in self.start_fns else self._load("eager", self.start, self.folder)
             self.start_speed[name] = 1.0 if name == "eager" else self._paired(eager, self.start_fns[name])["speedup"]
         return self.start_speed[name]
+
+    def label(self, name: str) -> str:
+        """A runtime as the record names it: ``onnxruntime`` on the CPU, ``onnxruntime_cuda`` on the GPU (deploy.key)."""
+        return deploy.key(name, self.device)
+
+    def _load(self, name: str, model: nn.Module, folder: Path) -> Callable[[torch.Tensor], Any]:
+        """``model`` (on the CPU, left there) in runtime ``name`` on the judge's device."""
+        if name == "eager":
+            if self.device == "cpu":
+                return model
+            return deploy.DEPLOYMENTS["eager"].load(None, copy.deepcopy(model), self.device, self.threads)
+        return deploy.predictor_for(name, model, self.shape, folder, self.threads, device=self.device)
 
     def _predictors(self, model: nn.Module, tag: str, keep_refused: bool = False) -> tuple[
             dict[str, Callable[[torch.Tensor], Any]], dict[str, dict[str, Any]], dict[str, float]]:
@@ -111,15 +140,16 @@ class LatencyJudge:
             folder = self.folder / f"{tag}-{name}"
             folder.mkdir(parents=True, exist_ok=True)
             try:
-                fn = model if name == "eager" else deploy.predictor_for(name, model, self.shape, folder, self.threads)
+                fn = self._load(name, model, folder)
             except Exception as e:   # a graph this runtime cannot take: the others still judge it
                 self.log.warning("autocompress: %s could not run %s: %s", name, tag, str(e).splitlines()[0][:200])
                 continue
-            if name != "eager":
+            if fn is not model:   # an export, or eager on the GPU: against eager on the CPU
                 agree = top1_agreement(model, fn, self.images)
                 agreed[name] = agree
                 if agree < AGREEMENT_MIN:
-                    why = (f"{name} agreed with eager on {agree:.1%} of {len(self.images)} validation images' top-1, "
+                    why = (f"{self.label(name)} agreed with eager{' on the CPU' if self.device != 'cpu' else ''} on "
+                           f"{agree:.1%} of {len(self.images)} validation images' top-1, "
                            f"under {AGREEMENT_MIN:.0%}: not timed as this model")
                     self.log.warning("autocompress: %s refused for %s: %s", name, tag, why)
                     refused[name] = {"agreement": agree, "why": why}
@@ -135,7 +165,7 @@ class LatencyJudge:
             folder = self.folder / f"start-{name}"
             folder.mkdir(parents=True, exist_ok=True)
             try:
-                self.start_fns[name] = deploy.predictor_for(name, self.start, self.shape, folder, self.threads)
+                self.start_fns[name] = self._load(name, self.start, folder)
             except Exception as e:   # said; an INT8 model is then timed in its other runtimes only
                 self.log.warning("autocompress: %s could not run the start: %s", name, str(e).splitlines()[0][:200])
                 return None
@@ -187,7 +217,7 @@ class LatencyJudge:
         return pairs, refused, agreed
 
     def _paired(self, ref: Callable, cand: Callable) -> dict[str, Any]:
-        return measure.paired_speedup(ref, cand, self.shape, torch.device("cpu"), self.runs, self.warmup,
+        return measure.paired_speedup(ref, cand, self.shape, torch.device(self.device), self.runs, self.warmup,
                                       self.threads_cfg, rounds=self.rounds, batch=self.batch)
 
     def time(self, model: Any, tag: str = "trial") -> dict[str, Any]:
@@ -198,6 +228,9 @@ class LatencyJudge:
         if isinstance(model, nn.Module):
             fns, refused, agreed = self._predictors(model.to("cpu").eval(), tag)
             pairs = {n: (n, fn) for n, fn in fns.items()}
+        elif self.device != "cpu":   # never timed on another device than the trials it is compared with
+            raise RuntimeError(f"an INT8 model is not timed on {self.device}: "
+                               "INT8 is left out of a latency search there")
         else:   # INT8: in each INT8 runtime it is timed in, paired with the FP32 start in that same runtime
             pairs, refused, agreed = self._int8_predictors(model)
         if not pairs:
@@ -220,13 +253,16 @@ class LatencyJudge:
         speedup = p["speedup"]
         if self.runtime == "best" and p["start_runtime"] != self.start_runtime:
             speedup *= self._start_speed(p["start_runtime"]) / self._start_speed(self.start_runtime)
+        lab = self.label
         return {"latency_ms": p["latency_ms"], "speedup": speedup, "speedup_same_runtime": p["speedup"],
-                "runtime": name, "vs_start_runtime": self.start_runtime,
-                "start_runtime": p["start_runtime"], "start_latency_ms": p["ref_latency_ms"],
-                "timed": {n: {"speedup": t["speedup"], "latency_ms": t["latency_ms"],
-                              "start_latency_ms": t["ref_latency_ms"], "start_runtime": t["start_runtime"]}
+                "runtime": lab(name), "vs_start_runtime": lab(self.start_runtime),
+                "start_runtime": lab(p["start_runtime"]), "start_latency_ms": p["ref_latency_ms"],
+                "device": self.device,
+                "timed": {lab(n): {"speedup": t["speedup"], "latency_ms": t["latency_ms"],
+                                   "start_latency_ms": t["ref_latency_ms"], "start_runtime": lab(t["start_runtime"])}
                           for n, t in timed.items()},
-                "agreement": agreed, "refused": refused}
+                "agreement": {lab(n): a for n, a in agreed.items()},
+                "refused": {lab(n): r for n, r in refused.items()}}
 
     def close(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)

@@ -1,7 +1,8 @@
 """What auto-compress searches over: a few method recipes whose knobs come from the registry.
 
 Each candidate is one method or pipeline (prune_structured -> quantize_int8, prune_blocks -> quantize_int8,
-lowrank_svd -> quantize_int8, quantize_int8 alone, prune_unstructured, distill into a student). A knob's search range is the
+lowrank_svd -> quantize_int8, quantize_int8 alone, prune_unstructured, distill into a student), or one of the first
+three without its INT8 step (``prune``, ``blocks``, ``lowrank``: FP32, for a device where INT8 runs no faster). A knob's search range is the
 registry ``Param``'s own range, narrowed to the part worth trying (keeping half the MACs is worth a
 trial, keeping 0.1 % is not) and never wider than the registry allows, so every recipe a trial draws
 passes the method's own validation.
@@ -20,8 +21,42 @@ from typing import Any
 from .. import measure, models
 from . import Param, get
 
-CANDIDATES = ("prune_int8", "blocks_int8", "lowrank_int8", "quantize_int8", "unstructured", "distill")
-TUNED = ("prune_int8", "blocks_int8", "lowrank_int8", "unstructured", "distill")   # candidates with a fine-tune to lengthen
+# The searched space by default (a CPU search): INT8 runs 2-3x faster on the CPU, so every cut ends in it.
+DEFAULT_SPACE = ("prune_int8", "blocks_int8", "lowrank_int8", "quantize_int8", "unstructured", "distill")
+# The same cuts without INT8 (FP32 models): what a latency search on a GPU times (see ``for_device``).
+FP32_OF = {"prune_int8": "prune", "blocks_int8": "blocks", "lowrank_int8": "lowrank"}
+CANDIDATES = (*DEFAULT_SPACE, *FP32_OF.values())
+TUNED = ("prune_int8", "blocks_int8", "lowrank_int8", "unstructured", "distill",
+         *FP32_OF.values())   # candidates with a fine-tune to lengthen
+DEVICES = ("cpu", "cuda")
+# Why INT8 leaves a latency search on a GPU: ONNX Runtime's CUDA execution provider has no INT8 convolution
+# kernels for a QDQ model (its Q/DQ pairs run as FP32 arithmetic around FP32 convolutions, slower than the FP32
+# model), and no runtime here runs INT8 on the GPU (TensorRT is not one of deploy's runtimes). An INT8 file timed
+# on the CPU would be a CPU figure: never compared with the others' GPU figures.
+INT8_ON_CUDA = ("INT8 is left out of a latency search on cuda: ONNX Runtime's CUDA execution provider has no INT8 "
+                "kernels for QDQ convolutions (it would run them slower than FP32) and no runtime here runs INT8 "
+                "on the GPU; an INT8 model timed on the CPU instead would not be comparable")
+
+
+def for_device(space: list[str] | tuple[str, ...], device: str) -> tuple[list[str], dict[str, str]]:
+    """The candidates a latency search on ``device`` draws from ``space``, and what was left out or replaced, with
+    why ({candidate: why}). On ``cuda`` an INT8 candidate becomes its FP32 counterpart (``prune_int8`` ->
+    ``prune``) and INT8 alone is left out (``INT8_ON_CUDA``); on the CPU the space is as given."""
+    if device == "cpu":
+        return list(space), {}
+    out: list[str] = []
+    changed: dict[str, str] = {}
+    for c in space:
+        fp32 = FP32_OF.get(c)
+        if fp32 is not None:
+            changed[c] = f"searched as {fp32} (the same cut, no INT8 step): {INT8_ON_CUDA}"
+        elif c == "quantize_int8":
+            changed[c] = f"left out: {INT8_ON_CUDA}"
+            continue
+        c = fp32 or c
+        if c not in out:
+            out.append(c)
+    return out, changed
 # The full recipe's distillation-assisted fine-tune (recovery.py: Hinton KD with the start as teacher), where the
 # method has one: the weight of Tian et al. 2020's benchmark.
 FULL_KD = 0.9
@@ -76,8 +111,18 @@ SEEDS = (
 
 
 def seeds_for(objective: str, space: list[str] | tuple[str, ...]) -> list[Seed]:
-    """The seeds a search minimising ``objective`` over the candidates ``space`` runs first."""
-    return [s for s in SEEDS if s.params["candidate"] in space and objective in s.objectives]
+    """The seeds a search minimising ``objective`` over the candidates ``space`` runs first. A seed ending in INT8
+    whose candidate is not searched but whose FP32 cut is (``prune`` for ``prune_int8``: a latency search on a GPU,
+    ``for_device``) is seeded as that cut, with its measured epochs, and says so."""
+    out = []
+    for s in SEEDS:
+        fp32 = FP32_OF.get(s.params["candidate"])
+        if s.params["candidate"] not in space and fp32 in space:
+            s = Seed({**s.params, "candidate": fp32}, f"{s.why} (seeded here without its INT8 step: INT8 is not "
+                     "searched here)", s.objectives, s.epochs)
+        if s.params["candidate"] in space and objective in s.objectives:
+            out.append(s)
+    return out
 
 
 def _param(method: str, name: str) -> Param:
@@ -107,38 +152,51 @@ class Draw:
     proxy: dict[str, float]         # known before training: {"macs": share of the start's, "size": ...}
 
 
-def draw(trial: Any, candidate: str, finetune_epochs: int, start_macs: float, start_params: float,
-         num_classes: int, input_shape: tuple[int, int, int], small_input: bool, kd: float = 0.0) -> Draw:
-    """The recipe ``trial`` (an optuna.Trial) picks for ``candidate``; ``kd`` > 0: a distillation-assisted
-    fine-tune of that weight where the method has one (structured pruning)."""
-    int8 = {"name": "quantize_int8", "params": {}}
-    if candidate == "prune_int8":
+def _cut(trial: Any, kind: str, finetune_epochs: int, kd: float) -> tuple[dict[str, Any], str, dict[str, float]]:
+    """The pruning or low-rank step ``trial`` draws (``kind``: prune, blocks, lowrank), its recipe line and proxy."""
+    if kind == "prune":
         keep = trial.suggest_float("prune.target_macs", *bounds("prune_structured", "target_macs", 0.1, 0.9))
         # A share the aligned widths cannot reach within the method's tolerance fails in seconds, before training.
         align = trial.suggest_categorical("prune.round_to", list(ALIGN))
         step = {"name": "prune_structured", "params": {"target_macs": keep, "finetune_epochs": finetune_epochs,
                                                        **({"round_to": align} if align > 1 else {}),
                                                        **({"finetune_kd": kd} if kd else {})}}
-        return Draw({"name": "pipeline", "params": {"steps": [step, int8]}},
-                    f"prune_structured keeping {keep:.0%} of MACs"
-                    + (f", widths in multiples of {align}" if align > 1 else "") + f", {finetune_epochs} epoch"
-                    + (f" KD-assisted (weight {kd:g})" if kd else "") + " fine-tune -> INT8", {"macs": keep})
-    if candidate == "blocks_int8":
+        return (step, f"prune_structured keeping {keep:.0%} of MACs"
+                + (f", widths in multiples of {align}" if align > 1 else "") + f", {finetune_epochs} epoch"
+                + (f" KD-assisted (weight {kd:g})" if kd else "") + " fine-tune", {"macs": keep})
+    if kind == "blocks":
         keep = trial.suggest_float("blocks.target_macs", *bounds("prune_blocks", "target_macs", 0.2, 0.9))
         step = {"name": "prune_blocks", "params": {"target_macs": keep, "finetune_epochs": finetune_epochs,
                                                    **({"finetune_kd": kd} if kd else {})}}
         # Whole blocks: the share reached is the nearest count's, known after the cut; the proxy says nothing.
-        return Draw({"name": "pipeline", "params": {"steps": [step, int8]}},
-                    f"prune_blocks to ~{keep:.0%} of MACs (whole residual blocks), {finetune_epochs} epoch"
-                    + (f" KD-assisted (weight {kd:g})" if kd else "") + " fine-tune -> INT8", {})
-    if candidate == "quantize_int8":
-        # The cheapest candidate: no knob, no training; the start as INT8 in the format fastest on this CPU.
-        return Draw(int8, "quantize_int8 of the start (format auto)", {"macs": 1.0})
-    if candidate == "lowrank_int8":
+        return (step, f"prune_blocks to ~{keep:.0%} of MACs (whole residual blocks), {finetune_epochs} epoch"
+                + (f" KD-assisted (weight {kd:g})" if kd else "") + " fine-tune", {})
+    if kind == "lowrank":
         energy = trial.suggest_float("lowrank.energy", *bounds("lowrank_svd", "energy", 0.5, 0.99))
         step = {"name": "lowrank_svd", "params": {"energy": energy, "finetune_epochs": finetune_epochs}}
+        return step, f"lowrank_svd keeping {energy:.0%} of the energy, {finetune_epochs} epoch fine-tune", {}
+    raise AssertionError(f"unknown cut {kind}")
+
+
+def draw(trial: Any, candidate: str, finetune_epochs: int, start_macs: float, start_params: float,
+         num_classes: int, input_shape: tuple[int, int, int], small_input: bool, kd: float = 0.0,
+         int8_format: str = "auto", int8_batches: int | None = None) -> Draw:
+    """The recipe ``trial`` (an optuna.Trial) picks for ``candidate``; ``kd`` > 0: a distillation-assisted
+    fine-tune of that weight where the method has one (structured pruning); ``int8_format``: the INT8 step's
+    format (auto: quantize_int8's own choice, the fastest here that agrees with the FP32 model); ``int8_batches``:
+    its calibration batches (None: quantize_int8's default)."""
+    int8 = {"name": "quantize_int8", "params": {**({} if int8_format == "auto" else {"format": int8_format}),
+                                                **({} if int8_batches is None else {"calibration_batches": int8_batches})}}
+    if candidate == "quantize_int8":
+        # The cheapest candidate: no knob, no training; the start as INT8 in the format fastest on this CPU.
+        return Draw(int8, f"quantize_int8 of the start (format {int8_format})", {"macs": 1.0})
+    if candidate in FP32_OF or candidate in FP32_OF.values():
+        # A cut, then INT8 (prune_int8, ...), or the same cut alone (prune, ...): the same knobs, the same names.
+        step, recipe, proxy = _cut(trial, candidate.removesuffix("_int8"), finetune_epochs, kd)
+        if candidate in FP32_OF.values():
+            return Draw(step, recipe + " (FP32, no INT8)", proxy)
         return Draw({"name": "pipeline", "params": {"steps": [step, int8]}},
-                    f"lowrank_svd keeping {energy:.0%} of the energy, {finetune_epochs} epoch fine-tune -> INT8", {})
+                    recipe + " -> INT8" + ("" if int8_format == "auto" else f" ({int8_format})"), proxy)
     if candidate == "unstructured":
         amount = trial.suggest_float("unstructured.amount", *bounds("prune_unstructured", "amount", 0.3, 0.95))
         # Zeros are stored and counted dense: the model keeps the start's MACs and file size.
