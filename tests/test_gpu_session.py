@@ -167,3 +167,32 @@ def test_rehearsal_of_the_bases_part_writes_the_literature_block(tmp_path):
         assert f"| {arch} | 1 |" in block
     assert "REHEARSAL on CPU" in block and "one device call's budget" in block
     assert _sha(ROOT / "docs" / "BENCHMARKS.md") == real_doc
+
+
+@pytest.mark.fast
+def test_a_setting_its_spec_check_refuses_is_a_skipped_row_not_the_end_of_the_table(monkeypatch):
+    """Found rehearsing: a check_spec refusal (there, a runtime probe) ended `bench gpu` with every later row lost."""
+    from bench import methods_table
+    from bench.methods_table import Setting
+
+    def fake_run(spec, store):   # no training: the loop's handling is under test
+        return {"run_id": "20261203-000000-abcdef", "method": spec.method.name, "accuracy": 0.5, "size_bytes": 1000, "macs": 100,
+                "latency_ms": 1.0}
+    monkeypatch.setattr(methods_table.runner, "run_spec", fake_run)
+    monkeypatch.setattr(methods_table, "settings", lambda ft, epochs, arch: [
+        Setting("refused", "prune_structured", {"ratio": 7.0, "finetune_epochs": ft}),
+        Setting("after it", "prune_unstructured", {"amount": 0.5, "finetune_epochs": ft})])
+    res = methods_table.run({"name": "digits"}, 1, 1, 1, store=None, device="cpu", log=lambda m: None)
+    assert [r["label"] for r in res["rows"]] == ["base ResNet-20", "after it"]
+    assert len(res["skipped"]) == 1 and res["skipped"][0].startswith("refused: ") and "ratio" in res["skipped"][0]
+
+
+@pytest.mark.fast
+def test_the_report_names_the_commit_scripts_gpu_prepare_wrote_where_no_git_travels(tmp_path, monkeypatch):
+    from bench import report
+    monkeypatch.setattr(report, "ROOT", tmp_path)          # the device's copy: a working tree, no .git
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
+    monkeypatch.setenv("SLIMBENCH_COMMIT", "abc1234 + uncommitted changes to engine/ or bench/")
+    assert report.versions().endswith(", commit abc1234 + uncommitted changes to engine/ or bench/")
+    monkeypatch.delenv("SLIMBENCH_COMMIT")
+    assert report.versions().endswith(", commit ?")
