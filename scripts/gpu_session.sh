@@ -71,7 +71,7 @@ else
   [ -f .gpu/COMMIT ] && export SLIMBENCH_COMMIT="$(cat .gpu/COMMIT)"   # no .git travels: the report's commit
   read -ra RUN <<<"$CMD"
   # The call's timeout_s (~560) kills everything, the copy below included: the part stops first.
-  BUDGET=${GPU_PART_BUDGET_S:-500}
+  BUDGET=${GPU_PART_BUDGET_S:-520}
   echo "== GPU facts"
   nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used,clocks.max.sm,power.limit --format=csv || true
 fi
