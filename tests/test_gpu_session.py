@@ -196,3 +196,14 @@ def test_the_report_names_the_commit_scripts_gpu_prepare_wrote_where_no_git_trav
     assert report.versions().endswith(", commit abc1234 + uncommitted changes to engine/ or bench/")
     monkeypatch.delenv("SLIMBENCH_COMMIT")
     assert report.versions().endswith(", commit ?")
+
+
+@pytest.mark.fast
+def test_bench_refuses_rehearsal_flags_where_they_would_mislead(capsys):
+    import bench.__main__ as bench_cli
+    assert bench_cli.main(["cpu", "--rehearse"]) == 2                       # a CPU section is measured, not rehearsed
+    assert bench_cli.main(["gpu", "--rehearse", "--doc", str(ROOT / "docs" / "BENCHMARKS.md")]) == 2
+    assert bench_cli.main(["gpu", "--only", "INT8"]) == 2                   # a real table would lose its other rows
+    err = capsys.readouterr().err
+    assert "--rehearse is for the GPU commands" in err and "never writes docs/BENCHMARKS.md" in err
+    assert "--only is for a rehearsal" in err
