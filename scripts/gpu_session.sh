@@ -40,9 +40,14 @@ if [ "$REHEARSE" = 1 ]; then
   PY=${PYTHON:-$ROOT/.venv/bin/python}
   SMALL=${REHEARSE_CIFAR:-$ROOT/../shared/datasets/cifar10-small.zip}
   [ -f "$SMALL" ] || { echo "error: rehearsal data not found: $SMALL (set REHEARSE_CIFAR)" >&2; exit 2; }
+  # A private temporary folder (the wheels, the bench's stores: hundreds of MB), removed at the end.
+  RTMP=$(mktemp -d /tmp/slimbench-rehearse.XXXXXX)
+  trap 'rm -rf "$RTMP"' EXIT
+  export TMPDIR=$RTMP/tmp
+  mkdir -p "$TMPDIR"
   SITE=""
   if compgen -G ".whl/*.whl" >/dev/null; then   # the carried wheels, installed as the device installs them
-    SITE=$(mktemp -d /tmp/slimbench-rehearse-site.XXXXXX)
+    SITE=$RTMP/site
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl \
       || { echo "error: the carried wheels do not install" >&2; exit 1; }
   else

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import textwrap
 from pathlib import Path
 
@@ -121,6 +122,9 @@ def _check_rehearsal(p: subprocess.CompletedProcess, out: Path, part: str) -> st
     facts = (out / "facts.txt").read_text()
     assert "import torch_pruning" in facts and "methods registered" in facts
     assert (out / f"{part}.log").is_file()
+    with tarfile.open(out / "records.tar.gz") as tar:     # the runs' records come back, their weights do not
+        names = tar.getnames()
+    assert any(n.endswith("result.json") for n in names) and not any(n.endswith(".pt") for n in names)
     doc = (out / "BENCHMARKS.md").read_text()
     gpu = doc[doc.index("<!-- begin:gpu -->"):doc.index("<!-- end:gpu -->")]
     assert "REHEARSAL on CPU, tiny settings, not a measurement" in gpu
