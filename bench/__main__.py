@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -41,16 +42,19 @@ def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def efficiency_section(device: torch.device, data) -> str:
+def efficiency_section(device: torch.device, data, gpu: bool | None = None, tiny: bool = False) -> str:
+    """``gpu``: write the GPU section's lines (default: ``device`` is CUDA); a rehearsal (``tiny``) runs them on the
+    CPU with every loop and matrix cut to a few steps, to prove the code path, not to measure."""
+    gpu = device.type == "cuda" if gpu is None else gpu
     lines = ["### Engine efficiency and measurement trust", ""]
-    ev = efficiency.eval_throughput_ratio(data, device)
+    ev = efficiency.eval_throughput_ratio(data, device, repeats=1 if tiny else None)
     lines.append(f"- Evaluation throughput, engine path ÷ bare `no_grad` loop (ResNet-18, CIFAR test set, batch 256, "
                  f"{device.type}; interleaved rounds): **{target_value(ev['ratio'], 0.9, 3)}** (rounds {ev['ratio_range'][0]:.3f}-"
                  f"{ev['ratio_range'][1]:.3f}; {ev['engine_ips']:.0f} vs {ev['bare_ips']:.0f} img/s; target ≥ 0.9"
                  f" — {target_mark(ev['ratio'], 0.9, 3)})")
-    tr = efficiency.train_throughput_ratio(data, device)
+    tr = efficiency.train_throughput_ratio(data, device, **({"steps": 2, "warmup": 1} if tiny else {}))
     note = (f" (target ≥ 2x on GPU — {target_mark(tr['ratio'], 2, unit='x')})"
-            if device.type == "cuda" else " (on CPU the engine's defaults are FP32 eager too: `train.amp` auto is FP32 there (bf16 is an opt-in, README), so ~1.0 is expected; the ≥ 2x target applies to GPU)")
+            if gpu else " (on CPU the engine's defaults are FP32 eager too: `train.amp` auto is FP32 there (bf16 is an opt-in, README), so ~1.0 is expected; the ≥ 2x target applies to GPU)")
     lines.append(f"- Training images/s, the engine's fit loop with its defaults ÷ plain FP32 eager loop: **{tr['ratio']:.2f}** "
                  f"({tr['engine_train_ips']:.0f} vs {tr['plain_fp32_ips']:.0f} img/s, batch {data.batch_size}){note}")
     if tr["engine_compiled_ips"] is not None:
@@ -59,36 +63,43 @@ def efficiency_section(device: torch.device, data) -> str:
                      f"({tr['engine_compiled_ips']:.0f} img/s, compile time excluded): "
                      f"{'pays' if tr['compile_pays'] else 'does not pay'} once compiled; it is off by default "
                      "because every fit (each fine-tune of a pruned model) compiles again")
-    if device.type == "cuda":
-        tsh = efficiency.train_share_of_peak(tr["engine_train_ips"], device)
+    if gpu:
+        tsh = efficiency.train_share_of_peak(tr["engine_train_ips"], device, n=256 if tiny else 8192)
         lines.append(f"- Training with engine defaults: {tsh['gflops_achieved']:.0f} GFLOP/s (3x forward FLOPs per image), "
                      f"**{100 * tsh['share']:.1f}%** of the measured bf16 dense-matmul peak ({tsh['peak_gflops']:.0f} "
                      "GFLOP/s, 8192² bf16 matmul); small 32x32 convolutions cannot fill a GPU built for large matrices")
-        cpu_ips = efficiency.train_ips(data, torch.device("cpu"), steps=5, warmup=1)
+        cpu_ips = efficiency.train_ips(data, torch.device("cpu"), steps=1 if tiny else 5, warmup=1)
         epoch = len(data.train.y)
         lines.append(f"- GPU vs CPU training, same model, batch and loader: GPU (engine defaults) {tr['engine_train_ips']:.0f} "
                      f"img/s vs this machine's {os.cpu_count()}-core CPU (FP32) {cpu_ips:.0f} img/s: **{tr['engine_train_ips'] / cpu_ips:.0f}x**"
                      f"; one epoch of {epoch} images: {epoch / tr['engine_train_ips']:.1f} s vs {epoch / cpu_ips:.0f} s "
                      "(research's claim: GPU training much faster)")
-    sh = efficiency.inference_share_of_peak(device)
-    lines.append(f"- Inference, CIFAR ResNet-18 batch 64: {sh['images_per_s']:.0f} img/s = {sh['gflops_achieved']:.1f} "
+    sh = efficiency.inference_share_of_peak(device, **({"rounds": 1, "n": 256, "batch": 8} if tiny else {}))
+    lines.append(f"- Inference, CIFAR ResNet-18 batch {8 if tiny else 64}: {sh['images_per_s']:.0f} img/s = {sh['gflops_achieved']:.1f} "
                  f"GFLOP/s, **{100 * sh['share']:.0f}%** of this device's measured dense-matmul peak "
                  f"({sh['peak_gflops']:.0f} GFLOP/s, 2048² fp32 matmul; the two timed in {sh['rounds']} alternating "
                  f"rounds, median of the per-round shares, {100 * sh['share_range'][0]:.0f}-"
                  f"{100 * sh['share_range'][1]:.0f}%)" + (
                      "; above 100 %: this matmul is no ceiling here (the network's convolutions outrun it)"
                      if sh["share"] > 1 else ""))
-    ref = efficiency.reference_run(device)
-    lines.append(f"- Reference job, `python -m engine run` end to end (ResNet-18 on digits, 3 epochs, {device.type}; "
+    ref = efficiency.reference_run(device, **({"epochs": 1, "measure": REHEARSAL_MEASURE} if tiny else {}))
+    lines.append(f"- Reference job, `python -m engine run` end to end (ResNet-18 on digits, {1 if tiny else efficiency.REFERENCE_SPEC['train']['epochs']} epochs, {device.type}; "
                  f"process start, training, measurement, ONNX export, store): **{ref['wall_s']:.0f} s** wall, of which "
                  f"training {ref['train_s']:.0f} s; top-1 {ref['accuracy']:.3f} (targets: under 120 s, ≥ 0.9 — "
                  f"{'met' if ref['wall_s'] < 120 and ref['accuracy'] >= 0.9 else 'missed'})")
-    rep = efficiency.latency_repeatability(device)
-    target = 0.05 if device.type == "cuda" else 0.10
+    rep = efficiency.latency_repeatability(device, **({"repeats": 2, "runs": 3} if tiny else {}))
+    target = 0.05 if gpu else 0.10
     lines.append(f"- Latency repeatability (batch 1, 5 repeats of a 30-run median): CV **{100 * rep['cv']:.1f}%** "
                  f"(medians {', '.join(f'{m:.2f}' for m in rep['medians_ms'])} ms; target ≤ {100 * target:.0f}% — "
                  f"{'met' if rep['cv'] <= target else 'missed by %.1f pt' % (100 * (rep['cv'] - target))})")
     return "\n".join(lines)
+
+
+# A rehearsal (--rehearse) is marked so in its command line and at the top of its section; its jobs measure
+# with loops cut to a few runs (the code paths of a measurement, not one).
+REHEARSAL = "REHEARSAL on CPU, tiny settings, not a measurement: "
+REHEARSAL_MEASURE = {"latency_runs": 3, "warmup_runs": 1, "paired_rounds": 1, "batch_size": 8, "gpu_batch_size": 8,
+                     "verify_images": 50}
 
 
 DATASET_LABELS = {"cifar10": "CIFAR-10", "fashion-mnist": "Fashion-MNIST"}
@@ -138,13 +149,25 @@ def optional_section(module: str, title: str) -> str:
     return mod.section()
 
 
-def literature_bases(cifar: str, cmd: str) -> int:
-    """The "CIFAR-10, literature setting" preset's bases, in a store of their own; their block of the GPU section."""
+def literature_bases(cifar: str, cmd: str, a: argparse.Namespace | None = None) -> int:
+    """The "CIFAR-10, literature setting" preset's bases, in a store of their own; their block of the GPU section.
+    ``a``: --base-epochs (every base), --limit / --test-limit and --rehearse (on the CPU) shrink it."""
     store_root = Path(tempfile.mkdtemp(prefix="slimbench-bases-"))
     os.environ["SLIMBENCH_HOME"] = str(store_root)
     plan = presets.cifar10_literature(cifar)
+    for spec in plan:
+        if a and a.base_epochs:
+            spec["train"]["epochs"] = a.base_epochs
+        if a and a.rehearse:
+            spec["train"]["device"] = "cpu"
+            spec["measure"] = dict(REHEARSAL_MEASURE)
+        spec["data"].update({k: v for k, v in (("limit", a and a.limit), ("test_limit", a and a.test_limit),
+                                               ("image_size", a and a.image_size)) if v})
     res = gpu_bases.run(plan, Store(store_root), log=log)
-    log(f"wrote {report.write_block('gpu', 'literature-bases', gpu_bases.section(res, plan[0]['data']), cmd)}")
+    body = gpu_bases.section(res, plan[0]["data"])
+    if a and a.rehearse:
+        body = f"**{REHEARSAL.strip(': ')}.**\n\n{body}"
+    log(f"wrote {report.write_block('gpu', 'literature-bases', body, cmd)}")
     return 0
 
 
@@ -205,12 +228,46 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--from-checkpoint", default=None, help="int8: a CIFAR-10 model.pt to quantise instead of training one")
     p.add_argument("--rounds", type=int, default=None, help="int8: interleaved timing rounds (default 7)")
     p.add_argument("--runs", type=int, default=None, help="int8: timed calls per contender per round (default 40)")
+    p.add_argument("--rehearse", action="store_true",
+                   help="gpu, gpu-bases: a REHEARSAL of the GPU command on this CPU (its GPU columns and lines, its "
+                        "imports, its report), measurement loops cut to a few steps; pass tiny --limit/--epochs too "
+                        "(scripts/gpu_session.sh --rehearse PART does). Writes --doc, never docs/BENCHMARKS.md")
+    p.add_argument("--image-size", type=int, default=None, help="gpu, gpu-bases: resize the images (a faster rehearsal)")
+    p.add_argument("--only", default=None, help="with --rehearse, gpu: only the methods-table settings whose label "
+                                                "contains one of these comma-separated words (a test's short rehearsal)")
+    p.add_argument("--doc", default=None, help="write this file instead of docs/BENCHMARKS.md (with --rehearse: "
+                                               "a scratch copy of it, by default in a new temporary folder)")
     p.add_argument("--skip", default="", help="comma list of sections to skip (their previous text is kept): " + ",".join(PARTS))
     a = p.parse_args(argv)
     gpu = a.machine in ("gpu", "gpu-bases")
-    if gpu and not torch.cuda.is_available():
-        print(f"error: `bench {a.machine}` needs a CUDA device", file=sys.stderr)
+    if a.rehearse and not gpu:
+        print("error: --rehearse is for the GPU commands (gpu, gpu-bases)", file=sys.stderr)
         return 2
+    if a.only and not a.rehearse:   # the table's part would lose every other row
+        print("error: --only is for a rehearsal (--rehearse)", file=sys.stderr)
+        return 2
+    if gpu and not a.rehearse and not torch.cuda.is_available():
+        print(f"error: `bench {a.machine}` needs a CUDA device (or --rehearse, a CPU rehearsal)", file=sys.stderr)
+        return 2
+    if a.rehearse or a.doc:
+        doc = Path(a.doc) if a.doc else Path(tempfile.mkdtemp(prefix="slimbench-rehearsal-")) / "BENCHMARKS.md"
+        if a.rehearse and report.DOC.is_file() and doc.resolve() != report.DOC.resolve():
+            doc.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(report.DOC, doc)   # the real document's other sections and blocks, kept as a run keeps them
+        elif a.rehearse and doc.resolve() == report.DOC.resolve():
+            print("error: --rehearse never writes docs/BENCHMARKS.md: pass another --doc", file=sys.stderr)
+            return 2
+        if a.rehearse:
+            log(f"REHEARSAL on the CPU (GPU code paths, tiny settings, no measurement): writing {doc}")
+        real, report.DOC = report.DOC, doc
+        try:
+            return _run(a, argv, gpu)
+        finally:   # a caller in this process (a test) writes the real document again
+            report.DOC = real
+    return _run(a, argv, gpu)
+
+
+def _run(a: argparse.Namespace, argv: list[str], gpu: bool) -> int:
     full = gpu or (a.machine == "int8" and (SHARED / "cifar10.zip").is_file())
     cifar = a.cifar or settings.cifar10() or str(SHARED / ("cifar10.zip" if full else "cifar10-small.zip"))
     if not Path(cifar).is_file():
@@ -218,8 +275,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if a.machine == "int8":
         return int8_block(a, cifar, f"python -m bench {' '.join(argv or sys.argv[1:])}")
+    cmd_line = (REHEARSAL if a.rehearse else "") + f"python -m bench {' '.join(argv or sys.argv[1:])}"
     if a.machine == "gpu-bases":
-        return literature_bases(cifar, f"python -m bench {' '.join(argv or sys.argv[1:])}")
+        return literature_bases(cifar, cmd_line, a)
     # CPU: the methods table starts from the Quick tour's base (Fashion-MNIST at 16 px, ResNet-20, >= 0.85;
     # CIFAR ResNet-18 at 32 px made the table ~1,000 s of `make bench`'s 30 minutes and a 0.33 base).
     # CPU: recipes-cpu's 3 epochs at the rewound rate (the engine's default), which reached the published Δ
@@ -236,10 +294,12 @@ def main(argv: list[str] | None = None) -> int:
     # Batch 256 on CUDA: at 64 a CIFAR ResNet-18 step is kernel-launch bound (the lr follows the batch).
     cifar_spec = {"name": "cifar10", "path": cifar, **({"batch_size": 256} if gpu else {"limit": 1000, "test_limit": 500})}
     data_spec = dict(cifar_spec) if gpu else dict(presets.QUICK_DATA)
-    data_spec.update({k: v for k, v in (("limit", a.limit), ("test_limit", a.test_limit)) if v})
-    device = torch.device("cuda" if gpu else "cpu")
+    data_spec.update({k: v for k, v in (("limit", a.limit), ("test_limit", a.test_limit), ("image_size", a.image_size))
+                      if v})
+    device = torch.device("cuda" if gpu and not a.rehearse else "cpu")
     t0 = time.perf_counter()
-    cmd = f"make bench{'-gpu' if gpu else ''}" + (f" (python -m bench {' '.join(argv or sys.argv[1:])})")
+    cmd = (cmd_line if a.rehearse else
+           f"make bench{'-gpu' if gpu else ''}" + (f" (python -m bench {' '.join(argv or sys.argv[1:])})"))
     parts: dict[str, str] = {}      # part key -> its text, in PARTS order once written
     old = report.previous_text()    # a skipped part keeps its text from here
 
@@ -251,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
         spent = time.perf_counter() - t0
         fresh = {**parts, **dict([extra] if extra else [])}
         body, kept, waiting = report.progress_body(a.machine, list(PARTS), fresh, skip, old, done)
+        if a.rehearse:
+            body = f"**{REHEARSAL.strip(': ')}.**\n\n{body}"
         budget = "" if gpu or skip else (f" (budget {BUDGET_S} s — " + (
             "met" if spent <= BUDGET_S else f"missed by {spent - BUDGET_S:.0f} s") + ")")
         tail = (f"_Whole command: {spent:.0f} s{budget}._" if done else
@@ -264,8 +326,11 @@ def main(argv: list[str] | None = None) -> int:
     if "efficiency" not in skip:
         log("efficiency")
         # The engine's own batch for this device (data.batch_size unset): its defaults, as a user gets them.
-        eff_spec = {k: v for k, v in cifar_spec.items() if k != "batch_size"}
-        parts["efficiency"] = efficiency_section(device, data_mod.load(DataSpec(**eff_spec), device.type))
+        eff_spec = {k: v for k, v in (data_spec if a.rehearse else cifar_spec).items() if k != "batch_size"}
+        if a.rehearse:   # its timing loops need a few batches of the few images a rehearsal loads
+            eff_spec["batch_size"] = 16
+        parts["efficiency"] = efficiency_section(device, data_mod.load(DataSpec(**eff_spec), device.type), gpu,
+                                                 tiny=a.rehearse)
         write()
     if "methods" not in skip:
         log("methods table")
@@ -275,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:
         def section(res: dict) -> str:
             return methods_section(res, data_spec, arch, base_epochs, ft, student_epochs, gpu)
         res = methods_table.run(data_spec, base_epochs, ft, student_epochs, Store(store_root), device.type, log=log,
-                                arch=arch,
+                                arch=arch, measure=REHEARSAL_MEASURE if a.rehearse else None,
+                                only=[w.strip() for w in a.only.split(",") if w.strip()] if a.only else None,
                                 on_row=lambda r: write(("methods", section(r))))
         parts["methods"] = section(res)
         write()

@@ -101,17 +101,18 @@ def fit_ips(data: DataBundle, device: torch.device, arch: str = "resnet18", epoc
     return (n1 - n0) / (t1 - t0)
 
 
-def train_throughput_ratio(data: DataBundle, device: torch.device, arch: str = "resnet18") -> dict:
+def train_throughput_ratio(data: DataBundle, device: torch.device, arch: str = "resnet18",
+                           steps: int | None = None, warmup: int = 5) -> dict:
     """Training images/s of the engine's fit loop with its defaults ÷ a plain FP32 eager loop, same
     device and batch. On CUDA the engine gets a warm-up epoch first (its last epoch is timed), and is
     timed twice: eager, and with ``train.compile`` (off by default: this is where it is measured whether
     it pays); ``ratio`` is the faster of the two, the engine's best GPU setting. On the CPU compile is
     not timed (off there, and minutes of compiling would not fit `make bench`)."""
     cuda = device.type == "cuda"
-    steps = 30 if cuda else 10  # ~10 s per CPU step pair: keep `make bench` in its budget
+    steps = steps or (30 if cuda else 10)  # ~10 s per CPU step pair: keep `make bench` in its budget
     eager = fit_ips(data, device, arch, epochs=2 if cuda else 1)
     compiled = fit_ips(data, device, arch, epochs=2, compile=True) if cuda else None
-    plain = train_ips(data, device, arch, steps)
+    plain = train_ips(data, device, arch, steps, warmup)
     best = max(eager, compiled or 0.0)
     return {"engine_train_ips": best, "engine_eager_ips": eager, "engine_compiled_ips": compiled,
             "plain_fp32_ips": plain, "ratio": best / plain, "ratio_eager": eager / plain,
@@ -119,12 +120,13 @@ def train_throughput_ratio(data: DataBundle, device: torch.device, arch: str = "
             "compile_pays": compiled is not None and compiled > eager}
 
 
-def train_share_of_peak(train_images_per_s: float, device: torch.device, arch: str = "resnet18") -> dict:
+def train_share_of_peak(train_images_per_s: float, device: torch.device, arch: str = "resnet18",
+                        n: int = 8192) -> dict:
     """Training FLOP/s (forward + backward ≈ 3x forward FLOPs per image) against the measured bf16
     dense-matmul peak: AMP trains in bf16, so that is the ceiling it can approach."""
     flops = measure.count_macs(models.build(arch, 10, True).eval(), (3, 32, 32))["flops"]
     achieved = 3 * flops * train_images_per_s / 1e9
-    peak = matmul_peak_gflops(device, n=8192, dtype=torch.bfloat16)
+    peak = matmul_peak_gflops(device, n=n, dtype=torch.bfloat16)
     return {"gflops_achieved": achieved, "peak_gflops": peak, "share": achieved / peak}
 
 
@@ -155,10 +157,10 @@ def inference_share_of_peak(device: torch.device, arch: str = "resnet18", batch:
             "share_range": (min(shares), max(shares)), "rounds": rounds}
 
 
-def latency_repeatability(device: torch.device, arch: str = "resnet18", repeats: int = 5) -> dict:
+def latency_repeatability(device: torch.device, arch: str = "resnet18", repeats: int = 5, runs: int = 30) -> dict:
     """CV of the batch-1 latency median over independent measurement repeats."""
     model = models.build(arch, 10, True).to(device).eval()
-    meds = [measure.measure_speed(model, (3, 32, 32), device, 8, runs=30, warmup=5)["latency_ms"]
+    meds = [measure.measure_speed(model, (3, 32, 32), device, 8, runs=runs, warmup=5)["latency_ms"]
             for _ in range(repeats)]
     return {"medians_ms": meds, "cv": statistics.pstdev(meds) / statistics.mean(meds)}
 
@@ -167,13 +169,14 @@ REFERENCE_SPEC = {"data": {"name": "digits"}, "model": {"arch": "resnet18"}, "me
                   "train": {"epochs": 3}}
 
 
-def reference_run(device: torch.device) -> dict:
+def reference_run(device: torch.device, epochs: int | None = None, measure: dict | None = None) -> dict:
     """The engine's reference job (ResNet-18 on digits, 3 epochs) end to end through the CLI, as a user
     runs it: process start, data, training, measurement, ONNX export and the store, timed by the wall clock."""
     root = Path(__file__).resolve().parent.parent
     with tempfile.TemporaryDirectory(prefix="slimbench-ref-") as tmp:
         spec = Path(tmp) / "spec.json"
-        spec.write_text(json.dumps({**REFERENCE_SPEC, "train": {**REFERENCE_SPEC["train"], "device": device.type}}))
+        train = {**REFERENCE_SPEC["train"], "device": device.type, **({"epochs": epochs} if epochs else {})}
+        spec.write_text(json.dumps({**REFERENCE_SPEC, "train": train, **({"measure": measure} if measure else {})}))
         env = {**os.environ, "SLIMBENCH_HOME": str(Path(tmp) / "ws")}
         t0 = time.perf_counter()
         p = subprocess.run([sys.executable, "-m", "engine", "run", str(spec)], cwd=root, env=env,

@@ -11,7 +11,8 @@ from pathlib import Path
 import psutil
 import torch
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "BENCHMARKS.md"
+ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "BENCHMARKS.md"   # a rehearsal (`python -m bench gpu --rehearse`) points it at a scratch copy
 HEADER = """# Slimbench benchmarks
 
 Every figure below was written by the command named in its section (`make bench` for the CPU
@@ -38,16 +39,20 @@ def machine() -> str:
 def versions() -> str:
     import onnxruntime
     import torchvision
+    base = (f"Python {platform.python_version()}, torch {torch.__version__}, torchvision {torchvision.__version__}, "
+            f"onnxruntime {onnxruntime.__version__}")
+
     def git(*args: str) -> str:
         try:
-            return subprocess.run(["git", *args], capture_output=True, text=True, cwd=DOC.parent.parent).stdout.strip()
+            return subprocess.run(["git", *args], capture_output=True, text=True, cwd=ROOT).stdout.strip()
         except OSError:
             return ""
     rev = git("rev-parse", "--short", "HEAD")
-    if rev and git("status", "--porcelain", "--untracked-files=no", "--", "engine", "bench"):
+    if not rev:   # a lent GPU machine gets the working tree without .git: scripts/gpu_prepare.sh wrote the commit
+        return base + f", commit {os.environ.get('SLIMBENCH_COMMIT') or '?'}"
+    if git("status", "--porcelain", "--untracked-files=no", "--", "engine", "bench"):
         rev += " + uncommitted changes to engine/ or bench/"
-    return (f"Python {platform.python_version()}, torch {torch.__version__}, torchvision {torchvision.__version__}, "
-            f"onnxruntime {onnxruntime.__version__}, commit {rev or '?'}")
+    return base + f", commit {rev}"
 
 
 def _markers(name: str) -> re.Pattern:
