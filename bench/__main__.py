@@ -8,6 +8,7 @@
 ``python -m bench recipes-cpu``: every method's recipe with its control on the CPU base (bench/recipes_cpu.py).
 ``python -m bench literature --part resnet56|resnet18|resnet20``: issue 19's GPU literature table, one net per
 device call (bench/literature.py).
+``python -m bench take FILE``: land the GPU section a device call sent back (scripts/gpu_session.sh) in docs/BENCHMARKS.md.
 ``python -m bench rewind-ab``: recovery at the start's training rate vs a tenth of it (bench/rewind_ab.py)."""
 from __future__ import annotations
 
@@ -212,6 +213,16 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["recipes-cpu"]:
         from . import recipes_cpu
         return recipes_cpu.main(argv[1:])
+    if argv[:1] == ["take"]:   # land the GPU section a device call sent back (scripts/gpu_session.sh)
+        if len(argv) != 2:
+            print("usage: python -m bench take FILES_AT/BENCHMARKS.md", file=sys.stderr)
+            return 2
+        why = report.take_section(Path(argv[1]))
+        if why:
+            print(f"error: take: {why}", file=sys.stderr)
+            return 2
+        log(f"wrote the GPU section of {argv[1]} into {report.DOC}")
+        return 0
     if argv[:1] == ["literature"]:   # its own options (python -m bench literature --help)
         from . import literature
         return literature.main(argv[1:])

@@ -532,6 +532,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-write", action="store_true", help="print the block instead of writing BENCHMARKS.md")
     p.add_argument("--out", default=None, help="write the block to this file (as it would stand in BENCHMARKS.md, "
                    "stamped with this machine; a device call: $OUT/autocompress-gpu.md)")
+    p.add_argument("--doc", default=None, help="also write the block into this copy of BENCHMARKS.md (a rehearsal's "
+                   "scratch copy: scripts/gpu_session.sh --rehearse autocompress)")
+    p.add_argument("--rehearse", action="store_true", help="the CPU rehearsal at tiny settings (REHEARSAL, below; "
+                   "flags given after it win)")
     p.add_argument("--take", default=None, metavar="FILE", help="run nothing: land the block a device call wrote "
                    "with --out into docs/BENCHMARKS.md")
     return p
@@ -550,7 +554,17 @@ def take(source: Path) -> str | None:
     return None
 
 
+# --rehearse: the whole GPU path on the CPU in about a minute (tests/test_bench_autocompress_gpu.py runs the same).
+REHEARSAL = ["--device", "cpu", "--arch", "resnet20", "--limit", "300", "--val-limit", "100", "--test-limit", "200",
+             "--image-size", "16", "--base-epochs", "1", "--data-batch", "64", "--size-trials", "2",
+             "--latency-trials", "2", "--full-epochs", "1", "--minutes", "2", "--latency-runs", "6",
+             "--int8-format", "qdq_reduce_range"]
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[2:] if argv is None else argv)
+    if "--rehearse" in argv:   # its tiny settings first, so that a flag the caller gives wins
+        argv = REHEARSAL + [x for x in argv if x != "--rehearse"]
     a = parser().parse_args(argv)
     if a.take:
         why = take(Path(a.take))
@@ -586,6 +600,8 @@ def main(argv: list[str] | None = None) -> int:
             Path(a.out).write_text(report.render_block("gpu", "autocompress", body, cmd) + "\n")
         if to_doc:
             report.write_block("gpu", "autocompress", body, cmd)
+        if a.doc:
+            report.write_block("gpu", "autocompress", body, cmd, Path(a.doc))
 
     res = run(a, store, emit)
     body = section(res)

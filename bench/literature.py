@@ -370,7 +370,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--resume", action="store_true", help="with --workspace: reuse every job whose exact spec "
                    "finished there")
     p.add_argument("--only", default="", help="comma list of rows (default: all of the part's)")
-    p.add_argument("--out", default=None, help="write the block into this file instead of docs/BENCHMARKS.md")
+    p.add_argument("--rehearse", action="store_true", help="= --device cpu --tiny (scripts/gpu_session.sh --rehearse)")
+    p.add_argument("--out", "--doc", default=None, help="write the block into this file instead of docs/BENCHMARKS.md")
     p.add_argument("--no-write", action="store_true", help="print the part instead of writing any file")
     p.add_argument("--take", default=None, metavar="FILE", help="run nothing: copy --part's text from FILE (a "
                    "device call's --out $OUT/BENCHMARKS.md) into docs/BENCHMARKS.md (or --out), keeping the other parts")
@@ -380,6 +381,8 @@ def main(argv: list[str]) -> int:
             print(f"error: {a.take} has no gpu/{BLOCK}/{a.part} part", file=sys.stderr)
             return 2
         return 0
+    if a.rehearse:
+        a.device, a.tiny = "cpu", True
     if a.tiny:
         a.base_epochs = a.base_epochs or 1
         a.epochs_scale = 0 if a.epochs_scale == 1.0 else a.epochs_scale

@@ -86,6 +86,29 @@ def write_section(name: str, body: str, command: str, own: tuple[str, ...] = ())
     return DOC
 
 
+# Text only a CPU rehearsal writes into a GPU section: such a section is never landed (``take_section``).
+REHEARSAL_SIGNS = ("REHEARSAL", "CPU rehearsal", ", no GPU")
+
+
+def take_section(source: Path, name: str = "gpu") -> str | None:
+    """Put section ``name`` of ``source`` (the copy of docs/BENCHMARKS.md a device call sent back in $OUT, which
+    started as this checkout's) in place of this document's; None, or why it was refused: no such section, or one
+    a CPU rehearsal wrote (its figures say nothing about a GPU)."""
+    found = _markers(name).search(source.read_text()) if source.is_file() else None
+    if not found:
+        return f"{source} has no {name} section"
+    ours = _markers(name).search(previous_text())
+    new = found.group(0)
+    if ours and ours.group(0) == new:
+        return f"{source}'s {name} section is the one already here: nothing new came back"
+    sign = next((s for s in REHEARSAL_SIGNS if new.count(s) > (ours.group(0).count(s) if ours else 0)), None)
+    if sign:
+        return f"{source}'s {name} section was written by a CPU rehearsal ({sign!r} in it), not on a GPU"
+    text = previous_text() or HEADER
+    DOC.write_text(text[:ours.start()] + new + text[ours.end():] if ours else text.rstrip() + "\n\n" + new + "\n")
+    return None
+
+
 def part(name: str, key: str, body: str) -> str:
     """One part of section ``name`` (a sub-command's text, e.g. ``cpu/queue``) between its own markers, so a
     later run that skips it (``--skip queue``) puts its previous text back in its place."""

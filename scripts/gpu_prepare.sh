@@ -37,9 +37,9 @@ if [ "$CHECK_ONLY" = 0 ]; then
 import re, sys, zipfile
 from pathlib import Path
 sys.path.insert(0, "scripts/rehearse")
-from device_packages import ABSENT, CARRIED
+from device_packages import ABSENT, CARRIED, UNUSED_NEEDS
 carried = {re.split(r"[=<>!~ ]", r)[0].lower().replace("_", "-") for r in CARRIED.values()}
-absent = {d.lower() for d in ABSENT.values()} - carried
+absent = {d.lower() for d in ABSENT.values()} - carried - UNUSED_NEEDS
 bad = []
 for whl in sorted(Path(".whl").glob("*.whl")):
     meta = next(n for n in zipfile.ZipFile(whl).namelist() if n.endswith(".dist-info/METADATA"))
@@ -47,7 +47,10 @@ for whl in sorted(Path(".whl").glob("*.whl")):
              if line.startswith("Requires-Dist:") and "extra ==" not in line]
     names = [re.split(r"[\s;<>=!~\[(]", n)[0].lower().replace("_", "-") for n in needs]
     bad += [f"{whl.name} needs {n}" for n in names if n in absent]
-    print(f"{whl.name}: needs {', '.join(needs) or 'nothing'} (on the device: {', '.join(n for n in names if n not in carried) or '-'})")
+    there = [n for n in names if n not in carried and n not in UNUSED_NEEDS]
+    unused = [n for n in names if n in UNUSED_NEEDS]
+    print(f"{whl.name}: needs {', '.join(needs) or 'nothing'} (on the device: {', '.join(there) or '-'}"
+          + (f"; not carried, unused on these paths: {', '.join(unused)})" if unused else ")"))
 if bad:
     sys.exit("error: a carried wheel needs a package the device lacks; add it to CARRIED: " + "; ".join(bad))
 EOF

@@ -6,7 +6,7 @@
 #
 # `bash scripts/gpu_session.sh --rehearse PART` runs the same PART here, on the CPU, in .venv: tiny settings,
 # every package the device lacks blocked at import (scripts/rehearse/device_packages.py), the report written to a
-# scratch copy of docs/BENCHMARKS.md in $OUT (default /tmp/ws-gpuready/rehearse-PART), never the real one.
+# scratch copy of docs/BENCHMARKS.md in $OUT (default /tmp/slimbench-rehearse-PART), never the real one.
 set -uo pipefail
 
 # PART | its command on the GPU machine (sized for one ~9-minute call) | what a rehearsal appends (tiny settings;
@@ -14,6 +14,13 @@ set -uo pipefail
 PARTS=(
   "methods|python3 -m bench gpu --cifar .gpu/cifar10.zip --base-epochs 12 --finetune-epochs 2 --student-epochs 8|--limit 200 --test-limit 100 --base-epochs 1 --finetune-epochs 1 --student-epochs 1"
   "bases|python3 -m bench gpu-bases --cifar .gpu/cifar10.zip|--limit 200 --test-limit 100 --base-epochs 1"
+  # issue 19's literature table, one net a call (its --rehearse: --device cpu --tiny); 8.2 min of the 520-s budget
+  # leaves its process start and the copy-back inside the call
+  "literature-resnet56|python3 -m bench literature --part resnet56 --cifar .gpu/cifar10.zip --minutes 8.2|"
+  "literature-resnet18|python3 -m bench literature --part resnet18 --cifar .gpu/cifar10.zip --minutes 8.2|"
+  "literature-resnet20|python3 -m bench literature --part resnet20 --cifar .gpu/cifar10.zip --minutes 8.2|"
+  # issue 21's GPU targets (its --rehearse: bench.autocompress_gpu.REHEARSAL)
+  "autocompress|python3 -m bench autocompress --gpu --cifar .gpu/cifar10.zip --minutes 8|"
 )
 
 usage() {
@@ -35,7 +42,7 @@ TINY=$(cut -d'|' -f3 <<<"$ROW")
 export PYTHONUNBUFFERED=1
 
 if [ "$REHEARSE" = 1 ]; then
-  OUT=${OUT:-/tmp/ws-gpuready/rehearse-$PART}
+  OUT=${OUT:-/tmp/slimbench-rehearse-$PART}
   mkdir -p "$OUT"
   PY=${PYTHON:-$ROOT/.venv/bin/python}
   SMALL=${REHEARSE_CIFAR:-$ROOT/../shared/datasets/cifar10-small.zip}

@@ -55,6 +55,26 @@ def test_sections_are_rewritten_in_place(tmp_path, monkeypatch):
     assert text.index("begin:cpu") < text.index("begin:gpu")
 
 
+@pytest.mark.fast
+def test_take_lands_the_gpu_section_a_device_call_sent_back_and_refuses_a_rehearsal(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(report, "DOC", tmp_path / "BENCHMARKS.md")
+    report.write_section("cpu", "cpu figures", "make bench")
+    report.write_section("gpu", "stale gpu figures", "make bench-gpu")
+    came_back = tmp_path / "out" / "BENCHMARKS.md"     # the device's copy: this document, then a part run there
+    came_back.parent.mkdir()
+    came_back.write_text(report.DOC.read_text().replace("stale gpu figures", "fresh H200 figures"))
+    assert bench_cli.main(["take", str(came_back)]) == 0
+    text = report.DOC.read_text()
+    assert "fresh H200 figures" in text and "stale gpu figures" not in text and "cpu figures" in text
+    assert text.count("begin:gpu -->") == 1
+    assert "nothing new" in report.take_section(came_back)              # landing twice changes nothing
+    rehearsal = tmp_path / "rehearsal.md"
+    rehearsal.write_text(text.replace("fresh H200 figures", "figures on AMD EPYC, 2 cores, 24 GiB RAM, no GPU"))
+    assert bench_cli.main(["take", str(rehearsal)]) == 2
+    assert "CPU rehearsal" in capsys.readouterr().err and "fresh H200 figures" in report.DOC.read_text()
+    assert "no gpu section" in report.take_section(tmp_path / "absent.md")
+
+
 def test_bench_command_refuses_a_missing_dataset(tmp_path, capsys):
     assert bench_cli.main(["cpu", "--cifar", str(tmp_path / "absent.zip")]) == 2
     assert "CIFAR-10 zip not found" in capsys.readouterr().err

@@ -59,14 +59,14 @@ def test_the_blocker_hides_every_device_absent_package_in_this_process_and_its_c
                 assert e.name == name
             else:
                 raise SystemExit("imported " + name)
-        import torch_pruning                                       # carried: a wheel travels with the call
+        import torch_pruning, optuna                               # carried: wheels travel with the call
         child = subprocess.run([sys.executable, "-c", "import openvino"], capture_output=True, text=True)
         assert child.returncode != 0 and "No module named 'openvino'" in child.stderr, child.stderr
         print("blocked", len({blocked!r}))
         """
     p = _python(probe, rehearse=True)
     assert p.returncode == 0, p.stderr
-    assert f"blocked {len(blocked)}" in p.stdout and "openvino" in blocked and "optuna" in blocked
+    assert f"blocked {len(blocked)}" in p.stdout and "openvino" in blocked and "sqlalchemy" in blocked
     # Without the rehearsal's path the same interpreter finds them: the block, not this venv, made the difference.
     here = _python("import importlib.util as u; print(u.find_spec('openvino') is not None)", rehearse=False)
     assert here.stdout.strip() == "True", here.stderr

@@ -6,7 +6,7 @@ device has everything else they name (torch 2.11, torchvision 0.26, onnx, onnxru
 pandas, psutil, nvidia-ml-py, cloudpickle, scikit-learn, pytest ...), and nothing can be installed there from a
 registry.
 
-CARRIED: those of them the GPU commands (`python -m bench gpu`, `gpu-bases`) need, pinned; scripts/gpu_prepare.sh
+CARRIED: those of them the GPU commands (`python -m bench gpu`, `gpu-bases`, `literature`, `autocompress --gpu`) need, pinned; scripts/gpu_prepare.sh
 downloads their wheels into .whl/ and scripts/gpu_session.sh installs them there. Found by rehearsing the
 commands with every ABSENT package blocked (`scripts/gpu_session.sh --rehearse PART`); the rest are optional
 where those commands meet them (OpenVINO: "not available on this machine"; MLflow: tracking off).
@@ -32,10 +32,21 @@ ABSENT = {
     "pytest_playwright": "pytest-playwright",
     "importlinter": "import-linter",
     "ray": "ray",
+    # optuna's own needs that the device lacks: colorlog is carried; alembic and sqlalchemy (with mako) serve only
+    # optuna's SQL storages, and the engine's searches use its JournalStorage (engine/methods/autocompress.py)
+    "colorlog": "colorlog",
+    "alembic": "alembic",
+    "sqlalchemy": "sqlalchemy",
+    "mako": "mako",
 }
 # import name -> pinned requirement (the version this repo's .venv tests with). torch-pruning's own needs
 # (torch, numpy) are on the device.
-CARRIED = {"torch_pruning": "torch-pruning==1.6.1"}
+CARRIED = {"torch_pruning": "torch-pruning==1.6.1",
+           # the auto-compress search (`python -m bench autocompress --gpu`): ~0.4 MB with colorlog
+           "optuna": "optuna==5.1.0", "colorlog": "colorlog==6.12.0"}
+# A carried wheel's declared needs that it never imports on the paths the GPU commands take (checked by rehearsing
+# with them hidden): not carried, so the 64 MiB a call sends keeps room for CIFAR-10.
+UNUSED_NEEDS = {"alembic", "sqlalchemy"}
 # A rehearsal can allow more (comma-separated import names) while it checks whether carrying them fixes it.
 ALLOW_ENV = "SLIMBENCH_REHEARSE_ALLOW"
 
