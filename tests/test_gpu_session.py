@@ -174,6 +174,24 @@ def test_rehearsal_of_the_bases_part_writes_the_literature_block(tmp_path):
     assert _sha(ROOT / "docs" / "BENCHMARKS.md") == real_doc
 
 
+@needs_cifar
+def test_rehearsal_of_a_literature_part_through_the_session_and_take_refuses_what_it_wrote(tmp_path):
+    """The session's own row for issue 19's table (`literature-resnet20`: base, TRP, its control; ~15-25 s): its
+    --rehearse/--doc reach the command, the carried optuna-free path imports with the device's packages only,
+    and `python -m bench take` will not land a rehearsal's section."""
+    real_doc = _sha(ROOT / "docs" / "BENCHMARKS.md")
+    out = tmp_path / "out"
+    p = _rehearse("literature-resnet20", out, "")
+    assert p.returncode == 0 and "== literature-resnet20 exited 0" in p.stdout, p.stdout[-4000:] + p.stderr[-4000:]
+    doc = (out / "BENCHMARKS.md").read_text()
+    part = doc[doc.index("<!-- begin:gpu/literature/resnet20 -->"):doc.index("<!-- end:gpu/literature/resnet20 -->")]
+    assert "| low-rank TRP" in part and "no GPU" in part        # written on this CPU, and it says so
+    took = subprocess.run([sys.executable, "-m", "bench", "take", str(out / "BENCHMARKS.md")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert took.returncode == 2 and "CPU rehearsal" in took.stderr, took.stderr
+    assert _sha(ROOT / "docs" / "BENCHMARKS.md") == real_doc
+
+
 @pytest.mark.fast
 def test_a_setting_its_spec_check_refuses_is_a_skipped_row_not_the_end_of_the_table(monkeypatch):
     """Found rehearsing: a check_spec refusal (there, a runtime probe) ended `bench gpu` with every later row lost."""
