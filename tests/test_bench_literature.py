@@ -26,12 +26,14 @@ def fake_row(key: str, macs: int = 476, acc: float = 0.93) -> dict:
 
 @pytest.mark.fast
 def test_every_part_is_valid_jobs_at_the_issue_compression(tmp_path):
+    cifar = tmp_path / "cifar10.zip"   # the spec check wants the file to exist; nothing reads it here (a clean
+    cifar.write_bytes(b"")             # clone may have no ../shared/datasets)
     for part in lit.NETS:
         net, path = models.build(part, 10, small_input=True), tmp_path / f"{part}.pt"
         export.save_bundle(export.make_bundle(net, arch=part, num_classes=10, small_input=True, meta={}), path)
         rows = lit.recipes(part, 1.0, 0.1)
         for r in rows:
-            job = rt.spec(r.label, {"name": "cifar10", "path": str(CIFAR_SMALL)}, {"checkpoint": str(path)}, r.method,
+            job = rt.spec(r.label, {"name": "cifar10", "path": str(cifar)}, {"checkpoint": str(path)}, r.method,
                           r.params)
             assert job.method.name == r.method
             assert r.cost or r.method == "quantize_int8", r.key   # every training row can be estimated
@@ -175,6 +177,7 @@ def test_targets_judged_met_or_missed_and_a_weak_base_flagged():
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not CIFAR_SMALL.is_file(), reason=f"no {CIFAR_SMALL}")
 def test_one_part_end_to_end_on_cpu_writes_a_scratch_file_not_the_benchmarks(tmp_path, monkeypatch):
     """``--device cpu --tiny``: the resnet20 part (base, TRP, its control) on a few CIFAR images, in ~40 s on one
     core; docs/BENCHMARKS.md is left alone."""
