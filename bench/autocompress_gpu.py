@@ -15,12 +15,11 @@ search's own). A part that fails is recorded with its error and the others still
 every part, so a call stopped by its time limit keeps what it measured (marked incomplete).
 Writes the ``gpu/autocompress`` block of docs/BENCHMARKS.md (``bench.report.write_block``).
 
-``--device cpu`` is the CPU rehearsal of the same path with tiny settings (``--limit``, ``--image-size``, ...): the
-block goes to ``--out`` or stdout, never to docs/BENCHMARKS.md.
+``--rehearse`` (``REHEARSAL``: ``--device cpu`` and tiny settings) is the CPU rehearsal of the same path: the
+block goes to ``--out``/``--doc`` or stdout, never to docs/BENCHMARKS.md.
 
-On a device machine only ``$OUT`` comes back: ``--out $OUT/autocompress-gpu.md`` writes the block there as it would
-stand in docs/BENCHMARKS.md (its markers, and the device's machine, versions and date), after every part; here,
-``--take FILE`` then lands it in docs/BENCHMARKS.md, running nothing (a rehearsal's block is refused).
+On a lent GPU it runs as the part ``autocompress`` of scripts/gpu_session.sh, which sends back the device's copy of
+docs/BENCHMARKS.md (the block rewritten after every part); here ``python -m bench take FILE`` lands its GPU section.
 
 Budget arithmetic for the default ``--minutes 8`` (480 s of the 9-minute call; the rest covers the interpreter, its
 imports and a trial that overruns its search's budget: a search starts no trial after its minutes, one running
@@ -536,22 +535,7 @@ def parser() -> argparse.ArgumentParser:
                    "scratch copy: scripts/gpu_session.sh --rehearse autocompress)")
     p.add_argument("--rehearse", action="store_true", help="the CPU rehearsal at tiny settings (REHEARSAL, below; "
                    "flags given after it win)")
-    p.add_argument("--take", default=None, metavar="FILE", help="run nothing: land the block a device call wrote "
-                   "with --out into docs/BENCHMARKS.md")
     return p
-
-
-def take(source: Path) -> str | None:
-    """Put the ``gpu/autocompress`` block a device call wrote (``--out``) into docs/BENCHMARKS.md as it stands there
-    (its stamp names the device's machine); None, or why it was refused."""
-    found = report._markers("gpu/autocompress").search(source.read_text()) if source.is_file() else None
-    if not found:
-        return f"{source} has no gpu/autocompress block"
-    if "**CPU rehearsal**" in found.group(0):
-        return f"{source} holds a CPU rehearsal's block: its figures say nothing about a GPU"
-    text = report.previous_text() or report.HEADER
-    report.DOC.write_text(report.put_block(text, "gpu", "autocompress", found.group(0), "python -m bench autocompress --gpu"))
-    return None
 
 
 # --rehearse: the whole GPU path on the CPU in about a minute (tests/test_bench_autocompress_gpu.py runs the same).
@@ -566,13 +550,6 @@ def main(argv: list[str] | None = None) -> int:
     if "--rehearse" in argv:   # its tiny settings first, so that a flag the caller gives wins
         argv = REHEARSAL + [x for x in argv if x != "--rehearse"]
     a = parser().parse_args(argv)
-    if a.take:
-        why = take(Path(a.take))
-        if why:
-            print(f"error: --take: {why}", file=sys.stderr)
-            return 2
-        log(f"wrote {report.DOC}")
-        return 0
     for name, v, lo, hi in (("--minutes", a.minutes, 0.05, 1e4), ("--base-epochs", a.base_epochs, 1, 1000),
                             ("--size-trials", a.size_trials, 1, 1000), ("--latency-trials", a.latency_trials, 1, 1000),
                             ("--full-epochs", a.full_epochs, 1, 1000), ("--finetune-epochs", a.finetune_epochs, 1, 1000),
@@ -596,7 +573,7 @@ def main(argv: list[str] | None = None) -> int:
     def emit(res: dict[str, Any]) -> None:
         """The block as measured so far, written where it goes: a call stopped by its time limit keeps it."""
         body = section(res)
-        if a.out:   # with its markers and this machine's stamp: what --take lands in BENCHMARKS.md
+        if a.out:   # with its markers and this machine's stamp
             Path(a.out).write_text(report.render_block("gpu", "autocompress", body, cmd) + "\n")
         if to_doc:
             report.write_block("gpu", "autocompress", body, cmd)

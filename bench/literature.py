@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -333,19 +332,6 @@ def block_body(part: str, text: str, old_doc: str) -> str:
     return INTRO + "\n\n" + body
 
 
-def take_part(part: str, source: Path, doc: Path | None = None) -> bool:
-    """Copy net ``part``'s sub-part, as a device call wrote it into ``source`` (a copy of BENCHMARKS.md under $OUT:
-    only $OUT comes back from the device machine), into ``doc`` (docs/BENCHMARKS.md), keeping every other part there.
-    False when ``source`` has no such part."""
-    found = report._markers(f"gpu/{BLOCK}/{part}").search(source.read_text())
-    if not found:
-        return False
-    inner = found.group(0).split("-->", 1)[1].rsplit("<!--", 1)[0]
-    cmd = next(iter(re.findall(r"_Part \w+: `([^`]+)`", inner)), "python -m bench literature")
-    report.write_block("gpu", BLOCK, block_body(part, inner, report.previous_text(doc)), cmd, doc)
-    return True
-
-
 def main(argv: list[str]) -> int:
     budget = Budget(None)   # restarted below with --minutes: the deadline counts from here
     p = argparse.ArgumentParser(prog="python -m bench literature", description=__doc__.split("\n\n")[0])
@@ -373,14 +359,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--rehearse", action="store_true", help="= --device cpu --tiny (scripts/gpu_session.sh --rehearse)")
     p.add_argument("--out", "--doc", default=None, help="write the block into this file instead of docs/BENCHMARKS.md")
     p.add_argument("--no-write", action="store_true", help="print the part instead of writing any file")
-    p.add_argument("--take", default=None, metavar="FILE", help="run nothing: copy --part's text from FILE (a "
-                   "device call's --out $OUT/BENCHMARKS.md) into docs/BENCHMARKS.md (or --out), keeping the other parts")
     a = p.parse_args(argv)
-    if a.take:
-        if not take_part(a.part, Path(a.take), Path(a.out) if a.out else None):
-            print(f"error: {a.take} has no gpu/{BLOCK}/{a.part} part", file=sys.stderr)
-            return 2
-        return 0
     if a.rehearse:
         a.device, a.tiny = "cpu", True
     if a.tiny:

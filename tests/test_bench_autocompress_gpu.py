@@ -97,27 +97,6 @@ def test_a_failed_search_or_a_call_stopped_midway_still_gives_a_block_saying_so(
 
 
 @pytest.mark.fast
-def test_take_lands_a_device_calls_block_in_benchmarks_md_as_written_there(tmp_path, monkeypatch):
-    """Only $OUT comes back from a device call: its --out file holds the block with its markers and the device's
-    stamp; --take puts it in docs/BENCHMARKS.md's GPU section verbatim, the other blocks kept, running nothing."""
-    doc = tmp_path / "BENCHMARKS.md"
-    doc.write_text(report.HEADER + "\n<!-- begin:gpu -->\n## GPU benchmarks\n\n<!-- begin:gpu/literature-bases -->\n"
-                   "bases\n<!-- end:gpu/literature-bases -->\n<!-- end:gpu -->\n")
-    monkeypatch.setattr(report, "DOC", doc)
-    block = report.render_block("gpu", "autocompress", bench.section(_result()), "python -m bench autocompress --gpu")
-    came_back = tmp_path / "out" / "autocompress-gpu.md"
-    came_back.parent.mkdir()
-    came_back.write_text(block + "\n")
-    assert bench.main(["--take", str(came_back)]) == 0
-    text = doc.read_text()
-    assert block in text and "bases" in text and text.index("bases") < text.index(block)
-    assert bench.main(["--take", str(came_back)]) == 0 and doc.read_text().count("begin:gpu/autocompress") == 1
-    nothing = tmp_path / "empty.md"
-    nothing.write_text("no block\n")
-    assert bench.main(["--take", str(nothing)]) == 2 and doc.read_text() == text
-
-
-@pytest.mark.fast
 def test_without_cuda_the_gpu_bench_is_refused_and_points_to_the_rehearsal(monkeypatch, capsys):
     import torch
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -150,7 +129,6 @@ def test_the_cpu_rehearsal_runs_the_gpu_path_end_to_end_and_never_touches_benchm
     text = out.read_text()
     assert (report.DOC.read_bytes() if report.DOC.is_file() else None) == doc_before
     assert text.startswith("<!-- begin:gpu/autocompress -->\n### Auto-compress (GPU)") and "**CPU rehearsal**" in text
-    assert bench.main(["--take", str(out)]) == 2          # a rehearsal's block is never landed in BENCHMARKS.md
     assert (report.DOC.read_bytes() if report.DOC.is_file() else None) == doc_before
     for head in ("- Target (>= 5x smaller", "- Target (the fastest GPU model within 0.5 pt)"):
         verdict = text.split(head)[1].splitlines()[0]

@@ -133,18 +133,6 @@ def test_writing_one_part_keeps_the_other_nets_text(tmp_path):
     assert "older GPU text" in out and out.count("<!-- begin:gpu/literature -->") == 1
     parts = re.findall(r"<!-- begin:gpu/literature/(\w+) -->", out)
     assert parts == ["resnet56", "resnet20"]     # in NETS order, whichever ran last
-    # a device call's copy (only $OUT comes back) lands its part with --take, the rest of the document kept
-    device_copy = tmp_path / "out" / "BENCHMARKS.md"
-    device_copy.parent.mkdir()
-    device_copy.write_text(out.replace("resnet20 run", "resnet20 on the H200\n\n_Part resnet20: `python -m bench "
-                                                       "literature --part resnet20 --out X`, commit abc_"))
-    doc.write_text(out.replace("older GPU text", "GPU text edited since"))
-    assert lit.main(["--part", "resnet20", "--take", str(device_copy), "--out", str(doc)]) == 0
-    landed = doc.read_text()
-    assert "resnet20 on the H200" in landed and "resnet20 run" not in landed
-    assert "GPU text edited since" in landed and "resnet56 second run" in landed
-    assert "_Written by `python -m bench literature --part resnet20 --out X`" in landed
-    assert lit.main(["--part", "resnet18", "--take", str(device_copy), "--out", str(doc)]) == 2   # no such part
 
 
 @pytest.mark.fast
