@@ -26,7 +26,7 @@ run: setup
 # One process, one torch thread (OMP_NUM_THREADS=1; a test's jobs inherit it). The suite's models are tiny and
 # its jobs, workers, servers and browsers run beside the test process: on the 2-core AMD EPYC the whole suite took
 # 29.0 min on one thread (with a helper's tests beside it; alone on 2026-12-03: 24.2 min, then 24.7 min with the
-# GPU-session rehearsals, 855 tests) against 43.6 min on torch's
+# GPU-session rehearsals, 855 tests; 27.2 min in the next run) against 43.6 min on torch's
 # default two (loaded), and
 # three heavy files (test_jobs, test_engine_core, test_browser) 447 s against 513 s on a near-idle box
 # (docs/BENCHMARKS.md). `make test TEST_WORKERS=2` runs pytest-xdist workers instead (tests/conftest.py gives
