@@ -79,6 +79,7 @@ from engine.validation import check_spec
 
 from . import report
 from .autocompress import PRESETS
+from .recipe_table import Budget
 
 SMALLER, SIZE_LIMIT_PT = 5.0, 1.0   # target (a): >= 5x smaller within 1 pt (the seed's 80 % smaller at 1 %)
 SPEED_LIMIT_PT = 0.5                # target (b): the fastest GPU model within 0.5 pt
@@ -91,26 +92,26 @@ SPEED_SPACE = ["prune", "blocks", "lowrank"]                 # the FP32 cuts: IN
 MEASURE = {"onnx": True, "deploy": False, "latency_runs": 40, "warmup_runs": 5, "batch_size": 8, "paired_rounds": 0}
 
 
+FP32_PRESET = next(k for k, v in PRESETS.items() if v["name"] == "prune_structured")
+
+
 def measuring(a: argparse.Namespace) -> dict[str, Any]:
     return {**MEASURE, **({"latency_runs": a.latency_runs, "warmup_runs": 1} if a.latency_runs else {})}
-FP32_PRESET = next(k for k, v in PRESETS.items() if v["name"] == "prune_structured")
 
 
 def log(msg: str) -> None:
     print(f"[bench autocompress --gpu {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-class Clock:
-    """The command's budget: seconds left of ``minutes`` since it started, and what each part took."""
+class Clock(Budget):
+    """The command's budget (``recipe_table.Budget``: seconds left of ``minutes``), and what each part took."""
 
     def __init__(self, minutes: float):
-        self.t0, self.budget, self.parts = time.perf_counter(), minutes * 60, {}
+        super().__init__(minutes * 60)
+        self.parts: dict[str, float] = {}
 
     def used(self) -> float:
-        return time.perf_counter() - self.t0
-
-    def left(self) -> float:
-        return self.budget - self.used()
+        return self.clock() - self.t0
 
     def part(self, name: str, since: float) -> float:
         self.parts[name] = self.parts.get(name, 0.0) + time.perf_counter() - since
@@ -550,13 +551,13 @@ def main(argv: list[str] | None = None) -> int:
     if "--rehearse" in argv:   # its tiny settings first, so that a flag the caller gives wins
         argv = REHEARSAL + [x for x in argv if x != "--rehearse"]
     a = parser().parse_args(argv)
-    for name, v, lo, hi in (("--minutes", a.minutes, 0.05, 1e4), ("--base-epochs", a.base_epochs, 1, 1000),
-                            ("--size-trials", a.size_trials, 1, 1000), ("--latency-trials", a.latency_trials, 1, 1000),
-                            ("--full-epochs", a.full_epochs, 1, 1000), ("--finetune-epochs", a.finetune_epochs, 1, 1000),
-                            ("--batch", a.batch, 1, 4096)):
-        if not lo <= v <= hi:
-            print(f"error: {name}: must be between {lo:g} and {hi:g}, got {v}", file=sys.stderr)
-            return 2
+    bad = report.out_of_range((("--minutes", a.minutes, 0.05, 1e4), ("--base-epochs", a.base_epochs, 1, 1000),
+                               ("--size-trials", a.size_trials, 1, 1000), ("--latency-trials", a.latency_trials, 1, 1000),
+                               ("--full-epochs", a.full_epochs, 1, 1000),
+                               ("--finetune-epochs", a.finetune_epochs, 1, 1000), ("--batch", a.batch, 1, 4096)))
+    if bad:
+        print(f"error: {bad}", file=sys.stderr)
+        return 2
     if a.device == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda: this machine has no CUDA device; rehearse the same path on the CPU with "
               "--device cpu and tiny settings", file=sys.stderr)

@@ -86,6 +86,16 @@ def write_section(name: str, body: str, command: str, own: tuple[str, ...] = ())
     return DOC
 
 
+def out_of_range(checks) -> str | None:
+    """The first of a command's numeric options ``(flag, value, low, high)`` outside its bounds, as the error to
+    print; None when all are in range."""
+    for flag, v, lo, hi in checks:
+        if not lo <= v <= hi:
+            return f"{flag}: must be between {lo:g} and {hi:g}, got {v}" if isinstance(lo, float) else \
+                f"{flag}: must be between {lo} and {hi}, got {v}"
+    return None
+
+
 # Text only a CPU rehearsal writes into a GPU section: such a section is never landed (``take_section``).
 REHEARSAL_SIGNS = ("REHEARSAL", "CPU rehearsal", ", no GPU")
 

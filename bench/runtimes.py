@@ -386,13 +386,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="leave out torch.compile (with freezing it compiles each model twice, ~30 s each for ResNet-18)")
     p.add_argument("--no-write", action="store_true", help="print the block instead of writing BENCHMARKS.md")
     a = p.parse_args(argv)
-    for name, v, lo, hi in (("--epochs", a.epochs, 1, 1000), ("--rounds", a.rounds, 1, 1000),
-                            ("--runs", a.runs, 1, 100000), ("--batch-runs", a.batch_runs, 1, 1000),
-                            ("--threads", a.threads, 1, 512), ("--limit", a.limit, 64, 10_000_000),
-                            ("--test-images", a.test_images, 10, 10_000_000)):
-        if not lo <= v <= hi:
-            print(f"error: {name}: must be between {lo} and {hi}, got {v}", file=sys.stderr)
-            return 2
+    bad = report.out_of_range((("--epochs", a.epochs, 1, 1000), ("--rounds", a.rounds, 1, 1000),
+                               ("--runs", a.runs, 1, 100000), ("--batch-runs", a.batch_runs, 1, 1000),
+                               ("--threads", a.threads, 1, 512), ("--limit", a.limit, 64, 10_000_000),
+                               ("--test-images", a.test_images, 10, 10_000_000)))
+    if bad:
+        print(f"error: {bad}", file=sys.stderr)
+        return 2
     home = os.environ.get("SLIMBENCH_HOME") if a.base_run else None
     store = Store(Path(home)) if home else Store(Path(tempfile.mkdtemp(prefix="slimbench-runtimes-")))
     if a.base_run and (store.get(a.base_run) or {}).get("state") != "done":
