@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -49,11 +50,33 @@ def goto(page, label: str) -> None:
     page.locator('[data-testid="stSidebarNav"]').get_by_text(label, exact=True).click()
 
 
+def settle(page, timeout_s: float = 120) -> None:
+    """Wait until no script run is in progress (Streamlit's running icon gone for a second): a widget
+    redrawn by a run that is still going can close an open list or swallow a click, as a user sees."""
+    icon = page.locator('[data-testid="stStatusWidgetRunningIcon"]')
+    deadline, quiet = time.monotonic() + timeout_s, 0
+    while quiet < 4:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the page was still running after {timeout_s:.0f} s")
+        quiet = 0 if icon.count() else quiet + 1
+        page.wait_for_timeout(250)
+
+
 def pick(page, label: str, option: str) -> None:
+    """Choose ``option`` in the selectbox labelled ``label``, typed so that the list filters to it; a list
+    closed by a rerun before the click is opened again, as a user would (three tries)."""
     box = page.locator('[data-testid="stSelectbox"]').filter(has_text=label).first
-    box.click()
-    box.locator("input").fill(option)  # the list filters to the option
-    page.get_by_role("option", name=option, exact=True).first.click(timeout=90_000)
+    for attempt in (1, 2, 3):
+        settle(page)
+        box.click()
+        box.locator("input").fill(option)
+        try:
+            page.get_by_role("option", name=option, exact=True).first.click(timeout=15_000)
+            return
+        except PlaywrightTimeout:
+            if attempt == 3:
+                raise
+            page.keyboard.press("Escape")
 
 
 def fill_number(page, label: str, value: int) -> None:
@@ -228,6 +251,7 @@ def test_compare_flags_a_chance_level_run_and_keeps_it_from_the_winner(tmp_path,
         winner.wait_for(timeout=30_000)
         assert "shirt" not in winner.inner_text()
         shot(page, "compare-chance-level")
+        settle(page)
         page.get_by_text("Include runs at chance level", exact=False).click()
         page.locator('[data-testid="stAlertContentSuccess"]').filter(has_text="shirt").wait_for(timeout=30_000)
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from playwright.sync_api import expect
 
 import first_hour
 from bench.pages import CHROMIUM, streamlit_server
@@ -26,7 +27,7 @@ from engine import layout, presets, procs
 from engine.export import load_model
 from engine.store import Store
 from engine.validation import check_spec
-from test_browser import ROOT, SHOTS, download, goto, pick
+from test_browser import ROOT, SHOTS, download, goto, pick, settle
 
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs /usr/bin/chromium")]
 JOB_TIMEOUT_MS = 300_000
@@ -136,13 +137,16 @@ def test_the_first_hour(tmp_path, page):
             page.keyboard.press("Escape")
             page.get_by_text(re.compile(r"^1 run in view answers at chance level")).wait_for(timeout=60_000)
             page.get_by_text("Pick the winner").click()
-            pick(page, "best by", "size (smallest)")   # typed, so a rerun that closes the list cannot lose the click
+            pick(page, "best by", "size (smallest)")
             winner = page.locator('[data-testid="stAlertContentSuccess"]').filter(has_text="best of")
             winner.filter(has_text=trained["id"]).filter(has_text="best of 1 run(s)").wait_for(timeout=60_000)
-            page.get_by_text("Include runs at chance level").click()
-            winner.filter(has_text=untrained["id"]).filter(has_text="best of 2 run(s)").wait_for(timeout=60_000)
-            page.get_by_text("Include runs at chance level").click()
-            winner.filter(has_text=trained["id"]).wait_for(timeout=60_000)
+            chance_box = page.get_by_role("checkbox", name=re.compile("^Include runs at chance level"))
+            for ticked, best in ((True, winner.filter(has_text=untrained["id"]).filter(has_text="best of 2 run(s)")),
+                                 (False, winner.filter(has_text=trained["id"]).filter(has_text="best of 1 run(s)"))):
+                settle(page)   # the winner's program is written on first view: a click waits for that run to end
+                page.get_by_text("Include runs at chance level").click()
+                expect(chance_box).to_be_checked(checked=ticked)
+                best.wait_for(timeout=60_000)
 
             # -- the winner's .pt2 in a Python without Slimbench, and its readable card
             page.get_by_role("button", name="Winner's PyTorch program (.pt2)").wait_for(timeout=120_000)
